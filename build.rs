@@ -1,0 +1,13 @@
+//! Compiles `proto/` with protox (no system protoc) and writes the descriptor set
+//! that the daemon embeds for server reflection.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    println!("cargo:rerun-if-changed=proto");
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_imports(true).include_source_info(true).open_files(["kmf/v1/kmf.proto"])?;
+    std::fs::write(out_dir.join("kmf_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}

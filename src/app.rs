@@ -1,0 +1,203 @@
+//! Composition root: creates an instance (`init`), and runs one (`App::start`):
+//! the TLS acceptor on a pre-bound listener, the gRPC services with health and
+//! reflection, and the background task that delivers the outbox and expires
+//! overdue requests. Shutdown is graceful.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+
+use crate::domain::ids::{Host, SysId};
+use crate::node::Node;
+use crate::rpc::pb::{
+    crypto_server::CryptoServer, instance_server::InstanceServer, key_exchange_server::KeyExchangeServer,
+    key_management_server::KeyManagementServer, resource_exchange_server::ResourceExchangeServer,
+};
+use crate::rpc::peer::PeerClient;
+use crate::rpc::services::Services;
+use crate::rpc::{MAX_MESSAGE_BYTES, pb};
+use crate::signer::instance_key::InstanceKey;
+use crate::signer::software::SoftwareSigner;
+use crate::store::RedbStore;
+use crate::tls::{TlsFiles, server_config};
+
+pub const DB_FILE: &str = "kmf.redb";
+pub const KEK_FILE: &str = "kek.key";
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates a new instance in `data_dir`: sys_id, KEK file (0600), database.
+/// Refuses to overwrite an existing instance.
+pub fn init_instance(data_dir: &Path, host: &Host) -> anyhow::Result<SysId> {
+    use anyhow::Context;
+    let db = data_dir.join(DB_FILE);
+    let kek = data_dir.join(KEK_FILE);
+    if db.exists() || kek.exists() {
+        anyhow::bail!("an instance already exists in {} (refusing to overwrite)", data_dir.display());
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let sys_id = SysId::from_random(crate::signer::primitives::random_bytes());
+    SoftwareSigner::create_key_file(&kek)?;
+    if let Err(e) = RedbStore::create(&db, &sys_id, host) {
+        let _ = std::fs::remove_file(&kek);
+        return Err(e.into());
+    }
+    Ok(sys_id)
+}
+
+/// Everything needed to run an instance.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Overrides the host recorded at init. A port of 0 means the bound port.
+    pub host: Option<Host>,
+    pub tls: TlsFiles,
+    pub kek_file: PathBuf,
+    /// How often queued deliveries are retried and overdue requests expired.
+    pub background_interval: Duration,
+}
+
+pub struct RunningApp {
+    pub local_addr: SocketAddr,
+    pub node: Arc<Node>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: JoinHandle<()>,
+}
+
+impl RunningApp {
+    /// Stops accepting, drains in-flight calls, and waits.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.background.abort();
+        self.server.await??;
+        Ok(())
+    }
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
+    async move {
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Opens the store and signer, binds, and serves.
+pub async fn start(cfg: AppConfig) -> anyhow::Result<RunningApp> {
+    let listener = TcpListener::bind(cfg.listen).await?;
+    start_with_listener(cfg, listener).await
+}
+
+pub async fn start_with_listener(cfg: AppConfig, listener: TcpListener) -> anyhow::Result<RunningApp> {
+    use anyhow::Context;
+    let local_addr = listener.local_addr()?;
+    let store = Arc::new(RedbStore::open(&cfg.data_dir.join(DB_FILE)).context("opening the store")?);
+    let signer = Arc::new(SoftwareSigner::load(&cfg.kek_file)?);
+    let instance_key = InstanceKey::from_pem(&cfg.tls.key_pem)?;
+    let sys_id = store.sys_id()?;
+    let cert_id = cfg.tls.chain()?.first().and_then(|c| crate::tls::identity::instance_sys_id(c));
+    if cert_id.as_ref() != Some(&sys_id) {
+        anyhow::bail!("the instance certificate does not name this instance's sys_id {sys_id}");
+    }
+    let mut host = cfg.host.clone().unwrap_or(store.host()?);
+    if host.port() == 0 {
+        host = host.new_unchecked_port(local_addr.port());
+    }
+    let peers = Arc::new(PeerClient::new(sys_id.clone(), cfg.tls.clone()));
+    let node = Arc::new(Node::new(store, signer, instance_key, peers, host.clone())?);
+    let services = Services::new(node.clone());
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<InstanceServer<crate::rpc::services::InstanceService>>().await;
+    health.set_serving::<KeyManagementServer<crate::rpc::services::KeyManagementService>>().await;
+    health.set_serving::<CryptoServer<crate::rpc::services::CryptoService>>().await;
+    health.set_serving::<ResourceExchangeServer<crate::rpc::services::ResourceExchangeService>>().await;
+    health.set_serving::<KeyExchangeServer<crate::rpc::services::KeyExchangeService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let incoming = accept_tls(listener, TlsAcceptor::from(server_config(&cfg.tls)?), stop_rx.clone());
+    let m = MAX_MESSAGE_BYTES;
+    let server = Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InstanceServer::new(services.instance))
+        .add_service(KeyManagementServer::new(services.keys).max_decoding_message_size(m))
+        .add_service(CryptoServer::new(services.crypto).max_decoding_message_size(m).max_encoding_message_size(m))
+        .add_service(ResourceExchangeServer::new(services.exchange))
+        .add_service(KeyExchangeServer::new(services.peer).max_decoding_message_size(m).max_encoding_message_size(m))
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+    let server = tokio::spawn(server);
+    let background = tokio::spawn(background_loop(node.clone(), cfg.background_interval));
+    tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");
+    Ok(RunningApp { local_addr, node, stop, server, background })
+}
+
+/// Accepts TCP connections and completes TLS handshakes; a refused
+/// handshake is logged at warn with the peer address and the reason.
+fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    stop: watch::Receiver<bool>,
+) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let stop_fut = stopped(stop);
+        tokio::pin!(stop_fut);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut stop_fut => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(peer = %peer, reason = %e, "TLS handshake refused"),
+                    Err(_) => tracing::warn!(peer = %peer, reason = "timed out", "TLS handshake refused"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn background_loop(node: Arc<Node>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = node.sweep_expired().await {
+            tracing::warn!(error = %e, "expiry sweep failed");
+        }
+        if let Err(e) = node.deliver_outbox().await {
+            tracing::warn!(error = %e, "outbox delivery failed");
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Exchange requests and their state machine. One record exists on each side
+//! (source and target), linked by the request id.
+//!
+//! ```text
+//! Pending --approve--> Approved --complete--> Completed
+//! Pending --reject---> Rejected
+//! Pending|Approved --expire (now >= expires_at)--> Expired
+//! Pending|Approved --fail--> ErrorOnLocalInstance | ErrorOnRemoteInstance
+//! ```
+//! Every other (status, event) pair is refused with FAILED_PRECONDITION.
+
+use super::DomainError;
+use super::bundle::WrappingAlgorithm;
+use super::ids::{Host, Name, RequestId, SysId, UnixMillis};
+
+/// Default lifetime of a request: 7 days.
+pub const DEFAULT_EXPIRY_MILLIS: i64 = 7 * 24 * 3600 * 1000;
+/// Longest lifetime a request may ask for: 90 days.
+pub const MAX_EXPIRY_MILLIS: i64 = 90 * 24 * 3600 * 1000;
+/// Most specs one request may name.
+pub const MAX_SPECS_PER_REQUEST: usize = 1000;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Completed,
+    Rejected,
+    Expired,
+    ErrorOnLocalInstance,
+    ErrorOnRemoteInstance,
+}
+
+impl RequestStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RequestStatus::Pending | RequestStatus::Approved)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "REQUEST_PENDING",
+            RequestStatus::Approved => "REQUEST_APPROVED",
+            RequestStatus::Completed => "REQUEST_COMPLETED",
+            RequestStatus::Rejected => "REQUEST_REJECTED",
+            RequestStatus::Expired => "REQUEST_EXPIRED",
+            RequestStatus::ErrorOnLocalInstance => "ERROR_ON_LOCAL_INSTANCE",
+            RequestStatus::ErrorOnRemoteInstance => "ERROR_ON_REMOTE_INSTANCE",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExchangeRole {
+    Source,
+    Target,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Frequency {
+    Adhoc,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SpecLineStatus {
+    Pending,
+    Exchanged,
+    NotOnSource,
+    Failed,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SpecLine {
+    pub spec: Name,
+    pub status: SpecLineStatus,
+    pub key_count: u32,
+    pub reason: String,
+}
+
+impl SpecLine {
+    pub fn pending(spec: Name) -> Self {
+        SpecLine { spec, status: SpecLineStatus::Pending, key_count: 0, reason: String::new() }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Transition {
+    pub status: RequestStatus,
+    pub at: UnixMillis,
+    pub actor: String,
+    pub note: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PeerRef {
+    pub sys_id: SysId,
+    pub host: Host,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ExchangeRequest {
+    pub id: RequestId,
+    pub role: ExchangeRole,
+    pub frequency: Frequency,
+    pub source: PeerRef,
+    pub target: PeerRef,
+    pub status: RequestStatus,
+    pub lines: Vec<SpecLine>,
+    pub total_key_count: u32,
+    pub exported_key_count: u32,
+    pub imported_key_count: u32,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub history: Vec<Transition>,
+    /// Source side: the target's certificate (DER) seen when it opened the
+    /// request; receipts are verified against it.
+    pub peer_certificate: Vec<u8>,
+    /// Source side: the target's signed receipt, kept as proof of delivery.
+    pub receipt: Option<SignedBlob>,
+    /// Source side: the target's one-time transport public key (SPKI DER)
+    /// and the wrapping it can unwrap. Empty on the target side.
+    pub transport_public_key: Vec<u8>,
+    pub wrapping: WrappingAlgorithm,
+}
+
+/// Bytes and the signature over them.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SignedBlob {
+    pub bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// What happens to a request.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RequestEvent {
+    Approve,
+    Reject { reason: String },
+    Expire,
+    Complete,
+    FailLocal { reason: String },
+    FailRemote { reason: String },
+}
+
+impl RequestEvent {
+    fn name(&self) -> &'static str {
+        match self {
+            RequestEvent::Approve => "approve",
+            RequestEvent::Reject { .. } => "reject",
+            RequestEvent::Expire => "expire",
+            RequestEvent::Complete => "complete",
+            RequestEvent::FailLocal { .. } => "fail (local)",
+            RequestEvent::FailRemote { .. } => "fail (remote)",
+        }
+    }
+}
+
+/// The pure transition function: the next status, or why not.
+pub fn next_status(
+    from: RequestStatus,
+    event: &RequestEvent,
+    expires_at: UnixMillis,
+    now: UnixMillis,
+) -> Result<RequestStatus, DomainError> {
+    use RequestStatus::*;
+    let expired = now >= expires_at;
+    let next = match (from, event) {
+        (Pending, RequestEvent::Approve) if expired => {
+            return Err(DomainError::FailedPrecondition(
+                "the request has expired and can no longer be approved".into(),
+            ));
+        }
+        (Pending, RequestEvent::Approve) => Approved,
+        (Pending, RequestEvent::Reject { .. }) => Rejected,
+        (Pending | Approved, RequestEvent::Expire) if expired => Expired,
+        (Approved, RequestEvent::Complete) => Completed,
+        (Pending | Approved, RequestEvent::FailLocal { .. }) => ErrorOnLocalInstance,
+        (Pending | Approved, RequestEvent::FailRemote { .. }) => ErrorOnRemoteInstance,
+        (from, event) => {
+            return Err(DomainError::FailedPrecondition(format!(
+                "cannot {} a request in status {}",
+                event.name(),
+                from.label()
+            )));
+        }
+    };
+    Ok(next)
+}
+
+impl ExchangeRequest {
+    /// Applies `event`, recording the transition in the history.
+    pub fn apply(&mut self, event: RequestEvent, actor: &str, now: UnixMillis) -> Result<(), DomainError> {
+        let next = next_status(self.status, &event, self.expires_at, now)?;
+        let note = match &event {
+            RequestEvent::Reject { reason }
+            | RequestEvent::FailLocal { reason }
+            | RequestEvent::FailRemote { reason } => reason.clone(),
+            _ => String::new(),
+        };
+        self.status = next;
+        self.updated_at = now;
+        self.history.push(Transition { status: next, at: now, actor: actor.to_owned(), note });
+        Ok(())
+    }
+
+    /// The peer this record talks to.
+    pub fn peer(&self) -> &PeerRef {
+        match self.role {
+            ExchangeRole::Source => &self.target,
+            ExchangeRole::Target => &self.source,
+        }
+    }
+
+    /// Specs this request still waits on (lines not closed).
+    pub fn pending_specs(&self) -> impl Iterator<Item = &Name> {
+        self.lines.iter().filter(|l| l.status == SpecLineStatus::Pending).map(|l| &l.spec)
+    }
+}
+
+/// Validates what an operator asks for when creating a request.
+pub fn validate_expiry(expires_in_millis: Option<i64>) -> Result<i64, DomainError> {
+    match expires_in_millis {
+        None => Ok(DEFAULT_EXPIRY_MILLIS),
+        Some(ms) if ms <= 0 => Err(DomainError::invalid("expires_in", "must be positive")),
+        Some(ms) if ms > MAX_EXPIRY_MILLIS => Err(DomainError::invalid("expires_in", "must be at most 90 days")),
+        Some(ms) => Ok(ms),
+    }
+}
+
+/// Validates the spec list: non-empty, bounded, no duplicates.
+pub fn validate_spec_names(names: &[String]) -> Result<Vec<Name>, DomainError> {
+    if names.is_empty() {
+        return Err(DomainError::invalid("spec_names", "name at least one spec"));
+    }
+    if names.len() > MAX_SPECS_PER_REQUEST {
+        return Err(DomainError::invalid("spec_names", format!("at most {MAX_SPECS_PER_REQUEST} specs per request")));
+    }
+    let mut out: Vec<Name> = Vec::with_capacity(names.len());
+    for n in names {
+        let name = Name::parse(n, "spec_names")?;
+        if out.contains(&name) {
+            return Err(DomainError::invalid("spec_names", format!("{name} is named twice")));
+        }
+        out.push(name);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestStatus::*;
+    use super::*;
+
+    fn ev(name: &str) -> RequestEvent {
+        match name {
+            "approve" => RequestEvent::Approve,
+            "reject" => RequestEvent::Reject { reason: "no".into() },
+            "expire" => RequestEvent::Expire,
+            "complete" => RequestEvent::Complete,
+            "fail_local" => RequestEvent::FailLocal { reason: "x".into() },
+            "fail_remote" => RequestEvent::FailRemote { reason: "x".into() },
+            _ => unreachable!(),
+        }
+    }
+
+    /// The whole table: (from, event, expired?, expected next or None for refused).
+    #[test]
+    fn transition_table() {
+        let all = [Pending, Approved, Completed, Rejected, Expired, ErrorOnLocalInstance, ErrorOnRemoteInstance];
+        let events = ["approve", "reject", "expire", "complete", "fail_local", "fail_remote"];
+        for from in all {
+            for e in events {
+                for expired in [false, true] {
+                    let want = match (from, e, expired) {
+                        (Pending, "approve", false) => Some(Approved),
+                        (Pending, "reject", _) => Some(Rejected),
+                        (Pending | Approved, "expire", true) => Some(Expired),
+                        (Approved, "complete", _) => Some(Completed),
+                        (Pending | Approved, "fail_local", _) => Some(ErrorOnLocalInstance),
+                        (Pending | Approved, "fail_remote", _) => Some(ErrorOnRemoteInstance),
+                        _ => None,
+                    };
+                    let now = if expired { UnixMillis(100) } else { UnixMillis(10) };
+                    let got = next_status(from, &ev(e), UnixMillis(100), now).ok();
+                    assert_eq!(got, want, "{from:?} + {e} (expired: {expired})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refusal_names_the_status() {
+        let err = next_status(Completed, &RequestEvent::Approve, UnixMillis(100), UnixMillis(1)).unwrap_err();
+        assert!(err.to_string().contains("REQUEST_COMPLETED"), "{err}");
+    }
+
+    #[test]
+    fn apply_records_history() {
+        let host = Host::parse("a:1").unwrap();
+        let peer = PeerRef { sys_id: SysId::from_random([1; 16]), host };
+        let mut r = ExchangeRequest {
+            id: RequestId::from_random([2; 16]),
+            role: ExchangeRole::Source,
+            frequency: Frequency::Adhoc,
+            source: peer.clone(),
+            target: peer,
+            status: Pending,
+            lines: vec![],
+            total_key_count: 0,
+            exported_key_count: 0,
+            imported_key_count: 0,
+            created_at: UnixMillis(0),
+            updated_at: UnixMillis(0),
+            expires_at: UnixMillis(100),
+            history: vec![],
+            peer_certificate: vec![],
+            receipt: None,
+            transport_public_key: vec![],
+            wrapping: WrappingAlgorithm::RsaAesKeyWrapSha256,
+        };
+        r.apply(RequestEvent::Reject { reason: "not now".into() }, "alice", UnixMillis(5)).unwrap();
+        assert_eq!(r.status, Rejected);
+        assert_eq!(r.history.last().map(|t| (t.actor.as_str(), t.note.as_str())), Some(("alice", "not now")));
+        assert!(r.apply(RequestEvent::Approve, "alice", UnixMillis(6)).is_err());
+        assert_eq!(r.history.len(), 1, "a refused event changes nothing");
+    }
+
+    #[test]
+    fn expiry_and_spec_validation() {
+        assert_eq!(validate_expiry(None), Ok(DEFAULT_EXPIRY_MILLIS));
+        assert!(validate_expiry(Some(0)).is_err());
+        assert!(validate_expiry(Some(MAX_EXPIRY_MILLIS + 1)).is_err());
+        assert!(validate_spec_names(&[]).is_err());
+        assert!(validate_spec_names(&["a".into(), "a".into()]).is_err());
+        assert!(validate_spec_names(&["bad name".into()]).is_err());
+        assert_eq!(validate_spec_names(&["a".into(), "b".into()]).map(|v| v.len()), Ok(2));
+    }
+}

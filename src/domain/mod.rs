@@ -1,0 +1,18 @@
+//! The pure core: identities, keys, exchange requests and their state machine,
+//! the bundle and receipt formats, the ciphertext header and authorisation.
+//!
+//! Nothing here performs I/O: no tokio, tonic, redb, openssl, rustls, file
+//! system, environment or clock. Time and randomness come in as arguments.
+//! `tests/it/tidy.rs` enforces this.
+
+pub mod auth;
+pub mod bundle;
+pub mod ciphertext;
+pub mod codec;
+pub mod error;
+pub mod exchange;
+pub mod ids;
+pub mod key;
+pub mod spec;
+
+pub use error::DomainError;

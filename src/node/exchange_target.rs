@@ -1,0 +1,297 @@
+//! The target side of an exchange: create the request, open it on the
+//! source, then verify and import the bundle the source delivers.
+
+use std::sync::Arc;
+
+use super::Node;
+use super::ports::OpenRequest;
+use crate::clock;
+use crate::domain::DomainError;
+use crate::domain::auth::Caller;
+use crate::domain::bundle::{Bundle, Receipt};
+use crate::domain::exchange::{
+    ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestEvent, RequestStatus, SignedBlob, SpecLine,
+    SpecLineStatus, validate_expiry, validate_spec_names,
+};
+use crate::domain::ids::{Host, RequestId, SysId};
+use crate::domain::key::{KeyOrigin, KeyRecord, KeyState};
+use crate::error::{AppError, AppResult};
+use crate::signer::CryptoError;
+use crate::signer::primitives::{kwp_unwrap, random_bytes, sha256, verify_sha256_with_cert};
+use crate::store::OutboxChange;
+
+/// What an operator asks for in `CreateRequest`.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub source_sys_id: String,
+    pub source_host: String,
+    pub spec_names: Vec<String>,
+    pub expires_in_millis: Option<i64>,
+}
+
+impl Node {
+    /// Creates an Adhoc request here (the target) and opens it on the source.
+    pub async fn create_request(self: &Arc<Self>, caller: &Caller, new: NewRequest) -> AppResult<ExchangeRequest> {
+        let source_sys_id = SysId::parse(&new.source_sys_id)?;
+        let source_host = Host::parse(&new.source_host)?;
+        let specs = validate_spec_names(&new.spec_names)?;
+        let lifetime = validate_expiry(new.expires_in_millis)?;
+        if source_sys_id == self.sys_id {
+            return Err(DomainError::invalid("source_sys_id", "is this instance's own sys_id").into());
+        }
+        let actor = caller.actor();
+        let (req, public_key) = self
+            .blocking(move |node| {
+                for s in &specs {
+                    node.spec_or_not_found(s)?;
+                }
+                let transport = node.signer.create_transport_key()?;
+                let now = clock::now();
+                let req = ExchangeRequest {
+                    id: RequestId::from_random(random_bytes()),
+                    role: ExchangeRole::Target,
+                    frequency: Frequency::Adhoc,
+                    source: PeerRef { sys_id: source_sys_id, host: source_host },
+                    target: PeerRef { sys_id: node.sys_id.clone(), host: node.host.clone() },
+                    status: RequestStatus::Pending,
+                    lines: specs.into_iter().map(SpecLine::pending).collect(),
+                    total_key_count: 0,
+                    exported_key_count: 0,
+                    imported_key_count: 0,
+                    created_at: now,
+                    updated_at: now,
+                    expires_at: now.plus_millis(lifetime),
+                    history: vec![crate::domain::exchange::Transition {
+                        status: RequestStatus::Pending,
+                        at: now,
+                        actor,
+                        note: "created".into(),
+                    }],
+                    peer_certificate: Vec::new(),
+                    receipt: None,
+                    transport_public_key: Vec::new(),
+                    wrapping: transport.wrapping,
+                };
+                node.store.insert_request(&req, Some(&transport.handle))?;
+                Ok((req, transport.public_der))
+            })
+            .await?;
+        tracing::info!(request_id = %req.id, source = %req.source.sys_id, "exchange request created");
+
+        let open = OpenRequest {
+            request_id: req.id.clone(),
+            target_sys_id: self.sys_id.clone(),
+            target_host: self.host.clone(),
+            source_sys_id: req.source.sys_id.clone(),
+            spec_names: req.lines.iter().map(|l| l.spec.clone()).collect(),
+            expires_at: req.expires_at,
+            transport_public_key: public_key,
+            wrapping: req.wrapping,
+        };
+        let answer = self.peers.open_request(&req.source.host, &req.source.sys_id, open).await;
+        let id = req.id.clone();
+        self.blocking(move |node| {
+            let mut req = node.store.request(&id)?.ok_or_else(|| DomainError::not_found("request", &id))?;
+            let now = clock::now();
+            match answer {
+                Ok(view) => {
+                    for line in &mut req.lines {
+                        if let Some(s) = view.lines.iter().find(|l| l.spec == line.spec)
+                            && s.status != SpecLineStatus::Pending
+                        {
+                            *line = s.clone();
+                        }
+                    }
+                    req.total_key_count = view.total_key_count;
+                    if view.status == RequestStatus::Completed && req.status == RequestStatus::Pending {
+                        // Nothing to exchange: every spec is missing on the source.
+                        req.apply(RequestEvent::Approve, "system", now)?;
+                        req.apply(RequestEvent::Complete, "system", now)?;
+                    }
+                    node.store.update_request(&req, OutboxChange::Keep)?;
+                    Ok(req)
+                }
+                Err(err) => {
+                    if req.status == RequestStatus::Pending {
+                        req.apply(RequestEvent::FailRemote { reason: err.to_string() }, "system", now)?;
+                        node.store.update_request(&req, OutboxChange::Keep)?;
+                    }
+                    tracing::warn!(request_id = %req.id, error = %err, "opening the request on the source failed");
+                    Err(AppError::Peer(err))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Verifies and imports a bundle from the source; returns the signed receipt.
+    pub async fn receive_bundle(
+        self: &Arc<Self>,
+        caller: SysId,
+        caller_cert: Vec<u8>,
+        bundle: SignedBlob,
+    ) -> AppResult<SignedBlob> {
+        let _guard = self.import_lock.lock().await;
+        self.blocking(move |node| node.import_bundle(&caller, &caller_cert, &bundle)).await
+    }
+
+    fn import_bundle(&self, caller: &SysId, caller_cert: &[u8], signed: &SignedBlob) -> AppResult<SignedBlob> {
+        verify_sha256_with_cert(caller_cert, &signed.bytes, &signed.signature).map_err(|_| {
+            DomainError::PermissionDenied("bundle signature does not verify against the sender's certificate".into())
+        })?;
+        let bundle = Bundle::decode(&signed.bytes)?;
+        let mut req = self
+            .store
+            .request(&bundle.request_id)?
+            .ok_or_else(|| DomainError::not_found("request", &bundle.request_id))?;
+        if req.role != ExchangeRole::Target {
+            return Err(DomainError::FailedPrecondition("request is not a target-side request here".into()).into());
+        }
+        if &req.source.sys_id != caller {
+            return Err(DomainError::PermissionDenied("bundle sender is not the request's source".into()).into());
+        }
+        let now = clock::now();
+        bundle.check_addressed(&self.sys_id, &req.source.sys_id, &req.id, now)?;
+        if req.status != RequestStatus::Pending {
+            return Err(DomainError::FailedPrecondition(format!(
+                "request is {}; a bundle is accepted once, for a pending request",
+                req.status.label()
+            ))
+            .into());
+        }
+        let handle = self.store.transport_handle(&req.id)?.ok_or_else(|| {
+            DomainError::FailedPrecondition("the request's transport key is gone; bundle refused".into())
+        })?;
+        let aes =
+            self.signer.open_transport_key(&handle, bundle.wrapping, &bundle.wrapped_transport_key).map_err(|_| {
+                DomainError::PermissionDenied("bundle is not wrapped for this request's transport key".into())
+            })?;
+
+        let mut keys = Vec::with_capacity(bundle.entries.len());
+        let mut failed: Vec<(String, String)> = Vec::new();
+        for entry in &bundle.entries {
+            let result = self.unwrap_entry(&req, &aes, entry);
+            match result {
+                Ok(wrapped) => keys.push((
+                    KeyRecord {
+                        id: entry.key_id.clone(),
+                        state: KeyState::Expired,
+                        origin: KeyOrigin::KeyExchange { request_id: req.id.clone() },
+                        generated_at: entry.generated_at,
+                        activated_at: entry.activated_at,
+                        deactivated_at: entry.deactivated_at,
+                        imported_at: Some(now),
+                        expired_at: Some(now),
+                    },
+                    wrapped,
+                )),
+                Err(reason) => failed.push((entry.key_id.spec.to_string(), reason)),
+            }
+        }
+
+        // Lines: the source's outcome, then what failed here.
+        for line in &mut req.lines {
+            if let Some(src) = bundle.lines.iter().find(|l| l.spec == line.spec) {
+                *line = src.clone();
+            }
+            let fails: Vec<&String> = failed.iter().filter(|(s, _)| s == line.spec.as_str()).map(|(_, r)| r).collect();
+            if let Some(first) = fails.first() {
+                line.status = SpecLineStatus::Failed;
+                line.reason = format!("{} key(s) not imported: {first}", fails.len());
+            }
+        }
+        req.total_key_count = bundle.lines.iter().map(|l| l.key_count).sum();
+        req.apply(RequestEvent::Approve, &format!("instance:{caller}"), now)?;
+        req.apply(RequestEvent::Complete, "system", now)?;
+        req.imported_key_count = keys.len() as u32;
+        let outcome = self.store.complete_import(&req, &keys)?;
+        if !outcome.already_present.is_empty() {
+            // Keys a previous exchange brought are not imported twice.
+            req.imported_key_count = outcome.inserted.len() as u32;
+            for line in &mut req.lines {
+                let n = outcome.already_present.iter().filter(|k| k.spec == line.spec).count();
+                if n > 0 {
+                    line.reason = format!("{n} key(s) already present, not imported twice");
+                }
+            }
+            self.store.update_request(&req, OutboxChange::Keep)?;
+        }
+        if let Err(e) = self.signer.destroy_transport_key(&handle) {
+            tracing::warn!(request_id = %req.id, error = %e, "destroying the transport key failed");
+        }
+        tracing::info!(
+            request_id = %req.id,
+            imported = outcome.inserted.len(),
+            already_present = outcome.already_present.len(),
+            failed = failed.len(),
+            "keys imported"
+        );
+        let receipt = Receipt {
+            request_id: req.id.clone(),
+            source: req.source.sys_id.clone(),
+            target: self.sys_id.clone(),
+            imported_at: now,
+            bundle_sha256: sha256(&signed.bytes),
+            imported: outcome.inserted,
+        };
+        let bytes = receipt.encode();
+        let signature = self.instance_key.sign(&bytes)?;
+        Ok(SignedBlob { bytes, signature })
+    }
+
+    /// Unwraps one bundle entry and re-wraps it under our KEK.
+    fn unwrap_entry(
+        &self,
+        req: &ExchangeRequest,
+        aes: &crate::domain::key::DataKey,
+        entry: &crate::domain::bundle::BundleEntry,
+    ) -> Result<crate::domain::key::WrappedKey, String> {
+        if !req.lines.iter().any(|l| l.spec == entry.key_id.spec) {
+            return Err("spec was not requested".into());
+        }
+        let spec =
+            self.store.spec(&entry.key_id.spec).map_err(|e| e.to_string())?.ok_or("spec not on this instance")?;
+        let dek = kwp_unwrap(aes.expose(), &entry.wrapped).map_err(|_| "key does not unwrap".to_owned())?;
+        if dek.len() != spec.key_len_bytes() {
+            return Err(format!("key is {} bits, spec wants {}", dek.len() * 8, spec.key_size_bits));
+        }
+        let dek = crate::domain::key::DataKey::new(dek);
+        self.signer.wrap(&dek).map_err(|e: CryptoError| e.to_string())
+    }
+
+    /// The source rejected or expired the request.
+    pub async fn receive_status(
+        self: &Arc<Self>,
+        caller: SysId,
+        request_id: RequestId,
+        status: RequestStatus,
+        reason: String,
+    ) -> AppResult<()> {
+        self.blocking(move |node| {
+            let mut req =
+                node.store.request(&request_id)?.ok_or_else(|| DomainError::not_found("request", &request_id))?;
+            if req.role != ExchangeRole::Target || req.source.sys_id != caller {
+                return Err(DomainError::PermissionDenied("sender is not the request's source".into()).into());
+            }
+            let now = clock::now();
+            let actor = format!("instance:{caller}");
+            let event = match status {
+                RequestStatus::Rejected => RequestEvent::Reject { reason },
+                RequestStatus::Expired => RequestEvent::Expire,
+                other => {
+                    return Err(DomainError::invalid("status", format!("{} cannot be notified", other.label())).into());
+                }
+            };
+            // The source's clock decided expiry; do not let ours refuse it.
+            let at = if status == RequestStatus::Expired { now.max(req.expires_at) } else { now };
+            if req.status.is_terminal() && req.status == status {
+                return Ok(()); // A repeated notice changes nothing.
+            }
+            req.apply(event, &actor, at)?;
+            node.store.update_request(&req, OutboxChange::Keep)?;
+            tracing::info!(request_id = %req.id, status = status.label(), "source reported the request closed");
+            Ok(())
+        })
+        .await
+    }
+}

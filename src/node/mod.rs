@@ -1,0 +1,114 @@
+//! The use cases of one instance: keys, crypto and both sides of an exchange.
+//! It wires the pure domain to the store, the signer and the peer link; the
+//! RPC services only convert and call in here.
+
+mod crypto;
+mod exchange_source;
+mod exchange_target;
+mod keys;
+pub mod ports;
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::domain::ids::{Host, SysId};
+use crate::error::{AppError, AppResult};
+use crate::signer::Signer;
+use crate::signer::instance_key::InstanceKey;
+use crate::store::RedbStore;
+use ports::PeerLink;
+
+/// What `Instance.Info` reports.
+#[derive(Clone, Debug)]
+pub struct InstanceInfo {
+    pub sys_id: SysId,
+    pub host: Host,
+    pub version: &'static str,
+    pub signer_kind: &'static str,
+}
+
+pub struct Node {
+    sys_id: SysId,
+    host: Host,
+    store: Arc<RedbStore>,
+    signer: Arc<dyn Signer>,
+    instance_key: InstanceKey,
+    peers: Arc<dyn PeerLink>,
+    /// Serialises deliveries (source) so one bundle is never sent twice at once.
+    delivery_lock: Mutex<()>,
+    /// Serialises imports (target) so a bundle is never imported twice.
+    import_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("sys_id", &self.sys_id).field("host", &self.host).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    pub fn new(
+        store: Arc<RedbStore>,
+        signer: Arc<dyn Signer>,
+        instance_key: InstanceKey,
+        peers: Arc<dyn PeerLink>,
+        advertised_host: Host,
+    ) -> AppResult<Self> {
+        let sys_id = store.sys_id()?;
+        Ok(Node {
+            sys_id,
+            host: advertised_host,
+            store,
+            signer,
+            instance_key,
+            peers,
+            delivery_lock: Mutex::new(()),
+            import_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn info(&self) -> InstanceInfo {
+        InstanceInfo {
+            sys_id: self.sys_id.clone(),
+            host: self.host.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            signer_kind: self.signer.kind(),
+        }
+    }
+
+    pub fn sys_id(&self) -> &SysId {
+        &self.sys_id
+    }
+
+    /// Runs blocking work (redb, openssl, RSA) off the async workers.
+    async fn blocking<T, F>(self: &Arc<Self>, f: F) -> AppResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Node) -> AppResult<T> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| AppError::Internal(format!("blocking task failed: {e}")))?
+    }
+}
+
+pub use exchange_source::Decision;
+pub use exchange_target::NewRequest;
+
+impl Node {
+    pub async fn requests(self: &Arc<Self>) -> AppResult<Vec<crate::domain::exchange::ExchangeRequest>> {
+        self.blocking(|node| Ok(node.store.requests()?)).await
+    }
+
+    pub async fn request(
+        self: &Arc<Self>,
+        id: crate::domain::ids::RequestId,
+    ) -> AppResult<crate::domain::exchange::ExchangeRequest> {
+        self.blocking(move |node| {
+            node.store.request(&id)?.ok_or_else(|| crate::domain::DomainError::not_found("request", &id).into())
+        })
+        .await
+    }
+}

@@ -1,0 +1,58 @@
+//! What the node needs from the outside world besides store and signer: a
+//! link to peer daemons (implemented by `rpc::peer`).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::domain::bundle::WrappingAlgorithm;
+use crate::domain::exchange::{RequestStatus, SignedBlob, SpecLine};
+use crate::domain::ids::{Host, Name, RequestId, SysId, UnixMillis};
+use crate::error::PeerError;
+
+pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PeerError>> + Send + 'a>>;
+
+/// The target's request, as sent to the source.
+#[derive(Clone, Debug)]
+pub struct OpenRequest {
+    pub request_id: RequestId,
+    pub target_sys_id: SysId,
+    pub target_host: Host,
+    pub source_sys_id: SysId,
+    pub spec_names: Vec<Name>,
+    pub expires_at: UnixMillis,
+    pub transport_public_key: Vec<u8>,
+    pub wrapping: WrappingAlgorithm,
+}
+
+/// The source's answer to `OpenRequest`.
+#[derive(Clone, Debug)]
+pub struct SourceView {
+    pub status: RequestStatus,
+    pub lines: Vec<SpecLine>,
+    pub total_key_count: u32,
+}
+
+/// Outbound calls to other instances. Each call checks that the peer's
+/// certificate names `expected`.
+pub trait PeerLink: Send + Sync + 'static {
+    fn open_request<'a>(
+        &'a self,
+        host: &'a Host,
+        expected: &'a SysId,
+        request: OpenRequest,
+    ) -> PeerFuture<'a, SourceView>;
+    fn deliver_bundle<'a>(
+        &'a self,
+        host: &'a Host,
+        expected: &'a SysId,
+        bundle: SignedBlob,
+    ) -> PeerFuture<'a, SignedBlob>;
+    fn notify_status<'a>(
+        &'a self,
+        host: &'a Host,
+        expected: &'a SysId,
+        request_id: RequestId,
+        status: RequestStatus,
+        reason: String,
+    ) -> PeerFuture<'a, ()>;
+}

@@ -1,0 +1,51 @@
+//! Outbound gRPC channels over our own rustls client config (TLS 1.3, our
+//! identity, optional check of the peer's sys_id). Used by the peer client,
+//! kmfctl and the tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::domain::ids::{Host, SysId};
+use crate::tls::{TlsFiles, client_config};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Opens a channel to `host`. With `expected`, the server's certificate must
+/// name that instance.
+pub async fn connect(host: &Host, files: &TlsFiles, expected: Option<SysId>) -> Result<Channel, String> {
+    let config = client_config(files, expected).map_err(|e| e.to_string())?;
+    let server_name = ServerName::try_from(host.name().to_owned()).map_err(|e| e.to_string())?;
+    let addr = host.to_string();
+    let connector = TlsConnector::from(Arc::clone(&config));
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let (connector, server_name, addr) = (connector.clone(), server_name.clone(), addr.clone());
+            async move {
+                let tcp = TcpStream::connect(&addr).await?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| {
+            use std::error::Error;
+            let mut msg = e.to_string();
+            let mut src = e.source();
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            msg
+        })
+}

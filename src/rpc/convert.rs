@@ -1,0 +1,204 @@
+//! Conversions between generated types and domain types. Unspecified enums
+//! and missing fields become INVALID_ARGUMENT here, at the edge.
+
+use prost_types::{Duration, Timestamp};
+
+use super::pb;
+use crate::domain::DomainError;
+use crate::domain::bundle::WrappingAlgorithm;
+use crate::domain::exchange::{ExchangeRequest, ExchangeRole, Frequency, RequestStatus, SpecLine, SpecLineStatus};
+use crate::domain::ids::{Name, UnixMillis};
+use crate::domain::key::{KeyOrigin, KeyRecord, KeyState};
+use crate::domain::spec::{Algorithm, Module, Purpose, Spec};
+
+pub fn ts(t: UnixMillis) -> Timestamp {
+    Timestamp { seconds: t.0.div_euclid(1000), nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn opt_ts(t: Option<UnixMillis>) -> Option<Timestamp> {
+    t.map(ts)
+}
+
+pub fn from_ts(t: &Timestamp) -> UnixMillis {
+    UnixMillis(t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos) / 1_000_000))
+}
+
+pub fn duration_millis(d: &Duration) -> Result<i64, DomainError> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(DomainError::invalid("expires_in", "must be positive"));
+    }
+    Ok(d.seconds.saturating_mul(1000).saturating_add(i64::from(d.nanos) / 1_000_000))
+}
+
+pub fn name(text: &str, field: &'static str) -> Result<Name, DomainError> {
+    Name::parse(text, field)
+}
+
+pub fn module(m: &Module) -> pb::Module {
+    pb::Module { name: m.name.to_string(), created_at: Some(ts(m.created_at)) }
+}
+
+pub fn spec(s: &Spec) -> pb::Spec {
+    pb::Spec {
+        name: s.name.to_string(),
+        module: s.module.to_string(),
+        purpose: match s.purpose {
+            Purpose::SymmetricDataEncryption => pb::CryptoPurpose::SymmetricDataEncryption,
+        } as i32,
+        algorithm: match s.algorithm {
+            Algorithm::AesGcm => pb::Algorithm::AesGcm,
+        } as i32,
+        key_size_bits: s.key_size_bits,
+        created_at: Some(ts(s.created_at)),
+    }
+}
+
+pub fn purpose(v: i32) -> Result<Purpose, DomainError> {
+    match pb::CryptoPurpose::try_from(v) {
+        Ok(pb::CryptoPurpose::SymmetricDataEncryption) => Ok(Purpose::SymmetricDataEncryption),
+        _ => Err(DomainError::invalid("purpose", "set a purpose (SYMMETRIC_DATA_ENCRYPTION)")),
+    }
+}
+
+pub fn algorithm(v: i32) -> Result<Algorithm, DomainError> {
+    match pb::Algorithm::try_from(v) {
+        Ok(pb::Algorithm::AesGcm) => Ok(Algorithm::AesGcm),
+        _ => Err(DomainError::invalid("algorithm", "set an algorithm (AES_GCM)")),
+    }
+}
+
+fn key_state(s: KeyState) -> pb::KeyState {
+    match s {
+        KeyState::Generated => pb::KeyState::Generated,
+        KeyState::Active => pb::KeyState::Active,
+        KeyState::Deactivated => pb::KeyState::Deactivated,
+        KeyState::Expired => pb::KeyState::Expired,
+    }
+}
+
+pub fn key(k: &KeyRecord) -> pb::Key {
+    let (origin, request_id) = match &k.origin {
+        KeyOrigin::Local => (pb::KeyOrigin::Local, String::new()),
+        KeyOrigin::KeyExchange { request_id } => (pb::KeyOrigin::KeyExchange, request_id.to_string()),
+    };
+    pb::Key {
+        key_id: k.id.to_string(),
+        origin_sys_id: k.id.origin.to_string(),
+        spec: k.id.spec.to_string(),
+        version: k.id.version,
+        state: key_state(k.state) as i32,
+        origin: origin as i32,
+        generated_at: Some(ts(k.generated_at)),
+        activated_at: opt_ts(k.activated_at),
+        deactivated_at: opt_ts(k.deactivated_at),
+        imported_at: opt_ts(k.imported_at),
+        expired_at: opt_ts(k.expired_at),
+        request_id,
+    }
+}
+
+pub fn status(s: RequestStatus) -> pb::RequestStatus {
+    match s {
+        RequestStatus::Pending => pb::RequestStatus::RequestPending,
+        RequestStatus::Approved => pb::RequestStatus::RequestApproved,
+        RequestStatus::Completed => pb::RequestStatus::RequestCompleted,
+        RequestStatus::Rejected => pb::RequestStatus::RequestRejected,
+        RequestStatus::Expired => pb::RequestStatus::RequestExpired,
+        RequestStatus::ErrorOnLocalInstance => pb::RequestStatus::ErrorOnLocalInstance,
+        RequestStatus::ErrorOnRemoteInstance => pb::RequestStatus::ErrorOnRemoteInstance,
+    }
+}
+
+/// `None` for UNSPECIFIED (used as "no filter").
+pub fn status_from(v: i32) -> Result<Option<RequestStatus>, DomainError> {
+    Ok(Some(match pb::RequestStatus::try_from(v) {
+        Ok(pb::RequestStatus::Unspecified) => return Ok(None),
+        Ok(pb::RequestStatus::RequestPending) => RequestStatus::Pending,
+        Ok(pb::RequestStatus::RequestApproved) => RequestStatus::Approved,
+        Ok(pb::RequestStatus::RequestCompleted) => RequestStatus::Completed,
+        Ok(pb::RequestStatus::RequestRejected) => RequestStatus::Rejected,
+        Ok(pb::RequestStatus::RequestExpired) => RequestStatus::Expired,
+        Ok(pb::RequestStatus::ErrorOnLocalInstance) => RequestStatus::ErrorOnLocalInstance,
+        Ok(pb::RequestStatus::ErrorOnRemoteInstance) => RequestStatus::ErrorOnRemoteInstance,
+        Err(_) => return Err(DomainError::invalid("status", format!("unknown value {v}"))),
+    }))
+}
+
+fn line_status(s: SpecLineStatus) -> pb::SpecLineStatus {
+    match s {
+        SpecLineStatus::Pending => pb::SpecLineStatus::SpecLinePending,
+        SpecLineStatus::Exchanged => pb::SpecLineStatus::Exchanged,
+        SpecLineStatus::NotOnSource => pb::SpecLineStatus::NotOnSource,
+        SpecLineStatus::Failed => pb::SpecLineStatus::Failed,
+    }
+}
+
+pub fn line(l: &SpecLine) -> pb::SpecLine {
+    pb::SpecLine {
+        spec: l.spec.to_string(),
+        status: line_status(l.status) as i32,
+        key_count: l.key_count,
+        reason: l.reason.clone(),
+    }
+}
+
+pub fn line_from(l: &pb::SpecLine) -> Result<SpecLine, DomainError> {
+    let status = match pb::SpecLineStatus::try_from(l.status) {
+        Ok(pb::SpecLineStatus::SpecLinePending) => SpecLineStatus::Pending,
+        Ok(pb::SpecLineStatus::Exchanged) => SpecLineStatus::Exchanged,
+        Ok(pb::SpecLineStatus::NotOnSource) => SpecLineStatus::NotOnSource,
+        Ok(pb::SpecLineStatus::Failed) => SpecLineStatus::Failed,
+        _ => return Err(DomainError::invalid("lines.status", "unspecified")),
+    };
+    Ok(SpecLine { spec: name(&l.spec, "lines.spec")?, status, key_count: l.key_count, reason: l.reason.clone() })
+}
+
+pub fn request(r: &ExchangeRequest) -> pb::ExchangeRequest {
+    pb::ExchangeRequest {
+        request_id: r.id.to_string(),
+        role: match r.role {
+            ExchangeRole::Source => pb::ExchangeRole::Source,
+            ExchangeRole::Target => pb::ExchangeRole::Target,
+        } as i32,
+        frequency: match r.frequency {
+            Frequency::Adhoc => pb::Frequency::Adhoc,
+        } as i32,
+        source_sys_id: r.source.sys_id.to_string(),
+        source_host: r.source.host.to_string(),
+        target_sys_id: r.target.sys_id.to_string(),
+        target_host: r.target.host.to_string(),
+        status: status(r.status) as i32,
+        lines: r.lines.iter().map(line).collect(),
+        total_key_count: r.total_key_count,
+        exported_key_count: r.exported_key_count,
+        imported_key_count: r.imported_key_count,
+        created_at: Some(ts(r.created_at)),
+        updated_at: Some(ts(r.updated_at)),
+        expires_at: Some(ts(r.expires_at)),
+        history: r
+            .history
+            .iter()
+            .map(|t| pb::Transition {
+                status: status(t.status) as i32,
+                at: Some(ts(t.at)),
+                actor: t.actor.clone(),
+                note: t.note.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub fn wrapping(w: WrappingAlgorithm) -> pb::WrappingAlgorithm {
+    match w {
+        WrappingAlgorithm::RsaAesKeyWrapSha256 => pb::WrappingAlgorithm::RsaAesKeyWrapSha256,
+        WrappingAlgorithm::RsaAesKeyWrapSha1 => pb::WrappingAlgorithm::RsaAesKeyWrapSha1,
+    }
+}
+
+pub fn wrapping_from(v: i32) -> Result<WrappingAlgorithm, DomainError> {
+    match pb::WrappingAlgorithm::try_from(v) {
+        Ok(pb::WrappingAlgorithm::RsaAesKeyWrapSha256) => Ok(WrappingAlgorithm::RsaAesKeyWrapSha256),
+        Ok(pb::WrappingAlgorithm::RsaAesKeyWrapSha1) => Ok(WrappingAlgorithm::RsaAesKeyWrapSha1),
+        _ => Err(DomainError::invalid("wrapping_algorithm", "unspecified or unknown")),
+    }
+}

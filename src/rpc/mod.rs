@@ -1,0 +1,22 @@
+//! The RPC edge: the only home of generated protobuf types. Services convert,
+//! authorise, call the node and convert back; `status` maps every error to a
+//! gRPC status in one place; `peer` is the outbound client to other daemons;
+//! `client` connects operators (kmfctl, tests) to a daemon.
+
+pub mod caller;
+pub mod client;
+pub mod convert;
+pub mod peer;
+pub mod services;
+pub mod status;
+
+/// Generated code for `proto/kmf/v1/kmf.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("kmf.v1");
+    /// Descriptor set for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kmf_descriptor");
+}
+
+/// Largest gRPC message a daemon accepts (a 10,000-key bundle is about 1 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

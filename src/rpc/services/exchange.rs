@@ -1,0 +1,79 @@
+//! ResourceExchange: exchange requests for operators.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::DomainError;
+use crate::domain::auth::Permission;
+use crate::domain::ids::RequestId;
+use crate::node::{Decision, NewRequest, Node};
+use crate::rpc::caller::authorize_request;
+use crate::rpc::convert;
+use crate::rpc::pb::{self, resource_exchange_server::ResourceExchange};
+
+pub struct ResourceExchangeService(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl ResourceExchange for ResourceExchangeService {
+    async fn create_request(
+        &self,
+        req: Request<pb::CreateRequestRequest>,
+    ) -> Result<Response<pb::CreateRequestResponse>, Status> {
+        let auth = authorize_request(&req, Permission::ManageExchanges)?;
+        let r = req.into_inner();
+        match pb::Frequency::try_from(r.frequency) {
+            Ok(pb::Frequency::Adhoc) | Ok(pb::Frequency::Unspecified) => {}
+            Err(_) => return Err(DomainError::invalid("frequency", "unknown value").into()),
+        }
+        let expires_in_millis = r.expires_in.as_ref().map(convert::duration_millis).transpose()?;
+        let new = NewRequest {
+            source_sys_id: r.source_sys_id,
+            source_host: r.source_host,
+            spec_names: r.spec_names,
+            expires_in_millis,
+        };
+        let created = self.0.create_request(&auth.caller, new).await?;
+        Ok(Response::new(pb::CreateRequestResponse { request: Some(convert::request(&created)) }))
+    }
+
+    async fn list_requests(
+        &self,
+        req: Request<pb::ListRequestsRequest>,
+    ) -> Result<Response<pb::ListRequestsResponse>, Status> {
+        authorize_request(&req, Permission::Read)?;
+        let filter = convert::status_from(req.get_ref().status)?;
+        let all = self.0.requests().await?;
+        let requests = all.iter().filter(|r| filter.is_none_or(|s| r.status == s)).map(convert::request).collect();
+        Ok(Response::new(pb::ListRequestsResponse { requests }))
+    }
+
+    async fn get_request(
+        &self,
+        req: Request<pb::GetRequestRequest>,
+    ) -> Result<Response<pb::GetRequestResponse>, Status> {
+        authorize_request(&req, Permission::Read)?;
+        let id = RequestId::parse(&req.get_ref().request_id)?;
+        let found = self.0.request(id).await?;
+        Ok(Response::new(pb::GetRequestResponse { request: Some(convert::request(&found)) }))
+    }
+
+    async fn update_request(
+        &self,
+        req: Request<pb::UpdateRequestRequest>,
+    ) -> Result<Response<pb::UpdateRequestResponse>, Status> {
+        let auth = authorize_request(&req, Permission::ManageExchanges)?;
+        let r = req.into_inner();
+        let id = RequestId::parse(&r.request_id)?;
+        let decision = match pb::Decision::try_from(r.decision) {
+            Ok(pb::Decision::Approve) => Decision::Approve,
+            Ok(pb::Decision::Reject) if r.reason.trim().is_empty() => {
+                return Err(DomainError::invalid("reason", "a rejection needs a reason").into());
+            }
+            Ok(pb::Decision::Reject) => Decision::Reject { reason: r.reason },
+            _ => return Err(DomainError::invalid("decision", "set APPROVE or REJECT").into()),
+        };
+        let updated = self.0.update_request(&auth.caller, id, decision).await?;
+        Ok(Response::new(pb::UpdateRequestResponse { request: Some(convert::request(&updated)) }))
+    }
+}

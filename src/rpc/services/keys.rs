@@ -1,0 +1,119 @@
+//! Instance, KeyManagement and Crypto services.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::auth::Permission;
+use crate::node::Node;
+use crate::rpc::caller::authorize_request;
+use crate::rpc::convert;
+use crate::rpc::pb::{self, crypto_server::Crypto, instance_server::Instance, key_management_server::KeyManagement};
+
+pub struct InstanceService(pub Arc<Node>);
+pub struct KeyManagementService(pub Arc<Node>);
+pub struct CryptoService(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl Instance for InstanceService {
+    async fn info(&self, req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        authorize_request(&req, Permission::Read)?;
+        let info = self.0.info();
+        Ok(Response::new(pb::InfoResponse {
+            sys_id: info.sys_id.to_string(),
+            host: info.host.to_string(),
+            version: info.version.to_owned(),
+            signer_kind: info.signer_kind.to_owned(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl KeyManagement for KeyManagementService {
+    async fn create_module(
+        &self,
+        req: Request<pb::CreateModuleRequest>,
+    ) -> Result<Response<pb::CreateModuleResponse>, Status> {
+        authorize_request(&req, Permission::ManageKeys)?;
+        let name = convert::name(&req.get_ref().name, "name")?;
+        let module = self.0.create_module(name).await?;
+        Ok(Response::new(pb::CreateModuleResponse { module: Some(convert::module(&module)) }))
+    }
+
+    async fn list_modules(
+        &self,
+        req: Request<pb::ListModulesRequest>,
+    ) -> Result<Response<pb::ListModulesResponse>, Status> {
+        authorize_request(&req, Permission::Read)?;
+        let modules = self.0.modules().await?;
+        Ok(Response::new(pb::ListModulesResponse { modules: modules.iter().map(convert::module).collect() }))
+    }
+
+    async fn create_spec(
+        &self,
+        req: Request<pb::CreateSpecRequest>,
+    ) -> Result<Response<pb::CreateSpecResponse>, Status> {
+        authorize_request(&req, Permission::ManageKeys)?;
+        let r = req.get_ref();
+        let module = convert::name(&r.module, "module")?;
+        let name = convert::name(&r.name, "name")?;
+        let purpose = convert::purpose(r.purpose)?;
+        let algorithm = convert::algorithm(r.algorithm)?;
+        let size = if r.key_size_bits == 0 { 256 } else { r.key_size_bits };
+        let spec = self.0.create_spec(module, name, purpose, algorithm, size).await?;
+        Ok(Response::new(pb::CreateSpecResponse { spec: Some(convert::spec(&spec)) }))
+    }
+
+    async fn list_specs(&self, req: Request<pb::ListSpecsRequest>) -> Result<Response<pb::ListSpecsResponse>, Status> {
+        authorize_request(&req, Permission::Read)?;
+        let module = &req.get_ref().module;
+        let module = if module.is_empty() { None } else { Some(convert::name(module, "module")?) };
+        let specs = self.0.specs(module).await?;
+        Ok(Response::new(pb::ListSpecsResponse { specs: specs.iter().map(convert::spec).collect() }))
+    }
+
+    async fn generate_key(
+        &self,
+        req: Request<pb::GenerateKeyRequest>,
+    ) -> Result<Response<pb::GenerateKeyResponse>, Status> {
+        authorize_request(&req, Permission::ManageKeys)?;
+        let spec = convert::name(&req.get_ref().spec, "spec")?;
+        let key = self.0.generate_key(spec).await?;
+        Ok(Response::new(pb::GenerateKeyResponse { key: Some(convert::key(&key)) }))
+    }
+
+    async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        authorize_request(&req, Permission::RotateKeys)?;
+        let spec = convert::name(&req.get_ref().spec, "spec")?;
+        let (old, new) = self.0.rotate_key(spec).await?;
+        Ok(Response::new(pb::RotateKeyResponse {
+            deactivated: Some(convert::key(&old)),
+            active: Some(convert::key(&new)),
+        }))
+    }
+
+    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        authorize_request(&req, Permission::Read)?;
+        let spec = convert::name(&req.get_ref().spec, "spec")?;
+        let keys = self.0.keys(spec).await?;
+        Ok(Response::new(pb::ListKeysResponse { keys: keys.iter().map(convert::key).collect() }))
+    }
+}
+
+#[tonic::async_trait]
+impl Crypto for CryptoService {
+    async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+        authorize_request(&req, Permission::UseKeys)?;
+        let r = req.into_inner();
+        let spec = convert::name(&r.spec, "spec")?;
+        let (ciphertext, key_id) = self.0.encrypt(spec, r.plaintext, r.associated_data).await?;
+        Ok(Response::new(pb::EncryptResponse { ciphertext, key_id: key_id.to_string() }))
+    }
+
+    async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+        authorize_request(&req, Permission::UseKeys)?;
+        let r = req.into_inner();
+        let (plaintext, key_id) = self.0.decrypt(r.ciphertext, r.associated_data).await?;
+        Ok(Response::new(pb::DecryptResponse { plaintext, key_id: key_id.to_string() }))
+    }
+}

@@ -1,0 +1,34 @@
+//! Thin service implementations: authorise, convert, call the node, convert back.
+
+mod exchange;
+mod keys;
+mod peer;
+
+use std::sync::Arc;
+
+pub use exchange::ResourceExchangeService;
+pub use keys::{CryptoService, InstanceService, KeyManagementService};
+pub use peer::KeyExchangeService;
+
+use crate::node::Node;
+
+/// Builds every service around one node.
+pub struct Services {
+    pub instance: InstanceService,
+    pub keys: KeyManagementService,
+    pub crypto: CryptoService,
+    pub exchange: ResourceExchangeService,
+    pub peer: KeyExchangeService,
+}
+
+impl Services {
+    pub fn new(node: Arc<Node>) -> Self {
+        Services {
+            instance: InstanceService(node.clone()),
+            keys: KeyManagementService(node.clone()),
+            crypto: CryptoService(node.clone()),
+            exchange: ResourceExchangeService(node.clone()),
+            peer: KeyExchangeService(node),
+        }
+    }
+}

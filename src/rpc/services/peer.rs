@@ -1,0 +1,82 @@
+//! KeyExchange: the peer service other daemons call. The caller's sys_id is
+//! the one in its verified certificate.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::DomainError;
+use crate::domain::auth::{Caller, Permission};
+use crate::domain::exchange::SignedBlob;
+use crate::domain::ids::{Host, RequestId, SysId};
+use crate::node::Node;
+use crate::node::ports::OpenRequest;
+use crate::rpc::caller::authorize_request;
+use crate::rpc::convert;
+use crate::rpc::pb::{self, key_exchange_server::KeyExchange};
+
+pub struct KeyExchangeService(pub Arc<Node>);
+
+fn instance<T>(req: &Request<T>) -> Result<(SysId, Vec<u8>), Status> {
+    let auth = authorize_request(req, Permission::PeerExchange)?;
+    match auth.caller {
+        Caller::Instance(id) => Ok((id, auth.cert_der)),
+        Caller::Operator { .. } => Err(Status::permission_denied("instance certificate required")),
+    }
+}
+
+#[tonic::async_trait]
+impl KeyExchange for KeyExchangeService {
+    async fn open_request(
+        &self,
+        req: Request<pb::OpenRequestRequest>,
+    ) -> Result<Response<pb::OpenRequestResponse>, Status> {
+        let (caller, cert) = instance(&req)?;
+        let r = req.into_inner();
+        let open = OpenRequest {
+            request_id: RequestId::parse(&r.request_id)?,
+            target_sys_id: SysId::parse(&r.target_sys_id)?,
+            target_host: Host::parse(&r.target_host)?,
+            source_sys_id: SysId::parse(&r.source_sys_id)?,
+            spec_names: crate::domain::exchange::validate_spec_names(&r.spec_names)?,
+            expires_at: convert::from_ts(
+                r.expires_at.as_ref().ok_or_else(|| DomainError::invalid("expires_at", "missing"))?,
+            ),
+            transport_public_key: r.transport_public_key,
+            wrapping: convert::wrapping_from(r.wrapping_algorithm)?,
+        };
+        let view = self.0.open_request_from_peer(caller, cert, open).await?;
+        let mut request = pb::ExchangeRequest {
+            status: convert::status(view.status) as i32,
+            total_key_count: view.total_key_count,
+            ..Default::default()
+        };
+        request.lines = view.lines.iter().map(convert::line).collect();
+        Ok(Response::new(pb::OpenRequestResponse { request: Some(request) }))
+    }
+
+    async fn deliver_bundle(
+        &self,
+        req: Request<pb::DeliverBundleRequest>,
+    ) -> Result<Response<pb::DeliverBundleResponse>, Status> {
+        let (caller, cert) = instance(&req)?;
+        let r = req.into_inner();
+        let receipt =
+            self.0.receive_bundle(caller, cert, SignedBlob { bytes: r.bundle, signature: r.signature }).await?;
+        Ok(Response::new(pb::DeliverBundleResponse { receipt: receipt.bytes, signature: receipt.signature }))
+    }
+
+    async fn notify_status(
+        &self,
+        req: Request<pb::NotifyStatusRequest>,
+    ) -> Result<Response<pb::NotifyStatusResponse>, Status> {
+        let (caller, _) = instance(&req)?;
+        let r = req.into_inner();
+        if SysId::parse(&r.source_sys_id)? != caller {
+            return Err(Status::permission_denied("claimed source_sys_id differs from the certificate"));
+        }
+        let status = convert::status_from(r.status)?.ok_or_else(|| DomainError::invalid("status", "unspecified"))?;
+        self.0.receive_status(caller, RequestId::parse(&r.request_id)?, status, r.reason).await?;
+        Ok(Response::new(pb::NotifyStatusResponse {}))
+    }
+}

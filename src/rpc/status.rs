@@ -1,0 +1,56 @@
+//! The one mapping from application errors to gRPC status. Internal details
+//! are logged with an error id and never sent to the caller.
+
+use tonic::{Code, Status};
+
+use crate::domain::DomainError;
+use crate::error::{AppError, PeerError};
+use crate::signer::CryptoError;
+use crate::store::StoreError;
+
+fn domain(e: &DomainError) -> Code {
+    match e {
+        DomainError::InvalidArgument { .. } | DomainError::Malformed { .. } => Code::InvalidArgument,
+        DomainError::NotFound { .. } => Code::NotFound,
+        DomainError::AlreadyExists { .. } => Code::AlreadyExists,
+        DomainError::FailedPrecondition(_) => Code::FailedPrecondition,
+        DomainError::PermissionDenied(_) => Code::PermissionDenied,
+    }
+}
+
+impl From<AppError> for Status {
+    fn from(err: AppError) -> Status {
+        match &err {
+            AppError::Domain(e) => Status::new(domain(e), e.to_string()),
+            AppError::Peer(PeerError::Refused(e)) => Status::new(domain(e), err.to_string()),
+            AppError::Peer(PeerError::Unreachable { .. }) => Status::unavailable(err.to_string()),
+            AppError::Store(StoreError::AlreadyExists { .. }) => Status::already_exists(err.to_string()),
+            AppError::Crypto(CryptoError::BadSignature) => Status::permission_denied(err.to_string()),
+            AppError::Store(_) | AppError::Crypto(_) | AppError::Internal(_) => {
+                let error_id = hex::encode(crate::signer::primitives::random_bytes::<6>());
+                tracing::error!(%error_id, error = %err, "internal error");
+                Status::internal(format!("internal error (error id {error_id}; see the daemon log)"))
+            }
+        }
+    }
+}
+
+/// Turns a status received from a peer back into a `PeerError`.
+pub fn peer_error(host: &str, status: &Status) -> PeerError {
+    let msg = status.message().to_owned();
+    let refused = |e| PeerError::Refused(e);
+    match status.code() {
+        Code::InvalidArgument => refused(DomainError::invalid("request", msg)),
+        Code::NotFound => refused(DomainError::NotFound { what: "object on peer", id: msg }),
+        Code::AlreadyExists => refused(DomainError::AlreadyExists { what: "object on peer", id: msg }),
+        Code::FailedPrecondition => refused(DomainError::FailedPrecondition(msg)),
+        Code::PermissionDenied | Code::Unauthenticated => refused(DomainError::PermissionDenied(msg)),
+        _ => PeerError::Unreachable { host: host.to_owned(), reason: format!("{:?}: {msg}", status.code()) },
+    }
+}
+
+impl From<DomainError> for Status {
+    fn from(err: DomainError) -> Status {
+        AppError::Domain(err).into()
+    }
+}

@@ -1,0 +1,431 @@
+//! Row encodings: store-local serde structs (JSON, with a `v` version field),
+//! converted to and from domain types here, so the domain derives no wire
+//! traits and storage does not follow the protobuf schema.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::StoreError;
+use crate::domain::bundle::WrappingAlgorithm;
+use crate::domain::exchange::{
+    ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestStatus, SignedBlob, SpecLine, SpecLineStatus, Transition,
+};
+use crate::domain::ids::{Host, KeyId, Name, RequestId, SysId, UnixMillis};
+use crate::domain::key::{KeyOrigin, KeyRecord, KeyState, WrappedKey};
+use crate::domain::spec::{Algorithm, Module, Purpose, Spec};
+
+const ROW_VERSION: u8 = 1;
+
+pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail.
+    serde_json::to_vec(row).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn corrupt(e: impl ToString) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn name(s: &str) -> Result<Name, StoreError> {
+    Name::parse(s, "name").map_err(corrupt)
+}
+
+fn sys_id(s: &str) -> Result<SysId, StoreError> {
+    SysId::parse(s).map_err(corrupt)
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+// === modules and specs ===
+
+#[derive(Serialize, Deserialize)]
+pub struct ModuleRow {
+    v: u8,
+    name: String,
+    created_at: i64,
+}
+
+impl From<&Module> for ModuleRow {
+    fn from(m: &Module) -> Self {
+        ModuleRow { v: ROW_VERSION, name: m.name.to_string(), created_at: m.created_at.0 }
+    }
+}
+
+impl TryFrom<ModuleRow> for Module {
+    type Error = StoreError;
+    fn try_from(r: ModuleRow) -> Result<Self, StoreError> {
+        Ok(Module { name: name(&r.name)?, created_at: UnixMillis(r.created_at) })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SpecRow {
+    v: u8,
+    name: String,
+    module: String,
+    purpose: String,
+    algorithm: String,
+    key_size_bits: u32,
+    created_at: i64,
+}
+
+impl From<&Spec> for SpecRow {
+    fn from(s: &Spec) -> Self {
+        let purpose = match s.purpose {
+            Purpose::SymmetricDataEncryption => "symmetric_data_encryption",
+        };
+        let algorithm = match s.algorithm {
+            Algorithm::AesGcm => "aes_gcm",
+        };
+        SpecRow {
+            v: ROW_VERSION,
+            name: s.name.to_string(),
+            module: s.module.to_string(),
+            purpose: purpose.into(),
+            algorithm: algorithm.into(),
+            key_size_bits: s.key_size_bits,
+            created_at: s.created_at.0,
+        }
+    }
+}
+
+impl TryFrom<SpecRow> for Spec {
+    type Error = StoreError;
+    fn try_from(r: SpecRow) -> Result<Self, StoreError> {
+        let purpose = match r.purpose.as_str() {
+            "symmetric_data_encryption" => Purpose::SymmetricDataEncryption,
+            other => return Err(corrupt(format!("purpose {other}"))),
+        };
+        let algorithm = match r.algorithm.as_str() {
+            "aes_gcm" => Algorithm::AesGcm,
+            other => return Err(corrupt(format!("algorithm {other}"))),
+        };
+        Spec::try_new(name(&r.name)?, name(&r.module)?, purpose, algorithm, r.key_size_bits, UnixMillis(r.created_at))
+            .map_err(corrupt)
+    }
+}
+
+// === keys ===
+
+#[derive(Serialize, Deserialize)]
+pub struct KeyRow {
+    v: u8,
+    key_id: String,
+    state: String,
+    request_id: Option<String>,
+    generated_at: i64,
+    activated_at: Option<i64>,
+    deactivated_at: Option<i64>,
+    imported_at: Option<i64>,
+    expired_at: Option<i64>,
+    #[serde(with = "hex_bytes")]
+    wrapped: Vec<u8>,
+}
+
+impl KeyRow {
+    pub fn new(k: &KeyRecord, wrapped: &WrappedKey) -> Self {
+        KeyRow {
+            v: ROW_VERSION,
+            key_id: k.id.to_string(),
+            state: k.state.label().to_owned(),
+            request_id: match &k.origin {
+                KeyOrigin::Local => None,
+                KeyOrigin::KeyExchange { request_id } => Some(request_id.to_string()),
+            },
+            generated_at: k.generated_at.0,
+            activated_at: k.activated_at.map(|t| t.0),
+            deactivated_at: k.deactivated_at.map(|t| t.0),
+            imported_at: k.imported_at.map(|t| t.0),
+            expired_at: k.expired_at.map(|t| t.0),
+            wrapped: wrapped.0.clone(),
+        }
+    }
+}
+
+impl TryFrom<KeyRow> for (KeyRecord, WrappedKey) {
+    type Error = StoreError;
+    fn try_from(r: KeyRow) -> Result<Self, StoreError> {
+        let state = match r.state.as_str() {
+            "Generated" => KeyState::Generated,
+            "Active" => KeyState::Active,
+            "Deactivated" => KeyState::Deactivated,
+            "Expired" => KeyState::Expired,
+            other => return Err(corrupt(format!("key state {other}"))),
+        };
+        let origin = match r.request_id {
+            None => KeyOrigin::Local,
+            Some(id) => KeyOrigin::KeyExchange { request_id: RequestId::parse(&id).map_err(corrupt)? },
+        };
+        let rec = KeyRecord {
+            id: KeyId::parse(&r.key_id).map_err(corrupt)?,
+            state,
+            origin,
+            generated_at: UnixMillis(r.generated_at),
+            activated_at: r.activated_at.map(UnixMillis),
+            deactivated_at: r.deactivated_at.map(UnixMillis),
+            imported_at: r.imported_at.map(UnixMillis),
+            expired_at: r.expired_at.map(UnixMillis),
+        };
+        Ok((rec, WrappedKey(r.wrapped)))
+    }
+}
+
+// === requests ===
+
+#[derive(Serialize, Deserialize)]
+struct LineRow {
+    spec: String,
+    status: String,
+    key_count: u32,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TransitionRow {
+    status: String,
+    at: i64,
+    actor: String,
+    note: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct RequestRow {
+    v: u8,
+    id: String,
+    role: String,
+    frequency: String,
+    source_sys_id: String,
+    source_host: String,
+    target_sys_id: String,
+    target_host: String,
+    status: String,
+    lines: Vec<LineRow>,
+    total_key_count: u32,
+    exported_key_count: u32,
+    imported_key_count: u32,
+    created_at: i64,
+    updated_at: i64,
+    expires_at: i64,
+    history: Vec<TransitionRow>,
+    #[serde(with = "hex_bytes")]
+    peer_certificate: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    receipt: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    receipt_signature: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    transport_public_key: Vec<u8>,
+    wrapping: String,
+}
+
+const STATUSES: [RequestStatus; 7] = [
+    RequestStatus::Pending,
+    RequestStatus::Approved,
+    RequestStatus::Completed,
+    RequestStatus::Rejected,
+    RequestStatus::Expired,
+    RequestStatus::ErrorOnLocalInstance,
+    RequestStatus::ErrorOnRemoteInstance,
+];
+
+fn status(s: &str) -> Result<RequestStatus, StoreError> {
+    STATUSES.into_iter().find(|x| x.label() == s).ok_or_else(|| corrupt(format!("status {s}")))
+}
+
+fn line_label(s: SpecLineStatus) -> &'static str {
+    match s {
+        SpecLineStatus::Pending => "PENDING",
+        SpecLineStatus::Exchanged => "EXCHANGED",
+        SpecLineStatus::NotOnSource => "NOT_ON_SOURCE",
+        SpecLineStatus::Failed => "FAILED",
+    }
+}
+
+fn line_status(s: &str) -> Result<SpecLineStatus, StoreError> {
+    [SpecLineStatus::Pending, SpecLineStatus::Exchanged, SpecLineStatus::NotOnSource, SpecLineStatus::Failed]
+        .into_iter()
+        .find(|x| line_label(*x) == s)
+        .ok_or_else(|| corrupt(format!("line status {s}")))
+}
+
+impl From<&ExchangeRequest> for RequestRow {
+    fn from(r: &ExchangeRequest) -> Self {
+        let (receipt, receipt_signature) = match &r.receipt {
+            Some(b) => (b.bytes.clone(), b.signature.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        RequestRow {
+            v: ROW_VERSION,
+            id: r.id.to_string(),
+            role: match r.role {
+                ExchangeRole::Source => "source".into(),
+                ExchangeRole::Target => "target".into(),
+            },
+            frequency: match r.frequency {
+                Frequency::Adhoc => "adhoc".into(),
+            },
+            source_sys_id: r.source.sys_id.to_string(),
+            source_host: r.source.host.to_string(),
+            target_sys_id: r.target.sys_id.to_string(),
+            target_host: r.target.host.to_string(),
+            status: r.status.label().into(),
+            lines: r
+                .lines
+                .iter()
+                .map(|l| LineRow {
+                    spec: l.spec.to_string(),
+                    status: line_label(l.status).into(),
+                    key_count: l.key_count,
+                    reason: l.reason.clone(),
+                })
+                .collect(),
+            total_key_count: r.total_key_count,
+            exported_key_count: r.exported_key_count,
+            imported_key_count: r.imported_key_count,
+            created_at: r.created_at.0,
+            updated_at: r.updated_at.0,
+            expires_at: r.expires_at.0,
+            history: r
+                .history
+                .iter()
+                .map(|t| TransitionRow {
+                    status: t.status.label().into(),
+                    at: t.at.0,
+                    actor: t.actor.clone(),
+                    note: t.note.clone(),
+                })
+                .collect(),
+            peer_certificate: r.peer_certificate.clone(),
+            receipt,
+            receipt_signature,
+            transport_public_key: r.transport_public_key.clone(),
+            wrapping: match r.wrapping {
+                WrappingAlgorithm::RsaAesKeyWrapSha256 => "RSA_AES_KEY_WRAP_SHA_256".into(),
+                WrappingAlgorithm::RsaAesKeyWrapSha1 => "RSA_AES_KEY_WRAP_SHA_1".into(),
+            },
+        }
+    }
+}
+
+impl TryFrom<RequestRow> for ExchangeRequest {
+    type Error = StoreError;
+    fn try_from(r: RequestRow) -> Result<Self, StoreError> {
+        let host = |h: &str| Host::parse(h).map_err(corrupt);
+        Ok(ExchangeRequest {
+            id: RequestId::parse(&r.id).map_err(corrupt)?,
+            role: match r.role.as_str() {
+                "source" => ExchangeRole::Source,
+                "target" => ExchangeRole::Target,
+                other => return Err(corrupt(format!("role {other}"))),
+            },
+            frequency: match r.frequency.as_str() {
+                "adhoc" => Frequency::Adhoc,
+                other => return Err(corrupt(format!("frequency {other}"))),
+            },
+            source: PeerRef { sys_id: sys_id(&r.source_sys_id)?, host: host(&r.source_host)? },
+            target: PeerRef { sys_id: sys_id(&r.target_sys_id)?, host: host(&r.target_host)? },
+            status: status(&r.status)?,
+            lines: r
+                .lines
+                .into_iter()
+                .map(|l| {
+                    Ok(SpecLine {
+                        spec: name(&l.spec)?,
+                        status: line_status(&l.status)?,
+                        key_count: l.key_count,
+                        reason: l.reason,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+            total_key_count: r.total_key_count,
+            exported_key_count: r.exported_key_count,
+            imported_key_count: r.imported_key_count,
+            created_at: UnixMillis(r.created_at),
+            updated_at: UnixMillis(r.updated_at),
+            expires_at: UnixMillis(r.expires_at),
+            history: r
+                .history
+                .into_iter()
+                .map(|t| {
+                    Ok(Transition { status: status(&t.status)?, at: UnixMillis(t.at), actor: t.actor, note: t.note })
+                })
+                .collect::<Result<_, StoreError>>()?,
+            peer_certificate: r.peer_certificate,
+            receipt: (!r.receipt.is_empty()).then_some(SignedBlob { bytes: r.receipt, signature: r.receipt_signature }),
+            transport_public_key: r.transport_public_key,
+            wrapping: match r.wrapping.as_str() {
+                "RSA_AES_KEY_WRAP_SHA_256" => WrappingAlgorithm::RsaAesKeyWrapSha256,
+                "RSA_AES_KEY_WRAP_SHA_1" => WrappingAlgorithm::RsaAesKeyWrapSha1,
+                other => return Err(corrupt(format!("wrapping {other}"))),
+            },
+        })
+    }
+}
+
+// === outbox ===
+
+/// A message the source still has to deliver to a target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboxItem {
+    /// The signed bundle of an approved request.
+    Bundle(SignedBlob),
+    /// A rejection or expiry notice.
+    Status { status: RequestStatus, reason: String },
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct OutboxRow {
+    v: u8,
+    kind: String,
+    #[serde(with = "hex_bytes")]
+    bytes: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    signature: Vec<u8>,
+    status: String,
+    reason: String,
+}
+
+impl From<&OutboxItem> for OutboxRow {
+    fn from(item: &OutboxItem) -> Self {
+        match item {
+            OutboxItem::Bundle(b) => OutboxRow {
+                v: ROW_VERSION,
+                kind: "bundle".into(),
+                bytes: b.bytes.clone(),
+                signature: b.signature.clone(),
+                status: String::new(),
+                reason: String::new(),
+            },
+            OutboxItem::Status { status, reason } => OutboxRow {
+                v: ROW_VERSION,
+                kind: "status".into(),
+                bytes: Vec::new(),
+                signature: Vec::new(),
+                status: status.label().into(),
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+impl From<OutboxRow> for OutboxItem {
+    fn from(r: OutboxRow) -> Self {
+        match r.kind.as_str() {
+            "bundle" => OutboxItem::Bundle(SignedBlob { bytes: r.bytes, signature: r.signature }),
+            _ => OutboxItem::Status { status: status(&r.status).unwrap_or(RequestStatus::Rejected), reason: r.reason },
+        }
+    }
+}

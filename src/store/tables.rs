@@ -1,0 +1,34 @@
+//! Every table of the database, created together at open.
+
+use redb::{TableDefinition, WriteTransaction};
+
+use super::StoreError;
+
+pub const SCHEMA_VERSION: &str = "1";
+pub const META_SYS_ID: &str = "sys_id";
+pub const META_HOST: &str = "host";
+pub const META_SCHEMA: &str = "schema_version";
+
+/// (spec, origin sys_id, version)
+pub type KeyTableKey<'a> = (&'a str, &'a str, u32);
+
+pub const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+pub const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
+pub const SPECS: TableDefinition<&str, &[u8]> = TableDefinition::new("specs");
+pub const KEYS: TableDefinition<KeyTableKey<'static>, &[u8]> = TableDefinition::new("keys");
+pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+/// Target side: request id -> transport key handle, until import.
+pub const TRANSPORT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("transport_keys");
+/// Source side: request id -> message still to deliver to the target.
+pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
+
+pub fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(META)?;
+    tx.open_table(MODULES)?;
+    tx.open_table(SPECS)?;
+    tx.open_table(KEYS)?;
+    tx.open_table(REQUESTS)?;
+    tx.open_table(TRANSPORT_KEYS)?;
+    tx.open_table(OUTBOX)?;
+    Ok(())
+}

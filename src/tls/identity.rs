@@ -1,0 +1,55 @@
+//! Reads who a peer is from its verified certificate's SAN URIs:
+//! `kmf://instance/<sys_id>`, or `kmf://operator/<name>` with `kmf://role/<role>`.
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::domain::DomainError;
+use crate::domain::auth::{Caller, Role};
+use crate::domain::ids::SysId;
+
+pub const INSTANCE_PREFIX: &str = "kmf://instance/";
+pub const OPERATOR_PREFIX: &str = "kmf://operator/";
+pub const ROLE_PREFIX: &str = "kmf://role/";
+
+fn san_uris(cert_der: &[u8]) -> Result<Vec<String>, DomainError> {
+    let denied = || DomainError::PermissionDenied("client certificate cannot be parsed".into());
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|_| denied())?;
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                out.push((*uri).to_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The caller named by an end-entity certificate (already verified by rustls).
+pub fn caller_from_cert(cert_der: &[u8]) -> Result<Caller, DomainError> {
+    let uris = san_uris(cert_der)?;
+    let instances: Vec<&str> = uris.iter().filter_map(|u| u.strip_prefix(INSTANCE_PREFIX)).collect();
+    let operators: Vec<&str> = uris.iter().filter_map(|u| u.strip_prefix(OPERATOR_PREFIX)).collect();
+    match (instances.as_slice(), operators.as_slice()) {
+        ([id], []) => SysId::parse(id)
+            .map(Caller::Instance)
+            .map_err(|_| DomainError::PermissionDenied("certificate names an invalid sys_id".into())),
+        ([], [name]) => {
+            let roles =
+                uris.iter().filter_map(|u| u.strip_prefix(ROLE_PREFIX)).filter_map(|r| Role::parse(r).ok()).collect();
+            Ok(Caller::Operator { name: (*name).to_owned(), roles })
+        }
+        _ => Err(DomainError::PermissionDenied(
+            "certificate must name exactly one kmf://instance/ or kmf://operator/ identity".into(),
+        )),
+    }
+}
+
+/// The sys_id of an instance certificate, if it is one.
+pub fn instance_sys_id(cert_der: &[u8]) -> Option<SysId> {
+    match caller_from_cert(cert_der) {
+        Ok(Caller::Instance(id)) => Some(id),
+        _ => None,
+    }
+}

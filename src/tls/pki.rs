@@ -1,0 +1,102 @@
+//! The deployment PKI, minted with rcgen: a CA, instance certificates (server
+//! and client EKUs, SAN URI kmf://instance/<sys_id> plus the host's DNS or IP
+//! name) and operator certificates (kmf://operator/<name>, kmf://role/<role>).
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+
+use super::TlsError;
+use super::identity::{INSTANCE_PREFIX, OPERATOR_PREFIX, ROLE_PREFIX};
+use crate::domain::auth::Role;
+use crate::domain::ids::{Host, SysId};
+
+/// A certificate and its private key, both PEM.
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IssuedCert { key: [redacted] }")
+    }
+}
+
+fn err(e: rcgen::Error) -> TlsError {
+    TlsError::Certificate(e.to_string())
+}
+
+fn uri(text: String) -> Result<SanType, TlsError> {
+    Ok(SanType::URI(text.try_into().map_err(err)?))
+}
+
+/// Creates a new CA (ECDSA P-256).
+pub fn create_ca(common_name: &str) -> Result<IssuedCert, TlsError> {
+    let key = KeyPair::generate().map_err(err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let cert = params.self_signed(&key).map_err(err)?;
+    Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+fn issuer(ca: &IssuedCert) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    let key = KeyPair::from_pem(&ca.key_pem).map_err(err)?;
+    Issuer::from_ca_cert_pem(&ca.cert_pem, key).map_err(err)
+}
+
+fn leaf(
+    ca: &IssuedCert,
+    cn: &str,
+    sans: Vec<SanType>,
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<IssuedCert, TlsError> {
+    let key = KeyPair::generate().map_err(err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.subject_alt_names = sans;
+    params.extended_key_usages = ekus;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = params.signed_by(&key, &issuer(ca)?).map_err(err)?;
+    Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// Issues an instance certificate for `sys_id` reachable at `host_names`
+/// (DNS names or IP addresses).
+pub fn issue_instance(ca: &IssuedCert, sys_id: &SysId, host_names: &[String]) -> Result<IssuedCert, TlsError> {
+    let mut sans = vec![uri(format!("{INSTANCE_PREFIX}{sys_id}"))?];
+    for name in host_names {
+        sans.push(match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(name.clone().try_into().map_err(err)?),
+        });
+    }
+    leaf(
+        ca,
+        &format!("kmf instance {sys_id}"),
+        sans,
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+    )
+}
+
+/// The names to put in an instance certificate for `host`.
+pub fn host_names(host: &Host) -> Vec<String> {
+    vec![host.name().to_owned()]
+}
+
+/// Issues an operator certificate (client EKU only).
+pub fn issue_operator(ca: &IssuedCert, name: &str, roles: &[Role]) -> Result<IssuedCert, TlsError> {
+    let valid =
+        !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b));
+    if !valid {
+        return Err(TlsError::Certificate("operator name must be 1-64 of A-Z a-z 0-9 _ . - @".into()));
+    }
+    let mut sans = vec![uri(format!("{OPERATOR_PREFIX}{name}"))?];
+    for role in roles {
+        sans.push(uri(format!("{ROLE_PREFIX}{}", role.as_str()))?);
+    }
+    leaf(ca, &format!("kmf operator {name}"), sans, vec![ExtendedKeyUsagePurpose::ClientAuth])
+}

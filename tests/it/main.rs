@@ -1,0 +1,5 @@
+//! One integration-test binary: in-process nodes over real mTLS on port 0,
+//! process tests of the built binaries, grpcurl, and tidy checks.
+
+mod exchange;
+mod support;

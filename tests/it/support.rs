@@ -1,0 +1,204 @@
+//! Test fixtures: a PKI minted at test time, nodes on port 0, operator clients.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use kmf::app::{AppConfig, KEK_FILE, RunningApp, init_instance, start};
+use kmf::domain::auth::Role;
+use kmf::domain::ids::Host;
+use kmf::rpc::client::connect;
+use kmf::rpc::pb;
+use kmf::tls::TlsFiles;
+use kmf::tls::pki::{IssuedCert, create_ca, issue_instance, issue_operator};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+pub struct Pki {
+    pub ca: IssuedCert,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Pki { ca: create_ca("kmf test CA").expect("CA") }
+    }
+
+    pub fn files(&self, cert: &IssuedCert) -> TlsFiles {
+        TlsFiles {
+            ca_pem: self.ca.cert_pem.clone().into_bytes(),
+            cert_pem: cert.cert_pem.clone().into_bytes(),
+            key_pem: Zeroizing::new(cert.key_pem.clone().into_bytes()),
+        }
+    }
+
+    pub fn operator(&self, name: &str, roles: &[Role]) -> TlsFiles {
+        self.files(&issue_operator(&self.ca, name, roles).expect("operator cert"))
+    }
+}
+
+pub struct TestNode {
+    pub dir: TempDir,
+    pub app: Option<RunningApp>,
+    pub sys_id: String,
+    pub host: Host,
+    pub instance_files: TlsFiles,
+}
+
+impl TestNode {
+    pub async fn start(pki: &Pki) -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = Host::parse("127.0.0.1:0").expect("host");
+        let sys_id = init_instance(dir.path(), &host).expect("init");
+        let cert = issue_instance(&pki.ca, &sys_id, &["127.0.0.1".to_owned()]).expect("instance cert");
+        let files = pki.files(&cert);
+        let app = start(AppConfig {
+            data_dir: dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            host: None,
+            tls: files.clone(),
+            kek_file: dir.path().join(KEK_FILE),
+            background_interval: Duration::from_millis(100),
+        })
+        .await
+        .expect("start node");
+        let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port())).expect("host");
+        TestNode { dir, app: Some(app), sys_id: sys_id.to_string(), host, instance_files: files }
+    }
+
+    pub async fn channel(&self, files: &TlsFiles) -> Channel {
+        connect(&self.host, files, None).await.expect("connect")
+    }
+
+    pub async fn admin(&self, pki: &Pki) -> Ops {
+        Ops::new(self.channel(&pki.operator("admin", &[Role::Admin])).await)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await.expect("shutdown");
+        }
+    }
+}
+
+/// All operator clients over one channel.
+pub struct Ops {
+    pub instance: pb::instance_client::InstanceClient<Channel>,
+    pub keys: pb::key_management_client::KeyManagementClient<Channel>,
+    pub crypto: pb::crypto_client::CryptoClient<Channel>,
+    pub exchange: pb::resource_exchange_client::ResourceExchangeClient<Channel>,
+}
+
+impl Ops {
+    pub fn new(ch: Channel) -> Self {
+        Ops {
+            instance: pb::instance_client::InstanceClient::new(ch.clone()),
+            keys: pb::key_management_client::KeyManagementClient::new(ch.clone()),
+            crypto: pb::crypto_client::CryptoClient::new(ch.clone()),
+            exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch),
+        }
+    }
+
+    /// Module `m`, spec `spec` (AES-256-GCM); optionally one key.
+    pub async fn spec(&mut self, module: &str, spec: &str, with_key: bool) {
+        let _ = self.keys.create_module(pb::CreateModuleRequest { name: module.into() }).await;
+        self.keys
+            .create_spec(pb::CreateSpecRequest {
+                module: module.into(),
+                name: spec.into(),
+                purpose: pb::CryptoPurpose::SymmetricDataEncryption as i32,
+                algorithm: pb::Algorithm::AesGcm as i32,
+                key_size_bits: 256,
+            })
+            .await
+            .expect("create spec");
+        if with_key {
+            self.keys.generate_key(pb::GenerateKeyRequest { spec: spec.into() }).await.expect("generate key");
+        }
+    }
+
+    pub async fn encrypt(&mut self, spec: &str, pt: &[u8], aad: &[u8]) -> Vec<u8> {
+        self.crypto
+            .encrypt(pb::EncryptRequest { spec: spec.into(), plaintext: pt.to_vec(), associated_data: aad.to_vec() })
+            .await
+            .expect("encrypt")
+            .into_inner()
+            .ciphertext
+    }
+
+    pub async fn decrypt(&mut self, ct: &[u8], aad: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        self.crypto
+            .decrypt(pb::DecryptRequest { ciphertext: ct.to_vec(), associated_data: aad.to_vec() })
+            .await
+            .map(|r| r.into_inner().plaintext)
+    }
+
+    pub async fn create_request(
+        &mut self,
+        source: &TestNode,
+        specs: &[&str],
+    ) -> Result<pb::ExchangeRequest, tonic::Status> {
+        self.exchange
+            .create_request(pb::CreateRequestRequest {
+                source_sys_id: source.sys_id.clone(),
+                source_host: source.host.to_string(),
+                spec_names: specs.iter().map(|s| s.to_string()).collect(),
+                expires_in: None,
+                frequency: pb::Frequency::Adhoc as i32,
+            })
+            .await
+            .map(|r| r.into_inner().request.expect("request"))
+    }
+
+    pub async fn decide(
+        &mut self,
+        id: &str,
+        decision: pb::Decision,
+        reason: &str,
+    ) -> Result<pb::ExchangeRequest, tonic::Status> {
+        self.exchange
+            .update_request(pb::UpdateRequestRequest {
+                request_id: id.into(),
+                decision: decision as i32,
+                reason: reason.into(),
+            })
+            .await
+            .map(|r| r.into_inner().request.expect("request"))
+    }
+
+    pub async fn get(&mut self, id: &str) -> pb::ExchangeRequest {
+        self.exchange
+            .get_request(pb::GetRequestRequest { request_id: id.into() })
+            .await
+            .expect("get request")
+            .into_inner()
+            .request
+            .expect("request")
+    }
+
+    pub async fn keys_of(&mut self, spec: &str) -> Vec<pb::Key> {
+        self.keys.list_keys(pb::ListKeysRequest { spec: spec.into() }).await.expect("list keys").into_inner().keys
+    }
+
+    /// Polls `get` until `done` holds, for at most 10 s.
+    pub async fn wait_for(
+        &mut self,
+        id: &str,
+        what: &str,
+        done: impl Fn(&pb::ExchangeRequest) -> bool,
+    ) -> pb::ExchangeRequest {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.get(id).await;
+            if done(&r) {
+                return r;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; last: {r:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn status(r: &pb::ExchangeRequest) -> pb::RequestStatus {
+    pb::RequestStatus::try_from(r.status).expect("status")
+}
