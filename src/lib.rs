@@ -9,11 +9,14 @@
 //!   tasks). `config`: settings. `cli`: kmfd and kmfctl commands.
 
 pub mod app;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod domain;
 pub mod error;
 pub mod node;
 pub mod rpc;
 pub mod signer;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

@@ -1,0 +1,474 @@
+//! `kmfctl`: the operator CLI. Every operator RPC, the PKI commands and the
+//! quickstart. Tables by default, `--json` for machines; on failure it prints
+//! the gRPC code and message and exits 1.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::print;
+use crate::domain::auth::Role;
+use crate::domain::ids::{Host, SysId};
+use crate::rpc::client::connect;
+use crate::rpc::pb;
+use crate::tls::TlsFiles;
+use crate::tls::pki::{self, IssuedCert};
+
+#[derive(Parser, Debug)]
+#[command(name = "kmfctl", version, about = "Operate kmf instances: keys, exchanges, PKI")]
+pub struct Kmfctl {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Conn {
+    /// Daemon to talk to (name:port).
+    #[arg(long, env = "KMF_ENDPOINT", global = true, default_value = "localhost:8443")]
+    endpoint: String,
+    /// CA certificate (PEM).
+    #[arg(long, env = "KMF_CA", global = true, default_value = "ca.pem")]
+    ca: PathBuf,
+    /// Operator certificate (PEM).
+    #[arg(long, env = "KMF_CERT", global = true, default_value = "operator.pem")]
+    cert: PathBuf,
+    /// Operator private key (PEM).
+    #[arg(long, env = "KMF_KEY", global = true, default_value = "operator.key")]
+    key: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a source and a target on loopback, exchange a key, show the result.
+    Quickstart,
+    /// Deployment PKI (CA, instance and operator certificates).
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// This instance: sys_id, host, version, signer.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Cryptographic modules.
+    #[command(subcommand)]
+    Module(ModuleCommand),
+    /// Crypto specifications.
+    #[command(subcommand)]
+    Spec(SpecCommand),
+    /// Module keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Encrypt with a spec's Active key; prints base64 ciphertext.
+    Encrypt {
+        #[arg(long)]
+        spec: String,
+        /// Plaintext as text.
+        #[arg(long)]
+        text: String,
+        /// Associated data as text.
+        #[arg(long, default_value = "")]
+        aad: String,
+    },
+    /// Decrypt base64 ciphertext; prints the plaintext as text.
+    Decrypt {
+        #[arg(long)]
+        ciphertext: String,
+        #[arg(long, default_value = "")]
+        aad: String,
+    },
+    /// Key-exchange requests.
+    #[command(subcommand)]
+    Exchange(ExchangeCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PkiCommand {
+    /// Create a CA: <out>/ca.pem and <out>/ca.key (0600).
+    InitCa {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Issue an instance certificate: <out>/instance.pem, <out>/instance.key.
+    IssueInstance {
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        sys_id: String,
+        /// NAME or NAME:PORT (the name goes into the certificate).
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Issue an operator certificate: <out>/<name>.pem, <out>/<name>.key.
+    IssueOperator {
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// admin, cryptographic_manager, cryptographic_operator, cryptographic_auditor.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum InstanceCommand {
+    Info,
+}
+
+#[derive(Subcommand, Debug)]
+enum ModuleCommand {
+    Create { name: String },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum SpecCommand {
+    /// Create an AES-GCM symmetric data-encryption spec.
+    Create {
+        name: String,
+        #[arg(long)]
+        module: String,
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+    },
+    List {
+        #[arg(long)]
+        module: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    Generate { spec: String },
+    Rotate { spec: String },
+    List { spec: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExchangeCommand {
+    /// On the target: ask a source for the keys of some specs (Adhoc).
+    Create {
+        #[arg(long)]
+        source_sys_id: String,
+        #[arg(long)]
+        source_host: String,
+        #[arg(long = "spec", required = true)]
+        specs: Vec<String>,
+        /// e.g. 7d, 12h (default 7 days).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    List {
+        /// pending, approved, completed, rejected, expired, error_on_local_instance, error_on_remote_instance.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Get {
+        request_id: String,
+    },
+    /// On the source: approve a pending request (exports and delivers the keys).
+    Approve {
+        request_id: String,
+    },
+    /// On the source: reject a pending request.
+    Reject {
+        request_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Kmfctl::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kmfctl: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("kmfctl: error: code={:?} message={}", s.code(), s.message()),
+                None => eprintln!("kmfctl: error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Kmfctl) -> anyhow::Result<()> {
+    let as_json = cli.json;
+    match cli.command {
+        Command::Quickstart => super::quickstart::run().await,
+        Command::Pki(cmd) => pki_command(cmd),
+        other => {
+            let mut ctl = Operator::connect(&cli.conn).await?;
+            ctl.run(other, as_json).await
+        }
+    }
+}
+
+// === PKI ===
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (refusing to overwrite)", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+fn write_pair(out: &Path, stem: &str, cert: &IssuedCert) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let pem = out.join(format!("{stem}.pem"));
+    if pem.exists() {
+        anyhow::bail!("{} exists (refusing to overwrite)", pem.display());
+    }
+    write_private(&out.join(format!("{stem}.key")), &cert.key_pem)?;
+    std::fs::write(&pem, &cert.cert_pem)?;
+    println!("wrote {} and {}", pem.display(), out.join(format!("{stem}.key")).display());
+    Ok(())
+}
+
+fn load_ca(dir: &Path) -> anyhow::Result<IssuedCert> {
+    let read =
+        |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
+    Ok(IssuedCert { cert_pem: read("ca.pem")?, key_pem: read("ca.key")? })
+}
+
+fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
+    match cmd {
+        PkiCommand::InitCa { out } => write_pair(&out, "ca", &pki::create_ca("kmf deployment CA")?),
+        PkiCommand::IssueInstance { ca_dir, sys_id, host, out } => {
+            let sys_id = SysId::parse(&sys_id)?;
+            let name = match Host::parse(&host) {
+                Ok(h) => h.name().to_owned(),
+                Err(_) => Host::parse(&format!("{host}:0"))?.name().to_owned(),
+            };
+            let cert = pki::issue_instance(&load_ca(&ca_dir)?, &sys_id, &[name])?;
+            write_pair(&out, "instance", &cert)
+        }
+        PkiCommand::IssueOperator { ca_dir, name, roles, out } => {
+            let roles = roles.iter().map(|r| Role::parse(r)).collect::<Result<Vec<_>, _>>()?;
+            let cert = pki::issue_operator(&load_ca(&ca_dir)?, &name, &roles)?;
+            write_pair(&out, &name, &cert)
+        }
+    }
+}
+
+// === operator calls ===
+
+/// Clients for every operator service over one mTLS channel.
+pub struct Operator {
+    pub instance: pb::instance_client::InstanceClient<Channel>,
+    pub keys: pb::key_management_client::KeyManagementClient<Channel>,
+    pub crypto: pb::crypto_client::CryptoClient<Channel>,
+    pub exchange: pb::resource_exchange_client::ResourceExchangeClient<Channel>,
+}
+
+impl Operator {
+    async fn connect(conn: &Conn) -> anyhow::Result<Self> {
+        let files = TlsFiles::load(&conn.ca, &conn.cert, &conn.key)?;
+        let host = Host::parse(&conn.endpoint)?;
+        Self::connect_with(&host, &files).await
+    }
+
+    pub async fn connect_with(host: &Host, files: &TlsFiles) -> anyhow::Result<Self> {
+        let ch = connect(host, files, None).await.map_err(|e| anyhow::anyhow!("connecting to {host}: {e}"))?;
+        Ok(Operator {
+            instance: pb::instance_client::InstanceClient::new(ch.clone()),
+            keys: pb::key_management_client::KeyManagementClient::new(ch.clone()),
+            crypto: pb::crypto_client::CryptoClient::new(ch.clone()),
+            exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch),
+        })
+    }
+
+    async fn run(&mut self, cmd: Command, as_json: bool) -> anyhow::Result<()> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        match cmd {
+            Command::Quickstart | Command::Pki(_) => unreachable!("handled before connecting"),
+            Command::Instance(InstanceCommand::Info) => {
+                let i = self.instance.info(pb::InfoRequest {}).await?.into_inner();
+                if as_json {
+                    println!(
+                        "{}",
+                        json!({"sys_id": i.sys_id, "host": i.host, "version": i.version, "signer_kind": i.signer_kind})
+                    );
+                } else {
+                    print::table(
+                        &["SYS_ID", "HOST", "VERSION", "SIGNER"],
+                        &[vec![i.sys_id, i.host, i.version, i.signer_kind]],
+                    );
+                }
+            }
+            Command::Module(ModuleCommand::Create { name }) => {
+                let m = self.keys.create_module(pb::CreateModuleRequest { name }).await?.into_inner().module;
+                let m = m.unwrap_or_default();
+                print_modules(&[m], as_json);
+            }
+            Command::Module(ModuleCommand::List) => {
+                let list = self.keys.list_modules(pb::ListModulesRequest {}).await?.into_inner().modules;
+                print_modules(&list, as_json);
+            }
+            Command::Spec(SpecCommand::Create { name, module, size }) => {
+                let s =
+                    self.keys.create_spec(aes_spec(&module, &name, size)).await?.into_inner().spec.unwrap_or_default();
+                print_specs(&[s], as_json);
+            }
+            Command::Spec(SpecCommand::List { module }) => {
+                let req = pb::ListSpecsRequest { module: module.unwrap_or_default() };
+                print_specs(&self.keys.list_specs(req).await?.into_inner().specs, as_json);
+            }
+            Command::Key(KeyCommand::Generate { spec }) => {
+                let k = self.keys.generate_key(pb::GenerateKeyRequest { spec }).await?.into_inner().key;
+                print::keys(&k.into_iter().collect::<Vec<_>>(), as_json);
+            }
+            Command::Key(KeyCommand::Rotate { spec }) => {
+                let r = self.keys.rotate_key(pb::RotateKeyRequest { spec }).await?.into_inner();
+                print::keys(&r.deactivated.into_iter().chain(r.active).collect::<Vec<_>>(), as_json);
+            }
+            Command::Key(KeyCommand::List { spec }) => {
+                print::keys(&self.keys.list_keys(pb::ListKeysRequest { spec }).await?.into_inner().keys, as_json);
+            }
+            Command::Encrypt { spec, text, aad } => {
+                let req = pb::EncryptRequest { spec, plaintext: text.into_bytes(), associated_data: aad.into_bytes() };
+                let r = self.crypto.encrypt(req).await?.into_inner();
+                let ct = b64.encode(&r.ciphertext);
+                if as_json {
+                    println!("{}", json!({"ciphertext": ct, "key_id": r.key_id}));
+                } else {
+                    println!("{ct}");
+                }
+            }
+            Command::Decrypt { ciphertext, aad } => {
+                let ciphertext = b64.decode(ciphertext.trim()).context("ciphertext is not base64")?;
+                let req = pb::DecryptRequest { ciphertext, associated_data: aad.into_bytes() };
+                let r = self.crypto.decrypt(req).await?.into_inner();
+                let text = String::from_utf8_lossy(&r.plaintext).into_owned();
+                if as_json {
+                    println!("{}", json!({"plaintext": text, "key_id": r.key_id}));
+                } else {
+                    println!("{text}");
+                }
+            }
+            Command::Exchange(cmd) => self.exchange_command(cmd, as_json).await?,
+        }
+        Ok(())
+    }
+
+    async fn exchange_command(&mut self, cmd: ExchangeCommand, as_json: bool) -> anyhow::Result<()> {
+        match cmd {
+            ExchangeCommand::Create { source_sys_id, source_host, specs, expires_in } => {
+                let expires_in = expires_in
+                    .map(|t| humantime::parse_duration(&t).context("--expires-in"))
+                    .transpose()?
+                    .map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 });
+                let req = pb::CreateRequestRequest {
+                    source_sys_id,
+                    source_host,
+                    spec_names: specs,
+                    expires_in,
+                    frequency: pb::Frequency::Adhoc as i32,
+                };
+                let r = self.exchange.create_request(req).await?.into_inner().request.unwrap_or_default();
+                print::request(&r, as_json);
+            }
+            ExchangeCommand::List { status } => {
+                let status = match status {
+                    None => pb::RequestStatus::Unspecified,
+                    Some(s) => parse_status(&s)?,
+                };
+                let list = self.exchange.list_requests(pb::ListRequestsRequest { status: status as i32 }).await?;
+                print::requests(&list.into_inner().requests, as_json);
+            }
+            ExchangeCommand::Get { request_id } => {
+                let r = self.exchange.get_request(pb::GetRequestRequest { request_id }).await?.into_inner();
+                print::request(&r.request.unwrap_or_default(), as_json);
+            }
+            ExchangeCommand::Approve { request_id } => {
+                let req = pb::UpdateRequestRequest {
+                    request_id,
+                    decision: pb::Decision::Approve as i32,
+                    reason: String::new(),
+                };
+                let r = self.exchange.update_request(req).await?.into_inner();
+                print::request(&r.request.unwrap_or_default(), as_json);
+            }
+            ExchangeCommand::Reject { request_id, reason } => {
+                let req = pb::UpdateRequestRequest { request_id, decision: pb::Decision::Reject as i32, reason };
+                let r = self.exchange.update_request(req).await?.into_inner();
+                print::request(&r.request.unwrap_or_default(), as_json);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn aes_spec(module: &str, name: &str, size: u32) -> pb::CreateSpecRequest {
+    pb::CreateSpecRequest {
+        module: module.into(),
+        name: name.into(),
+        purpose: pb::CryptoPurpose::SymmetricDataEncryption as i32,
+        algorithm: pb::Algorithm::AesGcm as i32,
+        key_size_bits: size,
+    }
+}
+
+fn parse_status(text: &str) -> anyhow::Result<pb::RequestStatus> {
+    let upper = text.to_ascii_uppercase();
+    pb::RequestStatus::from_str_name(&upper)
+        .or_else(|| pb::RequestStatus::from_str_name(&format!("REQUEST_{upper}")))
+        .filter(|s| *s != pb::RequestStatus::Unspecified)
+        .ok_or_else(|| anyhow::anyhow!("unknown status `{text}`"))
+}
+
+fn print_modules(list: &[pb::Module], as_json: bool) {
+    if as_json {
+        let v: Vec<_> =
+            list.iter().map(|m| json!({"name": m.name, "created_at": print::time(&m.created_at)})).collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        let rows: Vec<_> = list.iter().map(|m| vec![m.name.clone(), print::time(&m.created_at)]).collect();
+        print::table(&["MODULE", "CREATED"], &rows);
+    }
+}
+
+fn print_specs(list: &[pb::Spec], as_json: bool) {
+    let alg = |s: &pb::Spec| pb::Algorithm::try_from(s.algorithm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN");
+    let purpose = |s: &pb::Spec| pb::CryptoPurpose::try_from(s.purpose).map(|a| a.as_str_name()).unwrap_or("UNKNOWN");
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|s| json!({"name": s.name, "module": s.module, "purpose": purpose(s), "algorithm": alg(s), "key_size_bits": s.key_size_bits}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|s| {
+                vec![s.name.clone(), s.module.clone(), purpose(s).into(), alg(s).into(), s.key_size_bits.to_string()]
+            })
+            .collect();
+        print::table(&["SPEC", "MODULE", "PURPOSE", "ALGORITHM", "BITS"], &rows);
+    }
+}

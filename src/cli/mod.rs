@@ -1,0 +1,7 @@
+//! Command-line front ends: `kmfd` (daemon) and `kmfctl` (operator CLI, which
+//! includes the PKI commands and the quickstart).
+
+pub mod kmfctl;
+pub mod kmfd;
+mod print;
+mod quickstart;
