@@ -17,6 +17,7 @@ use tonic::transport::Server;
 
 use crate::domain::ids::{Host, SysId};
 use crate::node::Node;
+use crate::node::ports::PeerLink;
 use crate::rpc::pb::{
     crypto_server::CryptoServer, instance_server::InstanceServer, key_exchange_server::KeyExchangeServer,
     key_management_server::KeyManagementServer, resource_exchange_server::ResourceExchangeServer,
@@ -100,6 +101,16 @@ pub async fn start(cfg: AppConfig) -> anyhow::Result<RunningApp> {
 }
 
 pub async fn start_with_listener(cfg: AppConfig, listener: TcpListener) -> anyhow::Result<RunningApp> {
+    start_with(cfg, listener, |peer| peer).await
+}
+
+/// As `start_with_listener`, letting the caller wrap the peer link (tests
+/// record or hold deliveries this way).
+pub async fn start_with(
+    cfg: AppConfig,
+    listener: TcpListener,
+    wrap_peers: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>,
+) -> anyhow::Result<RunningApp> {
     use anyhow::Context;
     let local_addr = listener.local_addr()?;
     let store = Arc::new(RedbStore::open(&cfg.data_dir.join(DB_FILE)).context("opening the store")?);
@@ -114,7 +125,7 @@ pub async fn start_with_listener(cfg: AppConfig, listener: TcpListener) -> anyho
     if host.port() == 0 {
         host = host.new_unchecked_port(local_addr.port());
     }
-    let peers = Arc::new(PeerClient::new(sys_id.clone(), cfg.tls.clone()));
+    let peers = wrap_peers(Arc::new(PeerClient::new(sys_id.clone(), cfg.tls.clone())));
     let node = Arc::new(Node::new(store, signer, instance_key, peers, host.clone())?);
     let services = Services::new(node.clone());
 

@@ -26,9 +26,16 @@ impl PeerClient {
         host: &Host,
         expected: &SysId,
     ) -> Result<KeyExchangeClient<tonic::transport::Channel>, PeerError> {
-        let channel = connect(host, &self.files, Some(expected.clone()))
-            .await
-            .map_err(|reason| PeerError::Unreachable { host: host.to_string(), reason })?;
+        let channel = connect(host, &self.files, Some(expected.clone())).await.map_err(|reason| {
+            if reason.contains("does not name instance") {
+                // A server answered, but it is not the instance we asked for.
+                PeerError::Refused(crate::domain::DomainError::PermissionDenied(format!(
+                    "the daemon at {host} is not instance {expected}"
+                )))
+            } else {
+                PeerError::Unreachable { host: host.to_string(), reason }
+            }
+        })?;
         Ok(KeyExchangeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))

@@ -2,4 +2,5 @@
 //! process tests of the built binaries, grpcurl, and tidy checks.
 
 mod exchange;
+mod negatives;
 mod support;

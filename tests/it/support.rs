@@ -4,9 +4,15 @@
 
 use std::time::Duration;
 
-use kmf::app::{AppConfig, KEK_FILE, RunningApp, init_instance, start};
+use std::sync::{Arc, Mutex};
+
+use kmf::app::{AppConfig, KEK_FILE, RunningApp, init_instance, start_with};
 use kmf::domain::auth::Role;
+use kmf::domain::exchange::{RequestStatus, SignedBlob};
 use kmf::domain::ids::Host;
+use kmf::domain::ids::{RequestId, SysId};
+use kmf::error::PeerError;
+use kmf::node::ports::{OpenRequest, PeerFuture, PeerLink, SourceView};
 use kmf::rpc::client::connect;
 use kmf::rpc::pb;
 use kmf::tls::TlsFiles;
@@ -47,21 +53,26 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(pki: &Pki) -> TestNode {
+        Self::start_with(pki, |p| p).await
+    }
+
+    /// Starts a node whose outbound peer link is wrapped by `wrap`.
+    pub async fn start_with(pki: &Pki, wrap: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let host = Host::parse("127.0.0.1:0").expect("host");
         let sys_id = init_instance(dir.path(), &host).expect("init");
         let cert = issue_instance(&pki.ca, &sys_id, &["127.0.0.1".to_owned()]).expect("instance cert");
         let files = pki.files(&cert);
-        let app = start(AppConfig {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let cfg = AppConfig {
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             host: None,
             tls: files.clone(),
             kek_file: dir.path().join(KEK_FILE),
             background_interval: Duration::from_millis(100),
-        })
-        .await
-        .expect("start node");
+        };
+        let app = start_with(cfg, listener, wrap).await.expect("start node");
         let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port())).expect("host");
         TestNode { dir, app: Some(app), sys_id: sys_id.to_string(), host, instance_files: files }
     }
@@ -201,4 +212,67 @@ impl Ops {
 
 pub fn status(r: &pb::ExchangeRequest) -> pb::RequestStatus {
     pb::RequestStatus::try_from(r.status).expect("status")
+}
+
+/// A peer link that records every bundle it delivers, and can hold them
+/// (answer "unreachable" without delivering) while `hold` is set.
+pub struct Recorder {
+    inner: Arc<dyn PeerLink>,
+    pub bundles: Mutex<Vec<SignedBlob>>,
+    pub hold: std::sync::atomic::AtomicBool,
+}
+
+impl Recorder {
+    pub fn wrap(inner: Arc<dyn PeerLink>) -> Arc<Recorder> {
+        Arc::new(Recorder { inner, bundles: Mutex::new(Vec::new()), hold: std::sync::atomic::AtomicBool::new(false) })
+    }
+
+    pub fn last_bundle(&self) -> SignedBlob {
+        self.bundles.lock().expect("lock").last().cloned().expect("a bundle was sent")
+    }
+}
+
+impl PeerLink for Recorder {
+    fn open_request<'a>(
+        &'a self,
+        host: &'a Host,
+        expected: &'a SysId,
+        request: OpenRequest,
+    ) -> PeerFuture<'a, SourceView> {
+        self.inner.open_request(host, expected, request)
+    }
+
+    fn deliver_bundle<'a>(
+        &'a self,
+        host: &'a Host,
+        expected: &'a SysId,
+        bundle: SignedBlob,
+    ) -> PeerFuture<'a, SignedBlob> {
+        self.bundles.lock().expect("lock").push(bundle.clone());
+        if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async move {
+                Err(PeerError::Unreachable { host: host.to_string(), reason: "held by test".into() })
+            });
+        }
+        self.inner.deliver_bundle(host, expected, bundle)
+    }
+
+    fn notify_status<'a>(
+        &'a self,
+        host: &'a Host,
+        expected: &'a SysId,
+        request_id: RequestId,
+        status: RequestStatus,
+        reason: String,
+    ) -> PeerFuture<'a, ()> {
+        self.inner.notify_status(host, expected, request_id, status, reason)
+    }
+}
+
+/// A KeyExchange client speaking as the instance whose files are given.
+pub async fn peer_client(
+    node: &TestNode,
+    as_instance: &TlsFiles,
+) -> pb::key_exchange_client::KeyExchangeClient<Channel> {
+    pb::key_exchange_client::KeyExchangeClient::new(node.channel(as_instance).await)
 }

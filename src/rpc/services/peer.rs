@@ -33,6 +33,9 @@ impl KeyExchange for KeyExchangeService {
     ) -> Result<Response<pb::OpenRequestResponse>, Status> {
         let (caller, cert) = instance(&req)?;
         let r = req.into_inner();
+        if r.target_sys_id != caller.as_str() {
+            return Err(Status::permission_denied("claimed target_sys_id differs from the certificate"));
+        }
         let open = OpenRequest {
             request_id: RequestId::parse(&r.request_id)?,
             target_sys_id: SysId::parse(&r.target_sys_id)?,
