@@ -3,4 +3,6 @@
 
 mod exchange;
 mod negatives;
+mod process;
 mod support;
+mod tidy;

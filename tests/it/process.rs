@@ -1,0 +1,229 @@
+//! The built binaries end to end: two `kmfd` processes driven by `kmfctl`,
+//! graceful SIGTERM, restart with persisted keys, config check, and a scan of
+//! the databases and logs for plaintext key material.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use kmf::domain::ids::Name;
+use kmf::signer::Signer;
+use kmf::signer::software::SoftwareSigner;
+use kmf::store::RedbStore;
+
+const KMFD: &str = env!("CARGO_BIN_EXE_kmfd");
+const KMFCTL: &str = env!("CARGO_BIN_EXE_kmfctl");
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    out
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+fn start(dir: &Path, pki: &Path) -> Daemon {
+    let ready = dir.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    let log = dir.join(format!("kmfd-{}.log", std::process::id()));
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+    let child = Command::new(KMFD)
+        .args(["run", "--listen", "127.0.0.1:0", "--background-interval", "200ms", "--ready-file"])
+        .arg(&ready)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--tls-ca")
+        .arg(pki.join("ca.pem"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn kmfd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(&ready) {
+            return Daemon { child, addr, log };
+        }
+        assert!(Instant::now() < deadline, "kmfd did not become ready; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Daemon {
+    fn ctl(&self, pki: &Path) -> Command {
+        let mut c = Command::new(KMFCTL);
+        c.env("KMF_ENDPOINT", &self.addr)
+            .env("KMF_CA", pki.join("ca.pem"))
+            .env("KMF_CERT", pki.join("ops.pem"))
+            .env("KMF_KEY", pki.join("ops.key"));
+        c
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "kmfd did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "kmfd exited with {status}; log:\n{log}");
+        assert!(log.contains("SIGTERM received"), "{log}");
+        log
+    }
+}
+
+fn init(dir: &Path, pki: &Path) -> String {
+    let out = ok(Command::new(KMFD).args(["init", "--host", "127.0.0.1:0", "--data-dir"]).arg(dir));
+    let sys_id = out.split_whitespace().nth(2).expect("sys_id").to_owned();
+    ok(Command::new(KMFCTL)
+        .args(["pki", "issue-instance", "--host", "127.0.0.1", "--sys-id", &sys_id, "--ca-dir"])
+        .arg(pki)
+        .arg("--out")
+        .arg(dir));
+    sys_id
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).expect("json")
+}
+
+#[test]
+fn two_daemons_exchange_keys_driven_by_kmfctl() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (pki, a_dir, b_dir) = (tmp.path().join("pki"), tmp.path().join("a"), tmp.path().join("b"));
+    ok(Command::new(KMFCTL).args(["pki", "init-ca", "--out"]).arg(&pki));
+    ok(Command::new(KMFCTL).args(["pki", "issue-operator", "--name", "ops", "--role", "admin", "--ca-dir"]).arg(&pki).arg("--out").arg(&pki));
+    let a_id = init(&a_dir, &pki);
+    let b_id = init(&b_dir, &pki);
+    let second_init = run(Command::new(KMFD).args(["init", "--host", "127.0.0.1:0", "--data-dir"]).arg(&a_dir));
+    assert!(!second_init.status.success(), "init overwrote an instance");
+
+    // config check: good, then each bad field named.
+    let good = ok(Command::new(KMFD).args(["config", "check", "--data-dir"]).arg(&a_dir).arg("--tls-ca").arg(pki.join("ca.pem")));
+    assert!(good.contains("config ok"));
+    let bad = run(Command::new(KMFD).args(["config", "check", "--listen", "nowhere", "--data-dir"]).arg(&a_dir));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("`listen`"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    let a = start(&a_dir, &pki);
+    let b = start(&b_dir, &pki);
+    let info = json(&ok(a.ctl(&pki).args(["--json", "instance", "info"])));
+    assert_eq!(info["sys_id"], a_id.as_str());
+    assert_eq!(info["signer_kind"], "software");
+
+    ok(a.ctl(&pki).args(["module", "create", "hr"]));
+    ok(a.ctl(&pki).args(["spec", "create", "salary", "--module", "hr"]));
+    ok(a.ctl(&pki).args(["key", "generate", "salary"]));
+    ok(a.ctl(&pki).args(["key", "rotate", "salary"]));
+    ok(b.ctl(&pki).args(["module", "create", "hr"]));
+    ok(b.ctl(&pki).args(["spec", "create", "salary", "--module", "hr"]));
+    let ct = json(&ok(a.ctl(&pki).args(["--json", "encrypt", "--spec", "salary", "--text", "4200 EUR", "--aad", "emp:7"])));
+    let ct = ct["ciphertext"].as_str().expect("ciphertext").to_owned();
+
+    let before = run(b.ctl(&pki).args(["decrypt", "--ciphertext", &ct, "--aad", "emp:7"]));
+    assert!(!before.status.success(), "target decrypted before the exchange");
+    assert!(String::from_utf8_lossy(&before.stderr).contains("code=NotFound"), "{}", String::from_utf8_lossy(&before.stderr));
+
+    let created = json(&ok(b.ctl(&pki).args(["--json", "exchange", "create", "--source-sys-id", &a_id, "--source-host", &a.addr, "--spec", "salary"])));
+    let id = created["request_id"].as_str().expect("id").to_owned();
+    assert_eq!(created["status"], "REQUEST_PENDING");
+    let pending = json(&ok(a.ctl(&pki).args(["--json", "exchange", "list", "--status", "pending"])));
+    assert_eq!(pending[0]["request_id"], id.as_str());
+    assert_eq!(pending[0]["target_sys_id"], b_id.as_str());
+    let approved = json(&ok(a.ctl(&pki).args(["--json", "exchange", "approve", &id])));
+    assert_eq!(approved["status"], "REQUEST_COMPLETED");
+    assert_eq!(approved["exported_key_count"], 2);
+    let on_b = json(&ok(b.ctl(&pki).args(["--json", "exchange", "get", &id])));
+    assert_eq!((on_b["status"].as_str(), on_b["imported_key_count"].as_u64()), (Some("REQUEST_COMPLETED"), Some(2)));
+    let plain = ok(b.ctl(&pki).args(["decrypt", "--ciphertext", &ct, "--aad", "emp:7"]));
+    assert_eq!(plain.trim(), "4200 EUR");
+    let again = run(a.ctl(&pki).args(["exchange", "approve", &id]));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("code=FailedPrecondition"));
+    // The table output is readable too.
+    let table = ok(b.ctl(&pki).args(["key", "list", "salary"]));
+    assert!(table.starts_with("SPEC") && table.contains("Expired"), "{table}");
+
+    // A client without a certificate: refused, and logged at warn with the peer address.
+    refuse_plain_tls_client(&a.addr);
+    wait_for_log(&a.log, "TLS handshake refused");
+
+    let a_log = a.stop();
+    let b_log = b.stop();
+    assert!(a_log.contains("WARN") && a_log.contains("TLS handshake refused") && a_log.contains("peer=127.0.0.1:"), "{a_log}");
+
+    // Restart: keys and requests persisted.
+    let b = start(&b_dir, &pki);
+    let keys = json(&ok(b.ctl(&pki).args(["--json", "key", "list", "salary"])));
+    assert_eq!(keys.as_array().map(Vec::len), Some(2));
+    let plain = ok(b.ctl(&pki).args(["decrypt", "--ciphertext", &ct, "--aad", "emp:7"]));
+    assert_eq!(plain.trim(), "4200 EUR");
+    let b_log2 = b.stop();
+
+    scan_for_key_material(&[&a_dir, &b_dir], &[a_log, b_log, b_log2].concat());
+}
+
+fn refuse_plain_tls_client(addr: &str) {
+    use std::io::{Read, Write};
+    // Speak TLS without a client certificate through openssl s_client semantics:
+    // a raw TCP ClientHello is enough for the server to log a refusal.
+    let mut tcp = std::net::TcpStream::connect(addr).expect("tcp");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    tcp.write_all(b"this is not TLS\r\n\r\n").expect("write");
+    let mut buf = [0u8; 64];
+    let _ = tcp.read(&mut buf);
+}
+
+fn wait_for_log(log: &Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(log).unwrap_or_default().contains(needle) {
+        assert!(Instant::now() < deadline, "log never showed `{needle}`");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Recovers every data key with the KEK, then looks for it (raw, hex,
+/// base64) in the database files and the logs. It also checks that the
+/// wrapped form IS in the database, so the scan demonstrably reads the data.
+fn scan_for_key_material(dirs: &[&Path], logs: &str) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut checked = 0;
+    for dir in dirs {
+        let db_bytes = std::fs::read(dir.join("kmf.redb")).expect("db file");
+        let signer = SoftwareSigner::load(&dir.join("kek.key")).expect("kek");
+        let store = RedbStore::open(&dir.join("kmf.redb")).expect("open store");
+        for (_, wrapped) in store.keys(&Name::parse("salary", "spec").expect("name")).expect("keys") {
+            let dek = signer.unwrap(&wrapped).expect("unwrap");
+            let raw = dek.expose();
+            assert_eq!(raw.len(), 32);
+            for form in [raw.to_vec(), hex::encode(raw).into_bytes(), b64.encode(raw).into_bytes()] {
+                assert!(!contains(&db_bytes, &form), "plaintext key material in {}", dir.display());
+                assert!(!contains(logs.as_bytes(), &form), "plaintext key material in the logs");
+            }
+            assert!(contains(&db_bytes, hex::encode(&wrapped.0).as_bytes()), "wrapped key not found: the scan is blind");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 4, "two keys on each instance");
+    assert!(logs.len() > 1000, "the logs were captured");
+}
