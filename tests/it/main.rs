@@ -2,6 +2,7 @@
 //! process tests of the built binaries, grpcurl, and tidy checks.
 
 mod exchange;
+mod grpcurl;
 mod negatives;
 mod process;
 mod support;

@@ -22,7 +22,12 @@ fn run(cmd: &mut Command) -> Output {
 
 fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8(out.stdout).expect("utf8")
 }
 
@@ -54,7 +59,11 @@ fn start(dir: &Path, pki: &Path) -> Daemon {
         if let Ok(addr) = std::fs::read_to_string(&ready) {
             return Daemon { child, addr, log };
         }
-        assert!(Instant::now() < deadline, "kmfd did not become ready; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "kmfd did not become ready; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -108,14 +117,22 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (pki, a_dir, b_dir) = (tmp.path().join("pki"), tmp.path().join("a"), tmp.path().join("b"));
     ok(Command::new(KMFCTL).args(["pki", "init-ca", "--out"]).arg(&pki));
-    ok(Command::new(KMFCTL).args(["pki", "issue-operator", "--name", "ops", "--role", "admin", "--ca-dir"]).arg(&pki).arg("--out").arg(&pki));
+    ok(Command::new(KMFCTL)
+        .args(["pki", "issue-operator", "--name", "ops", "--role", "admin", "--ca-dir"])
+        .arg(&pki)
+        .arg("--out")
+        .arg(&pki));
     let a_id = init(&a_dir, &pki);
     let b_id = init(&b_dir, &pki);
     let second_init = run(Command::new(KMFD).args(["init", "--host", "127.0.0.1:0", "--data-dir"]).arg(&a_dir));
     assert!(!second_init.status.success(), "init overwrote an instance");
 
     // config check: good, then each bad field named.
-    let good = ok(Command::new(KMFD).args(["config", "check", "--data-dir"]).arg(&a_dir).arg("--tls-ca").arg(pki.join("ca.pem")));
+    let good = ok(Command::new(KMFD)
+        .args(["config", "check", "--data-dir"])
+        .arg(&a_dir)
+        .arg("--tls-ca")
+        .arg(pki.join("ca.pem")));
     assert!(good.contains("config ok"));
     let bad = run(Command::new(KMFD).args(["config", "check", "--listen", "nowhere", "--data-dir"]).arg(&a_dir));
     assert!(!bad.status.success());
@@ -133,14 +150,29 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     ok(a.ctl(&pki).args(["key", "rotate", "salary"]));
     ok(b.ctl(&pki).args(["module", "create", "hr"]));
     ok(b.ctl(&pki).args(["spec", "create", "salary", "--module", "hr"]));
-    let ct = json(&ok(a.ctl(&pki).args(["--json", "encrypt", "--spec", "salary", "--text", "4200 EUR", "--aad", "emp:7"])));
+    let ct =
+        json(&ok(a.ctl(&pki).args(["--json", "encrypt", "--spec", "salary", "--text", "4200 EUR", "--aad", "emp:7"])));
     let ct = ct["ciphertext"].as_str().expect("ciphertext").to_owned();
 
     let before = run(b.ctl(&pki).args(["decrypt", "--ciphertext", &ct, "--aad", "emp:7"]));
     assert!(!before.status.success(), "target decrypted before the exchange");
-    assert!(String::from_utf8_lossy(&before.stderr).contains("code=NotFound"), "{}", String::from_utf8_lossy(&before.stderr));
+    assert!(
+        String::from_utf8_lossy(&before.stderr).contains("code=NotFound"),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
 
-    let created = json(&ok(b.ctl(&pki).args(["--json", "exchange", "create", "--source-sys-id", &a_id, "--source-host", &a.addr, "--spec", "salary"])));
+    let created = json(&ok(b.ctl(&pki).args([
+        "--json",
+        "exchange",
+        "create",
+        "--source-sys-id",
+        &a_id,
+        "--source-host",
+        &a.addr,
+        "--spec",
+        "salary",
+    ])));
     let id = created["request_id"].as_str().expect("id").to_owned();
     assert_eq!(created["status"], "REQUEST_PENDING");
     let pending = json(&ok(a.ctl(&pki).args(["--json", "exchange", "list", "--status", "pending"])));
@@ -166,7 +198,10 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
 
     let a_log = a.stop();
     let b_log = b.stop();
-    assert!(a_log.contains("WARN") && a_log.contains("TLS handshake refused") && a_log.contains("peer=127.0.0.1:"), "{a_log}");
+    assert!(
+        a_log.contains("WARN") && a_log.contains("TLS handshake refused") && a_log.contains("peer=127.0.0.1:"),
+        "{a_log}"
+    );
 
     // Restart: keys and requests persisted.
     let b = start(&b_dir, &pki);
@@ -220,7 +255,10 @@ fn scan_for_key_material(dirs: &[&Path], logs: &str) {
                 assert!(!contains(&db_bytes, &form), "plaintext key material in {}", dir.display());
                 assert!(!contains(logs.as_bytes(), &form), "plaintext key material in the logs");
             }
-            assert!(contains(&db_bytes, hex::encode(&wrapped.0).as_bytes()), "wrapped key not found: the scan is blind");
+            assert!(
+                contains(&db_bytes, hex::encode(&wrapped.0).as_bytes()),
+                "wrapped key not found: the scan is blind"
+            );
             checked += 1;
         }
     }

