@@ -184,6 +184,9 @@ fn accept_tls(
                     }
                 },
             };
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(peer = %peer, error = %e, "cannot set TCP_NODELAY");
+            }
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -1,6 +1,7 @@
 //! The target side of an exchange: create the request, open it on the
 //! source, then verify and import the bundle the source delivers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Node;
@@ -8,13 +9,13 @@ use super::ports::OpenRequest;
 use crate::clock;
 use crate::domain::DomainError;
 use crate::domain::auth::Caller;
-use crate::domain::bundle::{Bundle, Receipt};
+use crate::domain::bundle::{Bundle, BundleEntry, Receipt};
 use crate::domain::exchange::{
     ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestEvent, RequestStatus, SignedBlob, SpecLine,
     SpecLineStatus, validate_expiry, validate_spec_names,
 };
-use crate::domain::ids::{Host, RequestId, SysId};
-use crate::domain::key::{KeyOrigin, KeyRecord, KeyState};
+use crate::domain::ids::{Host, Name, RequestId, SysId};
+use crate::domain::key::{DataKey, KeyOrigin, KeyRecord, KeyState, WrappedKey};
 use crate::error::{AppError, AppResult};
 use crate::signer::CryptoError;
 use crate::signer::primitives::{kwp_unwrap, random_bytes, sha256, verify_sha256_with_cert};
@@ -169,8 +170,14 @@ impl Node {
 
         let mut keys = Vec::with_capacity(bundle.entries.len());
         let mut failed: Vec<(String, String)> = Vec::new();
+        let mut specs = HashMap::new();
+        for line in &req.lines {
+            if let Some(spec) = self.store.spec(&line.spec)? {
+                specs.insert(line.spec.clone(), spec.key_len_bytes());
+            }
+        }
         for entry in &bundle.entries {
-            let result = self.unwrap_entry(&req, &aes, entry);
+            let result = self.unwrap_entry(&specs, &aes, entry);
             match result {
                 Ok(wrapped) => keys.push((
                     KeyRecord {
@@ -239,23 +246,20 @@ impl Node {
         Ok(SignedBlob { bytes, signature })
     }
 
-    /// Unwraps one bundle entry and re-wraps it under our KEK.
+    /// Unwraps one bundle entry and re-wraps it under our KEK. `key_lens`:
+    /// key length in bytes of each requested spec present here.
     fn unwrap_entry(
         &self,
-        req: &ExchangeRequest,
-        aes: &crate::domain::key::DataKey,
-        entry: &crate::domain::bundle::BundleEntry,
-    ) -> Result<crate::domain::key::WrappedKey, String> {
-        if !req.lines.iter().any(|l| l.spec == entry.key_id.spec) {
-            return Err("spec was not requested".into());
-        }
-        let spec =
-            self.store.spec(&entry.key_id.spec).map_err(|e| e.to_string())?.ok_or("spec not on this instance")?;
+        key_lens: &HashMap<Name, usize>,
+        aes: &DataKey,
+        entry: &BundleEntry,
+    ) -> Result<WrappedKey, String> {
+        let want = *key_lens.get(&entry.key_id.spec).ok_or("spec was not requested or is not on this instance")?;
         let dek = kwp_unwrap(aes.expose(), &entry.wrapped).map_err(|_| "key does not unwrap".to_owned())?;
-        if dek.len() != spec.key_len_bytes() {
-            return Err(format!("key is {} bits, spec wants {}", dek.len() * 8, spec.key_size_bits));
+        if dek.len() != want {
+            return Err(format!("key is {} bits, spec wants {}", dek.len() * 8, want * 8));
         }
-        let dek = crate::domain::key::DataKey::new(dek);
+        let dek = DataKey::new(dek);
         self.signer.wrap(&dek).map_err(|e: CryptoError| e.to_string())
     }
 

@@ -33,6 +33,8 @@ pub async fn connect(host: &Host, files: &TlsFiles, expected: Option<SysId>) -> 
             let (connector, server_name, addr) = (connector.clone(), server_name.clone(), addr.clone());
             async move {
                 let tcp = TcpStream::connect(&addr).await?;
+                // Small gRPC frames must not wait for Nagle's algorithm.
+                tcp.set_nodelay(true)?;
                 let tls = connector.connect(server_name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
