@@ -16,8 +16,7 @@ const KMFD: &str = env!("CARGO_BIN_EXE_kmfd");
 const KMFCTL: &str = env!("CARGO_BIN_EXE_kmfctl");
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    out
+    cmd.output().expect("spawn")
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -54,17 +53,31 @@ fn start(dir: &Path, pki: &Path) -> Daemon {
         .stderr(log_file)
         .spawn()
         .expect("spawn kmfd");
+    // From here on, Drop kills the daemon if the test fails.
+    let mut daemon = Daemon { child, addr: String::new(), log };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(addr) = std::fs::read_to_string(&ready) {
-            return Daemon { child, addr, log };
+            daemon.addr = addr;
+            return daemon;
         }
+        let log = &daemon.log;
         assert!(
             Instant::now() < deadline,
             "kmfd did not become ready; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Daemon {
+    /// A failed test must not leave a daemon running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -79,7 +92,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then wait (bounded) for a clean exit.
-    fn stop(mut self) -> String {
+    fn stop(&mut self) -> String {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -196,8 +209,14 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     refuse_plain_tls_client(&a.addr);
     wait_for_log(&a.log, "TLS handshake refused");
 
-    let a_log = a.stop();
-    let b_log = b.stop();
+    let a_log = {
+        let mut a = a;
+        a.stop()
+    };
+    let b_log = {
+        let mut b = b;
+        b.stop()
+    };
     assert!(
         a_log.contains("WARN") && a_log.contains("TLS handshake refused") && a_log.contains("peer=127.0.0.1:"),
         "{a_log}"
@@ -209,7 +228,10 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     assert_eq!(keys.as_array().map(Vec::len), Some(2));
     let plain = ok(b.ctl(&pki).args(["decrypt", "--ciphertext", &ct, "--aad", "emp:7"]));
     assert_eq!(plain.trim(), "4200 EUR");
-    let b_log2 = b.stop();
+    let b_log2 = {
+        let mut b = b;
+        b.stop()
+    };
 
     scan_for_key_material(&[&a_dir, &b_dir], &[a_log, b_log, b_log2].concat());
 }
