@@ -208,6 +208,7 @@ impl Node {
             }
         }
         req.total_key_count = bundle.lines.iter().map(|l| l.key_count).sum();
+        req.exported_key_count = bundle.entries.len() as u32;
         req.apply(RequestEvent::Approve, &format!("instance:{caller}"), now)?;
         req.apply(RequestEvent::Complete, "system", now)?;
         req.imported_key_count = keys.len() as u32;

@@ -27,7 +27,8 @@ async fn adhoc_exchange_moves_keys_and_decrypts_after_not_before() {
     assert_eq!((approved.total_key_count, approved.exported_key_count, approved.imported_key_count), (2, 2, 2));
     let on_target = t.get(&created.request_id).await;
     assert_eq!(status(&on_target), RequestStatus::RequestCompleted);
-    assert_eq!((on_target.total_key_count, on_target.imported_key_count), (2, 2));
+    let counts = (on_target.total_key_count, on_target.exported_key_count, on_target.imported_key_count);
+    assert_eq!(counts, (2, 2, 2), "both sides show every count");
     let missing = on_target.lines.iter().find(|l| l.spec == "missing").expect("line");
     assert_eq!((missing.status, missing.key_count), (pb::SpecLineStatus::NotOnSource as i32, 0));
 

@@ -36,23 +36,49 @@ struct Daemon {
     log: PathBuf,
 }
 
-fn start(dir: &Path, pki: &Path) -> Daemon {
+/// How a daemon gets its settings.
+#[derive(Clone, Copy)]
+enum Settings {
+    Flags,
+    /// A TOML file passed with --config.
+    ConfigFile,
+    /// KMF_* variables, JSON logs.
+    EnvJson,
+}
+
+fn start(dir: &Path, pki: &Path, settings: Settings) -> Daemon {
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let log = dir.join(format!("kmfd-{}.log", std::process::id()));
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
-    let child = Command::new(KMFD)
-        .args(["run", "--listen", "127.0.0.1:0", "--background-interval", "200ms", "--ready-file"])
-        .arg(&ready)
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--tls-ca")
-        .arg(pki.join("ca.pem"))
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .expect("spawn kmfd");
+    let mut cmd = Command::new(KMFD);
+    cmd.args(["run", "--ready-file"]).arg(&ready).env("RUST_LOG", "debug");
+    match settings {
+        Settings::Flags => {
+            cmd.args(["--listen", "127.0.0.1:0", "--background-interval", "200ms", "--data-dir"])
+                .arg(dir)
+                .arg("--tls-ca")
+                .arg(pki.join("ca.pem"));
+        }
+        Settings::ConfigFile => {
+            let config = dir.join("kmfd.toml");
+            let text = format!(
+                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nbackground_interval = \"200ms\"\n[tls]\nca = {:?}\n[signer]\nbackend = \"software\"\n",
+                dir.display().to_string(),
+                pki.join("ca.pem").display().to_string()
+            );
+            std::fs::write(&config, text).expect("config");
+            cmd.arg("--config").arg(config);
+        }
+        Settings::EnvJson => {
+            cmd.env("KMF_DATA_DIR", dir)
+                .env("KMF_LISTEN", "127.0.0.1:0")
+                .env("KMF_TLS_CA", pki.join("ca.pem"))
+                .env("KMF_BACKGROUND_INTERVAL", "200ms")
+                .env("KMF_LOG_FORMAT", "json");
+        }
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(log_file).spawn().expect("spawn kmfd");
     // From here on, Drop kills the daemon if the test fails.
     let mut daemon = Daemon { child, addr: String::new(), log };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -151,8 +177,8 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("`listen`"), "{}", String::from_utf8_lossy(&bad.stderr));
 
-    let a = start(&a_dir, &pki);
-    let b = start(&b_dir, &pki);
+    let a = start(&a_dir, &pki, Settings::ConfigFile);
+    let b = start(&b_dir, &pki, Settings::Flags);
     let info = json(&ok(a.ctl(&pki).args(["--json", "instance", "info"])));
     assert_eq!(info["sys_id"], a_id.as_str());
     assert_eq!(info["signer_kind"], "software");
@@ -222,8 +248,10 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
         "{a_log}"
     );
 
-    // Restart: keys and requests persisted.
-    let b = start(&b_dir, &pki);
+    // Restart (settings from KMF_* variables, JSON logs): keys and requests persisted.
+    let log_len =
+        std::fs::metadata(&b_dir.join(format!("kmfd-{}.log", std::process::id()))).map(|m| m.len()).unwrap_or(0);
+    let b = start(&b_dir, &pki, Settings::EnvJson);
     let keys = json(&ok(b.ctl(&pki).args(["--json", "key", "list", "salary"])));
     assert_eq!(keys.as_array().map(Vec::len), Some(2));
     let plain = ok(b.ctl(&pki).args(["decrypt", "--ciphertext", &ct, "--aad", "emp:7"]));

@@ -75,3 +75,10 @@ fn only_the_store_imports_redb() {
     }
     assert!(found.is_empty(), "redb outside the store:\n{}", found.join("\n"));
 }
+
+#[test]
+fn rustls_uses_ring_only() {
+    let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock")).expect("Cargo.lock");
+    assert!(lock.contains("name = \"ring\""), "ring is the crypto provider");
+    assert!(!lock.contains("name = \"aws-lc-rs\"") && !lock.contains("name = \"aws-lc-sys\""), "aws-lc in Cargo.lock");
+}
