@@ -249,8 +249,7 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     );
 
     // Restart (settings from KMF_* variables, JSON logs): keys and requests persisted.
-    let log_len =
-        std::fs::metadata(&b_dir.join(format!("kmfd-{}.log", std::process::id()))).map(|m| m.len()).unwrap_or(0);
+    let log_len = std::fs::metadata(b_dir.join(format!("kmfd-{}.log", std::process::id()))).map_or(0, |m| m.len());
     let b = start(&b_dir, &pki, Settings::EnvJson);
     let keys = json(&ok(b.ctl(&pki).args(["--json", "key", "list", "salary"])));
     assert_eq!(keys.as_array().map(Vec::len), Some(2));
@@ -260,14 +259,20 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
         let mut b = b;
         b.stop()
     };
+    let json_lines: Vec<&str> = b_log2[log_len as usize..].lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!json_lines.is_empty(), "the restarted daemon logged nothing");
+    for line in json_lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+    }
 
     scan_for_key_material(&[&a_dir, &b_dir], &[a_log, b_log, b_log2].concat());
 }
 
 fn refuse_plain_tls_client(addr: &str) {
     use std::io::{Read, Write};
-    // Speak TLS without a client certificate through openssl s_client semantics:
-    // a raw TCP ClientHello is enough for the server to log a refusal.
+    // Bytes that are not a TLS ClientHello: the handshake fails and the
+    // daemon must log the refusal with the peer address.
     let mut tcp = std::net::TcpStream::connect(addr).expect("tcp");
     tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     tcp.write_all(b"this is not TLS\r\n\r\n").expect("write");
