@@ -7,38 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use kmf::app::{AppConfig, KEK_FILE, RunningApp, init_instance, start};
+use kmf::app::start_loopback;
 use kmf::cli::kmfctl::{Operator, aes_spec};
 use kmf::domain::auth::Role;
-use kmf::domain::ids::{Host, Name};
+use kmf::domain::ids::Name;
 use kmf::rpc::pb;
-use kmf::tls::TlsFiles;
-use kmf::tls::pki::{IssuedCert, create_ca, issue_instance, issue_operator};
-
-fn files(ca: &IssuedCert, cert: &IssuedCert) -> TlsFiles {
-    TlsFiles {
-        ca_pem: ca.cert_pem.clone().into_bytes(),
-        cert_pem: cert.cert_pem.clone().into_bytes(),
-        key_pem: zeroize::Zeroizing::new(cert.key_pem.clone().into_bytes()),
-    }
-}
-
-async fn node(root: &std::path::Path, name: &str, ca: &IssuedCert) -> anyhow::Result<(RunningApp, String, Host)> {
-    let dir = root.join(name);
-    let sys_id = init_instance(&dir, &Host::parse("127.0.0.1:0")?)?;
-    let cert = issue_instance(ca, &sys_id, &["127.0.0.1".to_owned()])?;
-    let app = start(AppConfig {
-        data_dir: dir.clone(),
-        listen: "127.0.0.1:0".parse()?,
-        host: None,
-        tls: files(ca, &cert),
-        kek_file: dir.join(KEK_FILE),
-        background_interval: Duration::from_secs(3600),
-    })
-    .await?;
-    let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port()))?;
-    Ok((app, sys_id.to_string(), host))
-}
+use kmf::tls::pki::{create_ca, issue_operator, tls_files};
 
 struct Run {
     keys: u32,
@@ -49,9 +23,10 @@ struct Run {
 async fn exchange(n: u32) -> anyhow::Result<Run> {
     let tmp = tempfile::tempdir()?;
     let ca = create_ca("bench CA")?;
-    let op = files(&ca, &issue_operator(&ca, "bench", &[Role::Admin])?);
-    let (source_app, source_id, source_host) = node(tmp.path(), "source", &ca).await?;
-    let (target_app, _, target_host) = node(tmp.path(), "target", &ca).await?;
+    let op = tls_files(&ca, &issue_operator(&ca, "bench", &[Role::Admin])?);
+    let idle = Duration::from_secs(3600);
+    let (source_app, source_id, source_host) = start_loopback(tmp.path(), "source", &ca, idle).await?;
+    let (target_app, _, target_host) = start_loopback(tmp.path(), "target", &ca, idle).await?;
     let mut s = Operator::connect_with(&source_host, &op).await?;
     let mut t = Operator::connect_with(&target_host, &op).await?;
     for ops in [&mut s, &mut t] {
@@ -62,7 +37,7 @@ async fn exchange(n: u32) -> anyhow::Result<Run> {
     let created = t
         .exchange
         .create_request(pb::CreateRequestRequest {
-            source_sys_id: source_id,
+            source_sys_id: source_id.to_string(),
             source_host: source_host.to_string(),
             spec_names: vec!["data".into()],
             expires_in: None,

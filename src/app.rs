@@ -213,3 +213,27 @@ async fn background_loop(node: Arc<Node>, interval: Duration) {
         }
     }
 }
+
+/// A new instance in `root/name` on an ephemeral loopback port, with an
+/// instance certificate from `ca` (quickstart, benchmarks).
+pub async fn start_loopback(
+    root: &Path,
+    name: &str,
+    ca: &crate::tls::pki::IssuedCert,
+    background_interval: Duration,
+) -> anyhow::Result<(RunningApp, SysId, Host)> {
+    let dir = root.join(name);
+    let sys_id = init_instance(&dir, &Host::parse("127.0.0.1:0")?)?;
+    let cert = crate::tls::pki::issue_instance(ca, &sys_id, &["127.0.0.1".to_owned()])?;
+    let app = start(AppConfig {
+        data_dir: dir.clone(),
+        listen: "127.0.0.1:0".parse()?,
+        host: None,
+        tls: crate::tls::pki::tls_files(ca, &cert),
+        kek_file: dir.join(KEK_FILE),
+        background_interval,
+    })
+    .await?;
+    let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port()))?;
+    Ok((app, sys_id, host))
+}

@@ -8,35 +8,14 @@ use base64::Engine;
 
 use super::kmfctl::{Operator, aes_spec};
 use super::print;
-use crate::app::{AppConfig, KEK_FILE, RunningApp, init_instance, start};
+use crate::app::{RunningApp, start_loopback};
 use crate::domain::auth::Role;
 use crate::domain::ids::Host;
 use crate::rpc::pb;
-use crate::tls::TlsFiles;
-use crate::tls::pki::{IssuedCert, create_ca, issue_instance, issue_operator};
-
-fn files(ca: &IssuedCert, cert: &IssuedCert) -> TlsFiles {
-    TlsFiles {
-        ca_pem: ca.cert_pem.clone().into_bytes(),
-        cert_pem: cert.cert_pem.clone().into_bytes(),
-        key_pem: zeroize::Zeroizing::new(cert.key_pem.clone().into_bytes()),
-    }
-}
+use crate::tls::pki::{IssuedCert, create_ca, issue_operator, tls_files};
 
 async fn instance(root: &std::path::Path, name: &str, ca: &IssuedCert) -> anyhow::Result<(RunningApp, String, Host)> {
-    let dir = root.join(name);
-    let sys_id = init_instance(&dir, &Host::parse("127.0.0.1:0")?)?;
-    let cert = issue_instance(ca, &sys_id, &["127.0.0.1".to_owned()])?;
-    let app = start(AppConfig {
-        data_dir: dir.clone(),
-        listen: "127.0.0.1:0".parse()?,
-        host: None,
-        tls: files(ca, &cert),
-        kek_file: dir.join(KEK_FILE),
-        background_interval: Duration::from_secs(1),
-    })
-    .await?;
-    let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port()))?;
+    let (app, sys_id, host) = start_loopback(root, name, ca, Duration::from_secs(1)).await?;
     println!("  {name:<6} sys_id {sys_id}  listening on {host} (mTLS, TLS 1.3)");
     Ok((app, sys_id.to_string(), host))
 }
@@ -52,7 +31,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     step(1, "Minting a deployment CA and an operator certificate (role admin)");
     let ca = create_ca("kmf quickstart CA")?;
-    let operator = files(&ca, &issue_operator(&ca, "quickstart-admin", &[Role::Admin])?);
+    let operator = tls_files(&ca, &issue_operator(&ca, "quickstart-admin", &[Role::Admin])?);
 
     step(2, "Starting two daemons");
     let (source_app, source_id, source_host) = instance(tmp.path(), "source", &ca).await?;

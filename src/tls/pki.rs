@@ -7,8 +7,8 @@ use rcgen::{
     SanType,
 };
 
-use super::TlsError;
 use super::identity::{INSTANCE_PREFIX, OPERATOR_PREFIX, ROLE_PREFIX};
+use super::{TlsError, TlsFiles};
 use crate::domain::auth::Role;
 use crate::domain::ids::{Host, SysId};
 
@@ -99,4 +99,13 @@ pub fn issue_operator(ca: &IssuedCert, name: &str, roles: &[Role]) -> Result<Iss
         sans.push(uri(format!("{ROLE_PREFIX}{}", role.as_str()))?);
     }
     leaf(ca, &format!("kmf operator {name}"), sans, vec![ExtendedKeyUsagePurpose::ClientAuth])
+}
+
+/// The TLS material of `leaf`, anchored at `ca`, as the daemon and clients use it.
+pub fn tls_files(ca: &IssuedCert, leaf: &IssuedCert) -> TlsFiles {
+    TlsFiles {
+        ca_pem: ca.cert_pem.clone().into_bytes(),
+        cert_pem: leaf.cert_pem.clone().into_bytes(),
+        key_pem: zeroize::Zeroizing::new(leaf.key_pem.clone().into_bytes()),
+    }
 }

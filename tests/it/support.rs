@@ -19,7 +19,6 @@ use kmf::tls::TlsFiles;
 use kmf::tls::pki::{IssuedCert, create_ca, issue_instance, issue_operator};
 use tempfile::TempDir;
 use tonic::transport::Channel;
-use zeroize::Zeroizing;
 
 pub struct Pki {
     pub ca: IssuedCert,
@@ -31,11 +30,7 @@ impl Pki {
     }
 
     pub fn files(&self, cert: &IssuedCert) -> TlsFiles {
-        TlsFiles {
-            ca_pem: self.ca.cert_pem.clone().into_bytes(),
-            cert_pem: cert.cert_pem.clone().into_bytes(),
-            key_pem: Zeroizing::new(cert.key_pem.clone().into_bytes()),
-        }
+        kmf::tls::pki::tls_files(&self.ca, cert)
     }
 
     pub fn operator(&self, name: &str, roles: &[Role]) -> TlsFiles {
