@@ -145,6 +145,7 @@ pub async fn start_with(
     let incoming = accept_tls(listener, TlsAcceptor::from(server_config(&cfg.tls)?), stop_rx.clone());
     let m = MAX_MESSAGE_BYTES;
     let server = Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
