@@ -34,9 +34,11 @@ echo "== cargo build --benches (benchmarks are programs; they must build)"
 cargo build --locked --release --benches
 
 echo "== deploy smoke test (registry-free image, docker-compose cluster, Adhoc exchange)"
+smoke_passed=0
 if command -v docker >/dev/null && command -v docker-compose >/dev/null && docker info >/dev/null 2>&1 \
    && [ "$(id -u)" = 0 ]; then
   bash deploy/smoke.sh
+  smoke_passed=1
 elif [ "${CI:-}" = true ]; then
   echo "the deploy smoke test needs docker, docker-compose and root, and CI must not skip it" >&2
   exit 1
@@ -45,4 +47,12 @@ else
 fi
 
 echo "== cargo test (unit, integration, process, grpcurl)"
-cargo test --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every cargo test binary plus the smoke test.
+awk -v smoke="$smoke_passed" '/^test result:/ {p += $4; f += $6} END {printf "total: %d passed, %d failed\n", p + smoke, f}' "$log"
+exit "$status"
