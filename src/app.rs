@@ -19,8 +19,9 @@ use crate::domain::ids::{Host, SysId};
 use crate::node::Node;
 use crate::node::ports::PeerLink;
 use crate::rpc::pb::{
-    crypto_server::CryptoServer, instance_server::InstanceServer, key_exchange_server::KeyExchangeServer,
-    key_management_server::KeyManagementServer, resource_exchange_server::ResourceExchangeServer,
+    audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
+    key_exchange_server::KeyExchangeServer, key_management_server::KeyManagementServer,
+    resource_exchange_server::ResourceExchangeServer,
 };
 use crate::rpc::peer::PeerClient;
 use crate::rpc::services::Services;
@@ -133,6 +134,7 @@ pub async fn start_with(
     health.set_serving::<CryptoServer<crate::rpc::services::CryptoService>>().await;
     health.set_serving::<ResourceExchangeServer<crate::rpc::services::ResourceExchangeService>>().await;
     health.set_serving::<KeyExchangeServer<crate::rpc::services::KeyExchangeService>>().await;
+    health.set_serving::<AuditServer<crate::rpc::services::AuditService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -153,6 +155,7 @@ pub async fn start_with(
         .add_service(KeyManagementServer::new(services.keys).max_decoding_message_size(m))
         .add_service(CryptoServer::new(services.crypto).max_decoding_message_size(m).max_encoding_message_size(m))
         .add_service(ResourceExchangeServer::new(services.exchange))
+        .add_service(AuditServer::new(services.audit).max_encoding_message_size(m))
         .add_service(KeyExchangeServer::new(services.peer).max_decoding_message_size(m).max_encoding_message_size(m))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);
@@ -211,6 +214,9 @@ async fn background_loop(node: Arc<Node>, interval: Duration) {
         }
         if let Err(e) = node.deliver_outbox().await {
             tracing::warn!(error = %e, "outbox delivery failed");
+        }
+        if let Err(e) = node.sweep_lifecycle().await {
+            tracing::warn!(error = %e, "lifecycle sweep failed");
         }
     }
 }

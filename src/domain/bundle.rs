@@ -68,23 +68,29 @@ pub struct Bundle {
     pub entries: Vec<BundleEntry>,
 }
 
+/// Wire codes of key states in bundle format v1 (never renumbered).
+const STATE_CODES: [(KeyState, u8); 9] = [
+    (KeyState::Generated, 1),
+    (KeyState::Active, 2),
+    (KeyState::Deactivated, 3),
+    (KeyState::Expired, 4),
+    (KeyState::Renewed, 5),
+    (KeyState::Suspended, 6),
+    (KeyState::Compromised, 7),
+    (KeyState::Revoked, 8),
+    (KeyState::Destroyed, 9),
+];
+
 fn state_code(s: KeyState) -> u8 {
-    match s {
-        KeyState::Generated => 1,
-        KeyState::Active => 2,
-        KeyState::Deactivated => 3,
-        KeyState::Expired => 4,
-    }
+    STATE_CODES.iter().find(|(k, _)| *k == s).map_or(0, |(_, c)| *c)
 }
 
 fn state_from(code: u8) -> Result<KeyState, DomainError> {
-    Ok(match code {
-        1 => KeyState::Generated,
-        2 => KeyState::Active,
-        3 => KeyState::Deactivated,
-        4 => KeyState::Expired,
-        _ => return Err(DomainError::malformed("bundle", "unknown key state")),
-    })
+    STATE_CODES
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map(|(k, _)| *k)
+        .ok_or_else(|| DomainError::malformed("bundle", "unknown key state"))
 }
 
 fn line_code(s: SpecLineStatus) -> u8 {

@@ -1,6 +1,6 @@
-//! Module keys: lifecycle state, origin, metadata, and the zeroizing data-key
-//! buffer. Key material lives only in `DataKey` (in memory, zeroized on drop)
-//! or in `WrappedKey` (wrapped under a KEK or a transport key).
+//! Module keys: lifecycle states and the transitions between them, origin,
+//! metadata, and the zeroizing data-key buffer. Key material lives only in
+//! `DataKey` (in memory, zeroized on drop) or `WrappedKey` (wrapped).
 
 use std::fmt;
 
@@ -9,36 +9,81 @@ use zeroize::Zeroizing;
 use super::DomainError;
 use super::ids::{KeyId, Name, RequestId, SysId, UnixMillis};
 
-/// Lifecycle states, in lifecycle order. (Issue 3 adds the rest of the
-/// reference's states.)
+/// Lifecycle states (kmf-domain.md §2), in lifecycle order.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
 pub enum KeyState {
-    /// Generated while another key of the spec was Active; not usable yet.
+    /// Made while another key of the spec was current; usable once activated.
     Generated,
-    /// The one key of a spec that encrypts new data.
+    /// The current key of its spec: encrypts new data.
     Active,
+    /// An Active key whose expiration was extended; still current.
+    Renewed,
+    /// Temporarily unusable; resume makes it Active again.
+    Suspended,
     /// Retired by rotation: decrypts only.
     Deactivated,
+    /// Known or suspected to be exposed: decrypts only.
+    Compromised,
+    /// Withdrawn with a reason: decrypts only.
+    Revoked,
+    /// Material erased by lifecycle policy: unusable.
+    Destroyed,
     /// An imported key after its exchange completed: decrypts only.
     Expired,
 }
 
+pub const ALL_STATES: [KeyState; 9] = [
+    KeyState::Generated,
+    KeyState::Active,
+    KeyState::Renewed,
+    KeyState::Suspended,
+    KeyState::Deactivated,
+    KeyState::Compromised,
+    KeyState::Revoked,
+    KeyState::Destroyed,
+    KeyState::Expired,
+];
+
 impl KeyState {
+    /// New content: encrypt, sign, MAC, wrap.
     pub fn can_encrypt(self) -> bool {
-        matches!(self, KeyState::Active)
+        self.is_current()
     }
 
+    /// Existing content: decrypt, verify, unwrap.
     pub fn can_decrypt(self) -> bool {
-        matches!(self, KeyState::Active | KeyState::Deactivated | KeyState::Expired)
+        matches!(
+            self,
+            KeyState::Active
+                | KeyState::Renewed
+                | KeyState::Deactivated
+                | KeyState::Compromised
+                | KeyState::Revoked
+                | KeyState::Expired
+        )
+    }
+
+    /// The one key of a spec that serves new data (Active or Renewed).
+    pub fn is_current(self) -> bool {
+        matches!(self, KeyState::Active | KeyState::Renewed)
     }
 
     pub fn label(self) -> &'static str {
         match self {
             KeyState::Generated => "Generated",
             KeyState::Active => "Active",
+            KeyState::Renewed => "Renewed",
+            KeyState::Suspended => "Suspended",
             KeyState::Deactivated => "Deactivated",
+            KeyState::Compromised => "Compromised",
+            KeyState::Revoked => "Revoked",
+            KeyState::Destroyed => "Destroyed",
             KeyState::Expired => "Expired",
         }
+    }
+
+    pub fn parse(label: &str) -> Option<Self> {
+        ALL_STATES.into_iter().find(|s| s.label() == label)
     }
 }
 
@@ -62,6 +107,164 @@ pub struct KeyRecord {
     pub deactivated_at: Option<UnixMillis>,
     pub imported_at: Option<UnixMillis>,
     pub expired_at: Option<UnixMillis>,
+    /// The lifecycle expiration date (from the spec's lifecycle definition).
+    pub expires_at: Option<UnixMillis>,
+    pub renewed_at: Option<UnixMillis>,
+    pub suspended_at: Option<UnixMillis>,
+    pub compromised_at: Option<UnixMillis>,
+    pub revoked_at: Option<UnixMillis>,
+    pub destroyed_at: Option<UnixMillis>,
+    /// Why it was revoked or marked compromised.
+    pub reason: String,
+}
+
+impl KeyRecord {
+    /// A key imported by `request_id`: Expired (decrypt only) from `now`,
+    /// keeping its origin identity and its dates on the source.
+    pub fn imported(
+        id: KeyId,
+        request_id: RequestId,
+        generated_at: UnixMillis,
+        activated_at: Option<UnixMillis>,
+        deactivated_at: Option<UnixMillis>,
+        now: UnixMillis,
+    ) -> Self {
+        KeyRecord {
+            id,
+            state: KeyState::Expired,
+            origin: KeyOrigin::KeyExchange { request_id },
+            generated_at,
+            activated_at,
+            deactivated_at,
+            imported_at: Some(now),
+            expired_at: Some(now),
+            expires_at: None,
+            renewed_at: None,
+            suspended_at: None,
+            compromised_at: None,
+            revoked_at: None,
+            destroyed_at: None,
+            reason: String::new(),
+        }
+    }
+
+    fn new_local(id: KeyId, state: KeyState, now: UnixMillis, lifecycle: &LifecycleDefinition) -> Self {
+        let active = state == KeyState::Active;
+        KeyRecord {
+            id,
+            state,
+            origin: KeyOrigin::Local,
+            generated_at: now,
+            activated_at: active.then_some(now),
+            deactivated_at: None,
+            imported_at: None,
+            expired_at: None,
+            expires_at: if active { lifecycle.expiry_from(now) } else { None },
+            renewed_at: None,
+            suspended_at: None,
+            compromised_at: None,
+            revoked_at: None,
+            destroyed_at: None,
+            reason: String::new(),
+        }
+    }
+}
+
+/// Relative durations that a spec's keys follow (the reference's key
+/// lifecycle definition rows), in milliseconds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct LifecycleDefinition {
+    /// Expiration = activation + this.
+    pub expire_after: Option<i64>,
+    /// A Deactivated key is destroyed after this long.
+    pub destroy_after_idle: Option<i64>,
+}
+
+impl LifecycleDefinition {
+    pub fn expiry_from(&self, activated: UnixMillis) -> Option<UnixMillis> {
+        self.expire_after.map(|d| activated.plus_millis(d))
+    }
+
+    /// Checks the definition against the cap of the instance policy or the
+    /// module's exception (`cap`, milliseconds).
+    pub fn check_cap(&self, cap: Option<i64>) -> Result<(), DomainError> {
+        for (name, value) in [("expire_after", self.expire_after), ("destroy_after_idle", self.destroy_after_idle)] {
+            if value.is_some_and(|v| v <= 0) {
+                return Err(DomainError::invalid(name, "must be positive"));
+            }
+        }
+        match (self.expire_after, cap) {
+            (Some(v), Some(c)) if v > c => Err(DomainError::FailedPrecondition(format!(
+                "expire_after of {} days exceeds the lifecycle policy cap of {} days",
+                v / 86_400_000,
+                c / 86_400_000
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Where a lifecycle policy applies: the whole instance, or one module (an
+/// exception that overrides the instance policy for that module).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum PolicyScope {
+    Instance,
+    Module(Name),
+}
+
+/// An instance lifecycle policy or a module policy exception: caps what the
+/// specs' lifecycle definitions may set.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LifecyclePolicy {
+    pub scope: PolicyScope,
+    pub active: bool,
+    /// Longest allowed expire_after, in milliseconds.
+    pub max_expire_after: Option<i64>,
+}
+
+/// The cap for a module: its active exception, else the active instance policy.
+pub fn effective_cap(policies: &[LifecyclePolicy], module: &Name) -> Option<i64> {
+    let exception = policies.iter().find(|p| p.active && p.scope == PolicyScope::Module(module.clone()));
+    let instance = policies.iter().find(|p| p.active && p.scope == PolicyScope::Instance);
+    exception.or(instance).and_then(|p| p.max_expire_after)
+}
+
+/// An operator's lifecycle action on one key.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum KeyAction {
+    Activate,
+    Renew,
+    Suspend,
+    Resume,
+    Revoke { reason: String },
+    MarkCompromised { reason: String },
+}
+
+impl KeyAction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyAction::Activate => "activate",
+            KeyAction::Renew => "renew",
+            KeyAction::Suspend => "suspend",
+            KeyAction::Resume => "resume",
+            KeyAction::Revoke { .. } => "revoke",
+            KeyAction::MarkCompromised { .. } => "mark compromised",
+        }
+    }
+}
+
+/// The transition table: the state an action leads to from `from`, if allowed.
+pub fn next_state(from: KeyState, action: &KeyAction) -> Option<KeyState> {
+    use KeyState::*;
+    match (from, action) {
+        (Generated, KeyAction::Activate) => Some(Active),
+        (Active | Renewed, KeyAction::Renew) => Some(Renewed),
+        (Active | Renewed, KeyAction::Suspend) => Some(Suspended),
+        (Suspended, KeyAction::Resume) => Some(Active),
+        (Active | Renewed | Suspended, KeyAction::Revoke { .. }) => Some(Revoked),
+        (Active | Renewed | Suspended, KeyAction::MarkCompromised { .. }) => Some(Compromised),
+        _ => None,
+    }
 }
 
 /// Plaintext key material, zeroized on drop, never printed.
@@ -93,104 +296,314 @@ impl fmt::Debug for WrappedKey {
     }
 }
 
-/// What generating or rotating a key changes: the new key, and the previously
-/// Active key if it is deactivated.
-#[derive(Debug, PartialEq, Eq)]
+/// What a key operation changes: keys updated in place, and a new key (whose
+/// material the caller generates).
+#[derive(Debug, PartialEq, Eq, Default)]
 pub struct KeyChange {
-    pub new_key: KeyRecord,
-    pub deactivated: Option<KeyRecord>,
+    pub updated: Vec<KeyRecord>,
+    pub new_key: Option<KeyRecord>,
 }
 
-/// Plans `generate`: the first usable key becomes Active; with an Active key
-/// already present the new key is Generated (at most one Active per spec).
-pub fn plan_generate(own: &SysId, spec: &Name, existing: &[KeyRecord], now: UnixMillis) -> KeyChange {
-    let has_active = existing.iter().any(|k| k.state == KeyState::Active);
-    let state = if has_active { KeyState::Generated } else { KeyState::Active };
-    KeyChange { new_key: new_local_key(own, spec, existing, state, now), deactivated: None }
+fn current(existing: &[KeyRecord]) -> Option<&KeyRecord> {
+    existing.iter().find(|k| k.state.is_current())
 }
 
-/// Plans `rotate`: the Active key becomes Deactivated, a new key is Active at
-/// the next version.
+fn next_local(own: &SysId, spec: &Name, existing: &[KeyRecord]) -> KeyId {
+    let version = existing.iter().filter(|k| &k.id.origin == own).map(|k| k.id.version).max().unwrap_or(0) + 1;
+    KeyId { origin: own.clone(), spec: spec.clone(), version }
+}
+
+/// Plans `generate`: the new key is Active when the spec has no current key,
+/// Generated otherwise (at most one current key per spec).
+pub fn plan_generate(
+    own: &SysId,
+    spec: &Name,
+    existing: &[KeyRecord],
+    lifecycle: &LifecycleDefinition,
+    now: UnixMillis,
+) -> KeyChange {
+    let state = if current(existing).is_some() { KeyState::Generated } else { KeyState::Active };
+    let new_key = KeyRecord::new_local(next_local(own, spec, existing), state, now, lifecycle);
+    KeyChange { updated: Vec::new(), new_key: Some(new_key) }
+}
+
+/// Plans `rotate`: the current key becomes Deactivated, a new key is Active
+/// at the next local version.
 pub fn plan_rotate(
     own: &SysId,
     spec: &Name,
     existing: &[KeyRecord],
+    lifecycle: &LifecycleDefinition,
     now: UnixMillis,
 ) -> Result<KeyChange, DomainError> {
-    let active = existing.iter().find(|k| k.state == KeyState::Active).ok_or_else(|| {
+    let active = current(existing).ok_or_else(|| {
         DomainError::FailedPrecondition(format!("spec {spec} has no Active key to rotate; generate one first"))
     })?;
     let mut old = active.clone();
     old.state = KeyState::Deactivated;
     old.deactivated_at = Some(now);
-    let new_key = new_local_key(own, spec, existing, KeyState::Active, now);
-    Ok(KeyChange { new_key, deactivated: Some(old) })
+    let new_key = KeyRecord::new_local(next_local(own, spec, existing), KeyState::Active, now, lifecycle);
+    Ok(KeyChange { updated: vec![old], new_key: Some(new_key) })
 }
 
-fn new_local_key(own: &SysId, spec: &Name, existing: &[KeyRecord], state: KeyState, now: UnixMillis) -> KeyRecord {
-    let version = existing.iter().filter(|k| &k.id.origin == own).map(|k| k.id.version).max().unwrap_or(0) + 1;
-    KeyRecord {
-        id: KeyId { origin: own.clone(), spec: spec.clone(), version },
-        state,
-        origin: KeyOrigin::Local,
-        generated_at: now,
-        activated_at: (state == KeyState::Active).then_some(now),
-        deactivated_at: None,
-        imported_at: None,
-        expired_at: None,
+/// Plans a lifecycle action on `target`. Revoking or marking compromised the
+/// current key also plans a new Active key, so the spec keeps serving.
+pub fn plan_action(
+    own: &SysId,
+    existing: &[KeyRecord],
+    target: &KeyId,
+    action: &KeyAction,
+    lifecycle: &LifecycleDefinition,
+    now: UnixMillis,
+) -> Result<KeyChange, DomainError> {
+    let key = existing.iter().find(|k| &k.id == target).ok_or_else(|| DomainError::not_found("key", target))?;
+    if key.origin != KeyOrigin::Local {
+        return Err(DomainError::FailedPrecondition(format!(
+            "key {target} was imported by a key exchange; lifecycle actions apply to local keys only"
+        )));
     }
+    let next = next_state(key.state, action).ok_or_else(|| {
+        DomainError::FailedPrecondition(format!("cannot {} a key in state {}", action.name(), key.state.label()))
+    })?;
+    let other_current = existing.iter().any(|k| k.state.is_current() && &k.id != target);
+    let mut k = key.clone();
+    k.state = next;
+    match action {
+        KeyAction::Activate | KeyAction::Resume if other_current => {
+            return Err(DomainError::FailedPrecondition(format!(
+                "cannot {} {target}: spec {} already has an Active key",
+                action.name(),
+                target.spec
+            )));
+        }
+        KeyAction::Activate => {
+            k.activated_at = Some(now);
+            k.expires_at = lifecycle.expiry_from(now);
+        }
+        KeyAction::Resume => k.suspended_at = None,
+        KeyAction::Renew => {
+            let (Some(expires), Some(activated)) = (key.expires_at, key.activated_at) else {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "key {target} has no expiration date; set expire_after in the spec's lifecycle definition"
+                )));
+            };
+            k.expires_at = Some(now.plus_millis(expires.0 - activated.0));
+            k.renewed_at = Some(now);
+        }
+        KeyAction::Suspend => k.suspended_at = Some(now),
+        KeyAction::Revoke { reason } | KeyAction::MarkCompromised { reason } => {
+            if matches!(action, KeyAction::Revoke { .. }) && reason.trim().is_empty() {
+                return Err(DomainError::invalid("reason", "revoking a key needs a reason"));
+            }
+            k.reason = reason.clone();
+            if next == KeyState::Revoked {
+                k.revoked_at = Some(now);
+            } else {
+                k.compromised_at = Some(now);
+            }
+        }
+    }
+    let replace = matches!(action, KeyAction::Revoke { .. } | KeyAction::MarkCompromised { .. }) && !other_current;
+    let new_key = replace
+        .then(|| KeyRecord::new_local(next_local(own, &target.spec, existing), KeyState::Active, now, lifecycle));
+    Ok(KeyChange { updated: vec![k], new_key })
+}
+
+/// Deactivated local keys idle for longer than the definition allows.
+pub fn due_for_destruction(existing: &[KeyRecord], lifecycle: &LifecycleDefinition, now: UnixMillis) -> Vec<KeyRecord> {
+    let Some(idle) = lifecycle.destroy_after_idle else { return Vec::new() };
+    existing
+        .iter()
+        .filter(|k| k.state == KeyState::Deactivated && k.origin == KeyOrigin::Local)
+        .filter(|k| k.deactivated_at.is_some_and(|d| now >= d.plus_millis(idle)))
+        .map(|k| {
+            let mut d = k.clone();
+            d.state = KeyState::Destroyed;
+            d.destroyed_at = Some(now);
+            d
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::KeyState::*;
     use super::*;
 
     fn spec() -> Name {
         Name::parse("pay", "spec").unwrap()
     }
 
+    fn me() -> SysId {
+        SysId::from_random([1; 16])
+    }
+
+    const DAY: i64 = 86_400_000;
+
     #[test]
     fn state_permissions_table() {
+        // (state, encrypt, decrypt)
         let table = [
-            (KeyState::Generated, false, false),
-            (KeyState::Active, true, true),
-            (KeyState::Deactivated, false, true),
-            (KeyState::Expired, false, true),
+            (Generated, false, false),
+            (Active, true, true),
+            (Renewed, true, true),
+            (Suspended, false, false),
+            (Deactivated, false, true),
+            (Compromised, false, true),
+            (Revoked, false, true),
+            (Destroyed, false, false),
+            (Expired, false, true),
         ];
+        assert_eq!(table.len(), ALL_STATES.len());
         for (state, enc, dec) in table {
             assert_eq!((state.can_encrypt(), state.can_decrypt()), (enc, dec), "{state:?}");
+            assert_eq!(KeyState::parse(state.label()), Some(state));
         }
     }
 
     #[test]
-    fn first_key_is_active_at_version_one_then_generated() {
-        let me = SysId::from_random([1; 16]);
-        let first = plan_generate(&me, &spec(), &[], UnixMillis(10));
-        assert_eq!((first.new_key.state, first.new_key.id.version), (KeyState::Active, 1));
-        assert_eq!(first.new_key.activated_at, Some(UnixMillis(10)));
-        let second = plan_generate(&me, &spec(), &[first.new_key], UnixMillis(20));
-        assert_eq!((second.new_key.state, second.new_key.id.version), (KeyState::Generated, 2));
+    fn transition_table() {
+        let actions = [
+            KeyAction::Activate,
+            KeyAction::Renew,
+            KeyAction::Suspend,
+            KeyAction::Resume,
+            KeyAction::Revoke { reason: "r".into() },
+            KeyAction::MarkCompromised { reason: String::new() },
+        ];
+        // Allowed (from, action index, to); everything else is refused.
+        let allowed = [
+            (Generated, 0, Active),
+            (Active, 1, Renewed),
+            (Renewed, 1, Renewed),
+            (Active, 2, Suspended),
+            (Renewed, 2, Suspended),
+            (Suspended, 3, Active),
+            (Active, 4, Revoked),
+            (Renewed, 4, Revoked),
+            (Suspended, 4, Revoked),
+            (Active, 5, Compromised),
+            (Renewed, 5, Compromised),
+            (Suspended, 5, Compromised),
+        ];
+        for from in ALL_STATES {
+            for (i, action) in actions.iter().enumerate() {
+                let want = allowed.iter().find(|(f, a, _)| *f == from && *a == i).map(|(_, _, to)| *to);
+                assert_eq!(next_state(from, action), want, "{from:?} {}", action.name());
+            }
+        }
+    }
+
+    fn active_key(lc: &LifecycleDefinition) -> KeyRecord {
+        plan_generate(&me(), &spec(), &[], lc, UnixMillis(10)).new_key.unwrap()
     }
 
     #[test]
-    fn rotate_deactivates_and_bumps_version_ignoring_imported_versions() {
-        let me = SysId::from_random([1; 16]);
-        let other = SysId::from_random([2; 16]);
-        let k1 = plan_generate(&me, &spec(), &[], UnixMillis(1)).new_key;
+    fn first_key_is_active_then_generated() {
+        let lc = LifecycleDefinition { expire_after: Some(30 * DAY), destroy_after_idle: None };
+        let first = active_key(&lc);
+        assert_eq!((first.state, first.id.version, first.expires_at), (Active, 1, Some(UnixMillis(10 + 30 * DAY))));
+        let second = plan_generate(&me(), &spec(), &[first], &lc, UnixMillis(20)).new_key.unwrap();
+        assert_eq!((second.state, second.id.version, second.expires_at), (Generated, 2, None));
+    }
+
+    #[test]
+    fn rotate_ignores_imported_versions() {
+        let lc = LifecycleDefinition::default();
+        let k1 = active_key(&lc);
         let mut imported = k1.clone();
-        imported.id.origin = other;
+        imported.id.origin = SysId::from_random([2; 16]);
         imported.id.version = 40;
-        imported.state = KeyState::Expired;
-        let change = plan_rotate(&me, &spec(), &[k1, imported], UnixMillis(5)).unwrap();
-        let old = change.deactivated.unwrap();
-        assert_eq!((old.state, old.deactivated_at), (KeyState::Deactivated, Some(UnixMillis(5))));
-        assert_eq!((change.new_key.state, change.new_key.id.version), (KeyState::Active, 2));
+        imported.state = Expired;
+        imported.origin = KeyOrigin::KeyExchange { request_id: RequestId::from_random([3; 16]) };
+        let change = plan_rotate(&me(), &spec(), &[k1, imported], &lc, UnixMillis(5)).unwrap();
+        assert_eq!(change.updated[0].state, Deactivated);
+        let new = change.new_key.unwrap();
+        assert_eq!((new.state, new.id.version), (Active, 2));
+        assert!(plan_rotate(&me(), &spec(), &[], &lc, UnixMillis(1)).is_err());
     }
 
     #[test]
-    fn rotate_without_active_key_is_refused() {
-        let me = SysId::from_random([1; 16]);
-        assert!(matches!(plan_rotate(&me, &spec(), &[], UnixMillis(1)), Err(DomainError::FailedPrecondition(_))));
+    fn renew_sets_today_plus_the_original_span() {
+        let lc = LifecycleDefinition { expire_after: Some(10 * DAY), destroy_after_idle: None };
+        let k = active_key(&lc);
+        let now = UnixMillis(5 * DAY);
+        let change = plan_action(&me(), std::slice::from_ref(&k), &k.id, &KeyAction::Renew, &lc, now).unwrap();
+        let renewed = &change.updated[0];
+        assert_eq!((renewed.state, renewed.expires_at), (Renewed, Some(UnixMillis(15 * DAY))));
+        let no_expiry = active_key(&LifecycleDefinition::default());
+        let err = plan_action(&me(), std::slice::from_ref(&no_expiry), &no_expiry.id, &KeyAction::Renew, &lc, now);
+        assert!(matches!(err, Err(DomainError::FailedPrecondition(_))));
+    }
+
+    #[test]
+    fn resume_only_without_another_current_key_and_revoke_replaces() {
+        let lc = LifecycleDefinition::default();
+        let k1 = active_key(&lc);
+        let suspended = plan_action(&me(), std::slice::from_ref(&k1), &k1.id, &KeyAction::Suspend, &lc, UnixMillis(20))
+            .unwrap()
+            .updated
+            .remove(0);
+        assert_eq!(suspended.state, Suspended);
+        let k2 = plan_generate(&me(), &spec(), std::slice::from_ref(&suspended), &lc, UnixMillis(30)).new_key.unwrap();
+        assert_eq!(k2.state, Active, "no current key while k1 is suspended");
+        let keys = vec![suspended.clone(), k2];
+        assert!(plan_action(&me(), &keys, &suspended.id, &KeyAction::Resume, &lc, UnixMillis(40)).is_err());
+
+        let revoke_no_reason = KeyAction::Revoke { reason: " ".into() };
+        assert!(matches!(
+            plan_action(&me(), &keys, &keys[1].id, &revoke_no_reason, &lc, UnixMillis(50)),
+            Err(DomainError::InvalidArgument { .. })
+        ));
+        let change =
+            plan_action(&me(), &keys, &keys[1].id, &KeyAction::Revoke { reason: "leak".into() }, &lc, UnixMillis(50))
+                .unwrap();
+        assert_eq!((change.updated[0].state, change.updated[0].reason.as_str()), (Revoked, "leak"));
+        let new = change.new_key.expect("revoking the current key makes a new Active key");
+        assert_eq!((new.state, new.id.version), (Active, 3));
+        // Revoking a suspended key while another is Active makes no new key.
+        let change =
+            plan_action(&me(), &keys, &suspended.id, &KeyAction::Revoke { reason: "old".into() }, &lc, UnixMillis(60))
+                .unwrap();
+        assert!(change.new_key.is_none());
+    }
+
+    #[test]
+    fn destruction_after_idle_period_only() {
+        let lc = LifecycleDefinition { expire_after: None, destroy_after_idle: Some(DAY) };
+        let mut k = active_key(&lc);
+        k.state = Deactivated;
+        k.deactivated_at = Some(UnixMillis(100));
+        assert!(due_for_destruction(std::slice::from_ref(&k), &lc, UnixMillis(100 + DAY - 1)).is_empty());
+        let d = due_for_destruction(std::slice::from_ref(&k), &lc, UnixMillis(100 + DAY));
+        assert_eq!((d[0].state, d[0].destroyed_at), (Destroyed, Some(UnixMillis(100 + DAY))));
+        assert!(due_for_destruction(&[k], &LifecycleDefinition::default(), UnixMillis(i64::MAX)).is_empty());
+    }
+
+    #[test]
+    fn module_exception_overrides_instance_policy() {
+        let m = Name::parse("m", "module").unwrap();
+        let other = Name::parse("o", "module").unwrap();
+        let instance =
+            LifecyclePolicy { scope: PolicyScope::Instance, active: true, max_expire_after: Some(365 * DAY) };
+        let exception =
+            LifecyclePolicy { scope: PolicyScope::Module(m.clone()), active: true, max_expire_after: Some(730 * DAY) };
+        let policies = vec![instance.clone(), exception.clone()];
+        assert_eq!(effective_cap(&policies, &m), Some(730 * DAY));
+        assert_eq!(effective_cap(&policies, &other), Some(365 * DAY));
+        let inactive = vec![instance, LifecyclePolicy { active: false, ..exception }];
+        assert_eq!(effective_cap(&inactive, &m), Some(365 * DAY));
+        assert_eq!(effective_cap(&[], &m), None);
+    }
+
+    #[test]
+    fn lifecycle_caps() {
+        let lc = LifecycleDefinition { expire_after: Some(400 * DAY), destroy_after_idle: None };
+        assert!(lc.check_cap(None).is_ok());
+        assert!(lc.check_cap(Some(730 * DAY)).is_ok());
+        assert!(matches!(lc.check_cap(Some(365 * DAY)), Err(DomainError::FailedPrecondition(_))));
+        let bad = LifecycleDefinition { expire_after: Some(0), destroy_after_idle: None };
+        assert!(bad.check_cap(None).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! system, environment or clock. Time and randomness come in as arguments.
 //! `tests/it/tidy.rs` enforces this.
 
+pub mod audit;
 pub mod auth;
 pub mod bundle;
 pub mod ciphertext;

@@ -3,6 +3,7 @@
 
 use super::DomainError;
 use super::ids::{Name, UnixMillis};
+use super::key::LifecycleDefinition;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Purpose {
@@ -28,6 +29,8 @@ pub struct Spec {
     pub algorithm: Algorithm,
     pub key_size_bits: u32,
     pub created_at: UnixMillis,
+    /// How this spec's keys age (expiration, destruction after idling).
+    pub lifecycle: LifecycleDefinition,
 }
 
 impl Spec {
@@ -49,7 +52,15 @@ impl Spec {
                 ));
             }
         }
-        Ok(Spec { name, module, purpose, algorithm, key_size_bits, created_at })
+        Ok(Spec {
+            name,
+            module,
+            purpose,
+            algorithm,
+            key_size_bits,
+            created_at,
+            lifecycle: LifecycleDefinition::default(),
+        })
     }
 
     pub fn key_len_bytes(&self) -> usize {

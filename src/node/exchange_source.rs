@@ -4,17 +4,18 @@
 
 use std::sync::Arc;
 
-use super::Node;
 use super::ports::{OpenRequest, SourceView};
+use super::{Node, request_audit};
 use crate::clock;
 use crate::domain::DomainError;
+use crate::domain::audit::Outcome;
 use crate::domain::auth::Caller;
 use crate::domain::bundle::{Bundle, BundleEntry, Receipt};
 use crate::domain::exchange::{
     ExchangeRequest, ExchangeRole, Frequency, MAX_EXPIRY_MILLIS, PeerRef, RequestEvent, RequestStatus, SignedBlob,
     SpecLine, SpecLineStatus, Transition,
 };
-use crate::domain::ids::{RequestId, SysId, UnixMillis};
+use crate::domain::ids::{KeyId, RequestId, SysId, UnixMillis};
 use crate::error::{AppError, AppResult, PeerError};
 use crate::signer::primitives::{kwp_wrap, random_key, rsa_oaep_encrypt, sha256, verify_sha256_with_cert};
 use crate::store::{OutboxChange, OutboxItem, StoreError};
@@ -97,7 +98,9 @@ impl Node {
                 req.apply(RequestEvent::Approve, "system", now)?;
                 req.apply(RequestEvent::Complete, "system", now)?;
             }
-            node.store.insert_request(&req, None).map_err(|e| match e {
+            let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
+            let audit = request_audit(&req, "exchange.open", Outcome::Success, format!("target {} at {}; specs {}", req.target.sys_id, req.target.host, specs.join(",")));
+            node.store.insert_request(&req, None, &[audit]).map_err(|e| match e {
                 StoreError::AlreadyExists { what, id } => AppError::Domain(DomainError::AlreadyExists { what, id }),
                 other => other.into(),
             })?;
@@ -141,14 +144,25 @@ impl Node {
         match decision {
             Decision::Reject { reason } => {
                 req.apply(RequestEvent::Reject { reason: reason.clone() }, actor, now)?;
+                let audit = request_audit(&req, "exchange.reject", Outcome::Success, format!("reason: {reason}"));
                 let notice = OutboxItem::Status { status: RequestStatus::Rejected, reason };
-                self.store.update_request(&req, OutboxChange::Set(&notice))?;
+                self.store.update_request(&req, OutboxChange::Set(&notice), &[audit])?;
                 tracing::info!(request_id = %req.id, actor, "exchange request rejected");
             }
             Decision::Approve => {
                 req.apply(RequestEvent::Approve, actor, now)?;
-                let bundle = self.build_bundle(&mut req, now)?;
-                self.store.update_request(&req, OutboxChange::Set(&OutboxItem::Bundle(bundle)))?;
+                let (bundle, exported) = self.build_bundle(&mut req, now)?;
+                let ids: Vec<String> = exported.iter().map(ToString::to_string).collect();
+                let audit = [
+                    request_audit(&req, "exchange.approve", Outcome::Success, format!("target {}", req.target.sys_id)),
+                    request_audit(
+                        &req,
+                        "exchange.export",
+                        Outcome::Success,
+                        format!("{} key(s) for {}: {}", ids.len(), req.target.sys_id, ids.join(" ")),
+                    ),
+                ];
+                self.store.update_request(&req, OutboxChange::Set(&OutboxItem::Bundle(bundle)), &audit)?;
                 tracing::info!(request_id = %req.id, actor, exported = req.exported_key_count, "exchange request approved");
             }
         }
@@ -156,7 +170,7 @@ impl Node {
     }
 
     /// Builds and signs the bundle; fills the request's lines and counts.
-    fn build_bundle(&self, req: &mut ExchangeRequest, now: UnixMillis) -> AppResult<SignedBlob> {
+    fn build_bundle(&self, req: &mut ExchangeRequest, now: UnixMillis) -> AppResult<(SignedBlob, Vec<KeyId>)> {
         let transport = random_key(32);
         let wrapped_transport_key = rsa_oaep_encrypt(&req.transport_public_key, req.wrapping, transport.expose())?;
         let mut entries = Vec::new();
@@ -216,9 +230,10 @@ impl Node {
             lines: req.lines.clone(),
             entries,
         };
+        let exported = bundle.entries.iter().map(|e| e.key_id.clone()).collect();
         let bytes = bundle.encode();
         let signature = self.instance_key.sign(&bytes)?;
-        Ok(SignedBlob { bytes, signature })
+        Ok((SignedBlob { bytes, signature }, exported))
     }
 
     fn expire(&self, req: &mut ExchangeRequest, now: UnixMillis) -> AppResult<()> {
@@ -227,9 +242,13 @@ impl Node {
             ExchangeRole::Source => {
                 let notice =
                     OutboxItem::Status { status: RequestStatus::Expired, reason: "expired on the source".into() };
-                self.store.update_request(req, OutboxChange::Set(&notice))?;
+                let audit = request_audit(req, "exchange.expire", Outcome::Success, "");
+                self.store.update_request(req, OutboxChange::Set(&notice), &[audit])?;
             }
-            ExchangeRole::Target => self.store.update_request(req, OutboxChange::Keep)?,
+            ExchangeRole::Target => {
+                let audit = request_audit(req, "exchange.expire", Outcome::Success, "");
+                self.store.update_request(req, OutboxChange::Keep, &[audit])?
+            }
         }
         tracing::info!(request_id = %req.id, "exchange request expired");
         Ok(())
@@ -293,7 +312,7 @@ impl Node {
                         if let Err(e) = &answer {
                             tracing::warn!(request_id = %req.id, error = %e, "target refused the status notice");
                         }
-                        Ok(node.store.update_request(&req, OutboxChange::Clear)?)
+                        Ok(node.store.update_request(&req, OutboxChange::Clear, &[])?)
                     }
                 })
                 .await
@@ -318,22 +337,31 @@ impl Node {
                 if req.status == RequestStatus::Approved {
                     req.apply(RequestEvent::FailRemote { reason: why.to_string() }, "system", now)?;
                 }
-                Ok(self.store.update_request(&req, OutboxChange::Clear)?)
+                let audit =
+                    request_audit(&req, "exchange.fail", Outcome::Failed, format!("target refused the bundle: {why}"));
+                Ok(self.store.update_request(&req, OutboxChange::Clear, &[audit])?)
             }
             Ok(receipt) => {
-                match self.check_receipt(&req, &receipt, bundle_sha256) {
+                let audit = match self.check_receipt(&req, &receipt, bundle_sha256) {
                     Ok(r) => {
                         req.imported_key_count = r.imported.len() as u32;
                         req.receipt = Some(receipt);
                         req.apply(RequestEvent::Complete, &format!("instance:{}", req.target.sys_id), now)?;
                         tracing::info!(request_id = %req.id, imported = r.imported.len(), "exchange completed");
+                        request_audit(
+                            &req,
+                            "exchange.complete",
+                            Outcome::Success,
+                            format!("signed receipt: {} key(s) imported", r.imported.len()),
+                        )
                     }
                     Err(e) => {
                         tracing::warn!(request_id = %req.id, error = %e, "receipt refused");
                         req.apply(RequestEvent::FailRemote { reason: e.to_string() }, "system", now)?;
+                        request_audit(&req, "exchange.fail", Outcome::Failed, format!("receipt refused: {e}"))
                     }
-                }
-                Ok(self.store.update_request(&req, OutboxChange::Clear)?)
+                };
+                Ok(self.store.update_request(&req, OutboxChange::Clear, &[audit])?)
             }
         }
     }

@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::Node;
 use super::ports::OpenRequest;
+use super::{Node, request_audit};
 use crate::clock;
 use crate::domain::DomainError;
+use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::bundle::{Bundle, BundleEntry, Receipt};
 use crate::domain::exchange::{
@@ -15,7 +16,7 @@ use crate::domain::exchange::{
     SpecLineStatus, validate_expiry, validate_spec_names,
 };
 use crate::domain::ids::{Host, Name, RequestId, SysId};
-use crate::domain::key::{DataKey, KeyOrigin, KeyRecord, KeyState, WrappedKey};
+use crate::domain::key::{DataKey, KeyRecord, WrappedKey};
 use crate::error::{AppError, AppResult};
 use crate::signer::CryptoError;
 use crate::signer::primitives::{kwp_unwrap, random_bytes, sha256, verify_sha256_with_cert};
@@ -73,7 +74,14 @@ impl Node {
                     transport_public_key: Vec::new(),
                     wrapping: transport.wrapping,
                 };
-                node.store.insert_request(&req, Some(&transport.handle))?;
+                let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
+                let audit = request_audit(
+                    &req,
+                    "exchange.create",
+                    Outcome::Success,
+                    format!("source {} at {}; specs {}", req.source.sys_id, req.source.host, specs.join(",")),
+                );
+                node.store.insert_request(&req, Some(&transport.handle), &[audit])?;
                 Ok((req, transport.public_der))
             })
             .await?;
@@ -109,13 +117,19 @@ impl Node {
                         req.apply(RequestEvent::Approve, "system", now)?;
                         req.apply(RequestEvent::Complete, "system", now)?;
                     }
-                    node.store.update_request(&req, OutboxChange::Keep)?;
+                    node.store.update_request(&req, OutboxChange::Keep, &[])?;
                     Ok(req)
                 }
                 Err(err) => {
                     if req.status == RequestStatus::Pending {
                         req.apply(RequestEvent::FailRemote { reason: err.to_string() }, "system", now)?;
-                        node.store.update_request(&req, OutboxChange::Keep)?;
+                        let audit = request_audit(
+                            &req,
+                            "exchange.fail",
+                            Outcome::Failed,
+                            format!("opening on the source failed: {err}"),
+                        );
+                        node.store.update_request(&req, OutboxChange::Keep, &[audit])?;
                     }
                     tracing::warn!(request_id = %req.id, error = %err, "opening the request on the source failed");
                     Err(AppError::Peer(err))
@@ -133,7 +147,27 @@ impl Node {
         bundle: SignedBlob,
     ) -> AppResult<SignedBlob> {
         let _guard = self.import_lock.lock().await;
-        self.blocking(move |node| node.import_bundle(&caller, &caller_cert, &bundle)).await
+        self.blocking(move |node| {
+            let result = node.import_bundle(&caller, &caller_cert, &bundle);
+            if let Err(e) = &result {
+                let subject = Bundle::decode(&bundle.bytes)
+                    .map_or_else(|_| "undecodable bundle".to_owned(), |b| b.request_id.to_string());
+                let audit = AuditEvent::new(
+                    clock::now(),
+                    format!("instance:{caller}"),
+                    "exchange.bundle_refused",
+                    subject,
+                    Outcome::Refused,
+                )
+                .with_details(e.to_string());
+                if let Err(store_err) = node.store.append_audit(&[audit]) {
+                    tracing::error!(error = %store_err, "could not audit a refused bundle");
+                }
+                tracing::warn!(sender = %caller, error = %e, "bundle refused");
+            }
+            result
+        })
+        .await
     }
 
     fn import_bundle(&self, caller: &SysId, caller_cert: &[u8], signed: &SignedBlob) -> AppResult<SignedBlob> {
@@ -180,16 +214,14 @@ impl Node {
             let result = self.unwrap_entry(&specs, &aes, entry);
             match result {
                 Ok(wrapped) => keys.push((
-                    KeyRecord {
-                        id: entry.key_id.clone(),
-                        state: KeyState::Expired,
-                        origin: KeyOrigin::KeyExchange { request_id: req.id.clone() },
-                        generated_at: entry.generated_at,
-                        activated_at: entry.activated_at,
-                        deactivated_at: entry.deactivated_at,
-                        imported_at: Some(now),
-                        expired_at: Some(now),
-                    },
+                    KeyRecord::imported(
+                        entry.key_id.clone(),
+                        req.id.clone(),
+                        entry.generated_at,
+                        entry.activated_at,
+                        entry.deactivated_at,
+                        now,
+                    ),
                     wrapped,
                 )),
                 Err(reason) => failed.push((entry.key_id.spec.to_string(), reason)),
@@ -212,7 +244,14 @@ impl Node {
         req.apply(RequestEvent::Approve, &format!("instance:{caller}"), now)?;
         req.apply(RequestEvent::Complete, "system", now)?;
         req.imported_key_count = keys.len() as u32;
-        let outcome = self.store.complete_import(&req, &keys)?;
+        let ids: Vec<String> = keys.iter().map(|(k, _)| k.id.to_string()).collect();
+        let audit = request_audit(
+            &req,
+            "exchange.import",
+            Outcome::Success,
+            format!("{} key(s) from {}: {}", ids.len(), req.source.sys_id, ids.join(" ")),
+        );
+        let outcome = self.store.complete_import(&req, &keys, &[audit])?;
         if !outcome.already_present.is_empty() {
             // Keys a previous exchange brought are not imported twice.
             req.imported_key_count = outcome.inserted.len() as u32;
@@ -222,7 +261,7 @@ impl Node {
                     line.reason = format!("{n} key(s) already present, not imported twice");
                 }
             }
-            self.store.update_request(&req, OutboxChange::Keep)?;
+            self.store.update_request(&req, OutboxChange::Keep, &[])?;
         }
         if let Err(e) = self.signer.destroy_transport_key(&handle) {
             tracing::warn!(request_id = %req.id, error = %e, "destroying the transport key failed");
@@ -293,7 +332,12 @@ impl Node {
                 return Ok(()); // A repeated notice changes nothing.
             }
             req.apply(event, &actor, at)?;
-            node.store.update_request(&req, OutboxChange::Keep)?;
+            let action = if status == RequestStatus::Expired { "exchange.expire" } else { "exchange.reject" };
+            node.store.update_request(
+                &req,
+                OutboxChange::Keep,
+                &[request_audit(&req, action, Outcome::Success, "reported by the source")],
+            )?;
             tracing::info!(request_id = %req.id, status = status.label(), "source reported the request closed");
             Ok(())
         })

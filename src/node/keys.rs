@@ -1,29 +1,42 @@
-//! Modules, specs and keys.
+//! Modules, specs, keys and their lifecycle. Every change is written
+//! together with its audit entry.
 
 use std::sync::Arc;
 
 use super::Node;
 use crate::clock;
 use crate::domain::DomainError;
-use crate::domain::ids::Name;
-use crate::domain::key::{KeyRecord, plan_generate, plan_rotate};
+use crate::domain::audit::{AuditEvent, Outcome};
+use crate::domain::auth::Caller;
+use crate::domain::ids::{KeyId, Name};
+use crate::domain::key::{
+    KeyAction, KeyChange, KeyRecord, LifecycleDefinition, LifecyclePolicy, PolicyScope, due_for_destruction,
+    effective_cap, plan_action, plan_generate, plan_rotate,
+};
 use crate::domain::spec::{Algorithm, Module, Purpose, Spec};
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::signer::primitives::random_key;
 use crate::store::StoreError;
 
-fn already_exists(e: StoreError) -> crate::error::AppError {
+fn already_exists(e: StoreError) -> AppError {
     match e {
         StoreError::AlreadyExists { what, id } => DomainError::AlreadyExists { what, id }.into(),
         other => other.into(),
     }
 }
 
+fn event(actor: &str, action: &str, subject: impl ToString) -> AuditEvent {
+    AuditEvent::new(clock::now(), actor, action, subject.to_string(), Outcome::Success)
+}
+
 impl Node {
-    pub async fn create_module(self: &Arc<Self>, name: Name) -> AppResult<Module> {
+    pub async fn create_module(self: &Arc<Self>, caller: &Caller, name: Name) -> AppResult<Module> {
+        let actor = caller.actor();
         self.blocking(move |node| {
             let module = Module { name, created_at: clock::now() };
-            node.store.insert_module(&module).map_err(already_exists)?;
+            node.store
+                .insert_module(&module, &[event(&actor, "module.create", &module.name)])
+                .map_err(already_exists)?;
             tracing::info!(module = %module.name, "module created");
             Ok(module)
         })
@@ -36,18 +49,24 @@ impl Node {
 
     pub async fn create_spec(
         self: &Arc<Self>,
+        caller: &Caller,
         module: Name,
         name: Name,
         purpose: Purpose,
         algorithm: Algorithm,
         key_size_bits: u32,
     ) -> AppResult<Spec> {
+        let actor = caller.actor();
         self.blocking(move |node| {
             if node.store.module(&module)?.is_none() {
                 return Err(DomainError::not_found("module", &module).into());
             }
             let spec = Spec::try_new(name, module, purpose, algorithm, key_size_bits, clock::now())?;
-            node.store.insert_spec(&spec).map_err(already_exists)?;
+            let audit = event(&actor, "spec.create", &spec.name).with_details(format!(
+                "module {} {:?} {:?} {} bits",
+                spec.module, spec.purpose, spec.algorithm, spec.key_size_bits
+            ));
+            node.store.insert_spec(&spec, &[audit]).map_err(already_exists)?;
             tracing::info!(spec = %spec.name, module = %spec.module, "spec created");
             Ok(spec)
         })
@@ -71,33 +90,85 @@ impl Node {
         self.store.spec(name)?.ok_or_else(|| DomainError::not_found("spec", name).into())
     }
 
-    pub async fn generate_key(self: &Arc<Self>, spec: Name) -> AppResult<KeyRecord> {
+    fn key_records(&self, spec: &Name) -> AppResult<Vec<KeyRecord>> {
+        Ok(self.store.keys(spec)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Writes a planned change: new material for the new key, one transaction.
+    fn write_change(&self, spec: &Spec, change: &KeyChange, audit: Vec<AuditEvent>) -> AppResult<()> {
+        let new = match &change.new_key {
+            Some(k) => Some((k, self.signer.wrap(&random_key(spec.key_len_bytes()))?)),
+            None => None,
+        };
+        let new_ref = new.as_ref().map(|(k, w)| (*k, w));
+        self.store.apply_key_change(&change.updated, new_ref, &audit).map_err(already_exists)?;
+        Ok(())
+    }
+
+    pub async fn generate_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<KeyRecord> {
+        let actor = caller.actor();
         self.blocking(move |node| {
             let spec = node.spec_or_not_found(&spec)?;
-            let existing: Vec<KeyRecord> = node.store.keys(&spec.name)?.into_iter().map(|(k, _)| k).collect();
-            let change = plan_generate(&node.sys_id, &spec.name, &existing, clock::now());
-            let wrapped = node.signer.wrap(&random_key(spec.key_len_bytes()))?;
-            node.store.apply_key_change(&[], (&change.new_key, &wrapped)).map_err(already_exists)?;
-            tracing::info!(key_id = %change.new_key.id, state = change.new_key.state.label(), "key generated");
-            Ok(change.new_key)
+            let change =
+                plan_generate(&node.sys_id, &spec.name, &node.key_records(&spec.name)?, &spec.lifecycle, clock::now());
+            let new = change.new_key.clone().ok_or_else(|| AppError::Internal("generate planned no key".into()))?;
+            let audit = event(&actor, "key.generate", &new.id).with_details(format!("state {}", new.state.label()));
+            node.write_change(&spec, &change, vec![audit])?;
+            tracing::info!(key_id = %new.id, state = new.state.label(), "key generated");
+            Ok(new)
         })
         .await
     }
 
     /// Returns (deactivated, new active).
-    pub async fn rotate_key(self: &Arc<Self>, spec: Name) -> AppResult<(KeyRecord, KeyRecord)> {
+    pub async fn rotate_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<(KeyRecord, KeyRecord)> {
+        let actor = caller.actor();
         self.blocking(move |node| {
             let spec = node.spec_or_not_found(&spec)?;
-            let existing: Vec<KeyRecord> = node.store.keys(&spec.name)?.into_iter().map(|(k, _)| k).collect();
-            let change = plan_rotate(&node.sys_id, &spec.name, &existing, clock::now())?;
-            let old =
-                change.deactivated.ok_or_else(|| crate::error::AppError::Internal("rotate without old key".into()))?;
-            let wrapped = node.signer.wrap(&random_key(spec.key_len_bytes()))?;
-            node.store
-                .apply_key_change(std::slice::from_ref(&old), (&change.new_key, &wrapped))
-                .map_err(already_exists)?;
-            tracing::info!(deactivated = %old.id, active = %change.new_key.id, "key rotated");
-            Ok((old, change.new_key))
+            let change =
+                plan_rotate(&node.sys_id, &spec.name, &node.key_records(&spec.name)?, &spec.lifecycle, clock::now())?;
+            let (Some(old), Some(new)) = (change.updated.first().cloned(), change.new_key.clone()) else {
+                return Err(AppError::Internal("rotate planned no keys".into()));
+            };
+            let audit = event(&actor, "key.rotate", &spec.name)
+                .with_details(format!("deactivated {}, active {}", old.id, new.id));
+            node.write_change(&spec, &change, vec![audit])?;
+            tracing::info!(deactivated = %old.id, active = %new.id, "key rotated");
+            Ok((old, new))
+        })
+        .await
+    }
+
+    /// Activate, renew, suspend, resume, revoke or mark compromised. Returns
+    /// the changed key, then the new Active key if one was made.
+    pub async fn change_key_state(
+        self: &Arc<Self>,
+        caller: &Caller,
+        key: KeyId,
+        action: KeyAction,
+    ) -> AppResult<Vec<KeyRecord>> {
+        let actor = caller.actor();
+        self.blocking(move |node| {
+            let spec = node.spec_or_not_found(&key.spec)?;
+            let existing = node.key_records(&spec.name)?;
+            let change = plan_action(&node.sys_id, &existing, &key, &action, &spec.lifecycle, clock::now())?;
+            let mut audit = Vec::new();
+            for k in &change.updated {
+                let details = if k.reason.is_empty() {
+                    format!("now {}", k.state.label())
+                } else {
+                    format!("now {}; reason: {}", k.state.label(), k.reason)
+                };
+                audit.push(
+                    event(&actor, &format!("key.{}", action.name().replace(' ', "_")), &k.id).with_details(details),
+                );
+            }
+            if let Some(new) = &change.new_key {
+                audit.push(event(&actor, "key.generate", &new.id).with_details(format!("replaces {key}")));
+            }
+            node.write_change(&spec, &change, audit)?;
+            tracing::info!(key_id = %key, action = action.name(), "key state changed");
+            Ok(change.updated.into_iter().chain(change.new_key).collect())
         })
         .await
     }
@@ -105,7 +176,87 @@ impl Node {
     pub async fn keys(self: &Arc<Self>, spec: Name) -> AppResult<Vec<KeyRecord>> {
         self.blocking(move |node| {
             let spec = node.spec_or_not_found(&spec)?;
-            Ok(node.store.keys(&spec.name)?.into_iter().map(|(k, _)| k).collect())
+            node.key_records(&spec.name)
+        })
+        .await
+    }
+
+    /// Sets a spec's lifecycle definition, within the cap of the lifecycle policies.
+    pub async fn set_spec_lifecycle(
+        self: &Arc<Self>,
+        caller: &Caller,
+        spec: Name,
+        lifecycle: LifecycleDefinition,
+    ) -> AppResult<Spec> {
+        let actor = caller.actor();
+        self.blocking(move |node| {
+            let mut spec = node.spec_or_not_found(&spec)?;
+            lifecycle.check_cap(effective_cap(&node.store.lifecycle_policies()?, &spec.module))?;
+            spec.lifecycle = lifecycle;
+            let audit = event(&actor, "spec.lifecycle", &spec.name).with_details(format!(
+                "expire_after_ms {:?}, destroy_after_idle_ms {:?}",
+                lifecycle.expire_after, lifecycle.destroy_after_idle
+            ));
+            node.store.update_spec(&spec, &[audit])?;
+            Ok(spec)
+        })
+        .await
+    }
+
+    pub async fn set_lifecycle_policy(
+        self: &Arc<Self>,
+        caller: &Caller,
+        policy: LifecyclePolicy,
+    ) -> AppResult<LifecyclePolicy> {
+        let actor = caller.actor();
+        self.blocking(move |node| {
+            if let PolicyScope::Module(m) = &policy.scope
+                && node.store.module(m)?.is_none()
+            {
+                return Err(DomainError::not_found("module", m).into());
+            }
+            if policy.max_expire_after.is_some_and(|v| v <= 0) {
+                return Err(DomainError::invalid("max_expire_after", "must be positive").into());
+            }
+            let subject = match &policy.scope {
+                PolicyScope::Instance => "instance".to_owned(),
+                PolicyScope::Module(m) => format!("module:{m}"),
+            };
+            let audit = event(&actor, "lifecycle_policy.set", subject)
+                .with_details(format!("active {}, max_expire_after_ms {:?}", policy.active, policy.max_expire_after));
+            node.store.put_lifecycle_policy(&policy, &[audit])?;
+            Ok(policy)
+        })
+        .await
+    }
+
+    pub async fn lifecycle_policies(self: &Arc<Self>) -> AppResult<Vec<LifecyclePolicy>> {
+        self.blocking(|node| Ok(node.store.lifecycle_policies()?)).await
+    }
+
+    /// Lifecycle automation: destroys Deactivated keys idle past their spec's
+    /// destroy_after_idle (their wrapped material is erased). Returns how many.
+    pub async fn sweep_lifecycle(self: &Arc<Self>) -> AppResult<usize> {
+        self.blocking(|node| {
+            let now = clock::now();
+            let mut destroyed = 0;
+            for spec in node.store.specs()? {
+                let due = due_for_destruction(&node.key_records(&spec.name)?, &spec.lifecycle, now);
+                if due.is_empty() {
+                    continue;
+                }
+                let audit: Vec<AuditEvent> = due
+                    .iter()
+                    .map(|k| {
+                        event("system", "key.destroy", &k.id)
+                            .with_details("idle past destroy_after_idle; material erased")
+                    })
+                    .collect();
+                node.store.apply_key_change(&due, None, &audit)?;
+                destroyed += due.len();
+                tracing::info!(spec = %spec.name, destroyed = due.len(), "lifecycle policy destroyed idle keys");
+            }
+            Ok(destroyed)
         })
         .await
     }
@@ -116,31 +267,34 @@ impl Node {
     pub async fn seed_rotations(self: &Arc<Self>, spec: Name, count: u32) -> AppResult<()> {
         self.blocking(move |node| {
             let spec = node.spec_or_not_found(&spec)?;
-            let mut existing: Vec<KeyRecord> = node.store.keys(&spec.name)?.into_iter().map(|(k, _)| k).collect();
-            let mut batch = Vec::new();
+            let mut existing = node.key_records(&spec.name)?;
+            let mut batch: Vec<(KeyRecord, crate::domain::key::WrappedKey)> = Vec::new();
             for i in 0..count {
                 let now = clock::now();
-                let change = if existing.is_empty() {
-                    plan_generate(&node.sys_id, &spec.name, &existing, now)
+                let change = if existing.iter().any(|k| k.state.is_current()) {
+                    plan_rotate(&node.sys_id, &spec.name, &existing, &spec.lifecycle, now)?
                 } else {
-                    plan_rotate(&node.sys_id, &spec.name, &existing, now)?
+                    plan_generate(&node.sys_id, &spec.name, &existing, &spec.lifecycle, now)
                 };
-                let wrapped = node.signer.wrap(&random_key(spec.key_len_bytes()))?;
-                if let Some(old) = change.deactivated {
+                for old in change.updated {
                     if let Some(slot) = existing.iter_mut().find(|k| k.id == old.id) {
                         *slot = old.clone();
                     }
-                    if let Some(row) = batch.iter_mut().find(|(k, _): &&mut (KeyRecord, _)| k.id == old.id) {
+                    if let Some(row) = batch.iter_mut().find(|(k, _)| k.id == old.id) {
                         row.0 = old;
                     } else {
                         let (_, w) = node.store.key(&old.id)?.ok_or_else(|| DomainError::not_found("key", &old.id))?;
                         batch.push((old, w));
                     }
                 }
-                existing.push(change.new_key.clone());
-                batch.push((change.new_key, wrapped));
+                if let Some(new) = change.new_key {
+                    existing.push(new.clone());
+                    batch.push((new, node.signer.wrap(&random_key(spec.key_len_bytes()))?));
+                }
                 if batch.len() >= 1000 || i + 1 == count {
-                    node.store.put_keys(&batch)?;
+                    let audit =
+                        [event("system", "key.seed", &spec.name).with_details(format!("{} keys written", batch.len()))];
+                    node.store.put_keys(&batch, &audit)?;
                     batch.clear();
                 }
             }

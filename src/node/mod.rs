@@ -2,6 +2,7 @@
 //! It wires the pure domain to the store, the signer and the peer link; the
 //! RPC services only convert and call in here.
 
+pub mod audit;
 mod crypto;
 mod exchange_source;
 mod exchange_target;
@@ -95,6 +96,20 @@ impl Node {
 }
 
 pub use exchange_source::Decision;
+
+/// The audit event for a request that just changed; the actor is the one in
+/// its latest history line.
+pub(crate) fn request_audit(
+    req: &crate::domain::exchange::ExchangeRequest,
+    action: &str,
+    outcome: crate::domain::audit::Outcome,
+    details: impl AsRef<str>,
+) -> crate::domain::audit::AuditEvent {
+    let actor = req.history.last().map_or_else(|| "system".to_owned(), |t| t.actor.clone());
+    let details = format!("status {}; {}", req.status.label(), details.as_ref());
+    crate::domain::audit::AuditEvent::new(crate::clock::now(), actor, action, req.id.to_string(), outcome)
+        .with_details(details)
+}
 pub use exchange_target::NewRequest;
 
 impl Node {

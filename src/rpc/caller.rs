@@ -1,8 +1,12 @@
-//! Who is calling: read from the verified client certificate only.
+//! Who is calling: read from the verified client certificate only. A refused
+//! call is logged at warn and written to the audit log.
+
+use std::sync::Arc;
 
 use tonic::{Request, Status};
 
-use crate::domain::auth::{Caller, Permission, authorize};
+use crate::domain::auth::{Caller, Permission, authorize as decide};
+use crate::node::Node;
 use crate::tls::identity::caller_from_cert;
 
 /// The authenticated caller and its certificate (DER).
@@ -12,13 +16,25 @@ pub struct Authenticated {
 }
 
 /// Authenticates the caller from its certificate and checks `permission`.
-pub fn authorize_request<T>(req: &Request<T>, permission: Permission) -> Result<Authenticated, Status> {
+pub async fn authorize<T>(node: &Arc<Node>, req: &Request<T>, permission: Permission) -> Result<Authenticated, Status> {
+    let method = req
+        .extensions()
+        .get::<tonic::GrpcMethod>()
+        .map_or_else(|| "unknown".to_owned(), |m| format!("{}/{}", m.service(), m.method()));
+    let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
     let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let caller = caller_from_cert(leaf).map_err(|e| Status::permission_denied(e.to_string()))?;
-    if let Err(e) = authorize(&caller, permission) {
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::warn!(caller = %caller.actor(), %peer, ?permission, "call refused: {e}");
+    let caller = match caller_from_cert(leaf) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, %method, "call refused: {e}");
+            node.audit_refusal(format!("unidentified@{peer}"), method, e.to_string()).await;
+            return Err(Status::permission_denied(e.to_string()));
+        }
+    };
+    if let Err(e) = decide(&caller, permission) {
+        tracing::warn!(caller = %caller.actor(), %peer, %method, "call refused: {e}");
+        node.audit_refusal(caller.actor(), method, e.to_string()).await;
         return Err(Status::permission_denied(e.to_string()));
     }
     Ok(Authenticated { caller, cert_der: leaf.to_vec() })

@@ -5,10 +5,11 @@ use prost_types::{Duration, Timestamp};
 
 use super::pb;
 use crate::domain::DomainError;
+use crate::domain::audit::AuditEntry;
 use crate::domain::bundle::WrappingAlgorithm;
 use crate::domain::exchange::{ExchangeRequest, ExchangeRole, Frequency, RequestStatus, SpecLine, SpecLineStatus};
 use crate::domain::ids::{Name, UnixMillis};
-use crate::domain::key::{KeyOrigin, KeyRecord, KeyState};
+use crate::domain::key::{KeyAction, KeyOrigin, KeyRecord, KeyState, LifecyclePolicy, PolicyScope};
 use crate::domain::spec::{Algorithm, Module, Purpose, Spec};
 
 pub fn ts(t: UnixMillis) -> Timestamp {
@@ -50,6 +51,8 @@ pub fn spec(s: &Spec) -> pb::Spec {
         } as i32,
         key_size_bits: s.key_size_bits,
         created_at: Some(ts(s.created_at)),
+        expire_after: s.lifecycle.expire_after.map(duration),
+        destroy_after_idle: s.lifecycle.destroy_after_idle.map(duration),
     }
 }
 
@@ -71,8 +74,83 @@ fn key_state(s: KeyState) -> pb::KeyState {
     match s {
         KeyState::Generated => pb::KeyState::Generated,
         KeyState::Active => pb::KeyState::Active,
+        KeyState::Renewed => pb::KeyState::Renewed,
+        KeyState::Suspended => pb::KeyState::Suspended,
         KeyState::Deactivated => pb::KeyState::Deactivated,
+        KeyState::Compromised => pb::KeyState::Compromised,
+        KeyState::Revoked => pb::KeyState::Revoked,
+        KeyState::Destroyed => pb::KeyState::Destroyed,
         KeyState::Expired => pb::KeyState::Expired,
+    }
+}
+
+pub fn key_action(v: i32, reason: String) -> Result<KeyAction, DomainError> {
+    Ok(match pb::KeyAction::try_from(v) {
+        Ok(pb::KeyAction::Activate) => KeyAction::Activate,
+        Ok(pb::KeyAction::Renew) => KeyAction::Renew,
+        Ok(pb::KeyAction::Suspend) => KeyAction::Suspend,
+        Ok(pb::KeyAction::Resume) => KeyAction::Resume,
+        Ok(pb::KeyAction::Revoke) => KeyAction::Revoke { reason },
+        Ok(pb::KeyAction::MarkCompromised) => KeyAction::MarkCompromised { reason },
+        _ => {
+            return Err(DomainError::invalid(
+                "action",
+                "set ACTIVATE, RENEW, SUSPEND, RESUME, REVOKE or MARK_COMPROMISED",
+            ));
+        }
+    })
+}
+
+pub fn duration(millis: i64) -> Duration {
+    Duration { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// An optional positive duration field, in milliseconds.
+pub fn opt_duration(d: &Option<Duration>, field: &'static str) -> Result<Option<i64>, DomainError> {
+    match d {
+        None => Ok(None),
+        Some(d) => {
+            let ms = duration_millis(d).map_err(|_| DomainError::invalid(field, "must be positive"))?;
+            if ms <= 0 {
+                return Err(DomainError::invalid(field, "must be positive"));
+            }
+            Ok(Some(ms))
+        }
+    }
+}
+
+pub fn lifecycle_policy(p: &LifecyclePolicy) -> pb::LifecyclePolicy {
+    pb::LifecyclePolicy {
+        module: match &p.scope {
+            PolicyScope::Instance => String::new(),
+            PolicyScope::Module(m) => m.to_string(),
+        },
+        active: p.active,
+        max_expire_after: p.max_expire_after.map(duration),
+    }
+}
+
+pub fn lifecycle_policy_from(p: &pb::LifecyclePolicy) -> Result<LifecyclePolicy, DomainError> {
+    let scope =
+        if p.module.is_empty() { PolicyScope::Instance } else { PolicyScope::Module(name(&p.module, "module")?) };
+    Ok(LifecyclePolicy {
+        scope,
+        active: p.active,
+        max_expire_after: opt_duration(&p.max_expire_after, "max_expire_after")?,
+    })
+}
+
+pub fn audit_entry(e: &AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        seq: e.seq,
+        at: Some(ts(e.event.at)),
+        actor: e.event.actor.clone(),
+        action: e.event.action.clone(),
+        subject: e.event.subject.clone(),
+        outcome: e.event.outcome.as_str().to_owned(),
+        details: e.event.details.clone(),
+        prev_hash: hex::encode(e.prev_hash),
+        hash: hex::encode(e.hash),
     }
 }
 
@@ -94,6 +172,13 @@ pub fn key(k: &KeyRecord) -> pb::Key {
         imported_at: opt_ts(k.imported_at),
         expired_at: opt_ts(k.expired_at),
         request_id,
+        expires_at: opt_ts(k.expires_at),
+        renewed_at: opt_ts(k.renewed_at),
+        suspended_at: opt_ts(k.suspended_at),
+        compromised_at: opt_ts(k.compromised_at),
+        revoked_at: opt_ts(k.revoked_at),
+        destroyed_at: opt_ts(k.destroyed_at),
+        reason: k.reason.clone(),
     }
 }
 

@@ -10,11 +10,12 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use thiserror::Error;
 
+use crate::domain::audit::{AuditEntry, AuditEvent, GENESIS};
 use crate::domain::exchange::ExchangeRequest;
 use crate::domain::ids::{Host, KeyId, Name, RequestId, SysId};
-use crate::domain::key::{KeyRecord, WrappedKey};
+use crate::domain::key::{KeyRecord, KeyState, LifecyclePolicy, WrappedKey};
 use crate::domain::spec::{Module, Spec};
-use records::{KeyRow, ModuleRow, OutboxRow, RequestRow, SpecRow, decode, encode};
+use records::{KeyRow, LifecyclePolicyRow, ModuleRow, OutboxRow, RequestRow, SpecRow, decode, encode, scope_key};
 use tables::*;
 
 pub use records::OutboxItem;
@@ -113,7 +114,7 @@ impl RedbStore {
 
     // === modules and specs ===
 
-    pub fn insert_module(&self, module: &Module) -> Result<()> {
+    pub fn insert_module(&self, module: &Module, audit: &[AuditEvent]) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(MODULES)?;
@@ -122,6 +123,7 @@ impl RedbStore {
             }
             t.insert(module.name.as_str(), encode(&ModuleRow::from(module)).as_slice())?;
         }
+        append_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -144,7 +146,7 @@ impl RedbStore {
         Ok(out)
     }
 
-    pub fn insert_spec(&self, spec: &Spec) -> Result<()> {
+    pub fn insert_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(SPECS)?;
@@ -153,6 +155,7 @@ impl RedbStore {
             }
             t.insert(spec.name.as_str(), encode(&SpecRow::from(spec)).as_slice())?;
         }
+        append_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -200,7 +203,7 @@ impl RedbStore {
     }
 
     /// Writes key rows (new or updated) in one transaction.
-    pub fn put_keys(&self, rows: &[(KeyRecord, WrappedKey)]) -> Result<()> {
+    pub fn put_keys(&self, rows: &[(KeyRecord, WrappedKey)], audit: &[AuditEvent]) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(KEYS)?;
@@ -208,12 +211,19 @@ impl RedbStore {
                 put_key(&mut t, rec, wrapped)?;
             }
         }
+        append_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
 
     /// Updates metadata of existing keys (material unchanged) and inserts a new key, atomically.
-    pub fn apply_key_change(&self, updated: &[KeyRecord], new_key: (&KeyRecord, &WrappedKey)) -> Result<()> {
+    /// A key whose state is Destroyed loses its wrapped material here.
+    pub fn apply_key_change(
+        &self,
+        updated: &[KeyRecord],
+        new_key: Option<(&KeyRecord, &WrappedKey)>,
+        audit: &[AuditEvent],
+    ) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(KEYS)?;
@@ -222,13 +232,17 @@ impl RedbStore {
                 let old = t.get(k)?.map(|g| g.value().to_vec());
                 let old = old.ok_or_else(|| StoreError::Corrupt(format!("key {} vanished", rec.id)))?;
                 let (_, wrapped): (KeyRecord, WrappedKey) = decode::<KeyRow>(&old)?.try_into()?;
+                let wrapped = if rec.state == KeyState::Destroyed { WrappedKey(Vec::new()) } else { wrapped };
                 put_key(&mut t, rec, &wrapped)?;
             }
-            if t.get((new_key.0.id.spec.as_str(), new_key.0.id.origin.as_str(), new_key.0.id.version))?.is_some() {
-                return Err(StoreError::AlreadyExists { what: "key", id: new_key.0.id.to_string() });
+            if let Some((rec, wrapped)) = new_key {
+                if t.get((rec.id.spec.as_str(), rec.id.origin.as_str(), rec.id.version))?.is_some() {
+                    return Err(StoreError::AlreadyExists { what: "key", id: rec.id.to_string() });
+                }
+                put_key(&mut t, rec, wrapped)?;
             }
-            put_key(&mut t, new_key.0, new_key.1)?;
         }
+        append_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -260,7 +274,12 @@ impl RedbStore {
     }
 
     /// Inserts a new request; refuses an existing id.
-    pub fn insert_request(&self, req: &ExchangeRequest, transport_handle: Option<&[u8]>) -> Result<()> {
+    pub fn insert_request(
+        &self,
+        req: &ExchangeRequest,
+        transport_handle: Option<&[u8]>,
+        audit: &[AuditEvent],
+    ) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(REQUESTS)?;
@@ -272,12 +291,13 @@ impl RedbStore {
                 tx.open_table(TRANSPORT_KEYS)?.insert(req.id.as_str(), handle)?;
             }
         }
+        append_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
 
     /// Saves a request and sets or clears its outbox item, atomically.
-    pub fn update_request(&self, req: &ExchangeRequest, outbox: OutboxChange<'_>) -> Result<()> {
+    pub fn update_request(&self, req: &ExchangeRequest, outbox: OutboxChange<'_>, audit: &[AuditEvent]) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             tx.open_table(REQUESTS)?.insert(req.id.as_str(), encode(&RequestRow::from(req)).as_slice())?;
@@ -295,6 +315,7 @@ impl RedbStore {
                 tx.open_table(TRANSPORT_KEYS)?.remove(req.id.as_str())?;
             }
         }
+        append_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
@@ -319,7 +340,12 @@ impl RedbStore {
 
     /// The import: inserts the keys not already present, saves the request and
     /// deletes the transport key, all in one transaction.
-    pub fn complete_import(&self, req: &ExchangeRequest, keys: &[(KeyRecord, WrappedKey)]) -> Result<ImportOutcome> {
+    pub fn complete_import(
+        &self,
+        req: &ExchangeRequest,
+        keys: &[(KeyRecord, WrappedKey)],
+        audit: &[AuditEvent],
+    ) -> Result<ImportOutcome> {
         let tx = self.db.begin_write()?;
         let mut outcome = ImportOutcome { inserted: Vec::new(), already_present: Vec::new() };
         {
@@ -335,9 +361,101 @@ impl RedbStore {
             tx.open_table(REQUESTS)?.insert(req.id.as_str(), encode(&RequestRow::from(req)).as_slice())?;
             tx.open_table(TRANSPORT_KEYS)?.remove(req.id.as_str())?;
         }
+        append_audit(&tx, audit)?;
         tx.commit()?;
         Ok(outcome)
     }
+}
+
+impl RedbStore {
+    /// Replaces an existing spec (e.g. its lifecycle definition).
+    pub fn update_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(SPECS)?;
+            if t.get(spec.name.as_str())?.is_none() {
+                return Err(StoreError::Corrupt(format!("spec {} vanished", spec.name)));
+            }
+            t.insert(spec.name.as_str(), encode(&SpecRow::from(spec)).as_slice())?;
+        }
+        append_audit(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn lifecycle_policies(&self) -> Result<Vec<LifecyclePolicy>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(LIFECYCLE_POLICIES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode::<LifecyclePolicyRow>(v.value())?.try_into()?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_lifecycle_policy(&self, policy: &LifecyclePolicy, audit: &[AuditEvent]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let key = scope_key(&policy.scope);
+            tx.open_table(LIFECYCLE_POLICIES)?
+                .insert(key.as_str(), encode(&LifecyclePolicyRow::from(policy)).as_slice())?;
+        }
+        append_audit(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Appends events on their own (refused calls, failures).
+    pub fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        append_audit(&tx, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Raw audit rows (sequence, stored bytes) after `after`, oldest first,
+    /// at most `limit`. Decoding is the caller's, so a damaged row can be
+    /// reported as a broken link rather than a store failure.
+    pub fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for row in t.range(after.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// Appends `events` to the chain inside the caller's transaction, so an
+/// event and the change it describes commit together.
+fn append_audit(tx: &redb::WriteTransaction, events: &[AuditEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut t = tx.open_table(AUDIT)?;
+    let (mut seq, mut prev) = match t.last()? {
+        Some((k, v)) => {
+            let bytes = v.value();
+            let mut hash = [0u8; 32];
+            // The stored form ends with the entry's hash.
+            if bytes.len() < 32 {
+                return Err(StoreError::Corrupt(format!("audit entry {} is truncated", k.value())));
+            }
+            hash.copy_from_slice(&bytes[bytes.len() - 32..]);
+            (k.value(), hash)
+        }
+        None => (0, GENESIS),
+    };
+    for event in events {
+        seq += 1;
+        let entry = AuditEntry::chain(seq, event.clone(), prev);
+        t.insert(seq, entry.encode().as_slice())?;
+        prev = entry.hash;
+    }
+    Ok(())
 }
 
 /// What `update_request` does to the request's outbox item.

@@ -10,7 +10,9 @@ use crate::domain::exchange::{
     ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestStatus, SignedBlob, SpecLine, SpecLineStatus, Transition,
 };
 use crate::domain::ids::{Host, KeyId, Name, RequestId, SysId, UnixMillis};
-use crate::domain::key::{KeyOrigin, KeyRecord, KeyState, WrappedKey};
+use crate::domain::key::{
+    KeyOrigin, KeyRecord, KeyState, LifecycleDefinition, LifecyclePolicy, PolicyScope, WrappedKey,
+};
 use crate::domain::spec::{Algorithm, Module, Purpose, Spec};
 
 const ROW_VERSION: u8 = 1;
@@ -80,6 +82,10 @@ pub struct SpecRow {
     algorithm: String,
     key_size_bits: u32,
     created_at: i64,
+    #[serde(default)]
+    expire_after: Option<i64>,
+    #[serde(default)]
+    destroy_after_idle: Option<i64>,
 }
 
 impl From<&Spec> for SpecRow {
@@ -98,6 +104,8 @@ impl From<&Spec> for SpecRow {
             algorithm: algorithm.into(),
             key_size_bits: s.key_size_bits,
             created_at: s.created_at.0,
+            expire_after: s.lifecycle.expire_after,
+            destroy_after_idle: s.lifecycle.destroy_after_idle,
         }
     }
 }
@@ -113,8 +121,17 @@ impl TryFrom<SpecRow> for Spec {
             "aes_gcm" => Algorithm::AesGcm,
             other => return Err(corrupt(format!("algorithm {other}"))),
         };
-        Spec::try_new(name(&r.name)?, name(&r.module)?, purpose, algorithm, r.key_size_bits, UnixMillis(r.created_at))
-            .map_err(corrupt)
+        let mut spec = Spec::try_new(
+            name(&r.name)?,
+            name(&r.module)?,
+            purpose,
+            algorithm,
+            r.key_size_bits,
+            UnixMillis(r.created_at),
+        )
+        .map_err(corrupt)?;
+        spec.lifecycle = LifecycleDefinition { expire_after: r.expire_after, destroy_after_idle: r.destroy_after_idle };
+        Ok(spec)
     }
 }
 
@@ -131,6 +148,21 @@ pub struct KeyRow {
     deactivated_at: Option<i64>,
     imported_at: Option<i64>,
     expired_at: Option<i64>,
+    #[serde(default)]
+    expires_at: Option<i64>,
+    #[serde(default)]
+    renewed_at: Option<i64>,
+    #[serde(default)]
+    suspended_at: Option<i64>,
+    #[serde(default)]
+    compromised_at: Option<i64>,
+    #[serde(default)]
+    revoked_at: Option<i64>,
+    #[serde(default)]
+    destroyed_at: Option<i64>,
+    #[serde(default)]
+    reason: String,
+    /// Empty once the key is Destroyed.
     #[serde(with = "hex_bytes")]
     wrapped: Vec<u8>,
 }
@@ -150,6 +182,13 @@ impl KeyRow {
             deactivated_at: k.deactivated_at.map(|t| t.0),
             imported_at: k.imported_at.map(|t| t.0),
             expired_at: k.expired_at.map(|t| t.0),
+            expires_at: k.expires_at.map(|t| t.0),
+            renewed_at: k.renewed_at.map(|t| t.0),
+            suspended_at: k.suspended_at.map(|t| t.0),
+            compromised_at: k.compromised_at.map(|t| t.0),
+            revoked_at: k.revoked_at.map(|t| t.0),
+            destroyed_at: k.destroyed_at.map(|t| t.0),
+            reason: k.reason.clone(),
             wrapped: wrapped.0.clone(),
         }
     }
@@ -158,13 +197,7 @@ impl KeyRow {
 impl TryFrom<KeyRow> for (KeyRecord, WrappedKey) {
     type Error = StoreError;
     fn try_from(r: KeyRow) -> Result<Self, StoreError> {
-        let state = match r.state.as_str() {
-            "Generated" => KeyState::Generated,
-            "Active" => KeyState::Active,
-            "Deactivated" => KeyState::Deactivated,
-            "Expired" => KeyState::Expired,
-            other => return Err(corrupt(format!("key state {other}"))),
-        };
+        let state = KeyState::parse(&r.state).ok_or_else(|| corrupt(format!("key state {}", r.state)))?;
         let origin = match r.request_id {
             None => KeyOrigin::Local,
             Some(id) => KeyOrigin::KeyExchange { request_id: RequestId::parse(&id).map_err(corrupt)? },
@@ -178,6 +211,13 @@ impl TryFrom<KeyRow> for (KeyRecord, WrappedKey) {
             deactivated_at: r.deactivated_at.map(UnixMillis),
             imported_at: r.imported_at.map(UnixMillis),
             expired_at: r.expired_at.map(UnixMillis),
+            expires_at: r.expires_at.map(UnixMillis),
+            renewed_at: r.renewed_at.map(UnixMillis),
+            suspended_at: r.suspended_at.map(UnixMillis),
+            compromised_at: r.compromised_at.map(UnixMillis),
+            revoked_at: r.revoked_at.map(UnixMillis),
+            destroyed_at: r.destroyed_at.map(UnixMillis),
+            reason: r.reason,
         };
         Ok((rec, WrappedKey(r.wrapped)))
     }
@@ -427,5 +467,45 @@ impl From<OutboxRow> for OutboxItem {
             "bundle" => OutboxItem::Bundle(SignedBlob { bytes: r.bytes, signature: r.signature }),
             _ => OutboxItem::Status { status: status(&r.status).unwrap_or(RequestStatus::Rejected), reason: r.reason },
         }
+    }
+}
+
+// === lifecycle policies ===
+
+#[derive(Serialize, Deserialize)]
+pub struct LifecyclePolicyRow {
+    v: u8,
+    scope: String,
+    active: bool,
+    max_expire_after: Option<i64>,
+}
+
+pub fn scope_key(scope: &PolicyScope) -> String {
+    match scope {
+        PolicyScope::Instance => "instance".into(),
+        PolicyScope::Module(m) => format!("module:{m}"),
+    }
+}
+
+impl From<&LifecyclePolicy> for LifecyclePolicyRow {
+    fn from(p: &LifecyclePolicy) -> Self {
+        LifecyclePolicyRow {
+            v: ROW_VERSION,
+            scope: scope_key(&p.scope),
+            active: p.active,
+            max_expire_after: p.max_expire_after,
+        }
+    }
+}
+
+impl TryFrom<LifecyclePolicyRow> for LifecyclePolicy {
+    type Error = StoreError;
+    fn try_from(r: LifecyclePolicyRow) -> Result<Self, StoreError> {
+        let scope = match r.scope.strip_prefix("module:") {
+            Some(m) => PolicyScope::Module(name(m)?),
+            None if r.scope == "instance" => PolicyScope::Instance,
+            None => return Err(corrupt(format!("policy scope {}", r.scope))),
+        };
+        Ok(LifecyclePolicy { scope, active: r.active, max_expire_after: r.max_expire_after })
     }
 }

@@ -21,6 +21,10 @@ pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("request
 pub const TRANSPORT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("transport_keys");
 /// Source side: request id -> message still to deliver to the target.
 pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
+/// "instance" or "module:<name>" -> lifecycle policy row.
+pub const LIFECYCLE_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("lifecycle_policies");
+/// Sequence number -> encoded audit entry (append-only, hash-chained).
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 pub fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(META)?;
@@ -30,5 +34,7 @@ pub fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(REQUESTS)?;
     tx.open_table(TRANSPORT_KEYS)?;
     tx.open_table(OUTBOX)?;
+    tx.open_table(AUDIT)?;
+    tx.open_table(LIFECYCLE_POLICIES)?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use crate::domain::DomainError;
 use crate::domain::auth::Permission;
 use crate::domain::ids::RequestId;
 use crate::node::{Decision, NewRequest, Node};
-use crate::rpc::caller::authorize_request;
+use crate::rpc::caller::authorize;
 use crate::rpc::convert;
 use crate::rpc::pb::{self, resource_exchange_server::ResourceExchange};
 
@@ -20,7 +20,7 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::CreateRequestRequest>,
     ) -> Result<Response<pb::CreateRequestResponse>, Status> {
-        let auth = authorize_request(&req, Permission::ManageExchanges)?;
+        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
         match pb::Frequency::try_from(r.frequency) {
             Ok(pb::Frequency::Adhoc) | Ok(pb::Frequency::Unspecified) => {}
@@ -41,7 +41,7 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::ListRequestsRequest>,
     ) -> Result<Response<pb::ListRequestsResponse>, Status> {
-        authorize_request(&req, Permission::Read)?;
+        authorize(&self.0, &req, Permission::Read).await?;
         let filter = convert::status_from(req.get_ref().status)?;
         let all = self.0.requests().await?;
         let requests = all.iter().filter(|r| filter.is_none_or(|s| r.status == s)).map(convert::request).collect();
@@ -52,7 +52,7 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::GetRequestRequest>,
     ) -> Result<Response<pb::GetRequestResponse>, Status> {
-        authorize_request(&req, Permission::Read)?;
+        authorize(&self.0, &req, Permission::Read).await?;
         let id = RequestId::parse(&req.get_ref().request_id)?;
         let found = self.0.request(id).await?;
         Ok(Response::new(pb::GetRequestResponse { request: Some(convert::request(&found)) }))
@@ -62,7 +62,7 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::UpdateRequestRequest>,
     ) -> Result<Response<pb::UpdateRequestResponse>, Status> {
-        let auth = authorize_request(&req, Permission::ManageExchanges)?;
+        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
         let id = RequestId::parse(&r.request_id)?;
         let decision = match pb::Decision::try_from(r.decision) {

@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::domain::DomainError;
 use crate::domain::auth::Permission;
+use crate::domain::ids::KeyId;
+use crate::domain::key::{KeyAction, LifecycleDefinition};
 use crate::node::Node;
-use crate::rpc::caller::authorize_request;
+use crate::rpc::caller::authorize;
 use crate::rpc::convert;
 use crate::rpc::pb::{self, crypto_server::Crypto, instance_server::Instance, key_management_server::KeyManagement};
 
@@ -17,7 +20,7 @@ pub struct CryptoService(pub Arc<Node>);
 #[tonic::async_trait]
 impl Instance for InstanceService {
     async fn info(&self, req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        authorize_request(&req, Permission::Read)?;
+        authorize(&self.0, &req, Permission::Read).await?;
         let info = self.0.info();
         Ok(Response::new(pb::InfoResponse {
             sys_id: info.sys_id.to_string(),
@@ -34,9 +37,9 @@ impl KeyManagement for KeyManagementService {
         &self,
         req: Request<pb::CreateModuleRequest>,
     ) -> Result<Response<pb::CreateModuleResponse>, Status> {
-        authorize_request(&req, Permission::ManageKeys)?;
+        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
         let name = convert::name(&req.get_ref().name, "name")?;
-        let module = self.0.create_module(name).await?;
+        let module = self.0.create_module(&auth.caller, name).await?;
         Ok(Response::new(pb::CreateModuleResponse { module: Some(convert::module(&module)) }))
     }
 
@@ -44,7 +47,7 @@ impl KeyManagement for KeyManagementService {
         &self,
         req: Request<pb::ListModulesRequest>,
     ) -> Result<Response<pb::ListModulesResponse>, Status> {
-        authorize_request(&req, Permission::Read)?;
+        authorize(&self.0, &req, Permission::Read).await?;
         let modules = self.0.modules().await?;
         Ok(Response::new(pb::ListModulesResponse { modules: modules.iter().map(convert::module).collect() }))
     }
@@ -53,19 +56,19 @@ impl KeyManagement for KeyManagementService {
         &self,
         req: Request<pb::CreateSpecRequest>,
     ) -> Result<Response<pb::CreateSpecResponse>, Status> {
-        authorize_request(&req, Permission::ManageKeys)?;
+        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
         let r = req.get_ref();
         let module = convert::name(&r.module, "module")?;
         let name = convert::name(&r.name, "name")?;
         let purpose = convert::purpose(r.purpose)?;
         let algorithm = convert::algorithm(r.algorithm)?;
         let size = if r.key_size_bits == 0 { 256 } else { r.key_size_bits };
-        let spec = self.0.create_spec(module, name, purpose, algorithm, size).await?;
+        let spec = self.0.create_spec(&auth.caller, module, name, purpose, algorithm, size).await?;
         Ok(Response::new(pb::CreateSpecResponse { spec: Some(convert::spec(&spec)) }))
     }
 
     async fn list_specs(&self, req: Request<pb::ListSpecsRequest>) -> Result<Response<pb::ListSpecsResponse>, Status> {
-        authorize_request(&req, Permission::Read)?;
+        authorize(&self.0, &req, Permission::Read).await?;
         let module = &req.get_ref().module;
         let module = if module.is_empty() { None } else { Some(convert::name(module, "module")?) };
         let specs = self.0.specs(module).await?;
@@ -76,16 +79,16 @@ impl KeyManagement for KeyManagementService {
         &self,
         req: Request<pb::GenerateKeyRequest>,
     ) -> Result<Response<pb::GenerateKeyResponse>, Status> {
-        authorize_request(&req, Permission::ManageKeys)?;
+        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
         let spec = convert::name(&req.get_ref().spec, "spec")?;
-        let key = self.0.generate_key(spec).await?;
+        let key = self.0.generate_key(&auth.caller, spec).await?;
         Ok(Response::new(pb::GenerateKeyResponse { key: Some(convert::key(&key)) }))
     }
 
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        authorize_request(&req, Permission::RotateKeys)?;
+        let auth = authorize(&self.0, &req, Permission::RotateKeys).await?;
         let spec = convert::name(&req.get_ref().spec, "spec")?;
-        let (old, new) = self.0.rotate_key(spec).await?;
+        let (old, new) = self.0.rotate_key(&auth.caller, spec).await?;
         Ok(Response::new(pb::RotateKeyResponse {
             deactivated: Some(convert::key(&old)),
             active: Some(convert::key(&new)),
@@ -93,17 +96,70 @@ impl KeyManagement for KeyManagementService {
     }
 
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
-        authorize_request(&req, Permission::Read)?;
+        authorize(&self.0, &req, Permission::Read).await?;
         let spec = convert::name(&req.get_ref().spec, "spec")?;
         let keys = self.0.keys(spec).await?;
         Ok(Response::new(pb::ListKeysResponse { keys: keys.iter().map(convert::key).collect() }))
+    }
+
+    async fn change_key_state(
+        &self,
+        req: Request<pb::ChangeKeyStateRequest>,
+    ) -> Result<Response<pb::ChangeKeyStateResponse>, Status> {
+        let action = convert::key_action(req.get_ref().action, req.get_ref().reason.clone())?;
+        // Renew and revoke are operator work; the rest is management.
+        let permission = match action {
+            KeyAction::Renew | KeyAction::Revoke { .. } => Permission::RotateKeys,
+            _ => Permission::ManageKeys,
+        };
+        let auth = authorize(&self.0, &req, permission).await?;
+        let key = KeyId::parse(&req.get_ref().key_id)?;
+        let keys = self.0.change_key_state(&auth.caller, key, action).await?;
+        Ok(Response::new(pb::ChangeKeyStateResponse { keys: keys.iter().map(convert::key).collect() }))
+    }
+
+    async fn set_spec_lifecycle(
+        &self,
+        req: Request<pb::SetSpecLifecycleRequest>,
+    ) -> Result<Response<pb::SetSpecLifecycleResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
+        let r = req.get_ref();
+        let spec = convert::name(&r.spec, "spec")?;
+        let lifecycle = LifecycleDefinition {
+            expire_after: convert::opt_duration(&r.expire_after, "expire_after")?,
+            destroy_after_idle: convert::opt_duration(&r.destroy_after_idle, "destroy_after_idle")?,
+        };
+        let spec = self.0.set_spec_lifecycle(&auth.caller, spec, lifecycle).await?;
+        Ok(Response::new(pb::SetSpecLifecycleResponse { spec: Some(convert::spec(&spec)) }))
+    }
+
+    async fn set_lifecycle_policy(
+        &self,
+        req: Request<pb::SetLifecyclePolicyRequest>,
+    ) -> Result<Response<pb::SetLifecyclePolicyResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
+        let policy = req.get_ref().policy.as_ref().ok_or_else(|| DomainError::invalid("policy", "missing"))?;
+        let policy = convert::lifecycle_policy_from(policy)?;
+        let saved = self.0.set_lifecycle_policy(&auth.caller, policy).await?;
+        Ok(Response::new(pb::SetLifecyclePolicyResponse { policy: Some(convert::lifecycle_policy(&saved)) }))
+    }
+
+    async fn list_lifecycle_policies(
+        &self,
+        req: Request<pb::ListLifecyclePoliciesRequest>,
+    ) -> Result<Response<pb::ListLifecyclePoliciesResponse>, Status> {
+        authorize(&self.0, &req, Permission::Read).await?;
+        let policies = self.0.lifecycle_policies().await?;
+        Ok(Response::new(pb::ListLifecyclePoliciesResponse {
+            policies: policies.iter().map(convert::lifecycle_policy).collect(),
+        }))
     }
 }
 
 #[tonic::async_trait]
 impl Crypto for CryptoService {
     async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
-        authorize_request(&req, Permission::UseKeys)?;
+        authorize(&self.0, &req, Permission::UseKeys).await?;
         let r = req.into_inner();
         let spec = convert::name(&r.spec, "spec")?;
         let (ciphertext, key_id) = self.0.encrypt(spec, r.plaintext, r.associated_data).await?;
@@ -111,7 +167,7 @@ impl Crypto for CryptoService {
     }
 
     async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
-        authorize_request(&req, Permission::UseKeys)?;
+        authorize(&self.0, &req, Permission::UseKeys).await?;
         let r = req.into_inner();
         let (plaintext, key_id) = self.0.decrypt(r.ciphertext, r.associated_data).await?;
         Ok(Response::new(pb::DecryptResponse { plaintext, key_id: key_id.to_string() }))

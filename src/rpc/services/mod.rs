@@ -1,11 +1,13 @@
 //! Thin service implementations: authorise, convert, call the node, convert back.
 
+mod audit;
 mod exchange;
 mod keys;
 mod peer;
 
 use std::sync::Arc;
 
+pub use audit::AuditService;
 pub use exchange::ResourceExchangeService;
 pub use keys::{CryptoService, InstanceService, KeyManagementService};
 pub use peer::KeyExchangeService;
@@ -19,6 +21,7 @@ pub struct Services {
     pub crypto: CryptoService,
     pub exchange: ResourceExchangeService,
     pub peer: KeyExchangeService,
+    pub audit: AuditService,
 }
 
 impl Services {
@@ -28,7 +31,8 @@ impl Services {
             keys: KeyManagementService(node.clone()),
             crypto: CryptoService(node.clone()),
             exchange: ResourceExchangeService(node.clone()),
-            peer: KeyExchangeService(node),
+            peer: KeyExchangeService(node.clone()),
+            audit: AuditService(node),
         }
     }
 }

@@ -11,14 +11,14 @@ use crate::domain::exchange::SignedBlob;
 use crate::domain::ids::{Host, RequestId, SysId};
 use crate::node::Node;
 use crate::node::ports::OpenRequest;
-use crate::rpc::caller::authorize_request;
+use crate::rpc::caller::authorize;
 use crate::rpc::convert;
 use crate::rpc::pb::{self, key_exchange_server::KeyExchange};
 
 pub struct KeyExchangeService(pub Arc<Node>);
 
-fn instance<T>(req: &Request<T>) -> Result<(SysId, Vec<u8>), Status> {
-    let auth = authorize_request(req, Permission::PeerExchange)?;
+async fn instance<T>(node: &Arc<Node>, req: &Request<T>) -> Result<(SysId, Vec<u8>), Status> {
+    let auth = authorize(node, req, Permission::PeerExchange).await?;
     match auth.caller {
         Caller::Instance(id) => Ok((id, auth.cert_der)),
         Caller::Operator { .. } => Err(Status::permission_denied("instance certificate required")),
@@ -31,7 +31,7 @@ impl KeyExchange for KeyExchangeService {
         &self,
         req: Request<pb::OpenRequestRequest>,
     ) -> Result<Response<pb::OpenRequestResponse>, Status> {
-        let (caller, cert) = instance(&req)?;
+        let (caller, cert) = instance(&self.0, &req).await?;
         let r = req.into_inner();
         if r.target_sys_id != caller.as_str() {
             return Err(Status::permission_denied("claimed target_sys_id differs from the certificate"));
@@ -62,7 +62,7 @@ impl KeyExchange for KeyExchangeService {
         &self,
         req: Request<pb::DeliverBundleRequest>,
     ) -> Result<Response<pb::DeliverBundleResponse>, Status> {
-        let (caller, cert) = instance(&req)?;
+        let (caller, cert) = instance(&self.0, &req).await?;
         let r = req.into_inner();
         let receipt =
             self.0.receive_bundle(caller, cert, SignedBlob { bytes: r.bundle, signature: r.signature }).await?;
@@ -73,7 +73,7 @@ impl KeyExchange for KeyExchangeService {
         &self,
         req: Request<pb::NotifyStatusRequest>,
     ) -> Result<Response<pb::NotifyStatusResponse>, Status> {
-        let (caller, _) = instance(&req)?;
+        let (caller, _) = instance(&self.0, &req).await?;
         let r = req.into_inner();
         if SysId::parse(&r.source_sys_id)? != caller {
             return Err(Status::permission_denied("claimed source_sys_id differs from the certificate"));
