@@ -80,6 +80,9 @@ impl RunningApp {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.background.abort();
+        // Wait until the aborted task is gone, so its handle on the node (and
+        // the database) is released before this returns.
+        let _ = self.background.await;
         self.server.await??;
         Ok(())
     }
@@ -148,6 +151,7 @@ pub async fn start_with(
     let m = MAX_MESSAGE_BYTES;
     let server = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .layer(tower::ServiceBuilder::new().map_request(crate::rpc::caller::record_path))
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

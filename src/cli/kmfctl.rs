@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tonic::transport::Channel;
 
+use super::ctl_lifecycle::{AuditCommand, LifecycleCommand, audit, key_action, lifecycle};
 use super::print;
 use crate::domain::auth::Role;
 use crate::domain::ids::{Host, SysId};
@@ -87,6 +88,12 @@ enum Command {
     /// Key-exchange requests.
     #[command(subcommand)]
     Exchange(ExchangeCommand),
+    /// Key lifecycle definitions and policies.
+    #[command(subcommand)]
+    Lifecycle(LifecycleCommand),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,9 +158,41 @@ enum SpecCommand {
 
 #[derive(Subcommand, Debug)]
 enum KeyCommand {
-    Generate { spec: String },
-    Rotate { spec: String },
-    List { spec: String },
+    Generate {
+        spec: String,
+    },
+    Rotate {
+        spec: String,
+    },
+    List {
+        spec: String,
+    },
+    /// Generated -> Active (when the spec has no current key).
+    Activate {
+        key_id: String,
+    },
+    /// Extend expiration: now + (expiration - activation).
+    Renew {
+        key_id: String,
+    },
+    Suspend {
+        key_id: String,
+    },
+    Resume {
+        key_id: String,
+    },
+    /// Revoke (reason required); a new Active key replaces a current one.
+    Revoke {
+        key_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Mark compromised; a new Active key replaces a current one.
+    Compromise {
+        key_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -284,6 +323,7 @@ pub struct Operator {
     pub keys: pb::key_management_client::KeyManagementClient<Channel>,
     pub crypto: pb::crypto_client::CryptoClient<Channel>,
     pub exchange: pb::resource_exchange_client::ResourceExchangeClient<Channel>,
+    pub audit: pb::audit_client::AuditClient<Channel>,
 }
 
 impl Operator {
@@ -299,7 +339,8 @@ impl Operator {
             instance: pb::instance_client::InstanceClient::new(ch.clone()),
             keys: pb::key_management_client::KeyManagementClient::new(ch.clone()),
             crypto: pb::crypto_client::CryptoClient::new(ch.clone()),
-            exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch),
+            exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch.clone()),
+            audit: pb::audit_client::AuditClient::new(ch),
         })
     }
 
@@ -350,6 +391,26 @@ impl Operator {
             Command::Key(KeyCommand::List { spec }) => {
                 print::keys(&self.keys.list_keys(pb::ListKeysRequest { spec }).await?.into_inner().keys, as_json);
             }
+            Command::Key(KeyCommand::Activate { key_id }) => {
+                key_action(self, key_id, pb::KeyAction::Activate, String::new(), as_json).await?;
+            }
+            Command::Key(KeyCommand::Renew { key_id }) => {
+                key_action(self, key_id, pb::KeyAction::Renew, String::new(), as_json).await?;
+            }
+            Command::Key(KeyCommand::Suspend { key_id }) => {
+                key_action(self, key_id, pb::KeyAction::Suspend, String::new(), as_json).await?;
+            }
+            Command::Key(KeyCommand::Resume { key_id }) => {
+                key_action(self, key_id, pb::KeyAction::Resume, String::new(), as_json).await?;
+            }
+            Command::Key(KeyCommand::Revoke { key_id, reason }) => {
+                key_action(self, key_id, pb::KeyAction::Revoke, reason, as_json).await?;
+            }
+            Command::Key(KeyCommand::Compromise { key_id, reason }) => {
+                key_action(self, key_id, pb::KeyAction::MarkCompromised, reason, as_json).await?;
+            }
+            Command::Lifecycle(cmd) => lifecycle(self, cmd, as_json).await?,
+            Command::Audit(cmd) => audit(self, cmd, as_json).await?,
             Command::Encrypt { spec, text, aad } => {
                 let req = pb::EncryptRequest { spec, plaintext: text.into_bytes(), associated_data: aad.into_bytes() };
                 let r = self.crypto.encrypt(req).await?.into_inner();

@@ -58,6 +58,9 @@ pub fn key_json(k: &pb::Key) -> Value {
         "generated_at": time(&k.generated_at), "activated_at": time(&k.activated_at),
         "deactivated_at": time(&k.deactivated_at), "imported_at": time(&k.imported_at),
         "expired_at": time(&k.expired_at), "request_id": k.request_id,
+        "expires_at": time(&k.expires_at), "renewed_at": time(&k.renewed_at),
+        "suspended_at": time(&k.suspended_at), "compromised_at": time(&k.compromised_at),
+        "revoked_at": time(&k.revoked_at), "destroyed_at": time(&k.destroyed_at), "reason": k.reason,
     })
 }
 
@@ -70,18 +73,16 @@ pub fn keys(keys: &[pb::Key], as_json: bool) {
         .iter()
         .map(|k| {
             vec![
-                k.spec.clone(),
-                format!("v{}", k.version),
+                k.key_id.clone(),
                 key_state(k.state),
                 name(pb::KeyOrigin::try_from(k.origin)),
-                k.origin_sys_id.clone(),
                 time(&k.generated_at),
-                time(&k.deactivated_at),
-                time(&k.expired_at),
+                time(&k.expires_at),
+                k.reason.clone(),
             ]
         })
         .collect();
-    table(&["SPEC", "VERSION", "STATE", "ORIGIN", "ORIGIN_SYS_ID", "GENERATED", "DEACTIVATED", "EXPIRED"], &rows);
+    table(&["KEY_ID", "STATE", "ORIGIN", "GENERATED", "EXPIRES", "REASON"], &rows);
 }
 
 pub fn request_json(r: &pb::ExchangeRequest) -> Value {

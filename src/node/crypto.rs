@@ -8,7 +8,6 @@ use super::Node;
 use crate::domain::DomainError;
 use crate::domain::ciphertext;
 use crate::domain::ids::{KeyId, Name};
-use crate::domain::key::KeyState;
 use crate::error::{AppError, AppResult};
 use crate::signer::CryptoError;
 use crate::signer::primitives::{gcm_open, gcm_seal};
@@ -31,7 +30,7 @@ impl Node {
             let keys = node.store.keys(&spec.name)?;
             let (key, wrapped) = keys
                 .into_iter()
-                .find(|(k, _)| k.state == KeyState::Active)
+                .find(|(k, _)| k.state.can_encrypt())
                 .ok_or_else(|| DomainError::FailedPrecondition(format!("spec {} has no Active key", spec.name)))?;
             let dek = node.signer.unwrap(&wrapped)?;
             let mut out = ciphertext::encode_header(&key.id);

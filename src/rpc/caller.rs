@@ -9,6 +9,18 @@ use crate::domain::auth::{Caller, Permission, authorize as decide};
 use crate::node::Node;
 use crate::tls::identity::caller_from_cert;
 
+/// The request path (`/kmf.v1.Service/Method`), put into every request's
+/// extensions by `record_path` so refusals can name the method.
+#[derive(Clone, Debug)]
+pub struct RpcPath(pub String);
+
+/// Tower middleware function for `ServiceBuilder::map_request`.
+pub fn record_path<B>(mut req: tonic::codegen::http::Request<B>) -> tonic::codegen::http::Request<B> {
+    let path = RpcPath(req.uri().path().to_owned());
+    req.extensions_mut().insert(path);
+    req
+}
+
 /// The authenticated caller and its certificate (DER).
 pub struct Authenticated {
     pub caller: Caller,
@@ -17,10 +29,7 @@ pub struct Authenticated {
 
 /// Authenticates the caller from its certificate and checks `permission`.
 pub async fn authorize<T>(node: &Arc<Node>, req: &Request<T>, permission: Permission) -> Result<Authenticated, Status> {
-    let method = req
-        .extensions()
-        .get::<tonic::GrpcMethod>()
-        .map_or_else(|| "unknown".to_owned(), |m| format!("{}/{}", m.service(), m.method()));
+    let method = req.extensions().get::<RpcPath>().map_or_else(|| "unknown".to_owned(), |p| p.0.clone());
     let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
     let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;

@@ -1,8 +1,10 @@
 //! One integration-test binary: in-process nodes over real mTLS on port 0,
 //! process tests of the built binaries, grpcurl, and tidy checks.
 
+mod audit;
 mod exchange;
 mod grpcurl;
+mod lifecycle;
 mod negatives;
 mod process;
 mod support;

@@ -229,7 +229,7 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("code=FailedPrecondition"));
     // The table output is readable too.
     let table = ok(b.ctl(&pki).args(["key", "list", "salary"]));
-    assert!(table.starts_with("SPEC") && table.contains("Expired"), "{table}");
+    assert!(table.starts_with("KEY_ID") && table.contains("Expired"), "{table}");
 
     // A client without a certificate: refused, and logged at warn with the peer address.
     refuse_plain_tls_client(&a.addr);

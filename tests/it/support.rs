@@ -39,6 +39,7 @@ impl Pki {
 }
 
 pub struct TestNode {
+    pub cfg: AppConfig,
     pub dir: TempDir,
     pub app: Option<RunningApp>,
     pub sys_id: String,
@@ -67,9 +68,18 @@ impl TestNode {
             kek_file: dir.path().join(KEK_FILE),
             background_interval: Duration::from_millis(100),
         };
-        let app = start_with(cfg, listener, wrap).await.expect("start node");
+        let app = start_with(cfg.clone(), listener, wrap).await.expect("start node");
         let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port())).expect("host");
-        TestNode { dir, app: Some(app), sys_id: sys_id.to_string(), host, instance_files: files }
+        TestNode { cfg, dir, app: Some(app), sys_id: sys_id.to_string(), host, instance_files: files }
+    }
+
+    /// Stops and starts again on the same data (a new port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app = start_with(self.cfg.clone(), listener, |p| p).await.expect("restart node");
+        self.host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port())).expect("host");
+        self.app = Some(app);
     }
 
     pub async fn channel(&self, files: &TlsFiles) -> Channel {
@@ -93,6 +103,7 @@ pub struct Ops {
     pub keys: pb::key_management_client::KeyManagementClient<Channel>,
     pub crypto: pb::crypto_client::CryptoClient<Channel>,
     pub exchange: pb::resource_exchange_client::ResourceExchangeClient<Channel>,
+    pub audit: pb::audit_client::AuditClient<Channel>,
 }
 
 impl Ops {
@@ -101,7 +112,8 @@ impl Ops {
             instance: pb::instance_client::InstanceClient::new(ch.clone()),
             keys: pb::key_management_client::KeyManagementClient::new(ch.clone()),
             crypto: pb::crypto_client::CryptoClient::new(ch.clone()),
-            exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch),
+            exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch.clone()),
+            audit: pb::audit_client::AuditClient::new(ch),
         }
     }
 
