@@ -21,7 +21,7 @@ use crate::node::ports::PeerLink;
 use crate::rpc::pb::{
     audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
     key_exchange_server::KeyExchangeServer, key_management_server::KeyManagementServer,
-    resource_exchange_server::ResourceExchangeServer,
+    properties_server::PropertiesServer, resource_exchange_server::ResourceExchangeServer,
 };
 use crate::rpc::peer::PeerClient;
 use crate::rpc::services::Services;
@@ -138,6 +138,7 @@ pub async fn start_with(
     health.set_serving::<ResourceExchangeServer<crate::rpc::services::ResourceExchangeService>>().await;
     health.set_serving::<KeyExchangeServer<crate::rpc::services::KeyExchangeService>>().await;
     health.set_serving::<AuditServer<crate::rpc::services::AuditService>>().await;
+    health.set_serving::<PropertiesServer<crate::rpc::services::PropertiesService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -160,6 +161,7 @@ pub async fn start_with(
         .add_service(CryptoServer::new(services.crypto).max_decoding_message_size(m).max_encoding_message_size(m))
         .add_service(ResourceExchangeServer::new(services.exchange))
         .add_service(AuditServer::new(services.audit).max_encoding_message_size(m))
+        .add_service(PropertiesServer::new(services.properties))
         .add_service(KeyExchangeServer::new(services.peer).max_decoding_message_size(m).max_encoding_message_size(m))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);

@@ -12,6 +12,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::ctl_lifecycle::{AuditCommand, LifecycleCommand, audit, key_action, lifecycle};
+use super::ctl_properties::{PropertyCommand, property};
 use super::print;
 use crate::domain::auth::Role;
 use crate::domain::ids::{Host, SysId};
@@ -94,6 +95,9 @@ enum Command {
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// System properties.
+    #[command(subcommand)]
+    Property(PropertyCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -324,6 +328,7 @@ pub struct Operator {
     pub crypto: pb::crypto_client::CryptoClient<Channel>,
     pub exchange: pb::resource_exchange_client::ResourceExchangeClient<Channel>,
     pub audit: pb::audit_client::AuditClient<Channel>,
+    pub properties: pb::properties_client::PropertiesClient<Channel>,
 }
 
 impl Operator {
@@ -340,7 +345,8 @@ impl Operator {
             keys: pb::key_management_client::KeyManagementClient::new(ch.clone()),
             crypto: pb::crypto_client::CryptoClient::new(ch.clone()),
             exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch.clone()),
-            audit: pb::audit_client::AuditClient::new(ch),
+            audit: pb::audit_client::AuditClient::new(ch.clone()),
+            properties: pb::properties_client::PropertiesClient::new(ch),
         })
     }
 
@@ -411,6 +417,7 @@ impl Operator {
             }
             Command::Lifecycle(cmd) => lifecycle(self, cmd, as_json).await?,
             Command::Audit(cmd) => audit(self, cmd, as_json).await?,
+            Command::Property(cmd) => property(self, cmd, as_json).await?,
             Command::Encrypt { spec, text, aad } => {
                 let req = pb::EncryptRequest { spec, plaintext: text.into_bytes(), associated_data: aad.into_bytes() };
                 let r = self.crypto.encrypt(req).await?.into_inner();

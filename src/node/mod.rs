@@ -8,6 +8,7 @@ mod exchange_source;
 mod exchange_target;
 mod keys;
 pub mod ports;
+pub mod properties;
 
 use std::sync::Arc;
 

@@ -2,6 +2,7 @@
 //! daemon. Records are encoded by `records` (own versioned JSON rows, never
 //! protobuf bytes). Every multi-row change is one write transaction.
 
+mod properties;
 mod records;
 mod tables;
 

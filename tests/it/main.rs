@@ -7,5 +7,6 @@ mod grpcurl;
 mod lifecycle;
 mod negatives;
 mod process;
+mod properties;
 mod support;
 mod tidy;

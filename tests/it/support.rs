@@ -104,6 +104,7 @@ pub struct Ops {
     pub crypto: pb::crypto_client::CryptoClient<Channel>,
     pub exchange: pb::resource_exchange_client::ResourceExchangeClient<Channel>,
     pub audit: pb::audit_client::AuditClient<Channel>,
+    pub properties: pb::properties_client::PropertiesClient<Channel>,
 }
 
 impl Ops {
@@ -113,7 +114,8 @@ impl Ops {
             keys: pb::key_management_client::KeyManagementClient::new(ch.clone()),
             crypto: pb::crypto_client::CryptoClient::new(ch.clone()),
             exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch.clone()),
-            audit: pb::audit_client::AuditClient::new(ch),
+            audit: pb::audit_client::AuditClient::new(ch.clone()),
+            properties: pb::properties_client::PropertiesClient::new(ch),
         }
     }
 

@@ -4,6 +4,7 @@ mod audit;
 mod exchange;
 mod keys;
 mod peer;
+mod properties;
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ pub use audit::AuditService;
 pub use exchange::ResourceExchangeService;
 pub use keys::{CryptoService, InstanceService, KeyManagementService};
 pub use peer::KeyExchangeService;
+pub use properties::PropertiesService;
 
 use crate::node::Node;
 
@@ -22,6 +24,7 @@ pub struct Services {
     pub exchange: ResourceExchangeService,
     pub peer: KeyExchangeService,
     pub audit: AuditService,
+    pub properties: PropertiesService,
 }
 
 impl Services {
@@ -32,7 +35,8 @@ impl Services {
             crypto: CryptoService(node.clone()),
             exchange: ResourceExchangeService(node.clone()),
             peer: KeyExchangeService(node.clone()),
-            audit: AuditService(node),
+            audit: AuditService(node.clone()),
+            properties: PropertiesService(node),
         }
     }
 }

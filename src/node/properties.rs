@@ -1,0 +1,94 @@
+//! System properties: typed get, set (audited) and list.
+
+use std::sync::Arc;
+
+use super::Node;
+use crate::clock;
+use crate::domain::DomainError;
+use crate::domain::audit::{AuditEvent, Outcome};
+use crate::domain::auth::Caller;
+use crate::domain::property::{self, Property, PropertyType};
+
+/// A property as read: stored, or its default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PropertyView {
+    pub name: String,
+    pub value: String,
+    pub kind: PropertyType,
+    /// True when nothing was stored and `value` is the default.
+    pub is_default: bool,
+    pub stored: Option<Property>,
+}
+
+fn view(name: &str, stored: Option<Property>) -> Option<PropertyView> {
+    let (kind, default) = property::schema(name);
+    match (stored, default) {
+        (Some(p), _) => Some(PropertyView {
+            name: name.to_owned(),
+            value: p.value.clone(),
+            kind,
+            is_default: false,
+            stored: Some(p),
+        }),
+        (None, Some(d)) => {
+            Some(PropertyView { name: name.to_owned(), value: d.to_owned(), kind, is_default: true, stored: None })
+        }
+        (None, None) => None,
+    }
+}
+
+impl Node {
+    pub async fn property(self: &Arc<Self>, name: String) -> crate::error::AppResult<PropertyView> {
+        property::validate_name(&name)?;
+        self.blocking(move |node| {
+            let stored = node.store.property(&name)?;
+            view(&name, stored).ok_or_else(|| DomainError::not_found("property", &name).into())
+        })
+        .await
+    }
+
+    pub async fn set_property(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: String,
+        value: String,
+    ) -> crate::error::AppResult<PropertyView> {
+        property::validate_name(&name)?;
+        let value = property::validate_value(&name, &value)?;
+        let actor = caller.actor();
+        self.blocking(move |node| {
+            let old = node.store.property(&name)?.map(|p| p.value);
+            let p = Property {
+                name: name.clone(),
+                value: value.clone(),
+                updated_at: clock::now(),
+                updated_by: actor.clone(),
+            };
+            let details = format!("{} -> {value}", old.as_deref().unwrap_or("(unset)"));
+            let audit =
+                AuditEvent::new(p.updated_at, actor, "property.set", &name, Outcome::Success).with_details(details);
+            node.store.put_property(&p, &[audit])?;
+            view(&name, Some(p)).ok_or_else(|| crate::error::AppError::Internal("property vanished".into()))
+        })
+        .await
+    }
+
+    /// Every stored property, plus the known ones at their defaults.
+    pub async fn properties(self: &Arc<Self>) -> crate::error::AppResult<Vec<PropertyView>> {
+        self.blocking(|node| {
+            let stored = node.store.properties()?;
+            let mut out: Vec<PropertyView> =
+                stored.into_iter().filter_map(|p| view(&p.name.clone(), Some(p))).collect();
+            for known in [property::AUTO_KEY_EXCHANGE, property::REKEYED] {
+                if !out.iter().any(|v| v.name == known)
+                    && let Some(v) = view(known, None)
+                {
+                    out.push(v);
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+}
