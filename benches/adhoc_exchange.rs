@@ -30,7 +30,12 @@ async fn exchange(n: u32) -> anyhow::Result<Run> {
     let mut s = Operator::connect_with(&source_host, &op).await?;
     let mut t = Operator::connect_with(&target_host, &op).await?;
     for ops in [&mut s, &mut t] {
-        ops.keys.create_module(pb::CreateModuleRequest { name: "bench".into() }).await?;
+        ops.keys
+            .create_module(pb::CreateModuleRequest {
+                name: "bench".into(),
+                default_access: pb::DefaultAccess::Track as i32,
+            })
+            .await?;
         ops.keys.create_spec(aes_spec("bench", "data", 256)).await?;
     }
     source_app.node.seed_rotations(Name::parse("data", "spec")?, n).await?;

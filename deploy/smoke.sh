@@ -126,11 +126,11 @@ SPEC=salary
 PLAINTEXT="kmf smoke $(date +%s) $$"
 
 log "source: module, spec, key"
-kmfctl "${S[@]}" module create "$MODULE" >/dev/null || fail "module create on source"
+kmfctl "${S[@]}" module create "$MODULE" --default-access track >/dev/null || fail "module create on source"
 kmfctl "${S[@]}" spec create --module "$MODULE" "$SPEC" >/dev/null || fail "spec create on source"
 kmfctl "${S[@]}" key generate "$SPEC" >/dev/null || fail "key generate on source"
 log "target: module, spec (no key)"
-kmfctl "${T[@]}" module create "$MODULE" >/dev/null || fail "module create on target"
+kmfctl "${T[@]}" module create "$MODULE" --default-access track >/dev/null || fail "module create on target"
 kmfctl "${T[@]}" spec create --module "$MODULE" "$SPEC" >/dev/null || fail "spec create on target"
 
 log "source: encrypt"

@@ -21,7 +21,8 @@ use crate::node::ports::PeerLink;
 use crate::rpc::pb::{
     audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
     key_exchange_server::KeyExchangeServer, key_management_server::KeyManagementServer,
-    properties_server::PropertiesServer, resource_exchange_server::ResourceExchangeServer,
+    policies_server::PoliciesServer, properties_server::PropertiesServer,
+    resource_exchange_server::ResourceExchangeServer,
 };
 use crate::rpc::peer::PeerClient;
 use crate::rpc::services::Services;
@@ -139,6 +140,7 @@ pub async fn start_with(
     health.set_serving::<KeyExchangeServer<crate::rpc::services::KeyExchangeService>>().await;
     health.set_serving::<AuditServer<crate::rpc::services::AuditService>>().await;
     health.set_serving::<PropertiesServer<crate::rpc::services::PropertiesService>>().await;
+    health.set_serving::<PoliciesServer<crate::rpc::services::PoliciesService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -162,6 +164,7 @@ pub async fn start_with(
         .add_service(ResourceExchangeServer::new(services.exchange))
         .add_service(AuditServer::new(services.audit).max_encoding_message_size(m))
         .add_service(PropertiesServer::new(services.properties))
+        .add_service(PoliciesServer::new(services.policies))
         .add_service(KeyExchangeServer::new(services.peer).max_decoding_message_size(m).max_encoding_message_size(m))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);

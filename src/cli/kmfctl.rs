@@ -12,6 +12,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::ctl_lifecycle::{AuditCommand, LifecycleCommand, audit, key_action, lifecycle};
+use super::ctl_policies::{PolicyCommand, policy};
 use super::ctl_properties::{PropertyCommand, property};
 use super::print;
 use crate::domain::auth::Role;
@@ -98,6 +99,9 @@ enum Command {
     /// System properties.
     #[command(subcommand)]
     Property(PropertyCommand),
+    /// Module access policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -140,7 +144,14 @@ enum InstanceCommand {
 
 #[derive(Subcommand, Debug)]
 enum ModuleCommand {
-    Create { name: String },
+    Create {
+        name: String,
+        /// What the module allows before any access policy exists: reject
+        /// (deny every crypto call) or track (AutoGen Track policies for the
+        /// roles that may use keys).
+        #[arg(long, value_parser = ["reject", "track"], default_value = "reject")]
+        default_access: String,
+    },
     List,
 }
 
@@ -329,6 +340,7 @@ pub struct Operator {
     pub exchange: pb::resource_exchange_client::ResourceExchangeClient<Channel>,
     pub audit: pb::audit_client::AuditClient<Channel>,
     pub properties: pb::properties_client::PropertiesClient<Channel>,
+    pub policies: pb::policies_client::PoliciesClient<Channel>,
 }
 
 impl Operator {
@@ -346,7 +358,8 @@ impl Operator {
             crypto: pb::crypto_client::CryptoClient::new(ch.clone()),
             exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch.clone()),
             audit: pb::audit_client::AuditClient::new(ch.clone()),
-            properties: pb::properties_client::PropertiesClient::new(ch),
+            properties: pb::properties_client::PropertiesClient::new(ch.clone()),
+            policies: pb::policies_client::PoliciesClient::new(ch),
         })
     }
 
@@ -368,8 +381,11 @@ impl Operator {
                     );
                 }
             }
-            Command::Module(ModuleCommand::Create { name }) => {
-                let m = self.keys.create_module(pb::CreateModuleRequest { name }).await?.into_inner().module;
+            Command::Module(ModuleCommand::Create { name, default_access }) => {
+                let access =
+                    if default_access == "track" { pb::DefaultAccess::Track } else { pb::DefaultAccess::Reject };
+                let req = pb::CreateModuleRequest { name, default_access: access as i32 };
+                let m = self.keys.create_module(req).await?.into_inner().module;
                 let m = m.unwrap_or_default();
                 print_modules(&[m], as_json);
             }
@@ -418,6 +434,7 @@ impl Operator {
             Command::Lifecycle(cmd) => lifecycle(self, cmd, as_json).await?,
             Command::Audit(cmd) => audit(self, cmd, as_json).await?,
             Command::Property(cmd) => property(self, cmd, as_json).await?,
+            Command::Policy(cmd) => policy(self, cmd, as_json).await?,
             Command::Encrypt { spec, text, aad } => {
                 let req = pb::EncryptRequest { spec, plaintext: text.into_bytes(), associated_data: aad.into_bytes() };
                 let r = self.crypto.encrypt(req).await?.into_inner();

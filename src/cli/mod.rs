@@ -2,6 +2,7 @@
 //! includes the PKI commands and the quickstart).
 
 mod ctl_lifecycle;
+mod ctl_policies;
 mod ctl_properties;
 pub mod kmfctl;
 pub mod kmfd;

@@ -40,7 +40,13 @@ pub async fn run() -> anyhow::Result<()> {
     let mut target = Operator::connect_with(&target_host, &operator).await?;
 
     step(3, "On the source: module `payroll`, spec `salary` (AES-256-GCM), a key, a rotation");
-    source.keys.create_module(pb::CreateModuleRequest { name: "payroll".into() }).await?;
+    source
+        .keys
+        .create_module(pb::CreateModuleRequest {
+            name: "payroll".into(),
+            default_access: pb::DefaultAccess::Track as i32,
+        })
+        .await?;
     source.keys.create_spec(aes_spec("payroll", "salary", 256)).await?;
     source.keys.generate_key(pb::GenerateKeyRequest { spec: "salary".into() }).await?;
     source.keys.rotate_key(pb::RotateKeyRequest { spec: "salary".into() }).await?;
@@ -59,7 +65,13 @@ pub async fn run() -> anyhow::Result<()> {
     println!("  ciphertext {} (key {})", base64::engine::general_purpose::STANDARD.encode(&ct.ciphertext), ct.key_id);
 
     step(5, "On the target (a clone: same module and spec, no keys): decrypting fails");
-    target.keys.create_module(pb::CreateModuleRequest { name: "payroll".into() }).await?;
+    target
+        .keys
+        .create_module(pb::CreateModuleRequest {
+            name: "payroll".into(),
+            default_access: pb::DefaultAccess::Track as i32,
+        })
+        .await?;
     target.keys.create_spec(aes_spec("payroll", "salary", 256)).await?;
     let decrypt = pb::DecryptRequest { ciphertext: ct.ciphertext.clone(), associated_data: b"employee:7".to_vec() };
     match target.crypto.decrypt(decrypt.clone()).await {

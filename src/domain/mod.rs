@@ -14,6 +14,7 @@ pub mod error;
 pub mod exchange;
 pub mod ids;
 pub mod key;
+pub mod policy;
 pub mod property;
 pub mod spec;
 

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use super::Node;
 use crate::domain::DomainError;
+use crate::domain::auth::Caller;
 use crate::domain::ciphertext;
 use crate::domain::ids::{KeyId, Name};
+use crate::domain::policy::Operation;
 use crate::error::{AppError, AppResult};
 use crate::signer::CryptoError;
 use crate::signer::primitives::{gcm_open, gcm_seal};
@@ -18,6 +20,7 @@ pub const MAX_PLAINTEXT: usize = 4 * 1024 * 1024;
 impl Node {
     pub async fn encrypt(
         self: &Arc<Self>,
+        caller: &Caller,
         spec: Name,
         plaintext: Vec<u8>,
         aad: Vec<u8>,
@@ -25,8 +28,10 @@ impl Node {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(DomainError::invalid("plaintext", "larger than 4 MiB").into());
         }
+        let caller = caller.clone();
         self.blocking(move |node| {
             let spec = node.spec_or_not_found(&spec)?;
+            node.check_access(&caller, &spec.name, Operation::Encrypt)?;
             let keys = node.store.keys(&spec.name)?;
             let (key, wrapped) = keys
                 .into_iter()
@@ -41,9 +46,17 @@ impl Node {
         .await
     }
 
-    pub async fn decrypt(self: &Arc<Self>, sealed: Vec<u8>, aad: Vec<u8>) -> AppResult<(Vec<u8>, KeyId)> {
+    pub async fn decrypt(
+        self: &Arc<Self>,
+        caller: &Caller,
+        sealed: Vec<u8>,
+        aad: Vec<u8>,
+    ) -> AppResult<(Vec<u8>, KeyId)> {
+        let caller = caller.clone();
         self.blocking(move |node| {
             let (key_id, header, body) = ciphertext::parse(&sealed)?;
+            node.spec_or_not_found(&key_id.spec)?;
+            node.check_access(&caller, &key_id.spec, Operation::Decrypt)?;
             let (key, wrapped) = node
                 .store
                 .key(&key_id)?

@@ -18,6 +18,13 @@ use crate::error::{AppError, AppResult};
 use crate::signer::primitives::random_key;
 use crate::store::StoreError;
 
+/// What a new module allows before any policy is written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DefaultAccess {
+    Reject,
+    Track,
+}
+
 fn already_exists(e: StoreError) -> AppError {
     match e {
         StoreError::AlreadyExists { what, id } => DomainError::AlreadyExists { what, id }.into(),
@@ -30,13 +37,31 @@ fn event(actor: &str, action: &str, subject: impl ToString) -> AuditEvent {
 }
 
 impl Node {
-    pub async fn create_module(self: &Arc<Self>, caller: &Caller, name: Name) -> AppResult<Module> {
+    /// Creates a module. With `DefaultAccess::Track` it also gets AutoGen Track
+    /// policies for the roles that may use keys (same
+    /// transaction); with Reject it has no policy, so every crypto call is
+    /// denied until one is created.
+    pub async fn create_module(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: Name,
+        access: DefaultAccess,
+    ) -> AppResult<Module> {
         let actor = caller.actor();
         self.blocking(move |node| {
             let module = Module { name, created_at: clock::now() };
-            node.store
-                .insert_module(&module, &[event(&actor, "module.create", &module.name)])
-                .map_err(already_exists)?;
+            let policies = match access {
+                DefaultAccess::Track => super::policies::autogen_policies(&module.name, module.created_at),
+                DefaultAccess::Reject => Vec::new(),
+            };
+            let mut audit =
+                vec![event(&actor, "module.create", &module.name).with_details(format!("default access {access:?}"))];
+            for p in &policies {
+                audit.push(
+                    event(&actor, "policy.create", format!("{}/{}", p.module, p.name)).with_details("AutoGen Track"),
+                );
+            }
+            node.store.insert_module(&module, &policies, &audit).map_err(already_exists)?;
             tracing::info!(module = %module.name, "module created");
             Ok(module)
         })

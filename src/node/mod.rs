@@ -7,6 +7,7 @@ mod crypto;
 mod exchange_source;
 mod exchange_target;
 mod keys;
+pub mod policies;
 pub mod ports;
 pub mod properties;
 
@@ -97,6 +98,7 @@ impl Node {
 }
 
 pub use exchange_source::Decision;
+pub use keys::DefaultAccess;
 
 /// The audit event for a request that just changed; the actor is the one in
 /// its latest history line.

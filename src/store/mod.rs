@@ -2,6 +2,7 @@
 //! daemon. Records are encoded by `records` (own versioned JSON rows, never
 //! protobuf bytes). Every multi-row change is one write transaction.
 
+mod policies;
 mod properties;
 mod records;
 mod tables;
@@ -15,6 +16,7 @@ use crate::domain::audit::{AuditEntry, AuditEvent, GENESIS};
 use crate::domain::exchange::ExchangeRequest;
 use crate::domain::ids::{Host, KeyId, Name, RequestId, SysId};
 use crate::domain::key::{KeyRecord, KeyState, LifecyclePolicy, WrappedKey};
+use crate::domain::policy::AccessPolicy;
 use crate::domain::spec::{Module, Spec};
 use records::{KeyRow, LifecyclePolicyRow, ModuleRow, OutboxRow, RequestRow, SpecRow, decode, encode, scope_key};
 use tables::*;
@@ -115,7 +117,8 @@ impl RedbStore {
 
     // === modules and specs ===
 
-    pub fn insert_module(&self, module: &Module, audit: &[AuditEvent]) -> Result<()> {
+    /// Inserts a module and its initial access policies.
+    pub fn insert_module(&self, module: &Module, policies: &[AccessPolicy], audit: &[AuditEvent]) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(MODULES)?;
@@ -124,6 +127,7 @@ impl RedbStore {
             }
             t.insert(module.name.as_str(), encode(&ModuleRow::from(module)).as_slice())?;
         }
+        policies::put_new_policies(&tx, policies)?;
         append_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())

@@ -23,6 +23,8 @@ pub const TRANSPORT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("t
 pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 /// "instance" or "module:<name>" -> lifecycle policy row.
 pub const LIFECYCLE_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("lifecycle_policies");
+/// "<module>/<name>" -> module access policy row.
+pub const ACCESS_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("access_policies");
 /// Property name -> property row.
 pub const PROPERTIES: TableDefinition<&str, &[u8]> = TableDefinition::new("properties");
 /// Sequence number -> encoded audit entry (append-only, hash-chained).
@@ -39,5 +41,6 @@ pub fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(AUDIT)?;
     tx.open_table(LIFECYCLE_POLICIES)?;
     tx.open_table(PROPERTIES)?;
+    tx.open_table(ACCESS_POLICIES)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ mod exchange;
 mod grpcurl;
 mod lifecycle;
 mod negatives;
+mod policies;
 mod process;
 mod properties;
 mod support;

@@ -38,8 +38,13 @@ async fn transport_refusals_no_client_cert_and_foreign_ca() {
     let mut foreign_ops = None;
     if let Ok(ch) = kmf::rpc::client::connect(&node.host, &foreign, None).await {
         let mut c = pb::key_management_client::KeyManagementClient::new(ch);
-        let err =
-            c.create_module(pb::CreateModuleRequest { name: "evil".into() }).await.expect_err("foreign CA accepted");
+        let err = c
+            .create_module(pb::CreateModuleRequest {
+                name: "evil".into(),
+                default_access: pb::DefaultAccess::Track as i32,
+            })
+            .await
+            .expect_err("foreign CA accepted");
         foreign_ops = Some(err.code());
     }
     if let Some(code) = foreign_ops {

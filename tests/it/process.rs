@@ -183,11 +183,11 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     assert_eq!(info["sys_id"], a_id.as_str());
     assert_eq!(info["signer_kind"], "software");
 
-    ok(a.ctl(&pki).args(["module", "create", "hr"]));
+    ok(a.ctl(&pki).args(["module", "create", "hr", "--default-access", "track"]));
     ok(a.ctl(&pki).args(["spec", "create", "salary", "--module", "hr"]));
     ok(a.ctl(&pki).args(["key", "generate", "salary"]));
     ok(a.ctl(&pki).args(["key", "rotate", "salary"]));
-    ok(b.ctl(&pki).args(["module", "create", "hr"]));
+    ok(b.ctl(&pki).args(["module", "create", "hr", "--default-access", "track"]));
     ok(b.ctl(&pki).args(["spec", "create", "salary", "--module", "hr"]));
     let ct =
         json(&ok(a.ctl(&pki).args(["--json", "encrypt", "--spec", "salary", "--text", "4200 EUR", "--aad", "emp:7"])));

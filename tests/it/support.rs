@@ -105,6 +105,7 @@ pub struct Ops {
     pub exchange: pb::resource_exchange_client::ResourceExchangeClient<Channel>,
     pub audit: pb::audit_client::AuditClient<Channel>,
     pub properties: pb::properties_client::PropertiesClient<Channel>,
+    pub policies: pb::policies_client::PoliciesClient<Channel>,
 }
 
 impl Ops {
@@ -115,13 +116,20 @@ impl Ops {
             crypto: pb::crypto_client::CryptoClient::new(ch.clone()),
             exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch.clone()),
             audit: pb::audit_client::AuditClient::new(ch.clone()),
-            properties: pb::properties_client::PropertiesClient::new(ch),
+            properties: pb::properties_client::PropertiesClient::new(ch.clone()),
+            policies: pb::policies_client::PoliciesClient::new(ch),
         }
     }
 
     /// Module `m`, spec `spec` (AES-256-GCM); optionally one key.
     pub async fn spec(&mut self, module: &str, spec: &str, with_key: bool) {
-        let _ = self.keys.create_module(pb::CreateModuleRequest { name: module.into() }).await;
+        let _ = self
+            .keys
+            .create_module(pb::CreateModuleRequest {
+                name: module.into(),
+                default_access: pb::DefaultAccess::Track as i32,
+            })
+            .await;
         self.keys
             .create_spec(pb::CreateSpecRequest {
                 module: module.into(),

@@ -8,7 +8,7 @@ use crate::domain::DomainError;
 use crate::domain::auth::Permission;
 use crate::domain::ids::KeyId;
 use crate::domain::key::{KeyAction, LifecycleDefinition};
-use crate::node::Node;
+use crate::node::{DefaultAccess, Node};
 use crate::rpc::caller::authorize;
 use crate::rpc::convert;
 use crate::rpc::pb::{self, crypto_server::Crypto, instance_server::Instance, key_management_server::KeyManagement};
@@ -39,7 +39,12 @@ impl KeyManagement for KeyManagementService {
     ) -> Result<Response<pb::CreateModuleResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
         let name = convert::name(&req.get_ref().name, "name")?;
-        let module = self.0.create_module(&auth.caller, name).await?;
+        let access = match pb::DefaultAccess::try_from(req.get_ref().default_access) {
+            Ok(pb::DefaultAccess::Reject) => DefaultAccess::Reject,
+            Ok(pb::DefaultAccess::Track) => DefaultAccess::Track,
+            _ => return Err(DomainError::invalid("default_access", "set REJECT or TRACK").into()),
+        };
+        let module = self.0.create_module(&auth.caller, name, access).await?;
         Ok(Response::new(pb::CreateModuleResponse { module: Some(convert::module(&module)) }))
     }
 
@@ -159,17 +164,17 @@ impl KeyManagement for KeyManagementService {
 #[tonic::async_trait]
 impl Crypto for CryptoService {
     async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
-        authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
         let r = req.into_inner();
         let spec = convert::name(&r.spec, "spec")?;
-        let (ciphertext, key_id) = self.0.encrypt(spec, r.plaintext, r.associated_data).await?;
+        let (ciphertext, key_id) = self.0.encrypt(&auth.caller, spec, r.plaintext, r.associated_data).await?;
         Ok(Response::new(pb::EncryptResponse { ciphertext, key_id: key_id.to_string() }))
     }
 
     async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
-        authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
         let r = req.into_inner();
-        let (plaintext, key_id) = self.0.decrypt(r.ciphertext, r.associated_data).await?;
+        let (plaintext, key_id) = self.0.decrypt(&auth.caller, r.ciphertext, r.associated_data).await?;
         Ok(Response::new(pb::DecryptResponse { plaintext, key_id: key_id.to_string() }))
     }
 }

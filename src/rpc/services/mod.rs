@@ -4,6 +4,7 @@ mod audit;
 mod exchange;
 mod keys;
 mod peer;
+mod policies;
 mod properties;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ pub use audit::AuditService;
 pub use exchange::ResourceExchangeService;
 pub use keys::{CryptoService, InstanceService, KeyManagementService};
 pub use peer::KeyExchangeService;
+pub use policies::PoliciesService;
 pub use properties::PropertiesService;
 
 use crate::node::Node;
@@ -25,6 +27,7 @@ pub struct Services {
     pub peer: KeyExchangeService,
     pub audit: AuditService,
     pub properties: PropertiesService,
+    pub policies: PoliciesService,
 }
 
 impl Services {
@@ -36,7 +39,8 @@ impl Services {
             exchange: ResourceExchangeService(node.clone()),
             peer: KeyExchangeService(node.clone()),
             audit: AuditService(node.clone()),
-            properties: PropertiesService(node),
+            properties: PropertiesService(node.clone()),
+            policies: PoliciesService(node),
         }
     }
 }

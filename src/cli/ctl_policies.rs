@@ -1,0 +1,204 @@
+//! kmfctl: module access policies and the explain call.
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::kmfctl::Operator;
+use super::print;
+use crate::rpc::pb;
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Create a Role, Script or System policy.
+    Create {
+        name: String,
+        #[arg(long)]
+        module: String,
+        /// role, script or system.
+        #[arg(long = "type", value_parser = ["role", "script", "system"])]
+        kind: String,
+        /// track, reject or strict-reject.
+        #[arg(long, value_parser = ["track", "reject", "strict-reject"])]
+        result: String,
+        /// For --type role.
+        #[arg(long, default_value = "")]
+        role: String,
+        /// For --type script: the caller identity (operator name).
+        #[arg(long, default_value = "")]
+        script: String,
+        /// Only this spec.
+        #[arg(long, default_value = "")]
+        spec: String,
+        /// Only these operations (encrypt, decrypt, sign, verify, mac, verify_mac, wrap, unwrap).
+        #[arg(long = "operation")]
+        operations: Vec<String>,
+    },
+    List {
+        #[arg(long, default_value = "")]
+        module: String,
+    },
+    Activate {
+        name: String,
+        #[arg(long)]
+        module: String,
+    },
+    Deactivate {
+        name: String,
+        #[arg(long)]
+        module: String,
+    },
+    /// Show every policy evaluated for an operation on a spec, and the decision.
+    Explain {
+        #[arg(long)]
+        spec: String,
+        #[arg(long)]
+        operation: String,
+        /// Evaluate as this operator name (default: yourself).
+        #[arg(long, default_value = "")]
+        as_operator: String,
+        #[arg(long = "as-role")]
+        as_roles: Vec<String>,
+    },
+}
+
+fn operation(text: &str) -> anyhow::Result<pb::Operation> {
+    pb::Operation::from_str_name(&format!("OP_{}", text.to_ascii_uppercase()))
+        .ok_or_else(|| anyhow::anyhow!("unknown operation `{text}`"))
+}
+
+fn result_label(v: i32) -> &'static str {
+    match pb::PolicyResult::try_from(v) {
+        Ok(pb::PolicyResult::Track) => "Track",
+        Ok(pb::PolicyResult::RejectUnlessTracked) => "Reject",
+        Ok(pb::PolicyResult::StrictReject) => "StrictReject",
+        _ => "?",
+    }
+}
+
+fn who(p: &pb::AccessPolicy) -> String {
+    match pb::PolicyType::try_from(p.r#type) {
+        Ok(pb::PolicyType::Role) => format!("role {}", p.role),
+        Ok(pb::PolicyType::Script) => format!("script {}", p.script),
+        Ok(pb::PolicyType::System) => "system".into(),
+        Ok(pb::PolicyType::ResourceExchange) => format!("exchange {} @ {}", p.target_sys_id, p.target_host),
+        _ => "?".into(),
+    }
+}
+
+fn print_policies(list: &[pb::AccessPolicy], as_json: bool) {
+    let ops = |p: &pb::AccessPolicy| {
+        let v: Vec<String> = p
+            .operations
+            .iter()
+            .filter_map(|o| pb::Operation::try_from(*o).ok())
+            .map(|o| o.as_str_name().trim_start_matches("OP_").to_ascii_lowercase())
+            .collect();
+        if v.is_empty() { "all".to_owned() } else { v.join(",") }
+    };
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|p| {
+                json!({"module": p.module, "name": p.name, "who": who(p), "result": result_label(p.result),
+                "spec": p.spec, "operations": ops(p), "active": p.active})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|p| {
+                let spec = if p.spec.is_empty() { "all".to_owned() } else { p.spec.clone() };
+                vec![
+                    p.module.clone(),
+                    p.name.clone(),
+                    who(p),
+                    result_label(p.result).into(),
+                    spec,
+                    ops(p),
+                    p.active.to_string(),
+                ]
+            })
+            .collect();
+        print::table(&["MODULE", "NAME", "WHO", "RESULT", "SPEC", "OPERATIONS", "ACTIVE"], &rows);
+    }
+}
+
+pub async fn policy(ops: &mut Operator, cmd: PolicyCommand, as_json: bool) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Create { name, module, kind, result, role, script, spec, operations } => {
+            let r#type = match kind.as_str() {
+                "role" => pb::PolicyType::Role,
+                "script" => pb::PolicyType::Script,
+                _ => pb::PolicyType::System,
+            };
+            let result = match result.as_str() {
+                "track" => pb::PolicyResult::Track,
+                "reject" => pb::PolicyResult::RejectUnlessTracked,
+                _ => pb::PolicyResult::StrictReject,
+            };
+            let operations =
+                operations.iter().map(|o| operation(o).map(|o| o as i32)).collect::<anyhow::Result<_>>()?;
+            let policy = pb::AccessPolicy {
+                name,
+                module,
+                r#type: r#type as i32,
+                result: result as i32,
+                role,
+                script,
+                spec,
+                operations,
+                ..Default::default()
+            };
+            let p = ops.policies.create_policy(pb::CreatePolicyRequest { policy: Some(policy) }).await?.into_inner();
+            print_policies(&p.policy.into_iter().collect::<Vec<_>>(), as_json);
+        }
+        PolicyCommand::List { module } => {
+            let list = ops.policies.list_policies(pb::ListPoliciesRequest { module }).await?.into_inner().policies;
+            print_policies(&list, as_json);
+        }
+        PolicyCommand::Activate { name, module } => set_active(ops, module, name, true, as_json).await?,
+        PolicyCommand::Deactivate { name, module } => set_active(ops, module, name, false, as_json).await?,
+        PolicyCommand::Explain { spec, operation: op, as_operator, as_roles } => {
+            let req = pb::ExplainAccessRequest {
+                spec,
+                operation: operation(&op)? as i32,
+                as_operator,
+                as_roles,
+                as_system: false,
+            };
+            let d = ops.policies.explain_access(req).await?.into_inner();
+            if as_json {
+                let ev: Vec<_> = d
+                    .evaluated
+                    .iter()
+                    .map(|e| json!({"policy": e.policy, "result": result_label(e.result), "matched": e.matched, "why": e.why}))
+                    .collect();
+                println!("{}", json!({"allowed": d.allowed, "reason": d.reason, "evaluated": ev}));
+            } else {
+                let rows: Vec<_> = d
+                    .evaluated
+                    .iter()
+                    .map(|e| {
+                        vec![e.policy.clone(), result_label(e.result).into(), e.matched.to_string(), e.why.clone()]
+                    })
+                    .collect();
+                print::table(&["POLICY", "RESULT", "MATCHED", "WHY"], &rows);
+                println!("decision: {} ({})", if d.allowed { "ALLOW" } else { "DENY" }, d.reason);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn set_active(
+    ops: &mut Operator,
+    module: String,
+    name: String,
+    active: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let p = ops.policies.update_policy(pb::UpdatePolicyRequest { module, name, active }).await?.into_inner();
+    print_policies(&p.policy.into_iter().collect::<Vec<_>>(), as_json);
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Module access policies: management, explanation, and the check every
+//! crypto call passes (a denial is PERMISSION_DENIED and audited).
+
+use std::sync::Arc;
+
+use super::Node;
+use crate::clock;
+use crate::domain::DomainError;
+use crate::domain::audit::{AuditEvent, Outcome};
+use crate::domain::auth::{Caller, Role};
+use crate::domain::ids::Name;
+use crate::domain::policy::{
+    AccessDecision, AccessPolicy, AccessRequest, Operation, PolicyResult, PolicyType, Subject, evaluate,
+};
+use crate::error::{AppError, AppResult};
+use crate::store::StoreError;
+
+/// Roles the AutoGen policies of a module created with Track default access grant
+/// (every role that may call Encrypt/Decrypt at all).
+pub const AUTOGEN_ROLES: [Role; 3] = [Role::Admin, Role::CryptographicManager, Role::CryptographicOperator];
+
+/// The AutoGen Track policies for a new module.
+pub fn autogen_policies(module: &Name, now: crate::domain::ids::UnixMillis) -> Vec<AccessPolicy> {
+    AUTOGEN_ROLES
+        .iter()
+        .filter_map(|role| {
+            let name = Name::parse(&format!("AutoGen-{}", role.as_str()), "name").ok()?;
+            Some(AccessPolicy {
+                name,
+                module: module.clone(),
+                kind: PolicyType::Role(*role),
+                result: PolicyResult::Track,
+                spec: None,
+                operations: Vec::new(),
+                active: true,
+                created_at: now,
+            })
+        })
+        .collect()
+}
+
+fn describe(p: &AccessPolicy) -> String {
+    let ops: Vec<&str> = p.operations.iter().map(|o| o.as_str()).collect();
+    format!(
+        "{:?} -> {}; spec {}; operations {}; active {}",
+        p.kind,
+        p.result.as_str(),
+        p.spec.as_ref().map_or("(any)".into(), ToString::to_string),
+        if ops.is_empty() { "(all)".to_owned() } else { ops.join(",") },
+        p.active
+    )
+}
+
+impl Node {
+    pub async fn create_policy(self: &Arc<Self>, caller: &Caller, policy: AccessPolicy) -> AppResult<AccessPolicy> {
+        policy.validate()?;
+        let actor = caller.actor();
+        self.blocking(move |node| {
+            if node.store.module(&policy.module)?.is_none() {
+                return Err(DomainError::not_found("module", &policy.module).into());
+            }
+            if let Some(spec) = &policy.spec {
+                let s = node.spec_or_not_found(spec)?;
+                if s.module != policy.module {
+                    return Err(
+                        DomainError::invalid("spec", format!("spec {spec} belongs to module {}", s.module)).into()
+                    );
+                }
+            }
+            let audit = AuditEvent::new(
+                clock::now(),
+                actor,
+                "policy.create",
+                format!("{}/{}", policy.module, policy.name),
+                Outcome::Success,
+            )
+            .with_details(describe(&policy));
+            node.store.insert_policies(std::slice::from_ref(&policy), &[audit]).map_err(|e| match e {
+                StoreError::AlreadyExists { what, id } => AppError::Domain(DomainError::AlreadyExists { what, id }),
+                other => other.into(),
+            })?;
+            Ok(policy)
+        })
+        .await
+    }
+
+    pub async fn policies(self: &Arc<Self>, module: Option<Name>) -> AppResult<Vec<AccessPolicy>> {
+        self.blocking(move |node| {
+            if let Some(m) = &module
+                && node.store.module(m)?.is_none()
+            {
+                return Err(DomainError::not_found("module", m).into());
+            }
+            let mut list = node.store.policies(module.as_ref())?;
+            list.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
+            Ok(list)
+        })
+        .await
+    }
+
+    pub async fn policy(self: &Arc<Self>, module: Name, name: Name) -> AppResult<AccessPolicy> {
+        self.blocking(move |node| {
+            node.store
+                .policies(Some(&module))?
+                .into_iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| DomainError::not_found("access policy", format!("{module}/{name}")).into())
+        })
+        .await
+    }
+
+    /// Activates or deactivates a policy.
+    pub async fn set_policy_active(
+        self: &Arc<Self>,
+        caller: &Caller,
+        module: Name,
+        name: Name,
+        active: bool,
+    ) -> AppResult<AccessPolicy> {
+        let mut p = self.policy(module, name).await?;
+        let actor = caller.actor();
+        self.blocking(move |node| {
+            p.active = active;
+            let verb = if active { "policy.activate" } else { "policy.deactivate" };
+            let audit =
+                AuditEvent::new(clock::now(), actor, verb, format!("{}/{}", p.module, p.name), Outcome::Success);
+            node.store.update_policy(&p, &[audit])?;
+            Ok(p)
+        })
+        .await
+    }
+
+    /// The debugger: every policy of the spec's module evaluated for `subject`.
+    pub async fn explain_access(
+        self: &Arc<Self>,
+        subject: Subject,
+        spec: Name,
+        operation: Operation,
+    ) -> AppResult<AccessDecision> {
+        self.blocking(move |node| node.decide_access(subject, &spec, operation)).await
+    }
+
+    fn decide_access(&self, subject: Subject, spec: &Name, operation: Operation) -> AppResult<AccessDecision> {
+        let spec = self.spec_or_not_found(spec)?;
+        let policies = self.store.policies(Some(&spec.module))?;
+        Ok(evaluate(
+            &policies,
+            &AccessRequest { subject, module: spec.module.clone(), spec: spec.name.clone(), operation },
+        ))
+    }
+
+    /// Allows or refuses `caller` for `operation` on `spec`; a refusal is audited.
+    pub(super) fn check_access(&self, caller: &Caller, spec: &Name, operation: Operation) -> AppResult<()> {
+        let decision = self.decide_access(Subject::from(caller), spec, operation)?;
+        if decision.allowed {
+            return Ok(());
+        }
+        let audit = AuditEvent::new(clock::now(), caller.actor(), "policy.denied", spec.to_string(), Outcome::Refused)
+            .with_details(format!("{}: {}", operation.as_str(), decision.reason));
+        if let Err(e) = self.store.append_audit(&[audit]) {
+            tracing::error!(error = %e, "could not audit a policy denial");
+        }
+        tracing::warn!(caller = %caller.actor(), %spec, operation = operation.as_str(), reason = %decision.reason, "access denied by policy");
+        Err(DomainError::PermissionDenied(format!("{} on {spec}: {}", operation.as_str(), decision.reason)).into())
+    }
+}

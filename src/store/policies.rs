@@ -1,0 +1,162 @@
+//! Module access policy rows, keyed "<module>/<name>".
+
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::records::{decode, encode};
+use super::tables::ACCESS_POLICIES;
+use super::{RedbStore, Result, StoreError, append_audit};
+use crate::domain::audit::AuditEvent;
+use crate::domain::auth::Role;
+use crate::domain::ids::{Host, Name, SysId, UnixMillis};
+use crate::domain::policy::{AccessPolicy, ApprovalType, Operation, PolicyResult, PolicyType};
+
+#[derive(Serialize, Deserialize)]
+struct PolicyRow {
+    v: u8,
+    name: String,
+    module: String,
+    kind: String,
+    /// Role name, script identity, or target sys_id.
+    who: String,
+    target_host: String,
+    approval: String,
+    result: String,
+    spec: Option<String>,
+    operations: Vec<String>,
+    active: bool,
+    created_at: i64,
+}
+
+fn corrupt(e: impl ToString) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn key(module: &Name, name: &Name) -> String {
+    format!("{module}/{name}")
+}
+
+impl From<&AccessPolicy> for PolicyRow {
+    fn from(p: &AccessPolicy) -> Self {
+        let (kind, who, target_host, approval) = match &p.kind {
+            PolicyType::Role(r) => ("role", r.as_str().to_owned(), String::new(), String::new()),
+            PolicyType::Script(s) => ("script", s.clone(), String::new(), String::new()),
+            PolicyType::System => ("system", String::new(), String::new(), String::new()),
+            PolicyType::ResourceExchange { target_sys_id, target_host, approval } => (
+                "resource_exchange",
+                target_sys_id.to_string(),
+                target_host.to_string(),
+                match approval {
+                    ApprovalType::OneTime => "one_time".into(),
+                    ApprovalType::Recurring => "recurring".into(),
+                },
+            ),
+        };
+        PolicyRow {
+            v: 1,
+            name: p.name.to_string(),
+            module: p.module.to_string(),
+            kind: kind.into(),
+            who,
+            target_host,
+            approval,
+            result: p.result.as_str().into(),
+            spec: p.spec.as_ref().map(ToString::to_string),
+            operations: p.operations.iter().map(|o| o.as_str().to_owned()).collect(),
+            active: p.active,
+            created_at: p.created_at.0,
+        }
+    }
+}
+
+impl TryFrom<PolicyRow> for AccessPolicy {
+    type Error = StoreError;
+    fn try_from(r: PolicyRow) -> Result<Self> {
+        let kind = match r.kind.as_str() {
+            "role" => PolicyType::Role(Role::parse(&r.who).map_err(corrupt)?),
+            "script" => PolicyType::Script(r.who),
+            "system" => PolicyType::System,
+            "resource_exchange" => PolicyType::ResourceExchange {
+                target_sys_id: SysId::parse(&r.who).map_err(corrupt)?,
+                target_host: Host::parse(&r.target_host).map_err(corrupt)?,
+                approval: if r.approval == "recurring" { ApprovalType::Recurring } else { ApprovalType::OneTime },
+            },
+            other => return Err(corrupt(format!("policy kind {other}"))),
+        };
+        let result = match r.result.as_str() {
+            "Track" => PolicyResult::Track,
+            "Reject" => PolicyResult::Reject,
+            "StrictReject" => PolicyResult::StrictReject,
+            other => return Err(corrupt(format!("policy result {other}"))),
+        };
+        Ok(AccessPolicy {
+            name: Name::parse(&r.name, "name").map_err(corrupt)?,
+            module: Name::parse(&r.module, "module").map_err(corrupt)?,
+            kind,
+            result,
+            spec: r.spec.map(|s| Name::parse(&s, "spec")).transpose().map_err(corrupt)?,
+            operations: r
+                .operations
+                .iter()
+                .map(|o| Operation::parse(o).ok_or_else(|| corrupt(format!("operation {o}"))))
+                .collect::<Result<_>>()?,
+            active: r.active,
+            created_at: UnixMillis(r.created_at),
+        })
+    }
+}
+
+impl RedbStore {
+    /// Inserts new policies (refusing existing names), atomically.
+    pub fn insert_policies(&self, policies: &[AccessPolicy], audit: &[AuditEvent]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        put_new_policies(&tx, policies)?;
+        append_audit(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces an existing policy.
+    pub fn update_policy(&self, p: &AccessPolicy, audit: &[AuditEvent]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(ACCESS_POLICIES)?;
+            let k = key(&p.module, &p.name);
+            if t.get(k.as_str())?.is_none() {
+                return Err(StoreError::Corrupt(format!("policy {k} vanished")));
+            }
+            t.insert(k.as_str(), encode(&PolicyRow::from(p)).as_slice())?;
+        }
+        append_audit(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The policies of `module` (all modules when None).
+    pub fn policies(&self, module: Option<&Name>) -> Result<Vec<AccessPolicy>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ACCESS_POLICIES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            let p: AccessPolicy = decode::<PolicyRow>(v.value())?.try_into()?;
+            if module.is_none_or(|m| &p.module == m) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Inserts policies inside the caller's transaction, refusing existing names.
+pub(super) fn put_new_policies(tx: &redb::WriteTransaction, policies: &[AccessPolicy]) -> Result<()> {
+    let mut t = tx.open_table(ACCESS_POLICIES)?;
+    for p in policies {
+        let k = key(&p.module, &p.name);
+        if t.get(k.as_str())?.is_some() {
+            return Err(StoreError::AlreadyExists { what: "access policy", id: k });
+        }
+        t.insert(k.as_str(), encode(&PolicyRow::from(p)).as_slice())?;
+    }
+    Ok(())
+}
