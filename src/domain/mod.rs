@@ -16,6 +16,7 @@ pub mod ids;
 pub mod key;
 pub mod policy;
 pub mod property;
+pub mod record;
 pub mod spec;
 
 pub use error::DomainError;

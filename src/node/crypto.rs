@@ -1,7 +1,12 @@
-//! Encrypt and decrypt with the instance's keys. Ciphertext = header naming
-//! the key || nonce || ciphertext || tag; the AEAD's associated data is the
-//! header followed by the caller's associated data.
+//! Encrypt, decrypt and rewrap with the instance's keys, one at a time or in
+//! batches. Ciphertext = header naming the key || nonce || ciphertext || tag;
+//! the AEAD's associated data is the header followed by the caller's.
+//!
+//! A `Session` caches, for one call, the access decisions per (spec,
+//! operation) and the unwrapped keys, so a batch of 10,000 items checks
+//! policies and unwraps each key once (and audits a denial once).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Node;
@@ -9,13 +14,141 @@ use crate::domain::DomainError;
 use crate::domain::auth::Caller;
 use crate::domain::ciphertext;
 use crate::domain::ids::{KeyId, Name};
+use crate::domain::key::DataKey;
 use crate::domain::policy::Operation;
 use crate::error::{AppError, AppResult};
 use crate::signer::CryptoError;
 use crate::signer::primitives::{gcm_open, gcm_seal};
 
-/// Largest plaintext one Encrypt call accepts.
+/// Largest plaintext one item accepts.
 pub const MAX_PLAINTEXT: usize = 4 * 1024 * 1024;
+/// Most items one batch call accepts.
+pub const MAX_BATCH: usize = 10_000;
+
+/// One item of an encrypt batch.
+#[derive(Clone, Debug)]
+pub struct SealItem {
+    pub spec: Name,
+    pub plaintext: Vec<u8>,
+    pub aad: Vec<u8>,
+}
+
+/// One item of a decrypt or rewrap batch.
+#[derive(Clone, Debug)]
+pub struct OpenItem {
+    pub ciphertext: Vec<u8>,
+    pub aad: Vec<u8>,
+}
+
+/// A rewrapped ciphertext and the keys before and after.
+#[derive(Clone, Debug)]
+pub struct Rewrapped {
+    pub ciphertext: Vec<u8>,
+    pub key_id: KeyId,
+    pub previous_key_id: KeyId,
+}
+
+/// Per-call caches (see the module docs).
+struct Session<'a> {
+    node: &'a Node,
+    caller: &'a Caller,
+    access: HashMap<(Name, Operation), Result<(), DomainError>>,
+    active: HashMap<Name, Result<(KeyId, Arc<DataKey>), DomainError>>,
+    keys: HashMap<KeyId, Result<Arc<DataKey>, DomainError>>,
+}
+
+fn domain_of(e: AppError) -> Result<DomainError, AppError> {
+    match e {
+        AppError::Domain(d) => Ok(d),
+        other => Err(other),
+    }
+}
+
+impl<'a> Session<'a> {
+    fn new(node: &'a Node, caller: &'a Caller) -> Self {
+        Session { node, caller, access: HashMap::new(), active: HashMap::new(), keys: HashMap::new() }
+    }
+
+    fn allow(&mut self, spec: &Name, op: Operation) -> AppResult<()> {
+        if let Some(r) = self.access.get(&(spec.clone(), op)) {
+            return r.clone().map_err(Into::into);
+        }
+        let r = match self.node.spec_or_not_found(spec).and_then(|_| self.node.check_access(self.caller, spec, op)) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(domain_of(e)?),
+        };
+        self.access.insert((spec.clone(), op), r.clone());
+        r.map_err(Into::into)
+    }
+
+    fn active_key(&mut self, spec: &Name) -> AppResult<(KeyId, Arc<DataKey>)> {
+        if let Some(r) = self.active.get(spec) {
+            return r.clone().map_err(Into::into);
+        }
+        let found = self.node.store.keys(spec)?.into_iter().find(|(k, _)| k.state.can_encrypt());
+        let r = match found {
+            Some((k, wrapped)) => Ok((k.id, Arc::new(self.node.signer.unwrap(&wrapped)?))),
+            None => Err(DomainError::FailedPrecondition(format!("spec {spec} has no Active key"))),
+        };
+        self.active.insert(spec.clone(), r.clone());
+        r.map_err(Into::into)
+    }
+
+    fn key(&mut self, id: &KeyId) -> AppResult<Arc<DataKey>> {
+        if let Some(r) = self.keys.get(id) {
+            return r.clone().map_err(Into::into);
+        }
+        let r = match self.node.store.key(id)? {
+            None => Err(DomainError::not_found("key", format!("{id} (not on this instance)"))),
+            Some((k, _)) if !k.state.can_decrypt() => {
+                Err(DomainError::FailedPrecondition(format!("key {id} is {} and cannot decrypt", k.state.label())))
+            }
+            Some((_, wrapped)) => Ok(Arc::new(self.node.signer.unwrap(&wrapped)?)),
+        };
+        self.keys.insert(id.clone(), r.clone());
+        r.map_err(Into::into)
+    }
+
+    fn seal(&mut self, spec: &Name, plaintext: &[u8], aad: &[u8]) -> AppResult<(Vec<u8>, KeyId)> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(DomainError::invalid("plaintext", "larger than 4 MiB").into());
+        }
+        self.allow(spec, Operation::Encrypt)?;
+        let (key_id, dek) = self.active_key(spec)?;
+        let mut out = ciphertext::encode_header(&key_id);
+        let header_len = out.len();
+        out.reserve(plaintext.len() + 28);
+        let header = out[..header_len].to_vec();
+        gcm_seal(dek.expose(), &[&header, aad], plaintext, &mut out)?;
+        Ok((out, key_id))
+    }
+
+    fn open(&mut self, sealed: &[u8], aad: &[u8]) -> AppResult<(zeroize::Zeroizing<Vec<u8>>, KeyId)> {
+        let (key_id, header, body) = ciphertext::parse(sealed)?;
+        self.allow(&key_id.spec, Operation::Decrypt)?;
+        let dek = self.key(&key_id)?;
+        let plaintext = gcm_open(dek.expose(), &[header, aad], body).map_err(|e| match e {
+            CryptoError::Failed(reason) => AppError::Domain(DomainError::invalid("ciphertext", reason)),
+            other => other.into(),
+        })?;
+        Ok((plaintext, key_id))
+    }
+
+    /// Decrypts and encrypts again under the spec's current key; the
+    /// plaintext never leaves this function.
+    fn rewrap(&mut self, sealed: &[u8], aad: &[u8]) -> AppResult<Rewrapped> {
+        let (plaintext, previous_key_id) = self.open(sealed, aad)?;
+        let (ciphertext, key_id) = self.seal(&previous_key_id.spec.clone(), &plaintext, aad)?;
+        Ok(Rewrapped { ciphertext, key_id, previous_key_id })
+    }
+}
+
+fn check_batch(len: usize) -> AppResult<()> {
+    if len == 0 || len > MAX_BATCH {
+        return Err(DomainError::invalid("items", format!("a batch holds 1 to {MAX_BATCH} items")).into());
+    }
+    Ok(())
+}
 
 impl Node {
     pub async fn encrypt(
@@ -25,25 +158,8 @@ impl Node {
         plaintext: Vec<u8>,
         aad: Vec<u8>,
     ) -> AppResult<(Vec<u8>, KeyId)> {
-        if plaintext.len() > MAX_PLAINTEXT {
-            return Err(DomainError::invalid("plaintext", "larger than 4 MiB").into());
-        }
         let caller = caller.clone();
-        self.blocking(move |node| {
-            let spec = node.spec_or_not_found(&spec)?;
-            node.check_access(&caller, &spec.name, Operation::Encrypt)?;
-            let keys = node.store.keys(&spec.name)?;
-            let (key, wrapped) = keys
-                .into_iter()
-                .find(|(k, _)| k.state.can_encrypt())
-                .ok_or_else(|| DomainError::FailedPrecondition(format!("spec {} has no Active key", spec.name)))?;
-            let dek = node.signer.unwrap(&wrapped)?;
-            let mut out = ciphertext::encode_header(&key.id);
-            let header = out.clone();
-            gcm_seal(dek.expose(), &[&header, &aad], &plaintext, &mut out)?;
-            Ok((out, key.id))
-        })
-        .await
+        self.blocking(move |node| Session::new(node, &caller).seal(&spec, &plaintext, &aad)).await
     }
 
     pub async fn decrypt(
@@ -54,26 +170,56 @@ impl Node {
     ) -> AppResult<(Vec<u8>, KeyId)> {
         let caller = caller.clone();
         self.blocking(move |node| {
-            let (key_id, header, body) = ciphertext::parse(&sealed)?;
-            node.spec_or_not_found(&key_id.spec)?;
-            node.check_access(&caller, &key_id.spec, Operation::Decrypt)?;
-            let (key, wrapped) = node
-                .store
-                .key(&key_id)?
-                .ok_or_else(|| DomainError::not_found("key", format!("{key_id} (not on this instance)")))?;
-            if !key.state.can_decrypt() {
-                return Err(DomainError::FailedPrecondition(format!(
-                    "key {key_id} is {} and cannot decrypt",
-                    key.state.label()
-                ))
-                .into());
-            }
-            let dek = node.signer.unwrap(&wrapped)?;
-            let plaintext = gcm_open(dek.expose(), &[header, &aad], body).map_err(|e| match e {
-                CryptoError::Failed(reason) => AppError::Domain(DomainError::invalid("ciphertext", reason)),
-                other => other.into(),
-            })?;
+            let (plaintext, key_id) = Session::new(node, &caller).open(&sealed, &aad)?;
             Ok((plaintext.to_vec(), key_id))
+        })
+        .await
+    }
+
+    pub async fn rewrap(self: &Arc<Self>, caller: &Caller, sealed: Vec<u8>, aad: Vec<u8>) -> AppResult<Rewrapped> {
+        let caller = caller.clone();
+        self.blocking(move |node| Session::new(node, &caller).rewrap(&sealed, &aad)).await
+    }
+
+    /// Each item succeeds or fails on its own.
+    pub async fn encrypt_batch(
+        self: &Arc<Self>,
+        caller: &Caller,
+        items: Vec<SealItem>,
+    ) -> AppResult<Vec<AppResult<(Vec<u8>, KeyId)>>> {
+        check_batch(items.len())?;
+        let caller = caller.clone();
+        self.blocking(move |node| {
+            let mut s = Session::new(node, &caller);
+            Ok(items.iter().map(|i| s.seal(&i.spec, &i.plaintext, &i.aad)).collect())
+        })
+        .await
+    }
+
+    pub async fn decrypt_batch(
+        self: &Arc<Self>,
+        caller: &Caller,
+        items: Vec<OpenItem>,
+    ) -> AppResult<Vec<AppResult<(Vec<u8>, KeyId)>>> {
+        check_batch(items.len())?;
+        let caller = caller.clone();
+        self.blocking(move |node| {
+            let mut s = Session::new(node, &caller);
+            Ok(items.iter().map(|i| s.open(&i.ciphertext, &i.aad).map(|(p, k)| (p.to_vec(), k))).collect())
+        })
+        .await
+    }
+
+    pub async fn rewrap_batch(
+        self: &Arc<Self>,
+        caller: &Caller,
+        items: Vec<OpenItem>,
+    ) -> AppResult<Vec<AppResult<Rewrapped>>> {
+        check_batch(items.len())?;
+        let caller = caller.clone();
+        self.blocking(move |node| {
+            let mut s = Session::new(node, &caller);
+            Ok(items.iter().map(|i| s.rewrap(&i.ciphertext, &i.aad)).collect())
         })
         .await
     }

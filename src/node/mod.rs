@@ -3,13 +3,14 @@
 //! RPC services only convert and call in here.
 
 pub mod audit;
-mod crypto;
+pub mod crypto;
 mod exchange_source;
 mod exchange_target;
 mod keys;
 pub mod policies;
 pub mod ports;
 pub mod properties;
+mod records;
 
 use std::sync::Arc;
 
@@ -99,6 +100,7 @@ impl Node {
 
 pub use exchange_source::Decision;
 pub use keys::DefaultAccess;
+pub use records::MAX_PAGE as MAX_RECORD_PAGE;
 
 /// The audit event for a request that just changed; the actor is the one in
 /// its latest history line.

@@ -5,6 +5,7 @@
 mod policies;
 mod properties;
 mod records;
+mod stored_records;
 mod tables;
 
 use std::path::Path;

@@ -38,7 +38,7 @@ fn sys_id(s: &str) -> Result<SysId, StoreError> {
     SysId::parse(s).map_err(corrupt)
 }
 
-mod hex_bytes {
+pub(super) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

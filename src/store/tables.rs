@@ -25,6 +25,8 @@ pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 pub const LIFECYCLE_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("lifecycle_policies");
 /// "<module>/<name>" -> module access policy row.
 pub const ACCESS_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("access_policies");
+/// (table, field, record_id) -> encrypted record row.
+pub const RECORDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("records");
 /// Property name -> property row.
 pub const PROPERTIES: TableDefinition<&str, &[u8]> = TableDefinition::new("properties");
 /// Sequence number -> encoded audit entry (append-only, hash-chained).
@@ -42,5 +44,6 @@ pub fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(LIFECYCLE_POLICIES)?;
     tx.open_table(PROPERTIES)?;
     tx.open_table(ACCESS_POLICIES)?;
+    tx.open_table(RECORDS)?;
     Ok(())
 }

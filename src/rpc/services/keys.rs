@@ -1,4 +1,4 @@
-//! Instance, KeyManagement and Crypto services.
+//! Instance and KeyManagement services.
 
 use std::sync::Arc;
 
@@ -11,11 +11,10 @@ use crate::domain::key::{KeyAction, LifecycleDefinition};
 use crate::node::{DefaultAccess, Node};
 use crate::rpc::caller::authorize;
 use crate::rpc::convert;
-use crate::rpc::pb::{self, crypto_server::Crypto, instance_server::Instance, key_management_server::KeyManagement};
+use crate::rpc::pb::{self, instance_server::Instance, key_management_server::KeyManagement};
 
 pub struct InstanceService(pub Arc<Node>);
 pub struct KeyManagementService(pub Arc<Node>);
-pub struct CryptoService(pub Arc<Node>);
 
 #[tonic::async_trait]
 impl Instance for InstanceService {
@@ -158,23 +157,5 @@ impl KeyManagement for KeyManagementService {
         Ok(Response::new(pb::ListLifecyclePoliciesResponse {
             policies: policies.iter().map(convert::lifecycle_policy).collect(),
         }))
-    }
-}
-
-#[tonic::async_trait]
-impl Crypto for CryptoService {
-    async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
-        let r = req.into_inner();
-        let spec = convert::name(&r.spec, "spec")?;
-        let (ciphertext, key_id) = self.0.encrypt(&auth.caller, spec, r.plaintext, r.associated_data).await?;
-        Ok(Response::new(pb::EncryptResponse { ciphertext, key_id: key_id.to_string() }))
-    }
-
-    async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
-        let r = req.into_inner();
-        let (plaintext, key_id) = self.0.decrypt(&auth.caller, r.ciphertext, r.associated_data).await?;
-        Ok(Response::new(pb::DecryptResponse { plaintext, key_id: key_id.to_string() }))
     }
 }

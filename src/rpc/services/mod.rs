@@ -1,6 +1,7 @@
 //! Thin service implementations: authorise, convert, call the node, convert back.
 
 mod audit;
+mod crypto;
 mod exchange;
 mod keys;
 mod peer;
@@ -10,8 +11,9 @@ mod properties;
 use std::sync::Arc;
 
 pub use audit::AuditService;
+pub use crypto::CryptoService;
 pub use exchange::ResourceExchangeService;
-pub use keys::{CryptoService, InstanceService, KeyManagementService};
+pub use keys::{InstanceService, KeyManagementService};
 pub use peer::KeyExchangeService;
 pub use policies::PoliciesService;
 pub use properties::PropertiesService;

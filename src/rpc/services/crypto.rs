@@ -1,0 +1,200 @@
+//! Crypto: encrypt, decrypt, rewrap (single and batch) and encrypted records.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::DomainError;
+use crate::domain::auth::Permission;
+use crate::domain::record::{RecordAddress, StoredRecord};
+use crate::error::AppError;
+use crate::node::Node;
+use crate::node::crypto::{OpenItem, SealItem};
+use crate::rpc::caller::authorize;
+use crate::rpc::convert;
+use crate::rpc::pb::{self, crypto_server::Crypto};
+
+pub struct CryptoService(pub Arc<Node>);
+
+fn item_error(e: AppError) -> pb::ItemError {
+    let s = Status::from(e);
+    pb::ItemError { code: s.code() as i32, message: s.message().to_owned() }
+}
+
+fn address(a: &Option<pb::RecordAddress>) -> Result<RecordAddress, DomainError> {
+    let a = a.as_ref().ok_or_else(|| DomainError::invalid("address", "missing"))?;
+    RecordAddress::parse(&a.table, &a.field, &a.record_id)
+}
+
+fn record_info(r: &StoredRecord) -> pb::RecordInfo {
+    pb::RecordInfo {
+        address: Some(pb::RecordAddress {
+            table: r.address.table.to_string(),
+            field: r.address.field.to_string(),
+            record_id: r.address.record_id.clone(),
+        }),
+        key_id: r.key_id.to_string(),
+        updated_at: Some(convert::ts(r.updated_at)),
+    }
+}
+
+/// Page tokens are the hex of "table\nfield\nrecord_id" of the last record.
+fn token(a: &RecordAddress) -> String {
+    hex::encode(format!("{}\n{}\n{}", a.table, a.field, a.record_id))
+}
+
+fn from_token(t: &str) -> Result<RecordAddress, DomainError> {
+    let bad = || DomainError::invalid("page_token", "not a token from a previous page");
+    let text = String::from_utf8(hex::decode(t).map_err(|_| bad())?).map_err(|_| bad())?;
+    let mut parts = text.splitn(3, '\n');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(tb), Some(f), Some(r)) => RecordAddress::parse(tb, f, r).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+#[tonic::async_trait]
+impl Crypto for CryptoService {
+    async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let r = req.into_inner();
+        let spec = convert::name(&r.spec, "spec")?;
+        let (ciphertext, key_id) = self.0.encrypt(&auth.caller, spec, r.plaintext, r.associated_data).await?;
+        Ok(Response::new(pb::EncryptResponse { ciphertext, key_id: key_id.to_string() }))
+    }
+
+    async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let r = req.into_inner();
+        let (plaintext, key_id) = self.0.decrypt(&auth.caller, r.ciphertext, r.associated_data).await?;
+        Ok(Response::new(pb::DecryptResponse { plaintext, key_id: key_id.to_string() }))
+    }
+
+    async fn rewrap(&self, req: Request<pb::RewrapRequest>) -> Result<Response<pb::RewrapResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let r = req.into_inner();
+        let w = self.0.rewrap(&auth.caller, r.ciphertext, r.associated_data).await?;
+        Ok(Response::new(pb::RewrapResponse {
+            ciphertext: w.ciphertext,
+            key_id: w.key_id.to_string(),
+            previous_key_id: w.previous_key_id.to_string(),
+        }))
+    }
+
+    async fn encrypt_batch(
+        &self,
+        req: Request<pb::EncryptBatchRequest>,
+    ) -> Result<Response<pb::EncryptBatchResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let mut items = Vec::new();
+        for (i, it) in req.into_inner().items.into_iter().enumerate() {
+            let spec =
+                convert::name(&it.spec, "spec").map_err(|e| DomainError::invalid("items", format!("item {i}: {e}")))?;
+            items.push(SealItem { spec, plaintext: it.plaintext, aad: it.associated_data });
+        }
+        let results = self.0.encrypt_batch(&auth.caller, items).await?;
+        let results = results
+            .into_iter()
+            .map(|r| match r {
+                Ok((ciphertext, key_id)) => pb::EncryptResult { ciphertext, key_id: key_id.to_string(), error: None },
+                Err(e) => pb::EncryptResult { error: Some(item_error(e)), ..Default::default() },
+            })
+            .collect();
+        Ok(Response::new(pb::EncryptBatchResponse { results }))
+    }
+
+    async fn decrypt_batch(
+        &self,
+        req: Request<pb::DecryptBatchRequest>,
+    ) -> Result<Response<pb::DecryptBatchResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let items = req
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|i| OpenItem { ciphertext: i.ciphertext, aad: i.associated_data })
+            .collect();
+        let results = self.0.decrypt_batch(&auth.caller, items).await?;
+        let results = results
+            .into_iter()
+            .map(|r| match r {
+                Ok((plaintext, key_id)) => pb::DecryptResult { plaintext, key_id: key_id.to_string(), error: None },
+                Err(e) => pb::DecryptResult { error: Some(item_error(e)), ..Default::default() },
+            })
+            .collect();
+        Ok(Response::new(pb::DecryptBatchResponse { results }))
+    }
+
+    async fn rewrap_batch(
+        &self,
+        req: Request<pb::RewrapBatchRequest>,
+    ) -> Result<Response<pb::RewrapBatchResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let items = req
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|i| OpenItem { ciphertext: i.ciphertext, aad: i.associated_data })
+            .collect();
+        let results = self.0.rewrap_batch(&auth.caller, items).await?;
+        let results = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(w) => pb::RewrapResult {
+                    ciphertext: w.ciphertext,
+                    key_id: w.key_id.to_string(),
+                    previous_key_id: w.previous_key_id.to_string(),
+                    error: None,
+                },
+                Err(e) => pb::RewrapResult { error: Some(item_error(e)), ..Default::default() },
+            })
+            .collect();
+        Ok(Response::new(pb::RewrapBatchResponse { results }))
+    }
+
+    async fn put_record(&self, req: Request<pb::PutRecordRequest>) -> Result<Response<pb::PutRecordResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let r = req.into_inner();
+        let (a, spec) = (address(&r.address)?, convert::name(&r.spec, "spec")?);
+        let rec = self.0.put_record(&auth.caller, a, spec, r.plaintext).await?;
+        Ok(Response::new(pb::PutRecordResponse { record: Some(record_info(&rec)) }))
+    }
+
+    async fn get_record(&self, req: Request<pb::GetRecordRequest>) -> Result<Response<pb::GetRecordResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let a = address(&req.get_ref().address)?;
+        let (rec, plaintext) = self.0.get_record(&auth.caller, a).await?;
+        Ok(Response::new(pb::GetRecordResponse { record: Some(record_info(&rec)), plaintext }))
+    }
+
+    async fn list_records(
+        &self,
+        req: Request<pb::ListRecordsRequest>,
+    ) -> Result<Response<pb::ListRecordsResponse>, Status> {
+        authorize(&self.0, &req, Permission::Read).await?;
+        let r = req.into_inner();
+        let table = if r.table.is_empty() { None } else { Some(convert::name(&r.table, "table")?) };
+        let field = if r.field.is_empty() { None } else { Some(convert::name(&r.field, "field")?) };
+        let after = if r.page_token.is_empty() { None } else { Some(from_token(&r.page_token)?) };
+        let size = if r.page_size == 0 { 100 } else { r.page_size as usize };
+        let list = self.0.list_records(table, field, after, size).await?;
+        let next = if list.len() >= size.min(crate::node::MAX_RECORD_PAGE) {
+            list.last().map(|r| token(&r.address)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRecordsResponse {
+            records: list.iter().map(record_info).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn delete_record(
+        &self,
+        req: Request<pb::DeleteRecordRequest>,
+    ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
+        authorize(&self.0, &req, Permission::UseKeys).await?;
+        self.0.delete_record(address(&req.get_ref().address)?).await?;
+        Ok(Response::new(pb::DeleteRecordResponse {}))
+    }
+}
