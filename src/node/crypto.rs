@@ -18,7 +18,7 @@ use crate::domain::key::DataKey;
 use crate::domain::policy::Operation;
 use crate::error::{AppError, AppResult};
 use crate::signer::CryptoError;
-use crate::signer::primitives::{gcm_open, gcm_seal};
+use crate::signer::primitives::{GcmSealer, gcm_open};
 
 /// Largest plaintext one item accepts.
 pub const MAX_PLAINTEXT: usize = 4 * 1024 * 1024;
@@ -55,6 +55,7 @@ struct Session<'a> {
     access: HashMap<(Name, Operation), Result<(), DomainError>>,
     active: HashMap<Name, Result<(KeyId, Arc<DataKey>), DomainError>>,
     keys: HashMap<KeyId, Result<Arc<DataKey>, DomainError>>,
+    sealers: HashMap<KeyId, GcmSealer>,
 }
 
 fn domain_of(e: AppError) -> Result<DomainError, AppError> {
@@ -66,7 +67,14 @@ fn domain_of(e: AppError) -> Result<DomainError, AppError> {
 
 impl<'a> Session<'a> {
     fn new(node: &'a Node, caller: &'a Caller) -> Self {
-        Session { node, caller, access: HashMap::new(), active: HashMap::new(), keys: HashMap::new() }
+        Session {
+            node,
+            caller,
+            access: HashMap::new(),
+            active: HashMap::new(),
+            keys: HashMap::new(),
+            sealers: HashMap::new(),
+        }
     }
 
     fn allow(&mut self, spec: &Name, op: Operation) -> AppResult<()> {
@@ -85,10 +93,17 @@ impl<'a> Session<'a> {
         if let Some(r) = self.active.get(spec) {
             return r.clone().map_err(Into::into);
         }
-        let found = self.node.store.keys(spec)?.into_iter().find(|(k, _)| k.state.can_encrypt());
-        let r = match found {
-            Some((k, wrapped)) => Ok((k.id, Arc::new(self.node.signer.unwrap(&wrapped)?))),
-            None => Err(DomainError::FailedPrecondition(format!("spec {spec} has no Active key"))),
+        let g = self.node.store.generation();
+        let r = match self.node.hot.current(g, spec) {
+            Some(hit) => Ok(hit),
+            None => match self.node.store.keys(spec)?.into_iter().find(|(k, _)| k.state.can_encrypt()) {
+                Some((k, wrapped)) => {
+                    let hit = (k.id, Arc::new(self.node.signer.unwrap(&wrapped)?));
+                    self.node.hot.put_current(g, spec.clone(), hit.clone());
+                    Ok(hit)
+                }
+                None => Err(DomainError::FailedPrecondition(format!("spec {spec} has no Active key"))),
+            },
         };
         self.active.insert(spec.clone(), r.clone());
         r.map_err(Into::into)
@@ -98,12 +113,20 @@ impl<'a> Session<'a> {
         if let Some(r) = self.keys.get(id) {
             return r.clone().map_err(Into::into);
         }
+        let g = self.node.store.generation();
+        if let Some(hit) = self.node.hot.key(g, id) {
+            return Ok(hit);
+        }
         let r = match self.node.store.key(id)? {
             None => Err(DomainError::not_found("key", format!("{id} (not on this instance)"))),
             Some((k, _)) if !k.state.can_decrypt() => {
                 Err(DomainError::FailedPrecondition(format!("key {id} is {} and cannot decrypt", k.state.label())))
             }
-            Some((_, wrapped)) => Ok(Arc::new(self.node.signer.unwrap(&wrapped)?)),
+            Some((_, wrapped)) => {
+                let dek = Arc::new(self.node.signer.unwrap(&wrapped)?);
+                self.node.hot.put_key(g, id.clone(), dek.clone());
+                Ok(dek)
+            }
         };
         self.keys.insert(id.clone(), r.clone());
         r.map_err(Into::into)
@@ -119,7 +142,11 @@ impl<'a> Session<'a> {
         let header_len = out.len();
         out.reserve(plaintext.len() + 28);
         let header = out[..header_len].to_vec();
-        gcm_seal(dek.expose(), &[&header, aad], plaintext, &mut out)?;
+        let sealer = match self.sealers.entry(key_id.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(GcmSealer::new(dek.expose())?),
+        };
+        sealer.seal(&[&header, aad], plaintext, &mut out)?;
         Ok((out, key_id))
     }
 
@@ -158,8 +185,9 @@ impl Node {
         plaintext: Vec<u8>,
         aad: Vec<u8>,
     ) -> AppResult<(Vec<u8>, KeyId)> {
-        let caller = caller.clone();
-        self.blocking(move |node| Session::new(node, &caller).seal(&spec, &plaintext, &aad)).await
+        // Single calls run inline: with warm caches they touch no disk, and a
+        // cache miss is a short read of redb's memory-mapped pages.
+        Session::new(self, caller).seal(&spec, &plaintext, &aad)
     }
 
     pub async fn decrypt(
@@ -168,12 +196,8 @@ impl Node {
         sealed: Vec<u8>,
         aad: Vec<u8>,
     ) -> AppResult<(Vec<u8>, KeyId)> {
-        let caller = caller.clone();
-        self.blocking(move |node| {
-            let (plaintext, key_id) = Session::new(node, &caller).open(&sealed, &aad)?;
-            Ok((plaintext.to_vec(), key_id))
-        })
-        .await
+        let (plaintext, key_id) = Session::new(self, caller).open(&sealed, &aad)?;
+        Ok((plaintext.to_vec(), key_id))
     }
 
     pub async fn rewrap(self: &Arc<Self>, caller: &Caller, sealed: Vec<u8>, aad: Vec<u8>) -> AppResult<Rewrapped> {

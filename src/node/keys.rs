@@ -112,7 +112,13 @@ impl Node {
     }
 
     pub(super) fn spec_or_not_found(&self, name: &Name) -> AppResult<Spec> {
-        self.store.spec(name)?.ok_or_else(|| DomainError::not_found("spec", name).into())
+        let g = self.store.generation();
+        if let Some(s) = self.hot.spec(g, name) {
+            return Ok(s);
+        }
+        let spec = self.store.spec(name)?.ok_or_else(|| DomainError::not_found("spec", name))?;
+        self.hot.put_spec(g, spec.clone());
+        Ok(spec)
     }
 
     fn key_records(&self, spec: &Name) -> AppResult<Vec<KeyRecord>> {

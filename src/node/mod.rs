@@ -6,6 +6,7 @@ pub mod audit;
 pub mod crypto;
 mod exchange_source;
 mod exchange_target;
+mod hot_cache;
 mod keys;
 pub mod policies;
 pub mod ports;
@@ -43,6 +44,7 @@ pub struct Node {
     delivery_lock: Mutex<()>,
     /// Serialises imports (target) so a bundle is never imported twice.
     import_lock: Mutex<()>,
+    hot: hot_cache::HotCache,
 }
 
 impl std::fmt::Debug for Node {
@@ -69,6 +71,7 @@ impl Node {
             peers,
             delivery_lock: Mutex::new(()),
             import_lock: Mutex::new(()),
+            hot: hot_cache::HotCache::default(),
         })
     }
 
@@ -79,6 +82,20 @@ impl Node {
             version: env!("CARGO_PKG_VERSION"),
             signer_kind: self.signer.kind(),
         }
+    }
+
+    /// The caller a verified certificate names, parsed once per certificate.
+    pub fn caller_for_cert(
+        &self,
+        cert_der: &[u8],
+        parse: impl FnOnce(&[u8]) -> Result<crate::domain::auth::Caller, crate::domain::DomainError>,
+    ) -> Result<crate::domain::auth::Caller, crate::domain::DomainError> {
+        if let Some(c) = self.hot.caller(cert_der) {
+            return Ok(c);
+        }
+        let c = parse(cert_der)?;
+        self.hot.put_caller(cert_der, c.clone());
+        Ok(c)
     }
 
     pub fn sys_id(&self) -> &SysId {

@@ -142,7 +142,15 @@ impl Node {
 
     fn decide_access(&self, subject: Subject, spec: &Name, operation: Operation) -> AppResult<AccessDecision> {
         let spec = self.spec_or_not_found(spec)?;
-        let policies = self.store.policies(Some(&spec.module))?;
+        let g = self.store.generation();
+        let policies = match self.hot.policies(g, &spec.module) {
+            Some(p) => p,
+            None => {
+                let p = Arc::new(self.store.policies(Some(&spec.module))?);
+                self.hot.put_policies(g, spec.module.clone(), p.clone());
+                p
+            }
+        };
         Ok(evaluate(
             &policies,
             &AccessRequest { subject, module: spec.module.clone(), spec: spec.name.clone(), operation },

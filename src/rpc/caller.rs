@@ -29,19 +29,22 @@ pub struct Authenticated {
 
 /// Authenticates the caller from its certificate and checks `permission`.
 pub async fn authorize<T>(node: &Arc<Node>, req: &Request<T>, permission: Permission) -> Result<Authenticated, Status> {
-    let method = req.extensions().get::<RpcPath>().map_or_else(|| "unknown".to_owned(), |p| p.0.clone());
-    let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Only a refusal needs these; build them then.
+    let method = || req.extensions().get::<RpcPath>().map_or_else(|| "unknown".to_owned(), |p| p.0.clone());
+    let peer = || req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
     let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let caller = match caller_from_cert(leaf) {
+    let caller = match node.caller_for_cert(leaf, caller_from_cert) {
         Ok(c) => c,
         Err(e) => {
+            let (method, peer) = (method(), peer());
             tracing::warn!(%peer, %method, "call refused: {e}");
             node.audit_refusal(format!("unidentified@{peer}"), method, e.to_string()).await;
             return Err(Status::permission_denied(e.to_string()));
         }
     };
     if let Err(e) = decide(&caller, permission) {
+        let (method, peer) = (method(), peer());
         tracing::warn!(caller = %caller.actor(), %peer, %method, "call refused: {e}");
         node.audit_refusal(caller.actor(), method, e.to_string()).await;
         return Err(Status::permission_denied(e.to_string()));

@@ -95,6 +95,36 @@ pub fn gcm_seal(key: &[u8], aad: &[&[u8]], plaintext: &[u8], out: &mut Vec<u8>) 
     Ok(())
 }
 
+/// AES-GCM sealing with one key many times: the key schedule is set up once
+/// and only the nonce changes per message (for batches).
+pub struct GcmSealer {
+    ctx: CipherCtx,
+}
+
+impl GcmSealer {
+    pub fn new(key: &[u8]) -> Result<Self, CryptoError> {
+        let mut ctx = CipherCtx::new()?;
+        ctx.encrypt_init(Some(gcm_cipher(key.len())?), Some(key), None)?;
+        Ok(GcmSealer { ctx })
+    }
+
+    /// Appends nonce || ciphertext || tag to `out`, exactly as `gcm_seal`.
+    pub fn seal(&mut self, aad: &[&[u8]], plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let nonce: [u8; GCM_NONCE_LEN] = random_bytes();
+        self.ctx.encrypt_init(None, None, Some(&nonce))?;
+        for a in aad {
+            self.ctx.cipher_update(a, None)?;
+        }
+        out.extend_from_slice(&nonce);
+        self.ctx.cipher_update_vec(plaintext, out)?;
+        self.ctx.cipher_final_vec(out)?;
+        let mut tag = [0u8; GCM_TAG_LEN];
+        self.ctx.tag(&mut tag)?;
+        out.extend_from_slice(&tag);
+        Ok(())
+    }
+}
+
 /// Opens nonce || ciphertext || tag.
 pub fn gcm_open(key: &[u8], aad: &[&[u8]], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let fail = CryptoError::Failed("decryption failed: wrong key, associated data or tampered ciphertext");
@@ -189,6 +219,17 @@ mod tests {
         let mut bad = wrapped;
         bad[3] ^= 1;
         assert!(kwp_unwrap(&kek, &bad).is_err());
+    }
+
+    #[test]
+    fn reused_sealer_matches_one_shot_opening() {
+        let key = [3u8; 32];
+        let mut sealer = GcmSealer::new(&key).unwrap();
+        for msg in [&b"a"[..], b"", b"longer message here"] {
+            let mut out = Vec::new();
+            sealer.seal(&[b"h", b"x"], msg, &mut out).unwrap();
+            assert_eq!(&gcm_open(&key, &[b"h", b"x"], &out).unwrap()[..], msg);
+        }
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct ImportOutcome {
 
 pub struct RedbStore {
     db: Database,
+    /// Bumped by every committed write; readers' caches compare it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -81,7 +83,7 @@ impl RedbStore {
             meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
         }
         tx.commit()?;
-        Ok(RedbStore { db })
+        Ok(RedbStore { db, generation: Default::default() })
     }
 
     /// Opens an existing database.
@@ -93,12 +95,24 @@ impl RedbStore {
         let tx = db.begin_write()?;
         create_all_tables(&tx)?;
         tx.commit()?;
-        let store = RedbStore { db };
+        let store = RedbStore { db, generation: Default::default() };
         let schema = store.meta(META_SCHEMA)?;
         if schema != SCHEMA_VERSION {
             return Err(StoreError::Corrupt(format!("unsupported schema version {schema}")));
         }
         Ok(store)
+    }
+
+    /// Commits a write transaction and bumps the generation.
+    fn commit(&self, tx: redb::WriteTransaction) -> Result<()> {
+        tx.commit()?;
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Changes whenever anything was written; caches of stored state compare it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn meta(&self, key: &str) -> Result<String> {
@@ -130,7 +144,7 @@ impl RedbStore {
         }
         policies::put_new_policies(&tx, policies)?;
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -162,7 +176,7 @@ impl RedbStore {
             t.insert(spec.name.as_str(), encode(&SpecRow::from(spec)).as_slice())?;
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -218,7 +232,7 @@ impl RedbStore {
             }
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -249,7 +263,7 @@ impl RedbStore {
             }
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -298,7 +312,7 @@ impl RedbStore {
             }
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -322,7 +336,7 @@ impl RedbStore {
             }
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -368,7 +382,7 @@ impl RedbStore {
             tx.open_table(TRANSPORT_KEYS)?.remove(req.id.as_str())?;
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(outcome)
     }
 }
@@ -385,7 +399,7 @@ impl RedbStore {
             t.insert(spec.name.as_str(), encode(&SpecRow::from(spec)).as_slice())?;
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -408,7 +422,7 @@ impl RedbStore {
                 .insert(key.as_str(), encode(&LifecyclePolicyRow::from(policy)).as_slice())?;
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -416,7 +430,7 @@ impl RedbStore {
     pub fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
         let tx = self.db.begin_write()?;
         append_audit(&tx, events)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 

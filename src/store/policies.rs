@@ -112,7 +112,7 @@ impl RedbStore {
         let tx = self.db.begin_write()?;
         put_new_policies(&tx, policies)?;
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -128,7 +128,7 @@ impl RedbStore {
             t.insert(k.as_str(), encode(&PolicyRow::from(p)).as_slice())?;
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 

@@ -64,7 +64,7 @@ impl RedbStore {
             tx.open_table(PROPERTIES)?.insert(p.name.as_str(), encode(&row).as_slice())?;
         }
         append_audit(&tx, audit)?;
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 }

@@ -45,7 +45,7 @@ impl RedbStore {
             tx.open_table(RECORDS)?
                 .insert((a.table.as_str(), a.field.as_str(), a.record_id.as_str()), encode(&row).as_slice())?;
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -61,7 +61,7 @@ impl RedbStore {
         let tx = self.db.begin_write()?;
         let existed =
             tx.open_table(RECORDS)?.remove((a.table.as_str(), a.field.as_str(), a.record_id.as_str()))?.is_some();
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(existed)
     }
 
