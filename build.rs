@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=proto");
     let mut compiler = protox::Compiler::new(["proto"])?;
-    compiler.include_imports(true).include_source_info(true).open_files(["kmf/v1/kmf.proto", "kmf/v1/audit.proto"])?;
+    compiler.include_imports(true).include_source_info(true).open_files([
+        "kmf/v1/kmf.proto",
+        "kmf/v1/audit.proto",
+        "kmf/v1/diagnostics.proto",
+    ])?;
     std::fs::write(out_dir.join("kmf_descriptor.bin"), compiler.encode_file_descriptor_set())?;
     tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
     Ok(())

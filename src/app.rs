@@ -17,6 +17,7 @@ use tonic::transport::Server;
 
 use crate::domain::ids::{Host, SysId};
 use crate::node::Node;
+use crate::node::diagnostics::DiagnosticsSetup;
 use crate::node::ports::PeerLink;
 use crate::rpc::pb::{
     audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
@@ -24,6 +25,7 @@ use crate::rpc::pb::{
     resource_exchange_server::ResourceExchangeServer,
 };
 use crate::rpc::peer::PeerClient;
+use crate::rpc::probe::HealthProbe;
 use crate::rpc::services::Services;
 use crate::rpc::{MAX_MESSAGE_BYTES, pb};
 use crate::signer::instance_key::InstanceKey;
@@ -128,7 +130,11 @@ pub async fn start_with(
         host = host.new_unchecked_port(local_addr.port());
     }
     let peers = wrap_peers(Arc::new(PeerClient::new(sys_id.clone(), cfg.tls.clone())));
-    let node = Arc::new(Node::new(store, signer, instance_key, peers, host.clone())?);
+    let diagnostics = DiagnosticsSetup {
+        certificate_der: cfg.tls.chain()?.first().map(|c| c.to_vec()).unwrap_or_default(),
+        probe: Arc::new(HealthProbe::new(cfg.tls.clone())),
+    };
+    let node = Arc::new(Node::new(store, signer, instance_key, peers, host.clone())?.with_diagnostics(diagnostics));
     let services = Services::new(node.clone());
 
     let (health, health_svc) = tonic_health::server::health_reporter();

@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod crypto;
+pub mod diagnostics;
 mod exchange_source;
 mod exchange_target;
 mod keys;
@@ -40,6 +41,8 @@ pub struct Node {
     delivery_lock: Mutex<()>,
     /// Serialises imports (target) so a bundle is never imported twice.
     import_lock: Mutex<()>,
+    /// Set by `with_diagnostics`; without it the certificate and peer checks are Disabled.
+    diagnostics: Option<diagnostics::DiagnosticsSetup>,
 }
 
 impl std::fmt::Debug for Node {
@@ -66,6 +69,7 @@ impl Node {
             peers,
             delivery_lock: Mutex::new(()),
             import_lock: Mutex::new(()),
+            diagnostics: None,
         })
     }
 

@@ -25,6 +25,8 @@ pub const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 pub const LIFECYCLE_POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("lifecycle_policies");
 /// Sequence number -> encoded audit entry (append-only, hash-chained).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Diagnostics rows (the store check's heartbeat: name -> unix millis).
+pub const DIAGNOSTICS: TableDefinition<&str, i64> = TableDefinition::new("diagnostics");
 
 pub fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(META)?;
@@ -36,5 +38,6 @@ pub fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(OUTBOX)?;
     tx.open_table(AUDIT)?;
     tx.open_table(LIFECYCLE_POLICIES)?;
+    tx.open_table(DIAGNOSTICS)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! process tests of the built binaries, grpcurl, and tidy checks.
 
 mod audit;
+mod diagnostics;
 mod exchange;
 mod grpcurl;
 mod lifecycle;

@@ -1,6 +1,7 @@
 //! Thin service implementations: authorise, convert, call the node, convert back.
 
 mod audit;
+mod diagnostics;
 mod exchange;
 mod keys;
 mod peer;
