@@ -94,6 +94,8 @@ enum Command {
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Diagnose the instance (exit 0 Operational, 2 Degraded, 3 Malfunction).
+    Diag,
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +243,9 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(code) = super::ctl_diag::exit_code(&e) {
+                return code;
+            }
             match e.downcast_ref::<tonic::Status>() {
                 Some(s) => eprintln!("kmfctl: error: code={:?} message={}", s.code(), s.message()),
                 None => eprintln!("kmfctl: error: {e:#}"),
@@ -411,6 +416,7 @@ impl Operator {
             }
             Command::Lifecycle(cmd) => lifecycle(self, cmd, as_json).await?,
             Command::Audit(cmd) => audit(self, cmd, as_json).await?,
+            Command::Diag => super::ctl_diag::diag(self, as_json).await?,
             Command::Encrypt { spec, text, aad } => {
                 let req = pb::EncryptRequest { spec, plaintext: text.into_bytes(), associated_data: aad.into_bytes() };
                 let r = self.crypto.encrypt(req).await?.into_inner();

@@ -139,3 +139,70 @@ async fn certificate_near_expiry_is_degraded_and_expired_is_malfunction() {
     assert_eq!(d.root.status, kmf::domain::health::HealthStatus::Degraded);
     expired.stop().await;
 }
+
+/// Runs the kmfctl binary as operator `files` against `node`.
+async fn kmfctl(node: &TestNode, files: &kmf::tls::TlsFiles, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.pem"), &files.ca_pem).expect("ca");
+    std::fs::write(dir.path().join("op.pem"), &files.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("op.key"), &files.key_pem[..]).expect("key");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kmfctl"))
+        .arg("--endpoint")
+        .arg(node.host.to_string())
+        .arg("--ca")
+        .arg(dir.path().join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.path().join("op.pem"))
+        .arg("--key")
+        .arg(dir.path().join("op.key"))
+        .args(args)
+        .output()
+        .await
+        .expect("run kmfctl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmfctl_diag_prints_json_or_a_table_and_exits_by_status() {
+    let pki = Pki::new();
+    let (mut source, mut target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let op = pki.operator("ops", &[Role::CryptographicOperator]);
+
+    let out = kmfctl(&target, &op, &["diag", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["status"], "Operational", "{v}");
+    let names: Vec<&str> =
+        v["components"].as_array().expect("components").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["signer", "store", "certificate", "peers"]);
+    assert_eq!(v["components"][3]["status"], "Disabled");
+    assert_eq!(v["components"][3]["message"], "no exchange peers in the last 30 days");
+    assert!(v["checked_at"].as_str().expect("checked_at").ends_with('Z'), "{v}");
+
+    // A peer that stopped: Degraded, exit code 2.
+    let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
+    s.spec("m", "s", true).await;
+    t.spec("m", "s", false).await;
+    let created = t.create_request(&source, &["s"]).await.expect("create");
+    s.decide(&created.request_id, Decision::Approve, "").await.expect("approve");
+    source.stop().await;
+    let out = kmfctl(&target, &op, &["diag", "--json"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["status"], "Degraded", "{v}");
+    let peer = &v["components"][3]["children"][0];
+    assert_eq!(
+        (peer["name"].as_str(), peer["status"].as_str()),
+        (Some(source.host.to_string().as_str()), Some("Malfunction"))
+    );
+
+    // The table: no colours when stdout is not a terminal; children indented.
+    let out = kmfctl(&target, &op, &["diag"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    assert!(!text.contains('\u{1b}'), "no escape codes when piped: {text:?}");
+    assert!(text.starts_with("kmf: Degraded (checked "), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("peers") && l.contains("Malfunction")), "{text}");
+    let child = format!("  {}", source.host);
+    assert!(text.lines().any(|l| l.starts_with(&child) && l.contains("Malfunction")), "{text}");
+    target.stop().await;
+}
