@@ -28,10 +28,23 @@ pub fn st(status: i32) -> ComponentStatus {
 
 /// A node whose instance certificate is valid only from..until.
 async fn node_with_cert(pki: &Pki, not_before: UnixMillis, not_after: UnixMillis) -> TestNode {
+    node_with(pki, None, Some((not_before, not_after))).await
+}
+
+/// A node with an optional metrics listener and certificate validity.
+pub async fn node_with(
+    pki: &Pki,
+    metrics_listen: Option<std::net::SocketAddr>,
+    valid: Option<(UnixMillis, UnixMillis)>,
+) -> TestNode {
     let dir = tempfile::tempdir().expect("tempdir");
     let sys_id = init_instance(dir.path(), &Host::parse("127.0.0.1:0").expect("host")).expect("init");
-    let cert = issue_instance_valid(&pki.ca, &sys_id, &["127.0.0.1".to_owned()], not_before, not_after).expect("cert");
-    let files = pki.files(&cert);
+    let names = ["127.0.0.1".to_owned()];
+    let cert = match valid {
+        Some((from, until)) => issue_instance_valid(&pki.ca, &sys_id, &names, from, until),
+        None => kmf::tls::pki::issue_instance(&pki.ca, &sys_id, &names),
+    };
+    let files = pki.files(&cert.expect("instance cert"));
     let cfg = AppConfig {
         data_dir: dir.path().to_owned(),
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -39,6 +52,7 @@ async fn node_with_cert(pki: &Pki, not_before: UnixMillis, not_after: UnixMillis
         tls: files.clone(),
         kek_file: dir.path().join(KEK_FILE),
         background_interval: Duration::from_millis(100),
+        metrics_listen,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let app = start_with(cfg.clone(), listener, |p| p).await.expect("start");

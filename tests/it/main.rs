@@ -6,6 +6,7 @@ mod diagnostics;
 mod exchange;
 mod grpcurl;
 mod lifecycle;
+mod metrics;
 mod negatives;
 mod process;
 mod support;
