@@ -98,3 +98,23 @@ fn print_table(d: &pb::DiagnoseResponse, color: bool) {
         println!("{name:<name_w$}  {}  {message}", paint(status, label(status), status_w, color));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_for_terminals() {
+        let table = [
+            (ComponentStatus::Operational, "\x1b[32mOperational\x1b[0m"),
+            (ComponentStatus::Degraded, "\x1b[33mDegraded   \x1b[0m"),
+            (ComponentStatus::Malfunction, "\x1b[31mMalfunction\x1b[0m"),
+            (ComponentStatus::Disabled, "\x1b[90mDisabled   \x1b[0m"),
+        ];
+        for (status, want) in table {
+            let s = status as i32;
+            assert_eq!(paint(s, label(s), 11, true), want);
+            assert_eq!(paint(s, label(s), 11, false), format!("{:<11}", label(s)));
+        }
+    }
+}
