@@ -17,6 +17,7 @@ use tonic::transport::Server;
 
 use crate::domain::ids::{Host, SysId};
 use crate::node::Node;
+use crate::node::diagnostics::DiagnosticsSetup;
 use crate::node::ports::PeerLink;
 use crate::rpc::pb::{
     audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
@@ -25,6 +26,7 @@ use crate::rpc::pb::{
     resource_exchange_server::ResourceExchangeServer,
 };
 use crate::rpc::peer::PeerClient;
+use crate::rpc::probe::HealthProbe;
 use crate::rpc::services::Services;
 use crate::rpc::{MAX_MESSAGE_BYTES, pb};
 use crate::signer::instance_key::InstanceKey;
@@ -66,11 +68,16 @@ pub struct AppConfig {
     pub kek_file: PathBuf,
     /// How often queued deliveries are retried and overdue requests expired.
     pub background_interval: Duration,
+    /// The operator-only HTTPS metrics listener; none when absent.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub struct RunningApp {
     pub local_addr: SocketAddr,
     pub node: Arc<Node>,
+    /// Where `/metrics` is served, when `metrics_listen` was set.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_server: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: JoinHandle<()>,
@@ -84,6 +91,9 @@ impl RunningApp {
         // Wait until the aborted task is gone, so its handle on the node (and
         // the database) is released before this returns.
         let _ = self.background.await;
+        if let Some(metrics) = self.metrics_server {
+            let _ = metrics.await;
+        }
         self.server.await??;
         Ok(())
     }
@@ -129,7 +139,11 @@ pub async fn start_with(
         host = host.new_unchecked_port(local_addr.port());
     }
     let peers = wrap_peers(Arc::new(PeerClient::new(sys_id.clone(), cfg.tls.clone())));
-    let node = Arc::new(Node::new(store, signer, instance_key, peers, host.clone())?);
+    let diagnostics = DiagnosticsSetup {
+        certificate_der: cfg.tls.chain()?.first().map(|c| c.to_vec()).unwrap_or_default(),
+        probe: Arc::new(HealthProbe::new(cfg.tls.clone())),
+    };
+    let node = Arc::new(Node::new(store, signer, instance_key, peers, host.clone())?.with_diagnostics(diagnostics));
     let services = Services::new(node.clone());
 
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -149,12 +163,25 @@ pub async fn start_with(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let metrics = Arc::new(crate::metrics::Metrics::try_new()?);
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding metrics_listen {addr}"))?),
+        None => None,
+    };
     let (stop, stop_rx) = watch::channel(false);
+    let metrics_server = metrics_listener
+        .map(|l| crate::metrics::server::start(l, &cfg.tls, node.clone(), metrics.clone(), stop_rx.clone()))
+        .transpose()?;
+    let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
     let incoming = accept_tls(listener, TlsAcceptor::from(server_config(&cfg.tls)?), stop_rx.clone());
     let m = MAX_MESSAGE_BYTES;
     let server = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .layer(tower::ServiceBuilder::new().map_request(crate::rpc::caller::record_path))
+        .layer(
+            tower::ServiceBuilder::new()
+                .map_request(crate::rpc::caller::record_path)
+                .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics.clone())),
+        )
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -170,12 +197,20 @@ pub async fn start_with(
     let server = tokio::spawn(server);
     let background = tokio::spawn(background_loop(node.clone(), cfg.background_interval));
     tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");
-    Ok(RunningApp { local_addr, node, stop, server, background })
+    Ok(RunningApp {
+        local_addr,
+        node,
+        metrics_addr,
+        metrics_server: metrics_server.map(|m| m.task),
+        stop,
+        server,
+        background,
+    })
 }
 
 /// Accepts TCP connections and completes TLS handshakes; a refused
 /// handshake is logged at warn with the peer address and the reason.
-fn accept_tls(
+pub(crate) fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     stop: watch::Receiver<bool>,
@@ -248,6 +283,7 @@ pub async fn start_loopback(
         tls: crate::tls::pki::tls_files(ca, &cert),
         kek_file: dir.join(KEK_FILE),
         background_interval,
+        metrics_listen: None,
     })
     .await?;
     let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port()))?;

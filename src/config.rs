@@ -42,6 +42,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// e.g. "2s"
     pub background_interval: Option<String>,
+    /// Operator-only HTTPS metrics listener, e.g. "127.0.0.1:9443".
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub tls: FileTls,
     pub signer: Option<FileSigner>,
@@ -94,6 +96,9 @@ pub struct RunArgs {
     /// Retry/expiry interval, e.g. 2s.
     #[arg(long, env = "KMF_BACKGROUND_INTERVAL")]
     pub background_interval: Option<String>,
+    /// Serve Prometheus metrics over HTTPS (operator certificates only) on ip:port.
+    #[arg(long, env = "KMF_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Validated settings; paths not yet read.
@@ -108,6 +113,7 @@ pub struct Settings {
     pub kek_file: PathBuf,
     pub log_format: LogFormat,
     pub background_interval: Duration,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -127,6 +133,12 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
     if background_interval.is_zero() {
         return Err(bad("background_interval", "must be positive"));
     }
+    let metrics_listen = args
+        .metrics_listen
+        .clone()
+        .or(file.metrics_listen)
+        .map(|t| t.parse().map_err(|_| bad("metrics_listen", format!("`{t}` is not ip:port"))))
+        .transpose()?;
     let file_kek = match file.signer {
         Some(FileSigner::Software { kek_file }) => kek_file,
         None => None,
@@ -142,6 +154,7 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
         listen,
         host,
         background_interval,
+        metrics_listen,
     })
 }
 
@@ -170,6 +183,7 @@ impl Settings {
             tls,
             kek_file: self.kek_file.clone(),
             background_interval: self.background_interval,
+            metrics_listen: self.metrics_listen,
         })
     }
 }
@@ -187,6 +201,10 @@ mod tests {
         assert_eq!(s.tls_ca, PathBuf::from("/x/ca.pem"));
         assert_eq!(s.tls_cert, PathBuf::from("/d/instance.pem"));
         assert_eq!(s.background_interval, Duration::from_secs(2));
+        assert_eq!(s.metrics_listen, None, "no metrics listener unless asked");
+        let args = RunArgs { metrics_listen: Some("127.0.0.1:9443".into()), ..Default::default() };
+        let s = resolve(&args, Some("data_dir = \"/d\"\nmetrics_listen = \"0.0.0.0:1\"")).unwrap();
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9443".parse().unwrap()));
     }
 
     #[test]
@@ -196,6 +214,7 @@ mod tests {
             ("data_dir = \"/d\"\nlisten = \"nope\"", "listen"),
             ("data_dir = \"/d\"\nhost = \"no port\"", "host"),
             ("data_dir = \"/d\"\nbackground_interval = \"soon\"", "background_interval"),
+            ("data_dir = \"/d\"\nmetrics_listen = \"9443\"", "metrics_listen"),
             ("data_dir = \"/d\"\nunknown = 1", "config"),
             ("data_dir = \"/d\"\n[signer]\nbackend = \"hsm\"", "config"),
         ];

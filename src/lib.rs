@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod node;
 pub mod rpc;
 pub mod signer;

@@ -102,6 +102,8 @@ enum Command {
     /// Module access policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Diagnose the instance (exit 0 Operational, 2 Degraded, 3 Malfunction).
+    Diag,
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +258,9 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(code) = super::ctl_diag::exit_code(&e) {
+                return code;
+            }
             match e.downcast_ref::<tonic::Status>() {
                 Some(s) => eprintln!("kmfctl: error: code={:?} message={}", s.code(), s.message()),
                 None => eprintln!("kmfctl: error: {e:#}"),
@@ -435,6 +440,7 @@ impl Operator {
             Command::Audit(cmd) => audit(self, cmd, as_json).await?,
             Command::Property(cmd) => property(self, cmd, as_json).await?,
             Command::Policy(cmd) => policy(self, cmd, as_json).await?,
+            Command::Diag => super::ctl_diag::diag(self, as_json).await?,
             Command::Encrypt { spec, text, aad } => {
                 let req = pb::EncryptRequest { spec, plaintext: text.into_bytes(), associated_data: aad.into_bytes() };
                 let r = self.crypto.encrypt(req).await?.into_inner();

@@ -12,6 +12,7 @@ pub mod ciphertext;
 pub mod codec;
 pub mod error;
 pub mod exchange;
+pub mod health;
 pub mod ids;
 pub mod key;
 pub mod policy;

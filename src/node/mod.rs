@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod crypto;
+pub mod diagnostics;
 mod exchange_source;
 mod exchange_target;
 mod hot_cache;
@@ -45,6 +46,8 @@ pub struct Node {
     /// Serialises imports (target) so a bundle is never imported twice.
     import_lock: Mutex<()>,
     hot: hot_cache::HotCache,
+    /// Set by `with_diagnostics`; without it the certificate and peer checks are Disabled.
+    diagnostics: Option<diagnostics::DiagnosticsSetup>,
 }
 
 impl std::fmt::Debug for Node {
@@ -72,6 +75,7 @@ impl Node {
             delivery_lock: Mutex::new(()),
             import_lock: Mutex::new(()),
             hot: hot_cache::HotCache::default(),
+            diagnostics: None,
         })
     }
 

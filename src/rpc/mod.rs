@@ -7,6 +7,7 @@ pub mod caller;
 pub mod client;
 pub mod convert;
 pub mod peer;
+pub mod probe;
 pub mod services;
 pub mod status;
 

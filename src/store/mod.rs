@@ -2,6 +2,7 @@
 //! daemon. Records are encoded by `records` (own versioned JSON rows, never
 //! protobuf bytes). Every multi-row change is one write transaction.
 
+mod diagnostics;
 mod policies;
 mod properties;
 mod records;
@@ -22,6 +23,7 @@ use crate::domain::spec::{Module, Spec};
 use records::{KeyRow, LifecyclePolicyRow, ModuleRow, OutboxRow, RequestRow, SpecRow, decode, encode, scope_key};
 use tables::*;
 
+pub use diagnostics::StoreCounts;
 pub use records::OutboxItem;
 
 #[derive(Debug, Error)]

@@ -31,6 +31,8 @@ pub const RECORDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition:
 pub const PROPERTIES: TableDefinition<&str, &[u8]> = TableDefinition::new("properties");
 /// Sequence number -> encoded audit entry (append-only, hash-chained).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Diagnostics rows (the store check's heartbeat: name -> unix millis).
+pub const DIAGNOSTICS: TableDefinition<&str, i64> = TableDefinition::new("diagnostics");
 
 pub fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(META)?;
@@ -45,5 +47,6 @@ pub fn create_all_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(PROPERTIES)?;
     tx.open_table(ACCESS_POLICIES)?;
     tx.open_table(RECORDS)?;
+    tx.open_table(DIAGNOSTICS)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod identity;
 pub mod pki;
 mod rustls_config;
+pub mod validity;
 
 pub use rustls_config::{TlsFiles, client_config, server_config};
 

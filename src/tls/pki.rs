@@ -10,7 +10,7 @@ use rcgen::{
 use super::identity::{INSTANCE_PREFIX, OPERATOR_PREFIX, ROLE_PREFIX};
 use super::{TlsError, TlsFiles};
 use crate::domain::auth::Role;
-use crate::domain::ids::{Host, SysId};
+use crate::domain::ids::{Host, SysId, UnixMillis};
 
 /// A certificate and its private key, both PEM.
 pub struct IssuedCert {
@@ -54,8 +54,26 @@ fn leaf(
     sans: Vec<SanType>,
     ekus: Vec<ExtendedKeyUsagePurpose>,
 ) -> Result<IssuedCert, TlsError> {
+    leaf_valid(ca, cn, sans, ekus, None)
+}
+
+/// As `leaf`; with `valid`, the certificate is valid only from..until (unix millis).
+fn leaf_valid(
+    ca: &IssuedCert,
+    cn: &str,
+    sans: Vec<SanType>,
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+    valid: Option<(UnixMillis, UnixMillis)>,
+) -> Result<IssuedCert, TlsError> {
     let key = KeyPair::generate().map_err(err)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    if let Some((from, until)) = valid {
+        let at = |t: UnixMillis| {
+            rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_millis(u64::try_from(t.0).unwrap_or(0))
+        };
+        params.not_before = at(from);
+        params.not_after = at(until);
+    }
     params.distinguished_name.push(DnType::CommonName, cn);
     params.subject_alt_names = sans;
     params.extended_key_usages = ekus;
@@ -67,6 +85,27 @@ fn leaf(
 /// Issues an instance certificate for `sys_id` reachable at `host_names`
 /// (DNS names or IP addresses).
 pub fn issue_instance(ca: &IssuedCert, sys_id: &SysId, host_names: &[String]) -> Result<IssuedCert, TlsError> {
+    instance_cert(ca, sys_id, host_names, None)
+}
+
+/// As `issue_instance`, valid only from `not_before` until `not_after`
+/// (short-lived certificates; tests of the certificate check).
+pub fn issue_instance_valid(
+    ca: &IssuedCert,
+    sys_id: &SysId,
+    host_names: &[String],
+    not_before: UnixMillis,
+    not_after: UnixMillis,
+) -> Result<IssuedCert, TlsError> {
+    instance_cert(ca, sys_id, host_names, Some((not_before, not_after)))
+}
+
+fn instance_cert(
+    ca: &IssuedCert,
+    sys_id: &SysId,
+    host_names: &[String],
+    valid: Option<(UnixMillis, UnixMillis)>,
+) -> Result<IssuedCert, TlsError> {
     let mut sans = vec![uri(format!("{INSTANCE_PREFIX}{sys_id}"))?];
     for name in host_names {
         sans.push(match name.parse::<std::net::IpAddr>() {
@@ -74,11 +113,12 @@ pub fn issue_instance(ca: &IssuedCert, sys_id: &SysId, host_names: &[String]) ->
             Err(_) => SanType::DnsName(name.clone().try_into().map_err(err)?),
         });
     }
-    leaf(
+    leaf_valid(
         ca,
         &format!("kmf instance {sys_id}"),
         sans,
         vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        valid,
     )
 }
 

@@ -3,9 +3,11 @@
 
 mod audit;
 mod crypto_ops;
+mod diagnostics;
 mod exchange;
 mod grpcurl;
 mod lifecycle;
+mod metrics;
 mod negatives;
 mod policies;
 mod process;

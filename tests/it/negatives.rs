@@ -379,6 +379,7 @@ async fn instance_certificate_must_match_the_database() {
         tls: pki.files(&cert),
         kek_file: dir.path().join(kmf::app::KEK_FILE),
         background_interval: std::time::Duration::from_secs(1),
+        metrics_listen: None,
     };
     let err = kmf::app::start(cfg).await.err().expect("started with another instance's certificate");
     assert!(err.to_string().contains("does not name this instance"), "{err}");

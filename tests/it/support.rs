@@ -67,6 +67,7 @@ impl TestNode {
             tls: files.clone(),
             kek_file: dir.path().join(KEK_FILE),
             background_interval: Duration::from_millis(100),
+            metrics_listen: None,
         };
         let app = start_with(cfg.clone(), listener, wrap).await.expect("start node");
         let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port())).expect("host");

@@ -28,6 +28,10 @@ impl Instance for InstanceService {
             signer_kind: info.signer_kind.to_owned(),
         }))
     }
+
+    async fn diagnose(&self, req: Request<pb::DiagnoseRequest>) -> Result<Response<pb::DiagnoseResponse>, Status> {
+        super::diagnostics::diagnose(&self.0, req).await
+    }
 }
 
 #[tonic::async_trait]

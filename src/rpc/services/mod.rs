@@ -2,6 +2,7 @@
 
 mod audit;
 mod crypto;
+mod diagnostics;
 mod exchange;
 mod keys;
 mod peer;

@@ -1,0 +1,246 @@
+//! Diagnostics: component statuses, the roll-up from children to a parent,
+//! the certificate-validity rule and the choice of peers to dial. Pure: the
+//! checks themselves (signer, store, peers) run in `node::diagnostics`.
+//!
+//! Roll-up (kmf-domain §5): all children Disabled → parent Disabled; Disabled
+//! children are otherwise ignored; all remaining children Malfunction →
+//! parent Malfunction; any remaining child Degraded or Malfunction → parent
+//! Degraded; else Operational. A parent without children is Disabled.
+
+use std::collections::HashMap;
+
+use super::exchange::{ExchangeRequest, ExchangeRole};
+use super::ids::{Host, SysId, UnixMillis};
+
+/// How a component is doing (kmf-domain §5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+pub enum HealthStatus {
+    /// Working.
+    Operational,
+    /// Working, but delays or transient errors are likely.
+    Degraded,
+    /// A fatal error; partial outages are likely.
+    Malfunction,
+    /// Inactive, not checked.
+    Disabled,
+}
+
+impl HealthStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            HealthStatus::Operational => "Operational",
+            HealthStatus::Degraded => "Degraded",
+            HealthStatus::Malfunction => "Malfunction",
+            HealthStatus::Disabled => "Disabled",
+        }
+    }
+}
+
+/// One checked component; a parent's status is the roll-up of its children.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Component {
+    pub name: String,
+    pub status: HealthStatus,
+    /// What was found, for people ("KEK wrap and unwrap succeeded").
+    pub message: String,
+    pub children: Vec<Component>,
+}
+
+impl Component {
+    /// A component checked on its own.
+    pub fn leaf(name: impl Into<String>, status: HealthStatus, message: impl Into<String>) -> Self {
+        Component { name: name.into(), status, message: message.into(), children: Vec::new() }
+    }
+
+    /// A component whose status is the roll-up of `children`.
+    pub fn parent(name: impl Into<String>, message: impl Into<String>, children: Vec<Component>) -> Self {
+        let statuses: Vec<HealthStatus> = children.iter().map(|c| c.status).collect();
+        Component { name: name.into(), status: roll_up(&statuses), message: message.into(), children }
+    }
+}
+
+/// The parent's status from its children's (see the module docs).
+pub fn roll_up(children: &[HealthStatus]) -> HealthStatus {
+    use HealthStatus::*;
+    let active: Vec<HealthStatus> = children.iter().copied().filter(|s| *s != Disabled).collect();
+    if active.is_empty() {
+        Disabled
+    } else if active.iter().all(|s| *s == Malfunction) {
+        Malfunction
+    } else if active.iter().any(|s| matches!(s, Degraded | Malfunction)) {
+        Degraded
+    } else {
+        Operational
+    }
+}
+
+const DAY_MILLIS: i64 = 24 * 3600 * 1000;
+/// A certificate this close to its notAfter is Degraded: 14 days.
+pub const CERTIFICATE_WARNING_MILLIS: i64 = 14 * DAY_MILLIS;
+
+/// The status of a certificate valid from `not_before` to `not_after` at
+/// `now`: Malfunction when not yet valid or expired, Degraded within 14 days
+/// of expiry, else Operational. The message counts whole days (and hours
+/// under a day).
+pub fn certificate_health(not_before: UnixMillis, not_after: UnixMillis, now: UnixMillis) -> (HealthStatus, String) {
+    let span = |millis: i64| {
+        if millis >= DAY_MILLIS {
+            format!("{} days", millis / DAY_MILLIS)
+        } else {
+            format!("{} hours", millis / (3600 * 1000))
+        }
+    };
+    if now < not_before {
+        (HealthStatus::Malfunction, format!("not yet valid (valid in {})", span(not_before.0 - now.0)))
+    } else if now >= not_after {
+        (HealthStatus::Malfunction, format!("expired {} ago", span(now.0 - not_after.0)))
+    } else if not_after.0 - now.0 <= CERTIFICATE_WARNING_MILLIS {
+        (HealthStatus::Degraded, format!("expires in {}; renew it", span(not_after.0 - now.0)))
+    } else {
+        (HealthStatus::Operational, format!("valid for {}", span(not_after.0 - now.0)))
+    }
+}
+
+/// Peers dialled by a diagnosis: those of requests updated in the last 30 days.
+pub const PEER_WINDOW_MILLIS: i64 = 30 * DAY_MILLIS;
+/// At most this many peers are dialled.
+pub const MAX_PEERS: usize = 16;
+
+/// The distinct peer hosts of the requests updated within `window_millis`
+/// before `now`, the most recently seen first, at most `max`. Each host comes
+/// with the sys_id of its most recent request (the certificate it must show).
+pub fn recent_peers(
+    requests: &[ExchangeRequest],
+    now: UnixMillis,
+    window_millis: i64,
+    max: usize,
+) -> Vec<(Host, SysId)> {
+    let since = UnixMillis(now.0.saturating_sub(window_millis));
+    let mut latest: HashMap<&Host, (UnixMillis, &SysId)> = HashMap::new();
+    for r in requests.iter().filter(|r| r.updated_at >= since) {
+        let peer = match r.role {
+            ExchangeRole::Source => &r.target,
+            ExchangeRole::Target => &r.source,
+        };
+        let seen = latest.entry(&peer.host).or_insert((r.updated_at, &peer.sys_id));
+        if r.updated_at > seen.0 {
+            *seen = (r.updated_at, &peer.sys_id);
+        }
+    }
+    let mut peers: Vec<(UnixMillis, &Host, &SysId)> = latest.into_iter().map(|(h, (at, id))| (at, h, id)).collect();
+    peers.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.to_string().cmp(&b.1.to_string())));
+    peers.into_iter().take(max).map(|(_, h, id)| (h.clone(), id.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HealthStatus::*;
+    use super::*;
+
+    #[test]
+    fn roll_up_table() {
+        let table: &[(&[HealthStatus], HealthStatus)] = &[
+            (&[], Disabled),
+            (&[Disabled], Disabled),
+            (&[Disabled, Disabled], Disabled),
+            (&[Operational], Operational),
+            (&[Operational, Operational], Operational),
+            (&[Operational, Disabled], Operational),
+            (&[Degraded], Degraded),
+            (&[Operational, Degraded], Degraded),
+            (&[Degraded, Degraded], Degraded),
+            (&[Operational, Malfunction], Degraded),
+            (&[Degraded, Malfunction], Degraded),
+            (&[Malfunction], Malfunction),
+            (&[Malfunction, Malfunction], Malfunction),
+            (&[Malfunction, Disabled], Malfunction),
+            (&[Disabled, Malfunction, Disabled], Malfunction),
+            (&[Operational, Disabled, Malfunction], Degraded),
+            (&[Degraded, Disabled], Degraded),
+        ];
+        for (children, want) in table {
+            assert_eq!(roll_up(children), *want, "{children:?}");
+        }
+    }
+
+    #[test]
+    fn parent_rolls_up_its_children() {
+        let p = Component::parent(
+            "peers",
+            "",
+            vec![Component::leaf("a", Operational, ""), Component::leaf("b", Malfunction, "refused")],
+        );
+        assert_eq!(p.status, Degraded);
+        assert_eq!(Component::parent("peers", "none", vec![]).status, Disabled);
+    }
+
+    #[test]
+    fn certificate_rule() {
+        let d = |n: i64| n * DAY_MILLIS;
+        let (nb, na) = (UnixMillis(d(100)), UnixMillis(d(200)));
+        let table = [
+            (d(99), Malfunction, "not yet valid (valid in 1 days)"),
+            (d(100), Operational, "valid for 100 days"),
+            (d(185), Operational, "valid for 15 days"),
+            (d(186), Degraded, "expires in 14 days; renew it"),
+            (d(200) - 3600 * 1000 * 5, Degraded, "expires in 5 hours; renew it"),
+            (d(200), Malfunction, "expired 0 hours ago"),
+            (d(203), Malfunction, "expired 3 days ago"),
+        ];
+        for (now, status, message) in table {
+            assert_eq!(certificate_health(nb, na, UnixMillis(now)), (status, message.to_owned()), "now {now}");
+        }
+    }
+
+    fn request(role: ExchangeRole, peer: &str, sys: u8, updated: i64) -> ExchangeRequest {
+        use super::super::exchange::{Frequency, PeerRef, RequestStatus};
+        let me = PeerRef { sys_id: SysId::from_random([0; 16]), host: Host::parse("me:1").unwrap() };
+        let other = PeerRef { sys_id: SysId::from_random([sys; 16]), host: Host::parse(peer).unwrap() };
+        let (source, target) = match role {
+            ExchangeRole::Source => (me, other),
+            ExchangeRole::Target => (other, me),
+        };
+        ExchangeRequest {
+            id: super::super::ids::RequestId::parse(&format!("{:032x}", updated)).unwrap(),
+            role,
+            frequency: Frequency::Adhoc,
+            source,
+            target,
+            status: RequestStatus::Completed,
+            lines: vec![],
+            total_key_count: 0,
+            exported_key_count: 0,
+            imported_key_count: 0,
+            created_at: UnixMillis(updated),
+            updated_at: UnixMillis(updated),
+            expires_at: UnixMillis(updated + 1),
+            history: vec![],
+            peer_certificate: vec![],
+            receipt: None,
+            transport_public_key: vec![],
+            wrapping: super::super::bundle::WrappingAlgorithm::RsaAesKeyWrapSha256,
+        }
+    }
+
+    #[test]
+    fn peers_are_distinct_recent_and_capped() {
+        let now = UnixMillis(PEER_WINDOW_MILLIS * 2);
+        let old = now.0 - PEER_WINDOW_MILLIS - 1;
+        let requests = vec![
+            request(ExchangeRole::Target, "a:1", 1, now.0 - 10),
+            request(ExchangeRole::Source, "b:1", 2, now.0 - 5),
+            // The same host again, later, now naming another instance.
+            request(ExchangeRole::Target, "a:1", 3, now.0 - 1),
+            // Too old.
+            request(ExchangeRole::Target, "c:1", 4, old),
+        ];
+        let got = recent_peers(&requests, now, PEER_WINDOW_MILLIS, MAX_PEERS);
+        let want = vec![
+            (Host::parse("a:1").unwrap(), SysId::from_random([3; 16])),
+            (Host::parse("b:1").unwrap(), SysId::from_random([2; 16])),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(recent_peers(&requests, now, PEER_WINDOW_MILLIS, 1), want[..1].to_vec());
+        assert!(recent_peers(&[], now, PEER_WINDOW_MILLIS, MAX_PEERS).is_empty());
+    }
+}

@@ -1,0 +1,161 @@
+//! The metrics endpoint: HTTPS (HTTP/1.1 or h2) on its own listener, with the
+//! daemon's rustls server configuration (TLS 1.3, client certificate from the
+//! deployment CA required). Only operator certificates with a role may read
+//! (`Permission::Read`); an instance certificate gets 403. `GET /metrics`
+//! serves the Prometheus text format; every other path is 404.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
+
+use super::Metrics;
+use crate::domain::auth::{Caller, Permission, authorize};
+use crate::node::Node;
+use crate::tls::identity::caller_from_cert;
+use crate::tls::{TlsFiles, server_config};
+
+const PATH: &str = "/metrics";
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A running metrics listener.
+pub struct MetricsServer {
+    pub local_addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+/// Serves the endpoint on `listener` until `stop` turns true.
+pub fn start(
+    listener: TcpListener,
+    tls: &TlsFiles,
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<MetricsServer> {
+    let local_addr = listener.local_addr()?;
+    let mut config = (*server_config(tls)?).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The daemon's acceptor: handshake timeout, refused handshakes logged at warn.
+    let mut incoming = crate::app::accept_tls(listener, TlsAcceptor::from(Arc::new(config)), stop.clone());
+    tracing::info!(addr = %local_addr, "metrics endpoint serving");
+    let task = tokio::spawn(async move {
+        let mut until_stop = stop.clone();
+        loop {
+            let tls = tokio::select! {
+                _ = stopped(&mut until_stop) => return,
+                next = incoming.next() => match next {
+                    Some(Ok(tls)) => tls,
+                    Some(Err(_)) => continue,
+                    None => return,
+                },
+            };
+            let peer = tls.get_ref().0.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let caller = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| caller_from_cert(c));
+            let access = match caller {
+                Some(Ok(caller)) => match authorize(&caller, Permission::Read) {
+                    Ok(()) => Access::Allowed,
+                    Err(e) => Access::Refused { actor: caller.actor(), reason: refusal(&caller, e.to_string()) },
+                },
+                Some(Err(e)) => Access::Refused { actor: format!("unidentified@{peer}"), reason: e.to_string() },
+                None => {
+                    Access::Refused { actor: format!("unidentified@{peer}"), reason: "no client certificate".into() }
+                }
+            };
+            let (node, metrics, mut conn_stop) = (Arc::clone(&node), Arc::clone(&metrics), stop.clone());
+            tokio::spawn(async move {
+                let access = Arc::new(access);
+                let service = hyper::service::service_fn(move |req| {
+                    let (node, metrics, access, peer) =
+                        (Arc::clone(&node), Arc::clone(&metrics), Arc::clone(&access), peer.clone());
+                    async move { Ok::<_, Infallible>(respond(req, &access, &peer, &node, &metrics).await) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                tokio::select! {
+                    _ = stopped(&mut conn_stop) => {}
+                    result = conn => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "metrics connection ended");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(MetricsServer { local_addr, task })
+}
+
+enum Access {
+    Allowed,
+    Refused { actor: String, reason: String },
+}
+
+fn refusal(caller: &Caller, reason: String) -> String {
+    match caller {
+        Caller::Instance(_) => "the metrics endpoint is for operator certificates only".into(),
+        Caller::Operator { .. } => reason,
+    }
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}
+
+async fn respond<B>(
+    req: Request<B>,
+    access: &Access,
+    peer: &str,
+    node: &Arc<Node>,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    if let Access::Refused { actor, reason } = access {
+        tracing::warn!(caller = %actor, %peer, method = %what, "metrics request refused: {reason}");
+        node.audit_refusal(actor.clone(), what, reason.clone()).await;
+        return text(StatusCode::FORBIDDEN, format!("forbidden: {reason}\n"));
+    }
+    if req.uri().path() != PATH {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    let rendered = match node.store_counts().await {
+        Ok(counts) => metrics.render(&counts).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match rendered {
+        Ok(body) => {
+            let mut response = text(StatusCode::OK, body);
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE));
+            response
+        }
+        Err(e) => {
+            let error_id = hex::encode(crate::signer::primitives::random_bytes::<6>());
+            tracing::error!(%error_id, error = %e, "metrics could not be rendered");
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error (error id {error_id})\n"))
+        }
+    }
+}

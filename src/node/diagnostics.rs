@@ -1,0 +1,165 @@
+//! `Instance.Diagnose` and the store gauges of the metrics endpoint. The
+//! checks run here; statuses, the roll-up and the certificate rule are pure
+//! (`domain::health`). Peers are dialled through the `PeerProbe` port
+//! (implemented by `rpc::probe`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock;
+use crate::domain::health::{Component, HealthStatus, MAX_PEERS, PEER_WINDOW_MILLIS, certificate_health, recent_peers};
+use crate::domain::ids::{Host, SysId, UnixMillis};
+use crate::node::Node;
+use crate::node::ports::PeerFuture;
+use crate::store::StoreCounts;
+
+/// How long one peer may take to answer its health check.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Health checks of other instances.
+pub trait PeerProbe: Send + Sync + 'static {
+    /// Dials `host` over mTLS with this instance's identity and asks for its
+    /// health; Ok only when it serves and its certificate names `expected`.
+    fn check<'a>(&'a self, host: &'a Host, expected: &'a SysId) -> PeerFuture<'a, ()>;
+}
+
+/// What a diagnosis needs beyond store and signer: the instance's own
+/// certificate (DER) and a way to dial peers.
+pub struct DiagnosticsSetup {
+    pub certificate_der: Vec<u8>,
+    pub probe: Arc<dyn PeerProbe>,
+}
+
+/// The result of `Node::diagnose`: the parent component "kmf" (its status is
+/// the overall status) and when the checks ran.
+#[derive(Clone, Debug)]
+pub struct Diagnosis {
+    pub checked_at: UnixMillis,
+    pub root: Component,
+}
+
+impl Node {
+    /// Gives the node what `diagnose` needs (the composition root calls this).
+    pub fn with_diagnostics(mut self, setup: DiagnosticsSetup) -> Self {
+        self.diagnostics = Some(setup);
+        self
+    }
+
+    /// Runs every check: signer, store, certificate, recent peers.
+    pub async fn diagnose(self: &Arc<Self>) -> Diagnosis {
+        let now = clock::now();
+        let (signer, store, peers) = tokio::join!(self.check_signer(), self.check_store(now), self.check_peers(now));
+        let certificate = self.check_certificate(now);
+        let children = vec![signer, store, certificate, peers];
+        let attention: Vec<String> = children
+            .iter()
+            .filter(|c| matches!(c.status, HealthStatus::Degraded | HealthStatus::Malfunction))
+            .map(|c| format!("{} {}", c.name, c.status.label()))
+            .collect();
+        let message = if attention.is_empty() {
+            "no component needs attention".to_owned()
+        } else {
+            format!("needs attention: {}", attention.join(", "))
+        };
+        Diagnosis { checked_at: now, root: Component::parent("kmf", message, children) }
+    }
+
+    /// Counts for the metrics gauges.
+    pub async fn store_counts(self: &Arc<Self>) -> crate::error::AppResult<StoreCounts> {
+        self.blocking(|node| Ok(node.store.counts()?)).await
+    }
+
+    /// The KEK is reachable: a fresh random 32-byte key survives wrap and unwrap.
+    async fn check_signer(self: &Arc<Self>) -> Component {
+        let kind = self.signer.kind();
+        let outcome = self
+            .blocking(|node| {
+                let key = crate::signer::primitives::random_key(32);
+                let wrapped = node.signer.wrap(&key)?;
+                let back = node.signer.unwrap(&wrapped)?;
+                Ok(back.expose() == key.expose())
+            })
+            .await;
+        match outcome {
+            Ok(true) => {
+                Component::leaf("signer", HealthStatus::Operational, format!("{kind} KEK wrap and unwrap succeeded"))
+            }
+            Ok(false) => Component::leaf(
+                "signer",
+                HealthStatus::Malfunction,
+                format!("{kind} KEK unwrap did not give back the wrapped test key"),
+            ),
+            Err(e) => Component::leaf("signer", HealthStatus::Malfunction, format!("{kind} KEK unusable: {e}")),
+        }
+    }
+
+    /// The database answers a read and takes a small write.
+    async fn check_store(self: &Arc<Self>, now: UnixMillis) -> Component {
+        match self.blocking(move |node| Ok(node.store.heartbeat(now)?)).await {
+            Ok(_) => Component::leaf("store", HealthStatus::Operational, "read and heartbeat write succeeded"),
+            Err(e) => Component::leaf("store", HealthStatus::Malfunction, e.to_string()),
+        }
+    }
+
+    /// The instance's own TLS certificate is within its validity window.
+    fn check_certificate(&self, now: UnixMillis) -> Component {
+        let Some(setup) = &self.diagnostics else {
+            return Component::leaf("certificate", HealthStatus::Disabled, "no certificate was given to the node");
+        };
+        match crate::tls::validity::validity(&setup.certificate_der) {
+            Ok((not_before, not_after)) => {
+                let (status, message) = certificate_health(not_before, not_after, now);
+                Component::leaf("certificate", status, format!("{message} (notAfter {})", rfc3339(not_after)))
+            }
+            Err(e) => Component::leaf("certificate", HealthStatus::Malfunction, e.to_string()),
+        }
+    }
+
+    /// Every distinct peer of the last 30 days' requests (at most 16),
+    /// dialled concurrently with a 3 s timeout each.
+    async fn check_peers(self: &Arc<Self>, now: UnixMillis) -> Component {
+        let Some(setup) = &self.diagnostics else {
+            return Component::leaf("peers", HealthStatus::Disabled, "peer checks are not configured");
+        };
+        let requests = match self.blocking(|node| Ok(node.store.requests()?)).await {
+            Ok(r) => r,
+            Err(e) => return Component::leaf("peers", HealthStatus::Malfunction, format!("cannot list requests: {e}")),
+        };
+        let peers = recent_peers(&requests, now, PEER_WINDOW_MILLIS, MAX_PEERS);
+        if peers.is_empty() {
+            return Component::leaf("peers", HealthStatus::Disabled, "no exchange peers in the last 30 days");
+        }
+        let mut checks = tokio::task::JoinSet::new();
+        for (i, (host, sys_id)) in peers.iter().cloned().enumerate() {
+            let probe = Arc::clone(&setup.probe);
+            checks.spawn(async move {
+                let outcome = match tokio::time::timeout(PEER_TIMEOUT, probe.check(&host, &sys_id)).await {
+                    Ok(Ok(())) => (HealthStatus::Operational, format!("instance {sys_id} is serving")),
+                    Ok(Err(e)) => (HealthStatus::Malfunction, e.to_string()),
+                    Err(_) => (HealthStatus::Malfunction, format!("no answer within {}s", PEER_TIMEOUT.as_secs())),
+                };
+                (i, outcome)
+            });
+        }
+        let mut children: Vec<Option<Component>> = vec![None; peers.len()];
+        while let Some(joined) = checks.join_next().await {
+            if let Ok((i, (status, message))) = joined {
+                children[i] = Some(Component::leaf(peers[i].0.to_string(), status, message));
+            }
+        }
+        let children: Vec<Component> = children
+            .into_iter()
+            .zip(&peers)
+            .map(|(c, (host, _))| {
+                c.unwrap_or_else(|| Component::leaf(host.to_string(), HealthStatus::Malfunction, "the check failed"))
+            })
+            .collect();
+        let reachable = children.iter().filter(|c| c.status == HealthStatus::Operational).count();
+        Component::parent("peers", format!("{reachable} of {} peers reachable", children.len()), children)
+    }
+}
+
+fn rfc3339(t: UnixMillis) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(t.0).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
