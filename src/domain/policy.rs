@@ -159,31 +159,77 @@ pub struct AccessDecision {
     pub evaluated: Vec<Evaluated>,
 }
 
-fn matches(p: &AccessPolicy, r: &AccessRequest) -> Result<(), String> {
+/// Why a policy does not apply to a request (rendered only for explanations).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mismatch {
+    Inactive,
+    OtherModule,
+    OtherSpec,
+    OtherOperation,
+    MissingRole,
+    OtherScript,
+    NotSystem,
+    ExchangeOnly,
+}
+
+fn mismatch(p: &AccessPolicy, r: &AccessRequest) -> Option<Mismatch> {
     if !p.active {
-        return Err("inactive".into());
+        return Some(Mismatch::Inactive);
     }
     if p.module != r.module {
-        return Err(format!("for module {}", p.module));
+        return Some(Mismatch::OtherModule);
     }
-    if let Some(spec) = &p.spec
-        && spec != &r.spec
-    {
-        return Err(format!("for spec {spec}"));
+    if p.spec.as_ref().is_some_and(|s| s != &r.spec) {
+        return Some(Mismatch::OtherSpec);
     }
     if !p.operations.is_empty() && !p.operations.contains(&r.operation) {
-        let ops: Vec<&str> = p.operations.iter().map(|o| o.as_str()).collect();
-        return Err(format!("only for {}", ops.join(", ")));
+        return Some(Mismatch::OtherOperation);
     }
     match (&p.kind, &r.subject) {
-        (PolicyType::Role(role), Subject::Operator { roles, .. }) if roles.contains(role) => Ok(()),
-        (PolicyType::Role(role), _) => Err(format!("caller lacks role {}", role.as_str())),
-        (PolicyType::Script(who), Subject::Operator { name, .. }) if who == name => Ok(()),
-        (PolicyType::Script(who), _) => Err(format!("caller is not {who}")),
-        (PolicyType::System, Subject::System) => Ok(()),
-        (PolicyType::System, _) => Err("caller is not the system".into()),
-        (PolicyType::ResourceExchange { .. }, _) => Err("applies to exchange requests only".into()),
+        (PolicyType::Role(role), Subject::Operator { roles, .. }) if roles.contains(role) => None,
+        (PolicyType::Role(_), _) => Some(Mismatch::MissingRole),
+        (PolicyType::Script(who), Subject::Operator { name, .. }) if who == name => None,
+        (PolicyType::Script(_), _) => Some(Mismatch::OtherScript),
+        (PolicyType::System, Subject::System) => None,
+        (PolicyType::System, _) => Some(Mismatch::NotSystem),
+        (PolicyType::ResourceExchange { .. }, _) => Some(Mismatch::ExchangeOnly),
     }
+}
+
+fn explain(p: &AccessPolicy, m: Option<Mismatch>) -> String {
+    match m {
+        None => "matches".into(),
+        Some(Mismatch::Inactive) => "inactive".into(),
+        Some(Mismatch::OtherModule) => format!("for module {}", p.module),
+        Some(Mismatch::OtherSpec) => format!("for spec {}", p.spec.as_ref().map_or("?", |s| s.as_str())),
+        Some(Mismatch::OtherOperation) => {
+            let ops: Vec<&str> = p.operations.iter().map(|o| o.as_str()).collect();
+            format!("only for {}", ops.join(", "))
+        }
+        Some(Mismatch::MissingRole) => match &p.kind {
+            PolicyType::Role(role) => format!("caller lacks role {}", role.as_str()),
+            _ => "caller lacks the role".into(),
+        },
+        Some(Mismatch::OtherScript) => match &p.kind {
+            PolicyType::Script(who) => format!("caller is not {who}"),
+            _ => "caller is not the script".into(),
+        },
+        Some(Mismatch::NotSystem) => "caller is not the system".into(),
+        Some(Mismatch::ExchangeOnly) => "applies to exchange requests only".into(),
+    }
+}
+
+/// The decision alone, without building an explanation (the hot path).
+pub fn allows(policies: &[AccessPolicy], request: &AccessRequest) -> bool {
+    let mut tracked = false;
+    for p in policies.iter().filter(|p| mismatch(p, request).is_none()) {
+        match p.result {
+            PolicyResult::StrictReject => return false,
+            PolicyResult::Track => tracked = true,
+            PolicyResult::Reject => {}
+        }
+    }
+    tracked
 }
 
 /// Evaluates every policy of the module, in name order, and decides.
@@ -193,13 +239,8 @@ pub fn evaluate(policies: &[AccessPolicy], request: &AccessRequest) -> AccessDec
     let evaluated: Vec<Evaluated> = sorted
         .iter()
         .map(|p| {
-            let m = matches(p, request);
-            Evaluated {
-                policy: p.name.clone(),
-                result: p.result,
-                matched: m.is_ok(),
-                why: m.err().unwrap_or_else(|| "matches".into()),
-            }
+            let m = mismatch(p, request);
+            Evaluated { policy: p.name.clone(), result: p.result, matched: m.is_none(), why: explain(p, m) }
         })
         .collect();
     let hit = |r: PolicyResult| evaluated.iter().find(|e| e.matched && e.result == r);
@@ -286,6 +327,7 @@ mod tests {
         for (what, policies, request, allowed) in cases {
             let d = evaluate(&policies, &request);
             assert_eq!(d.allowed, allowed, "{what}: {}", d.reason);
+            assert_eq!(allows(&policies, &request), allowed, "{what}: the fast path agrees");
         }
     }
 

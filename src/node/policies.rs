@@ -10,7 +10,7 @@ use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::{Caller, Role};
 use crate::domain::ids::Name;
 use crate::domain::policy::{
-    AccessDecision, AccessPolicy, AccessRequest, Operation, PolicyResult, PolicyType, Subject, evaluate,
+    AccessDecision, AccessPolicy, AccessRequest, Operation, PolicyResult, PolicyType, Subject, allows, evaluate,
 };
 use crate::error::{AppError, AppResult};
 use crate::store::StoreError;
@@ -140,29 +140,37 @@ impl Node {
         self.blocking(move |node| node.decide_access(subject, &spec, operation)).await
     }
 
+    /// The module's policies, from the hot cache when the store is unchanged.
+    fn module_policies(&self, module: &Name) -> AppResult<Arc<Vec<AccessPolicy>>> {
+        let g = self.store.generation();
+        if let Some(p) = self.hot.policies(g, module) {
+            return Ok(p);
+        }
+        let p = Arc::new(self.store.policies(Some(module))?);
+        self.hot.put_policies(g, module.clone(), p.clone());
+        Ok(p)
+    }
+
     fn decide_access(&self, subject: Subject, spec: &Name, operation: Operation) -> AppResult<AccessDecision> {
         let spec = self.spec_or_not_found(spec)?;
-        let g = self.store.generation();
-        let policies = match self.hot.policies(g, &spec.module) {
-            Some(p) => p,
-            None => {
-                let p = Arc::new(self.store.policies(Some(&spec.module))?);
-                self.hot.put_policies(g, spec.module.clone(), p.clone());
-                p
-            }
-        };
+        let policies = self.module_policies(&spec.module)?;
         Ok(evaluate(
             &policies,
             &AccessRequest { subject, module: spec.module.clone(), spec: spec.name.clone(), operation },
         ))
     }
 
-    /// Allows or refuses `caller` for `operation` on `spec`; a refusal is audited.
+    /// Allows or refuses `caller` for `operation` on `spec`; a refusal is
+    /// audited (a write, even on the crypto hot path, which only refusals take).
     pub(super) fn check_access(&self, caller: &Caller, spec: &Name, operation: Operation) -> AppResult<()> {
-        let decision = self.decide_access(Subject::from(caller), spec, operation)?;
-        if decision.allowed {
+        let spec_rec = self.spec_or_not_found(spec)?;
+        let policies = self.module_policies(&spec_rec.module)?;
+        let request =
+            AccessRequest { subject: Subject::from(caller), module: spec_rec.module, spec: spec.clone(), operation };
+        if allows(&policies, &request) {
             return Ok(());
         }
+        let decision = evaluate(&policies, &request);
         let audit = AuditEvent::new(clock::now(), caller.actor(), "policy.denied", spec.to_string(), Outcome::Refused)
             .with_details(format!("{}: {}", operation.as_str(), decision.reason));
         if let Err(e) = self.store.append_audit(&[audit]) {
