@@ -55,7 +55,14 @@ struct Session<'a> {
     access: HashMap<(Name, Operation), Result<(), DomainError>>,
     active: HashMap<Name, Result<(KeyId, Arc<DataKey>), DomainError>>,
     keys: HashMap<KeyId, Result<Arc<DataKey>, DomainError>>,
-    sealers: HashMap<KeyId, GcmSealer>,
+    /// Per spec: its current key, the encoded header and a ready GCM context.
+    sealing: HashMap<Name, Sealing>,
+}
+
+struct Sealing {
+    key_id: KeyId,
+    header: Vec<u8>,
+    sealer: GcmSealer,
 }
 
 fn domain_of(e: AppError) -> Result<DomainError, AppError> {
@@ -73,7 +80,7 @@ impl<'a> Session<'a> {
             access: HashMap::new(),
             active: HashMap::new(),
             keys: HashMap::new(),
-            sealers: HashMap::new(),
+            sealing: HashMap::new(),
         }
     }
 
@@ -136,18 +143,19 @@ impl<'a> Session<'a> {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(DomainError::invalid("plaintext", "larger than 4 MiB").into());
         }
-        self.allow(spec, Operation::Encrypt)?;
-        let (key_id, dek) = self.active_key(spec)?;
-        let mut out = ciphertext::encode_header(&key_id);
-        let header_len = out.len();
-        out.reserve(plaintext.len() + 28);
-        let header = out[..header_len].to_vec();
-        let sealer = match self.sealers.entry(key_id.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(GcmSealer::new(dek.expose())?),
-        };
-        sealer.seal(&[&header, aad], plaintext, &mut out)?;
-        Ok((out, key_id))
+        if !self.sealing.contains_key(spec) {
+            // First item for this spec in this call: policy, key, header, context.
+            self.allow(spec, Operation::Encrypt)?;
+            let (key_id, dek) = self.active_key(spec)?;
+            let header = ciphertext::encode_header(&key_id);
+            let sealer = GcmSealer::new(dek.expose())?;
+            self.sealing.insert(spec.clone(), Sealing { key_id, header, sealer });
+        }
+        let s = self.sealing.get_mut(spec).ok_or_else(|| AppError::Internal("sealing context vanished".into()))?;
+        let mut out = Vec::with_capacity(s.header.len() + plaintext.len() + 28);
+        out.extend_from_slice(&s.header);
+        s.sealer.seal(&[&s.header, aad], plaintext, &mut out)?;
+        Ok((out, s.key_id.clone()))
     }
 
     fn open(&mut self, sealed: &[u8], aad: &[u8]) -> AppResult<(zeroize::Zeroizing<Vec<u8>>, KeyId)> {

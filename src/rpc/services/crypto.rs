@@ -93,10 +93,22 @@ impl Crypto for CryptoService {
             items.push(SealItem { spec, plaintext: it.plaintext, aad: it.associated_data });
         }
         let results = self.0.encrypt_batch(&auth.caller, items).await?;
+        // Most items share a key: format each key id once.
+        let mut last: Option<(crate::domain::ids::KeyId, String)> = None;
         let results = results
             .into_iter()
             .map(|r| match r {
-                Ok((ciphertext, key_id)) => pb::EncryptResult { ciphertext, key_id: key_id.to_string(), error: None },
+                Ok((ciphertext, key_id)) => {
+                    let text = match &last {
+                        Some((k, t)) if *k == key_id => t.clone(),
+                        _ => {
+                            let t = key_id.to_string();
+                            last = Some((key_id, t.clone()));
+                            t
+                        }
+                    };
+                    pb::EncryptResult { ciphertext, key_id: text, error: None }
+                }
                 Err(e) => pb::EncryptResult { error: Some(item_error(e)), ..Default::default() },
             })
             .collect();
