@@ -15,6 +15,7 @@ pub mod exchange;
 pub mod health;
 pub mod ids;
 pub mod key;
+pub mod lifecycle;
 pub mod policy;
 pub mod property;
 pub mod record;
