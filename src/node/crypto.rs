@@ -88,7 +88,8 @@ impl<'a> Session<'a> {
         if let Some(r) = self.access.get(&(spec.clone(), op)) {
             return r.clone().map_err(Into::into);
         }
-        let r = match self.node.spec_or_not_found(spec).and_then(|_| self.node.check_access(self.caller, spec, op)) {
+        // check_access also refuses an unknown spec (NOT_FOUND).
+        let r = match self.node.check_access(self.caller, spec, op) {
             Ok(()) => Ok(()),
             Err(e) => Err(domain_of(e)?),
         };

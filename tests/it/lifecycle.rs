@@ -184,7 +184,7 @@ async fn idle_deactivated_keys_are_destroyed_and_their_material_erased() {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "never destroyed: {keys:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // poll interval; the loop is bounded by its deadline
     }
     let err = ops.decrypt(&ct, b"").await.expect_err("destroyed keys decrypt nothing");
     assert!(err.code() == Code::FailedPrecondition && err.message().contains("Destroyed"), "{err}");

@@ -93,7 +93,7 @@ fn start(dir: &Path, pki: &Path, settings: Settings) -> Daemon {
             "kmfd did not become ready; log:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // poll interval; the loop is bounded by its deadline
     }
 }
 
@@ -127,7 +127,7 @@ impl Daemon {
                 break status;
             }
             assert!(Instant::now() < deadline, "kmfd did not stop after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll interval; the loop is bounded by its deadline
         };
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         assert!(status.success(), "kmfd exited with {status}; log:\n{log}");
@@ -284,7 +284,7 @@ fn wait_for_log(log: &Path, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(log).unwrap_or_default().contains(needle) {
         assert!(Instant::now() < deadline, "log never showed `{needle}`");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // poll interval; the loop is bounded by its deadline
     }
 }
 

@@ -223,7 +223,7 @@ impl Ops {
                 return r;
             }
             assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; last: {r:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; the loop is bounded by its deadline
         }
     }
 }

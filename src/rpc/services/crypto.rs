@@ -38,6 +38,11 @@ fn record_info(r: &StoredRecord) -> pb::RecordInfo {
     }
 }
 
+/// Batch items to open (decrypt or rewrap): (ciphertext, associated data).
+fn open_items(items: impl Iterator<Item = (Vec<u8>, Vec<u8>)>) -> Vec<OpenItem> {
+    items.map(|(ciphertext, aad)| OpenItem { ciphertext, aad }).collect()
+}
+
 /// Page tokens are the hex of "table\nfield\nrecord_id" of the last record.
 fn token(a: &RecordAddress) -> String {
     hex::encode(format!("{}\n{}\n{}", a.table, a.field, a.record_id))
@@ -120,12 +125,7 @@ impl Crypto for CryptoService {
         req: Request<pb::DecryptBatchRequest>,
     ) -> Result<Response<pb::DecryptBatchResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
-        let items = req
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|i| OpenItem { ciphertext: i.ciphertext, aad: i.associated_data })
-            .collect();
+        let items = open_items(req.into_inner().items.into_iter().map(|i| (i.ciphertext, i.associated_data)));
         let results = self.0.decrypt_batch(&auth.caller, items).await?;
         let results = results
             .into_iter()
@@ -142,12 +142,7 @@ impl Crypto for CryptoService {
         req: Request<pb::RewrapBatchRequest>,
     ) -> Result<Response<pb::RewrapBatchResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
-        let items = req
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|i| OpenItem { ciphertext: i.ciphertext, aad: i.associated_data })
-            .collect();
+        let items = open_items(req.into_inner().items.into_iter().map(|i| (i.ciphertext, i.associated_data)));
         let results = self.0.rewrap_batch(&auth.caller, items).await?;
         let results = results
             .into_iter()
