@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tonic::transport::Channel;
 
+use super::ctl_crypto::{CryptoCommand, crypto, spec_request};
 use super::ctl_lifecycle::{AuditCommand, LifecycleCommand, audit, key_action, lifecycle};
 use super::ctl_policies::{PolicyCommand, policy};
 use super::ctl_properties::{PropertyCommand, property};
@@ -87,6 +88,9 @@ enum Command {
         #[arg(long, default_value = "")]
         aad: String,
     },
+    /// Sign/verify, MAC/verify, wrap/unwrap and RSA public keys.
+    #[command(subcommand)]
+    Crypto(CryptoCommand),
     /// Key-exchange requests.
     #[command(subcommand)]
     Exchange(ExchangeCommand),
@@ -159,13 +163,24 @@ enum ModuleCommand {
 
 #[derive(Subcommand, Debug)]
 enum SpecCommand {
-    /// Create an AES-GCM symmetric data-encryption spec.
+    /// Create a spec (default: AES-256-GCM symmetric data encryption).
     Create {
         name: String,
         #[arg(long)]
         module: String,
-        #[arg(long, default_value_t = 256)]
+        /// symmetric_data_encryption, symmetric_key_wrapping, symmetric_authenticity,
+        /// asymmetric_data_encryption, asymmetric_key_wrapping or signature.
+        #[arg(long, default_value = "symmetric_data_encryption")]
+        purpose: String,
+        /// aes_gcm, aes_cbc, aes_ctr, hmac or rsa.
+        #[arg(long, default_value = "aes_gcm")]
+        algorithm: String,
+        /// Key size in bits; 0 picks the algorithm's default (AES 256, HMAC 256, RSA 3072).
+        #[arg(long, default_value_t = 0)]
         size: u32,
+        /// Deterministic encryption (AES-SIV); only with aes_cbc data encryption.
+        #[arg(long)]
+        equality_preserving: bool,
     },
     List {
         #[arg(long)]
@@ -398,9 +413,9 @@ impl Operator {
                 let list = self.keys.list_modules(pb::ListModulesRequest {}).await?.into_inner().modules;
                 print_modules(&list, as_json);
             }
-            Command::Spec(SpecCommand::Create { name, module, size }) => {
-                let s =
-                    self.keys.create_spec(aes_spec(&module, &name, size)).await?.into_inner().spec.unwrap_or_default();
+            Command::Spec(SpecCommand::Create { name, module, purpose, algorithm, size, equality_preserving }) => {
+                let req = spec_request(&module, &name, &purpose, &algorithm, size, equality_preserving)?;
+                let s = self.keys.create_spec(req).await?.into_inner().spec.unwrap_or_default();
                 print_specs(&[s], as_json);
             }
             Command::Spec(SpecCommand::List { module }) => {
@@ -462,6 +477,7 @@ impl Operator {
                     println!("{text}");
                 }
             }
+            Command::Crypto(cmd) => crypto(self, cmd, as_json).await?,
             Command::Exchange(cmd) => self.exchange_command(cmd, as_json).await?,
         }
         Ok(())
@@ -522,6 +538,7 @@ pub fn aes_spec(module: &str, name: &str, size: u32) -> pb::CreateSpecRequest {
         purpose: pb::CryptoPurpose::SymmetricDataEncryption as i32,
         algorithm: pb::Algorithm::AesGcm as i32,
         key_size_bits: size,
+        equality_preserving: false,
     }
 }
 
@@ -550,16 +567,26 @@ fn print_specs(list: &[pb::Spec], as_json: bool) {
     if as_json {
         let v: Vec<_> = list
             .iter()
-            .map(|s| json!({"name": s.name, "module": s.module, "purpose": purpose(s), "algorithm": alg(s), "key_size_bits": s.key_size_bits}))
+            .map(|s| {
+                json!({"name": s.name, "module": s.module, "purpose": purpose(s), "algorithm": alg(s),
+                "key_size_bits": s.key_size_bits, "equality_preserving": s.equality_preserving, "scheme": s.scheme})
+            })
             .collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
         let rows: Vec<_> = list
             .iter()
             .map(|s| {
-                vec![s.name.clone(), s.module.clone(), purpose(s).into(), alg(s).into(), s.key_size_bits.to_string()]
+                vec![
+                    s.name.clone(),
+                    s.module.clone(),
+                    purpose(s).into(),
+                    alg(s).into(),
+                    s.key_size_bits.to_string(),
+                    s.scheme.clone(),
+                ]
             })
             .collect();
-        print::table(&["SPEC", "MODULE", "PURPOSE", "ALGORITHM", "BITS"], &rows);
+        print::table(&["SPEC", "MODULE", "PURPOSE", "ALGORITHM", "BITS", "SCHEME"], &rows);
     }
 }

@@ -19,6 +19,11 @@ pub fn encode_header(key: &KeyId) -> Vec<u8> {
     w.finish()
 }
 
+/// The length of the header `encode_header` makes for `key`.
+pub fn header_len(key: &KeyId) -> usize {
+    MAGIC.len() + 1 + 16 + 1 + key.spec.as_str().len() + 4
+}
+
 /// Splits a ciphertext into (key id, header bytes, body).
 pub fn parse(ciphertext: &[u8]) -> Result<(KeyId, &[u8], &[u8]), DomainError> {
     const W: &str = "ciphertext";
@@ -43,6 +48,7 @@ mod tests {
         let key = KeyId { origin: SysId::from_random([3; 16]), spec: Name::parse("pay", "s").unwrap(), version: 7 };
         let mut ct = encode_header(&key);
         let header_len = ct.len();
+        assert_eq!(super::header_len(&key), header_len);
         ct.extend_from_slice(b"body");
         let (id, header, body) = parse(&ct).unwrap();
         assert_eq!((id, header.len(), body), (key, header_len, &b"body"[..]));

@@ -1,36 +1,37 @@
 //! Encrypt, decrypt and rewrap with the instance's keys, one at a time or in
-//! batches. Ciphertext = header naming the key || nonce || ciphertext || tag;
-//! the AEAD's associated data is the header followed by the caller's.
-//!
-//! A `Session` caches, for one call, the access decisions per (spec,
-//! operation) and the unwrapped keys, so a batch of 10,000 items checks
-//! policies and unwraps each key once (and audits a denial once).
+//! batches; sign/verify, MAC/verify and wrap/unwrap one at a time. Every call
+//! runs in a `Session` (crypto_session.rs), which checks the spec's purpose
+//! and the module access policies and caches keys for the call.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use zeroize::Zeroizing;
+
 use super::Node;
+use super::crypto_session::Session;
 use crate::domain::DomainError;
 use crate::domain::auth::Caller;
 use crate::domain::ciphertext;
 use crate::domain::ids::{KeyId, Name};
-use crate::domain::key::DataKey;
 use crate::domain::policy::Operation;
-use crate::error::{AppError, AppResult};
-use crate::signer::CryptoError;
-use crate::signer::primitives::{GcmSealer, gcm_open};
+use crate::domain::spec::Scheme;
+use crate::error::AppResult;
 
-/// Largest plaintext one item accepts.
-pub const MAX_PLAINTEXT: usize = 4 * 1024 * 1024;
 /// Most items one batch call accepts.
 pub const MAX_BATCH: usize = 10_000;
 
 /// One item of an encrypt batch.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SealItem {
     pub spec: Name,
     pub plaintext: Vec<u8>,
     pub aad: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealItem({}, [{} bytes redacted])", self.spec, self.plaintext.len())
+    }
 }
 
 /// One item of a decrypt or rewrap batch.
@@ -48,135 +49,22 @@ pub struct Rewrapped {
     pub previous_key_id: KeyId,
 }
 
-/// Per-call caches (see the module docs).
-struct Session<'a> {
-    node: &'a Node,
-    caller: &'a Caller,
-    access: HashMap<(Name, Operation), Result<(), DomainError>>,
-    active: HashMap<Name, Result<(KeyId, Arc<DataKey>), DomainError>>,
-    keys: HashMap<KeyId, Result<Arc<DataKey>, DomainError>>,
-    /// Per spec: its current key, the encoded header and a ready GCM context.
-    sealing: HashMap<Name, Sealing>,
+/// Decrypts and encrypts again under the spec's current key; the plaintext
+/// never leaves this function.
+fn rewrap(s: &mut Session<'_>, sealed: &[u8], aad: &[u8]) -> AppResult<Rewrapped> {
+    let (plaintext, previous_key_id) = s.open(sealed, Operation::Decrypt, aad)?;
+    let (ciphertext, key_id) = s.seal(&previous_key_id.spec, Operation::Encrypt, &plaintext, aad)?;
+    Ok(Rewrapped { ciphertext, key_id, previous_key_id })
 }
 
-struct Sealing {
-    key_id: KeyId,
-    header: Vec<u8>,
-    sealer: GcmSealer,
-}
-
-fn domain_of(e: AppError) -> Result<DomainError, AppError> {
-    match e {
-        AppError::Domain(d) => Ok(d),
-        other => Err(other),
-    }
-}
-
-impl<'a> Session<'a> {
-    fn new(node: &'a Node, caller: &'a Caller) -> Self {
-        Session {
-            node,
-            caller,
-            access: HashMap::new(),
-            active: HashMap::new(),
-            keys: HashMap::new(),
-            sealing: HashMap::new(),
-        }
-    }
-
-    fn allow(&mut self, spec: &Name, op: Operation) -> AppResult<()> {
-        if let Some(r) = self.access.get(&(spec.clone(), op)) {
-            return r.clone().map_err(Into::into);
-        }
-        // check_access also refuses an unknown spec (NOT_FOUND).
-        let r = match self.node.check_access(self.caller, spec, op) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(domain_of(e)?),
-        };
-        self.access.insert((spec.clone(), op), r.clone());
-        r.map_err(Into::into)
-    }
-
-    fn active_key(&mut self, spec: &Name) -> AppResult<(KeyId, Arc<DataKey>)> {
-        if let Some(r) = self.active.get(spec) {
-            return r.clone().map_err(Into::into);
-        }
-        let g = self.node.store.generation();
-        let r = match self.node.hot.current(g, spec) {
-            Some(hit) => Ok(hit),
-            None => match self.node.store.keys(spec)?.into_iter().find(|(k, _)| k.state.can_encrypt()) {
-                Some((k, wrapped)) => {
-                    let hit = (k.id, Arc::new(self.node.signer.unwrap(&wrapped)?));
-                    self.node.hot.put_current(g, spec.clone(), hit.clone());
-                    Ok(hit)
-                }
-                None => Err(DomainError::FailedPrecondition(format!("spec {spec} has no Active key"))),
-            },
-        };
-        self.active.insert(spec.clone(), r.clone());
-        r.map_err(Into::into)
-    }
-
-    fn key(&mut self, id: &KeyId) -> AppResult<Arc<DataKey>> {
-        if let Some(r) = self.keys.get(id) {
-            return r.clone().map_err(Into::into);
-        }
-        let g = self.node.store.generation();
-        if let Some(hit) = self.node.hot.key(g, id) {
-            return Ok(hit);
-        }
-        let r = match self.node.store.key(id)? {
-            None => Err(DomainError::not_found("key", format!("{id} (not on this instance)"))),
-            Some((k, _)) if !k.state.can_decrypt() => {
-                Err(DomainError::FailedPrecondition(format!("key {id} is {} and cannot decrypt", k.state.label())))
-            }
-            Some((_, wrapped)) => {
-                let dek = Arc::new(self.node.signer.unwrap(&wrapped)?);
-                self.node.hot.put_key(g, id.clone(), dek.clone());
-                Ok(dek)
-            }
-        };
-        self.keys.insert(id.clone(), r.clone());
-        r.map_err(Into::into)
-    }
-
-    fn seal(&mut self, spec: &Name, plaintext: &[u8], aad: &[u8]) -> AppResult<(Vec<u8>, KeyId)> {
-        if plaintext.len() > MAX_PLAINTEXT {
-            return Err(DomainError::invalid("plaintext", "larger than 4 MiB").into());
-        }
-        if !self.sealing.contains_key(spec) {
-            // First item for this spec in this call: policy, key, header, context.
-            self.allow(spec, Operation::Encrypt)?;
-            let (key_id, dek) = self.active_key(spec)?;
-            let header = ciphertext::encode_header(&key_id);
-            let sealer = GcmSealer::new(dek.expose())?;
-            self.sealing.insert(spec.clone(), Sealing { key_id, header, sealer });
-        }
-        let s = self.sealing.get_mut(spec).ok_or_else(|| AppError::Internal("sealing context vanished".into()))?;
-        let mut out = Vec::with_capacity(s.header.len() + plaintext.len() + 28);
-        out.extend_from_slice(&s.header);
-        s.sealer.seal(&[&s.header, aad], plaintext, &mut out)?;
-        Ok((out, s.key_id.clone()))
-    }
-
-    fn open(&mut self, sealed: &[u8], aad: &[u8]) -> AppResult<(zeroize::Zeroizing<Vec<u8>>, KeyId)> {
-        let (key_id, header, body) = ciphertext::parse(sealed)?;
-        self.allow(&key_id.spec, Operation::Decrypt)?;
-        let dek = self.key(&key_id)?;
-        let plaintext = gcm_open(dek.expose(), &[header, aad], body).map_err(|e| match e {
-            CryptoError::Failed(reason) => AppError::Domain(DomainError::invalid("ciphertext", reason)),
-            other => other.into(),
-        })?;
-        Ok((plaintext, key_id))
-    }
-
-    /// Decrypts and encrypts again under the spec's current key; the
-    /// plaintext never leaves this function.
-    fn rewrap(&mut self, sealed: &[u8], aad: &[u8]) -> AppResult<Rewrapped> {
-        let (plaintext, previous_key_id) = self.open(sealed, aad)?;
-        let (ciphertext, key_id) = self.seal(&previous_key_id.spec.clone(), &plaintext, aad)?;
-        Ok(Rewrapped { ciphertext, key_id, previous_key_id })
-    }
+/// The public half of an RSA key.
+#[derive(Clone, Debug)]
+pub struct PublicKey {
+    /// SubjectPublicKeyInfo DER.
+    pub der: Vec<u8>,
+    pub pem: String,
+    pub key_id: KeyId,
+    pub scheme: String,
 }
 
 fn check_batch(len: usize) -> AppResult<()> {
@@ -187,6 +75,16 @@ fn check_batch(len: usize) -> AppResult<()> {
 }
 
 impl Node {
+    /// Whether a single call on `spec` is cheap enough for the async workers:
+    /// symmetric schemes are; RSA private-key operations are not.
+    fn runs_inline(&self, spec: &Name) -> bool {
+        match self.spec_or_not_found(spec).map(|s| s.scheme()) {
+            Ok(Scheme::RsaOaep { .. } | Scheme::RsaAesKeyWrap { .. } | Scheme::RsaPss { .. }) => false,
+            // Symmetric, or an error the session reports at once.
+            _ => true,
+        }
+    }
+
     pub async fn encrypt(
         self: &Arc<Self>,
         caller: &Caller,
@@ -194,9 +92,13 @@ impl Node {
         plaintext: Vec<u8>,
         aad: Vec<u8>,
     ) -> AppResult<(Vec<u8>, KeyId)> {
-        // Single calls run inline: with warm caches they touch no disk, and a
-        // cache miss is a short read of redb's memory-mapped pages.
-        Session::new(self, caller).seal(&spec, &plaintext, &aad)
+        // Single symmetric calls run inline: with warm caches they touch no
+        // disk, and a cache miss is a short read of redb's memory-mapped pages.
+        if self.runs_inline(&spec) {
+            return Session::new(self, caller).seal(&spec, Operation::Encrypt, &plaintext, &aad);
+        }
+        let caller = caller.clone();
+        self.blocking(move |node| Session::new(node, &caller).seal(&spec, Operation::Encrypt, &plaintext, &aad)).await
     }
 
     pub async fn decrypt(
@@ -205,13 +107,22 @@ impl Node {
         sealed: Vec<u8>,
         aad: Vec<u8>,
     ) -> AppResult<(Vec<u8>, KeyId)> {
-        let (plaintext, key_id) = Session::new(self, caller).open(&sealed, &aad)?;
+        if !ciphertext::parse(&sealed).is_ok_and(|(id, _, _)| self.runs_inline(&id.spec)) {
+            let caller = caller.clone();
+            return self
+                .blocking(move |node| {
+                    let (plaintext, key_id) = Session::new(node, &caller).open(&sealed, Operation::Decrypt, &aad)?;
+                    Ok((plaintext.to_vec(), key_id))
+                })
+                .await;
+        }
+        let (plaintext, key_id) = Session::new(self, caller).open(&sealed, Operation::Decrypt, &aad)?;
         Ok((plaintext.to_vec(), key_id))
     }
 
     pub async fn rewrap(self: &Arc<Self>, caller: &Caller, sealed: Vec<u8>, aad: Vec<u8>) -> AppResult<Rewrapped> {
         let caller = caller.clone();
-        self.blocking(move |node| Session::new(node, &caller).rewrap(&sealed, &aad)).await
+        self.blocking(move |node| rewrap(&mut Session::new(node, &caller), &sealed, &aad)).await
     }
 
     /// Each item succeeds or fails on its own.
@@ -224,7 +135,7 @@ impl Node {
         let caller = caller.clone();
         self.blocking(move |node| {
             let mut s = Session::new(node, &caller);
-            Ok(items.iter().map(|i| s.seal(&i.spec, &i.plaintext, &i.aad)).collect())
+            Ok(items.iter().map(|i| s.seal(&i.spec, Operation::Encrypt, &i.plaintext, &i.aad)).collect())
         })
         .await
     }
@@ -238,7 +149,10 @@ impl Node {
         let caller = caller.clone();
         self.blocking(move |node| {
             let mut s = Session::new(node, &caller);
-            Ok(items.iter().map(|i| s.open(&i.ciphertext, &i.aad).map(|(p, k)| (p.to_vec(), k))).collect())
+            Ok(items
+                .iter()
+                .map(|i| s.open(&i.ciphertext, Operation::Decrypt, &i.aad).map(|(p, k)| (p.to_vec(), k)))
+                .collect())
         })
         .await
     }
@@ -252,7 +166,95 @@ impl Node {
         let caller = caller.clone();
         self.blocking(move |node| {
             let mut s = Session::new(node, &caller);
-            Ok(items.iter().map(|i| s.rewrap(&i.ciphertext, &i.aad)).collect())
+            Ok(items.iter().map(|i| rewrap(&mut s, &i.ciphertext, &i.aad)).collect())
+        })
+        .await
+    }
+}
+
+impl Node {
+    /// Signs `message` (RSA-PSS) with the spec's current key.
+    pub async fn sign(self: &Arc<Self>, caller: &Caller, spec: Name, message: Vec<u8>) -> AppResult<(Vec<u8>, KeyId)> {
+        let caller = caller.clone();
+        self.blocking(move |node| Session::new(node, &caller).authenticate(&spec, Operation::Sign, &message)).await
+    }
+
+    /// Checks a signature made by `sign`; `false` if it does not verify.
+    pub async fn verify(
+        self: &Arc<Self>,
+        caller: &Caller,
+        signature: Vec<u8>,
+        message: Vec<u8>,
+    ) -> AppResult<(bool, KeyId)> {
+        let caller = caller.clone();
+        self.blocking(move |node| Session::new(node, &caller).check(&signature, Operation::Verify, &message)).await
+    }
+
+    /// MACs `message` (HMAC-SHA-2) with the spec's current key.
+    pub async fn mac(self: &Arc<Self>, caller: &Caller, spec: Name, message: Vec<u8>) -> AppResult<(Vec<u8>, KeyId)> {
+        Session::new(self, caller).authenticate(&spec, Operation::Mac, &message)
+    }
+
+    /// Checks a MAC made by `mac` (constant-time); `false` if it does not match.
+    pub async fn verify_mac(
+        self: &Arc<Self>,
+        caller: &Caller,
+        mac: Vec<u8>,
+        message: Vec<u8>,
+    ) -> AppResult<(bool, KeyId)> {
+        Session::new(self, caller).check(&mac, Operation::VerifyMac, &message)
+    }
+
+    /// Wraps caller-supplied key material under the spec's current key.
+    pub async fn wrap(
+        self: &Arc<Self>,
+        caller: &Caller,
+        spec: Name,
+        key_material: Zeroizing<Vec<u8>>,
+        aad: Vec<u8>,
+    ) -> AppResult<(Vec<u8>, KeyId)> {
+        if key_material.is_empty() {
+            return Err(DomainError::invalid("key_material", "is empty").into());
+        }
+        let caller = caller.clone();
+        self.blocking(move |node| Session::new(node, &caller).seal(&spec, Operation::Wrap, &key_material, &aad)).await
+    }
+
+    /// Unwraps what `wrap` made, with the same associated data.
+    pub async fn unwrap(
+        self: &Arc<Self>,
+        caller: &Caller,
+        wrapped: Vec<u8>,
+        aad: Vec<u8>,
+    ) -> AppResult<(Zeroizing<Vec<u8>>, KeyId)> {
+        let caller = caller.clone();
+        self.blocking(move |node| Session::new(node, &caller).open(&wrapped, Operation::Unwrap, &aad)).await
+    }
+
+    /// The current key's public half (SubjectPublicKeyInfo DER) of an RSA
+    /// spec. Needs the access that uses it: verify for signature specs,
+    /// encrypt or wrap for the others.
+    pub async fn public_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<PublicKey> {
+        let caller = caller.clone();
+        self.blocking(move |node| {
+            let s = node.spec_or_not_found(&spec)?;
+            let op = match s.scheme() {
+                Scheme::RsaPss { .. } => Operation::Verify,
+                Scheme::RsaOaep { .. } => Operation::Encrypt,
+                Scheme::RsaAesKeyWrap { .. } => Operation::Wrap,
+                _ => {
+                    return Err(DomainError::invalid(
+                        "spec",
+                        format!("spec {spec} is {}: symmetric keys have no public half", s.algorithm.as_str()),
+                    )
+                    .into());
+                }
+            };
+            let mut session = Session::new(node, &caller);
+            session.allow_public(&spec, op)?;
+            let (key_id, key) = session.active_key(&spec)?;
+            let (der, pem) = key.public_key()?;
+            Ok(PublicKey { der, pem, key_id, scheme: key.scheme().label() })
         })
         .await
     }

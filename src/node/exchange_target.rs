@@ -17,8 +17,10 @@ use crate::domain::exchange::{
 };
 use crate::domain::ids::{Host, Name, RequestId, SysId};
 use crate::domain::key::{DataKey, KeyRecord, WrappedKey};
+use crate::domain::spec::MaterialShape;
 use crate::error::{AppError, AppResult};
 use crate::signer::CryptoError;
+use crate::signer::material::check_material;
 use crate::signer::primitives::{kwp_unwrap, random_bytes, sha256, verify_sha256_with_cert};
 use crate::store::OutboxChange;
 
@@ -207,7 +209,7 @@ impl Node {
         let mut specs = HashMap::new();
         for line in &req.lines {
             if let Some(spec) = self.store.spec(&line.spec)? {
-                specs.insert(line.spec.clone(), spec.key_len_bytes());
+                specs.insert(line.spec.clone(), spec.material());
             }
         }
         for entry in &bundle.entries {
@@ -286,20 +288,18 @@ impl Node {
         Ok(SignedBlob { bytes, signature })
     }
 
-    /// Unwraps one bundle entry and re-wraps it under our KEK. `key_lens`:
-    /// key length in bytes of each requested spec present here.
+    /// Unwraps one bundle entry and re-wraps it under our KEK. `shapes`: the
+    /// key material each requested spec present here holds.
     fn unwrap_entry(
         &self,
-        key_lens: &HashMap<Name, usize>,
+        shapes: &HashMap<Name, MaterialShape>,
         aes: &DataKey,
         entry: &BundleEntry,
     ) -> Result<WrappedKey, String> {
-        let want = *key_lens.get(&entry.key_id.spec).ok_or("spec was not requested or is not on this instance")?;
+        let want = *shapes.get(&entry.key_id.spec).ok_or("spec was not requested or is not on this instance")?;
         let dek = kwp_unwrap(aes.expose(), &entry.wrapped).map_err(|_| "key does not unwrap".to_owned())?;
-        if dek.len() != want {
-            return Err(format!("key is {} bits, spec wants {}", dek.len() * 8, want * 8));
-        }
         let dek = DataKey::new(dek);
+        check_material(want, &dek)?;
         self.signer.wrap(&dek).map_err(|e: CryptoError| e.to_string())
     }
 

@@ -2,16 +2,16 @@
 //! each spec's current key and unwrapped keys by id. Every entry is
 //! discarded as soon as the store's generation changes (any committed
 //! write), so the cache never serves stale policy or key state.
-//! Unwrapped keys stay in memory only as zeroizing `DataKey`s.
+//! Unwrapped keys stay in memory only as `LoadedKey`s (zeroizing `DataKey`s inside).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::domain::auth::Caller;
 use crate::domain::ids::{KeyId, Name};
-use crate::domain::key::DataKey;
 use crate::domain::policy::AccessPolicy;
 use crate::domain::spec::Spec;
+use crate::signer::schemes::LoadedKey;
 
 /// Most unwrapped keys kept at once (the map is emptied when full).
 const MAX_KEYS: usize = 4096;
@@ -23,8 +23,8 @@ struct Entries {
     generation: u64,
     specs: HashMap<Name, Spec>,
     policies: HashMap<Name, Arc<Vec<AccessPolicy>>>,
-    current: HashMap<Name, (KeyId, Arc<DataKey>)>,
-    keys: HashMap<KeyId, Arc<DataKey>>,
+    current: HashMap<Name, (KeyId, Arc<LoadedKey>)>,
+    keys: HashMap<KeyId, Arc<LoadedKey>>,
 }
 
 #[derive(Default)]
@@ -60,19 +60,19 @@ impl HotCache {
         self.with(g, |e| e.policies.insert(module, p));
     }
 
-    pub fn current(&self, g: u64, spec: &Name) -> Option<(KeyId, Arc<DataKey>)> {
+    pub fn current(&self, g: u64, spec: &Name) -> Option<(KeyId, Arc<LoadedKey>)> {
         self.with(g, |e| e.current.get(spec).cloned())
     }
 
-    pub fn put_current(&self, g: u64, spec: Name, key: (KeyId, Arc<DataKey>)) {
+    pub fn put_current(&self, g: u64, spec: Name, key: (KeyId, Arc<LoadedKey>)) {
         self.with(g, |e| e.current.insert(spec, key));
     }
 
-    pub fn key(&self, g: u64, id: &KeyId) -> Option<Arc<DataKey>> {
+    pub fn key(&self, g: u64, id: &KeyId) -> Option<Arc<LoadedKey>> {
         self.with(g, |e| e.keys.get(id).cloned())
     }
 
-    pub fn put_key(&self, g: u64, id: KeyId, key: Arc<DataKey>) {
+    pub fn put_key(&self, g: u64, id: KeyId, key: Arc<LoadedKey>) {
         self.with(g, |e| {
             if e.keys.len() >= MAX_KEYS {
                 e.keys.clear();

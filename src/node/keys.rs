@@ -13,9 +13,9 @@ use crate::domain::key::{
     KeyAction, KeyChange, KeyRecord, LifecycleDefinition, LifecyclePolicy, PolicyScope, due_for_destruction,
     effective_cap, plan_action, plan_generate, plan_rotate,
 };
-use crate::domain::spec::{Algorithm, Module, Purpose, Spec};
+use crate::domain::spec::{Module, Spec, SpecChoice};
 use crate::error::{AppError, AppResult};
-use crate::signer::primitives::random_key;
+use crate::signer::material::generate_material;
 use crate::store::StoreError;
 
 /// What a new module allows before any policy is written.
@@ -77,19 +77,21 @@ impl Node {
         caller: &Caller,
         module: Name,
         name: Name,
-        purpose: Purpose,
-        algorithm: Algorithm,
-        key_size_bits: u32,
+        choice: SpecChoice,
     ) -> AppResult<Spec> {
         let actor = caller.actor();
         self.blocking(move |node| {
             if node.store.module(&module)?.is_none() {
                 return Err(DomainError::not_found("module", &module).into());
             }
-            let spec = Spec::try_new(name, module, purpose, algorithm, key_size_bits, clock::now())?;
+            let spec = Spec::try_new(name, module, choice, clock::now())?;
             let audit = event(&actor, "spec.create", &spec.name).with_details(format!(
-                "module {} {:?} {:?} {} bits",
-                spec.module, spec.purpose, spec.algorithm, spec.key_size_bits
+                "module {} {} {} {} bits{}",
+                spec.module,
+                spec.purpose.as_str(),
+                spec.algorithm.as_str(),
+                spec.key_size_bits,
+                if spec.equality_preserving { " equality preserving" } else { "" }
             ));
             node.store.insert_spec(&spec, &[audit]).map_err(already_exists)?;
             tracing::info!(spec = %spec.name, module = %spec.module, "spec created");
@@ -128,7 +130,7 @@ impl Node {
     /// Writes a planned change: new material for the new key, one transaction.
     fn write_change(&self, spec: &Spec, change: &KeyChange, audit: Vec<AuditEvent>) -> AppResult<()> {
         let new = match &change.new_key {
-            Some(k) => Some((k, self.signer.wrap(&random_key(spec.key_len_bytes()))?)),
+            Some(k) => Some((k, self.signer.wrap(&generate_material(spec.material())?)?)),
             None => None,
         };
         let new_ref = new.as_ref().map(|(k, w)| (*k, w));
@@ -320,7 +322,7 @@ impl Node {
                 }
                 if let Some(new) = change.new_key {
                     existing.push(new.clone());
-                    batch.push((new, node.signer.wrap(&random_key(spec.key_len_bytes()))?));
+                    batch.push((new, node.signer.wrap(&generate_material(spec.material())?)?));
                 }
                 if batch.len() >= 1000 || i + 1 == count {
                     let audit =

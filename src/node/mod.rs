@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod crypto;
+mod crypto_session;
 pub mod diagnostics;
 mod exchange_source;
 mod exchange_target;

@@ -10,7 +10,7 @@ use crate::domain::bundle::WrappingAlgorithm;
 use crate::domain::exchange::{ExchangeRequest, ExchangeRole, Frequency, RequestStatus, SpecLine, SpecLineStatus};
 use crate::domain::ids::{Name, UnixMillis};
 use crate::domain::key::{KeyAction, KeyOrigin, KeyRecord, KeyState, LifecyclePolicy, PolicyScope};
-use crate::domain::spec::{Algorithm, Module, Purpose, Spec};
+use crate::domain::spec::{ALL_ALGORITHMS, ALL_PURPOSES, Algorithm, Module, Purpose, Spec, SpecChoice};
 
 pub fn ts(t: UnixMillis) -> Timestamp {
     Timestamp { seconds: t.0.div_euclid(1000), nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32 }
@@ -43,12 +43,10 @@ pub fn spec(s: &Spec) -> pb::Spec {
     pb::Spec {
         name: s.name.to_string(),
         module: s.module.to_string(),
-        purpose: match s.purpose {
-            Purpose::SymmetricDataEncryption => pb::CryptoPurpose::SymmetricDataEncryption,
-        } as i32,
-        algorithm: match s.algorithm {
-            Algorithm::AesGcm => pb::Algorithm::AesGcm,
-        } as i32,
+        purpose: pb_purpose(s.purpose) as i32,
+        algorithm: pb_algorithm(s.algorithm) as i32,
+        equality_preserving: s.equality_preserving,
+        scheme: s.scheme().label(),
         key_size_bits: s.key_size_bits,
         created_at: Some(ts(s.created_at)),
         expire_after: s.lifecycle.expire_after.map(duration),
@@ -56,18 +54,39 @@ pub fn spec(s: &Spec) -> pb::Spec {
     }
 }
 
-pub fn purpose(v: i32) -> Result<Purpose, DomainError> {
-    match pb::CryptoPurpose::try_from(v) {
-        Ok(pb::CryptoPurpose::SymmetricDataEncryption) => Ok(Purpose::SymmetricDataEncryption),
-        _ => Err(DomainError::invalid("purpose", "set a purpose (SYMMETRIC_DATA_ENCRYPTION)")),
+fn pb_purpose(p: Purpose) -> pb::CryptoPurpose {
+    match p {
+        Purpose::SymmetricDataEncryption => pb::CryptoPurpose::SymmetricDataEncryption,
+        Purpose::SymmetricKeyWrapping => pb::CryptoPurpose::SymmetricKeyWrapping,
+        Purpose::SymmetricAuthenticity => pb::CryptoPurpose::SymmetricAuthenticity,
+        Purpose::AsymmetricDataEncryption => pb::CryptoPurpose::AsymmetricDataEncryption,
+        Purpose::AsymmetricKeyWrapping => pb::CryptoPurpose::AsymmetricKeyWrapping,
+        Purpose::Signature => pb::CryptoPurpose::Signature,
     }
 }
 
-pub fn algorithm(v: i32) -> Result<Algorithm, DomainError> {
-    match pb::Algorithm::try_from(v) {
-        Ok(pb::Algorithm::AesGcm) => Ok(Algorithm::AesGcm),
-        _ => Err(DomainError::invalid("algorithm", "set an algorithm (AES_GCM)")),
+fn pb_algorithm(a: Algorithm) -> pb::Algorithm {
+    match a {
+        Algorithm::AesGcm => pb::Algorithm::AesGcm,
+        Algorithm::AesCbc => pb::Algorithm::AesCbc,
+        Algorithm::AesCtr => pb::Algorithm::AesCtr,
+        Algorithm::Hmac => pb::Algorithm::Hmac,
+        Algorithm::Rsa => pb::Algorithm::Rsa,
     }
+}
+
+/// The choices of a CreateSpec request; the domain checks the combination.
+pub fn spec_choice(r: &pb::CreateSpecRequest) -> Result<SpecChoice, DomainError> {
+    let purpose = ALL_PURPOSES.into_iter().find(|p| pb_purpose(*p) as i32 == r.purpose).ok_or_else(|| {
+        let names: Vec<&str> = ALL_PURPOSES.iter().map(|p| pb_purpose(*p).as_str_name()).collect();
+        DomainError::invalid("purpose", format!("set a purpose: {}", names.join(", ")))
+    })?;
+    let algorithm = ALL_ALGORITHMS.into_iter().find(|a| pb_algorithm(*a) as i32 == r.algorithm).ok_or_else(|| {
+        let names: Vec<&str> = purpose.algorithms().iter().map(|a| pb_algorithm(*a).as_str_name()).collect();
+        DomainError::invalid("algorithm", format!("set an algorithm; {} takes {}", purpose.as_str(), names.join(", ")))
+    })?;
+    let key_size_bits = if r.key_size_bits == 0 { algorithm.default_size() } else { r.key_size_bits };
+    Ok(SpecChoice { purpose, algorithm, key_size_bits, equality_preserving: r.equality_preserving })
 }
 
 fn key_state(s: KeyState) -> pb::KeyState {

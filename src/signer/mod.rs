@@ -5,8 +5,11 @@
 //! Also home of the openssl primitives (`primitives`) and the instance's
 //! signing key (`instance_key`). Depends on `domain` only.
 
+pub mod aead;
 pub mod instance_key;
+pub mod material;
 pub mod primitives;
+pub mod schemes;
 pub mod software;
 
 use thiserror::Error;

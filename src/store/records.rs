@@ -13,7 +13,7 @@ use crate::domain::ids::{Host, KeyId, Name, RequestId, SysId, UnixMillis};
 use crate::domain::key::{
     KeyOrigin, KeyRecord, KeyState, LifecycleDefinition, LifecyclePolicy, PolicyScope, WrappedKey,
 };
-use crate::domain::spec::{Algorithm, Module, Purpose, Spec};
+use crate::domain::spec::{Algorithm, Module, Purpose, Spec, SpecChoice};
 
 const ROW_VERSION: u8 = 1;
 
@@ -81,6 +81,8 @@ pub struct SpecRow {
     purpose: String,
     algorithm: String,
     key_size_bits: u32,
+    #[serde(default)]
+    equality_preserving: bool,
     created_at: i64,
     #[serde(default)]
     expire_after: Option<i64>,
@@ -90,19 +92,14 @@ pub struct SpecRow {
 
 impl From<&Spec> for SpecRow {
     fn from(s: &Spec) -> Self {
-        let purpose = match s.purpose {
-            Purpose::SymmetricDataEncryption => "symmetric_data_encryption",
-        };
-        let algorithm = match s.algorithm {
-            Algorithm::AesGcm => "aes_gcm",
-        };
         SpecRow {
             v: ROW_VERSION,
             name: s.name.to_string(),
             module: s.module.to_string(),
-            purpose: purpose.into(),
-            algorithm: algorithm.into(),
+            purpose: s.purpose.as_str().into(),
+            algorithm: s.algorithm.as_str().into(),
             key_size_bits: s.key_size_bits,
+            equality_preserving: s.equality_preserving,
             created_at: s.created_at.0,
             expire_after: s.lifecycle.expire_after,
             destroy_after_idle: s.lifecycle.destroy_after_idle,
@@ -113,23 +110,16 @@ impl From<&Spec> for SpecRow {
 impl TryFrom<SpecRow> for Spec {
     type Error = StoreError;
     fn try_from(r: SpecRow) -> Result<Self, StoreError> {
-        let purpose = match r.purpose.as_str() {
-            "symmetric_data_encryption" => Purpose::SymmetricDataEncryption,
-            other => return Err(corrupt(format!("purpose {other}"))),
-        };
-        let algorithm = match r.algorithm.as_str() {
-            "aes_gcm" => Algorithm::AesGcm,
-            other => return Err(corrupt(format!("algorithm {other}"))),
-        };
-        let mut spec = Spec::try_new(
-            name(&r.name)?,
-            name(&r.module)?,
+        let purpose = Purpose::parse(&r.purpose).ok_or_else(|| corrupt(format!("purpose {}", r.purpose)))?;
+        let algorithm = Algorithm::parse(&r.algorithm).ok_or_else(|| corrupt(format!("algorithm {}", r.algorithm)))?;
+        let choice = SpecChoice {
             purpose,
             algorithm,
-            r.key_size_bits,
-            UnixMillis(r.created_at),
-        )
-        .map_err(corrupt)?;
+            key_size_bits: r.key_size_bits,
+            equality_preserving: r.equality_preserving,
+        };
+        let mut spec =
+            Spec::try_new(name(&r.name)?, name(&r.module)?, choice, UnixMillis(r.created_at)).map_err(corrupt)?;
         spec.lifecycle = LifecycleDefinition { expire_after: r.expire_after, destroy_after_idle: r.destroy_after_idle };
         Ok(spec)
     }

@@ -3,6 +3,7 @@
 
 mod audit;
 mod crypto_ops;
+mod crypto_specs;
 mod diagnostics;
 mod exchange;
 mod grpcurl;

@@ -124,25 +124,24 @@ impl Ops {
 
     /// Module `m`, spec `spec` (AES-256-GCM); optionally one key.
     pub async fn spec(&mut self, module: &str, spec: &str, with_key: bool) {
+        let req = kmf::cli::kmfctl::aes_spec(module, spec, 256);
+        self.spec_from(req, with_key).await;
+    }
+
+    /// Creates the request's module (Track by default, if missing) and spec;
+    /// optionally one key.
+    pub async fn spec_from(&mut self, req: pb::CreateSpecRequest, with_key: bool) {
+        let (module, spec) = (req.module.clone(), req.name.clone());
         let _ = self
             .keys
             .create_module(pb::CreateModuleRequest {
-                name: module.into(),
+                name: module.clone(),
                 default_access: pb::DefaultAccess::Track as i32,
             })
             .await;
-        self.keys
-            .create_spec(pb::CreateSpecRequest {
-                module: module.into(),
-                name: spec.into(),
-                purpose: pb::CryptoPurpose::SymmetricDataEncryption as i32,
-                algorithm: pb::Algorithm::AesGcm as i32,
-                key_size_bits: 256,
-            })
-            .await
-            .expect("create spec");
+        self.keys.create_spec(req).await.expect("create spec");
         if with_key {
-            self.keys.generate_key(pb::GenerateKeyRequest { spec: spec.into() }).await.expect("generate key");
+            self.keys.generate_key(pb::GenerateKeyRequest { spec }).await.expect("generate key");
         }
     }
 

@@ -1,4 +1,5 @@
-//! Crypto: encrypt, decrypt, rewrap (single and batch) and encrypted records.
+//! Crypto: encrypt, decrypt, rewrap (single and batch) and encrypted records;
+//! sign/verify, MAC/verify, wrap/unwrap live in crypto_signing.rs.
 
 use std::sync::Arc;
 
@@ -60,6 +61,37 @@ fn from_token(t: &str) -> Result<RecordAddress, DomainError> {
 
 #[tonic::async_trait]
 impl Crypto for CryptoService {
+    async fn sign(&self, req: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {
+        self.do_sign(req).await
+    }
+
+    async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        self.do_verify(req).await
+    }
+
+    async fn mac(&self, req: Request<pb::MacRequest>) -> Result<Response<pb::MacResponse>, Status> {
+        self.do_mac(req).await
+    }
+
+    async fn verify_mac(&self, req: Request<pb::VerifyMacRequest>) -> Result<Response<pb::VerifyMacResponse>, Status> {
+        self.do_verify_mac(req).await
+    }
+
+    async fn wrap(&self, req: Request<pb::WrapRequest>) -> Result<Response<pb::WrapResponse>, Status> {
+        self.do_wrap(req).await
+    }
+
+    async fn unwrap(&self, req: Request<pb::UnwrapRequest>) -> Result<Response<pb::UnwrapResponse>, Status> {
+        self.do_unwrap(req).await
+    }
+
+    async fn get_public_key(
+        &self,
+        req: Request<pb::GetPublicKeyRequest>,
+    ) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
+        self.do_get_public_key(req).await
+    }
+
     async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
         let r = req.into_inner();

@@ -68,10 +68,8 @@ impl KeyManagement for KeyManagementService {
         let r = req.get_ref();
         let module = convert::name(&r.module, "module")?;
         let name = convert::name(&r.name, "name")?;
-        let purpose = convert::purpose(r.purpose)?;
-        let algorithm = convert::algorithm(r.algorithm)?;
-        let size = if r.key_size_bits == 0 { 256 } else { r.key_size_bits };
-        let spec = self.0.create_spec(&auth.caller, module, name, purpose, algorithm, size).await?;
+        let choice = convert::spec_choice(r)?;
+        let spec = self.0.create_spec(&auth.caller, module, name, choice).await?;
         Ok(Response::new(pb::CreateSpecResponse { spec: Some(convert::spec(&spec)) }))
     }
 

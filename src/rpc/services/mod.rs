@@ -2,6 +2,7 @@
 
 mod audit;
 mod crypto;
+mod crypto_signing;
 mod diagnostics;
 mod exchange;
 mod keys;
