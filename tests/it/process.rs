@@ -189,6 +189,23 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     ok(a.ctl(&pki).args(["key", "rotate", "salary"]));
     ok(b.ctl(&pki).args(["module", "create", "hr", "--default-access", "track"]));
     ok(b.ctl(&pki).args(["spec", "create", "salary", "--module", "hr"]));
+
+    // The other purposes through kmfctl: a signature spec, sign, verify, public key.
+    let spec = ["spec", "create", "releases", "--module", "hr", "--purpose", "signature", "--algorithm", "rsa"];
+    let listed = json(&ok(a.ctl(&pki).arg("--json").args(spec).args(["--size", "2048"])));
+    assert_eq!(listed[0]["scheme"], "RSA-2048 PSS-SHA-256");
+    ok(a.ctl(&pki).args(["key", "generate", "releases"]));
+    let sig = json(&ok(a.ctl(&pki).args(["--json", "crypto", "sign", "--spec", "releases", "--text", "v1.0"])));
+    let sig = sig["signature"].as_str().expect("signature").to_owned();
+    let good = ok(a.ctl(&pki).args(["crypto", "verify", "--signature", &sig, "--text", "v1.0"]));
+    let bad = ok(a.ctl(&pki).args(["crypto", "verify", "--signature", &sig, "--text", "v1.1"]));
+    assert_eq!((good.trim(), bad.trim()), ("true", "false"));
+    let pem = ok(a.ctl(&pki).args(["crypto", "public-key", "--spec", "releases"]));
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    let refused = run(a.ctl(&pki).args(["spec", "create", "x", "--module", "hr", "--algorithm", "hmac"]));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("symmetric_data_encryption takes"), "{stderr}");
+
     let ct =
         json(&ok(a.ctl(&pki).args(["--json", "encrypt", "--spec", "salary", "--text", "4200 EUR", "--aad", "emp:7"])));
     let ct = ct["ciphertext"].as_str().expect("ciphertext").to_owned();
