@@ -244,7 +244,29 @@ async fn rsa_encrypts_wraps_and_signs_and_signatures_verify_outside_kmf() {
     // A rotated-out key still verifies what it signed; signing uses the new key.
     ops.keys.rotate_key(pb::RotateKeyRequest { spec: "sig".into() }).await.expect("rotate");
     assert!(verify(&mut ops, &signed.signature, b"release 1.2.3").await.expect("old signature"));
-    assert_ne!(sign(&mut ops, "sig", b"x").await.expect("sign").key_id, signed.key_id);
+    let newer = sign(&mut ops, "sig", b"x").await.expect("sign");
+    assert_ne!(newer.key_id, signed.key_id);
+
+    // Wrong state: with its only current key suspended the spec cannot sign,
+    // but what that key signed still verifies.
+    let req = pb::ChangeKeyStateRequest {
+        key_id: newer.key_id.clone(),
+        action: pb::KeyAction::Suspend as i32,
+        reason: String::new(),
+    };
+    ops.keys.change_key_state(req).await.expect("suspend");
+    let err = sign(&mut ops, "sig", b"y").await.expect_err("no Active key");
+    assert!(err.code() == Code::FailedPrecondition && err.message().contains("no Active key"), "{err}");
+    let err = verify(&mut ops, &newer.signature, b"x").await.expect_err("a Suspended key does not verify");
+    assert!(err.code() == Code::FailedPrecondition && err.message().contains("Suspended"), "{err}");
+    assert!(verify(&mut ops, &signed.signature, b"release 1.2.3").await.expect("Deactivated key verifies"));
+
+    // Wrong role: an auditor may not use keys.
+    let mut auditor = Ops::new(node.channel(&pki.operator("eve", &[Role::CryptographicAuditor])).await);
+    let err = verify(&mut auditor, &signed.signature, b"release 1.2.3").await.expect_err("auditor");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = wrap(&mut auditor, "rwrap", &[1; 16], b"").await.expect_err("auditor");
+    assert_eq!(err.code(), Code::PermissionDenied);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
