@@ -3,13 +3,15 @@
 //! wrapped and unwrapped on the token with CKM_AES_KEY_WRAP_PAD, which gives
 //! the same RFC 5649 bytes as the software signer's `kwp_wrap`. Transport
 //! private keys are generated and used on the token (`transport`). Sessions
-//! come from a small pool (`session_pool`).
+//! come from a small pool (`session_pool`) on a process-wide context per
+//! module (`module`); `settings` holds the configuration and open errors.
 
+mod module;
 mod session_pool;
+mod settings;
 mod transport;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use cryptoki::error::{Error, RvError};
@@ -18,8 +20,9 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::Session;
 use zeroize::{Zeroize, Zeroizing};
 
-pub use session_pool::{OpenError, PinSource};
-use session_pool::{SessionPool, describe, find_by_label};
+use module::{describe, find_by_label};
+use session_pool::SessionPool;
+pub use settings::{DEFAULT_KEK_LABEL, OpenError, PinSource, Pkcs11Config};
 use transport::Opened;
 
 use super::primitives::{random_bytes, rsa_oaep_encrypt};
@@ -27,26 +30,12 @@ use super::{CryptoError, Signer, TransportKey};
 use crate::domain::bundle::WrappingAlgorithm;
 use crate::domain::key::{DataKey, WrappedKey};
 
-pub const DEFAULT_KEK_LABEL: &str = "kmf-kek";
-
 /// The process-wide, initialised context of `module` that every signer on
 /// it shares (tests inspect tokens through it).
 pub fn shared_context(module: &std::path::Path) -> Result<cryptoki::context::Pkcs11, String> {
-    session_pool::module(module)
+    module::module(module)
 }
 const KEK_BYTES: u64 = 32;
-
-/// Where the KEK lives. The PIN is named by its source, never held here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pkcs11Config {
-    /// The PKCS#11 module (shared library), e.g. /usr/lib/softhsm/libsofthsm2.so.
-    pub module: PathBuf,
-    /// The token's label (slots are found by label: their ids change).
-    pub token_label: String,
-    pub pin: PinSource,
-    /// The label of the KEK object on the token.
-    pub kek_label: String,
-}
 
 pub struct Pkcs11Signer {
     pool: SessionPool,

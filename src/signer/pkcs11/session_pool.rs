@@ -1,11 +1,5 @@
-//! The PKCS#11 plumbing: one process-wide context per module, and a small
-//! pool of logged-in read/write sessions on one token.
+//! A small pool of logged-in read/write sessions on one token.
 //!
-//! - A module is loaded and `C_Initialize`d once per process and kept for the
-//!   life of the process: a second `C_Initialize` answers
-//!   CKR_CRYPTOKI_ALREADY_INITIALIZED, and unloading a module whose sessions
-//!   are open is undefined. Several signers (two test nodes, `config check`
-//!   then `run`) share it.
 //! - A `Session` is `Send` but not `Sync`: the pool hands each one to exactly
 //!   one thread at a time (a Mutex-guarded idle list, a Condvar when all are
 //!   busy). Callers are synchronous (the node calls the signer from
@@ -18,120 +12,22 @@
 //!   operation is retried once on a fresh session. A wrong PIN is never
 //!   retried (tokens lock after a few failures).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error, RvError};
-use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
+use super::module::{describe, find_by_label, is_stale, lock, module_ctx, token_error};
+use super::settings::{OpenError, PinSource};
 use crate::signer::CryptoError;
 
 /// Sessions per signer. Two cores; imports and crypto calls overlap.
 pub(super) const SESSIONS: usize = 4;
-
-static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A short, PIN-free description of a cryptoki error.
-pub(super) fn describe(e: &Error) -> String {
-    match e {
-        Error::Pkcs11(rv, function) => format!("C_{function:?} returned {rv:?}"),
-        Error::LibraryLoading(err) => format!("cannot load the module: {err}"),
-        other => other.to_string(),
-    }
-}
-
-pub(super) fn token_error(what: &str, e: &Error) -> CryptoError {
-    CryptoError::Token(format!("{what}: {}", describe(e)))
-}
-
-/// Errors after which the session, the slot or our object handles may be
-/// stale: worth one retry on a freshly opened session.
-pub(super) fn is_stale(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Pkcs11(
-            RvError::SessionHandleInvalid
-                | RvError::SessionClosed
-                | RvError::DeviceRemoved
-                | RvError::DeviceError
-                | RvError::TokenNotPresent
-                | RvError::TokenNotRecognized
-                | RvError::SlotIdInvalid
-                | RvError::UserNotLoggedIn
-                | RvError::KeyHandleInvalid
-                | RvError::ObjectHandleInvalid
-                | RvError::WrappingKeyHandleInvalid
-                | RvError::UnwrappingKeyHandleInvalid,
-            _
-        )
-    )
-}
-
-/// The process-wide context of `module`, loaded and initialised on first use.
-pub(super) fn module(path: &Path) -> Result<Pkcs11, String> {
-    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let mut modules = lock(MODULES.get_or_init(Default::default));
-    if let Some(ctx) = modules.get(&key) {
-        return Ok(ctx.clone());
-    }
-    let ctx =
-        Pkcs11::new(&key).map_err(|e| format!("cannot load PKCS#11 module {}: {}", path.display(), describe(&e)))?;
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => return Err(format!("PKCS#11 module {}: {}", path.display(), describe(&e))),
-    }
-    modules.insert(key, ctx.clone());
-    Ok(ctx)
-}
-
-/// Where the PIN comes from; named in errors, never the PIN itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PinSource {
-    /// A file holding the PIN (one trailing newline is ignored); mode 0600.
-    File(PathBuf),
-    /// The name of an environment variable holding the PIN.
-    Env(String),
-}
-
-impl std::fmt::Display for PinSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PinSource::File(p) => write!(f, "pin_file {}", p.display()),
-            PinSource::Env(v) => write!(f, "pin_env ${v}"),
-        }
-    }
-}
-
-impl PinSource {
-    /// Reads the PIN. Errors name the source, never the value.
-    pub(super) fn read(&self) -> Result<AuthPin, String> {
-        let text = match self {
-            PinSource::File(path) => {
-                use std::os::unix::fs::PermissionsExt;
-                let meta = std::fs::metadata(path).map_err(|e| e.kind().to_string())?;
-                if meta.permissions().mode() & 0o077 != 0 {
-                    return Err("must not be readable by group or others (chmod 600)".into());
-                }
-                zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| e.kind().to_string())?)
-            }
-            PinSource::Env(var) => zeroize::Zeroizing::new(std::env::var(var).map_err(|_| "is not set".to_owned())?),
-        };
-        let pin = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
-        if pin.is_empty() {
-            return Err("holds an empty PIN".into());
-        }
-        Ok(AuthPin::from(pin.to_owned()))
-    }
-}
 
 struct State {
     idle: Vec<Session>,
@@ -404,63 +300,5 @@ impl SessionPool {
                 Err(e) => return Err(token_error(what, &e)),
             }
         }
-    }
-}
-
-fn module_ctx(module: &Path) -> Result<Pkcs11, OpenError> {
-    module_path_checked(module)?;
-    self::module(module).map_err(|reason| OpenError { field: "module", reason })
-}
-
-fn module_path_checked(module: &Path) -> Result<(), OpenError> {
-    if module.is_file() {
-        Ok(())
-    } else {
-        Err(OpenError { field: "module", reason: format!("{} is not a file", module.display()) })
-    }
-}
-
-/// Objects of `class` labelled `label`.
-pub(super) fn find_by_label(session: &Session, class: ObjectClass, label: &str) -> Result<Vec<ObjectHandle>, Error> {
-    session.find_objects(&[Attribute::Class(class), Attribute::Label(label.as_bytes().to_vec())])
-}
-
-/// Why a signer could not be opened or a KEK created, naming the config
-/// field to fix (`module`, `token_label`, `pin_file`/`pin_env`, `kek_label`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenError {
-    pub field: &'static str,
-    pub reason: String,
-}
-
-impl OpenError {
-    pub(super) fn pin(source: &PinSource, reason: impl std::fmt::Display) -> Self {
-        let field = match source {
-            PinSource::File(_) => "pin_file",
-            PinSource::Env(_) => "pin_env",
-        };
-        OpenError { field, reason: format!("{source}: {reason}") }
-    }
-
-    pub(super) fn token(reason: String) -> Self {
-        OpenError { field: "token_label", reason }
-    }
-
-    pub(super) fn kek(reason: String) -> Self {
-        OpenError { field: "kek_label", reason }
-    }
-}
-
-impl std::fmt::Display for OpenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "signer.{}: {}", self.field, self.reason)
-    }
-}
-
-impl std::error::Error for OpenError {}
-
-impl From<OpenError> for CryptoError {
-    fn from(e: OpenError) -> Self {
-        CryptoError::Token(e.to_string())
     }
 }

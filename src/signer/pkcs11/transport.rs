@@ -13,7 +13,8 @@ use openssl::bn::BigNum;
 use openssl::rsa::Rsa;
 use zeroize::Zeroizing;
 
-use super::session_pool::{SessionPool, find_by_label, is_stale};
+use super::module::{find_by_label, is_stale};
+use super::session_pool::SessionPool;
 use crate::domain::bundle::WrappingAlgorithm;
 use crate::signer::CryptoError;
 use crate::signer::primitives::random_bytes;
