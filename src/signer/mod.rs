@@ -8,6 +8,7 @@
 pub mod aead;
 pub mod instance_key;
 pub mod material;
+pub mod pkcs11;
 pub mod primitives;
 pub mod schemes;
 pub mod software;
@@ -26,6 +27,10 @@ pub enum CryptoError {
     BadSignature,
     #[error("key file {path}: {reason}")]
     KeyFile { path: String, reason: String },
+    /// A PKCS#11 token failed or is unreachable (names the token and the
+    /// PKCS#11 return value, never a PIN).
+    #[error("PKCS#11 signer: {0}")]
+    Token(String),
 }
 
 impl From<openssl::error::ErrorStack> for CryptoError {

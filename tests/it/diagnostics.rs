@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kmf::app::{AppConfig, KEK_FILE, init_instance, start_with};
+use kmf::app::{AppConfig, init_instance, start_with};
 use kmf::domain::auth::Role;
 use kmf::domain::ids::{Host, UnixMillis};
 use kmf::rpc::pb::{self, ComponentStatus, Decision, RequestStatus};
@@ -50,7 +50,7 @@ pub async fn node_with(
         listen: "127.0.0.1:0".parse().expect("addr"),
         host: None,
         tls: files.clone(),
-        kek_file: dir.path().join(KEK_FILE),
+        signer: kmf::app::SignerConfig::software_in(dir.path()),
         background_interval: Duration::from_millis(100),
         metrics_listen,
     };

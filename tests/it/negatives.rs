@@ -377,7 +377,7 @@ async fn instance_certificate_must_match_the_database() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         host: None,
         tls: pki.files(&cert),
-        kek_file: dir.path().join(kmf::app::KEK_FILE),
+        signer: kmf::app::SignerConfig::software_in(dir.path()),
         background_interval: std::time::Duration::from_secs(1),
         metrics_listen: None,
     };

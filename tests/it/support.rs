@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
-use kmf::app::{AppConfig, KEK_FILE, RunningApp, init_instance, start_with};
+use kmf::app::{AppConfig, RunningApp, SignerConfig, init_instance_with, start_with};
 use kmf::domain::auth::Role;
 use kmf::domain::exchange::{RequestStatus, SignedBlob};
 use kmf::domain::ids::Host;
@@ -54,9 +54,20 @@ impl TestNode {
 
     /// Starts a node whose outbound peer link is wrapped by `wrap`.
     pub async fn start_with(pki: &Pki, wrap: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>) -> TestNode {
+        Self::start_full(pki, None, wrap).await
+    }
+
+    /// Starts a node with `signer` (its KEK is created here), or the software
+    /// signer in its directory when `None`.
+    pub async fn start_full(
+        pki: &Pki,
+        signer: Option<SignerConfig>,
+        wrap: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>,
+    ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let host = Host::parse("127.0.0.1:0").expect("host");
-        let sys_id = init_instance(dir.path(), &host).expect("init");
+        let signer = signer.unwrap_or_else(|| SignerConfig::software_in(dir.path()));
+        let sys_id = init_instance_with(dir.path(), &host, &signer).expect("init");
         let cert = issue_instance(&pki.ca, &sys_id, &["127.0.0.1".to_owned()]).expect("instance cert");
         let files = pki.files(&cert);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -65,7 +76,7 @@ impl TestNode {
             listen: "127.0.0.1:0".parse().expect("addr"),
             host: None,
             tls: files.clone(),
-            kek_file: dir.path().join(KEK_FILE),
+            signer,
             background_interval: Duration::from_millis(100),
             metrics_listen: None,
         };
