@@ -127,6 +127,7 @@ pub struct RunningApp {
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: JoinHandle<()>,
+    health_watch: JoinHandle<()>,
 }
 
 impl RunningApp {
@@ -134,9 +135,11 @@ impl RunningApp {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.background.abort();
-        // Wait until the aborted task is gone, so its handle on the node (and
-        // the database) is released before this returns.
+        self.health_watch.abort();
+        // Wait until the aborted tasks are gone, so their handles on the node
+        // (and the database) are released before this returns.
         let _ = self.background.await;
+        let _ = self.health_watch.await;
         if let Some(metrics) = self.metrics_server {
             let _ = metrics.await;
         }
@@ -242,6 +245,7 @@ pub async fn start_with(
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);
     let background = tokio::spawn(background_loop(node.clone(), cfg.background_interval));
+    let health_watch = tokio::spawn(health_loop(node.clone(), crate::node::diagnostics::WATCH_EVERY));
     tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");
     Ok(RunningApp {
         local_addr,
@@ -251,6 +255,7 @@ pub async fn start_with(
         stop,
         server,
         background,
+        health_watch,
     })
 }
 
@@ -308,6 +313,17 @@ async fn background_loop(node: Arc<Node>, interval: Duration) {
         if let Err(e) = node.sweep_lifecycle().await {
             tracing::warn!(error = %e, "lifecycle sweep failed");
         }
+    }
+}
+
+/// Diagnoses the instance at start and every `every` after, so health
+/// changes are logged and the metrics show them without anyone asking.
+async fn health_loop(node: Arc<Node>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        node.diagnose_and_record().await;
     }
 }
 

@@ -13,6 +13,11 @@ use std::time::Duration;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::domain::exchange::ExchangeRole;
+use crate::domain::health::HealthStatus;
+use crate::node::diagnostics::Diagnosis;
+
+const HEALTH_STATUSES: [HealthStatus; 4] =
+    [HealthStatus::Operational, HealthStatus::Degraded, HealthStatus::Malfunction, HealthStatus::Disabled];
 use crate::store::StoreCounts;
 
 /// The RPC metrics of one instance.
@@ -54,8 +59,11 @@ impl Metrics {
 
     /// The Prometheus text format: the RPC metrics plus the store gauges
     /// `kmf_exchange_requests{status,role}`, `kmf_keys{state}` and
-    /// `kmf_audit_entries`, built from `counts`.
-    pub fn render(&self, counts: &StoreCounts) -> Result<String, prometheus::Error> {
+    /// `kmf_audit_entries`, built from `counts`, and the latest diagnosis as
+    /// `kmf_health{component,status}` (1 for the component's status, 0 for
+    /// the others; component "kmf" is the roll-up) with
+    /// `kmf_health_checked_timestamp_seconds`.
+    pub fn render(&self, counts: &StoreCounts, diagnosis: Option<&Diagnosis>) -> Result<String, prometheus::Error> {
         let scrape = Registry::new();
         let requests = IntGaugeVec::new(
             Opts::new("kmf_exchange_requests", "Exchange requests stored, by status and role"),
@@ -78,6 +86,22 @@ impl Metrics {
         scrape.register(Box::new(requests))?;
         scrape.register(Box::new(keys))?;
         scrape.register(Box::new(audit))?;
+        if let Some(d) = diagnosis {
+            let health = IntGaugeVec::new(
+                Opts::new("kmf_health", "Latest diagnosis: 1 for each component's status, 0 for the others"),
+                &["component", "status"],
+            )?;
+            for c in std::iter::once(&d.root).chain(&d.root.children) {
+                for s in HEALTH_STATUSES {
+                    let value = i64::from(c.status == s);
+                    health.with_label_values(&[c.name.as_str(), &s.label().to_ascii_lowercase()]).set(value);
+                }
+            }
+            let checked = prometheus::Gauge::new("kmf_health_checked_timestamp_seconds", "When the diagnosis ran")?;
+            checked.set(d.checked_at.0 as f64 / 1000.0);
+            scrape.register(Box::new(health))?;
+            scrape.register(Box::new(checked))?;
+        }
         let mut families = self.registry.gather();
         families.extend(scrape.gather());
         let mut out = Vec::new();
@@ -118,6 +142,8 @@ pub fn code_name(code: i32) -> &'static str {
 mod tests {
     use super::*;
     use crate::domain::exchange::RequestStatus;
+    use crate::domain::health::Component;
+    use crate::domain::ids::UnixMillis;
     use crate::domain::key::KeyState;
 
     #[test]
@@ -130,8 +156,18 @@ mod tests {
             keys: vec![(KeyState::Active, 3)],
             audit_entries: 7,
         };
-        let text = m.render(&counts).unwrap();
+        assert!(!m.render(&counts, None).unwrap().contains("kmf_health"), "no diagnosis ran yet");
+        let signer = Component::leaf("signer", HealthStatus::Malfunction, "KEK unusable");
+        let store = Component::leaf("store", HealthStatus::Operational, "ok");
+        let diagnosis =
+            Diagnosis { checked_at: UnixMillis(1_500), root: Component::parent("kmf", "x", vec![signer, store]) };
+        let text = m.render(&counts, Some(&diagnosis)).unwrap();
         for line in [
+            r#"kmf_health{component="signer",status="malfunction"} 1"#,
+            r#"kmf_health{component="signer",status="operational"} 0"#,
+            r#"kmf_health{component="store",status="operational"} 1"#,
+            r#"kmf_health{component="kmf",status="degraded"} 1"#,
+            "kmf_health_checked_timestamp_seconds 1.5",
             r#"kmf_rpc_requests_total{code="OK",method="/kmf.v1.Instance/Info"} 1"#,
             r#"kmf_rpc_requests_total{code="PERMISSION_DENIED",method="/kmf.v1.Instance/Info"} 1"#,
             r#"kmf_rpc_duration_seconds_count{method="/kmf.v1.Instance/Info"} 2"#,

@@ -141,7 +141,7 @@ async fn respond<B>(
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     let rendered = match node.store_counts().await {
-        Ok(counts) => metrics.render(&counts).map_err(|e| e.to_string()),
+        Ok(counts) => metrics.render(&counts, node.latest_diagnosis().as_ref()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match rendered {

@@ -15,6 +15,9 @@ use crate::store::StoreCounts;
 
 /// How long one peer may take to answer its health check.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the daemon diagnoses itself unasked (the reference re-runs its
+/// diagnostics every 15 seconds).
+pub const WATCH_EVERY: Duration = Duration::from_secs(15);
 
 /// Health checks of other instances.
 pub trait PeerProbe: Send + Sync + 'static {
@@ -62,6 +65,40 @@ impl Node {
             format!("needs attention: {}", attention.join(", "))
         };
         Diagnosis { checked_at: now, root: Component::parent("kmf", message, children) }
+    }
+
+    /// Runs `diagnose`, keeps the result as the latest (the metrics show it)
+    /// and logs every component whose status changed: at warn when it needs
+    /// attention, at info when it recovered.
+    pub async fn diagnose_and_record(self: &Arc<Self>) -> Diagnosis {
+        let d = self.diagnose().await;
+        let previous = {
+            let mut latest = self.latest_diagnosis.lock().unwrap_or_else(|p| p.into_inner());
+            latest.replace(d.clone())
+        };
+        for c in &d.root.children {
+            let before = previous.as_ref().and_then(|p| p.root.children.iter().find(|b| b.name == c.name));
+            let (was, now) = (before.map(|b| b.status), c.status);
+            if was == Some(now) {
+                continue;
+            }
+            let was = was.map_or("unknown", HealthStatus::label);
+            match now {
+                HealthStatus::Degraded | HealthStatus::Malfunction => {
+                    tracing::warn!(component = %c.name, was, now = now.label(), message = %c.message, "health changed")
+                }
+                _ if before.is_some() => {
+                    tracing::info!(component = %c.name, was, now = now.label(), message = %c.message, "health changed")
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// The latest recorded diagnosis, if one ran.
+    pub fn latest_diagnosis(&self) -> Option<Diagnosis> {
+        self.latest_diagnosis.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Counts for the metrics gauges.

@@ -49,6 +49,8 @@ pub struct Node {
     hot: hot_cache::HotCache,
     /// Set by `with_diagnostics`; without it the certificate and peer checks are Disabled.
     diagnostics: Option<diagnostics::DiagnosticsSetup>,
+    /// The latest diagnosis (periodic or asked for), for the metrics.
+    latest_diagnosis: std::sync::Mutex<Option<diagnostics::Diagnosis>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -77,6 +79,7 @@ impl Node {
             import_lock: Mutex::new(()),
             hot: hot_cache::HotCache::default(),
             diagnostics: None,
+            latest_diagnosis: std::sync::Mutex::new(None),
         })
     }
 

@@ -133,6 +133,27 @@ async fn metrics_for_operators_only_over_mtls() {
         assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
     }
     assert!(text.contains("# TYPE kmf_rpc_duration_seconds histogram"), "{text}");
+
+    // The daemon diagnoses itself at start (and every 15 s): the health
+    // gauges appear without anyone calling Diagnose.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let (_, _, text) = get(addr, pki.ca.cert_pem.as_bytes(), Some(&auditor), "/metrics").await.expect("scrape");
+        if text.contains("kmf_health{") {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no kmf_health gauge after 10 s:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // poll interval; bounded by the deadline
+    };
+    for (series, value) in [
+        (r#"kmf_health{component="signer",status="operational"}"#, 1.0),
+        (r#"kmf_health{component="store",status="operational"}"#, 1.0),
+        (r#"kmf_health{component="signer",status="malfunction"}"#, 0.0),
+        (r#"kmf_health{component="peers",status="disabled"}"#, 1.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    assert!(sample(&text, "kmf_health_checked_timestamp_seconds").is_some_and(|t| t > 1.7e9), "{text}");
     assert!(audit >= 4, "module, spec, key and the refused call are audited: {audit}");
 
     // Other paths are 404.

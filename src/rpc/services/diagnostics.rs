@@ -16,7 +16,7 @@ pub async fn diagnose(
     req: Request<pb::DiagnoseRequest>,
 ) -> Result<Response<pb::DiagnoseResponse>, Status> {
     authorize(node, &req, Permission::Read).await?;
-    let d = node.diagnose().await;
+    let d = node.diagnose_and_record().await;
     Ok(Response::new(pb::DiagnoseResponse {
         status: status(d.root.status) as i32,
         components: d.root.children.iter().map(component).collect(),
