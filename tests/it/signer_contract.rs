@@ -277,3 +277,48 @@ fn wrong_pin_missing_token_and_missing_kek_are_named_errors() {
     cfg.module = "/nonexistent/libpkcs11.so".into();
     assert_eq!(Pkcs11Signer::open(&cfg).expect_err("missing module").field, "module");
 }
+
+/// The token's CKM_AES_KEY_WRAP_PAD (what the pkcs11 signer wraps with) and
+/// the software signer's RFC 5649 are the same format: with a test key the
+/// token may reveal, each side unwraps the other's output, byte for byte.
+#[test]
+fn the_token_key_wrap_is_the_software_rfc_5649() {
+    let hsm = softhsm_child!("the_token_key_wrap_is_the_software_rfc_5649");
+    let token = hsm.token();
+    let s = session(&token);
+    let test_kek = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+            ],
+        )
+        .expect("an extractable test KEK");
+    let kek_value = match s.get_attributes(test_kek, &[AttributeType::Value]).expect("value").pop() {
+        Some(Attribute::Value(v)) => v,
+        other => panic!("no value: {other:?}"),
+    };
+    for len in [16, 32, 2400] {
+        let data = random_key(len);
+        let object = s
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::GENERIC_SECRET),
+                Attribute::Token(false),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+                Attribute::Value(data.expose().to_vec()),
+            ])
+            .expect("data key object");
+        let on_token = s.wrap_key(&Mechanism::AesKeyWrapPad, test_kek, object).expect("token wrap");
+        let in_software = kmf::signer::primitives::kwp_wrap(&kek_value, data.expose()).expect("software wrap");
+        assert_eq!(on_token, in_software, "{len} bytes: same RFC 5649 bytes");
+        let back = kmf::signer::primitives::kwp_unwrap(&kek_value, &on_token).expect("software unwraps token output");
+        assert_eq!(&back[..], data.expose());
+    }
+}
