@@ -70,10 +70,25 @@ pub fn init_instance(data_dir: &Path, host: &Host) -> anyhow::Result<SysId> {
     init_instance_with(data_dir, host, &SignerConfig::software_in(data_dir))
 }
 
+/// Where `init` gets the instance's KEK.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KekSetup {
+    /// A new key file, or a new key on the token.
+    Create,
+    /// pkcs11 only: the KEK an HSM officer already made on the token (its
+    /// attributes are checked as at every start; it is never destroyed).
+    AdoptExisting,
+}
+
 /// Creates a new instance in `data_dir`: sys_id, KEK (a new key file, or a
 /// new key on the token), database. Refuses to overwrite an instance, a KEK
 /// file or a token object.
 pub fn init_instance_with(data_dir: &Path, host: &Host, signer: &SignerConfig) -> anyhow::Result<SysId> {
+    init_instance_kek(data_dir, host, signer, KekSetup::Create)
+}
+
+/// `init_instance_with`, choosing whether the KEK is made or adopted.
+pub fn init_instance_kek(data_dir: &Path, host: &Host, signer: &SignerConfig, kek: KekSetup) -> anyhow::Result<SysId> {
     use anyhow::Context;
     let db = data_dir.join(DB_FILE);
     let taken = match signer {
@@ -83,20 +98,27 @@ pub fn init_instance_with(data_dir: &Path, host: &Host, signer: &SignerConfig) -
     if db.exists() || taken {
         anyhow::bail!("an instance already exists in {} (refusing to overwrite)", data_dir.display());
     }
+    if let (SignerConfig::Software { .. }, KekSetup::AdoptExisting) = (signer, kek) {
+        anyhow::bail!("adopting an existing KEK needs the pkcs11 signer (a software instance makes its own KEK file)");
+    }
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let sys_id = SysId::from_random(crate::signer::primitives::random_bytes());
-    match signer {
-        SignerConfig::Software { kek_file } => SoftwareSigner::create_key_file(kek_file)?,
-        SignerConfig::Pkcs11(cfg) => Pkcs11Signer::create_kek(cfg)?,
+    match (signer, kek) {
+        (SignerConfig::Software { kek_file }, _) => SoftwareSigner::create_key_file(kek_file)?,
+        (SignerConfig::Pkcs11(cfg), KekSetup::Create) => Pkcs11Signer::create_kek(cfg)?,
+        (SignerConfig::Pkcs11(cfg), KekSetup::AdoptExisting) => {
+            Pkcs11Signer::open(cfg)?;
+        }
     }
     if let Err(e) = RedbStore::create(&db, &sys_id, host) {
-        match signer {
-            SignerConfig::Software { kek_file } => {
+        match (signer, kek) {
+            (SignerConfig::Software { kek_file }, _) => {
                 let _ = std::fs::remove_file(kek_file);
             }
-            SignerConfig::Pkcs11(cfg) => {
+            (SignerConfig::Pkcs11(cfg), KekSetup::Create) => {
                 let _ = Pkcs11Signer::destroy_kek(cfg);
             }
+            (SignerConfig::Pkcs11(_), KekSetup::AdoptExisting) => {}
         }
         return Err(e.into());
     }

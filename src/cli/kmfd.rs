@@ -33,6 +33,11 @@ enum Command {
         host: String,
         #[command(flatten)]
         signer: SignerArgs,
+        /// With --signer pkcs11: use the KEK already on the token (labelled
+        /// --pkcs11-kek-label) instead of creating one; it must be AES,
+        /// sensitive, non-extractable and wrap/unwrap only.
+        #[arg(long)]
+        pkcs11_existing_kek: bool,
     },
     /// Serve until SIGTERM or SIGINT.
     Run {
@@ -79,16 +84,20 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Kmfd) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { data_dir, host, signer } => {
+        Command::Init { data_dir, host, signer, pkcs11_existing_kek } => {
             let host = Host::parse(&host)?;
             let signer = resolve_signer(&signer, None, &data_dir)?;
-            let sys_id = app::init_instance_with(&data_dir, &host, &signer)?;
+            let kek = if pkcs11_existing_kek { app::KekSetup::AdoptExisting } else { app::KekSetup::Create };
+            let sys_id = app::init_instance_kek(&data_dir, &host, &signer, kek)?;
             println!("initialised instance {sys_id} in {} (host {host})", data_dir.display());
             if let SignerConfig::Pkcs11(cfg) = &signer {
-                println!(
-                    "created KEK '{}' on token '{}' (AES-256, sensitive, non-extractable, wrap/unwrap only)",
-                    cfg.kek_label, cfg.token_label
-                );
+                let (verb, what) = match kek {
+                    app::KekSetup::Create => ("created", "AES-256, sensitive, non-extractable, wrap/unwrap only"),
+                    app::KekSetup::AdoptExisting => {
+                        ("adopted", "checked: AES, sensitive, non-extractable, wrap/unwrap only")
+                    }
+                };
+                println!("{verb} KEK '{}' on token '{}' ({what})", cfg.kek_label, cfg.token_label);
                 println!("run it with these settings in its config file (or the same --signer and --pkcs11-* flags):");
                 println!("{}", signer_toml(cfg));
             }

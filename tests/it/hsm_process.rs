@@ -74,6 +74,16 @@ fn kmfd_init_check_and_run_with_a_pkcs11_token() {
             .arg(tmp.path().join("second")),
     );
     assert!(!again.0 && again.2.contains("refusing to overwrite"), "a second KEK with the same label: {again:?}");
+    // An instance may adopt a KEK already on the token instead.
+    let adopted = ok(kmfd()
+        .args(["init", "--host", "127.0.0.1:0", "--signer", "pkcs11", "--pkcs11-module", MODULE, "--pkcs11-token"])
+        .arg(&token.label)
+        .arg("--pkcs11-pin-file")
+        .arg(&token.pin_file)
+        .arg("--pkcs11-existing-kek")
+        .arg("--data-dir")
+        .arg(tmp.path().join("adopting")));
+    assert!(adopted.contains(&format!("adopted KEK 'kmf-kek' on token '{}'", token.label)), "{adopted}");
     ok(Command::new(KMFCTL)
         .args(["pki", "issue-instance", "--host", "127.0.0.1", "--sys-id", &sys_id, "--ca-dir"])
         .arg(&pki)

@@ -322,3 +322,53 @@ fn the_token_key_wrap_is_the_software_rfc_5649() {
         assert_eq!(&back[..], data.expose());
     }
 }
+
+/// `kmfd init --pkcs11-existing-kek` adopts a KEK an HSM officer made, but
+/// only one that is AES, sensitive, non-extractable and wrap/unwrap only.
+#[test]
+fn an_existing_kek_is_adopted_only_when_it_cannot_leave_the_token() {
+    let hsm = softhsm_child!("an_existing_kek_is_adopted_only_when_it_cannot_leave_the_token");
+    let token = hsm.token();
+    let s = session(&token);
+    s.generate_key(
+        &Mechanism::AesKeyGen,
+        &[
+            Attribute::Token(true),
+            Attribute::Label(b"weak".to_vec()),
+            Attribute::ValueLen(32.into()),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+            Attribute::Encrypt(true),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+        ],
+    )
+    .expect("a weak key");
+    let host = kmf::domain::ids::Host::parse("127.0.0.1:0").expect("host");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let adopt = |label: &str, dir: &str| {
+        let mut cfg = hsm.config(&token);
+        cfg.kek_label = label.into();
+        let signer = kmf::app::SignerConfig::Pkcs11(cfg);
+        kmf::app::init_instance_kek(&tmp.path().join(dir), &host, &signer, kmf::app::KekSetup::AdoptExisting)
+    };
+
+    let err = adopt("weak", "a").expect_err("a weak KEK is refused").to_string();
+    for problem in ["is not sensitive", "is extractable", "may encrypt or decrypt data", "refusing to use it"] {
+        assert!(err.contains(problem), "{problem}: {err}");
+    }
+    assert!(!tmp.path().join("a").join("kmf.redb").exists(), "no instance was made");
+    let err = adopt("absent", "b").expect_err("no such KEK").to_string();
+    assert!(err.contains("no key labelled 'absent'"), "{err}");
+
+    let cfg = hsm.config(&token);
+    Pkcs11Signer::create_kek(&cfg).expect("the officer's KEK");
+    adopt(&cfg.kek_label, "c").expect("a proper KEK is adopted");
+    let signer = Pkcs11Signer::open(&cfg).expect("the adopted KEK opens");
+    let key = random_key(32);
+    assert_eq!(signer.unwrap(&signer.wrap(&key).expect("wrap")).expect("unwrap").expose(), key.expose());
+    let software = kmf::app::SignerConfig::software_in(&tmp.path().join("d"));
+    let err = kmf::app::init_instance_kek(&tmp.path().join("d"), &host, &software, kmf::app::KekSetup::AdoptExisting)
+        .expect_err("software has nothing to adopt");
+    assert!(err.to_string().contains("needs the pkcs11 signer"), "{err}");
+}
