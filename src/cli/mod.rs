@@ -4,6 +4,7 @@
 mod ctl_crypto;
 mod ctl_diag;
 mod ctl_lifecycle;
+mod ctl_pki;
 mod ctl_policies;
 mod ctl_properties;
 pub mod kmfctl;

@@ -1,0 +1,95 @@
+//! kmfctl pki: the deployment CA and the instance and operator certificates
+//! (private keys written with mode 0600, never overwritten).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::domain::auth::Role;
+use crate::domain::ids::{Host, SysId};
+use crate::tls::pki::{self, IssuedCert};
+
+#[derive(Subcommand, Debug)]
+pub enum PkiCommand {
+    /// Create a CA: <out>/ca.pem and <out>/ca.key (0600).
+    InitCa {
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Issue an instance certificate: <out>/instance.pem, <out>/instance.key.
+    IssueInstance {
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        sys_id: String,
+        /// NAME or NAME:PORT (the name goes into the certificate).
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Issue an operator certificate: <out>/<name>.pem, <out>/<name>.key.
+    IssueOperator {
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// admin, cryptographic_manager, cryptographic_operator, cryptographic_auditor.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (refusing to overwrite)", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+fn write_pair(out: &Path, stem: &str, cert: &IssuedCert) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let pem = out.join(format!("{stem}.pem"));
+    if pem.exists() {
+        anyhow::bail!("{} exists (refusing to overwrite)", pem.display());
+    }
+    write_private(&out.join(format!("{stem}.key")), &cert.key_pem)?;
+    std::fs::write(&pem, &cert.cert_pem)?;
+    println!("wrote {} and {}", pem.display(), out.join(format!("{stem}.key")).display());
+    Ok(())
+}
+
+fn load_ca(dir: &Path) -> anyhow::Result<IssuedCert> {
+    let read =
+        |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
+    Ok(IssuedCert { cert_pem: read("ca.pem")?, key_pem: read("ca.key")? })
+}
+
+pub fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
+    match cmd {
+        PkiCommand::InitCa { out } => write_pair(&out, "ca", &pki::create_ca("kmf deployment CA")?),
+        PkiCommand::IssueInstance { ca_dir, sys_id, host, out } => {
+            let sys_id = SysId::parse(&sys_id)?;
+            let name = match Host::parse(&host) {
+                Ok(h) => h.name().to_owned(),
+                Err(_) => Host::parse(&format!("{host}:0"))?.name().to_owned(),
+            };
+            let cert = pki::issue_instance(&load_ca(&ca_dir)?, &sys_id, &[name])?;
+            write_pair(&out, "instance", &cert)
+        }
+        PkiCommand::IssueOperator { ca_dir, name, roles, out } => {
+            let roles = roles.iter().map(|r| Role::parse(r)).collect::<Result<Vec<_>, _>>()?;
+            let cert = pki::issue_operator(&load_ca(&ca_dir)?, &name, &roles)?;
+            write_pair(&out, &name, &cert)
+        }
+    }
+}
