@@ -2,9 +2,11 @@
 //! target) and the receipt (target → source). Both have a canonical binary
 //! encoding; the signature covers exactly those bytes.
 //!
-//! Bundle v1: `"KMFB" 01`, request id, source sys_id, target sys_id, issued
+//! Bundle v2: `"KMFB" 02`, request id, source sys_id, target sys_id, issued
 //! at, expires at, wrapping algorithm, RSA-wrapped transport AES key, spec
-//! lines, entries (key id, state, dates, RFC 5649-wrapped material).
+//! lines, the source's definition of each exported spec (name, purpose,
+//! algorithm, size, equality preserving), entries (key id, state, dates,
+//! RFC 5649-wrapped material).
 //! Receipt v1: `"KMFR" 01`, request id, source, target, imported at, SHA-256
 //! of the bundle, imported key ids.
 
@@ -13,10 +15,12 @@ use super::codec::{Reader, Writer};
 use super::exchange::{SpecLine, SpecLineStatus};
 use super::ids::{KeyId, Name, RequestId, SysId, UnixMillis};
 use super::key::KeyState;
+use super::spec::{Algorithm, Purpose, SpecChoice};
 
 const BUNDLE_MAGIC: &[u8; 4] = b"KMFB";
 const RECEIPT_MAGIC: &[u8; 4] = b"KMFR";
-const VERSION: u8 = 1;
+const BUNDLE_VERSION: u8 = 2;
+const RECEIPT_VERSION: u8 = 1;
 
 /// How the transport AES key is wrapped for the target's one-time RSA key.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -65,10 +69,33 @@ pub struct Bundle {
     pub wrapped_transport_key: Vec<u8>,
     /// The source's per-spec outcome (EXCHANGED, NOT_ON_SOURCE, FAILED).
     pub lines: Vec<SpecLine>,
+    /// How the source defines each spec it exports keys of; the target
+    /// imports only into a spec defined the same way.
+    pub specs: Vec<(Name, SpecChoice)>,
     pub entries: Vec<BundleEntry>,
 }
 
-/// Wire codes of key states in bundle format v1 (never renumbered).
+/// Wire codes of purposes and algorithms (never renumbered).
+const PURPOSE_CODES: [(Purpose, u8); 6] = [
+    (Purpose::SymmetricDataEncryption, 1),
+    (Purpose::SymmetricKeyWrapping, 2),
+    (Purpose::SymmetricAuthenticity, 3),
+    (Purpose::AsymmetricDataEncryption, 4),
+    (Purpose::AsymmetricKeyWrapping, 5),
+    (Purpose::Signature, 6),
+];
+const ALGORITHM_CODES: [(Algorithm, u8); 5] =
+    [(Algorithm::AesGcm, 1), (Algorithm::AesCbc, 2), (Algorithm::AesCtr, 3), (Algorithm::Hmac, 4), (Algorithm::Rsa, 5)];
+
+fn code_of<T: PartialEq + Copy>(table: &[(T, u8)], v: T) -> u8 {
+    table.iter().find(|(k, _)| *k == v).map_or(0, |(_, c)| *c)
+}
+
+fn from_code<T: Copy>(table: &[(T, u8)], code: u8, what: &'static str) -> Result<T, DomainError> {
+    table.iter().find(|(_, c)| *c == code).map(|(k, _)| *k).ok_or_else(|| DomainError::malformed("bundle", what))
+}
+
+/// Wire codes of key states in the bundle format (never renumbered).
 const STATE_CODES: [(KeyState, u8); 9] = [
     (KeyState::Generated, 1),
     (KeyState::Active, 2),
@@ -122,7 +149,7 @@ fn key_id(r: &mut Reader<'_>, what: &'static str) -> Result<KeyId, DomainError> 
 
 impl Bundle {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(BUNDLE_MAGIC, VERSION);
+        let mut w = Writer::new(BUNDLE_MAGIC, BUNDLE_VERSION);
         w.str(self.request_id.as_str())
             .str(self.source.as_str())
             .str(self.target.as_str())
@@ -133,6 +160,14 @@ impl Bundle {
             .u32(self.lines.len() as u32);
         for l in &self.lines {
             w.str(l.spec.as_str()).u8(line_code(l.status)).u32(l.key_count).str(&l.reason);
+        }
+        w.u32(self.specs.len() as u32);
+        for (name, c) in &self.specs {
+            w.str(name.as_str())
+                .u8(code_of(&PURPOSE_CODES, c.purpose))
+                .u8(code_of(&ALGORITHM_CODES, c.algorithm))
+                .u32(c.key_size_bits)
+                .u8(u8::from(c.equality_preserving));
         }
         w.u32(self.entries.len() as u32);
         for e in &self.entries {
@@ -148,7 +183,7 @@ impl Bundle {
 
     pub fn decode(input: &[u8]) -> Result<Self, DomainError> {
         const W: &str = "bundle";
-        let mut r = Reader::new(input, BUNDLE_MAGIC, VERSION, W)?;
+        let mut r = Reader::new(input, BUNDLE_MAGIC, BUNDLE_VERSION, W)?;
         let request_id = RequestId::parse(r.str()?).map_err(|_| DomainError::malformed(W, "bad request id"))?;
         let source = sys_id(&mut r, W)?;
         let target = sys_id(&mut r, W)?;
@@ -164,6 +199,20 @@ impl Bundle {
             let key_count = r.u32()?;
             let reason = r.str()?.to_owned();
             lines.push(SpecLine { spec, status, key_count, reason });
+        }
+        let n = r.count(8)?;
+        let mut specs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = Name::parse(r.str()?, "spec").map_err(|_| DomainError::malformed(W, "bad spec name"))?;
+            let purpose = from_code(&PURPOSE_CODES, r.u8()?, "unknown purpose")?;
+            let algorithm = from_code(&ALGORITHM_CODES, r.u8()?, "unknown algorithm")?;
+            let key_size_bits = r.u32()?;
+            let equality_preserving = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DomainError::malformed(W, "bad equality-preserving flag")),
+            };
+            specs.push((name, SpecChoice { purpose, algorithm, key_size_bits, equality_preserving }));
         }
         let n = r.count(20)?;
         let mut entries = Vec::with_capacity(n);
@@ -187,6 +236,7 @@ impl Bundle {
             wrapping,
             wrapped_transport_key,
             lines,
+            specs,
             entries,
         })
     }
@@ -225,7 +275,7 @@ pub struct Receipt {
 
 impl Receipt {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new(RECEIPT_MAGIC, VERSION);
+        let mut w = Writer::new(RECEIPT_MAGIC, RECEIPT_VERSION);
         w.str(self.request_id.as_str())
             .str(self.source.as_str())
             .str(self.target.as_str())
@@ -240,7 +290,7 @@ impl Receipt {
 
     pub fn decode(input: &[u8]) -> Result<Self, DomainError> {
         const W: &str = "receipt";
-        let mut r = Reader::new(input, RECEIPT_MAGIC, VERSION, W)?;
+        let mut r = Reader::new(input, RECEIPT_MAGIC, RECEIPT_VERSION, W)?;
         let request_id = RequestId::parse(r.str()?).map_err(|_| DomainError::malformed(W, "bad request id"))?;
         let source = sys_id(&mut r, W)?;
         let target = sys_id(&mut r, W)?;
@@ -285,6 +335,15 @@ mod tests {
                     reason: "spec not found on source".into(),
                 },
             ],
+            specs: vec![(
+                Name::parse("a", "s").unwrap(),
+                SpecChoice {
+                    purpose: Purpose::SymmetricDataEncryption,
+                    algorithm: Algorithm::AesCbc,
+                    key_size_bits: 192,
+                    equality_preserving: true,
+                },
+            )],
             entries: vec![BundleEntry {
                 key_id: KeyId { origin: source, spec: Name::parse("a", "s").unwrap(), version: 2 },
                 state: KeyState::Deactivated,

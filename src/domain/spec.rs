@@ -221,6 +221,12 @@ pub struct SpecChoice {
 }
 
 impl SpecChoice {
+    /// e.g. "symmetric_data_encryption aes_cbc 256 equality preserving".
+    pub fn describe(&self) -> String {
+        let ep = if self.equality_preserving { " equality preserving" } else { "" };
+        format!("{} {} {}{ep}", self.purpose.as_str(), self.algorithm.as_str(), self.key_size_bits)
+    }
+
     /// Checks the combination against the reference's table; the error names
     /// the field and the rule.
     pub fn validate(&self) -> Result<(), DomainError> {

@@ -174,10 +174,14 @@ impl Node {
         let transport = random_key(32);
         let wrapped_transport_key = rsa_oaep_encrypt(&req.transport_public_key, req.wrapping, transport.expose())?;
         let mut entries = Vec::new();
+        let mut specs = Vec::new();
         let mut total = 0u32;
         for line in req.lines.iter_mut().filter(|l| l.status == SpecLineStatus::Pending) {
             let keys = match self.store.spec(&line.spec)? {
-                Some(_) => self.store.keys(&line.spec)?,
+                Some(spec) => {
+                    specs.push((spec.name.clone(), spec.choice()));
+                    self.store.keys(&line.spec)?
+                }
                 None => {
                     *line = SpecLine {
                         spec: line.spec.clone(),
@@ -228,6 +232,7 @@ impl Node {
             wrapping: req.wrapping,
             wrapped_transport_key,
             lines: req.lines.clone(),
+            specs,
             entries,
         };
         let exported = bundle.entries.iter().map(|e| e.key_id.clone()).collect();

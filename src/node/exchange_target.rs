@@ -206,10 +206,21 @@ impl Node {
 
         let mut keys = Vec::with_capacity(bundle.entries.len());
         let mut failed: Vec<(String, String)> = Vec::new();
+        // Keys import only into a spec defined here as on the source.
         let mut specs = HashMap::new();
         for line in &req.lines {
             if let Some(spec) = self.store.spec(&line.spec)? {
-                specs.insert(line.spec.clone(), spec.material());
+                let ours = spec.choice();
+                let shape = match bundle.specs.iter().find(|(n, _)| *n == line.spec) {
+                    Some((_, theirs)) if *theirs == ours => Ok(spec.material()),
+                    Some((_, theirs)) => Err(format!(
+                        "spec differs: the source's is {}, this instance's is {}",
+                        theirs.describe(),
+                        ours.describe()
+                    )),
+                    None => Err("the source did not describe this spec".to_owned()),
+                };
+                specs.insert(line.spec.clone(), shape);
             }
         }
         for entry in &bundle.entries {
@@ -289,14 +300,16 @@ impl Node {
     }
 
     /// Unwraps one bundle entry and re-wraps it under our KEK. `shapes`: the
-    /// key material each requested spec present here holds.
+    /// key material each requested spec present here holds, or why its keys
+    /// cannot be imported.
     fn unwrap_entry(
         &self,
-        shapes: &HashMap<Name, MaterialShape>,
+        shapes: &HashMap<Name, Result<MaterialShape, String>>,
         aes: &DataKey,
         entry: &BundleEntry,
     ) -> Result<WrappedKey, String> {
-        let want = *shapes.get(&entry.key_id.spec).ok_or("spec was not requested or is not on this instance")?;
+        let want =
+            shapes.get(&entry.key_id.spec).ok_or("spec was not requested or is not on this instance")?.clone()?;
         let dek = kwp_unwrap(aes.expose(), &entry.wrapped).map_err(|_| "key does not unwrap".to_owned())?;
         let dek = DataKey::new(dek);
         check_material(want, &dek)?;

@@ -329,26 +329,41 @@ async fn rsa_and_hmac_keys_travel_in_an_exchange_and_verify_on_the_target() {
     }
     s.spec_from(aes_spec("m", "mismatch", 256), false).await;
     t.spec_from(aes_spec("m", "mismatch", 128), false).await;
+    // Same material length (32 bytes), other algorithm: refused as well.
+    s.spec_from(aes_spec("m", "same-length", 256), false).await;
+    t.spec_from(spec("m", "same-length", P::SymmetricAuthenticity, A::Hmac, 256, false), false).await;
     for name in ["sig", "tag", "siv"] {
         s.keys.generate_key(pb::GenerateKeyRequest { spec: name.into() }).await.expect("key");
     }
-    s.keys.generate_key(pb::GenerateKeyRequest { spec: "mismatch".into() }).await.expect("key");
+    for name in ["mismatch", "same-length"] {
+        s.keys.generate_key(pb::GenerateKeyRequest { spec: name.into() }).await.expect("key");
+    }
     let signed = sign(&mut s, "sig", b"contract").await.expect("sign");
     let tag = mac(&mut s, "tag", b"contract").await.expect("mac");
     let det = encrypt(&mut s, "siv", b"alice@example.com", b"users.email").await.expect("siv");
 
-    // The target's "mismatch" spec is AES-128 while the source's is AES-256.
-    let created = t.create_request(&source, &["sig", "tag", "siv", "mismatch"]).await.expect("create");
+    // The target's "mismatch" spec is AES-128 while the source's is AES-256;
+    // its "same-length" spec is HMAC-256 while the source's is AES-256-GCM.
+    let names = ["sig", "tag", "siv", "mismatch", "same-length"];
+    let created = t.create_request(&source, &names).await.expect("create");
     let approved = s.decide(&created.request_id, Decision::Approve, "").await.expect("approve");
     let done = t
         .wait_for(&created.request_id, "a final status", |r| {
             status(r) != RequestStatus::RequestPending && status(r) != RequestStatus::RequestApproved
         })
         .await;
-    assert_eq!(approved.exported_key_count, 4, "{approved:?}");
+    assert_eq!(approved.exported_key_count, 5, "{approved:?}");
     assert_eq!(done.imported_key_count, 3, "{done:?}");
-    let mismatch = done.lines.iter().find(|l| l.spec == "mismatch").expect("line");
-    assert!(mismatch.reason.contains("key is 256 bits, spec wants 128"), "{mismatch:?}");
+    for (name, theirs, ours) in [
+        ("mismatch", "symmetric_data_encryption aes_gcm 256", "symmetric_data_encryption aes_gcm 128"),
+        ("same-length", "symmetric_data_encryption aes_gcm 256", "symmetric_authenticity hmac 256"),
+    ] {
+        let line = done.lines.iter().find(|l| l.spec == name).expect("line");
+        assert_eq!(line.status, pb::SpecLineStatus::Failed as i32, "{line:?}");
+        let want = format!("spec differs: the source's is {theirs}, this instance's is {ours}");
+        assert!(line.reason.contains(&want), "{line:?}");
+        assert!(t.keys_of(name).await.is_empty(), "{name}: nothing imported");
+    }
 
     assert!(verify(&mut t, &signed.signature, b"contract").await.expect("verify on target"));
     assert!(verify_mac(&mut t, &tag, b"contract").await.expect("MAC verifies on target"));
