@@ -64,21 +64,28 @@ pub enum CryptoCommand {
 }
 
 /// A CreateSpec request. `purpose` and `algorithm` take the proto names in
-/// any case (e.g. `signature`, `aes_cbc`); size 0 is the algorithm's default.
+/// any case (e.g. `signature`, `aes_cbc`); unset ones and size 0 take the
+/// daemon's defaults.
 pub fn spec_request(
     module: &str,
     name: &str,
-    purpose: &str,
-    algorithm: &str,
+    purpose: Option<&str>,
+    algorithm: Option<&str>,
     size: u32,
     equality_preserving: bool,
 ) -> anyhow::Result<pb::CreateSpecRequest> {
-    let purpose = pb::CryptoPurpose::from_str_name(&purpose.to_ascii_uppercase())
-        .filter(|p| *p != pb::CryptoPurpose::Unspecified)
-        .with_context(|| format!("unknown purpose `{purpose}`"))?;
-    let algorithm = pb::Algorithm::from_str_name(&algorithm.to_ascii_uppercase())
-        .filter(|a| *a != pb::Algorithm::Unspecified)
-        .with_context(|| format!("unknown algorithm `{algorithm}`"))?;
+    let purpose = match purpose {
+        None => pb::CryptoPurpose::Unspecified,
+        Some(p) => pb::CryptoPurpose::from_str_name(&p.to_ascii_uppercase())
+            .filter(|v| *v != pb::CryptoPurpose::Unspecified)
+            .with_context(|| format!("unknown purpose `{p}`"))?,
+    };
+    let algorithm = match algorithm {
+        None => pb::Algorithm::Unspecified,
+        Some(a) => pb::Algorithm::from_str_name(&a.to_ascii_uppercase())
+            .filter(|v| *v != pb::Algorithm::Unspecified)
+            .with_context(|| format!("unknown algorithm `{a}`"))?,
+    };
     Ok(pb::CreateSpecRequest {
         module: module.into(),
         name: name.into(),

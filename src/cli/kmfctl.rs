@@ -135,12 +135,13 @@ enum SpecCommand {
         #[arg(long)]
         module: String,
         /// symmetric_data_encryption, symmetric_key_wrapping, symmetric_authenticity,
-        /// asymmetric_data_encryption, asymmetric_key_wrapping or signature.
-        #[arg(long, default_value = "symmetric_data_encryption")]
-        purpose: String,
-        /// aes_gcm, aes_cbc, aes_ctr, hmac or rsa.
-        #[arg(long, default_value = "aes_gcm")]
-        algorithm: String,
+        /// asymmetric_data_encryption, asymmetric_key_wrapping or signature
+        /// (unset: the algorithm's purpose, or symmetric_data_encryption).
+        #[arg(long)]
+        purpose: Option<String>,
+        /// aes_gcm, aes_cbc, aes_ctr, hmac or rsa (unset: the purpose's first, or aes_gcm).
+        #[arg(long)]
+        algorithm: Option<String>,
         /// Key size in bits; 0 picks the algorithm's default (AES 256, HMAC 256, RSA 3072).
         #[arg(long, default_value_t = 0)]
         size: u32,
@@ -327,7 +328,8 @@ impl Operator {
                 print_modules(&list, as_json);
             }
             Command::Spec(SpecCommand::Create { name, module, purpose, algorithm, size, equality_preserving }) => {
-                let req = spec_request(&module, &name, &purpose, &algorithm, size, equality_preserving)?;
+                let req =
+                    spec_request(&module, &name, purpose.as_deref(), algorithm.as_deref(), size, equality_preserving)?;
                 let s = self.keys.create_spec(req).await?.into_inner().spec.unwrap_or_default();
                 print_specs(&[s], as_json);
             }

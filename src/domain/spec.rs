@@ -221,6 +221,37 @@ pub struct SpecChoice {
 }
 
 impl SpecChoice {
+    /// Fills what a request left unset: no purpose and no algorithm is
+    /// AES-256-GCM symmetric data encryption (the default spec); a purpose
+    /// alone takes its first algorithm; an algorithm alone takes the one
+    /// purpose it serves (AES: data encryption; HMAC: authenticity; RSA
+    /// serves three, so the purpose must be set); no size is the algorithm's
+    /// default.
+    pub fn with_defaults(
+        purpose: Option<Purpose>,
+        algorithm: Option<Algorithm>,
+        key_size_bits: Option<u32>,
+        equality_preserving: bool,
+    ) -> Result<Self, DomainError> {
+        let (purpose, algorithm) = match (purpose, algorithm) {
+            (Some(p), Some(a)) => (p, a),
+            (Some(p), None) => (p, p.algorithms()[0]),
+            (None, None) => (Purpose::SymmetricDataEncryption, Algorithm::AesGcm),
+            (None, Some(a @ (Algorithm::AesGcm | Algorithm::AesCbc | Algorithm::AesCtr))) => {
+                (Purpose::SymmetricDataEncryption, a)
+            }
+            (None, Some(Algorithm::Hmac)) => (Purpose::SymmetricAuthenticity, Algorithm::Hmac),
+            (None, Some(Algorithm::Rsa)) => {
+                return Err(DomainError::invalid(
+                    "purpose",
+                    "set a purpose: rsa serves asymmetric_data_encryption, asymmetric_key_wrapping or signature",
+                ));
+            }
+        };
+        let key_size_bits = key_size_bits.unwrap_or_else(|| algorithm.default_size());
+        Ok(SpecChoice { purpose, algorithm, key_size_bits, equality_preserving })
+    }
+
     /// e.g. "symmetric_data_encryption aes_cbc 256 equality preserving".
     pub fn describe(&self) -> String {
         let ep = if self.equality_preserving { " equality preserving" } else { "" };
@@ -390,6 +421,23 @@ mod tests {
         assert!(m.contains("key_size_bits") && m.contains("rsa keys are 2048, 3072, 4096 bits, not 1024"), "{m}");
         let m = msg(choice(Purpose::SymmetricDataEncryption, Algorithm::AesGcm, 256, true));
         assert!(m.contains("equality_preserving") && m.contains("only symmetric_data_encryption with aes_cbc"), "{m}");
+    }
+
+    #[test]
+    fn defaults_fill_what_is_unset() {
+        use Algorithm as A;
+        use Purpose as P;
+        let d = |p, a, b| SpecChoice::with_defaults(p, a, b, false).map(|c| (c.purpose, c.algorithm, c.key_size_bits));
+        assert_eq!(d(None, None, None), Ok((P::SymmetricDataEncryption, A::AesGcm, 256)));
+        assert_eq!(d(Some(P::Signature), None, None), Ok((P::Signature, A::Rsa, 3072)));
+        assert_eq!(d(Some(P::SymmetricAuthenticity), None, Some(512)), Ok((P::SymmetricAuthenticity, A::Hmac, 512)));
+        assert_eq!(d(None, Some(A::AesCtr), Some(128)), Ok((P::SymmetricDataEncryption, A::AesCtr, 128)));
+        assert_eq!(d(None, Some(A::Hmac), None), Ok((P::SymmetricAuthenticity, A::Hmac, 256)));
+        let err = d(None, Some(A::Rsa), None).unwrap_err().to_string();
+        assert!(err.contains("purpose") && err.contains("rsa serves"), "{err}");
+        // Defaults are then validated like any choice.
+        let c = SpecChoice::with_defaults(Some(P::SymmetricKeyWrapping), None, None, true).unwrap();
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -75,18 +75,25 @@ fn pb_algorithm(a: Algorithm) -> pb::Algorithm {
     }
 }
 
-/// The choices of a CreateSpec request; the domain checks the combination.
+/// The choices of a CreateSpec request (unset fields take the domain's
+/// defaults); the domain then checks the combination.
 pub fn spec_choice(r: &pb::CreateSpecRequest) -> Result<SpecChoice, DomainError> {
-    let purpose = ALL_PURPOSES.into_iter().find(|p| pb_purpose(*p) as i32 == r.purpose).ok_or_else(|| {
-        let names: Vec<&str> = ALL_PURPOSES.iter().map(|p| pb_purpose(*p).as_str_name()).collect();
-        DomainError::invalid("purpose", format!("set a purpose: {}", names.join(", ")))
-    })?;
-    let algorithm = ALL_ALGORITHMS.into_iter().find(|a| pb_algorithm(*a) as i32 == r.algorithm).ok_or_else(|| {
-        let names: Vec<&str> = purpose.algorithms().iter().map(|a| pb_algorithm(*a).as_str_name()).collect();
-        DomainError::invalid("algorithm", format!("set an algorithm; {} takes {}", purpose.as_str(), names.join(", ")))
-    })?;
-    let key_size_bits = if r.key_size_bits == 0 { algorithm.default_size() } else { r.key_size_bits };
-    Ok(SpecChoice { purpose, algorithm, key_size_bits, equality_preserving: r.equality_preserving })
+    let purpose = match r.purpose {
+        0 => None,
+        v => Some(ALL_PURPOSES.into_iter().find(|p| pb_purpose(*p) as i32 == v).ok_or_else(|| {
+            let names: Vec<&str> = ALL_PURPOSES.iter().map(|p| pb_purpose(*p).as_str_name()).collect();
+            DomainError::invalid("purpose", format!("unknown purpose {v}; one of {}", names.join(", ")))
+        })?),
+    };
+    let algorithm = match r.algorithm {
+        0 => None,
+        v => Some(ALL_ALGORITHMS.into_iter().find(|a| pb_algorithm(*a) as i32 == v).ok_or_else(|| {
+            let names: Vec<&str> = ALL_ALGORITHMS.iter().map(|a| pb_algorithm(*a).as_str_name()).collect();
+            DomainError::invalid("algorithm", format!("unknown algorithm {v}; one of {}", names.join(", ")))
+        })?),
+    };
+    let size = (r.key_size_bits != 0).then_some(r.key_size_bits);
+    SpecChoice::with_defaults(purpose, algorithm, size, r.equality_preserving)
 }
 
 fn key_state(s: KeyState) -> pb::KeyState {

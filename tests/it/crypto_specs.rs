@@ -88,13 +88,18 @@ async fn the_spec_table_is_enforced_with_the_rule_named_and_nothing_created() {
         (P::AsymmetricDataEncryption, A::Rsa, 2048, false),
         (P::AsymmetricKeyWrapping, A::Rsa, 4096, false),
         (P::Signature, A::Rsa, 3072, false),
-        // 0 = the algorithm's default size.
+        // 0 = the algorithm's default size; unset purpose or algorithm take defaults.
         (P::Signature, A::Rsa, 0, false),
+        (P::Unspecified, A::Unspecified, 0, false),
+        (P::Signature, A::Unspecified, 0, false),
+        (P::Unspecified, A::Hmac, 0, false),
     ];
     for (i, (p, a, bits, ep)) in good.into_iter().enumerate() {
         let r = ops.keys.create_spec(spec("m", &format!("ok{i}"), p, a, bits, ep)).await;
         let s = r.unwrap_or_else(|e| panic!("{p:?} {a:?} {bits}: {e}")).into_inner().spec.expect("spec");
-        assert_eq!((s.purpose, s.algorithm, s.equality_preserving), (p as i32, a as i32, ep));
+        if p != P::Unspecified && a != A::Unspecified {
+            assert_eq!((s.purpose, s.algorithm, s.equality_preserving), (p as i32, a as i32, ep));
+        }
         assert!(!s.scheme.is_empty());
     }
     let listed = ops.keys.list_specs(pb::ListSpecsRequest::default()).await.expect("list").into_inner().specs;
@@ -102,6 +107,10 @@ async fn the_spec_table_is_enforced_with_the_rule_named_and_nothing_created() {
     assert_eq!((default_rsa.key_size_bits, default_rsa.scheme.as_str()), (3072, "RSA-3072 PSS-SHA-256"));
     let siv = listed.iter().find(|s| s.name == "ok2").expect("ok2");
     assert_eq!(siv.scheme, "AES-256-SIV");
+    let scheme = |name: &str| listed.iter().find(|s| s.name == name).expect(name).scheme.clone();
+    assert_eq!(scheme("ok12"), "AES-256-GCM", "nothing set: the default spec");
+    assert_eq!(scheme("ok13"), "RSA-3072 PSS-SHA-256", "a purpose alone takes its first algorithm");
+    assert_eq!(scheme("ok14"), "HMAC-SHA-256", "HMAC alone is symmetric authenticity");
 
     let before = spec_count(&mut ops).await;
     let bad = [
@@ -127,14 +136,17 @@ async fn the_spec_table_is_enforced_with_the_rule_named_and_nothing_created() {
             "only symmetric_data_encryption with aes_cbc",
         ),
         (P::SymmetricKeyWrapping, A::AesCbc, 256, true, "equality_preserving", "not symmetric_key_wrapping"),
-        (P::Unspecified, A::AesGcm, 256, false, "purpose", "set a purpose"),
-        (P::SymmetricDataEncryption, A::Unspecified, 256, false, "algorithm", "AES_GCM, AES_CBC, AES_CTR"),
+        (P::Unspecified, A::Rsa, 2048, false, "purpose", "set a purpose: rsa serves"),
     ];
     for (p, a, bits, ep, field, rule) in bad {
         let err = ops.keys.create_spec(spec("m", "bad", p, a, bits, ep)).await.expect_err("refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{p:?} {a:?} {bits}: {err}");
         assert!(err.message().contains(field) && err.message().contains(rule), "{p:?} {a:?} {bits}: {}", err.message());
     }
+    let mut unknown = spec("m", "bad", P::Signature, A::Rsa, 2048, false);
+    unknown.purpose = 99;
+    let err = ops.keys.create_spec(unknown).await.expect_err("unknown purpose");
+    assert!(err.code() == Code::InvalidArgument && err.message().contains("unknown purpose 99"), "{err}");
     assert_eq!(spec_count(&mut ops).await, before, "no refused spec was created");
 }
 

@@ -266,9 +266,9 @@ async fn bad_create_inputs_record_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = t.keys.create_spec(kmf::cli::kmfctl::aes_spec("nomodule", "x", 256)).await.expect_err("no module");
     assert_eq!(err.code(), Code::NotFound);
-    let mut unspecified = kmf::cli::kmfctl::aes_spec("m", "x", 256);
-    unspecified.algorithm = 0;
-    assert_eq!(t.keys.create_spec(unspecified).await.expect_err("unspecified").code(), Code::InvalidArgument);
+    let mut unknown = kmf::cli::kmfctl::aes_spec("m", "x", 256);
+    unknown.algorithm = 42;
+    assert_eq!(t.keys.create_spec(unknown).await.expect_err("unknown algorithm").code(), Code::InvalidArgument);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

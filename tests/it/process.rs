@@ -202,7 +202,23 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     assert_eq!((good.trim(), bad.trim()), ("true", "false"));
     let pem = ok(a.ctl(&pki).args(["crypto", "public-key", "--spec", "releases"]));
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
-    let refused = run(a.ctl(&pki).args(["spec", "create", "x", "--module", "hr", "--algorithm", "hmac"]));
+    let hmac =
+        json(&ok(a.ctl(&pki).args(["--json", "spec", "create", "tags", "--module", "hr", "--algorithm", "hmac"])));
+    assert_eq!(
+        (hmac[0]["purpose"].as_str(), hmac[0]["scheme"].as_str()),
+        (Some("SYMMETRIC_AUTHENTICITY"), Some("HMAC-SHA-256"))
+    );
+    let refused = run(a.ctl(&pki).args([
+        "spec",
+        "create",
+        "x",
+        "--module",
+        "hr",
+        "--purpose",
+        "symmetric_data_encryption",
+        "--algorithm",
+        "hmac",
+    ]));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("symmetric_data_encryption takes"), "{stderr}");
 
