@@ -102,8 +102,18 @@ impl Node {
     }
 
     /// Counts for the metrics gauges.
+    /// Counted once per store generation: scrapes between writes reuse them.
     pub async fn store_counts(self: &Arc<Self>) -> crate::error::AppResult<StoreCounts> {
-        self.blocking(|node| Ok(node.store.counts()?)).await
+        self.blocking(|node| {
+            let g = node.store.generation();
+            if let Some(counts) = node.hot.counts(g) {
+                return Ok(counts);
+            }
+            let counts = node.store.counts()?;
+            node.hot.put_counts(g, counts.clone());
+            Ok(counts)
+        })
+        .await
     }
 
     /// The KEK is reachable: a fresh random 32-byte key survives wrap and unwrap.

@@ -1,5 +1,6 @@
 //! In-memory caches for the crypto hot path: specs, module access policies,
-//! each spec's current key and unwrapped keys by id. Every entry is
+//! each spec's current key and unwrapped keys by id; and the row counts the
+//! metrics show (so a scrape of an unchanged store reads no table). Every entry is
 //! discarded as soon as the store's generation changes (any committed
 //! write), so the cache never serves stale policy or key state.
 //! Unwrapped keys stay in memory only as `LoadedKey`s (zeroizing `DataKey`s inside).
@@ -12,6 +13,7 @@ use crate::domain::ids::{KeyId, Name};
 use crate::domain::policy::AccessPolicy;
 use crate::domain::spec::Spec;
 use crate::signer::schemes::LoadedKey;
+use crate::store::StoreCounts;
 
 /// Most unwrapped keys kept at once (the map is emptied when full).
 const MAX_KEYS: usize = 4096;
@@ -25,6 +27,8 @@ struct Entries {
     policies: HashMap<Name, Arc<Vec<AccessPolicy>>>,
     current: HashMap<Name, (KeyId, Arc<LoadedKey>)>,
     keys: HashMap<KeyId, Arc<LoadedKey>>,
+    /// The metrics' row counts.
+    counts: Option<StoreCounts>,
 }
 
 #[derive(Default)]
@@ -79,6 +83,14 @@ impl HotCache {
             }
             e.keys.insert(id, key);
         });
+    }
+
+    pub fn counts(&self, g: u64) -> Option<StoreCounts> {
+        self.with(g, |e| e.counts.clone())
+    }
+
+    pub fn put_counts(&self, g: u64, counts: StoreCounts) {
+        self.with(g, |e| e.counts = Some(counts));
     }
 
     pub fn caller(&self, cert: &[u8]) -> Option<Caller> {

@@ -154,6 +154,13 @@ async fn metrics_for_operators_only_over_mtls() {
         assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
     }
     assert!(sample(&text, "kmf_health_checked_timestamp_seconds").is_some_and(|t| t > 1.7e9), "{text}");
+
+    // Counts are cached per store generation: a write shows at the next scrape.
+    assert_eq!(sample(&text, r#"kmf_keys{state="deactivated"}"#), Some(0.0), "{text}");
+    admin.keys.rotate_key(pb::RotateKeyRequest { spec: "s".into() }).await.expect("rotate");
+    let (_, _, text) = get(addr, pki.ca.cert_pem.as_bytes(), Some(&auditor), "/metrics").await.expect("scrape");
+    assert_eq!(sample(&text, r#"kmf_keys{state="deactivated"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(&text, r#"kmf_keys{state="active"}"#), Some(1.0), "{text}");
     assert!(audit >= 4, "module, spec, key and the refused call are audited: {audit}");
 
     // Other paths are 404.
