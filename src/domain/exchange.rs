@@ -31,6 +31,16 @@ pub enum RequestStatus {
     ErrorOnRemoteInstance,
 }
 
+pub const ALL_STATUSES: [RequestStatus; 7] = [
+    RequestStatus::Pending,
+    RequestStatus::Approved,
+    RequestStatus::Completed,
+    RequestStatus::Rejected,
+    RequestStatus::Expired,
+    RequestStatus::ErrorOnLocalInstance,
+    RequestStatus::ErrorOnRemoteInstance,
+];
+
 impl RequestStatus {
     pub fn is_terminal(self) -> bool {
         !matches!(self, RequestStatus::Pending | RequestStatus::Approved)

@@ -25,6 +25,9 @@ pub enum HealthStatus {
     Disabled,
 }
 
+pub const ALL_HEALTH_STATUSES: [HealthStatus; 4] =
+    [HealthStatus::Operational, HealthStatus::Degraded, HealthStatus::Malfunction, HealthStatus::Disabled];
+
 impl HealthStatus {
     pub fn label(self) -> &'static str {
         match self {

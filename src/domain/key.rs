@@ -131,14 +131,25 @@ impl KeyRecord {
         now: UnixMillis,
     ) -> Self {
         KeyRecord {
-            id,
-            state: KeyState::Expired,
-            origin: KeyOrigin::KeyExchange { request_id },
-            generated_at,
             activated_at,
             deactivated_at,
             imported_at: Some(now),
             expired_at: Some(now),
+            ..KeyRecord::fresh(id, KeyState::Expired, KeyOrigin::KeyExchange { request_id }, generated_at)
+        }
+    }
+
+    /// A record with only identity, state, origin and generation date set.
+    fn fresh(id: KeyId, state: KeyState, origin: KeyOrigin, generated_at: UnixMillis) -> Self {
+        KeyRecord {
+            id,
+            state,
+            origin,
+            generated_at,
+            activated_at: None,
+            deactivated_at: None,
+            imported_at: None,
+            expired_at: None,
             expires_at: None,
             renewed_at: None,
             suspended_at: None,
@@ -152,21 +163,9 @@ impl KeyRecord {
     fn new_local(id: KeyId, state: KeyState, now: UnixMillis, lifecycle: &LifecycleDefinition) -> Self {
         let active = state == KeyState::Active;
         KeyRecord {
-            id,
-            state,
-            origin: KeyOrigin::Local,
-            generated_at: now,
             activated_at: active.then_some(now),
-            deactivated_at: None,
-            imported_at: None,
-            expired_at: None,
             expires_at: if active { lifecycle.expiry_from(now) } else { None },
-            renewed_at: None,
-            suspended_at: None,
-            compromised_at: None,
-            revoked_at: None,
-            destroyed_at: None,
-            reason: String::new(),
+            ..KeyRecord::fresh(id, state, KeyOrigin::Local, now)
         }
     }
 }

@@ -13,11 +13,9 @@ use std::time::Duration;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::domain::exchange::ExchangeRole;
-use crate::domain::health::HealthStatus;
+use crate::domain::health::ALL_HEALTH_STATUSES;
 use crate::node::diagnostics::Diagnosis;
 
-const HEALTH_STATUSES: [HealthStatus; 4] =
-    [HealthStatus::Operational, HealthStatus::Degraded, HealthStatus::Malfunction, HealthStatus::Disabled];
 use crate::store::StoreCounts;
 
 /// The RPC metrics of one instance.
@@ -92,7 +90,7 @@ impl Metrics {
                 &["component", "status"],
             )?;
             for c in std::iter::once(&d.root).chain(&d.root.children) {
-                for s in HEALTH_STATUSES {
+                for s in ALL_HEALTH_STATUSES {
                     let value = i64::from(c.status == s);
                     health.with_label_values(&[c.name.as_str(), &s.label().to_ascii_lowercase()]).set(value);
                 }
@@ -142,7 +140,7 @@ pub fn code_name(code: i32) -> &'static str {
 mod tests {
     use super::*;
     use crate::domain::exchange::RequestStatus;
-    use crate::domain::health::Component;
+    use crate::domain::health::{Component, HealthStatus};
     use crate::domain::ids::UnixMillis;
     use crate::domain::key::KeyState;
 

@@ -75,16 +75,6 @@ fn check_batch(len: usize) -> AppResult<()> {
 }
 
 impl Node {
-    /// Whether a single call on `spec` is cheap enough for the async workers:
-    /// symmetric schemes are; RSA private-key operations are not.
-    fn runs_inline(&self, spec: &Name) -> bool {
-        match self.spec_or_not_found(spec).map(|s| s.scheme()) {
-            Ok(Scheme::RsaOaep { .. } | Scheme::RsaAesKeyWrap { .. } | Scheme::RsaPss { .. }) => false,
-            // Symmetric, or an error the session reports at once.
-            _ => true,
-        }
-    }
-
     pub async fn encrypt(
         self: &Arc<Self>,
         caller: &Caller,
@@ -94,8 +84,9 @@ impl Node {
     ) -> AppResult<(Vec<u8>, KeyId)> {
         // Single symmetric calls run inline: with warm caches they touch no
         // disk, and a cache miss is a short read of redb's memory-mapped pages.
-        if self.runs_inline(&spec) {
-            return Session::new(self, caller).seal(&spec, Operation::Encrypt, &plaintext, &aad);
+        let mut session = Session::new(self, caller);
+        if session.is_cheap(&spec) {
+            return session.seal(&spec, Operation::Encrypt, &plaintext, &aad);
         }
         let caller = caller.clone();
         self.blocking(move |node| Session::new(node, &caller).seal(&spec, Operation::Encrypt, &plaintext, &aad)).await
@@ -107,7 +98,8 @@ impl Node {
         sealed: Vec<u8>,
         aad: Vec<u8>,
     ) -> AppResult<(Vec<u8>, KeyId)> {
-        if !ciphertext::parse(&sealed).is_ok_and(|(id, _, _)| self.runs_inline(&id.spec)) {
+        let mut session = Session::new(self, caller);
+        if !ciphertext::parse(&sealed).is_ok_and(|(id, _, _)| session.is_cheap(&id.spec)) {
             let caller = caller.clone();
             return self
                 .blocking(move |node| {
@@ -116,7 +108,7 @@ impl Node {
                 })
                 .await;
         }
-        let (plaintext, key_id) = Session::new(self, caller).open(&sealed, Operation::Decrypt, &aad)?;
+        let (plaintext, key_id) = session.open(&sealed, Operation::Decrypt, &aad)?;
         Ok((plaintext.to_vec(), key_id))
     }
 
@@ -237,7 +229,8 @@ impl Node {
     pub async fn public_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<PublicKey> {
         let caller = caller.clone();
         self.blocking(move |node| {
-            let s = node.spec_or_not_found(&spec)?;
+            let mut session = Session::new(node, &caller);
+            let s = session.spec(&spec)?;
             let op = match s.scheme() {
                 Scheme::RsaPss { .. } => Operation::Verify,
                 Scheme::RsaOaep { .. } => Operation::Encrypt,
@@ -250,8 +243,7 @@ impl Node {
                     .into());
                 }
             };
-            let mut session = Session::new(node, &caller);
-            session.allow_public(&spec, op)?;
+            session.allow(&spec, op)?;
             let (key_id, key) = session.active_key(&spec)?;
             let (der, pem) = key.public_key()?;
             Ok(PublicKey { der, pem, key_id, scheme: key.scheme().label() })

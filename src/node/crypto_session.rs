@@ -19,16 +19,23 @@ use crate::domain::auth::Caller;
 use crate::domain::ciphertext;
 use crate::domain::ids::{KeyId, Name};
 use crate::domain::policy::Operation;
-use crate::domain::spec::{MAX_PLAINTEXT, MAX_WRAP_PAYLOAD, Scheme};
+use crate::domain::spec::{MAX_PLAINTEXT, MAX_WRAP_PAYLOAD, Scheme, Spec};
 use crate::error::{AppError, AppResult};
 use crate::signer::CryptoError;
 use crate::signer::primitives::GcmSealer;
 use crate::signer::schemes::LoadedKey;
 
+/// An access decision, kept for the rest of the call.
+type Decision = Result<(), DomainError>;
+
 pub(super) struct Session<'a> {
     node: &'a Node,
     caller: &'a Caller,
-    access: HashMap<(Name, Operation), Result<(), DomainError>>,
+    /// Specs looked up in this call (one hot-cache read per spec).
+    specs: HashMap<Name, Spec>,
+    /// Per spec, the decision for each operation asked for (looked up by
+    /// `&Name`, so a batch item costs no allocation).
+    access: HashMap<Name, Vec<(Operation, Decision)>>,
     active: HashMap<Name, Result<(KeyId, Arc<LoadedKey>), DomainError>>,
     keys: HashMap<KeyId, Result<Arc<LoadedKey>, DomainError>>,
     /// Per spec: the operation it was set up for, its current key, the
@@ -73,11 +80,20 @@ fn parse(content: &[u8], op: Operation) -> Result<(KeyId, &[u8], &[u8]), DomainE
     })
 }
 
+fn cached_spec<'m>(node: &Node, specs: &'m mut HashMap<Name, Spec>, name: &Name) -> AppResult<&'m Spec> {
+    if !specs.contains_key(name) {
+        let spec = node.spec_or_not_found(name)?;
+        specs.insert(name.clone(), spec);
+    }
+    specs.get(name).ok_or_else(|| AppError::Internal("spec cache lost an entry".into()))
+}
+
 impl<'a> Session<'a> {
     pub fn new(node: &'a Node, caller: &'a Caller) -> Self {
         Session {
             node,
             caller,
+            specs: HashMap::new(),
             access: HashMap::new(),
             active: HashMap::new(),
             keys: HashMap::new(),
@@ -85,32 +101,42 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The spec exists (NOT_FOUND), serves `op` (INVALID_ARGUMENT) and the
-    /// module's access policies let the caller do it (PERMISSION_DENIED).
-    /// `allow` for reading a public key, which any operation of the purpose may.
-    pub fn allow_public(&mut self, spec: &Name, op: Operation) -> AppResult<()> {
-        self.allow(spec, op)
+    /// The spec, read once per call.
+    pub fn spec(&mut self, name: &Name) -> AppResult<&Spec> {
+        cached_spec(self.node, &mut self.specs, name)
     }
 
-    fn allow(&mut self, spec: &Name, op: Operation) -> AppResult<()> {
-        if let Some(r) = self.access.get(&(spec.clone(), op)) {
+    /// Whether an operation on `spec` is cheap enough for the async workers:
+    /// symmetric schemes are; RSA private-key operations are not. An unknown
+    /// spec counts as cheap: the session refuses it at once.
+    pub fn is_cheap(&mut self, spec: &Name) -> bool {
+        !matches!(
+            self.spec(spec).map(Spec::scheme),
+            Ok(Scheme::RsaOaep { .. } | Scheme::RsaAesKeyWrap { .. } | Scheme::RsaPss { .. })
+        )
+    }
+
+    /// The spec exists (NOT_FOUND), serves `op` (INVALID_ARGUMENT) and the
+    /// module's access policies let the caller do it (PERMISSION_DENIED).
+    pub fn allow(&mut self, spec: &Name, op: Operation) -> AppResult<()> {
+        if let Some((_, r)) = self.access.get(spec).and_then(|ops| ops.iter().find(|(o, _)| *o == op)) {
             return r.clone().map_err(Into::into);
         }
-        let checked = self
-            .node
-            .spec_or_not_found(spec)
-            .and_then(|s| s.check_operation(op).map_err(Into::into))
-            .and_then(|()| self.node.check_access(self.caller, spec, op));
+        let node = self.node;
+        let checked = cached_spec(node, &mut self.specs, spec).and_then(|s| {
+            s.check_operation(op)?;
+            node.check_access(self.caller, s, op)
+        });
         let r = match checked {
             Ok(()) => Ok(()),
             Err(e) => Err(domain_of(e)?),
         };
-        self.access.insert((spec.clone(), op), r.clone());
+        self.access.entry(spec.clone()).or_default().push((op, r.clone()));
         r.map_err(Into::into)
     }
 
-    fn load(&self, id: &KeyId, wrapped: &crate::domain::key::WrappedKey) -> AppResult<Arc<LoadedKey>> {
-        let scheme = self.node.spec_or_not_found(&id.spec)?.scheme();
+    fn load(&mut self, id: &KeyId, wrapped: &crate::domain::key::WrappedKey) -> AppResult<Arc<LoadedKey>> {
+        let scheme = self.spec(&id.spec)?.scheme();
         Ok(Arc::new(LoadedKey::load(scheme, self.node.signer.unwrap(wrapped)?)?))
     }
 

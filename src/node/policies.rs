@@ -12,6 +12,7 @@ use crate::domain::ids::Name;
 use crate::domain::policy::{
     AccessDecision, AccessPolicy, AccessRequest, Operation, PolicyResult, PolicyType, Subject, allows, evaluate,
 };
+use crate::domain::spec::Spec;
 use crate::error::{AppError, AppResult};
 use crate::store::StoreError;
 
@@ -162,11 +163,15 @@ impl Node {
 
     /// Allows or refuses `caller` for `operation` on `spec`; a refusal is
     /// audited (a write, even on the crypto hot path, which only refusals take).
-    pub(super) fn check_access(&self, caller: &Caller, spec: &Name, operation: Operation) -> AppResult<()> {
-        let spec_rec = self.spec_or_not_found(spec)?;
+    pub(super) fn check_access(&self, caller: &Caller, spec_rec: &Spec, operation: Operation) -> AppResult<()> {
+        let spec = &spec_rec.name;
         let policies = self.module_policies(&spec_rec.module)?;
-        let request =
-            AccessRequest { subject: Subject::from(caller), module: spec_rec.module, spec: spec.clone(), operation };
+        let request = AccessRequest {
+            subject: Subject::from(caller),
+            module: spec_rec.module.clone(),
+            spec: spec.clone(),
+            operation,
+        };
         if allows(&policies, &request) {
             return Ok(());
         }

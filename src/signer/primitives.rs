@@ -60,6 +60,11 @@ pub fn kwp_wrap(kek: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
 
 /// Unwraps RFC 5649; fails if the integrity check fails.
 pub fn kwp_unwrap(kek: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    // RFC 5649 output is at least two semiblocks; openssl would "unwrap" an
+    // empty input to an empty key (a PKCS#11 token refuses it, and so do we).
+    if wrapped.len() < 16 || !wrapped.len().is_multiple_of(8) {
+        return Err(CryptoError::Failed("key unwrap: not an RFC 5649 wrapped key"));
+    }
     let mut ctx = CipherCtx::new()?;
     ctx.set_flags(CipherCtxFlags::FLAG_WRAP_ALLOW);
     ctx.decrypt_init(Some(kwp_cipher(kek.len())?), Some(kek), None)?;

@@ -36,10 +36,6 @@ impl fmt::Debug for LoadedKey {
     }
 }
 
-fn joined(aad: &[&[u8]]) -> Vec<u8> {
-    aad.concat()
-}
-
 fn oaep(ctx: &mut PkeyCtx<Private>, label: &[u8]) -> Result<(), CryptoError> {
     ctx.set_rsa_padding(Padding::PKCS1_OAEP)?;
     ctx.set_rsa_oaep_md(Md::sha256())?;
@@ -85,7 +81,7 @@ impl LoadedKey {
             Scheme::RsaOaep { .. } => {
                 let mut ctx = PkeyCtx::new(self.rsa()?)?;
                 ctx.encrypt_init()?;
-                oaep(&mut ctx, &joined(aad))?;
+                oaep(&mut ctx, &aad.concat())?;
                 ctx.encrypt_to_vec(plaintext, out)?;
                 Ok(())
             }
@@ -94,7 +90,7 @@ impl LoadedKey {
                 let transport = random_key(32);
                 let mut ctx = PkeyCtx::new(self.rsa()?)?;
                 ctx.encrypt_init()?;
-                oaep(&mut ctx, &joined(aad))?;
+                oaep(&mut ctx, &aad.concat())?;
                 ctx.encrypt_to_vec(transport.expose(), out)?;
                 out.extend_from_slice(&kwp_wrap(transport.expose(), plaintext)?);
                 Ok(())
@@ -114,7 +110,7 @@ impl LoadedKey {
             Scheme::RsaOaep { .. } => {
                 let mut ctx = PkeyCtx::new(self.rsa()?)?;
                 ctx.decrypt_init()?;
-                oaep(&mut ctx, &joined(aad))?;
+                oaep(&mut ctx, &aad.concat())?;
                 let mut out = Zeroizing::new(Vec::new());
                 ctx.decrypt_to_vec(sealed, &mut out).map_err(|_| OPEN_FAILED)?;
                 Ok(out)
@@ -127,7 +123,7 @@ impl LoadedKey {
                 let (wrapped_transport, wrapped) = sealed.split_at(k);
                 let mut ctx = PkeyCtx::new(self.rsa()?)?;
                 ctx.decrypt_init()?;
-                oaep(&mut ctx, &joined(aad))?;
+                oaep(&mut ctx, &aad.concat())?;
                 let mut transport = Zeroizing::new(Vec::new());
                 ctx.decrypt_to_vec(wrapped_transport, &mut transport).map_err(|_| OPEN_FAILED)?;
                 kwp_unwrap(&transport, wrapped).map_err(|_| OPEN_FAILED)

@@ -7,22 +7,12 @@ use serde::Deserialize;
 use super::records::decode;
 use super::tables::{AUDIT, DIAGNOSTICS, KEYS, META, META_SYS_ID, REQUESTS};
 use super::{Result, StoreError};
-use crate::domain::exchange::{ExchangeRole, RequestStatus};
+use crate::domain::exchange::{ALL_STATUSES, ExchangeRole, RequestStatus};
 use crate::domain::ids::UnixMillis;
 use crate::domain::key::{ALL_STATES, KeyState};
 
 /// The row the store check overwrites on every diagnosis.
 const HEARTBEAT: &str = "heartbeat";
-
-const REQUEST_STATUSES: [RequestStatus; 7] = [
-    RequestStatus::Pending,
-    RequestStatus::Approved,
-    RequestStatus::Completed,
-    RequestStatus::Rejected,
-    RequestStatus::Expired,
-    RequestStatus::ErrorOnLocalInstance,
-    RequestStatus::ErrorOnRemoteInstance,
-];
 
 /// Row counts for the metrics gauges; every state and status is present,
 /// with 0 when there is none.
@@ -73,7 +63,7 @@ impl super::RedbStore {
         let tx = self.db.begin_read()?;
         let mut requests: Vec<(ExchangeRole, RequestStatus, u64)> = [ExchangeRole::Source, ExchangeRole::Target]
             .into_iter()
-            .flat_map(|role| REQUEST_STATUSES.into_iter().map(move |s| (role, s, 0)))
+            .flat_map(|role| ALL_STATUSES.into_iter().map(move |s| (role, s, 0)))
             .collect();
         for row in tx.open_table(REQUESTS)?.iter()? {
             let (_, v) = row?;

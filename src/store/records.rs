@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use super::StoreError;
 use crate::domain::bundle::WrappingAlgorithm;
 use crate::domain::exchange::{
-    ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestStatus, SignedBlob, SpecLine, SpecLineStatus, Transition,
+    ALL_STATUSES, ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestStatus, SignedBlob, SpecLine,
+    SpecLineStatus, Transition,
 };
 use crate::domain::ids::{Host, KeyId, Name, RequestId, SysId, UnixMillis};
 use crate::domain::key::{
@@ -261,18 +262,8 @@ pub struct RequestRow {
     wrapping: String,
 }
 
-const STATUSES: [RequestStatus; 7] = [
-    RequestStatus::Pending,
-    RequestStatus::Approved,
-    RequestStatus::Completed,
-    RequestStatus::Rejected,
-    RequestStatus::Expired,
-    RequestStatus::ErrorOnLocalInstance,
-    RequestStatus::ErrorOnRemoteInstance,
-];
-
 fn status(s: &str) -> Result<RequestStatus, StoreError> {
-    STATUSES.into_iter().find(|x| x.label() == s).ok_or_else(|| corrupt(format!("status {s}")))
+    ALL_STATUSES.into_iter().find(|x| x.label() == s).ok_or_else(|| corrupt(format!("status {s}")))
 }
 
 fn line_label(s: SpecLineStatus) -> &'static str {

@@ -209,21 +209,27 @@ fn unwrap_failed(e: &Error) -> bool {
     )
 }
 
+/// A data key as a session object the host may read back (it is only ever
+/// on the token for the length of one wrap or unwrap).
+fn data_key_attributes() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ]
+}
+
 impl Signer for Pkcs11Signer {
     fn kind(&self) -> &'static str {
         "pkcs11"
     }
 
     fn wrap(&self, key: &DataKey) -> Result<WrappedKey, CryptoError> {
-        let template = SecretTemplate(vec![
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::GENERIC_SECRET),
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(false),
-            Attribute::Extractable(true),
-            Attribute::Value(key.expose().to_vec()),
-        ]);
+        let mut template = SecretTemplate(data_key_attributes());
+        template.0.push(Attribute::Value(key.expose().to_vec()));
         let wrapped = self.pool.run_with_kek("wrapping a key under the KEK", |s, kek| {
             let object = s.create_object(&template.0)?;
             let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, object);
@@ -234,14 +240,7 @@ impl Signer for Pkcs11Signer {
     }
 
     fn unwrap(&self, wrapped: &WrappedKey) -> Result<DataKey, CryptoError> {
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::GENERIC_SECRET),
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(false),
-            Attribute::Extractable(true),
-        ];
+        let template = data_key_attributes();
         let value = self.pool.run_with_kek("unwrapping a key under the KEK", |s, kek| {
             let object = match s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped.0, &template) {
                 Ok(object) => object,
