@@ -1,7 +1,8 @@
 //! Composition root: creates an instance (`init`), and runs one (`App::start`):
 //! the TLS acceptor on a pre-bound listener, the gRPC services with health and
-//! reflection, and the background task that delivers the outbox and expires
-//! overdue requests. Shutdown is graceful.
+//! reflection, and the job runner (deliveries, notices, sweeps). Shutdown is
+//! graceful: no new calls or jobs, in-flight jobs finish (or keep their lease
+//! for the next start), then the server drains.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,11 +14,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
+use crate::clock::{Clock, SystemClock};
 use crate::domain::ids::{Host, SysId};
 use crate::node::Node;
 use crate::node::diagnostics::DiagnosticsSetup;
+use crate::node::jobs::JobSettings;
 use crate::node::ports::PeerLink;
 use crate::rpc::pb::{
     audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
@@ -33,7 +38,7 @@ use crate::signer::Signer;
 use crate::signer::instance_key::InstanceKey;
 use crate::signer::pkcs11::{Pkcs11Config, Pkcs11Signer};
 use crate::signer::software::SoftwareSigner;
-use crate::store::RedbStore;
+use crate::store::Store;
 use crate::tls::{TlsFiles, server_config};
 
 pub const DB_FILE: &str = "kmf.redb";
@@ -110,7 +115,7 @@ pub fn init_instance_kek(data_dir: &Path, host: &Host, signer: &SignerConfig, ke
             Pkcs11Signer::open(cfg)?;
         }
     }
-    if let Err(e) = RedbStore::create(&db, &sys_id, host) {
+    if let Err(e) = Store::create_redb(&db, &sys_id, host) {
         match (signer, kek) {
             (SignerConfig::Software { kek_file }, _) => {
                 let _ = std::fs::remove_file(kek_file);
@@ -148,19 +153,54 @@ pub struct RunningApp {
     metrics_server: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    background: JoinHandle<()>,
+    jobs_cancel: CancellationToken,
+    jobs_runner: JoinHandle<()>,
+    jobs_in_flight: TaskTracker,
     health_watch: JoinHandle<()>,
+}
+
+/// How long shutdown waits for in-flight jobs; a job still running then
+/// keeps its lease and is run again after the next start.
+const JOB_DRAIN: Duration = Duration::from_secs(20);
+
+/// Wraps the peer link (tests record, hold or drop deliveries).
+pub type WrapPeers<'a> = Box<dyn FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink> + 'a>;
+/// Wraps the signer (benchmarks slow it down).
+pub type WrapSigner<'a> = Box<dyn FnOnce(Arc<dyn Signer>) -> Arc<dyn Signer> + 'a>;
+
+/// What tests and benchmarks may change about a started instance.
+pub struct StartOptions<'a> {
+    pub wrap_peers: WrapPeers<'a>,
+    pub wrap_signer: WrapSigner<'a>,
+    pub clock: Arc<dyn Clock>,
+    /// Pacing of the job runner; derived from `background_interval` when None.
+    pub jobs: Option<JobSettings>,
+}
+
+impl Default for StartOptions<'_> {
+    fn default() -> Self {
+        StartOptions {
+            wrap_peers: Box::new(|p| p),
+            wrap_signer: Box::new(|s| s),
+            clock: Arc::new(SystemClock),
+            jobs: None,
+        }
+    }
 }
 
 impl RunningApp {
     /// Stops accepting, drains in-flight calls, and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.background.abort();
+        self.jobs_cancel.cancel();
+        let _ = self.jobs_runner.await;
+        self.jobs_in_flight.close();
+        if tokio::time::timeout(JOB_DRAIN, self.jobs_in_flight.wait()).await.is_err() {
+            tracing::warn!("jobs still running at shutdown keep their lease; they run again after the next start");
+        }
         self.health_watch.abort();
-        // Wait until the aborted tasks are gone, so their handles on the node
-        // (and the database) are released before this returns.
-        let _ = self.background.await;
+        // Wait until the aborted task is gone, so its handle on the node
+        // (and the database) is released before this returns.
         let _ = self.health_watch.await;
         if let Some(metrics) = self.metrics_server {
             let _ = metrics.await;
@@ -195,10 +235,20 @@ pub async fn start_with(
     listener: TcpListener,
     wrap_peers: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>,
 ) -> anyhow::Result<RunningApp> {
+    start_custom(cfg, listener, StartOptions { wrap_peers: Box::new(wrap_peers), ..Default::default() }).await
+}
+
+/// Starts an instance with `options` (tests and benchmarks).
+pub async fn start_custom(
+    cfg: AppConfig,
+    listener: TcpListener,
+    options: StartOptions<'_>,
+) -> anyhow::Result<RunningApp> {
     use anyhow::Context;
+    let StartOptions { wrap_peers, wrap_signer, clock, jobs } = options;
     let local_addr = listener.local_addr()?;
-    let store = Arc::new(RedbStore::open(&cfg.data_dir.join(DB_FILE)).context("opening the store")?);
-    let signer = cfg.signer.open()?;
+    let store = Arc::new(Store::open_redb(&cfg.data_dir.join(DB_FILE)).context("opening the store")?);
+    let signer = wrap_signer(cfg.signer.open()?);
     let instance_key = InstanceKey::from_pem(&cfg.tls.key_pem)?;
     let sys_id = store.sys_id()?;
     let cert_id = cfg.tls.chain()?.first().and_then(|c| crate::tls::identity::instance_sys_id(c));
@@ -214,7 +264,12 @@ pub async fn start_with(
         certificate_der: cfg.tls.chain()?.first().map(|c| c.to_vec()).unwrap_or_default(),
         probe: Arc::new(HealthProbe::new(cfg.tls.clone())),
     };
-    let node = Arc::new(Node::new(store, signer, instance_key, peers, host.clone())?.with_diagnostics(diagnostics));
+    let jobs = jobs.unwrap_or_else(|| JobSettings::for_interval(cfg.background_interval));
+    let node = Arc::new(
+        Node::new(store, signer, instance_key, peers, clock, host.clone())?
+            .with_diagnostics(diagnostics)
+            .with_job_settings(jobs),
+    );
     let services = Services::new(node.clone());
 
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -266,7 +321,9 @@ pub async fn start_with(
         .add_service(KeyExchangeServer::new(services.peer).max_decoding_message_size(m).max_encoding_message_size(m))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);
-    let background = tokio::spawn(background_loop(node.clone(), cfg.background_interval));
+    let (jobs_cancel, jobs_in_flight) = (CancellationToken::new(), TaskTracker::new());
+    let jobs_runner =
+        tokio::spawn(crate::node::jobs::run_jobs(node.clone(), jobs_cancel.clone(), jobs_in_flight.clone()));
     let health_watch = tokio::spawn(health_loop(node.clone(), crate::node::diagnostics::WATCH_EVERY));
     tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");
     Ok(RunningApp {
@@ -276,7 +333,9 @@ pub async fn start_with(
         metrics_server: metrics_server.map(|m| m.task),
         stop,
         server,
-        background,
+        jobs_cancel,
+        jobs_runner,
+        jobs_in_flight,
         health_watch,
     })
 }
@@ -319,23 +378,6 @@ pub(crate) fn accept_tls(
         }
     });
     ReceiverStream::new(rx)
-}
-
-async fn background_loop(node: Arc<Node>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = node.sweep_expired().await {
-            tracing::warn!(error = %e, "expiry sweep failed");
-        }
-        if let Err(e) = node.deliver_outbox().await {
-            tracing::warn!(error = %e, "outbox delivery failed");
-        }
-        if let Err(e) = node.sweep_lifecycle().await {
-            tracing::warn!(error = %e, "lifecycle sweep failed");
-        }
-    }
 }
 
 /// Diagnoses the instance at start and every `every` after, so health

@@ -420,8 +420,18 @@ impl Operator {
                     None => pb::RequestStatus::Unspecified,
                     Some(s) => parse_status(&s)?,
                 };
-                let list = self.exchange.list_requests(pb::ListRequestsRequest { status: status as i32 }).await?;
-                print::requests(&list.into_inner().requests, as_json);
+                // Every page, in creation order.
+                let (mut all, mut page_token) = (Vec::new(), String::new());
+                loop {
+                    let ask = pb::ListRequestsRequest { status: status as i32, page_size: 1000, page_token };
+                    let page = self.exchange.list_requests(ask).await?.into_inner();
+                    all.extend(page.requests);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+                print::requests(&all, as_json);
             }
             ExchangeCommand::Get { request_id } => {
                 let r = self.exchange.get_request(pb::GetRequestRequest { request_id }).await?.into_inner();

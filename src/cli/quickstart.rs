@@ -98,7 +98,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!("  request {id}: {}", print::status_label(created.status));
 
     step(7, "On the source: the pending requests");
-    let pending = pb::ListRequestsRequest { status: pb::RequestStatus::RequestPending as i32 };
+    let pending = pb::ListRequestsRequest { status: pb::RequestStatus::RequestPending as i32, ..Default::default() };
     print::requests(&source.exchange.list_requests(pending).await?.into_inner().requests, false);
 
     step(8, "On the source: approve (one explicit UpdateRequest call)");

@@ -6,6 +6,7 @@
 //! Pending --reject---> Rejected
 //! Pending|Approved --expire (now >= expires_at)--> Expired
 //! Pending|Approved --fail--> ErrorOnLocalInstance | ErrorOnRemoteInstance
+//! ErrorOn* --retry (not expired)--> Approved (its bundle is kept) | Pending
 //! ```
 //! Every other (status, event) pair is refused with FAILED_PRECONDITION.
 
@@ -144,11 +145,22 @@ pub struct SignedBlob {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum RequestEvent {
     Approve,
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
     Expire,
     Complete,
-    FailLocal { reason: String },
-    FailRemote { reason: String },
+    FailLocal {
+        reason: String,
+    },
+    FailRemote {
+        reason: String,
+    },
+    /// An operator retries a failed request: back to `resume_at`, which is
+    /// Approved when the signed bundle is still there to deliver, else Pending.
+    Retry {
+        resume_at: RequestStatus,
+    },
 }
 
 impl RequestEvent {
@@ -160,6 +172,7 @@ impl RequestEvent {
             RequestEvent::Complete => "complete",
             RequestEvent::FailLocal { .. } => "fail (local)",
             RequestEvent::FailRemote { .. } => "fail (remote)",
+            RequestEvent::Retry { .. } => "retry",
         }
     }
 }
@@ -185,6 +198,13 @@ pub fn next_status(
         (Approved, RequestEvent::Complete) => Completed,
         (Pending | Approved, RequestEvent::FailLocal { .. }) => ErrorOnLocalInstance,
         (Pending | Approved, RequestEvent::FailRemote { .. }) => ErrorOnRemoteInstance,
+        (ErrorOnLocalInstance | ErrorOnRemoteInstance, RequestEvent::Retry { .. }) if expired => {
+            return Err(DomainError::FailedPrecondition("the request has expired and can no longer be retried".into()));
+        }
+        (
+            ErrorOnLocalInstance | ErrorOnRemoteInstance,
+            RequestEvent::Retry { resume_at: to @ (Pending | Approved) },
+        ) => *to,
         (from, event) => {
             return Err(DomainError::FailedPrecondition(format!(
                 "cannot {} a request in status {}",
@@ -210,6 +230,15 @@ impl ExchangeRequest {
         self.updated_at = now;
         self.history.push(Transition { status: next, at: now, actor: actor.to_owned(), note });
         Ok(())
+    }
+
+    /// The status and who brought it about, for refusals: "REQUEST_APPROVED
+    /// (by operator:alice at 1700000000000)".
+    pub fn status_summary(&self) -> String {
+        match self.history.last() {
+            Some(t) => format!("{} (by {} at {})", self.status.label(), t.actor, t.at.0),
+            None => self.status.label().to_owned(),
+        }
     }
 
     /// The peer this record talks to.
@@ -268,6 +297,7 @@ mod tests {
             "complete" => RequestEvent::Complete,
             "fail_local" => RequestEvent::FailLocal { reason: "x".into() },
             "fail_remote" => RequestEvent::FailRemote { reason: "x".into() },
+            "retry" => RequestEvent::Retry { resume_at: Approved },
             _ => unreachable!(),
         }
     }
@@ -276,7 +306,7 @@ mod tests {
     #[test]
     fn transition_table() {
         let all = [Pending, Approved, Completed, Rejected, Expired, ErrorOnLocalInstance, ErrorOnRemoteInstance];
-        let events = ["approve", "reject", "expire", "complete", "fail_local", "fail_remote"];
+        let events = ["approve", "reject", "expire", "complete", "fail_local", "fail_remote", "retry"];
         for from in all {
             for e in events {
                 for expired in [false, true] {
@@ -287,6 +317,7 @@ mod tests {
                         (Approved, "complete", _) => Some(Completed),
                         (Pending | Approved, "fail_local", _) => Some(ErrorOnLocalInstance),
                         (Pending | Approved, "fail_remote", _) => Some(ErrorOnRemoteInstance),
+                        (ErrorOnLocalInstance | ErrorOnRemoteInstance, "retry", false) => Some(Approved),
                         _ => None,
                     };
                     let now = if expired { UnixMillis(100) } else { UnixMillis(10) };
@@ -295,6 +326,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn retry_resumes_only_at_pending_or_approved() {
+        let at = |to| {
+            next_status(ErrorOnRemoteInstance, &RequestEvent::Retry { resume_at: to }, UnixMillis(100), UnixMillis(1))
+        };
+        assert_eq!(at(Pending), Ok(Pending));
+        assert_eq!(at(Approved), Ok(Approved));
+        assert!(at(Completed).is_err());
+        let expired = next_status(
+            ErrorOnLocalInstance,
+            &RequestEvent::Retry { resume_at: Pending },
+            UnixMillis(1),
+            UnixMillis(5),
+        );
+        assert!(expired.unwrap_err().to_string().contains("expired"));
     }
 
     #[test]

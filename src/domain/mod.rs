@@ -14,11 +14,13 @@ pub mod error;
 pub mod exchange;
 pub mod health;
 pub mod ids;
+pub mod job;
 pub mod key;
 pub mod lifecycle;
 pub mod policy;
 pub mod property;
 pub mod record;
+pub mod schedule;
 pub mod spec;
 
 pub use error::DomainError;

@@ -144,10 +144,10 @@ impl<'a> Session<'a> {
         if let Some(r) = self.active.get(spec) {
             return r.clone().map_err(Into::into);
         }
-        let g = self.node.store.generation();
+        let g = self.node.store.changes().keys_of(spec);
         let r = match self.node.hot.current(g, spec) {
             Some(hit) => Ok(hit),
-            None => match self.node.store.keys(spec)?.into_iter().find(|(k, _)| k.state.can_encrypt()) {
+            None => match self.node.store.find_key(spec, |k| k.state.can_encrypt())? {
                 Some((k, wrapped)) => {
                     let hit = (k.id.clone(), self.load(&k.id, &wrapped)?);
                     self.node.hot.put_current(g, spec.clone(), hit.clone());
@@ -164,7 +164,7 @@ impl<'a> Session<'a> {
         if let Some(r) = self.keys.get(id) {
             return r.clone().map_err(Into::into);
         }
-        let g = self.node.store.generation();
+        let g = self.node.store.changes().keys_of(&id.spec);
         if let Some(hit) = self.node.hot.key(g, id) {
             return Ok(hit);
         }

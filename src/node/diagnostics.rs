@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock;
 use crate::domain::health::{Component, HealthStatus, MAX_PEERS, PEER_WINDOW_MILLIS, certificate_health, recent_peers};
 use crate::domain::ids::{Host, SysId, UnixMillis};
 use crate::node::Node;
@@ -50,7 +49,7 @@ impl Node {
 
     /// Runs every check: signer, store, certificate, recent peers.
     pub async fn diagnose(self: &Arc<Self>) -> Diagnosis {
-        let now = clock::now();
+        let now = self.now();
         let (signer, store, peers) = tokio::join!(self.check_signer(), self.check_store(now), self.check_peers(now));
         let certificate = self.check_certificate(now);
         let children = vec![signer, store, certificate, peers];
@@ -102,10 +101,10 @@ impl Node {
     }
 
     /// Counts for the metrics gauges.
-    /// Counted once per store generation: scrapes between writes reuse them.
+    /// Counted once per committed write: scrapes between writes reuse them.
     pub async fn store_counts(self: &Arc<Self>) -> crate::error::AppResult<StoreCounts> {
         self.blocking(|node| {
-            let g = node.store.generation();
+            let g = node.store.changes().writes();
             if let Some(counts) = node.hot.counts(g) {
                 return Ok(counts);
             }
@@ -168,7 +167,20 @@ impl Node {
         let Some(setup) = &self.diagnostics else {
             return Component::leaf("peers", HealthStatus::Disabled, "peer checks are not configured");
         };
-        let requests = match self.blocking(|node| Ok(node.store.requests()?)).await {
+        // Page through the requests, keeping those of the window.
+        let recent = move |node: &Node| {
+            let since = now.0.saturating_sub(PEER_WINDOW_MILLIS);
+            let (mut keep, mut after) = (Vec::new(), None);
+            loop {
+                let (page, next) = node.store.requests_page(after.as_ref(), 500)?;
+                keep.extend(page.into_iter().filter(|r| r.updated_at.0 >= since));
+                match next {
+                    Some(c) => after = Some(c),
+                    None => return Ok(keep),
+                }
+            }
+        };
+        let requests = match self.blocking(recent).await {
             Ok(r) => r,
             Err(e) => return Component::leaf("peers", HealthStatus::Malfunction, format!("cannot list requests: {e}")),
         };

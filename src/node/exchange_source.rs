@@ -1,12 +1,13 @@
-//! The source side of an exchange: record a request a target opens, approve
-//! or reject it, build and sign the bundle, deliver it (now, and again from
-//! the outbox until the target answers), and expire overdue requests.
+//! The source side of an exchange: record a request a target opens, approve,
+//! reject or retry it (one conditional write each: of concurrent decisions
+//! exactly one wins), build and sign the bundle, and the jobs that deliver
+//! it and notify the target (run by `jobs.rs`, whether or not the deciding
+//! caller is still connected), and expire overdue requests.
 
 use std::sync::Arc;
 
 use super::ports::{OpenRequest, SourceView};
 use super::{Node, request_audit};
-use crate::clock;
 use crate::domain::DomainError;
 use crate::domain::audit::Outcome;
 use crate::domain::auth::Caller;
@@ -16,16 +17,27 @@ use crate::domain::exchange::{
     SpecLine, SpecLineStatus, Transition,
 };
 use crate::domain::ids::{KeyId, RequestId, SysId, UnixMillis};
+use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
 use crate::signer::primitives::{kwp_wrap, random_key, rsa_oaep_encrypt, sha256, verify_sha256_with_cert};
-use crate::store::{OutboxChange, OutboxItem, StoreError};
+use crate::store::{BundleChange, RequestEffects, StoreError, Versioned};
 
-/// An operator's decision on a pending request.
+/// An operator's decision on a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Approve,
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
+    /// Retry a request that ended in ERROR_ON_*: deliver its bundle again,
+    /// or, without one, make it pending again.
+    Retry,
 }
+
+/// How many times a decision re-reads a request that changed under it.
+const DECIDE_ATTEMPTS: usize = 3;
+/// Keys read per page while building a bundle.
+const KEY_PAGE: usize = 1000;
 
 impl Node {
     /// A target opens a request here. `caller` comes from its certificate.
@@ -49,7 +61,7 @@ impl Node {
             ))
             .into());
         }
-        let now = clock::now();
+        let now = self.now();
         if open.expires_at <= now || open.expires_at > now.plus_millis(MAX_EXPIRY_MILLIS) {
             return Err(DomainError::invalid("expires_at", "must be in the future and at most 90 days away").into());
         }
@@ -68,7 +80,7 @@ impl Node {
                         reason: "spec not found on source".into(),
                     });
                 } else {
-                    total += node.store.keys(spec)?.len() as u32;
+                    total += node.store.count_keys_of(spec)? as u32;
                     lines.push(SpecLine::pending(spec.clone()));
                 }
             }
@@ -100,17 +112,30 @@ impl Node {
             }
             let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
             let audit = request_audit(&req, "exchange.open", Outcome::Success, format!("target {} at {}; specs {}", req.target.sys_id, req.target.host, specs.join(",")));
-            node.store.insert_request(&req, None, &[audit]).map_err(|e| match e {
-                StoreError::AlreadyExists { what, id } => AppError::Domain(DomainError::AlreadyExists { what, id }),
-                other => other.into(),
-            })?;
+            match node.store.insert_request(&req, None, RequestEffects::default(), &[audit]) {
+                Ok(()) => {}
+                // The target retried after losing our answer: the same request again.
+                Err(StoreError::AlreadyExists { what, id }) => {
+                    let existing = node.store.request(&req.id)?.map(|v| v.value);
+                    return match existing {
+                        Some(e) if e.target == req.target && e.transport_public_key == req.transport_public_key => {
+                            Ok(SourceView { status: e.status, lines: e.lines, total_key_count: e.total_key_count })
+                        }
+                        _ => Err(DomainError::AlreadyExists { what, id }.into()),
+                    };
+                }
+                Err(other) => return Err(other.into()),
+            }
             tracing::info!(request_id = %req.id, target = %req.target.sys_id, status = req.status.label(), "exchange request opened by target");
             Ok(SourceView { status: req.status, lines: req.lines, total_key_count: req.total_key_count })
         })
         .await
     }
 
-    /// Approves or rejects a pending request (source side, one explicit call).
+    /// Decides on a request (source side, one explicit call): commits the
+    /// decision with the job that carries it out, then waits at most
+    /// `decision_wait` for the outcome and answers with the request as it
+    /// stands. The job runs whether or not the caller is still there.
     pub async fn update_request(
         self: &Arc<Self>,
         caller: &Caller,
@@ -119,38 +144,94 @@ impl Node {
     ) -> AppResult<ExchangeRequest> {
         let actor = caller.actor();
         let id2 = id.clone();
-        self.blocking(move |node| node.decide(&id2, decision, &actor)).await?;
-        self.deliver(&id).await?;
-        self.blocking(move |node| node.store.request(&id)?.ok_or_else(|| DomainError::not_found("request", &id).into()))
-            .await
+        let decided = self.blocking(move |node| node.decide(&id2, &decision, &actor)).await?;
+        self.jobs.wake();
+        if decided.status.is_terminal() {
+            return Ok(decided);
+        }
+        self.wait_until_settled(&id, self.decision_wait()).await
     }
 
-    fn decide(&self, id: &RequestId, decision: Decision, actor: &str) -> AppResult<()> {
-        let mut req = self.store.request(id)?.ok_or_else(|| DomainError::not_found("request", id))?;
+    /// Waits at most `bound` for the request to leave Pending/Approved.
+    pub async fn wait_until_settled(
+        self: &Arc<Self>,
+        id: &RequestId,
+        bound: std::time::Duration,
+    ) -> AppResult<ExchangeRequest> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut settled = self.jobs.subscribe();
+        loop {
+            let id2 = id.clone();
+            let req = self.blocking(move |node| node.request_or_not_found(&id2)).await?.value;
+            if req.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(req);
+            }
+            // Woken when any job settles; re-read then. A lagging receiver
+            // just re-reads too.
+            let _ = tokio::time::timeout_at(deadline, settled.changed()).await;
+        }
+    }
+
+    pub(super) fn request_or_not_found(&self, id: &RequestId) -> AppResult<Versioned<ExchangeRequest>> {
+        Ok(self.store.request(id)?.ok_or_else(|| DomainError::not_found("request", id))?)
+    }
+
+    /// Applies `decision` with a conditional write; a request that changed
+    /// since it was read is read again, so the loser of a race is refused
+    /// with the status the winner left.
+    fn decide(&self, id: &RequestId, decision: &Decision, actor: &str) -> AppResult<ExchangeRequest> {
+        for _ in 0..DECIDE_ATTEMPTS {
+            match self.try_decide(id, decision, actor) {
+                Err(AppError::Store(StoreError::Stale { .. })) => continue,
+                other => return other,
+            }
+        }
+        let req = self.request_or_not_found(id)?.value;
+        Err(DomainError::FailedPrecondition(format!("request {id} keeps changing; it is {}", req.status_summary()))
+            .into())
+    }
+
+    fn try_decide(&self, id: &RequestId, decision: &Decision, actor: &str) -> AppResult<ExchangeRequest> {
+        let Versioned { value: mut req, version } = self.request_or_not_found(id)?;
         if req.role != ExchangeRole::Source {
             return Err(DomainError::FailedPrecondition(
-                "this instance is the request's target; approve it on the source".into(),
+                "this instance is the request's target; decide on it on the source".into(),
             )
             .into());
         }
-        let now = clock::now();
+        let now = self.now();
         if !req.status.is_terminal() && now >= req.expires_at {
-            self.expire(&mut req, now)?;
+            self.expire(req, version, now)?;
             return Err(DomainError::FailedPrecondition(
                 "the request has expired and can no longer be approved".into(),
             )
             .into());
         }
+        let refused = |req: &ExchangeRequest, e: DomainError, verb: &str| -> AppError {
+            match e {
+                DomainError::FailedPrecondition(_) => DomainError::FailedPrecondition(format!(
+                    "request {} is {}; it cannot be {verb}",
+                    req.id,
+                    req.status_summary()
+                ))
+                .into(),
+                other => other.into(),
+            }
+        };
         match decision {
             Decision::Reject { reason } => {
-                req.apply(RequestEvent::Reject { reason: reason.clone() }, actor, now)?;
+                let found = req.clone();
+                req.apply(RequestEvent::Reject { reason: reason.clone() }, actor, now)
+                    .map_err(|e| refused(&found, e, "rejected"))?;
                 let audit = request_audit(&req, "exchange.reject", Outcome::Success, format!("reason: {reason}"));
-                let notice = OutboxItem::Status { status: RequestStatus::Rejected, reason };
-                self.store.update_request(&req, OutboxChange::Set(&notice), &[audit])?;
+                let effects =
+                    RequestEffects { schedule: vec![self.job_now(JobKind::Notify, id)], ..Default::default() };
+                self.store.update_request(version, &req, effects, &[audit])?;
                 tracing::info!(request_id = %req.id, actor, "exchange request rejected");
             }
             Decision::Approve => {
-                req.apply(RequestEvent::Approve, actor, now)?;
+                let found = req.clone();
+                req.apply(RequestEvent::Approve, actor, now).map_err(|e| refused(&found, e, "approved"))?;
                 let (bundle, exported) = self.build_bundle(&mut req, now)?;
                 let ids: Vec<String> = exported.iter().map(ToString::to_string).collect();
                 let audit = [
@@ -162,11 +243,37 @@ impl Node {
                         format!("{} key(s) for {}: {}", ids.len(), req.target.sys_id, ids.join(" ")),
                     ),
                 ];
-                self.store.update_request(&req, OutboxChange::Set(&OutboxItem::Bundle(bundle)), &audit)?;
+                let effects = RequestEffects {
+                    bundle: BundleChange::Set(&bundle),
+                    schedule: vec![self.job_now(JobKind::Deliver, id)],
+                    finish: None,
+                };
+                self.store.update_request(version, &req, effects, &audit)?;
                 tracing::info!(request_id = %req.id, actor, exported = req.exported_key_count, "exchange request approved");
             }
+            Decision::Retry => {
+                let found = req.clone();
+                let has_bundle = self.store.bundle(id)?.is_some();
+                let resume_at = if has_bundle { RequestStatus::Approved } else { RequestStatus::Pending };
+                req.apply(RequestEvent::Retry { resume_at }, actor, now).map_err(|e| refused(&found, e, "retried"))?;
+                let schedule = if has_bundle { vec![self.job_now(JobKind::Deliver, id)] } else { Vec::new() };
+                let audit =
+                    request_audit(&req, "exchange.retry", Outcome::Success, format!("from {}", found.status.label()));
+                self.store.update_request(
+                    version,
+                    &req,
+                    RequestEffects { schedule, ..Default::default() },
+                    &[audit],
+                )?;
+                tracing::info!(request_id = %req.id, actor, status = req.status.label(), "exchange request retried");
+            }
         }
-        Ok(())
+        Ok(req)
+    }
+
+    fn job_now(&self, kind: JobKind, id: &RequestId) -> Job {
+        let now = self.now();
+        Job::new(JobId::for_request(kind, id), now, now)
     }
 
     /// Builds and signs the bundle; fills the request's lines and counts.
@@ -177,11 +284,8 @@ impl Node {
         let mut specs = Vec::new();
         let mut total = 0u32;
         for line in req.lines.iter_mut().filter(|l| l.status == SpecLineStatus::Pending) {
-            let keys = match self.store.spec(&line.spec)? {
-                Some(spec) => {
-                    specs.push((spec.name.clone(), spec.choice()));
-                    self.store.keys(&line.spec)?
-                }
+            match self.store.spec(&line.spec)? {
+                Some(spec) => specs.push((spec.name.clone(), spec.choice())),
                 None => {
                     *line = SpecLine {
                         spec: line.spec.clone(),
@@ -191,27 +295,36 @@ impl Node {
                     };
                     continue;
                 }
-            };
-            let mut failed = 0u32;
-            for (rec, wrapped) in &keys {
-                let dek = match self.signer.unwrap(wrapped) {
-                    Ok(dek) => dek,
-                    Err(e) => {
-                        tracing::error!(key_id = %rec.id, error = %e, "key does not unwrap under the KEK; not exported");
-                        failed += 1;
-                        continue;
-                    }
-                };
-                entries.push(BundleEntry {
-                    key_id: rec.id.clone(),
-                    state: rec.state,
-                    generated_at: rec.generated_at,
-                    activated_at: rec.activated_at,
-                    deactivated_at: rec.deactivated_at,
-                    wrapped: kwp_wrap(transport.expose(), dek.expose())?,
-                });
             }
-            let n = keys.len() as u32;
+            // Page through the spec's keys: memory stays bounded by a page
+            // plus the bundle itself.
+            let (mut after, mut n, mut failed) = (None::<KeyId>, 0u32, 0u32);
+            loop {
+                let page = self.store.keys_page(&line.spec, after.as_ref(), KEY_PAGE)?;
+                after = page.last().map(|(k, _)| k.id.clone());
+                n += page.len() as u32;
+                for (rec, wrapped) in &page {
+                    let dek = match self.signer.unwrap(wrapped) {
+                        Ok(dek) => dek,
+                        Err(e) => {
+                            tracing::error!(key_id = %rec.id, error = %e, "key does not unwrap under the KEK; not exported");
+                            failed += 1;
+                            continue;
+                        }
+                    };
+                    entries.push(BundleEntry {
+                        key_id: rec.id.clone(),
+                        state: rec.state,
+                        generated_at: rec.generated_at,
+                        activated_at: rec.activated_at,
+                        deactivated_at: rec.deactivated_at,
+                        wrapped: kwp_wrap(transport.expose(), dek.expose())?,
+                    });
+                }
+                if page.len() < KEY_PAGE {
+                    break;
+                }
+            }
             total += n;
             line.key_count = n - failed;
             if failed > 0 {
@@ -241,134 +354,174 @@ impl Node {
         Ok((SignedBlob { bytes, signature }, exported))
     }
 
-    fn expire(&self, req: &mut ExchangeRequest, now: UnixMillis) -> AppResult<()> {
+    /// Expires a request conditionally; the source tells the target.
+    fn expire(&self, mut req: ExchangeRequest, version: u64, now: UnixMillis) -> AppResult<()> {
         req.apply(RequestEvent::Expire, "system", now)?;
-        match req.role {
-            ExchangeRole::Source => {
-                let notice =
-                    OutboxItem::Status { status: RequestStatus::Expired, reason: "expired on the source".into() };
-                let audit = request_audit(req, "exchange.expire", Outcome::Success, "");
-                self.store.update_request(req, OutboxChange::Set(&notice), &[audit])?;
-            }
-            ExchangeRole::Target => {
-                let audit = request_audit(req, "exchange.expire", Outcome::Success, "");
-                self.store.update_request(req, OutboxChange::Keep, &[audit])?
-            }
-        }
+        let audit = request_audit(&req, "exchange.expire", Outcome::Success, "");
+        let effects = match req.role {
+            ExchangeRole::Source => RequestEffects {
+                bundle: BundleChange::Clear,
+                schedule: vec![self.job_now(JobKind::Notify, &req.id)],
+                finish: None,
+            },
+            ExchangeRole::Target => RequestEffects::default(),
+        };
+        self.store.update_request(version, &req, effects, &[audit])?;
         tracing::info!(request_id = %req.id, "exchange request expired");
         Ok(())
     }
 
-    /// Moves overdue Pending/Approved requests to REQUEST_EXPIRED. Returns how many.
-    pub async fn sweep_expired(self: &Arc<Self>) -> AppResult<usize> {
-        let expired = self
-            .blocking(|node| {
-                let now = clock::now();
-                let mut ids = Vec::new();
-                for mut req in node.store.requests()? {
-                    if !req.status.is_terminal() && now >= req.expires_at {
-                        node.expire(&mut req, now)?;
-                        ids.push(req.id);
-                    }
+    /// Moves overdue Pending/Approved requests to REQUEST_EXPIRED, a page at
+    /// a time. A request that changed meanwhile is left to the next sweep.
+    pub(super) fn sweep_expired_now(&self) -> AppResult<usize> {
+        let now = self.now();
+        let (mut after, mut expired) = (None, 0);
+        loop {
+            let (page, next) = self.store.requests_page(after.as_ref(), KEY_PAGE)?;
+            for req in page.into_iter().filter(|r| !r.status.is_terminal() && now >= r.expires_at) {
+                let Some(Versioned { value, version }) = self.store.request(&req.id)? else { continue };
+                match self.expire(value, version, now) {
+                    Ok(()) => expired += 1,
+                    Err(AppError::Store(StoreError::Stale { .. })) | Err(AppError::Domain(_)) => {}
+                    Err(e) => return Err(e),
                 }
-                Ok(ids)
-            })
-            .await?;
-        for id in &expired {
-            self.deliver(id).await?;
+            }
+            match next {
+                Some(c) => after = Some(c),
+                None => return Ok(expired),
+            }
         }
-        Ok(expired.len())
     }
 
-    /// Delivers every outbox item (after a restart, or when a target was down).
-    pub async fn deliver_outbox(self: &Arc<Self>) -> AppResult<()> {
-        let items = self.blocking(|node| Ok(node.store.outbox()?)).await?;
-        for (id, _) in items {
-            self.deliver(&id).await?;
-        }
-        Ok(())
+    /// Runs the expiry sweep now (tests, and the sweep job).
+    pub async fn sweep_expired(self: &Arc<Self>) -> AppResult<usize> {
+        let n = self.blocking(|node| node.sweep_expired_now()).await?;
+        self.jobs.wake();
+        Ok(n)
     }
 
-    /// Tries once to deliver the outbox item of `id`. An unreachable target
-    /// leaves it queued; a refusal closes the request as ERROR_ON_REMOTE_INSTANCE.
-    pub async fn deliver(self: &Arc<Self>, id: &RequestId) -> AppResult<()> {
-        let _guard = self.delivery_lock.lock().await;
+    /// The delivery job: sends the bundle, settles the request on the answer.
+    pub(super) async fn run_delivery(self: &Arc<Self>, job: JobId, lease: Lease) -> AppResult<()> {
+        let id = job.request_id().ok_or_else(|| AppError::Internal(format!("job {job} names no request")))?;
         let id2 = id.clone();
-        let pending = self
-            .blocking(move |node| {
-                let item = node.store.outbox()?.into_iter().find(|(i, _)| i == &id2).map(|(_, item)| item);
-                let req = node.store.request(&id2)?;
-                Ok(item.zip(req))
-            })
-            .await?;
-        let Some((item, req)) = pending else { return Ok(()) };
-        let (host, target) = (req.target.host.clone(), req.target.sys_id.clone());
-        match item {
-            OutboxItem::Bundle(bundle) => {
-                let digest = sha256(&bundle.bytes);
-                let answer = self.peers.deliver_bundle(&host, &target, bundle).await;
-                self.blocking(move |node| node.settle_delivery(req, digest, answer)).await
-            }
-            OutboxItem::Status { status, reason } => {
-                let answer = self.peers.notify_status(&host, &target, req.id.clone(), status, reason).await;
-                self.blocking(move |node| match answer {
-                    Err(PeerError::Unreachable { .. }) => Ok(()),
-                    Ok(()) | Err(PeerError::Refused(_)) => {
-                        if let Err(e) = &answer {
-                            tracing::warn!(request_id = %req.id, error = %e, "target refused the status notice");
-                        }
-                        Ok(node.store.update_request(&req, OutboxChange::Clear, &[])?)
-                    }
-                })
-                .await
-            }
-        }
+        let found = self.blocking(move |node| Ok(node.store.request(&id2)?.zip(node.store.bundle(&id2)?))).await?;
+        let (req, bundle) = match found {
+            Some((req, bundle)) if req.value.status == RequestStatus::Approved => (req, bundle),
+            // Decided otherwise since (completed, expired, failed): nothing to deliver.
+            _ => return self.blocking(move |node| Ok(node.store.finish_job(&job, &lease, None)?)).await,
+        };
+        let (host, target) = (req.value.target.host.clone(), req.value.target.sys_id.clone());
+        let digest = sha256(&bundle.bytes);
+        let answer = match tokio::time::timeout(
+            self.delivery_timeout(),
+            self.peers.deliver_bundle(&host, &target, bundle),
+        )
+        .await
+        {
+            Ok(answer) => answer,
+            Err(_) => Err(PeerError::Unreachable {
+                host: host.to_string(),
+                reason: format!("no answer within {} s", self.delivery_timeout().as_secs()),
+            }),
+        };
+        self.blocking(move |node| node.settle_delivery(req, digest, answer, &job, &lease)).await
     }
 
     fn settle_delivery(
         &self,
-        mut req: ExchangeRequest,
+        Versioned { value: mut req, version }: Versioned<ExchangeRequest>,
         bundle_sha256: [u8; 32],
         answer: Result<SignedBlob, PeerError>,
+        job: &JobId,
+        lease: &Lease,
     ) -> AppResult<()> {
-        let now = clock::now();
-        match answer {
+        let now = self.now();
+        let finish = Some((job, lease));
+        let outcome = match answer {
             Err(PeerError::Unreachable { host, reason }) => {
-                tracing::warn!(request_id = %req.id, %host, %reason, "target unreachable; delivery stays queued");
-                Ok(())
+                tracing::warn!(request_id = %req.id, %host, %reason, "target unreachable; delivery will be retried");
+                let jitter = u64::from_le_bytes(crate::signer::primitives::random_bytes::<8>());
+                self.store.retry_job(job, lease, &reason, now, self.retry_policy(), jitter)?;
+                return Ok(());
             }
             Err(PeerError::Refused(why)) => {
                 tracing::warn!(request_id = %req.id, error = %why, "target refused the bundle");
-                if req.status == RequestStatus::Approved {
-                    req.apply(RequestEvent::FailRemote { reason: why.to_string() }, "system", now)?;
-                }
+                req.apply(RequestEvent::FailRemote { reason: why.to_string() }, "system", now)?;
                 let audit =
                     request_audit(&req, "exchange.fail", Outcome::Failed, format!("target refused the bundle: {why}"));
-                Ok(self.store.update_request(&req, OutboxChange::Clear, &[audit])?)
+                // The bundle stays, so a RETRY can deliver it again.
+                self.store.update_request(version, &req, RequestEffects { finish, ..Default::default() }, &[audit])
             }
-            Ok(receipt) => {
-                let audit = match self.check_receipt(&req, &receipt, bundle_sha256) {
-                    Ok(r) => {
-                        req.imported_key_count = r.imported.len() as u32;
-                        req.receipt = Some(receipt);
-                        req.apply(RequestEvent::Complete, &format!("instance:{}", req.target.sys_id), now)?;
-                        tracing::info!(request_id = %req.id, imported = r.imported.len(), "exchange completed");
-                        request_audit(
-                            &req,
-                            "exchange.complete",
-                            Outcome::Success,
-                            format!("signed receipt: {} key(s) imported", r.imported.len()),
-                        )
-                    }
-                    Err(e) => {
-                        tracing::warn!(request_id = %req.id, error = %e, "receipt refused");
-                        req.apply(RequestEvent::FailRemote { reason: e.to_string() }, "system", now)?;
-                        request_audit(&req, "exchange.fail", Outcome::Failed, format!("receipt refused: {e}"))
-                    }
-                };
-                Ok(self.store.update_request(&req, OutboxChange::Clear, &[audit])?)
-            }
+            Ok(receipt) => match self.check_receipt(&req, &receipt, bundle_sha256) {
+                Ok(r) => {
+                    req.imported_key_count = r.imported.len() as u32;
+                    req.receipt = Some(receipt);
+                    req.apply(RequestEvent::Complete, &format!("instance:{}", req.target.sys_id), now)?;
+                    tracing::info!(request_id = %req.id, imported = r.imported.len(), "exchange completed");
+                    let audit = request_audit(
+                        &req,
+                        "exchange.complete",
+                        Outcome::Success,
+                        format!("signed receipt: {} key(s) imported", r.imported.len()),
+                    );
+                    let effects = RequestEffects { bundle: BundleChange::Clear, schedule: Vec::new(), finish };
+                    self.store.update_request(version, &req, effects, &[audit])
+                }
+                Err(e) => {
+                    tracing::warn!(request_id = %req.id, error = %e, "receipt refused");
+                    req.apply(RequestEvent::FailRemote { reason: e.to_string() }, "system", now)?;
+                    let audit = request_audit(&req, "exchange.fail", Outcome::Failed, format!("receipt refused: {e}"));
+                    self.store.update_request(version, &req, RequestEffects { finish, ..Default::default() }, &[audit])
+                }
+            },
+        };
+        match outcome {
+            Ok(_) => Ok(()),
+            // The request moved on meanwhile (expired, decided again): this
+            // run's answer no longer applies; the job ends.
+            Err(StoreError::Stale { what: "request", .. }) => Ok(self.store.finish_job(job, lease, None)?),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// The notice job: tells the target the request was rejected or expired.
+    pub(super) async fn run_notice(self: &Arc<Self>, job: JobId, lease: Lease) -> AppResult<()> {
+        let id = job.request_id().ok_or_else(|| AppError::Internal(format!("job {job} names no request")))?;
+        let id2 = id.clone();
+        let req = self.blocking(move |node| Ok(node.store.request(&id2)?)).await?;
+        let Some(Versioned { value: req, .. }) = req.filter(|r| {
+            r.value.role == ExchangeRole::Source
+                && matches!(r.value.status, RequestStatus::Rejected | RequestStatus::Expired)
+        }) else {
+            return self.blocking(move |node| Ok(node.store.finish_job(&job, &lease, None)?)).await;
+        };
+        let reason = match req.status {
+            RequestStatus::Expired => "expired on the source".to_owned(),
+            _ => req.history.last().map(|t| t.note.clone()).unwrap_or_default(),
+        };
+        let (host, target) = (req.target.host.clone(), req.target.sys_id.clone());
+        let call = self.peers.notify_status(&host, &target, req.id.clone(), req.status, reason);
+        let answer = match tokio::time::timeout(self.delivery_timeout(), call).await {
+            Ok(a) => a,
+            Err(_) => Err(PeerError::Unreachable { host: host.to_string(), reason: "no answer".into() }),
+        };
+        self.blocking(move |node| {
+            match answer {
+                Err(PeerError::Unreachable { reason, .. }) => {
+                    let jitter = u64::from_le_bytes(crate::signer::primitives::random_bytes::<8>());
+                    let policy = node.retry_policy();
+                    node.store.retry_job(&job, &lease, &reason, node.now(), policy, jitter)?;
+                }
+                Ok(()) | Err(PeerError::Refused(_)) => {
+                    if let Err(e) = &answer {
+                        tracing::warn!(request_id = %req.id, error = %e, "target refused the status notice");
+                    }
+                    node.store.finish_job(&job, &lease, None)?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn check_receipt(

@@ -1,12 +1,14 @@
 //! The target side of an exchange: create the request, open it on the
-//! source, then verify and import the bundle the source delivers.
+//! source, then verify and import the bundle the source delivers — exactly
+//! once: the import is a conditional write on the pending request, and the
+//! signed receipt is kept under the bundle's digest, so an identical
+//! redelivery (the source lost our answer) gets the same receipt back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::ports::OpenRequest;
 use super::{Node, request_audit};
-use crate::clock;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
@@ -22,7 +24,10 @@ use crate::error::{AppError, AppResult};
 use crate::signer::CryptoError;
 use crate::signer::material::check_material;
 use crate::signer::primitives::{kwp_unwrap, random_bytes, sha256, verify_sha256_with_cert};
-use crate::store::OutboxChange;
+use crate::store::{RequestEffects, StoreError, Versioned};
+
+/// How often an import re-reads a request that changed under it.
+const IMPORT_ATTEMPTS: usize = 3;
 
 /// What an operator asks for in `CreateRequest`.
 #[derive(Debug, Clone)]
@@ -50,7 +55,7 @@ impl Node {
                     node.spec_or_not_found(s)?;
                 }
                 let transport = node.signer.create_transport_key()?;
-                let now = clock::now();
+                let now = node.now();
                 let req = ExchangeRequest {
                     id: RequestId::from_random(random_bytes()),
                     role: ExchangeRole::Target,
@@ -83,7 +88,7 @@ impl Node {
                     Outcome::Success,
                     format!("source {} at {}; specs {}", req.source.sys_id, req.source.host, specs.join(",")),
                 );
-                node.store.insert_request(&req, Some(&transport.handle), &[audit])?;
+                node.store.insert_request(&req, Some(&transport.handle), RequestEffects::default(), &[audit])?;
                 Ok((req, transport.public_der))
             })
             .await?;
@@ -102,8 +107,8 @@ impl Node {
         let answer = self.peers.open_request(&req.source.host, &req.source.sys_id, open).await;
         let id = req.id.clone();
         self.blocking(move |node| {
-            let mut req = node.store.request(&id)?.ok_or_else(|| DomainError::not_found("request", &id))?;
-            let now = clock::now();
+            let Versioned { value: mut req, version } = node.request_or_not_found(&id)?;
+            let now = node.now();
             match answer {
                 Ok(view) => {
                     for line in &mut req.lines {
@@ -119,8 +124,12 @@ impl Node {
                         req.apply(RequestEvent::Approve, "system", now)?;
                         req.apply(RequestEvent::Complete, "system", now)?;
                     }
-                    node.store.update_request(&req, OutboxChange::Keep, &[])?;
-                    Ok(req)
+                    // A bundle may have arrived meanwhile; then its import wrote the lines.
+                    match node.store.update_request(version, &req, RequestEffects::default(), &[]) {
+                        Ok(_) => Ok(req),
+                        Err(StoreError::Stale { .. }) => Ok(node.request_or_not_found(&id)?.value),
+                        Err(e) => Err(e.into()),
+                    }
                 }
                 Err(err) => {
                     if req.status == RequestStatus::Pending {
@@ -131,7 +140,7 @@ impl Node {
                             Outcome::Failed,
                             format!("opening on the source failed: {err}"),
                         );
-                        node.store.update_request(&req, OutboxChange::Keep, &[audit])?;
+                        node.store.update_request(version, &req, RequestEffects::default(), &[audit])?;
                     }
                     tracing::warn!(request_id = %req.id, error = %err, "opening the request on the source failed");
                     Err(AppError::Peer(err))
@@ -141,21 +150,21 @@ impl Node {
         .await
     }
 
-    /// Verifies and imports a bundle from the source; returns the signed receipt.
+    /// Verifies and imports a bundle from the source; returns the signed
+    /// receipt. An identical redelivery gets the receipt already given.
     pub async fn receive_bundle(
         self: &Arc<Self>,
         caller: SysId,
         caller_cert: Vec<u8>,
         bundle: SignedBlob,
     ) -> AppResult<SignedBlob> {
-        let _guard = self.import_lock.lock().await;
         self.blocking(move |node| {
-            let result = node.import_bundle(&caller, &caller_cert, &bundle);
+            let result = node.import_once(&caller, &caller_cert, &bundle);
             if let Err(e) = &result {
                 let subject = Bundle::decode(&bundle.bytes)
                     .map_or_else(|_| "undecodable bundle".to_owned(), |b| b.request_id.to_string());
                 let audit = AuditEvent::new(
-                    clock::now(),
+                    node.now(),
                     format!("instance:{caller}"),
                     "exchange.bundle_refused",
                     subject,
@@ -172,12 +181,48 @@ impl Node {
         .await
     }
 
-    fn import_bundle(&self, caller: &SysId, caller_cert: &[u8], signed: &SignedBlob) -> AppResult<SignedBlob> {
+    /// The receipt already given for this exact bundle, if it came from `caller`.
+    fn stored_receipt(&self, caller: &SysId, digest: &[u8; 32]) -> AppResult<Option<SignedBlob>> {
+        let Some((request_id, receipt)) = self.store.receipt_for(digest)? else { return Ok(None) };
+        let req = self.request_or_not_found(&request_id)?.value;
+        if &req.source.sys_id != caller {
+            return Err(DomainError::PermissionDenied("bundle sender is not the request's source".into()).into());
+        }
+        Ok(Some(receipt))
+    }
+
+    fn import_once(&self, caller: &SysId, caller_cert: &[u8], signed: &SignedBlob) -> AppResult<SignedBlob> {
         verify_sha256_with_cert(caller_cert, &signed.bytes, &signed.signature).map_err(|_| {
             DomainError::PermissionDenied("bundle signature does not verify against the sender's certificate".into())
         })?;
+        let digest = sha256(&signed.bytes);
+        for _ in 0..IMPORT_ATTEMPTS {
+            if let Some(receipt) = self.stored_receipt(caller, &digest)? {
+                tracing::info!(sender = %caller, "bundle delivered again; answering with the receipt already given");
+                return Ok(receipt);
+            }
+            match self.import_bundle(caller, signed, &digest) {
+                // Another delivery of it committed first, or keys arrived
+                // meanwhile: read again (and find its receipt).
+                Err(AppError::Store(StoreError::Stale { .. })) => continue,
+                // A concurrent import of the same bundle may have used up
+                // the transport key; its receipt is the answer.
+                Err(e) => {
+                    return match self.stored_receipt(caller, &digest)? {
+                        Some(receipt) => Ok(receipt),
+                        None => Err(e),
+                    };
+                }
+                Ok(receipt) => return Ok(receipt),
+            }
+        }
+        Err(DomainError::FailedPrecondition("the request keeps changing during the import; deliver again".into())
+            .into())
+    }
+
+    fn import_bundle(&self, caller: &SysId, signed: &SignedBlob, digest: &[u8; 32]) -> AppResult<SignedBlob> {
         let bundle = Bundle::decode(&signed.bytes)?;
-        let mut req = self
+        let Versioned { value: mut req, version } = self
             .store
             .request(&bundle.request_id)?
             .ok_or_else(|| DomainError::not_found("request", &bundle.request_id))?;
@@ -187,12 +232,12 @@ impl Node {
         if &req.source.sys_id != caller {
             return Err(DomainError::PermissionDenied("bundle sender is not the request's source".into()).into());
         }
-        let now = clock::now();
+        let now = self.now();
         bundle.check_addressed(&self.sys_id, &req.source.sys_id, &req.id, now)?;
         if req.status != RequestStatus::Pending {
             return Err(DomainError::FailedPrecondition(format!(
                 "request is {}; a bundle is accepted once, for a pending request",
-                req.status.label()
+                req.status_summary()
             ))
             .into());
         }
@@ -223,9 +268,10 @@ impl Node {
                 specs.insert(line.spec.clone(), shape);
             }
         }
-        for entry in &bundle.entries {
-            let result = self.unwrap_entry(&specs, &aes, entry);
-            match result {
+        // Keys a previous exchange brought are counted, never stored twice.
+        let present = self.store.existing_keys(bundle.entries.iter().map(|e| &e.key_id))?;
+        for entry in bundle.entries.iter().filter(|e| !present.contains(&e.key_id)) {
+            match self.unwrap_entry(&specs, &aes, entry) {
                 Ok(wrapped) => keys.push((
                     KeyRecord::imported(
                         entry.key_id.clone(),
@@ -241,10 +287,14 @@ impl Node {
             }
         }
 
-        // Lines: the source's outcome, then what failed here.
+        // Lines: the source's outcome, then what failed or was already here.
         for line in &mut req.lines {
             if let Some(src) = bundle.lines.iter().find(|l| l.spec == line.spec) {
                 *line = src.clone();
+            }
+            let n = present.iter().filter(|k| k.spec == line.spec).count();
+            if n > 0 {
+                line.reason = format!("{n} key(s) already present, not imported twice");
             }
             let fails: Vec<&String> = failed.iter().filter(|(s, _)| s == line.spec.as_str()).map(|(_, r)| r).collect();
             if let Some(first) = fails.first() {
@@ -264,39 +314,29 @@ impl Node {
             Outcome::Success,
             format!("{} key(s) from {}: {}", ids.len(), req.source.sys_id, ids.join(" ")),
         );
-        let outcome = self.store.complete_import(&req, &keys, &[audit])?;
-        if !outcome.already_present.is_empty() {
-            // Keys a previous exchange brought are not imported twice.
-            req.imported_key_count = outcome.inserted.len() as u32;
-            for line in &mut req.lines {
-                let n = outcome.already_present.iter().filter(|k| k.spec == line.spec).count();
-                if n > 0 {
-                    line.reason = format!("{n} key(s) already present, not imported twice");
-                }
-            }
-            self.store.update_request(&req, OutboxChange::Keep, &[])?;
-        }
-        if let Err(e) = self.signer.destroy_transport_key(&handle) {
-            tracing::warn!(request_id = %req.id, error = %e, "destroying the transport key failed");
-        }
-        tracing::info!(
-            request_id = %req.id,
-            imported = outcome.inserted.len(),
-            already_present = outcome.already_present.len(),
-            failed = failed.len(),
-            "keys imported"
-        );
         let receipt = Receipt {
             request_id: req.id.clone(),
             source: req.source.sys_id.clone(),
             target: self.sys_id.clone(),
             imported_at: now,
-            bundle_sha256: sha256(&signed.bytes),
-            imported: outcome.inserted,
+            bundle_sha256: *digest,
+            imported: keys.iter().map(|(k, _)| k.id.clone()).collect(),
         };
         let bytes = receipt.encode();
         let signature = self.instance_key.sign(&bytes)?;
-        Ok(SignedBlob { bytes, signature })
+        let receipt = SignedBlob { bytes, signature };
+        self.store.complete_import(version, &req, &keys, (digest, &receipt), &[audit])?;
+        if let Err(e) = self.signer.destroy_transport_key(&handle) {
+            tracing::warn!(request_id = %req.id, error = %e, "destroying the transport key failed");
+        }
+        tracing::info!(
+            request_id = %req.id,
+            imported = keys.len(),
+            already_present = present.len(),
+            failed = failed.len(),
+            "keys imported"
+        );
+        Ok(receipt)
     }
 
     /// Unwraps one bundle entry and re-wraps it under our KEK. `shapes`: the
@@ -325,34 +365,38 @@ impl Node {
         reason: String,
     ) -> AppResult<()> {
         self.blocking(move |node| {
-            let mut req =
-                node.store.request(&request_id)?.ok_or_else(|| DomainError::not_found("request", &request_id))?;
-            if req.role != ExchangeRole::Target || req.source.sys_id != caller {
-                return Err(DomainError::PermissionDenied("sender is not the request's source".into()).into());
-            }
-            let now = clock::now();
-            let actor = format!("instance:{caller}");
-            let event = match status {
-                RequestStatus::Rejected => RequestEvent::Reject { reason },
-                RequestStatus::Expired => RequestEvent::Expire,
-                other => {
-                    return Err(DomainError::invalid("status", format!("{} cannot be notified", other.label())).into());
+            for _ in 0..IMPORT_ATTEMPTS {
+                let Versioned { value: mut req, version } = node.request_or_not_found(&request_id)?;
+                if req.role != ExchangeRole::Target || req.source.sys_id != caller {
+                    return Err(DomainError::PermissionDenied("sender is not the request's source".into()).into());
                 }
-            };
-            // The source's clock decided expiry; do not let ours refuse it.
-            let at = if status == RequestStatus::Expired { now.max(req.expires_at) } else { now };
-            if req.status.is_terminal() && req.status == status {
-                return Ok(()); // A repeated notice changes nothing.
+                let now = node.now();
+                let actor = format!("instance:{caller}");
+                let event = match status {
+                    RequestStatus::Rejected => RequestEvent::Reject { reason: reason.clone() },
+                    RequestStatus::Expired => RequestEvent::Expire,
+                    other => {
+                        return Err(
+                            DomainError::invalid("status", format!("{} cannot be notified", other.label())).into()
+                        );
+                    }
+                };
+                // The source's clock decided expiry; do not let ours refuse it.
+                let at = if status == RequestStatus::Expired { now.max(req.expires_at) } else { now };
+                if req.status.is_terminal() && req.status == status {
+                    return Ok(()); // A repeated notice changes nothing.
+                }
+                req.apply(event, &actor, at)?;
+                let action = if status == RequestStatus::Expired { "exchange.expire" } else { "exchange.reject" };
+                let audit = request_audit(&req, action, Outcome::Success, "reported by the source");
+                match node.store.update_request(version, &req, RequestEffects::default(), &[audit]) {
+                    Err(StoreError::Stale { .. }) => continue,
+                    other => other?,
+                };
+                tracing::info!(request_id = %req.id, status = status.label(), "source reported the request closed");
+                return Ok(());
             }
-            req.apply(event, &actor, at)?;
-            let action = if status == RequestStatus::Expired { "exchange.expire" } else { "exchange.reject" };
-            node.store.update_request(
-                &req,
-                OutboxChange::Keep,
-                &[request_audit(&req, action, Outcome::Success, "reported by the source")],
-            )?;
-            tracing::info!(request_id = %req.id, status = status.label(), "source reported the request closed");
-            Ok(())
+            Err(DomainError::FailedPrecondition("the request keeps changing; notify again".into()).into())
         })
         .await
     }

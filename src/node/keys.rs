@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use super::Node;
-use crate::clock;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
@@ -33,7 +32,7 @@ fn already_exists(e: StoreError) -> AppError {
 }
 
 fn event(actor: &str, action: &str, subject: impl ToString) -> AuditEvent {
-    AuditEvent::new(clock::now(), actor, action, subject.to_string(), Outcome::Success)
+    AuditEvent::new(crate::clock::now(), actor, action, subject.to_string(), Outcome::Success)
 }
 
 impl Node {
@@ -49,7 +48,7 @@ impl Node {
     ) -> AppResult<Module> {
         let actor = caller.actor();
         self.blocking(move |node| {
-            let module = Module { name, created_at: clock::now() };
+            let module = Module { name, created_at: node.now() };
             let policies = match access {
                 DefaultAccess::Track => super::policies::autogen_policies(&module.name, module.created_at),
                 DefaultAccess::Reject => Vec::new(),
@@ -84,7 +83,7 @@ impl Node {
             if node.store.module(&module)?.is_none() {
                 return Err(DomainError::not_found("module", &module).into());
             }
-            let spec = Spec::try_new(name, module, choice, clock::now())?;
+            let spec = Spec::try_new(name, module, choice, node.now())?;
             let audit = event(&actor, "spec.create", &spec.name).with_details(format!(
                 "module {} {} {} {} bits{}",
                 spec.module,
@@ -114,7 +113,7 @@ impl Node {
     }
 
     pub(super) fn spec_or_not_found(&self, name: &Name) -> AppResult<Spec> {
-        let g = self.store.generation();
+        let g = self.store.changes().specs();
         if let Some(s) = self.hot.spec(g, name) {
             return Ok(s);
         }
@@ -128,13 +127,21 @@ impl Node {
     }
 
     /// Writes a planned change: new material for the new key, one transaction.
-    fn write_change(&self, spec: &Spec, change: &KeyChange, audit: Vec<AuditEvent>) -> AppResult<()> {
+    /// `read`: the records the change was planned from; the write is refused
+    /// (`Stale`) if any key it updates changed since.
+    fn write_change(
+        &self,
+        spec: &Spec,
+        read: &[KeyRecord],
+        change: &KeyChange,
+        audit: Vec<AuditEvent>,
+    ) -> AppResult<()> {
         let new = match &change.new_key {
             Some(k) => Some((k, self.signer.wrap(&generate_material(spec.material())?)?)),
             None => None,
         };
         let new_ref = new.as_ref().map(|(k, w)| (*k, w));
-        self.store.apply_key_change(&change.updated, new_ref, &audit).map_err(already_exists)?;
+        self.store.apply_key_change(read, &change.updated, new_ref, &audit).map_err(already_exists)?;
         Ok(())
     }
 
@@ -142,11 +149,11 @@ impl Node {
         let actor = caller.actor();
         self.blocking(move |node| {
             let spec = node.spec_or_not_found(&spec)?;
-            let change =
-                plan_generate(&node.sys_id, &spec.name, &node.key_records(&spec.name)?, &spec.lifecycle, clock::now());
+            let read = node.key_records(&spec.name)?;
+            let change = plan_generate(&node.sys_id, &spec.name, &read, &spec.lifecycle, node.now());
             let new = change.new_key.clone().ok_or_else(|| AppError::Internal("generate planned no key".into()))?;
             let audit = event(&actor, "key.generate", &new.id).with_details(format!("state {}", new.state.label()));
-            node.write_change(&spec, &change, vec![audit])?;
+            node.write_change(&spec, &read, &change, vec![audit])?;
             tracing::info!(key_id = %new.id, state = new.state.label(), "key generated");
             Ok(new)
         })
@@ -158,14 +165,14 @@ impl Node {
         let actor = caller.actor();
         self.blocking(move |node| {
             let spec = node.spec_or_not_found(&spec)?;
-            let change =
-                plan_rotate(&node.sys_id, &spec.name, &node.key_records(&spec.name)?, &spec.lifecycle, clock::now())?;
+            let read = node.key_records(&spec.name)?;
+            let change = plan_rotate(&node.sys_id, &spec.name, &read, &spec.lifecycle, node.now())?;
             let (Some(old), Some(new)) = (change.updated.first().cloned(), change.new_key.clone()) else {
                 return Err(AppError::Internal("rotate planned no keys".into()));
             };
             let audit = event(&actor, "key.rotate", &spec.name)
                 .with_details(format!("deactivated {}, active {}", old.id, new.id));
-            node.write_change(&spec, &change, vec![audit])?;
+            node.write_change(&spec, &read, &change, vec![audit])?;
             tracing::info!(deactivated = %old.id, active = %new.id, "key rotated");
             Ok((old, new))
         })
@@ -184,7 +191,7 @@ impl Node {
         self.blocking(move |node| {
             let spec = node.spec_or_not_found(&key.spec)?;
             let existing = node.key_records(&spec.name)?;
-            let change = plan_action(&node.sys_id, &existing, &key, &action, &spec.lifecycle, clock::now())?;
+            let change = plan_action(&node.sys_id, &existing, &key, &action, &spec.lifecycle, node.now())?;
             let mut audit = Vec::new();
             for k in &change.updated {
                 let details = if k.reason.is_empty() {
@@ -199,7 +206,7 @@ impl Node {
             if let Some(new) = &change.new_key {
                 audit.push(event(&actor, "key.generate", &new.id).with_details(format!("replaces {key}")));
             }
-            node.write_change(&spec, &change, audit)?;
+            node.write_change(&spec, &existing, &change, audit)?;
             tracing::info!(key_id = %key, action = action.name(), "key state changed");
             Ok(change.updated.into_iter().chain(change.new_key).collect())
         })
@@ -271,10 +278,11 @@ impl Node {
     /// destroy_after_idle (their wrapped material is erased). Returns how many.
     pub async fn sweep_lifecycle(self: &Arc<Self>) -> AppResult<usize> {
         self.blocking(|node| {
-            let now = clock::now();
+            let now = node.now();
             let mut destroyed = 0;
             for spec in node.store.specs()? {
-                let due = due_for_destruction(&node.key_records(&spec.name)?, &spec.lifecycle, now);
+                let read = node.key_records(&spec.name)?;
+                let due = due_for_destruction(&read, &spec.lifecycle, now);
                 if due.is_empty() {
                     continue;
                 }
@@ -285,7 +293,11 @@ impl Node {
                             .with_details("idle past destroy_after_idle; material erased")
                     })
                     .collect();
-                node.store.apply_key_change(&due, None, &audit)?;
+                match node.store.apply_key_change(&read, &due, None, &audit) {
+                    // A key changed meanwhile: the next sweep decides again.
+                    Err(crate::store::StoreError::Stale { .. }) => continue,
+                    other => other?,
+                }
                 destroyed += due.len();
                 tracing::info!(spec = %spec.name, destroyed = due.len(), "lifecycle policy destroyed idle keys");
             }
@@ -303,7 +315,7 @@ impl Node {
             let mut existing = node.key_records(&spec.name)?;
             let mut batch: Vec<(KeyRecord, crate::domain::key::WrappedKey)> = Vec::new();
             for i in 0..count {
-                let now = clock::now();
+                let now = node.now();
                 let change = if existing.iter().any(|k| k.state.is_current()) {
                     plan_rotate(&node.sys_id, &spec.name, &existing, &spec.lifecycle, now)?
                 } else {
@@ -327,7 +339,7 @@ impl Node {
                 if batch.len() >= 1000 || i + 1 == count {
                     let audit =
                         [event("system", "key.seed", &spec.name).with_details(format!("{} keys written", batch.len()))];
-                    node.store.put_keys(&batch, &audit)?;
+                    node.store.seed_keys(&batch, &audit)?;
                     batch.clear();
                 }
             }

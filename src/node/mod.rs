@@ -9,6 +9,7 @@ pub mod diagnostics;
 mod exchange_source;
 mod exchange_target;
 mod hot_cache;
+pub mod jobs;
 mod keys;
 pub mod policies;
 pub mod ports;
@@ -17,13 +18,12 @@ mod records;
 
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
-
+use crate::clock::Clock;
 use crate::domain::ids::{Host, SysId};
 use crate::error::{AppError, AppResult};
 use crate::signer::Signer;
 use crate::signer::instance_key::InstanceKey;
-use crate::store::RedbStore;
+use crate::store::Store;
 use ports::PeerLink;
 
 /// What `Instance.Info` reports.
@@ -38,14 +38,14 @@ pub struct InstanceInfo {
 pub struct Node {
     sys_id: SysId,
     host: Host,
-    store: Arc<RedbStore>,
+    store: Arc<Store>,
     signer: Arc<dyn Signer>,
     instance_key: InstanceKey,
     peers: Arc<dyn PeerLink>,
-    /// Serialises deliveries (source) so one bundle is never sent twice at once.
-    delivery_lock: Mutex<()>,
-    /// Serialises imports (target) so a bundle is never imported twice.
-    import_lock: Mutex<()>,
+    clock: Arc<dyn Clock>,
+    /// Wakes the job runner and tells waiters that requests moved on.
+    jobs: jobs::JobSignals,
+    job_settings: jobs::JobSettings,
     hot: hot_cache::HotCache,
     /// Set by `with_diagnostics`; without it the certificate and peer checks are Disabled.
     diagnostics: Option<diagnostics::DiagnosticsSetup>,
@@ -61,10 +61,11 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     pub fn new(
-        store: Arc<RedbStore>,
+        store: Arc<Store>,
         signer: Arc<dyn Signer>,
         instance_key: InstanceKey,
         peers: Arc<dyn PeerLink>,
+        clock: Arc<dyn Clock>,
         advertised_host: Host,
     ) -> AppResult<Self> {
         let sys_id = store.sys_id()?;
@@ -75,8 +76,9 @@ impl Node {
             signer,
             instance_key,
             peers,
-            delivery_lock: Mutex::new(()),
-            import_lock: Mutex::new(()),
+            clock,
+            jobs: jobs::JobSignals::default(),
+            job_settings: jobs::JobSettings::default(),
             hot: hot_cache::HotCache::default(),
             diagnostics: None,
             latest_diagnosis: std::sync::Mutex::new(None),
@@ -110,6 +112,15 @@ impl Node {
         &self.sys_id
     }
 
+    /// The node's clock (injectable; tests advance it).
+    pub fn now(&self) -> crate::domain::ids::UnixMillis {
+        self.clock.now()
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// Runs blocking work (redb, openssl, RSA) off the async workers.
     async fn blocking<T, F>(self: &Arc<Self>, f: F) -> AppResult<T>
     where
@@ -137,14 +148,30 @@ pub(crate) fn request_audit(
 ) -> crate::domain::audit::AuditEvent {
     let actor = req.history.last().map_or_else(|| "system".to_owned(), |t| t.actor.clone());
     let details = format!("status {}; {}", req.status.label(), details.as_ref());
-    crate::domain::audit::AuditEvent::new(crate::clock::now(), actor, action, req.id.to_string(), outcome)
+    crate::domain::audit::AuditEvent::new(req.updated_at, actor, action, req.id.to_string(), outcome)
         .with_details(details)
 }
 pub use exchange_target::NewRequest;
 
 impl Node {
-    pub async fn requests(self: &Arc<Self>) -> AppResult<Vec<crate::domain::exchange::ExchangeRequest>> {
-        self.blocking(|node| Ok(node.store.requests()?)).await
+    /// A page of requests in creation order, and the token of the next page.
+    pub async fn requests_page(
+        self: &Arc<Self>,
+        page_token: Option<String>,
+        page_size: usize,
+    ) -> AppResult<(Vec<crate::domain::exchange::ExchangeRequest>, Option<String>)> {
+        let after = match page_token.filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => Some(
+                crate::store::RequestCursor::parse(&t)
+                    .ok_or_else(|| crate::domain::DomainError::invalid("page_token", "not a token this server gave"))?,
+            ),
+        };
+        self.blocking(move |node| {
+            let (page, next) = node.store.requests_page(after.as_ref(), page_size)?;
+            Ok((page, next.map(|c| c.token())))
+        })
+        .await
     }
 
     pub async fn request(
@@ -152,7 +179,7 @@ impl Node {
         id: crate::domain::ids::RequestId,
     ) -> AppResult<crate::domain::exchange::ExchangeRequest> {
         self.blocking(move |node| {
-            node.store.request(&id)?.ok_or_else(|| crate::domain::DomainError::not_found("request", &id).into())
+            Ok(node.store.request(&id)?.ok_or_else(|| crate::domain::DomainError::not_found("request", &id))?.value)
         })
         .await
     }

@@ -143,7 +143,7 @@ impl Node {
 
     /// The module's policies, from the hot cache when the store is unchanged.
     fn module_policies(&self, module: &Name) -> AppResult<Arc<Vec<AccessPolicy>>> {
-        let g = self.store.generation();
+        let g = self.store.changes().policies();
         if let Some(p) = self.hot.policies(g, module) {
             return Ok(p);
         }

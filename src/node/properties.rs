@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use super::Node;
-use crate::clock;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
@@ -61,7 +60,7 @@ impl Node {
             let p = Property {
                 name: name.clone(),
                 value: value.clone(),
-                updated_at: clock::now(),
+                updated_at: node.now(),
                 updated_by: actor.clone(),
             };
             let details = format!("{} -> {value}", old.as_deref().unwrap_or("(unset)"));

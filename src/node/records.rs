@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use super::Node;
 use super::crypto::{OpenItem, SealItem};
-use crate::clock;
 use crate::domain::DomainError;
 use crate::domain::auth::Caller;
 use crate::domain::ids::Name;
@@ -28,7 +27,7 @@ impl Node {
         let (ciphertext, key_id) =
             results.pop().ok_or_else(|| crate::error::AppError::Internal("empty batch".into()))??;
         self.blocking(move |node| {
-            let rec = StoredRecord { address, ciphertext, key_id, updated_at: clock::now() };
+            let rec = StoredRecord { address, ciphertext, key_id, updated_at: node.now() };
             node.store.put_record(&rec)?;
             Ok(rec)
         })

@@ -25,6 +25,11 @@ impl From<AppError> for Status {
             AppError::Peer(PeerError::Refused(e)) => Status::new(domain(e), err.to_string()),
             AppError::Peer(PeerError::Unreachable { .. }) => Status::unavailable(err.to_string()),
             AppError::Store(StoreError::AlreadyExists { .. }) => Status::already_exists(err.to_string()),
+            // A conditional write lost to a concurrent change: read again and retry.
+            AppError::Store(StoreError::Stale { .. }) => {
+                Status::failed_precondition(format!("{err}; read it again and retry"))
+            }
+            AppError::Store(StoreError::Missing { .. }) => Status::not_found(err.to_string()),
             AppError::Crypto(CryptoError::BadSignature) => Status::permission_denied(err.to_string()),
             AppError::Store(_) | AppError::Crypto(_) | AppError::Internal(_) => {
                 let error_id = hex::encode(crate::signer::primitives::random_bytes::<6>());

@@ -1,12 +1,12 @@
 //! Reads and the heartbeat write behind `Instance.Diagnose` and the metrics
 //! endpoint. Counting decodes only the fields it needs, never key material.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::Deserialize;
 
+use super::engine::{KeyRange, Table, Visit};
 use super::records::decode;
-use super::tables::{AUDIT, DIAGNOSTICS, KEYS, META, META_SYS_ID, REQUESTS};
-use super::{Result, StoreError};
+use super::tuple::str_key;
+use super::{Change, META_SYS_ID, Result, Store, StoreError};
 use crate::domain::exchange::{ALL_STATUSES, ExchangeRole, RequestStatus};
 use crate::domain::ids::UnixMillis;
 use crate::domain::key::{ALL_STATES, KeyState};
@@ -36,61 +36,62 @@ struct RequestStatusOnly {
     status: String,
 }
 
-impl super::RedbStore {
-    /// The store check: a read transaction (the instance identity is there)
-    /// and a small write (the time of this check). Returns the previous
-    /// heartbeat, if any.
+impl Store {
+    /// The store check: a read (the instance identity is there) and a small
+    /// write (the time of this check). Returns the previous heartbeat, if any.
     pub fn heartbeat(&self, now: UnixMillis) -> Result<Option<UnixMillis>> {
-        {
-            let tx = self.db.begin_read()?;
-            let meta = tx.open_table(META)?;
-            if meta.get(META_SYS_ID)?.is_none() {
-                return Err(StoreError::Corrupt("meta sys_id missing".into()));
-            }
-        }
-        let tx = self.db.begin_write()?;
-        let previous = {
-            let mut t = tx.open_table(DIAGNOSTICS)?;
-            t.insert(HEARTBEAT, now.0)?.map(|g| UnixMillis(g.value()))
-        };
-        tx.commit()?;
-        Ok(previous)
+        self.read(|tx| match tx.get(Table::Meta, META_SYS_ID.as_bytes())? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Corrupt("meta sys_id missing".into())),
+        })?;
+        self.write(&[Change::Other], |tx| {
+            let k = str_key(HEARTBEAT);
+            let previous = match tx.get(Table::Diagnostics, &k)? {
+                Some(v) => Some(UnixMillis(i64::from_be_bytes(
+                    v.as_slice().try_into().map_err(|_| StoreError::Corrupt("heartbeat row".into()))?,
+                ))),
+                None => None,
+            };
+            tx.put(Table::Diagnostics, &k, &now.0.to_be_bytes())?;
+            Ok(previous)
+        })
     }
 
     /// Requests by role and status, keys by state, and audit entries, from
     /// one read transaction.
     pub fn counts(&self) -> Result<StoreCounts> {
-        let tx = self.db.begin_read()?;
-        let mut requests: Vec<(ExchangeRole, RequestStatus, u64)> = [ExchangeRole::Source, ExchangeRole::Target]
-            .into_iter()
-            .flat_map(|role| ALL_STATUSES.into_iter().map(move |s| (role, s, 0)))
-            .collect();
-        for row in tx.open_table(REQUESTS)?.iter()? {
-            let (_, v) = row?;
-            let r: RequestStatusOnly = decode(v.value())?;
-            let role = match r.role.as_str() {
-                "source" => ExchangeRole::Source,
-                "target" => ExchangeRole::Target,
-                other => return Err(StoreError::Corrupt(format!("request role {other}"))),
-            };
-            let slot = requests
-                .iter_mut()
-                .find(|(ro, s, _)| *ro == role && s.label() == r.status)
-                .ok_or_else(|| StoreError::Corrupt(format!("request status {}", r.status)))?;
-            slot.2 += 1;
-        }
-        let mut keys: Vec<(KeyState, u64)> = ALL_STATES.into_iter().map(|s| (s, 0)).collect();
-        for row in tx.open_table(KEYS)?.iter()? {
-            let (_, v) = row?;
-            let k: KeyStateOnly = decode(v.value())?;
-            let slot = keys
-                .iter_mut()
-                .find(|(s, _)| s.label() == k.state)
-                .ok_or_else(|| StoreError::Corrupt(format!("key state {}", k.state)))?;
-            slot.1 += 1;
-        }
-        let audit_entries = tx.open_table(AUDIT)?.len()?;
-        Ok(StoreCounts { requests, keys, audit_entries })
+        self.read(|tx| {
+            let mut requests: Vec<(ExchangeRole, RequestStatus, u64)> = [ExchangeRole::Source, ExchangeRole::Target]
+                .into_iter()
+                .flat_map(|role| ALL_STATUSES.into_iter().map(move |s| (role, s, 0)))
+                .collect();
+            tx.visit(Table::Requests, &KeyRange::all(), &mut |_, v| {
+                let r: RequestStatusOnly = decode(v)?;
+                let role = match r.role.as_str() {
+                    "source" => ExchangeRole::Source,
+                    "target" => ExchangeRole::Target,
+                    other => return Err(StoreError::Corrupt(format!("request role {other}"))),
+                };
+                let slot = requests
+                    .iter_mut()
+                    .find(|(ro, s, _)| *ro == role && s.label() == r.status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("request status {}", r.status)))?;
+                slot.2 += 1;
+                Ok(Visit::Continue)
+            })?;
+            let mut keys: Vec<(KeyState, u64)> = ALL_STATES.into_iter().map(|s| (s, 0)).collect();
+            tx.visit(Table::Keys, &KeyRange::all(), &mut |_, v| {
+                let k: KeyStateOnly = decode(v)?;
+                let slot = keys
+                    .iter_mut()
+                    .find(|(s, _)| s.label() == k.state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("key state {}", k.state)))?;
+                slot.1 += 1;
+                Ok(Visit::Continue)
+            })?;
+            let audit_entries = tx.len(Table::Audit)?;
+            Ok(StoreCounts { requests, keys, audit_entries })
+        })
     }
 }
 
@@ -102,12 +103,9 @@ mod tests {
     #[test]
     fn heartbeat_and_counts_on_a_fresh_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::RedbStore::create(
-            &dir.path().join("db"),
-            &SysId::from_random([1; 16]),
-            &Host::parse("h:1").unwrap(),
-        )
-        .unwrap();
+        let store =
+            Store::create_redb(&dir.path().join("db"), &SysId::from_random([1; 16]), &Host::parse("h:1").unwrap())
+                .unwrap();
         assert_eq!(store.heartbeat(UnixMillis(5)).unwrap(), None);
         assert_eq!(store.heartbeat(UnixMillis(9)).unwrap(), Some(UnixMillis(5)));
         let c = store.counts().unwrap();

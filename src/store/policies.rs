@@ -1,11 +1,12 @@
 //! Module access policy rows, keyed "<module>/<name>".
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::records::{decode, encode};
-use super::tables::ACCESS_POLICIES;
-use super::{RedbStore, Result, StoreError, append_audit};
+use super::audit::append_audit;
+use super::engine::{KeyRange, Table, Visit, WriteTxn};
+use super::records::decode;
+use super::tuple::str_key;
+use super::{Change, Result, Store, StoreError, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Role;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
@@ -106,57 +107,51 @@ impl TryFrom<PolicyRow> for AccessPolicy {
     }
 }
 
-impl RedbStore {
+impl Store {
     /// Inserts new policies (refusing existing names), atomically.
     pub fn insert_policies(&self, policies: &[AccessPolicy], audit: &[AuditEvent]) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        put_new_policies(&tx, policies)?;
-        append_audit(&tx, audit)?;
-        self.commit(tx)?;
-        Ok(())
+        self.write(&[Change::Policies], |tx| {
+            put_new_policies(tx, policies)?;
+            append_audit(tx, audit)
+        })
     }
 
     /// Replaces an existing policy.
     pub fn update_policy(&self, p: &AccessPolicy, audit: &[AuditEvent]) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(ACCESS_POLICIES)?;
-            let k = key(&p.module, &p.name);
-            if t.get(k.as_str())?.is_none() {
-                return Err(StoreError::Corrupt(format!("policy {k} vanished")));
+        self.write(&[Change::Policies], |tx| {
+            let k = str_key(&key(&p.module, &p.name));
+            if tx.get(Table::AccessPolicies, &k)?.is_none() {
+                return Err(StoreError::Missing { what: "access policy", id: key(&p.module, &p.name) });
             }
-            t.insert(k.as_str(), encode(&PolicyRow::from(p)).as_slice())?;
-        }
-        append_audit(&tx, audit)?;
-        self.commit(tx)?;
-        Ok(())
+            put_row(tx, Table::AccessPolicies, &k, &PolicyRow::from(p))?;
+            append_audit(tx, audit)
+        })
     }
 
     /// The policies of `module` (all modules when None).
     pub fn policies(&self, module: Option<&Name>) -> Result<Vec<AccessPolicy>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(ACCESS_POLICIES)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            let p: AccessPolicy = decode::<PolicyRow>(v.value())?.try_into()?;
-            if module.is_none_or(|m| &p.module == m) {
-                out.push(p);
-            }
-        }
-        Ok(out)
+        self.read(|tx| {
+            let mut out = Vec::new();
+            tx.visit(Table::AccessPolicies, &KeyRange::all(), &mut |_, v| {
+                let p: AccessPolicy = decode::<PolicyRow>(v)?.try_into()?;
+                if module.is_none_or(|m| &p.module == m) {
+                    out.push(p);
+                }
+                Ok(Visit::Continue)
+            })?;
+            Ok(out)
+        })
     }
 }
 
 /// Inserts policies inside the caller's transaction, refusing existing names.
-pub(super) fn put_new_policies(tx: &redb::WriteTransaction, policies: &[AccessPolicy]) -> Result<()> {
-    let mut t = tx.open_table(ACCESS_POLICIES)?;
+pub(super) fn put_new_policies(tx: &mut dyn WriteTxn, policies: &[AccessPolicy]) -> Result<()> {
     for p in policies {
-        let k = key(&p.module, &p.name);
-        if t.get(k.as_str())?.is_some() {
-            return Err(StoreError::AlreadyExists { what: "access policy", id: k });
+        let k = str_key(&key(&p.module, &p.name));
+        if tx.get(Table::AccessPolicies, &k)?.is_some() {
+            return Err(StoreError::AlreadyExists { what: "access policy", id: key(&p.module, &p.name) });
         }
-        t.insert(k.as_str(), encode(&PolicyRow::from(p)).as_slice())?;
+        put_row(tx, Table::AccessPolicies, &k, &PolicyRow::from(p))?;
     }
     Ok(())
 }

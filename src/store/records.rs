@@ -260,6 +260,15 @@ pub struct RequestRow {
     #[serde(with = "hex_bytes")]
     transport_public_key: Vec<u8>,
     wrapping: String,
+    /// Bumped by every write; conditional writes compare it.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl RequestRow {
+    pub fn created_at_millis(&self) -> i64 {
+        self.created_at
+    }
 }
 
 fn status(s: &str) -> Result<RequestStatus, StoreError> {
@@ -337,6 +346,7 @@ impl From<&ExchangeRequest> for RequestRow {
                 WrappingAlgorithm::RsaAesKeyWrapSha256 => "RSA_AES_KEY_WRAP_SHA_256".into(),
                 WrappingAlgorithm::RsaAesKeyWrapSha1 => "RSA_AES_KEY_WRAP_SHA_1".into(),
             },
+            version: 0,
         }
     }
 }
@@ -393,61 +403,6 @@ impl TryFrom<RequestRow> for ExchangeRequest {
                 other => return Err(corrupt(format!("wrapping {other}"))),
             },
         })
-    }
-}
-
-// === outbox ===
-
-/// A message the source still has to deliver to a target.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OutboxItem {
-    /// The signed bundle of an approved request.
-    Bundle(SignedBlob),
-    /// A rejection or expiry notice.
-    Status { status: RequestStatus, reason: String },
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct OutboxRow {
-    v: u8,
-    kind: String,
-    #[serde(with = "hex_bytes")]
-    bytes: Vec<u8>,
-    #[serde(with = "hex_bytes")]
-    signature: Vec<u8>,
-    status: String,
-    reason: String,
-}
-
-impl From<&OutboxItem> for OutboxRow {
-    fn from(item: &OutboxItem) -> Self {
-        match item {
-            OutboxItem::Bundle(b) => OutboxRow {
-                v: ROW_VERSION,
-                kind: "bundle".into(),
-                bytes: b.bytes.clone(),
-                signature: b.signature.clone(),
-                status: String::new(),
-                reason: String::new(),
-            },
-            OutboxItem::Status { status, reason } => OutboxRow {
-                v: ROW_VERSION,
-                kind: "status".into(),
-                bytes: Vec::new(),
-                signature: Vec::new(),
-                status: status.label().into(),
-                reason: reason.clone(),
-            },
-        }
-    }
-}
-
-impl From<OutboxRow> for OutboxItem {
-    fn from(r: OutboxRow) -> Self {
-        match r.kind.as_str() {
-            "bundle" => OutboxItem::Bundle(SignedBlob { bytes: r.bytes, signature: r.signature }),
-            _ => OutboxItem::Status { status: status(&r.status).unwrap_or(RequestStatus::Rejected), reason: r.reason },
-        }
     }
 }
 

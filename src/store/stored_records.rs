@@ -1,11 +1,11 @@
 //! Encrypted record rows (ciphertext only; the store never sees plaintext).
 
-use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::records::{decode, encode};
-use super::tables::RECORDS;
-use super::{RedbStore, Result, StoreError};
+use super::engine::{KeyRange, Table, Visit};
+use super::records::decode;
+use super::tuple::{KeyBuf, KeyReader};
+use super::{Change, Result, Store, StoreError, get_row, put_row};
 use crate::domain::ids::{KeyId, Name, UnixMillis};
 use crate::domain::record::{RecordAddress, StoredRecord};
 
@@ -31,38 +31,30 @@ fn row_to(address: RecordAddress, r: RecordRow) -> Result<StoredRecord> {
     })
 }
 
-impl RedbStore {
+fn address_key(a: &RecordAddress) -> Vec<u8> {
+    KeyBuf::new().str(a.table.as_str()).str(a.field.as_str()).str(&a.record_id).done()
+}
+
+impl Store {
     pub fn put_record(&self, rec: &StoredRecord) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let a = &rec.address;
-            let row = RecordRow {
-                v: 1,
-                ciphertext: rec.ciphertext.clone(),
-                key_id: rec.key_id.to_string(),
-                updated_at: rec.updated_at.0,
-            };
-            tx.open_table(RECORDS)?
-                .insert((a.table.as_str(), a.field.as_str(), a.record_id.as_str()), encode(&row).as_slice())?;
-        }
-        self.commit(tx)?;
-        Ok(())
+        let row = RecordRow {
+            v: 1,
+            ciphertext: rec.ciphertext.clone(),
+            key_id: rec.key_id.to_string(),
+            updated_at: rec.updated_at.0,
+        };
+        self.write(&[Change::Other], |tx| put_row(tx, Table::Records, &address_key(&rec.address), &row))
     }
 
     pub fn record(&self, a: &RecordAddress) -> Result<Option<StoredRecord>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(RECORDS)?;
-        let row = t.get((a.table.as_str(), a.field.as_str(), a.record_id.as_str()))?.map(|g| g.value().to_vec());
-        row.map(|b| row_to(a.clone(), decode(&b)?)).transpose()
+        self.read(|tx| {
+            get_row::<RecordRow>(tx, Table::Records, &address_key(a))?.map(|r| row_to(a.clone(), r)).transpose()
+        })
     }
 
     /// Returns whether a record was deleted.
     pub fn delete_record(&self, a: &RecordAddress) -> Result<bool> {
-        let tx = self.db.begin_write()?;
-        let existed =
-            tx.open_table(RECORDS)?.remove((a.table.as_str(), a.field.as_str(), a.record_id.as_str()))?.is_some();
-        self.commit(tx)?;
-        Ok(existed)
+        self.write(&[Change::Other], |tx| tx.delete(Table::Records, &address_key(a)))
     }
 
     /// Records after `after` (exclusive) in address order, filtered, at most `limit`.
@@ -73,29 +65,29 @@ impl RedbStore {
         after: Option<&RecordAddress>,
         limit: usize,
     ) -> Result<Vec<StoredRecord>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(RECORDS)?;
-        let mut out = Vec::new();
-        let start = after.map(|a| (a.table.to_string(), a.field.to_string(), a.record_id.clone()));
-        let iter = match &start {
-            Some((tb, f, r)) => t.range((tb.as_str(), f.as_str(), r.as_str())..)?,
-            None => t.iter()?,
+        // A table (and a field of it) narrows the scan to their prefix.
+        let prefix = match (table, field) {
+            (Some(t), Some(f)) => KeyBuf::new().str(t.as_str()).str(f.as_str()).done(),
+            (Some(t), None) => KeyBuf::new().str(t.as_str()).done(),
+            _ => Vec::new(),
         };
-        for row in iter {
-            let (k, v) = row?;
-            let (tb, f, r) = k.value();
-            let address = RecordAddress::parse(tb, f, r).map_err(corrupt)?;
-            if after == Some(&address)
-                || table.is_some_and(|x| x != &address.table)
-                || field.is_some_and(|x| x != &address.field)
-            {
-                continue;
+        let range = KeyRange::prefix_after(prefix, after.map(address_key));
+        self.read(|tx| {
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
             }
-            out.push(row_to(address, decode(v.value())?)?);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+            tx.visit(Table::Records, &range, &mut |k, v| {
+                let mut r = KeyReader::new(k);
+                let (tb, f, id) = (r.str()?, r.str()?, r.str()?);
+                let address = RecordAddress::parse(&tb, &f, &id).map_err(corrupt)?;
+                if field.is_some_and(|x| x != &address.field) {
+                    return Ok(Visit::Continue);
+                }
+                out.push(row_to(address, decode(v)?)?);
+                Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
+            })?;
+            Ok(out)
+        })
     }
 }

@@ -9,7 +9,8 @@ use redb::{ReadableTable, TableDefinition};
 
 use crate::support::{Ops, Pki, TestNode};
 
-const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// The store engine's audit table (byte keys: the sequence, big-endian).
+const AUDIT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv/audit");
 
 async fn entries(ops: &mut Ops) -> Vec<pb::AuditEntry> {
     let req = pb::ListAuditEntriesRequest { limit: 10_000, ..Default::default() };
@@ -84,10 +85,11 @@ async fn events_are_chained_and_an_edited_entry_is_caught() {
         let tx = db.begin_write().expect("tx");
         {
             let mut table = tx.open_table(AUDIT).expect("audit table");
-            let mut bytes = table.get(victim).expect("get").expect("the entry").value().to_vec();
+            let k = kmf::store::tuple::KeyBuf::new().u64(victim).done();
+            let mut bytes = table.get(k.as_slice()).expect("get").expect("the entry").value().to_vec();
             let at = bytes.windows(6).position(|w| w == b"salary").expect("the entry names the spec");
             bytes[at] = b'S';
-            table.insert(victim, bytes.as_slice()).expect("write");
+            table.insert(k.as_slice(), bytes.as_slice()).expect("write");
         }
         tx.commit().expect("commit");
     }

@@ -17,5 +17,6 @@ mod process;
 mod properties;
 mod signer_contract;
 mod softhsm;
+mod store_contract;
 mod support;
 mod tidy;

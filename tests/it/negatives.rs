@@ -13,7 +13,7 @@ use crate::support::{Ops, Pki, Recorder, TestNode, peer_client, status};
 
 /// Everything an operator can see that a refused call must not change.
 async fn snapshot(ops: &mut Ops, spec: &str) -> (Vec<pb::ExchangeRequest>, Vec<pb::Key>) {
-    let reqs = ops.exchange.list_requests(pb::ListRequestsRequest { status: 0 }).await.expect("list").into_inner();
+    let reqs = ops.exchange.list_requests(pb::ListRequestsRequest::default()).await.expect("list").into_inner();
     let keys = ops.keys.list_keys(pb::ListKeysRequest { spec: spec.into() }).await.expect("keys").into_inner();
     (reqs.requests, keys.keys)
 }
@@ -355,12 +355,28 @@ async fn replayed_tampered_and_misaddressed_bundles_are_refused() {
     assert_eq!((status(&done), done.imported_key_count), (RequestStatus::RequestCompleted, 1));
     let after_first = snapshot(&mut t, "salary").await;
 
-    // Replayed: the same genuine bundle again.
+    // Replayed: the same genuine bundle again (as after a lost answer) gets
+    // the receipt already given, twice, and imports nothing.
+    let replay = || pb::DeliverBundleRequest { bundle: bundle.bytes.clone(), signature: bundle.signature.clone() };
+    let first = as_source.deliver_bundle(replay()).await.expect("identical redelivery").into_inner();
+    let second = as_source.deliver_bundle(replay()).await.expect("identical redelivery").into_inner();
+    assert_eq!((&first.receipt, &first.signature), (&second.receipt, &second.signature));
+    let r = kmf::domain::bundle::Receipt::decode(&first.receipt).expect("receipt");
+    assert_eq!((r.request_id.to_string(), r.imported.len()), (id.clone(), 1));
+    assert_eq!(snapshot(&mut t, "salary").await, after_first, "nothing imported twice");
+    // A different bundle for the finished request, genuinely signed by the
+    // source, is refused and imports nothing.
+    let mut other = kmf::domain::bundle::Bundle::decode(&bundle.bytes).expect("bundle");
+    other.issued_at = kmf::domain::ids::UnixMillis(other.issued_at.0 + 1);
+    let bytes = other.encode();
+    let key = kmf::signer::instance_key::InstanceKey::from_pem(&source.instance_files.key_pem).expect("key");
+    let signature = key.sign(&bytes).expect("sign");
     let err = as_source
-        .deliver_bundle(pb::DeliverBundleRequest { bundle: bundle.bytes.clone(), signature: bundle.signature.clone() })
+        .deliver_bundle(pb::DeliverBundleRequest { bundle: bytes, signature })
         .await
-        .expect_err("replayed bundle accepted");
+        .expect_err("a second bundle for a completed request accepted");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("REQUEST_COMPLETED"), "{err}");
     assert_eq!(snapshot(&mut t, "salary").await, after_first, "nothing imported twice");
 }
 

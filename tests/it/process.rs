@@ -10,7 +10,7 @@ use base64::Engine;
 use kmf::domain::ids::Name;
 use kmf::signer::Signer;
 use kmf::signer::software::SoftwareSigner;
-use kmf::store::RedbStore;
+use kmf::store::Store;
 
 const KMFD: &str = env!("CARGO_BIN_EXE_kmfd");
 const KMFCTL: &str = env!("CARGO_BIN_EXE_kmfctl");
@@ -334,7 +334,7 @@ fn scan_for_key_material(dirs: &[&Path], logs: &str) {
     for dir in dirs {
         let db_bytes = std::fs::read(dir.join("kmf.redb")).expect("db file");
         let signer = SoftwareSigner::load(&dir.join("kek.key")).expect("kek");
-        let store = RedbStore::open(&dir.join("kmf.redb")).expect("open store");
+        let store = Store::open_redb(&dir.join("kmf.redb")).expect("open store");
         for (_, wrapped) in store.keys(&Name::parse("salary", "spec").expect("name")).expect("keys") {
             let dek = signer.unwrap(&wrapped).expect("unwrap");
             let raw = dek.expose();

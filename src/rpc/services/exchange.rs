@@ -14,6 +14,10 @@ use crate::rpc::pb::{self, resource_exchange_server::ResourceExchange};
 
 pub struct ResourceExchangeService(pub Arc<Node>);
 
+/// Requests per ListRequests page unless the caller asks otherwise.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
 #[tonic::async_trait]
 impl ResourceExchange for ResourceExchangeService {
     async fn create_request(
@@ -42,10 +46,18 @@ impl ResourceExchange for ResourceExchangeService {
         req: Request<pb::ListRequestsRequest>,
     ) -> Result<Response<pb::ListRequestsResponse>, Status> {
         authorize(&self.0, &req, Permission::Read).await?;
-        let filter = convert::status_from(req.get_ref().status)?;
-        let all = self.0.requests().await?;
-        let requests = all.iter().filter(|r| filter.is_none_or(|s| r.status == s)).map(convert::request).collect();
-        Ok(Response::new(pb::ListRequestsResponse { requests }))
+        let r = req.into_inner();
+        let filter = convert::status_from(r.status)?;
+        let page_size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n if !(1..=MAX_PAGE as i32).contains(&n) => {
+                return Err(DomainError::invalid("page_size", format!("must be 1..={MAX_PAGE}")).into());
+            }
+            n => n as usize,
+        };
+        let (page, next) = self.0.requests_page(Some(r.page_token), page_size).await?;
+        let requests = page.iter().filter(|r| filter.is_none_or(|s| r.status == s)).map(convert::request).collect();
+        Ok(Response::new(pb::ListRequestsResponse { requests, next_page_token: next.unwrap_or_default() }))
     }
 
     async fn get_request(
@@ -71,7 +83,8 @@ impl ResourceExchange for ResourceExchangeService {
                 return Err(DomainError::invalid("reason", "a rejection needs a reason").into());
             }
             Ok(pb::Decision::Reject) => Decision::Reject { reason: r.reason },
-            _ => return Err(DomainError::invalid("decision", "set APPROVE or REJECT").into()),
+            Ok(pb::Decision::Retry) => Decision::Retry,
+            _ => return Err(DomainError::invalid("decision", "set APPROVE, REJECT or RETRY").into()),
         };
         let updated = self.0.update_request(&auth.caller, id, decision).await?;
         Ok(Response::new(pb::UpdateRequestResponse { request: Some(convert::request(&updated)) }))

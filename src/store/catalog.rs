@@ -1,0 +1,255 @@
+//! Modules, specs, keys and lifecycle policies.
+
+use super::audit::append_audit;
+use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn, scan};
+use super::records::{KeyRow, LifecyclePolicyRow, ModuleRow, SpecRow, decode, scope_key};
+use super::tuple::{KeyBuf, str_key};
+use super::{Change, Result, Store, StoreError, get_row, put_row};
+use crate::domain::audit::AuditEvent;
+use crate::domain::ids::{KeyId, Name};
+use crate::domain::key::{KeyRecord, KeyState, LifecyclePolicy, WrappedKey};
+use crate::domain::policy::AccessPolicy;
+use crate::domain::spec::{Module, Spec};
+
+pub(crate) fn key_key(id: &KeyId) -> Vec<u8> {
+    KeyBuf::new().str(id.spec.as_str()).str(id.origin.as_str()).u32(id.version).done()
+}
+
+fn spec_prefix(spec: &Name) -> Vec<u8> {
+    KeyBuf::new().str(spec.as_str()).done()
+}
+
+fn decode_key(bytes: &[u8]) -> Result<(KeyRecord, WrappedKey)> {
+    decode::<KeyRow>(bytes)?.try_into()
+}
+
+fn all_rows<T>(tx: &mut dyn ReadTxn, table: Table, mut f: impl FnMut(&[u8]) -> Result<T>) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    tx.visit(table, &KeyRange::all(), &mut |_, v| {
+        out.push(f(v)?);
+        Ok(Visit::Continue)
+    })?;
+    Ok(out)
+}
+
+/// Inserts a key, refusing an existing id.
+pub(crate) fn insert_new_key(tx: &mut dyn WriteTxn, rec: &KeyRecord, wrapped: &WrappedKey) -> Result<bool> {
+    let k = key_key(&rec.id);
+    if tx.get(Table::Keys, &k)?.is_some() {
+        return Ok(false);
+    }
+    put_row(tx, Table::Keys, &k, &KeyRow::new(rec, wrapped))?;
+    Ok(true)
+}
+
+impl Store {
+    // === modules and specs ===
+
+    /// Inserts a module and its initial access policies.
+    pub fn insert_module(&self, module: &Module, policies: &[AccessPolicy], audit: &[AuditEvent]) -> Result<()> {
+        self.write(&[Change::Policies], |tx| {
+            let k = str_key(module.name.as_str());
+            if tx.get(Table::Modules, &k)?.is_some() {
+                return Err(StoreError::AlreadyExists { what: "module", id: module.name.to_string() });
+            }
+            put_row(tx, Table::Modules, &k, &ModuleRow::from(module))?;
+            super::policies::put_new_policies(tx, policies)?;
+            append_audit(tx, audit)
+        })
+    }
+
+    pub fn module(&self, name: &Name) -> Result<Option<Module>> {
+        self.read(|tx| {
+            get_row::<ModuleRow>(tx, Table::Modules, &str_key(name.as_str()))?.map(TryInto::try_into).transpose()
+        })
+    }
+
+    pub fn modules(&self) -> Result<Vec<Module>> {
+        self.read(|tx| all_rows(tx, Table::Modules, |v| decode::<ModuleRow>(v)?.try_into()))
+    }
+
+    pub fn insert_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
+        self.write(&[Change::Specs], |tx| {
+            let k = str_key(spec.name.as_str());
+            if tx.get(Table::Specs, &k)?.is_some() {
+                return Err(StoreError::AlreadyExists { what: "spec", id: spec.name.to_string() });
+            }
+            put_row(tx, Table::Specs, &k, &SpecRow::from(spec))?;
+            append_audit(tx, audit)
+        })
+    }
+
+    /// Replaces an existing spec (e.g. its lifecycle definition).
+    pub fn update_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
+        self.write(&[Change::Specs], |tx| {
+            let k = str_key(spec.name.as_str());
+            if tx.get(Table::Specs, &k)?.is_none() {
+                return Err(StoreError::Missing { what: "spec", id: spec.name.to_string() });
+            }
+            put_row(tx, Table::Specs, &k, &SpecRow::from(spec))?;
+            append_audit(tx, audit)
+        })
+    }
+
+    pub fn spec(&self, name: &Name) -> Result<Option<Spec>> {
+        self.read(|tx| {
+            get_row::<SpecRow>(tx, Table::Specs, &str_key(name.as_str()))?.map(TryInto::try_into).transpose()
+        })
+    }
+
+    pub fn specs(&self) -> Result<Vec<Spec>> {
+        self.read(|tx| all_rows(tx, Table::Specs, |v| decode::<SpecRow>(v)?.try_into()))
+    }
+
+    // === keys ===
+
+    /// Every key of `spec` with its wrapped material, ordered by origin and
+    /// version. For one spec's listing; bulk readers use `keys_page`.
+    pub fn keys(&self, spec: &Name) -> Result<Vec<(KeyRecord, WrappedKey)>> {
+        self.keys_page(spec, None, usize::MAX)
+    }
+
+    /// Up to `limit` keys of `spec` after the key `after` (a cursor), in order.
+    pub fn keys_page(&self, spec: &Name, after: Option<&KeyId>, limit: usize) -> Result<Vec<(KeyRecord, WrappedKey)>> {
+        self.read(|tx| {
+            let range = KeyRange::prefix_after(spec_prefix(spec), after.map(key_key));
+            let mut out = Vec::new();
+            tx.visit(Table::Keys, &range, &mut |_, v| {
+                out.push(decode_key(v)?);
+                Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
+            })?;
+            Ok(out)
+        })
+    }
+
+    /// How many keys `spec` has (rows are counted, not decoded).
+    pub fn count_keys_of(&self, spec: &Name) -> Result<u64> {
+        self.read(|tx| {
+            let mut n = 0u64;
+            tx.visit(Table::Keys, &KeyRange::prefix(spec_prefix(spec)), &mut |_, _| {
+                n += 1;
+                Ok(Visit::Continue)
+            })?;
+            Ok(n)
+        })
+    }
+
+    /// The first key of `spec` (in key order) that `pick` accepts.
+    pub fn find_key(&self, spec: &Name, pick: impl Fn(&KeyRecord) -> bool) -> Result<Option<(KeyRecord, WrappedKey)>> {
+        self.read(|tx| {
+            let mut found = None;
+            tx.visit(Table::Keys, &KeyRange::prefix(spec_prefix(spec)), &mut |_, v| {
+                let row = decode_key(v)?;
+                if pick(&row.0) {
+                    found = Some(row);
+                    return Ok(Visit::Stop);
+                }
+                Ok(Visit::Continue)
+            })?;
+            Ok(found)
+        })
+    }
+
+    pub fn key(&self, id: &KeyId) -> Result<Option<(KeyRecord, WrappedKey)>> {
+        self.read(|tx| tx.get(Table::Keys, &key_key(id))?.map(|b| decode_key(&b)).transpose())
+    }
+
+    /// Inserts new key rows in one transaction (refusing existing ids).
+    pub fn insert_keys(&self, rows: &[(KeyRecord, WrappedKey)], audit: &[AuditEvent]) -> Result<()> {
+        let specs = specs_of(rows.iter().map(|(k, _)| k));
+        let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
+        self.write(&changed, |tx| {
+            for (rec, wrapped) in rows {
+                if !insert_new_key(tx, rec, wrapped)? {
+                    return Err(StoreError::AlreadyExists { what: "key", id: rec.id.to_string() });
+                }
+            }
+            append_audit(tx, audit)
+        })
+    }
+
+    /// A planned key change, conditionally: every key in `updated` must still
+    /// be as it was in `read` (the records the plan was made from), and the
+    /// new key must not exist. A key moving to Destroyed loses its wrapped
+    /// material here.
+    pub fn apply_key_change(
+        &self,
+        read: &[KeyRecord],
+        updated: &[KeyRecord],
+        new_key: Option<(&KeyRecord, &WrappedKey)>,
+        audit: &[AuditEvent],
+    ) -> Result<()> {
+        let specs = specs_of(updated.iter().chain(new_key.map(|(k, _)| k)));
+        let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
+        self.write(&changed, |tx| {
+            for rec in updated {
+                let k = key_key(&rec.id);
+                let stored = tx.get(Table::Keys, &k)?;
+                let (current, wrapped) = match stored {
+                    Some(b) => decode_key(&b)?,
+                    None => return Err(StoreError::Missing { what: "key", id: rec.id.to_string() }),
+                };
+                if read.iter().find(|r| r.id == rec.id) != Some(&current) {
+                    return Err(StoreError::Stale { what: "key", id: rec.id.to_string() });
+                }
+                let wrapped = if rec.state == KeyState::Destroyed { WrappedKey(Vec::new()) } else { wrapped };
+                put_row(tx, Table::Keys, &k, &KeyRow::new(rec, &wrapped))?;
+            }
+            if let Some((rec, wrapped)) = new_key
+                && !insert_new_key(tx, rec, wrapped)?
+            {
+                return Err(StoreError::AlreadyExists { what: "key", id: rec.id.to_string() });
+            }
+            append_audit(tx, audit)
+        })
+    }
+
+    /// Writes key rows, new or changed, without conditions. Only for seeding
+    /// benchmarks and load tests with many versions quickly.
+    #[doc(hidden)]
+    pub fn seed_keys(&self, rows: &[(KeyRecord, WrappedKey)], audit: &[AuditEvent]) -> Result<()> {
+        let specs = specs_of(rows.iter().map(|(k, _)| k));
+        let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
+        self.write(&changed, |tx| {
+            for (rec, wrapped) in rows {
+                put_row(tx, Table::Keys, &key_key(&rec.id), &KeyRow::new(rec, wrapped))?;
+            }
+            append_audit(tx, audit)
+        })
+    }
+
+    pub fn count_keys(&self) -> Result<u64> {
+        self.read(|tx| tx.len(Table::Keys))
+    }
+
+    // === lifecycle policies ===
+
+    pub fn lifecycle_policies(&self) -> Result<Vec<LifecyclePolicy>> {
+        self.read(|tx| all_rows(tx, Table::LifecyclePolicies, |v| decode::<LifecyclePolicyRow>(v)?.try_into()))
+    }
+
+    pub fn put_lifecycle_policy(&self, policy: &LifecyclePolicy, audit: &[AuditEvent]) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let k = str_key(&scope_key(&policy.scope));
+            put_row(tx, Table::LifecyclePolicies, &k, &LifecyclePolicyRow::from(policy))?;
+            append_audit(tx, audit)
+        })
+    }
+}
+
+/// The distinct specs of some keys.
+pub(crate) fn specs_of<'a>(keys: impl Iterator<Item = &'a KeyRecord>) -> Vec<Name> {
+    let mut specs: Vec<Name> = Vec::new();
+    for k in keys {
+        if !specs.contains(&k.id.spec) {
+            specs.push(k.id.spec.clone());
+        }
+    }
+    specs
+}
+
+/// Up to `limit` raw rows of a table (diagnostics and migration tests).
+#[allow(dead_code)]
+pub(crate) fn first_rows(tx: &mut dyn ReadTxn, table: Table, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    scan(tx, table, &KeyRange::all(), limit)
+}

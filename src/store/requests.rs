@@ -1,0 +1,264 @@
+//! Exchange requests and what travels with them: the transport key handle
+//! (target), the signed bundle waiting for delivery (source), the receipts
+//! given for imported bundles (target), and the jobs a change schedules.
+//! Every change to a request is conditional on the version the caller read.
+
+use super::audit::append_audit;
+use super::catalog::{insert_new_key, key_key, specs_of};
+use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
+use super::jobs::{finish_job_in, put_job_in};
+use super::records::{RequestRow, decode};
+use super::tuple::{KeyBuf, KeyReader, str_key};
+use super::{Change, Result, Store, StoreError, Versioned, corrupt, put_row};
+use crate::domain::audit::AuditEvent;
+use crate::domain::exchange::{ExchangeRequest, SignedBlob};
+use crate::domain::ids::{KeyId, RequestId};
+use crate::domain::job::{Job, JobId, Lease};
+use crate::domain::key::{KeyRecord, WrappedKey};
+
+/// Where a page of requests ended: (created_at, id) of its last request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestCursor {
+    created_at: i64,
+    id: String,
+}
+
+impl RequestCursor {
+    /// The opaque page token handed to clients.
+    pub fn token(&self) -> String {
+        format!("{}.{}", self.created_at, self.id)
+    }
+
+    pub fn parse(token: &str) -> Option<Self> {
+        let (at, id) = token.split_once('.')?;
+        let id = RequestId::parse(id).ok()?;
+        Some(RequestCursor { created_at: at.parse().ok()?, id: id.to_string() })
+    }
+
+    fn key(&self) -> Vec<u8> {
+        KeyBuf::new().i64(self.created_at).str(&self.id).done()
+    }
+}
+
+/// What `update_request` does to the request's bundle.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum BundleChange<'a> {
+    #[default]
+    Keep,
+    Set(&'a SignedBlob),
+    Clear,
+}
+
+/// Rows that change with a request, in its transaction.
+#[derive(Default)]
+pub struct RequestEffects<'a> {
+    pub bundle: BundleChange<'a>,
+    /// Jobs to schedule (inserted, or replacing the job with the same id).
+    pub schedule: Vec<Job>,
+    /// The job whose run made this change: removed, if `lease` still holds it.
+    pub finish: Option<(&'a JobId, &'a Lease)>,
+}
+
+fn request_key(id: &RequestId) -> Vec<u8> {
+    str_key(id.as_str())
+}
+
+fn read_request(tx: &mut dyn ReadTxn, id: &RequestId) -> Result<Option<Versioned<ExchangeRequest>>> {
+    match tx.get(Table::Requests, &request_key(id))? {
+        None => Ok(None),
+        Some(b) => {
+            let row: RequestRow = decode(&b)?;
+            let version = row.version;
+            Ok(Some(Versioned { value: row.try_into()?, version }))
+        }
+    }
+}
+
+fn write_request(tx: &mut dyn WriteTxn, req: &ExchangeRequest, version: u64) -> Result<()> {
+    let mut row = RequestRow::from(req);
+    row.version = version;
+    put_row(tx, Table::Requests, &request_key(&req.id), &row)?;
+    if req.status.is_terminal() {
+        tx.delete(Table::TransportKeys, &request_key(&req.id))?;
+    }
+    Ok(())
+}
+
+/// The stored version must be `expected`; returns the next one.
+fn check_version(tx: &mut dyn WriteTxn, id: &RequestId, expected: u64) -> Result<u64> {
+    match read_request(tx, id)? {
+        None => Err(StoreError::Missing { what: "request", id: id.to_string() }),
+        Some(v) if v.version != expected => Err(StoreError::Stale { what: "request", id: id.to_string() }),
+        Some(v) => Ok(v.version + 1),
+    }
+}
+
+fn apply_effects(tx: &mut dyn WriteTxn, id: &RequestId, effects: &RequestEffects<'_>) -> Result<()> {
+    match effects.bundle {
+        BundleChange::Keep => {}
+        BundleChange::Set(blob) => tx.put(Table::Bundles, &request_key(id), &encode_blob(blob))?,
+        BundleChange::Clear => {
+            tx.delete(Table::Bundles, &request_key(id))?;
+        }
+    }
+    if let Some((job, lease)) = effects.finish {
+        finish_job_in(tx, job, lease)?;
+    }
+    for job in &effects.schedule {
+        put_job_in(tx, job)?;
+    }
+    Ok(())
+}
+
+/// A signed blob as stored: u32 signature length, signature, bytes.
+pub(crate) fn encode_blob(b: &SignedBlob) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + b.signature.len() + b.bytes.len());
+    out.extend_from_slice(&(b.signature.len() as u32).to_be_bytes());
+    out.extend_from_slice(&b.signature);
+    out.extend_from_slice(&b.bytes);
+    out
+}
+
+pub(crate) fn decode_blob(v: &[u8]) -> Result<SignedBlob> {
+    let len = v.get(..4).ok_or_else(|| corrupt("signed blob: truncated"))?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let signature = v.get(4..4 + len).ok_or_else(|| corrupt("signed blob: truncated signature"))?;
+    Ok(SignedBlob { signature: signature.to_vec(), bytes: v[4 + len..].to_vec() })
+}
+
+impl Store {
+    pub fn request(&self, id: &RequestId) -> Result<Option<Versioned<ExchangeRequest>>> {
+        self.read(|tx| read_request(tx, id))
+    }
+
+    /// Up to `limit` requests in creation order after `after`, and the cursor
+    /// of the next page when there may be more.
+    pub fn requests_page(
+        &self,
+        after: Option<&RequestCursor>,
+        limit: usize,
+    ) -> Result<(Vec<ExchangeRequest>, Option<RequestCursor>)> {
+        self.read(|tx| {
+            let range = KeyRange::prefix_after(Vec::new(), after.map(RequestCursor::key));
+            let mut ids = Vec::new();
+            tx.visit(Table::RequestsByCreated, &range, &mut |k, _| {
+                let mut r = KeyReader::new(k);
+                ids.push(RequestCursor { created_at: r.i64()?, id: r.str()? });
+                Ok(if ids.len() >= limit { Visit::Stop } else { Visit::Continue })
+            })?;
+            let mut out = Vec::with_capacity(ids.len());
+            for c in &ids {
+                let id = RequestId::parse(&c.id).map_err(corrupt)?;
+                let req = read_request(tx, &id)?.ok_or_else(|| corrupt(format!("index names missing request {id}")))?;
+                out.push(req.value);
+            }
+            let next = if ids.len() >= limit { ids.pop() } else { None };
+            Ok((out, next))
+        })
+    }
+
+    /// Inserts a new request (refusing an existing id) with its transport key
+    /// handle and effects.
+    pub fn insert_request(
+        &self,
+        req: &ExchangeRequest,
+        transport_handle: Option<&[u8]>,
+        effects: RequestEffects<'_>,
+        audit: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let k = request_key(&req.id);
+            if tx.get(Table::Requests, &k)?.is_some() {
+                return Err(StoreError::AlreadyExists { what: "request", id: req.id.to_string() });
+            }
+            write_request(tx, req, 1)?;
+            tx.put(Table::RequestsByCreated, &KeyBuf::new().i64(req.created_at.0).str(req.id.as_str()).done(), &[])?;
+            if let Some(handle) = transport_handle {
+                tx.put(Table::TransportKeys, &k, handle)?;
+            }
+            apply_effects(tx, &req.id, &effects)?;
+            append_audit(tx, audit)
+        })
+    }
+
+    /// Saves `req` if its stored version is still `expected` (else `Stale`),
+    /// with its effects and audit entries; returns the new version.
+    pub fn update_request(
+        &self,
+        expected: u64,
+        req: &ExchangeRequest,
+        effects: RequestEffects<'_>,
+        audit: &[AuditEvent],
+    ) -> Result<u64> {
+        self.write(&[Change::Other], |tx| {
+            let next = check_version(tx, &req.id, expected)?;
+            write_request(tx, req, next)?;
+            apply_effects(tx, &req.id, &effects)?;
+            append_audit(tx, audit)?;
+            Ok(next)
+        })
+    }
+
+    pub fn bundle(&self, id: &RequestId) -> Result<Option<SignedBlob>> {
+        self.read(|tx| tx.get(Table::Bundles, &request_key(id))?.map(|v| decode_blob(&v)).transpose())
+    }
+
+    pub fn transport_handle(&self, id: &RequestId) -> Result<Option<Vec<u8>>> {
+        self.read(|tx| tx.get(Table::TransportKeys, &request_key(id)))
+    }
+
+    /// The receipt given for the bundle with this SHA-256, and its request.
+    pub fn receipt_for(&self, bundle_sha256: &[u8; 32]) -> Result<Option<(RequestId, SignedBlob)>> {
+        self.read(|tx| match tx.get(Table::Receipts, bundle_sha256)? {
+            None => Ok(None),
+            Some(v) => {
+                let mut r = KeyReader::new(&v);
+                let id = RequestId::parse(&r.str()?).map_err(corrupt)?;
+                Ok(Some((id, decode_blob(r.raw())?)))
+            }
+        })
+    }
+
+    /// Which of `ids` are stored.
+    pub fn existing_keys<'a>(&self, ids: impl Iterator<Item = &'a KeyId>) -> Result<Vec<KeyId>> {
+        self.read(|tx| {
+            let mut out = Vec::new();
+            for id in ids {
+                if tx.get(Table::Keys, &key_key(id))?.is_some() {
+                    out.push(id.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The import, conditional on the request's version and on none of
+    /// `new_keys` being stored yet (else `Stale`: the caller reads again):
+    /// inserts the keys, saves the request, keeps the receipt under the
+    /// bundle's digest and deletes the transport key, in one transaction.
+    pub fn complete_import(
+        &self,
+        expected: u64,
+        req: &ExchangeRequest,
+        new_keys: &[(KeyRecord, WrappedKey)],
+        receipt: (&[u8; 32], &SignedBlob),
+        audit: &[AuditEvent],
+    ) -> Result<()> {
+        let specs = specs_of(new_keys.iter().map(|(k, _)| k));
+        let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
+        self.write(&changed, |tx| {
+            let next = check_version(tx, &req.id, expected)?;
+            for (rec, wrapped) in new_keys {
+                if !insert_new_key(tx, rec, wrapped)? {
+                    return Err(StoreError::Stale { what: "key", id: rec.id.to_string() });
+                }
+            }
+            write_request(tx, req, next)?;
+            tx.delete(Table::TransportKeys, &request_key(&req.id))?;
+            let mut row = KeyBuf::new().str(req.id.as_str()).done();
+            row.extend_from_slice(&encode_blob(receipt.1));
+            tx.put(Table::Receipts, receipt.0, &row)?;
+            append_audit(tx, audit)
+        })
+    }
+}

@@ -1,0 +1,502 @@
+//! The store contract: every test runs on both engines — redb (a file in a
+//! temporary directory) and the in-memory engine with optimistic
+//! concurrency — through the same `Store` port.
+#![allow(clippy::unwrap_used, reason = "test fixtures: a failed setup should panic where it happened")]
+
+use std::sync::{Arc, Barrier};
+
+use kmf::domain::audit::{AuditEntry, AuditEvent, Outcome, verify_chain};
+use kmf::domain::bundle::WrappingAlgorithm;
+use kmf::domain::exchange::{
+    ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestEvent, RequestStatus, SignedBlob, SpecLine,
+};
+use kmf::domain::ids::{Host, KeyId, Name, RequestId, SysId, UnixMillis};
+use kmf::domain::job::{Job, JobId, JobKind};
+use kmf::domain::key::{KeyRecord, KeyState, WrappedKey};
+use kmf::domain::record::{RecordAddress, StoredRecord};
+use kmf::domain::schedule::RetryPolicy;
+use kmf::domain::spec::{Module, Spec, SpecChoice};
+use kmf::store::engine::{Engine, Table};
+use kmf::store::{BundleChange, MemoryEngine, RequestEffects, Store, StoreError};
+
+struct Subject {
+    name: &'static str,
+    store: Arc<Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn sys(n: u8) -> SysId {
+    SysId::from_random([n; 16])
+}
+
+fn host() -> Host {
+    Host::parse("h:1").unwrap()
+}
+
+/// One store per engine, each with the same identity.
+fn subjects() -> Vec<Subject> {
+    let dir = tempfile::tempdir().unwrap();
+    let redb = Store::create_redb(&dir.path().join("kmf.redb"), &sys(1), &host()).unwrap();
+    let memory = Store::in_memory(&sys(1), &host()).unwrap();
+    vec![
+        Subject { name: "redb", store: Arc::new(redb), _dir: Some(dir) },
+        Subject { name: "memory", store: Arc::new(memory), _dir: None },
+    ]
+}
+
+fn name(s: &str) -> Name {
+    Name::parse(s, "name").unwrap()
+}
+
+fn event(action: &str) -> AuditEvent {
+    AuditEvent::new(UnixMillis(1), "test", action, "subject", Outcome::Success)
+}
+
+fn audit_len(store: &Store) -> usize {
+    store.audit_rows(0, usize::MAX).unwrap().len()
+}
+
+fn spec(n: &str) -> Spec {
+    Spec::try_new(name(n), name("m"), SpecChoice::with_defaults(None, None, None, false).unwrap(), UnixMillis(1))
+        .unwrap()
+}
+
+fn key(spec: &str, origin: u8, version: u32) -> (KeyRecord, WrappedKey) {
+    let id = KeyId { origin: sys(origin), spec: name(spec), version };
+    let rec = KeyRecord::imported(id, RequestId::from_random([9; 16]), UnixMillis(1), None, None, UnixMillis(2));
+    (rec, WrappedKey(vec![version as u8; 40]))
+}
+
+fn request(id: u8, created_at: i64) -> ExchangeRequest {
+    let peer = PeerRef { sys_id: sys(2), host: host() };
+    ExchangeRequest {
+        id: RequestId::from_random([id; 16]),
+        role: ExchangeRole::Source,
+        frequency: Frequency::Adhoc,
+        source: PeerRef { sys_id: sys(1), host: host() },
+        target: peer,
+        status: RequestStatus::Pending,
+        lines: vec![SpecLine::pending(name("s"))],
+        total_key_count: 0,
+        exported_key_count: 0,
+        imported_key_count: 0,
+        created_at: UnixMillis(created_at),
+        updated_at: UnixMillis(created_at),
+        expires_at: UnixMillis(i64::MAX / 2),
+        history: vec![],
+        peer_certificate: vec![],
+        receipt: None,
+        transport_public_key: vec![1, 2, 3],
+        wrapping: WrappingAlgorithm::RsaAesKeyWrapSha256,
+    }
+}
+
+#[test]
+fn identity_modules_and_specs() {
+    for s in subjects() {
+        let st = &s.store;
+        assert_eq!((st.sys_id().unwrap(), st.host().unwrap()), (sys(1), host()), "{}", s.name);
+        let m = Module { name: name("m"), created_at: UnixMillis(1) };
+        st.insert_module(&m, &[], &[event("module.create")]).unwrap();
+        let dup = st.insert_module(&m, &[], &[event("module.create")]).unwrap_err();
+        assert!(matches!(dup, StoreError::AlreadyExists { what: "module", .. }), "{}: {dup}", s.name);
+        assert_eq!(audit_len(st), 1, "{}: a refused insert writes no audit entry", s.name);
+        let specs_before = st.changes().specs();
+        st.insert_spec(&spec("b"), &[]).unwrap();
+        st.insert_spec(&spec("a"), &[]).unwrap();
+        assert!(st.changes().specs() > specs_before, "{}", s.name);
+        assert!(matches!(st.insert_spec(&spec("a"), &[]), Err(StoreError::AlreadyExists { .. })));
+        let names: Vec<String> = st.specs().unwrap().iter().map(|x| x.name.to_string()).collect();
+        assert_eq!(names, ["a", "b"], "{}", s.name);
+        assert_eq!(st.module(&name("m")).unwrap(), Some(m.clone()));
+        assert!(st.spec(&name("zz")).unwrap().is_none());
+        assert!(matches!(st.update_spec(&spec("zz"), &[]), Err(StoreError::Missing { .. })), "{}", s.name);
+    }
+}
+
+#[test]
+fn keys_page_in_order_and_changes_are_conditional() {
+    for s in subjects() {
+        let st = &s.store;
+        // 25 keys of "s" from two origins, 3 of "t" (a prefix of no other spec).
+        let mut rows: Vec<_> = (1..=20).map(|v| key("s", 3, v)).chain((1..=5).map(|v| key("s", 4, v))).collect();
+        rows.extend((1..=3).map(|v| key("t", 3, v)));
+        let (t_before, s_before) = (st.changes().keys_of(&name("t")), st.changes().keys_of(&name("s")));
+        st.insert_keys(&rows, &[event("key.seed")]).unwrap();
+        assert!(st.changes().keys_of(&name("s")) > s_before, "{}", s.name);
+        assert!(st.changes().keys_of(&name("t")) > t_before, "{}", s.name);
+        let again = st.insert_keys(&rows[..1], &[]).unwrap_err();
+        assert!(matches!(again, StoreError::AlreadyExists { what: "key", .. }), "{}", s.name);
+
+        let mut seen = Vec::new();
+        let mut after: Option<KeyId> = None;
+        loop {
+            let page = st.keys_page(&name("s"), after.as_ref(), 7).unwrap();
+            assert!(page.len() <= 7);
+            after = page.last().map(|(k, _)| k.id.clone());
+            seen.extend(page.into_iter().map(|(k, _)| k.id));
+            if after.is_none() {
+                break;
+            }
+        }
+        let want: Vec<KeyId> = rows.iter().filter(|(k, _)| k.id.spec == name("s")).map(|(k, _)| k.id.clone()).collect();
+        let mut sorted = want.clone();
+        sorted.sort_by(|a, b| (a.origin.as_str(), a.version).cmp(&(b.origin.as_str(), b.version)));
+        assert_eq!(seen, sorted, "{}: pages in (origin, version) order, no key twice or missing", s.name);
+        assert_eq!(st.count_keys_of(&name("s")).unwrap(), 25);
+        assert_eq!(st.count_keys_of(&name("t")).unwrap(), 3);
+        assert_eq!(st.count_keys().unwrap(), 28);
+        let present = st.existing_keys([key("s", 3, 1).0.id, key("s", 3, 99).0.id].iter()).unwrap();
+        assert_eq!(present, vec![key("s", 3, 1).0.id], "{}", s.name);
+        let found = st.find_key(&name("s"), |k| k.id.version == 5 && k.id.origin == sys(4)).unwrap();
+        assert_eq!(found.map(|(k, _)| k.id), Some(key("s", 4, 5).0.id));
+
+        // A change planned from what was read applies once; planned from a
+        // stale read it is refused and changes nothing.
+        let (read, _) = st.key(&key("s", 3, 1).0.id).unwrap().unwrap();
+        let mut destroyed = read.clone();
+        destroyed.state = KeyState::Destroyed;
+        let records_before = st.changes().writes();
+        st.apply_key_change(std::slice::from_ref(&read), std::slice::from_ref(&destroyed), None, &[]).unwrap();
+        assert!(st.changes().writes() > records_before);
+        let (now, wrapped) = st.key(&read.id).unwrap().unwrap();
+        assert_eq!((now.state, wrapped.0.len()), (KeyState::Destroyed, 0), "{}: destroyed keys lose material", s.name);
+        let mut other = read.clone();
+        other.state = KeyState::Revoked;
+        let stale = st.apply_key_change(std::slice::from_ref(&read), &[other], None, &[event("x")]).unwrap_err();
+        assert!(matches!(stale, StoreError::Stale { what: "key", .. }), "{}: {stale}", s.name);
+        assert_eq!(st.key(&read.id).unwrap().unwrap().0.state, KeyState::Destroyed);
+        let (new_rec, new_w) = key("s", 3, 2);
+        let clash = st.apply_key_change(&[], &[], Some((&new_rec, &new_w)), &[]).unwrap_err();
+        assert!(matches!(clash, StoreError::AlreadyExists { .. }), "{}", s.name);
+    }
+}
+
+#[test]
+fn request_updates_are_conditional_on_the_version_read() {
+    for s in subjects() {
+        let st = &s.store;
+        let req = request(1, 10);
+        st.insert_request(&req, Some(b"handle"), RequestEffects::default(), &[event("exchange.open")]).unwrap();
+        let dup = st.insert_request(&req, None, RequestEffects::default(), &[]).unwrap_err();
+        assert!(matches!(dup, StoreError::AlreadyExists { what: "request", .. }), "{}", s.name);
+        let v1 = st.request(&req.id).unwrap().unwrap();
+        assert_eq!(v1.value, req);
+        assert_eq!(st.transport_handle(&req.id).unwrap().as_deref(), Some(&b"handle"[..]));
+
+        let mut approved = v1.value.clone();
+        approved.apply(RequestEvent::Approve, "alice", UnixMillis(11)).unwrap();
+        let blob = SignedBlob { bytes: vec![7; 1000], signature: vec![8; 64] };
+        let deliver = Job::new(JobId::for_request(JobKind::Deliver, &req.id), UnixMillis(11), UnixMillis(11));
+        let effects =
+            RequestEffects { bundle: BundleChange::Set(&blob), schedule: vec![deliver.clone()], finish: None };
+        let v2 = st.update_request(v1.version, &approved, effects, &[event("exchange.approve")]).unwrap();
+        assert_eq!(v2, v1.version + 1);
+        assert_eq!(st.bundle(&req.id).unwrap(), Some(blob.clone()), "{}", s.name);
+        assert_eq!(st.job(&deliver.id).unwrap(), Some(deliver.clone()), "{}", s.name);
+
+        // The second decision read version 1 too: it is refused, nothing written.
+        let audit_before = audit_len(st);
+        let mut rejected = v1.value.clone();
+        rejected.apply(RequestEvent::Reject { reason: "no".into() }, "bob", UnixMillis(12)).unwrap();
+        let notice = Job::new(JobId::for_request(JobKind::Notify, &req.id), UnixMillis(12), UnixMillis(12));
+        let effects = RequestEffects { bundle: BundleChange::Clear, schedule: vec![notice.clone()], finish: None };
+        let stale = st.update_request(v1.version, &rejected, effects, &[event("exchange.reject")]).unwrap_err();
+        assert!(matches!(stale, StoreError::Stale { what: "request", .. }), "{}: {stale}", s.name);
+        assert_eq!(audit_len(st), audit_before, "{}", s.name);
+        assert_eq!(st.request(&req.id).unwrap().unwrap().value.status, RequestStatus::Approved);
+        assert!(st.bundle(&req.id).unwrap().is_some() && st.job(&notice.id).unwrap().is_none(), "{}", s.name);
+
+        // A terminal status drops the transport key; Clear drops the bundle.
+        let mut done = approved.clone();
+        done.apply(RequestEvent::Complete, "target", UnixMillis(13)).unwrap();
+        let effects = RequestEffects { bundle: BundleChange::Clear, ..Default::default() };
+        st.update_request(v2, &done, effects, &[]).unwrap();
+        assert!(st.transport_handle(&req.id).unwrap().is_none() && st.bundle(&req.id).unwrap().is_none());
+        let missing = st.update_request(0, &request(99, 1), RequestEffects::default(), &[]).unwrap_err();
+        assert!(matches!(missing, StoreError::Missing { .. }), "{}", s.name);
+    }
+}
+
+#[test]
+fn requests_page_in_creation_order() {
+    for s in subjects() {
+        let st = &s.store;
+        // Created out of id order and out of insertion order.
+        let times = [50, 10, 40, 20, 30, 10, 60];
+        for (i, t) in times.iter().enumerate() {
+            st.insert_request(&request(i as u8 + 1, *t), None, RequestEffects::default(), &[]).unwrap();
+        }
+        let (mut seen, mut after) = (Vec::new(), None);
+        for _ in 0..10 {
+            let (page, next) = st.requests_page(after.as_ref(), 3).unwrap();
+            seen.extend(page.iter().map(|r| r.created_at.0));
+            match next {
+                Some(c) => {
+                    assert_eq!(kmf::store::RequestCursor::parse(&c.token()), Some(c.clone()));
+                    after = Some(c);
+                }
+                None => break,
+            }
+        }
+        let mut want = times.to_vec();
+        want.sort();
+        assert_eq!(seen, want, "{}", s.name);
+        assert!(kmf::store::RequestCursor::parse("12.nothex").is_none());
+    }
+}
+
+#[test]
+fn import_is_conditional_and_keeps_the_receipt() {
+    for s in subjects() {
+        let st = &s.store;
+        let mut req = request(1, 10);
+        req.role = ExchangeRole::Target;
+        st.insert_request(&req, Some(b"transport"), RequestEffects::default(), &[]).unwrap();
+        let v = st.request(&req.id).unwrap().unwrap();
+        let mut done = v.value.clone();
+        done.apply(RequestEvent::Approve, "source", UnixMillis(11)).unwrap();
+        done.apply(RequestEvent::Complete, "system", UnixMillis(11)).unwrap();
+        let keys = vec![key("s", 3, 1), key("s", 3, 2)];
+        let digest = [5u8; 32];
+        let receipt = SignedBlob { bytes: b"receipt".to_vec(), signature: b"sig".to_vec() };
+        assert_eq!(st.receipt_for(&digest).unwrap(), None);
+        st.complete_import(v.version, &done, &keys, (&digest, &receipt), &[event("exchange.import")]).unwrap();
+        assert_eq!(st.receipt_for(&digest).unwrap(), Some((req.id.clone(), receipt.clone())), "{}", s.name);
+        assert!(st.transport_handle(&req.id).unwrap().is_none());
+        assert_eq!(st.count_keys_of(&name("s")).unwrap(), 2);
+        // The same import again (a redelivery racing the first) is refused whole.
+        let audit_before = audit_len(st);
+        let again = st.complete_import(v.version, &done, &keys, (&[6u8; 32], &receipt), &[event("x")]).unwrap_err();
+        assert!(matches!(again, StoreError::Stale { .. }), "{}", s.name);
+        assert_eq!((audit_len(st), st.receipt_for(&[6u8; 32]).unwrap()), (audit_before, None), "{}", s.name);
+
+        // On a fresh request whose keys arrived meanwhile: refused, nothing imported.
+        let mut other = request(2, 20);
+        other.role = ExchangeRole::Target;
+        st.insert_request(&other, None, RequestEffects::default(), &[]).unwrap();
+        let v = st.request(&other.id).unwrap().unwrap();
+        let overlap = vec![key("s", 3, 3), key("s", 3, 2)];
+        let refused = st.complete_import(v.version, &other, &overlap, (&[7u8; 32], &receipt), &[]).unwrap_err();
+        assert!(matches!(refused, StoreError::Stale { what: "key", .. }), "{}", s.name);
+        assert_eq!(st.count_keys_of(&name("s")).unwrap(), 2, "{}: all or nothing", s.name);
+    }
+}
+
+#[test]
+fn jobs_are_claimed_under_a_lease_and_fenced() {
+    for s in subjects() {
+        let st = &s.store;
+        let t = |ms: i64| UnixMillis(1_000 + ms);
+        let a = Job::new(JobId::new(JobKind::Deliver, "a"), t(0), t(0));
+        let b = Job::new(JobId::new(JobKind::Notify, "b"), t(500), t(0));
+        assert!(st.add_job(&a).unwrap());
+        assert!(st.add_job(&b).unwrap());
+        assert!(!st.add_job(&a).unwrap(), "{}: one job per (kind, subject)", s.name);
+
+        assert!(st.claim_due_jobs("r1", t(-1), 1_000, 10).unwrap().is_empty(), "{}: nothing due yet", s.name);
+        let claimed = st.claim_due_jobs("r1", t(0), 1_000, 10).unwrap();
+        assert_eq!(claimed.iter().map(|(j, _)| j.id.clone()).collect::<Vec<_>>(), vec![a.id.clone()], "{}", s.name);
+        let lease1 = claimed[0].1.clone();
+        // Leased: nobody else gets it until the lease runs out.
+        let at_600 = st.claim_due_jobs("r2", t(600), 1_000, 10).unwrap();
+        assert_eq!(at_600.iter().map(|(j, _)| j.id.clone()).collect::<Vec<_>>(), vec![b.id.clone()], "{}", s.name);
+        let taken = st.claim_due_jobs("r2", t(1_000), 1_000, 10).unwrap();
+        assert_eq!(taken.len(), 1, "{}: the lease ran out, r2 takes the job", s.name);
+        let lease2 = taken[0].1.clone();
+        assert_eq!((lease2.owner.as_str(), lease2.claim), ("r2", 2));
+        // The first runner comes back: it can neither finish nor fail the job.
+        let stale = st.finish_job(&a.id, &lease1, None).unwrap_err();
+        assert!(matches!(stale, StoreError::Stale { what: "job lease", .. }), "{}", s.name);
+        let policy = RetryPolicy { base_millis: 100, cap_millis: 1_000 };
+        assert!(st.retry_job(&a.id, &lease1, "x", t(1_000), policy, 0).is_err());
+        // The second fails it: retried after the backoff, then finished.
+        let retried = st.retry_job(&a.id, &lease2, "target down", t(1_000), policy, 0).unwrap();
+        assert_eq!((retried.attempts, retried.next_due, retried.lease), (1, t(1_050), None), "{}", s.name);
+        assert!(st.claim_due_jobs("r3", t(1_049), 1_000, 10).unwrap().iter().all(|(j, _)| j.id != a.id));
+        assert!(st.hasten_job(&a.id, t(1_010)).unwrap(), "{}", s.name);
+        let again = st.claim_due_jobs("r3", t(1_010), 1_000, 10).unwrap();
+        let (job, lease3) = again.into_iter().find(|(j, _)| j.id == a.id).expect("claimed after hasten");
+        assert_eq!(job.last_error.as_deref(), Some("target down"));
+        st.finish_job(&a.id, &lease3, None).unwrap();
+        assert!(st.job(&a.id).unwrap().is_none(), "{}", s.name);
+        // A recurring job is rescheduled instead.
+        let (_, lease_b) = st.claim_due_jobs("r3", t(5_000), 1_000, 10).unwrap().remove(0);
+        st.finish_job(&b.id, &lease_b, Some(t(9_000))).unwrap();
+        let b2 = st.job(&b.id).unwrap().unwrap();
+        assert_eq!((b2.next_due, b2.lease, b2.claims), (t(9_000), None, 2), "{}", s.name);
+        assert_eq!(st.jobs_by_due(10).unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn records_audit_and_change_tokens() {
+    for s in subjects() {
+        let st = &s.store;
+        let (keys_before, specs_before) = (st.changes().keys_of(&name("s")), st.changes().specs());
+        for i in 0..5 {
+            let address = RecordAddress::parse("t", if i % 2 == 0 { "f" } else { "g" }, &format!("r{i}")).unwrap();
+            let rec = StoredRecord {
+                address,
+                ciphertext: vec![i; 8],
+                key_id: key("s", 3, 1).0.id,
+                updated_at: UnixMillis(1),
+            };
+            st.put_record(&rec).unwrap();
+        }
+        st.append_audit(&[event("call.refused")]).unwrap();
+        assert_eq!(
+            (st.changes().keys_of(&name("s")), st.changes().specs()),
+            (keys_before, specs_before),
+            "{}: records and audit entries leave key and spec caches warm",
+            s.name
+        );
+        let f = st.records(Some(&name("t")), Some(&name("f")), None, 10).unwrap();
+        assert_eq!(f.iter().map(|r| r.address.record_id.as_str()).collect::<Vec<_>>(), ["r0", "r2", "r4"]);
+        let page = st.records(Some(&name("t")), None, Some(&f[0].address), 2).unwrap();
+        assert_eq!(page.iter().map(|r| r.address.record_id.as_str()).collect::<Vec<_>>(), ["r2", "r4"], "{}", s.name);
+        assert!(st.delete_record(&f[0].address).unwrap());
+        assert!(!st.delete_record(&f[0].address).unwrap());
+        assert_eq!(st.heartbeat(UnixMillis(5)).unwrap(), None);
+        assert_eq!(st.heartbeat(UnixMillis(9)).unwrap(), Some(UnixMillis(5)));
+        // Audit rows page from a sequence number.
+        st.append_audit(&[event("a"), event("b")]).unwrap();
+        let rows = st.audit_rows(1, 10).unwrap();
+        assert_eq!(rows.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 3], "{}", s.name);
+    }
+}
+
+/// Many writers at once: exactly one conditional decision wins, and audit
+/// entries appended concurrently form one unbroken chain.
+#[test]
+fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
+    for s in subjects() {
+        let st = Arc::clone(&s.store);
+        let req = request(1, 10);
+        st.insert_request(&req, None, RequestEffects::default(), &[]).unwrap();
+        let v = st.request(&req.id).unwrap().unwrap();
+        const WRITERS: usize = 16;
+        let barrier = Arc::new(Barrier::new(WRITERS));
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let (st, barrier, v) = (Arc::clone(&st), Arc::clone(&barrier), v.clone());
+                std::thread::spawn(move || {
+                    let mut mine = v.value.clone();
+                    let event_ = if i % 3 == 0 {
+                        RequestEvent::Reject { reason: format!("r{i}") }
+                    } else {
+                        RequestEvent::Approve
+                    };
+                    mine.apply(event_, &format!("op{i}"), UnixMillis(11)).unwrap();
+                    barrier.wait();
+                    st.append_audit(&[event(&format!("noise{i}"))]).unwrap();
+                    st.update_request(v.version, &mine, RequestEffects::default(), &[event(&format!("decide{i}"))])
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "{}: {results:?}", s.name);
+        assert!(
+            results.iter().filter(|r| r.is_err()).all(|r| matches!(r, Err(StoreError::Stale { .. }))),
+            "{}",
+            s.name
+        );
+        let rows = st.audit_rows(0, usize::MAX).unwrap();
+        let entries: Vec<AuditEntry> = rows.iter().map(|(_, b)| AuditEntry::decode(b).unwrap()).collect();
+        assert_eq!(verify_chain(&entries), Ok(WRITERS as u64 + 1), "{}", s.name);
+        let winner = st.request(&req.id).unwrap().unwrap().value;
+        assert_eq!(winner.history.len(), 1, "{}: one decision recorded", s.name);
+    }
+}
+
+#[test]
+fn memory_engine_refuses_a_commit_whose_reads_went_stale() {
+    let engine = MemoryEngine::default();
+    let mut seed = engine.begin_write().unwrap();
+    seed.put(Table::Specs, b"k", b"0").unwrap();
+    seed.commit().unwrap();
+    let mut a = engine.begin_write().unwrap();
+    let mut b = engine.begin_write().unwrap();
+    assert_eq!(a.get(Table::Specs, b"k").unwrap().as_deref(), Some(&b"0"[..]));
+    assert_eq!(b.get(Table::Specs, b"k").unwrap().as_deref(), Some(&b"0"[..]));
+    a.put(Table::Specs, b"k", b"a").unwrap();
+    b.put(Table::Specs, b"k", b"b").unwrap();
+    // Reads see the transaction's own writes.
+    assert_eq!(a.get(Table::Specs, b"k").unwrap().as_deref(), Some(&b"a"[..]));
+    a.commit().unwrap();
+    assert!(matches!(b.commit(), Err(StoreError::Conflict)));
+    let mut r = engine.begin_read().unwrap();
+    assert_eq!(r.get(Table::Specs, b"k").unwrap().as_deref(), Some(&b"a"[..]));
+    // A blind write to another table does not conflict.
+    let mut c = engine.begin_write().unwrap();
+    let mut d = engine.begin_write().unwrap();
+    c.put(Table::Modules, b"x", b"1").unwrap();
+    d.put(Table::Modules, b"y", b"2").unwrap();
+    c.commit().unwrap();
+    d.commit().unwrap();
+    assert_eq!(r.len(Table::Modules).unwrap(), 0, "a read transaction keeps its snapshot");
+}
+
+/// A database made by the first schema (typed tables and an outbox) opens
+/// as schema 2 with every row kept and its outbox item as a due job.
+#[test]
+fn schema_1_database_is_migrated_at_open() {
+    use redb::{Database, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kmf.redb");
+    let request_id = RequestId::from_random([4; 16]);
+    {
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut meta = tx.open_table(TableDefinition::<&str, &str>::new("meta")).unwrap();
+            meta.insert("sys_id", sys(1).as_str()).unwrap();
+            meta.insert("host", "h:1").unwrap();
+            meta.insert("schema_version", "1").unwrap();
+            let spec_row = r#"{"v":1,"name":"s","module":"m","purpose":"symmetric_data_encryption","algorithm":"aes_gcm","key_size_bits":256,"created_at":1}"#;
+            tx.open_table(TableDefinition::<&str, &[u8]>::new("specs"))
+                .unwrap()
+                .insert("s", spec_row.as_bytes())
+                .unwrap();
+            let (rec, _) = key("s", 3, 7);
+            let key_row = format!(
+                r#"{{"v":1,"key_id":"{}","state":"Expired","request_id":null,"generated_at":1,"activated_at":null,"deactivated_at":null,"imported_at":2,"expired_at":2,"wrapped":"0a0b"}}"#,
+                rec.id
+            );
+            tx.open_table(TableDefinition::<(&str, &str, u32), &[u8]>::new("keys"))
+                .unwrap()
+                .insert(("s", sys(3).as_str(), 7), key_row.as_bytes())
+                .unwrap();
+            let outbox = r#"{"v":1,"kind":"bundle","bytes":"0102","signature":"0304","status":"","reason":""}"#;
+            tx.open_table(TableDefinition::<&str, &[u8]>::new("outbox"))
+                .unwrap()
+                .insert(request_id.as_str(), outbox.as_bytes())
+                .unwrap();
+            let entry = AuditEntry::chain(1, event("module.create"), kmf::domain::audit::GENESIS);
+            tx.open_table(TableDefinition::<u64, &[u8]>::new("audit"))
+                .unwrap()
+                .insert(1, entry.encode().as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let store = Store::open_redb(&path).unwrap();
+    assert_eq!(store.sys_id().unwrap(), sys(1));
+    assert_eq!(store.spec(&name("s")).unwrap().map(|s| s.name), Some(name("s")));
+    let (rec, wrapped) = store.keys(&name("s")).unwrap().remove(0);
+    assert_eq!((rec.id.version, rec.state, wrapped.0), (7, KeyState::Expired, vec![0x0a, 0x0b]));
+    assert_eq!(store.bundle(&request_id).unwrap(), Some(SignedBlob { bytes: vec![1, 2], signature: vec![3, 4] }));
+    let job = store.job(&JobId::for_request(JobKind::Deliver, &request_id)).unwrap().expect("outbox item became a job");
+    assert_eq!(job.next_due, UnixMillis(0));
+    assert_eq!(store.audit_rows(0, 10).unwrap().len(), 1);
+    drop(store);
+    // Opening again finds schema 2 and changes nothing.
+    let store = Store::open_redb(&path).unwrap();
+    assert_eq!(store.count_keys().unwrap(), 1);
+    let db_tables = kmf::store::RedbEngine::open(&path);
+    assert!(db_tables.is_err(), "the file is held by the open store");
+    drop(store);
+    let names = kmf::store::RedbEngine::open(&path).unwrap().table_names().unwrap();
+    assert!(names.iter().all(|n| n.starts_with("kv/")), "old tables are gone: {names:?}");
+}
