@@ -232,12 +232,19 @@ impl ExchangeRequest {
         Ok(())
     }
 
-    /// The status and who brought it about, for refusals: "REQUEST_APPROVED
-    /// (by operator:alice at 1700000000000)".
+    /// The status and the decision behind it, for refusals:
+    /// "REQUEST_COMPLETED (approved by operator:alice at 1700000000000)".
     pub fn status_summary(&self) -> String {
-        match self.history.last() {
-            Some(t) => format!("{} (by {} at {})", self.status.label(), t.actor, t.at.0),
-            None => self.status.label().to_owned(),
+        let decision = self.history.iter().rev().find_map(|t| match t.status {
+            RequestStatus::Approved => Some(("approved", t)),
+            RequestStatus::Rejected => Some(("rejected", t)),
+            RequestStatus::Expired => Some(("expired", t)),
+            _ => None,
+        });
+        match (decision, self.history.last()) {
+            (Some((verb, t)), _) => format!("{} ({verb} by {} at {})", self.status.label(), t.actor, t.at.0),
+            (None, Some(t)) => format!("{} (by {} at {})", self.status.label(), t.actor, t.at.0),
+            (None, None) => self.status.label().to_owned(),
         }
     }
 
@@ -380,6 +387,11 @@ mod tests {
         assert_eq!(r.history.last().map(|t| (t.actor.as_str(), t.note.as_str())), Some(("alice", "not now")));
         assert!(r.apply(RequestEvent::Approve, "alice", UnixMillis(6)).is_err());
         assert_eq!(r.history.len(), 1, "a refused event changes nothing");
+        assert_eq!(r.status_summary(), "REQUEST_REJECTED (rejected by alice at 5)");
+        r.status = Approved;
+        r.history = vec![Transition { status: Approved, at: UnixMillis(7), actor: "bob".into(), note: String::new() }];
+        r.apply(RequestEvent::Complete, "instance:t", UnixMillis(8)).unwrap();
+        assert_eq!(r.status_summary(), "REQUEST_COMPLETED (approved by bob at 7)");
     }
 
     #[test]

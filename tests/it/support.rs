@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
-use kmf::app::{AppConfig, RunningApp, SignerConfig, init_instance_with, start_with};
+use kmf::app::{AppConfig, RunningApp, SignerConfig, StartOptions, init_instance_with, start_custom, start_with};
 use kmf::domain::auth::Role;
 use kmf::domain::exchange::{RequestStatus, SignedBlob};
 use kmf::domain::ids::Host;
@@ -64,23 +64,51 @@ impl TestNode {
         signer: Option<SignerConfig>,
         wrap: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>,
     ) -> TestNode {
+        let options = StartOptions { wrap_peers: Box::new(wrap), ..Default::default() };
+        Self::start_opts(pki, signer, None, options).await
+    }
+
+    /// Starts a node with `options`; `advertise` replaces the host peers
+    /// are told to dial (a proxy in front of it, say).
+    pub async fn start_opts(
+        pki: &Pki,
+        signer: Option<SignerConfig>,
+        advertise: Option<Host>,
+        options: StartOptions<'_>,
+    ) -> TestNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_listening(pki, signer, advertise, options, listener).await
+    }
+
+    /// A software node listening on `listen`, telling peers to dial `advertise`.
+    pub async fn start_opts_on(pki: &Pki, listen: std::net::SocketAddr, advertise: Host) -> TestNode {
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind the reserved port");
+        Self::start_listening(pki, None, Some(advertise), StartOptions::default(), listener).await
+    }
+
+    async fn start_listening(
+        pki: &Pki,
+        signer: Option<SignerConfig>,
+        advertise: Option<Host>,
+        options: StartOptions<'_>,
+        listener: tokio::net::TcpListener,
+    ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let host = Host::parse("127.0.0.1:0").expect("host");
         let signer = signer.unwrap_or_else(|| SignerConfig::software_in(dir.path()));
         let sys_id = init_instance_with(dir.path(), &host, &signer).expect("init");
         let cert = issue_instance(&pki.ca, &sys_id, &["127.0.0.1".to_owned()]).expect("instance cert");
         let files = pki.files(&cert);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let cfg = AppConfig {
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().expect("addr"),
-            host: None,
+            host: advertise,
             tls: files.clone(),
             signer,
             background_interval: Duration::from_millis(100),
             metrics_listen: None,
         };
-        let app = start_with(cfg.clone(), listener, wrap).await.expect("start node");
+        let app = start_custom(cfg.clone(), listener, options).await.expect("start node");
         let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port())).expect("host");
         TestNode { cfg, dir, app: Some(app), sys_id: sys_id.to_string(), host, instance_files: files }
     }
@@ -110,6 +138,7 @@ impl TestNode {
 }
 
 /// All operator clients over one channel.
+#[derive(Clone)]
 pub struct Ops {
     pub instance: pb::instance_client::InstanceClient<Channel>,
     pub keys: pb::key_management_client::KeyManagementClient<Channel>,
@@ -303,4 +332,34 @@ pub async fn peer_client(
     as_instance: &TlsFiles,
 ) -> pb::key_exchange_client::KeyExchangeClient<Channel> {
     pb::key_exchange_client::KeyExchangeClient::new(node.channel(as_instance).await)
+}
+
+/// What a test does to deliveries; `Intercepted` passes every other call through.
+pub trait DeliveryHook: Send + Sync + 'static {
+    fn inner(&self) -> &Arc<dyn PeerLink>;
+    fn deliver<'a>(&'a self, host: &'a Host, expected: &'a SysId, bundle: SignedBlob) -> PeerFuture<'a, SignedBlob>;
+}
+
+/// A peer link whose deliveries go through a `DeliveryHook`.
+pub struct Intercepted<T>(pub Arc<T>);
+
+impl<T: DeliveryHook> PeerLink for Intercepted<T> {
+    fn open_request<'a>(&'a self, h: &'a Host, e: &'a SysId, r: OpenRequest) -> PeerFuture<'a, SourceView> {
+        self.0.inner().open_request(h, e, r)
+    }
+
+    fn deliver_bundle<'a>(&'a self, h: &'a Host, e: &'a SysId, b: SignedBlob) -> PeerFuture<'a, SignedBlob> {
+        self.0.deliver(h, e, b)
+    }
+
+    fn notify_status<'a>(
+        &'a self,
+        h: &'a Host,
+        e: &'a SysId,
+        id: RequestId,
+        s: RequestStatus,
+        reason: String,
+    ) -> PeerFuture<'a, ()> {
+        self.0.inner().notify_status(h, e, id, s, reason)
+    }
 }
