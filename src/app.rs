@@ -6,12 +6,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
@@ -150,9 +152,16 @@ pub struct RunningApp {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: JoinHandle<()>,
     health_watch: JoinHandle<()>,
+    handshakes: Arc<AtomicU64>,
 }
 
 impl RunningApp {
+    /// How many TLS handshakes the gRPC listener completed (one per
+    /// connection a client opened; tests use it to see channels reused).
+    pub fn handshakes_accepted(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting, drains in-flight calls, and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
@@ -244,7 +253,15 @@ pub async fn start_with(
         .map(|l| crate::metrics::server::start(l, &cfg.tls, node.clone(), metrics.clone(), stop_rx.clone()))
         .transpose()?;
     let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
-    let incoming = accept_tls(listener, TlsAcceptor::from(server_config(&cfg.tls)?), stop_rx.clone());
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let counter = handshakes.clone();
+    let incoming =
+        accept_tls(listener, TlsAcceptor::from(server_config(&cfg.tls)?), stop_rx.clone()).map(move |accepted| {
+            if accepted.is_ok() {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            accepted
+        });
     let m = MAX_MESSAGE_BYTES;
     let server = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
@@ -278,6 +295,7 @@ pub async fn start_with(
         server,
         background,
         health_watch,
+        handshakes,
     })
 }
 

@@ -12,6 +12,7 @@ mod hsm_process;
 mod lifecycle;
 mod metrics;
 mod negatives;
+mod peer_channels;
 mod policies;
 mod process;
 mod properties;

@@ -64,13 +64,23 @@ impl TestNode {
         signer: Option<SignerConfig>,
         wrap: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>,
     ) -> TestNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on(pki, signer, listener, wrap).await
+    }
+
+    /// As `start_full`, serving on `listener`.
+    pub async fn start_on(
+        pki: &Pki,
+        signer: Option<SignerConfig>,
+        listener: tokio::net::TcpListener,
+        wrap: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>,
+    ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let host = Host::parse("127.0.0.1:0").expect("host");
         let signer = signer.unwrap_or_else(|| SignerConfig::software_in(dir.path()));
         let sys_id = init_instance_with(dir.path(), &host, &signer).expect("init");
         let cert = issue_instance(&pki.ca, &sys_id, &["127.0.0.1".to_owned()]).expect("instance cert");
         let files = pki.files(&cert);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let cfg = AppConfig {
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -94,6 +104,24 @@ impl TestNode {
         self.app = Some(app);
     }
 
+    /// Stops and starts again on the same data and the same port, with
+    /// `tls` as its identity when given (a renewed certificate).
+    pub async fn restart_same_port(&mut self, tls: Option<TlsFiles>) {
+        self.stop().await;
+        if let Some(tls) = tls {
+            self.cfg.tls = tls.clone();
+            self.instance_files = tls;
+        }
+        let listener = bind_again(self.host.port()).await;
+        let app = start_with(self.cfg.clone(), listener, |p| p).await.expect("restart node");
+        self.app = Some(app);
+    }
+
+    /// The running app (panics when stopped).
+    pub fn running(&self) -> &RunningApp {
+        self.app.as_ref().expect("the node is running")
+    }
+
     pub async fn channel(&self, files: &TlsFiles) -> Channel {
         connect(&self.host, files, None).await.expect("connect")
     }
@@ -106,6 +134,19 @@ impl TestNode {
         if let Some(app) = self.app.take() {
             app.shutdown().await.expect("shutdown");
         }
+    }
+}
+
+/// Binds 127.0.0.1:`port` again after its listener closed (retried for at
+/// most 10 s while the port is still being released).
+pub async fn bind_again(port: u16) -> tokio::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => return listener,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "cannot bind port {port} again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; the loop is bounded by its deadline
     }
 }
 
