@@ -21,6 +21,7 @@ use crate::domain::ids::{Host, SysId};
 use crate::node::Node;
 use crate::node::diagnostics::DiagnosticsSetup;
 use crate::node::ports::PeerLink;
+use crate::rpc::health::HealthPublisher;
 use crate::rpc::pb::{
     audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
     key_exchange_server::KeyExchangeServer, key_management_server::KeyManagementServer,
@@ -138,6 +139,9 @@ pub struct AppConfig {
     pub signer: SignerConfig,
     /// How often queued deliveries are retried and overdue requests expired.
     pub background_interval: Duration,
+    /// How often the daemon diagnoses itself (and health follows); 15 s
+    /// unless a test wants it sooner.
+    pub health_interval: Duration,
     /// The operator-only HTTPS metrics listener; none when absent.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -224,17 +228,9 @@ pub async fn start_with(
         probe: Arc::new(HealthProbe::new(cfg.tls.clone())),
     };
     let node = Arc::new(Node::new(store, signer, instance_key, peers, host.clone())?.with_diagnostics(diagnostics));
-    let services = Services::new(node.clone());
-
-    let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<InstanceServer<crate::rpc::services::InstanceService>>().await;
-    health.set_serving::<KeyManagementServer<crate::rpc::services::KeyManagementService>>().await;
-    health.set_serving::<CryptoServer<crate::rpc::services::CryptoService>>().await;
-    health.set_serving::<ResourceExchangeServer<crate::rpc::services::ResourceExchangeService>>().await;
-    health.set_serving::<KeyExchangeServer<crate::rpc::services::KeyExchangeService>>().await;
-    health.set_serving::<AuditServer<crate::rpc::services::AuditService>>().await;
-    health.set_serving::<PropertiesServer<crate::rpc::services::PropertiesService>>().await;
-    health.set_serving::<PoliciesServer<crate::rpc::services::PoliciesService>>().await;
+    let (reporter, health_svc) = tonic_health::server::health_reporter();
+    let health = Arc::new(HealthPublisher::new(reporter).await);
+    let services = Services::new(node.clone(), health.clone());
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -284,7 +280,7 @@ pub async fn start_with(
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);
     let background = tokio::spawn(background_loop(node.clone(), cfg.background_interval));
-    let health_watch = tokio::spawn(health_loop(node.clone(), crate::node::diagnostics::WATCH_EVERY));
+    let health_watch = tokio::spawn(health_loop(node.clone(), health, cfg.health_interval));
     tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");
     Ok(RunningApp {
         local_addr,
@@ -357,13 +353,17 @@ async fn background_loop(node: Arc<Node>, interval: Duration) {
 }
 
 /// Diagnoses the instance at start and every `every` after, so health
-/// changes are logged and the metrics show them without anyone asking.
-async fn health_loop(node: Arc<Node>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+/// changes are logged, the metrics show them and grpc.health.v1 follows them
+/// (NOT_SERVING while the signer or the store is Malfunction) without anyone
+/// asking.
+async fn health_loop(node: Arc<Node>, health: Arc<HealthPublisher>, every: Duration) {
+    // A zero period would panic the interval; 1 ms is as good as asking for it.
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        node.diagnose_and_record().await;
+        let diagnosis = node.diagnose_and_record().await;
+        health.publish(&diagnosis).await;
     }
 }
 
@@ -397,6 +397,7 @@ pub async fn start_loopback_with(
         tls: crate::tls::pki::tls_files(ca, &cert),
         signer,
         background_interval,
+        health_interval: crate::node::diagnostics::WATCH_EVERY,
         metrics_listen: None,
     })
     .await?;

@@ -83,7 +83,7 @@ async fn sequential_peer_calls_share_one_handshake_and_recover_after_a_restart()
     // Another instance takes the port: the redial checks the certificate.
     let port = node.host.port();
     node.stop().await;
-    let mut other = TestNode::start_on(&pki, None, bind_again(port).await, |p| p).await;
+    let mut other = TestNode::start_on(&pki, None, bind_again(port).await, |_| {}, |p| p).await;
     let first = notify(&peer, &node).await;
     if first != Outcome::WrongInstance {
         assert_eq!(first, Outcome::Unreachable);

@@ -65,14 +65,16 @@ impl TestNode {
         wrap: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>,
     ) -> TestNode {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        Self::start_on(pki, signer, listener, wrap).await
+        Self::start_on(pki, signer, listener, |_| {}, wrap).await
     }
 
-    /// As `start_full`, serving on `listener`.
+    /// As `start_full`, serving on `listener`, with `tune` changing the
+    /// config first (the default diagnoses every 15 s, as the daemon does).
     pub async fn start_on(
         pki: &Pki,
         signer: Option<SignerConfig>,
         listener: tokio::net::TcpListener,
+        tune: impl FnOnce(&mut AppConfig),
         wrap: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>,
     ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -81,15 +83,17 @@ impl TestNode {
         let sys_id = init_instance_with(dir.path(), &host, &signer).expect("init");
         let cert = issue_instance(&pki.ca, &sys_id, &["127.0.0.1".to_owned()]).expect("instance cert");
         let files = pki.files(&cert);
-        let cfg = AppConfig {
+        let mut cfg = AppConfig {
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             host: None,
             tls: files.clone(),
             signer,
             background_interval: Duration::from_millis(100),
+            health_interval: kmf::node::diagnostics::WATCH_EVERY,
             metrics_listen: None,
         };
+        tune(&mut cfg);
         let app = start_with(cfg.clone(), listener, wrap).await.expect("start node");
         let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port())).expect("host");
         TestNode { cfg, dir, app: Some(app), sys_id: sys_id.to_string(), host, instance_files: files }
