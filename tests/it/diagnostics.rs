@@ -12,7 +12,7 @@ use kmf::tls::pki::issue_instance_valid;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::{Ops, Pki, TestNode, status};
+use crate::support::{Ops, Pki, TestNode, kmfctl_command, status};
 
 const DAY: i64 = 24 * 3600 * 1000;
 
@@ -170,22 +170,7 @@ async fn certificate_near_expiry_is_degraded_and_expired_is_malfunction() {
 /// Runs the kmfctl binary as operator `files` against `node`.
 async fn kmfctl(node: &TestNode, files: &kmf::tls::TlsFiles, args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("ca.pem"), &files.ca_pem).expect("ca");
-    std::fs::write(dir.path().join("op.pem"), &files.cert_pem).expect("cert");
-    std::fs::write(dir.path().join("op.key"), &files.key_pem[..]).expect("key");
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_kmfctl"))
-        .arg("--endpoint")
-        .arg(node.host.to_string())
-        .arg("--ca")
-        .arg(dir.path().join("ca.pem"))
-        .arg("--cert")
-        .arg(dir.path().join("op.pem"))
-        .arg("--key")
-        .arg(dir.path().join("op.key"))
-        .args(args)
-        .output()
-        .await
-        .expect("run kmfctl")
+    kmfctl_command(node, files, dir.path()).args(args).output().await.expect("run kmfctl")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! One integration-test binary: in-process nodes over real mTLS on port 0,
 //! process tests of the built binaries, grpcurl, and tidy checks.
 
+mod approve_wait;
 mod audit;
 mod crypto_ops;
 mod crypto_specs;

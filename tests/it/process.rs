@@ -250,7 +250,8 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     let pending = json(&ok(a.ctl(&pki).args(["--json", "exchange", "list", "--status", "pending"])));
     assert_eq!(pending[0]["request_id"], id.as_str());
     assert_eq!(pending[0]["target_sys_id"], b_id.as_str());
-    let approved = json(&ok(a.ctl(&pki).args(["--json", "exchange", "approve", &id])));
+    // --wait: exit 0 only once the request is COMPLETED (here at once).
+    let approved = json(&ok(a.ctl(&pki).args(["--json", "exchange", "approve", &id, "--wait", "--timeout", "30s"])));
     assert_eq!(approved["status"], "REQUEST_COMPLETED");
     assert_eq!(approved["exported_key_count"], 2);
     let on_b = json(&ok(b.ctl(&pki).args(["--json", "exchange", "get", &id])));

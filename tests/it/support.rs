@@ -141,6 +141,27 @@ impl TestNode {
     }
 }
 
+/// The kmfctl binary speaking to `node` as operator `files` (written to
+/// `dir`), its output piped; it is killed if dropped while running.
+pub fn kmfctl_command(node: &TestNode, files: &TlsFiles, dir: &std::path::Path) -> tokio::process::Command {
+    std::fs::write(dir.join("ca.pem"), &files.ca_pem).expect("ca");
+    std::fs::write(dir.join("op.pem"), &files.cert_pem).expect("cert");
+    std::fs::write(dir.join("op.key"), &files.key_pem[..]).expect("key");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kmfctl"));
+    cmd.arg("--endpoint")
+        .arg(node.host.to_string())
+        .arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("op.pem"))
+        .arg("--key")
+        .arg(dir.join("op.key"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// Binds 127.0.0.1:`port` again after its listener closed (retried for at
 /// most 10 s while the port is still being released).
 pub async fn bind_again(port: u16) -> tokio::net::TcpListener {
