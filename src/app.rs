@@ -7,12 +7,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +26,7 @@ use crate::node::Node;
 use crate::node::diagnostics::DiagnosticsSetup;
 use crate::node::jobs::JobSettings;
 use crate::node::ports::PeerLink;
+use crate::rpc::health::HealthPublisher;
 use crate::rpc::pb::{
     audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
     key_exchange_server::KeyExchangeServer, key_management_server::KeyManagementServer,
@@ -141,6 +144,9 @@ pub struct AppConfig {
     pub signer: SignerConfig,
     /// How often queued deliveries are retried and overdue requests expired.
     pub background_interval: Duration,
+    /// How often the daemon diagnoses itself (and health follows); 15 s
+    /// unless a test wants it sooner.
+    pub health_interval: Duration,
     /// The operator-only HTTPS metrics listener; none when absent.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -157,6 +163,7 @@ pub struct RunningApp {
     jobs_runner: JoinHandle<()>,
     jobs_in_flight: TaskTracker,
     health_watch: JoinHandle<()>,
+    handshakes: Arc<AtomicU64>,
 }
 
 /// How long shutdown waits for in-flight jobs; a job still running then
@@ -189,6 +196,12 @@ impl Default for StartOptions<'_> {
 }
 
 impl RunningApp {
+    /// How many TLS handshakes the gRPC listener completed (one per
+    /// connection a client opened; tests use it to see channels reused).
+    pub fn handshakes_accepted(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting, drains in-flight calls, and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
@@ -270,17 +283,9 @@ pub async fn start_custom(
             .with_diagnostics(diagnostics)
             .with_job_settings(jobs),
     );
-    let services = Services::new(node.clone());
-
-    let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<InstanceServer<crate::rpc::services::InstanceService>>().await;
-    health.set_serving::<KeyManagementServer<crate::rpc::services::KeyManagementService>>().await;
-    health.set_serving::<CryptoServer<crate::rpc::services::CryptoService>>().await;
-    health.set_serving::<ResourceExchangeServer<crate::rpc::services::ResourceExchangeService>>().await;
-    health.set_serving::<KeyExchangeServer<crate::rpc::services::KeyExchangeService>>().await;
-    health.set_serving::<AuditServer<crate::rpc::services::AuditService>>().await;
-    health.set_serving::<PropertiesServer<crate::rpc::services::PropertiesService>>().await;
-    health.set_serving::<PoliciesServer<crate::rpc::services::PoliciesService>>().await;
+    let (reporter, health_svc) = tonic_health::server::health_reporter();
+    let health = Arc::new(HealthPublisher::new(reporter).await);
+    let services = Services::new(node.clone(), health.clone());
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -299,7 +304,15 @@ pub async fn start_custom(
         .map(|l| crate::metrics::server::start(l, &cfg.tls, node.clone(), metrics.clone(), stop_rx.clone()))
         .transpose()?;
     let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
-    let incoming = accept_tls(listener, TlsAcceptor::from(server_config(&cfg.tls)?), stop_rx.clone());
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let counter = handshakes.clone();
+    let incoming =
+        accept_tls(listener, TlsAcceptor::from(server_config(&cfg.tls)?), stop_rx.clone()).map(move |accepted| {
+            if accepted.is_ok() {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            accepted
+        });
     let m = MAX_MESSAGE_BYTES;
     let server = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
@@ -324,7 +337,7 @@ pub async fn start_custom(
     let (jobs_cancel, jobs_in_flight) = (CancellationToken::new(), TaskTracker::new());
     let jobs_runner =
         tokio::spawn(crate::node::jobs::run_jobs(node.clone(), jobs_cancel.clone(), jobs_in_flight.clone()));
-    let health_watch = tokio::spawn(health_loop(node.clone(), crate::node::diagnostics::WATCH_EVERY));
+    let health_watch = tokio::spawn(health_loop(node.clone(), health, cfg.health_interval));
     tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");
     Ok(RunningApp {
         local_addr,
@@ -337,6 +350,7 @@ pub async fn start_custom(
         jobs_runner,
         jobs_in_flight,
         health_watch,
+        handshakes,
     })
 }
 
@@ -381,13 +395,17 @@ pub(crate) fn accept_tls(
 }
 
 /// Diagnoses the instance at start and every `every` after, so health
-/// changes are logged and the metrics show them without anyone asking.
-async fn health_loop(node: Arc<Node>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+/// changes are logged, the metrics show them and grpc.health.v1 follows them
+/// (NOT_SERVING while the signer or the store is Malfunction) without anyone
+/// asking.
+async fn health_loop(node: Arc<Node>, health: Arc<HealthPublisher>, every: Duration) {
+    // A zero period would panic the interval; 1 ms is as good as asking for it.
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        node.diagnose_and_record().await;
+        let diagnosis = node.diagnose_and_record().await;
+        health.publish(&diagnosis).await;
     }
 }
 
@@ -421,6 +439,7 @@ pub async fn start_loopback_with(
         tls: crate::tls::pki::tls_files(ca, &cert),
         signer,
         background_interval,
+        health_interval: crate::node::diagnostics::WATCH_EVERY,
         metrics_listen: None,
     })
     .await?;

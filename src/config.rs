@@ -234,6 +234,9 @@ pub struct Settings {
     pub signer: SignerConfig,
     pub log_format: LogFormat,
     pub background_interval: Duration,
+    /// How often the daemon diagnoses itself; not configurable (the
+    /// reference re-runs its diagnostics every 15 s).
+    pub health_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -272,6 +275,7 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
         listen,
         host,
         background_interval,
+        health_interval: crate::node::diagnostics::WATCH_EVERY,
         metrics_listen,
     })
 }
@@ -309,6 +313,7 @@ impl Settings {
             tls,
             signer: self.signer.clone(),
             background_interval: self.background_interval,
+            health_interval: self.health_interval,
             metrics_listen: self.metrics_listen,
         })
     }
@@ -327,6 +332,7 @@ mod tests {
         assert_eq!(s.tls_ca, PathBuf::from("/x/ca.pem"));
         assert_eq!(s.tls_cert, PathBuf::from("/d/instance.pem"));
         assert_eq!(s.background_interval, Duration::from_secs(2));
+        assert_eq!(s.health_interval, Duration::from_secs(15));
         assert_eq!(s.metrics_listen, None, "no metrics listener unless asked");
         let args = RunArgs { metrics_listen: Some("127.0.0.1:9443".into()), ..Default::default() };
         let s = resolve(&args, Some("data_dir = \"/d\"\nmetrics_listen = \"0.0.0.0:1\"")).unwrap();

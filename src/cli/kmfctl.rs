@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
@@ -12,6 +13,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::ctl_crypto::{CryptoCommand, crypto, spec_request};
+use super::ctl_exchange;
 use super::ctl_lifecycle::{AuditCommand, LifecycleCommand, audit, key_action, lifecycle};
 use super::ctl_pki::{PkiCommand, pki_command};
 use super::ctl_policies::{PolicyCommand, policy};
@@ -219,6 +221,14 @@ enum ExchangeCommand {
     /// On the source: approve a pending request (exports and delivers the keys).
     Approve {
         request_id: String,
+        /// Wait until the request ends instead of returning while the delivery
+        /// may still run (REQUEST_APPROVED); exit non-zero unless it ends
+        /// REQUEST_COMPLETED.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: how long to wait, e.g. 60s, 5m.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "wait")]
+        timeout: Duration,
     },
     /// On the source: reject a pending request.
     Reject {
@@ -437,14 +447,20 @@ impl Operator {
                 let r = self.exchange.get_request(pb::GetRequestRequest { request_id }).await?.into_inner();
                 print::request(&r.request.unwrap_or_default(), as_json);
             }
-            ExchangeCommand::Approve { request_id } => {
+            ExchangeCommand::Approve { request_id, wait, timeout } => {
                 let req = pb::UpdateRequestRequest {
                     request_id,
                     decision: pb::Decision::Approve as i32,
                     reason: String::new(),
                 };
-                let r = self.exchange.update_request(req).await?.into_inner();
-                print::request(&r.request.unwrap_or_default(), as_json);
+                let r = self.exchange.update_request(req).await?.into_inner().request.unwrap_or_default();
+                if !wait {
+                    print::request(&r, as_json);
+                    return Ok(());
+                }
+                let r = ctl_exchange::wait_until_final(self, r, timeout).await?;
+                print::request(&r, as_json);
+                ctl_exchange::outcome(&r, timeout)?;
             }
             ExchangeCommand::Reject { request_id, reason } => {
                 let req = pb::UpdateRequestRequest { request_id, decision: pb::Decision::Reject as i32, reason };

@@ -3,6 +3,7 @@
 
 mod ctl_crypto;
 mod ctl_diag;
+mod ctl_exchange;
 mod ctl_lifecycle;
 mod ctl_pki;
 mod ctl_policies;

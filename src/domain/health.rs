@@ -1,6 +1,7 @@
 //! Diagnostics: component statuses, the roll-up from children to a parent,
-//! the certificate-validity rule and the choice of peers to dial. Pure: the
-//! checks themselves (signer, store, peers) run in `node::diagnostics`.
+//! the certificate-validity rule, the choice of peers to dial, and which
+//! statuses make the daemon NOT_SERVING. Pure: the checks themselves (signer,
+//! store, peers) run in `node::diagnostics`.
 //!
 //! Roll-up (kmf-domain §5): all children Disabled → parent Disabled; Disabled
 //! children are otherwise ignored; all remaining children Malfunction →
@@ -75,6 +76,36 @@ pub fn roll_up(children: &[HealthStatus]) -> HealthStatus {
     } else {
         Operational
     }
+}
+
+/// What the daemon reports over grpc.health.v1, for itself ("") and for
+/// every kmf service alike.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ServingState {
+    Serving,
+    NotServing,
+}
+
+/// The components no call can do without: the KEK (`signer`) and the
+/// database (`store`).
+pub const ESSENTIAL_COMPONENTS: [&str; 2] = ["signer", "store"];
+
+/// The essential components (see `ESSENTIAL_COMPONENTS`) among `components`
+/// that are Malfunction, in order.
+pub fn essential_failures(components: &[Component]) -> Vec<&str> {
+    components
+        .iter()
+        .filter(|c| ESSENTIAL_COMPONENTS.contains(&c.name.as_str()) && c.status == HealthStatus::Malfunction)
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+/// NotServing while the signer or the store is Malfunction, else Serving.
+/// Nothing else counts: a Degraded component, the certificate, or peers
+/// being down (another daemon's outage must not take this one out of a load
+/// balancer).
+pub fn serving_state(components: &[Component]) -> ServingState {
+    if essential_failures(components).is_empty() { ServingState::Serving } else { ServingState::NotServing }
 }
 
 const DAY_MILLIS: i64 = 24 * 3600 * 1000;
@@ -175,6 +206,38 @@ mod tests {
         );
         assert_eq!(p.status, Degraded);
         assert_eq!(Component::parent("peers", "none", vec![]).status, Disabled);
+    }
+
+    #[test]
+    fn serving_follows_signer_and_store_only() {
+        let diagnosis = |signer, store, certificate, peers| {
+            vec![
+                Component::leaf("signer", signer, ""),
+                Component::leaf("store", store, ""),
+                Component::leaf("certificate", certificate, ""),
+                Component::parent("peers", "", vec![Component::leaf("a:1", peers, "")]),
+            ]
+        };
+        use ServingState::*;
+        let table = [
+            ((Operational, Operational, Operational, Operational), Serving, vec![]),
+            ((Malfunction, Operational, Operational, Operational), NotServing, vec!["signer"]),
+            ((Operational, Malfunction, Operational, Operational), NotServing, vec!["store"]),
+            ((Malfunction, Malfunction, Operational, Operational), NotServing, vec!["signer", "store"]),
+            ((Degraded, Degraded, Operational, Operational), Serving, vec![]),
+            ((Disabled, Operational, Operational, Operational), Serving, vec![]),
+            ((Operational, Operational, Malfunction, Operational), Serving, vec![]),
+            ((Operational, Operational, Operational, Malfunction), Serving, vec![]),
+            ((Operational, Operational, Malfunction, Malfunction), Serving, vec![]),
+            ((Malfunction, Operational, Malfunction, Malfunction), NotServing, vec!["signer"]),
+        ];
+        for ((signer, store, certificate, peers), want, failed) in table {
+            let components = diagnosis(signer, store, certificate, peers);
+            let case = (signer, store, certificate, peers);
+            assert_eq!(serving_state(&components), want, "{case:?}");
+            assert_eq!(essential_failures(&components), failed, "{case:?}");
+        }
+        assert_eq!(serving_state(&[]), Serving, "no diagnosis, nothing known broken");
     }
 
     #[test]

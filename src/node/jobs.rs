@@ -164,6 +164,11 @@ impl Node {
 /// `tracker` so shutdown can let them finish.
 pub async fn run_jobs(node: Arc<Node>, cancel: CancellationToken, tracker: TaskTracker) {
     let owner = format!("{}-{}", node.sys_id(), hex::encode(random_bytes::<4>()));
+    match node.blocking(|n| Ok(n.store.release_orphaned_leases()?)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "jobs leased by the previous run are due again"),
+        Err(e) => tracing::warn!(error = %e, "could not release the previous run's leases; they will run out"),
+    }
     let now = node.now();
     for kind in [JobKind::ExpirySweep, JobKind::LifecycleSweep] {
         let job = Job::new(JobId::singleton(kind), now, now);

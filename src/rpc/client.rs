@@ -18,16 +18,29 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Opens a channel to `host`. With `expected`, the server's certificate must
-/// name that instance.
+/// name that instance. Every call on it is bounded by `CALL_TIMEOUT`.
 pub async fn connect(host: &Host, files: &TlsFiles, expected: Option<SysId>) -> Result<Channel, String> {
+    connect_with_timeout(host, files, expected, CALL_TIMEOUT).await
+}
+
+/// As `connect`, with every call bounded by `call_timeout` and the dial by
+/// the shorter of it and `CONNECT_TIMEOUT`. The channel dials again by itself
+/// when its connection drops, with the same rustls config, so the check of
+/// `expected` holds on every (re)connection.
+pub async fn connect_with_timeout(
+    host: &Host,
+    files: &TlsFiles,
+    expected: Option<SysId>,
+    call_timeout: Duration,
+) -> Result<Channel, String> {
     let config = client_config(files, expected).map_err(|e| e.to_string())?;
     let server_name = ServerName::try_from(host.name().to_owned()).map_err(|e| e.to_string())?;
     let addr = host.to_string();
     let connector = TlsConnector::from(Arc::clone(&config));
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT.min(call_timeout))
+        .timeout(call_timeout);
     endpoint
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let (connector, server_name, addr) = (connector.clone(), server_name.clone(), addr.clone());
@@ -40,14 +53,17 @@ pub async fn connect(host: &Host, files: &TlsFiles, expected: Option<SysId>) -> 
             }
         }))
         .await
-        .map_err(|e| {
-            use std::error::Error;
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            msg
-        })
+        .map_err(|e| error_chain(&e))
+}
+
+/// An error and all its sources, joined with ": " (tonic's transport errors
+/// say little at the top: the reason is in the sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    msg
 }

@@ -1,11 +1,13 @@
 //! The RPC edge: the only home of generated protobuf types. Services convert,
 //! authorise, call the node and convert back; `status` maps every error to a
 //! gRPC status in one place; `peer` is the outbound client to other daemons;
-//! `client` connects operators (kmfctl, tests) to a daemon.
+//! `client` connects operators (kmfctl, tests) to a daemon; `health` makes
+//! grpc.health.v1 follow the diagnosis.
 
 pub mod caller;
 pub mod client;
 pub mod convert;
+pub mod health;
 pub mod peer;
 pub mod probe;
 pub mod services;

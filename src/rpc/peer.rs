@@ -1,51 +1,150 @@
 //! The peer client: implements the node's `PeerLink` over the KeyExchange
 //! service, checking each peer's certificate names the sys_id we expect.
+//!
+//! Channels are kept per (host, expected sys_id), so calls to a peer share one
+//! TCP+TLS connection instead of a handshake each. A tonic channel redials by
+//! itself with the same rustls config (the sys_id check holds on every
+//! connection); a channel whose call fails at the transport (unreachable,
+//! connection lost, timed out) is dropped all the same, so the next call dials
+//! afresh: that call also sees a peer restarted with a new certificate.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::domain::DomainError;
 use crate::domain::exchange::{RequestStatus, SignedBlob};
 use crate::domain::ids::{Host, RequestId, SysId};
 use crate::error::PeerError;
 use crate::node::ports::{OpenRequest, PeerFuture, PeerLink, SourceView};
-use crate::rpc::client::connect;
+use crate::rpc::client::{CALL_TIMEOUT, connect_with_timeout, error_chain};
 use crate::rpc::pb::key_exchange_client::KeyExchangeClient;
 use crate::rpc::{MAX_MESSAGE_BYTES, convert, pb, status::peer_error};
 use crate::tls::TlsFiles;
 
+/// What the rustls verifier says when a server's certificate names another
+/// instance (see `tls::rustls_config`).
+const WRONG_INSTANCE: &str = "does not name instance";
+
+type PeerKey = (Host, SysId);
+type Client = KeyExchangeClient<Channel>;
+
 pub struct PeerClient {
     own: SysId,
     files: TlsFiles,
+    call_timeout: Duration,
+    /// One channel per peer, with the id it was cached under (so a failed
+    /// call drops its own channel, never a newer one another task dialled).
+    channels: Mutex<HashMap<PeerKey, (u64, Channel)>>,
+    next_id: AtomicU64,
 }
 
 impl PeerClient {
-    /// `own` is this instance's sys_id; `files` its instance identity.
+    /// `own` is this instance's sys_id; `files` its instance identity. Calls
+    /// are bounded by `CALL_TIMEOUT`.
     pub fn new(own: SysId, files: TlsFiles) -> Self {
-        PeerClient { own, files }
+        PeerClient { own, files, call_timeout: CALL_TIMEOUT, channels: Mutex::default(), next_id: AtomicU64::new(0) }
     }
 
-    async fn client(
-        &self,
-        host: &Host,
-        expected: &SysId,
-    ) -> Result<KeyExchangeClient<tonic::transport::Channel>, PeerError> {
-        let channel = connect(host, &self.files, Some(expected.clone())).await.map_err(|reason| {
-            if reason.contains("does not name instance") {
-                // A server answered, but it is not the instance we asked for.
-                PeerError::Refused(crate::domain::DomainError::PermissionDenied(format!(
-                    "the daemon at {host} is not instance {expected}"
-                )))
-            } else {
-                PeerError::Unreachable { host: host.to_string(), reason }
-            }
-        })?;
-        Ok(KeyExchangeClient::new(channel)
+    /// Bounds every call by `timeout` instead of `CALL_TIMEOUT` (and a dial
+    /// by the shorter of it and `CONNECT_TIMEOUT`).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The cached channel to `host`, or a new one (dialled outside the lock;
+    /// when two tasks race, the first one cached is kept).
+    async fn channel(&self, host: &Host, expected: &SysId) -> Result<(u64, Channel), PeerError> {
+        let key = (host.clone(), expected.clone());
+        if let Some(cached) = self.lock().get(&key) {
+            return Ok(cached.clone());
+        }
+        let channel = connect_with_timeout(host, &self.files, Some(expected.clone()), self.call_timeout)
+            .await
+            .map_err(|reason| dial_error(host, expected, reason))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(self.lock().entry(key).or_insert((id, channel)).clone())
+    }
+
+    /// Drops the channel cached as `id` for (host, expected), if still there.
+    fn forget(&self, host: &Host, expected: &SysId, id: u64) {
+        let key = (host.clone(), expected.clone());
+        let mut channels = self.lock();
+        if channels.get(&key).is_some_and(|(cached, _)| *cached == id) {
+            channels.remove(&key);
+            tracing::debug!(peer = %host, "peer channel dropped after a transport failure");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerKey, (u64, Channel)>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one call on the peer's channel; a transport failure drops it.
+    async fn call<T, F, Fut>(&self, host: &Host, expected: &SysId, call: F) -> Result<T, PeerError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let (id, channel) = self.channel(host, expected).await?;
+        let client = KeyExchangeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let outcome = tokio::time::timeout(self.call_timeout, call(client)).await;
+        match outcome {
+            Ok(Ok(answer)) => Ok(answer.into_inner()),
+            Ok(Err(status)) => {
+                if transport_failure(&status) {
+                    self.forget(host, expected, id);
+                    let chain = error_chain(&status);
+                    if chain.contains(WRONG_INSTANCE) {
+                        // The channel redialled and met another instance.
+                        return Err(wrong_instance(host, expected));
+                    }
+                }
+                Err(peer_error(&host.to_string(), &status))
+            }
+            Err(_) => {
+                self.forget(host, expected, id);
+                let reason = format!("no answer within {:?}", self.call_timeout);
+                Err(PeerError::Unreachable { host: host.to_string(), reason })
+            }
+        }
+    }
+}
+
+/// A status that says the channel, not the peer's service, failed: tonic
+/// makes these from transport errors (connection refused or lost, TLS,
+/// timeout) and keeps the error as the status's source. UNAVAILABLE and a
+/// timed-out call count too: a call that timed out may sit on a half-open
+/// connection, and redialling costs one handshake.
+fn transport_failure(status: &Status) -> bool {
+    use std::error::Error;
+    matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded) || status.source().is_some()
+}
+
+fn wrong_instance(host: &Host, expected: &SysId) -> PeerError {
+    PeerError::Refused(DomainError::PermissionDenied(format!("the daemon at {host} is not instance {expected}")))
+}
+
+fn dial_error(host: &Host, expected: &SysId, reason: String) -> PeerError {
+    if reason.contains(WRONG_INSTANCE) {
+        // A server answered, but it is not the instance we asked for.
+        wrong_instance(host, expected)
+    } else {
+        PeerError::Unreachable { host: host.to_string(), reason }
     }
 }
 
 impl PeerLink for PeerClient {
     fn open_request<'a>(&'a self, host: &'a Host, expected: &'a SysId, r: OpenRequest) -> PeerFuture<'a, SourceView> {
         Box::pin(async move {
-            let mut client = self.client(host, expected).await?;
             let msg = pb::OpenRequestRequest {
                 request_id: r.request_id.to_string(),
                 target_sys_id: r.target_sys_id.to_string(),
@@ -56,8 +155,8 @@ impl PeerLink for PeerClient {
                 transport_public_key: r.transport_public_key,
                 wrapping_algorithm: convert::wrapping(r.wrapping) as i32,
             };
-            let answer = client.open_request(msg).await.map_err(|s| peer_error(&host.to_string(), &s))?.into_inner();
-            let bad = |what: &str| PeerError::Refused(crate::domain::DomainError::malformed("peer answer", what));
+            let answer = self.call(host, expected, |mut c| async move { c.open_request(msg).await }).await?;
+            let bad = |what: &str| PeerError::Refused(DomainError::malformed("peer answer", what));
             let req = answer.request.ok_or_else(|| bad("no request"))?;
             let status = convert::status_from(req.status).ok().flatten().ok_or_else(|| bad("no status"))?;
             let lines =
@@ -73,9 +172,8 @@ impl PeerLink for PeerClient {
         bundle: SignedBlob,
     ) -> PeerFuture<'a, SignedBlob> {
         Box::pin(async move {
-            let mut client = self.client(host, expected).await?;
             let msg = pb::DeliverBundleRequest { bundle: bundle.bytes, signature: bundle.signature };
-            let answer = client.deliver_bundle(msg).await.map_err(|s| peer_error(&host.to_string(), &s))?.into_inner();
+            let answer = self.call(host, expected, |mut c| async move { c.deliver_bundle(msg).await }).await?;
             Ok(SignedBlob { bytes: answer.receipt, signature: answer.signature })
         })
     }
@@ -89,14 +187,13 @@ impl PeerLink for PeerClient {
         reason: String,
     ) -> PeerFuture<'a, ()> {
         Box::pin(async move {
-            let mut client = self.client(host, expected).await?;
             let msg = pb::NotifyStatusRequest {
                 request_id: request_id.to_string(),
                 source_sys_id: self.own.to_string(),
                 status: convert::status(status) as i32,
                 reason,
             };
-            client.notify_status(msg).await.map_err(|s| peer_error(&host.to_string(), &s))?;
+            self.call(host, expected, |mut c| async move { c.notify_status(msg).await }).await?;
             Ok(())
         })
     }

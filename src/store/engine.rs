@@ -197,6 +197,10 @@ pub trait Engine: Send + Sync + 'static {
     fn begin_write(&self) -> Result<Box<dyn WriteTxn + '_>>;
     /// A short name for diagnostics and logs ("redb", "memory").
     fn kind(&self) -> &'static str;
+    /// True when no other process can use this store while we hold it (an
+    /// embedded file we have locked): leases found at start are then leftovers
+    /// of our own previous run. A shared (networked) store answers false.
+    fn is_exclusive(&self) -> bool;
 }
 
 /// Up to `limit` rows of `range`, in key order.

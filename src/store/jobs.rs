@@ -215,6 +215,34 @@ impl Store {
         })
     }
 
+    /// At start, on an exclusive store: every lease still recorded belongs to
+    /// a previous run of this daemon that stopped (or was killed) holding it;
+    /// its jobs become due now instead of when those leases would run out.
+    /// On a shared store leases are left to run out. Returns how many.
+    pub fn release_orphaned_leases(&self) -> Result<usize> {
+        if !self.engine.is_exclusive() {
+            return Ok(0);
+        }
+        self.write(&[Change::Other], |tx| {
+            let mut leased = Vec::new();
+            tx.visit(Table::Jobs, &KeyRange::all(), &mut |_, v| {
+                let job: Job = decode::<JobRow>(v)?.try_into()?;
+                if job.lease.is_some() {
+                    leased.push(job);
+                }
+                Ok(Visit::Continue)
+            })?;
+            for job in &leased {
+                tx.delete(Table::JobsDue, &due_key(job))?;
+                let mut released = job.clone();
+                released.lease = None;
+                put_row(tx, Table::Jobs, &job_key(&job.id), &JobRow::from(&released))?;
+                tx.put(Table::JobsDue, &due_key(&released), &[])?;
+            }
+            Ok(leased.len())
+        })
+    }
+
     /// Makes a waiting job due at `at` (for example: wake the delivery of a
     /// request now instead of at its backoff). A leased job is left alone.
     pub fn hasten_job(&self, id: &JobId, at: UnixMillis) -> Result<bool> {

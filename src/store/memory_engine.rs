@@ -211,4 +211,9 @@ impl Engine for MemoryEngine {
     fn kind(&self) -> &'static str {
         "memory"
     }
+
+    /// Treated as shared, like the networked stores it stands in for.
+    fn is_exclusive(&self) -> bool {
+        false
+    }
 }

@@ -210,4 +210,9 @@ impl Engine for RedbEngine {
     fn kind(&self) -> &'static str {
         "redb"
     }
+
+    /// redb locks its file: one process at a time.
+    fn is_exclusive(&self) -> bool {
+        true
+    }
 }

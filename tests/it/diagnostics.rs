@@ -1,5 +1,6 @@
 //! Instance.Diagnose over real mTLS: a healthy node, peers before and after
-//! an exchange and once the peer is stopped, certificates near or past expiry.
+//! an exchange and once the peer is stopped (health stays SERVING),
+//! certificates near or past expiry.
 
 use std::time::Duration;
 
@@ -9,8 +10,9 @@ use kmf::domain::ids::{Host, UnixMillis};
 use kmf::rpc::pb::{self, ComponentStatus, Decision, RequestStatus};
 use kmf::tls::pki::issue_instance_valid;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::{Ops, Pki, TestNode, status};
+use crate::support::{Ops, Pki, TestNode, kmfctl_command, status};
 
 const DAY: i64 = 24 * 3600 * 1000;
 
@@ -52,6 +54,7 @@ pub async fn node_with(
         tls: files.clone(),
         signer: kmf::app::SignerConfig::software_in(dir.path()),
         background_interval: Duration::from_millis(100),
+        health_interval: kmf::node::diagnostics::WATCH_EVERY,
         metrics_listen,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -128,6 +131,16 @@ async fn diagnose_healthy_node_then_peers_after_an_exchange_and_a_stopped_peer()
     for name in ["signer", "store", "certificate"] {
         assert_eq!(st(component(&d, name).status), ComponentStatus::Operational, "{name}");
     }
+    // A peer being down does not take this daemon out of service: health
+    // (published from that Diagnose) stays SERVING for every service.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        target.channel(&pki.operator("aud", &[Role::CryptographicAuditor])).await,
+    );
+    for service in kmf::rpc::health::HEALTH_SERVICES {
+        let req = tonic_health::pb::HealthCheckRequest { service: service.to_owned() };
+        let status = health.check(req).await.expect("health").into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
     target.stop().await;
 }
 
@@ -157,22 +170,7 @@ async fn certificate_near_expiry_is_degraded_and_expired_is_malfunction() {
 /// Runs the kmfctl binary as operator `files` against `node`.
 async fn kmfctl(node: &TestNode, files: &kmf::tls::TlsFiles, args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("ca.pem"), &files.ca_pem).expect("ca");
-    std::fs::write(dir.path().join("op.pem"), &files.cert_pem).expect("cert");
-    std::fs::write(dir.path().join("op.key"), &files.key_pem[..]).expect("key");
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_kmfctl"))
-        .arg("--endpoint")
-        .arg(node.host.to_string())
-        .arg("--ca")
-        .arg(dir.path().join("ca.pem"))
-        .arg("--cert")
-        .arg(dir.path().join("op.pem"))
-        .arg("--key")
-        .arg(dir.path().join("op.key"))
-        .args(args)
-        .output()
-        .await
-        .expect("run kmfctl")
+    kmfctl_command(node, files, dir.path()).args(args).output().await.expect("run kmfctl")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

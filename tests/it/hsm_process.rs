@@ -44,12 +44,7 @@ fn kmfd_init_check_and_run_with_a_pkcs11_token() {
         c.env("SOFTHSM2_CONF", &hsm.conf);
         c
     };
-    ok(Command::new(KMFCTL).args(["pki", "init-ca", "--out"]).arg(&pki));
-    ok(Command::new(KMFCTL)
-        .args(["pki", "issue-operator", "--name", "ops", "--role", "admin", "--ca-dir"])
-        .arg(&pki)
-        .arg("--out")
-        .arg(&pki));
+    crate::binaries::operator_pki(&pki);
 
     let init = ok(kmfd()
         .args(["init", "--host", "127.0.0.1:0", "--signer", "pkcs11", "--pkcs11-module", MODULE, "--pkcs11-token"])

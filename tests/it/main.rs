@@ -1,7 +1,10 @@
 //! One integration-test binary: in-process nodes over real mTLS on port 0,
 //! process tests of the built binaries, grpcurl, and tidy checks.
 
+mod approve_wait;
 mod audit;
+mod binaries;
+mod crash;
 mod crypto_ops;
 mod crypto_specs;
 mod diagnostics;
@@ -13,6 +16,7 @@ mod hsm_process;
 mod lifecycle;
 mod metrics;
 mod negatives;
+mod peer_channels;
 mod policies;
 mod process;
 mod properties;

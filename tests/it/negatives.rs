@@ -395,6 +395,7 @@ async fn instance_certificate_must_match_the_database() {
         tls: pki.files(&cert),
         signer: kmf::app::SignerConfig::software_in(dir.path()),
         background_interval: std::time::Duration::from_secs(1),
+        health_interval: kmf::node::diagnostics::WATCH_EVERY,
         metrics_listen: None,
     };
     let err = kmf::app::start(cfg).await.err().expect("started with another instance's certificate");

@@ -2,8 +2,8 @@
 //! graceful SIGTERM, restart with persisted keys, config check, and a scan of
 //! the databases and logs for plaintext key material.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -12,140 +12,7 @@ use kmf::signer::Signer;
 use kmf::signer::software::SoftwareSigner;
 use kmf::store::Store;
 
-const KMFD: &str = env!("CARGO_BIN_EXE_kmfd");
-const KMFCTL: &str = env!("CARGO_BIN_EXE_kmfctl");
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("spawn")
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
-}
-
-struct Daemon {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-/// How a daemon gets its settings.
-#[derive(Clone, Copy)]
-enum Settings {
-    Flags,
-    /// A TOML file passed with --config.
-    ConfigFile,
-    /// KMF_* variables, JSON logs.
-    EnvJson,
-}
-
-fn start(dir: &Path, pki: &Path, settings: Settings) -> Daemon {
-    let ready = dir.join("ready");
-    let _ = std::fs::remove_file(&ready);
-    let log = dir.join(format!("kmfd-{}.log", std::process::id()));
-    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
-    let mut cmd = Command::new(KMFD);
-    cmd.args(["run", "--ready-file"]).arg(&ready).env("RUST_LOG", "debug");
-    match settings {
-        Settings::Flags => {
-            cmd.args(["--listen", "127.0.0.1:0", "--background-interval", "200ms", "--data-dir"])
-                .arg(dir)
-                .arg("--tls-ca")
-                .arg(pki.join("ca.pem"));
-        }
-        Settings::ConfigFile => {
-            let config = dir.join("kmfd.toml");
-            let text = format!(
-                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nbackground_interval = \"200ms\"\n[tls]\nca = {:?}\n[signer]\nbackend = \"software\"\n",
-                dir.display().to_string(),
-                pki.join("ca.pem").display().to_string()
-            );
-            std::fs::write(&config, text).expect("config");
-            cmd.arg("--config").arg(config);
-        }
-        Settings::EnvJson => {
-            cmd.env("KMF_DATA_DIR", dir)
-                .env("KMF_LISTEN", "127.0.0.1:0")
-                .env("KMF_TLS_CA", pki.join("ca.pem"))
-                .env("KMF_BACKGROUND_INTERVAL", "200ms")
-                .env("KMF_LOG_FORMAT", "json");
-        }
-    }
-    let child = cmd.stdout(Stdio::null()).stderr(log_file).spawn().expect("spawn kmfd");
-    // From here on, Drop kills the daemon if the test fails.
-    let mut daemon = Daemon { child, addr: String::new(), log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(addr) = std::fs::read_to_string(&ready) {
-            daemon.addr = addr;
-            return daemon;
-        }
-        let log = &daemon.log;
-        assert!(
-            Instant::now() < deadline,
-            "kmfd did not become ready; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20)); // poll interval; the loop is bounded by its deadline
-    }
-}
-
-impl Drop for Daemon {
-    /// A failed test must not leave a daemon running.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Daemon {
-    fn ctl(&self, pki: &Path) -> Command {
-        let mut c = Command::new(KMFCTL);
-        c.env("KMF_ENDPOINT", &self.addr)
-            .env("KMF_CA", pki.join("ca.pem"))
-            .env("KMF_CERT", pki.join("ops.pem"))
-            .env("KMF_KEY", pki.join("ops.key"));
-        c
-    }
-
-    /// SIGTERM, then wait (bounded) for a clean exit.
-    fn stop(&mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "kmfd did not stop after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20)); // poll interval; the loop is bounded by its deadline
-        };
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        assert!(status.success(), "kmfd exited with {status}; log:\n{log}");
-        assert!(log.contains("SIGTERM received"), "{log}");
-        log
-    }
-}
-
-fn init(dir: &Path, pki: &Path) -> String {
-    let out = ok(Command::new(KMFD).args(["init", "--host", "127.0.0.1:0", "--data-dir"]).arg(dir));
-    let sys_id = out.split_whitespace().nth(2).expect("sys_id").to_owned();
-    ok(Command::new(KMFCTL)
-        .args(["pki", "issue-instance", "--host", "127.0.0.1", "--sys-id", &sys_id, "--ca-dir"])
-        .arg(pki)
-        .arg("--out")
-        .arg(dir));
-    sys_id
-}
+use crate::binaries::{KMFD, Settings, init, ok, run, start};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).expect("json")
@@ -155,12 +22,7 @@ fn json(text: &str) -> serde_json::Value {
 fn two_daemons_exchange_keys_driven_by_kmfctl() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (pki, a_dir, b_dir) = (tmp.path().join("pki"), tmp.path().join("a"), tmp.path().join("b"));
-    ok(Command::new(KMFCTL).args(["pki", "init-ca", "--out"]).arg(&pki));
-    ok(Command::new(KMFCTL)
-        .args(["pki", "issue-operator", "--name", "ops", "--role", "admin", "--ca-dir"])
-        .arg(&pki)
-        .arg("--out")
-        .arg(&pki));
+    crate::binaries::operator_pki(&pki);
     let a_id = init(&a_dir, &pki);
     let b_id = init(&b_dir, &pki);
     let second_init = run(Command::new(KMFD).args(["init", "--host", "127.0.0.1:0", "--data-dir"]).arg(&a_dir));
@@ -250,7 +112,8 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     let pending = json(&ok(a.ctl(&pki).args(["--json", "exchange", "list", "--status", "pending"])));
     assert_eq!(pending[0]["request_id"], id.as_str());
     assert_eq!(pending[0]["target_sys_id"], b_id.as_str());
-    let approved = json(&ok(a.ctl(&pki).args(["--json", "exchange", "approve", &id])));
+    // --wait: exit 0 only once the request is COMPLETED (here at once).
+    let approved = json(&ok(a.ctl(&pki).args(["--json", "exchange", "approve", &id, "--wait", "--timeout", "30s"])));
     assert_eq!(approved["status"], "REQUEST_COMPLETED");
     assert_eq!(approved["exported_key_count"], 2);
     let on_b = json(&ok(b.ctl(&pki).args(["--json", "exchange", "get", &id])));

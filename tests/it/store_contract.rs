@@ -326,6 +326,18 @@ fn jobs_are_claimed_under_a_lease_and_fenced() {
         let b2 = st.job(&b.id).unwrap().unwrap();
         assert_eq!((b2.next_due, b2.lease, b2.claims), (t(9_000), None, 2), "{}", s.name);
         assert_eq!(st.jobs_by_due(10).unwrap().len(), 1);
+
+        // After a crash: an exclusive (embedded) store hands leases back at
+        // start; a shared one lets them run out.
+        let c = Job::new(JobId::new(JobKind::Deliver, "c"), t(0), t(0));
+        st.add_job(&c).unwrap();
+        assert_eq!(st.claim_due_jobs("crashed", t(8_000), 60_000, 10).unwrap().len(), 1);
+        let released = st.release_orphaned_leases().unwrap();
+        let c_now = st.job(&c.id).unwrap().unwrap();
+        match s.name {
+            "redb" => assert_eq!((released, c_now.due_at(), c_now.lease), (1, t(0), None)),
+            _ => assert_eq!((released, c_now.lease.map(|l| l.owner)), (0, Some("crashed".into()))),
+        }
     }
 }
 

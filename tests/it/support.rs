@@ -77,13 +77,26 @@ impl TestNode {
         options: StartOptions<'_>,
     ) -> TestNode {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        Self::start_listening(pki, signer, advertise, options, listener).await
+        Self::start_listening(pki, signer, advertise, options, listener, |_| {}).await
     }
 
     /// A software node listening on `listen`, telling peers to dial `advertise`.
     pub async fn start_opts_on(pki: &Pki, listen: std::net::SocketAddr, advertise: Host) -> TestNode {
         let listener = tokio::net::TcpListener::bind(listen).await.expect("bind the reserved port");
-        Self::start_listening(pki, None, Some(advertise), StartOptions::default(), listener).await
+        Self::start_listening(pki, None, Some(advertise), StartOptions::default(), listener, |_| {}).await
+    }
+
+    /// As `start_full`, serving on `listener`, with `tune` changing the
+    /// config first (the default diagnoses every 15 s, as the daemon does).
+    pub async fn start_on(
+        pki: &Pki,
+        signer: Option<SignerConfig>,
+        listener: tokio::net::TcpListener,
+        tune: impl FnOnce(&mut AppConfig),
+        wrap: impl FnOnce(Arc<dyn PeerLink>) -> Arc<dyn PeerLink>,
+    ) -> TestNode {
+        let options = StartOptions { wrap_peers: Box::new(wrap), ..Default::default() };
+        Self::start_listening(pki, signer, None, options, listener, tune).await
     }
 
     async fn start_listening(
@@ -92,6 +105,7 @@ impl TestNode {
         advertise: Option<Host>,
         options: StartOptions<'_>,
         listener: tokio::net::TcpListener,
+        tune: impl FnOnce(&mut AppConfig),
     ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let host = Host::parse("127.0.0.1:0").expect("host");
@@ -99,15 +113,17 @@ impl TestNode {
         let sys_id = init_instance_with(dir.path(), &host, &signer).expect("init");
         let cert = issue_instance(&pki.ca, &sys_id, &["127.0.0.1".to_owned()]).expect("instance cert");
         let files = pki.files(&cert);
-        let cfg = AppConfig {
+        let mut cfg = AppConfig {
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             host: advertise,
             tls: files.clone(),
             signer,
             background_interval: Duration::from_millis(100),
+            health_interval: kmf::node::diagnostics::WATCH_EVERY,
             metrics_listen: None,
         };
+        tune(&mut cfg);
         let app = start_custom(cfg.clone(), listener, options).await.expect("start node");
         let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port())).expect("host");
         TestNode { cfg, dir, app: Some(app), sys_id: sys_id.to_string(), host, instance_files: files }
@@ -122,6 +138,24 @@ impl TestNode {
         self.app = Some(app);
     }
 
+    /// Stops and starts again on the same data and the same port, with
+    /// `tls` as its identity when given (a renewed certificate).
+    pub async fn restart_same_port(&mut self, tls: Option<TlsFiles>) {
+        self.stop().await;
+        if let Some(tls) = tls {
+            self.cfg.tls = tls.clone();
+            self.instance_files = tls;
+        }
+        let listener = bind_again(self.host.port()).await;
+        let app = start_with(self.cfg.clone(), listener, |p| p).await.expect("restart node");
+        self.app = Some(app);
+    }
+
+    /// The running app (panics when stopped).
+    pub fn running(&self) -> &RunningApp {
+        self.app.as_ref().expect("the node is running")
+    }
+
     pub async fn channel(&self, files: &TlsFiles) -> Channel {
         connect(&self.host, files, None).await.expect("connect")
     }
@@ -134,6 +168,40 @@ impl TestNode {
         if let Some(app) = self.app.take() {
             app.shutdown().await.expect("shutdown");
         }
+    }
+}
+
+/// The kmfctl binary speaking to `node` as operator `files` (written to
+/// `dir`), its output piped; it is killed if dropped while running.
+pub fn kmfctl_command(node: &TestNode, files: &TlsFiles, dir: &std::path::Path) -> tokio::process::Command {
+    std::fs::write(dir.join("ca.pem"), &files.ca_pem).expect("ca");
+    std::fs::write(dir.join("op.pem"), &files.cert_pem).expect("cert");
+    std::fs::write(dir.join("op.key"), &files.key_pem[..]).expect("key");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kmfctl"));
+    cmd.arg("--endpoint")
+        .arg(node.host.to_string())
+        .arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("op.pem"))
+        .arg("--key")
+        .arg(dir.join("op.key"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Binds 127.0.0.1:`port` again after its listener closed (retried for at
+/// most 10 s while the port is still being released).
+pub async fn bind_again(port: u16) -> tokio::net::TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => return listener,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "cannot bind port {port} again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; the loop is bounded by its deadline
     }
 }
 

@@ -1,5 +1,5 @@
 //! Instance.Diagnose: authorise (any operator role), run the node's checks,
-//! convert the components.
+//! publish the result to the health service, convert the components.
 
 use std::sync::Arc;
 
@@ -9,14 +9,17 @@ use crate::domain::auth::Permission;
 use crate::domain::health::{Component, HealthStatus};
 use crate::node::Node;
 use crate::rpc::caller::authorize;
+use crate::rpc::health::HealthPublisher;
 use crate::rpc::{convert, pb};
 
 pub async fn diagnose(
     node: &Arc<Node>,
+    health: &HealthPublisher,
     req: Request<pb::DiagnoseRequest>,
 ) -> Result<Response<pb::DiagnoseResponse>, Status> {
     authorize(node, &req, Permission::Read).await?;
     let d = node.diagnose_and_record().await;
+    health.publish(&d).await;
     Ok(Response::new(pb::DiagnoseResponse {
         status: status(d.root.status) as i32,
         components: d.root.children.iter().map(component).collect(),

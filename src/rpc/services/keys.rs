@@ -11,16 +11,21 @@ use crate::domain::key::{KeyAction, LifecycleDefinition};
 use crate::node::{DefaultAccess, Node};
 use crate::rpc::caller::authorize;
 use crate::rpc::convert;
+use crate::rpc::health::HealthPublisher;
 use crate::rpc::pb::{self, instance_server::Instance, key_management_server::KeyManagement};
 
-pub struct InstanceService(pub Arc<Node>);
+pub struct InstanceService {
+    pub node: Arc<Node>,
+    /// Every `Diagnose` is published to the health service too.
+    pub health: Arc<HealthPublisher>,
+}
 pub struct KeyManagementService(pub Arc<Node>);
 
 #[tonic::async_trait]
 impl Instance for InstanceService {
     async fn info(&self, req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let info = self.0.info();
+        authorize(&self.node, &req, Permission::Read).await?;
+        let info = self.node.info();
         Ok(Response::new(pb::InfoResponse {
             sys_id: info.sys_id.to_string(),
             host: info.host.to_string(),
@@ -30,7 +35,7 @@ impl Instance for InstanceService {
     }
 
     async fn diagnose(&self, req: Request<pb::DiagnoseRequest>) -> Result<Response<pb::DiagnoseResponse>, Status> {
-        super::diagnostics::diagnose(&self.0, req).await
+        super::diagnostics::diagnose(&self.node, &self.health, req).await
     }
 }
 

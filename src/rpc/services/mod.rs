@@ -21,6 +21,7 @@ pub use policies::PoliciesService;
 pub use properties::PropertiesService;
 
 use crate::node::Node;
+use crate::rpc::health::HealthPublisher;
 
 /// Builds every service around one node.
 pub struct Services {
@@ -35,9 +36,10 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn new(node: Arc<Node>) -> Self {
+    /// `health` receives every diagnosis `Instance.Diagnose` runs.
+    pub fn new(node: Arc<Node>, health: Arc<HealthPublisher>) -> Self {
         Services {
-            instance: InstanceService(node.clone()),
+            instance: InstanceService { node: node.clone(), health },
             keys: KeyManagementService(node.clone()),
             crypto: CryptoService(node.clone()),
             exchange: ResourceExchangeService(node.clone()),
