@@ -11,11 +11,10 @@ use super::Node;
 use super::crypto_session::Session;
 use crate::domain::DomainError;
 use crate::domain::auth::Caller;
-use crate::domain::ciphertext;
 use crate::domain::ids::{KeyId, Name};
 use crate::domain::policy::Operation;
 use crate::domain::spec::Scheme;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 
 /// Most items one batch call accepts.
 pub const MAX_BATCH: usize = 10_000;
@@ -82,11 +81,11 @@ impl Node {
         plaintext: Vec<u8>,
         aad: Vec<u8>,
     ) -> AppResult<(Vec<u8>, KeyId)> {
-        // Single symmetric calls run inline: with warm caches they touch no
-        // disk, and a cache miss is a short read of redb's memory-mapped pages.
-        let mut session = Session::new(self, caller);
-        if session.is_cheap(&spec) {
-            return session.seal(&spec, Operation::Encrypt, &plaintext, &aad);
+        // On the worker only when the hot cache holds everything (spec,
+        // policies, key) and the caller is allowed; else on the blocking pool.
+        match Session::inline(self, caller).seal(&spec, Operation::Encrypt, &plaintext, &aad) {
+            Err(AppError::WouldBlock) => {}
+            done => return done,
         }
         let caller = caller.clone();
         self.blocking(move |node| Session::new(node, &caller).seal(&spec, Operation::Encrypt, &plaintext, &aad)).await
@@ -98,18 +97,16 @@ impl Node {
         sealed: Vec<u8>,
         aad: Vec<u8>,
     ) -> AppResult<(Vec<u8>, KeyId)> {
-        let mut session = Session::new(self, caller);
-        if !ciphertext::parse(&sealed).is_ok_and(|(id, _, _)| session.is_cheap(&id.spec)) {
-            let caller = caller.clone();
-            return self
-                .blocking(move |node| {
-                    let (plaintext, key_id) = Session::new(node, &caller).open(&sealed, Operation::Decrypt, &aad)?;
-                    Ok((plaintext.to_vec(), key_id))
-                })
-                .await;
+        match Session::inline(self, caller).open(&sealed, Operation::Decrypt, &aad) {
+            Err(AppError::WouldBlock) => {}
+            done => return done.map(|(plaintext, key_id)| (plaintext.to_vec(), key_id)),
         }
-        let (plaintext, key_id) = session.open(&sealed, Operation::Decrypt, &aad)?;
-        Ok((plaintext.to_vec(), key_id))
+        let caller = caller.clone();
+        self.blocking(move |node| {
+            let (plaintext, key_id) = Session::new(node, &caller).open(&sealed, Operation::Decrypt, &aad)?;
+            Ok((plaintext.to_vec(), key_id))
+        })
+        .await
     }
 
     pub async fn rewrap(self: &Arc<Self>, caller: &Caller, sealed: Vec<u8>, aad: Vec<u8>) -> AppResult<Rewrapped> {
@@ -184,7 +181,12 @@ impl Node {
 
     /// MACs `message` (HMAC-SHA-2) with the spec's current key.
     pub async fn mac(self: &Arc<Self>, caller: &Caller, spec: Name, message: Vec<u8>) -> AppResult<(Vec<u8>, KeyId)> {
-        Session::new(self, caller).authenticate(&spec, Operation::Mac, &message)
+        match Session::inline(self, caller).authenticate(&spec, Operation::Mac, &message) {
+            Err(AppError::WouldBlock) => {}
+            done => return done,
+        }
+        let caller = caller.clone();
+        self.blocking(move |node| Session::new(node, &caller).authenticate(&spec, Operation::Mac, &message)).await
     }
 
     /// Checks a MAC made by `mac` (constant-time); `false` if it does not match.
@@ -194,7 +196,12 @@ impl Node {
         mac: Vec<u8>,
         message: Vec<u8>,
     ) -> AppResult<(bool, KeyId)> {
-        Session::new(self, caller).check(&mac, Operation::VerifyMac, &message)
+        match Session::inline(self, caller).check(&mac, Operation::VerifyMac, &message) {
+            Err(AppError::WouldBlock) => {}
+            done => return done,
+        }
+        let caller = caller.clone();
+        self.blocking(move |node| Session::new(node, &caller).check(&mac, Operation::VerifyMac, &message)).await
     }
 
     /// Wraps caller-supplied key material under the spec's current key.

@@ -31,6 +31,11 @@ type Decision = Result<(), DomainError>;
 pub(super) struct Session<'a> {
     node: &'a Node,
     caller: &'a Caller,
+    /// On an async worker: only the hot cache may answer; anything that
+    /// needs the store or the signer (a miss, an RSA key, a refusal to
+    /// audit) is `AppError::WouldBlock`, and the call runs again off the
+    /// workers.
+    inline: bool,
     /// Specs looked up in this call (one hot-cache read per spec).
     specs: HashMap<Name, Spec>,
     /// Per spec, the decision for each operation asked for (looked up by
@@ -80,19 +85,34 @@ fn parse(content: &[u8], op: Operation) -> Result<(KeyId, &[u8], &[u8]), DomainE
     })
 }
 
-fn cached_spec<'m>(node: &Node, specs: &'m mut HashMap<Name, Spec>, name: &Name) -> AppResult<&'m Spec> {
+fn cached_spec<'m>(node: &Node, inline: bool, specs: &'m mut HashMap<Name, Spec>, name: &Name) -> AppResult<&'m Spec> {
     if !specs.contains_key(name) {
-        let spec = node.spec_or_not_found(name)?;
+        let spec = match inline {
+            true => node.hot.spec(node.store.changes().specs(), name).ok_or(AppError::WouldBlock)?,
+            false => node.spec_or_not_found(name)?,
+        };
         specs.insert(name.clone(), spec);
     }
     specs.get(name).ok_or_else(|| AppError::Internal("spec cache lost an entry".into()))
 }
 
 impl<'a> Session<'a> {
+    /// A session on the blocking pool: may read the store and use the signer.
     pub fn new(node: &'a Node, caller: &'a Caller) -> Self {
+        Self::with_mode(node, caller, false)
+    }
+
+    /// A session on an async worker: answers from the hot cache or gives up
+    /// with `WouldBlock`.
+    pub fn inline(node: &'a Node, caller: &'a Caller) -> Self {
+        Self::with_mode(node, caller, true)
+    }
+
+    fn with_mode(node: &'a Node, caller: &'a Caller, inline: bool) -> Self {
         Session {
             node,
             caller,
+            inline,
             specs: HashMap::new(),
             access: HashMap::new(),
             active: HashMap::new(),
@@ -103,17 +123,7 @@ impl<'a> Session<'a> {
 
     /// The spec, read once per call.
     pub fn spec(&mut self, name: &Name) -> AppResult<&Spec> {
-        cached_spec(self.node, &mut self.specs, name)
-    }
-
-    /// Whether an operation on `spec` is cheap enough for the async workers:
-    /// symmetric schemes are; RSA private-key operations are not. An unknown
-    /// spec counts as cheap: the session refuses it at once.
-    pub fn is_cheap(&mut self, spec: &Name) -> bool {
-        !matches!(
-            self.spec(spec).map(Spec::scheme),
-            Ok(Scheme::RsaOaep { .. } | Scheme::RsaAesKeyWrap { .. } | Scheme::RsaPss { .. })
-        )
+        cached_spec(self.node, self.inline, &mut self.specs, name)
     }
 
     /// The spec exists (NOT_FOUND), serves `op` (INVALID_ARGUMENT) and the
@@ -122,10 +132,16 @@ impl<'a> Session<'a> {
         if let Some((_, r)) = self.access.get(spec).and_then(|ops| ops.iter().find(|(o, _)| *o == op)) {
             return r.clone().map_err(Into::into);
         }
-        let node = self.node;
-        let checked = cached_spec(node, &mut self.specs, spec).and_then(|s| {
+        let (node, inline) = (self.node, self.inline);
+        let checked = cached_spec(node, inline, &mut self.specs, spec).and_then(|s| {
+            // RSA private-key operations take milliseconds: never on a worker.
+            let rsa =
+                matches!(s.scheme(), Scheme::RsaOaep { .. } | Scheme::RsaAesKeyWrap { .. } | Scheme::RsaPss { .. });
+            if inline && rsa {
+                return Err(AppError::WouldBlock);
+            }
             s.check_operation(op)?;
-            node.check_access(self.caller, s, op)
+            node.check_access(self.caller, s, op, inline)
         });
         let r = match checked {
             Ok(()) => Ok(()),
@@ -147,6 +163,7 @@ impl<'a> Session<'a> {
         let g = self.node.store.changes().keys_of(spec);
         let r = match self.node.hot.current(g, spec) {
             Some(hit) => Ok(hit),
+            None if self.inline => return Err(AppError::WouldBlock),
             None => match self.node.store.find_key(spec, |k| k.state.can_encrypt())? {
                 Some((k, wrapped)) => {
                     let hit = (k.id.clone(), self.load(&k.id, &wrapped)?);
@@ -167,6 +184,9 @@ impl<'a> Session<'a> {
         let g = self.node.store.changes().keys_of(&id.spec);
         if let Some(hit) = self.node.hot.key(g, id) {
             return Ok(hit);
+        }
+        if self.inline {
+            return Err(AppError::WouldBlock);
         }
         let r = match self.node.store.key(id)? {
             None => Err(DomainError::not_found("key", format!("{id} (not on this instance)"))),

@@ -141,11 +141,15 @@ impl Node {
         self.blocking(move |node| node.decide_access(subject, &spec, operation)).await
     }
 
-    /// The module's policies, from the hot cache when the store is unchanged.
-    fn module_policies(&self, module: &Name) -> AppResult<Arc<Vec<AccessPolicy>>> {
+    /// The module's policies, from the hot cache when the store is unchanged
+    /// (`inline`: only from there, else `WouldBlock`).
+    fn module_policies(&self, module: &Name, inline: bool) -> AppResult<Arc<Vec<AccessPolicy>>> {
         let g = self.store.changes().policies();
         if let Some(p) = self.hot.policies(g, module) {
             return Ok(p);
+        }
+        if inline {
+            return Err(AppError::WouldBlock);
         }
         let p = Arc::new(self.store.policies(Some(module))?);
         self.hot.put_policies(g, module.clone(), p.clone());
@@ -154,7 +158,7 @@ impl Node {
 
     fn decide_access(&self, subject: Subject, spec: &Name, operation: Operation) -> AppResult<AccessDecision> {
         let spec = self.spec_or_not_found(spec)?;
-        let policies = self.module_policies(&spec.module)?;
+        let policies = self.module_policies(&spec.module, false)?;
         Ok(evaluate(
             &policies,
             &AccessRequest { subject, module: spec.module.clone(), spec: spec.name.clone(), operation },
@@ -162,10 +166,17 @@ impl Node {
     }
 
     /// Allows or refuses `caller` for `operation` on `spec`; a refusal is
-    /// audited (a write, even on the crypto hot path, which only refusals take).
-    pub(super) fn check_access(&self, caller: &Caller, spec_rec: &Spec, operation: Operation) -> AppResult<()> {
+    /// audited. `inline` (on an async worker): a refusal, which must write its
+    /// audit entry, is `WouldBlock` and is decided again off the workers.
+    pub(super) fn check_access(
+        &self,
+        caller: &Caller,
+        spec_rec: &Spec,
+        operation: Operation,
+        inline: bool,
+    ) -> AppResult<()> {
         let spec = &spec_rec.name;
-        let policies = self.module_policies(&spec_rec.module)?;
+        let policies = self.module_policies(&spec_rec.module, inline)?;
         let request = AccessRequest {
             subject: Subject::from(caller),
             module: spec_rec.module.clone(),
@@ -175,8 +186,11 @@ impl Node {
         if allows(&policies, &request) {
             return Ok(());
         }
+        if inline {
+            return Err(AppError::WouldBlock);
+        }
         let decision = evaluate(&policies, &request);
-        let audit = AuditEvent::new(clock::now(), caller.actor(), "policy.denied", spec.to_string(), Outcome::Refused)
+        let audit = AuditEvent::new(self.now(), caller.actor(), "policy.denied", spec.to_string(), Outcome::Refused)
             .with_details(format!("{}: {}", operation.as_str(), decision.reason));
         if let Err(e) = self.store.append_audit(&[audit]) {
             tracing::error!(error = %e, "could not audit a policy denial");
