@@ -236,6 +236,12 @@ enum ExchangeCommand {
         #[arg(long)]
         reason: String,
     },
+    /// On the source: retry a request that ended in ERROR_ON_LOCAL_INSTANCE or
+    /// ERROR_ON_REMOTE_INSTANCE (its bundle is delivered again; one that failed
+    /// before approval becomes pending again).
+    Retry {
+        request_id: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -464,6 +470,15 @@ impl Operator {
             }
             ExchangeCommand::Reject { request_id, reason } => {
                 let req = pb::UpdateRequestRequest { request_id, decision: pb::Decision::Reject as i32, reason };
+                let r = self.exchange.update_request(req).await?.into_inner();
+                print::request(&r.request.unwrap_or_default(), as_json);
+            }
+            ExchangeCommand::Retry { request_id } => {
+                let req = pb::UpdateRequestRequest {
+                    request_id,
+                    decision: pb::Decision::Retry as i32,
+                    reason: String::new(),
+                };
                 let r = self.exchange.update_request(req).await?.into_inner();
                 print::request(&r.request.unwrap_or_default(), as_json);
             }

@@ -144,6 +144,13 @@ impl Node {
     ) -> AppResult<ExchangeRequest> {
         let actor = caller.actor();
         let id2 = id.clone();
+        if decision == Decision::Retry {
+            let role = self.blocking(move |node| Ok(node.request_or_not_found(&id2)?.value.role)).await?;
+            if role == ExchangeRole::Target {
+                return self.retry_on_target(actor, id).await;
+            }
+        }
+        let id2 = id.clone();
         let decided = self.blocking(move |node| node.decide(&id2, &decision, &actor)).await?;
         self.jobs.wake();
         if decided.status.is_terminal() {
@@ -246,7 +253,7 @@ impl Node {
                 let effects = RequestEffects {
                     bundle: BundleChange::Set(&bundle),
                     schedule: vec![self.job_now(JobKind::Deliver, id)],
-                    finish: None,
+                    ..Default::default()
                 };
                 self.store.update_request(version, &req, effects, &audit)?;
                 tracing::info!(request_id = %req.id, actor, exported = req.exported_key_count, "exchange request approved");
@@ -362,7 +369,7 @@ impl Node {
             ExchangeRole::Source => RequestEffects {
                 bundle: BundleChange::Clear,
                 schedule: vec![self.job_now(JobKind::Notify, &req.id)],
-                finish: None,
+                ..Default::default()
             },
             ExchangeRole::Target => RequestEffects::default(),
         };
@@ -464,7 +471,7 @@ impl Node {
                         Outcome::Success,
                         format!("signed receipt: {} key(s) imported", r.imported.len()),
                     );
-                    let effects = RequestEffects { bundle: BundleChange::Clear, schedule: Vec::new(), finish };
+                    let effects = RequestEffects { bundle: BundleChange::Clear, finish, ..Default::default() };
                     self.store.update_request(version, &req, effects, &[audit])
                 }
                 Err(e) => {

@@ -93,7 +93,42 @@ impl Node {
             })
             .await?;
         tracing::info!(request_id = %req.id, source = %req.source.sys_id, "exchange request created");
+        self.open_on_source(req, public_key).await
+    }
 
+    /// Retries, on the target, a request whose opening on the source failed
+    /// (ERROR_ON_*): a new transport key, PENDING again, opened again.
+    pub(super) async fn retry_on_target(self: &Arc<Self>, actor: String, id: RequestId) -> AppResult<ExchangeRequest> {
+        let (req, public_key) = self
+            .blocking(move |node| {
+                let Versioned { value: mut req, version } = node.request_or_not_found(&id)?;
+                let found = req.clone();
+                let now = node.now();
+                req.apply(RequestEvent::Retry { resume_at: RequestStatus::Pending }, &actor, now).map_err(
+                    |e| match e {
+                        DomainError::FailedPrecondition(_) => DomainError::FailedPrecondition(format!(
+                            "request {} is {}; it cannot be retried",
+                            found.id,
+                            found.status_summary()
+                        )),
+                        other => other,
+                    },
+                )?;
+                let transport = node.signer.create_transport_key()?;
+                req.wrapping = transport.wrapping;
+                let audit =
+                    request_audit(&req, "exchange.retry", Outcome::Success, format!("from {}", found.status.label()));
+                let effects = RequestEffects { transport_handle: Some(&transport.handle), ..Default::default() };
+                node.store.update_request(version, &req, effects, &[audit])?;
+                Ok((req, transport.public_der))
+            })
+            .await?;
+        tracing::info!(request_id = %req.id, "exchange request retried; opening it on the source again");
+        self.open_on_source(req, public_key).await
+    }
+
+    /// Opens a pending request on its source and records the source's view.
+    async fn open_on_source(self: &Arc<Self>, req: ExchangeRequest, public_key: Vec<u8>) -> AppResult<ExchangeRequest> {
         let open = OpenRequest {
             request_id: req.id.clone(),
             target_sys_id: self.sys_id.clone(),

@@ -57,6 +57,8 @@ pub struct RequestEffects<'a> {
     pub schedule: Vec<Job>,
     /// The job whose run made this change: removed, if `lease` still holds it.
     pub finish: Option<(&'a JobId, &'a Lease)>,
+    /// Target side: a new transport key handle (a retried request's).
+    pub transport_handle: Option<&'a [u8]>,
 }
 
 fn request_key(id: &RequestId) -> Vec<u8> {
@@ -103,6 +105,9 @@ fn apply_effects(tx: &mut dyn WriteTxn, id: &RequestId, effects: &RequestEffects
     }
     if let Some((job, lease)) = effects.finish {
         finish_job_in(tx, job, lease)?;
+    }
+    if let Some(handle) = effects.transport_handle {
+        tx.put(Table::TransportKeys, &request_key(id), handle)?;
     }
     for job in &effects.schedule {
         put_job_in(tx, job)?;

@@ -374,3 +374,73 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
     let delivered = recorder.get().expect("recorder").bundles.lock().expect("lock").len();
     assert_eq!(delivered, 2, "one held try, then one delivery after the takeover");
 }
+
+/// Refuses the first `refuse` deliveries as the target would (the bundle
+/// reaches nobody), then lets them through.
+struct RefusesFirst {
+    inner: Arc<dyn PeerLink>,
+    refuse: AtomicUsize,
+}
+
+impl DeliveryHook for RefusesFirst {
+    fn inner(&self) -> &Arc<dyn PeerLink> {
+        &self.inner
+    }
+
+    fn deliver<'a>(&'a self, h: &'a Host, e: &'a SysId, b: SignedBlob) -> PeerFuture<'a, SignedBlob> {
+        if self.refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            let refusal = kmf::domain::DomainError::FailedPrecondition("target is restoring (test)".into());
+            return Box::pin(async move { Err(PeerError::Refused(refusal)) });
+        }
+        self.inner.deliver_bundle(h, e, b)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_is_retried_redoing_only_what_did_not_happen() {
+    let pki = Pki::new();
+    let source = TestNode::start_with(&pki, |inner| {
+        Arc::new(Intercepted(Arc::new(RefusesFirst { inner, refuse: AtomicUsize::new(1) })))
+    })
+    .await;
+    let mut target = TestNode::start(&pki).await;
+    let id = pending_exchange(&pki, &source, &target, 3).await;
+    let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
+
+    // Source side: the target refused the bundle; a retry delivers the same bundle again.
+    s.decide(&id, Decision::Approve, "").await.expect("approve");
+    let failed = s.wait_for(&id, "the refusal", |r| status(r) == RequestStatus::ErrorOnRemoteInstance).await;
+    assert_eq!(failed.imported_key_count, 0);
+    assert_eq!(status(&t.get(&id).await), RequestStatus::RequestPending, "nothing reached the target");
+    let auditor = Ops::new(source.channel(&pki.operator("carol", &[Role::CryptographicAuditor])).await);
+    let err = auditor.clone().decide(&id, Decision::Retry, "").await.expect_err("an auditor cannot retry");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    s.decide(&id, Decision::Retry, "").await.expect("retry");
+    s.wait_for(&id, "the retried delivery", |r| status(r) == RequestStatus::RequestCompleted).await;
+    assert_eq!(status(&t.get(&id).await), RequestStatus::RequestCompleted);
+    assert_eq!(t.keys_of("salary").await.len(), 3);
+    let again = s.decide(&id, Decision::Retry, "").await.expect_err("a completed request is not retried");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(again.message().contains("REQUEST_COMPLETED"), "{again}");
+    assert_eq!(audit_count(&mut s, "exchange.retry", &id).await, 1);
+
+    // Target side: the source was down when the target opened its request;
+    // once it is back, a retry on the target opens it again.
+    let mut source = source;
+    source.stop().await;
+    let opened = t.create_request(&source, &["salary"]).await.expect_err("the source is down");
+    assert_eq!(opened.code(), Code::Unavailable);
+    let list = t.exchange.list_requests(pb::ListRequestsRequest::default()).await.expect("list").into_inner();
+    let failed =
+        list.requests.iter().find(|r| status(r) == RequestStatus::ErrorOnRemoteInstance).expect("failed request");
+    let failed_id = failed.request_id.clone();
+    source.restart_same_port(None).await;
+    let retried = t.decide(&failed_id, Decision::Retry, "").await.expect("retry on the target");
+    assert_eq!(status(&retried), RequestStatus::RequestPending);
+    let mut s = source.admin(&pki).await;
+    assert_eq!(status(&s.get(&failed_id).await), RequestStatus::RequestPending, "opened on the source");
+    s.decide(&failed_id, Decision::Approve, "").await.expect("approve");
+    s.wait_for(&failed_id, "completion", |r| status(r) == RequestStatus::RequestCompleted).await;
+    t.wait_for(&failed_id, "completion", |r| status(r) == RequestStatus::RequestCompleted).await;
+    target.stop().await;
+}

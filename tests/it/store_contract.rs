@@ -189,7 +189,7 @@ fn request_updates_are_conditional_on_the_version_read() {
         let blob = SignedBlob { bytes: vec![7; 1000], signature: vec![8; 64] };
         let deliver = Job::new(JobId::for_request(JobKind::Deliver, &req.id), UnixMillis(11), UnixMillis(11));
         let effects =
-            RequestEffects { bundle: BundleChange::Set(&blob), schedule: vec![deliver.clone()], finish: None };
+            RequestEffects { bundle: BundleChange::Set(&blob), schedule: vec![deliver.clone()], ..Default::default() };
         let v2 = st.update_request(v1.version, &approved, effects, &[event("exchange.approve")]).unwrap();
         assert_eq!(v2, v1.version + 1);
         assert_eq!(st.bundle(&req.id).unwrap(), Some(blob.clone()), "{}", s.name);
@@ -200,7 +200,8 @@ fn request_updates_are_conditional_on_the_version_read() {
         let mut rejected = v1.value.clone();
         rejected.apply(RequestEvent::Reject { reason: "no".into() }, "bob", UnixMillis(12)).unwrap();
         let notice = Job::new(JobId::for_request(JobKind::Notify, &req.id), UnixMillis(12), UnixMillis(12));
-        let effects = RequestEffects { bundle: BundleChange::Clear, schedule: vec![notice.clone()], finish: None };
+        let effects =
+            RequestEffects { bundle: BundleChange::Clear, schedule: vec![notice.clone()], ..Default::default() };
         let stale = st.update_request(v1.version, &rejected, effects, &[event("exchange.reject")]).unwrap_err();
         assert!(matches!(stale, StoreError::Stale { what: "request", .. }), "{}: {stale}", s.name);
         assert_eq!(audit_len(st), audit_before, "{}", s.name);
