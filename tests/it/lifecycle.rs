@@ -168,14 +168,20 @@ async fn lifecycle_policies_cap_definitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_deactivated_keys_are_destroyed_and_their_material_erased() {
     let pki = Pki::new();
-    let mut node = TestNode::start(&pki).await;
+    // A manual clock: the idle day passes at once, and the lifecycle sweep job runs on waking.
+    let clock = kmf::clock::ManualClock::starting_now();
+    let options = kmf::app::StartOptions { clock: clock.clone(), ..Default::default() };
+    let mut node = TestNode::start_opts(&pki, None, None, options).await;
     let mut ops = node.admin(&pki).await;
     ops.spec("m", "s", true).await;
     let ct = ops.encrypt("s", b"old", b"").await;
-    let idle = prost_types::Duration { seconds: 1, nanos: 0 };
+    let idle = prost_types::Duration { seconds: 86_400, nanos: 0 };
     let lc = pb::SetSpecLifecycleRequest { spec: "s".into(), expire_after: None, destroy_after_idle: Some(idle) };
     ops.keys.set_spec_lifecycle(lc).await.expect("lifecycle");
     ops.keys.rotate_key(pb::RotateKeyRequest { spec: "s".into() }).await.expect("rotate");
+    assert!(ops.keys_of("s").await.iter().all(|k| state(k) != KeyState::Destroyed), "not idle yet");
+    clock.advance_millis(86_400_000 + 1_000);
+    node.app.as_ref().expect("running").node.wake_jobs();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let keys = ops.keys_of("s").await;

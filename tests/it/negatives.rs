@@ -188,14 +188,21 @@ async fn approval_refusals_auditor_twice_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_request_cannot_be_approved() {
     let pki = Pki::new();
-    let (source, _target, mut s, mut t) = pair(&pki).await;
+    // The source's clock is advanced past the expiry instead of waiting for it.
+    let clock = kmf::clock::ManualClock::starting_now();
+    let options = kmf::app::StartOptions { clock: clock.clone(), ..Default::default() };
+    let source = TestNode::start_opts(&pki, None, None, options).await;
+    let target = TestNode::start(&pki).await;
+    let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
+    s.spec("m", "salary", true).await;
+    t.spec("m", "salary", false).await;
     let created = t
         .exchange
         .create_request(pb::CreateRequestRequest {
             source_sys_id: source.sys_id.clone(),
             source_host: source.host.to_string(),
             spec_names: vec!["salary".into()],
-            expires_in: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            expires_in: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
             frequency: 1,
         })
         .await
@@ -204,6 +211,10 @@ async fn expired_request_cannot_be_approved() {
         .request
         .expect("request");
     let id = created.request_id;
+    assert_eq!(status(&s.get(&id).await), RequestStatus::RequestPending);
+    clock.advance_millis(120_000);
+    // The expiry sweep job finds it due on the advanced clock.
+    source.app.as_ref().expect("running").node.wake_jobs();
     s.wait_for(&id, "expiry on source", |r| status(r) == RequestStatus::RequestExpired).await;
     t.wait_for(&id, "expiry on target", |r| status(r) == RequestStatus::RequestExpired).await;
     let before = snapshot(&mut t, "salary").await;
