@@ -418,6 +418,10 @@ impl Node {
             _ => return self.blocking(move |node| Ok(node.store.finish_job(&job, &lease, None)?)).await,
         };
         let (host, target) = (req.value.target.host.clone(), req.value.target.sys_id.clone());
+        if let Some(until) = self.peer_backoff.waiting_until(&host.to_string(), self.now()) {
+            // Another job just found this target unreachable: wait with it.
+            return self.blocking(move |node| Ok(node.store.postpone_job(&job, &lease, until)?)).await;
+        }
         let digest = sha256(&bundle.bytes);
         let answer = match tokio::time::timeout(
             self.delivery_timeout(),
@@ -444,11 +448,15 @@ impl Node {
     ) -> AppResult<()> {
         let now = self.now();
         let finish = Some((job, lease));
+        if answer.is_ok() || matches!(answer, Err(PeerError::Refused(_))) {
+            self.peer_backoff.answered(&req.target.host.to_string());
+        }
         let outcome = match answer {
             Err(PeerError::Unreachable { host, reason }) => {
                 tracing::warn!(request_id = %req.id, %host, %reason, "target unreachable; delivery will be retried");
                 let jitter = u64::from_le_bytes(crate::signer::primitives::random_bytes::<8>());
-                self.store.retry_job(job, lease, &reason, now, self.retry_policy(), jitter)?;
+                let retry = self.store.retry_job(job, lease, &reason, now, self.retry_policy(), jitter)?;
+                self.peer_backoff.failed(&host, retry.next_due);
                 return Ok(());
             }
             Err(PeerError::Refused(why)) => {
@@ -507,6 +515,9 @@ impl Node {
             _ => req.history.last().map(|t| t.note.clone()).unwrap_or_default(),
         };
         let (host, target) = (req.target.host.clone(), req.target.sys_id.clone());
+        if let Some(until) = self.peer_backoff.waiting_until(&host.to_string(), self.now()) {
+            return self.blocking(move |node| Ok(node.store.postpone_job(&job, &lease, until)?)).await;
+        }
         let call = self.peers.notify_status(&host, &target, req.id.clone(), req.status, reason);
         let answer = match tokio::time::timeout(self.delivery_timeout(), call).await {
             Ok(a) => a,
@@ -517,9 +528,11 @@ impl Node {
                 Err(PeerError::Unreachable { reason, .. }) => {
                     let jitter = u64::from_le_bytes(crate::signer::primitives::random_bytes::<8>());
                     let policy = node.retry_policy();
-                    node.store.retry_job(&job, &lease, &reason, node.now(), policy, jitter)?;
+                    let retry = node.store.retry_job(&job, &lease, &reason, node.now(), policy, jitter)?;
+                    node.peer_backoff.failed(&host.to_string(), retry.next_due);
                 }
                 Ok(()) | Err(PeerError::Refused(_)) => {
+                    node.peer_backoff.answered(&host.to_string());
                     if let Err(e) = &answer {
                         tracing::warn!(request_id = %req.id, error = %e, "target refused the status notice");
                     }

@@ -46,6 +46,8 @@ pub struct Node {
     /// Wakes the job runner and tells waiters that requests moved on.
     jobs: jobs::JobSignals,
     job_settings: jobs::JobSettings,
+    /// Targets that did not answer, and until when their deliveries wait.
+    peer_backoff: jobs::PeerBackoff,
     hot: hot_cache::HotCache,
     /// Set by `with_diagnostics`; without it the certificate and peer checks are Disabled.
     diagnostics: Option<diagnostics::DiagnosticsSetup>,
@@ -79,6 +81,7 @@ impl Node {
             clock,
             jobs: jobs::JobSignals::default(),
             job_settings: jobs::JobSettings::default(),
+            peer_backoff: jobs::PeerBackoff::default(),
             hot: hot_cache::HotCache::default(),
             diagnostics: None,
             latest_diagnosis: std::sync::Mutex::new(None),

@@ -243,6 +243,18 @@ impl Store {
         })
     }
 
+    /// The job under `lease` did not run (its target is backing off): due
+    /// again at `at`, attempts unchanged.
+    pub fn postpone_job(&self, id: &JobId, lease: &Lease, at: UnixMillis) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let mut job = held_job(tx, id, lease)?;
+            tx.delete(Table::JobsDue, &due_key(&job))?;
+            job.lease = None;
+            job.next_due = at;
+            put_job_in(tx, &job)
+        })
+    }
+
     /// Makes a waiting job due at `at` (for example: wake the delivery of a
     /// request now instead of at its backoff). A leased job is left alone.
     pub fn hasten_job(&self, id: &JobId, at: UnixMillis) -> Result<bool> {

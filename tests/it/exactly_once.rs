@@ -444,3 +444,59 @@ async fn a_failed_request_is_retried_redoing_only_what_did_not_happen() {
     t.wait_for(&failed_id, "completion", |r| status(r) == RequestStatus::RequestCompleted).await;
     target.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_target_is_dialled_once_per_backoff_step_not_once_per_request() {
+    let pki = Pki::new();
+    let clock = ManualClock::starting_now();
+    let recorder: Arc<std::sync::OnceLock<Arc<Recorder>>> = Arc::default();
+    let r2 = Arc::clone(&recorder);
+    let options = StartOptions {
+        wrap_peers: Box::new(move |inner| {
+            let r = Recorder::wrap(inner);
+            r.hold.store(true, Ordering::SeqCst);
+            let _ = r2.set(Arc::clone(&r));
+            r
+        }),
+        clock: clock.clone(),
+        jobs: Some(fast_jobs()),
+        ..Default::default()
+    };
+    let source = TestNode::start_opts(&pki, None, None, options).await;
+    let target = TestNode::start(&pki).await;
+    let first = pending_exchange(&pki, &source, &target, 1).await;
+    let second = target.admin(&pki).await.create_request(&source, &["salary"]).await.expect("create").request_id;
+    let store = Arc::clone(source.app.as_ref().expect("running").node.store());
+    let recorder = recorder.get().expect("recorder").clone();
+    let dials = || recorder.bundles.lock().expect("lock").len();
+    let settled = |id: &str| {
+        let job = JobId::for_request(JobKind::Deliver, &RequestId::parse(id).expect("id"));
+        store.job(&job).expect("read").filter(|j| j.claims >= 1 && j.lease.is_none())
+    };
+    let wait_settled = |id: String| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(j) = settled(&id) {
+                return j;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the delivery job of {id} never ran");
+            tokio::time::sleep(Duration::from_millis(10)).await; // poll interval; bounded by the deadline
+        }
+    };
+    let mut s = source.admin(&pki).await;
+    s.decide(&first, Decision::Approve, "").await.expect("approve");
+    let a = wait_settled(first.clone()).await;
+    assert_eq!((a.attempts, dials()), (1, 1), "the first delivery dialled and failed");
+    s.decide(&second, Decision::Approve, "").await.expect("approve");
+    let b = wait_settled(second.clone()).await;
+    assert_eq!(dials(), 1, "the second waits with the first instead of dialling the dead target");
+    assert_eq!((b.attempts, b.next_due), (0, a.next_due), "postponed to the target's backoff, not failed");
+
+    recorder.hold.store(false, Ordering::SeqCst);
+    clock.advance_millis(a.next_due.0 - clock.now().0 + 1);
+    source.app.as_ref().expect("running").node.wake_jobs();
+    for id in [&first, &second] {
+        s.wait_for(id, "delivery once the target is back", |r| status(r) == RequestStatus::RequestCompleted).await;
+    }
+    assert_eq!(dials(), 3, "one failed dial, then one delivery each");
+}
