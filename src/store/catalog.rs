@@ -32,6 +32,15 @@ fn all_rows<T>(tx: &mut dyn ReadTxn, table: Table, mut f: impl FnMut(&[u8]) -> R
     Ok(out)
 }
 
+/// Inserts keys in one bulk write; the ids of those that already existed
+/// (and were not written).
+pub(crate) fn insert_new_keys(tx: &mut dyn WriteTxn, rows: &[(KeyRecord, WrappedKey)]) -> Result<Vec<KeyId>> {
+    let encoded: Vec<(Vec<u8>, Vec<u8>)> =
+        rows.iter().map(|(rec, w)| (key_key(&rec.id), super::records::encode(&KeyRow::new(rec, w)))).collect();
+    let inserted = tx.insert_absent(Table::Keys, &encoded)?;
+    Ok(rows.iter().zip(inserted).filter(|(_, new)| !new).map(|((rec, _), _)| rec.id.clone()).collect())
+}
+
 /// Inserts a key, refusing an existing id.
 pub(crate) fn insert_new_key(tx: &mut dyn WriteTxn, rec: &KeyRecord, wrapped: &WrappedKey) -> Result<bool> {
     let k = key_key(&rec.id);
@@ -159,10 +168,8 @@ impl Store {
         let specs = specs_of(rows.iter().map(|(k, _)| k));
         let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
         self.write(&changed, |tx| {
-            for (rec, wrapped) in rows {
-                if !insert_new_key(tx, rec, wrapped)? {
-                    return Err(StoreError::AlreadyExists { what: "key", id: rec.id.to_string() });
-                }
+            if let Some(id) = insert_new_keys(tx, rows)?.first() {
+                return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
             }
             append_audit(tx, audit)
         })

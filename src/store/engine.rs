@@ -188,6 +188,20 @@ pub trait WriteTxn: ReadTxn {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()>;
     /// Returns whether the key existed.
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool>;
+    /// Inserts the rows whose keys are absent; returns, per row, whether it
+    /// was inserted (false: the key exists, that row is not written). One
+    /// call for a bulk insert (an import of 10,000 keys).
+    fn insert_absent(&mut self, table: Table, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<bool>> {
+        let mut inserted = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let absent = self.get(table, k)?.is_none();
+            if absent {
+                self.put(table, k, v)?;
+            }
+            inserted.push(absent);
+        }
+        Ok(inserted)
+    }
     /// Makes every write durable at once, or fails with `Conflict` (nothing written).
     fn commit(self: Box<Self>) -> Result<()>;
 }

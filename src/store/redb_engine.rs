@@ -188,6 +188,19 @@ impl<T: std::ops::Deref<Target = redb::WriteTransaction> + Commit> WriteTxn for 
         Ok(self.tx.open_table(def(table))?.remove(key)?.is_some())
     }
 
+    fn insert_absent(&mut self, table: Table, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<bool>> {
+        let mut t = self.tx.open_table(def(table))?;
+        let mut inserted = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
+            let absent = t.get(k.as_slice())?.is_none();
+            if absent {
+                t.insert(k.as_slice(), v.as_slice())?;
+            }
+            inserted.push(absent);
+        }
+        Ok(inserted)
+    }
+
     fn commit(self: Box<Self>) -> Result<()> {
         self.tx.commit_tx()
     }

@@ -4,7 +4,7 @@
 //! Every change to a request is conditional on the version the caller read.
 
 use super::audit::append_audit;
-use super::catalog::{insert_new_key, key_key, specs_of};
+use super::catalog::{insert_new_keys, key_key, specs_of};
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, put_job_in};
 use super::records::{RequestRow, decode};
@@ -253,10 +253,8 @@ impl Store {
         let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
         self.write(&changed, |tx| {
             let next = check_version(tx, &req.id, expected)?;
-            for (rec, wrapped) in new_keys {
-                if !insert_new_key(tx, rec, wrapped)? {
-                    return Err(StoreError::Stale { what: "key", id: rec.id.to_string() });
-                }
+            if let Some(id) = insert_new_keys(tx, new_keys)?.first() {
+                return Err(StoreError::Stale { what: "key", id: id.to_string() });
             }
             write_request(tx, req, next)?;
             tx.delete(Table::TransportKeys, &request_key(&req.id))?;
