@@ -254,11 +254,15 @@ async fn a_hanging_target_delays_nobody_and_completes_once_it_wakes() {
         node.admin(&pki).await.spec("payroll", "salary", false).await;
         live.push(node);
     }
+    // At most 4 at a time, so no call waits behind 50 key generations on 2 cores.
+    let creators = Arc::new(Semaphore::new(4));
     let mut creating = tokio::task::JoinSet::new();
     for (i, node) in live.iter().enumerate() {
         for _ in 0..10 {
             let (mut ops, source_ref) = (node.admin(&pki).await, (source.sys_id.clone(), source.host.to_string()));
+            let creators = Arc::clone(&creators);
             creating.spawn(async move {
+                let _turn = creators.acquire().await.expect("semaphore");
                 let ask = pb::CreateRequestRequest {
                     source_sys_id: source_ref.0,
                     source_host: source_ref.1,
