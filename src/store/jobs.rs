@@ -151,6 +151,18 @@ impl Store {
         lease_millis: i64,
         limit: usize,
     ) -> Result<Vec<(Job, Lease)>> {
+        // A read first: an idle runner's poll commits (and syncs) nothing.
+        let any_due = self.read(|tx| {
+            let mut due = false;
+            tx.visit(Table::JobsDue, &KeyRange::all(), &mut |k, _| {
+                due = KeyReader::new(k).i64()? <= now.0;
+                Ok(Visit::Stop)
+            })?;
+            Ok(due)
+        })?;
+        if !any_due || limit == 0 {
+            return Ok(Vec::new());
+        }
         self.write(&[Change::Other], |tx| {
             let mut keys = Vec::new();
             tx.visit(
