@@ -429,10 +429,23 @@ pub async fn start_loopback_with(
     background_interval: Duration,
     signer: SignerConfig,
 ) -> anyhow::Result<(RunningApp, SysId, Host)> {
+    start_loopback_custom(root, name, ca, background_interval, signer, StartOptions::default()).await
+}
+
+/// As `start_loopback_with`, started with `options` (benchmarks wrap the
+/// signer this way).
+pub async fn start_loopback_custom(
+    root: &Path,
+    name: &str,
+    ca: &crate::tls::pki::IssuedCert,
+    background_interval: Duration,
+    signer: SignerConfig,
+    options: StartOptions<'_>,
+) -> anyhow::Result<(RunningApp, SysId, Host)> {
     let dir = root.join(name);
     let sys_id = init_instance_with(&dir, &Host::parse("127.0.0.1:0")?, &signer)?;
     let cert = crate::tls::pki::issue_instance(ca, &sys_id, &["127.0.0.1".to_owned()])?;
-    let app = start(AppConfig {
+    let cfg = AppConfig {
         data_dir: dir.clone(),
         listen: "127.0.0.1:0".parse()?,
         host: None,
@@ -441,8 +454,9 @@ pub async fn start_loopback_with(
         background_interval,
         health_interval: crate::node::diagnostics::WATCH_EVERY,
         metrics_listen: None,
-    })
-    .await?;
+    };
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let app = start_custom(cfg, listener, options).await?;
     let host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port()))?;
     Ok((app, sys_id, host))
 }

@@ -3,9 +3,12 @@
 //! a 0600 file; `pkcs11` (issue 4) keeps it on a token.
 //!
 //! Also home of the openssl primitives (`primitives`) and the instance's
-//! signing key (`instance_key`). Depends on `domain` only.
+//! signing key (`instance_key`), and `delayed`, a signer slow to unwrap that
+//! benchmarks use. Depends on `domain` only.
 
 pub mod aead;
+#[doc(hidden)]
+pub mod delayed;
 pub mod instance_key;
 pub mod material;
 pub mod pkcs11;
