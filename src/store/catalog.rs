@@ -41,16 +41,6 @@ pub(crate) fn insert_new_keys(tx: &mut dyn WriteTxn, rows: &[(KeyRecord, Wrapped
     Ok(rows.iter().zip(inserted).filter(|(_, new)| !new).map(|((rec, _), _)| rec.id.clone()).collect())
 }
 
-/// Inserts a key, refusing an existing id.
-pub(crate) fn insert_new_key(tx: &mut dyn WriteTxn, rec: &KeyRecord, wrapped: &WrappedKey) -> Result<bool> {
-    let k = key_key(&rec.id);
-    if tx.get(Table::Keys, &k)?.is_some() {
-        return Ok(false);
-    }
-    put_row(tx, Table::Keys, &k, &KeyRow::new(rec, wrapped))?;
-    Ok(true)
-}
-
 impl Store {
     // === modules and specs ===
 
@@ -203,9 +193,9 @@ impl Store {
                 put_row(tx, Table::Keys, &k, &KeyRow::new(rec, &wrapped))?;
             }
             if let Some((rec, wrapped)) = new_key
-                && !insert_new_key(tx, rec, wrapped)?
+                && let Some(id) = insert_new_keys(tx, &[(rec.clone(), wrapped.clone())])?.first()
             {
-                return Err(StoreError::AlreadyExists { what: "key", id: rec.id.to_string() });
+                return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
             }
             append_audit(tx, audit)
         })

@@ -182,11 +182,8 @@ impl Store {
                 let row: JobRow =
                     decode(&tx.get(Table::Jobs, &k)?.ok_or_else(|| corrupt("due index names a missing job"))?)?;
                 let mut job: Job = row.try_into()?;
-                let old_due = due_key(&job);
                 let Ok(lease) = job.claim(owner, now, lease_millis) else { continue };
-                tx.delete(Table::JobsDue, &old_due)?;
-                put_row(tx, Table::Jobs, &k, &JobRow::from(&job))?;
-                tx.put(Table::JobsDue, &due_key(&job), &[])?;
+                put_job_in(tx, &job)?;
                 claimed.push((job, lease));
             }
             Ok(claimed)
@@ -200,9 +197,7 @@ impl Store {
             None => finish_job_in(tx, id, lease),
             Some(at) => {
                 let mut job = held_job(tx, id, lease)?;
-                let old = due_key(&job);
                 job.reschedule(at);
-                tx.delete(Table::JobsDue, &old)?;
                 put_job_in(tx, &job)
             }
         })
@@ -220,7 +215,6 @@ impl Store {
     ) -> Result<Job> {
         self.write(&[Change::Other], |tx| {
             let mut job = held_job(tx, id, lease)?;
-            tx.delete(Table::JobsDue, &due_key(&job))?;
             job.fail(error, now, policy, jitter);
             put_job_in(tx, &job)?;
             Ok(job)
@@ -245,11 +239,9 @@ impl Store {
                 Ok(Visit::Continue)
             })?;
             for job in &leased {
-                tx.delete(Table::JobsDue, &due_key(job))?;
                 let mut released = job.clone();
                 released.lease = None;
-                put_row(tx, Table::Jobs, &job_key(&job.id), &JobRow::from(&released))?;
-                tx.put(Table::JobsDue, &due_key(&released), &[])?;
+                put_job_in(tx, &released)?;
             }
             Ok(leased.len())
         })
@@ -260,7 +252,6 @@ impl Store {
     pub fn postpone_job(&self, id: &JobId, lease: &Lease, at: UnixMillis) -> Result<()> {
         self.write(&[Change::Other], |tx| {
             let mut job = held_job(tx, id, lease)?;
-            tx.delete(Table::JobsDue, &due_key(&job))?;
             job.lease = None;
             job.next_due = at;
             put_job_in(tx, &job)
@@ -272,7 +263,6 @@ impl Store {
     pub fn hasten_job(&self, id: &JobId, at: UnixMillis) -> Result<bool> {
         self.write(&[Change::Other], |tx| match read_job(tx, id)? {
             Some(mut job) if job.lease.is_none() && job.next_due > at => {
-                tx.delete(Table::JobsDue, &due_key(&job))?;
                 job.next_due = at;
                 put_job_in(tx, &job)?;
                 Ok(true)

@@ -318,10 +318,9 @@ async fn a_hanging_target_delays_nobody_and_completes_once_it_wakes() {
     assert_eq!(audit_count(&mut h, "exchange.import", &hung_id).await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
-    let pki = Pki::new();
-    let clock = ManualClock::starting_now();
+/// A source on a manual clock whose deliveries are held (unreachable) until
+/// the test clears the recorder's `hold`.
+async fn held_source(pki: &Pki, clock: &Arc<ManualClock>, jobs: JobSettings) -> (TestNode, Arc<Recorder>) {
     let recorder: Arc<std::sync::OnceLock<Arc<Recorder>>> = Arc::default();
     let r2 = Arc::clone(&recorder);
     let options = StartOptions {
@@ -332,10 +331,20 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
             r
         }),
         clock: clock.clone(),
-        jobs: Some(JobSettings { lease: Duration::from_secs(60), ..fast_jobs() }),
+        jobs: Some(jobs),
         ..Default::default()
     };
-    let source = TestNode::start_opts(&pki, None, None, options).await;
+    let source = TestNode::start_opts(pki, None, None, options).await;
+    let recorder = recorder.get().expect("recorder").clone();
+    (source, recorder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
+    let pki = Pki::new();
+    let clock = ManualClock::starting_now();
+    let (source, recorder) =
+        held_source(&pki, &clock, JobSettings { lease: Duration::from_secs(60), ..fast_jobs() }).await;
     let target = TestNode::start(&pki).await;
     let id = pending_exchange(&pki, &source, &target, 2).await;
     let node = Arc::clone(&source.app.as_ref().expect("running").node);
@@ -367,7 +376,7 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
     assert_eq!(status(&s.get(&id).await), RequestStatus::RequestApproved);
 
     // The target is back; the lease runs out; the live runner takes the job over, once.
-    recorder.get().expect("recorder").hold.store(false, Ordering::SeqCst);
+    recorder.hold.store(false, Ordering::SeqCst);
     clock.advance_millis(lease_end.0 - clock.now().0 + 1);
     node.wake_jobs();
     s.wait_for(&id, "delivery by the next runner", |r| status(r) == RequestStatus::RequestCompleted).await;
@@ -375,7 +384,7 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
     let mut t = target.admin(&pki).await;
     assert_eq!(t.keys_of("salary").await.len(), 2);
     assert_eq!(audit_count(&mut t, "exchange.import", &id).await, 1);
-    let delivered = recorder.get().expect("recorder").bundles.lock().expect("lock").len();
+    let delivered = recorder.bundles.lock().expect("lock").len();
     assert_eq!(delivered, 2, "one held try, then one delivery after the takeover");
 }
 
@@ -453,25 +462,11 @@ async fn a_failed_request_is_retried_redoing_only_what_did_not_happen() {
 async fn an_unreachable_target_is_dialled_once_per_backoff_step_not_once_per_request() {
     let pki = Pki::new();
     let clock = ManualClock::starting_now();
-    let recorder: Arc<std::sync::OnceLock<Arc<Recorder>>> = Arc::default();
-    let r2 = Arc::clone(&recorder);
-    let options = StartOptions {
-        wrap_peers: Box::new(move |inner| {
-            let r = Recorder::wrap(inner);
-            r.hold.store(true, Ordering::SeqCst);
-            let _ = r2.set(Arc::clone(&r));
-            r
-        }),
-        clock: clock.clone(),
-        jobs: Some(fast_jobs()),
-        ..Default::default()
-    };
-    let source = TestNode::start_opts(&pki, None, None, options).await;
+    let (source, recorder) = held_source(&pki, &clock, fast_jobs()).await;
     let target = TestNode::start(&pki).await;
     let first = pending_exchange(&pki, &source, &target, 1).await;
     let second = target.admin(&pki).await.create_request(&source, &["salary"]).await.expect("create").request_id;
     let store = Arc::clone(source.app.as_ref().expect("running").node.store());
-    let recorder = recorder.get().expect("recorder").clone();
     let dials = || recorder.bundles.lock().expect("lock").len();
     let settled = |id: &str| {
         let job = JobId::for_request(JobKind::Deliver, &RequestId::parse(id).expect("id"));
