@@ -211,6 +211,7 @@ impl RunningApp {
         if tokio::time::timeout(JOB_DRAIN, self.jobs_in_flight.wait()).await.is_err() {
             tracing::warn!("jobs still running at shutdown keep their lease; they run again after the next start");
         }
+        self.node.flush_refusals(true).await;
         self.health_watch.abort();
         // Wait until the aborted task is gone, so its handle on the node
         // (and the database) is released before this returns.

@@ -47,3 +47,9 @@ pub fn now() -> UnixMillis {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     UnixMillis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// `t` as RFC 3339 UTC to the second (for messages and audit details).
+pub fn rfc3339(t: UnixMillis) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(t.0).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}

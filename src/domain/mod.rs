@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod policy;
 pub mod property;
 pub mod record;
+pub mod refusals;
 pub mod schedule;
 pub mod spec;
 

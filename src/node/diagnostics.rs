@@ -155,7 +155,11 @@ impl Node {
         match crate::tls::validity::validity(&setup.certificate_der) {
             Ok((not_before, not_after)) => {
                 let (status, message) = certificate_health(not_before, not_after, now);
-                Component::leaf("certificate", status, format!("{message} (notAfter {})", rfc3339(not_after)))
+                Component::leaf(
+                    "certificate",
+                    status,
+                    format!("{message} (notAfter {})", crate::clock::rfc3339(not_after)),
+                )
             }
             Err(e) => Component::leaf("certificate", HealthStatus::Malfunction, e.to_string()),
         }
@@ -216,9 +220,4 @@ impl Node {
         let reachable = children.iter().filter(|c| c.status == HealthStatus::Operational).count();
         Component::parent("peers", format!("{reachable} of {} peers reachable", children.len()), children)
     }
-}
-
-fn rfc3339(t: UnixMillis) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(t.0).unwrap_or(0));
-    humantime::format_rfc3339_seconds(at).to_string()
 }

@@ -232,6 +232,9 @@ pub async fn run_jobs(node: Arc<Node>, cancel: CancellationToken, tracker: TaskT
                 Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
             }
         }
+        if node.refusals_to_flush() {
+            node.flush_refusals(false).await;
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = node.jobs.wake.notified() => {}

@@ -15,6 +15,7 @@ pub mod policies;
 pub mod ports;
 pub mod properties;
 mod records;
+mod refusals;
 
 use std::sync::Arc;
 
@@ -53,6 +54,8 @@ pub struct Node {
     diagnostics: Option<diagnostics::DiagnosticsSetup>,
     /// The latest diagnosis (periodic or asked for), for the metrics.
     latest_diagnosis: std::sync::Mutex<Option<diagnostics::Diagnosis>>,
+    /// Open windows of coalesced access refusals (`node::refusals`).
+    refusals: std::sync::Mutex<crate::domain::refusals::RefusalWindows>,
 }
 
 impl std::fmt::Debug for Node {
@@ -85,6 +88,7 @@ impl Node {
             hot: hot_cache::HotCache::default(),
             diagnostics: None,
             latest_diagnosis: std::sync::Mutex::new(None),
+            refusals: std::sync::Mutex::default(),
         })
     }
 

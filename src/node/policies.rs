@@ -166,8 +166,10 @@ impl Node {
     }
 
     /// Allows or refuses `caller` for `operation` on `spec`; a refusal is
-    /// audited. `inline` (on an async worker): a refusal, which must write its
-    /// audit entry, is `WouldBlock` and is decided again off the workers.
+    /// audited (repeats coalesced, see `node::refusals`). `inline` (on an
+    /// async worker): a refusal that must write its audit entry is
+    /// `WouldBlock` and is decided again off the workers; a repeat inside an
+    /// open window is answered at once.
     pub(super) fn check_access(
         &self,
         caller: &Caller,
@@ -175,27 +177,17 @@ impl Node {
         operation: Operation,
         inline: bool,
     ) -> AppResult<()> {
-        let spec = &spec_rec.name;
         let policies = self.module_policies(&spec_rec.module, inline)?;
         let request = AccessRequest {
             subject: Subject::from(caller),
             module: spec_rec.module.clone(),
-            spec: spec.clone(),
+            spec: spec_rec.name.clone(),
             operation,
         };
         if allows(&policies, &request) {
             return Ok(());
         }
-        if inline {
-            return Err(AppError::WouldBlock);
-        }
-        let decision = evaluate(&policies, &request);
-        let audit = AuditEvent::new(self.now(), caller.actor(), "policy.denied", spec.to_string(), Outcome::Refused)
-            .with_details(format!("{}: {}", operation.as_str(), decision.reason));
-        if let Err(e) = self.store.append_audit(&[audit]) {
-            tracing::error!(error = %e, "could not audit a policy denial");
-        }
-        tracing::warn!(caller = %caller.actor(), %spec, operation = operation.as_str(), reason = %decision.reason, "access denied by policy");
-        Err(DomainError::PermissionDenied(format!("{} on {spec}: {}", operation.as_str(), decision.reason)).into())
+        let reason = evaluate(&policies, &request).reason;
+        self.refused(caller, &spec_rec.name, operation, reason, inline)
     }
 }

@@ -36,16 +36,23 @@ async fn set_active(ops: &mut Ops, name: &str, active: bool) {
     ops.policies.update_policy(req).await.expect("update");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policies_decide_every_crypto_call() {
-    let pki = Pki::new();
-    let node = TestNode::start(&pki).await;
-    let mut admin = node.admin(&pki).await;
+/// Module "hr" (default Reject) with spec "pay" and a key; the admin, and an
+/// operator "app" (cryptographic_operator) whom no policy allows yet.
+async fn reject_module_and_app(node: &TestNode, pki: &Pki) -> (Ops, Ops) {
+    let mut admin = node.admin(pki).await;
     let req = pb::CreateModuleRequest { name: "hr".into(), default_access: pb::DefaultAccess::Reject as i32 };
     admin.keys.create_module(req).await.expect("module");
     admin.keys.create_spec(kmf::cli::kmfctl::aes_spec("hr", "pay", 256)).await.expect("spec");
     admin.keys.generate_key(pb::GenerateKeyRequest { spec: "pay".into() }).await.expect("key");
-    let mut app = Ops::new(node.channel(&pki.operator("app", &[Role::CryptographicOperator])).await);
+    let app = Ops::new(node.channel(&pki.operator("app", &[Role::CryptographicOperator])).await);
+    (admin, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_decide_every_crypto_call() {
+    let pki = Pki::new();
+    let node = TestNode::start(&pki).await;
+    let (mut admin, mut app) = reject_module_and_app(&node, &pki).await;
 
     // No policy: denied, and the denial is audited with the caller's identity.
     let err = try_encrypt(&mut app).await.expect_err("no policy allows");
@@ -144,4 +151,60 @@ async fn policy_management_refusals_change_nothing() {
         .await
         .expect_err("unknown policy");
     assert_eq!(err.code(), Code::NotFound);
+}
+
+async fn audit_actions(ops: &mut Ops, action: &str) -> Vec<pb::AuditEntry> {
+    let req = pb::ListAuditEntriesRequest { action_prefix: action.into(), limit: 100, ..Default::default() };
+    let entries = ops.audit.list_audit_entries(req).await.expect("audit").into_inner().entries;
+    entries.into_iter().filter(|e| e.action == action).collect()
+}
+
+/// A caller who keeps being refused cannot flood the audit log: the first
+/// refusal is written at once, the repeats within the window are counted and
+/// written as one entry when it closes (or at shutdown), and every call is
+/// still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_refusals_are_audited_once_with_their_count() {
+    let pki = Pki::new();
+    let clock = kmf::clock::ManualClock::starting_now();
+    let options = kmf::app::StartOptions { clock: clock.clone(), ..Default::default() };
+    let mut node = TestNode::start_opts(&pki, None, None, options).await;
+    let (mut admin, mut app) = reject_module_and_app(&node, &pki).await;
+
+    for i in 0..20 {
+        let err = try_encrypt(&mut app).await.expect_err("every call is refused");
+        assert!(err.code() == Code::PermissionDenied && err.message().contains("no access policy"), "call {i}: {err}");
+    }
+    assert_eq!(audit_actions(&mut admin, "policy.denied").await.len(), 1, "the first refusal only");
+    assert!(audit_actions(&mut admin, "policy.denied.repeated").await.is_empty(), "the window is still open");
+
+    // The window closes; the job runner's loop writes the count.
+    clock.advance_millis(kmf::domain::refusals::WINDOW_MILLIS);
+    node.app.as_ref().expect("running").node.wake_jobs();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    let repeated = loop {
+        let r = audit_actions(&mut admin, "policy.denied.repeated").await;
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the repeats were never written");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // poll interval; bounded by the deadline
+    };
+    assert_eq!(repeated.len(), 1);
+    assert_eq!((repeated[0].actor.as_str(), repeated[0].subject.as_str()), ("operator:app", "pay"));
+    assert!(repeated[0].details.contains("19 more refusals"), "{}", repeated[0].details);
+
+    // A new window: audited at once again; its repeats are written at shutdown.
+    for _ in 0..3 {
+        try_encrypt(&mut app).await.expect_err("refused");
+    }
+    assert_eq!(audit_actions(&mut admin, "policy.denied").await.len(), 2);
+    drop((admin, app));
+    node.restart().await;
+    let mut admin = node.admin(&pki).await;
+    let repeated = audit_actions(&mut admin, "policy.denied.repeated").await;
+    assert_eq!(repeated.len(), 2, "the open window was flushed at shutdown: {repeated:?}");
+    assert!(repeated.iter().any(|e| e.details.contains("2 more refusals")), "{repeated:?}");
+    let verify = admin.audit.verify_audit_chain(pb::VerifyAuditChainRequest {}).await.expect("verify").into_inner();
+    assert!(verify.intact, "{verify:?}");
 }
