@@ -28,9 +28,9 @@ use crate::node::jobs::JobSettings;
 use crate::node::ports::PeerLink;
 use crate::rpc::health::HealthPublisher;
 use crate::rpc::pb::{
-    audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
-    key_exchange_server::KeyExchangeServer, key_management_server::KeyManagementServer,
-    policies_server::PoliciesServer, properties_server::PropertiesServer,
+    audit_server::AuditServer, clone_source_server::CloneSourceServer, clones_server::ClonesServer,
+    crypto_server::CryptoServer, instance_server::InstanceServer, key_exchange_server::KeyExchangeServer,
+    key_management_server::KeyManagementServer, policies_server::PoliciesServer, properties_server::PropertiesServer,
     resource_exchange_server::ResourceExchangeServer,
 };
 use crate::rpc::peer::PeerClient;
@@ -333,6 +333,8 @@ pub async fn start_custom(
         .add_service(PropertiesServer::new(services.properties))
         .add_service(PoliciesServer::new(services.policies))
         .add_service(KeyExchangeServer::new(services.peer).max_decoding_message_size(m).max_encoding_message_size(m))
+        .add_service(ClonesServer::new(services.clones))
+        .add_service(CloneSourceServer::new(services.clone_source).max_encoding_message_size(m))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);
     let (jobs_cancel, jobs_in_flight) = (CancellationToken::new(), TaskTracker::new());

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tonic::transport::Channel;
 
+use super::ctl_clone::{CloneCommand, clone};
 use super::ctl_crypto::{CryptoCommand, crypto, spec_request};
 use super::ctl_exchange;
 use super::ctl_lifecycle::{AuditCommand, LifecycleCommand, audit, key_action, lifecycle};
@@ -107,6 +108,9 @@ enum Command {
     /// Module access policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Clone: the targets this instance serves clones to.
+    #[command(subcommand)]
+    Clone(CloneCommand),
     /// Diagnose the instance (exit 0 Operational, 2 Degraded, 3 Malfunction).
     Diag,
 }
@@ -291,6 +295,7 @@ pub struct Operator {
     pub audit: pb::audit_client::AuditClient<Channel>,
     pub properties: pb::properties_client::PropertiesClient<Channel>,
     pub policies: pb::policies_client::PoliciesClient<Channel>,
+    pub clones: pb::clones_client::ClonesClient<Channel>,
 }
 
 impl Operator {
@@ -309,7 +314,8 @@ impl Operator {
             exchange: pb::resource_exchange_client::ResourceExchangeClient::new(ch.clone()),
             audit: pb::audit_client::AuditClient::new(ch.clone()),
             properties: pb::properties_client::PropertiesClient::new(ch.clone()),
-            policies: pb::policies_client::PoliciesClient::new(ch),
+            policies: pb::policies_client::PoliciesClient::new(ch.clone()),
+            clones: pb::clones_client::ClonesClient::new(ch),
         })
     }
 
@@ -386,6 +392,7 @@ impl Operator {
             Command::Audit(cmd) => audit(self, cmd, as_json).await?,
             Command::Property(cmd) => property(self, cmd, as_json).await?,
             Command::Policy(cmd) => policy(self, cmd, as_json).await?,
+            Command::Clone(cmd) => clone(self, cmd, as_json).await?,
             Command::Diag => super::ctl_diag::diag(self, as_json).await?,
             Command::Encrypt { spec, text, aad } => {
                 let req = pb::EncryptRequest { spec, plaintext: text.into_bytes(), associated_data: aad.into_bytes() };

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod bundle;
 pub mod ciphertext;
+pub mod clone;
 pub mod codec;
 pub mod error;
 pub mod exchange;

@@ -3,6 +3,7 @@
 //! RPC services only convert and call in here.
 
 pub mod audit;
+pub mod clone_source;
 pub mod crypto;
 mod crypto_session;
 pub mod diagnostics;

@@ -5,11 +5,16 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::domain::bundle::WrappingAlgorithm;
+use crate::domain::clone::SnapshotPart;
 use crate::domain::exchange::{RequestStatus, SignedBlob, SpecLine};
 use crate::domain::ids::{Host, Name, RequestId, SysId, UnixMillis};
 use crate::error::PeerError;
 
 pub type PeerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PeerError>> + Send + 'a>>;
+
+/// A server stream from a peer; it ends after its last item or at the
+/// first error.
+pub type PeerStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, PeerError>> + Send>>;
 
 /// The target's request, as sent to the source.
 #[derive(Clone, Debug)]
@@ -55,4 +60,8 @@ pub trait PeerLink: Send + Sync + 'static {
         status: RequestStatus,
         reason: String,
     ) -> PeerFuture<'a, ()>;
+    /// Opens the snapshot stream of a clone from the source at `host`
+    /// (CloneSource.StreamSnapshot). Each part must arrive within the call
+    /// timeout; the stream is checked part by part by the caller.
+    fn stream_snapshot<'a>(&'a self, host: &'a Host, expected: &'a SysId) -> PeerFuture<'a, PeerStream<SnapshotPart>>;
 }

@@ -78,22 +78,24 @@ fn pb_algorithm(a: Algorithm) -> pb::Algorithm {
 /// The choices of a CreateSpec request (unset fields take the domain's
 /// defaults); the domain then checks the combination.
 pub fn spec_choice(r: &pb::CreateSpecRequest) -> Result<SpecChoice, DomainError> {
-    let purpose = match r.purpose {
-        0 => None,
-        v => Some(ALL_PURPOSES.into_iter().find(|p| pb_purpose(*p) as i32 == v).ok_or_else(|| {
-            let names: Vec<&str> = ALL_PURPOSES.iter().map(|p| pb_purpose(*p).as_str_name()).collect();
-            DomainError::invalid("purpose", format!("unknown purpose {v}; one of {}", names.join(", ")))
-        })?),
-    };
-    let algorithm = match r.algorithm {
-        0 => None,
-        v => Some(ALL_ALGORITHMS.into_iter().find(|a| pb_algorithm(*a) as i32 == v).ok_or_else(|| {
-            let names: Vec<&str> = ALL_ALGORITHMS.iter().map(|a| pb_algorithm(*a).as_str_name()).collect();
-            DomainError::invalid("algorithm", format!("unknown algorithm {v}; one of {}", names.join(", ")))
-        })?),
-    };
+    let purpose = (r.purpose != 0).then(|| purpose_from(r.purpose)).transpose()?;
+    let algorithm = (r.algorithm != 0).then(|| algorithm_from(r.algorithm)).transpose()?;
     let size = (r.key_size_bits != 0).then_some(r.key_size_bits);
     SpecChoice::with_defaults(purpose, algorithm, size, r.equality_preserving)
+}
+
+pub fn purpose_from(v: i32) -> Result<Purpose, DomainError> {
+    ALL_PURPOSES.into_iter().find(|p| pb_purpose(*p) as i32 == v).ok_or_else(|| {
+        let names: Vec<&str> = ALL_PURPOSES.iter().map(|p| pb_purpose(*p).as_str_name()).collect();
+        DomainError::invalid("purpose", format!("unknown purpose {v}; one of {}", names.join(", ")))
+    })
+}
+
+pub fn algorithm_from(v: i32) -> Result<Algorithm, DomainError> {
+    ALL_ALGORITHMS.into_iter().find(|a| pb_algorithm(*a) as i32 == v).ok_or_else(|| {
+        let names: Vec<&str> = ALL_ALGORITHMS.iter().map(|a| pb_algorithm(*a).as_str_name()).collect();
+        DomainError::invalid("algorithm", format!("unknown algorithm {v}; one of {}", names.join(", ")))
+    })
 }
 
 fn key_state(s: KeyState) -> pb::KeyState {

@@ -7,6 +7,8 @@
 pub mod caller;
 pub mod client;
 pub mod convert;
+pub mod convert_clone;
+pub mod convert_policy;
 pub mod health;
 pub mod peer;
 pub mod probe;

@@ -18,14 +18,18 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::domain::DomainError;
+use crate::domain::clone::SnapshotPart;
 use crate::domain::exchange::{RequestStatus, SignedBlob};
 use crate::domain::ids::{Host, RequestId, SysId};
 use crate::error::PeerError;
-use crate::node::ports::{OpenRequest, PeerFuture, PeerLink, SourceView};
+use crate::node::ports::{OpenRequest, PeerFuture, PeerLink, PeerStream, SourceView};
 use crate::rpc::client::{CALL_TIMEOUT, connect_with_timeout, error_chain};
+use crate::rpc::convert_clone::snapshot_part_from;
+use crate::rpc::pb::clone_source_client::CloneSourceClient;
 use crate::rpc::pb::key_exchange_client::KeyExchangeClient;
 use crate::rpc::{MAX_MESSAGE_BYTES, convert, pb, status::peer_error};
 use crate::tls::TlsFiles;
+use tokio_stream::StreamExt;
 
 /// What the rustls verifier says when a server's certificate names another
 /// instance (see `tls::rustls_config`).
@@ -86,17 +90,35 @@ impl PeerClient {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs one call on the peer's channel; a transport failure drops it.
+    /// Runs one KeyExchange call on the peer's channel.
     async fn call<T, F, Fut>(&self, host: &Host, expected: &SysId, call: F) -> Result<T, PeerError>
     where
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let client = |channel| {
+            KeyExchangeClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        };
+        self.call_on(host, expected, client, call).await
+    }
+
+    /// Runs one call (or opens one stream) with a client of any service on
+    /// the peer's channel; a transport failure drops the channel.
+    async fn call_on<C, T, F, Fut>(
+        &self,
+        host: &Host,
+        expected: &SysId,
+        client: impl FnOnce(Channel) -> C,
+        call: F,
+    ) -> Result<T, PeerError>
+    where
+        F: FnOnce(C) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let (id, channel) = self.channel(host, expected).await?;
-        let client = KeyExchangeClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let outcome = tokio::time::timeout(self.call_timeout, call(client)).await;
+        let outcome = tokio::time::timeout(self.call_timeout, call(client(channel))).await;
         match outcome {
             Ok(Ok(answer)) => Ok(answer.into_inner()),
             Ok(Err(status)) => {
@@ -195,6 +217,26 @@ impl PeerLink for PeerClient {
             };
             self.call(host, expected, |mut c| async move { c.notify_status(msg).await }).await?;
             Ok(())
+        })
+    }
+
+    fn stream_snapshot<'a>(&'a self, host: &'a Host, expected: &'a SysId) -> PeerFuture<'a, PeerStream<SnapshotPart>> {
+        Box::pin(async move {
+            let client = |channel| CloneSourceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+            let open = |mut c: CloneSourceClient<Channel>| async move {
+                c.stream_snapshot(pb::StreamSnapshotRequest {}).await
+            };
+            let parts = self.call_on(host, expected, client, open).await?;
+            let (peer, idle) = (host.to_string(), self.call_timeout);
+            let stream = parts.timeout(idle).map(move |item| match item {
+                Ok(Ok(part)) => snapshot_part_from(&part).map_err(PeerError::Refused),
+                Ok(Err(status)) => Err(peer_error(&peer, &status)),
+                Err(_) => Err(PeerError::Unreachable {
+                    host: peer.clone(),
+                    reason: format!("no snapshot part within {idle:?}"),
+                }),
+            });
+            Ok(Box::pin(stream) as PeerStream<SnapshotPart>)
         })
     }
 }

@@ -64,7 +64,7 @@ impl Store {
     }
 
     pub fn modules(&self) -> Result<Vec<Module>> {
-        self.read(|tx| all_rows(tx, Table::Modules, |v| decode::<ModuleRow>(v)?.try_into()))
+        self.read(modules_in)
     }
 
     pub fn insert_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
@@ -97,7 +97,7 @@ impl Store {
     }
 
     pub fn specs(&self) -> Result<Vec<Spec>> {
-        self.read(|tx| all_rows(tx, Table::Specs, |v| decode::<SpecRow>(v)?.try_into()))
+        self.read(specs_in)
     }
 
     // === keys ===
@@ -249,4 +249,12 @@ pub(crate) fn specs_of<'a>(keys: impl Iterator<Item = &'a KeyRecord>) -> Vec<Nam
 #[allow(dead_code)]
 pub(crate) fn first_rows(tx: &mut dyn ReadTxn, table: Table, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     scan(tx, table, &KeyRange::all(), limit)
+}
+
+pub(super) fn modules_in(tx: &mut dyn ReadTxn) -> Result<Vec<Module>> {
+    all_rows(tx, Table::Modules, |v| decode::<ModuleRow>(v)?.try_into())
+}
+
+pub(super) fn specs_in(tx: &mut dyn ReadTxn) -> Result<Vec<Spec>> {
+    all_rows(tx, Table::Specs, |v| decode::<SpecRow>(v)?.try_into())
 }

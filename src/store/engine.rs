@@ -47,9 +47,11 @@ pub enum Table {
     /// sequence -> hash-chained audit entry
     Audit,
     Diagnostics,
+    /// Source side: target sys_id -> the clone target row.
+    CloneTargets,
 }
 
-pub const ALL_TABLES: [Table; 17] = [
+pub const ALL_TABLES: [Table; 18] = [
     Table::Meta,
     Table::Modules,
     Table::Specs,
@@ -67,6 +69,7 @@ pub const ALL_TABLES: [Table; 17] = [
     Table::Properties,
     Table::Audit,
     Table::Diagnostics,
+    Table::CloneTargets,
 ];
 
 impl Table {
@@ -89,6 +92,7 @@ impl Table {
             Table::Properties => "properties",
             Table::Audit => "audit",
             Table::Diagnostics => "diagnostics",
+            Table::CloneTargets => "clone_targets",
         }
     }
 

@@ -21,6 +21,7 @@
 mod audit;
 mod catalog;
 mod changes;
+mod clone;
 mod diagnostics;
 pub mod engine;
 mod jobs;

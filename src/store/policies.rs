@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::audit::append_audit;
-use super::engine::{KeyRange, Table, Visit, WriteTxn};
+use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::str_key;
 use super::{Change, Result, Store, StoreError, put_row};
@@ -130,17 +130,7 @@ impl Store {
 
     /// The policies of `module` (all modules when None).
     pub fn policies(&self, module: Option<&Name>) -> Result<Vec<AccessPolicy>> {
-        self.read(|tx| {
-            let mut out = Vec::new();
-            tx.visit(Table::AccessPolicies, &KeyRange::all(), &mut |_, v| {
-                let p: AccessPolicy = decode::<PolicyRow>(v)?.try_into()?;
-                if module.is_none_or(|m| &p.module == m) {
-                    out.push(p);
-                }
-                Ok(Visit::Continue)
-            })?;
-            Ok(out)
-        })
+        self.read(|tx| policies_in(tx, module))
     }
 }
 
@@ -154,4 +144,17 @@ pub(super) fn put_new_policies(tx: &mut dyn WriteTxn, policies: &[AccessPolicy])
         put_row(tx, Table::AccessPolicies, &k, &PolicyRow::from(p))?;
     }
     Ok(())
+}
+
+/// The policies of `module` (all modules when None), inside a transaction.
+pub(super) fn policies_in(tx: &mut dyn ReadTxn, module: Option<&Name>) -> Result<Vec<AccessPolicy>> {
+    let mut out = Vec::new();
+    tx.visit(Table::AccessPolicies, &KeyRange::all(), &mut |_, v| {
+        let p: AccessPolicy = decode::<PolicyRow>(v)?.try_into()?;
+        if module.is_none_or(|m| &p.module == m) {
+            out.push(p);
+        }
+        Ok(Visit::Continue)
+    })?;
+    Ok(out)
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::audit::append_audit;
-use super::engine::{KeyRange, Table, Visit};
+use super::engine::{KeyRange, ReadTxn, Table, Visit};
 use super::records::decode;
 use super::tuple::{KeyReader, str_key};
 use super::{Change, Result, Store, get_row, put_row};
@@ -33,20 +33,7 @@ impl Store {
     }
 
     pub fn properties(&self) -> Result<Vec<Property>> {
-        self.read(|tx| {
-            let mut out = Vec::new();
-            tx.visit(Table::Properties, &KeyRange::all(), &mut |k, v| {
-                let r: PropertyRow = decode(v)?;
-                out.push(Property {
-                    name: KeyReader::new(k).str()?,
-                    value: r.value,
-                    updated_at: UnixMillis(r.updated_at),
-                    updated_by: r.updated_by,
-                });
-                Ok(Visit::Continue)
-            })?;
-            Ok(out)
-        })
+        self.read(properties_in)
     }
 
     pub fn put_property(&self, p: &Property, audit: &[AuditEvent]) -> Result<()> {
@@ -61,4 +48,19 @@ impl Store {
             append_audit(tx, audit)
         })
     }
+}
+
+pub(super) fn properties_in(tx: &mut dyn ReadTxn) -> Result<Vec<Property>> {
+    let mut out = Vec::new();
+    tx.visit(Table::Properties, &KeyRange::all(), &mut |k, v| {
+        let r: PropertyRow = decode(v)?;
+        out.push(Property {
+            name: KeyReader::new(k).str()?,
+            value: r.value,
+            updated_at: UnixMillis(r.updated_at),
+            updated_by: r.updated_by,
+        });
+        Ok(Visit::Continue)
+    })?;
+    Ok(out)
 }

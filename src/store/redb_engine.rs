@@ -41,6 +41,7 @@ fn def(t: Table) -> Def {
         Table::Properties => "kv/properties",
         Table::Audit => "kv/audit",
         Table::Diagnostics => "kv/diagnostics",
+        Table::CloneTargets => "kv/clone_targets",
     })
 }
 

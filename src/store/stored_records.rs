@@ -31,6 +31,14 @@ fn row_to(address: RecordAddress, r: RecordRow) -> Result<StoredRecord> {
     })
 }
 
+/// A record from its row (key: table, field, record id).
+pub(super) fn record_from_row(k: &[u8], v: &[u8]) -> Result<StoredRecord> {
+    let mut r = KeyReader::new(k);
+    let (tb, f, id) = (r.str()?, r.str()?, r.str()?);
+    let address = RecordAddress::parse(&tb, &f, &id).map_err(corrupt)?;
+    row_to(address, decode(v)?)
+}
+
 fn address_key(a: &RecordAddress) -> Vec<u8> {
     KeyBuf::new().str(a.table.as_str()).str(a.field.as_str()).str(&a.record_id).done()
 }
@@ -78,13 +86,11 @@ impl Store {
                 return Ok(out);
             }
             tx.visit(Table::Records, &range, &mut |k, v| {
-                let mut r = KeyReader::new(k);
-                let (tb, f, id) = (r.str()?, r.str()?, r.str()?);
-                let address = RecordAddress::parse(&tb, &f, &id).map_err(corrupt)?;
-                if field.is_some_and(|x| x != &address.field) {
+                let rec = record_from_row(k, v)?;
+                if field.is_some_and(|x| x != &rec.address.field) {
                     return Ok(Visit::Continue);
                 }
-                out.push(row_to(address, decode(v)?)?);
+                out.push(rec);
                 Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
             })?;
             Ok(out)

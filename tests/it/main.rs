@@ -4,6 +4,7 @@
 mod approve_wait;
 mod audit;
 mod binaries;
+mod clone;
 mod crash;
 mod crypto_ops;
 mod crypto_specs;

@@ -513,3 +513,57 @@ fn schema_1_database_is_migrated_at_open() {
     let names = kmf::store::RedbEngine::open(&path).unwrap().table_names().unwrap();
     assert!(names.iter().all(|n| n.starts_with("kv/")), "old tables are gone: {names:?}");
 }
+
+/// A snapshot is one consistent view, streamed in bounded parts, in order,
+/// with no key in it: a record written while it streams is not in it.
+#[test]
+fn snapshot_is_one_consistent_view_in_bounded_parts() {
+    use kmf::domain::clone::{SnapshotOrder, SnapshotPart};
+    for s in subjects() {
+        let st = &s.store;
+        st.insert_module(&Module { name: name("m"), created_at: UnixMillis(1) }, &[], &[]).unwrap();
+        st.insert_spec(&spec("s"), &[]).unwrap();
+        st.insert_keys(&[key("s", 3, 1)], &[]).unwrap();
+        let record = |i: u32| StoredRecord {
+            address: RecordAddress::parse("t", "f", &format!("r{i:04}")).unwrap(),
+            ciphertext: vec![7; 16],
+            key_id: key("s", 3, 1).0.id,
+            updated_at: UnixMillis(1),
+        };
+        for i in 0..25 {
+            st.put_record(&record(i)).unwrap();
+        }
+        let (mut order, mut parts, mut received) = (SnapshotOrder::default(), Vec::new(), Vec::new());
+        let complete = st
+            .snapshot(UnixMillis(9), 10, &mut |part| {
+                order.accept(&part).unwrap();
+                if let SnapshotPart::Records(r) = &part {
+                    assert!(r.len() <= 10, "{}: a part holds at most the asked number", s.name);
+                    if received.is_empty() {
+                        // Written while the snapshot streams: not part of it.
+                        st.put_record(&record(9_999)).unwrap();
+                    }
+                    received.extend(r.iter().map(|r| r.address.record_id.clone()));
+                }
+                parts.push(part);
+                true
+            })
+            .unwrap();
+        assert!(complete && order.is_complete(), "{}", s.name);
+        assert_eq!(order.header().unwrap().records, 25, "{}", s.name);
+        let want: Vec<String> = (0..25).map(|i| format!("r{i:04}")).collect();
+        assert_eq!(received, want, "{}: every record once, in address order, none written later", s.name);
+        let catalog = parts.iter().find_map(|p| if let SnapshotPart::Catalog(c) = p { Some(c) } else { None });
+        let catalog = catalog.unwrap();
+        assert_eq!((catalog.modules.len(), catalog.specs.len()), (1, 1), "{}", s.name);
+        // The receiver went away after the header: the read stops there.
+        let mut seen = 0;
+        let stopped = st
+            .snapshot(UnixMillis(9), 10, &mut |_| {
+                seen += 1;
+                false
+            })
+            .unwrap();
+        assert!(!stopped && seen == 1, "{}", s.name);
+    }
+}

@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use kmf::app::{AppConfig, RunningApp, SignerConfig, StartOptions, init_instance_with, start_custom, start_with};
 use kmf::domain::auth::Role;
+use kmf::domain::clone::SnapshotPart;
 use kmf::domain::exchange::{RequestStatus, SignedBlob};
 use kmf::domain::ids::Host;
 use kmf::domain::ids::{RequestId, SysId};
 use kmf::error::PeerError;
-use kmf::node::ports::{OpenRequest, PeerFuture, PeerLink, SourceView};
+use kmf::node::ports::{OpenRequest, PeerFuture, PeerLink, PeerStream, SourceView};
 use kmf::rpc::client::connect;
 use kmf::rpc::pb;
 use kmf::tls::TlsFiles;
@@ -392,6 +393,10 @@ impl PeerLink for Recorder {
     ) -> PeerFuture<'a, ()> {
         self.inner.notify_status(host, expected, request_id, status, reason)
     }
+
+    fn stream_snapshot<'a>(&'a self, host: &'a Host, expected: &'a SysId) -> PeerFuture<'a, PeerStream<SnapshotPart>> {
+        self.inner.stream_snapshot(host, expected)
+    }
 }
 
 /// A KeyExchange client speaking as the instance whose files are given.
@@ -429,5 +434,9 @@ impl<T: DeliveryHook> PeerLink for Intercepted<T> {
         reason: String,
     ) -> PeerFuture<'a, ()> {
         self.0.inner().notify_status(h, e, id, s, reason)
+    }
+
+    fn stream_snapshot<'a>(&'a self, h: &'a Host, e: &'a SysId) -> PeerFuture<'a, PeerStream<SnapshotPart>> {
+        self.0.inner().stream_snapshot(h, e)
     }
 }

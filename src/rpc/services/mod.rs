@@ -1,6 +1,7 @@
 //! Thin service implementations: authorise, convert, call the node, convert back.
 
 mod audit;
+mod clone;
 mod crypto;
 mod crypto_signing;
 mod diagnostics;
@@ -13,6 +14,7 @@ mod properties;
 use std::sync::Arc;
 
 pub use audit::AuditService;
+pub use clone::{CloneSourceService, ClonesService};
 pub use crypto::CryptoService;
 pub use exchange::ResourceExchangeService;
 pub use keys::{InstanceService, KeyManagementService};
@@ -33,6 +35,8 @@ pub struct Services {
     pub audit: AuditService,
     pub properties: PropertiesService,
     pub policies: PoliciesService,
+    pub clones: ClonesService,
+    pub clone_source: CloneSourceService,
 }
 
 impl Services {
@@ -46,7 +50,9 @@ impl Services {
             peer: KeyExchangeService(node.clone()),
             audit: AuditService(node.clone()),
             properties: PropertiesService(node.clone()),
-            policies: PoliciesService(node),
+            policies: PoliciesService(node.clone()),
+            clones: ClonesService(node.clone()),
+            clone_source: CloneSourceService(node),
         }
     }
 }

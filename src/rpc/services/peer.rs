@@ -17,7 +17,7 @@ use crate::rpc::pb::{self, key_exchange_server::KeyExchange};
 
 pub struct KeyExchangeService(pub Arc<Node>);
 
-async fn instance<T>(node: &Arc<Node>, req: &Request<T>) -> Result<(SysId, Vec<u8>), Status> {
+pub(super) async fn instance<T>(node: &Arc<Node>, req: &Request<T>) -> Result<(SysId, Vec<u8>), Status> {
     let auth = authorize(node, req, Permission::PeerExchange).await?;
     match auth.caller {
         Caller::Instance(id) => Ok((id, auth.cert_der)),

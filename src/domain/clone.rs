@@ -1,0 +1,195 @@
+//! Clone: what a source serves to an authorised target. A snapshot is one
+//! consistent view of the source's catalog (modules, specs, module access
+//! policies, system properties) and its encrypted records — never keys —
+//! sent as an ordered stream of parts: `Header`, `Catalog` parts, `Records`
+//! parts, `End`. A stream without its `End` is incomplete and must not be
+//! applied.
+
+use super::DomainError;
+use super::ids::{Host, SysId, UnixMillis};
+use super::policy::AccessPolicy;
+use super::property::Property;
+use super::record::StoredRecord;
+use super::spec::{Module, Spec};
+
+/// Most records in one `Records` part (about 300 KB of 256-byte records).
+pub const RECORDS_PER_PART: usize = 1000;
+/// Most items of one kind in one `Catalog` part.
+pub const CATALOG_ITEMS_PER_PART: usize = 500;
+
+/// A target the source may serve clones to (registered on the source).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CloneTarget {
+    pub sys_id: SysId,
+    pub host: Host,
+    pub added_at: UnixMillis,
+    pub added_by: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SnapshotHeader {
+    pub source: SysId,
+    pub taken_at: UnixMillis,
+    /// Records the snapshot holds (the `End` part repeats the count sent).
+    pub records: u64,
+}
+
+/// Part of the catalog; the catalog is the union of these parts.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct SnapshotCatalog {
+    pub modules: Vec<Module>,
+    pub specs: Vec<Spec>,
+    pub policies: Vec<AccessPolicy>,
+    pub properties: Vec<Property>,
+}
+
+impl SnapshotCatalog {
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty() && self.specs.is_empty() && self.policies.is_empty() && self.properties.is_empty()
+    }
+
+    /// Splits the catalog into parts of at most `CATALOG_ITEMS_PER_PART`
+    /// items of each kind (at least one part, possibly empty).
+    pub fn into_parts(self) -> Vec<SnapshotCatalog> {
+        fn chunks<T>(v: Vec<T>) -> Vec<Vec<T>> {
+            let mut out = Vec::new();
+            let mut it = v.into_iter().peekable();
+            while it.peek().is_some() {
+                out.push(it.by_ref().take(CATALOG_ITEMS_PER_PART).collect());
+            }
+            out
+        }
+        let (mut m, mut s, mut p, mut q) =
+            (chunks(self.modules), chunks(self.specs), chunks(self.policies), chunks(self.properties));
+        let n = m.len().max(s.len()).max(p.len()).max(q.len()).max(1);
+        let mut take = |i: usize| SnapshotCatalog {
+            modules: m.get_mut(i).map(std::mem::take).unwrap_or_default(),
+            specs: s.get_mut(i).map(std::mem::take).unwrap_or_default(),
+            policies: p.get_mut(i).map(std::mem::take).unwrap_or_default(),
+            properties: q.get_mut(i).map(std::mem::take).unwrap_or_default(),
+        };
+        (0..n).map(&mut take).collect()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum SnapshotPart {
+    Header(SnapshotHeader),
+    Catalog(SnapshotCatalog),
+    Records(Vec<StoredRecord>),
+    End { records: u64 },
+}
+
+/// Checks the order of a stream's parts as they arrive: one `Header` first,
+/// `Catalog` parts before any `Records`, one `End` last whose count matches
+/// the header and the records received.
+#[derive(Debug, Default)]
+pub struct SnapshotOrder {
+    header: Option<SnapshotHeader>,
+    records_seen: u64,
+    in_records: bool,
+    ended: bool,
+}
+
+impl SnapshotOrder {
+    pub fn accept(&mut self, part: &SnapshotPart) -> Result<(), DomainError> {
+        let bad = |why: &str| Err(DomainError::malformed("snapshot stream", why));
+        if self.ended {
+            return bad("a part after the end");
+        }
+        match (part, &self.header) {
+            (SnapshotPart::Header(h), None) => self.header = Some(h.clone()),
+            (SnapshotPart::Header(_), Some(_)) => return bad("a second header"),
+            (_, None) => return bad("a part before the header"),
+            (SnapshotPart::Catalog(_), Some(_)) if self.in_records => return bad("catalog after records"),
+            (SnapshotPart::Catalog(_), Some(_)) => {}
+            (SnapshotPart::Records(r), Some(h)) => {
+                self.in_records = true;
+                self.records_seen += r.len() as u64;
+                if self.records_seen > h.records {
+                    return bad("more records than the header announced");
+                }
+            }
+            (SnapshotPart::End { records }, Some(h)) => {
+                if *records != h.records || self.records_seen != h.records {
+                    return bad("the record count differs from the header's");
+                }
+                self.ended = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The header, once received.
+    pub fn header(&self) -> Option<&SnapshotHeader> {
+        self.header.as_ref()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::domain::ids::Name;
+
+    fn header(records: u64) -> SnapshotPart {
+        SnapshotPart::Header(SnapshotHeader {
+            source: SysId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            taken_at: UnixMillis(1),
+            records,
+        })
+    }
+
+    fn records(n: usize) -> SnapshotPart {
+        let rec = StoredRecord {
+            address: crate::domain::record::RecordAddress::parse("t", "f", "r").unwrap(),
+            ciphertext: vec![1],
+            key_id: crate::domain::ids::KeyId::parse("0123456789abcdef0123456789abcdef:s:v1").unwrap(),
+            updated_at: UnixMillis(1),
+        };
+        SnapshotPart::Records(vec![rec; n])
+    }
+
+    #[test]
+    fn a_well_formed_stream_is_complete() {
+        let mut o = SnapshotOrder::default();
+        for p in [header(3), SnapshotPart::Catalog(SnapshotCatalog::default()), records(2), records(1)] {
+            o.accept(&p).unwrap();
+            assert!(!o.is_complete());
+        }
+        o.accept(&SnapshotPart::End { records: 3 }).unwrap();
+        assert!(o.is_complete());
+        assert!(o.accept(&records(0)).is_err(), "nothing after the end");
+    }
+
+    #[test]
+    fn disorder_and_wrong_counts_are_refused() {
+        assert!(SnapshotOrder::default().accept(&records(1)).is_err(), "header first");
+        let mut o = SnapshotOrder::default();
+        o.accept(&header(1)).unwrap();
+        assert!(o.accept(&header(1)).is_err(), "one header");
+        o.accept(&records(1)).unwrap();
+        assert!(o.accept(&SnapshotPart::Catalog(SnapshotCatalog::default())).is_err(), "catalog before records");
+        assert!(o.accept(&records(1)).is_err(), "more than announced");
+        let mut short = SnapshotOrder::default();
+        short.accept(&header(2)).unwrap();
+        short.accept(&records(1)).unwrap();
+        assert!(short.accept(&SnapshotPart::End { records: 2 }).is_err(), "a record is missing");
+    }
+
+    #[test]
+    fn the_catalog_is_split_into_bounded_parts() {
+        let module =
+            |i: usize| Module { name: Name::parse(&format!("m{i}"), "module").unwrap(), created_at: UnixMillis(0) };
+        let cat = SnapshotCatalog { modules: (0..1_201).map(module).collect(), ..Default::default() };
+        let parts = cat.clone().into_parts();
+        assert_eq!(parts.iter().map(|p| p.modules.len()).collect::<Vec<_>>(), vec![500, 500, 201]);
+        let joined: Vec<Module> = parts.into_iter().flat_map(|p| p.modules).collect();
+        assert_eq!(joined, cat.modules);
+        assert_eq!(SnapshotCatalog::default().into_parts().len(), 1, "an empty catalog is one empty part");
+    }
+}

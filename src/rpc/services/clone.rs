@@ -1,0 +1,71 @@
+//! Clones (operator side: clone targets) and CloneSource (peer side: the
+//! snapshot stream a registered clone target pulls).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::peer::instance;
+use crate::domain::auth::Permission;
+use crate::domain::ids::{Host, SysId};
+use crate::node::Node;
+use crate::rpc::caller::authorize;
+use crate::rpc::convert_clone::{clone_target, snapshot_part};
+use crate::rpc::pb::{self, clone_source_server::CloneSource, clones_server::Clones};
+
+pub struct ClonesService(pub Arc<Node>);
+pub struct CloneSourceService(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl Clones for ClonesService {
+    async fn add_clone_target(
+        &self,
+        req: Request<pb::AddCloneTargetRequest>,
+    ) -> Result<Response<pb::AddCloneTargetResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let r = req.into_inner();
+        let (sys_id, host) = (SysId::parse(&r.sys_id)?, Host::parse(&r.host)?);
+        let target = self.0.add_clone_target(&auth.caller, sys_id, host).await?;
+        Ok(Response::new(pb::AddCloneTargetResponse { target: Some(clone_target(&target)) }))
+    }
+
+    async fn list_clone_targets(
+        &self,
+        req: Request<pb::ListCloneTargetsRequest>,
+    ) -> Result<Response<pb::ListCloneTargetsResponse>, Status> {
+        authorize(&self.0, &req, Permission::Read).await?;
+        let targets = self.0.clone_targets().await?;
+        Ok(Response::new(pb::ListCloneTargetsResponse { targets: targets.iter().map(clone_target).collect() }))
+    }
+
+    async fn remove_clone_target(
+        &self,
+        req: Request<pb::RemoveCloneTargetRequest>,
+    ) -> Result<Response<pb::RemoveCloneTargetResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let sys_id = SysId::parse(&req.into_inner().sys_id)?;
+        self.0.remove_clone_target(&auth.caller, sys_id).await?;
+        Ok(Response::new(pb::RemoveCloneTargetResponse {}))
+    }
+}
+
+type PartStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotPart, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CloneSource for CloneSourceService {
+    type StreamSnapshotStream = PartStream;
+
+    async fn stream_snapshot(
+        &self,
+        req: Request<pb::StreamSnapshotRequest>,
+    ) -> Result<Response<Self::StreamSnapshotStream>, Status> {
+        let (caller, _) = instance(&self.0, &req).await?;
+        let parts = self.0.serve_snapshot(caller).await?;
+        let stream = ReceiverStream::new(parts).map(|p| p.map(|p| snapshot_part(&p)).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

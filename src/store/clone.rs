@@ -1,0 +1,135 @@
+//! Clone, source side: the registered clone targets, and the snapshot a
+//! clone is served from (one read transaction, so one consistent view,
+//! streamed part by part: nothing but one part is held in memory).
+
+use serde::{Deserialize, Serialize};
+
+use super::audit::append_audit;
+use super::catalog::{modules_in, specs_in};
+use super::engine::{KeyRange, Table, Visit};
+use super::policies::policies_in;
+use super::properties::properties_in;
+use super::records::decode;
+use super::stored_records::record_from_row;
+use super::tuple::{KeyReader, str_key};
+use super::{Change, Result, Store, StoreError, get_row, put_row};
+use crate::domain::audit::AuditEvent;
+use crate::domain::clone::{CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
+use crate::domain::ids::{Host, SysId, UnixMillis};
+
+#[derive(Serialize, Deserialize)]
+struct CloneTargetRow {
+    v: u8,
+    host: String,
+    added_at: i64,
+    added_by: String,
+}
+
+fn corrupt(e: impl ToString) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn target_from(sys_id: SysId, r: CloneTargetRow) -> Result<CloneTarget> {
+    Ok(CloneTarget {
+        sys_id,
+        host: Host::parse(&r.host).map_err(corrupt)?,
+        added_at: UnixMillis(r.added_at),
+        added_by: r.added_by,
+    })
+}
+
+/// Whether the receiver still wants parts (false: it went away; stop).
+pub type Emit<'a> = dyn FnMut(SnapshotPart) -> bool + 'a;
+
+impl Store {
+    /// Registers `target` (or replaces its host), with its audit entry.
+    pub fn put_clone_target(&self, target: &CloneTarget, audit: &[AuditEvent]) -> Result<()> {
+        let row = CloneTargetRow {
+            v: 1,
+            host: target.host.to_string(),
+            added_at: target.added_at.0,
+            added_by: target.added_by.clone(),
+        };
+        self.write(&[Change::Other], |tx| {
+            put_row(tx, Table::CloneTargets, &str_key(target.sys_id.as_str()), &row)?;
+            append_audit(tx, audit)
+        })
+    }
+
+    /// Returns whether the target was registered.
+    pub fn remove_clone_target(&self, sys_id: &SysId, audit: &[AuditEvent]) -> Result<bool> {
+        self.write(&[Change::Other], |tx| {
+            let removed = tx.delete(Table::CloneTargets, &str_key(sys_id.as_str()))?;
+            if removed {
+                append_audit(tx, audit)?;
+            }
+            Ok(removed)
+        })
+    }
+
+    pub fn clone_target(&self, sys_id: &SysId) -> Result<Option<CloneTarget>> {
+        self.read(|tx| {
+            get_row::<CloneTargetRow>(tx, Table::CloneTargets, &str_key(sys_id.as_str()))?
+                .map(|r| target_from(sys_id.clone(), r))
+                .transpose()
+        })
+    }
+
+    pub fn clone_targets(&self) -> Result<Vec<CloneTarget>> {
+        self.read(|tx| {
+            let mut out = Vec::new();
+            tx.visit(Table::CloneTargets, &KeyRange::all(), &mut |k, v| {
+                let id = SysId::parse(&KeyReader::new(k).str()?).map_err(corrupt)?;
+                out.push(target_from(id, decode(v)?)?);
+                Ok(Visit::Continue)
+            })?;
+            Ok(out)
+        })
+    }
+
+    /// Streams one consistent snapshot through `emit`: the header, the
+    /// catalog parts, the records `per_part` at a time in address order,
+    /// the end. Never reads a key. Returns whether the end was emitted
+    /// (false: `emit` asked to stop). Blocking: holds a read transaction
+    /// while `emit` waits for the receiver.
+    pub fn snapshot(&self, taken_at: UnixMillis, per_part: usize, emit: &mut Emit<'_>) -> Result<bool> {
+        let per_part = per_part.max(1);
+        self.read(|tx| {
+            let records = tx.len(Table::Records)?;
+            let header = SnapshotHeader { source: self.sys_id.clone(), taken_at, records };
+            if !emit(SnapshotPart::Header(header)) {
+                return Ok(false);
+            }
+            let catalog = SnapshotCatalog {
+                modules: modules_in(tx)?,
+                specs: specs_in(tx)?,
+                policies: policies_in(tx, None)?,
+                properties: properties_in(tx)?,
+            };
+            for part in catalog.into_parts() {
+                if !emit(SnapshotPart::Catalog(part)) {
+                    return Ok(false);
+                }
+            }
+            let (mut batch, mut sent, mut open) = (Vec::with_capacity(per_part), 0u64, true);
+            tx.visit(Table::Records, &KeyRange::all(), &mut |k, v| {
+                batch.push(record_from_row(k, v)?);
+                if batch.len() >= per_part {
+                    sent += batch.len() as u64;
+                    open = emit(SnapshotPart::Records(std::mem::replace(&mut batch, Vec::with_capacity(per_part))));
+                }
+                Ok(if open { Visit::Continue } else { Visit::Stop })
+            })?;
+            if !open {
+                return Ok(false);
+            }
+            if !batch.is_empty() {
+                sent += batch.len() as u64;
+                if !emit(SnapshotPart::Records(batch)) {
+                    return Ok(false);
+                }
+            }
+            Ok(emit(SnapshotPart::End { records: sent }))
+        })
+    }
+}

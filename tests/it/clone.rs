@@ -1,0 +1,178 @@
+//! Clone, source side, over mTLS: clone targets (Clones service), and the
+//! snapshot stream (CloneSource.StreamSnapshot) that only a registered target
+//! may pull, read through the daemon's own peer link.
+
+use kmf::domain::clone::{SnapshotOrder, SnapshotPart};
+use kmf::domain::ids::SysId;
+use kmf::error::PeerError;
+use kmf::node::ports::PeerLink;
+use kmf::rpc::pb;
+use kmf::rpc::pb::clones_client::ClonesClient;
+use kmf::rpc::peer::PeerClient;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use crate::support::{Ops, Pki, TestNode};
+
+const RECORDS: usize = 1_234;
+
+async fn put_records(ops: &mut Ops, n: usize) {
+    for i in 0..n {
+        let address = pb::RecordAddress { table: "hr".into(), field: "salary".into(), record_id: format!("r{i:05}") };
+        let req =
+            pb::PutRecordRequest { address: Some(address), spec: "pay".into(), plaintext: vec![(i % 251) as u8; 32] };
+        ops.crypto.put_record(req).await.expect("put record");
+    }
+}
+
+/// Pulls the whole stream through the target's peer link, checking its order.
+async fn pull(link: &PeerClient, source: &TestNode) -> Result<(SnapshotOrder, Vec<SnapshotPart>), PeerError> {
+    let expected = SysId::parse(&source.sys_id).expect("sys_id");
+    let mut stream = link.stream_snapshot(&source.host, &expected).await?;
+    let (mut order, mut parts) = (SnapshotOrder::default(), Vec::new());
+    while let Some(part) = stream.next().await {
+        let part = part?;
+        order.accept(&part).expect("parts in order");
+        parts.push(part);
+    }
+    Ok((order, parts))
+}
+
+async fn audit_of(ops: &mut Ops, action: &str) -> Vec<pb::AuditEntry> {
+    let req = pb::ListAuditEntriesRequest { action_prefix: action.into(), limit: 100, ..Default::default() };
+    ops.audit.list_audit_entries(req).await.expect("audit").into_inner().entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_registered_target_pulls_a_complete_snapshot_without_keys() {
+    let pki = Pki::new();
+    let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let mut admin = source.admin(&pki).await;
+    admin.spec("hr", "pay", true).await;
+    let set =
+        pb::SetPropertyRequest { name: "glide_encryption.auto_key_exchange.enabled".into(), value: "false".into() };
+    admin.properties.set_property(set).await.expect("property");
+    put_records(&mut admin, RECORDS).await;
+    let link = PeerClient::new(SysId::parse(&target.sys_id).expect("id"), target.instance_files.clone());
+
+    // Not registered: refused, and the refusal is audited on the source.
+    match pull(&link, &source).await {
+        Err(PeerError::Refused(e)) => assert!(e.to_string().contains("not a clone target"), "{e}"),
+        other => panic!("an unregistered target must be refused, got {:?}", other.map(|(_, p)| p.len())),
+    }
+    let refused = audit_of(&mut admin, "clone.refused").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].actor, format!("instance:{}", target.sys_id));
+
+    // Registered by an admin: the whole snapshot arrives, in order.
+    let mut clones = ClonesClient::new(source.channel(&pki.operator("root", &[kmf::domain::auth::Role::Admin])).await);
+    let add = pb::AddCloneTargetRequest { sys_id: target.sys_id.clone(), host: target.host.to_string() };
+    let added = clones.add_clone_target(add).await.expect("add").into_inner().target.expect("target");
+    assert_eq!((added.sys_id.as_str(), added.added_by.as_str()), (target.sys_id.as_str(), "operator:root"));
+    let listed = clones.list_clone_targets(pb::ListCloneTargetsRequest {}).await.expect("list").into_inner();
+    assert_eq!(listed.targets.len(), 1);
+
+    let (order, parts) = pull(&link, &source).await.expect("a registered target is served");
+    assert!(order.is_complete(), "the stream ends with its end part");
+    let header = order.header().expect("header");
+    assert_eq!((header.source.as_str(), header.records), (source.sys_id.as_str(), RECORDS as u64));
+    let mut records = Vec::new();
+    let (mut specs, mut properties) = (Vec::new(), Vec::new());
+    for p in &parts {
+        match p {
+            SnapshotPart::Records(r) => {
+                assert!(r.len() <= kmf::domain::clone::RECORDS_PER_PART);
+                records.extend(r.iter().cloned());
+            }
+            SnapshotPart::Catalog(c) => {
+                specs.extend(c.specs.iter().map(|s| s.name.to_string()));
+                properties.extend(c.properties.iter().map(|p| (p.name.clone(), p.value.clone())));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(specs, ["pay"]);
+    assert!(properties.contains(&("glide_encryption.auto_key_exchange.enabled".into(), "false".into())));
+    assert_eq!(records.len(), RECORDS);
+    // The records are the source's ciphertexts, which the source still opens
+    // (the address is their associated data); no part carries a key.
+    for (i, r) in records.iter().enumerate().step_by(300) {
+        assert_eq!(r.address.record_id, format!("r{i:05}"), "address order");
+        let plain = admin.decrypt(&r.ciphertext, &r.address.associated_data()).await.expect("decrypts on the source");
+        assert_eq!(plain, vec![(i % 251) as u8; 32]);
+    }
+    let served = audit_of(&mut admin, "clone.serve").await;
+    assert!(served.iter().any(|e| e.details.contains(&format!("{RECORDS} records served"))), "{served:?}");
+
+    // An operator certificate cannot pull a snapshot; removal takes effect at once.
+    let mut as_operator = pb::clone_source_client::CloneSourceClient::new(admin_channel(&source, &pki).await);
+    let err = as_operator.stream_snapshot(pb::StreamSnapshotRequest {}).await.expect_err("operators are refused");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let remove = pb::RemoveCloneTargetRequest { sys_id: target.sys_id.clone() };
+    clones.remove_clone_target(remove.clone()).await.expect("remove");
+    assert_eq!(clones.remove_clone_target(remove).await.expect_err("gone").code(), Code::NotFound);
+    assert!(matches!(pull(&link, &source).await, Err(PeerError::Refused(_))), "refused again once removed");
+}
+
+async fn admin_channel(node: &TestNode, pki: &Pki) -> tonic::transport::Channel {
+    node.channel(&pki.operator("root", &[kmf::domain::auth::Role::Admin])).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_target_changes_are_checked_and_need_a_manager() {
+    let pki = Pki::new();
+    let source = TestNode::start(&pki).await;
+    let mut clones = ClonesClient::new(admin_channel(&source, &pki).await);
+    let add = |sys_id: &str, host: &str| pb::AddCloneTargetRequest { sys_id: sys_id.into(), host: host.into() };
+    let own = clones.add_clone_target(add(&source.sys_id, "127.0.0.1:1")).await.expect_err("itself");
+    assert!(own.code() == Code::InvalidArgument && own.message().contains("its own clone target"), "{own}");
+    let bad = clones.add_clone_target(add("not-a-sys-id", "127.0.0.1:1")).await.expect_err("bad id");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let other = "0123456789abcdef0123456789abcdef";
+    let no_port = clones.add_clone_target(add(other, "no port")).await.expect_err("bad host");
+    assert_eq!(no_port.code(), Code::InvalidArgument);
+    let operator = pki.operator("op", &[kmf::domain::auth::Role::CryptographicOperator]);
+    let mut as_operator = ClonesClient::new(source.channel(&operator).await);
+    let err = as_operator.add_clone_target(add(other, "127.0.0.1:1")).await.expect_err("operators may not");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        as_operator
+            .list_clone_targets(pb::ListCloneTargetsRequest {})
+            .await
+            .expect("any role lists")
+            .into_inner()
+            .targets
+            .is_empty()
+    );
+    // Adding again replaces the host; one entry per target.
+    clones.add_clone_target(add(other, "127.0.0.1:1")).await.expect("add");
+    clones.add_clone_target(add(other, "127.0.0.1:2")).await.expect("again");
+    let listed = clones.list_clone_targets(pb::ListCloneTargetsRequest {}).await.expect("list").into_inner().targets;
+    assert_eq!(listed.iter().map(|t| t.host.as_str()).collect::<Vec<_>>(), ["127.0.0.1:2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmfctl_manages_clone_targets() {
+    let pki = Pki::new();
+    let source = TestNode::start(&pki).await;
+    let admin = pki.operator("root", &[kmf::domain::auth::Role::Admin]);
+    let dir = tempfile::tempdir().expect("dir");
+    let other = "0123456789abcdef0123456789abcdef";
+    let run = |args: &[&str]| {
+        let mut cmd = crate::support::kmfctl_command(&source, &admin, dir.path());
+        cmd.args(args);
+        cmd
+    };
+    let out = run(&["clone", "target", "add", other, "127.0.0.1:7443"]).output().await.expect("kmfctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["--json", "clone", "target", "list"]).output().await.expect("kmfctl");
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed[0]["sys_id"], other);
+    assert_eq!(listed[0]["host"], "127.0.0.1:7443");
+    assert_eq!(listed[0]["added_by"], "operator:root");
+    let out = run(&["clone", "target", "remove", other]).output().await.expect("kmfctl");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("removed"));
+    let out = run(&["clone", "target", "remove", other]).output().await.expect("kmfctl");
+    assert!(!out.status.success(), "removing an unknown target fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
+}
