@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use super::Node;
-use crate::clock;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEntry, AuditEvent, BrokenLink, ChainVerifier, Outcome};
 use crate::error::AppResult;
@@ -32,7 +31,7 @@ const PAGE: usize = 1000;
 impl Node {
     /// Records a refused call (the caller's identity, the method, the reason).
     pub async fn audit_refusal(self: &Arc<Self>, actor: String, method: String, reason: String) {
-        let event = AuditEvent::new(clock::now(), actor, "call.refused", method, Outcome::Refused).with_details(reason);
+        let event = AuditEvent::new(self.now(), actor, "call.refused", method, Outcome::Refused).with_details(reason);
         if let Err(e) = self.blocking(move |node| Ok(node.store.append_audit(&[event])?)).await {
             tracing::error!(error = %e, "could not audit a refused call");
         }

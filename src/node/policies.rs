@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use super::Node;
-use crate::clock;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::{Caller, Role};
@@ -69,7 +68,7 @@ impl Node {
                 }
             }
             let audit = AuditEvent::new(
-                clock::now(),
+                node.now(),
                 actor,
                 "policy.create",
                 format!("{}/{}", policy.module, policy.name),
@@ -118,15 +117,16 @@ impl Node {
         name: Name,
         active: bool,
     ) -> AppResult<AccessPolicy> {
-        let mut p = self.policy(module, name).await?;
         let actor = caller.actor();
         self.blocking(move |node| {
-            p.active = active;
             let verb = if active { "policy.activate" } else { "policy.deactivate" };
-            let audit =
-                AuditEvent::new(clock::now(), actor, verb, format!("{}/{}", p.module, p.name), Outcome::Success);
-            node.store.update_policy(&p, &[audit])?;
-            Ok(p)
+            let audit = AuditEvent::new(node.now(), actor, verb, format!("{module}/{name}"), Outcome::Success);
+            node.store.set_policy_active(&module, &name, active, &[audit]).map_err(|e| match e {
+                StoreError::Missing { .. } => {
+                    DomainError::not_found("access policy", format!("{module}/{name}")).into()
+                }
+                other => other.into(),
+            })
         })
         .await
     }

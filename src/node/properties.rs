@@ -56,17 +56,17 @@ impl Node {
         let value = property::validate_value(&name, &value)?;
         let actor = caller.actor();
         self.blocking(move |node| {
-            let old = node.store.property(&name)?.map(|p| p.value);
             let p = Property {
                 name: name.clone(),
                 value: value.clone(),
                 updated_at: node.now(),
                 updated_by: actor.clone(),
             };
-            let details = format!("{} -> {value}", old.as_deref().unwrap_or("(unset)"));
-            let audit =
-                AuditEvent::new(p.updated_at, actor, "property.set", &name, Outcome::Success).with_details(details);
-            node.store.put_property(&p, &[audit])?;
+            let audit = |old: Option<&str>| {
+                AuditEvent::new(p.updated_at, actor.clone(), "property.set", &name, Outcome::Success)
+                    .with_details(format!("{} -> {value}", old.unwrap_or("(unset)")))
+            };
+            node.store.put_property(&p, &audit)?;
             view(&name, Some(p)).ok_or_else(|| crate::error::AppError::Internal("property vanished".into()))
         })
         .await

@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::str_key;
-use super::{Change, Result, Store, StoreError, put_row};
+use super::{Change, Result, Store, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Role;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
@@ -116,15 +116,25 @@ impl Store {
         })
     }
 
-    /// Replaces an existing policy.
-    pub fn update_policy(&self, p: &AccessPolicy, audit: &[AuditEvent]) -> Result<()> {
+    /// Activates or deactivates an existing policy, reading and writing it
+    /// in one transaction; returns it as written.
+    pub fn set_policy_active(
+        &self,
+        module: &Name,
+        name: &Name,
+        active: bool,
+        audit: &[AuditEvent],
+    ) -> Result<AccessPolicy> {
         self.write(&[Change::Policies], |tx| {
-            let k = str_key(&key(&p.module, &p.name));
-            if tx.get(Table::AccessPolicies, &k)?.is_none() {
-                return Err(StoreError::Missing { what: "access policy", id: key(&p.module, &p.name) });
-            }
-            put_row(tx, Table::AccessPolicies, &k, &PolicyRow::from(p))?;
-            append_audit(tx, audit)
+            let id = key(module, name);
+            let k = str_key(&id);
+            let row: PolicyRow = get_row(tx, Table::AccessPolicies, &k)?
+                .ok_or_else(|| StoreError::Missing { what: "access policy", id: id.clone() })?;
+            let mut p: AccessPolicy = row.try_into()?;
+            p.active = active;
+            put_row(tx, Table::AccessPolicies, &k, &PolicyRow::from(&p))?;
+            append_audit(tx, audit)?;
+            Ok(p)
         })
     }
 

@@ -36,16 +36,21 @@ impl Store {
         self.read(properties_in)
     }
 
-    pub fn put_property(&self, p: &Property, audit: &[AuditEvent]) -> Result<()> {
+    /// Stores `p` with the audit entry `audit` makes from the value it
+    /// replaces (read in the same transaction, so concurrent sets each
+    /// audit the value they really replaced).
+    pub fn put_property(&self, p: &Property, audit: &dyn Fn(Option<&str>) -> AuditEvent) -> Result<()> {
         self.write(&[Change::Other], |tx| {
+            let key = str_key(&p.name);
+            let previous: Option<PropertyRow> = get_row(tx, Table::Properties, &key)?;
             let row = PropertyRow {
                 v: 1,
                 value: p.value.clone(),
                 updated_at: p.updated_at.0,
                 updated_by: p.updated_by.clone(),
             };
-            put_row(tx, Table::Properties, &str_key(&p.name), &row)?;
-            append_audit(tx, audit)
+            put_row(tx, Table::Properties, &key, &row)?;
+            append_audit(tx, &[audit(previous.as_ref().map(|r| r.value.as_str()))])
         })
     }
 }

@@ -567,3 +567,52 @@ fn snapshot_is_one_consistent_view_in_bounded_parts() {
         assert!(!stopped && seen == 1, "{}", s.name);
     }
 }
+
+/// Concurrent sets of one property: each audit entry names the value it
+/// really replaced (read in its own transaction), so the entries form one
+/// chain of values from "(unset)" to the value that stays.
+#[test]
+fn concurrent_property_sets_audit_the_value_each_replaced() {
+    use kmf::domain::property::Property;
+    for s in subjects() {
+        const WRITERS: usize = 8;
+        let barrier = Arc::new(Barrier::new(WRITERS));
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let (st, barrier) = (Arc::clone(&s.store), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    let p = Property {
+                        name: "x.y".into(),
+                        value: format!("v{i}"),
+                        updated_at: UnixMillis(1),
+                        updated_by: "t".into(),
+                    };
+                    barrier.wait();
+                    let audit = |old: Option<&str>| {
+                        AuditEvent::new(UnixMillis(1), "t", "property.set", "x.y", Outcome::Success)
+                            .with_details(format!("{}>{}", old.unwrap_or("-"), p.value))
+                    };
+                    st.put_property(&p, &audit).unwrap();
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        let rows = s.store.audit_rows(0, usize::MAX).unwrap();
+        let pairs: Vec<(String, String)> = rows
+            .iter()
+            .map(|(_, b)| {
+                let d = AuditEntry::decode(b).unwrap().event.details;
+                let (old, new) = d.split_once('>').unwrap();
+                (old.to_owned(), new.to_owned())
+            })
+            .collect();
+        assert_eq!(pairs.len(), WRITERS);
+        // In commit order, each entry replaced what the previous one wrote.
+        let mut last = "-".to_owned();
+        for (old, new) in &pairs {
+            assert_eq!(old, &last, "{}: {pairs:?}", s.name);
+            last = new.clone();
+        }
+        assert_eq!(s.store.property("x.y").unwrap().unwrap().value, last, "{}", s.name);
+    }
+}
