@@ -1,6 +1,12 @@
-//! kmfctl: clone. On a source, the clone targets it serves clones to.
+//! kmfctl: clone. On a source, the clone targets it serves clones to; on a
+//! target, clones of a source and their progress. `--watch` follows a clone
+//! to its end: a progress bar on a terminal (stderr), plain lines otherwise.
+
+use std::io::IsTerminal;
+use std::time::Duration;
 
 use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::kmfctl::Operator;
@@ -13,7 +19,31 @@ pub enum CloneCommand {
     /// policies, properties and encrypted records; never keys).
     #[command(subcommand)]
     Target(CloneTargetCommand),
+    /// Clones this instance from SOURCE_SYS_ID at SOURCE_HOST (host:port):
+    /// its modules, specs, policies, properties and encrypted records replace
+    /// this instance's once all have arrived. The source must list this
+    /// instance as a clone target.
+    Start {
+        source_sys_id: String,
+        source_host: String,
+        /// Follow the clone until it completes or fails.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// One clone's state and progress.
+    Get {
+        clone_id: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// This instance's clones, newest first.
+    List,
 }
+
+/// How often `--watch` asks for progress.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// `--watch` gives up after this long (the clone goes on).
+const WATCH_AT_MOST: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Subcommand, Debug)]
 pub enum CloneTargetCommand {
@@ -31,7 +61,110 @@ pub enum CloneTargetCommand {
 }
 
 pub async fn clone(ops: &mut Operator, cmd: CloneCommand, as_json: bool) -> anyhow::Result<()> {
-    let CloneCommand::Target(cmd) = cmd;
+    let (clone, watch) = match cmd {
+        CloneCommand::Target(cmd) => return target(ops, cmd, as_json).await,
+        CloneCommand::Start { source_sys_id, source_host, watch } => {
+            let req = pb::StartCloneRequest { source_sys_id, source_host };
+            (ops.clones.start_clone(req).await?.into_inner().clone.unwrap_or_default(), watch)
+        }
+        CloneCommand::Get { clone_id, watch } => (
+            ops.clones.get_clone(pb::GetCloneRequest { clone_id }).await?.into_inner().clone.unwrap_or_default(),
+            watch,
+        ),
+        CloneCommand::List => {
+            let list = ops.clones.list_clones(pb::ListClonesRequest {}).await?.into_inner().clones;
+            print_clones(&list, as_json);
+            return Ok(());
+        }
+    };
+    let clone = if watch { follow(ops, clone, as_json).await? } else { clone };
+    print_clones(std::slice::from_ref(&clone), as_json);
+    match clone.state.as_str() {
+        "failed" => anyhow::bail!("clone {} failed: {}", clone.clone_id, clone.error),
+        _ => Ok(()),
+    }
+}
+
+/// Polls the clone until it is no longer running.
+async fn follow(ops: &mut Operator, mut c: pb::CloneInfo, as_json: bool) -> anyhow::Result<pb::CloneInfo> {
+    let bar = (std::io::stderr().is_terminal() && !as_json).then(|| {
+        let b = ProgressBar::new(c.records_total.max(1));
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} clone {msg} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})")
+        {
+            b.set_style(style);
+        }
+        b.enable_steady_tick(Duration::from_millis(100));
+        b
+    });
+    let deadline = tokio::time::Instant::now() + WATCH_AT_MOST;
+    let mut last_line = String::new();
+    while c.state == "running" && tokio::time::Instant::now() < deadline {
+        match &bar {
+            Some(b) => {
+                b.set_length(c.records_total.max(1));
+                b.set_position(c.records_copied);
+                b.set_message(c.clone_id.chars().take(8).collect::<String>());
+            }
+            None if !as_json => {
+                let line = progress_line(&c);
+                if line != last_line {
+                    eprintln!("{line}");
+                    last_line = line;
+                }
+            }
+            None => {}
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+        let req = pb::GetCloneRequest { clone_id: c.clone_id.clone() };
+        c = ops.clones.get_clone(req).await?.into_inner().clone.unwrap_or_default();
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(c)
+}
+
+fn progress_line(c: &pb::CloneInfo) -> String {
+    let retry = if c.error.is_empty() { String::new() } else { format!(" (retrying: {})", c.error) };
+    format!(
+        "clone {} {}: {}/{} records, {:.0} records/s{retry}",
+        c.clone_id, c.state, c.records_copied, c.records_total, c.records_per_second
+    )
+}
+
+fn print_clones(list: &[pb::CloneInfo], as_json: bool) {
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|c| {
+                json!({"clone_id": c.clone_id, "source_sys_id": c.source_sys_id, "source_host": c.source_host,
+                "state": c.state, "records_total": c.records_total, "records_copied": c.records_copied,
+                "records_per_second": c.records_per_second, "started_at": print::time(&c.started_at),
+                "finished_at": print::time(&c.finished_at), "error": c.error})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|c| {
+                vec![
+                    c.clone_id.clone(),
+                    c.source_sys_id.clone(),
+                    c.state.clone(),
+                    format!("{}/{}", c.records_copied, c.records_total),
+                    format!("{:.0}", c.records_per_second),
+                    print::time(&c.started_at),
+                    c.error.clone(),
+                ]
+            })
+            .collect();
+        print::table(&["CLONE_ID", "SOURCE", "STATE", "RECORDS", "PER_SEC", "STARTED", "ERROR"], &rows);
+    }
+}
+
+async fn target(ops: &mut Operator, cmd: CloneTargetCommand, as_json: bool) -> anyhow::Result<()> {
     let targets = match cmd {
         CloneTargetCommand::Add { sys_id, host } => {
             let req = pb::AddCloneTargetRequest { sys_id, host };

@@ -6,7 +6,7 @@
 //! applied.
 
 use super::DomainError;
-use super::ids::{Host, SysId, UnixMillis};
+use super::ids::{CloneId, Host, SysId, UnixMillis};
 use super::policy::AccessPolicy;
 use super::property::Property;
 use super::record::StoredRecord;
@@ -24,6 +24,59 @@ pub struct CloneTarget {
     pub host: Host,
     pub added_at: UnixMillis,
     pub added_by: String,
+}
+
+/// Where a clone (on the target) stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CloneState {
+    /// Copying into the staging area; the previous data is untouched.
+    Running,
+    /// Swapped in: the target's catalog and records are the source's.
+    Completed,
+    /// Given up (refused by the source, or a snapshot that cannot be
+    /// applied); the previous data is untouched.
+    Failed,
+}
+
+impl CloneState {
+    pub fn label(self) -> &'static str {
+        match self {
+            CloneState::Running => "running",
+            CloneState::Completed => "completed",
+            CloneState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [CloneState::Running, CloneState::Completed, CloneState::Failed].into_iter().find(|c| c.label() == s)
+    }
+}
+
+/// A clone run on the target.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CloneRun {
+    pub id: CloneId,
+    pub source: SysId,
+    pub source_host: Host,
+    pub state: CloneState,
+    /// Records in the snapshot being copied (0 until its header arrives).
+    pub records_total: u64,
+    pub records_copied: u64,
+    pub started_at: UnixMillis,
+    /// When the current copy began (a retried clone starts over).
+    pub copy_started_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+    /// Why the last attempt failed (kept while it is retried).
+    pub error: Option<String>,
+}
+
+impl CloneRun {
+    /// Records copied per second in the current copy.
+    pub fn rate(&self) -> f64 {
+        let millis = (self.updated_at.0 - self.copy_started_at.0).max(1) as f64;
+        self.records_copied as f64 * 1000.0 / millis
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -44,6 +97,14 @@ pub struct SnapshotCatalog {
 }
 
 impl SnapshotCatalog {
+    /// Adds another part of the same catalog.
+    pub fn extend(&mut self, part: SnapshotCatalog) {
+        self.modules.extend(part.modules);
+        self.specs.extend(part.specs);
+        self.policies.extend(part.policies);
+        self.properties.extend(part.properties);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.modules.is_empty() && self.specs.is_empty() && self.policies.is_empty() && self.properties.is_empty()
     }

@@ -50,6 +50,30 @@ impl fmt::Debug for SysId {
     }
 }
 
+/// A clone's id (on the target that runs it).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct CloneId(String);
+
+impl CloneId {
+    pub fn parse(text: &str) -> Result<Self, DomainError> {
+        parse_hex32(text, "clone_id").map(CloneId)
+    }
+
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        CloneId(hex::encode(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CloneId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An exchange request's id, shared by its source and target records.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(String);

@@ -20,10 +20,13 @@ pub enum JobKind {
     ExpirySweep,
     /// Expire and destroy keys by their lifecycle (recurring).
     LifecycleSweep,
+    /// Target: copy a snapshot from the source, swap it in, clean up.
+    Clone,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 4] = [JobKind::Deliver, JobKind::Notify, JobKind::ExpirySweep, JobKind::LifecycleSweep];
+    pub const ALL: [JobKind; 5] =
+        [JobKind::Deliver, JobKind::Notify, JobKind::ExpirySweep, JobKind::LifecycleSweep, JobKind::Clone];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -31,6 +34,7 @@ impl JobKind {
             JobKind::Notify => "notify",
             JobKind::ExpirySweep => "expiry_sweep",
             JobKind::LifecycleSweep => "lifecycle_sweep",
+            JobKind::Clone => "clone",
         }
     }
 

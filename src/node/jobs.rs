@@ -111,7 +111,7 @@ impl PeerBackoff {
     }
 }
 
-fn millis(d: Duration) -> i64 {
+pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -154,6 +154,7 @@ impl Node {
             JobKind::Deliver => self.run_delivery(id.clone(), lease.clone()).await,
             JobKind::Notify => self.run_notice(id.clone(), lease.clone()).await,
             JobKind::ExpirySweep | JobKind::LifecycleSweep => self.run_sweep(&job, lease.clone()).await,
+            JobKind::Clone => self.run_clone(&job, lease.clone()).await,
         };
         if let Err(e) = outcome {
             tracing::warn!(job = %id, attempt = job.attempts + 1, error = %e, "job failed; it will be retried");

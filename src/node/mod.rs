@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod clone_source;
+mod clone_target;
 pub mod crypto;
 mod crypto_session;
 pub mod diagnostics;

@@ -3,7 +3,7 @@
 //! any other peer input.
 
 use crate::domain::DomainError;
-use crate::domain::clone::{CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
+use crate::domain::clone::{CloneRun, CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
 use crate::domain::ids::{KeyId, SysId, UnixMillis};
 use crate::domain::lifecycle::LifecycleDefinition;
 use crate::domain::property::Property;
@@ -13,6 +13,22 @@ use crate::rpc::convert::{self, from_ts, ts};
 use crate::rpc::convert_policy::{policy_from, policy_pb};
 use crate::rpc::pb;
 use crate::rpc::pb::snapshot_part::Part;
+
+pub fn clone_info(r: &CloneRun) -> pb::CloneInfo {
+    pb::CloneInfo {
+        clone_id: r.id.to_string(),
+        source_sys_id: r.source.to_string(),
+        source_host: r.source_host.to_string(),
+        state: r.state.label().to_owned(),
+        records_total: r.records_total,
+        records_copied: r.records_copied,
+        records_per_second: r.rate(),
+        started_at: Some(ts(r.started_at)),
+        updated_at: Some(ts(r.updated_at)),
+        finished_at: r.finished_at.map(ts),
+        error: r.error.clone().unwrap_or_default(),
+    }
+}
 
 pub fn clone_target(t: &CloneTarget) -> pb::CloneTarget {
     pb::CloneTarget {

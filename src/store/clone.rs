@@ -10,7 +10,7 @@ use super::engine::{KeyRange, Table, Visit};
 use super::policies::policies_in;
 use super::properties::properties_in;
 use super::records::decode;
-use super::stored_records::record_from_row;
+use super::stored_records::{active_records, record_from_row};
 use super::tuple::{KeyReader, str_key};
 use super::{Change, Result, Store, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
@@ -95,7 +95,8 @@ impl Store {
     pub fn snapshot(&self, taken_at: UnixMillis, per_part: usize, emit: &mut Emit<'_>) -> Result<bool> {
         let per_part = per_part.max(1);
         self.read(|tx| {
-            let records = tx.len(Table::Records)?;
+            let table = active_records(tx)?;
+            let records = tx.len(table)?;
             let header = SnapshotHeader { source: self.sys_id.clone(), taken_at, records };
             if !emit(SnapshotPart::Header(header)) {
                 return Ok(false);
@@ -112,7 +113,7 @@ impl Store {
                 }
             }
             let (mut batch, mut sent, mut open) = (Vec::with_capacity(per_part), 0u64, true);
-            tx.visit(Table::Records, &KeyRange::all(), &mut |k, v| {
+            tx.visit(table, &KeyRange::all(), &mut |k, v| {
                 batch.push(record_from_row(k, v)?);
                 if batch.len() >= per_part {
                     sent += batch.len() as u64;

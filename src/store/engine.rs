@@ -41,17 +41,22 @@ pub enum Table {
     JobsDue,
     LifecyclePolicies,
     AccessPolicies,
-    /// (table, field, record id) -> encrypted record row
+    /// (table, field, record id) -> encrypted record row. Records live in
+    /// one of two tables (`Records`, `RecordsAlt`); meta `records_table`
+    /// names the active one, the other stages a clone (`store/clone_runs.rs`).
     Records,
+    RecordsAlt,
     Properties,
     /// sequence -> hash-chained audit entry
     Audit,
     Diagnostics,
     /// Source side: target sys_id -> the clone target row.
     CloneTargets,
+    /// Target side: clone id -> the clone run row.
+    CloneRuns,
 }
 
-pub const ALL_TABLES: [Table; 18] = [
+pub const ALL_TABLES: [Table; 20] = [
     Table::Meta,
     Table::Modules,
     Table::Specs,
@@ -70,6 +75,8 @@ pub const ALL_TABLES: [Table; 18] = [
     Table::Audit,
     Table::Diagnostics,
     Table::CloneTargets,
+    Table::RecordsAlt,
+    Table::CloneRuns,
 ];
 
 impl Table {
@@ -93,6 +100,8 @@ impl Table {
             Table::Audit => "audit",
             Table::Diagnostics => "diagnostics",
             Table::CloneTargets => "clone_targets",
+            Table::RecordsAlt => "records_alt",
+            Table::CloneRuns => "clone_runs",
         }
     }
 

@@ -97,6 +97,16 @@ fn held_job(tx: &mut dyn WriteTxn, id: &JobId, lease: &Lease) -> Result<Job> {
     }
 }
 
+/// Extends the lease, if `lease` still holds the job (a long job renews it
+/// with each step, so it is not taken over while it makes progress).
+pub(crate) fn renew_lease_in(tx: &mut dyn WriteTxn, id: &JobId, lease: &Lease, until: UnixMillis) -> Result<()> {
+    let mut job = held_job(tx, id, lease)?;
+    if let Some(l) = job.lease.as_mut() {
+        l.expires_at = l.expires_at.max(until);
+    }
+    put_job_in(tx, &job)
+}
+
 /// Removes a finished job, if `lease` still holds it.
 pub(crate) fn finish_job_in(tx: &mut dyn WriteTxn, id: &JobId, lease: &Lease) -> Result<()> {
     let job = held_job(tx, id, lease)?;

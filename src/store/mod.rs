@@ -22,6 +22,7 @@ mod audit;
 mod catalog;
 mod changes;
 mod clone;
+mod clone_runs;
 mod diagnostics;
 pub mod engine;
 mod jobs;
@@ -45,6 +46,7 @@ use engine::{Engine, ReadTxn, Table, WriteTxn};
 use records::{decode, encode};
 
 pub use changes::{Change, ChangeTokens};
+pub use clone_runs::clone_job_id;
 pub use diagnostics::StoreCounts;
 pub use memory_engine::MemoryEngine;
 pub use redb_engine::RedbEngine;
@@ -205,6 +207,6 @@ pub(crate) fn put_row<T: Serialize>(tx: &mut dyn WriteTxn, table: Table, key: &[
     tx.put(table, key, &encode(row))
 }
 
-fn corrupt(e: impl ToString) -> StoreError {
+pub(crate) fn corrupt(e: impl ToString) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::audit::append_audit;
-use super::engine::{KeyRange, ReadTxn, Table, Visit};
+use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyReader, str_key};
 use super::{Change, Result, Store, get_row, put_row};
@@ -43,13 +43,7 @@ impl Store {
         self.write(&[Change::Other], |tx| {
             let key = str_key(&p.name);
             let previous: Option<PropertyRow> = get_row(tx, Table::Properties, &key)?;
-            let row = PropertyRow {
-                v: 1,
-                value: p.value.clone(),
-                updated_at: p.updated_at.0,
-                updated_by: p.updated_by.clone(),
-            };
-            put_row(tx, Table::Properties, &key, &row)?;
+            put_property_in(tx, p)?;
             append_audit(tx, &[audit(previous.as_ref().map(|r| r.value.as_str()))])
         })
     }
@@ -68,4 +62,10 @@ pub(super) fn properties_in(tx: &mut dyn ReadTxn) -> Result<Vec<Property>> {
         Ok(Visit::Continue)
     })?;
     Ok(out)
+}
+
+pub(super) fn put_property_in(tx: &mut dyn WriteTxn, p: &Property) -> Result<()> {
+    let row =
+        PropertyRow { v: 1, value: p.value.clone(), updated_at: p.updated_at.0, updated_by: p.updated_by.clone() };
+    put_row(tx, Table::Properties, &str_key(&p.name), &row)
 }

@@ -42,6 +42,8 @@ fn def(t: Table) -> Def {
         Table::Audit => "kv/audit",
         Table::Diagnostics => "kv/diagnostics",
         Table::CloneTargets => "kv/clone_targets",
+        Table::RecordsAlt => "kv/records_alt",
+        Table::CloneRuns => "kv/clone_runs",
     })
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::{KeyRange, Table, Visit};
+use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
 use super::{Change, Result, Store, StoreError, get_row, put_row};
@@ -39,6 +39,45 @@ pub(super) fn record_from_row(k: &[u8], v: &[u8]) -> Result<StoredRecord> {
     row_to(address, decode(v)?)
 }
 
+/// Meta key naming the table that holds the records (`a`: Records, `b`: RecordsAlt).
+const META_RECORDS_TABLE: &[u8] = b"records_table";
+
+/// The table holding the records now.
+pub(super) fn active_records(tx: &mut dyn ReadTxn) -> Result<Table> {
+    Ok(match tx.get(Table::Meta, META_RECORDS_TABLE)?.as_deref() {
+        None | Some(b"a") => Table::Records,
+        Some(b"b") => Table::RecordsAlt,
+        Some(_) => return Err(corrupt("meta records_table is neither a nor b")),
+    })
+}
+
+/// The other records table (a clone stages there).
+pub(super) fn staging_records(tx: &mut dyn ReadTxn) -> Result<Table> {
+    Ok(match active_records(tx)? {
+        Table::Records => Table::RecordsAlt,
+        _ => Table::Records,
+    })
+}
+
+/// Makes the staging table the active one (inside the swap transaction).
+pub(super) fn swap_records_tables(tx: &mut dyn WriteTxn) -> Result<Table> {
+    let now_active = staging_records(tx)?;
+    let flag: &[u8] = if now_active == Table::Records { b"a" } else { b"b" };
+    tx.put(Table::Meta, META_RECORDS_TABLE, flag)?;
+    Ok(now_active)
+}
+
+/// A record's row (key and value) for writing.
+pub(super) fn record_row(rec: &StoredRecord) -> (Vec<u8>, Vec<u8>) {
+    let row = RecordRow {
+        v: 1,
+        ciphertext: rec.ciphertext.clone(),
+        key_id: rec.key_id.to_string(),
+        updated_at: rec.updated_at.0,
+    };
+    (address_key(&rec.address), super::records::encode(&row))
+}
+
 fn address_key(a: &RecordAddress) -> Vec<u8> {
     KeyBuf::new().str(a.table.as_str()).str(a.field.as_str()).str(&a.record_id).done()
 }
@@ -51,18 +90,25 @@ impl Store {
             key_id: rec.key_id.to_string(),
             updated_at: rec.updated_at.0,
         };
-        self.write(&[Change::Other], |tx| put_row(tx, Table::Records, &address_key(&rec.address), &row))
+        self.write(&[Change::Other], |tx| {
+            let table = active_records(tx)?;
+            put_row(tx, table, &address_key(&rec.address), &row)
+        })
     }
 
     pub fn record(&self, a: &RecordAddress) -> Result<Option<StoredRecord>> {
         self.read(|tx| {
-            get_row::<RecordRow>(tx, Table::Records, &address_key(a))?.map(|r| row_to(a.clone(), r)).transpose()
+            let table = active_records(tx)?;
+            get_row::<RecordRow>(tx, table, &address_key(a))?.map(|r| row_to(a.clone(), r)).transpose()
         })
     }
 
     /// Returns whether a record was deleted.
     pub fn delete_record(&self, a: &RecordAddress) -> Result<bool> {
-        self.write(&[Change::Other], |tx| tx.delete(Table::Records, &address_key(a)))
+        self.write(&[Change::Other], |tx| {
+            let table = active_records(tx)?;
+            tx.delete(table, &address_key(a))
+        })
     }
 
     /// Records after `after` (exclusive) in address order, filtered, at most `limit`.
@@ -85,7 +131,8 @@ impl Store {
             if limit == 0 {
                 return Ok(out);
             }
-            tx.visit(Table::Records, &range, &mut |k, v| {
+            let table = active_records(tx)?;
+            tx.visit(table, &range, &mut |k, v| {
                 let rec = record_from_row(k, v)?;
                 if field.is_some_and(|x| x != &rec.address.field) {
                     return Ok(Visit::Continue);

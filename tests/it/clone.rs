@@ -176,3 +176,130 @@ async fn kmfctl_manages_clone_targets() {
     assert!(!out.status.success(), "removing an unknown target fails");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+async fn count_records(ops: &mut Ops, table: &str) -> usize {
+    let (mut n, mut token) = (0, String::new());
+    for _ in 0..1_000 {
+        let req = pb::ListRecordsRequest {
+            table: table.into(),
+            page_token: token.clone(),
+            page_size: 1_000,
+            ..Default::default()
+        };
+        let page = ops.crypto.list_records(req).await.expect("list").into_inner();
+        n += page.records.len();
+        if page.next_page_token.is_empty() {
+            return n;
+        }
+        token = page.next_page_token;
+    }
+    panic!("more pages than records");
+}
+
+/// Waits (bounded) until the clone is no longer running.
+async fn finished(clones: &mut ClonesClient<tonic::transport::Channel>, id: &str) -> pb::CloneInfo {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let c = clones.get_clone(pb::GetCloneRequest { clone_id: id.into() }).await.expect("get").into_inner();
+        let c = c.clone.expect("clone");
+        if c.state != "running" {
+            return c;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "clone still running: {c:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // poll interval; bounded by the deadline
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_clones_its_source_in_one_step_and_keeps_its_identity() {
+    let pki = Pki::new();
+    let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let mut src = source.admin(&pki).await;
+    src.spec("hr", "pay", true).await;
+    put_records(&mut src, RECORDS).await;
+    let off =
+        pb::SetPropertyRequest { name: "glide_encryption.auto_key_exchange.enabled".into(), value: "false".into() };
+    src.properties.set_property(off).await.expect("property");
+    // The target's own data before the clone.
+    let mut tgt = target.admin(&pki).await;
+    tgt.spec("local", "mine", true).await;
+    let address = pb::RecordAddress { table: "old".into(), field: "f".into(), record_id: "1".into() };
+    tgt.crypto
+        .put_record(pb::PutRecordRequest { address: Some(address), spec: "mine".into(), plaintext: b"x".to_vec() })
+        .await
+        .expect("own record");
+
+    let mut target_clones = ClonesClient::new(admin_channel(&target, &pki).await);
+    let start = |source: &TestNode| pb::StartCloneRequest {
+        source_sys_id: source.sys_id.clone(),
+        source_host: source.host.to_string(),
+    };
+    // Not yet a clone target of the source: the clone fails, nothing changes.
+    let refused = target_clones.start_clone(start(&source)).await.expect("start").into_inner().clone.expect("clone");
+    let refused = finished(&mut target_clones, &refused.clone_id).await;
+    assert!(refused.state == "failed" && refused.error.contains("not a clone target"), "{refused:?}");
+    assert_eq!(count_records(&mut tgt, "old").await, 1, "the previous data is intact");
+
+    let mut source_clones = ClonesClient::new(admin_channel(&source, &pki).await);
+    let add = pb::AddCloneTargetRequest { sys_id: target.sys_id.clone(), host: target.host.to_string() };
+    source_clones.add_clone_target(add).await.expect("register");
+    let run = target_clones.start_clone(start(&source)).await.expect("start").into_inner().clone.expect("clone");
+    let done = finished(&mut target_clones, &run.clone_id).await;
+    assert_eq!(done.state, "completed", "{done:?}");
+    assert_eq!((done.records_total, done.records_copied), (RECORDS as u64, RECORDS as u64));
+    assert!(done.records_per_second > 0.0);
+
+    // The source's catalog and records replaced the target's; identity stays.
+    assert_eq!(count_records(&mut tgt, "hr").await, RECORDS);
+    assert_eq!(count_records(&mut tgt, "old").await, 0, "the target's own records were replaced");
+    let specs = tgt.keys.list_specs(pb::ListSpecsRequest::default()).await.expect("specs").into_inner().specs;
+    assert_eq!(specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["pay"]);
+    let auto = tgt
+        .properties
+        .get_property(pb::GetPropertyRequest { name: "glide_encryption.auto_key_exchange.enabled".into() });
+    assert_eq!(auto.await.expect("property").into_inner().property.expect("p").value, "false");
+    let info = tgt.instance.info(pb::InfoRequest {}).await.expect("info").into_inner();
+    assert_eq!(info.sys_id, target.sys_id, "the target keeps its identity");
+    let chain = tgt.audit.verify_audit_chain(pb::VerifyAuditChainRequest {}).await.expect("verify").into_inner();
+    assert!(chain.intact, "the target's audit log is kept, unbroken: {chain:?}");
+    assert!(!audit_of(&mut tgt, "clone.complete").await.is_empty());
+    // No key came with the clone: the records cannot be opened here yet.
+    let page = pb::ListRecordsRequest { table: "hr".into(), page_size: 1, ..Default::default() };
+    let first = tgt.crypto.list_records(page).await.expect("list").into_inner().records.remove(0);
+    let get = pb::GetRecordRequest { address: first.address };
+    assert!(tgt.crypto.get_record(get).await.is_err(), "the source's keys are not on the target");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmfctl_clone_start_watch_follows_the_clone_to_its_end() {
+    let pki = Pki::new();
+    let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let mut src = source.admin(&pki).await;
+    src.spec("hr", "pay", true).await;
+    put_records(&mut src, 50).await;
+    let admin = pki.operator("root", &[kmf::domain::auth::Role::Admin]);
+    let (dir_s, dir_t) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let mut add = crate::support::kmfctl_command(&source, &admin, dir_s.path());
+    add.args(["clone", "target", "add", &target.sys_id, &target.host.to_string()]);
+    assert!(add.output().await.expect("kmfctl").status.success());
+    let mut start = crate::support::kmfctl_command(&target, &admin, dir_t.path());
+    start.args(["--json", "clone", "start", &source.sys_id, &source.host.to_string(), "--watch"]);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), start.output())
+        .await
+        .expect("bounded")
+        .expect("kmfctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown[0]["state"], "completed", "{shown}");
+    assert_eq!(shown[0]["records_copied"], 50);
+    // The same id is listed on the target; `get` shows it too.
+    let id = shown[0]["clone_id"].as_str().expect("id").to_owned();
+    let mut get = crate::support::kmfctl_command(&target, &admin, dir_t.path());
+    get.args(["clone", "get", &id]);
+    let out = get.output().await.expect("kmfctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&id) && text.contains("completed") && text.contains("50/50"),
+        "{text}"
+    );
+}

@@ -616,3 +616,98 @@ fn concurrent_property_sets_audit_the_value_each_replaced() {
         assert_eq!(s.store.property("x.y").unwrap().unwrap().value, last, "{}", s.name);
     }
 }
+
+/// A clone stages records beside the live ones; until the swap nothing a
+/// reader sees changes; the swap replaces catalog and records at once; only
+/// the clone job's lease may write, and a finished clone writes no more.
+#[test]
+fn clone_staging_is_invisible_until_one_swap() {
+    use kmf::domain::clone::{CloneRun, CloneState, SnapshotCatalog};
+    use kmf::domain::ids::CloneId;
+    for s in subjects() {
+        let st = &s.store;
+        let rec = |table: &str, i: u32| StoredRecord {
+            address: RecordAddress::parse(table, "f", &format!("r{i}")).unwrap(),
+            ciphertext: vec![1; 8],
+            key_id: key("s", 3, 1).0.id,
+            updated_at: UnixMillis(1),
+        };
+        st.insert_module(&Module { name: name("old"), created_at: UnixMillis(1) }, &[], &[]).unwrap();
+        st.put_record(&rec("live", 1)).unwrap();
+        let id = CloneId::from_random([7; 16]);
+        let run = CloneRun {
+            id: id.clone(),
+            source: sys(9),
+            source_host: host(),
+            state: CloneState::Running,
+            records_total: 0,
+            records_copied: 0,
+            started_at: UnixMillis(1),
+            copy_started_at: UnixMillis(1),
+            updated_at: UnixMillis(1),
+            finished_at: None,
+            error: None,
+        };
+        let job_id = kmf::store::clone_job_id(&id);
+        st.start_clone(&run, &Job::new(job_id.clone(), UnixMillis(1), UnixMillis(1)), &[]).unwrap();
+        assert!(
+            matches!(
+                st.start_clone(&run, &Job::new(job_id, UnixMillis(1), UnixMillis(1)), &[]),
+                Err(StoreError::AlreadyExists { .. })
+            ),
+            "{}: one clone at a time",
+            s.name
+        );
+        let (_, lease) = st.claim_due_jobs("runner", UnixMillis(2), 1_000, 1).unwrap().remove(0);
+        let until = UnixMillis(5_000);
+        st.begin_clone_copy(&id, &lease, until, 3, UnixMillis(2)).unwrap();
+        let staged = st
+            .stage_clone_records(&id, &lease, until, &[rec("new", 1), rec("new", 2), rec("new", 3)], UnixMillis(3))
+            .unwrap();
+        assert_eq!(staged.records_copied, 3);
+        let live = st.records(None, None, None, 10).unwrap();
+        assert_eq!(
+            live.iter().map(|r| r.address.table.to_string()).collect::<Vec<_>>(),
+            ["live"],
+            "{}: staging is invisible",
+            s.name
+        );
+        // Another runner's lease writes nothing.
+        let stranger = kmf::domain::job::Lease { owner: "other".into(), claim: 99, expires_at: until };
+        assert!(
+            matches!(
+                st.stage_clone_records(&id, &stranger, until, &[rec("bad", 1)], UnixMillis(3)),
+                Err(StoreError::Stale { .. })
+            ),
+            "{}",
+            s.name
+        );
+        let catalog = SnapshotCatalog {
+            modules: vec![Module { name: name("new"), created_at: UnixMillis(1) }],
+            ..Default::default()
+        };
+        let done = st.swap_in_clone(&id, &lease, until, &catalog, UnixMillis(4), &[]).unwrap();
+        assert_eq!(done.state, CloneState::Completed);
+        let live = st.records(None, None, None, 10).unwrap();
+        assert_eq!(
+            live.iter().map(|r| r.address.record_id.as_str()).collect::<Vec<_>>(),
+            ["r1", "r2", "r3"],
+            "{}",
+            s.name
+        );
+        assert!(live.iter().all(|r| r.address.table.as_str() == "new"));
+        assert_eq!(st.modules().unwrap().iter().map(|m| m.name.to_string()).collect::<Vec<_>>(), ["new"]);
+        assert!(
+            matches!(
+                st.stage_clone_records(&id, &lease, until, &[rec("late", 1)], UnixMillis(5)),
+                Err(StoreError::Stale { .. })
+            ),
+            "{}: a completed clone stages nothing",
+            s.name
+        );
+        // The old records are cleared from the staging side afterwards.
+        assert_eq!(st.clear_staging(&id, &lease, until, 10).unwrap(), 1, "{}", s.name);
+        assert_eq!(st.clear_staging(&id, &lease, until, 10).unwrap(), 0);
+        assert_eq!(st.records(None, None, None, 10).unwrap().len(), 3, "{}: the live records stay", s.name);
+    }
+}

@@ -11,10 +11,10 @@ use tonic::{Request, Response, Status};
 
 use super::peer::instance;
 use crate::domain::auth::Permission;
-use crate::domain::ids::{Host, SysId};
+use crate::domain::ids::{CloneId, Host, SysId};
 use crate::node::Node;
 use crate::rpc::caller::authorize;
-use crate::rpc::convert_clone::{clone_target, snapshot_part};
+use crate::rpc::convert_clone::{clone_info, clone_target, snapshot_part};
 use crate::rpc::pb::{self, clone_source_server::CloneSource, clones_server::Clones};
 
 pub struct ClonesService(pub Arc<Node>);
@@ -50,6 +50,32 @@ impl Clones for ClonesService {
         let sys_id = SysId::parse(&req.into_inner().sys_id)?;
         self.0.remove_clone_target(&auth.caller, sys_id).await?;
         Ok(Response::new(pb::RemoveCloneTargetResponse {}))
+    }
+
+    async fn start_clone(
+        &self,
+        req: Request<pb::StartCloneRequest>,
+    ) -> Result<Response<pb::StartCloneResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let r = req.into_inner();
+        let (source, host) = (SysId::parse(&r.source_sys_id)?, Host::parse(&r.source_host)?);
+        let run = self.0.start_clone(&auth.caller, source, host).await?;
+        Ok(Response::new(pb::StartCloneResponse { clone: Some(clone_info(&run)) }))
+    }
+
+    async fn get_clone(&self, req: Request<pb::GetCloneRequest>) -> Result<Response<pb::GetCloneResponse>, Status> {
+        authorize(&self.0, &req, Permission::Read).await?;
+        let run = self.0.clone_run(CloneId::parse(&req.into_inner().clone_id)?).await?;
+        Ok(Response::new(pb::GetCloneResponse { clone: Some(clone_info(&run)) }))
+    }
+
+    async fn list_clones(
+        &self,
+        req: Request<pb::ListClonesRequest>,
+    ) -> Result<Response<pb::ListClonesResponse>, Status> {
+        authorize(&self.0, &req, Permission::Read).await?;
+        let runs = self.0.clone_runs().await?;
+        Ok(Response::new(pb::ListClonesResponse { clones: runs.iter().map(clone_info).collect() }))
     }
 }
 

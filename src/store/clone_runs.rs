@@ -1,0 +1,279 @@
+//! Clone, target side: clone runs, and the staging that makes a clone
+//! atomic. Records live in one of two tables; a clone copies the source's
+//! records into the other one (`staging`), part by part, each part in its own
+//! transaction, while the previous data stays readable. The swap is one
+//! transaction: the catalog tables (modules, specs, access policies,
+//! properties) are replaced by the snapshot's and the staging table becomes
+//! the active one. Keys, identity, requests, jobs and the audit log are
+//! never touched. Afterwards the old records are cleared in batches.
+//!
+//! Every write here is made under the clone job's lease (a runner whose
+//! lease was taken over gets `Stale` and changes nothing) and renews it.
+
+use serde::{Deserialize, Serialize};
+
+use super::audit::append_audit;
+use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
+use super::jobs::{finish_job_in, put_job_in, renew_lease_in};
+use super::policies::put_new_policies;
+use super::records::{ModuleRow, SpecRow, decode};
+use super::stored_records::{record_row, staging_records, swap_records_tables};
+use super::tuple::str_key;
+use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
+use crate::domain::audit::AuditEvent;
+use crate::domain::clone::{CloneRun, CloneState, SnapshotCatalog};
+use crate::domain::ids::{CloneId, Host, SysId, UnixMillis};
+use crate::domain::job::{Job, JobId, JobKind, Lease};
+use crate::domain::record::StoredRecord;
+
+#[derive(Serialize, Deserialize)]
+struct CloneRunRow {
+    v: u8,
+    source: String,
+    source_host: String,
+    state: String,
+    records_total: u64,
+    records_copied: u64,
+    started_at: i64,
+    copy_started_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+    error: Option<String>,
+}
+
+impl From<&CloneRun> for CloneRunRow {
+    fn from(r: &CloneRun) -> Self {
+        CloneRunRow {
+            v: 1,
+            source: r.source.to_string(),
+            source_host: r.source_host.to_string(),
+            state: r.state.label().to_owned(),
+            records_total: r.records_total,
+            records_copied: r.records_copied,
+            started_at: r.started_at.0,
+            copy_started_at: r.copy_started_at.0,
+            updated_at: r.updated_at.0,
+            finished_at: r.finished_at.map(|t| t.0),
+            error: r.error.clone(),
+        }
+    }
+}
+
+fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
+    Ok(CloneRun {
+        id,
+        source: SysId::parse(&r.source).map_err(corrupt)?,
+        source_host: Host::parse(&r.source_host).map_err(corrupt)?,
+        state: CloneState::parse(&r.state).ok_or_else(|| corrupt(format!("clone state {}", r.state)))?,
+        records_total: r.records_total,
+        records_copied: r.records_copied,
+        started_at: UnixMillis(r.started_at),
+        copy_started_at: UnixMillis(r.copy_started_at),
+        updated_at: UnixMillis(r.updated_at),
+        finished_at: r.finished_at.map(UnixMillis),
+        error: r.error,
+    })
+}
+
+pub fn clone_job_id(id: &CloneId) -> JobId {
+    JobId::new(JobKind::Clone, id.as_str())
+}
+
+fn read_run(tx: &mut dyn ReadTxn, id: &CloneId) -> Result<Option<CloneRun>> {
+    get_row::<CloneRunRow>(tx, Table::CloneRuns, &str_key(id.as_str()))?.map(|r| run_from(id.clone(), r)).transpose()
+}
+
+fn put_run(tx: &mut dyn WriteTxn, run: &CloneRun) -> Result<()> {
+    put_row(tx, Table::CloneRuns, &str_key(run.id.as_str()), &CloneRunRow::from(run))
+}
+
+/// The run, if the clone job's `lease` still holds it (renewed until
+/// `lease_until`), and it is still Running.
+fn held_run(tx: &mut dyn WriteTxn, id: &CloneId, lease: &Lease, lease_until: UnixMillis) -> Result<CloneRun> {
+    renew_lease_in(tx, &clone_job_id(id), lease, lease_until)?;
+    match read_run(tx, id)? {
+        Some(run) if run.state == CloneState::Running => Ok(run),
+        Some(run) => Err(StoreError::Stale { what: "clone", id: format!("{id} is {}", run.state.label()) }),
+        None => Err(StoreError::Missing { what: "clone", id: id.to_string() }),
+    }
+}
+
+/// Deletes every row of `table` (the catalog is small: one transaction).
+fn clear_table(tx: &mut dyn WriteTxn, table: Table) -> Result<()> {
+    let mut keys = Vec::new();
+    tx.visit(table, &KeyRange::all(), &mut |k, _| {
+        keys.push(k.to_vec());
+        Ok(Visit::Continue)
+    })?;
+    for k in keys {
+        tx.delete(table, &k)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Records a new clone run and its job, unless another clone is running
+    /// (`AlreadyExists` naming it).
+    pub fn start_clone(&self, run: &CloneRun, job: &Job, audit: &[AuditEvent]) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let mut running = None;
+            tx.visit(Table::CloneRuns, &KeyRange::all(), &mut |k, v| {
+                let r: CloneRunRow = decode(v)?;
+                if r.state == CloneState::Running.label() {
+                    running = Some(super::tuple::KeyReader::new(k).str()?);
+                    return Ok(Visit::Stop);
+                }
+                Ok(Visit::Continue)
+            })?;
+            if let Some(id) = running {
+                return Err(StoreError::AlreadyExists { what: "running clone", id });
+            }
+            put_run(tx, run)?;
+            put_job_in(tx, job)?;
+            append_audit(tx, audit)
+        })
+    }
+
+    pub fn clone_run(&self, id: &CloneId) -> Result<Option<CloneRun>> {
+        self.read(|tx| read_run(tx, id))
+    }
+
+    /// Every clone run, newest first.
+    pub fn clone_runs(&self) -> Result<Vec<CloneRun>> {
+        let mut runs = self.read(|tx| {
+            let mut out = Vec::new();
+            tx.visit(Table::CloneRuns, &KeyRange::all(), &mut |k, v| {
+                let id = CloneId::parse(&super::tuple::KeyReader::new(k).str()?).map_err(corrupt)?;
+                out.push(run_from(id, decode(v)?)?);
+                Ok(Visit::Continue)
+            })?;
+            Ok(out)
+        })?;
+        runs.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(runs)
+    }
+
+    /// Deletes up to `limit` rows of the staging table; returns how many.
+    /// (Before a copy: what a crashed copy left; after a swap: the old data.)
+    pub fn clear_staging(&self, id: &CloneId, lease: &Lease, lease_until: UnixMillis, limit: usize) -> Result<usize> {
+        self.write(&[Change::Other], |tx| {
+            renew_lease_in(tx, &clone_job_id(id), lease, lease_until)?;
+            let table = staging_records(tx)?;
+            let mut keys = Vec::new();
+            tx.visit(table, &KeyRange::all(), &mut |k, _| {
+                keys.push(k.to_vec());
+                Ok(if keys.len() >= limit { Visit::Stop } else { Visit::Continue })
+            })?;
+            for k in &keys {
+                tx.delete(table, k)?;
+            }
+            Ok(keys.len())
+        })
+    }
+
+    /// A copy starts (again): `total` records are coming.
+    pub fn begin_clone_copy(
+        &self,
+        id: &CloneId,
+        lease: &Lease,
+        lease_until: UnixMillis,
+        total: u64,
+        now: UnixMillis,
+    ) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let mut run = held_run(tx, id, lease, lease_until)?;
+            (run.records_total, run.records_copied, run.copy_started_at, run.updated_at) = (total, 0, now, now);
+            put_run(tx, &run)
+        })
+    }
+
+    /// Writes one part of the snapshot's records into the staging table.
+    pub fn stage_clone_records(
+        &self,
+        id: &CloneId,
+        lease: &Lease,
+        lease_until: UnixMillis,
+        records: &[StoredRecord],
+        now: UnixMillis,
+    ) -> Result<CloneRun> {
+        self.write(&[Change::Other], |tx| {
+            let mut run = held_run(tx, id, lease, lease_until)?;
+            let table = staging_records(tx)?;
+            for rec in records {
+                let (k, v) = record_row(rec);
+                tx.put(table, &k, &v)?;
+            }
+            run.records_copied += records.len() as u64;
+            run.updated_at = now;
+            put_run(tx, &run)?;
+            Ok(run)
+        })
+    }
+
+    /// The swap, in one transaction: the catalog becomes `catalog`, the
+    /// staged records become the records, the run is Completed.
+    pub fn swap_in_clone(
+        &self,
+        id: &CloneId,
+        lease: &Lease,
+        lease_until: UnixMillis,
+        catalog: &SnapshotCatalog,
+        now: UnixMillis,
+        audit: &[AuditEvent],
+    ) -> Result<CloneRun> {
+        self.write(&[Change::Specs, Change::Policies, Change::Other], |tx| {
+            let mut run = held_run(tx, id, lease, lease_until)?;
+            for table in [Table::Modules, Table::Specs, Table::AccessPolicies, Table::Properties] {
+                clear_table(tx, table)?;
+            }
+            for m in &catalog.modules {
+                put_row(tx, Table::Modules, &str_key(m.name.as_str()), &ModuleRow::from(m))?;
+            }
+            for s in &catalog.specs {
+                put_row(tx, Table::Specs, &str_key(s.name.as_str()), &SpecRow::from(s))?;
+            }
+            put_new_policies(tx, &catalog.policies)?;
+            for p in &catalog.properties {
+                super::properties::put_property_in(tx, p)?;
+            }
+            swap_records_tables(tx)?;
+            run.state = CloneState::Completed;
+            (run.updated_at, run.finished_at, run.error) = (now, Some(now), None);
+            put_run(tx, &run)?;
+            append_audit(tx, audit)?;
+            Ok(run)
+        })
+    }
+
+    /// The clone is given up: Failed with `error`, its job removed; the
+    /// previous data is untouched (the staging is cleared by the next clone).
+    pub fn fail_clone(
+        &self,
+        id: &CloneId,
+        lease: &Lease,
+        error: &str,
+        now: UnixMillis,
+        audit: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            finish_job_in(tx, &clone_job_id(id), lease)?;
+            if let Some(mut run) = read_run(tx, id)? {
+                run.state = CloneState::Failed;
+                (run.updated_at, run.finished_at, run.error) = (now, Some(now), Some(error.to_owned()));
+                put_run(tx, &run)?;
+            }
+            append_audit(tx, audit)
+        })
+    }
+
+    /// Notes why the last attempt failed (the job retries it).
+    pub fn note_clone_error(&self, id: &CloneId, error: &str, now: UnixMillis) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            if let Some(mut run) = read_run(tx, id)?.filter(|r| r.state == CloneState::Running) {
+                (run.updated_at, run.error) = (now, Some(error.to_owned()));
+                put_run(tx, &run)?;
+            }
+            Ok(())
+        })
+    }
+}
