@@ -96,6 +96,18 @@ impl Store {
         })
     }
 
+    /// Stores many records in one transaction (seeding, benchmarks).
+    pub fn put_records(&self, recs: &[StoredRecord]) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let table = active_records(tx)?;
+            for rec in recs {
+                let (k, v) = record_row(rec);
+                tx.put(table, &k, &v)?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn record(&self, a: &RecordAddress) -> Result<Option<StoredRecord>> {
         self.read(|tx| {
             let table = active_records(tx)?;

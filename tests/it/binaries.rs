@@ -154,3 +154,21 @@ pub fn operator_pki(pki: &Path) {
         .arg("--out")
         .arg(pki));
 }
+
+/// xorshift64*: enough to spread kill moments, reproducible from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// A free 127.0.0.1 port, as host:port (for a daemon restarted on the same port).
+pub fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
+    l.local_addr().expect("addr").to_string()
+}

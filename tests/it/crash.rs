@@ -17,29 +17,12 @@ use kmf::domain::audit::AuditEntry;
 use kmf::domain::ids::{Name, RequestId};
 use kmf::domain::key::KeyState;
 
-use crate::binaries::{Daemon, Settings, init, ok, run, start_listening};
+use crate::binaries::{Daemon, Rng, Settings, free_port, init, ok, run, start_listening};
 use crate::support::Ops;
 
 const KEYS: u32 = 10_000;
 /// Kill moments are drawn from 0 to this many milliseconds after approval starts.
 const KILL_WINDOW_MS: u64 = 1_500;
-
-/// xorshift64*: enough to spread kill moments, reproducible from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve a port");
-    l.local_addr().expect("addr").to_string()
-}
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).expect("json")

@@ -5,6 +5,7 @@ mod approve_wait;
 mod audit;
 mod binaries;
 mod clone;
+mod clone_crash;
 mod crash;
 mod crypto_ops;
 mod crypto_specs;
