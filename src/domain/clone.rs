@@ -17,6 +17,38 @@ pub const RECORDS_PER_PART: usize = 1000;
 /// Most items of one kind in one `Catalog` part.
 pub const CATALOG_ITEMS_PER_PART: usize = 500;
 
+/// The property that turns the automatic exchange after a clone on or off.
+pub const AUTO_KEY_EXCHANGE: &str = "glide_encryption.auto_key_exchange.enabled";
+
+/// Whether a target that just swapped in `catalog` requests its specs from
+/// the source: the cloned property says so (true when absent, its default)
+/// and there are specs to request.
+pub fn wants_automatic_exchange(catalog: &SnapshotCatalog) -> bool {
+    let enabled = catalog.properties.iter().find(|p| p.name == AUTO_KEY_EXCHANGE).is_none_or(|p| p.value == "true");
+    enabled && !catalog.specs.is_empty()
+}
+
+/// How long a clone grant lets its target's automatic request be approved.
+pub const GRANT_MILLIS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Recorded by a source that served a complete clone: the target's
+/// AUTOMATIC request for these specs is approved without a person.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CloneGrant {
+    pub target: SysId,
+    pub specs: Vec<super::ids::Name>,
+    pub granted_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+impl CloneGrant {
+    /// Whether the grant approves a request for `specs` at `now`: unexpired,
+    /// and every spec came with the clone.
+    pub fn covers<'a>(&self, mut specs: impl Iterator<Item = &'a super::ids::Name>, now: UnixMillis) -> bool {
+        now < self.expires_at && specs.all(|s| self.specs.contains(s))
+    }
+}
+
 /// A target the source may serve clones to (registered on the source).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct CloneTarget {
@@ -213,6 +245,21 @@ mod tests {
             updated_at: UnixMillis(1),
         };
         SnapshotPart::Records(vec![rec; n])
+    }
+
+    #[test]
+    fn a_grant_covers_only_its_specs_until_it_expires() {
+        let name = |s: &str| Name::parse(s, "spec").unwrap();
+        let grant = CloneGrant {
+            target: SysId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            specs: vec![name("a"), name("b")],
+            granted_at: UnixMillis(0),
+            expires_at: UnixMillis(100),
+        };
+        assert!(grant.covers([name("a"), name("b")].iter(), UnixMillis(99)));
+        assert!(grant.covers([name("b")].iter(), UnixMillis(0)));
+        assert!(!grant.covers([name("a"), name("c")].iter(), UnixMillis(1)), "c did not come with the clone");
+        assert!(!grant.covers([name("a")].iter(), UnixMillis(100)), "expired");
     }
 
     #[test]

@@ -68,7 +68,12 @@ pub enum ExchangeRole {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Frequency {
+    /// Created by an operator on the target; approved by hand on the source.
     Adhoc,
+    /// Created by the target after a clone (when
+    /// `glide_encryption.auto_key_exchange.enabled` is true); the source
+    /// approves it at once when it served that clone (a clone grant).
+    Automatic,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -22,11 +22,19 @@ pub enum JobKind {
     LifecycleSweep,
     /// Target: copy a snapshot from the source, swap it in, clean up.
     Clone,
+    /// Target, after a clone: request the clone's specs from its source (AUTOMATIC).
+    AutoExchange,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] =
-        [JobKind::Deliver, JobKind::Notify, JobKind::ExpirySweep, JobKind::LifecycleSweep, JobKind::Clone];
+    pub const ALL: [JobKind; 6] = [
+        JobKind::Deliver,
+        JobKind::Notify,
+        JobKind::ExpirySweep,
+        JobKind::LifecycleSweep,
+        JobKind::Clone,
+        JobKind::AutoExchange,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -35,6 +43,7 @@ impl JobKind {
             JobKind::ExpirySweep => "expiry_sweep",
             JobKind::LifecycleSweep => "lifecycle_sweep",
             JobKind::Clone => "clone",
+            JobKind::AutoExchange => "auto_exchange",
         }
     }
 

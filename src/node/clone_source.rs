@@ -11,7 +11,7 @@ use super::Node;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
-use crate::domain::clone::{CloneTarget, RECORDS_PER_PART, SnapshotPart};
+use crate::domain::clone::{CloneGrant, CloneTarget, GRANT_MILLIS, RECORDS_PER_PART, SnapshotPart};
 use crate::domain::ids::{Host, SysId};
 use crate::error::{AppError, AppResult};
 
@@ -85,14 +85,17 @@ impl Node {
 
     /// Reads the snapshot into `tx` (blocking), then audits what was served.
     fn stream_snapshot(&self, target: &SysId, tx: &mpsc::Sender<AppResult<SnapshotPart>>) {
-        let mut sent = 0u64;
+        let (mut sent, mut specs) = (0u64, Vec::new());
         let mut emit = |part: SnapshotPart| {
-            if let SnapshotPart::Records(r) = &part {
-                sent += r.len() as u64;
+            match &part {
+                SnapshotPart::Records(r) => sent += r.len() as u64,
+                SnapshotPart::Catalog(c) => specs.extend(c.specs.iter().map(|s| s.name.clone())),
+                _ => {}
             }
             tx.blocking_send(Ok(part)).is_ok()
         };
         let outcome = self.store.snapshot(self.now(), RECORDS_PER_PART, &mut emit);
+        let complete = matches!(outcome, Ok(true));
         let (result, details) = match &outcome {
             Ok(true) => (Outcome::Success, format!("snapshot of {sent} records served")),
             Ok(false) => (Outcome::Failed, format!("the target went away after {sent} records")),
@@ -101,10 +104,24 @@ impl Node {
         if let Err(e) = outcome {
             let _ = tx.blocking_send(Err(AppError::from(e)));
         }
-        let audit = AuditEvent::new(self.now(), format!("instance:{target}"), "clone.serve", target.as_str(), result)
+        let now = self.now();
+        let audit = AuditEvent::new(now, format!("instance:{target}"), "clone.serve", target.as_str(), result)
             .with_details(details.clone());
-        if let Err(e) = self.store.append_audit(&[audit]) {
-            tracing::error!(error = %e, "could not audit a served clone");
+        // A complete clone grants the target's automatic request for its specs.
+        let written = match complete {
+            true => {
+                let grant = CloneGrant {
+                    target: target.clone(),
+                    specs,
+                    granted_at: now,
+                    expires_at: now.plus_millis(GRANT_MILLIS),
+                };
+                self.store.put_clone_grant(&grant, &[audit])
+            }
+            _ => self.store.append_audit(&[audit]),
+        };
+        if let Err(e) = written {
+            tracing::error!(error = %e, "could not record a served clone");
         }
         tracing::info!(target_instance = %target, %details, "clone snapshot");
     }

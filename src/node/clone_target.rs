@@ -12,16 +12,20 @@ use std::sync::Arc;
 use tokio_stream::StreamExt;
 
 use super::Node;
+use super::exchange_target::PlannedRequest;
 use super::jobs::millis;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
-use crate::domain::clone::{CloneRun, CloneState, SnapshotCatalog, SnapshotOrder, SnapshotPart};
-use crate::domain::ids::{CloneId, Host, SysId, UnixMillis};
-use crate::domain::job::{Job, Lease};
+use crate::domain::clone::{
+    CloneRun, CloneState, SnapshotCatalog, SnapshotOrder, SnapshotPart, wants_automatic_exchange,
+};
+use crate::domain::exchange::{Frequency, PeerRef, RequestStatus, validate_expiry};
+use crate::domain::ids::{CloneId, Host, RequestId, SysId, UnixMillis};
+use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
 use crate::signer::primitives::random_bytes;
-use crate::store::{StoreError, clone_job_id};
+use crate::store::{CloneSwap, StoreError, clone_job_id};
 
 /// Staging rows deleted per transaction when clearing.
 const CLEAR_BATCH: usize = 10_000;
@@ -170,22 +174,72 @@ impl Node {
             .into());
         }
         let (id, lease, source) = (run.id.clone(), lease.clone(), run.source.clone());
+        let automatic = wants_automatic_exchange(&catalog);
         let done = self
             .blocking(move |node| {
                 let now = node.now();
+                // The automatic exchange is committed with the swap, so it happens exactly when the swap did.
+                let follow_up = automatic.then(|| Job::new(JobId::new(JobKind::AutoExchange, id.as_str()), now, now));
                 let details = format!(
-                    "from {source}: {} modules, {} specs, {} policies, {} properties, records swapped in",
+                    "from {source}: {} modules, {} specs, {} policies, {} properties, records swapped in; automatic exchange {}",
                     catalog.modules.len(),
                     catalog.specs.len(),
                     catalog.policies.len(),
-                    catalog.properties.len()
+                    catalog.properties.len(),
+                    if automatic { "requested" } else { "off" }
                 );
                 let audit = AuditEvent::new(now, "system", "clone.complete", id.as_str(), Outcome::Success)
                     .with_details(details);
-                Ok(node.store.swap_in_clone(&id, &lease, node.lease_until(), &catalog, now, &[audit])?)
+                let swap =
+                    CloneSwap { catalog: &catalog, follow_up: follow_up.as_ref(), now, lease_until: node.lease_until() };
+                Ok(node.store.swap_in_clone(&id, &lease, &swap, &[audit])?)
             })
             .await?;
         tracing::info!(clone = %done.id, records = done.records_copied, rate = done.rate(), "clone swapped in");
+        self.jobs.wake();
         Ok(())
+    }
+
+    /// After a clone: requests every spec that came with it from the source
+    /// (AUTOMATIC; the source's clone grant approves it). The request's id is
+    /// the clone's, so running this twice opens one request: a pending one
+    /// is opened again (the source answers a repeat with what it has), a
+    /// failed one is retried.
+    pub(super) async fn run_auto_exchange(self: &Arc<Self>, job: &Job, lease: Lease) -> AppResult<()> {
+        let clone_id = CloneId::parse(&job.id.subject)?;
+        let request_id = RequestId::parse(clone_id.as_str())?;
+        let run = self.clone_run(clone_id).await?;
+        let rid = request_id.clone();
+        let existing = self.blocking(move |node| Ok(node.store.request(&rid)?.map(|v| v.value))).await?;
+        match existing {
+            None => {
+                let source = PeerRef { sys_id: run.source, host: run.source_host };
+                let planned = move |node: &Node| -> AppResult<PlannedRequest> {
+                    Ok(PlannedRequest {
+                        id: request_id,
+                        frequency: Frequency::Automatic,
+                        source,
+                        specs: node.store.specs()?.into_iter().map(|s| s.name).collect(),
+                        lifetime: validate_expiry(None)?,
+                        actor: "system".into(),
+                    })
+                };
+                let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned(node)?)).await?;
+                tracing::info!(request_id = %req.id, source = %req.source.sys_id, "automatic exchange requested after the clone");
+                self.open_on_source(req, public_key).await?;
+            }
+            Some(req) if req.status == RequestStatus::Pending => {
+                let public_key = req.transport_public_key.clone();
+                self.open_on_source(req, public_key).await?;
+            }
+            Some(req)
+                if matches!(req.status, RequestStatus::ErrorOnLocalInstance | RequestStatus::ErrorOnRemoteInstance) =>
+            {
+                self.retry_on_target("system".into(), req.id).await?;
+            }
+            Some(_) => {}
+        }
+        let id = job.id.clone();
+        self.blocking(move |node| Ok(node.store.finish_job(&id, &lease, None)?)).await
     }
 }

@@ -88,7 +88,7 @@ impl Node {
             let mut req = ExchangeRequest {
                 id: open.request_id,
                 role: ExchangeRole::Source,
-                frequency: Frequency::Adhoc,
+                frequency: open.frequency,
                 source: PeerRef { sys_id: node.sys_id.clone(), host: node.host.clone() },
                 target: PeerRef { sys_id: caller, host: open.target_host },
                 status: RequestStatus::Pending,
@@ -119,6 +119,7 @@ impl Node {
                     let existing = node.store.request(&req.id)?.map(|v| v.value);
                     return match existing {
                         Some(e) if e.target == req.target && e.transport_public_key == req.transport_public_key => {
+                            let e = node.approve_by_grant(e)?;
                             Ok(SourceView { status: e.status, lines: e.lines, total_key_count: e.total_key_count })
                         }
                         _ => Err(DomainError::AlreadyExists { what, id }.into()),
@@ -127,9 +128,32 @@ impl Node {
                 Err(other) => return Err(other.into()),
             }
             tracing::info!(request_id = %req.id, target = %req.target.sys_id, status = req.status.label(), "exchange request opened by target");
+            let req = node.approve_by_grant(req)?;
             Ok(SourceView { status: req.status, lines: req.lines, total_key_count: req.total_key_count })
         })
         .await
+    }
+
+    /// Approves `req` when a clone grant covers it (the automatic exchange
+    /// after a clone this source served: no person involved); else `req`.
+    fn approve_by_grant(&self, req: ExchangeRequest) -> AppResult<ExchangeRequest> {
+        let Some(grant) = self.granting(&req)? else { return Ok(req) };
+        let actor = format!("system (clone grant of {})", crate::clock::rfc3339(grant.granted_at));
+        let approved = self.decide(&req.id, &Decision::Approve, &actor)?;
+        self.jobs.wake();
+        tracing::info!(request_id = %req.id, target = %req.target.sys_id, "automatic request approved by the clone grant");
+        Ok(approved)
+    }
+
+    /// The clone grant that approves `req` at once: an AUTOMATIC request,
+    /// still pending, from a target this source served a clone to, for specs
+    /// that came with that clone, before the grant expires.
+    fn granting(&self, req: &ExchangeRequest) -> AppResult<Option<crate::domain::clone::CloneGrant>> {
+        if req.frequency != Frequency::Automatic || req.status != RequestStatus::Pending {
+            return Ok(None);
+        }
+        let Some(grant) = self.store.clone_grant(&req.target.sys_id)? else { return Ok(None) };
+        Ok(grant.covers(req.pending_specs(), self.now()).then_some(grant))
     }
 
     /// Decides on a request (source side, one explicit call): commits the

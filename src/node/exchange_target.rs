@@ -38,7 +38,62 @@ pub struct NewRequest {
     pub expires_in_millis: Option<i64>,
 }
 
+/// A target request about to be recorded.
+pub(super) struct PlannedRequest {
+    pub id: RequestId,
+    pub frequency: Frequency,
+    pub source: PeerRef,
+    pub specs: Vec<Name>,
+    pub lifetime: i64,
+    pub actor: String,
+}
+
 impl Node {
+    /// Records a new pending request here (the target) with its one-time
+    /// transport key; returns it and the transport public key to send.
+    pub(super) fn insert_target_request(&self, p: PlannedRequest) -> AppResult<(ExchangeRequest, Vec<u8>)> {
+        for s in &p.specs {
+            self.spec_or_not_found(s)?;
+        }
+        let transport = self.signer.create_transport_key()?;
+        let now = self.now();
+        let req = ExchangeRequest {
+            id: p.id,
+            role: ExchangeRole::Target,
+            frequency: p.frequency,
+            source: p.source,
+            target: PeerRef { sys_id: self.sys_id.clone(), host: self.host.clone() },
+            status: RequestStatus::Pending,
+            lines: p.specs.into_iter().map(SpecLine::pending).collect(),
+            total_key_count: 0,
+            exported_key_count: 0,
+            imported_key_count: 0,
+            created_at: now,
+            updated_at: now,
+            expires_at: now.plus_millis(p.lifetime),
+            history: vec![crate::domain::exchange::Transition {
+                status: RequestStatus::Pending,
+                at: now,
+                actor: p.actor,
+                note: "created".into(),
+            }],
+            peer_certificate: Vec::new(),
+            receipt: None,
+            // Kept (it is public) so that opening the request again sends the same key.
+            transport_public_key: transport.public_der.clone(),
+            wrapping: transport.wrapping,
+        };
+        let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
+        let audit = request_audit(
+            &req,
+            "exchange.create",
+            Outcome::Success,
+            format!("source {} at {}; specs {}", req.source.sys_id, req.source.host, specs.join(",")),
+        );
+        self.store.insert_request(&req, Some(&transport.handle), RequestEffects::default(), &[audit])?;
+        Ok((req, transport.public_der))
+    }
+
     /// Creates an Adhoc request here (the target) and opens it on the source.
     pub async fn create_request(self: &Arc<Self>, caller: &Caller, new: NewRequest) -> AppResult<ExchangeRequest> {
         let source_sys_id = SysId::parse(&new.source_sys_id)?;
@@ -48,50 +103,15 @@ impl Node {
         if source_sys_id == self.sys_id {
             return Err(DomainError::invalid("source_sys_id", "is this instance's own sys_id").into());
         }
-        let actor = caller.actor();
-        let (req, public_key) = self
-            .blocking(move |node| {
-                for s in &specs {
-                    node.spec_or_not_found(s)?;
-                }
-                let transport = node.signer.create_transport_key()?;
-                let now = node.now();
-                let req = ExchangeRequest {
-                    id: RequestId::from_random(random_bytes()),
-                    role: ExchangeRole::Target,
-                    frequency: Frequency::Adhoc,
-                    source: PeerRef { sys_id: source_sys_id, host: source_host },
-                    target: PeerRef { sys_id: node.sys_id.clone(), host: node.host.clone() },
-                    status: RequestStatus::Pending,
-                    lines: specs.into_iter().map(SpecLine::pending).collect(),
-                    total_key_count: 0,
-                    exported_key_count: 0,
-                    imported_key_count: 0,
-                    created_at: now,
-                    updated_at: now,
-                    expires_at: now.plus_millis(lifetime),
-                    history: vec![crate::domain::exchange::Transition {
-                        status: RequestStatus::Pending,
-                        at: now,
-                        actor,
-                        note: "created".into(),
-                    }],
-                    peer_certificate: Vec::new(),
-                    receipt: None,
-                    transport_public_key: Vec::new(),
-                    wrapping: transport.wrapping,
-                };
-                let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
-                let audit = request_audit(
-                    &req,
-                    "exchange.create",
-                    Outcome::Success,
-                    format!("source {} at {}; specs {}", req.source.sys_id, req.source.host, specs.join(",")),
-                );
-                node.store.insert_request(&req, Some(&transport.handle), RequestEffects::default(), &[audit])?;
-                Ok((req, transport.public_der))
-            })
-            .await?;
+        let planned = PlannedRequest {
+            id: RequestId::from_random(random_bytes()),
+            frequency: Frequency::Adhoc,
+            source: PeerRef { sys_id: source_sys_id, host: source_host },
+            specs,
+            lifetime,
+            actor: caller.actor(),
+        };
+        let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned)).await?;
         tracing::info!(request_id = %req.id, source = %req.source.sys_id, "exchange request created");
         self.open_on_source(req, public_key).await
     }
@@ -116,6 +136,7 @@ impl Node {
                 )?;
                 let transport = node.signer.create_transport_key()?;
                 req.wrapping = transport.wrapping;
+                req.transport_public_key = transport.public_der.clone();
                 let audit =
                     request_audit(&req, "exchange.retry", Outcome::Success, format!("from {}", found.status.label()));
                 let effects = RequestEffects { transport_handle: Some(&transport.handle), ..Default::default() };
@@ -128,7 +149,11 @@ impl Node {
     }
 
     /// Opens a pending request on its source and records the source's view.
-    async fn open_on_source(self: &Arc<Self>, req: ExchangeRequest, public_key: Vec<u8>) -> AppResult<ExchangeRequest> {
+    pub(super) async fn open_on_source(
+        self: &Arc<Self>,
+        req: ExchangeRequest,
+        public_key: Vec<u8>,
+    ) -> AppResult<ExchangeRequest> {
         let open = OpenRequest {
             request_id: req.id.clone(),
             target_sys_id: self.sys_id.clone(),
@@ -138,6 +163,7 @@ impl Node {
             expires_at: req.expires_at,
             transport_public_key: public_key,
             wrapping: req.wrapping,
+            frequency: req.frequency,
         };
         let answer = self.peers.open_request(&req.source.host, &req.source.sys_id, open).await;
         let id = req.id.clone();

@@ -27,6 +27,7 @@ pub struct OpenRequest {
     pub expires_at: UnixMillis,
     pub transport_public_key: Vec<u8>,
     pub wrapping: WrappingAlgorithm,
+    pub frequency: crate::domain::exchange::Frequency,
 }
 
 /// The source's answer to `OpenRequest`.

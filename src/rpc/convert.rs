@@ -273,9 +273,7 @@ pub fn request(r: &ExchangeRequest) -> pb::ExchangeRequest {
             ExchangeRole::Source => pb::ExchangeRole::Source,
             ExchangeRole::Target => pb::ExchangeRole::Target,
         } as i32,
-        frequency: match r.frequency {
-            Frequency::Adhoc => pb::Frequency::Adhoc,
-        } as i32,
+        frequency: frequency(r.frequency) as i32,
         source_sys_id: r.source.sys_id.to_string(),
         source_host: r.source.host.to_string(),
         target_sys_id: r.target.sys_id.to_string(),
@@ -313,5 +311,21 @@ pub fn wrapping_from(v: i32) -> Result<WrappingAlgorithm, DomainError> {
         Ok(pb::WrappingAlgorithm::RsaAesKeyWrapSha256) => Ok(WrappingAlgorithm::RsaAesKeyWrapSha256),
         Ok(pb::WrappingAlgorithm::RsaAesKeyWrapSha1) => Ok(WrappingAlgorithm::RsaAesKeyWrapSha1),
         _ => Err(DomainError::invalid("wrapping_algorithm", "unspecified or unknown")),
+    }
+}
+
+pub fn frequency(f: Frequency) -> pb::Frequency {
+    match f {
+        Frequency::Adhoc => pb::Frequency::Adhoc,
+        Frequency::Automatic => pb::Frequency::Automatic,
+    }
+}
+
+/// A peer's frequency (unset: Adhoc, as before the field existed).
+pub fn frequency_from(v: i32) -> Result<Frequency, DomainError> {
+    match pb::Frequency::try_from(v) {
+        Ok(pb::Frequency::Adhoc) | Ok(pb::Frequency::Unspecified) => Ok(Frequency::Adhoc),
+        Ok(pb::Frequency::Automatic) => Ok(Frequency::Automatic),
+        Err(_) => Err(DomainError::invalid("frequency", "unknown value")),
     }
 }

@@ -14,8 +14,8 @@ use super::stored_records::{active_records, record_from_row};
 use super::tuple::{KeyReader, str_key};
 use super::{Change, Result, Store, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
-use crate::domain::clone::{CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
-use crate::domain::ids::{Host, SysId, UnixMillis};
+use crate::domain::clone::{CloneGrant, CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
+use crate::domain::ids::{Host, Name, SysId, UnixMillis};
 
 #[derive(Serialize, Deserialize)]
 struct CloneTargetRow {
@@ -36,6 +36,14 @@ fn target_from(sys_id: SysId, r: CloneTargetRow) -> Result<CloneTarget> {
         added_at: UnixMillis(r.added_at),
         added_by: r.added_by,
     })
+}
+
+#[derive(Serialize, Deserialize)]
+struct CloneGrantRow {
+    v: u8,
+    specs: Vec<String>,
+    granted_at: i64,
+    expires_at: i64,
 }
 
 /// Whether the receiver still wants parts (false: it went away; stop).
@@ -64,6 +72,35 @@ impl Store {
                 append_audit(tx, audit)?;
             }
             Ok(removed)
+        })
+    }
+
+    /// Records (or replaces) the grant of a complete clone, with its audit entry.
+    pub fn put_clone_grant(&self, grant: &CloneGrant, audit: &[AuditEvent]) -> Result<()> {
+        let row = CloneGrantRow {
+            v: 1,
+            specs: grant.specs.iter().map(ToString::to_string).collect(),
+            granted_at: grant.granted_at.0,
+            expires_at: grant.expires_at.0,
+        };
+        self.write(&[Change::Other], |tx| {
+            put_row(tx, Table::CloneGrants, &str_key(grant.target.as_str()), &row)?;
+            append_audit(tx, audit)
+        })
+    }
+
+    pub fn clone_grant(&self, target: &SysId) -> Result<Option<CloneGrant>> {
+        self.read(|tx| {
+            let Some(r) = get_row::<CloneGrantRow>(tx, Table::CloneGrants, &str_key(target.as_str()))? else {
+                return Ok(None);
+            };
+            let specs = r.specs.iter().map(|s| Name::parse(s, "spec").map_err(corrupt)).collect::<Result<_>>()?;
+            Ok(Some(CloneGrant {
+                target: target.clone(),
+                specs,
+                granted_at: UnixMillis(r.granted_at),
+                expires_at: UnixMillis(r.expires_at),
+            }))
         })
     }
 

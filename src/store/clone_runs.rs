@@ -75,6 +75,17 @@ fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
     })
 }
 
+/// What a clone swaps in.
+#[derive(Clone, Copy)]
+pub struct CloneSwap<'a> {
+    pub catalog: &'a SnapshotCatalog,
+    /// Scheduled in the swap's transaction (the automatic exchange).
+    pub follow_up: Option<&'a Job>,
+    pub now: UnixMillis,
+    /// The clone job's lease is renewed until then.
+    pub lease_until: UnixMillis,
+}
+
 pub fn clone_job_id(id: &CloneId) -> JobId {
     JobId::new(JobKind::Clone, id.as_str())
 }
@@ -210,17 +221,17 @@ impl Store {
         })
     }
 
-    /// The swap, in one transaction: the catalog becomes `catalog`, the
-    /// staged records become the records, the run is Completed.
+    /// The swap, in one transaction: the catalog becomes the snapshot's,
+    /// the staged records become the records, the follow-up job (if any) is
+    /// scheduled, the run is Completed.
     pub fn swap_in_clone(
         &self,
         id: &CloneId,
         lease: &Lease,
-        lease_until: UnixMillis,
-        catalog: &SnapshotCatalog,
-        now: UnixMillis,
+        swap: &CloneSwap<'_>,
         audit: &[AuditEvent],
     ) -> Result<CloneRun> {
+        let CloneSwap { catalog, follow_up, now, lease_until } = *swap;
         self.write(&[Change::Specs, Change::Policies, Change::Other], |tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             for table in [Table::Modules, Table::Specs, Table::AccessPolicies, Table::Properties] {
@@ -237,6 +248,9 @@ impl Store {
                 super::properties::put_property_in(tx, p)?;
             }
             swap_records_tables(tx)?;
+            if let Some(job) = follow_up {
+                put_job_in(tx, job)?;
+            }
             run.state = CloneState::Completed;
             (run.updated_at, run.finished_at, run.error) = (now, Some(now), None);
             put_run(tx, &run)?;

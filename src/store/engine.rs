@@ -45,18 +45,21 @@ pub enum Table {
     /// one of two tables (`Records`, `RecordsAlt`); meta `records_table`
     /// names the active one, the other stages a clone (`store/clone_runs.rs`).
     Records,
-    RecordsAlt,
     Properties,
     /// sequence -> hash-chained audit entry
     Audit,
     Diagnostics,
     /// Source side: target sys_id -> the clone target row.
     CloneTargets,
+    /// The second records table (see `Records`).
+    RecordsAlt,
     /// Target side: clone id -> the clone run row.
     CloneRuns,
+    /// Source side: target sys_id -> the grant of its last complete clone.
+    CloneGrants,
 }
 
-pub const ALL_TABLES: [Table; 20] = [
+pub const ALL_TABLES: [Table; 21] = [
     Table::Meta,
     Table::Modules,
     Table::Specs,
@@ -77,6 +80,7 @@ pub const ALL_TABLES: [Table; 20] = [
     Table::CloneTargets,
     Table::RecordsAlt,
     Table::CloneRuns,
+    Table::CloneGrants,
 ];
 
 impl Table {
@@ -102,6 +106,7 @@ impl Table {
             Table::CloneTargets => "clone_targets",
             Table::RecordsAlt => "records_alt",
             Table::CloneRuns => "clone_runs",
+            Table::CloneGrants => "clone_grants",
         }
     }
 

@@ -46,7 +46,7 @@ use engine::{Engine, ReadTxn, Table, WriteTxn};
 use records::{decode, encode};
 
 pub use changes::{Change, ChangeTokens};
-pub use clone_runs::clone_job_id;
+pub use clone_runs::{CloneSwap, clone_job_id};
 pub use diagnostics::StoreCounts;
 pub use memory_engine::MemoryEngine;
 pub use redb_engine::RedbEngine;

@@ -306,6 +306,7 @@ impl From<&ExchangeRequest> for RequestRow {
             },
             frequency: match r.frequency {
                 Frequency::Adhoc => "adhoc".into(),
+                Frequency::Automatic => "automatic".into(),
             },
             source_sys_id: r.source.sys_id.to_string(),
             source_host: r.source.host.to_string(),
@@ -364,6 +365,7 @@ impl TryFrom<RequestRow> for ExchangeRequest {
             },
             frequency: match r.frequency.as_str() {
                 "adhoc" => Frequency::Adhoc,
+                "automatic" => Frequency::Automatic,
                 other => return Err(corrupt(format!("frequency {other}"))),
             },
             source: PeerRef { sys_id: sys_id(&r.source_sys_id)?, host: host(&r.source_host)? },

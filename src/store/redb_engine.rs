@@ -44,6 +44,7 @@ fn def(t: Table) -> Def {
         Table::CloneTargets => "kv/clone_targets",
         Table::RecordsAlt => "kv/records_alt",
         Table::CloneRuns => "kv/clone_runs",
+        Table::CloneGrants => "kv/clone_grants",
     })
 }
 

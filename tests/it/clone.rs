@@ -268,6 +268,9 @@ async fn a_target_clones_its_source_in_one_step_and_keeps_its_identity() {
     let first = tgt.crypto.list_records(page).await.expect("list").into_inner().records.remove(0);
     let get = pb::GetRecordRequest { address: first.address };
     assert!(tgt.crypto.get_record(get).await.is_err(), "the source's keys are not on the target");
+    // The cloned property is false: nothing was requested automatically.
+    let listed = tgt.exchange.list_requests(pb::ListRequestsRequest::default()).await.expect("list").into_inner();
+    assert!(listed.requests.is_empty(), "{:?}", listed.requests);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,4 +305,65 @@ async fn kmfctl_clone_start_watch_follows_the_clone_to_its_end() {
         out.status.success() && text.contains(&id) && text.contains("completed") && text.contains("50/50"),
         "{text}"
     );
+}
+
+async fn requests(ops: &mut Ops) -> Vec<pb::ExchangeRequest> {
+    let req = pb::ListRequestsRequest { page_size: 100, ..Default::default() };
+    ops.exchange.list_requests(req).await.expect("list requests").into_inner().requests
+}
+
+/// The headline flow: clone, then the keys follow with no person involved,
+/// so the cloned records open on the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_clone_the_keys_follow_automatically_and_the_records_open() {
+    let pki = Pki::new();
+    let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let mut src = source.admin(&pki).await;
+    src.spec("hr", "pay", true).await;
+    put_records(&mut src, 300).await;
+    let mut source_clones = ClonesClient::new(admin_channel(&source, &pki).await);
+    let add = pb::AddCloneTargetRequest { sys_id: target.sys_id.clone(), host: target.host.to_string() };
+    source_clones.add_clone_target(add).await.expect("register");
+
+    let mut target_clones = ClonesClient::new(admin_channel(&target, &pki).await);
+    let start = pb::StartCloneRequest { source_sys_id: source.sys_id.clone(), source_host: source.host.to_string() };
+    let run = target_clones.start_clone(start).await.expect("start").into_inner().clone.expect("clone");
+    assert_eq!(finished(&mut target_clones, &run.clone_id).await.state, "completed");
+
+    // The target asks for the clone's specs by itself; the source's grant approves.
+    let mut tgt = target.admin(&pki).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let request = loop {
+        let done =
+            requests(&mut tgt).await.into_iter().find(|r| r.status == pb::RequestStatus::RequestCompleted as i32);
+        if let Some(r) = done {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no completed automatic request: {:?}",
+            requests(&mut tgt).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // poll interval; bounded by the deadline
+    };
+    assert_eq!(request.frequency, pb::Frequency::Automatic as i32);
+    assert_eq!(request.request_id, run.clone_id, "the automatic request carries the clone's id");
+    assert_eq!(request.imported_key_count, 1);
+    let on_source = src.get(&request.request_id).await;
+    assert!(
+        on_source.history.iter().any(|t| t.actor.starts_with("system (clone grant")),
+        "approved by the clone grant, not a person: {:?}",
+        on_source.history
+    );
+
+    // Every cloned record opens on the target.
+    let page = pb::ListRecordsRequest { table: "hr".into(), page_size: 1_000, ..Default::default() };
+    let records = tgt.crypto.list_records(page).await.expect("list").into_inner().records;
+    assert_eq!(records.len(), 300);
+    for (i, r) in records.iter().enumerate().step_by(37) {
+        let got = tgt.crypto.get_record(pb::GetRecordRequest { address: r.address.clone() }).await;
+        assert_eq!(got.expect("opens with the exchanged key").into_inner().plaintext, vec![(i % 251) as u8; 32]);
+    }
+    // Exactly one automatic request, however often its job ran.
+    assert_eq!(requests(&mut tgt).await.len(), 1);
 }

@@ -101,6 +101,7 @@ async fn claimed_sys_id_must_match_the_certificate() {
             expires_at: None,
             transport_public_key: vec![],
             wrapping_algorithm: 1,
+            frequency: 0,
         })
         .await
         .expect_err("mismatch accepted");

@@ -686,7 +686,14 @@ fn clone_staging_is_invisible_until_one_swap() {
             modules: vec![Module { name: name("new"), created_at: UnixMillis(1) }],
             ..Default::default()
         };
-        let done = st.swap_in_clone(&id, &lease, until, &catalog, UnixMillis(4), &[]).unwrap();
+        let done = st
+            .swap_in_clone(
+                &id,
+                &lease,
+                &kmf::store::CloneSwap { catalog: &catalog, follow_up: None, now: UnixMillis(4), lease_until: until },
+                &[],
+            )
+            .unwrap();
         assert_eq!(done.state, CloneState::Completed);
         let live = st.records(None, None, None, 10).unwrap();
         assert_eq!(

@@ -28,6 +28,10 @@ impl ResourceExchange for ResourceExchangeService {
         let r = req.into_inner();
         match pb::Frequency::try_from(r.frequency) {
             Ok(pb::Frequency::Adhoc) | Ok(pb::Frequency::Unspecified) => {}
+            Ok(pb::Frequency::Automatic) => {
+                let why = "AUTOMATIC requests are made by the instance itself after a clone";
+                return Err(DomainError::invalid("frequency", why).into());
+            }
             Err(_) => return Err(DomainError::invalid("frequency", "unknown value").into()),
         }
         let expires_in_millis = r.expires_in.as_ref().map(convert::duration_millis).transpose()?;

@@ -47,6 +47,7 @@ impl KeyExchange for KeyExchangeService {
             ),
             transport_public_key: r.transport_public_key,
             wrapping: convert::wrapping_from(r.wrapping_algorithm)?,
+            frequency: convert::frequency_from(r.frequency)?,
         };
         let view = self.0.open_request_from_peer(caller, cert, open).await?;
         let mut request = pb::ExchangeRequest {
