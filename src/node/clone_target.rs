@@ -141,6 +141,8 @@ impl Node {
         self.clear_staging(&run.id, lease).await?;
         let mut parts = self.peers.stream_snapshot(&run.source_host, &run.source).await?;
         let (mut order, mut catalog) = (SnapshotOrder::default(), SnapshotCatalog::default());
+        // One part is written while the next arrives (a pipeline of one).
+        let mut writing: Option<tokio::task::JoinHandle<AppResult<()>>> = None;
         while let Some(part) = parts.next().await {
             let part = part?;
             order.accept(&part).map_err(|e| PeerError::Refused(DomainError::malformed("snapshot", e.to_string())))?;
@@ -158,13 +160,23 @@ impl Node {
                 }
                 SnapshotPart::Catalog(c) => catalog.extend(c),
                 SnapshotPart::Records(records) => {
-                    self.blocking(move |node| {
-                        Ok(node.store.stage_clone_records(&id, &lease, node.lease_until(), &records, node.now())?)
-                    })
-                    .await?;
+                    if let Some(previous) = writing.take() {
+                        joined(previous).await?;
+                    }
+                    let node = Arc::clone(self);
+                    writing = Some(tokio::spawn(async move {
+                        node.blocking(move |node| {
+                            node.store.stage_clone_records(&id, &lease, node.lease_until(), &records, node.now())?;
+                            Ok(())
+                        })
+                        .await
+                    }));
                 }
                 SnapshotPart::End { .. } => break,
             }
+        }
+        if let Some(last) = writing.take() {
+            joined(last).await?;
         }
         if !order.is_complete() {
             return Err(PeerError::Unreachable {
@@ -242,4 +254,9 @@ impl Node {
         let id = job.id.clone();
         self.blocking(move |node| Ok(node.store.finish_job(&id, &lease, None)?)).await
     }
+}
+
+/// The outcome of a spawned step (a panic in it is an internal error).
+async fn joined(handle: tokio::task::JoinHandle<AppResult<()>>) -> AppResult<()> {
+    handle.await.map_err(|e| AppError::Internal(format!("a clone write task failed: {e}")))?
 }

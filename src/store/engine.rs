@@ -227,6 +227,13 @@ pub trait WriteTxn: ReadTxn {
 pub trait Engine: Send + Sync + 'static {
     fn begin_read(&self) -> Result<Box<dyn ReadTxn + '_>>;
     fn begin_write(&self) -> Result<Box<dyn WriteTxn + '_>>;
+    /// A write whose commit need not be durable by itself: it becomes durable
+    /// with the next durable commit, and a crash before that may lose it. For
+    /// writes whose loss is harmless (a clone's staging, which a crash makes
+    /// start over anyway). Engines without the distinction write durably.
+    fn begin_write_relaxed(&self) -> Result<Box<dyn WriteTxn + '_>> {
+        self.begin_write()
+    }
     /// A short name for diagnostics and logs ("redb", "memory").
     fn kind(&self) -> &'static str;
     /// True when no other process can use this store while we hold it (an

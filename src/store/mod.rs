@@ -176,13 +176,28 @@ impl Store {
 
     /// Runs `f` in one write transaction and commits it, running it again
     /// when it loses an optimistic race; then publishes `changed`.
-    pub(crate) fn write<T>(
+    pub(crate) fn write<T>(&self, changed: &[Change<'_>], f: impl FnMut(&mut dyn WriteTxn) -> Result<T>) -> Result<T> {
+        self.write_with(changed, false, f)
+    }
+
+    /// As `write`, but the commit need not be durable by itself (see
+    /// `Engine::begin_write_relaxed`).
+    pub(crate) fn write_relaxed<T>(
         &self,
         changed: &[Change<'_>],
+        f: impl FnMut(&mut dyn WriteTxn) -> Result<T>,
+    ) -> Result<T> {
+        self.write_with(changed, true, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        changed: &[Change<'_>],
+        relaxed: bool,
         mut f: impl FnMut(&mut dyn WriteTxn) -> Result<T>,
     ) -> Result<T> {
         for _ in 0..MAX_ATTEMPTS {
-            let mut tx = self.engine.begin_write()?;
+            let mut tx = if relaxed { self.engine.begin_write_relaxed()? } else { self.engine.begin_write()? };
             let out = f(tx.as_mut())?;
             match tx.commit() {
                 Ok(()) => {

@@ -48,6 +48,11 @@ fn def(t: Table) -> Def {
     })
 }
 
+/// redb's page cache (its default, 1 GiB, lets a daemon that reads or
+/// writes a million records grow to that size; the hot path has its own
+/// caches).
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 pub struct RedbEngine {
     db: Database,
 }
@@ -58,7 +63,7 @@ impl RedbEngine {
         if path.exists() {
             return Err(StoreError::AlreadyInitialised(path.display().to_string()));
         }
-        let engine = RedbEngine { db: Database::create(path)? };
+        let engine = RedbEngine { db: Database::builder().set_cache_size(CACHE_BYTES).create(path)? };
         engine.create_tables()?;
         Ok(engine)
     }
@@ -69,7 +74,7 @@ impl RedbEngine {
         if !path.exists() {
             return Err(StoreError::NotInitialised(path.display().to_string()));
         }
-        let engine = RedbEngine { db: Database::open(path)? };
+        let engine = RedbEngine { db: Database::builder().set_cache_size(CACHE_BYTES).open(path)? };
         super::migrate_v1::migrate(&engine.db)?;
         engine.create_tables()?;
         Ok(engine)
@@ -222,6 +227,12 @@ impl Engine for RedbEngine {
 
     fn begin_write(&self) -> Result<Box<dyn WriteTxn + '_>> {
         Ok(Box::new(RedbWrite { tx: Box::new(self.db.begin_write()?) }))
+    }
+
+    fn begin_write_relaxed(&self) -> Result<Box<dyn WriteTxn + '_>> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::None).map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(Box::new(RedbWrite { tx: Box::new(tx) }))
     }
 
     fn kind(&self) -> &'static str {

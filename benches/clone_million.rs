@@ -1,0 +1,218 @@
+//! Benchmark (a program, not a test): clone of 1,000,000 records of 256 bytes
+//! between two `kmfd` processes over mTLS, then the automatic exchange of
+//! their key. Prints records/s (StartClone to `completed`), the time until
+//! the automatic request is COMPLETED, and the peak RSS (VmHWM) of both
+//! daemons. Targets: >= 150,000 records/s; RSS <= 256 MB each.
+//!
+//! Run: cargo bench --bench clone_million [-- RECORDS]   (default 1,000,000)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::load::verdict;
+use kmf::cli::kmfctl::{Operator, aes_spec};
+use kmf::domain::ids::{Host, KeyId, UnixMillis};
+use kmf::domain::record::{RecordAddress, StoredRecord};
+use kmf::rpc::pb;
+use kmf::tls::TlsFiles;
+
+const KMFD: &str = env!("CARGO_BIN_EXE_kmfd");
+const KMFCTL: &str = env!("CARGO_BIN_EXE_kmfctl");
+const RATE_TARGET: f64 = 150_000.0;
+const RSS_TARGET_MB: f64 = 256.0;
+/// Longest the program waits for the clone or the exchange.
+const PATIENCE: Duration = Duration::from_secs(600);
+
+fn ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output()?;
+    anyhow::ensure!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+struct Daemon {
+    child: Child,
+    host: Host,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(dir: &Path, pki: &Path) -> anyhow::Result<Daemon> {
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::File::create(dir.join("kmfd.log"))?;
+        let child = Command::new(KMFD)
+            .args(["run", "--listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready)
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--tls-ca")
+            .arg(pki.join("ca.pem"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let mut daemon = Daemon { child, host: Host::parse("127.0.0.1:1")? };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(addr) = std::fs::read_to_string(&ready) {
+                daemon.host = Host::parse(addr.trim())?;
+                return Ok(daemon);
+            }
+            std::thread::sleep(Duration::from_millis(20)); // poll interval; bounded by the deadline
+        }
+        anyhow::bail!("kmfd in {} did not become ready", dir.display())
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Peak resident set size in MB (VmHWM).
+    fn peak_rss_mb(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?
+            .parse()?;
+        Ok(kb / 1024.0)
+    }
+}
+
+fn init(dir: &Path, pki: &Path) -> anyhow::Result<String> {
+    let out = ok(Command::new(KMFD).args(["init", "--host", "127.0.0.1:0", "--data-dir"]).arg(dir))?;
+    let sys_id = out.split_whitespace().nth(2).ok_or_else(|| anyhow::anyhow!("no sys_id in {out}"))?.to_owned();
+    ok(Command::new(KMFCTL)
+        .args(["pki", "issue-instance", "--host", "127.0.0.1", "--sys-id", &sys_id, "--ca-dir"])
+        .arg(pki)
+        .arg("--out")
+        .arg(dir))?;
+    Ok(sys_id)
+}
+
+/// Writes `n` records of 256 bytes under `key_id` into a stopped daemon's store.
+fn seed(dir: &Path, key_id: &KeyId, n: u64) -> anyhow::Result<()> {
+    let store = kmf::store::Store::open_redb(&dir.join("kmf.redb"))?;
+    let mut next = 0;
+    while next < n {
+        let batch: Vec<StoredRecord> = (next..(next + 50_000).min(n))
+            .map(|i| {
+                Ok(StoredRecord {
+                    address: RecordAddress::parse("bench", "payload", &format!("r{i:08}"))?,
+                    ciphertext: vec![(i % 251) as u8; 256],
+                    key_id: key_id.clone(),
+                    updated_at: UnixMillis(1),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        next += batch.len() as u64;
+        store.put_records(&batch)?;
+    }
+    Ok(())
+}
+
+async fn wait_clone(ops: &mut Operator, id: &str) -> anyhow::Result<pb::CloneInfo> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let c = ops
+            .clones
+            .get_clone(pb::GetCloneRequest { clone_id: id.into() })
+            .await?
+            .into_inner()
+            .clone
+            .unwrap_or_default();
+        if c.state != "running" {
+            return Ok(c);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "clone still running after {PATIENCE:?}: {c:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; bounded by PATIENCE
+    }
+}
+
+async fn wait_exchange(ops: &mut Operator, id: &str) -> anyhow::Result<pb::ExchangeRequest> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = ops.exchange.get_request(pb::GetRequestRequest { request_id: id.into() }).await;
+        if let Ok(r) = got {
+            let r = r.into_inner().request.unwrap_or_default();
+            if r.status == pb::RequestStatus::RequestCompleted as i32 {
+                return Ok(r);
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "automatic request {id} not completed after {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; bounded by PATIENCE
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let tmp = tempfile::tempdir()?;
+    let pki: PathBuf = tmp.path().join("pki");
+    ok(Command::new(KMFCTL).args(["pki", "init-ca", "--out"]).arg(&pki))?;
+    ok(Command::new(KMFCTL)
+        .args(["pki", "issue-operator", "--name", "bench", "--role", "admin", "--ca-dir"])
+        .arg(&pki)
+        .arg("--out")
+        .arg(&pki))?;
+    let files = TlsFiles::load(&pki.join("ca.pem"), &pki.join("bench.pem"), &pki.join("bench.key"))?;
+    let (source_dir, target_dir) = (tmp.path().join("source"), tmp.path().join("target"));
+    let source_id = init(&source_dir, &pki)?;
+    let target_id = init(&target_dir, &pki)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+
+    // The source: a spec with one key, then n records under it (seeded while stopped).
+    let source = Daemon::start(&source_dir, &pki)?;
+    let key_id = runtime.block_on(async {
+        let mut ops = Operator::connect_with(&source.host, &files).await?;
+        let module = pb::CreateModuleRequest { name: "bench".into(), default_access: pb::DefaultAccess::Track as i32 };
+        ops.keys.create_module(module).await?;
+        ops.keys.create_spec(aes_spec("bench", "payload", 256)).await?;
+        let key = ops.keys.generate_key(pb::GenerateKeyRequest { spec: "payload".into() }).await?.into_inner();
+        Ok::<_, anyhow::Error>(KeyId::parse(&key.key.unwrap_or_default().key_id)?)
+    })?;
+    source.stop()?;
+    let seeding = Instant::now();
+    seed(&source_dir, &key_id, n)?;
+    println!(
+        "Clone of {n} records of 256 bytes + automatic exchange ({}; seeding took {:.1} s)",
+        common::machine(),
+        seeding.elapsed().as_secs_f64()
+    );
+    let (source, target) = (Daemon::start(&source_dir, &pki)?, Daemon::start(&target_dir, &pki)?);
+
+    runtime.block_on(async {
+        let mut on_source = Operator::connect_with(&source.host, &files).await?;
+        let mut on_target = Operator::connect_with(&target.host, &files).await?;
+        let add = pb::AddCloneTargetRequest { sys_id: target_id.clone(), host: target.host.to_string() };
+        on_source.clones.add_clone_target(add).await?;
+        let started = Instant::now();
+        let start = pb::StartCloneRequest { source_sys_id: source_id.clone(), source_host: source.host.to_string() };
+        let run = on_target.clones.start_clone(start).await?.into_inner().clone.unwrap_or_default();
+        let done = wait_clone(&mut on_target, &run.clone_id).await?;
+        let cloned_in = started.elapsed().as_secs_f64();
+        anyhow::ensure!(done.state == "completed" && done.records_copied == n, "clone ended {done:?}");
+        let exchanged = wait_exchange(&mut on_target, &run.clone_id).await?;
+        let exchanged_in = started.elapsed().as_secs_f64();
+        let rate = n as f64 / cloned_in;
+        let (rss_s, rss_t) = (source.peak_rss_mb()?, target.peak_rss_mb()?);
+        println!("  clone: {n} records in {cloned_in:.2} s = {rate:.0} records/s (the job's own copy rate {:.0}/s)   target >= {RATE_TARGET:.0}: {}", done.records_per_second, verdict(rate >= RATE_TARGET));
+        println!("  automatic exchange: {} key(s) imported, COMPLETED {:.2} s after StartClone (no approval by a person)", exchanged.imported_key_count, exchanged_in);
+        println!("  peak RSS: source {rss_s:.0} MB, target {rss_t:.0} MB   target <= {RSS_TARGET_MB:.0} MB each: {}", verdict(rss_s <= RSS_TARGET_MB && rss_t <= RSS_TARGET_MB));
+        Ok::<_, anyhow::Error>(())
+    })?;
+    source.stop()?;
+    target.stop()?;
+    Ok(())
+}
