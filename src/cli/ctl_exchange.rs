@@ -85,6 +85,75 @@ pub fn outcome(r: &pb::ExchangeRequest, timeout: Duration) -> anyhow::Result<()>
     }
 }
 
+/// What `exchange get --receipt` found out about a request's proof.
+pub struct ProofCheck {
+    pub signed_by: String,
+    pub bundle_sha256: String,
+    pub imported_keys: usize,
+    /// Every check passed (signature, identity, chain, content).
+    pub verified: bool,
+    /// One line per check, for people.
+    pub findings: Vec<String>,
+}
+
+/// Checks a request's receipt: it decodes and names this request and the
+/// bundle digest shown; the signer's certificate names the signing instance
+/// and chains to the deployment CA (`ca_pem`); the signature verifies.
+pub fn check_proof(r: &pb::ExchangeRequest, p: &pb::RequestProof, ca_pem: &[u8]) -> ProofCheck {
+    use crate::domain::bundle::Receipt;
+    let mut findings = Vec::new();
+    let mut verified = true;
+    let mut check = |ok: bool, yes: String, no: String| {
+        verified &= ok;
+        findings.push(if ok { yes } else { no });
+    };
+    match Receipt::decode(&p.receipt) {
+        Ok(receipt) => {
+            let names_this = receipt.request_id.as_str() == r.request_id
+                && receipt.bundle_sha256.as_slice() == p.bundle_sha256.as_slice()
+                && receipt.target.as_str() == p.signed_by_sys_id;
+            check(
+                names_this,
+                format!("the receipt names request {} and {} imported key(s)", r.request_id, receipt.imported.len()),
+                "the receipt does not match this request, its bundle digest or its signer".into(),
+            );
+        }
+        Err(e) => check(false, String::new(), format!("the receipt does not decode: {e}")),
+    }
+    let cert = &p.signer_certificate;
+    if cert.is_empty() {
+        check(
+            false,
+            String::new(),
+            "no certificate of the signer is known here; check the receipt on the source".into(),
+        );
+    } else {
+        let named = crate::tls::identity::instance_sys_id(cert).is_some_and(|id| id.as_str() == p.signed_by_sys_id);
+        check(
+            named,
+            format!("the signer's certificate names instance {}", p.signed_by_sys_id),
+            format!("the signer's certificate does not name instance {}", p.signed_by_sys_id),
+        );
+        match crate::signer::primitives::chains_to(cert, ca_pem) {
+            Ok(()) => check(true, "the certificate chains to the deployment CA".into(), String::new()),
+            Err(e) => check(false, String::new(), format!("the certificate does not chain to the deployment CA: {e}")),
+        }
+        let signature = crate::signer::primitives::verify_sha256_with_cert(cert, &p.receipt, &p.receipt_signature);
+        check(
+            signature.is_ok(),
+            "the signature over the receipt verifies with that certificate".into(),
+            "the signature over the receipt does NOT verify with that certificate".into(),
+        );
+    }
+    ProofCheck {
+        signed_by: p.signed_by_sys_id.clone(),
+        bundle_sha256: hex::encode(&p.bundle_sha256),
+        imported_keys: p.imported_key_ids.len(),
+        verified,
+        findings,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

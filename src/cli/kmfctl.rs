@@ -221,6 +221,11 @@ enum ExchangeCommand {
     },
     Get {
         request_id: String,
+        /// Also show the signed receipt (once imported) and check it: its
+        /// signature against the signer's certificate, that certificate
+        /// against the deployment CA. Exits 1 if a check fails.
+        #[arg(long)]
+        receipt: bool,
     },
     /// On the source: approve a pending request (exports and delivers the keys).
     Approve {
@@ -243,9 +248,7 @@ enum ExchangeCommand {
     /// On the source: retry a request that ended in ERROR_ON_LOCAL_INSTANCE or
     /// ERROR_ON_REMOTE_INSTANCE (its bundle is delivered again; one that failed
     /// before approval becomes pending again).
-    Retry {
-        request_id: String,
-    },
+    Retry { request_id: String },
 }
 
 pub fn main() -> ExitCode {
@@ -296,6 +299,8 @@ pub struct Operator {
     pub properties: pb::properties_client::PropertiesClient<Channel>,
     pub policies: pb::policies_client::PoliciesClient<Channel>,
     pub clones: pb::clones_client::ClonesClient<Channel>,
+    /// The deployment CA kmfctl trusts (to check receipts' certificates).
+    pub ca_pem: Vec<u8>,
 }
 
 impl Operator {
@@ -316,6 +321,7 @@ impl Operator {
             properties: pb::properties_client::PropertiesClient::new(ch.clone()),
             policies: pb::policies_client::PoliciesClient::new(ch.clone()),
             clones: pb::clones_client::ClonesClient::new(ch),
+            ca_pem: files.ca_pem.clone(),
         })
     }
 
@@ -456,9 +462,39 @@ impl Operator {
                 }
                 print::requests(&all, as_json);
             }
-            ExchangeCommand::Get { request_id } => {
+            ExchangeCommand::Get { request_id, receipt } => {
                 let r = self.exchange.get_request(pb::GetRequestRequest { request_id }).await?.into_inner();
-                print::request(&r.request.unwrap_or_default(), as_json);
+                let req = r.request.unwrap_or_default();
+                if !receipt {
+                    print::request(&req, as_json);
+                    return Ok(());
+                }
+                let Some(proof) = r.proof else {
+                    print::request(&req, as_json);
+                    anyhow::bail!(
+                        "request {} has no receipt yet: it is {}",
+                        req.request_id,
+                        print::status_label(req.status)
+                    );
+                };
+                let check = super::ctl_exchange::check_proof(&req, &proof, &self.ca_pem);
+                if as_json {
+                    let v = serde_json::json!({"request_id": req.request_id, "status": print::status_label(req.status),
+                        "receipt": {"signed_by": check.signed_by, "bundle_sha256": check.bundle_sha256,
+                        "imported_keys": check.imported_keys, "verified": check.verified, "checks": check.findings}});
+                    println!("{v}");
+                } else {
+                    print::request(&req, false);
+                    println!(
+                        "receipt signed by instance {} for bundle sha256 {}:",
+                        check.signed_by, check.bundle_sha256
+                    );
+                    for f in &check.findings {
+                        println!("  - {f}");
+                    }
+                    println!("receipt {}", if check.verified { "VERIFIED" } else { "NOT VERIFIED" });
+                }
+                anyhow::ensure!(check.verified, "the receipt of request {} did not verify", req.request_id);
             }
             ExchangeCommand::Approve { request_id, wait, timeout } => {
                 let req = pb::UpdateRequestRequest {

@@ -47,6 +47,12 @@ impl RequestStatus {
         !matches!(self, RequestStatus::Pending | RequestStatus::Approved)
     }
 
+    /// Nothing can happen to the request any more (an ERROR_ON_* status can
+    /// still be retried).
+    pub fn is_final(self) -> bool {
+        matches!(self, RequestStatus::Completed | RequestStatus::Rejected | RequestStatus::Expired)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             RequestStatus::Pending => "REQUEST_PENDING",

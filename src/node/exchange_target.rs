@@ -17,11 +17,10 @@ use crate::domain::exchange::{
     ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestEvent, RequestStatus, SignedBlob, SpecLine,
     SpecLineStatus, validate_expiry, validate_spec_names,
 };
-use crate::domain::ids::{Host, Name, RequestId, SysId};
-use crate::domain::key::{DataKey, KeyRecord, WrappedKey};
+use crate::domain::ids::{Host, Name, RequestId, SysId, UnixMillis};
+use crate::domain::key::{DataKey, KeyRecord};
 use crate::domain::spec::MaterialShape;
 use crate::error::{AppError, AppResult};
-use crate::signer::CryptoError;
 use crate::signer::material::check_material;
 use crate::signer::primitives::{kwp_unwrap, random_bytes, sha256, verify_sha256_with_cert};
 use crate::store::{RequestEffects, StoreError, Versioned};
@@ -295,6 +294,11 @@ impl Node {
         }
         let now = self.now();
         bundle.check_addressed(&self.sys_id, &req.source.sys_id, &req.id, now)?;
+        if req.status == RequestStatus::ErrorOnLocalInstance {
+            // The import failed here before (say the KEK refused to wrap);
+            // the source's redelivery is the retry.
+            req.apply(RequestEvent::Retry { resume_at: RequestStatus::Pending }, &format!("instance:{caller}"), now)?;
+        }
         if req.status != RequestStatus::Pending {
             return Err(DomainError::FailedPrecondition(format!(
                 "request is {}; a bundle is accepted once, for a pending request",
@@ -332,19 +336,25 @@ impl Node {
         // Keys a previous exchange brought are counted, never stored twice.
         let present = self.store.existing_keys(bundle.entries.iter().map(|e| &e.key_id))?;
         for entry in bundle.entries.iter().filter(|e| !present.contains(&e.key_id)) {
-            match self.unwrap_entry(&specs, &aes, entry) {
-                Ok(wrapped) => keys.push((
-                    KeyRecord::imported(
-                        entry.key_id.clone(),
-                        req.id.clone(),
-                        entry.generated_at,
-                        entry.activated_at,
-                        entry.deactivated_at,
-                        now,
-                    ),
-                    wrapped,
-                )),
-                Err(reason) => failed.push((entry.key_id.spec.to_string(), reason)),
+            if let Some(dek) = self.open_entry(&specs, &aes, entry, &mut failed) {
+                match self.signer.wrap(&dek) {
+                    Ok(wrapped) => keys.push((
+                        KeyRecord::imported(
+                            entry.key_id.clone(),
+                            req.id.clone(),
+                            entry.generated_at,
+                            entry.activated_at,
+                            entry.deactivated_at,
+                            now,
+                        ),
+                        wrapped,
+                    )),
+                    // This instance's fault, not the bundle's: nothing is imported.
+                    Err(e) => {
+                        let reason = format!("this instance's KEK could not wrap key {}: {e}", entry.key_id);
+                        return Err(self.fail_import_locally(req, version, reason, now));
+                    }
+                }
             }
         }
 
@@ -386,6 +396,8 @@ impl Node {
         let bytes = receipt.encode();
         let signature = self.instance_key.sign(&bytes)?;
         let receipt = SignedBlob { bytes, signature };
+        // Both sides keep the receipt with the request (GetRequest shows it).
+        req.receipt = Some(receipt.clone());
         self.store.complete_import(version, &req, &keys, (digest, &receipt), &[audit])?;
         if let Err(e) = self.signer.destroy_transport_key(&handle) {
             tracing::warn!(request_id = %req.id, error = %e, "destroying the transport key failed");
@@ -403,18 +415,44 @@ impl Node {
     /// Unwraps one bundle entry and re-wraps it under our KEK. `shapes`: the
     /// key material each requested spec present here holds, or why its keys
     /// cannot be imported.
-    fn unwrap_entry(
+    /// The entry's key in the clear, checked against this instance's spec;
+    /// None (with the reason in `failed`) when the bundle's key cannot be
+    /// imported here.
+    fn open_entry(
         &self,
         shapes: &HashMap<Name, Result<MaterialShape, String>>,
         aes: &DataKey,
         entry: &BundleEntry,
-    ) -> Result<WrappedKey, String> {
-        let want =
-            shapes.get(&entry.key_id.spec).ok_or("spec was not requested or is not on this instance")?.clone()?;
-        let dek = kwp_unwrap(aes.expose(), &entry.wrapped).map_err(|_| "key does not unwrap".to_owned())?;
-        let dek = DataKey::new(dek);
-        check_material(want, &dek)?;
-        self.signer.wrap(&dek).map_err(|e: CryptoError| e.to_string())
+        failed: &mut Vec<(String, String)>,
+    ) -> Option<DataKey> {
+        let opened = (|| {
+            let want =
+                shapes.get(&entry.key_id.spec).ok_or("spec was not requested or is not on this instance")?.clone()?;
+            let dek = kwp_unwrap(aes.expose(), &entry.wrapped).map_err(|_| "key does not unwrap".to_owned())?;
+            let dek = DataKey::new(dek);
+            check_material(want, &dek)?;
+            Ok::<_, String>(dek)
+        })();
+        opened.map_err(|reason| failed.push((entry.key_id.spec.to_string(), reason))).ok()
+    }
+
+    /// Records ERROR_ON_LOCAL_INSTANCE with `reason` (nothing was imported;
+    /// the transport key is kept, so the source's redelivery retries), and
+    /// returns the error the source is answered with.
+    fn fail_import_locally(&self, mut req: ExchangeRequest, version: u64, reason: String, now: UnixMillis) -> AppError {
+        tracing::error!(request_id = %req.id, %reason, "import failed on this instance");
+        let recorded = req
+            .apply(RequestEvent::FailLocal { reason: reason.clone() }, "system", now)
+            .map_err(AppError::from)
+            .and_then(|()| {
+                let audit = request_audit(&req, "exchange.fail", Outcome::Failed, reason.clone());
+                Ok(self.store.update_request(version, &req, RequestEffects::default(), &[audit])?)
+            });
+        match recorded {
+            // A Stale write (the request changed meanwhile) makes the caller read it again.
+            Err(e) => e,
+            Ok(_) => DomainError::FailedPrecondition(format!("the target could not import the keys: {reason}")).into(),
+        }
     }
 
     /// The source rejected or expired the request.

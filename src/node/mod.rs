@@ -15,6 +15,7 @@ pub mod jobs;
 mod keys;
 pub mod policies;
 pub mod ports;
+mod proof;
 pub mod properties;
 mod records;
 mod refusals;

@@ -209,9 +209,41 @@ pub fn verify_sha256_with_cert(cert_der: &[u8], data: &[u8], signature: &[u8]) -
     }
 }
 
+/// Whether the certificate (DER) was issued by a CA certificate in
+/// `ca_pem` and is valid now (OpenSSL's chain verification).
+pub fn chains_to(cert_der: &[u8], ca_pem: &[u8]) -> Result<(), String> {
+    use openssl::stack::Stack;
+    use openssl::x509::store::X509StoreBuilder;
+    use openssl::x509::{X509, X509StoreContext};
+    let cert = X509::from_der(cert_der).map_err(|_| "not an X.509 certificate".to_owned())?;
+    let mut store = X509StoreBuilder::new().map_err(|e| e.to_string())?;
+    for ca in X509::stack_from_pem(ca_pem).map_err(|_| "the CA file holds no certificate".to_owned())? {
+        store.add_cert(ca).map_err(|e| e.to_string())?;
+    }
+    let store = store.build();
+    let chain = Stack::new().map_err(|e| e.to_string())?;
+    let mut ctx = X509StoreContext::new().map_err(|e| e.to_string())?;
+    let verified = ctx
+        .init(&store, &cert, &chain, |c| Ok(c.verify_cert()?.then_some(()).ok_or(c.error())))
+        .map_err(|e| e.to_string())?;
+    verified.map_err(|e| e.error_string().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_chains_only_to_its_own_ca() {
+        use crate::tls::pki::{create_ca, issue_instance};
+        let (ca, other) = (create_ca("ca").unwrap(), create_ca("other").unwrap());
+        let sys_id = crate::domain::ids::SysId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let leaf = issue_instance(&ca, &sys_id, &["localhost".into()]).unwrap();
+        let der = openssl::x509::X509::from_pem(leaf.cert_pem.as_bytes()).unwrap().to_der().unwrap();
+        assert_eq!(chains_to(&der, ca.cert_pem.as_bytes()), Ok(()));
+        assert!(chains_to(&der, other.cert_pem.as_bytes()).is_err(), "another CA did not issue it");
+        assert!(chains_to(b"junk", ca.cert_pem.as_bytes()).is_err());
+    }
 
     #[test]
     fn rfc5649_vector() {

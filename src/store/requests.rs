@@ -80,7 +80,9 @@ fn write_request(tx: &mut dyn WriteTxn, req: &ExchangeRequest, version: u64) -> 
     let mut row = RequestRow::from(req);
     row.version = version;
     put_row(tx, Table::Requests, &request_key(&req.id), &row)?;
-    if req.status.is_terminal() {
+    // A failed request keeps its transport key: a retry may still use it
+    // (the source redelivering after this side's failure).
+    if req.status.is_final() {
         tx.delete(Table::TransportKeys, &request_key(&req.id))?;
     }
     Ok(())

@@ -366,4 +366,18 @@ async fn after_a_clone_the_keys_follow_automatically_and_the_records_open() {
     }
     // Exactly one automatic request, however often its job ran.
     assert_eq!(requests(&mut tgt).await.len(), 1);
+
+    // Both sides show the signed receipt; kmfctl checks it against the CA.
+    let admin = pki.operator("root", &[kmf::domain::auth::Role::Admin]);
+    for node in [&source, &target] {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut get = crate::support::kmfctl_command(node, &admin, dir.path());
+        get.args(["--json", "exchange", "get", &request.request_id, "--receipt"]);
+        let out = get.output().await.expect("kmfctl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["receipt"]["verified"], true, "{v}");
+        assert_eq!(v["receipt"]["signed_by"], target.sys_id.as_str());
+        assert_eq!(v["receipt"]["imported_keys"], 1);
+    }
 }

@@ -16,6 +16,7 @@ mod grpcurl;
 mod hsm;
 mod hsm_process;
 mod lifecycle;
+mod local_errors;
 mod metrics;
 mod negatives;
 mod peer_channels;

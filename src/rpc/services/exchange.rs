@@ -71,7 +71,16 @@ impl ResourceExchange for ResourceExchangeService {
         authorize(&self.0, &req, Permission::Read).await?;
         let id = RequestId::parse(&req.get_ref().request_id)?;
         let found = self.0.request(id).await?;
-        Ok(Response::new(pb::GetRequestResponse { request: Some(convert::request(&found)) }))
+        let proof = self.0.proof_of(&found)?.map(|p| pb::RequestProof {
+            receipt: p.receipt.bytes,
+            receipt_signature: p.receipt.signature,
+            bundle_sha256: p.decoded.bundle_sha256.to_vec(),
+            signed_by_sys_id: p.decoded.target.to_string(),
+            signer_certificate: p.signer_certificate,
+            imported_key_ids: p.decoded.imported.iter().map(ToString::to_string).collect(),
+            imported_at: Some(convert::ts(p.decoded.imported_at)),
+        });
+        Ok(Response::new(pb::GetRequestResponse { request: Some(convert::request(&found)), proof }))
     }
 
     async fn update_request(
