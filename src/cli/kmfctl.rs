@@ -463,38 +463,7 @@ impl Operator {
                 print::requests(&all, as_json);
             }
             ExchangeCommand::Get { request_id, receipt } => {
-                let r = self.exchange.get_request(pb::GetRequestRequest { request_id }).await?.into_inner();
-                let req = r.request.unwrap_or_default();
-                if !receipt {
-                    print::request(&req, as_json);
-                    return Ok(());
-                }
-                let Some(proof) = r.proof else {
-                    print::request(&req, as_json);
-                    anyhow::bail!(
-                        "request {} has no receipt yet: it is {}",
-                        req.request_id,
-                        print::status_label(req.status)
-                    );
-                };
-                let check = super::ctl_exchange::check_proof(&req, &proof, &self.ca_pem);
-                if as_json {
-                    let v = serde_json::json!({"request_id": req.request_id, "status": print::status_label(req.status),
-                        "receipt": {"signed_by": check.signed_by, "bundle_sha256": check.bundle_sha256,
-                        "imported_keys": check.imported_keys, "verified": check.verified, "checks": check.findings}});
-                    println!("{v}");
-                } else {
-                    print::request(&req, false);
-                    println!(
-                        "receipt signed by instance {} for bundle sha256 {}:",
-                        check.signed_by, check.bundle_sha256
-                    );
-                    for f in &check.findings {
-                        println!("  - {f}");
-                    }
-                    println!("receipt {}", if check.verified { "VERIFIED" } else { "NOT VERIFIED" });
-                }
-                anyhow::ensure!(check.verified, "the receipt of request {} did not verify", req.request_id);
+                super::ctl_exchange::get(self, request_id, receipt, as_json).await?;
             }
             ExchangeCommand::Approve { request_id, wait, timeout } => {
                 let req = pb::UpdateRequestRequest {
