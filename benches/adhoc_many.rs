@@ -62,7 +62,7 @@ async fn approve(mut source: Exchange, request_id: String) -> anyhow::Result<Dur
             "request {request_id} ended {status:?}"
         );
         anyhow::ensure!(started.elapsed() < POLL_LIMIT, "request {request_id} still {status:?} after {POLL_LIMIT:?}");
-        tokio::time::sleep(POLL_EVERY).await;
+        tokio::time::sleep(POLL_EVERY).await; // poll interval; bounded by POLL_LIMIT
         status = request(&mut source, &request_id).await?.status();
     }
     Ok(started.elapsed())

@@ -115,6 +115,7 @@ async fn follow(ops: &mut Operator, mut c: pb::CloneInfo, as_json: bool) -> anyh
             }
             None => {}
         }
+        // Progress is polled (GetClone); the loop is bounded by WATCH_AT_MOST.
         tokio::time::sleep(WATCH_EVERY).await;
         let req = pb::GetCloneRequest { clone_id: c.clone_id.clone() };
         c = ops.clones.get_clone(req).await?.into_inner().clone.unwrap_or_default();

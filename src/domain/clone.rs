@@ -143,25 +143,22 @@ impl SnapshotCatalog {
 
     /// Splits the catalog into parts of at most `CATALOG_ITEMS_PER_PART`
     /// items of each kind (at least one part, possibly empty).
-    pub fn into_parts(self) -> Vec<SnapshotCatalog> {
-        fn chunks<T>(v: Vec<T>) -> Vec<Vec<T>> {
-            let mut out = Vec::new();
-            let mut it = v.into_iter().peekable();
-            while it.peek().is_some() {
-                out.push(it.by_ref().take(CATALOG_ITEMS_PER_PART).collect());
-            }
-            out
+    pub fn into_parts(mut self) -> Vec<SnapshotCatalog> {
+        fn first<T>(v: &mut Vec<T>) -> Vec<T> {
+            v.drain(..v.len().min(CATALOG_ITEMS_PER_PART)).collect()
         }
-        let (mut m, mut s, mut p, mut q) =
-            (chunks(self.modules), chunks(self.specs), chunks(self.policies), chunks(self.properties));
-        let n = m.len().max(s.len()).max(p.len()).max(q.len()).max(1);
-        let mut take = |i: usize| SnapshotCatalog {
-            modules: m.get_mut(i).map(std::mem::take).unwrap_or_default(),
-            specs: s.get_mut(i).map(std::mem::take).unwrap_or_default(),
-            policies: p.get_mut(i).map(std::mem::take).unwrap_or_default(),
-            properties: q.get_mut(i).map(std::mem::take).unwrap_or_default(),
-        };
-        (0..n).map(&mut take).collect()
+        let mut parts = Vec::new();
+        loop {
+            parts.push(SnapshotCatalog {
+                modules: first(&mut self.modules),
+                specs: first(&mut self.specs),
+                policies: first(&mut self.policies),
+                properties: first(&mut self.properties),
+            });
+            if self.is_empty() {
+                return parts;
+            }
+        }
     }
 }
 

@@ -94,11 +94,8 @@ impl RefusalWindows {
         if self.count_repeat(&r, now) {
             return (Noted::Repeat, Vec::new());
         }
-        let window_millis = self.window_millis;
-        let mut closed = self.close(|w| !w.is_open_at(now, window_millis));
-        if let Some(stale) = self.open.remove(&r) {
-            closed.extend(repeats_of(r.clone(), stale));
-        }
+        // `r`'s own window, if any, has closed too and is among these.
+        let closed = self.close_expired(now);
         if self.open.len() < self.max_open {
             self.open.insert(r, Window { opened: now, repeats: 0, last: now });
         }
@@ -124,13 +121,8 @@ impl RefusalWindows {
     }
 
     fn close(&mut self, closing: impl Fn(&Window) -> bool) -> Vec<Repeats> {
-        let keys: Vec<Refusal> = self.open.iter().filter(|(_, w)| closing(w)).map(|(r, _)| r.clone()).collect();
-        let mut out = Vec::new();
-        for r in keys {
-            if let Some(w) = self.open.remove(&r) {
-                out.extend(repeats_of(r, w));
-            }
-        }
+        let mut out: Vec<Repeats> =
+            self.open.extract_if(|_, w| closing(w)).filter_map(|(r, w)| repeats_of(r, w)).collect();
         out.sort_by_key(|r| r.first);
         out
     }

@@ -412,12 +412,10 @@ impl Node {
         Ok(receipt)
     }
 
-    /// Unwraps one bundle entry and re-wraps it under our KEK. `shapes`: the
-    /// key material each requested spec present here holds, or why its keys
-    /// cannot be imported.
-    /// The entry's key in the clear, checked against this instance's spec;
-    /// None (with the reason in `failed`) when the bundle's key cannot be
-    /// imported here.
+    /// Unwraps one bundle entry and checks it against this instance's spec
+    /// (`shapes`: the key material each requested spec present here holds,
+    /// or why its keys cannot be imported); None, with the reason in
+    /// `failed`, when the bundle's key cannot be imported here.
     fn open_entry(
         &self,
         shapes: &HashMap<Name, Result<MaterialShape, String>>,

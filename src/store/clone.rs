@@ -12,7 +12,7 @@ use super::properties::properties_in;
 use super::records::decode;
 use super::stored_records::{active_records, record_from_row};
 use super::tuple::{KeyReader, str_key};
-use super::{Change, Result, Store, StoreError, get_row, put_row};
+use super::{Change, Result, Store, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::{CloneGrant, CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
@@ -23,10 +23,6 @@ struct CloneTargetRow {
     host: String,
     added_at: i64,
     added_by: String,
-}
-
-fn corrupt(e: impl ToString) -> StoreError {
-    StoreError::Corrupt(e.to_string())
 }
 
 fn target_from(sys_id: SysId, r: CloneTargetRow) -> Result<CloneTarget> {

@@ -109,17 +109,17 @@ fn held_run(tx: &mut dyn WriteTxn, id: &CloneId, lease: &Lease, lease_until: Uni
     }
 }
 
-/// Deletes every row of `table` (the catalog is small: one transaction).
-fn clear_table(tx: &mut dyn WriteTxn, table: Table) -> Result<()> {
+/// Deletes the first `limit` rows of `table`; returns how many it deleted.
+fn delete_first(tx: &mut dyn WriteTxn, table: Table, limit: usize) -> Result<usize> {
     let mut keys = Vec::new();
     tx.visit(table, &KeyRange::all(), &mut |k, _| {
         keys.push(k.to_vec());
-        Ok(Visit::Continue)
+        Ok(if keys.len() >= limit { Visit::Stop } else { Visit::Continue })
     })?;
-    for k in keys {
-        tx.delete(table, &k)?;
+    for k in &keys {
+        tx.delete(table, k)?;
     }
-    Ok(())
+    Ok(keys.len())
 }
 
 impl Store {
@@ -171,15 +171,7 @@ impl Store {
         self.write_relaxed(&[Change::Other], |tx| {
             renew_lease_in(tx, &clone_job_id(id), lease, lease_until)?;
             let table = staging_records(tx)?;
-            let mut keys = Vec::new();
-            tx.visit(table, &KeyRange::all(), &mut |k, _| {
-                keys.push(k.to_vec());
-                Ok(if keys.len() >= limit { Visit::Stop } else { Visit::Continue })
-            })?;
-            for k in &keys {
-                tx.delete(table, k)?;
-            }
-            Ok(keys.len())
+            delete_first(tx, table, limit)
         })
     }
 
@@ -236,8 +228,9 @@ impl Store {
         let CloneSwap { catalog, follow_up, now, lease_until } = *swap;
         self.write(&[Change::Specs, Change::Policies, Change::Other], |tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
+            // The catalog is small: replaced whole, in this transaction.
             for table in [Table::Modules, Table::Specs, Table::AccessPolicies, Table::Properties] {
-                clear_table(tx, table)?;
+                delete_first(tx, table, usize::MAX)?;
             }
             for m in &catalog.modules {
                 put_row(tx, Table::Modules, &str_key(m.name.as_str()), &ModuleRow::from(m))?;

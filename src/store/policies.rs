@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::str_key;
-use super::{Change, Result, Store, StoreError, get_row, put_row};
+use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Role;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
@@ -27,10 +27,6 @@ struct PolicyRow {
     operations: Vec<String>,
     active: bool,
     created_at: i64,
-}
-
-fn corrupt(e: impl ToString) -> StoreError {
-    StoreError::Corrupt(e.to_string())
 }
 
 fn key(module: &Name, name: &Name) -> String {

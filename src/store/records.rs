@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::StoreError;
+use super::{StoreError, corrupt};
 use crate::domain::bundle::WrappingAlgorithm;
 use crate::domain::exchange::{
     ALL_STATUSES, ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestStatus, SignedBlob, SpecLine,
@@ -25,10 +25,6 @@ pub fn encode<T: Serialize>(row: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn corrupt(e: impl ToString) -> StoreError {
-    StoreError::Corrupt(e.to_string())
 }
 
 fn name(s: &str) -> Result<Name, StoreError> {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
-use super::{Change, Result, Store, StoreError};
+use super::{Change, Result, Store, corrupt};
 use crate::domain::codec::{Reader, Writer};
 use crate::domain::ids::{KeyId, Name, UnixMillis};
 use crate::domain::record::{RecordAddress, StoredRecord};
@@ -31,7 +31,7 @@ fn encode_row(rec: &StoredRecord) -> Vec<u8> {
     w.finish()
 }
 
-/// A row of either format, as (ciphertext, key id, updated_at).
+/// The record at `address` from its row, in either format.
 fn decode_row(address: RecordAddress, v: &[u8]) -> Result<StoredRecord> {
     if !v.starts_with(ROW_MAGIC) {
         return row_to(address, decode(v)?);
@@ -42,10 +42,6 @@ fn decode_row(address: RecordAddress, v: &[u8]) -> Result<StoredRecord> {
     let ciphertext = r.bytes().map_err(corrupt)?.to_vec();
     r.finish().map_err(corrupt)?;
     Ok(StoredRecord { address, ciphertext, key_id, updated_at })
-}
-
-fn corrupt(e: impl ToString) -> StoreError {
-    StoreError::Corrupt(e.to_string())
 }
 
 fn row_to(address: RecordAddress, r: RecordRow) -> Result<StoredRecord> {
@@ -86,11 +82,9 @@ pub(super) fn staging_records(tx: &mut dyn ReadTxn) -> Result<Table> {
 }
 
 /// Makes the staging table the active one (inside the swap transaction).
-pub(super) fn swap_records_tables(tx: &mut dyn WriteTxn) -> Result<Table> {
-    let now_active = staging_records(tx)?;
-    let flag: &[u8] = if now_active == Table::Records { b"a" } else { b"b" };
-    tx.put(Table::Meta, META_RECORDS_TABLE, flag)?;
-    Ok(now_active)
+pub(super) fn swap_records_tables(tx: &mut dyn WriteTxn) -> Result<()> {
+    let flag: &[u8] = if staging_records(tx)? == Table::Records { b"a" } else { b"b" };
+    tx.put(Table::Meta, META_RECORDS_TABLE, flag)
 }
 
 /// A record's row (key and value) for writing.
@@ -104,14 +98,10 @@ fn address_key(a: &RecordAddress) -> Vec<u8> {
 
 impl Store {
     pub fn put_record(&self, rec: &StoredRecord) -> Result<()> {
-        let (k, v) = record_row(rec);
-        self.write(&[Change::Other], |tx| {
-            let table = active_records(tx)?;
-            tx.put(table, &k, &v)
-        })
+        self.put_records(std::slice::from_ref(rec))
     }
 
-    /// Stores many records in one transaction (seeding, benchmarks).
+    /// Stores records in one transaction.
     pub fn put_records(&self, recs: &[StoredRecord]) -> Result<()> {
         self.write(&[Change::Other], |tx| {
             let table = active_records(tx)?;

@@ -38,11 +38,6 @@ async fn pull(link: &PeerClient, source: &TestNode) -> Result<(SnapshotOrder, Ve
     Ok((order, parts))
 }
 
-async fn audit_of(ops: &mut Ops, action: &str) -> Vec<pb::AuditEntry> {
-    let req = pb::ListAuditEntriesRequest { action_prefix: action.into(), limit: 100, ..Default::default() };
-    ops.audit.list_audit_entries(req).await.expect("audit").into_inner().entries
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_registered_target_pulls_a_complete_snapshot_without_keys() {
     let pki = Pki::new();
@@ -60,7 +55,7 @@ async fn only_a_registered_target_pulls_a_complete_snapshot_without_keys() {
         Err(PeerError::Refused(e)) => assert!(e.to_string().contains("not a clone target"), "{e}"),
         other => panic!("an unregistered target must be refused, got {:?}", other.map(|(_, p)| p.len())),
     }
-    let refused = audit_of(&mut admin, "clone.refused").await;
+    let refused = admin.audit_entries("clone.refused").await;
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].actor, format!("instance:{}", target.sys_id));
 
@@ -101,7 +96,7 @@ async fn only_a_registered_target_pulls_a_complete_snapshot_without_keys() {
         let plain = admin.decrypt(&r.ciphertext, &r.address.associated_data()).await.expect("decrypts on the source");
         assert_eq!(plain, vec![(i % 251) as u8; 32]);
     }
-    let served = audit_of(&mut admin, "clone.serve").await;
+    let served = admin.audit_entries("clone.serve").await;
     assert!(served.iter().any(|e| e.details.contains(&format!("{RECORDS} records served"))), "{served:?}");
 
     // An operator certificate cannot pull a snapshot; removal takes effect at once.
@@ -262,7 +257,7 @@ async fn a_target_clones_its_source_in_one_step_and_keeps_its_identity() {
     assert_eq!(info.sys_id, target.sys_id, "the target keeps its identity");
     let chain = tgt.audit.verify_audit_chain(pb::VerifyAuditChainRequest {}).await.expect("verify").into_inner();
     assert!(chain.intact, "the target's audit log is kept, unbroken: {chain:?}");
-    assert!(!audit_of(&mut tgt, "clone.complete").await.is_empty());
+    assert!(!tgt.audit_entries("clone.complete").await.is_empty());
     // No key came with the clone: the records cannot be opened here yet.
     let page = pb::ListRecordsRequest { table: "hr".into(), page_size: 1, ..Default::default() };
     let first = tgt.crypto.list_records(page).await.expect("list").into_inner().records.remove(0);

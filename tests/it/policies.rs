@@ -153,12 +153,6 @@ async fn policy_management_refusals_change_nothing() {
     assert_eq!(err.code(), Code::NotFound);
 }
 
-async fn audit_actions(ops: &mut Ops, action: &str) -> Vec<pb::AuditEntry> {
-    let req = pb::ListAuditEntriesRequest { action_prefix: action.into(), limit: 100, ..Default::default() };
-    let entries = ops.audit.list_audit_entries(req).await.expect("audit").into_inner().entries;
-    entries.into_iter().filter(|e| e.action == action).collect()
-}
-
 /// A caller who keeps being refused cannot flood the audit log: the first
 /// refusal is written at once, the repeats within the window are counted and
 /// written as one entry when it closes (or at shutdown), and every call is
@@ -175,15 +169,15 @@ async fn repeated_refusals_are_audited_once_with_their_count() {
         let err = try_encrypt(&mut app).await.expect_err("every call is refused");
         assert!(err.code() == Code::PermissionDenied && err.message().contains("no access policy"), "call {i}: {err}");
     }
-    assert_eq!(audit_actions(&mut admin, "policy.denied").await.len(), 1, "the first refusal only");
-    assert!(audit_actions(&mut admin, "policy.denied.repeated").await.is_empty(), "the window is still open");
+    assert_eq!(admin.audit_entries("policy.denied").await.len(), 1, "the first refusal only");
+    assert!(admin.audit_entries("policy.denied.repeated").await.is_empty(), "the window is still open");
 
     // The window closes; the job runner's loop writes the count.
     clock.advance_millis(kmf::domain::refusals::WINDOW_MILLIS);
     node.app.as_ref().expect("running").node.wake_jobs();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     let repeated = loop {
-        let r = audit_actions(&mut admin, "policy.denied.repeated").await;
+        let r = admin.audit_entries("policy.denied.repeated").await;
         if !r.is_empty() {
             break r;
         }
@@ -198,11 +192,11 @@ async fn repeated_refusals_are_audited_once_with_their_count() {
     for _ in 0..3 {
         try_encrypt(&mut app).await.expect_err("refused");
     }
-    assert_eq!(audit_actions(&mut admin, "policy.denied").await.len(), 2);
+    assert_eq!(admin.audit_entries("policy.denied").await.len(), 2);
     drop((admin, app));
     node.restart().await;
     let mut admin = node.admin(&pki).await;
-    let repeated = audit_actions(&mut admin, "policy.denied.repeated").await;
+    let repeated = admin.audit_entries("policy.denied.repeated").await;
     assert_eq!(repeated.len(), 2, "the open window was flushed at shutdown: {repeated:?}");
     assert!(repeated.iter().any(|e| e.details.contains("2 more refusals")), "{repeated:?}");
     let verify = admin.audit.verify_audit_chain(pb::VerifyAuditChainRequest {}).await.expect("verify").into_inner();

@@ -313,6 +313,13 @@ impl Ops {
             .expect("request")
     }
 
+    /// The audit entries whose action is exactly `action` (first 100 of its prefix).
+    pub async fn audit_entries(&mut self, action: &str) -> Vec<pb::AuditEntry> {
+        let req = pb::ListAuditEntriesRequest { action_prefix: action.into(), limit: 100, ..Default::default() };
+        let entries = self.audit.list_audit_entries(req).await.expect("audit").into_inner().entries;
+        entries.into_iter().filter(|e| e.action == action).collect()
+    }
+
     pub async fn keys_of(&mut self, spec: &str) -> Vec<pb::Key> {
         self.keys.list_keys(pb::ListKeysRequest { spec: spec.into() }).await.expect("list keys").into_inner().keys
     }

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::DomainError;
 use crate::domain::auth::Permission;
+use crate::domain::exchange::Frequency;
 use crate::domain::ids::RequestId;
 use crate::node::{Decision, NewRequest, Node};
 use crate::rpc::caller::authorize;
@@ -26,13 +27,9 @@ impl ResourceExchange for ResourceExchangeService {
     ) -> Result<Response<pb::CreateRequestResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
-        match pb::Frequency::try_from(r.frequency) {
-            Ok(pb::Frequency::Adhoc) | Ok(pb::Frequency::Unspecified) => {}
-            Ok(pb::Frequency::Automatic) => {
-                let why = "AUTOMATIC requests are made by the instance itself after a clone";
-                return Err(DomainError::invalid("frequency", why).into());
-            }
-            Err(_) => return Err(DomainError::invalid("frequency", "unknown value").into()),
+        if convert::frequency_from(r.frequency)? == Frequency::Automatic {
+            let why = "AUTOMATIC requests are made by the instance itself after a clone";
+            return Err(DomainError::invalid("frequency", why).into());
         }
         let expires_in_millis = r.expires_in.as_ref().map(convert::duration_millis).transpose()?;
         let new = NewRequest {
