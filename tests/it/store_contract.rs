@@ -718,3 +718,44 @@ fn clone_staging_is_invisible_until_one_swap() {
         assert_eq!(st.records(None, None, None, 10).unwrap().len(), 3, "{}: the live records stay", s.name);
     }
 }
+
+/// Concurrent StartClone calls: exactly one clone runs (its row and its job
+/// written together); the others are refused naming it.
+#[test]
+fn concurrent_clone_starts_one_runs() {
+    use kmf::domain::clone::{CloneRun, CloneState};
+    use kmf::domain::ids::CloneId;
+    for s in subjects() {
+        const CALLERS: usize = 8;
+        let barrier = Arc::new(Barrier::new(CALLERS));
+        let handles: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let (st, barrier) = (Arc::clone(&s.store), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    let id = CloneId::from_random([i as u8 + 1; 16]);
+                    let run = CloneRun {
+                        id: id.clone(),
+                        source: sys(9),
+                        source_host: host(),
+                        state: CloneState::Running,
+                        records_total: 0,
+                        records_copied: 0,
+                        started_at: UnixMillis(1),
+                        copy_started_at: UnixMillis(1),
+                        updated_at: UnixMillis(1),
+                        finished_at: None,
+                        error: None,
+                    };
+                    barrier.wait();
+                    st.start_clone(&run, &Job::new(kmf::store::clone_job_id(&id), UnixMillis(1), UnixMillis(1)), &[])
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{}: {results:?}", s.name);
+        assert!(results.iter().filter(|r| r.is_err()).all(|r| matches!(r, Err(StoreError::AlreadyExists { .. }))));
+        let runs = s.store.clone_runs().unwrap();
+        assert_eq!(runs.len(), 1, "{}", s.name);
+        assert!(s.store.job(&kmf::store::clone_job_id(&runs[0].id)).unwrap().is_some(), "{}: its job too", s.name);
+    }
+}
