@@ -181,10 +181,31 @@ impl SoftHsm {
         (token, cfg)
     }
 
-    /// Deletes a token's files, as an operator would with softhsm2-util.
+    /// Takes a token away from a running daemon, as an operator removing its
+    /// files would. `softhsm2-util --delete-token` removes the files one by
+    /// one and then the directory, which fails when the daemon's SoftHSM
+    /// re-creates `token.lock` in between (it did in CI). Renaming the
+    /// directory out of the token directory is atomic: from that moment the
+    /// token's paths do not exist, so nothing can be re-created in them.
     pub fn delete_token(&self, token: &Token) {
-        let out = self.util().args(["--delete-token", "--token", &token.label]).output().expect("softhsm2-util");
-        assert!(out.status.success(), "delete-token: {}", String::from_utf8_lossy(&out.stderr));
+        let dir = self.token_dir(token);
+        let gone = self.root.join(format!("deleted-{}", token.label));
+        std::fs::rename(&dir, &gone).expect("move the token directory away");
+        std::fs::remove_dir_all(&gone).expect("remove the moved token directory");
+    }
+
+    /// The directory SoftHSM made for `token`: the one whose token object
+    /// holds its label (stored space-padded to 32 bytes, as PKCS#11 labels are).
+    fn token_dir(&self, token: &Token) -> PathBuf {
+        let padded = format!("{:<32}", token.label);
+        let dirs = std::fs::read_dir(self.tokens_dir()).expect("token dir");
+        let mut found = dirs.filter_map(Result::ok).map(|e| e.path()).filter(|dir| {
+            std::fs::read(dir.join("token.object"))
+                .is_ok_and(|bytes| bytes.windows(padded.len()).any(|w| w == padded.as_bytes()))
+        });
+        let dir = found.next().unwrap_or_else(|| panic!("no token directory holds label {}", token.label));
+        assert!(found.next().is_none(), "two token directories hold label {}", token.label);
+        dir
     }
 
     pub fn tokens_dir(&self) -> PathBuf {
