@@ -104,6 +104,7 @@ fn main() -> anyhow::Result<ExitCode> {
                         spec_names: vec!["data".into()],
                         expires_in: None,
                         frequency: pb::Frequency::Adhoc as i32,
+                        rekey_after_import: false,
                     };
                     let created = client.create_request(req).await?.into_inner().request.unwrap_or_default();
                     anyhow::ensure!(!created.request_id.is_empty(), "CreateRequest on target {i}: no request id");

@@ -114,6 +114,7 @@ pub async fn exchange(n: u32, source: Option<SignerConfig>, target: Option<Signe
             spec_names: vec!["data".into()],
             expires_in: None,
             frequency: pb::Frequency::Adhoc as i32,
+            rekey_after_import: false,
         })
         .await?
         .into_inner()

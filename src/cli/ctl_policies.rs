@@ -51,8 +51,18 @@ pub enum PolicyCommand {
     Explain {
         #[arg(long)]
         spec: String,
+        /// The key operation (encrypt, decrypt, ...); not with --exchange-target-sys-id.
+        #[arg(long, required_unless_present = "exchange_target_sys_id")]
+        operation: Option<String>,
+        /// Explain an inbound exchange request from this target instead of an operation.
+        #[arg(long, requires = "exchange_target_host")]
+        exchange_target_sys_id: Option<String>,
+        /// The host:port the target's request names.
         #[arg(long)]
-        operation: String,
+        exchange_target_host: Option<String>,
+        /// one-time or recurring (the clone frequency of the request).
+        #[arg(long, default_value = "one-time")]
+        exchange_frequency: String,
         /// Evaluate as this operator name (default: yourself).
         #[arg(long, default_value = "")]
         as_operator: String,
@@ -159,13 +169,34 @@ pub async fn policy(ops: &mut Operator, cmd: PolicyCommand, as_json: bool) -> an
         }
         PolicyCommand::Activate { name, module } => set_active(ops, module, name, true, as_json).await?,
         PolicyCommand::Deactivate { name, module } => set_active(ops, module, name, false, as_json).await?,
-        PolicyCommand::Explain { spec, operation: op, as_operator, as_roles } => {
+        PolicyCommand::Explain {
+            spec,
+            operation: op,
+            exchange_target_sys_id,
+            exchange_target_host,
+            exchange_frequency,
+            as_operator,
+            as_roles,
+        } => {
+            let as_exchange_frequency = match exchange_frequency.as_str() {
+                "one-time" => pb::Frequency::OneTimeClone,
+                "recurring" => pb::Frequency::RecurringClone,
+                other => anyhow::bail!("--exchange-frequency: expected one-time or recurring, not {other}"),
+            } as i32;
+            let operation = match (&op, &exchange_target_sys_id) {
+                (Some(op), None) => operation(op)? as i32,
+                (None, Some(_)) => pb::Operation::Unspecified as i32,
+                _ => anyhow::bail!("give either --operation or --exchange-target-sys-id"),
+            };
             let req = pb::ExplainAccessRequest {
                 spec,
-                operation: operation(&op)? as i32,
+                operation,
                 as_operator,
                 as_roles,
                 as_system: false,
+                as_exchange_target_sys_id: exchange_target_sys_id.unwrap_or_default(),
+                as_exchange_target_host: exchange_target_host.unwrap_or_default(),
+                as_exchange_frequency,
             };
             let d = ops.policies.explain_access(req).await?.into_inner();
             if as_json {

@@ -249,6 +249,9 @@ enum ExchangeCommand {
     /// ERROR_ON_REMOTE_INSTANCE (its bundle is delivered again; one that failed
     /// before approval becomes pending again).
     Retry { request_id: String },
+    /// On the source: One Time / Recurring Clone configurations.
+    #[command(subcommand)]
+    CloneConfig(super::ctl_clone_exchange::CloneConfigCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -440,6 +443,7 @@ impl Operator {
                     spec_names: specs,
                     expires_in,
                     frequency: pb::Frequency::Adhoc as i32,
+                    rekey_after_import: false,
                 };
                 let r = self.exchange.create_request(req).await?.into_inner().request.unwrap_or_default();
                 print::request(&r, as_json);
@@ -494,6 +498,7 @@ impl Operator {
                 let r = self.exchange.update_request(req).await?.into_inner();
                 print::request(&r.request.unwrap_or_default(), as_json);
             }
+            ExchangeCommand::CloneConfig(cmd) => super::ctl_clone_exchange::clone_config(self, cmd, as_json).await?,
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! includes the PKI commands and the quickstart).
 
 mod ctl_clone;
+mod ctl_clone_exchange;
 mod ctl_crypto;
 mod ctl_diag;
 mod ctl_exchange;

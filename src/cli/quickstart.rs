@@ -89,6 +89,7 @@ pub async fn run() -> anyhow::Result<()> {
             spec_names: vec!["salary".into(), "bonus".into()],
             expires_in: None,
             frequency: pb::Frequency::Adhoc as i32,
+            rekey_after_import: false,
         })
         .await?
         .into_inner()

@@ -6,7 +6,8 @@
 //! applied.
 
 use super::DomainError;
-use super::ids::{CloneId, Host, SysId, UnixMillis};
+use super::clone_exchange::ExchangePlan;
+use super::ids::{CloneId, Host, Name, SysId, UnixMillis};
 use super::policy::AccessPolicy;
 use super::property::Property;
 use super::record::StoredRecord;
@@ -101,6 +102,35 @@ pub struct CloneRun {
     pub finished_at: Option<UnixMillis>,
     /// Why the last attempt failed (kept while it is retried).
     pub error: Option<String>,
+    /// What the target requests after the swap (set by the swap).
+    pub follow_up: Option<FollowUp>,
+}
+
+/// The exchanges a completed clone leads to on the target.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct FollowUp {
+    /// The cloned automatic-exchange property was on: request the specs the
+    /// plan does not cover as AUTOMATIC.
+    pub automatic: bool,
+    /// The source's One Time / Recurring Clone configuration for this target.
+    pub plan: Option<ExchangePlan>,
+}
+
+impl FollowUp {
+    /// What a target that swapped in `catalog` (with the header's `plan`) requests.
+    pub fn after(catalog: &SnapshotCatalog, plan: Option<ExchangePlan>) -> Option<FollowUp> {
+        let automatic = wants_automatic_exchange(catalog);
+        (automatic || plan.is_some()).then_some(FollowUp { automatic, plan })
+    }
+
+    /// The specs of `catalog` to request as AUTOMATIC: all but the plan's.
+    pub fn automatic_specs(&self, all: impl Iterator<Item = Name>) -> Vec<Name> {
+        if !self.automatic {
+            return Vec::new();
+        }
+        let planned = self.plan.as_ref().map_or(&[][..], |p| &p.specs[..]);
+        all.filter(|s| !planned.contains(s)).collect()
+    }
 }
 
 impl CloneRun {
@@ -117,6 +147,8 @@ pub struct SnapshotHeader {
     pub taken_at: UnixMillis,
     /// Records the snapshot holds (the `End` part repeats the count sent).
     pub records: u64,
+    /// The source's One Time / Recurring Clone configuration for this target.
+    pub exchange: Option<ExchangePlan>,
 }
 
 /// Part of the catalog; the catalog is the union of these parts.
@@ -231,6 +263,7 @@ mod tests {
             source: SysId::parse("0123456789abcdef0123456789abcdef").unwrap(),
             taken_at: UnixMillis(1),
             records,
+            exchange: None,
         })
     }
 

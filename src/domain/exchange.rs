@@ -80,6 +80,22 @@ pub enum Frequency {
     /// `glide_encryption.auto_key_exchange.enabled` is true); the source
     /// approves it at once when it served that clone (a clone grant).
     Automatic,
+    /// Requested by the target after a clone, for the specs of the source's
+    /// One Time Clone configuration; its Resource Exchange policy approves.
+    OneTimeClone,
+    /// The same for a Recurring Clone configuration: approved on every clone.
+    RecurringClone,
+}
+
+impl Frequency {
+    pub fn label(self) -> &'static str {
+        match self {
+            Frequency::Adhoc => "ADHOC",
+            Frequency::Automatic => "AUTOMATIC",
+            Frequency::OneTimeClone => "ONE_TIME_CLONE",
+            Frequency::RecurringClone => "RECURRING_CLONE",
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bundle;
 pub mod ciphertext;
 pub mod clone;
+pub mod clone_exchange;
 pub mod codec;
 pub mod error;
 pub mod exchange;

@@ -219,6 +219,65 @@ fn explain(p: &AccessPolicy, m: Option<Mismatch>) -> String {
     }
 }
 
+/// One inbound exchange request for one spec, as Resource Exchange policies see it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ExchangeAccess {
+    pub module: Name,
+    pub spec: Name,
+    pub target_sys_id: SysId,
+    pub target_host: Host,
+    /// The approval the request's frequency needs (One Time or Recurring).
+    pub approval: ApprovalType,
+}
+
+/// Why a policy does not apply to an exchange request (None: it applies).
+fn exchange_mismatch(p: &AccessPolicy, r: &ExchangeAccess) -> Option<String> {
+    let PolicyType::ResourceExchange { target_sys_id, target_host, approval } = &p.kind else {
+        return Some("applies to key operations, not exchange requests".into());
+    };
+    if !p.active {
+        return Some("inactive".into());
+    }
+    if p.spec.as_ref().is_some_and(|s| s != &r.spec) {
+        return Some(format!("for spec {}", p.spec.as_ref().map_or("?", |s| s.as_str())));
+    }
+    if target_sys_id != &r.target_sys_id {
+        return Some(format!("for target {target_sys_id}"));
+    }
+    if target_host != &r.target_host {
+        return Some(format!("for target host {target_host}, the request names {}", r.target_host));
+    }
+    if *approval != r.approval {
+        let label = |a: ApprovalType| match a {
+            ApprovalType::OneTime => "One Time",
+            ApprovalType::Recurring => "Recurring",
+        };
+        return Some(format!("approves {} clones, the request is {}", label(*approval), label(r.approval)));
+    }
+    None
+}
+
+/// Evaluates the module's policies for an exchange request: only Resource
+/// Exchange policies for that target, spec and approval type apply, with the
+/// same rules as for key operations.
+pub fn evaluate_exchange(policies: &[AccessPolicy], request: &ExchangeAccess) -> AccessDecision {
+    let mut sorted: Vec<&AccessPolicy> = policies.iter().filter(|p| p.module == request.module).collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let evaluated = sorted
+        .iter()
+        .map(|p| {
+            let m = exchange_mismatch(p, request);
+            Evaluated {
+                policy: p.name.clone(),
+                result: p.result,
+                matched: m.is_none(),
+                why: m.unwrap_or_else(|| "matches".into()),
+            }
+        })
+        .collect();
+    decide(evaluated, &request.module)
+}
+
 /// The decision alone, without building an explanation (the hot path).
 pub fn allows(policies: &[AccessPolicy], request: &AccessRequest) -> bool {
     let mut tracked = false;
@@ -243,6 +302,11 @@ pub fn evaluate(policies: &[AccessPolicy], request: &AccessRequest) -> AccessDec
             Evaluated { policy: p.name.clone(), result: p.result, matched: m.is_none(), why: explain(p, m) }
         })
         .collect();
+    decide(evaluated, &request.module)
+}
+
+/// StrictReject denies; else a Track grants; else denied (by a Reject, or by no policy).
+fn decide(evaluated: Vec<Evaluated>, module: &Name) -> AccessDecision {
     let hit = |r: PolicyResult| evaluated.iter().find(|e| e.matched && e.result == r);
     let (allowed, reason) = if let Some(e) = hit(PolicyResult::StrictReject) {
         (false, format!("denied by StrictReject policy {}", e.policy))
@@ -251,7 +315,7 @@ pub fn evaluate(policies: &[AccessPolicy], request: &AccessRequest) -> AccessDec
     } else if let Some(e) = hit(PolicyResult::Reject) {
         (false, format!("denied by Reject policy {} (no Track policy grants)", e.policy))
     } else {
-        (false, format!("no access policy of module {} matches", request.module))
+        (false, format!("no access policy of module {module} matches"))
     };
     AccessDecision { allowed, reason, evaluated }
 }

@@ -64,7 +64,7 @@ impl Node {
     pub async fn serve_snapshot(self: &Arc<Self>, caller: SysId) -> AppResult<SnapshotParts> {
         let who = caller.clone();
         self.blocking(move |node| {
-            if node.store.clone_target(&who)?.is_some() {
+            if node.authorised_clone_target(&who)? {
                 return Ok(());
             }
             let reason = format!("instance {who} is not a clone target of this instance");
@@ -73,7 +73,7 @@ impl Node {
                     .with_details(reason.clone());
             node.store.append_audit(&[audit])?;
             tracing::warn!(target_instance = %who, "clone refused: not a registered clone target");
-            Err(DomainError::PermissionDenied(format!("{reason}; register it there with `kmfctl clone target add`"))
+            Err(DomainError::PermissionDenied(format!("{reason}; register it there with `kmfctl clone target add` or configure a One Time / Recurring Clone for it"))
                 .into())
         })
         .await?;
@@ -94,7 +94,14 @@ impl Node {
             }
             tx.blocking_send(Ok(part)).is_ok()
         };
-        let outcome = self.store.snapshot(self.now(), RECORDS_PER_PART, &mut emit);
+        let plan = match self.store.clone_exchange(target) {
+            Ok(cfg) => cfg.and_then(|c| c.plan()),
+            Err(e) => {
+                let _ = tx.blocking_send(Err(AppError::from(e)));
+                return;
+            }
+        };
+        let outcome = self.store.snapshot(self.now(), RECORDS_PER_PART, plan, &mut emit);
         let complete = matches!(outcome, Ok(true));
         let (result, details) = match &outcome {
             Ok(true) => (Outcome::Success, format!("snapshot of {sent} records served")),

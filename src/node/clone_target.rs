@@ -17,14 +17,12 @@ use super::jobs::millis;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
-use crate::domain::clone::{
-    CloneRun, CloneState, SnapshotCatalog, SnapshotOrder, SnapshotPart, wants_automatic_exchange,
-};
+use crate::domain::clone::{CloneRun, CloneState, FollowUp, SnapshotCatalog, SnapshotOrder, SnapshotPart};
 use crate::domain::exchange::{Frequency, PeerRef, RequestStatus, validate_expiry};
-use crate::domain::ids::{CloneId, Host, RequestId, SysId, UnixMillis};
+use crate::domain::ids::{CloneId, Host, Name, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
-use crate::signer::primitives::random_bytes;
+use crate::signer::primitives::{random_bytes, sha256};
 use crate::store::{CloneSwap, StoreError, clone_job_id};
 
 /// Staging rows deleted per transaction when clearing.
@@ -57,6 +55,7 @@ impl Node {
                     updated_at: now,
                     finished_at: None,
                     error: None,
+                    follow_up: None,
                 };
                 let audit = AuditEvent::new(now, actor, "clone.start", id.as_str(), Outcome::Success)
                     .with_details(format!("from {} at {}", run.source, run.source_host));
@@ -141,6 +140,7 @@ impl Node {
         self.clear_staging(&run.id, lease).await?;
         let mut parts = self.peers.stream_snapshot(&run.source_host, &run.source).await?;
         let (mut order, mut catalog) = (SnapshotOrder::default(), SnapshotCatalog::default());
+        let mut plan = None;
         // One part is written while the next arrives (a pipeline of one).
         let mut writing: Option<tokio::task::JoinHandle<AppResult<()>>> = None;
         while let Some(part) = parts.next().await {
@@ -153,6 +153,7 @@ impl Node {
                         let why = format!("the snapshot comes from {}, not {}", h.source, run.source);
                         return Err(PeerError::Refused(DomainError::malformed("snapshot", why)).into());
                     }
+                    plan = h.exchange.clone();
                     self.blocking(move |node| {
                         Ok(node.store.begin_clone_copy(&id, &lease, node.lease_until(), h.records, node.now())?)
                     })
@@ -186,14 +187,20 @@ impl Node {
             .into());
         }
         let (id, lease, source) = (run.id.clone(), lease.clone(), run.source.clone());
-        let automatic = wants_automatic_exchange(&catalog);
+        let exchanges = FollowUp::after(&catalog, plan);
         let done = self
             .blocking(move |node| {
                 let now = node.now();
-                // The automatic exchange is committed with the swap, so it happens exactly when the swap did.
-                let follow_up = automatic.then(|| Job::new(JobId::new(JobKind::AutoExchange, id.as_str()), now, now));
+                // The exchanges are committed with the swap, so they happen exactly when the swap did.
+                let follow_up =
+                    exchanges.is_some().then(|| Job::new(JobId::new(JobKind::AutoExchange, id.as_str()), now, now));
+                let planned = match exchanges.as_ref().and_then(|f| f.plan.as_ref()) {
+                    Some(p) => format!("{} of {} specs", p.frequency().label(), p.specs.len()),
+                    None => "none".into(),
+                };
+                let automatic = exchanges.as_ref().is_some_and(|f| f.automatic);
                 let details = format!(
-                    "from {source}: {} modules, {} specs, {} policies, {} properties, records swapped in; automatic exchange {}",
+                    "from {source}: {} modules, {} specs, {} policies, {} properties, records swapped in; configured exchange {planned}; automatic exchange {}",
                     catalog.modules.len(),
                     catalog.specs.len(),
                     catalog.policies.len(),
@@ -202,8 +209,13 @@ impl Node {
                 );
                 let audit = AuditEvent::new(now, "system", "clone.complete", id.as_str(), Outcome::Success)
                     .with_details(details);
-                let swap =
-                    CloneSwap { catalog: &catalog, follow_up: follow_up.as_ref(), now, lease_until: node.lease_until() };
+                let swap = CloneSwap {
+                    catalog: &catalog,
+                    follow_up: follow_up.as_ref(),
+                    exchanges: exchanges.as_ref(),
+                    now,
+                    lease_until: node.lease_until(),
+                };
                 Ok(node.store.swap_in_clone(&id, &lease, &swap, &[audit])?)
             })
             .await?;
@@ -212,48 +224,81 @@ impl Node {
         Ok(())
     }
 
-    /// After a clone: requests every spec that came with it from the source
-    /// (AUTOMATIC; the source's clone grant approves it). The request's id is
-    /// the clone's, so running this twice opens one request: a pending one
-    /// is opened again (the source answers a repeat with what it has), a
-    /// failed one is retried.
+    /// After a clone: requests from the source what the clone leads to —
+    /// the specs of the source's One Time / Recurring Clone configuration
+    /// with its frequency (its policies approve), and, with the automatic
+    /// exchange on, every other spec that came with the clone (AUTOMATIC; the
+    /// clone grant approves). Request ids derive from the clone's, so running
+    /// this twice opens each request once: a pending one is opened again
+    /// (the source answers a repeat with what it has), a failed one retried.
     pub(super) async fn run_auto_exchange(self: &Arc<Self>, job: &Job, lease: Lease) -> AppResult<()> {
         let clone_id = CloneId::parse(&job.id.subject)?;
-        let request_id = RequestId::parse(clone_id.as_str())?;
-        let run = self.clone_run(clone_id).await?;
-        let rid = request_id.clone();
-        let existing = self.blocking(move |node| Ok(node.store.request(&rid)?.map(|v| v.value))).await?;
-        match existing {
-            None => {
-                let source = PeerRef { sys_id: run.source, host: run.source_host };
-                let planned = move |node: &Node| -> AppResult<PlannedRequest> {
-                    Ok(PlannedRequest {
-                        id: request_id,
-                        frequency: Frequency::Automatic,
-                        source,
-                        specs: node.store.specs()?.into_iter().map(|s| s.name).collect(),
-                        lifetime: validate_expiry(None)?,
-                        actor: "system".into(),
-                    })
-                };
-                let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned(node)?)).await?;
-                tracing::info!(request_id = %req.id, source = %req.source.sys_id, "automatic exchange requested after the clone");
-                self.open_on_source(req, public_key).await?;
+        let run = self.clone_run(clone_id.clone()).await?;
+        // A run recorded before configured exchanges existed had this job only for the automatic exchange.
+        let follow_up = run.follow_up.clone().unwrap_or(FollowUp { automatic: true, plan: None });
+        let source = PeerRef { sys_id: run.source.clone(), host: run.source_host.clone() };
+        if let Some(plan) = &follow_up.plan {
+            let id = configured_request_id(&clone_id);
+            self.request_after_clone(id, plan.frequency(), source.clone(), plan.specs.clone()).await?;
+        }
+        if follow_up.automatic {
+            let id = RequestId::parse(clone_id.as_str())?;
+            let f = follow_up.clone();
+            let specs = self
+                .blocking(move |node| Ok(f.automatic_specs(node.store.specs()?.into_iter().map(|s| s.name))))
+                .await?;
+            if !specs.is_empty() {
+                self.request_after_clone(id, Frequency::Automatic, source, specs).await?;
             }
-            Some(req) if req.status == RequestStatus::Pending => {
-                let public_key = req.transport_public_key.clone();
-                self.open_on_source(req, public_key).await?;
-            }
-            Some(req)
-                if matches!(req.status, RequestStatus::ErrorOnLocalInstance | RequestStatus::ErrorOnRemoteInstance) =>
-            {
-                self.retry_on_target("system".into(), req.id).await?;
-            }
-            Some(_) => {}
         }
         let id = job.id.clone();
         self.blocking(move |node| Ok(node.store.finish_job(&id, &lease, None)?)).await
     }
+
+    /// Opens (or re-opens, or retries) the request `id` for `specs` on the source.
+    async fn request_after_clone(
+        self: &Arc<Self>,
+        id: RequestId,
+        frequency: Frequency,
+        source: PeerRef,
+        specs: Vec<Name>,
+    ) -> AppResult<()> {
+        let rid = id.clone();
+        let existing = self.blocking(move |node| Ok(node.store.request(&rid)?.map(|v| v.value))).await?;
+        match existing {
+            None => {
+                let planned = PlannedRequest {
+                    id,
+                    frequency,
+                    source,
+                    specs,
+                    lifetime: validate_expiry(None)?,
+                    actor: "system".into(),
+                };
+                let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned)).await?;
+                tracing::info!(request_id = %req.id, source = %req.source.sys_id, frequency = frequency.label(), "exchange requested after the clone");
+                self.open_on_source(req, public_key).await.map(|_| ())
+            }
+            Some(req) if req.status == RequestStatus::Pending => {
+                let public_key = req.transport_public_key.clone();
+                self.open_on_source(req, public_key).await.map(|_| ())
+            }
+            Some(req)
+                if matches!(req.status, RequestStatus::ErrorOnLocalInstance | RequestStatus::ErrorOnRemoteInstance) =>
+            {
+                self.retry_on_target("system".into(), req.id).await.map(|_| ())
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The id of the configured (One Time / Recurring) request after clone `id`.
+fn configured_request_id(id: &CloneId) -> RequestId {
+    let digest = sha256(format!("kmf configured exchange after clone {id}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    RequestId::from_random(bytes)
 }
 
 /// The outcome of a spawned step (a panic in it is an internal error).

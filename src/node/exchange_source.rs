@@ -10,6 +10,8 @@ use super::ports::{OpenRequest, SourceView};
 use super::{Node, request_audit};
 use crate::domain::DomainError;
 use crate::domain::audit::Outcome;
+
+use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Caller;
 use crate::domain::bundle::{Bundle, BundleEntry, Receipt};
 use crate::domain::exchange::{
@@ -20,7 +22,7 @@ use crate::domain::ids::{KeyId, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
 use crate::signer::primitives::{kwp_wrap, random_key, rsa_oaep_encrypt, sha256, verify_sha256_with_cert};
-use crate::store::{BundleChange, RequestEffects, StoreError, Versioned};
+use crate::store::{BundleChange, RequestEffects, StoreError, UseUp, Versioned};
 
 /// An operator's decision on a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,23 +139,39 @@ impl Node {
     /// Approves `req` when a clone grant covers it (the automatic exchange
     /// after a clone this source served: no person involved); else `req`.
     fn approve_by_grant(&self, req: ExchangeRequest) -> AppResult<ExchangeRequest> {
-        let Some(grant) = self.granting(&req)? else { return Ok(req) };
-        let actor = format!("system (clone grant of {})", crate::clock::rfc3339(grant.granted_at));
+        let Some(actor) = self.approver(&req)? else { return Ok(req) };
         let approved = self.decide(&req.id, &Decision::Approve, &actor)?;
         self.jobs.wake();
-        tracing::info!(request_id = %req.id, target = %req.target.sys_id, "automatic request approved by the clone grant");
+        tracing::info!(request_id = %req.id, target = %req.target.sys_id, frequency = req.frequency.label(), by = %actor, "request approved without a person");
         Ok(approved)
     }
 
-    /// The clone grant that approves `req` at once: an AUTOMATIC request,
-    /// still pending, from a target this source served a clone to, for specs
-    /// that came with that clone, before the grant expires.
-    fn granting(&self, req: &ExchangeRequest) -> AppResult<Option<crate::domain::clone::CloneGrant>> {
-        if req.frequency != Frequency::Automatic || req.status != RequestStatus::Pending {
+    /// Who approves `req` at once, if anyone: it must be pending, from a
+    /// target this source served a clone to, for specs that came with that
+    /// clone, before the clone grant expires; then an AUTOMATIC request is
+    /// approved by the grant, a One Time / Recurring Clone request by the
+    /// Resource Exchange policies of its specs. Adhoc requests wait for a person.
+    fn approver(&self, req: &ExchangeRequest) -> AppResult<Option<String>> {
+        if req.frequency == Frequency::Adhoc || req.status != RequestStatus::Pending {
             return Ok(None);
         }
         let Some(grant) = self.store.clone_grant(&req.target.sys_id)? else { return Ok(None) };
-        Ok(grant.covers(req.pending_specs(), self.now()).then_some(grant))
+        if !grant.covers(req.pending_specs(), self.now()) {
+            return Ok(None);
+        }
+        if req.frequency == Frequency::Automatic {
+            return Ok(Some(format!("system (clone grant of {})", crate::clock::rfc3339(grant.granted_at))));
+        }
+        match self.approving_policies(req)? {
+            Ok(policies) => {
+                let names: Vec<&str> = policies.iter().map(|n| n.as_str()).collect();
+                Ok(Some(format!("system (policy {})", names.join(", "))))
+            }
+            Err(why) => {
+                tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
+                Ok(None)
+            }
+        }
     }
 
     /// Decides on a request (source side, one explicit call): commits the
@@ -503,7 +521,25 @@ impl Node {
                         Outcome::Success,
                         format!("signed receipt: {} key(s) imported", r.imported.len()),
                     );
-                    let effects = RequestEffects { bundle: BundleChange::Clear, finish, ..Default::default() };
+                    let use_up = (req.frequency == Frequency::OneTimeClone).then(|| UseUp {
+                        target: req.target.sys_id.clone(),
+                        request: req.id.clone(),
+                        at: now,
+                        audit: AuditEvent::new(
+                            now,
+                            "system",
+                            "clone_exchange.used",
+                            req.target.sys_id.as_str(),
+                            Outcome::Success,
+                        )
+                        .with_details(format!("One Time Clone used by request {}; its policies are inactive", req.id)),
+                    });
+                    let effects = RequestEffects {
+                        bundle: BundleChange::Clear,
+                        finish,
+                        use_up: use_up.as_ref(),
+                        ..Default::default()
+                    };
                     self.store.update_request(version, &req, effects, &[audit])
                 }
                 Err(e) => {

@@ -3,6 +3,7 @@
 //! RPC services only convert and call in here.
 
 pub mod audit;
+mod clone_exchange;
 pub mod clone_source;
 mod clone_target;
 pub mod crypto;
@@ -144,6 +145,7 @@ impl Node {
     }
 }
 
+pub use clone_exchange::NewCloneExchange;
 pub use exchange_source::Decision;
 pub use keys::DefaultAccess;
 pub use records::MAX_PAGE as MAX_RECORD_PAGE;

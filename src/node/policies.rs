@@ -7,9 +7,10 @@ use super::Node;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::{Caller, Role};
-use crate::domain::ids::Name;
+use crate::domain::ids::{Host, Name, SysId};
 use crate::domain::policy::{
-    AccessDecision, AccessPolicy, AccessRequest, Operation, PolicyResult, PolicyType, Subject, allows, evaluate,
+    AccessDecision, AccessPolicy, AccessRequest, ApprovalType, ExchangeAccess, Operation, PolicyResult, PolicyType,
+    Subject, allows, evaluate, evaluate_exchange,
 };
 use crate::domain::spec::Spec;
 use crate::error::{AppError, AppResult};
@@ -139,6 +140,29 @@ impl Node {
         operation: Operation,
     ) -> AppResult<AccessDecision> {
         self.blocking(move |node| node.decide_access(subject, &spec, operation)).await
+    }
+
+    /// ExplainAccess for an inbound exchange request (One Time / Recurring Clone).
+    pub async fn explain_exchange(
+        self: &Arc<Self>,
+        spec: Name,
+        target_sys_id: SysId,
+        target_host: Host,
+        approval: ApprovalType,
+    ) -> AppResult<AccessDecision> {
+        self.blocking(move |node| {
+            let spec = node.spec_or_not_found(&spec)?;
+            let policies = node.module_policies(&spec.module, false)?;
+            let access = ExchangeAccess {
+                module: spec.module.clone(),
+                spec: spec.name.clone(),
+                target_sys_id,
+                target_host,
+                approval,
+            };
+            Ok(evaluate_exchange(&policies, &access))
+        })
+        .await
     }
 
     /// The module's policies, from the hot cache when the store is unchanged

@@ -318,6 +318,8 @@ pub fn frequency(f: Frequency) -> pb::Frequency {
     match f {
         Frequency::Adhoc => pb::Frequency::Adhoc,
         Frequency::Automatic => pb::Frequency::Automatic,
+        Frequency::OneTimeClone => pb::Frequency::OneTimeClone,
+        Frequency::RecurringClone => pb::Frequency::RecurringClone,
     }
 }
 
@@ -326,6 +328,8 @@ pub fn frequency_from(v: i32) -> Result<Frequency, DomainError> {
     match pb::Frequency::try_from(v) {
         Ok(pb::Frequency::Adhoc) | Ok(pb::Frequency::Unspecified) => Ok(Frequency::Adhoc),
         Ok(pb::Frequency::Automatic) => Ok(Frequency::Automatic),
+        Ok(pb::Frequency::OneTimeClone) => Ok(Frequency::OneTimeClone),
+        Ok(pb::Frequency::RecurringClone) => Ok(Frequency::RecurringClone),
         Err(_) => Err(DomainError::invalid("frequency", "unknown value")),
     }
 }

@@ -4,8 +4,10 @@
 
 use crate::domain::DomainError;
 use crate::domain::clone::{CloneRun, CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
-use crate::domain::ids::{KeyId, SysId, UnixMillis};
+use crate::domain::clone_exchange::{CloneExchange, ExchangePlan, frequency_of};
+use crate::domain::ids::{KeyId, Name, SysId, UnixMillis};
 use crate::domain::lifecycle::LifecycleDefinition;
+use crate::domain::policy::ApprovalType;
 use crate::domain::property::Property;
 use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::domain::spec::{Module, Spec};
@@ -27,6 +29,46 @@ pub fn clone_info(r: &CloneRun) -> pb::CloneInfo {
         updated_at: Some(ts(r.updated_at)),
         finished_at: r.finished_at.map(ts),
         error: r.error.clone().unwrap_or_default(),
+    }
+}
+
+fn plan_pb(p: &ExchangePlan) -> pb::ExchangePlan {
+    pb::ExchangePlan {
+        frequency: convert::frequency(p.frequency()) as i32,
+        spec_names: p.specs.iter().map(ToString::to_string).collect(),
+        rekey_after_import: p.rekey,
+    }
+}
+
+fn plan_from(p: &pb::ExchangePlan) -> Result<ExchangePlan, DomainError> {
+    Ok(ExchangePlan {
+        approval: clone_approval_from(p.frequency, "exchange.frequency")?,
+        specs: p.spec_names.iter().map(|s| Name::parse(s, "exchange.spec_names")).collect::<Result<_, _>>()?,
+        rekey: p.rekey_after_import,
+    })
+}
+
+/// ONE_TIME_CLONE or RECURRING_CLONE; any other frequency is refused.
+pub fn clone_approval_from(frequency: i32, field: &'static str) -> Result<ApprovalType, DomainError> {
+    match pb::Frequency::try_from(frequency) {
+        Ok(pb::Frequency::OneTimeClone) => Ok(ApprovalType::OneTime),
+        Ok(pb::Frequency::RecurringClone) => Ok(ApprovalType::Recurring),
+        _ => Err(DomainError::invalid(field, "set ONE_TIME_CLONE or RECURRING_CLONE")),
+    }
+}
+
+pub fn clone_exchange(c: &CloneExchange) -> pb::CloneExchange {
+    pb::CloneExchange {
+        target_sys_id: c.target.sys_id.to_string(),
+        target_host: c.target.host.to_string(),
+        frequency: convert::frequency(frequency_of(c.approval)) as i32,
+        spec_names: c.specs.iter().map(ToString::to_string).collect(),
+        rekey_after_import: c.rekey,
+        policies: c.policies.iter().map(|(m, p)| format!("{m}/{p}")).collect(),
+        created_at: Some(ts(c.created_at)),
+        created_by: c.created_by.clone(),
+        used_by_request_id: c.used.as_ref().map(|u| u.request.to_string()).unwrap_or_default(),
+        used_at: c.used.as_ref().map(|u| ts(u.at)),
     }
 }
 
@@ -67,6 +109,7 @@ pub fn snapshot_part(part: &SnapshotPart) -> pb::SnapshotPart {
             source_sys_id: h.source.to_string(),
             taken_at: Some(ts(h.taken_at)),
             records: h.records,
+            exchange: h.exchange.as_ref().map(plan_pb),
         }),
         SnapshotPart::Catalog(c) => Part::Catalog(pb::SnapshotCatalog {
             modules: c.modules.iter().map(convert::module).collect(),
@@ -155,6 +198,7 @@ pub fn snapshot_part_from(p: &pb::SnapshotPart) -> Result<SnapshotPart, DomainEr
             source: SysId::parse(&h.source_sys_id)?,
             taken_at: time(&h.taken_at, "header.taken_at")?,
             records: h.records,
+            exchange: h.exchange.as_ref().map(plan_from).transpose()?,
         }),
         Part::Catalog(c) => SnapshotPart::Catalog(catalog_from(c)?),
         Part::Records(r) => SnapshotPart::Records(r.records.iter().map(record_from).collect::<Result<_, _>>()?),

@@ -15,6 +15,7 @@ use super::tuple::{KeyReader, str_key};
 use super::{Change, Result, Store, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::{CloneGrant, CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
+use crate::domain::clone_exchange::ExchangePlan;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
 
 #[derive(Serialize, Deserialize)]
@@ -125,12 +126,18 @@ impl Store {
     /// the end. Never reads a key. Returns whether the end was emitted
     /// (false: `emit` asked to stop). Blocking: holds a read transaction
     /// while `emit` waits for the receiver.
-    pub fn snapshot(&self, taken_at: UnixMillis, per_part: usize, emit: &mut Emit<'_>) -> Result<bool> {
+    pub fn snapshot(
+        &self,
+        taken_at: UnixMillis,
+        per_part: usize,
+        exchange: Option<ExchangePlan>,
+        emit: &mut Emit<'_>,
+    ) -> Result<bool> {
         let per_part = per_part.max(1);
         self.read(|tx| {
             let table = active_records(tx)?;
             let records = tx.len(table)?;
-            let header = SnapshotHeader { source: self.sys_id.clone(), taken_at, records };
+            let header = SnapshotHeader { source: self.sys_id.clone(), taken_at, records, exchange };
             if !emit(SnapshotPart::Header(header)) {
                 return Ok(false);
             }

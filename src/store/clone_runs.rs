@@ -21,9 +21,11 @@ use super::stored_records::{record_row, staging_records, swap_records_tables};
 use super::tuple::str_key;
 use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
-use crate::domain::clone::{CloneRun, CloneState, SnapshotCatalog};
-use crate::domain::ids::{CloneId, Host, SysId, UnixMillis};
+use crate::domain::clone::{CloneRun, CloneState, FollowUp, SnapshotCatalog};
+use crate::domain::clone_exchange::ExchangePlan;
+use crate::domain::ids::{CloneId, Host, Name, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
+use crate::domain::policy::ApprovalType;
 use crate::domain::record::StoredRecord;
 
 #[derive(Serialize, Deserialize)]
@@ -39,6 +41,49 @@ struct CloneRunRow {
     updated_at: i64,
     finished_at: Option<i64>,
     error: Option<String>,
+    /// Absent in rows written before configured exchanges: such a clone's
+    /// follow-up job, if any, was the automatic exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    follow_up: Option<FollowUpRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FollowUpRow {
+    automatic: bool,
+    plan: Option<PlanRow>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct PlanRow {
+    /// "one_time" or "recurring".
+    approval: String,
+    specs: Vec<String>,
+    rekey: bool,
+}
+
+impl From<&ExchangePlan> for PlanRow {
+    fn from(p: &ExchangePlan) -> Self {
+        PlanRow {
+            approval: match p.approval {
+                ApprovalType::OneTime => "one_time".into(),
+                ApprovalType::Recurring => "recurring".into(),
+            },
+            specs: p.specs.iter().map(ToString::to_string).collect(),
+            rekey: p.rekey,
+        }
+    }
+}
+
+fn plan_from(r: PlanRow) -> Result<ExchangePlan> {
+    Ok(ExchangePlan {
+        approval: match r.approval.as_str() {
+            "one_time" => ApprovalType::OneTime,
+            "recurring" => ApprovalType::Recurring,
+            other => return Err(corrupt(format!("approval type {other}"))),
+        },
+        specs: r.specs.iter().map(|s| Name::parse(s, "spec").map_err(corrupt)).collect::<Result<_>>()?,
+        rekey: r.rekey,
+    })
 }
 
 impl From<&CloneRun> for CloneRunRow {
@@ -55,6 +100,10 @@ impl From<&CloneRun> for CloneRunRow {
             updated_at: r.updated_at.0,
             finished_at: r.finished_at.map(|t| t.0),
             error: r.error.clone(),
+            follow_up: r
+                .follow_up
+                .as_ref()
+                .map(|f| FollowUpRow { automatic: f.automatic, plan: f.plan.as_ref().map(PlanRow::from) }),
         }
     }
 }
@@ -72,6 +121,10 @@ fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
         updated_at: UnixMillis(r.updated_at),
         finished_at: r.finished_at.map(UnixMillis),
         error: r.error,
+        follow_up: match r.follow_up {
+            None => None,
+            Some(f) => Some(FollowUp { automatic: f.automatic, plan: f.plan.map(plan_from).transpose()? }),
+        },
     })
 }
 
@@ -79,8 +132,10 @@ fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
 #[derive(Clone, Copy)]
 pub struct CloneSwap<'a> {
     pub catalog: &'a SnapshotCatalog,
-    /// Scheduled in the swap's transaction (the automatic exchange).
+    /// Scheduled in the swap's transaction (the exchanges after the clone).
     pub follow_up: Option<&'a Job>,
+    /// What that job requests, kept with the run.
+    pub exchanges: Option<&'a FollowUp>,
     pub now: UnixMillis,
     /// The clone job's lease is renewed until then.
     pub lease_until: UnixMillis,
@@ -225,7 +280,7 @@ impl Store {
         swap: &CloneSwap<'_>,
         audit: &[AuditEvent],
     ) -> Result<CloneRun> {
-        let CloneSwap { catalog, follow_up, now, lease_until } = *swap;
+        let CloneSwap { catalog, follow_up, exchanges, now, lease_until } = *swap;
         self.write(&[Change::Specs, Change::Policies, Change::Other], |tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             // The catalog is small: replaced whole, in this transaction.
@@ -247,6 +302,7 @@ impl Store {
                 put_job_in(tx, job)?;
             }
             run.state = CloneState::Completed;
+            run.follow_up = exchanges.cloned();
             (run.updated_at, run.finished_at, run.error) = (now, Some(now), None);
             put_run(tx, &run)?;
             append_audit(tx, audit)?;

@@ -57,9 +57,11 @@ pub enum Table {
     CloneRuns,
     /// Source side: target sys_id -> the grant of its last complete clone.
     CloneGrants,
+    /// Source side: target sys_id -> its One Time / Recurring Clone configuration.
+    CloneExchanges,
 }
 
-pub const ALL_TABLES: [Table; 21] = [
+pub const ALL_TABLES: [Table; 22] = [
     Table::Meta,
     Table::Modules,
     Table::Specs,
@@ -81,6 +83,7 @@ pub const ALL_TABLES: [Table; 21] = [
     Table::RecordsAlt,
     Table::CloneRuns,
     Table::CloneGrants,
+    Table::CloneExchanges,
 ];
 
 impl Table {
@@ -107,6 +110,7 @@ impl Table {
             Table::RecordsAlt => "records_alt",
             Table::CloneRuns => "clone_runs",
             Table::CloneGrants => "clone_grants",
+            Table::CloneExchanges => "clone_exchanges",
         }
     }
 

@@ -22,6 +22,7 @@ mod audit;
 mod catalog;
 mod changes;
 mod clone;
+mod clone_exchanges;
 mod clone_runs;
 mod diagnostics;
 pub mod engine;
@@ -46,6 +47,7 @@ use engine::{Engine, ReadTxn, Table, WriteTxn};
 use records::{decode, encode};
 
 pub use changes::{Change, ChangeTokens};
+pub use clone_exchanges::UseUp;
 pub use clone_runs::{CloneSwap, clone_job_id};
 pub use diagnostics::StoreCounts;
 pub use memory_engine::MemoryEngine;

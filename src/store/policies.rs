@@ -122,13 +122,7 @@ impl Store {
         audit: &[AuditEvent],
     ) -> Result<AccessPolicy> {
         self.write(&[Change::Policies], |tx| {
-            let id = key(module, name);
-            let k = str_key(&id);
-            let row: PolicyRow = get_row(tx, Table::AccessPolicies, &k)?
-                .ok_or_else(|| StoreError::Missing { what: "access policy", id: id.clone() })?;
-            let mut p: AccessPolicy = row.try_into()?;
-            p.active = active;
-            put_row(tx, Table::AccessPolicies, &k, &PolicyRow::from(&p))?;
+            let p = set_policy_active_in(tx, module, name, active)?;
             append_audit(tx, audit)?;
             Ok(p)
         })
@@ -138,6 +132,28 @@ impl Store {
     pub fn policies(&self, module: Option<&Name>) -> Result<Vec<AccessPolicy>> {
         self.read(|tx| policies_in(tx, module))
     }
+}
+
+/// Activates or deactivates an existing policy inside the caller's transaction.
+pub(super) fn set_policy_active_in(
+    tx: &mut dyn WriteTxn,
+    module: &Name,
+    name: &Name,
+    active: bool,
+) -> Result<AccessPolicy> {
+    let id = key(module, name);
+    let k = str_key(&id);
+    let row: PolicyRow =
+        get_row(tx, Table::AccessPolicies, &k)?.ok_or(StoreError::Missing { what: "access policy", id })?;
+    let mut p: AccessPolicy = row.try_into()?;
+    p.active = active;
+    put_row(tx, Table::AccessPolicies, &k, &PolicyRow::from(&p))?;
+    Ok(p)
+}
+
+/// Deletes a policy inside the caller's transaction; returns whether it existed.
+pub(super) fn delete_policy_in(tx: &mut dyn WriteTxn, module: &Name, name: &Name) -> Result<bool> {
+    tx.delete(Table::AccessPolicies, &str_key(&key(module, name)))
 }
 
 /// Inserts policies inside the caller's transaction, refusing existing names.

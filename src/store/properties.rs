@@ -21,15 +21,7 @@ struct PropertyRow {
 
 impl Store {
     pub fn property(&self, name: &str) -> Result<Option<Property>> {
-        self.read(|tx| {
-            let row: Option<PropertyRow> = get_row(tx, Table::Properties, &str_key(name))?;
-            Ok(row.map(|r| Property {
-                name: name.to_owned(),
-                value: r.value,
-                updated_at: UnixMillis(r.updated_at),
-                updated_by: r.updated_by,
-            }))
-        })
+        self.read(|tx| property_in(tx, name))
     }
 
     pub fn properties(&self) -> Result<Vec<Property>> {
@@ -47,6 +39,16 @@ impl Store {
             append_audit(tx, &[audit(previous.as_ref().map(|r| r.value.as_str()))])
         })
     }
+}
+
+pub(super) fn property_in(tx: &mut dyn ReadTxn, name: &str) -> Result<Option<Property>> {
+    let row: Option<PropertyRow> = get_row(tx, Table::Properties, &str_key(name))?;
+    Ok(row.map(|r| Property {
+        name: name.to_owned(),
+        value: r.value,
+        updated_at: UnixMillis(r.updated_at),
+        updated_by: r.updated_by,
+    }))
 }
 
 pub(super) fn properties_in(tx: &mut dyn ReadTxn) -> Result<Vec<Property>> {

@@ -303,6 +303,8 @@ impl From<&ExchangeRequest> for RequestRow {
             frequency: match r.frequency {
                 Frequency::Adhoc => "adhoc".into(),
                 Frequency::Automatic => "automatic".into(),
+                Frequency::OneTimeClone => "one_time_clone".into(),
+                Frequency::RecurringClone => "recurring_clone".into(),
             },
             source_sys_id: r.source.sys_id.to_string(),
             source_host: r.source.host.to_string(),
@@ -362,6 +364,8 @@ impl TryFrom<RequestRow> for ExchangeRequest {
             frequency: match r.frequency.as_str() {
                 "adhoc" => Frequency::Adhoc,
                 "automatic" => Frequency::Automatic,
+                "one_time_clone" => Frequency::OneTimeClone,
+                "recurring_clone" => Frequency::RecurringClone,
                 other => return Err(corrupt(format!("frequency {other}"))),
             },
             source: PeerRef { sys_id: sys_id(&r.source_sys_id)?, host: host(&r.source_host)? },

@@ -45,6 +45,7 @@ fn def(t: Table) -> Def {
         Table::RecordsAlt => "kv/records_alt",
         Table::CloneRuns => "kv/clone_runs",
         Table::CloneGrants => "kv/clone_grants",
+        Table::CloneExchanges => "kv/clone_exchanges",
     })
 }
 

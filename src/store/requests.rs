@@ -5,6 +5,7 @@
 
 use super::audit::append_audit;
 use super::catalog::{insert_new_keys, key_key, specs_of};
+use super::clone_exchanges::{UseUp, use_up_in};
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, put_job_in};
 use super::records::{RequestRow, decode};
@@ -59,6 +60,8 @@ pub struct RequestEffects<'a> {
     pub finish: Option<(&'a JobId, &'a Lease)>,
     /// Target side: a new transport key handle (a retried request's).
     pub transport_handle: Option<&'a [u8]>,
+    /// Source side: the completed exchange uses up a One Time configuration.
+    pub use_up: Option<&'a UseUp>,
 }
 
 fn request_key(id: &RequestId) -> Vec<u8> {
@@ -113,6 +116,9 @@ fn apply_effects(tx: &mut dyn WriteTxn, id: &RequestId, effects: &RequestEffects
     }
     for job in &effects.schedule {
         put_job_in(tx, job)?;
+    }
+    if let Some(u) = effects.use_up {
+        use_up_in(tx, u)?;
     }
     Ok(())
 }
@@ -197,7 +203,8 @@ impl Store {
         effects: RequestEffects<'_>,
         audit: &[AuditEvent],
     ) -> Result<u64> {
-        self.write(&[Change::Other], |tx| {
+        let changed = if effects.use_up.is_some() { Change::Policies } else { Change::Other };
+        self.write(&[changed], |tx| {
             let next = check_version(tx, &req.id, expected)?;
             write_request(tx, req, next)?;
             apply_effects(tx, &req.id, &effects)?;

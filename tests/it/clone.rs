@@ -16,7 +16,7 @@ use crate::support::{Ops, Pki, TestNode};
 
 const RECORDS: usize = 1_234;
 
-async fn put_records(ops: &mut Ops, n: usize) {
+pub(crate) async fn put_records(ops: &mut Ops, n: usize) {
     for i in 0..n {
         let address = pb::RecordAddress { table: "hr".into(), field: "salary".into(), record_id: format!("r{i:05}") };
         let req =
@@ -109,7 +109,7 @@ async fn only_a_registered_target_pulls_a_complete_snapshot_without_keys() {
     assert!(matches!(pull(&link, &source).await, Err(PeerError::Refused(_))), "refused again once removed");
 }
 
-async fn admin_channel(node: &TestNode, pki: &Pki) -> tonic::transport::Channel {
+pub(crate) async fn admin_channel(node: &TestNode, pki: &Pki) -> tonic::transport::Channel {
     node.channel(&pki.operator("root", &[kmf::domain::auth::Role::Admin])).await
 }
 
@@ -172,7 +172,7 @@ async fn kmfctl_manages_clone_targets() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-async fn count_records(ops: &mut Ops, table: &str) -> usize {
+pub(crate) async fn count_records(ops: &mut Ops, table: &str) -> usize {
     let (mut n, mut token) = (0, String::new());
     for _ in 0..1_000 {
         let req = pb::ListRecordsRequest {
@@ -192,7 +192,7 @@ async fn count_records(ops: &mut Ops, table: &str) -> usize {
 }
 
 /// Waits (bounded) until the clone is no longer running.
-async fn finished(clones: &mut ClonesClient<tonic::transport::Channel>, id: &str) -> pb::CloneInfo {
+pub(crate) async fn finished(clones: &mut ClonesClient<tonic::transport::Channel>, id: &str) -> pb::CloneInfo {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let c = clones.get_clone(pb::GetCloneRequest { clone_id: id.into() }).await.expect("get").into_inner();
@@ -302,7 +302,7 @@ async fn kmfctl_clone_start_watch_follows_the_clone_to_its_end() {
     );
 }
 
-async fn requests(ops: &mut Ops) -> Vec<pb::ExchangeRequest> {
+pub(crate) async fn requests(ops: &mut Ops) -> Vec<pb::ExchangeRequest> {
     let req = pb::ListRequestsRequest { page_size: 100, ..Default::default() };
     ops.exchange.list_requests(req).await.expect("list requests").into_inner().requests
 }

@@ -269,6 +269,7 @@ async fn a_hanging_target_delays_nobody_and_completes_once_it_wakes() {
                     spec_names: vec!["salary".into()],
                     expires_in: None,
                     frequency: pb::Frequency::Adhoc as i32,
+                    rekey_after_import: false,
                 };
                 let r = ops.exchange.create_request(ask).await.expect("create").into_inner();
                 (i, r.request.expect("request").request_id)

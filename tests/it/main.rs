@@ -6,6 +6,7 @@ mod audit;
 mod binaries;
 mod clone;
 mod clone_crash;
+mod clone_exchange;
 mod crash;
 mod crypto_ops;
 mod crypto_specs;

@@ -124,6 +124,7 @@ async fn claimed_sys_id_must_match_the_certificate() {
             spec_names: vec!["salary".into()],
             expires_in: None,
             frequency: 1,
+            rekey_after_import: false,
         })
         .await
         .expect_err("wrong peer accepted");
@@ -205,6 +206,7 @@ async fn expired_request_cannot_be_approved() {
             spec_names: vec!["salary".into()],
             expires_in: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
             frequency: 1,
+            rekey_after_import: false,
         })
         .await
         .expect("create")
@@ -237,6 +239,7 @@ async fn bad_create_inputs_record_nothing() {
         spec_names: vec!["salary".into()],
         expires_in: None,
         frequency: 1,
+        rekey_after_import: false,
     };
     let cases: Vec<(&str, pb::CreateRequestRequest, Code)> = vec![
         ("unknown spec", pb::CreateRequestRequest { spec_names: vec!["nope".into()], ..base.clone() }, Code::NotFound),

@@ -104,6 +104,7 @@ async fn policies_decide_every_crypto_call() {
         as_operator: "app".into(),
         as_roles: vec!["cryptographic_operator".into()],
         as_system: false,
+        ..Default::default()
     };
     let d = app.policies.explain_access(explain).await.expect("explain").into_inner();
     let names: Vec<&str> = d.evaluated.iter().map(|e| e.policy.as_str()).collect();

@@ -535,7 +535,7 @@ fn snapshot_is_one_consistent_view_in_bounded_parts() {
         }
         let (mut order, mut parts, mut received) = (SnapshotOrder::default(), Vec::new(), Vec::new());
         let complete = st
-            .snapshot(UnixMillis(9), 10, &mut |part| {
+            .snapshot(UnixMillis(9), 10, None, &mut |part| {
                 order.accept(&part).unwrap();
                 if let SnapshotPart::Records(r) = &part {
                     assert!(r.len() <= 10, "{}: a part holds at most the asked number", s.name);
@@ -559,7 +559,7 @@ fn snapshot_is_one_consistent_view_in_bounded_parts() {
         // The receiver went away after the header: the read stops there.
         let mut seen = 0;
         let stopped = st
-            .snapshot(UnixMillis(9), 10, &mut |_| {
+            .snapshot(UnixMillis(9), 10, None, &mut |_| {
                 seen += 1;
                 false
             })
@@ -647,6 +647,7 @@ fn clone_staging_is_invisible_until_one_swap() {
             updated_at: UnixMillis(1),
             finished_at: None,
             error: None,
+            follow_up: None,
         };
         let job_id = kmf::store::clone_job_id(&id);
         st.start_clone(&run, &Job::new(job_id.clone(), UnixMillis(1), UnixMillis(1)), &[]).unwrap();
@@ -690,7 +691,13 @@ fn clone_staging_is_invisible_until_one_swap() {
             .swap_in_clone(
                 &id,
                 &lease,
-                &kmf::store::CloneSwap { catalog: &catalog, follow_up: None, now: UnixMillis(4), lease_until: until },
+                &kmf::store::CloneSwap {
+                    catalog: &catalog,
+                    follow_up: None,
+                    exchanges: None,
+                    now: UnixMillis(4),
+                    lease_until: until,
+                },
                 &[],
             )
             .unwrap();
@@ -745,6 +752,7 @@ fn concurrent_clone_starts_one_runs() {
                         updated_at: UnixMillis(1),
                         finished_at: None,
                         error: None,
+                        follow_up: None,
                     };
                     barrier.wait();
                     st.start_clone(&run, &Job::new(kmf::store::clone_job_id(&id), UnixMillis(1), UnixMillis(1)), &[])

@@ -282,6 +282,7 @@ impl Ops {
                 spec_names: specs.iter().map(|s| s.to_string()).collect(),
                 expires_in: None,
                 frequency: pb::Frequency::Adhoc as i32,
+                rekey_after_import: false,
             })
             .await
             .map(|r| r.into_inner().request.expect("request"))

@@ -6,12 +6,12 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::DomainError;
 use crate::domain::auth::Permission;
-use crate::domain::exchange::Frequency;
-use crate::domain::ids::RequestId;
-use crate::node::{Decision, NewRequest, Node};
+use crate::domain::exchange::{Frequency, PeerRef};
+use crate::domain::ids::{Host, Name, RequestId, SysId};
+use crate::node::{Decision, NewCloneExchange, NewRequest, Node};
 use crate::rpc::caller::authorize;
-use crate::rpc::convert;
 use crate::rpc::pb::{self, resource_exchange_server::ResourceExchange};
+use crate::rpc::{convert, convert_clone};
 
 pub struct ResourceExchangeService(pub Arc<Node>);
 
@@ -27,9 +27,20 @@ impl ResourceExchange for ResourceExchangeService {
     ) -> Result<Response<pb::CreateRequestResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
-        if convert::frequency_from(r.frequency)? == Frequency::Automatic {
-            let why = "AUTOMATIC requests are made by the instance itself after a clone";
-            return Err(DomainError::invalid("frequency", why).into());
+        match convert::frequency_from(r.frequency)? {
+            Frequency::Adhoc => {}
+            Frequency::Automatic => {
+                let why = "AUTOMATIC requests are made by the instance itself after a clone";
+                return Err(DomainError::invalid("frequency", why).into());
+            }
+            Frequency::OneTimeClone | Frequency::RecurringClone => {
+                let why = "One Time and Recurring Clone are configured on the source (CreateCloneExchange)";
+                return Err(DomainError::invalid("frequency", why).into());
+            }
+        }
+        if r.rekey_after_import {
+            let why = "rekey is not available with Adhoc requests; configure a One Time or Recurring Clone with rekey on the source";
+            return Err(DomainError::invalid("rekey_after_import", why).into());
         }
         let expires_in_millis = r.expires_in.as_ref().map(convert::duration_millis).transpose()?;
         let new = NewRequest {
@@ -98,5 +109,45 @@ impl ResourceExchange for ResourceExchangeService {
         };
         let updated = self.0.update_request(&auth.caller, id, decision).await?;
         Ok(Response::new(pb::UpdateRequestResponse { request: Some(convert::request(&updated)) }))
+    }
+
+    async fn create_clone_exchange(
+        &self,
+        req: Request<pb::CreateCloneExchangeRequest>,
+    ) -> Result<Response<pb::CreateCloneExchangeResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let r = req.into_inner();
+        let approval = convert_clone::clone_approval_from(r.frequency, "frequency")?;
+        let target = PeerRef { sys_id: SysId::parse(&r.target_sys_id)?, host: Host::parse(&r.target_host)? };
+        let specs =
+            r.spec_names.iter().map(|s| Name::parse(s, "spec_names")).collect::<Result<Vec<_>, DomainError>>()?;
+        let new = NewCloneExchange { target, approval, specs, rekey: r.rekey_after_import };
+        let created = self.0.create_clone_exchange(&auth.caller, new).await?;
+        Ok(Response::new(pb::CreateCloneExchangeResponse {
+            clone_exchange: Some(convert_clone::clone_exchange(&created)),
+        }))
+    }
+
+    async fn list_clone_exchanges(
+        &self,
+        req: Request<pb::ListCloneExchangesRequest>,
+    ) -> Result<Response<pb::ListCloneExchangesResponse>, Status> {
+        authorize(&self.0, &req, Permission::Read).await?;
+        let all = self.0.clone_exchanges().await?;
+        Ok(Response::new(pb::ListCloneExchangesResponse {
+            clone_exchanges: all.iter().map(convert_clone::clone_exchange).collect(),
+        }))
+    }
+
+    async fn delete_clone_exchange(
+        &self,
+        req: Request<pb::DeleteCloneExchangeRequest>,
+    ) -> Result<Response<pb::DeleteCloneExchangeResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let target = SysId::parse(&req.get_ref().target_sys_id)?;
+        let deleted = self.0.delete_clone_exchange(&auth.caller, target).await?;
+        Ok(Response::new(pb::DeleteCloneExchangeResponse {
+            clone_exchange: Some(convert_clone::clone_exchange(&deleted)),
+        }))
     }
 }

@@ -6,10 +6,12 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::DomainError;
 use crate::domain::auth::{Caller, Permission, Role};
+use crate::domain::ids::{Host, SysId};
 use crate::domain::policy::{AccessDecision, Subject};
 use crate::node::Node;
 use crate::rpc::caller::authorize;
 use crate::rpc::convert;
+use crate::rpc::convert_clone::clone_approval_from;
 use crate::rpc::convert_policy::{operation, policy_from, policy_pb, result_pb};
 use crate::rpc::pb::{self, policies_server::Policies};
 
@@ -79,6 +81,18 @@ impl Policies for PoliciesService {
     ) -> Result<Response<pb::ExplainAccessResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::Read).await?;
         let r = req.get_ref();
+        if !r.as_exchange_target_sys_id.is_empty() {
+            let d = self
+                .0
+                .explain_exchange(
+                    convert::name(&r.spec, "spec")?,
+                    SysId::parse(&r.as_exchange_target_sys_id)?,
+                    Host::parse(&r.as_exchange_target_host)?,
+                    clone_approval_from(r.as_exchange_frequency, "as_exchange_frequency")?,
+                )
+                .await?;
+            return Ok(Response::new(decision_pb(&d)));
+        }
         let subject = if r.as_system {
             Subject::System
         } else if r.as_operator.is_empty() {

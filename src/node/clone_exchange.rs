@@ -1,0 +1,134 @@
+//! One Time / Recurring Clone, source side: the configurations (with their
+//! Resource Exchange policies), and the policy approval of the target's
+//! request after a clone (kmf-domain.md §3.5: "the auto-created source MAP
+//! approves at clone time").
+
+use std::sync::Arc;
+
+use super::Node;
+use crate::domain::DomainError;
+use crate::domain::audit::{AuditEvent, Outcome};
+use crate::domain::auth::Caller;
+use crate::domain::clone_exchange::{
+    CloneExchange, approval_for, approving_policy, check_auto_exchange_guard, frequency_of, validate_specs,
+};
+use crate::domain::exchange::{ExchangeRequest, PeerRef};
+use crate::domain::ids::{Name, SysId};
+use crate::domain::policy::{ApprovalType, ExchangeAccess, PolicyResult, evaluate_exchange};
+use crate::domain::property::{AUTO_KEY_EXCHANGE, schema};
+use crate::error::{AppError, AppResult};
+use crate::store::StoreError;
+
+/// A new One Time / Recurring Clone configuration, as an operator asks for it.
+#[derive(Clone, Debug)]
+pub struct NewCloneExchange {
+    pub target: PeerRef,
+    pub approval: ApprovalType,
+    pub specs: Vec<Name>,
+    pub rekey: bool,
+}
+
+impl Node {
+    pub async fn create_clone_exchange(
+        self: &Arc<Self>,
+        caller: &Caller,
+        new: NewCloneExchange,
+    ) -> AppResult<CloneExchange> {
+        if new.target.sys_id == self.sys_id {
+            return Err(DomainError::invalid("target_sys_id", "an instance cannot be its own clone target").into());
+        }
+        validate_specs(&new.specs)?;
+        let actor = caller.actor();
+        self.blocking(move |node| {
+            let now = node.now();
+            let mut policies = Vec::with_capacity(new.specs.len());
+            for name in &new.specs {
+                let spec = node.store.spec(name)?.ok_or_else(|| DomainError::not_found("spec", name.as_str()))?;
+                policies.push(approving_policy(&new.target, new.approval, &spec.module, name, now)?);
+            }
+            let stored = node.store.property(AUTO_KEY_EXCHANGE)?.map(|p| p.value);
+            let auto_enabled = stored.as_deref().or(schema(AUTO_KEY_EXCHANGE).1) == Some("true");
+            check_auto_exchange_guard(new.approval, new.rekey, auto_enabled)?;
+            let cfg = CloneExchange {
+                target: new.target,
+                approval: new.approval,
+                specs: new.specs,
+                rekey: new.rekey,
+                policies: policies.iter().map(|p| (p.module.clone(), p.name.clone())).collect(),
+                created_at: now,
+                created_by: actor.clone(),
+                used: None,
+            };
+            let specs: Vec<&str> = cfg.specs.iter().map(Name::as_str).collect();
+            let audit =
+                AuditEvent::new(now, actor, "clone_exchange.create", cfg.target.sys_id.as_str(), Outcome::Success)
+                    .with_details(format!(
+                        "{} for {} at {}; specs {}; rekey {}",
+                        frequency_of(cfg.approval).label(),
+                        cfg.target.sys_id,
+                        cfg.target.host,
+                        specs.join(","),
+                        cfg.rekey
+                    ));
+            node.store.create_clone_exchange(&cfg, &policies, stored.as_deref(), &[audit]).map_err(|e| match e {
+                StoreError::Stale { .. } => AppError::from(DomainError::FailedPrecondition(format!(
+                    "{AUTO_KEY_EXCHANGE} changed meanwhile; try again"
+                ))),
+                StoreError::AlreadyExists { what: "access policy", id } => AppError::from(DomainError::AlreadyExists {
+                    what: "access policy",
+                    id: format!("{id} (delete it or rename the spec)"),
+                }),
+                other => other.into(),
+            })?;
+            Ok(cfg)
+        })
+        .await
+    }
+
+    pub async fn clone_exchanges(self: &Arc<Self>) -> AppResult<Vec<CloneExchange>> {
+        self.blocking(|node| Ok(node.store.clone_exchanges()?)).await
+    }
+
+    pub async fn delete_clone_exchange(self: &Arc<Self>, caller: &Caller, target: SysId) -> AppResult<CloneExchange> {
+        let actor = caller.actor();
+        self.blocking(move |node| {
+            let audit = AuditEvent::new(node.now(), actor, "clone_exchange.delete", target.as_str(), Outcome::Success);
+            node.store
+                .delete_clone_exchange(&target, &[audit])?
+                .ok_or_else(|| DomainError::not_found("clone exchange for target", target.as_str()).into())
+        })
+        .await
+    }
+
+    /// Whether `target` may clone this instance: a registered clone target,
+    /// or the target of a One Time / Recurring Clone configuration.
+    pub(super) fn authorised_clone_target(&self, target: &SysId) -> AppResult<bool> {
+        Ok(self.store.clone_target(target)?.is_some() || self.store.clone_exchange(target)?.is_some())
+    }
+
+    /// The Resource Exchange policies that approve every pending spec of a
+    /// One Time / Recurring Clone request (blocking), or None when one spec
+    /// is not approved (the request then waits for a person), with why.
+    pub(super) fn approving_policies(&self, req: &ExchangeRequest) -> AppResult<Result<Vec<Name>, String>> {
+        let Some(approval) = approval_for(req.frequency) else { return Ok(Err("not a clone frequency".into())) };
+        let mut names = Vec::new();
+        for spec_name in req.pending_specs() {
+            let Some(spec) = self.store.spec(spec_name)? else { continue };
+            let policies = self.store.policies(Some(&spec.module))?;
+            let access = ExchangeAccess {
+                module: spec.module,
+                spec: spec_name.clone(),
+                target_sys_id: req.target.sys_id.clone(),
+                target_host: req.target.host.clone(),
+                approval,
+            };
+            let decision = evaluate_exchange(&policies, &access);
+            if !decision.allowed {
+                return Ok(Err(format!("spec {spec_name}: {}", decision.reason)));
+            }
+            let by = decision.evaluated.iter().find(|e| e.matched && e.result == PolicyResult::Track);
+            names.extend(by.map(|e| e.policy.clone()));
+        }
+        Ok(Ok(names))
+    }
+}
