@@ -9,6 +9,7 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use super::ctl_clone_schedule::{CloneScheduleCommand, schedule};
 use super::kmfctl::Operator;
 use super::print;
 use crate::rpc::pb;
@@ -19,6 +20,9 @@ pub enum CloneCommand {
     /// policies, properties and encrypted records; never keys).
     #[command(subcommand)]
     Target(CloneTargetCommand),
+    /// Clones that start by themselves, on an interval or a cron expression.
+    #[command(subcommand)]
+    Schedule(CloneScheduleCommand),
     /// Clones this instance from SOURCE_SYS_ID at SOURCE_HOST (host:port):
     /// its modules, specs, policies, properties and encrypted records replace
     /// this instance's once all have arrived. The source must list this
@@ -63,6 +67,7 @@ pub enum CloneTargetCommand {
 pub async fn clone(ops: &mut Operator, cmd: CloneCommand, as_json: bool) -> anyhow::Result<()> {
     let (clone, watch) = match cmd {
         CloneCommand::Target(cmd) => return target(ops, cmd, as_json).await,
+        CloneCommand::Schedule(cmd) => return schedule(ops, cmd, as_json).await,
         CloneCommand::Start { source_sys_id, source_host, watch } => {
             let req = pb::StartCloneRequest { source_sys_id, source_host };
             (ops.clones.start_clone(req).await?.into_inner().clone.unwrap_or_default(), watch)

@@ -3,6 +3,7 @@
 
 mod ctl_clone;
 mod ctl_clone_exchange;
+mod ctl_clone_schedule;
 mod ctl_crypto;
 mod ctl_diag;
 mod ctl_exchange;

@@ -134,6 +134,24 @@ impl FollowUp {
 }
 
 impl CloneRun {
+    /// A clone of `source` that starts at `now`.
+    pub fn started(id: CloneId, source: SysId, source_host: Host, now: UnixMillis) -> Self {
+        CloneRun {
+            id,
+            source,
+            source_host,
+            state: CloneState::Running,
+            records_total: 0,
+            records_copied: 0,
+            started_at: now,
+            copy_started_at: now,
+            updated_at: now,
+            finished_at: None,
+            error: None,
+            follow_up: None,
+        }
+    }
+
     /// Records copied per second in the current copy.
     pub fn rate(&self) -> f64 {
         let millis = (self.updated_at.0 - self.copy_started_at.0).max(1) as f64;

@@ -24,16 +24,19 @@ pub enum JobKind {
     Clone,
     /// Target, after a clone: request the clone's specs from its source (AUTOMATIC).
     AutoExchange,
+    /// Target: start the clone a schedule (the subject) says is due (recurring).
+    CloneSchedule,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::Deliver,
         JobKind::Notify,
         JobKind::ExpirySweep,
         JobKind::LifecycleSweep,
         JobKind::Clone,
         JobKind::AutoExchange,
+        JobKind::CloneSchedule,
     ];
 
     pub fn label(self) -> &'static str {
@@ -44,6 +47,7 @@ impl JobKind {
             JobKind::LifecycleSweep => "lifecycle_sweep",
             JobKind::Clone => "clone",
             JobKind::AutoExchange => "auto_exchange",
+            JobKind::CloneSchedule => "clone_schedule",
         }
     }
 
@@ -53,7 +57,7 @@ impl JobKind {
 
     /// Recurring jobs are rescheduled after each run instead of removed.
     pub fn is_recurring(self) -> bool {
-        matches!(self, JobKind::ExpirySweep | JobKind::LifecycleSweep)
+        matches!(self, JobKind::ExpirySweep | JobKind::LifecycleSweep | JobKind::CloneSchedule)
     }
 }
 

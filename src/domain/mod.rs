@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod ciphertext;
 pub mod clone;
 pub mod clone_exchange;
+pub mod clone_schedule;
 pub mod codec;
 pub mod error;
 pub mod exchange;

@@ -43,20 +43,7 @@ impl Node {
             .blocking(move |node| {
                 let now = node.now();
                 let id = CloneId::from_random(random_bytes::<16>());
-                let run = CloneRun {
-                    id: id.clone(),
-                    source,
-                    source_host,
-                    state: CloneState::Running,
-                    records_total: 0,
-                    records_copied: 0,
-                    started_at: now,
-                    copy_started_at: now,
-                    updated_at: now,
-                    finished_at: None,
-                    error: None,
-                    follow_up: None,
-                };
+                let run = CloneRun::started(id.clone(), source, source_host, now);
                 let audit = AuditEvent::new(now, actor, "clone.start", id.as_str(), Outcome::Success)
                     .with_details(format!("from {} at {}", run.source, run.source_host));
                 node.store.start_clone(&run, &Job::new(clone_job_id(&id), now, now), &[audit]).map_err(

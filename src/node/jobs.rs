@@ -156,6 +156,7 @@ impl Node {
             JobKind::ExpirySweep | JobKind::LifecycleSweep => self.run_sweep(&job, lease.clone()).await,
             JobKind::Clone => self.run_clone(&job, lease.clone()).await,
             JobKind::AutoExchange => self.run_auto_exchange(&job, lease.clone()).await,
+            JobKind::CloneSchedule => self.run_clone_schedule(&job, lease.clone()).await,
         };
         if let Err(e) = outcome {
             tracing::warn!(job = %id, attempt = job.attempts + 1, error = %e, "job failed; it will be retried");

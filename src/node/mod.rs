@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod clone_exchange;
+pub mod clone_schedule;
 pub mod clone_source;
 mod clone_target;
 pub mod crypto;

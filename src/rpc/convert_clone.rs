@@ -5,6 +5,7 @@
 use crate::domain::DomainError;
 use crate::domain::clone::{CloneRun, CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
 use crate::domain::clone_exchange::{CloneExchange, ExchangePlan, frequency_of};
+use crate::domain::clone_schedule::{Cadence, CloneSchedule};
 use crate::domain::ids::{KeyId, Name, SysId, UnixMillis};
 use crate::domain::lifecycle::LifecycleDefinition;
 use crate::domain::policy::ApprovalType;
@@ -204,4 +205,32 @@ pub fn snapshot_part_from(p: &pb::SnapshotPart) -> Result<SnapshotPart, DomainEr
         Part::Records(r) => SnapshotPart::Records(r.records.iter().map(record_from).collect::<Result<_, _>>()?),
         Part::End(e) => SnapshotPart::End { records: e.records },
     })
+}
+
+pub fn clone_schedule(s: &CloneSchedule) -> pb::CloneSchedule {
+    pb::CloneSchedule {
+        name: s.name.to_string(),
+        source_sys_id: s.source.to_string(),
+        source_host: s.source_host.to_string(),
+        every: s.cadence.every_millis().map(convert::duration),
+        cron: s.cadence.cron_text().unwrap_or_default().to_owned(),
+        next_run_at: Some(ts(s.next_run_at)),
+        created_at: Some(ts(s.created_at)),
+        created_by: s.created_by.clone(),
+        runs: s.runs,
+        skipped: s.skipped,
+        last_run_at: s.last_run_at.map(ts),
+        last_clone_id: s.last_clone.as_ref().map(ToString::to_string).unwrap_or_default(),
+        last_outcome: s.last_outcome.clone().unwrap_or_default(),
+    }
+}
+
+/// Exactly one of an interval and a cron expression.
+pub fn cadence_from(every: &Option<prost_types::Duration>, cron: &str) -> Result<Cadence, DomainError> {
+    match (convert::opt_duration(every, "every")?, cron.trim()) {
+        (Some(millis), "") => Cadence::every(millis),
+        (None, cron) if !cron.is_empty() => Cadence::cron(cron),
+        (Some(_), _) => Err(DomainError::invalid("cron", "give either every or cron, not both")),
+        (None, _) => Err(DomainError::invalid("every", "give an interval (every) or a cron expression (cron)")),
+    }
 }

@@ -145,11 +145,11 @@ pub fn clone_job_id(id: &CloneId) -> JobId {
     JobId::new(JobKind::Clone, id.as_str())
 }
 
-fn read_run(tx: &mut dyn ReadTxn, id: &CloneId) -> Result<Option<CloneRun>> {
+pub(super) fn read_run(tx: &mut dyn ReadTxn, id: &CloneId) -> Result<Option<CloneRun>> {
     get_row::<CloneRunRow>(tx, Table::CloneRuns, &str_key(id.as_str()))?.map(|r| run_from(id.clone(), r)).transpose()
 }
 
-fn put_run(tx: &mut dyn WriteTxn, run: &CloneRun) -> Result<()> {
+pub(super) fn put_run(tx: &mut dyn WriteTxn, run: &CloneRun) -> Result<()> {
     put_row(tx, Table::CloneRuns, &str_key(run.id.as_str()), &CloneRunRow::from(run))
 }
 
@@ -162,6 +162,20 @@ fn held_run(tx: &mut dyn WriteTxn, id: &CloneId, lease: &Lease, lease_until: Uni
         Some(run) => Err(StoreError::Stale { what: "clone", id: format!("{id} is {}", run.state.label()) }),
         None => Err(StoreError::Missing { what: "clone", id: id.to_string() }),
     }
+}
+
+/// The id of the clone that is running, if one is.
+pub(super) fn running_clone_in(tx: &mut dyn ReadTxn) -> Result<Option<String>> {
+    let mut running = None;
+    tx.visit(Table::CloneRuns, &KeyRange::all(), &mut |k, v| {
+        let r: CloneRunRow = decode(v)?;
+        if r.state == CloneState::Running.label() {
+            running = Some(super::tuple::KeyReader::new(k).str()?);
+            return Ok(Visit::Stop);
+        }
+        Ok(Visit::Continue)
+    })?;
+    Ok(running)
 }
 
 /// Deletes the first `limit` rows of `table`; returns how many it deleted.
@@ -182,16 +196,7 @@ impl Store {
     /// (`AlreadyExists` naming it).
     pub fn start_clone(&self, run: &CloneRun, job: &Job, audit: &[AuditEvent]) -> Result<()> {
         self.write(&[Change::Other], |tx| {
-            let mut running = None;
-            tx.visit(Table::CloneRuns, &KeyRange::all(), &mut |k, v| {
-                let r: CloneRunRow = decode(v)?;
-                if r.state == CloneState::Running.label() {
-                    running = Some(super::tuple::KeyReader::new(k).str()?);
-                    return Ok(Visit::Stop);
-                }
-                Ok(Visit::Continue)
-            })?;
-            if let Some(id) = running {
+            if let Some(id) = running_clone_in(tx)? {
                 return Err(StoreError::AlreadyExists { what: "running clone", id });
             }
             put_run(tx, run)?;

@@ -59,9 +59,11 @@ pub enum Table {
     CloneGrants,
     /// Source side: target sys_id -> its One Time / Recurring Clone configuration.
     CloneExchanges,
+    /// Target side: schedule name -> the clone schedule row.
+    CloneSchedules,
 }
 
-pub const ALL_TABLES: [Table; 22] = [
+pub const ALL_TABLES: [Table; 23] = [
     Table::Meta,
     Table::Modules,
     Table::Specs,
@@ -84,6 +86,7 @@ pub const ALL_TABLES: [Table; 22] = [
     Table::CloneRuns,
     Table::CloneGrants,
     Table::CloneExchanges,
+    Table::CloneSchedules,
 ];
 
 impl Table {
@@ -111,6 +114,7 @@ impl Table {
             Table::CloneRuns => "clone_runs",
             Table::CloneGrants => "clone_grants",
             Table::CloneExchanges => "clone_exchanges",
+            Table::CloneSchedules => "clone_schedules",
         }
     }
 

@@ -76,7 +76,7 @@ fn due_key(job: &Job) -> Vec<u8> {
     KeyBuf::new().i64(job.due_at().0).raw(&job_key(&job.id)).done()
 }
 
-fn read_job(tx: &mut dyn ReadTxn, id: &JobId) -> Result<Option<Job>> {
+pub(crate) fn read_job(tx: &mut dyn ReadTxn, id: &JobId) -> Result<Option<Job>> {
     get_row::<JobRow>(tx, Table::Jobs, &job_key(id))?.map(Job::try_from).transpose()
 }
 
@@ -90,7 +90,7 @@ pub(crate) fn put_job_in(tx: &mut dyn WriteTxn, job: &Job) -> Result<()> {
 }
 
 /// The job as stored, if `lease` still holds it (else `Stale`).
-fn held_job(tx: &mut dyn WriteTxn, id: &JobId, lease: &Lease) -> Result<Job> {
+pub(crate) fn held_job(tx: &mut dyn WriteTxn, id: &JobId, lease: &Lease) -> Result<Job> {
     match read_job(tx, id)? {
         Some(job) if job.is_held_by(lease) => Ok(job),
         _ => Err(StoreError::Stale { what: "job lease", id: id.to_string() }),
@@ -110,8 +110,13 @@ pub(crate) fn renew_lease_in(tx: &mut dyn WriteTxn, id: &JobId, lease: &Lease, u
 /// Removes a finished job, if `lease` still holds it.
 pub(crate) fn finish_job_in(tx: &mut dyn WriteTxn, id: &JobId, lease: &Lease) -> Result<()> {
     let job = held_job(tx, id, lease)?;
-    tx.delete(Table::JobsDue, &due_key(&job))?;
-    tx.delete(Table::Jobs, &job_key(id))?;
+    delete_job_in(tx, &job)
+}
+
+/// Removes `job` (as read in this transaction) and its due-index entry.
+pub(crate) fn delete_job_in(tx: &mut dyn WriteTxn, job: &Job) -> Result<()> {
+    tx.delete(Table::JobsDue, &due_key(job))?;
+    tx.delete(Table::Jobs, &job_key(&job.id))?;
     Ok(())
 }
 

@@ -46,6 +46,7 @@ fn def(t: Table) -> Def {
         Table::CloneRuns => "kv/clone_runs",
         Table::CloneGrants => "kv/clone_grants",
         Table::CloneExchanges => "kv/clone_exchanges",
+        Table::CloneSchedules => "kv/clone_schedules",
     })
 }
 

@@ -13,7 +13,12 @@ use crate::support::{Ops, Pki, TestNode};
 
 const AUTO: &str = "glide_encryption.auto_key_exchange.enabled";
 
-fn config(frequency: pb::Frequency, target: &TestNode, specs: &[&str], rekey: bool) -> pb::CreateCloneExchangeRequest {
+pub(crate) fn config(
+    frequency: pb::Frequency,
+    target: &TestNode,
+    specs: &[&str],
+    rekey: bool,
+) -> pb::CreateCloneExchangeRequest {
     pb::CreateCloneExchangeRequest {
         frequency: frequency as i32,
         target_sys_id: target.sys_id.clone(),
@@ -23,7 +28,7 @@ fn config(frequency: pb::Frequency, target: &TestNode, specs: &[&str], rekey: bo
     }
 }
 
-async fn set_auto(ops: &mut Ops, value: &str) {
+pub(crate) async fn set_auto(ops: &mut Ops, value: &str) {
     let set = pb::SetPropertyRequest { name: AUTO.into(), value: value.into() };
     ops.properties.set_property(set).await.expect("property");
 }
@@ -43,7 +48,7 @@ async fn clone_once(target: &TestNode, source: &TestNode, pki: &Pki) -> pb::Clon
 }
 
 /// Waits (bounded) until the target holds `n` requests, all of them ended.
-async fn ended_requests(ops: &mut Ops, n: usize) -> Vec<pb::ExchangeRequest> {
+pub(crate) async fn ended_requests(ops: &mut Ops, n: usize) -> Vec<pb::ExchangeRequest> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let all = requests(ops).await;
@@ -70,7 +75,7 @@ async fn explain(ops: &mut Ops, target: &TestNode, frequency: pb::Frequency) -> 
     ops.policies.explain_access(req).await.expect("explain").into_inner()
 }
 
-async fn opens_every_record(tgt: &mut Ops, n: usize) {
+pub(crate) async fn opens_every_record(tgt: &mut Ops, n: usize) {
     let page = pb::ListRecordsRequest { table: "hr".into(), page_size: 1_000, ..Default::default() };
     let records = tgt.crypto.list_records(page).await.expect("list").into_inner().records;
     assert_eq!(records.len(), n);

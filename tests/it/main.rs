@@ -7,6 +7,7 @@ mod binaries;
 mod clone;
 mod clone_crash;
 mod clone_exchange;
+mod clone_schedule;
 mod crash;
 mod crypto_ops;
 mod crypto_specs;

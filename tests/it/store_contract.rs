@@ -767,3 +767,61 @@ fn concurrent_clone_starts_one_runs() {
         assert!(s.store.job(&kmf::store::clone_job_id(&runs[0].id)).unwrap().is_some(), "{}: its job too", s.name);
     }
 }
+
+#[test]
+fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_deleted() {
+    use kmf::domain::clone::CloneRun;
+    use kmf::domain::clone_schedule::{Cadence, CloneSchedule, ScheduledRun};
+    use kmf::domain::ids::CloneId;
+    use kmf::store::{DueRun, clone_job_id, clone_schedule_job_id};
+    const HOUR: i64 = 3_600_000;
+    let audit = |c: &CloneRun| AuditEvent::new(c.started_at, "system", "clone.start", c.id.as_str(), Outcome::Success);
+    for s in subjects() {
+        let st = &s.store;
+        let (n, t0) = (name("hourly"), UnixMillis(1_000));
+        let schedule = CloneSchedule::new(n.clone(), sys(9), host(), Cadence::every(HOUR).unwrap(), t0, "admin".into());
+        st.create_clone_schedule(&schedule.unwrap(), &[]).unwrap();
+        let again = CloneSchedule::new(n.clone(), sys(8), host(), Cadence::every(HOUR).unwrap(), t0, "x".into());
+        assert!(matches!(st.create_clone_schedule(&again.unwrap(), &[]), Err(StoreError::AlreadyExists { .. })));
+        let job_id = clone_schedule_job_id(&n);
+        assert_eq!(st.job(&job_id).unwrap().unwrap().next_due, t0.plus_millis(HOUR), "{}", s.name);
+        assert!(st.claim_due_jobs("r", t0, 60_000, 10).unwrap().is_empty(), "{}: not due yet", s.name);
+
+        // Due: one transaction starts the clone, records the run and moves the job on.
+        let due1 = t0.plus_millis(HOUR);
+        let (job, lease) = st.claim_due_jobs("r", due1, 60_000, 10).unwrap().remove(0);
+        assert_eq!(job.id, job_id);
+        let a = CloneId::from_random([1; 16]);
+        let run = |lease, due, now, clone_id| DueRun { schedule: &n, lease, due, now, clone_id, audit: &audit };
+        let first = st.run_clone_schedule(run(&lease, due1, due1, a.clone())).unwrap();
+        assert_eq!(first, Some(ScheduledRun::Started(a.clone())), "{}", s.name);
+        assert!(st.job(&clone_job_id(&a)).unwrap().is_some(), "{}: the clone's job", s.name);
+        let moved = st.job(&job_id).unwrap().unwrap();
+        assert_eq!((moved.next_due, moved.lease.is_none()), (due1.plus_millis(HOUR), true), "{}", s.name);
+        // The same run made again under the spent lease changes nothing.
+        let replay = st.run_clone_schedule(run(&lease, due1, due1, a.clone()));
+        assert!(matches!(replay, Err(StoreError::Stale { .. })), "{}: {replay:?}", s.name);
+        assert_eq!(st.clone_runs().unwrap().len(), 1);
+
+        // Due again while clone `a` still runs: skipped, counted, no second clone.
+        let due2 = due1.plus_millis(HOUR);
+        let (_, lease2) =
+            st.claim_due_jobs("r", due2, 60_000, 10).unwrap().into_iter().find(|(j, _)| j.id == job_id).unwrap();
+        let skipped = st.run_clone_schedule(run(&lease2, due2, due2, CloneId::from_random([2; 16]))).unwrap();
+        assert_eq!(skipped, Some(ScheduledRun::Skipped(a.to_string())), "{}", s.name);
+        assert_eq!(st.clone_runs().unwrap().len(), 1, "{}", s.name);
+        let listed = st.clone_schedules().unwrap();
+        assert_eq!((listed[0].runs, listed[0].skipped, listed[0].next_run_at), (1, 1, due2.plus_millis(HOUR)));
+
+        // Deleted while a runner holds its job: the job stays until that run ends it.
+        let due3 = due2.plus_millis(HOUR);
+        let (_, lease3) =
+            st.claim_due_jobs("r", due3, 60_000, 10).unwrap().into_iter().find(|(j, _)| j.id == job_id).unwrap();
+        assert!(st.delete_clone_schedule(&n, &[]).unwrap().is_some());
+        assert!(st.job(&job_id).unwrap().is_some(), "{}: held, so kept", s.name);
+        assert_eq!(st.run_clone_schedule(run(&lease3, due3, due3, CloneId::from_random([3; 16]))).unwrap(), None);
+        assert!(st.job(&job_id).unwrap().is_none(), "{}: ended by its run", s.name);
+        assert!(st.delete_clone_schedule(&n, &[]).unwrap().is_none(), "{}: already gone", s.name);
+        assert_eq!(st.clone_runs().unwrap().len(), 1, "{}", s.name);
+    }
+}

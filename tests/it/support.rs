@@ -132,9 +132,14 @@ impl TestNode {
 
     /// Stops and starts again on the same data (a new port).
     pub async fn restart(&mut self) {
+        self.restart_opts(StartOptions::default()).await;
+    }
+
+    /// As `restart`, with `options` (a manual clock, say).
+    pub async fn restart_opts(&mut self, options: StartOptions<'_>) {
         self.stop().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let app = start_with(self.cfg.clone(), listener, |p| p).await.expect("restart node");
+        let app = start_custom(self.cfg.clone(), listener, options).await.expect("restart node");
         self.host = Host::parse(&format!("127.0.0.1:{}", app.local_addr.port())).expect("host");
         self.app = Some(app);
     }

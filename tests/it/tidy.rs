@@ -47,6 +47,8 @@ fn domain_has_no_io_imports() {
         "std::net::TcpStream",
         "SystemTime",
         "Instant::now",
+        "Utc::now",
+        "Local::now",
         "crate::store",
         "crate::rpc",
         "crate::signer",

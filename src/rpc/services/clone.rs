@@ -11,10 +11,11 @@ use tonic::{Request, Response, Status};
 
 use super::peer::instance;
 use crate::domain::auth::Permission;
-use crate::domain::ids::{CloneId, Host, SysId};
+use crate::domain::ids::{CloneId, Host, Name, SysId};
 use crate::node::Node;
+use crate::node::clone_schedule::NewCloneSchedule;
 use crate::rpc::caller::authorize;
-use crate::rpc::convert_clone::{clone_info, clone_target, snapshot_part};
+use crate::rpc::convert_clone::{cadence_from, clone_info, clone_schedule, clone_target, snapshot_part};
 use crate::rpc::pb::{self, clone_source_server::CloneSource, clones_server::Clones};
 
 pub struct ClonesService(pub Arc<Node>);
@@ -76,6 +77,41 @@ impl Clones for ClonesService {
         authorize(&self.0, &req, Permission::Read).await?;
         let runs = self.0.clone_runs().await?;
         Ok(Response::new(pb::ListClonesResponse { clones: runs.iter().map(clone_info).collect() }))
+    }
+
+    async fn create_clone_schedule(
+        &self,
+        req: Request<pb::CreateCloneScheduleRequest>,
+    ) -> Result<Response<pb::CreateCloneScheduleResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let r = req.into_inner();
+        let new = NewCloneSchedule {
+            name: Name::parse(&r.name, "name")?,
+            source: SysId::parse(&r.source_sys_id)?,
+            source_host: Host::parse(&r.source_host)?,
+            cadence: cadence_from(&r.every, &r.cron)?,
+        };
+        let schedule = self.0.create_clone_schedule(&auth.caller, new).await?;
+        Ok(Response::new(pb::CreateCloneScheduleResponse { schedule: Some(clone_schedule(&schedule)) }))
+    }
+
+    async fn list_clone_schedules(
+        &self,
+        req: Request<pb::ListCloneSchedulesRequest>,
+    ) -> Result<Response<pb::ListCloneSchedulesResponse>, Status> {
+        authorize(&self.0, &req, Permission::Read).await?;
+        let schedules = self.0.clone_schedules().await?;
+        Ok(Response::new(pb::ListCloneSchedulesResponse { schedules: schedules.iter().map(clone_schedule).collect() }))
+    }
+
+    async fn delete_clone_schedule(
+        &self,
+        req: Request<pb::DeleteCloneScheduleRequest>,
+    ) -> Result<Response<pb::DeleteCloneScheduleResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let name = Name::parse(&req.into_inner().name, "name")?;
+        let schedule = self.0.delete_clone_schedule(&auth.caller, name).await?;
+        Ok(Response::new(pb::DeleteCloneScheduleResponse { schedule: Some(clone_schedule(&schedule)) }))
     }
 }
 

@@ -1,0 +1,107 @@
+//! Clone schedules, target side: create, list and delete them, and the
+//! recurring job that runs each. A run starts a clone like `start_clone`'s
+//! (its follow-up exchange is whatever the source approves: a Recurring
+//! Clone configured there); the clone id is derived from the schedule and the
+//! due time, and the run is one transaction, so a restart or a second runner
+//! neither loses nor doubles it.
+
+use std::sync::Arc;
+
+use super::Node;
+use crate::domain::DomainError;
+use crate::domain::audit::{AuditEvent, Outcome};
+use crate::domain::auth::Caller;
+use crate::domain::clone::CloneRun;
+use crate::domain::clone_schedule::{Cadence, CloneSchedule, ScheduledRun};
+use crate::domain::ids::{CloneId, Host, Name, SysId, UnixMillis};
+use crate::domain::job::{Job, Lease};
+use crate::error::AppResult;
+use crate::signer::primitives::sha256;
+use crate::store::DueRun;
+
+/// A new schedule, as an operator asks for it.
+#[derive(Clone, Debug)]
+pub struct NewCloneSchedule {
+    pub name: Name,
+    pub source: SysId,
+    pub source_host: Host,
+    pub cadence: Cadence,
+}
+
+/// The clone a schedule starts for the run due at `due`: the same id each
+/// time that run is made.
+pub fn scheduled_clone_id(schedule: &Name, due: UnixMillis) -> CloneId {
+    let digest = sha256(format!("kmf scheduled clone {schedule} {}", due.0).as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    CloneId::from_random(id)
+}
+
+impl Node {
+    pub async fn create_clone_schedule(
+        self: &Arc<Self>,
+        caller: &Caller,
+        new: NewCloneSchedule,
+    ) -> AppResult<CloneSchedule> {
+        if new.source == self.sys_id {
+            return Err(DomainError::invalid("source_sys_id", "an instance cannot clone itself").into());
+        }
+        let actor = caller.actor();
+        let schedule = self
+            .blocking(move |node| {
+                let now = node.now();
+                let s = CloneSchedule::new(new.name, new.source, new.source_host, new.cadence, now, actor.clone())?;
+                let audit = AuditEvent::new(now, actor, "clone_schedule.create", s.name.as_str(), Outcome::Success)
+                    .with_details(format!("clone {} at {} {}", s.source, s.source_host, s.cadence.describe()));
+                node.store.create_clone_schedule(&s, &[audit])?;
+                Ok(s)
+            })
+            .await?;
+        self.jobs.wake();
+        Ok(schedule)
+    }
+
+    pub async fn clone_schedules(self: &Arc<Self>) -> AppResult<Vec<CloneSchedule>> {
+        self.blocking(|node| Ok(node.store.clone_schedules()?)).await
+    }
+
+    pub async fn delete_clone_schedule(self: &Arc<Self>, caller: &Caller, name: Name) -> AppResult<CloneSchedule> {
+        let actor = caller.actor();
+        self.blocking(move |node| {
+            let audit = AuditEvent::new(node.now(), actor, "clone_schedule.delete", name.as_str(), Outcome::Success);
+            node.store
+                .delete_clone_schedule(&name, &[audit])?
+                .ok_or_else(|| DomainError::not_found("clone schedule", name.as_str()).into())
+        })
+        .await
+    }
+
+    /// The schedule's job: makes the run it was claimed for.
+    pub(super) async fn run_clone_schedule(self: &Arc<Self>, job: &Job, lease: Lease) -> AppResult<()> {
+        let name = Name::parse(&job.id.subject, "schedule")?;
+        let due = job.next_due;
+        let ran = self
+            .blocking(move |node| {
+                let actor = format!("system (schedule {name})");
+                let audit = |clone: &CloneRun| {
+                    AuditEvent::new(clone.started_at, actor.clone(), "clone.start", clone.id.as_str(), Outcome::Success)
+                        .with_details(format!("from {} at {}", clone.source, clone.source_host))
+                };
+                let clone_id = scheduled_clone_id(&name, due);
+                let run = DueRun { schedule: &name, lease: &lease, due, now: node.now(), clone_id, audit: &audit };
+                Ok(node.store.run_clone_schedule(run)?)
+            })
+            .await?;
+        match ran {
+            Some(ScheduledRun::Started(id)) => {
+                tracing::info!(clone = %id, job = %job.id, "scheduled clone started");
+                self.jobs.wake();
+            }
+            Some(ScheduledRun::Skipped(running)) => {
+                tracing::warn!(job = %job.id, running = %running, "scheduled clone skipped: a clone is running");
+            }
+            None => tracing::info!(job = %job.id, "clone schedule deleted; its job ends"),
+        }
+        Ok(())
+    }
+}
