@@ -45,6 +45,14 @@ pub fn start(dir: &Path, pki: &Path, settings: Settings) -> Daemon {
 
 /// As `start`, on `listen` (a port to come back to after a kill).
 pub fn start_listening(dir: &Path, pki: &Path, settings: Settings, listen: &str) -> Daemon {
+    let mut daemon = spawn_listening(dir, pki, settings, listen);
+    daemon.wait_ready(dir);
+    daemon
+}
+
+/// Starts kmfd on `listen` without waiting for it to be ready (to kill it
+/// while it starts); `Daemon::wait_ready` waits.
+pub fn spawn_listening(dir: &Path, pki: &Path, settings: Settings, listen: &str) -> Daemon {
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let log = dir.join(format!("kmfd-{}.log", std::process::id()));
@@ -78,21 +86,7 @@ pub fn start_listening(dir: &Path, pki: &Path, settings: Settings, listen: &str)
     }
     let child = cmd.stdout(Stdio::null()).stderr(log_file).spawn().expect("spawn kmfd");
     // From here on, Drop kills the daemon if the test fails.
-    let mut daemon = Daemon { child, addr: String::new(), log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(addr) = std::fs::read_to_string(&ready) {
-            daemon.addr = addr;
-            return daemon;
-        }
-        let log = &daemon.log;
-        assert!(
-            Instant::now() < deadline,
-            "kmfd did not become ready; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20)); // poll interval; the loop is bounded by its deadline
-    }
+    Daemon { child, addr: String::new(), log }
 }
 
 impl Drop for Daemon {
@@ -106,6 +100,24 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// Waits (at most 20 s) for the ready file kmfd writes in `dir`.
+    pub fn wait_ready(&mut self, dir: &Path) {
+        let ready = dir.join("ready");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(&ready) {
+                self.addr = addr;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kmfd did not become ready; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20)); // poll interval; the loop is bounded by its deadline
+        }
+    }
+
     pub fn ctl(&self, pki: &Path) -> Command {
         let mut c = Command::new(KMFCTL);
         c.env("KMF_ENDPOINT", &self.addr)

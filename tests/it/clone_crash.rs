@@ -24,7 +24,7 @@ const OWN: u32 = 10;
 const KILL_WINDOW_MS: u64 = 3_000;
 
 /// Writes `n` records of `table` straight into a stopped daemon's store.
-fn seed(dir: &Path, table: &str, n: u32) {
+pub(crate) fn seed(dir: &Path, table: &str, n: u32) {
     let store = kmf::store::Store::open_redb(&dir.join("kmf.redb")).expect("open");
     let key_id = KeyId::parse(&format!("{}:pay:v1", store.sys_id().expect("id"))).expect("key id");
     let batch: Vec<StoredRecord> = (0..n)
@@ -41,7 +41,7 @@ fn seed(dir: &Path, table: &str, n: u32) {
 }
 
 /// (records of `own_table`, other records) in a stopped daemon's store.
-fn record_counts(dir: &Path, own_table: &str) -> (usize, usize) {
+pub(crate) fn record_counts(dir: &Path, own_table: &str) -> (usize, usize) {
     let store = kmf::store::Store::open_redb(&dir.join("kmf.redb")).expect("open the killed target's store");
     let (mut own, mut other, mut after) = (0, 0, None);
     for _ in 0..1_000 {

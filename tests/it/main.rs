@@ -26,6 +26,7 @@ mod policies;
 mod process;
 mod properties;
 mod proxy;
+mod schedule_crash;
 mod signer_contract;
 mod softhsm;
 mod store_contract;
