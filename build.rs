@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "kmf/v1/crypto.proto",
         "kmf/v1/diagnostics.proto",
         "kmf/v1/clone.proto",
+        "kmf/v1/rekey.proto",
     ])?;
     std::fs::write(out_dir.join("kmf_descriptor.bin"), compiler.encode_file_descriptor_set())?;
     tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;

@@ -31,7 +31,7 @@ use crate::rpc::pb::{
     audit_server::AuditServer, clone_source_server::CloneSourceServer, clones_server::ClonesServer,
     crypto_server::CryptoServer, instance_server::InstanceServer, key_exchange_server::KeyExchangeServer,
     key_management_server::KeyManagementServer, policies_server::PoliciesServer, properties_server::PropertiesServer,
-    resource_exchange_server::ResourceExchangeServer,
+    rekeys_server::RekeysServer, resource_exchange_server::ResourceExchangeServer,
 };
 use crate::rpc::peer::PeerClient;
 use crate::rpc::probe::HealthProbe;
@@ -149,6 +149,8 @@ pub struct AppConfig {
     pub health_interval: Duration,
     /// The operator-only HTTPS metrics listener; none when absent.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long a failed rekey waits before it tries again (24 h by default).
+    pub rekey_retry_interval: Duration,
 }
 
 pub struct RunningApp {
@@ -278,7 +280,9 @@ pub async fn start_custom(
         certificate_der: cfg.tls.chain()?.first().map(|c| c.to_vec()).unwrap_or_default(),
         probe: Arc::new(HealthProbe::new(cfg.tls.clone())),
     };
-    let jobs = jobs.unwrap_or_else(|| JobSettings::for_interval(cfg.background_interval));
+    let jobs = jobs.unwrap_or_else(|| {
+        JobSettings::for_interval(cfg.background_interval).with_rekey_retry(cfg.rekey_retry_interval)
+    });
     let node = Arc::new(
         Node::new(store, signer, instance_key, peers, clock, host.clone())?
             .with_diagnostics(diagnostics)
@@ -335,6 +339,7 @@ pub async fn start_custom(
         .add_service(KeyExchangeServer::new(services.peer).max_decoding_message_size(m).max_encoding_message_size(m))
         .add_service(ClonesServer::new(services.clones))
         .add_service(CloneSourceServer::new(services.clone_source).max_encoding_message_size(m))
+        .add_service(RekeysServer::new(services.rekeys))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);
     let (jobs_cancel, jobs_in_flight) = (CancellationToken::new(), TaskTracker::new());
@@ -457,6 +462,7 @@ pub async fn start_loopback_custom(
         background_interval,
         health_interval: crate::node::diagnostics::WATCH_EVERY,
         metrics_listen: None,
+        rekey_retry_interval: crate::node::jobs::DEFAULT_REKEY_RETRY,
     };
     let listener = TcpListener::bind(cfg.listen).await?;
     let app = start_custom(cfg, listener, options).await?;

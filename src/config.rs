@@ -47,7 +47,17 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub tls: FileTls,
+    #[serde(default)]
+    pub rekey: FileRekey,
     pub signer: Option<FileSigner>,
+}
+
+/// `[rekey]`: the rekey that follows an import.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRekey {
+    /// How long a failed rekey waits before it tries again, e.g. "24h" (the default).
+    pub retry_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +230,9 @@ pub struct RunArgs {
     /// Serve Prometheus metrics over HTTPS (operator certificates only) on ip:port.
     #[arg(long, env = "KMF_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// How long a failed rekey waits before it tries again, e.g. 24h (rekey.retry_interval).
+    #[arg(long, env = "KMF_REKEY_RETRY_INTERVAL")]
+    pub rekey_retry_interval: Option<String>,
 }
 
 /// Validated settings; paths not yet read.
@@ -238,6 +251,7 @@ pub struct Settings {
     /// reference re-runs its diagnostics every 15 s).
     pub health_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    pub rekey_retry_interval: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -256,6 +270,11 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
     let background_interval = humantime::parse_duration(&interval_text).map_err(|e| bad("background_interval", e))?;
     if background_interval.is_zero() {
         return Err(bad("background_interval", "must be positive"));
+    }
+    let retry_text = args.rekey_retry_interval.clone().or(file.rekey.retry_interval).unwrap_or_else(|| "24h".into());
+    let rekey_retry_interval = humantime::parse_duration(&retry_text).map_err(|e| bad("rekey.retry_interval", e))?;
+    if rekey_retry_interval.is_zero() {
+        return Err(bad("rekey.retry_interval", "must be positive"));
     }
     let metrics_listen = args
         .metrics_listen
@@ -277,6 +296,7 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
         background_interval,
         health_interval: crate::node::diagnostics::WATCH_EVERY,
         metrics_listen,
+        rekey_retry_interval,
     })
 }
 
@@ -315,6 +335,7 @@ impl Settings {
             background_interval: self.background_interval,
             health_interval: self.health_interval,
             metrics_listen: self.metrics_listen,
+            rekey_retry_interval: self.rekey_retry_interval,
         })
     }
 }

@@ -111,6 +111,9 @@ enum Command {
     /// Clone: the targets this instance serves clones to.
     #[command(subcommand)]
     Clone(CloneCommand),
+    /// Rekey after import (target side): progress and the rekey debt.
+    #[command(subcommand)]
+    Rekey(super::ctl_rekey::RekeyCommand),
     /// Diagnose the instance (exit 0 Operational, 2 Degraded, 3 Malfunction).
     Diag,
 }
@@ -302,6 +305,7 @@ pub struct Operator {
     pub properties: pb::properties_client::PropertiesClient<Channel>,
     pub policies: pb::policies_client::PoliciesClient<Channel>,
     pub clones: pb::clones_client::ClonesClient<Channel>,
+    pub rekeys: pb::rekeys_client::RekeysClient<Channel>,
     /// The deployment CA kmfctl trusts (to check receipts' certificates).
     pub ca_pem: Vec<u8>,
 }
@@ -323,7 +327,8 @@ impl Operator {
             audit: pb::audit_client::AuditClient::new(ch.clone()),
             properties: pb::properties_client::PropertiesClient::new(ch.clone()),
             policies: pb::policies_client::PoliciesClient::new(ch.clone()),
-            clones: pb::clones_client::ClonesClient::new(ch),
+            clones: pb::clones_client::ClonesClient::new(ch.clone()),
+            rekeys: pb::rekeys_client::RekeysClient::new(ch),
             ca_pem: files.ca_pem.clone(),
         })
     }
@@ -402,6 +407,7 @@ impl Operator {
             Command::Property(cmd) => property(self, cmd, as_json).await?,
             Command::Policy(cmd) => policy(self, cmd, as_json).await?,
             Command::Clone(cmd) => clone(self, cmd, as_json).await?,
+            Command::Rekey(cmd) => super::ctl_rekey::rekey(self, cmd, as_json).await?,
             Command::Diag => super::ctl_diag::diag(self, as_json).await?,
             Command::Encrypt { spec, text, aad } => {
                 let req = pb::EncryptRequest { spec, plaintext: text.into_bytes(), associated_data: aad.into_bytes() };

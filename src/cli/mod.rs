@@ -11,6 +11,7 @@ mod ctl_lifecycle;
 mod ctl_pki;
 mod ctl_policies;
 mod ctl_properties;
+mod ctl_rekey;
 pub mod kmfctl;
 pub mod kmfd;
 mod print;

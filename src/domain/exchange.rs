@@ -7,6 +7,7 @@
 //! Pending|Approved --expire (now >= expires_at)--> Expired
 //! Pending|Approved --fail--> ErrorOnLocalInstance | ErrorOnRemoteInstance
 //! ErrorOn* --retry (not expired)--> Approved (its bundle is kept) | Pending
+//! Completed --expire rekey (target, rekey unfinished, now >= expires_at)--> Expired
 //! ```
 //! Every other (status, event) pair is refused with FAILED_PRECONDITION.
 
@@ -159,6 +160,10 @@ pub struct ExchangeRequest {
     /// and the wrapping it can unwrap. Empty on the target side.
     pub transport_public_key: Vec<u8>,
     pub wrapping: WrappingAlgorithm,
+    /// Target side: after the import, re-encrypt the records under the
+    /// imported keys with this instance's own (a clone exchange configured
+    /// with rekey on the source).
+    pub rekey: bool,
 }
 
 /// Bytes and the signature over them.
@@ -188,6 +193,9 @@ pub enum RequestEvent {
     Retry {
         resume_at: RequestStatus,
     },
+    /// Target: the rekey that follows the import did not complete before the
+    /// request's expiry.
+    ExpireRekey,
 }
 
 impl RequestEvent {
@@ -200,6 +208,7 @@ impl RequestEvent {
             RequestEvent::FailLocal { .. } => "fail (local)",
             RequestEvent::FailRemote { .. } => "fail (remote)",
             RequestEvent::Retry { .. } => "retry",
+            RequestEvent::ExpireRekey => "expire the rekey of",
         }
     }
 }
@@ -223,6 +232,7 @@ pub fn next_status(
         (Pending, RequestEvent::Reject { .. }) => Rejected,
         (Pending | Approved, RequestEvent::Expire) if expired => Expired,
         (Approved, RequestEvent::Complete) => Completed,
+        (Completed, RequestEvent::ExpireRekey) if expired => Expired,
         (Pending | Approved, RequestEvent::FailLocal { .. }) => ErrorOnLocalInstance,
         (Pending | Approved, RequestEvent::FailRemote { .. }) => ErrorOnRemoteInstance,
         (ErrorOnLocalInstance | ErrorOnRemoteInstance, RequestEvent::Retry { .. }) if expired => {
@@ -332,6 +342,7 @@ mod tests {
             "fail_local" => RequestEvent::FailLocal { reason: "x".into() },
             "fail_remote" => RequestEvent::FailRemote { reason: "x".into() },
             "retry" => RequestEvent::Retry { resume_at: Approved },
+            "expire_rekey" => RequestEvent::ExpireRekey,
             _ => unreachable!(),
         }
     }
@@ -340,7 +351,7 @@ mod tests {
     #[test]
     fn transition_table() {
         let all = [Pending, Approved, Completed, Rejected, Expired, ErrorOnLocalInstance, ErrorOnRemoteInstance];
-        let events = ["approve", "reject", "expire", "complete", "fail_local", "fail_remote", "retry"];
+        let events = ["approve", "reject", "expire", "complete", "fail_local", "fail_remote", "retry", "expire_rekey"];
         for from in all {
             for e in events {
                 for expired in [false, true] {
@@ -352,6 +363,7 @@ mod tests {
                         (Pending | Approved, "fail_local", _) => Some(ErrorOnLocalInstance),
                         (Pending | Approved, "fail_remote", _) => Some(ErrorOnRemoteInstance),
                         (ErrorOnLocalInstance | ErrorOnRemoteInstance, "retry", false) => Some(Approved),
+                        (Completed, "expire_rekey", true) => Some(Expired),
                         _ => None,
                     };
                     let now = if expired { UnixMillis(100) } else { UnixMillis(10) };
@@ -408,6 +420,7 @@ mod tests {
             receipt: None,
             transport_public_key: vec![],
             wrapping: WrappingAlgorithm::RsaAesKeyWrapSha256,
+            rekey: false,
         };
         r.apply(RequestEvent::Reject { reason: "not now".into() }, "alice", UnixMillis(5)).unwrap();
         assert_eq!(r.status, Rejected);

@@ -285,6 +285,7 @@ mod tests {
             receipt: None,
             transport_public_key: vec![],
             wrapping: super::super::bundle::WrappingAlgorithm::RsaAesKeyWrapSha256,
+            rekey: false,
         }
     }
 

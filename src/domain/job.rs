@@ -26,10 +26,13 @@ pub enum JobKind {
     AutoExchange,
     /// Target: start the clone a schedule (the subject) says is due (recurring).
     CloneSchedule,
+    /// Target: re-encrypt the records under a request's imported keys (the
+    /// subject) with this instance's own keys; retried daily until done or expired.
+    Rekey,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::Deliver,
         JobKind::Notify,
         JobKind::ExpirySweep,
@@ -37,6 +40,7 @@ impl JobKind {
         JobKind::Clone,
         JobKind::AutoExchange,
         JobKind::CloneSchedule,
+        JobKind::Rekey,
     ];
 
     pub fn label(self) -> &'static str {
@@ -48,6 +52,7 @@ impl JobKind {
             JobKind::Clone => "clone",
             JobKind::AutoExchange => "auto_exchange",
             JobKind::CloneSchedule => "clone_schedule",
+            JobKind::Rekey => "rekey",
         }
     }
 

@@ -24,6 +24,7 @@ pub mod policy;
 pub mod property;
 pub mod record;
 pub mod refusals;
+pub mod rekey;
 pub mod schedule;
 pub mod spec;
 

@@ -34,6 +34,11 @@ pub fn schema(name: &str) -> (PropertyType, Option<&'static str>) {
     }
 }
 
+/// Properties only the instance writes (an operator's set is refused).
+pub fn is_system_only(name: &str) -> bool {
+    name == REKEYED
+}
+
 /// A stored property.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Property {

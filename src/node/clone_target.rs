@@ -73,7 +73,8 @@ impl Node {
         self.blocking(|node| Ok(node.store.clone_runs()?)).await
     }
 
-    fn lease_until(&self) -> UnixMillis {
+    /// Until when a long job's lease is renewed by each of its steps.
+    pub(super) fn lease_until(&self) -> UnixMillis {
         self.now().plus_millis(millis(self.job_settings.lease))
     }
 
@@ -226,7 +227,7 @@ impl Node {
         let source = PeerRef { sys_id: run.source.clone(), host: run.source_host.clone() };
         if let Some(plan) = &follow_up.plan {
             let id = configured_request_id(&clone_id);
-            self.request_after_clone(id, plan.frequency(), source.clone(), plan.specs.clone()).await?;
+            self.request_after_clone(id, plan.frequency(), source.clone(), plan.specs.clone(), plan.rekey).await?;
         }
         if follow_up.automatic {
             let id = RequestId::parse(clone_id.as_str())?;
@@ -235,7 +236,7 @@ impl Node {
                 .blocking(move |node| Ok(f.automatic_specs(node.store.specs()?.into_iter().map(|s| s.name))))
                 .await?;
             if !specs.is_empty() {
-                self.request_after_clone(id, Frequency::Automatic, source, specs).await?;
+                self.request_after_clone(id, Frequency::Automatic, source, specs, false).await?;
             }
         }
         let id = job.id.clone();
@@ -249,6 +250,7 @@ impl Node {
         frequency: Frequency,
         source: PeerRef,
         specs: Vec<Name>,
+        rekey: bool,
     ) -> AppResult<()> {
         let rid = id.clone();
         let existing = self.blocking(move |node| Ok(node.store.request(&rid)?.map(|v| v.value))).await?;
@@ -261,6 +263,7 @@ impl Node {
                     specs,
                     lifetime: validate_expiry(None)?,
                     actor: "system".into(),
+                    rekey,
                 };
                 let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned)).await?;
                 tracing::info!(request_id = %req.id, source = %req.source.sys_id, frequency = frequency.label(), "exchange requested after the clone");

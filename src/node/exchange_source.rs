@@ -106,6 +106,7 @@ impl Node {
                 receipt: None,
                 transport_public_key: open.transport_public_key,
                 wrapping: open.wrapping,
+                rekey: false,
             };
             if req.pending_specs().next().is_none() {
                 // Nothing here needs approval: every spec is missing on this source.

@@ -45,6 +45,8 @@ pub(super) struct PlannedRequest {
     pub specs: Vec<Name>,
     pub lifetime: i64,
     pub actor: String,
+    /// Rekey after the import (a clone exchange configured with rekey).
+    pub rekey: bool,
 }
 
 impl Node {
@@ -81,6 +83,7 @@ impl Node {
             // Kept (it is public) so that opening the request again sends the same key.
             transport_public_key: transport.public_der.clone(),
             wrapping: transport.wrapping,
+            rekey: p.rekey,
         };
         let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
         let audit = request_audit(
@@ -109,6 +112,7 @@ impl Node {
             specs,
             lifetime,
             actor: caller.actor(),
+            rekey: false,
         };
         let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned)).await?;
         tracing::info!(request_id = %req.id, source = %req.source.sys_id, "exchange request created");

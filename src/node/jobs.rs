@@ -35,7 +35,12 @@ pub struct JobSettings {
     pub retry: RetryPolicy,
     /// Jobs run at once.
     pub max_in_flight: usize,
+    /// How long a failed rekey waits before it tries again.
+    pub rekey_retry: Duration,
 }
+
+/// The reference's daily rekey retry.
+pub const DEFAULT_REKEY_RETRY: Duration = Duration::from_secs(24 * 3600);
 
 impl JobSettings {
     /// Sweeps every `interval`; retries start at `interval` (at most 1 s) and
@@ -49,7 +54,15 @@ impl JobSettings {
             sweep_every: interval,
             retry: RetryPolicy { base_millis: ms.min(1_000), cap_millis: ms.saturating_mul(60).min(300_000) },
             max_in_flight: 16,
+            rekey_retry: DEFAULT_REKEY_RETRY,
         }
+    }
+
+    /// The same, with failed rekeys retried after `interval` (the config's
+    /// `rekey.retry_interval`).
+    pub fn with_rekey_retry(mut self, interval: Duration) -> Self {
+        self.rekey_retry = interval;
+        self
     }
 }
 
@@ -157,6 +170,7 @@ impl Node {
             JobKind::Clone => self.run_clone(&job, lease.clone()).await,
             JobKind::AutoExchange => self.run_auto_exchange(&job, lease.clone()).await,
             JobKind::CloneSchedule => self.run_clone_schedule(&job, lease.clone()).await,
+            JobKind::Rekey => self.run_rekey(&job, lease.clone()).await,
         };
         if let Err(e) = outcome {
             tracing::warn!(job = %id, attempt = job.attempts + 1, error = %e, "job failed; it will be retried");

@@ -160,6 +160,32 @@ impl Node {
         .await
     }
 
+    /// The spec's current key; when it has none, a new Active one is
+    /// generated (audited as `actor`). Blocking.
+    pub(super) fn ensure_active_key(&self, spec: &Name, actor: &str) -> AppResult<KeyRecord> {
+        for _ in 0..3 {
+            if let Some((k, _)) = self.store.find_key(spec, |k| k.state.is_current())? {
+                return Ok(k);
+            }
+            let spec = self.spec_or_not_found(spec)?;
+            let read = self.key_records(&spec.name)?;
+            let change = plan_generate(&self.sys_id, &spec.name, &read, &spec.lifecycle, self.now());
+            let new = change.new_key.clone().ok_or_else(|| AppError::Internal("generate planned no key".into()))?;
+            let audit = event(actor, "key.generate", &new.id).with_details("Active; the spec had no current key");
+            match self.write_change(&spec, &read, &change, vec![audit]) {
+                Ok(()) => {
+                    tracing::info!(key_id = %new.id, "key generated");
+                    return Ok(new);
+                }
+                // Another writer made one meanwhile: read it.
+                Err(AppError::Domain(DomainError::AlreadyExists { .. }))
+                | Err(AppError::Store(StoreError::Stale { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(DomainError::FailedPrecondition(format!("the keys of spec {spec} keep changing; try again")).into())
+    }
+
     /// Returns (deactivated, new active).
     pub async fn rotate_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<(KeyRecord, KeyRecord)> {
         let actor = caller.actor();

@@ -21,6 +21,7 @@ mod proof;
 pub mod properties;
 mod records;
 mod refusals;
+mod rekey;
 
 use std::sync::Arc;
 

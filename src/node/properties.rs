@@ -55,6 +55,17 @@ impl Node {
         property::validate_name(&name)?;
         let value = property::validate_value(&name, &value)?;
         let actor = caller.actor();
+        if property::is_system_only(&name) {
+            let why = format!("{name} is written by the system only (by the rekey that follows an import)");
+            let refusal = why.clone();
+            self.blocking(move |node| {
+                let entry =
+                    AuditEvent::new(node.now(), actor, "property.set", &name, Outcome::Refused).with_details(refusal);
+                Ok(node.store.append_audit(&[entry])?)
+            })
+            .await?;
+            return Err(DomainError::PermissionDenied(why).into());
+        }
         self.blocking(move |node| {
             let p = Property {
                 name: name.clone(),

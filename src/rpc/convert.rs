@@ -296,6 +296,7 @@ pub fn request(r: &ExchangeRequest) -> pb::ExchangeRequest {
                 note: t.note.clone(),
             })
             .collect(),
+        rekey_after_import: r.rekey,
     }
 }
 

@@ -13,18 +13,18 @@ use crate::domain::health::{ServingState, essential_failures, serving_state};
 use crate::domain::ids::UnixMillis;
 use crate::node::diagnostics::Diagnosis;
 use crate::rpc::pb::{
-    audit_server::AuditServer, crypto_server::CryptoServer, instance_server::InstanceServer,
-    key_exchange_server::KeyExchangeServer, key_management_server::KeyManagementServer,
-    policies_server::PoliciesServer, properties_server::PropertiesServer,
-    resource_exchange_server::ResourceExchangeServer,
+    audit_server::AuditServer, clones_server::ClonesServer, crypto_server::CryptoServer,
+    instance_server::InstanceServer, key_exchange_server::KeyExchangeServer,
+    key_management_server::KeyManagementServer, policies_server::PoliciesServer, properties_server::PropertiesServer,
+    rekeys_server::RekeysServer, resource_exchange_server::ResourceExchangeServer,
 };
 use crate::rpc::services::{
-    AuditService, CryptoService, InstanceService, KeyExchangeService, KeyManagementService, PoliciesService,
-    PropertiesService, ResourceExchangeService,
+    AuditService, ClonesService, CryptoService, InstanceService, KeyExchangeService, KeyManagementService,
+    PoliciesService, PropertiesService, RekeysService, ResourceExchangeService,
 };
 
 /// The names health reports on: the overall service "" and every kmf service.
-pub const HEALTH_SERVICES: [&str; 9] = [
+pub const HEALTH_SERVICES: [&str; 11] = [
     "",
     <InstanceServer<InstanceService> as NamedService>::NAME,
     <KeyManagementServer<KeyManagementService> as NamedService>::NAME,
@@ -34,6 +34,8 @@ pub const HEALTH_SERVICES: [&str; 9] = [
     <AuditServer<AuditService> as NamedService>::NAME,
     <PropertiesServer<PropertiesService> as NamedService>::NAME,
     <PoliciesServer<PoliciesService> as NamedService>::NAME,
+    <ClonesServer<ClonesService> as NamedService>::NAME,
+    <RekeysServer<RekeysService> as NamedService>::NAME,
 ];
 
 /// Sets the health service's statuses from diagnoses.

@@ -9,6 +9,7 @@ pub mod client;
 pub mod convert;
 pub mod convert_clone;
 pub mod convert_policy;
+pub mod convert_rekey;
 pub mod health;
 pub mod peer;
 pub mod probe;

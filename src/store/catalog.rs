@@ -15,11 +15,11 @@ pub(crate) fn key_key(id: &KeyId) -> Vec<u8> {
     KeyBuf::new().str(id.spec.as_str()).str(id.origin.as_str()).u32(id.version).done()
 }
 
-fn spec_prefix(spec: &Name) -> Vec<u8> {
+pub(super) fn spec_prefix(spec: &Name) -> Vec<u8> {
     KeyBuf::new().str(spec.as_str()).done()
 }
 
-fn decode_key(bytes: &[u8]) -> Result<(KeyRecord, WrappedKey)> {
+pub(super) fn decode_key(bytes: &[u8]) -> Result<(KeyRecord, WrappedKey)> {
     decode::<KeyRow>(bytes)?.try_into()
 }
 

@@ -16,6 +16,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, put_job_in, renew_lease_in};
 use super::policies::put_new_policies;
+use super::record_debt::{DebtDelta, clear_debt};
 use super::records::{ModuleRow, SpecRow, decode};
 use super::stored_records::{record_row, staging_records, swap_records_tables};
 use super::tuple::str_key;
@@ -231,6 +232,8 @@ impl Store {
         self.write_relaxed(&[Change::Other], |tx| {
             renew_lease_in(tx, &clone_job_id(id), lease, lease_until)?;
             let table = staging_records(tx)?;
+            // What is left of the table is being emptied: none of it counts.
+            clear_debt(tx, table)?;
             delete_first(tx, table, limit)
         })
     }
@@ -264,10 +267,13 @@ impl Store {
         self.write_relaxed(&[Change::Other], |tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             let table = staging_records(tx)?;
+            let mut debt = DebtDelta::default();
             for rec in records {
                 let (k, v) = record_row(rec);
                 tx.put(table, &k, &v)?;
+                debt.add(&rec.key_id);
             }
+            debt.apply(tx, table)?;
             run.records_copied += records.len() as u64;
             run.updated_at = now;
             put_run(tx, &run)?;

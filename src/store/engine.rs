@@ -61,9 +61,15 @@ pub enum Table {
     CloneExchanges,
     /// Target side: schedule name -> the clone schedule row.
     CloneSchedules,
+    /// Target side: request id -> the rekey run that follows its import.
+    Rekeys,
+    /// (records table flag `a`/`b`, key id) -> u64: how many records of that
+    /// records table are encrypted under the key (the rekey debt), kept in
+    /// the transactions that write records.
+    RecordDebt,
 }
 
-pub const ALL_TABLES: [Table; 23] = [
+pub const ALL_TABLES: [Table; 25] = [
     Table::Meta,
     Table::Modules,
     Table::Specs,
@@ -87,6 +93,8 @@ pub const ALL_TABLES: [Table; 23] = [
     Table::CloneGrants,
     Table::CloneExchanges,
     Table::CloneSchedules,
+    Table::Rekeys,
+    Table::RecordDebt,
 ];
 
 impl Table {
@@ -115,6 +123,8 @@ impl Table {
             Table::CloneGrants => "clone_grants",
             Table::CloneExchanges => "clone_exchanges",
             Table::CloneSchedules => "clone_schedules",
+            Table::Rekeys => "rekeys",
+            Table::RecordDebt => "record_debt",
         }
     }
 

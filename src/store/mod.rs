@@ -32,8 +32,10 @@ mod memory_engine;
 mod migrate_v1;
 mod policies;
 mod properties;
+mod record_debt;
 mod records;
 mod redb_engine;
+mod rekeys;
 mod requests;
 mod stored_records;
 pub mod tuple;
@@ -54,6 +56,7 @@ pub use clone_schedules::{DueRun, clone_schedule_job_id};
 pub use diagnostics::StoreCounts;
 pub use memory_engine::MemoryEngine;
 pub use redb_engine::RedbEngine;
+pub use rekeys::{RekeyEnd, RekeyPage, rekey_job_id};
 pub use requests::{BundleChange, RequestCursor, RequestEffects};
 
 #[derive(Debug, Error)]
@@ -132,6 +135,7 @@ impl Store {
         tx.put(Table::Meta, META_SYS_ID.as_bytes(), sys_id.as_str().as_bytes())?;
         tx.put(Table::Meta, META_HOST.as_bytes(), host.to_string().as_bytes())?;
         tx.put(Table::Meta, META_SCHEMA.as_bytes(), SCHEMA_VERSION.as_bytes())?;
+        record_debt::mark_debt_built(tx.as_mut())?;
         tx.commit()?;
         Self::open(engine)
     }
@@ -150,8 +154,13 @@ impl Store {
         }
         let sys_id = SysId::parse(&meta(META_SYS_ID)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let host = Host::parse(&meta(META_HOST)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let debt_built = record_debt::is_debt_built(tx.as_mut())?;
         drop(tx);
-        Ok(Store { engine, changes: ChangeTokens::default(), sys_id, host })
+        let store = Store { engine, changes: ChangeTokens::default(), sys_id, host };
+        if !debt_built && store.write(&[Change::Other], record_debt::build_debt_if_missing)? {
+            tracing::info!("record debt index built from the records");
+        }
+        Ok(store)
     }
 
     pub fn sys_id(&self) -> Result<SysId> {

@@ -256,6 +256,9 @@ pub struct RequestRow {
     #[serde(with = "hex_bytes")]
     transport_public_key: Vec<u8>,
     wrapping: String,
+    /// Target side: rekey after the import (absent in rows of earlier versions).
+    #[serde(default)]
+    rekey: bool,
     /// Bumped by every write; conditional writes compare it.
     #[serde(default)]
     pub version: u64,
@@ -345,6 +348,7 @@ impl From<&ExchangeRequest> for RequestRow {
                 WrappingAlgorithm::RsaAesKeyWrapSha256 => "RSA_AES_KEY_WRAP_SHA_256".into(),
                 WrappingAlgorithm::RsaAesKeyWrapSha1 => "RSA_AES_KEY_WRAP_SHA_1".into(),
             },
+            rekey: r.rekey,
             version: 0,
         }
     }
@@ -404,6 +408,7 @@ impl TryFrom<RequestRow> for ExchangeRequest {
                 "RSA_AES_KEY_WRAP_SHA_1" => WrappingAlgorithm::RsaAesKeyWrapSha1,
                 other => return Err(corrupt(format!("wrapping {other}"))),
             },
+            rekey: r.rekey,
         })
     }
 }

@@ -47,6 +47,8 @@ fn def(t: Table) -> Def {
         Table::CloneGrants => "kv/clone_grants",
         Table::CloneExchanges => "kv/clone_exchanges",
         Table::CloneSchedules => "kv/clone_schedules",
+        Table::Rekeys => "kv/rekeys",
+        Table::RecordDebt => "kv/record_debt",
     })
 }
 

@@ -68,7 +68,7 @@ fn request_key(id: &RequestId) -> Vec<u8> {
     str_key(id.as_str())
 }
 
-fn read_request(tx: &mut dyn ReadTxn, id: &RequestId) -> Result<Option<Versioned<ExchangeRequest>>> {
+pub(super) fn read_request(tx: &mut dyn ReadTxn, id: &RequestId) -> Result<Option<Versioned<ExchangeRequest>>> {
     match tx.get(Table::Requests, &request_key(id))? {
         None => Ok(None),
         Some(b) => {
@@ -79,7 +79,7 @@ fn read_request(tx: &mut dyn ReadTxn, id: &RequestId) -> Result<Option<Versioned
     }
 }
 
-fn write_request(tx: &mut dyn WriteTxn, req: &ExchangeRequest, version: u64) -> Result<()> {
+pub(super) fn write_request(tx: &mut dyn WriteTxn, req: &ExchangeRequest, version: u64) -> Result<()> {
     let mut row = RequestRow::from(req);
     row.version = version;
     put_row(tx, Table::Requests, &request_key(&req.id), &row)?;
@@ -266,6 +266,9 @@ impl Store {
                 return Err(StoreError::Stale { what: "key", id: id.to_string() });
             }
             write_request(tx, req, next)?;
+            if req.rekey {
+                super::rekeys::schedule_rekey_in(tx, req)?;
+            }
             tx.delete(Table::TransportKeys, &request_key(&req.id))?;
             let mut row = KeyBuf::new().str(req.id.as_str()).done();
             row.extend_from_slice(&encode_blob(receipt.1));

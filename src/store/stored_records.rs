@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
+use super::record_debt::DebtDelta;
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
 use super::{Change, Result, Store, corrupt};
@@ -32,7 +33,7 @@ fn encode_row(rec: &StoredRecord) -> Vec<u8> {
 }
 
 /// The record at `address` from its row, in either format.
-fn decode_row(address: RecordAddress, v: &[u8]) -> Result<StoredRecord> {
+pub(super) fn decode_row(address: RecordAddress, v: &[u8]) -> Result<StoredRecord> {
     if !v.starts_with(ROW_MAGIC) {
         return row_to(address, decode(v)?);
     }
@@ -92,7 +93,7 @@ pub(super) fn record_row(rec: &StoredRecord) -> (Vec<u8>, Vec<u8>) {
     (address_key(&rec.address), encode_row(rec))
 }
 
-fn address_key(a: &RecordAddress) -> Vec<u8> {
+pub(super) fn address_key(a: &RecordAddress) -> Vec<u8> {
     KeyBuf::new().str(a.table.as_str()).str(a.field.as_str()).str(&a.record_id).done()
 }
 
@@ -101,15 +102,20 @@ impl Store {
         self.put_records(std::slice::from_ref(rec))
     }
 
-    /// Stores records in one transaction.
+    /// Stores records in one transaction (and their keys' debt).
     pub fn put_records(&self, recs: &[StoredRecord]) -> Result<()> {
         self.write(&[Change::Other], |tx| {
             let table = active_records(tx)?;
+            let mut debt = DebtDelta::default();
             for rec in recs {
                 let (k, v) = record_row(rec);
+                if let Some(old) = tx.get(table, &k)? {
+                    debt.remove(&decode_row(rec.address.clone(), &old)?.key_id);
+                }
+                debt.add(&rec.key_id);
                 tx.put(table, &k, &v)?;
             }
-            Ok(())
+            debt.apply(tx, table)
         })
     }
 
@@ -124,6 +130,10 @@ impl Store {
     pub fn delete_record(&self, a: &RecordAddress) -> Result<bool> {
         self.write(&[Change::Other], |tx| {
             let table = active_records(tx)?;
+            let Some(old) = tx.get(table, &address_key(a))? else { return Ok(false) };
+            let mut debt = DebtDelta::default();
+            debt.remove(&decode_row(a.clone(), &old)?.key_id);
+            debt.apply(tx, table)?;
             tx.delete(table, &address_key(a))
         })
     }

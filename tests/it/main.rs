@@ -26,6 +26,7 @@ mod policies;
 mod process;
 mod properties;
 mod proxy;
+mod rekey;
 mod schedule_crash;
 mod signer_contract;
 mod softhsm;

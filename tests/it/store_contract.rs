@@ -88,6 +88,7 @@ fn request(id: u8, created_at: i64) -> ExchangeRequest {
         receipt: None,
         transport_public_key: vec![1, 2, 3],
         wrapping: WrappingAlgorithm::RsaAesKeyWrapSha256,
+        rekey: false,
     }
 }
 

@@ -123,6 +123,7 @@ impl TestNode {
             background_interval: Duration::from_millis(100),
             health_interval: kmf::node::diagnostics::WATCH_EVERY,
             metrics_listen: None,
+            rekey_retry_interval: kmf::node::jobs::DEFAULT_REKEY_RETRY,
         };
         tune(&mut cfg);
         let app = start_custom(cfg.clone(), listener, options).await.expect("start node");

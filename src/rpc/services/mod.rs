@@ -10,6 +10,7 @@ mod keys;
 mod peer;
 mod policies;
 mod properties;
+mod rekey;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ pub use keys::{InstanceService, KeyManagementService};
 pub use peer::KeyExchangeService;
 pub use policies::PoliciesService;
 pub use properties::PropertiesService;
+pub use rekey::RekeysService;
 
 use crate::node::Node;
 use crate::rpc::health::HealthPublisher;
@@ -37,6 +39,7 @@ pub struct Services {
     pub policies: PoliciesService,
     pub clones: ClonesService,
     pub clone_source: CloneSourceService,
+    pub rekeys: RekeysService,
 }
 
 impl Services {
@@ -52,7 +55,8 @@ impl Services {
             properties: PropertiesService(node.clone()),
             policies: PoliciesService(node.clone()),
             clones: ClonesService(node.clone()),
-            clone_source: CloneSourceService(node),
+            clone_source: CloneSourceService(node.clone()),
+            rekeys: RekeysService(node),
         }
     }
 }

@@ -1,0 +1,271 @@
+//! Rekey after import (target side): the durable `Rekey` job re-encrypts
+//! every record under a request's imported keys with this instance's own
+//! Active key of the same spec (generating one when the spec has none), in
+//! batches whose rows and cursor commit together under the job's lease.
+//! Then `protected.script.values.kmf.rekeyed` becomes true. A failed attempt
+//! sets it false, records why and runs again after `rekey.retry_interval`;
+//! at the request's expiry the request becomes REQUEST_EXPIRED and the
+//! imported keys no record needs are destroyed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::Node;
+use super::jobs::millis;
+use crate::domain::DomainError;
+use crate::domain::audit::{AuditEvent, Outcome};
+use crate::domain::ciphertext;
+use crate::domain::ids::{KeyId, Name, RequestId, UnixMillis};
+use crate::domain::job::{Job, Lease};
+use crate::domain::record::StoredRecord;
+use crate::domain::rekey::{BATCH_RECORDS, KeyDebt, MAX_PASSES, RekeyRun, next_attempt};
+use crate::domain::spec::Scheme;
+use crate::error::{AppError, AppResult};
+use crate::signer::primitives::GcmSealer;
+use crate::signer::schemes::LoadedKey;
+use crate::store::{RekeyEnd, StoreError};
+
+/// Records one page may look at while looking for records to move.
+const SCAN_LIMIT: usize = BATCH_RECORDS * 16;
+/// Every this many batches the commit is durable (the others ride on it).
+const DURABLE_EVERY: u32 = 16;
+
+/// This instance's current key of a spec, ready to seal.
+struct Sealer {
+    key_id: KeyId,
+    header: Vec<u8>,
+    key: LoadedKey,
+    gcm: Option<GcmSealer>,
+}
+
+/// The keys one attempt needs, loaded once: the imported keys (to open) and
+/// this instance's current keys (to seal).
+struct RekeyCipher<'a> {
+    node: &'a Node,
+    opening: HashMap<KeyId, LoadedKey>,
+    sealing: HashMap<Name, Sealer>,
+}
+
+impl<'a> RekeyCipher<'a> {
+    fn new(node: &'a Node) -> Self {
+        RekeyCipher { node, opening: HashMap::new(), sealing: HashMap::new() }
+    }
+
+    fn scheme(&self, spec: &Name) -> AppResult<Scheme> {
+        Ok(self.node.spec_or_not_found(spec)?.scheme())
+    }
+
+    fn opening(&mut self, id: &KeyId) -> AppResult<&LoadedKey> {
+        if !self.opening.contains_key(id) {
+            let (_, wrapped) =
+                self.node.store.key(id)?.ok_or_else(|| {
+                    DomainError::FailedPrecondition(format!("imported key {id} is not on this instance"))
+                })?;
+            let key = LoadedKey::load(self.scheme(&id.spec)?, self.node.signer.unwrap(&wrapped)?)?;
+            self.opening.insert(id.clone(), key);
+        }
+        self.opening.get(id).ok_or_else(|| AppError::Internal("rekey key cache lost an entry".into()))
+    }
+
+    fn sealing(&mut self, spec: &Name) -> AppResult<&mut Sealer> {
+        if !self.sealing.contains_key(spec) {
+            let (rec, wrapped) = self
+                .node
+                .store
+                .find_key(spec, |k| k.state.can_encrypt())?
+                .ok_or_else(|| DomainError::FailedPrecondition(format!("spec {spec} has no Active key")))?;
+            let key = LoadedKey::load(self.scheme(spec)?, self.node.signer.unwrap(&wrapped)?)?;
+            let gcm = match key.scheme() {
+                Scheme::AesGcm { .. } => Some(GcmSealer::new(key.secret())?),
+                _ => None,
+            };
+            let header = ciphertext::encode_header(&rec.id);
+            self.sealing.insert(spec.clone(), Sealer { key_id: rec.id, header, key, gcm });
+        }
+        self.sealing.get_mut(spec).ok_or_else(|| AppError::Internal("rekey key cache lost an entry".into()))
+    }
+
+    /// The record re-encrypted under its spec's current key, with the same
+    /// address (and so the same associated data).
+    fn reencrypt(&mut self, rec: &StoredRecord, now: UnixMillis) -> AppResult<StoredRecord> {
+        let where_ = || format!("record {}/{}/{}", rec.address.table, rec.address.field, rec.address.record_id);
+        let (key_id, header, body) = ciphertext::parse(&rec.ciphertext)
+            .map_err(|e| DomainError::FailedPrecondition(format!("{} is not a kmf ciphertext: {e}", where_())))?;
+        let aad = rec.address.associated_data();
+        let plaintext: Zeroizing<Vec<u8>> = self.opening(&key_id)?.open(&[header, &aad], body).map_err(|e| {
+            DomainError::FailedPrecondition(format!("{} does not decrypt under {key_id}: {e}", where_()))
+        })?;
+        let s = self.sealing(&key_id.spec)?;
+        let mut out = Vec::with_capacity(s.header.len() + plaintext.len() + 64);
+        out.extend_from_slice(&s.header);
+        match &mut s.gcm {
+            Some(gcm) => gcm.seal(&[&s.header, &aad], &plaintext, &mut out)?,
+            None => s.key.seal(&[&s.header, &aad], &plaintext, &mut out)?,
+        }
+        Ok(StoredRecord { address: rec.address.clone(), ciphertext: out, key_id: s.key_id.clone(), updated_at: now })
+    }
+}
+
+fn total(debts: &[KeyDebt]) -> u64 {
+    debts.iter().map(|d| d.records).sum()
+}
+
+fn audit(now: UnixMillis, action: &str, id: &RequestId, outcome: Outcome, details: String) -> AuditEvent {
+    AuditEvent::new(now, "system (rekey)", action, id.to_string(), outcome).with_details(details)
+}
+
+/// The job's lease was taken over (or the run moved on): nothing more to write.
+fn lost_the_run(e: &AppError) -> bool {
+    matches!(e, AppError::Store(StoreError::Stale { what: "job lease", .. }))
+}
+
+impl Node {
+    /// A rekey run (operators' view).
+    pub async fn rekey_run(self: &Arc<Self>, id: RequestId) -> AppResult<RekeyRun> {
+        self.blocking(move |node| {
+            node.store.rekey(&id)?.ok_or_else(|| DomainError::not_found("rekey of request", &id).into())
+        })
+        .await
+    }
+
+    /// How many records still depend on each imported key of `run`.
+    pub async fn debt_of_run(self: &Arc<Self>, run: RekeyRun) -> AppResult<Vec<KeyDebt>> {
+        self.blocking(move |node| Ok(node.store.rekey_debt(&run)?)).await
+    }
+
+    /// Every rekey run, newest first.
+    pub async fn rekey_runs(self: &Arc<Self>) -> AppResult<Vec<RekeyRun>> {
+        self.blocking(|node| Ok(node.store.rekeys()?)).await
+    }
+
+    /// The imported keys records still depend on, with how many records
+    /// each (from the debt index). Keys of this instance are not debt.
+    pub async fn rekey_debt(self: &Arc<Self>) -> AppResult<Vec<KeyDebt>> {
+        self.blocking(|node| {
+            let own = node.sys_id.clone();
+            Ok(node.store.record_debt()?.into_iter().filter(|d| d.key_id.origin != own).collect())
+        })
+        .await
+    }
+
+    pub(super) async fn run_rekey(self: &Arc<Self>, job: &Job, lease: Lease) -> AppResult<()> {
+        let id = RequestId::parse(&job.id.subject)?;
+        let job_id = job.id.clone();
+        self.blocking(move |node| {
+            let Some(run) = node.store.rekey(&id)? else {
+                return Ok(node.store.finish_job(&job_id, &lease, None)?);
+            };
+            let now = node.now();
+            if run.state.is_final() {
+                return Ok(node.store.finish_job(&job_id, &lease, None)?);
+            }
+            if run.is_expired_at(now) {
+                return node.expire_rekey(&run, &lease, now);
+            }
+            match node.rekey_attempt(&id, &lease) {
+                Ok(()) => Ok(()),
+                Err(e) if lost_the_run(&e) => Err(e),
+                Err(e) => node.fail_rekey(&run, &lease, e),
+            }
+        })
+        .await
+    }
+
+    /// One attempt: every page of records under the run's keys, until none
+    /// is left (at most `MAX_PASSES` passes over the records).
+    fn rekey_attempt(&self, id: &RequestId, lease: &Lease) -> AppResult<()> {
+        let mut run = self.store.begin_rekey_attempt(id, lease, self.lease_until(), self.now())?;
+        tracing::info!(request_id = %id, attempt = run.attempts, records = run.records_total - run.records_done, "rekey running");
+        let debts = self.store.rekey_debt(&run)?;
+        let mut specs: Vec<&Name> = debts.iter().filter(|d| d.records > 0).map(|d| &d.key_id.spec).collect();
+        specs.dedup();
+        for spec in specs {
+            self.ensure_active_key(spec, &format!("system (rekey of {id})"))?;
+        }
+        let mut cipher = RekeyCipher::new(self);
+        let mut batches = 0u32;
+        loop {
+            let page = self.store.rekey_page(&run, BATCH_RECORDS, SCAN_LIMIT)?;
+            let now = self.now();
+            let batch = page
+                .records
+                .iter()
+                .map(|rec| Ok((rec.clone(), cipher.reencrypt(rec, now)?)))
+                .collect::<AppResult<Vec<_>>>()?;
+            batches += 1;
+            let cursor = page.last_scanned.as_ref().or(run.cursor.as_ref()).cloned();
+            let durable = page.at_end || batches.is_multiple_of(DURABLE_EVERY);
+            (run, _) =
+                self.store.write_rekey_batch(id, lease, self.lease_until(), &batch, cursor.as_ref(), durable, now)?;
+            if !page.at_end {
+                continue;
+            }
+            let left = total(&self.store.rekey_debt(&run)?);
+            if left == 0 {
+                match self.complete_rekey(&run, lease) {
+                    // Records arrived under the run's keys since the count.
+                    Err(AppError::Store(StoreError::Stale { what: "rekey", .. })) => {}
+                    other => return other,
+                }
+            }
+            if !self.store.next_rekey_pass(id, lease, self.lease_until(), self.now())? {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "{left} record(s) are still under imported keys after {MAX_PASSES} passes (written while the rekey ran)"
+                ))
+                .into());
+            }
+            run = self.store.rekey(id)?.ok_or_else(|| DomainError::not_found("rekey of request", id))?;
+        }
+    }
+
+    fn complete_rekey(&self, run: &RekeyRun, lease: &Lease) -> AppResult<()> {
+        let now = self.now();
+        let details = format!(
+            "{} record(s) moved to this instance's keys in {} attempt(s); {} = true",
+            run.records_done,
+            run.attempts,
+            crate::domain::property::REKEYED
+        );
+        let entry = audit(now, "rekey.completed", &run.request_id, Outcome::Success, details);
+        let done = self.store.end_rekey(&run.request_id, lease, RekeyEnd::Completed, now, &[entry])?;
+        tracing::info!(request_id = %run.request_id, records = done.records_done, "rekey completed");
+        Ok(())
+    }
+
+    fn fail_rekey(&self, run: &RekeyRun, lease: &Lease, error: AppError) -> AppResult<()> {
+        let now = self.now();
+        let reason = match &error {
+            AppError::Internal(_) => "an internal error (see the daemon's log)".to_owned(),
+            e => e.to_string(),
+        };
+        let next = next_attempt(now, millis(self.job_settings.rekey_retry), run.expires_at);
+        tracing::warn!(request_id = %run.request_id, error = %error, next_attempt = next.0, "rekey failed; it will be tried again");
+        let details = format!("{reason}; {} = false; next attempt at {}", crate::domain::property::REKEYED, next.0);
+        let entry = audit(now, "rekey.failed", &run.request_id, Outcome::Failed, details);
+        self.store.end_rekey(&run.request_id, lease, RekeyEnd::Failed { error: &reason, next }, now, &[entry])?;
+        Ok(())
+    }
+
+    fn expire_rekey(&self, run: &RekeyRun, lease: &Lease, now: UnixMillis) -> AppResult<()> {
+        let debts = self.store.rekey_debt(run)?;
+        let kept: Vec<String> =
+            debts.iter().filter(|d| d.records > 0).map(|d| format!("{} ({} records)", d.key_id, d.records)).collect();
+        let gone: Vec<String> = debts.iter().filter(|d| d.records == 0).map(|d| d.key_id.to_string()).collect();
+        let details = format!(
+            "the request expired before the rekey completed; destroyed (no record needed them): [{}]; kept (records still need them): [{}]",
+            gone.join(" "),
+            kept.join(" ")
+        );
+        let entry = audit(now, "rekey.expired", &run.request_id, Outcome::Failed, details);
+        let done = self.store.end_rekey(&run.request_id, lease, RekeyEnd::Expired, now, &[entry])?;
+        tracing::warn!(
+            request_id = %run.request_id,
+            destroyed = done.destroyed_keys.len(),
+            kept = done.kept_keys.len(),
+            "rekey expired"
+        );
+        Ok(())
+    }
+}
