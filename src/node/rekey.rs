@@ -88,15 +88,21 @@ impl<'a> RekeyCipher<'a> {
     }
 
     /// The record re-encrypted under its spec's current key, with the same
-    /// address (and so the same associated data).
-    fn reencrypt(&mut self, rec: &StoredRecord, now: UnixMillis) -> AppResult<StoredRecord> {
+    /// address (and so the same associated data). The inner error is this
+    /// record's alone (it does not decrypt): the others go on; the outer one
+    /// stops the attempt (a key that cannot be loaded).
+    fn reencrypt(&mut self, rec: &StoredRecord, now: UnixMillis) -> AppResult<Result<StoredRecord, String>> {
         let where_ = || format!("record {}/{}/{}", rec.address.table, rec.address.field, rec.address.record_id);
-        let (key_id, header, body) = ciphertext::parse(&rec.ciphertext)
-            .map_err(|e| DomainError::FailedPrecondition(format!("{} is not a kmf ciphertext: {e}", where_())))?;
+        let (key_id, header, body) = match ciphertext::parse(&rec.ciphertext) {
+            Ok(parts) if parts.0 == rec.key_id => parts,
+            Ok(_) => return Ok(Err(format!("{} names another key than its row", where_()))),
+            Err(e) => return Ok(Err(format!("{} is not a kmf ciphertext: {e}", where_()))),
+        };
         let aad = rec.address.associated_data();
-        let plaintext: Zeroizing<Vec<u8>> = self.opening(&key_id)?.open(&[header, &aad], body).map_err(|e| {
-            DomainError::FailedPrecondition(format!("{} does not decrypt under {key_id}: {e}", where_()))
-        })?;
+        let plaintext: Zeroizing<Vec<u8>> = match self.opening(&key_id)?.open(&[header, &aad], body) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(format!("{} does not decrypt under {key_id}: {e}", where_()))),
+        };
         let s = self.sealing(&key_id.spec)?;
         let mut out = Vec::with_capacity(s.header.len() + plaintext.len() + 64);
         out.extend_from_slice(&s.header);
@@ -104,7 +110,12 @@ impl<'a> RekeyCipher<'a> {
             Some(gcm) => gcm.seal(&[&s.header, &aad], &plaintext, &mut out)?,
             None => s.key.seal(&[&s.header, &aad], &plaintext, &mut out)?,
         }
-        Ok(StoredRecord { address: rec.address.clone(), ciphertext: out, key_id: s.key_id.clone(), updated_at: now })
+        Ok(Ok(StoredRecord {
+            address: rec.address.clone(),
+            ciphertext: out,
+            key_id: s.key_id.clone(),
+            updated_at: now,
+        }))
     }
 }
 
@@ -185,15 +196,18 @@ impl Node {
             self.ensure_active_key(spec, &format!("system (rekey of {id})"))?;
         }
         let mut cipher = RekeyCipher::new(self);
-        let mut batches = 0u32;
+        let (mut batches, mut unmovable) = (0u32, Vec::new());
         loop {
             let page = self.store.rekey_page(&run, BATCH_RECORDS, SCAN_LIMIT)?;
             let now = self.now();
-            let batch = page
-                .records
-                .iter()
-                .map(|rec| Ok((rec.clone(), cipher.reencrypt(rec, now)?)))
-                .collect::<AppResult<Vec<_>>>()?;
+            let mut batch = Vec::with_capacity(page.records.len());
+            for rec in page.records {
+                match cipher.reencrypt(&rec, now)? {
+                    Ok(new) => batch.push((rec, new)),
+                    // Left under its imported key (still owed); the attempt fails at the end of the pass.
+                    Err(why) => unmovable.push(why),
+                }
+            }
             batches += 1;
             let cursor = page.last_scanned.as_ref().or(run.cursor.as_ref()).cloned();
             let durable = page.at_end || batches.is_multiple_of(DURABLE_EVERY);
@@ -201,6 +215,13 @@ impl Node {
                 self.store.write_rekey_batch(id, lease, self.lease_until(), &batch, cursor.as_ref(), durable, now)?;
             if !page.at_end {
                 continue;
+            }
+            if let Some(first) = unmovable.first() {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "{} record(s) could not be re-encrypted and stay under imported keys; the first: {first}",
+                    unmovable.len()
+                ))
+                .into());
             }
             let left = total(&self.store.rekey_debt(&run)?);
             if left == 0 {

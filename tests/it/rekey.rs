@@ -5,18 +5,16 @@
 //! destroys only the imported keys no record needs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kmf::app::StartOptions;
 use kmf::clock::ManualClock;
-use kmf::domain::bundle::WrappingAlgorithm;
-use kmf::domain::key::{DataKey, WrappedKey};
+use kmf::domain::ids::{KeyId, UnixMillis};
+use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::node::jobs::JobSettings;
 use kmf::rpc::pb;
 use kmf::rpc::pb::clones_client::ClonesClient;
 use kmf::rpc::pb::rekeys_client::RekeysClient;
-use kmf::signer::{CryptoError, Signer, TransportKey};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -27,56 +25,26 @@ use crate::support::{Ops, Pki, TestNode};
 const REKEYED: &str = "protected.script.values.kmf.rekeyed";
 const HOUR_MS: i64 = 3_600_000;
 
-/// A signer whose KEK wraps only `allowed` more keys (then refuses, as a
-/// KEK that stopped working) until the budget is raised again.
-struct KekBudget {
-    inner: Arc<dyn Signer>,
-    allowed: Arc<AtomicU32>,
-}
-
-impl std::fmt::Debug for KekBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KekBudget").field("inner", &self.inner.kind()).finish()
-    }
-}
-
-impl Signer for KekBudget {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn wrap(&self, key: &DataKey) -> Result<WrappedKey, CryptoError> {
-        let took = self.allowed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if took.is_err() {
-            return Err(CryptoError::Token("the KEK refused to wrap (test)".into()));
-        }
-        self.inner.wrap(key)
-    }
-    fn unwrap(&self, wrapped: &WrappedKey) -> Result<DataKey, CryptoError> {
-        self.inner.unwrap(wrapped)
-    }
-    fn create_transport_key(&self) -> Result<TransportKey, CryptoError> {
-        self.inner.create_transport_key()
-    }
-    fn open_transport_key(&self, h: &[u8], w: WrappingAlgorithm, k: &[u8]) -> Result<DataKey, CryptoError> {
-        self.inner.open_transport_key(h, w, k)
-    }
-    fn destroy_transport_key(&self, handle: &[u8]) -> Result<(), CryptoError> {
-        self.inner.destroy_transport_key(handle)
-    }
-}
-
-/// A target on a manual clock whose KEK wraps only `allowed` keys, failed
-/// rekeys retried after an hour.
-async fn target_on(pki: &Pki, clock: &Arc<ManualClock>, allowed: &Arc<AtomicU32>) -> TestNode {
-    let budget = allowed.clone();
+/// A target on a manual clock; failed rekeys are retried after an hour.
+async fn target_on(pki: &Pki, clock: &Arc<ManualClock>) -> TestNode {
     let jobs = JobSettings::for_interval(Duration::from_millis(100)).with_rekey_retry(Duration::from_secs(3600));
-    let options = StartOptions {
-        clock: clock.clone(),
-        jobs: Some(jobs),
-        wrap_signer: Box::new(move |inner| Arc::new(KekBudget { inner, allowed: budget })),
-        ..Default::default()
-    };
+    let options = StartOptions { clock: clock.clone(), jobs: Some(jobs), ..Default::default() };
     TestNode::start_opts(pki, None, None, options).await
+}
+
+/// A record on `node` (table `junk`) that names `key` but does not decrypt:
+/// damaged data a rekey cannot move.
+fn put_damaged_record(node: &TestNode, key: &str) {
+    let key_id = KeyId::parse(key).expect("key id");
+    let mut ciphertext = kmf::domain::ciphertext::encode_header(&key_id);
+    ciphertext.extend_from_slice(&[7u8; 60]);
+    let rec = StoredRecord {
+        address: RecordAddress::parse("junk", "f", "damaged").expect("address"),
+        ciphertext,
+        key_id,
+        updated_at: UnixMillis(1),
+    };
+    node.running().node.store().put_record(&rec).expect("put the damaged record");
 }
 
 /// A source with `records` records of spec `pay` and a One Time Clone with
@@ -143,7 +111,7 @@ async fn record_keys(ops: &mut Ops) -> Vec<String> {
 async fn after_the_import_every_cloned_record_moves_to_the_targets_own_key() {
     let pki = Pki::new();
     let clock = ManualClock::starting_now();
-    let target = target_on(&pki, &clock, &Arc::new(AtomicU32::new(u32::MAX))).await;
+    let target = target_on(&pki, &clock).await;
     let (source, _src) = source_for(&pki, &target, 300).await;
     let mut tgt = target.admin(&pki).await;
     let absent = rekeyed(&mut tgt).await.expect_err("absent before the first attempt");
@@ -174,37 +142,39 @@ async fn after_the_import_every_cloned_record_moves_to_the_targets_own_key() {
     assert_eq!(tgt.audit_entries("rekey.completed").await.len(), 1);
 }
 
-/// Scenario 27: the rekey fails (the target's KEK cannot wrap the new key),
-/// the property is false and the reason recorded; nothing is retried before
-/// `rekey.retry_interval`; once it is fixed and the interval has passed the
-/// retry completes and the property is true. Debt goes from 40 to zero.
+/// Scenario 27: the rekey fails (a damaged record does not decrypt): the
+/// records it can move are moved, the damaged one stays under its imported
+/// key (still owed), the property is false and the reason recorded, and
+/// nothing is retried before `rekey.retry_interval`. Once the record is
+/// dealt with and the interval has passed, the retry completes: true.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_rekey_is_false_with_its_reason_and_succeeds_after_the_retry_interval() {
     let pki = Pki::new();
     let clock = ManualClock::starting_now();
-    // The import wraps the one imported key; the rekey's new key is refused.
-    let allowed = Arc::new(AtomicU32::new(1));
-    let target = target_on(&pki, &clock, &allowed).await;
+    let target = target_on(&pki, &clock).await;
     let (source, _src) = source_for(&pki, &target, 40).await;
+    put_damaged_record(&source, &format!("{}:pay:v1", source.sys_id));
     let mut tgt = target.admin(&pki).await;
     clone_from(&target, &source, &pki).await;
     let [request] = <[_; 1]>::try_from(ended_requests(&mut tgt, 1).await).expect("one request");
     let mut rk = rekeys(&target, &pki).await;
     let failed = rekey_in(&mut rk, &request.request_id, pb::RekeyState::RekeyFailed).await;
-    assert!(failed.last_error.contains("KEK refused to wrap"), "the reason is recorded: {failed:?}");
-    assert_eq!(failed.attempts, 1);
+    assert!(failed.last_error.contains("junk/f/damaged does not decrypt"), "the reason is recorded: {failed:?}");
+    assert_eq!((failed.attempts, failed.records_done), (1, 40), "the other records moved: {failed:?}");
     let next = failed.next_attempt_at.expect("next attempt");
     let failed_at = failed.updated_at.expect("updated");
     assert_eq!(next.seconds - failed_at.seconds, 3600, "retried after the interval: {failed:?}");
     assert_eq!(rekeyed(&mut tgt).await.expect("written"), "false");
     let owed = debt(&mut rk).await;
-    assert_eq!(owed.total_records, 40, "{owed:?}");
-    assert_eq!(owed.debts.len(), 1);
-    assert!(owed.debts[0].key_id.starts_with(&source.sys_id), "{owed:?}");
+    assert_eq!(owed.total_records, 1, "only the damaged record is owed: {owed:?}");
+    assert_eq!(owed.debts[0].key_id, format!("{}:pay:v1", source.sys_id));
     assert_eq!(tgt.audit_entries("rekey.failed").await.len(), 1);
+    opens_every_record(&mut tgt, 40).await;
 
-    // Fixed, but the interval has not passed: the runner leaves it alone.
-    allowed.store(u32::MAX, Ordering::SeqCst);
+    // Dealt with, but the interval has not passed: the runner leaves it alone.
+    let damaged = pb::RecordAddress { table: "junk".into(), field: "f".into(), record_id: "damaged".into() };
+    tgt.crypto.delete_record(pb::DeleteRecordRequest { address: Some(damaged) }).await.expect("delete");
+    assert_eq!(debt(&mut rk).await.total_records, 0, "the debt follows the records");
     clock.advance_millis(HOUR_MS / 2);
     target.running().node.wake_jobs();
     let jobs = target.running().node.jobs(100).await.expect("jobs");
@@ -218,22 +188,21 @@ async fn a_failed_rekey_is_false_with_its_reason_and_succeeds_after_the_retry_in
     let done = rekey_in(&mut rk, &request.request_id, pb::RekeyState::RekeyCompleted).await;
     assert_eq!((done.attempts, done.records_done), (2, 40), "{done:?}");
     assert_eq!(rekeyed(&mut tgt).await.expect("written"), "true");
-    assert_eq!(debt(&mut rk).await.total_records, 0);
-    opens_every_record(&mut tgt, 40).await;
+    assert_eq!(tgt.audit_entries("rekey.completed").await.len(), 1);
 }
 
 /// Scenario 26: the rekey keeps failing until the request expires; then the
 /// request is REQUEST_EXPIRED, the imported key no record needs is
-/// destroyed (material erased), the one records still need is kept and
-/// reported, and the records still open.
+/// destroyed (material erased), the one a record still needs is kept and
+/// reported, and the records moved before still open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_expiry_only_the_imported_keys_no_record_needs_are_destroyed() {
     let pki = Pki::new();
     let clock = ManualClock::starting_now();
-    // Two imported keys (v1 with the records, v2 with none); the rekey's new key is refused.
-    let allowed = Arc::new(AtomicU32::new(2));
-    let target = target_on(&pki, &clock, &allowed).await;
+    let target = target_on(&pki, &clock).await;
     let (source, mut src) = source_for(&pki, &target, 20).await;
+    // Two imported keys: v1 with the records (one of them damaged, so the rekey keeps failing), v2 with none.
+    put_damaged_record(&source, &format!("{}:pay:v1", source.sys_id));
     src.keys.rotate_key(pb::RotateKeyRequest { spec: "pay".into() }).await.expect("rotate");
     let mut tgt = target.admin(&pki).await;
     clone_from(&target, &source, &pki).await;
@@ -249,7 +218,7 @@ async fn at_expiry_only_the_imported_keys_no_record_needs_are_destroyed() {
     let v1 = format!("{}:pay:v1", source.sys_id);
     let v2 = format!("{}:pay:v2", source.sys_id);
     assert_eq!(expired.destroyed_keys, vec![v2.clone()], "{expired:?}");
-    assert_eq!(expired.kept_keys, vec![pb::KeyDebt { key_id: v1.clone(), records: 20 }], "{expired:?}");
+    assert_eq!(expired.kept_keys, vec![pb::KeyDebt { key_id: v1.clone(), records: 1 }], "{expired:?}");
     let on_target = tgt.get(&request.request_id).await;
     assert_eq!(on_target.status, pb::RequestStatus::RequestExpired as i32, "{on_target:?}");
     let keys = tgt.keys_of("pay").await;
