@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod processes;
 
 use std::time::{Duration, Instant};
 

@@ -214,9 +214,10 @@ impl RekeyRun {
         now >= self.expires_at
     }
 
-    /// Records per second of the current attempt.
+    /// Records per second of the current (or, once finished, the last) attempt.
     pub fn rate(&self, now: UnixMillis) -> f64 {
-        let elapsed = (now.0 - self.attempt_started_at.0).max(1) as f64 / 1000.0;
+        let end = self.finished_at.unwrap_or(now);
+        let elapsed = (end.0 - self.attempt_started_at.0).max(1) as f64 / 1000.0;
         self.attempt_done as f64 / elapsed
     }
 

@@ -403,6 +403,10 @@ impl Node {
         // Both sides keep the receipt with the request (GetRequest shows it).
         req.receipt = Some(receipt.clone());
         self.store.complete_import(version, &req, &keys, (digest, &receipt), &[audit])?;
+        if req.rekey {
+            // Its rekey job was scheduled with the import: start it now.
+            self.jobs.wake();
+        }
         if let Err(e) = self.signer.destroy_transport_key(&handle) {
             tracing::warn!(request_id = %req.id, error = %e, "destroying the transport key failed");
         }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 
 use zeroize::Zeroizing;
 
@@ -19,7 +20,7 @@ use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::ciphertext;
 use crate::domain::ids::{KeyId, Name, RequestId, UnixMillis};
 use crate::domain::job::{Job, Lease};
-use crate::domain::record::StoredRecord;
+use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::domain::rekey::{BATCH_RECORDS, KeyDebt, MAX_PASSES, RekeyRun, next_attempt};
 use crate::domain::spec::Scheme;
 use crate::error::{AppError, AppResult};
@@ -31,6 +32,14 @@ use crate::store::{RekeyEnd, StoreError};
 const SCAN_LIMIT: usize = BATCH_RECORDS * 16;
 /// Every this many batches the commit is durable (the others ride on it).
 const DURABLE_EVERY: u32 = 16;
+
+/// One batch for the writer: (as read, re-encrypted) records and the cursor
+/// after them.
+struct RekeyBatch {
+    records: Vec<(StoredRecord, StoredRecord)>,
+    cursor: Option<RecordAddress>,
+    durable: bool,
+}
 
 /// This instance's current key of a spec, ready to seal.
 struct Sealer {
@@ -184,38 +193,21 @@ impl Node {
         .await
     }
 
-    /// One attempt: every page of records under the run's keys, until none
-    /// is left (at most `MAX_PASSES` passes over the records).
+    /// One attempt: passes over the records until none is left under the
+    /// run's keys (at most `MAX_PASSES`).
     fn rekey_attempt(&self, id: &RequestId, lease: &Lease) -> AppResult<()> {
         let mut run = self.store.begin_rekey_attempt(id, lease, self.lease_until(), self.now())?;
         tracing::info!(request_id = %id, attempt = run.attempts, records = run.records_total - run.records_done, "rekey running");
         let debts = self.store.rekey_debt(&run)?;
         let mut specs: Vec<&Name> = debts.iter().filter(|d| d.records > 0).map(|d| &d.key_id.spec).collect();
+        specs.sort();
         specs.dedup();
         for spec in specs {
             self.ensure_active_key(spec, &format!("system (rekey of {id})"))?;
         }
-        let mut cipher = RekeyCipher::new(self);
-        let (mut batches, mut unmovable) = (0u32, Vec::new());
         loop {
-            let page = self.store.rekey_page(&run, BATCH_RECORDS, SCAN_LIMIT)?;
-            let now = self.now();
-            let mut batch = Vec::with_capacity(page.records.len());
-            for rec in page.records {
-                match cipher.reencrypt(&rec, now)? {
-                    Ok(new) => batch.push((rec, new)),
-                    // Left under its imported key (still owed); the attempt fails at the end of the pass.
-                    Err(why) => unmovable.push(why),
-                }
-            }
-            batches += 1;
-            let cursor = page.last_scanned.as_ref().or(run.cursor.as_ref()).cloned();
-            let durable = page.at_end || batches.is_multiple_of(DURABLE_EVERY);
-            (run, _) =
-                self.store.write_rekey_batch(id, lease, self.lease_until(), &batch, cursor.as_ref(), durable, now)?;
-            if !page.at_end {
-                continue;
-            }
+            let unmovable;
+            (run, unmovable) = self.rekey_pass(&run, lease)?;
             if let Some(first) = unmovable.first() {
                 return Err(DomainError::FailedPrecondition(format!(
                     "{} record(s) could not be re-encrypted and stay under imported keys; the first: {first}",
@@ -238,6 +230,67 @@ impl Node {
                 .into());
             }
             run = self.store.rekey(id)?.ok_or_else(|| DomainError::not_found("rekey of request", id))?;
+        }
+    }
+
+    /// One pass from the run's cursor to the last record: this thread reads
+    /// and re-encrypts pages while a second one commits the batches before
+    /// them (each batch with its cursor), so both cores work. Returns the
+    /// run as the last batch left it, and the records that could not be
+    /// moved (they stay under their imported keys).
+    fn rekey_pass(&self, run: &RekeyRun, lease: &Lease) -> AppResult<(RekeyRun, Vec<String>)> {
+        let id = &run.request_id;
+        let (send, receive) = std::sync::mpsc::sync_channel::<RekeyBatch>(2);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || -> AppResult<Option<RekeyRun>> {
+                let mut last = None;
+                for b in receive {
+                    let (until, now) = (self.lease_until(), self.now());
+                    let written = self.store.write_rekey_batch(
+                        id,
+                        lease,
+                        until,
+                        &b.records,
+                        b.cursor.as_ref(),
+                        b.durable,
+                        now,
+                    )?;
+                    last = Some(written.0);
+                }
+                Ok(last)
+            });
+            let read = self.read_and_reencrypt(run, &send);
+            drop(send);
+            let written = writer.join().map_err(|_| AppError::Internal("the rekey writer panicked".into()))?;
+            // A writer that lost the job's lease says so first.
+            let last = written?.unwrap_or_else(|| run.clone());
+            Ok((last, read?))
+        })
+    }
+
+    /// The reading half of a pass: pages after the cursor, re-encrypted and
+    /// handed to the writer; stops at the last record or when the writer does.
+    fn read_and_reencrypt(&self, run: &RekeyRun, send: &SyncSender<RekeyBatch>) -> AppResult<Vec<String>> {
+        let mut cipher = RekeyCipher::new(self);
+        let (mut cursor, mut batches, mut unmovable) = (run.cursor.clone(), 0u32, Vec::new());
+        loop {
+            let page = self.store.rekey_page(run, cursor.as_ref(), BATCH_RECORDS, SCAN_LIMIT)?;
+            let now = self.now();
+            let mut records = Vec::with_capacity(page.records.len());
+            for rec in page.records {
+                match cipher.reencrypt(&rec, now)? {
+                    Ok(new) => records.push((rec, new)),
+                    // Left under its imported key (still owed); the attempt fails at the end of the pass.
+                    Err(why) => unmovable.push(why),
+                }
+            }
+            batches += 1;
+            cursor = page.last_scanned.or(cursor);
+            let durable = page.at_end || batches.is_multiple_of(DURABLE_EVERY);
+            // A writer that stopped has its error; the pass ends with it.
+            if send.send(RekeyBatch { records, cursor: cursor.clone(), durable }).is_err() || page.at_end {
+                return Ok(unmovable);
+            }
         }
     }
 

@@ -30,23 +30,33 @@ fn read_count(v: &[u8]) -> Result<u64> {
     Ok(u64::from_le_bytes(bytes))
 }
 
-/// Changes to the index a transaction collects and writes once.
+/// Changes to the index a transaction collects and writes once (a batch
+/// touches few keys: one lookup per record, no allocation once a key is in).
 #[derive(Default)]
-pub(super) struct DebtDelta(HashMap<String, i64>);
+pub(super) struct DebtDelta(HashMap<KeyId, i64>);
 
 impl DebtDelta {
+    fn change(&mut self, key: &KeyId, by: i64) {
+        match self.0.get_mut(key) {
+            Some(n) => *n += by,
+            None => {
+                self.0.insert(key.clone(), by);
+            }
+        }
+    }
+
     pub(super) fn add(&mut self, key: &KeyId) {
-        *self.0.entry(key.to_string()).or_default() += 1;
+        self.change(key, 1);
     }
 
     pub(super) fn remove(&mut self, key: &KeyId) {
-        *self.0.entry(key.to_string()).or_default() -= 1;
+        self.change(key, -1);
     }
 
     /// Writes the changes for records `table`; a count reaching zero is deleted.
     pub(super) fn apply(self, tx: &mut dyn WriteTxn, table: Table) -> Result<()> {
         for (key, delta) in self.0.into_iter().filter(|(_, d)| *d != 0) {
-            let k = debt_key(table, &key);
+            let k = debt_key(table, &key.to_string());
             let now = match tx.get(Table::RecordDebt, &k)? {
                 Some(v) => read_count(&v)?,
                 None => 0,

@@ -237,10 +237,16 @@ impl Store {
         })
     }
 
-    /// Up to `limit` records under the run's keys after its cursor, looking
-    /// at no more than `scan_limit` records.
-    pub fn rekey_page(&self, run: &RekeyRun, limit: usize, scan_limit: usize) -> Result<RekeyPage> {
-        let range = KeyRange::prefix_after(Vec::new(), run.cursor.as_ref().map(address_key));
+    /// Up to `limit` records under the run's keys after `after`, looking at
+    /// no more than `scan_limit` records.
+    pub fn rekey_page(
+        &self,
+        run: &RekeyRun,
+        after: Option<&RecordAddress>,
+        limit: usize,
+        scan_limit: usize,
+    ) -> Result<RekeyPage> {
+        let range = KeyRange::prefix_after(Vec::new(), after.map(address_key));
         self.read(|tx| {
             let table = active_records(tx)?;
             let (mut page, mut scanned) = (RekeyPage { at_end: true, ..RekeyPage::default() }, 0usize);
@@ -287,13 +293,16 @@ impl Store {
             let table = active_records(tx)?;
             let (mut debt, mut moved) = (DebtDelta::default(), 0u64);
             for (old, new) in batch {
-                let (k, v) = record_row(new);
+                let (k, was) = record_row(old);
                 let Some(current) = tx.get(table, &k)? else { continue };
-                let current = decode_row(old.address.clone(), &current)?;
-                if current.key_id != old.key_id || current.ciphertext != old.ciphertext {
-                    continue;
+                // Rows of earlier formats encode differently: compare what they hold.
+                if current != was {
+                    let current = decode_row(old.address.clone(), &current)?;
+                    if current.key_id != old.key_id || current.ciphertext != old.ciphertext {
+                        continue;
+                    }
                 }
-                tx.put(table, &k, &v)?;
+                tx.put(table, &k, &record_row(new).1)?;
                 debt.remove(&old.key_id);
                 debt.add(&new.key_id);
                 moved += 1;
