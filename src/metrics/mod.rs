@@ -57,7 +57,8 @@ impl Metrics {
 
     /// The Prometheus text format: the RPC metrics plus the store gauges
     /// `kmf_exchange_requests{status,role}`, `kmf_keys{state}` and
-    /// `kmf_audit_entries`, built from `counts`, and the latest diagnosis as
+    /// `kmf_audit_entries`, `kmf_rekey_debt{key_id}` and
+    /// `kmf_rekey_debt_records`, built from `counts`, and the latest diagnosis as
     /// `kmf_health{component,status}` (1 for the component's status, 0 for
     /// the others; component "kmf" is the roll-up) with
     /// `kmf_health_checked_timestamp_seconds`.
@@ -81,9 +82,20 @@ impl Metrics {
             keys.with_label_values(&[state.label().to_ascii_lowercase().as_str()]).set(gauge(*n));
         }
         audit.set(gauge(counts.audit_entries));
+        let debt = IntGaugeVec::new(
+            Opts::new("kmf_rekey_debt", "Records still encrypted under each imported key (the rekey debt)"),
+            &["key_id"],
+        )?;
+        for d in &counts.rekey_debt {
+            debt.with_label_values(&[d.key_id.to_string().as_str()]).set(gauge(d.records));
+        }
+        let debt_total = IntGauge::new("kmf_rekey_debt_records", "Records still encrypted under imported keys")?;
+        debt_total.set(gauge(counts.rekey_debt.iter().map(|d| d.records).sum()));
         scrape.register(Box::new(requests))?;
         scrape.register(Box::new(keys))?;
         scrape.register(Box::new(audit))?;
+        scrape.register(Box::new(debt))?;
+        scrape.register(Box::new(debt_total))?;
         if let Some(d) = diagnosis {
             let health = IntGaugeVec::new(
                 Opts::new("kmf_health", "Latest diagnosis: 1 for each component's status, 0 for the others"),
@@ -141,8 +153,10 @@ mod tests {
     use super::*;
     use crate::domain::exchange::RequestStatus;
     use crate::domain::health::{Component, HealthStatus};
+    use crate::domain::ids::KeyId;
     use crate::domain::ids::UnixMillis;
     use crate::domain::key::KeyState;
+    use crate::domain::rekey::KeyDebt;
 
     #[test]
     fn renders_rpc_metrics_and_store_gauges() {
@@ -153,6 +167,10 @@ mod tests {
             requests: vec![(ExchangeRole::Target, RequestStatus::ErrorOnRemoteInstance, 2)],
             keys: vec![(KeyState::Active, 3)],
             audit_entries: 7,
+            rekey_debt: vec![KeyDebt {
+                key_id: KeyId::parse("0123456789abcdef0123456789abcdef:pay:v1").unwrap(),
+                records: 40,
+            }],
         };
         assert!(!m.render(&counts, None).unwrap().contains("kmf_health"), "no diagnosis ran yet");
         let signer = Component::leaf("signer", HealthStatus::Malfunction, "KEK unusable");
@@ -172,6 +190,8 @@ mod tests {
             r#"kmf_exchange_requests{role="target",status="error_on_remote_instance"} 2"#,
             r#"kmf_keys{state="active"} 3"#,
             "kmf_audit_entries 7",
+            r#"kmf_rekey_debt{key_id="0123456789abcdef0123456789abcdef:pay:v1"} 40"#,
+            "kmf_rekey_debt_records 40",
             "# TYPE kmf_rpc_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

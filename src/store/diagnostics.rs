@@ -4,12 +4,15 @@
 use serde::Deserialize;
 
 use super::engine::{KeyRange, Table, Visit};
+use super::record_debt::debts_in;
 use super::records::decode;
+use super::stored_records::active_records;
 use super::tuple::str_key;
 use super::{Change, META_SYS_ID, Result, Store, StoreError};
 use crate::domain::exchange::{ALL_STATUSES, ExchangeRole, RequestStatus};
 use crate::domain::ids::UnixMillis;
 use crate::domain::key::{ALL_STATES, KeyState};
+use crate::domain::rekey::KeyDebt;
 
 /// The row the store check overwrites on every diagnosis.
 const HEARTBEAT: &str = "heartbeat";
@@ -21,6 +24,9 @@ pub struct StoreCounts {
     pub requests: Vec<(ExchangeRole, RequestStatus, u64)>,
     pub keys: Vec<(KeyState, u64)>,
     pub audit_entries: u64,
+    /// Imported keys that records still depend on, and how many records
+    /// each (the rekey debt, from its index).
+    pub rekey_debt: Vec<KeyDebt>,
 }
 
 /// The fields of a key row that counting needs.
@@ -90,7 +96,10 @@ impl Store {
                 Ok(Visit::Continue)
             })?;
             let audit_entries = tx.len(Table::Audit)?;
-            Ok(StoreCounts { requests, keys, audit_entries })
+            let table = active_records(tx)?;
+            let mut rekey_debt = debts_in(tx, table)?;
+            rekey_debt.retain(|d| d.key_id.origin != self.sys_id);
+            Ok(StoreCounts { requests, keys, audit_entries, rekey_debt })
         })
     }
 }
@@ -113,5 +122,6 @@ mod tests {
         assert!(c.requests.iter().all(|r| r.2 == 0));
         assert_eq!(c.keys.len(), ALL_STATES.len());
         assert_eq!(c.audit_entries, 0);
+        assert!(c.rekey_debt.is_empty());
     }
 }

@@ -94,7 +94,7 @@ pub(super) fn debt_in(tx: &mut dyn ReadTxn, table: Table, key: &KeyId) -> Result
 }
 
 /// Every key with records in `table`, and how many.
-fn debts_in(tx: &mut dyn ReadTxn, table: Table) -> Result<Vec<KeyDebt>> {
+pub(super) fn debts_in(tx: &mut dyn ReadTxn, table: Table) -> Result<Vec<KeyDebt>> {
     let mut out = Vec::new();
     tx.visit(Table::RecordDebt, &KeyRange::prefix(KeyBuf::new().str(flag(table)).done()), &mut |k, v| {
         let mut r = KeyReader::new(k);

@@ -163,6 +163,25 @@ async fn metrics_for_operators_only_over_mtls() {
     assert_eq!(sample(&text, r#"kmf_keys{state="active"}"#), Some(1.0), "{text}");
     assert!(audit >= 4, "module, spec, key and the refused call are audited: {audit}");
 
+    // The rekey debt: records under an imported key count, records under the instance's own do not.
+    assert!(!text.contains("kmf_rekey_debt{"), "no imported key has records yet:\n{text}");
+    let own = pb::RecordAddress { table: "t".into(), field: "f".into(), record_id: "own".into() };
+    let put = pb::PutRecordRequest { address: Some(own), spec: "s".into(), plaintext: b"x".to_vec() };
+    admin.crypto.put_record(put).await.expect("put a record under the instance's key");
+    let imported = "0123456789abcdef0123456789abcdef:s:v1";
+    let records: Vec<_> = (0..3)
+        .map(|i| kmf::domain::record::StoredRecord {
+            address: kmf::domain::record::RecordAddress::parse("t", "f", &format!("cloned{i}")).expect("address"),
+            ciphertext: vec![1; 40],
+            key_id: kmf::domain::ids::KeyId::parse(imported).expect("key id"),
+            updated_at: kmf::domain::ids::UnixMillis(1),
+        })
+        .collect();
+    node.running().node.store().put_records(&records).expect("records under an imported key");
+    let (_, _, text) = get(addr, pki.ca.cert_pem.as_bytes(), Some(&auditor), "/metrics").await.expect("scrape");
+    assert_eq!(sample(&text, &format!(r#"kmf_rekey_debt{{key_id="{imported}"}}"#)), Some(3.0), "{text}");
+    assert_eq!(sample(&text, "kmf_rekey_debt_records"), Some(3.0), "only imported keys are debt:\n{text}");
+
     // Other paths are 404.
     let (status, _, _) = get(addr, pki.ca.cert_pem.as_bytes(), Some(&auditor), "/").await.expect("get /");
     assert_eq!(status, 404);

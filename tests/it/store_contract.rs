@@ -19,22 +19,22 @@ use kmf::domain::spec::{Module, Spec, SpecChoice};
 use kmf::store::engine::{Engine, Table};
 use kmf::store::{BundleChange, MemoryEngine, RequestEffects, Store, StoreError};
 
-struct Subject {
-    name: &'static str,
-    store: Arc<Store>,
+pub(crate) struct Subject {
+    pub(crate) name: &'static str,
+    pub(crate) store: Arc<Store>,
     _dir: Option<tempfile::TempDir>,
 }
 
-fn sys(n: u8) -> SysId {
+pub(crate) fn sys(n: u8) -> SysId {
     SysId::from_random([n; 16])
 }
 
-fn host() -> Host {
+pub(crate) fn host() -> Host {
     Host::parse("h:1").unwrap()
 }
 
 /// One store per engine, each with the same identity.
-fn subjects() -> Vec<Subject> {
+pub(crate) fn subjects() -> Vec<Subject> {
     let dir = tempfile::tempdir().unwrap();
     let redb = Store::create_redb(&dir.path().join("kmf.redb"), &sys(1), &host()).unwrap();
     let memory = Store::in_memory(&sys(1), &host()).unwrap();
@@ -44,11 +44,11 @@ fn subjects() -> Vec<Subject> {
     ]
 }
 
-fn name(s: &str) -> Name {
+pub(crate) fn name(s: &str) -> Name {
     Name::parse(s, "name").unwrap()
 }
 
-fn event(action: &str) -> AuditEvent {
+pub(crate) fn event(action: &str) -> AuditEvent {
     AuditEvent::new(UnixMillis(1), "test", action, "subject", Outcome::Success)
 }
 
@@ -61,13 +61,13 @@ fn spec(n: &str) -> Spec {
         .unwrap()
 }
 
-fn key(spec: &str, origin: u8, version: u32) -> (KeyRecord, WrappedKey) {
+pub(crate) fn key(spec: &str, origin: u8, version: u32) -> (KeyRecord, WrappedKey) {
     let id = KeyId { origin: sys(origin), spec: name(spec), version };
     let rec = KeyRecord::imported(id, RequestId::from_random([9; 16]), UnixMillis(1), None, None, UnixMillis(2));
     (rec, WrappedKey(vec![version as u8; 40]))
 }
 
-fn request(id: u8, created_at: i64) -> ExchangeRequest {
+pub(crate) fn request(id: u8, created_at: i64) -> ExchangeRequest {
     let peer = PeerRef { sys_id: sys(2), host: host() };
     ExchangeRequest {
         id: RequestId::from_random([id; 16]),
@@ -674,6 +674,8 @@ fn clone_staging_is_invisible_until_one_swap() {
             "{}: staging is invisible",
             s.name
         );
+        let debt = |st: &Store| st.record_debt().unwrap().into_iter().map(|d| d.records).collect::<Vec<_>>();
+        assert_eq!(debt(st), [1], "{}: the debt counts the live records only", s.name);
         // Another runner's lease writes nothing.
         let stranger = kmf::domain::job::Lease { owner: "other".into(), claim: 99, expires_at: until };
         assert!(
@@ -711,6 +713,7 @@ fn clone_staging_is_invisible_until_one_swap() {
             s.name
         );
         assert!(live.iter().all(|r| r.address.table.as_str() == "new"));
+        assert_eq!(debt(st), [3], "{}: after the swap the debt is the staged records'", s.name);
         assert_eq!(st.modules().unwrap().iter().map(|m| m.name.to_string()).collect::<Vec<_>>(), ["new"]);
         assert!(
             matches!(
@@ -724,6 +727,7 @@ fn clone_staging_is_invisible_until_one_swap() {
         assert_eq!(st.clear_staging(&id, &lease, until, 10).unwrap(), 1, "{}", s.name);
         assert_eq!(st.clear_staging(&id, &lease, until, 10).unwrap(), 0);
         assert_eq!(st.records(None, None, None, 10).unwrap().len(), 3, "{}: the live records stay", s.name);
+        assert_eq!(debt(st), [3], "{}: clearing the old side leaves the live debt", s.name);
     }
 }
 
