@@ -20,6 +20,7 @@ use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::ciphertext;
 use crate::domain::ids::{KeyId, Name, RequestId, UnixMillis};
 use crate::domain::job::{Job, Lease};
+use crate::domain::property::REKEYED;
 use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::domain::rekey::{BATCH_RECORDS, KeyDebt, MAX_PASSES, RekeyRun, next_attempt};
 use crate::domain::spec::Scheme;
@@ -296,14 +297,14 @@ impl Node {
 
     fn complete_rekey(&self, run: &RekeyRun, lease: &Lease) -> AppResult<()> {
         let now = self.now();
-        let details = format!(
-            "{} record(s) moved to this instance's keys in {} attempt(s); {} = true",
-            run.records_done,
-            run.attempts,
-            crate::domain::property::REKEYED
-        );
-        let entry = audit(now, "rekey.completed", &run.request_id, Outcome::Success, details);
-        let done = self.store.end_rekey(&run.request_id, lease, RekeyEnd::Completed, now, &[entry])?;
+        let entry = |r: &RekeyRun| {
+            let details = format!(
+                "{} record(s) moved to this instance's keys in {} attempt(s); {REKEYED} = true",
+                r.records_done, r.attempts
+            );
+            audit(now, "rekey.completed", &r.request_id, Outcome::Success, details)
+        };
+        let done = self.store.end_rekey(&run.request_id, lease, RekeyEnd::Completed, now, &entry)?;
         tracing::info!(request_id = %run.request_id, records = done.records_done, "rekey completed");
         Ok(())
     }
@@ -316,24 +317,27 @@ impl Node {
         };
         let next = next_attempt(now, millis(self.job_settings.rekey_retry), run.expires_at);
         tracing::warn!(request_id = %run.request_id, error = %error, next_attempt = next.0, "rekey failed; it will be tried again");
-        let details = format!("{reason}; {} = false; next attempt at {}", crate::domain::property::REKEYED, next.0);
-        let entry = audit(now, "rekey.failed", &run.request_id, Outcome::Failed, details);
-        self.store.end_rekey(&run.request_id, lease, RekeyEnd::Failed { error: &reason, next }, now, &[entry])?;
+        let entry = |r: &RekeyRun| {
+            let details = format!("{reason}; {REKEYED} = false; next attempt at {}", next.0);
+            audit(now, "rekey.failed", &r.request_id, Outcome::Failed, details)
+        };
+        self.store.end_rekey(&run.request_id, lease, RekeyEnd::Failed { error: &reason, next }, now, &entry)?;
         Ok(())
     }
 
     fn expire_rekey(&self, run: &RekeyRun, lease: &Lease, now: UnixMillis) -> AppResult<()> {
-        let debts = self.store.rekey_debt(run)?;
-        let kept: Vec<String> =
-            debts.iter().filter(|d| d.records > 0).map(|d| format!("{} ({} records)", d.key_id, d.records)).collect();
-        let gone: Vec<String> = debts.iter().filter(|d| d.records == 0).map(|d| d.key_id.to_string()).collect();
-        let details = format!(
-            "the request expired before the rekey completed; destroyed (no record needed them): [{}]; kept (records still need them): [{}]",
-            gone.join(" "),
-            kept.join(" ")
-        );
-        let entry = audit(now, "rekey.expired", &run.request_id, Outcome::Failed, details);
-        let done = self.store.end_rekey(&run.request_id, lease, RekeyEnd::Expired, now, &[entry])?;
+        let entry = |r: &RekeyRun| {
+            let gone: Vec<String> = r.destroyed_keys.iter().map(|k| k.to_string()).collect();
+            let kept: Vec<String> =
+                r.kept_keys.iter().map(|d| format!("{} ({} records)", d.key_id, d.records)).collect();
+            let details = format!(
+                "the request expired before the rekey completed; destroyed (no record needed them): [{}]; kept (records still need them): [{}]",
+                gone.join(" "),
+                kept.join(" ")
+            );
+            audit(now, "rekey.expired", &r.request_id, Outcome::Failed, details)
+        };
+        let done = self.store.end_rekey(&run.request_id, lease, RekeyEnd::Expired, now, &entry)?;
         tracing::warn!(
             request_id = %run.request_id,
             destroyed = done.destroyed_keys.len(),

@@ -125,16 +125,18 @@ mod tests {
         let (reporter, _) = tonic_health::server::health_reporter();
         let health = HealthService::from_health_reporter(reporter.clone());
         let publisher = HealthPublisher::new(reporter).await;
-        assert_eq!(statuses(&health).await, [Serving; 9], "serving at start");
-        assert!(HEALTH_SERVICES.contains(&"kmf.v1.KeyExchange"), "{HEALTH_SERVICES:?}");
+        assert_eq!(statuses(&health).await, [Serving; HEALTH_SERVICES.len()], "serving at start");
+        for name in ["kmf.v1.KeyExchange", "kmf.v1.Clones", "kmf.v1.Rekeys"] {
+            assert!(HEALTH_SERVICES.contains(&name), "{name} in {HEALTH_SERVICES:?}");
+        }
 
         publisher.publish(&diagnosis(1, Operational, Malfunction)).await;
-        assert_eq!(statuses(&health).await, [Serving; 9], "a peer down changes nothing");
+        assert_eq!(statuses(&health).await, [Serving; HEALTH_SERVICES.len()], "a peer down changes nothing");
         publisher.publish(&diagnosis(2, Malfunction, Operational)).await;
-        assert_eq!(statuses(&health).await, [NotServing; 9], "signer Malfunction");
+        assert_eq!(statuses(&health).await, [NotServing; HEALTH_SERVICES.len()], "signer Malfunction");
         publisher.publish(&diagnosis(1, Operational, Operational)).await;
-        assert_eq!(statuses(&health).await, [NotServing; 9], "an older diagnosis is ignored");
+        assert_eq!(statuses(&health).await, [NotServing; HEALTH_SERVICES.len()], "an older diagnosis is ignored");
         publisher.publish(&diagnosis(3, Operational, Malfunction)).await;
-        assert_eq!(statuses(&health).await, [Serving; 9], "recovered");
+        assert_eq!(statuses(&health).await, [Serving; HEALTH_SERVICES.len()], "recovered");
     }
 }

@@ -141,12 +141,4 @@ impl Store {
             debts_in(tx, table)
         })
     }
-
-    /// How many records depend on each of `keys`.
-    pub fn record_debt_of(&self, keys: &[KeyId]) -> Result<Vec<KeyDebt>> {
-        self.read(|tx| {
-            let table = active_records(tx)?;
-            keys.iter().map(|k| Ok(KeyDebt { key_id: k.clone(), records: debt_in(tx, table, k)? })).collect()
-        })
-    }
 }

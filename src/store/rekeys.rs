@@ -206,11 +206,6 @@ impl Store {
         self.read(|tx| covered_debt(tx, run))
     }
 
-    /// The imported keys `run` moves records away from, with their material.
-    pub fn rekey_keys(&self, run: &RekeyRun) -> Result<Vec<(KeyRecord, WrappedKey)>> {
-        self.read(|tx| covered_keys(tx, run))
-    }
-
     /// Starts an attempt (or resumes the one a crash interrupted: a Running
     /// run keeps its cursor) under the job's lease.
     pub fn begin_rekey_attempt(
@@ -336,14 +331,15 @@ impl Store {
 
     /// Ends the attempt as `end` says, in one transaction with the
     /// `protected.script.values.kmf.rekeyed` property (written by the system
-    /// only), the job and `audit`.
+    /// only), the job and the audit entry `audit` makes from the run as it
+    /// ends (so it names exactly the keys this transaction destroyed or kept).
     pub fn end_rekey(
         &self,
         id: &RequestId,
         lease: &Lease,
         end: RekeyEnd<'_>,
         now: UnixMillis,
-        audit: &[AuditEvent],
+        audit: &dyn Fn(&RekeyRun) -> AuditEvent,
     ) -> Result<RekeyRun> {
         let spec_changes: Vec<Name> = self.rekey(id)?.map(|r| r.specs).unwrap_or_default();
         let changed: Vec<Change<'_>> =
@@ -387,7 +383,7 @@ impl Store {
                 }
             }
             put_run(tx, &run)?;
-            append_audit(tx, audit)?;
+            append_audit(tx, &[audit(&run)])?;
             Ok(run)
         })
     }
