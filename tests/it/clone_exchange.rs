@@ -169,7 +169,12 @@ async fn a_recurring_clone_approves_every_clone_without_storing_keys_twice() {
     let second = both.iter().find(|r| r.request_id != first[0].request_id).expect("a second request");
     assert_eq!(second.imported_key_count, 0, "the key was already here: {second:?}");
     assert!(second.lines[0].reason.contains("already present"), "{second:?}");
-    assert_eq!(tgt.keys_of("pay").await.len(), 1, "one key, not two");
+    let keys = tgt.keys_of("pay").await;
+    let imported = keys.iter().filter(|k| k.origin_sys_id == source.sys_id).count();
+    assert_eq!(imported, 1, "one imported key, not two: {keys:?}");
+    // The configuration asks for a rekey: the first made the target's own key, the second reused it.
+    let own = keys.iter().filter(|k| k.origin_sys_id == target.sys_id).count();
+    assert_eq!(own, 1, "{keys:?}");
     let [cfg] = <[_; 1]>::try_from(configs(&mut src).await).expect("one config");
     assert!(cfg.used_by_request_id.is_empty(), "a Recurring Clone is never used up: {cfg:?}");
     assert!(cfg.rekey_after_import);

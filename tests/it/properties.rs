@@ -44,15 +44,18 @@ async fn typed_properties_with_defaults_and_audit() {
 
     let p = set(&mut ops, AUTO, "FALSE").await.expect("set");
     assert_eq!((p.value.as_str(), p.is_default, p.updated_by.as_str()), ("false", false, "operator:admin"));
-    set(&mut ops, REKEYED, "true").await.expect("set rekeyed");
+    // Written by the system only (the rekey after an import): refused, audited, nothing stored.
+    let refused = set(&mut ops, REKEYED, "true").await.expect_err("an operator may not set rekeyed");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
     set(&mut ops, "glide.kmf.custom", "any text").await.expect("string property");
-    assert_eq!(get(&mut auditor, REKEYED).await.expect("auditor reads").value, "true");
+    assert_eq!(get(&mut auditor, REKEYED).await.expect_err("still absent").code(), Code::NotFound);
     let all = ops.properties.list_properties(pb::ListPropertiesRequest {}).await.expect("list").into_inner().properties;
     let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, vec!["glide.kmf.custom", AUTO, REKEYED], "sorted by name");
+    assert_eq!(names, vec!["glide.kmf.custom", AUTO], "sorted by name");
 
     let req = pb::ListAuditEntriesRequest { action_prefix: "property.".into(), limit: 100, ..Default::default() };
     let entries = ops.audit.list_audit_entries(req).await.expect("audit").into_inner().entries;
     assert_eq!(entries.len(), 3);
     assert_eq!((entries[0].subject.as_str(), entries[0].details.as_str()), (AUTO, "(unset) -> false"));
+    assert_eq!((entries[1].subject.as_str(), entries[1].outcome.as_str()), (REKEYED, "refused"));
 }
