@@ -12,17 +12,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::load::verdict;
-use common::processes::{Daemon, KMFCTL, init, ok};
+use common::processes::{Daemon, TwoInstances};
 use kmf::cli::kmfctl::{Operator, aes_spec};
 use kmf::domain::ids::{KeyId, UnixMillis};
 use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::rpc::pb;
-use kmf::tls::TlsFiles;
 
 const RATE_TARGET: f64 = 150_000.0;
 const RSS_TARGET_MB: f64 = 256.0;
@@ -106,18 +104,7 @@ fn millis(t: &Option<prost_types::Timestamp>) -> i64 {
 
 fn main() -> anyhow::Result<()> {
     let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let tmp = tempfile::tempdir()?;
-    let pki: PathBuf = tmp.path().join("pki");
-    ok(Command::new(KMFCTL).args(["pki", "init-ca", "--out"]).arg(&pki))?;
-    ok(Command::new(KMFCTL)
-        .args(["pki", "issue-operator", "--name", "bench", "--role", "admin", "--ca-dir"])
-        .arg(&pki)
-        .arg("--out")
-        .arg(&pki))?;
-    let files = TlsFiles::load(&pki.join("ca.pem"), &pki.join("bench.pem"), &pki.join("bench.key"))?;
-    let (source_dir, target_dir) = (tmp.path().join("source"), tmp.path().join("target"));
-    let source_id = init(&source_dir, &pki)?;
-    let target_id = init(&target_dir, &pki)?;
+    let TwoInstances { tmp: _tmp, pki, files, source_dir, target_dir, source_id, target_id } = TwoInstances::new()?;
     let runtime = tokio::runtime::Runtime::new()?;
 
     // The source: a spec with one key, n records encrypted under it by the

@@ -2,11 +2,13 @@
 //! real processes (clone and rekey of a million records): start, stop,
 //! peak RSS, and instance initialisation with the `kmfctl` PKI.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kmf::domain::ids::Host;
+use kmf::tls::TlsFiles;
+use tempfile::TempDir;
 
 pub const KMFD: &str = env!("CARGO_BIN_EXE_kmfd");
 pub const KMFCTL: &str = env!("CARGO_BIN_EXE_kmfctl");
@@ -85,4 +87,35 @@ pub fn init(dir: &Path, pki: &Path) -> anyhow::Result<String> {
         .arg("--out")
         .arg(dir))?;
     Ok(sys_id)
+}
+
+/// Two initialised, stopped instances `source` and `target` in a temporary
+/// directory, with the deployment CA and an admin operator "bench".
+pub struct TwoInstances {
+    pub tmp: TempDir,
+    pub pki: PathBuf,
+    /// The operator's TLS files.
+    pub files: TlsFiles,
+    pub source_dir: PathBuf,
+    pub target_dir: PathBuf,
+    pub source_id: String,
+    pub target_id: String,
+}
+
+impl TwoInstances {
+    pub fn new() -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let pki = tmp.path().join("pki");
+        ok(Command::new(KMFCTL).args(["pki", "init-ca", "--out"]).arg(&pki))?;
+        ok(Command::new(KMFCTL)
+            .args(["pki", "issue-operator", "--name", "bench", "--role", "admin", "--ca-dir"])
+            .arg(&pki)
+            .arg("--out")
+            .arg(&pki))?;
+        let files = TlsFiles::load(&pki.join("ca.pem"), &pki.join("bench.pem"), &pki.join("bench.key"))?;
+        let (source_dir, target_dir) = (tmp.path().join("source"), tmp.path().join("target"));
+        let source_id = init(&source_dir, &pki)?;
+        let target_id = init(&target_dir, &pki)?;
+        Ok(TwoInstances { tmp, pki, files, source_dir, target_dir, source_id, target_id })
+    }
 }

@@ -170,6 +170,19 @@ pub fn operator_pki(pki: &Path) {
 /// xorshift64*: enough to spread kill moments, reproducible from its seed.
 pub struct Rng(pub u64);
 
+/// How many trials a crash test runs (`var`, else `default`) and its random
+/// source, seeded from `KMF_CRASH_SEED` or the clock; both are printed so a
+/// failure can be replayed.
+pub fn trials(what: &str, var: &str, default: usize) -> (usize, u64, Rng) {
+    let trials: usize = std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let seed: u64 = std::env::var("KMF_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| kmf::clock::now().0 as u64 | 1);
+    println!("{what} trials: {trials}, seed {seed} (KMF_CRASH_SEED={seed} replays them)");
+    (trials, seed, Rng(seed))
+}
+
 impl Rng {
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kmf::domain::ids::{KeyId, UnixMillis};
 use kmf::domain::record::{RecordAddress, StoredRecord};
 
-use crate::binaries::{Rng, Settings, free_port, init, ok, run, start_listening};
+use crate::binaries::{Settings, free_port, init, ok, run, start_listening};
 
 const RECORDS: u32 = 40_000;
 /// Records the target holds before it is cloned.
@@ -62,13 +62,7 @@ fn clone_state(out: &std::process::Output) -> Option<(String, u64)> {
 
 #[test]
 fn kill_9_during_a_clone_leaves_old_or_new_data_and_the_clone_completes() {
-    let trials: usize = std::env::var("KMF_CLONE_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let seed_value: u64 = std::env::var("KMF_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| kmf::clock::now().0 as u64 | 1);
-    println!("clone crash trials: {trials}, seed {seed_value} (KMF_CRASH_SEED={seed_value} replays them)");
-    let mut rng = Rng(seed_value);
+    let (trials, seed_value, mut rng) = crate::binaries::trials("clone crash", "KMF_CLONE_CRASH_TRIALS", 10);
     let tmp = tempfile::tempdir().expect("tmp");
     let pki = tmp.path().join("pki");
     crate::binaries::operator_pki(&pki);

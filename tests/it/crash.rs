@@ -17,7 +17,7 @@ use kmf::domain::audit::AuditEntry;
 use kmf::domain::ids::{Name, RequestId};
 use kmf::domain::key::KeyState;
 
-use crate::binaries::{Daemon, Rng, Settings, free_port, init, ok, run, start_listening};
+use crate::binaries::{Daemon, Settings, free_port, init, ok, run, start_listening};
 use crate::support::Ops;
 
 const KEYS: u32 = 10_000;
@@ -67,13 +67,7 @@ struct Trial {
 
 #[test]
 fn kill_9_during_approval_and_delivery_every_request_completes_once() {
-    let trials: usize = std::env::var("KMF_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let seed: u64 = std::env::var("KMF_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| kmf::clock::now().0 as u64 | 1);
-    println!("crash trials: {trials}, seed {seed} (KMF_CRASH_SEED={seed} replays them)");
-    let mut rng = Rng(seed);
+    let (trials, seed, mut rng) = crate::binaries::trials("crash", "KMF_CRASH_TRIALS", 20);
     let tmp = tempfile::tempdir().expect("tmp");
     let pki = tmp.path().join("pki");
     crate::binaries::operator_pki(&pki);

@@ -32,7 +32,7 @@ use kmf::signer::software::SoftwareSigner;
 use kmf::store::Store;
 use sha2::{Digest, Sha256};
 
-use crate::binaries::{Daemon, Rng, Settings, free_port, init, ok, run, start_listening};
+use crate::binaries::{Daemon, Settings, free_port, init, ok, run, start_listening};
 
 const RECORDS: u32 = 100_000;
 const TABLE: &str = "hr";
@@ -299,13 +299,7 @@ fn fresh_target(
 
 #[test]
 fn kill_9_during_a_rekey_of_100k_records_and_it_completes_with_every_record_intact() {
-    let trials: usize = std::env::var("KMF_REKEY_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let seed_value: u64 = std::env::var("KMF_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| kmf::clock::now().0 as u64 | 1);
-    println!("rekey crash trials: {trials}, seed {seed_value} (KMF_CRASH_SEED={seed_value} replays them)");
-    let mut rng = Rng(seed_value);
+    let (trials, seed_value, mut rng) = crate::binaries::trials("rekey crash", "KMF_REKEY_CRASH_TRIALS", 10);
     let tmp = tempfile::tempdir().expect("tmp");
     let pki = tmp.path().join("pki");
     crate::binaries::operator_pki(&pki);

@@ -19,7 +19,7 @@ use kmf::domain::ids::{Host, Name, SysId, UnixMillis};
 use kmf::node::clone_schedule::scheduled_clone_id;
 use kmf::store::{Store, clone_schedule_job_id};
 
-use crate::binaries::{Rng, Settings, free_port, init, ok, spawn_listening, start_listening};
+use crate::binaries::{Settings, free_port, init, ok, spawn_listening, start_listening};
 use crate::clone_crash::{record_counts, seed};
 
 const RECORDS: u32 = 5_000;
@@ -76,13 +76,7 @@ fn run_state(dir: &Path, due: UnixMillis, trial: usize) -> u64 {
 
 #[test]
 fn kill_9_around_a_scheduled_run_makes_it_exactly_once() {
-    let trials: usize = std::env::var("KMF_SCHEDULE_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let seed_value: u64 = std::env::var("KMF_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| kmf::clock::now().0 as u64 | 1);
-    println!("schedule crash trials: {trials}, seed {seed_value} (KMF_CRASH_SEED={seed_value} replays them)");
-    let mut rng = Rng(seed_value);
+    let (trials, seed_value, mut rng) = crate::binaries::trials("schedule crash", "KMF_SCHEDULE_CRASH_TRIALS", 10);
     let tmp = tempfile::tempdir().expect("tmp");
     let pki = tmp.path().join("pki");
     crate::binaries::operator_pki(&pki);
