@@ -2,14 +2,17 @@
 # Builds the local image kmf:dev without any container registry:
 #   1. cargo build --release --bins            (kmfd, kmfctl)
 #   2. assembles deploy/.build/rootfs:  the two binaries, a static grpcurl
-#      (for the compose healthcheck) and every shared library `ldd` lists
+#      (for the compose healthcheck), SoftHSM2's PKCS#11 module
+#      libsofthsm2.so with /etc/softhsm/softhsm2.conf (token dir /data/tokens,
+#      for the HSM-backed instance `dev`) and every shared library `ldd` lists
+#      for all of them
 #   3. docker build with the legacy builder from `FROM scratch` (nothing pulled)
-# Usage: deploy/build-image.sh            (IMAGE=name:tag to override kmf:dev)
+# Usage: deploy/build-image.sh            (IMAGE or KMF_IMAGE=name:tag to override kmf:dev)
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "$0")" && pwd)"
 REPO_DIR="$(cd "$DEPLOY_DIR/.." && pwd)"
-IMAGE="${IMAGE:-kmf:dev}"
+IMAGE="${IMAGE:-${KMF_IMAGE:-kmf:dev}}"
 BUILD_DIR="$DEPLOY_DIR/.build"      # ignored by deploy/.gitignore
 ROOTFS="$BUILD_DIR/rootfs"
 
@@ -42,6 +45,23 @@ if ldd "$GRPCURL" >/dev/null 2>&1; then
   exit 1
 fi
 
+# SoftHSM2 (Debian package softhsm2): its module goes into the image so `dev`
+# keeps its KEK on a token under its own /data. Installed here when missing
+# (root + apt-get), as scripts/test.sh does.
+SOFTHSM_LINK=/usr/lib/softhsm/libsofthsm2.so
+if [ ! -e "$SOFTHSM_LINK" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing softhsm2 (apt-get install softhsm2)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq softhsm2 >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq softhsm2 >/dev/null; }
+  else
+    echo "missing $SOFTHSM_LINK: install the Debian package softhsm2 (as root: apt-get install softhsm2)" >&2
+    exit 1
+  fi
+fi
+SOFTHSM_LIB="$(readlink -f "$SOFTHSM_LINK")"
+
 # --- 2. rootfs --------------------------------------------------------------
 echo "== assembling $ROOTFS"
 rm -rf "$ROOTFS"
@@ -54,7 +74,24 @@ install -m 0755 "$KMFD" "$KMFCTL" "$GRPCURL" "$ROOTFS/usr/local/bin/"
 # (the loader and libc find them in their built-in search dirs; no ld.so.cache).
 # ldd lines look like "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)"
 # or "/lib64/ld-linux-x86-64.so.2 (0x...)"; linux-vdso has no file.
-for bin in "$KMFD" "$KMFCTL"; do
+# The module and its symlink at Debian's paths (kmfd dlopens the configured path).
+mkdir -p "$ROOTFS$(dirname "$SOFTHSM_LIB")" "$ROOTFS$(dirname "$SOFTHSM_LINK")"
+install -m 0644 "$SOFTHSM_LIB" "$ROOTFS$SOFTHSM_LIB"
+ln -sf "$(realpath --relative-to="$(dirname "$SOFTHSM_LINK")" "$SOFTHSM_LIB")" "$ROOTFS$SOFTHSM_LINK"
+# Token directory on the instance volume; SoftHSM2's default config path.
+mkdir -p "$ROOTFS/etc/softhsm"
+cat >"$ROOTFS/etc/softhsm/softhsm2.conf" <<'CONF'
+# kmf:dev -- SoftHSM2 tokens live on the instance volume (made by deploy/setup.sh).
+directories.tokendir = /data/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+slots.mechanisms = ALL
+library.reset_on_fork = false
+CONF
+chmod 0644 "$ROOTFS/etc/softhsm/softhsm2.conf"
+
+for bin in "$KMFD" "$KMFCTL" "$SOFTHSM_LIB"; do
   ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'
 done | sort -u | while read -r lib; do
   mkdir -p "$ROOTFS$(dirname "$lib")"

@@ -23,9 +23,10 @@ pub enum PkiCommand {
         ca_dir: PathBuf,
         #[arg(long)]
         sys_id: String,
-        /// NAME or NAME:PORT (the name goes into the certificate).
-        #[arg(long)]
-        host: String,
+        /// NAME or NAME:PORT (the name goes into the certificate); repeat it for more names,
+        /// e.g. `--host prod --host 127.0.0.1` (the first is the name peers dial).
+        #[arg(long, required = true)]
+        host: Vec<String>,
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
@@ -79,11 +80,16 @@ pub fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
         PkiCommand::InitCa { out } => write_pair(&out, "ca", &pki::create_ca("kmf deployment CA")?),
         PkiCommand::IssueInstance { ca_dir, sys_id, host, out } => {
             let sys_id = SysId::parse(&sys_id)?;
-            let name = match Host::parse(&host) {
-                Ok(h) => h.name().to_owned(),
-                Err(_) => Host::parse(&format!("{host}:0"))?.name().to_owned(),
-            };
-            let cert = pki::issue_instance(&load_ca(&ca_dir)?, &sys_id, &[name])?;
+            let names = host
+                .iter()
+                .map(|host| {
+                    Ok(match Host::parse(host) {
+                        Ok(h) => h.name().to_owned(),
+                        Err(_) => Host::parse(&format!("{host}:0"))?.name().to_owned(),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let cert = pki::issue_instance(&load_ca(&ca_dir)?, &sys_id, &names)?;
             write_pair(&out, "instance", &cert)
         }
         PkiCommand::IssueOperator { ca_dir, name, roles, out } => {

