@@ -110,12 +110,14 @@ async fn concurrent_first_calls_leave_one_cached_channel() {
     let (a, b, c, d) =
         tokio::join!(notify(&peer, &node), notify(&peer, &node), notify(&peer, &node), notify(&peer, &node));
     assert_eq!([a, b, c, d], [Outcome::Reached, Outcome::Reached, Outcome::Reached, Outcome::Reached]);
-    let raced = node.running().handshakes_accepted();
-    assert!((1..=4).contains(&raced), "{raced} handshakes");
     for _ in 0..10 {
         assert_eq!(notify(&peer, &node).await, Outcome::Reached);
     }
-    assert_eq!(node.running().handshakes_accepted(), raced, "later calls reuse the kept channel");
+    // A racer's dial may finish its handshake after the others returned, so
+    // the count is read once, at the end: at most one per racer, none for
+    // the ten later calls (they reuse the kept channel; without it they would add ten).
+    let handshakes = node.running().handshakes_accepted();
+    assert!((1..=4).contains(&handshakes), "{handshakes} handshakes for 4 racing and 10 later calls");
     node.stop().await;
 }
 
