@@ -139,7 +139,11 @@ async fn a_schedule_survives_a_restart_and_makes_up_missed_runs_once() {
     let mut clones = ClonesClient::new(admin_channel(&target, &pki).await);
     let kept = schedules(&mut clones).await;
     assert_eq!(kept.len(), 1);
-    assert_eq!((kept[0].next_run_at, kept[0].created_at), (made.next_run_at, made.created_at), "{kept:?}");
+    assert_eq!(kept[0].created_at, made.created_at, "{kept:?}");
+    // The runner starts at once after a restart and may already have made the
+    // due run: the schedule is still due at its recorded time, or ran once.
+    let still_due = kept[0].runs == 0 && kept[0].next_run_at == made.next_run_at;
+    assert!(still_due || kept[0].runs == 1, "the due time survived the restart: {kept:?}");
 
     run_due(&target, &clock, &mut clones, 0, 1).await;
     let s = schedules(&mut clones).await.remove(0);
