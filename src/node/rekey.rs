@@ -224,13 +224,11 @@ impl Node {
                     other => return other,
                 }
             }
-            if !self.store.next_rekey_pass(id, lease, self.lease_until(), self.now())? {
-                return Err(DomainError::FailedPrecondition(format!(
+            run = self.store.next_rekey_pass(id, lease, self.lease_until(), self.now())?.ok_or_else(|| {
+                DomainError::FailedPrecondition(format!(
                     "{left} record(s) are still under imported keys after {MAX_PASSES} passes (written while the rekey ran)"
                 ))
-                .into());
-            }
-            run = self.store.rekey(id)?.ok_or_else(|| DomainError::not_found("rekey of request", id))?;
+            })?;
         }
     }
 
@@ -304,7 +302,7 @@ impl Node {
             );
             audit(now, "rekey.completed", &r.request_id, Outcome::Success, details)
         };
-        let done = self.store.end_rekey(&run.request_id, lease, RekeyEnd::Completed, now, &entry)?;
+        let done = self.store.end_rekey(run, lease, RekeyEnd::Completed, now, &entry)?;
         tracing::info!(request_id = %run.request_id, records = done.records_done, "rekey completed");
         Ok(())
     }
@@ -321,7 +319,7 @@ impl Node {
             let details = format!("{reason}; {REKEYED} = false; next attempt at {}", next.0);
             audit(now, "rekey.failed", &r.request_id, Outcome::Failed, details)
         };
-        self.store.end_rekey(&run.request_id, lease, RekeyEnd::Failed { error: &reason, next }, now, &entry)?;
+        self.store.end_rekey(run, lease, RekeyEnd::Failed { error: &reason, next }, now, &entry)?;
         Ok(())
     }
 
@@ -337,7 +335,7 @@ impl Node {
             );
             audit(now, "rekey.expired", &r.request_id, Outcome::Failed, details)
         };
-        let done = self.store.end_rekey(&run.request_id, lease, RekeyEnd::Expired, now, &entry)?;
+        let done = self.store.end_rekey(run, lease, RekeyEnd::Expired, now, &entry)?;
         tracing::warn!(
             request_id = %run.request_id,
             destroyed = done.destroyed_keys.len(),

@@ -311,21 +311,21 @@ impl Store {
     }
 
     /// Starts another pass from the first record (records were written
-    /// under the run's keys behind the cursor); false when the attempt has
-    /// no passes left.
+    /// under the run's keys behind the cursor): the run as written, or none
+    /// when the attempt has no passes left.
     pub fn next_rekey_pass(
         &self,
         id: &RequestId,
         lease: &Lease,
         lease_until: UnixMillis,
         now: UnixMillis,
-    ) -> Result<bool> {
+    ) -> Result<Option<RekeyRun>> {
         self.write(&[Change::Other], |tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             let remaining = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
             let again = run.next_pass(remaining, now);
             put_run(tx, &run)?;
-            Ok(again)
+            Ok(again.then_some(run))
         })
     }
 
@@ -333,17 +333,19 @@ impl Store {
     /// `protected.script.values.kmf.rekeyed` property (written by the system
     /// only), the job and the audit entry `audit` makes from the run as it
     /// ends (so it names exactly the keys this transaction destroyed or kept).
+    /// `read`: the run as the caller read it (its specs name the keys whose
+    /// caches an expiry invalidates; the transaction reads the run again).
     pub fn end_rekey(
         &self,
-        id: &RequestId,
+        read: &RekeyRun,
         lease: &Lease,
         end: RekeyEnd<'_>,
         now: UnixMillis,
         audit: &dyn Fn(&RekeyRun) -> AuditEvent,
     ) -> Result<RekeyRun> {
-        let spec_changes: Vec<Name> = self.rekey(id)?.map(|r| r.specs).unwrap_or_default();
+        let id = &read.request_id;
         let changed: Vec<Change<'_>> =
-            spec_changes.iter().map(Change::KeysOf).chain(std::iter::once(Change::Other)).collect();
+            read.specs.iter().map(Change::KeysOf).chain(std::iter::once(Change::Other)).collect();
         self.write(&changed, |tx| {
             let job = held_job(tx, &rekey_job_id(id), lease)?;
             let mut run = read_run(tx, id)?.ok_or_else(|| StoreError::Missing { what: "rekey", id: id.to_string() })?;

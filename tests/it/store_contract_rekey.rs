@@ -97,11 +97,17 @@ fn a_rekey_batch_is_conditional_and_the_run_ends_only_when_nothing_is_owed() {
 
         // Not done while a record is owed; done (with the property) once none is.
         st.put_record(&record("late", &keys[1].0.id, 1)).unwrap();
-        let early = st.end_rekey(&req.id, &lease, RekeyEnd::Completed, UnixMillis(23), &|_| event("rekey.completed"));
+        let early =
+            st.end_rekey(&st.rekey(&req.id).unwrap().unwrap(), &lease, RekeyEnd::Completed, UnixMillis(23), &|_| {
+                event("rekey.completed")
+            });
         assert!(matches!(early, Err(StoreError::Stale { what: "rekey", .. })), "{}: {early:?}", s.name);
         assert_eq!(st.property(REKEYED).unwrap(), None, "{}: nothing written", s.name);
         assert!(st.delete_record(&RecordAddress::parse("t", "f", "late").unwrap()).unwrap());
-        let end = st.end_rekey(&req.id, &lease, RekeyEnd::Completed, UnixMillis(24), &|_| event("rekey.completed"));
+        let end =
+            st.end_rekey(&st.rekey(&req.id).unwrap().unwrap(), &lease, RekeyEnd::Completed, UnixMillis(24), &|_| {
+                event("rekey.completed")
+            });
         assert_eq!(end.unwrap().state, RekeyState::Completed, "{}", s.name);
         assert_eq!(st.property(REKEYED).unwrap().map(|p| p.value), Some("true".into()), "{}", s.name);
         assert!(st.job(&rekey_job_id(&req.id)).unwrap().is_none(), "{}: the job is done", s.name);
