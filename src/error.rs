@@ -34,6 +34,17 @@ pub enum AppError {
     /// blocking pool. Never leaves the node.
     #[error("internal error: the call needs the blocking pool")]
     WouldBlock,
+    /// One item of a call that fails as a whole (e.g. `records[3]`): the
+    /// item's own error, with the same gRPC code, prefixed with where.
+    #[error("{at}: {source}")]
+    Item { at: String, source: Box<AppError> },
+}
+
+impl AppError {
+    /// Names the item (`records[3]`, a record address) this error is about.
+    pub fn at(self, at: impl Into<String>) -> AppError {
+        AppError::Item { at: at.into(), source: Box::new(self) }
+    }
 }
 
 pub type AppResult<T> = Result<T, AppError>;

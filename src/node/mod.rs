@@ -150,7 +150,7 @@ impl Node {
 pub use clone_exchange::NewCloneExchange;
 pub use exchange_source::Decision;
 pub use keys::DefaultAccess;
-pub use records::MAX_PAGE as MAX_RECORD_PAGE;
+pub use records::{MAX_PAGE as MAX_RECORD_PAGE, NewRecord, RecordDigest};
 
 /// The audit event for a request that just changed; the actor is the one in
 /// its latest history line.

@@ -3,16 +3,46 @@
 
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use super::Node;
 use super::crypto::{OpenItem, SealItem};
+use super::crypto_session::Session;
 use crate::domain::DomainError;
 use crate::domain::auth::Caller;
 use crate::domain::ids::Name;
+use crate::domain::policy::Operation;
 use crate::domain::record::{RecordAddress, StoredRecord};
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 
-/// Most records one list page returns.
+/// Most records one list page returns, and one PutRecords call stores.
 pub const MAX_PAGE: usize = 1000;
+
+/// One record of a PutRecords call.
+pub struct NewRecord {
+    pub address: RecordAddress,
+    pub spec: Name,
+    pub plaintext: Vec<u8>,
+}
+
+impl std::fmt::Debug for NewRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NewRecord({:?}, {}, [{} bytes redacted])", self.address, self.spec, self.plaintext.len())
+    }
+}
+
+/// What DigestRecords returns: how many records, and SHA-256 over each one's
+/// length-prefixed table, field, record_id and plaintext in address order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordDigest {
+    pub records: u64,
+    pub sha256: [u8; 32],
+}
+
+fn hash_field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u32).to_be_bytes());
+    h.update(bytes);
+}
 
 impl Node {
     pub async fn put_record(
@@ -24,12 +54,83 @@ impl Node {
     ) -> AppResult<StoredRecord> {
         let item = SealItem { spec, plaintext, aad: address.associated_data() };
         let mut results = self.encrypt_batch(caller, vec![item]).await?;
-        let (ciphertext, key_id) =
-            results.pop().ok_or_else(|| crate::error::AppError::Internal("empty batch".into()))??;
+        let (ciphertext, key_id) = results.pop().ok_or_else(|| AppError::Internal("empty batch".into()))??;
         self.blocking(move |node| {
             let rec = StoredRecord { address, ciphertext, key_id, updated_at: node.now() };
             node.store.put_record(&rec)?;
             Ok(rec)
+        })
+        .await
+    }
+
+    /// All or nothing: every record is encrypted first, then all are stored in
+    /// one transaction. The first record that fails fails the call, naming its index.
+    pub async fn put_records(
+        self: &Arc<Self>,
+        caller: &Caller,
+        records: Vec<NewRecord>,
+    ) -> AppResult<Vec<StoredRecord>> {
+        if records.is_empty() || records.len() > MAX_PAGE {
+            return Err(DomainError::invalid("records", format!("a call holds 1 to {MAX_PAGE} records")).into());
+        }
+        let mut addresses = Vec::with_capacity(records.len());
+        let items = records
+            .into_iter()
+            .map(|r| {
+                let aad = r.address.associated_data();
+                addresses.push(r.address);
+                SealItem { spec: r.spec, plaintext: r.plaintext, aad }
+            })
+            .collect();
+        let sealed = self.encrypt_batch(caller, items).await?;
+        let mut stored = Vec::with_capacity(addresses.len());
+        let now = self.now();
+        for (i, (address, result)) in addresses.into_iter().zip(sealed).enumerate() {
+            let (ciphertext, key_id) = result.map_err(|e| e.at(format!("records[{i}]")))?;
+            stored.push(StoredRecord { address, ciphertext, key_id, updated_at: now });
+        }
+        self.blocking(move |node| {
+            node.store.put_records(&stored)?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    /// Decrypts every record (of `table` / `field` when given), a page at a
+    /// time on the blocking pool, into a count and a digest; plaintexts are
+    /// hashed and dropped (zeroized) one by one. Pages are read one after the
+    /// other: a record written meanwhile may or may not be counted.
+    pub async fn digest_records(
+        self: &Arc<Self>,
+        caller: &Caller,
+        table: Option<Name>,
+        field: Option<Name>,
+    ) -> AppResult<RecordDigest> {
+        let caller = caller.clone();
+        self.blocking(move |node| {
+            let mut hasher = Sha256::new();
+            let mut count = 0u64;
+            let mut after: Option<RecordAddress> = None;
+            let mut session = Session::new(node, &caller);
+            loop {
+                let page = node.store.records(table.as_ref(), field.as_ref(), after.as_ref(), MAX_PAGE)?;
+                for rec in &page {
+                    let aad = rec.address.associated_data();
+                    let (plaintext, _) = session.open(&rec.ciphertext, Operation::Decrypt, &aad).map_err(|e| {
+                        e.at(format!("record {}/{}/{}", rec.address.table, rec.address.field, rec.address.record_id))
+                    })?;
+                    hash_field(&mut hasher, rec.address.table.as_str().as_bytes());
+                    hash_field(&mut hasher, rec.address.field.as_str().as_bytes());
+                    hash_field(&mut hasher, rec.address.record_id.as_bytes());
+                    hash_field(&mut hasher, &plaintext);
+                    count += 1;
+                }
+                if page.len() < MAX_PAGE {
+                    break;
+                }
+                after = page.into_iter().next_back().map(|r| r.address);
+            }
+            Ok(RecordDigest { records: count, sha256: hasher.finalize().into() })
         })
         .await
     }
@@ -47,7 +148,7 @@ impl Node {
             .await?;
         let item = OpenItem { ciphertext: rec.ciphertext.clone(), aad: address.associated_data() };
         let mut results = self.decrypt_batch(caller, vec![item]).await?;
-        let (plaintext, _) = results.pop().ok_or_else(|| crate::error::AppError::Internal("empty batch".into()))??;
+        let (plaintext, _) = results.pop().ok_or_else(|| AppError::Internal("empty batch".into()))??;
         Ok((rec, plaintext))
     }
 

@@ -20,6 +20,13 @@ fn domain(e: &DomainError) -> Code {
 
 impl From<AppError> for Status {
     fn from(err: AppError) -> Status {
+        let err = match err {
+            AppError::Item { at, source } => {
+                let inner = Status::from(*source);
+                return Status::new(inner.code(), format!("{at}: {}", inner.message()));
+            }
+            other => other,
+        };
         match &err {
             AppError::Domain(e) => Status::new(domain(e), e.to_string()),
             AppError::Peer(PeerError::Refused(e)) => Status::new(domain(e), err.to_string()),
@@ -31,7 +38,11 @@ impl From<AppError> for Status {
             }
             AppError::Store(StoreError::Missing { .. }) => Status::not_found(err.to_string()),
             AppError::Crypto(CryptoError::BadSignature) => Status::permission_denied(err.to_string()),
-            AppError::Store(_) | AppError::Crypto(_) | AppError::Internal(_) | AppError::WouldBlock => {
+            AppError::Store(_)
+            | AppError::Crypto(_)
+            | AppError::Internal(_)
+            | AppError::WouldBlock
+            | AppError::Item { .. } => {
                 let error_id = hex::encode(crate::signer::primitives::random_bytes::<6>());
                 tracing::error!(%error_id, error = %err, "internal error");
                 Status::internal(format!("internal error (error id {error_id}; see the daemon log)"))

@@ -167,3 +167,65 @@ async fn records_put_get_list_delete() {
     let err = ops.crypto.delete_record(pb::DeleteRecordRequest { address: addr("employee", "salary", "e3") }).await;
     assert_eq!(err.expect_err("twice").code(), Code::NotFound);
 }
+
+fn new_record(id: &str, spec: &str, plaintext: &str) -> pb::PutRecordRequest {
+    pb::PutRecordRequest { address: addr("employee", "salary", id), spec: spec.into(), plaintext: plaintext.into() }
+}
+
+async fn digest(ops: &mut crate::support::Ops, table: &str) -> (u64, Vec<u8>) {
+    let req = pb::DigestRecordsRequest { table: table.into(), field: String::new() };
+    let d = ops.crypto.digest_records(req).await.expect("digest").into_inner();
+    (d.records, d.sha256)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_records_is_all_or_nothing_and_digests_compare_plaintexts_not_keys() {
+    let pki = Pki::new();
+    let (a, b) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let (mut on_a, mut on_b) = (a.admin(&pki).await, b.admin(&pki).await);
+    on_a.spec("hr", "salary", true).await;
+    on_b.spec("hr", "salary", true).await;
+
+    // One bad item (unknown spec, then a bad address): nothing is stored, and the error names it.
+    let mut batch: Vec<_> = (0..5).map(|i| new_record(&format!("e{i}"), "salary", &format!("{i}000"))).collect();
+    batch[3].spec = "nope".into();
+    let err = on_a.crypto.put_records(pb::PutRecordsRequest { records: batch.clone() }).await.expect_err("bad item");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().starts_with("records[3]: "), "{}", err.message());
+    batch[3] = pb::PutRecordRequest { address: addr("bad table", "salary", "e3"), ..batch[3].clone() };
+    let err = on_a.crypto.put_records(pb::PutRecordsRequest { records: batch.clone() }).await.expect_err("bad address");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("records[3]: "), "{}", err.message());
+    assert_eq!(digest(&mut on_a, "").await.0, 0, "a failed call stores nothing");
+    for records in [vec![], vec![new_record("x", "salary", "1"); 1001]] {
+        let n = records.len();
+        let err = on_a.crypto.put_records(pb::PutRecordsRequest { records }).await.expect_err("size");
+        assert_eq!(err.code(), Code::InvalidArgument, "{n} records");
+    }
+
+    // The same plaintexts on two instances, under different keys: equal digests.
+    batch[3] = new_record("e3", "salary", "3000");
+    let stored = on_a.crypto.put_records(pb::PutRecordsRequest { records: batch.clone() }).await.expect("put");
+    assert_eq!(stored.into_inner().records.len(), 5);
+    for r in batch.iter().rev() {
+        on_b.crypto.put_record(r.clone()).await.expect("put one");
+    }
+    let (count_a, sum_a) = digest(&mut on_a, "employee").await;
+    let (count_b, sum_b) = digest(&mut on_b, "employee").await;
+    assert_eq!((count_a, count_b), (5, 5));
+    assert_eq!(sum_a.len(), 32);
+    assert_eq!(sum_a, sum_b, "same addresses and plaintexts under different keys");
+    assert_eq!(digest(&mut on_a, "other").await.0, 0, "the table filter applies");
+
+    // One changed plaintext changes it; moving a value to another address too.
+    on_b.crypto.put_record(new_record("e4", "salary", "4001")).await.expect("change");
+    assert_ne!(digest(&mut on_b, "").await.1, sum_a);
+    on_b.crypto.put_record(new_record("e4", "salary", "4000")).await.expect("back");
+    assert_eq!(digest(&mut on_b, "").await.1, sum_a);
+    on_b.crypto
+        .delete_record(pb::DeleteRecordRequest { address: addr("employee", "salary", "e4") })
+        .await
+        .expect("del");
+    on_b.crypto.put_record(new_record("e5", "salary", "4000")).await.expect("moved");
+    assert_ne!(digest(&mut on_b, "").await.1, sum_a);
+}

@@ -9,6 +9,7 @@ use crate::domain::DomainError;
 use crate::domain::auth::Permission;
 use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::error::AppError;
+use crate::node::NewRecord;
 use crate::node::Node;
 use crate::node::crypto::{OpenItem, SealItem};
 use crate::rpc::caller::authorize;
@@ -226,6 +227,41 @@ impl Crypto for CryptoService {
             records: list.iter().map(record_info).collect(),
             next_page_token: next,
         }))
+    }
+
+    async fn put_records(
+        &self,
+        req: Request<pb::PutRecordsRequest>,
+    ) -> Result<Response<pb::PutRecordsResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let records = req
+            .into_inner()
+            .records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let at = |e: DomainError| AppError::from(e).at(format!("records[{i}]"));
+                Ok(NewRecord {
+                    address: address(&r.address).map_err(at)?,
+                    spec: convert::name(&r.spec, "spec").map_err(at)?,
+                    plaintext: r.plaintext,
+                })
+            })
+            .collect::<Result<Vec<_>, AppError>>()?;
+        let stored = self.0.put_records(&auth.caller, records).await?;
+        Ok(Response::new(pb::PutRecordsResponse { records: stored.iter().map(record_info).collect() }))
+    }
+
+    async fn digest_records(
+        &self,
+        req: Request<pb::DigestRecordsRequest>,
+    ) -> Result<Response<pb::DigestRecordsResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let r = req.get_ref();
+        let table = if r.table.is_empty() { None } else { Some(convert::name(&r.table, "table")?) };
+        let field = if r.field.is_empty() { None } else { Some(convert::name(&r.field, "field")?) };
+        let digest = self.0.digest_records(&auth.caller, table, field).await?;
+        Ok(Response::new(pb::DigestRecordsResponse { records: digest.records, sha256: digest.sha256.to_vec() }))
     }
 
     async fn delete_record(
