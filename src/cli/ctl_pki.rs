@@ -44,7 +44,7 @@ pub enum PkiCommand {
     },
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -57,7 +57,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_pair(out: &Path, stem: &str, cert: &IssuedCert) -> anyhow::Result<()> {
+pub(super) fn write_pair(out: &Path, stem: &str, cert: &IssuedCert) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let pem = out.join(format!("{stem}.pem"));
     if pem.exists() {
@@ -69,7 +69,7 @@ fn write_pair(out: &Path, stem: &str, cert: &IssuedCert) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_ca(dir: &Path) -> anyhow::Result<IssuedCert> {
+pub(super) fn load_ca(dir: &Path) -> anyhow::Result<IssuedCert> {
     let read =
         |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
     Ok(IssuedCert { cert_pem: read("ca.pem")?, key_pem: read("ca.key")? })

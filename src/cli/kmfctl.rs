@@ -57,6 +57,12 @@ struct Conn {
 enum Command {
     /// Start a source and a target on loopback, exchange a key, show the result.
     Quickstart,
+    /// Make a deployment from a TOML manifest (CA, operators, instances,
+    /// tokens); keeps what exists, so it can run on every start.
+    Bootstrap {
+        #[arg(long)]
+        manifest: PathBuf,
+    },
     /// Deployment PKI (CA, instance and operator certificates).
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -286,6 +292,7 @@ async fn run(cli: Kmfctl) -> anyhow::Result<()> {
     match cli.command {
         Command::Quickstart => super::quickstart::run().await,
         Command::Pki(cmd) => pki_command(cmd),
+        Command::Bootstrap { manifest } => super::ctl_bootstrap::bootstrap(&manifest),
         other => {
             let mut ctl = Operator::connect(&cli.conn).await?;
             ctl.run(other, as_json).await
@@ -336,7 +343,9 @@ impl Operator {
     async fn run(&mut self, cmd: Command, as_json: bool) -> anyhow::Result<()> {
         let b64 = base64::engine::general_purpose::STANDARD;
         match cmd {
-            Command::Quickstart | Command::Pki(_) => unreachable!("handled before connecting"),
+            Command::Quickstart | Command::Pki(_) | Command::Bootstrap { .. } => {
+                unreachable!("handled before connecting")
+            }
             Command::Instance(InstanceCommand::Info) => {
                 let i = self.instance.info(pb::InfoRequest {}).await?.into_inner();
                 if as_json {

@@ -4,6 +4,7 @@
 mod approve_wait;
 mod audit;
 mod binaries;
+mod bootstrap;
 mod clone;
 mod clone_crash;
 mod clone_exchange;

@@ -9,6 +9,7 @@
 mod module;
 mod session_pool;
 mod settings;
+mod token_setup;
 mod transport;
 
 use std::fmt;
@@ -23,6 +24,7 @@ use zeroize::{Zeroize, Zeroizing};
 use module::{describe, find_by_label};
 use session_pool::SessionPool;
 pub use settings::{DEFAULT_KEK_LABEL, OpenError, PinSource, Pkcs11Config};
+pub use token_setup::{TokenSetup, ensure_token};
 use transport::Opened;
 
 use super::primitives::{random_bytes, rsa_oaep_encrypt};
