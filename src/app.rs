@@ -324,7 +324,8 @@ pub async fn start_custom(
         .layer(
             tower::ServiceBuilder::new()
                 .map_request(crate::rpc::caller::record_path)
-                .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics.clone())),
+                .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics.clone()))
+                .map_response(crate::rpc::wire_status::normalize),
         )
         .add_service(health_svc)
         .add_service(reflection_v1)

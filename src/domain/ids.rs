@@ -171,6 +171,20 @@ impl Host {
         Ok(Host { name: name.to_ascii_lowercase(), port })
     }
 
+    /// A host some daemon will dial, from the request field `field`: as
+    /// `parse`, and the port may not be 0 (0 only means "the port bound at
+    /// start" for an instance's own host).
+    pub fn parse_dialable(text: &str, field: &'static str) -> Result<Self, DomainError> {
+        let host = Host::parse(text).map_err(|e| match e {
+            DomainError::InvalidArgument { reason, .. } => DomainError::invalid(field, reason),
+            other => other,
+        })?;
+        if host.port == 0 {
+            return Err(DomainError::invalid(field, "port 0 cannot be dialled (expected name:port, port 1 to 65535)"));
+        }
+        Ok(host)
+    }
+
     pub fn new_unchecked_port(&self, port: u16) -> Host {
         Host { name: self.name.clone(), port }
     }

@@ -99,7 +99,7 @@ impl Node {
     /// Creates an Adhoc request here (the target) and opens it on the source.
     pub async fn create_request(self: &Arc<Self>, caller: &Caller, new: NewRequest) -> AppResult<ExchangeRequest> {
         let source_sys_id = SysId::parse(&new.source_sys_id)?;
-        let source_host = Host::parse(&new.source_host)?;
+        let source_host = Host::parse_dialable(&new.source_host, "source_host")?;
         let specs = validate_spec_names(&new.spec_names)?;
         let lifetime = validate_expiry(new.expires_in_millis)?;
         if source_sys_id == self.sys_id {

@@ -324,10 +324,14 @@ pub fn frequency(f: Frequency) -> pb::Frequency {
     }
 }
 
-/// A peer's frequency (unset: Adhoc, as before the field existed).
+/// A request's frequency; FREQUENCY_UNSPECIFIED is refused, as the proto says
+/// of every *_UNSPECIFIED.
 pub fn frequency_from(v: i32) -> Result<Frequency, DomainError> {
     match pb::Frequency::try_from(v) {
-        Ok(pb::Frequency::Adhoc) | Ok(pb::Frequency::Unspecified) => Ok(Frequency::Adhoc),
+        Ok(pb::Frequency::Unspecified) => {
+            Err(DomainError::invalid("frequency", "FREQUENCY_UNSPECIFIED: set ADHOC for a request made by hand"))
+        }
+        Ok(pb::Frequency::Adhoc) => Ok(Frequency::Adhoc),
         Ok(pb::Frequency::Automatic) => Ok(Frequency::Automatic),
         Ok(pb::Frequency::OneTimeClone) => Ok(Frequency::OneTimeClone),
         Ok(pb::Frequency::RecurringClone) => Ok(Frequency::RecurringClone),

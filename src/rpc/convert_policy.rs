@@ -49,7 +49,7 @@ pub fn policy_from(p: &pb::AccessPolicy) -> Result<AccessPolicy, DomainError> {
         Ok(pb::PolicyType::System) => PolicyType::System,
         Ok(pb::PolicyType::ResourceExchange) => PolicyType::ResourceExchange {
             target_sys_id: SysId::parse(&p.target_sys_id)?,
-            target_host: Host::parse(&p.target_host)?,
+            target_host: Host::parse_dialable(&p.target_host, "target_host")?,
             approval: match pb::ApprovalType::try_from(p.approval_type) {
                 Ok(pb::ApprovalType::OneTime) => ApprovalType::OneTime,
                 Ok(pb::ApprovalType::Recurring) => ApprovalType::Recurring,

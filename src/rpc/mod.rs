@@ -1,6 +1,7 @@
 //! The RPC edge: the only home of generated protobuf types. Services convert,
 //! authorise, call the node and convert back; `status` maps every error to a
-//! gRPC status in one place; `peer` is the outbound client to other daemons;
+//! gRPC status in one place (`wire_status` puts right the few statuses tonic
+//! makes before a handler runs); `peer` is the outbound client to other daemons;
 //! `client` connects operators (kmfctl, tests) to a daemon; `health` makes
 //! grpc.health.v1 follow the diagnosis.
 
@@ -15,6 +16,7 @@ pub mod peer;
 pub mod probe;
 pub mod services;
 pub mod status;
+pub mod wire_status;
 
 /// Generated code for `proto/kmf/v1/kmf.proto`.
 #[allow(clippy::all, missing_docs)]

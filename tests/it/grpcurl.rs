@@ -112,7 +112,8 @@ async fn grpcurl_lists_describes_creates_and_approves() {
             g.call("admin", &["-d", r#"{"service":"kmf.v1.KeyExchange"}"#], &src, &["grpc.health.v1.Health/Check"]);
         assert!(ok && out.contains("SERVING"), "{out}");
 
-        let create = format!(r#"{{"source_sys_id":"{sid}","source_host":"{src}","spec_names":["salary"]}}"#);
+        let create =
+            format!(r#"{{"source_sys_id":"{sid}","source_host":"{src}","spec_names":["salary"],"frequency":"ADHOC"}}"#);
         let (ok, out) = g.call("admin", &["-d", &create], &tgt, &["kmf.v1.ResourceExchange/CreateRequest"]);
         assert!(ok && out.contains("REQUEST_PENDING"), "{out}");
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");

@@ -36,3 +36,4 @@ mod store_contract;
 mod store_contract_rekey;
 mod support;
 mod tidy;
+mod wire_codes;

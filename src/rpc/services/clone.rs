@@ -29,7 +29,7 @@ impl Clones for ClonesService {
     ) -> Result<Response<pb::AddCloneTargetResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
-        let (sys_id, host) = (SysId::parse(&r.sys_id)?, Host::parse(&r.host)?);
+        let (sys_id, host) = (SysId::parse(&r.sys_id)?, Host::parse_dialable(&r.host, "host")?);
         let target = self.0.add_clone_target(&auth.caller, sys_id, host).await?;
         Ok(Response::new(pb::AddCloneTargetResponse { target: Some(clone_target(&target)) }))
     }
@@ -59,7 +59,7 @@ impl Clones for ClonesService {
     ) -> Result<Response<pb::StartCloneResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
-        let (source, host) = (SysId::parse(&r.source_sys_id)?, Host::parse(&r.source_host)?);
+        let (source, host) = (SysId::parse(&r.source_sys_id)?, Host::parse_dialable(&r.source_host, "source_host")?);
         let run = self.0.start_clone(&auth.caller, source, host).await?;
         Ok(Response::new(pb::StartCloneResponse { clone: Some(clone_info(&run)) }))
     }
@@ -88,7 +88,7 @@ impl Clones for ClonesService {
         let new = NewCloneSchedule {
             name: Name::parse(&r.name, "name")?,
             source: SysId::parse(&r.source_sys_id)?,
-            source_host: Host::parse(&r.source_host)?,
+            source_host: Host::parse_dialable(&r.source_host, "source_host")?,
             cadence: cadence_from(&r.every, &r.cron)?,
         };
         let schedule = self.0.create_clone_schedule(&auth.caller, new).await?;

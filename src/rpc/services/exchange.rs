@@ -118,7 +118,10 @@ impl ResourceExchange for ResourceExchangeService {
         let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
         let approval = convert_clone::clone_approval_from(r.frequency, "frequency")?;
-        let target = PeerRef { sys_id: SysId::parse(&r.target_sys_id)?, host: Host::parse(&r.target_host)? };
+        let target = PeerRef {
+            sys_id: SysId::parse(&r.target_sys_id)?,
+            host: Host::parse_dialable(&r.target_host, "target_host")?,
+        };
         let specs =
             r.spec_names.iter().map(|s| Name::parse(s, "spec_names")).collect::<Result<Vec<_>, DomainError>>()?;
         let new = NewCloneExchange { target, approval, specs, rekey: r.rekey_after_import };

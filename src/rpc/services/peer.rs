@@ -39,7 +39,7 @@ impl KeyExchange for KeyExchangeService {
         let open = OpenRequest {
             request_id: RequestId::parse(&r.request_id)?,
             target_sys_id: SysId::parse(&r.target_sys_id)?,
-            target_host: Host::parse(&r.target_host)?,
+            target_host: Host::parse_dialable(&r.target_host, "target_host")?,
             source_sys_id: SysId::parse(&r.source_sys_id)?,
             spec_names: crate::domain::exchange::validate_spec_names(&r.spec_names)?,
             expires_at: convert::from_ts(

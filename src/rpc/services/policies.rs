@@ -87,7 +87,7 @@ impl Policies for PoliciesService {
                 .explain_exchange(
                     convert::name(&r.spec, "spec")?,
                     SysId::parse(&r.as_exchange_target_sys_id)?,
-                    Host::parse(&r.as_exchange_target_host)?,
+                    Host::parse_dialable(&r.as_exchange_target_host, "as_exchange_target_host")?,
                     clone_approval_from(r.as_exchange_frequency, "as_exchange_frequency")?,
                 )
                 .await?;
