@@ -16,6 +16,9 @@ pub enum PkiCommand {
     InitCa {
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Lifetime in days (notBefore is 5 minutes before now).
+        #[arg(long, default_value_t = pki::CA_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
     },
     /// Issue an instance certificate: <out>/instance.pem, <out>/instance.key.
     IssueInstance {
@@ -29,6 +32,9 @@ pub enum PkiCommand {
         host: Vec<String>,
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Lifetime in days (notBefore is 5 minutes before now).
+        #[arg(long, default_value_t = pki::INSTANCE_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
     },
     /// Issue an operator certificate: <out>/<name>.pem, <out>/<name>.key.
     IssueOperator {
@@ -41,6 +47,9 @@ pub enum PkiCommand {
         roles: Vec<String>,
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// Lifetime in days (notBefore is 5 minutes before now).
+        #[arg(long, default_value_t = pki::OPERATOR_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
     },
 }
 
@@ -57,6 +66,13 @@ pub(super) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// "serial <hex>, valid until <rfc3339>" of a PEM certificate.
+pub(super) fn describe_cert(cert_pem: &str) -> anyhow::Result<String> {
+    let der = crate::tls::pem_certs(cert_pem.as_bytes())?.into_iter().next().context("no certificate in the PEM")?;
+    let (serial, (_, not_after)) = (crate::tls::validity::serial_hex(&der)?, crate::tls::validity::validity(&der)?);
+    Ok(format!("serial {serial}, valid until {}", crate::clock::rfc3339(not_after)))
+}
+
 pub(super) fn write_pair(out: &Path, stem: &str, cert: &IssuedCert) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let pem = out.join(format!("{stem}.pem"));
@@ -65,7 +81,12 @@ pub(super) fn write_pair(out: &Path, stem: &str, cert: &IssuedCert) -> anyhow::R
     }
     write_private(&out.join(format!("{stem}.key")), &cert.key_pem)?;
     std::fs::write(&pem, &cert.cert_pem)?;
-    println!("wrote {} and {}", pem.display(), out.join(format!("{stem}.key")).display());
+    println!(
+        "wrote {} and {} ({})",
+        pem.display(),
+        out.join(format!("{stem}.key")).display(),
+        describe_cert(&cert.cert_pem)?
+    );
     Ok(())
 }
 
@@ -77,8 +98,11 @@ pub(super) fn load_ca(dir: &Path) -> anyhow::Result<IssuedCert> {
 
 pub fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
     match cmd {
-        PkiCommand::InitCa { out } => write_pair(&out, "ca", &pki::create_ca("kmf deployment CA")?),
-        PkiCommand::IssueInstance { ca_dir, sys_id, host, out } => {
+        PkiCommand::InitCa { out, days } => {
+            let valid = pki::valid_for(crate::clock::now(), days);
+            write_pair(&out, "ca", &pki::create_ca_valid("kmf deployment CA", valid)?)
+        }
+        PkiCommand::IssueInstance { ca_dir, sys_id, host, out, days } => {
             let sys_id = SysId::parse(&sys_id)?;
             let names = host
                 .iter()
@@ -89,12 +113,14 @@ pub fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let cert = pki::issue_instance(&load_ca(&ca_dir)?, &sys_id, &names)?;
+            let (from, until) = pki::valid_for(crate::clock::now(), days);
+            let cert = pki::issue_instance_valid(&load_ca(&ca_dir)?, &sys_id, &names, from, until)?;
             write_pair(&out, "instance", &cert)
         }
-        PkiCommand::IssueOperator { ca_dir, name, roles, out } => {
+        PkiCommand::IssueOperator { ca_dir, name, roles, out, days } => {
             let roles = roles.iter().map(|r| Role::parse(r)).collect::<Result<Vec<_>, _>>()?;
-            let cert = pki::issue_operator(&load_ca(&ca_dir)?, &name, &roles)?;
+            let valid = pki::valid_for(crate::clock::now(), days);
+            let cert = pki::issue_operator_valid(&load_ca(&ca_dir)?, &name, &roles, valid)?;
             write_pair(&out, &name, &cert)
         }
     }

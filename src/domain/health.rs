@@ -109,11 +109,11 @@ pub fn serving_state(components: &[Component]) -> ServingState {
 }
 
 const DAY_MILLIS: i64 = 24 * 3600 * 1000;
-/// A certificate this close to its notAfter is Degraded: 14 days.
-pub const CERTIFICATE_WARNING_MILLIS: i64 = 14 * DAY_MILLIS;
+/// A certificate this close to its notAfter is Degraded: 30 days.
+pub const CERTIFICATE_WARNING_MILLIS: i64 = 30 * DAY_MILLIS;
 
 /// The status of a certificate valid from `not_before` to `not_after` at
-/// `now`: Malfunction when not yet valid or expired, Degraded within 14 days
+/// `now`: Malfunction when not yet valid or expired, Degraded within 30 days
 /// of expiry, else Operational. The message counts whole days (and hours
 /// under a day).
 pub fn certificate_health(not_before: UnixMillis, not_after: UnixMillis, now: UnixMillis) -> (HealthStatus, String) {
@@ -247,7 +247,8 @@ mod tests {
         let table = [
             (d(99), Malfunction, "not yet valid (valid in 1 days)"),
             (d(100), Operational, "valid for 100 days"),
-            (d(185), Operational, "valid for 15 days"),
+            (d(169), Operational, "valid for 31 days"),
+            (d(170), Degraded, "expires in 30 days; renew it"),
             (d(186), Degraded, "expires in 14 days; renew it"),
             (d(200) - 3600 * 1000 * 5, Degraded, "expires in 5 hours; renew it"),
             (d(200), Malfunction, "expired 0 hours ago"),

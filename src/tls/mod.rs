@@ -11,6 +11,14 @@ pub use rustls_config::{TlsFiles, client_config, server_config};
 
 use thiserror::Error;
 
+/// The DER certificates of a PEM text.
+pub fn pem_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Certificate(format!("PEM: {e}")))
+}
+
 #[derive(Debug, Error)]
 pub enum TlsError {
     #[error("{path}: {reason}")]

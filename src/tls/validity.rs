@@ -13,3 +13,20 @@ pub fn validity(cert_der: &[u8]) -> Result<(UnixMillis, UnixMillis), TlsError> {
     let millis = |secs: i64| UnixMillis(secs.saturating_mul(1000));
     Ok((millis(v.not_before.timestamp()), millis(v.not_after.timestamp())))
 }
+
+/// The serial number of a DER certificate, lower-case hex without separators
+/// (what `kmfctl pki revoke --serial` takes).
+pub fn serial_hex(cert_der: &[u8]) -> Result<String, TlsError> {
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|e| TlsError::Certificate(format!("cannot be parsed: {e}")))?;
+    Ok(normalize_serial(&hex::encode(cert.raw_serial())))
+}
+
+/// A serial as hex, lower case, without the leading zero bytes DER may add.
+pub fn normalize_serial(hex_text: &str) -> String {
+    let mut s = hex_text.trim().to_ascii_lowercase().replace(':', "");
+    while s.len() > 2 && s.starts_with("00") {
+        s.drain(..2);
+    }
+    s
+}
