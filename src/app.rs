@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
@@ -46,7 +45,6 @@ use crate::tls::{TlsFiles, server_config};
 
 pub const DB_FILE: &str = "kmf.redb";
 pub const KEK_FILE: &str = "kek.key";
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the KEK lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +107,14 @@ pub fn init_instance_kek(data_dir: &Path, host: &Host, signer: &SignerConfig, ke
     if let (SignerConfig::Software { .. }, KekSetup::AdoptExisting) = (signer, kek) {
         anyhow::bail!("adopting an existing KEK needs the pkcs11 signer (a software instance makes its own KEK file)");
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+    }
     let sys_id = SysId::from_random(crate::signer::primitives::random_bytes());
     match (signer, kek) {
         (SignerConfig::Software { kek_file }, _) => SoftwareSigner::create_key_file(kek_file)?,
@@ -151,6 +156,8 @@ pub struct AppConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long a failed rekey waits before it tries again (24 h by default).
     pub rekey_retry_interval: Duration,
+    /// Connection limit, idle timeout, keepalive, streams per connection.
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 pub struct RunningApp {
@@ -166,6 +173,7 @@ pub struct RunningApp {
     jobs_in_flight: TaskTracker,
     health_watch: JoinHandle<()>,
     handshakes: Arc<AtomicU64>,
+    connections: crate::connections::ConnectionSlots,
 }
 
 /// How long shutdown waits for in-flight jobs; a job still running then
@@ -200,6 +208,11 @@ impl Default for StartOptions<'_> {
 impl RunningApp {
     /// How many TLS handshakes the gRPC listener completed (one per
     /// connection a client opened; tests use it to see channels reused).
+    /// gRPC connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
+    }
+
     pub fn handshakes_accepted(&self) -> u64 {
         self.handshakes.load(Ordering::Relaxed)
     }
@@ -311,15 +324,20 @@ pub async fn start_custom(
     let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
     let handshakes = Arc::new(AtomicU64::new(0));
     let counter = handshakes.clone();
+    let acceptor = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(server_config(&cfg.tls)?)));
+    let connections = crate::connections::ConnectionSlots::new(cfg.connections.max_connections);
     let incoming =
-        accept_tls(listener, TlsAcceptor::from(server_config(&cfg.tls)?), stop_rx.clone()).map(move |accepted| {
-            if accepted.is_ok() {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            accepted
-        });
+        crate::connections::accept_tls(listener, acceptor, cfg.connections, connections.clone(), stop_rx.clone()).map(
+            move |accepted| {
+                if accepted.is_ok() {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                accepted
+            },
+        );
     let m = MAX_MESSAGE_BYTES;
     let server = Server::builder()
+        .max_concurrent_streams(cfg.connections.max_concurrent_streams)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .layer(
             tower::ServiceBuilder::new()
@@ -360,47 +378,8 @@ pub async fn start_custom(
         jobs_in_flight,
         health_watch,
         handshakes,
+        connections,
     })
-}
-
-/// Accepts TCP connections and completes TLS handshakes; a refused
-/// handshake is logged at warn with the peer address and the reason.
-pub(crate) fn accept_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    stop: watch::Receiver<bool>,
-) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let stop_fut = stopped(stop);
-        tokio::pin!(stop_fut);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = &mut stop_fut => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-            };
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(peer = %peer, error = %e, "cannot set TCP_NODELAY");
-            }
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::warn!(peer = %peer, reason = %e, "TLS handshake refused"),
-                    Err(_) => tracing::warn!(peer = %peer, reason = "timed out", "TLS handshake refused"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 /// Diagnoses the instance at start and every `every` after, so health
@@ -464,6 +443,7 @@ pub async fn start_loopback_custom(
         health_interval: crate::node::diagnostics::WATCH_EVERY,
         metrics_listen: None,
         rekey_retry_interval: crate::node::jobs::DEFAULT_REKEY_RETRY,
+        connections: Default::default(),
     };
     let listener = TcpListener::bind(cfg.listen).await?;
     let app = start_custom(cfg, listener, options).await?;

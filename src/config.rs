@@ -49,7 +49,23 @@ pub struct FileConfig {
     pub tls: FileTls,
     #[serde(default)]
     pub rekey: FileRekey,
+    #[serde(default)]
+    pub connections: FileConnections,
     pub signer: Option<FileSigner>,
+}
+
+/// `[connections]`: limits on the gRPC listener's connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConnections {
+    /// Open connections at most (default 1024).
+    pub max_connections: Option<usize>,
+    /// Close a connection with no traffic for this long, e.g. "5m" (the default).
+    pub idle_timeout: Option<String>,
+    /// TCP keepalive probes after this much silence, e.g. "60s" (the default).
+    pub keepalive_interval: Option<String>,
+    /// Concurrent calls per connection (default 128).
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// `[rekey]`: the rekey that follows an import.
@@ -252,6 +268,7 @@ pub struct Settings {
     pub health_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
     pub rekey_retry_interval: Duration,
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -282,6 +299,7 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
         .or(file.metrics_listen)
         .map(|t| t.parse().map_err(|_| bad("metrics_listen", format!("`{t}` is not ip:port"))))
         .transpose()?;
+    let connections = resolve_connections(&file.connections)?;
     let signer = resolve_signer(&args.signer, file.signer, &data_dir)?;
     let in_dir = |p: Option<PathBuf>, default: &str| p.unwrap_or_else(|| data_dir.join(default));
     Ok(Settings {
@@ -297,7 +315,38 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
         health_interval: crate::node::diagnostics::WATCH_EVERY,
         metrics_listen,
         rekey_retry_interval,
+        connections,
     })
+}
+
+/// `[connections]` over the defaults; every value must be positive.
+fn resolve_connections(file: &FileConnections) -> Result<crate::connections::ConnectionLimits, ConfigError> {
+    let defaults = crate::connections::ConnectionLimits::default();
+    let duration = |field: &str, text: &Option<String>, default: Duration| match text {
+        None => Ok(default),
+        Some(t) => match humantime::parse_duration(t) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(bad(field, "must be positive")),
+            Err(e) => Err(bad(field, e)),
+        },
+    };
+    let limits = crate::connections::ConnectionLimits {
+        max_connections: file.max_connections.unwrap_or(defaults.max_connections),
+        idle_timeout: duration("connections.idle_timeout", &file.idle_timeout, defaults.idle_timeout)?,
+        keepalive_interval: duration(
+            "connections.keepalive_interval",
+            &file.keepalive_interval,
+            defaults.keepalive_interval,
+        )?,
+        max_concurrent_streams: file.max_concurrent_streams.unwrap_or(defaults.max_concurrent_streams),
+    };
+    if limits.max_connections == 0 {
+        return Err(bad("connections.max_connections", "must be positive"));
+    }
+    if limits.max_concurrent_streams == 0 {
+        return Err(bad("connections.max_concurrent_streams", "must be positive"));
+    }
+    Ok(limits)
 }
 
 fn must_exist(field: &str, path: &Path) -> Result<(), ConfigError> {
@@ -305,6 +354,32 @@ fn must_exist(field: &str, path: &Path) -> Result<(), ConfigError> {
 }
 
 impl Settings {
+    /// Warnings for secret files and the data directory that group or others
+    /// may read or enter (`kmfd config check` prints them): the data dir
+    /// should be 0700; the database, the KEK file, the TLS key and a PIN file 0600.
+    pub fn loose_modes(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files =
+            vec![(self.data_dir.clone(), 0o700), (self.data_dir.join(DB_FILE), 0o600), (self.tls_key.clone(), 0o600)];
+        match &self.signer {
+            SignerConfig::Software { kek_file } => files.push((kek_file.clone(), 0o600)),
+            SignerConfig::Pkcs11(cfg) => {
+                if let crate::signer::pkcs11::PinSource::File(pin) = &cfg.pin {
+                    files.push((pin.clone(), 0o600));
+                }
+            }
+        }
+        files
+            .into_iter()
+            .filter_map(|(path, want)| {
+                let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+                (mode & 0o077 != 0).then(|| {
+                    format!("{} is mode {mode:04o}: group or others can use it; chmod {want:04o} it", path.display())
+                })
+            })
+            .collect()
+    }
+
     /// Reads and checks the files the settings name (before any port is bound).
     pub fn load(&self) -> Result<AppConfig, ConfigError> {
         must_exist("data_dir", &self.data_dir.join(DB_FILE))
@@ -336,6 +411,7 @@ impl Settings {
             health_interval: self.health_interval,
             metrics_listen: self.metrics_listen,
             rekey_retry_interval: self.rekey_retry_interval,
+            connections: self.connections,
         })
     }
 }

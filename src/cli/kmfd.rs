@@ -115,6 +115,9 @@ fn run(cli: Kmfd) -> anyhow::Result<()> {
                 ),
             };
             println!("config ok: data_dir {}, listen {}, signer {signer}", s.data_dir.display(), s.listen);
+            for warning in s.loose_modes() {
+                println!("warning: {warning}");
+            }
             Ok(())
         }
         Command::Run { args, ready_file } => {

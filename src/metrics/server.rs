@@ -46,7 +46,10 @@ pub fn start(
     let mut config = (*server_config(tls)?).clone();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // The daemon's acceptor: handshake timeout, refused handshakes logged at warn.
-    let mut incoming = crate::app::accept_tls(listener, TlsAcceptor::from(Arc::new(config)), stop.clone());
+    let acceptor = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(Arc::new(config))));
+    let limits = crate::connections::ConnectionLimits::default();
+    let slots = crate::connections::ConnectionSlots::new(limits.max_connections);
+    let mut incoming = crate::connections::accept_tls(listener, acceptor, limits, slots, stop.clone());
     tracing::info!(addr = %local_addr, "metrics endpoint serving");
     let task = tokio::spawn(async move {
         let mut until_stop = stop.clone();
@@ -59,7 +62,10 @@ pub fn start(
                     None => return,
                 },
             };
-            let peer = tls.get_ref().0.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let peer = tonic::transport::server::Connected::connect_info(tls.get_ref().0)
+                .remote_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             let caller = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| caller_from_cert(c));
             let access = match caller {
                 Some(Ok(caller)) => match authorize(&caller, Permission::Read) {

@@ -62,11 +62,21 @@ pub struct RedbEngine {
 }
 
 impl RedbEngine {
-    /// Creates a new database file; refuses an existing one.
+    /// Creates a new database file, mode 0600 from its first byte; refuses
+    /// an existing one.
     pub fn create(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
         if path.exists() {
             return Err(StoreError::AlreadyInitialised(path.display().to_string()));
         }
+        // redb initialises an empty file; making it here sets the mode.
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                StoreError::AlreadyInitialised(path.display().to_string())
+            } else {
+                StoreError::Backend(format!("creating {}: {e}", path.display()))
+            }
+        })?;
         let engine = RedbEngine { db: Database::builder().set_cache_size(CACHE_BYTES).create(path)? };
         engine.create_tables()?;
         Ok(engine)

@@ -57,6 +57,7 @@ pub async fn node_with(
         health_interval: kmf::node::diagnostics::WATCH_EVERY,
         metrics_listen,
         rekey_retry_interval: kmf::node::jobs::DEFAULT_REKEY_RETRY,
+        connections: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let app = start_with(cfg.clone(), listener, |p| p).await.expect("start");

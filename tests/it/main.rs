@@ -9,6 +9,7 @@ mod clone;
 mod clone_crash;
 mod clone_exchange;
 mod clone_schedule;
+mod connections;
 mod crash;
 mod crypto_ops;
 mod crypto_specs;

@@ -124,6 +124,7 @@ impl TestNode {
             health_interval: kmf::node::diagnostics::WATCH_EVERY,
             metrics_listen: None,
             rekey_retry_interval: kmf::node::jobs::DEFAULT_REKEY_RETRY,
+            connections: Default::default(),
         };
         tune(&mut cfg);
         let app = start_custom(cfg.clone(), listener, options).await.expect("start node");
