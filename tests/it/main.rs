@@ -1,5 +1,6 @@
 //! One integration-test binary: in-process nodes over real mTLS on port 0,
 //! process tests of the built binaries, grpcurl, and tidy checks.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod approve_wait;
 mod audit;
