@@ -37,3 +37,5 @@ mod store_contract;
 mod store_contract_rekey;
 mod support;
 mod tidy;
+mod tidy_paths;
+mod tidy_rules;
