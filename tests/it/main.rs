@@ -32,6 +32,7 @@ mod rekey;
 mod rekey_crash;
 mod schedule_crash;
 mod signer_contract;
+mod skip;
 mod softhsm;
 mod store_contract;
 mod store_contract_rekey;
