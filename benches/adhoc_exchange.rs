@@ -4,6 +4,7 @@
 //!
 //! Run: cargo bench --bench adhoc_exchange            (all sizes)
 //!      cargo bench --bench adhoc_exchange -- 10000   (chosen sizes)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod common;
 

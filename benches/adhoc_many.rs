@@ -15,6 +15,7 @@
 //! twice). Must be 100/100 and 5/5; otherwise exits non-zero.
 //!
 //! Run: cargo bench --bench adhoc_many
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! daemons. Targets: >= 150,000 records/s; RSS <= 256 MB each.
 //!
 //! Run: cargo bench --bench clone_million [-- RECORDS]   (default 1,000,000)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod common;
 

@@ -9,6 +9,7 @@
 //!    2-core machine: >= 300,000 items/s.
 //!
 //! Run: cargo bench --bench crypto_throughput [-- SECONDS]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod common;
 

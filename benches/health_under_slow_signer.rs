@@ -10,6 +10,7 @@
 //! Target: p99 under load <= 10 ms.
 //!
 //! Run: cargo bench --bench health_under_slow_signer [-- SECONDS]   (default 3)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod common;
 

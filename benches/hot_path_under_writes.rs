@@ -14,6 +14,7 @@
 //! stall the hot path.
 //!
 //! Run: cargo bench --bench hot_path_under_writes [-- SECONDS]   (default 3)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod common;
 

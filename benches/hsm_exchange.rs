@@ -11,6 +11,7 @@
 //! makes a private token directory and runs itself again with it set (the
 //! environment of a running process is never changed). Without softhsm2 it
 //! says why and exits non-zero.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod common;
 

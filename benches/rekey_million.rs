@@ -9,6 +9,7 @@
 //! RSS <= 256 MB.
 //!
 //! Run: cargo bench --bench rekey_million [-- RECORDS]   (default 1,000,000)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod common;
 

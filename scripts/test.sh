@@ -7,6 +7,10 @@
 # (deploy/e2e.sh) also need a docker engine and docker-compose v1 (Debian's
 # docker.io / docker-compose packages, which this project's machines have).
 # Nothing is skipped when CI=true.
+# The closing line counts tests, the two checks (cargo fmt --check, cargo
+# clippy -D warnings) and the e2e scenarios: passed, failed, and skipped (a
+# test that skips writes its SKIPPED line to $KMF_SKIP_LOG; cargo counts it as
+# passed, so it is moved from passed to skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,11 +57,28 @@ if softhsm_present; then
   echo "== softhsm2: $(softhsm2-util --version)"
 fi
 
+# Checks: a failure fails the run (at the end, after the tests have run too).
+checks_passed=0
+checks_failed=0
+check() {
+  echo "== $*"
+  if "$@"; then
+    checks_passed=$((checks_passed + 1))
+  else
+    checks_failed=$((checks_failed + 1))
+    echo "FAILED: $*"
+  fi
+}
+check cargo fmt --check
+check cargo clippy --locked --all-targets -- -D warnings
+
 echo "== cargo build --benches (benchmarks are programs; they must build)"
 cargo build --locked --release --benches
 
 echo "== end-to-end scenarios on the three-instance compose cluster (deploy/e2e.sh)"
+e2e_scenarios=6
 e2e_passed=0
+e2e_skipped=0
 e2e_status=0
 e2e_log="$(mktemp)"
 if command -v docker >/dev/null && command -v docker-compose >/dev/null && docker info >/dev/null 2>&1; then
@@ -72,19 +93,35 @@ elif [ "${CI:-}" = true ]; then
   echo "the end-to-end scenarios need a docker engine and docker-compose, and CI must not skip them" >&2
   exit 1
 else
-  echo "SKIPPED 6 end-to-end scenarios (deploy/e2e.sh): needs a running docker engine and docker-compose"
+  echo "SKIPPED $e2e_scenarios end-to-end scenarios (deploy/e2e.sh): needs a running docker engine and docker-compose"
+  e2e_skipped=$e2e_scenarios
 fi
 
 echo "== cargo test (unit, integration, process, grpcurl, pkcs11 on SoftHSM2)"
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+skip_log="$(mktemp)"
+trap 'rm -f "$log" "$skip_log"' EXIT
 set +e
-cargo test --locked 2>&1 | tee "$log"
+KMF_SKIP_LOG="$skip_log" cargo test --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line over every cargo test binary plus the e2e scenarios (a
-# failed e2e.sh counts as one failure: it stops at its first failing scenario).
+skipped_tests="$(grep -c '^SKIPPED ' "$skip_log" || true)"
+if [ "$skipped_tests" -gt 0 ]; then
+  echo "== skipped tests:"
+  cat "$skip_log"
+fi
+# One closing line over every cargo test binary, the checks and the e2e
+# scenarios (a failed e2e.sh counts as one failure: it stops at its first
+# failing scenario).
 awk -v e2e="$e2e_passed" -v e2e_failed="$([ "$e2e_status" -eq 0 ] && echo 0 || echo 1)" \
-  '/^test result:/ {p += $4; f += $6} END {printf "total: %d passed, %d failed\n", p + e2e, f + e2e_failed}' "$log"
+  -v e2e_skipped="$e2e_skipped" -v skipped="$skipped_tests" -v checks="$checks_passed" -v checks_failed="$checks_failed" \
+  '/^test result:/ {p += $4; f += $6}
+   END {printf "total: %d passed, %d failed, %d skipped\n", p - skipped + checks + e2e, f + checks_failed + e2e_failed, skipped + e2e_skipped}' "$log"
+if [ "${CI:-}" = true ] && [ $((skipped_tests + e2e_skipped)) -gt 0 ]; then
+  echo "CI skips nothing, but these were skipped:" >&2
+  cat "$skip_log" >&2
+  exit 1
+fi
 [ "$e2e_status" -eq 0 ] || exit "$e2e_status"
+[ "$checks_failed" -eq 0 ] || exit 1
 exit "$status"

@@ -132,7 +132,11 @@ mod tests {
             assert_eq!(authorize(&inst, p).is_ok(), p == PeerExchange, "instance {p:?}");
         }
         let nobody = Caller::Operator { name: "n".into(), roles: vec![] };
-        assert!(authorize(&nobody, Read).is_err());
+        let refused = authorize(&nobody, Read);
+        assert!(
+            matches!(&refused, Err(DomainError::PermissionDenied(m)) if m.starts_with("operator n needs one of the roles")),
+            "{refused:?}"
+        );
     }
 
     #[test]
@@ -140,6 +144,7 @@ mod tests {
         for r in [Admin, CryptographicManager, CryptographicOperator, CryptographicAuditor] {
             assert_eq!(Role::parse(r.as_str()), Ok(r));
         }
-        assert!(Role::parse("root").is_err());
+        let expected = "expected admin, cryptographic_manager, cryptographic_operator or cryptographic_auditor";
+        assert_eq!(Role::parse("root"), Err(DomainError::invalid("role", expected)));
     }
 }

@@ -365,14 +365,18 @@ mod tests {
     fn every_truncation_and_trailing_byte_is_refused() {
         let bytes = sample().encode();
         for cut in 0..bytes.len() {
-            assert!(Bundle::decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes accepted");
+            let refused = Bundle::decode(&bytes[..cut]);
+            assert!(
+                matches!(refused, Err(DomainError::Malformed { what: "bundle", .. })),
+                "prefix of {cut}: {refused:?}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(Bundle::decode(&longer).is_err());
+        assert_eq!(Bundle::decode(&longer), Err(DomainError::malformed("bundle", "trailing bytes")));
         let mut wrong_magic = bytes;
         wrong_magic[0] = b'X';
-        assert!(Bundle::decode(&wrong_magic).is_err());
+        assert_eq!(Bundle::decode(&wrong_magic), Err(DomainError::malformed("bundle", "wrong magic")));
     }
 
     #[test]
@@ -383,7 +387,8 @@ mod tests {
         assert!(matches!(b.check_addressed(&src, &src, &id, UnixMillis(1500)), Err(DomainError::PermissionDenied(_))));
         assert!(matches!(b.check_addressed(&own, &own, &id, UnixMillis(1500)), Err(DomainError::PermissionDenied(_))));
         let other = RequestId::from_random([3; 16]);
-        assert!(b.check_addressed(&own, &src, &other, UnixMillis(1500)).is_err());
+        let mismatch = DomainError::PermissionDenied("bundle does not match the request it claims".into());
+        assert_eq!(b.check_addressed(&own, &src, &other, UnixMillis(1500)), Err(mismatch));
         assert!(matches!(
             b.check_addressed(&own, &src, &id, UnixMillis(2000)),
             Err(DomainError::FailedPrecondition(_))
@@ -403,6 +408,7 @@ mod tests {
         };
         let bytes = r.encode();
         assert_eq!(Receipt::decode(&bytes), Ok(r));
-        assert!(Receipt::decode(&bytes[..bytes.len() - 1]).is_err());
+        let short = Receipt::decode(&bytes[..bytes.len() - 1]);
+        assert!(matches!(short, Err(DomainError::Malformed { what: "receipt", .. })), "{short:?}");
     }
 }

@@ -52,8 +52,9 @@ mod tests {
         ct.extend_from_slice(b"body");
         let (id, header, body) = parse(&ct).unwrap();
         assert_eq!((id, header.len(), body), (key, header_len, &b"body"[..]));
-        assert!(parse(b"KMFC").is_err());
-        assert!(parse(b"XXXX\x01").is_err());
-        assert!(parse(&ct[..header_len - 1]).is_err());
+        let malformed = |why: &str| Err(DomainError::malformed("ciphertext", why));
+        assert_eq!(parse(b"KMFC"), malformed("truncated"));
+        assert_eq!(parse(b"XXXX\x01"), malformed("wrong magic"));
+        assert_eq!(parse(&ct[..header_len - 1]), malformed("truncated"));
     }
 }

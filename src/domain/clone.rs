@@ -310,6 +310,10 @@ mod tests {
         assert!(!grant.covers([name("a")].iter(), UnixMillis(100)), "expired");
     }
 
+    fn refused(why: &str) -> Result<(), DomainError> {
+        Err(DomainError::malformed("snapshot stream", why))
+    }
+
     #[test]
     fn a_well_formed_stream_is_complete() {
         let mut o = SnapshotOrder::default();
@@ -319,22 +323,25 @@ mod tests {
         }
         o.accept(&SnapshotPart::End { records: 3 }).unwrap();
         assert!(o.is_complete());
-        assert!(o.accept(&records(0)).is_err(), "nothing after the end");
+        assert_eq!(o.accept(&records(0)), refused("a part after the end"));
     }
 
     #[test]
     fn disorder_and_wrong_counts_are_refused() {
-        assert!(SnapshotOrder::default().accept(&records(1)).is_err(), "header first");
+        assert_eq!(SnapshotOrder::default().accept(&records(1)), refused("a part before the header"));
         let mut o = SnapshotOrder::default();
         o.accept(&header(1)).unwrap();
-        assert!(o.accept(&header(1)).is_err(), "one header");
+        assert_eq!(o.accept(&header(1)), refused("a second header"));
         o.accept(&records(1)).unwrap();
-        assert!(o.accept(&SnapshotPart::Catalog(SnapshotCatalog::default())).is_err(), "catalog before records");
-        assert!(o.accept(&records(1)).is_err(), "more than announced");
+        assert_eq!(o.accept(&SnapshotPart::Catalog(SnapshotCatalog::default())), refused("catalog after records"));
+        assert_eq!(o.accept(&records(1)), refused("more records than the header announced"));
         let mut short = SnapshotOrder::default();
         short.accept(&header(2)).unwrap();
         short.accept(&records(1)).unwrap();
-        assert!(short.accept(&SnapshotPart::End { records: 2 }).is_err(), "a record is missing");
+        assert_eq!(
+            short.accept(&SnapshotPart::End { records: 2 }),
+            refused("the record count differs from the header's")
+        );
     }
 
     #[test]

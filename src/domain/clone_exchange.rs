@@ -208,8 +208,11 @@ mod tests {
     #[test]
     fn specs_must_be_named_once_each() {
         let n = |s: &str| Name::parse(s, "spec").unwrap();
-        assert!(validate_specs(&[]).is_err());
-        assert!(validate_specs(&[n("a"), n("b"), n("a")]).is_err());
+        assert_eq!(validate_specs(&[]), Err(DomainError::invalid("spec_names", "name at least one spec")));
+        assert_eq!(
+            validate_specs(&[n("a"), n("b"), n("a")]),
+            Err(DomainError::invalid("spec_names", "spec a is named twice"))
+        );
         assert!(validate_specs(&[n("a"), n("b")]).is_ok());
     }
 }

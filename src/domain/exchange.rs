@@ -381,14 +381,17 @@ mod tests {
         };
         assert_eq!(at(Pending), Ok(Pending));
         assert_eq!(at(Approved), Ok(Approved));
-        assert!(at(Completed).is_err());
+        let refused =
+            DomainError::FailedPrecondition("cannot retry a request in status ERROR_ON_REMOTE_INSTANCE".into());
+        assert_eq!(at(Completed), Err(refused));
         let expired = next_status(
             ErrorOnLocalInstance,
             &RequestEvent::Retry { resume_at: Pending },
             UnixMillis(1),
             UnixMillis(5),
         );
-        assert!(expired.unwrap_err().to_string().contains("expired"));
+        let refused = DomainError::FailedPrecondition("the request has expired and can no longer be retried".into());
+        assert_eq!(expired, Err(refused));
     }
 
     #[test]
@@ -425,7 +428,8 @@ mod tests {
         r.apply(RequestEvent::Reject { reason: "not now".into() }, "alice", UnixMillis(5)).unwrap();
         assert_eq!(r.status, Rejected);
         assert_eq!(r.history.last().map(|t| (t.actor.as_str(), t.note.as_str())), Some(("alice", "not now")));
-        assert!(r.apply(RequestEvent::Approve, "alice", UnixMillis(6)).is_err());
+        let refused = DomainError::FailedPrecondition("cannot approve a request in status REQUEST_REJECTED".into());
+        assert_eq!(r.apply(RequestEvent::Approve, "alice", UnixMillis(6)), Err(refused));
         assert_eq!(r.history.len(), 1, "a refused event changes nothing");
         assert_eq!(r.status_summary(), "REQUEST_REJECTED (rejected by alice at 5)");
         r.status = Approved;
@@ -437,11 +441,16 @@ mod tests {
     #[test]
     fn expiry_and_spec_validation() {
         assert_eq!(validate_expiry(None), Ok(DEFAULT_EXPIRY_MILLIS));
-        assert!(validate_expiry(Some(0)).is_err());
-        assert!(validate_expiry(Some(MAX_EXPIRY_MILLIS + 1)).is_err());
-        assert!(validate_spec_names(&[]).is_err());
-        assert!(validate_spec_names(&["a".into(), "a".into()]).is_err());
-        assert!(validate_spec_names(&["bad name".into()]).is_err());
+        assert_eq!(validate_expiry(Some(0)), Err(DomainError::invalid("expires_in", "must be positive")));
+        assert_eq!(
+            validate_expiry(Some(MAX_EXPIRY_MILLIS + 1)),
+            Err(DomainError::invalid("expires_in", "must be at most 90 days"))
+        );
+        let names = |n: &[&str]| validate_spec_names(&n.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(names(&[]), Err(DomainError::invalid("spec_names", "name at least one spec")));
+        assert_eq!(names(&["a", "a"]), Err(DomainError::invalid("spec_names", "a is named twice")));
+        let bad_name = DomainError::invalid("spec_names", "expected 1 to 64 characters of A-Z a-z 0-9 _ . -");
+        assert_eq!(names(&["bad name"]), Err(bad_name));
         assert_eq!(validate_spec_names(&["a".into(), "b".into()]).map(|v| v.len()), Ok(2));
     }
 }

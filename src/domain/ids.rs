@@ -253,7 +253,11 @@ mod tests {
     fn sys_id_accepts_only_32_lowercase_hex() {
         assert!(SysId::parse("0123456789abcdef0123456789abcdef").is_ok());
         for bad in ["", "0123456789ABCDEF0123456789ABCDEF", "0123", "g123456789abcdef0123456789abcdef"] {
-            assert!(SysId::parse(bad).is_err(), "{bad} accepted");
+            assert_eq!(
+                SysId::parse(bad),
+                Err(DomainError::invalid("sys_id", "expected 32 lowercase hex characters")),
+                "{bad}"
+            );
         }
         let id = SysId::from_random([7; 16]);
         assert_eq!(SysId::from_bytes(id.to_bytes()), id);
@@ -285,15 +289,17 @@ mod tests {
     fn key_id_text_round_trip() {
         let id = KeyId { origin: SysId::from_random([1; 16]), spec: Name::parse("pay", "spec").unwrap(), version: 3 };
         assert_eq!(KeyId::parse(&id.to_string()), Ok(id));
-        assert!(KeyId::parse("nope").is_err());
-        assert!(KeyId::parse("01010101010101010101010101010101:pay:3").is_err());
+        let refused = Err(DomainError::invalid("key_id", "expected <sys_id>:<spec>:v<version>"));
+        assert_eq!(KeyId::parse("nope"), refused);
+        assert_eq!(KeyId::parse("01010101010101010101010101010101:pay:3"), refused);
     }
 
     #[test]
     fn names_are_restricted() {
         assert!(Name::parse("global.my_module-1", "module").is_ok());
-        assert!(Name::parse("", "module").is_err());
-        assert!(Name::parse("a/b", "module").is_err());
-        assert!(Name::parse(&"x".repeat(65), "module").is_err());
+        let refused = Err(DomainError::invalid("module", "expected 1 to 64 characters of A-Z a-z 0-9 _ . -"));
+        assert_eq!(Name::parse("", "module"), refused);
+        assert_eq!(Name::parse("a/b", "module"), refused);
+        assert_eq!(Name::parse(&"x".repeat(65), "module"), refused);
     }
 }

@@ -193,7 +193,11 @@ mod tests {
     #[test]
     fn claim_only_when_due_and_unleased() {
         let mut j = job();
-        assert!(j.claim("a", UnixMillis(99), 1000).is_err(), "not due yet");
+        let early = j.claim("a", UnixMillis(99), 1000);
+        assert!(
+            matches!(&early, Err(DomainError::FailedPrecondition(m)) if m.ends_with("is not due until 100")),
+            "{early:?}"
+        );
         let lease = j.claim("a", UnixMillis(100), 1000).unwrap();
         assert_eq!((lease.claim, lease.expires_at), (1, UnixMillis(1100)));
         assert_eq!(j.due_at(), UnixMillis(1100));

@@ -461,7 +461,11 @@ mod tests {
         assert_eq!(change.updated[0].state, Deactivated);
         let new = change.new_key.unwrap();
         assert_eq!((new.state, new.id.version), (Active, 2));
-        assert!(plan_rotate(&me(), &spec(), &[], &lc, UnixMillis(1)).is_err());
+        let none = plan_rotate(&me(), &spec(), &[], &lc, UnixMillis(1)).err();
+        assert!(
+            matches!(&none, Some(DomainError::FailedPrecondition(m)) if m.contains("has no Active key to rotate")),
+            "{none:?}"
+        );
     }
 
     #[test]
@@ -489,7 +493,11 @@ mod tests {
         let k2 = plan_generate(&me(), &spec(), std::slice::from_ref(&suspended), &lc, UnixMillis(30)).new_key.unwrap();
         assert_eq!(k2.state, Active, "no current key while k1 is suspended");
         let keys = vec![suspended.clone(), k2];
-        assert!(plan_action(&me(), &keys, &suspended.id, &KeyAction::Resume, &lc, UnixMillis(40)).is_err());
+        let resumed = plan_action(&me(), &keys, &suspended.id, &KeyAction::Resume, &lc, UnixMillis(40)).err();
+        assert!(
+            matches!(&resumed, Some(DomainError::FailedPrecondition(m)) if m.contains("already has an Active key")),
+            "{resumed:?}"
+        );
 
         let revoke_no_reason = KeyAction::Revoke { reason: " ".into() };
         assert!(matches!(

@@ -92,6 +92,6 @@ mod tests {
         assert!(lc.check_cap(Some(730 * DAY)).is_ok());
         assert!(matches!(lc.check_cap(Some(365 * DAY)), Err(DomainError::FailedPrecondition(_))));
         let bad = LifecycleDefinition { expire_after: Some(0), destroy_after_idle: None };
-        assert!(bad.check_cap(None).is_err());
+        assert_eq!(bad.check_cap(None), Err(DomainError::invalid("expire_after", "must be positive")));
     }
 }

@@ -93,11 +93,13 @@ mod tests {
         for (name, value, want) in cases {
             assert_eq!(validate_value(name, value).ok().as_deref(), *want, "{name}={value}");
         }
-        assert!(validate_value("x", &"v".repeat(MAX_VALUE_LEN + 1)).is_err());
+        let too_long = DomainError::invalid("value", format!("longer than {MAX_VALUE_LEN} bytes"));
+        assert_eq!(validate_value("x", &"v".repeat(MAX_VALUE_LEN + 1)), Err(too_long));
         assert_eq!(schema(AUTO_KEY_EXCHANGE), (PropertyType::Bool, Some("true")));
         assert_eq!(schema(REKEYED), (PropertyType::Bool, None));
         for bad in ["", "Upper", "1starts.with.digit", "has space", &"a".repeat(129)] {
-            assert!(validate_name(bad).is_err(), "{bad}");
+            let refused = DomainError::invalid("name", "expected 1-128 of a-z 0-9 _ . -, starting with a letter");
+            assert_eq!(validate_name(bad), Err(refused), "{bad}");
         }
         assert!(validate_name("glide.kmf.x-y_z").is_ok());
     }

@@ -47,9 +47,11 @@ mod tests {
 
     #[test]
     fn addresses_are_validated_and_bound_unambiguously() {
-        assert!(RecordAddress::parse("t", "f", "").is_err());
-        assert!(RecordAddress::parse("t", "f", "a\nb").is_err());
-        assert!(RecordAddress::parse("bad table", "f", "1").is_err());
+        let bad_id = DomainError::invalid("record_id", "1 to 128 characters, no control characters");
+        assert_eq!(RecordAddress::parse("t", "f", ""), Err(bad_id.clone()));
+        assert_eq!(RecordAddress::parse("t", "f", "a\nb"), Err(bad_id));
+        let bad_table = DomainError::invalid("table", "expected 1 to 64 characters of A-Z a-z 0-9 _ . -");
+        assert_eq!(RecordAddress::parse("bad table", "f", "1"), Err(bad_table));
         let a = RecordAddress::parse("t", "fx", "1").unwrap();
         let b = RecordAddress::parse("t", "f", "x1").unwrap();
         assert_ne!(a.associated_data(), b.associated_data(), "length prefixes keep fields apart");

@@ -437,7 +437,11 @@ mod tests {
         assert!(err.contains("purpose") && err.contains("rsa serves"), "{err}");
         // Defaults are then validated like any choice.
         let c = SpecChoice::with_defaults(Some(P::SymmetricKeyWrapping), None, None, true).unwrap();
-        assert!(c.validate().is_err());
+        let refused = c.validate();
+        assert!(
+            matches!(refused, Err(DomainError::InvalidArgument { field: "equality_preserving", .. })),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -227,6 +227,11 @@ pub fn siv_open(key: &[u8], aad: &[&[u8]], sealed: &[u8]) -> Result<Zeroizing<Ve
 mod tests {
     use super::*;
 
+    /// The one refusal of every open: it does not say which of key, associated data or ciphertext was wrong.
+    fn refused(opened: Result<Zeroizing<Vec<u8>>, CryptoError>) -> bool {
+        matches!(opened, Err(e) if e.to_string() == OPEN_FAILED.to_string())
+    }
+
     #[test]
     fn rfc7518_b1_aes_128_cbc_hmac_sha_256() {
         let key: Vec<u8> = (0u8..32).collect();
@@ -281,7 +286,7 @@ mod tests {
             siv_seal(&key, &aad, b"", &mut empty).unwrap();
             assert_eq!(empty.len(), 16);
             assert_eq!(siv_open(&key, &aad, &empty).unwrap().len(), 0);
-            assert!(siv_open(&key, &[b"header", b"other"], &empty).is_err());
+            assert!(refused(siv_open(&key, &[b"header", b"other"], &empty)));
         }
     }
 
@@ -304,14 +309,14 @@ mod tests {
                     seal_fn(&key, &[b"hdr", b"aad"], msg, &mut sealed)
                         .unwrap_or_else(|e| panic!("{name} {len} {}: {e}", msg.len()));
                     assert_eq!(&open_fn(&key, &[b"hdr", b"aad"], &sealed).unwrap()[..], msg, "{name} {len}");
-                    assert!(open_fn(&key, &[b"hdr", b"other"], &sealed).is_err(), "{name} aad");
-                    assert!(open_fn(&other, &[b"hdr", b"aad"], &sealed).is_err(), "{name} key");
+                    assert!(refused(open_fn(&key, &[b"hdr", b"other"], &sealed)), "{name} aad");
+                    assert!(refused(open_fn(&other, &[b"hdr", b"aad"], &sealed)), "{name} key");
                     for i in [0, sealed.len() / 2, sealed.len() - 1] {
                         let mut bad = sealed.clone();
                         bad[i] ^= 0x80;
-                        assert!(open_fn(&key, &[b"hdr", b"aad"], &bad).is_err(), "{name} bit {i}");
+                        assert!(refused(open_fn(&key, &[b"hdr", b"aad"], &bad)), "{name} bit {i}");
                     }
-                    assert!(open_fn(&key, &[b"hdr", b"aad"], &sealed[..sealed.len() - 1]).is_err());
+                    assert!(refused(open_fn(&key, &[b"hdr", b"aad"], &sealed[..sealed.len() - 1])), "{name} short");
                 }
             }
         }

@@ -241,8 +241,9 @@ mod tests {
         let leaf = issue_instance(&ca, &sys_id, &["localhost".into()]).unwrap();
         let der = openssl::x509::X509::from_pem(leaf.cert_pem.as_bytes()).unwrap().to_der().unwrap();
         assert_eq!(chains_to(&der, ca.cert_pem.as_bytes()), Ok(()));
-        assert!(chains_to(&der, other.cert_pem.as_bytes()).is_err(), "another CA did not issue it");
-        assert!(chains_to(b"junk", ca.cert_pem.as_bytes()).is_err());
+        let another = chains_to(&der, other.cert_pem.as_bytes());
+        assert_eq!(another, Err("unable to get local issuer certificate".to_owned()), "another CA did not issue it");
+        assert_eq!(chains_to(b"junk", ca.cert_pem.as_bytes()), Err("not an X.509 certificate".to_owned()));
     }
 
     #[test]
@@ -255,7 +256,8 @@ mod tests {
         assert_eq!(&kwp_unwrap(&kek, &wrapped).unwrap()[..], &key[..]);
         let mut bad = wrapped;
         bad[3] ^= 1;
-        assert!(kwp_unwrap(&kek, &bad).is_err());
+        let err = kwp_unwrap(&kek, &bad).err();
+        assert!(matches!(err, Some(CryptoError::Failed("key unwrap: integrity check failed"))), "{err:?}");
     }
 
     #[test]
@@ -275,7 +277,13 @@ mod tests {
         let mut sealed = Vec::new();
         gcm_seal(&key, &[b"hdr", b"aad"], b"secret", &mut sealed).unwrap();
         assert_eq!(&gcm_open(&key, &[b"hdr", b"aad"], &sealed).unwrap()[..], b"secret");
-        assert!(gcm_open(&key, &[b"hdr", b"other"], &sealed).is_err());
-        assert!(gcm_open(&[8u8; 32], &[b"hdr", b"aad"], &sealed).is_err());
+        let refused = |r: Result<Zeroizing<Vec<u8>>, CryptoError>| {
+            matches!(
+                r,
+                Err(CryptoError::Failed("decryption failed: wrong key, associated data or tampered ciphertext"))
+            )
+        };
+        assert!(refused(gcm_open(&key, &[b"hdr", b"other"], &sealed)), "other associated data");
+        assert!(refused(gcm_open(&[8u8; 32], &[b"hdr", b"aad"], &sealed)), "another key");
     }
 }

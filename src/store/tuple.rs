@@ -163,11 +163,12 @@ mod tests {
         assert!(k.starts_with(&KeyBuf::new().str("spec\0x").done()));
         // "spec" is not a component-prefix of "spec\0x".
         assert!(!k.starts_with(&KeyBuf::new().str("spec").done()));
-        assert!(KeyReader::new(b"abc").str().is_err());
-        assert!(KeyReader::new(&[1, 2]).u32().is_err());
+        let why = |e: StoreError| e.to_string();
+        assert_eq!(KeyReader::new(b"abc").str().map_err(why), Err(corrupt("unterminated string").to_string()));
+        assert_eq!(KeyReader::new(&[1, 2]).u32().map_err(why), Err(corrupt("truncated integer").to_string()));
         let mut r = KeyReader::new(&[0, 1, 7]);
         r.str().unwrap();
-        assert!(r.end().is_err());
-        assert!(KeyReader::new(&[b'a', 0, 2]).str().is_err());
+        assert_eq!(r.end().map_err(why), Err(corrupt("trailing bytes").to_string()));
+        assert_eq!(KeyReader::new(&[b'a', 0, 2]).str().map_err(why), Err(corrupt("bad string terminator").to_string()));
     }
 }

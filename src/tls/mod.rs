@@ -1,6 +1,6 @@
 //! Trust: the deployment PKI (rcgen), rustls configurations for TLS 1.3 with
 //! required client certificates, and identities read from verified
-//! certificates. Depends on `domain` only.
+//! certificates. Depends on `domain` (and `clock` for the moment of issue).
 
 pub mod identity;
 pub mod pki;

@@ -50,6 +50,10 @@ fn err(e: rcgen::Error) -> TlsError {
     TlsError::Certificate(e.to_string())
 }
 
+fn err_text(e: String) -> TlsError {
+    TlsError::Certificate(e)
+}
+
 fn uri(text: String) -> Result<SanType, TlsError> {
     Ok(SanType::URI(text.try_into().map_err(err)?))
 }
@@ -88,7 +92,11 @@ fn leaf(
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     set_validity(&mut params, valid);
     // A random serial (rcgen's default is derived from the key): what `pki revoke` names.
-    let mut serial = crate::signer::primitives::random_bytes::<16>();
+    let mut serial = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut serial)
+        .map_err(|_| err_text("no random bytes for a serial".into()))?;
     serial[0] = (serial[0] & 0x3f) | 0x40; // positive, 16 bytes, no DER padding byte
     params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     params.distinguished_name.push(DnType::CommonName, cn);

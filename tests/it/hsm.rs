@@ -184,6 +184,7 @@ async fn a_token_that_goes_away_is_a_signer_malfunction_and_health_not_serving()
     // The daemon still answers: other calls get a clean error.
     let err = ops.keys.generate_key(pb::GenerateKeyRequest { spec: "s".into() }).await.expect_err("no KEK");
     assert_eq!(err.code(), tonic::Code::Internal, "{err}");
+    assert!(err.message().starts_with("internal error (error id "), "only an error id, no reason: {err}");
     assert_eq!(st(&diagnose(&mut ops).await), ComponentStatus::Malfunction, "still broken, still answering");
     assert_eq!(health(&mut hc, "kmf.v1.KeyExchange").await, ServingStatus::NotServing, "after a Diagnose too");
     node.stop().await;

@@ -1,5 +1,6 @@
 //! One integration-test binary: in-process nodes over real mTLS on port 0,
 //! process tests of the built binaries, grpcurl, and tidy checks.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic on a broken fixture
 
 mod approve_wait;
 mod audit;
@@ -32,9 +33,12 @@ mod rekey;
 mod rekey_crash;
 mod schedule_crash;
 mod signer_contract;
+mod skip;
 mod softhsm;
 mod store_contract;
 mod store_contract_rekey;
 mod support;
 mod tidy;
+mod tidy_paths;
+mod tidy_rules;
 mod wire_codes;

@@ -30,25 +30,23 @@ async fn pair(pki: &Pki) -> (TestNode, TestNode, Ops, Ops) {
 async fn transport_refusals_no_client_cert_and_foreign_ca() {
     let pki = Pki::new();
     let node = TestNode::start(&pki).await;
-    // A client certificate from another CA: the handshake is refused. (In TLS 1.3
-    // the client may finish its side first, so the refusal can surface on the
-    // first call rather than at connect.)
+    let addr = node.app.as_ref().expect("app").local_addr;
+    // A client certificate from another CA. The client trusts our CA, so the
+    // refusal is the server's: a TLS alert, which in TLS 1.3 reaches the client
+    // on its first read (its side of the handshake is done first).
     let other = Pki::new();
-    let foreign = other.operator("mallory", &[Role::Admin]);
-    let mut foreign_ops = None;
+    let foreign =
+        kmf::tls::TlsFiles { ca_pem: pki.ca.cert_pem.as_bytes().to_vec(), ..other.operator("mallory", &[Role::Admin]) };
+    let config = kmf::tls::client_config(&foreign, None).expect("client config");
+    let refusal = first_read(addr, config).await.expect_err("served a certificate from another CA");
+    assert!(refusal.to_string().contains("received fatal alert: DecryptError"), "{refusal}");
+    // Through the gRPC client the call fails in the transport, before any service.
     if let Ok(ch) = kmf::rpc::client::connect(&node.host, &foreign, None).await {
         let mut c = pb::key_management_client::KeyManagementClient::new(ch);
-        let err = c
-            .create_module(pb::CreateModuleRequest {
-                name: "evil".into(),
-                default_access: pb::DefaultAccess::Track as i32,
-            })
-            .await
-            .expect_err("foreign CA accepted");
-        foreign_ops = Some(err.code());
-    }
-    if let Some(code) = foreign_ops {
-        assert!(matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled), "{code:?}");
+        let module = pb::CreateModuleRequest { name: "evil".into(), default_access: pb::DefaultAccess::Track as i32 };
+        let err = c.create_module(module).await.expect_err("foreign CA accepted");
+        let transport = std::error::Error::source(&err).is_some_and(|e| e.is::<tonic::transport::Error>());
+        assert!(transport, "not a transport failure: {err:?}");
     }
     let mut admin = node.admin(&pki).await;
     let modules = admin.keys.list_modules(pb::ListModulesRequest {}).await.expect("list").into_inner().modules;
@@ -65,20 +63,8 @@ async fn transport_refusals_no_client_cert_and_foreign_ca() {
         .expect("tls13")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(node.app.as_ref().expect("app").local_addr).await.expect("tcp");
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    // In TLS 1.3 the client finishes first; the refusal arrives on first read.
-    let outcome = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tls = connector.connect(name, tcp).await?;
-        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
-        let mut buf = [0u8; 64];
-        let n = tls.read(&mut buf).await?;
-        Ok::<usize, std::io::Error>(n)
-    }
-    .await;
-    assert!(!matches!(outcome, Ok(n) if n > 0), "server answered a client without certificate: {outcome:?}");
+    let refusal = first_read(addr, Arc::new(config)).await.expect_err("server answered a client without certificate");
+    assert!(refusal.to_string().contains("received fatal alert: CertificateRequired"), "{refusal}");
     // The daemon still serves properly authenticated callers.
     let mut ops = node.admin(&pki).await;
     assert!(ops.instance.info(pb::InfoRequest {}).await.is_ok());
@@ -148,7 +134,7 @@ async fn approval_refusals_auditor_twice_rejected() {
     assert_eq!(err.code(), Code::PermissionDenied);
     let err =
         auditor.keys.generate_key(pb::GenerateKeyRequest { spec: "salary".into() }).await.expect_err("auditor wrote");
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.code() == Code::PermissionDenied && err.message().contains("needs one of the roles"), "{err}");
     assert_eq!(snapshot(&mut s, "salary").await, before, "auditor changed nothing");
     // ...but may read.
     assert_eq!(status(&auditor.get(&id).await), RequestStatus::RequestPending);
@@ -300,6 +286,7 @@ async fn oversized_message_is_refused() {
         .await
         .expect_err("oversized accepted");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("message length too large"), "{err}");
     // Under the message limit but over the plaintext limit.
     let err = ops
         .crypto
@@ -346,6 +333,7 @@ async fn replayed_tampered_and_misaddressed_bundles_are_refused() {
             .await
             .expect_err("tampered bundle accepted");
         assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+        assert!(err.message().contains("bundle signature does not verify"), "{err}");
     }
     // Signed correctly, but sent by another instance.
     let mut as_third = peer_client(&target, &third.instance_files).await;
@@ -353,14 +341,16 @@ async fn replayed_tampered_and_misaddressed_bundles_are_refused() {
         .deliver_bundle(pb::DeliverBundleRequest { bundle: bundle.bytes.clone(), signature: bundle.signature.clone() })
         .await
         .expect_err("bundle from the wrong sender accepted");
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("bundle signature does not verify against the sender's certificate"), "{err}");
     // Mis-addressed: the right bundle delivered to an instance it is not for.
     let mut to_third = peer_client(&third, &source.instance_files).await;
     let err = to_third
         .deliver_bundle(pb::DeliverBundleRequest { bundle: bundle.bytes.clone(), signature: bundle.signature.clone() })
         .await
         .expect_err("mis-addressed bundle accepted");
-    assert!(matches!(err.code(), Code::NotFound | Code::PermissionDenied), "{err}");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert_eq!(err.message(), format!("request not found: {id}"), "the third never saw this request");
     assert_eq!(snapshot(&mut t, "salary").await, before, "nothing imported");
 
     // Release the hold: the source's retry delivers the genuine bundle.
@@ -417,5 +407,20 @@ async fn instance_certificate_must_match_the_database() {
     };
     let err = kmf::app::start(cfg).await.err().expect("started with another instance's certificate");
     assert!(err.to_string().contains("does not name this instance"), "{err}");
-    assert!(kmf::app::init_instance(dir.path(), &host).is_err(), "init refuses to overwrite");
+    let err = kmf::app::init_instance(dir.path(), &host).expect_err("init refuses to overwrite");
+    assert!(err.to_string().contains("an instance already exists in"), "{err}");
+    assert!(err.to_string().contains("(refusing to overwrite)"), "{err}");
+}
+
+/// Opens TLS to `addr` with `config`, sends the HTTP/2 preface and reads:
+/// what the server answers first (in TLS 1.3 a refused client certificate
+/// arrives here, as an alert).
+async fn first_read(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    let mut buf = [0u8; 64];
+    tls.read(&mut buf).await
 }

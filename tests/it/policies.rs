@@ -191,7 +191,8 @@ async fn repeated_refusals_are_audited_once_with_their_count() {
 
     // A new window: audited at once again; its repeats are written at shutdown.
     for _ in 0..3 {
-        try_encrypt(&mut app).await.expect_err("refused");
+        let err = try_encrypt(&mut app).await.expect_err("refused");
+        assert!(err.code() == Code::PermissionDenied && err.message().contains("no access policy"), "{err}");
     }
     assert_eq!(admin.audit_entries("policy.denied").await.len(), 2);
     drop((admin, app));

@@ -311,7 +311,8 @@ fn jobs_are_claimed_under_a_lease_and_fenced() {
         let stale = st.finish_job(&a.id, &lease1, None).unwrap_err();
         assert!(matches!(stale, StoreError::Stale { what: "job lease", .. }), "{}", s.name);
         let policy = RetryPolicy { base_millis: 100, cap_millis: 1_000 };
-        assert!(st.retry_job(&a.id, &lease1, "x", t(1_000), policy, 0).is_err());
+        let stale = st.retry_job(&a.id, &lease1, "x", t(1_000), policy, 0).err();
+        assert!(matches!(stale, Some(StoreError::Stale { what: "job lease", .. })), "{}: {stale:?}", s.name);
         // The second fails it: retried after the backoff, then finished.
         let retried = st.retry_job(&a.id, &lease2, "target down", t(1_000), policy, 0).unwrap();
         assert_eq!((retried.attempts, retried.next_due, retried.lease), (1, t(1_050), None), "{}", s.name);
@@ -508,8 +509,8 @@ fn schema_1_database_is_migrated_at_open() {
     // Opening again finds schema 2 and changes nothing.
     let store = Store::open_redb(&path).unwrap();
     assert_eq!(store.count_keys().unwrap(), 1);
-    let db_tables = kmf::store::RedbEngine::open(&path);
-    assert!(db_tables.is_err(), "the file is held by the open store");
+    let held = kmf::store::RedbEngine::open(&path).err();
+    assert!(matches!(&held, Some(StoreError::Backend(m)) if m.contains("already open")), "held by the store: {held:?}");
     drop(store);
     let names = kmf::store::RedbEngine::open(&path).unwrap().table_names().unwrap();
     assert!(names.iter().all(|n| n.starts_with("kv/")), "old tables are gone: {names:?}");

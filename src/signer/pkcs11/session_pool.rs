@@ -62,6 +62,8 @@ pub(super) struct Lease<'a> {
 
 impl Lease<'_> {
     pub(super) fn session(&self) -> &Session {
+        // allowed: `session` is Some from `lease()` until `discard` or `drop`, which both consume the lease
+        #[allow(clippy::expect_used)]
         self.session.as_ref().expect("a lease holds its session until dropped")
     }
 
