@@ -25,6 +25,7 @@ mod local_errors;
 mod metrics;
 mod negatives;
 mod peer_channels;
+mod peer_refusals;
 mod policies;
 mod process;
 mod properties;

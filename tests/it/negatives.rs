@@ -343,6 +343,10 @@ async fn replayed_tampered_and_misaddressed_bundles_are_refused() {
         .expect_err("bundle from the wrong sender accepted");
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     assert!(err.message().contains("bundle signature does not verify against the sender's certificate"), "{err}");
+    let refused = crate::peer_refusals::refusals(&mut t, &format!("instance:{}", third.sys_id)).await;
+    assert_eq!(refused.len(), 1, "the rogue bundle is audited as call.refused: {refused:?}");
+    assert_eq!(refused[0].subject, "/kmf.v1.KeyExchange/DeliverBundle");
+    assert!(refused[0].details.contains("against the sender's certificate"), "{:?}", refused[0]);
     // Mis-addressed: the right bundle delivered to an instance it is not for.
     let mut to_third = peer_client(&third, &source.instance_files).await;
     let err = to_third

@@ -1,9 +1,13 @@
 //! KeyExchange: the peer service other daemons call. The caller's sys_id is
-//! the one in its verified certificate.
+//! the one in its verified certificate. A call refused for who is calling (a
+//! claimed sys_id that is not the certificate's, a status notice or a bundle
+//! from an instance that is not the request's peer) is audited as
+//! `call.refused` with the certificate's identity and logged at warn, as
+//! operator refusals are (`rpc::caller`).
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::domain::DomainError;
 use crate::domain::auth::{Caller, Permission};
@@ -11,7 +15,7 @@ use crate::domain::exchange::SignedBlob;
 use crate::domain::ids::{Host, RequestId, SysId};
 use crate::node::Node;
 use crate::node::ports::OpenRequest;
-use crate::rpc::caller::authorize;
+use crate::rpc::caller::{RpcPath, authorize};
 use crate::rpc::convert;
 use crate::rpc::pb::{self, key_exchange_server::KeyExchange};
 
@@ -25,6 +29,28 @@ pub(super) async fn instance<T>(node: &Arc<Node>, req: &Request<T>) -> Result<(S
     }
 }
 
+/// Audits and logs `result` when it is a refusal (PERMISSION_DENIED) of the
+/// instance `caller` calling `method`; returns it unchanged.
+async fn audit_refusal<T>(
+    node: &Arc<Node>,
+    caller: &SysId,
+    method: String,
+    result: Result<T, Status>,
+) -> Result<T, Status> {
+    if let Err(status) = &result
+        && status.code() == Code::PermissionDenied
+    {
+        let actor = Caller::Instance(caller.clone()).actor();
+        tracing::warn!(caller = %actor, %method, "peer call refused: {}", status.message());
+        node.audit_refusal(actor, method, status.message().to_owned()).await;
+    }
+    result
+}
+
+fn method_of<T>(req: &Request<T>) -> String {
+    req.extensions().get::<RpcPath>().map_or_else(|| "unknown".to_owned(), |p| p.0.clone())
+}
+
 #[tonic::async_trait]
 impl KeyExchange for KeyExchangeService {
     async fn open_request(
@@ -32,7 +58,47 @@ impl KeyExchange for KeyExchangeService {
         req: Request<pb::OpenRequestRequest>,
     ) -> Result<Response<pb::OpenRequestResponse>, Status> {
         let (caller, cert) = instance(&self.0, &req).await?;
+        let method = method_of(&req);
+        let result = self.open(caller.clone(), cert, req.into_inner()).await;
+        audit_refusal(&self.0, &caller, method, result).await
+    }
+
+    async fn deliver_bundle(
+        &self,
+        req: Request<pb::DeliverBundleRequest>,
+    ) -> Result<Response<pb::DeliverBundleResponse>, Status> {
+        let (caller, cert) = instance(&self.0, &req).await?;
+        let method = method_of(&req);
         let r = req.into_inner();
+        let result = self
+            .0
+            .receive_bundle(caller.clone(), cert, SignedBlob { bytes: r.bundle, signature: r.signature })
+            .await
+            .map(|receipt| {
+                Response::new(pb::DeliverBundleResponse { receipt: receipt.bytes, signature: receipt.signature })
+            })
+            .map_err(Status::from);
+        audit_refusal(&self.0, &caller, method, result).await
+    }
+
+    async fn notify_status(
+        &self,
+        req: Request<pb::NotifyStatusRequest>,
+    ) -> Result<Response<pb::NotifyStatusResponse>, Status> {
+        let (caller, _) = instance(&self.0, &req).await?;
+        let method = method_of(&req);
+        let result = self.notify(caller.clone(), req.into_inner()).await;
+        audit_refusal(&self.0, &caller, method, result).await
+    }
+}
+
+impl KeyExchangeService {
+    async fn open(
+        &self,
+        caller: SysId,
+        cert: Vec<u8>,
+        r: pb::OpenRequestRequest,
+    ) -> Result<Response<pb::OpenRequestResponse>, Status> {
         if r.target_sys_id != caller.as_str() {
             return Err(Status::permission_denied("claimed target_sys_id differs from the certificate"));
         }
@@ -59,23 +125,11 @@ impl KeyExchange for KeyExchangeService {
         Ok(Response::new(pb::OpenRequestResponse { request: Some(request) }))
     }
 
-    async fn deliver_bundle(
+    async fn notify(
         &self,
-        req: Request<pb::DeliverBundleRequest>,
-    ) -> Result<Response<pb::DeliverBundleResponse>, Status> {
-        let (caller, cert) = instance(&self.0, &req).await?;
-        let r = req.into_inner();
-        let receipt =
-            self.0.receive_bundle(caller, cert, SignedBlob { bytes: r.bundle, signature: r.signature }).await?;
-        Ok(Response::new(pb::DeliverBundleResponse { receipt: receipt.bytes, signature: receipt.signature }))
-    }
-
-    async fn notify_status(
-        &self,
-        req: Request<pb::NotifyStatusRequest>,
+        caller: SysId,
+        r: pb::NotifyStatusRequest,
     ) -> Result<Response<pb::NotifyStatusResponse>, Status> {
-        let (caller, _) = instance(&self.0, &req).await?;
-        let r = req.into_inner();
         if SysId::parse(&r.source_sys_id)? != caller {
             return Err(Status::permission_denied("claimed source_sys_id differs from the certificate"));
         }
