@@ -158,7 +158,12 @@ pub struct AppConfig {
     pub rekey_retry_interval: Duration,
     /// Connection limit, idle timeout, keepalive, streams per connection.
     pub connections: crate::connections::ConnectionLimits,
+    /// Where `tls` was read from: given, the daemon reloads its certificate,
+    /// key and CRL on SIGHUP or when one of the files changes.
+    pub tls_paths: Option<TlsPaths>,
 }
+
+pub use crate::tls_reload::TlsPaths;
 
 pub struct RunningApp {
     pub local_addr: SocketAddr,
@@ -174,6 +179,8 @@ pub struct RunningApp {
     health_watch: JoinHandle<()>,
     handshakes: Arc<AtomicU64>,
     connections: crate::connections::ConnectionSlots,
+    tls_reload: Option<JoinHandle<()>>,
+    tls_reloads: Arc<AtomicU64>,
 }
 
 /// How long shutdown waits for in-flight jobs; a job still running then
@@ -208,6 +215,11 @@ impl Default for StartOptions<'_> {
 impl RunningApp {
     /// How many TLS handshakes the gRPC listener completed (one per
     /// connection a client opened; tests use it to see channels reused).
+    /// TLS reloads installed so far (SIGHUP or a changed file).
+    pub fn tls_reloads(&self) -> u64 {
+        self.tls_reloads.load(Ordering::Relaxed)
+    }
+
     /// gRPC connections open now.
     pub fn open_connections(&self) -> usize {
         self.connections.open()
@@ -231,6 +243,10 @@ impl RunningApp {
         // Wait until the aborted task is gone, so its handle on the node
         // (and the database) is released before this returns.
         let _ = self.health_watch.await;
+        if let Some(reload) = self.tls_reload {
+            reload.abort();
+            let _ = reload.await;
+        }
         if let Some(metrics) = self.metrics_server {
             let _ = metrics.await;
         }
@@ -288,7 +304,8 @@ pub async fn start_custom(
     if host.port() == 0 {
         host = host.new_unchecked_port(local_addr.port());
     }
-    let peers = wrap_peers(Arc::new(PeerClient::new(sys_id.clone(), cfg.tls.clone())));
+    let peer_client = Arc::new(PeerClient::new(sys_id.clone(), cfg.tls.clone()));
+    let peers = wrap_peers(peer_client.clone());
     let diagnostics = DiagnosticsSetup {
         certificate_der: cfg.tls.chain()?.first().map(|c| c.to_vec()).unwrap_or_default(),
         probe: Arc::new(HealthProbe::new(cfg.tls.clone())),
@@ -326,15 +343,20 @@ pub async fn start_custom(
     let counter = handshakes.clone();
     let acceptor = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(server_config(&cfg.tls)?)));
     let connections = crate::connections::ConnectionSlots::new(cfg.connections.max_connections);
-    let incoming =
-        crate::connections::accept_tls(listener, acceptor, cfg.connections, connections.clone(), stop_rx.clone()).map(
-            move |accepted| {
-                if accepted.is_ok() {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                accepted
-            },
-        );
+    let tls_reloads = Arc::new(AtomicU64::new(0));
+    let incoming = crate::connections::accept_tls(
+        listener,
+        acceptor.clone(),
+        cfg.connections,
+        connections.clone(),
+        stop_rx.clone(),
+    )
+    .map(move |accepted| {
+        if accepted.is_ok() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        accepted
+    });
     let m = MAX_MESSAGE_BYTES;
     let server = Server::builder()
         .max_concurrent_streams(cfg.connections.max_concurrent_streams)
@@ -365,6 +387,16 @@ pub async fn start_custom(
     let jobs_runner =
         tokio::spawn(crate::node::jobs::run_jobs(node.clone(), jobs_cancel.clone(), jobs_in_flight.clone()));
     let health_watch = tokio::spawn(health_loop(node.clone(), health, cfg.health_interval));
+    let tls_reload = cfg.tls_paths.clone().map(|paths| {
+        let reloader = crate::tls_reload::TlsReloader::new(
+            paths,
+            cfg.tls.clone(),
+            acceptor.clone(),
+            peer_client.clone(),
+            tls_reloads.clone(),
+        );
+        tokio::spawn(reloader.run(stop_rx.clone()))
+    });
     tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");
     Ok(RunningApp {
         local_addr,
@@ -379,6 +411,8 @@ pub async fn start_custom(
         health_watch,
         handshakes,
         connections,
+        tls_reload,
+        tls_reloads,
     })
 }
 
@@ -444,6 +478,7 @@ pub async fn start_loopback_custom(
         metrics_listen: None,
         rekey_retry_interval: crate::node::jobs::DEFAULT_REKEY_RETRY,
         connections: Default::default(),
+        tls_paths: None,
     };
     let listener = TcpListener::bind(cfg.listen).await?;
     let app = start_custom(cfg, listener, options).await?;

@@ -82,6 +82,8 @@ pub struct FileTls {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The CA's revocation list (PEM, from `kmfctl pki revoke`); none by default.
+    pub crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +237,9 @@ pub struct RunArgs {
     /// Instance private key (PEM); default <data-dir>/instance.key.
     #[arg(long, env = "KMF_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The CA's revocation list (PEM); certificates it lists are refused.
+    #[arg(long, env = "KMF_TLS_CRL")]
+    pub tls_crl: Option<PathBuf>,
     #[command(flatten)]
     pub signer: SignerArgs,
     /// Log format.
@@ -260,6 +265,7 @@ pub struct Settings {
     pub tls_ca: PathBuf,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    pub tls_crl: Option<PathBuf>,
     pub signer: SignerConfig,
     pub log_format: LogFormat,
     pub background_interval: Duration,
@@ -306,6 +312,7 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
         tls_ca: in_dir(args.tls_ca.clone().or(file.tls.ca), "ca.pem"),
         tls_cert: in_dir(args.tls_cert.clone().or(file.tls.cert), "instance.pem"),
         tls_key: in_dir(args.tls_key.clone().or(file.tls.key), "instance.key"),
+        tls_crl: args.tls_crl.clone().or(file.tls.crl),
         signer,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         data_dir,
@@ -387,7 +394,11 @@ impl Settings {
         must_exist("tls.ca", &self.tls_ca)?;
         must_exist("tls.cert", &self.tls_cert)?;
         must_exist("tls.key", &self.tls_key)?;
-        let tls = TlsFiles::load(&self.tls_ca, &self.tls_cert, &self.tls_key).map_err(|e| bad("tls", e))?;
+        if let Some(crl) = &self.tls_crl {
+            must_exist("tls.crl", crl)?;
+        }
+        let tls = TlsFiles::load_with_crl(&self.tls_ca, &self.tls_cert, &self.tls_key, self.tls_crl.as_deref())
+            .map_err(|e| bad("tls", e))?;
         let leaf = tls.chain().map_err(|e| bad("tls.cert", e))?;
         if leaf.first().and_then(|c| crate::tls::identity::instance_sys_id(c)).is_none() {
             return Err(bad("tls.cert", "is not an instance certificate (no kmf://instance/<sys_id> SAN)"));
@@ -412,6 +423,12 @@ impl Settings {
             metrics_listen: self.metrics_listen,
             rekey_retry_interval: self.rekey_retry_interval,
             connections: self.connections,
+            tls_paths: Some(crate::app::TlsPaths {
+                ca: self.tls_ca.clone(),
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+                crl: self.tls_crl.clone(),
+            }),
         })
     }
 }

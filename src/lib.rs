@@ -22,3 +22,4 @@ pub mod signer;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_reload;

@@ -36,6 +36,25 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = pki::INSTANCE_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
     },
+    /// Revoke a certificate by serial (as `pki` printed it): adds it to the
+    /// CA's revocation list (<ca-dir>/crl.pem unless --crl), signed by the CA.
+    /// Daemons with `tls.crl` naming that file refuse it from their next reload.
+    Revoke {
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        #[arg(long, required = true)]
+        serial: Vec<String>,
+        #[arg(long)]
+        crl: Option<PathBuf>,
+    },
+    /// Issue the CA's revocation list again (new dates, same entries), or
+    /// its first, empty one: <ca-dir>/crl.pem unless --crl.
+    Crl {
+        #[arg(long, default_value = ".")]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        crl: Option<PathBuf>,
+    },
     /// Issue an operator certificate: <out>/<name>.pem, <out>/<name>.key.
     IssueOperator {
         #[arg(long, default_value = ".")]
@@ -96,8 +115,57 @@ pub(super) fn load_ca(dir: &Path) -> anyhow::Result<IssuedCert> {
     Ok(IssuedCert { cert_pem: read("ca.pem")?, key_pem: read("ca.key")? })
 }
 
+/// Reads the CRL at `path` (none yet: empty), lets `change` edit its
+/// entries, and writes it again signed by the CA with the next number
+/// (through a temporary file, so a daemon never reads half of it).
+fn rewrite_crl(
+    ca_dir: &Path,
+    path: Option<PathBuf>,
+    change: impl FnOnce(&mut crate::tls::crl::CrlContents),
+) -> anyhow::Result<()> {
+    use crate::tls::crl;
+    let path = path.unwrap_or_else(|| ca_dir.join("crl.pem"));
+    let mut contents = match std::fs::read(&path) {
+        Ok(pem) => crl::read_crl(&pem).with_context(|| format!("reading {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => crl::CrlContents::default(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    change(&mut contents);
+    contents.number += 1;
+    let pem = crl::issue_crl(&load_ca(ca_dir)?, &contents, crate::clock::now())?;
+    let tmp = path.with_extension("pem.tmp");
+    std::fs::write(&tmp, pem).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} (CRL number {}, {} revoked)", path.display(), contents.number, contents.revoked.len());
+    Ok(())
+}
+
 pub fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
     match cmd {
+        PkiCommand::Revoke { ca_dir, serial, crl } => {
+            let serials = serial
+                .iter()
+                .map(|s| {
+                    let s = crate::tls::validity::normalize_serial(s);
+                    if s.is_empty() || hex::decode(&s).is_err() {
+                        anyhow::bail!("--serial {s:?} is not a hex serial number (as `kmfctl pki` prints it)");
+                    }
+                    Ok(s)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            rewrite_crl(&ca_dir, crl, |contents| {
+                let now = crate::clock::now();
+                for s in serials {
+                    if contents.revoked.iter().any(|r| r.serial == s) {
+                        println!("serial {s} was revoked already");
+                    } else {
+                        println!("revoked serial {s}");
+                        contents.revoked.push(crate::tls::crl::Revoked { serial: s, at: now });
+                    }
+                }
+            })
+        }
+        PkiCommand::Crl { ca_dir, crl } => rewrite_crl(&ca_dir, crl, |_| {}),
         PkiCommand::InitCa { out, days } => {
             let valid = pki::valid_for(crate::clock::now(), days);
             write_pair(&out, "ca", &pki::create_ca_valid("kmf deployment CA", valid)?)

@@ -40,7 +40,8 @@ type Client = KeyExchangeClient<Channel>;
 
 pub struct PeerClient {
     own: SysId,
-    files: TlsFiles,
+    /// This instance's identity; `set_identity` swaps it (a reload).
+    files: std::sync::RwLock<TlsFiles>,
     call_timeout: Duration,
     /// One channel per peer, with the id it was cached under (so a failed
     /// call drops its own channel, never a newer one another task dialled).
@@ -52,7 +53,20 @@ impl PeerClient {
     /// `own` is this instance's sys_id; `files` its instance identity. Calls
     /// are bounded by `CALL_TIMEOUT`.
     pub fn new(own: SysId, files: TlsFiles) -> Self {
-        PeerClient { own, files, call_timeout: CALL_TIMEOUT, channels: Mutex::default(), next_id: AtomicU64::new(0) }
+        PeerClient {
+            own,
+            files: std::sync::RwLock::new(files),
+            call_timeout: CALL_TIMEOUT,
+            channels: Mutex::default(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Dials with `files` from now on (a renewed certificate, a new CRL):
+    /// cached channels are dropped, calls in flight finish on theirs.
+    pub fn set_identity(&self, files: TlsFiles) {
+        *self.files.write().unwrap_or_else(|p| p.into_inner()) = files;
+        self.lock().clear();
     }
 
     /// Bounds every call by `timeout` instead of `CALL_TIMEOUT` (and a dial
@@ -69,7 +83,8 @@ impl PeerClient {
         if let Some(cached) = self.lock().get(&key) {
             return Ok(cached.clone());
         }
-        let channel = connect_with_timeout(host, &self.files, Some(expected.clone()), self.call_timeout)
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let channel = connect_with_timeout(host, &files, Some(expected.clone()), self.call_timeout)
             .await
             .map_err(|reason| dial_error(host, expected, reason))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

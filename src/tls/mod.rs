@@ -2,6 +2,7 @@
 //! required client certificates, and identities read from verified
 //! certificates. Depends on `domain` (and `clock` for the moment of issue).
 
+pub mod crl;
 pub mod identity;
 pub mod pki;
 mod rustls_config;

@@ -175,6 +175,7 @@ pub fn tls_files(ca: &IssuedCert, leaf: &IssuedCert) -> TlsFiles {
         ca_pem: ca.cert_pem.clone().into_bytes(),
         cert_pem: leaf.cert_pem.clone().into_bytes(),
         key_pem: zeroize::Zeroizing::new(leaf.key_pem.clone().into_bytes()),
+        crl_pem: None,
     }
 }
 

@@ -24,6 +24,9 @@ pub struct TlsFiles {
     pub ca_pem: Vec<u8>,
     pub cert_pem: Vec<u8>,
     pub key_pem: Zeroizing<Vec<u8>>,
+    /// The CA's revocation list (PEM); when set, certificates it lists are
+    /// refused on both sides of every handshake.
+    pub crl_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -38,11 +41,31 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 impl TlsFiles {
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        let files = TlsFiles { ca_pem: read(ca)?, cert_pem: read(cert)?, key_pem: Zeroizing::new(read(key)?) };
+        let files =
+            TlsFiles { ca_pem: read(ca)?, cert_pem: read(cert)?, key_pem: Zeroizing::new(read(key)?), crl_pem: None };
         files.roots()?;
         files.chain()?;
         files.private_key()?;
         Ok(files)
+    }
+
+    /// As `load`, with the revocation list at `crl` when given.
+    pub fn load_with_crl(ca: &Path, cert: &Path, key: &Path, crl: Option<&Path>) -> Result<Self, TlsError> {
+        let mut files = Self::load(ca, cert, key)?;
+        if let Some(path) = crl {
+            let pem = read(path)?;
+            super::crl::crl_ders(&pem)
+                .map_err(|e| TlsError::File { path: path.display().to_string(), reason: e.to_string() })?;
+            files.crl_pem = Some(pem);
+        }
+        Ok(files)
+    }
+
+    fn crls(&self) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+        match &self.crl_pem {
+            Some(pem) => super::crl::crl_ders(pem),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn roots(&self) -> Result<RootCertStore, TlsError> {
@@ -82,6 +105,7 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(files.roots()?), provider.clone())
+        .with_crls(files.crls()?)
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -99,6 +123,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 pub fn client_config(files: &TlsFiles, expected: Option<SysId>) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(files.roots()?), provider.clone())
+        .with_crls(files.crls()?)
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ClientConfig::builder_with_provider(provider)

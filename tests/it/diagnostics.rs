@@ -58,6 +58,7 @@ pub async fn node_with(
         metrics_listen,
         rekey_retry_interval: kmf::node::jobs::DEFAULT_REKEY_RETRY,
         connections: Default::default(),
+        tls_paths: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let app = start_with(cfg.clone(), listener, |p| p).await.expect("start");

@@ -32,6 +32,7 @@ mod properties;
 mod proxy;
 mod rekey;
 mod rekey_crash;
+mod revocation;
 mod schedule_crash;
 mod signer_contract;
 mod skip;

@@ -408,6 +408,7 @@ async fn instance_certificate_must_match_the_database() {
         metrics_listen: None,
         rekey_retry_interval: kmf::node::jobs::DEFAULT_REKEY_RETRY,
         connections: Default::default(),
+        tls_paths: None,
     };
     let err = kmf::app::start(cfg).await.err().expect("started with another instance's certificate");
     assert!(err.to_string().contains("does not name this instance"), "{err}");

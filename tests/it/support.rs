@@ -125,6 +125,7 @@ impl TestNode {
             metrics_listen: None,
             rekey_retry_interval: kmf::node::jobs::DEFAULT_REKEY_RETRY,
             connections: Default::default(),
+            tls_paths: None,
         };
         tune(&mut cfg);
         let app = start_custom(cfg.clone(), listener, options).await.expect("start node");

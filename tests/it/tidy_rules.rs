@@ -20,6 +20,7 @@ pub const MODULES: &[(&str, Uses)] = &[
     ("rpc", Uses::Only(&["domain", "store", "signer", "tls", "node", "clock", "error"])),
     ("metrics", Uses::Only(&["domain", "node", "tls", "connections"])),
     ("connections", Uses::Only(&[])),
+    ("tls_reload", Uses::Only(&["tls", "rpc", "clock"])),
     ("app", Uses::Everything),
     // The code map leaves these columns empty: what the code uses today.
     ("config", Uses::Only(&["domain", "app", "node", "signer", "tls", "connections"])),
