@@ -6,6 +6,8 @@
 # The end-to-end scenarios against the three-instance compose cluster
 # (deploy/e2e.sh) also need a docker engine and docker-compose v1 (Debian's
 # docker.io / docker-compose packages, which this project's machines have).
+# The fuzz smoke (scripts/fuzz.sh 20: each cargo-fuzz target for 20 s) needs
+# the nightly toolchain; it installs cargo-fuzz when missing.
 # Nothing is skipped when CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +58,30 @@ fi
 echo "== cargo build --benches (benchmarks are programs; they must build)"
 cargo build --locked --release --benches
 
+echo "== fuzz smoke: every cargo-fuzz target for 20 s (scripts/fuzz.sh 20)"
+fuzz_passed=0
+fuzz_status=0
+if cargo +nightly --version >/dev/null 2>&1; then
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "== installing cargo-fuzz (cargo install --locked cargo-fuzz)"
+    cargo install --locked cargo-fuzz
+  fi
+  echo "nightly is present ($(cargo +nightly --version)): running the fuzz targets briefly"
+  fuzz_log="$(mktemp)"
+  set +e
+  bash scripts/fuzz.sh 20 2>&1 | tee "$fuzz_log"
+  fuzz_status=${PIPESTATUS[0]}
+  set -e
+  fuzz_passed="$(awk '/^== fuzz summary/ {s = 1; next} s && /^fuzz [a-z_]+: .* no crash$/ {n++} END {print n + 0}' "$fuzz_log")"
+  rm -f "$fuzz_log"
+  [ "$fuzz_status" -eq 0 ] || echo "scripts/fuzz.sh FAILED (exit $fuzz_status); the other tests run anyway"
+elif [ "${CI:-}" = true ]; then
+  echo "the fuzz smoke needs the nightly toolchain (cargo +nightly), and CI must not skip it" >&2
+  exit 1
+else
+  echo "SKIPPED fuzz smoke: no nightly toolchain (cargo +nightly); install it with rustup toolchain install nightly"
+fi
+
 echo "== end-to-end scenarios on the three-instance compose cluster (deploy/e2e.sh)"
 e2e_passed=0
 e2e_status=0
@@ -82,9 +108,13 @@ set +e
 cargo test --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line over every cargo test binary plus the e2e scenarios (a
-# failed e2e.sh counts as one failure: it stops at its first failing scenario).
+# One closing line over every cargo test binary plus the e2e scenarios and
+# the fuzz targets that ran clean (a failed e2e.sh or fuzz.sh counts as one
+# failure: each stops at its first failure).
 awk -v e2e="$e2e_passed" -v e2e_failed="$([ "$e2e_status" -eq 0 ] && echo 0 || echo 1)" \
-  '/^test result:/ {p += $4; f += $6} END {printf "total: %d passed, %d failed\n", p + e2e, f + e2e_failed}' "$log"
+  -v fuzz="$fuzz_passed" -v fuzz_failed="$([ "$fuzz_status" -eq 0 ] && echo 0 || echo 1)" \
+  '/^test result:/ {p += $4; f += $6}
+   END {printf "total: %d passed, %d failed\n", p + e2e + fuzz, f + e2e_failed + fuzz_failed}' "$log"
 [ "$e2e_status" -eq 0 ] || exit "$e2e_status"
+[ "$fuzz_status" -eq 0 ] || exit "$fuzz_status"
 exit "$status"
