@@ -6,6 +6,8 @@
 # The end-to-end scenarios against the three-instance compose cluster
 # (deploy/e2e.sh) also need a docker engine and docker-compose v1 (Debian's
 # docker.io / docker-compose packages, which this project's machines have).
+# The fuzz smoke (scripts/fuzz.sh 20: each cargo-fuzz target for 20 s) needs
+# the nightly toolchain; it installs cargo-fuzz when missing.
 # Nothing is skipped when CI=true.
 # The closing line counts tests, the two checks (cargo fmt --check, cargo
 # clippy -D warnings) and the e2e scenarios: passed, failed, and skipped (a
@@ -75,6 +77,33 @@ check cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo build --benches (benchmarks are programs; they must build)"
 cargo build --locked --release --benches
 
+echo "== fuzz smoke: every cargo-fuzz target for 20 s (scripts/fuzz.sh 20)"
+fuzz_passed=0
+fuzz_status=0
+fuzz_ran=0
+fuzz_targets="$(ls fuzz/fuzz_targets/*.rs | wc -l)"
+if cargo +nightly --version >/dev/null 2>&1; then
+  fuzz_ran=1
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "== installing cargo-fuzz (cargo install --locked cargo-fuzz)"
+    cargo install --locked cargo-fuzz
+  fi
+  echo "nightly is present ($(cargo +nightly --version)): running the fuzz targets briefly"
+  fuzz_log="$(mktemp)"
+  set +e
+  bash scripts/fuzz.sh 20 2>&1 | tee "$fuzz_log"
+  fuzz_status=${PIPESTATUS[0]}
+  set -e
+  fuzz_passed="$(awk '/^== fuzz summary/ {s = 1; next} s && /^fuzz [a-z_]+: .* no crash$/ {n++} END {print n + 0}' "$fuzz_log")"
+  rm -f "$fuzz_log"
+  [ "$fuzz_status" -eq 0 ] || echo "scripts/fuzz.sh FAILED (exit $fuzz_status); the other tests run anyway"
+elif [ "${CI:-}" = true ]; then
+  echo "the fuzz smoke needs the nightly toolchain (cargo +nightly), and CI must not skip it" >&2
+  exit 1
+else
+  echo "SKIPPED $fuzz_targets fuzz targets: no nightly toolchain (cargo +nightly); install it with rustup toolchain install nightly"
+fi
+
 echo "== end-to-end scenarios on the three-instance compose cluster (deploy/e2e.sh)"
 e2e_scenarios=6
 e2e_passed=0
@@ -110,18 +139,23 @@ if [ "$skipped_tests" -gt 0 ]; then
   echo "== skipped tests:"
   cat "$skip_log"
 fi
-# One closing line over every cargo test binary, the checks and the e2e
-# scenarios (a failed e2e.sh counts as one failure: it stops at its first
-# failing scenario).
+fuzz_skipped=0
+[ "$fuzz_ran" = 1 ] || fuzz_skipped=$fuzz_targets
+# One closing line over every cargo test binary, the checks, the fuzz targets
+# that ran clean and the e2e scenarios (a failed e2e.sh or fuzz.sh counts as
+# one failure: each stops at its first failure).
 awk -v e2e="$e2e_passed" -v e2e_failed="$([ "$e2e_status" -eq 0 ] && echo 0 || echo 1)" \
-  -v e2e_skipped="$e2e_skipped" -v skipped="$skipped_tests" -v checks="$checks_passed" -v checks_failed="$checks_failed" \
+  -v fuzz="$fuzz_passed" -v fuzz_failed="$([ "$fuzz_status" -eq 0 ] && echo 0 || echo 1)" \
+  -v e2e_skipped="$e2e_skipped" -v fuzz_skipped="$fuzz_skipped" -v skipped="$skipped_tests" \
+  -v checks="$checks_passed" -v checks_failed="$checks_failed" \
   '/^test result:/ {p += $4; f += $6}
-   END {printf "total: %d passed, %d failed, %d skipped\n", p - skipped + checks + e2e, f + checks_failed + e2e_failed, skipped + e2e_skipped}' "$log"
-if [ "${CI:-}" = true ] && [ $((skipped_tests + e2e_skipped)) -gt 0 ]; then
+   END {printf "total: %d passed, %d failed, %d skipped\n", p - skipped + checks + e2e + fuzz, f + checks_failed + e2e_failed + fuzz_failed, skipped + e2e_skipped + fuzz_skipped}' "$log"
+if [ "${CI:-}" = true ] && [ $((skipped_tests + e2e_skipped + fuzz_skipped)) -gt 0 ]; then
   echo "CI skips nothing, but these were skipped:" >&2
   cat "$skip_log" >&2
   exit 1
 fi
 [ "$e2e_status" -eq 0 ] || exit "$e2e_status"
+[ "$fuzz_status" -eq 0 ] || exit "$fuzz_status"
 [ "$checks_failed" -eq 0 ] || exit 1
 exit "$status"

@@ -15,6 +15,8 @@ pub mod config;
 pub mod connections;
 pub mod domain;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod node;
 pub mod rpc;

@@ -166,9 +166,14 @@ fn ensure_instance(ca: &pki::IssuedCert, plan: &InstancePlan) -> anyhow::Result<
     Ok(sys_id)
 }
 
+/// The manifest from its text.
+pub(crate) fn parse_manifest(text: &str) -> Result<Manifest, toml::de::Error> {
+    toml::from_str(text)
+}
+
 pub fn bootstrap(manifest: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
-    let plan: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+    let plan = parse_manifest(&text).with_context(|| format!("parsing {}", manifest.display()))?;
     let ca = ensure_ca(&plan.ca_dir)?;
     for op in &plan.operator {
         ensure_operator(&ca, op).with_context(|| format!("operator {}", op.name))?;

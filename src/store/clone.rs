@@ -19,14 +19,20 @@ use crate::domain::clone_exchange::ExchangePlan;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
 
 #[derive(Serialize, Deserialize)]
-struct CloneTargetRow {
+pub(super) struct CloneTargetRow {
     v: u8,
     host: String,
     added_at: i64,
     added_by: String,
 }
 
-fn target_from(sys_id: SysId, r: CloneTargetRow) -> Result<CloneTarget> {
+impl From<&CloneTarget> for CloneTargetRow {
+    fn from(t: &CloneTarget) -> Self {
+        CloneTargetRow { v: 1, host: t.host.to_string(), added_at: t.added_at.0, added_by: t.added_by.clone() }
+    }
+}
+
+pub(super) fn target_from(sys_id: SysId, r: CloneTargetRow) -> Result<CloneTarget> {
     Ok(CloneTarget {
         sys_id,
         host: Host::parse(&r.host).map_err(corrupt)?,
@@ -36,11 +42,27 @@ fn target_from(sys_id: SysId, r: CloneTargetRow) -> Result<CloneTarget> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct CloneGrantRow {
+pub(super) struct CloneGrantRow {
     v: u8,
     specs: Vec<String>,
     granted_at: i64,
     expires_at: i64,
+}
+
+impl From<&CloneGrant> for CloneGrantRow {
+    fn from(g: &CloneGrant) -> Self {
+        CloneGrantRow {
+            v: 1,
+            specs: g.specs.iter().map(ToString::to_string).collect(),
+            granted_at: g.granted_at.0,
+            expires_at: g.expires_at.0,
+        }
+    }
+}
+
+pub(super) fn grant_from(target: SysId, r: CloneGrantRow) -> Result<CloneGrant> {
+    let specs = r.specs.iter().map(|s| Name::parse(s, "spec").map_err(corrupt)).collect::<Result<_>>()?;
+    Ok(CloneGrant { target, specs, granted_at: UnixMillis(r.granted_at), expires_at: UnixMillis(r.expires_at) })
 }
 
 /// Whether the receiver still wants parts (false: it went away; stop).
@@ -49,12 +71,7 @@ pub type Emit<'a> = dyn FnMut(SnapshotPart) -> bool + 'a;
 impl Store {
     /// Registers `target` (or replaces its host), with its audit entry.
     pub fn put_clone_target(&self, target: &CloneTarget, audit: &[AuditEvent]) -> Result<()> {
-        let row = CloneTargetRow {
-            v: 1,
-            host: target.host.to_string(),
-            added_at: target.added_at.0,
-            added_by: target.added_by.clone(),
-        };
+        let row = CloneTargetRow::from(target);
         self.write(&[Change::Other], |tx| {
             put_row(tx, Table::CloneTargets, &str_key(target.sys_id.as_str()), &row)?;
             append_audit(tx, audit)
@@ -74,12 +91,7 @@ impl Store {
 
     /// Records (or replaces) the grant of a complete clone, with its audit entry.
     pub fn put_clone_grant(&self, grant: &CloneGrant, audit: &[AuditEvent]) -> Result<()> {
-        let row = CloneGrantRow {
-            v: 1,
-            specs: grant.specs.iter().map(ToString::to_string).collect(),
-            granted_at: grant.granted_at.0,
-            expires_at: grant.expires_at.0,
-        };
+        let row = CloneGrantRow::from(grant);
         self.write(&[Change::Other], |tx| {
             put_row(tx, Table::CloneGrants, &str_key(grant.target.as_str()), &row)?;
             append_audit(tx, audit)
@@ -88,16 +100,9 @@ impl Store {
 
     pub fn clone_grant(&self, target: &SysId) -> Result<Option<CloneGrant>> {
         self.read(|tx| {
-            let Some(r) = get_row::<CloneGrantRow>(tx, Table::CloneGrants, &str_key(target.as_str()))? else {
-                return Ok(None);
-            };
-            let specs = r.specs.iter().map(|s| Name::parse(s, "spec").map_err(corrupt)).collect::<Result<_>>()?;
-            Ok(Some(CloneGrant {
-                target: target.clone(),
-                specs,
-                granted_at: UnixMillis(r.granted_at),
-                expires_at: UnixMillis(r.expires_at),
-            }))
+            get_row::<CloneGrantRow>(tx, Table::CloneGrants, &str_key(target.as_str()))?
+                .map(|r| grant_from(target.clone(), r))
+                .transpose()
         })
     }
 

@@ -21,7 +21,7 @@ use crate::domain::policy::{AccessPolicy, ApprovalType};
 use crate::domain::property::AUTO_KEY_EXCHANGE;
 
 #[derive(Serialize, Deserialize)]
-struct CloneExchangeRow {
+pub(super) struct CloneExchangeRow {
     v: u8,
     host: String,
     /// "one_time" or "recurring".
@@ -54,7 +54,7 @@ impl From<&CloneExchange> for CloneExchangeRow {
     }
 }
 
-fn exchange_from(target: SysId, r: CloneExchangeRow) -> Result<CloneExchange> {
+pub(super) fn exchange_from(target: SysId, r: CloneExchangeRow) -> Result<CloneExchange> {
     let name = |s: &str, field| Name::parse(s, field).map_err(corrupt);
     Ok(CloneExchange {
         target: PeerRef { sys_id: target, host: Host::parse(&r.host).map_err(corrupt)? },

@@ -30,7 +30,7 @@ use crate::domain::policy::ApprovalType;
 use crate::domain::record::StoredRecord;
 
 #[derive(Serialize, Deserialize)]
-struct CloneRunRow {
+pub(super) struct CloneRunRow {
     v: u8,
     source: String,
     source_host: String,
@@ -109,7 +109,7 @@ impl From<&CloneRun> for CloneRunRow {
     }
 }
 
-fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
+pub(super) fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
     Ok(CloneRun {
         id,
         source: SysId::parse(&r.source).map_err(corrupt)?,

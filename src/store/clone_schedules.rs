@@ -21,7 +21,7 @@ use crate::domain::ids::{CloneId, Host, Name, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 
 #[derive(Serialize, Deserialize)]
-struct CloneScheduleRow {
+pub(super) struct CloneScheduleRow {
     v: u8,
     source: String,
     source_host: String,
@@ -57,7 +57,7 @@ impl From<&CloneSchedule> for CloneScheduleRow {
     }
 }
 
-fn schedule_from(name: Name, r: CloneScheduleRow) -> Result<CloneSchedule> {
+pub(super) fn schedule_from(name: Name, r: CloneScheduleRow) -> Result<CloneSchedule> {
     let cadence = match (r.every_millis, r.cron.as_deref()) {
         (Some(millis), None) => Cadence::every(millis),
         (None, Some(text)) => Cadence::cron(text),

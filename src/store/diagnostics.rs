@@ -31,13 +31,13 @@ pub struct StoreCounts {
 
 /// The fields of a key row that counting needs.
 #[derive(Deserialize)]
-struct KeyStateOnly {
+pub(super) struct KeyStateOnly {
     state: String,
 }
 
 /// The fields of a request row that counting needs.
 #[derive(Deserialize)]
-struct RequestStatusOnly {
+pub(super) struct RequestStatusOnly {
     role: String,
     status: String,
 }

@@ -16,7 +16,7 @@ use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::domain::schedule::RetryPolicy;
 
 #[derive(Serialize, Deserialize)]
-struct JobRow {
+pub(super) struct JobRow {
     v: u8,
     kind: String,
     subject: String,

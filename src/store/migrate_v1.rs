@@ -50,7 +50,7 @@ const OLD_TABLES: [&str; 13] = [
 ];
 
 #[derive(Deserialize)]
-struct OutboxRow {
+pub(super) struct OutboxRow {
     kind: String,
     #[serde(with = "hex_bytes")]
     bytes: Vec<u8>,

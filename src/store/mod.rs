@@ -27,6 +27,7 @@ mod clone_runs;
 mod clone_schedules;
 mod diagnostics;
 pub mod engine;
+pub(crate) mod fuzzing;
 mod jobs;
 mod memory_engine;
 mod migrate_v1;

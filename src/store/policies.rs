@@ -13,7 +13,7 @@ use crate::domain::ids::{Host, Name, SysId, UnixMillis};
 use crate::domain::policy::{AccessPolicy, ApprovalType, Operation, PolicyResult, PolicyType};
 
 #[derive(Serialize, Deserialize)]
-struct PolicyRow {
+pub(super) struct PolicyRow {
     v: u8,
     name: String,
     module: String,

@@ -12,11 +12,22 @@ use crate::domain::ids::UnixMillis;
 use crate::domain::property::Property;
 
 #[derive(Serialize, Deserialize)]
-struct PropertyRow {
+pub(super) struct PropertyRow {
     v: u8,
     value: String,
     updated_at: i64,
     updated_by: String,
+}
+
+impl From<&Property> for PropertyRow {
+    fn from(p: &Property) -> Self {
+        PropertyRow { v: 1, value: p.value.clone(), updated_at: p.updated_at.0, updated_by: p.updated_by.clone() }
+    }
+}
+
+/// The property `name` (its row's key) from its row.
+pub(super) fn property_from(name: String, r: PropertyRow) -> Property {
+    Property { name, value: r.value, updated_at: UnixMillis(r.updated_at), updated_by: r.updated_by }
 }
 
 impl Store {
@@ -43,31 +54,18 @@ impl Store {
 
 pub(super) fn property_in(tx: &mut dyn ReadTxn, name: &str) -> Result<Option<Property>> {
     let row: Option<PropertyRow> = get_row(tx, Table::Properties, &str_key(name))?;
-    Ok(row.map(|r| Property {
-        name: name.to_owned(),
-        value: r.value,
-        updated_at: UnixMillis(r.updated_at),
-        updated_by: r.updated_by,
-    }))
+    Ok(row.map(|r| property_from(name.to_owned(), r)))
 }
 
 pub(super) fn properties_in(tx: &mut dyn ReadTxn) -> Result<Vec<Property>> {
     let mut out = Vec::new();
     tx.visit(Table::Properties, &KeyRange::all(), &mut |k, v| {
-        let r: PropertyRow = decode(v)?;
-        out.push(Property {
-            name: KeyReader::new(k).str()?,
-            value: r.value,
-            updated_at: UnixMillis(r.updated_at),
-            updated_by: r.updated_by,
-        });
+        out.push(property_from(KeyReader::new(k).str()?, decode(v)?));
         Ok(Visit::Continue)
     })?;
     Ok(out)
 }
 
 pub(super) fn put_property_in(tx: &mut dyn WriteTxn, p: &Property) -> Result<()> {
-    let row =
-        PropertyRow { v: 1, value: p.value.clone(), updated_at: p.updated_at.0, updated_by: p.updated_by.clone() };
-    put_row(tx, Table::Properties, &str_key(&p.name), &row)
+    put_row(tx, Table::Properties, &str_key(&p.name), &PropertyRow::from(p))
 }

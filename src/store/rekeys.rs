@@ -28,7 +28,7 @@ use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::domain::rekey::{KeyDebt, RekeyRun, RekeyState, split_at_expiry};
 
 #[derive(Serialize, Deserialize)]
-struct RekeyRow {
+pub(super) struct RekeyRow {
     v: u8,
     source: String,
     specs: Vec<String>,
@@ -77,7 +77,7 @@ impl From<&RekeyRun> for RekeyRow {
     }
 }
 
-fn run_from(request_id: RequestId, r: RekeyRow) -> Result<RekeyRun> {
+pub(super) fn run_from(request_id: RequestId, r: RekeyRow) -> Result<RekeyRun> {
     let key = |s: &str| KeyId::parse(s).map_err(corrupt);
     Ok(RekeyRun {
         request_id,

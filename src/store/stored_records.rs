@@ -26,7 +26,7 @@ struct RecordRow {
 const ROW_MAGIC: &[u8; 4] = b"KMFR";
 const ROW_VERSION: u8 = 2;
 
-fn encode_row(rec: &StoredRecord) -> Vec<u8> {
+pub(super) fn encode_row(rec: &StoredRecord) -> Vec<u8> {
     let mut w = Writer::new(ROW_MAGIC, ROW_VERSION);
     w.i64(rec.updated_at.0).str(&rec.key_id.to_string()).bytes(&rec.ciphertext);
     w.finish()
@@ -56,10 +56,14 @@ fn row_to(address: RecordAddress, r: RecordRow) -> Result<StoredRecord> {
 
 /// A record from its row (key: table, field, record id).
 pub(super) fn record_from_row(k: &[u8], v: &[u8]) -> Result<StoredRecord> {
+    decode_row(address_from_key(k)?, v)
+}
+
+/// The address a record row's key names.
+pub(super) fn address_from_key(k: &[u8]) -> Result<RecordAddress> {
     let mut r = KeyReader::new(k);
     let (tb, f, id) = (r.str()?, r.str()?, r.str()?);
-    let address = RecordAddress::parse(&tb, &f, &id).map_err(corrupt)?;
-    decode_row(address, v)
+    RecordAddress::parse(&tb, &f, &id).map_err(corrupt)
 }
 
 /// Meta key naming the table that holds the records (`a`: Records, `b`: RecordsAlt).

@@ -17,6 +17,7 @@ mod crypto_specs;
 mod diagnostics;
 mod exactly_once;
 mod exchange;
+mod fuzz_seeds;
 mod grpcurl;
 mod hsm;
 mod hsm_process;
