@@ -279,7 +279,16 @@ pub fn main() -> ExitCode {
                 return code;
             }
             match e.downcast_ref::<tonic::Status>() {
-                Some(s) => eprintln!("kmfctl: error: code={:?} message={}", s.code(), s.message()),
+                Some(s) => {
+                    // A transport failure's reason (e.g. the TLS alert CertificateRevoked) is in its sources.
+                    let mut why = String::new();
+                    let mut source = std::error::Error::source(s);
+                    while let Some(cause) = source {
+                        why.push_str(&format!(": {cause}"));
+                        source = cause.source();
+                    }
+                    eprintln!("kmfctl: error: code={:?} message={}{why}", s.code(), s.message())
+                }
                 None => eprintln!("kmfctl: error: {e:#}"),
             }
             ExitCode::FAILURE

@@ -53,6 +53,11 @@ pub fn start_listening(dir: &Path, pki: &Path, settings: Settings, listen: &str)
 /// Starts kmfd on `listen` without waiting for it to be ready (to kill it
 /// while it starts); `Daemon::wait_ready` waits.
 pub fn spawn_listening(dir: &Path, pki: &Path, settings: Settings, listen: &str) -> Daemon {
+    spawn_with_env(dir, pki, settings, listen, &[])
+}
+
+/// As `spawn_listening`, with more environment variables (e.g. KMF_TLS_CRL).
+pub fn spawn_with_env(dir: &Path, pki: &Path, settings: Settings, listen: &str, env: &[(&str, &Path)]) -> Daemon {
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let log = dir.join(format!("kmfd-{}.log", std::process::id()));
@@ -83,6 +88,9 @@ pub fn spawn_listening(dir: &Path, pki: &Path, settings: Settings, listen: &str)
                 .env("KMF_BACKGROUND_INTERVAL", "200ms")
                 .env("KMF_LOG_FORMAT", "json");
         }
+    }
+    for (name, value) in env {
+        cmd.env(name, value);
     }
     let child = cmd.stdout(Stdio::null()).stderr(log_file).spawn().expect("spawn kmfd");
     // From here on, Drop kills the daemon if the test fails.

@@ -39,6 +39,26 @@ async fn info(node: &TestNode, files: &kmf::tls::TlsFiles) -> Result<String, Str
     client.info(pb::InfoRequest {}).await.map(|r| r.into_inner().sys_id).map_err(|s| format!("{s:?}"))
 }
 
+/// What the daemon answers a TLS client with `files` after the handshake:
+/// reading the first record gives the server's alert when it refused the
+/// client certificate (TLS 1.3 checks it after the client's Finished).
+async fn first_read(node: &TestNode, files: &kmf::tls::TlsFiles) -> String {
+    use tokio::io::AsyncReadExt;
+    let config = kmf::tls::client_config(files, None).expect("client config");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.host.port())).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => return e.to_string(),
+    };
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+        Ok(Ok(n)) => format!("read {n} bytes"),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer".into(),
+    }
+}
+
 /// The serial of the certificate the daemon presents to a new connection.
 async fn served_serial(node: &TestNode, files: &kmf::tls::TlsFiles) -> String {
     let config = kmf::tls::client_config(files, None).expect("client config");
@@ -87,11 +107,14 @@ async fn a_revoked_operator_is_refused_and_a_rotated_certificate_served_without_
     let crl = issue_crl(&pki.ca, &CrlContents { number: 2, revoked: vec![revoked] }, kmf::clock::now()).expect("crl");
     replace(&dir.join("crl.pem"), crl.as_bytes());
     wait_reloads(&node, 1).await;
-    let refused = info(&node, &alice).await.expect_err("a revoked operator is refused");
-    assert!(refused.contains("received fatal alert: CertificateRevoked"), "{refused}");
+    info(&node, &alice).await.expect_err("a revoked operator is refused");
+    assert_eq!(first_read(&node, &alice).await, "received fatal alert: CertificateRevoked");
+    assert!(first_read(&node, &bob).await.starts_with("read "), "bob's handshake is accepted");
     assert_eq!(info(&node, &bob).await.as_deref(), Ok(node.sys_id.as_str()));
 
-    // Rotate the instance certificate (same sys_id): served from the next handshake on.
+    // Rotate the instance certificate (same sys_id): served from the next handshake on
+    // (a reload that catches the new key with the old certificate fails and keeps the running pair).
+    let reloads_before = node.running().tls_reloads();
     let sys_id = kmf::domain::ids::SysId::parse(&node.sys_id).expect("sys_id");
     let renewed = issue_instance(&pki.ca, &sys_id, &["127.0.0.1".to_owned()]).expect("renewed");
     replace(&dir.join("instance.key"), renewed.key_pem.as_bytes());
@@ -103,7 +126,75 @@ async fn a_revoked_operator_is_refused_and_a_rotated_certificate_served_without_
         tokio::time::sleep(Duration::from_millis(50)).await; // poll interval; bounded by the deadline
     }
     assert_ne!(first_serial, new_serial);
-    // The daemon kept running: the channel bob opened first still answers.
-    let mut client = pb::instance_client::InstanceClient::new(bob_before);
-    assert_eq!(client.info(pb::InfoRequest {}).await.expect("old channel").into_inner().sys_id, node.sys_id);
+    assert_eq!(node.running().tls_reloads(), reloads_before + 1, "one reload installed the rotated pair");
+    assert_eq!(info(&node, &bob).await.as_deref(), Ok(node.sys_id.as_str()));
+    drop(bob_before);
+}
+
+/// Waits (at most 20 s) until `log` holds `count` lines with all of `needles`.
+fn wait_log(log: &Path, needles: &[&str], count: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).count() >= count {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {count} log lines with {needles:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(50)); // poll interval; bounded by the deadline
+    }
+}
+
+#[test]
+fn kmfd_reloads_on_sighup_and_refuses_what_kmfctl_pki_revoke_lists() {
+    use crate::binaries::{KMFCTL, ok, run};
+    use std::process::Command;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (pki, dir) = (tmp.path().join("pki"), tmp.path().join("node"));
+    crate::binaries::operator_pki(&pki);
+    let crl_out = ok(Command::new(KMFCTL).args(["pki", "crl", "--ca-dir"]).arg(&pki));
+    assert!(crl_out.contains("(CRL number 1, 0 revoked)"), "{crl_out}");
+    let issued = ok(Command::new(KMFCTL)
+        .args(["pki", "issue-operator", "--name", "eve", "--role", "admin", "--ca-dir"])
+        .arg(&pki)
+        .arg("--out")
+        .arg(&pki));
+    let serial = issued.split("serial ").nth(1).and_then(|s| s.split(',').next()).expect("serial printed").to_owned();
+    crate::binaries::init(&dir, &pki);
+    let crl = pki.join("crl.pem");
+    let mut daemon = crate::binaries::spawn_with_env(
+        &dir,
+        &pki,
+        crate::binaries::Settings::EnvJson,
+        "127.0.0.1:0",
+        &[("KMF_TLS_CRL", crl.as_path())],
+    );
+    daemon.wait_ready(&dir);
+    let as_eve = |daemon: &crate::binaries::Daemon| {
+        let mut c = daemon.ctl(&pki);
+        c.env("KMF_CERT", pki.join("eve.pem")).env("KMF_KEY", pki.join("eve.key")).args(["instance", "info"]);
+        c
+    };
+    let first = run(&mut as_eve(&daemon));
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+
+    // SIGHUP reloads (nothing changed: the log says so).
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    let log = wait_log(&daemon.log, &["TLS material reloaded", "SIGHUP"], 1);
+    assert!(log.contains("unchanged, number 1 (0 revoked)"), "{log}");
+
+    // Revoke eve: the changed file is reloaded and eve is refused; ops is not.
+    let revoked = ok(Command::new(KMFCTL).args(["pki", "revoke", "--serial", &serial, "--ca-dir"]).arg(&pki));
+    assert!(revoked.contains(&format!("revoked serial {serial}")) && revoked.contains("(CRL number 2, 1 revoked)"));
+    wait_log(&daemon.log, &["TLS material reloaded", "number 1 (0 revoked) -> number 2 (1 revoked)"], 1);
+    let refused = run(&mut as_eve(&daemon));
+    assert!(!refused.status.success(), "a revoked operator was served");
+    let log = wait_log(&daemon.log, &["TLS handshake refused", "invalid peer certificate: Revoked"], 1);
+    assert_eq!(
+        log.matches("TLS handshake refused").count(),
+        log.matches("invalid peer certificate: Revoked").count(),
+        "{log}"
+    );
+    ok(daemon.ctl(&pki).args(["instance", "info"]));
+    daemon.stop();
 }
