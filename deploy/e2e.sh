@@ -214,6 +214,28 @@ catalog() {
   kc "$1" spec create --module m "$SPEC" >/dev/null || fail "spec create on $1"
 }
 
+# check_rekeyed SERVICE SOURCE_SYS_ID OWN_SYS_ID: after a rekey, the spec has
+# exactly one key imported from the source and one of SERVICE's own, none
+# twice, and protected.script.values.kmf.rekeyed is true.
+check_rekeyed() {
+  local svc="$1" got
+  kc "$svc" --json key list "$SPEC" >"$WORK/keys.json" || fail "key list on $svc"
+  python3 - "$WORK/keys.json" "$2" "$3" "$svc" <<'PY' || fail "keys on $svc: $(cat "$WORK/keys.json")"
+import collections, json, sys
+v = json.load(open(sys.argv[1]))
+if isinstance(v, dict):
+    v = v.get("keys") or next(x for x in v.values() if isinstance(x, list))
+ids = [k.get("key_id") or k.get("id") for k in v]
+dups = [i for i, c in collections.Counter(ids).items() if c > 1]
+imported = [i for i in ids if i.startswith(sys.argv[2] + ":")]
+own = [i for i in ids if i.startswith(sys.argv[3] + ":")]
+print("   keys of spec on %s: %d imported %s, %d own %s, duplicates %s" % (sys.argv[4], len(imported), imported, len(own), own, dups))
+sys.exit(0 if not dups and len(imported) == 1 and len(own) == 1 else 1)
+PY
+  got="$(kc "$svc" --json property get protected.script.values.kmf.rekeyed)" || fail "property get on $svc"
+  case "$got" in *true*) echo "   protected.script.values.kmf.rekeyed: true" ;; *) fail "rekeyed property on $svc: $got" ;; esac
+}
+
 # --- scenario: the cluster itself ----------------------------------------------
 scenario_cluster() {
   local started svc want signer ct req status got net
@@ -375,21 +397,7 @@ print(sum(1 for c in v if str(c.get("state", "")).lower() == "completed"))')" ||
     [ "$got" = "recurring record $i" ] || fail "test r$i decrypted '$got'"
   done
   echo "   all $n records on test decrypt, each under a key of test ($TEST:...)"
-  got="$(kc test --json property get protected.script.values.kmf.rekeyed)" || fail "property get on test"
-  case "$got" in *true*) echo "   protected.script.values.kmf.rekeyed: true" ;; *) fail "rekeyed property: $got" ;; esac
-  kc test --json key list "$SPEC" >"$WORK/keys.json" || fail "key list on test"
-  python3 - "$WORK/keys.json" "$PROD" "$TEST" <<'PY' || fail "keys on test: $(cat "$WORK/keys.json")"
-import collections, json, sys
-v = json.load(open(sys.argv[1]))
-if isinstance(v, dict):
-    v = v.get("keys") or next(x for x in v.values() if isinstance(x, list))
-ids = [k.get("key_id") or k.get("id") for k in v]
-dups = [i for i, c in collections.Counter(ids).items() if c > 1]
-imported = [i for i in ids if i.startswith(sys.argv[2] + ":")]
-own = [i for i in ids if i.startswith(sys.argv[3] + ":")]
-print("   keys of spec on test: %d imported %s, %d own %s, duplicates %s" % (len(imported), imported, len(own), own, dups))
-sys.exit(0 if not dups and len(imported) == 1 and len(own) == 1 else 1)
-PY
+  check_rekeyed test "$PROD" "$TEST"
   kc test rekey list | sed 's/^/   /'
   SUMMARY+=("[recurring-rekey] Recurring Clone prod -> test with rekey, 2 scheduled runs, $n records: $((SECONDS - started)) s")
   cluster_down
@@ -474,7 +482,7 @@ print("%s %s %s" % (v[0]["state"], v[0]["records_done"], v[0]["records_total"]) 
     || echo "unreachable"
 }
 scenario_kill() {
-  local n="$KILL_RECORDS" started before after cid st seeded d kill_at
+  local n="$KILL_RECORDS" started before after cid st seeded kill_at
   cluster_up kill
   started=$SECONDS
   log "prod: catalog, key, $n records (PutRecords, 1,000 a call)"
@@ -520,21 +528,7 @@ scenario_kill() {
   after="$(digest dev)" || fail "DigestRecords on dev"
   echo "   dev digest:  $after"
   [ "$before" = "$after" ] || fail "record digest differs: prod $before, dev $after"
-  kc dev --json key list "$SPEC" >"$WORK/keys.json" || fail "key list on dev"
-  python3 - "$WORK/keys.json" "$PROD" "$DEV" <<'PY' || fail "keys on dev: $(cat "$WORK/keys.json")"
-import collections, json, sys
-v = json.load(open(sys.argv[1]))
-if isinstance(v, dict):
-    v = v.get("keys") or next(x for x in v.values() if isinstance(x, list))
-ids = [k.get("key_id") or k.get("id") for k in v]
-dups = [i for i, c in collections.Counter(ids).items() if c > 1]
-imported = [i for i in ids if i.startswith(sys.argv[2] + ":")]
-own = [i for i in ids if i.startswith(sys.argv[3] + ":")]
-print("   keys of spec on dev: %d imported, %d own, duplicates %s" % (len(imported), len(own), dups))
-sys.exit(0 if not dups and len(imported) == 1 and len(own) == 1 else 1)
-PY
-  d="$(kc dev --json property get protected.script.values.kmf.rekeyed)" || fail "property get on dev"
-  case "$d" in *true*) echo "   protected.script.values.kmf.rekeyed: true" ;; *) fail "rekeyed property on dev: $d" ;; esac
+  check_rekeyed dev "$PROD" "$DEV"
   SUMMARY+=("[kill] docker kill dev mid-rekey ($n records), restart, rekey complete, digest equal: $((SECONDS - started)) s")
   cluster_down
 }

@@ -290,15 +290,9 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
     let listen = listen_text.parse().map_err(|_| bad("listen", format!("`{listen_text}` is not ip:port")))?;
     let host = args.host.clone().or(file.host).map(|h| Host::parse(&h).map_err(|e| bad("host", e))).transpose()?;
     let interval_text = args.background_interval.clone().or(file.background_interval).unwrap_or_else(|| "2s".into());
-    let background_interval = humantime::parse_duration(&interval_text).map_err(|e| bad("background_interval", e))?;
-    if background_interval.is_zero() {
-        return Err(bad("background_interval", "must be positive"));
-    }
+    let background_interval = positive_duration("background_interval", &interval_text)?;
     let retry_text = args.rekey_retry_interval.clone().or(file.rekey.retry_interval).unwrap_or_else(|| "24h".into());
-    let rekey_retry_interval = humantime::parse_duration(&retry_text).map_err(|e| bad("rekey.retry_interval", e))?;
-    if rekey_retry_interval.is_zero() {
-        return Err(bad("rekey.retry_interval", "must be positive"));
-    }
+    let rekey_retry_interval = positive_duration("rekey.retry_interval", &retry_text)?;
     let metrics_listen = args
         .metrics_listen
         .clone()
@@ -326,16 +320,21 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
     })
 }
 
+/// A duration setting such as "2s" or "24h"; zero is refused.
+fn positive_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(bad(field, "must be positive")),
+        Err(e) => Err(bad(field, e)),
+    }
+}
+
 /// `[connections]` over the defaults; every value must be positive.
 fn resolve_connections(file: &FileConnections) -> Result<crate::connections::ConnectionLimits, ConfigError> {
     let defaults = crate::connections::ConnectionLimits::default();
     let duration = |field: &str, text: &Option<String>, default: Duration| match text {
         None => Ok(default),
-        Some(t) => match humantime::parse_duration(t) {
-            Ok(d) if !d.is_zero() => Ok(d),
-            Ok(_) => Err(bad(field, "must be positive")),
-            Err(e) => Err(bad(field, e)),
-        },
+        Some(t) => positive_duration(field, t),
     };
     let limits = crate::connections::ConnectionLimits {
         max_connections: file.max_connections.unwrap_or(defaults.max_connections),

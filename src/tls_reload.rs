@@ -41,17 +41,13 @@ impl TlsPaths {
     }
 }
 
-/// "serial S (valid until T)" of the leaf, "CRL n (k revoked)" of the CRL.
+/// "serial S, valid until T" of the leaf, "number n (k revoked)" of the CRL.
 fn describe(files: &TlsFiles) -> (String, String) {
     let cert = files
         .chain()
         .ok()
         .and_then(|c| c.first().cloned())
-        .and_then(|der| {
-            let serial = crate::tls::validity::serial_hex(&der).ok()?;
-            let (_, until) = crate::tls::validity::validity(&der).ok()?;
-            Some(format!("serial {serial} (valid until {})", crate::clock::rfc3339(until)))
-        })
+        .and_then(|der| crate::tls::validity::summary(&der).ok())
         .unwrap_or_else(|| "unreadable".into());
     let crl = match &files.crl_pem {
         None => "none".to_owned(),

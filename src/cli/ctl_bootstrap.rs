@@ -71,15 +71,15 @@ fn default_kek_label() -> String {
     DEFAULT_KEK_LABEL.to_owned()
 }
 
-/// Reads or creates a PIN file (32 hex digits from the OS RNG, mode 0600).
-fn pin_from(path: &Path) -> anyhow::Result<String> {
+/// Creates a PIN file unless it exists (32 hex digits from the OS RNG, mode
+/// 0600); the signer's own `PinSource` reads it.
+fn ensure_pin_file(path: &Path) -> anyhow::Result<PinSource> {
     if !path.exists() {
-        let pin = hex::encode(crate::signer::primitives::random_bytes::<16>());
-        write_private(path, &format!("{pin}\n"))?;
+        let pin = zeroize::Zeroizing::new(hex::encode(crate::signer::primitives::random_bytes::<16>()));
+        write_private(path, &format!("{}\n", pin.as_str()))?;
         println!("wrote a new PIN to {}", path.display());
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.strip_suffix('\n').unwrap_or(&text).to_owned())
+    Ok(PinSource::File(path.to_owned()))
 }
 
 fn ensure_ca(dir: &Path) -> anyhow::Result<pki::IssuedCert> {
@@ -123,7 +123,7 @@ fn signer_of(plan: &InstancePlan) -> anyhow::Result<SignerConfig> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let (so, user) = (pin_from(&p.so_pin_file)?, pin_from(&p.user_pin_file)?);
+    let (so, user) = (ensure_pin_file(&p.so_pin_file)?, ensure_pin_file(&p.user_pin_file)?);
     match ensure_token(&p.module, &p.token_label, &so, &user)? {
         TokenSetup::Existed => println!("token '{}': kept", p.token_label),
         TokenSetup::Created => println!("token '{}': initialised, user PIN set", p.token_label),
@@ -131,7 +131,7 @@ fn signer_of(plan: &InstancePlan) -> anyhow::Result<SignerConfig> {
     Ok(SignerConfig::Pkcs11(Pkcs11Config {
         module: p.module.clone(),
         token_label: p.token_label.clone(),
-        pin: PinSource::File(p.user_pin_file.clone()),
+        pin: user,
         kek_label: p.kek_label.clone(),
     }))
 }

@@ -88,8 +88,7 @@ pub(super) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 /// "serial <hex>, valid until <rfc3339>" of a PEM certificate.
 pub(super) fn describe_cert(cert_pem: &str) -> anyhow::Result<String> {
     let der = crate::tls::pem_certs(cert_pem.as_bytes())?.into_iter().next().context("no certificate in the PEM")?;
-    let (serial, (_, not_after)) = (crate::tls::validity::serial_hex(&der)?, crate::tls::validity::validity(&der)?);
-    Ok(format!("serial {serial}, valid until {}", crate::clock::rfc3339(not_after)))
+    Ok(crate::tls::validity::summary(&der)?)
 }
 
 pub(super) fn write_pair(out: &Path, stem: &str, cert: &IssuedCert) -> anyhow::Result<()> {

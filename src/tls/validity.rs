@@ -14,6 +14,13 @@ pub fn validity(cert_der: &[u8]) -> Result<(UnixMillis, UnixMillis), TlsError> {
     Ok((millis(v.not_before.timestamp()), millis(v.not_after.timestamp())))
 }
 
+/// "serial <hex>, valid until <rfc3339>" of a DER certificate (kmfctl pki
+/// prints it; the TLS reload logs it).
+pub fn summary(cert_der: &[u8]) -> Result<String, TlsError> {
+    let (_, not_after) = validity(cert_der)?;
+    Ok(format!("serial {}, valid until {}", serial_hex(cert_der)?, crate::clock::rfc3339(not_after)))
+}
+
 /// The serial number of a DER certificate, lower-case hex without separators
 /// (what `kmfctl pki revoke --serial` takes).
 pub fn serial_hex(cert_der: &[u8]) -> Result<String, TlsError> {

@@ -28,6 +28,11 @@ fn address(a: &Option<pb::RecordAddress>) -> Result<RecordAddress, DomainError> 
     RecordAddress::parse(&a.table, &a.field, &a.record_id)
 }
 
+/// An optional filter: empty is none.
+fn optional_name(text: &str, field: &'static str) -> Result<Option<crate::domain::ids::Name>, DomainError> {
+    if text.is_empty() { Ok(None) } else { convert::name(text, field).map(Some) }
+}
+
 fn record_info(r: &StoredRecord) -> pb::RecordInfo {
     pb::RecordInfo {
         address: Some(pb::RecordAddress {
@@ -213,8 +218,7 @@ impl Crypto for CryptoService {
     ) -> Result<Response<pb::ListRecordsResponse>, Status> {
         authorize(&self.0, &req, Permission::Read).await?;
         let r = req.into_inner();
-        let table = if r.table.is_empty() { None } else { Some(convert::name(&r.table, "table")?) };
-        let field = if r.field.is_empty() { None } else { Some(convert::name(&r.field, "field")?) };
+        let (table, field) = (optional_name(&r.table, "table")?, optional_name(&r.field, "field")?);
         let after = if r.page_token.is_empty() { None } else { Some(from_token(&r.page_token)?) };
         let size = if r.page_size == 0 { 100 } else { r.page_size as usize };
         let list = self.0.list_records(table, field, after, size).await?;
@@ -258,8 +262,7 @@ impl Crypto for CryptoService {
     ) -> Result<Response<pb::DigestRecordsResponse>, Status> {
         let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
         let r = req.get_ref();
-        let table = if r.table.is_empty() { None } else { Some(convert::name(&r.table, "table")?) };
-        let field = if r.field.is_empty() { None } else { Some(convert::name(&r.field, "field")?) };
+        let (table, field) = (optional_name(&r.table, "table")?, optional_name(&r.field, "field")?);
         let digest = self.0.digest_records(&auth.caller, table, field).await?;
         Ok(Response::new(pb::DigestRecordsResponse { records: digest.records, sha256: digest.sha256.to_vec() }))
     }

@@ -11,6 +11,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
 use super::module::{describe, module};
+use super::settings::PinSource;
 use crate::signer::CryptoError;
 
 /// What `ensure_token` found or did.
@@ -41,10 +42,20 @@ fn scan(ctx: &Pkcs11, label: &str) -> Result<(Vec<Slot>, Vec<Slot>), CryptoError
     Ok((labelled, free))
 }
 
+fn pin(source: &PinSource) -> Result<AuthPin, CryptoError> {
+    source.read().map_err(|e| CryptoError::Token(format!("{source}: {e}")))
+}
+
 /// Makes sure a token labelled `label` exists on `module`: if none does, the
-/// first free slot's token is initialised with `so_pin`, and the user PIN set
-/// to `user_pin`. Several tokens with the label are an error (as for the signer).
-pub fn ensure_token(module_path: &Path, label: &str, so_pin: &str, user_pin: &str) -> Result<TokenSetup, CryptoError> {
+/// first free slot's token is initialised with the PIN `so_pin` names, and
+/// the user PIN set to the one `user_pin` names. Several tokens with the label
+/// are an error (as for the signer).
+pub fn ensure_token(
+    module_path: &Path,
+    label: &str,
+    so_pin: &PinSource,
+    user_pin: &PinSource,
+) -> Result<TokenSetup, CryptoError> {
     let ctx = module(module_path).map_err(CryptoError::Token)?;
     let (labelled, free) = scan(&ctx, label)?;
     match labelled.len() {
@@ -55,7 +66,7 @@ pub fn ensure_token(module_path: &Path, label: &str, so_pin: &str, user_pin: &st
     let slot = *free.first().ok_or_else(|| {
         CryptoError::Token(format!("no token is labelled '{label}' and the module has no free slot to make one"))
     })?;
-    let so = AuthPin::new(so_pin.into());
+    let so = pin(so_pin)?;
     ctx.init_token(slot, &so, label).map_err(|e| err("C_InitToken", &e))?;
     // SoftHSM2 moves an initialised token to a new slot id: look it up again.
     let (labelled, _) = scan(&ctx, label)?;
@@ -63,7 +74,7 @@ pub fn ensure_token(module_path: &Path, label: &str, so_pin: &str, user_pin: &st
         *labelled.first().ok_or_else(|| CryptoError::Token(format!("token '{label}' vanished after C_InitToken")))?;
     let session = ctx.open_rw_session(slot).map_err(|e| err("opening a session", &e))?;
     session.login(UserType::So, Some(&so)).map_err(|e| err("security officer login", &e))?;
-    session.init_pin(&AuthPin::new(user_pin.into())).map_err(|e| err("C_InitPIN", &e))?;
+    session.init_pin(&pin(user_pin)?).map_err(|e| err("C_InitPIN", &e))?;
     session.logout().map_err(|e| err("logout", &e))?;
     Ok(TokenSetup::Created)
 }
