@@ -17,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "kmf/v1/rekey.proto",
     ])?;
     std::fs::write(out_dir.join("kmf_descriptor.bin"), compiler.encode_file_descriptor_set())?;
-    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    // Type names (`prost::Name`) let kmfctl find a response's descriptor for `--json`.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
+    tonic_prost_build::configure().compile_fds_with_config(compiler.file_descriptor_set(), config)?;
     Ok(())
 }

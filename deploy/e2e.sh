@@ -108,6 +108,16 @@ for k in sys.argv[1:]:
         v = v[k]
 print(v if not isinstance(v, (dict, list)) else json.dumps(v))' "$@"
 }
+# json_get_or DEFAULT KEY [KEY...]: as json_get, DEFAULT when a field is absent
+# (kmfctl --json is the protobuf JSON mapping: 0, "" and false are left out).
+json_get_or() {
+  python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+for k in sys.argv[2:]:
+    v = v.get(k, sys.argv[1]) if isinstance(v, dict) else v
+print(v if not isinstance(v, (dict, list)) else json.dumps(v))' "$@"
+}
 # kc SERVICE ARGS...: the host's kmfctl against SERVICE's published port.
 kc() {
   local svc="$1"
@@ -192,9 +202,9 @@ cluster_up() {
     case "$got" in 127.0.0.1:[0-9]*) ;; *) fail "$svc publishes 8443 on '$got', not on loopback" ;; esac
     printf '%s' "$got" >"$WORK/pub-$svc"
   done
-  PROD="$(kc prod --json instance info | json_get sys_id)" || fail "instance info on prod"
-  DEV="$(kc dev --json instance info | json_get sys_id)" || fail "instance info on dev"
-  TEST="$(kc test --json instance info | json_get sys_id)" || fail "instance info on test"
+  PROD="$(kc prod --json instance info | json_get sysId)" || fail "instance info on prod"
+  DEV="$(kc dev --json instance info | json_get sysId)" || fail "instance info on dev"
+  TEST="$(kc test --json instance info | json_get sysId)" || fail "instance info on test"
   echo "   prod $PROD at $(pub prod), dev $DEV at $(pub dev), test $TEST at $(pub test)"
 }
 
@@ -225,15 +235,16 @@ import collections, json, sys
 v = json.load(open(sys.argv[1]))
 if isinstance(v, dict):
     v = v.get("keys") or next(x for x in v.values() if isinstance(x, list))
-ids = [k.get("key_id") or k.get("id") for k in v]
+ids = [k.get("keyId") for k in v]
 dups = [i for i, c in collections.Counter(ids).items() if c > 1]
 imported = [i for i in ids if i.startswith(sys.argv[2] + ":")]
 own = [i for i in ids if i.startswith(sys.argv[3] + ":")]
 print("   keys of spec on %s: %d imported %s, %d own %s, duplicates %s" % (sys.argv[4], len(imported), imported, len(own), own, dups))
 sys.exit(0 if not dups and len(imported) == 1 and len(own) == 1 else 1)
 PY
-  got="$(kc "$svc" --json property get protected.script.values.kmf.rekeyed)" || fail "property get on $svc"
-  case "$got" in *true*) echo "   protected.script.values.kmf.rekeyed: true" ;; *) fail "rekeyed property on $svc: $got" ;; esac
+  got="$(kc "$svc" --json property get protected.script.values.kmf.rekeyed | json_get property value)" \
+    || fail "property get on $svc"
+  case "$got" in true) echo "   protected.script.values.kmf.rekeyed: true" ;; *) fail "rekeyed property on $svc: $got" ;; esac
 }
 
 # --- scenario: the cluster itself ----------------------------------------------
@@ -244,8 +255,8 @@ scenario_cluster() {
   log "identities and signers"
   for svc in prod dev test; do
     kc "$svc" --json instance info >"$WORK/info" || fail "instance info on $svc"
-    signer="$(json_get signer_kind <"$WORK/info")"
-    echo "   $svc: $(json_get sys_id <"$WORK/info") $(json_get host <"$WORK/info"), signer $signer"
+    signer="$(json_get signerKind <"$WORK/info")"
+    echo "   $svc: $(json_get sysId <"$WORK/info") $(json_get host <"$WORK/info"), signer $signer"
     case "$svc:$signer" in dev:pkcs11|prod:software|test:software) ;; *) fail "$svc's signer is $signer" ;; esac
   done
   log "host -> dev: gRPC health with grpcurl on the published port"
@@ -253,14 +264,14 @@ scenario_cluster() {
   case "$got" in *'"SERVING"'*) echo "   SERVING" ;; *) fail "health: $got" ;; esac
   log "kmfctl on the cluster network (compose service kmfctl, dialing prod:8443)"
   got="$(timeout "$CALL_TIMEOUT" "${COMPOSE[@]}" run --rm -T kmfctl --endpoint prod:8443 --json instance info \
-    2>"$WORK/err" | json_get sys_id)" || fail "kmfctl service"
+    2>"$WORK/err" | json_get sysId)" || fail "kmfctl service"
   [ "$got" = "$PROD" ] || fail "kmfctl on the network reached $got, not prod $PROD"
   echo "   prod:8443 answers as $got"
   log "a second up -d changes nothing (setup keeps what exists)"
   "${COMPOSE[@]}" up -d 2>&1 | sed 's/^/   /'
   wait_healthy
   "${COMPOSE[@]}" logs --no-color setup | grep -c 'instance .*: kept' | grep -qx 3 || fail "setup did not keep the 3 instances"
-  got="$(kc dev --json instance info | json_get sys_id)" || fail "instance info on dev"
+  got="$(kc dev --json instance info | json_get sysId)" || fail "instance info on dev"
   [ "$got" = "$DEV" ] || fail "dev is $got after the second up, was $DEV"
   echo "   setup kept all 3 instances; dev is still $DEV"
   log "Adhoc exchange prod -> dev onto dev's token"
@@ -271,10 +282,10 @@ scenario_cluster() {
   if kc dev decrypt --ciphertext "$ct" >/dev/null; then fail "dev decrypted before it had the key"; fi
   grep -q NotFound "$WORK/err" || fail "unexpected error before the exchange: $(cat "$WORK/err")"
   req="$(kc dev --json exchange create --source-sys-id "$PROD" --source-host prod:8443 --spec "$SPEC" \
-    | json_get request_id)" || fail "exchange create on dev"
-  status="$(kc prod --json exchange approve "$req" | json_get status)" || fail "approve on prod"
+    | json_get request requestId)" || fail "exchange create on dev"
+  status="$(kc prod --json exchange approve "$req" | json_get request status)" || fail "approve on prod"
   echo "   request $req: $status"
-  dev_decrypts() { [ "$(kc dev --json decrypt --ciphertext "$ct" 2>/dev/null | json_get plaintext 2>/dev/null)" = "cluster $$" ]; }
+  dev_decrypts() { [ "$(kc dev decrypt --ciphertext "$ct" 2>/dev/null)" = "cluster $$" ]; }
   poll "dev decrypting prod's ciphertext" 30 60 dev_decrypts
   echo "   dev decrypts prod's ciphertext"
   log "down -v leaves nothing of the project"
@@ -314,8 +325,11 @@ scenario_clone_auto() {
   done
   echo "   dev decrypted all $n records"
   kc dev --json exchange list >"$WORK/ex.json" || fail "exchange list on dev"
-  grep -q '"frequency":"Automatic"' "$WORK/ex.json" || fail "no AUTOMATIC request on dev: $(cat "$WORK/ex.json")"
-  grep -q '"status":"REQUEST_COMPLETED","target_host"' "$WORK/ex.json" || fail "dev's request is not completed: $(cat "$WORK/ex.json")"
+  python3 - "$WORK/ex.json" <<'PY' || fail "no completed AUTOMATIC request on dev: $(cat "$WORK/ex.json")"
+import json, sys
+v = json.load(open(sys.argv[1])).get("requests", [])
+sys.exit(0 if any(r.get("frequency") == "AUTOMATIC" and r.get("status") == "REQUEST_COMPLETED" for r in v) else 1)
+PY
   echo "   dev's AUTOMATIC request: REQUEST_COMPLETED"
   SUMMARY+=("[clone-auto] Clone prod -> dev + automatic exchange, $n records: $((SECONDS - started)) s")
   cluster_down
@@ -333,16 +347,16 @@ scenario_adhoc() {
   log "test: catalog, exchange create (source prod)"
   catalog test
   req="$(kc test --json exchange create --source-sys-id "$PROD" --source-host prod:8443 --spec "$SPEC" \
-    | json_get request_id)" || fail "exchange create on test"
+    | json_get request requestId)" || fail "exchange create on test"
   echo "   request $req"
   log "host: grpcurl ResourceExchange/UpdateRequest APPROVE against prod at $(pub prod)"
   status="$(gc prod kmf.v1.ResourceExchange/UpdateRequest "{\"request_id\":\"$req\",\"decision\":\"APPROVE\"}" \
     | json_get request status)" || fail "grpcurl approve on prod"
   echo "   $status"
   case "$status" in REQUEST_APPROVED|REQUEST_COMPLETED) ;; *) fail "approved request is $status" ;; esac
-  test_decrypts() { [ "$(kc test --json decrypt --ciphertext "$ct" | json_get plaintext)" = "adhoc $$" ]; }
+  test_decrypts() { [ "$(kc test decrypt --ciphertext "$ct")" = "adhoc $$" ]; }
   poll "test decrypting prod's ciphertext" 30 60 test_decrypts
-  got="$(kc test --json exchange get "$req" | json_get status)" || fail "exchange get on test"
+  got="$(kc test --json exchange get "$req" | json_get request status)" || fail "exchange get on test"
   echo "   test decrypted prod's ciphertext; request $got"
   SUMMARY+=("[adhoc] Adhoc test <- prod approved by grpcurl: $((SECONDS - started)) s")
   cluster_down
@@ -386,7 +400,7 @@ print(sum(1 for c in v if str(c.get("state", "")).lower() == "completed"))')" ||
   rekeyed() {
     local debt keys
     debt="$(kc test --json rekey debt)" || return 1
-    [ "$(printf '%s' "$debt" | json_get total_records)" = 0 ] || return 1
+    [ "$(printf '%s' "$debt" | json_get_or 0 totalRecords)" = 0 ] || return 1
     keys="$(record_keys test)" || return 1
     [ "$(printf '%s\n' "$keys" | grep -c .)" = "$n" ] || return 1
     ! printf '%s\n' "$keys" | grep -qv "^$TEST:"
@@ -405,7 +419,7 @@ print(sum(1 for c in v if str(c.get("state", "")).lower() == "completed"))')" ||
 
 # --- scenario: partition of dev during an exchange ------------------------------
 # request_status SERVICE ID: the request's status as SERVICE sees it.
-request_status() { kc "$1" --json exchange get "$2" | json_get status; }
+request_status() { kc "$1" --json exchange get "$2" | json_get request status; }
 scenario_partition() {
   local started ct req cid net st deadline tries=0 cut_at healed_at
   cluster_up partition
@@ -416,7 +430,7 @@ scenario_partition() {
   ct="$(kc prod --json encrypt --spec "$SPEC" --text "partition $$" | json_get ciphertext)" || fail "encrypt on prod"
   catalog dev
   req="$(kc dev --json exchange create --source-sys-id "$PROD" --source-host prod:8443 --spec "$SPEC" \
-    | json_get request_id)" || fail "exchange create on dev"
+    | json_get request requestId)" || fail "exchange create on dev"
   echo "   request $req"
   cid="$("${COMPOSE[@]}" ps -q dev)"
   net="$(docker inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$cid" | awk '{print $1}')"
@@ -424,7 +438,7 @@ scenario_partition() {
   docker network disconnect "$net" "$cid" || fail "network disconnect"
   cut_at=$SECONDS
   log "prod: approve while dev is unreachable"
-  st="$(kc prod --json exchange approve "$req" | json_get status)" || fail "approve on prod"
+  st="$(kc prod --json exchange approve "$req" | json_get request status)" || fail "approve on prod"
   echo "   prod answers $st"
   [ "$st" != REQUEST_COMPLETED ] || fail "completed although dev was cut off"
   log "partition held for 30 s (prod's request polled every 2 s: it must not complete)"
@@ -444,7 +458,7 @@ scenario_partition() {
   echo "   prod: REQUEST_COMPLETED $((SECONDS - healed_at)) s after the reconnect"
   # The reconnect publishes dev's port again, on a new ephemeral loopback port.
   refresh_pub dev
-  dev_decrypts() { [ "$(kc dev --json decrypt --ciphertext "$ct" 2>/dev/null | json_get plaintext 2>/dev/null)" = "partition $$" ]; }
+  dev_decrypts() { [ "$(kc dev decrypt --ciphertext "$ct" 2>/dev/null)" = "partition $$" ]; }
   poll "dev decrypting after the partition" 30 60 dev_decrypts
   st="$(request_status dev "$req")" || fail "exchange get on dev"
   echo "   dev decrypts prod's ciphertext; dev's request $st"
@@ -478,7 +492,9 @@ rekey_state() {
   kc "$1" --json rekey list 2>/dev/null | python3 -c '
 import json, sys
 v = json.load(sys.stdin)
-print("%s %s %s" % (v[0]["state"], v[0]["records_done"], v[0]["records_total"]) if v else "none")' 2>/dev/null \
+v = v.get("rekeys", [])
+state = lambda r: r.get("state", "").removeprefix("REKEY_").lower()
+print("%s %s %s" % (state(v[0]), v[0].get("recordsDone", "0"), v[0].get("recordsTotal", "0")) if v else "none")' 2>/dev/null \
     || echo "unreachable"
 }
 scenario_kill() {
@@ -520,7 +536,7 @@ scenario_kill() {
     local debt
     [ "$(rekey_state dev)" = "completed $n $n" ] || return 1
     debt="$(kc dev --json rekey debt)" || return 1
-    [ "$(printf '%s' "$debt" | json_get total_records)" = 0 ]
+    [ "$(printf '%s' "$debt" | json_get_or 0 totalRecords)" = 0 ]
   }
   poll "dev's rekey completing after the kill" 180 180 dev_done
   echo "   rekey completed $((SECONDS - kill_at)) s after the kill; no record depends on an imported key"

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
 use super::ctl_clone_schedule::{CloneScheduleCommand, schedule};
 use super::kmfctl::Operator;
@@ -70,20 +69,35 @@ pub async fn clone(ops: &mut Operator, cmd: CloneCommand, as_json: bool) -> anyh
         CloneCommand::Schedule(cmd) => return schedule(ops, cmd, as_json).await,
         CloneCommand::Start { source_sys_id, source_host, watch } => {
             let req = pb::StartCloneRequest { source_sys_id, source_host };
-            (ops.clones.start_clone(req).await?.into_inner().clone.unwrap_or_default(), watch)
+            let r = ops.clones.start_clone(req).await?.into_inner();
+            if as_json && !watch {
+                print::json(&r)?;
+            }
+            (r.clone.unwrap_or_default(), watch)
         }
-        CloneCommand::Get { clone_id, watch } => (
-            ops.clones.get_clone(pb::GetCloneRequest { clone_id }).await?.into_inner().clone.unwrap_or_default(),
-            watch,
-        ),
+        CloneCommand::Get { clone_id, watch } => {
+            let r = ops.clones.get_clone(pb::GetCloneRequest { clone_id }).await?.into_inner();
+            if as_json && !watch {
+                print::json(&r)?;
+            }
+            (r.clone.unwrap_or_default(), watch)
+        }
         CloneCommand::List => {
-            let list = ops.clones.list_clones(pb::ListClonesRequest {}).await?.into_inner().clones;
-            print_clones(&list, as_json);
+            let r = ops.clones.list_clones(pb::ListClonesRequest {}).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            print_clones(&r.clones);
             return Ok(());
         }
     };
     let clone = if watch { follow(ops, clone, as_json).await? } else { clone };
-    print_clones(std::slice::from_ref(&clone), as_json);
+    if !as_json {
+        print_clones(std::slice::from_ref(&clone));
+    } else if watch {
+        // The last GetClone answer seen while watching.
+        print::json(&pb::GetCloneResponse { clone: Some(clone.clone()) })?;
+    }
     match clone.state.as_str() {
         "failed" => anyhow::bail!("clone {} failed: {}", clone.clone_id, clone.error),
         _ => Ok(()),
@@ -139,19 +153,8 @@ fn progress_line(c: &pb::CloneInfo) -> String {
     )
 }
 
-fn print_clones(list: &[pb::CloneInfo], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|c| {
-                json!({"clone_id": c.clone_id, "source_sys_id": c.source_sys_id, "source_host": c.source_host,
-                "state": c.state, "records_total": c.records_total, "records_copied": c.records_copied,
-                "records_per_second": c.records_per_second, "started_at": print::time(&c.started_at),
-                "finished_at": print::time(&c.finished_at), "error": c.error})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
+fn print_clones(list: &[pb::CloneInfo]) {
+    {
         let rows: Vec<_> = list
             .iter()
             .map(|c| {
@@ -173,35 +176,33 @@ fn print_clones(list: &[pb::CloneInfo], as_json: bool) {
 async fn target(ops: &mut Operator, cmd: CloneTargetCommand, as_json: bool) -> anyhow::Result<()> {
     let targets = match cmd {
         CloneTargetCommand::Add { sys_id, host } => {
-            let req = pb::AddCloneTargetRequest { sys_id, host };
-            vec![ops.clones.add_clone_target(req).await?.into_inner().target.unwrap_or_default()]
+            let r = ops.clones.add_clone_target(pb::AddCloneTargetRequest { sys_id, host }).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            r.target.into_iter().collect()
         }
         CloneTargetCommand::List => {
-            ops.clones.list_clone_targets(pb::ListCloneTargetsRequest {}).await?.into_inner().targets
+            let r = ops.clones.list_clone_targets(pb::ListCloneTargetsRequest {}).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            r.targets
         }
         CloneTargetCommand::Remove { sys_id } => {
-            ops.clones.remove_clone_target(pb::RemoveCloneTargetRequest { sys_id: sys_id.clone() }).await?;
-            if !as_json {
-                println!("clone target {sys_id} removed");
+            let req = pb::RemoveCloneTargetRequest { sys_id: sys_id.clone() };
+            let r = ops.clones.remove_clone_target(req).await?.into_inner();
+            if as_json {
+                return print::json(&r);
             }
+            println!("clone target {sys_id} removed");
             return Ok(());
         }
     };
-    if as_json {
-        let v: Vec<_> = targets
-            .iter()
-            .map(|t| {
-                json!({"sys_id": t.sys_id, "host": t.host, "added_at": print::time(&t.added_at),
-                "added_by": t.added_by})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
-        let rows: Vec<_> = targets
-            .iter()
-            .map(|t| vec![t.sys_id.clone(), t.host.clone(), t.added_by.clone(), print::time(&t.added_at)])
-            .collect();
-        print::table(&["SYS_ID", "HOST", "ADDED_BY", "ADDED"], &rows);
-    }
+    let rows: Vec<_> = targets
+        .iter()
+        .map(|t: &pb::CloneTarget| vec![t.sys_id.clone(), t.host.clone(), t.added_by.clone(), print::time(&t.added_at)])
+        .collect();
+    print::table(&["SYS_ID", "HOST", "ADDED_BY", "ADDED"], &rows);
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! (`kmfctl exchange clone-config create|list|delete`).
 
 use clap::Subcommand;
-use serde_json::json;
 
 use super::kmfctl::Operator;
 use super::print;
@@ -51,17 +50,26 @@ pub async fn clone_config(ops: &mut Operator, cmd: CloneConfigCommand, as_json: 
                 spec_names: specs,
                 rekey_after_import: rekey,
             };
-            let made = ops.exchange.create_clone_exchange(req).await?.into_inner().clone_exchange;
-            show(&made.into_iter().collect::<Vec<_>>(), as_json);
+            let r = ops.exchange.create_clone_exchange(req).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            show(&r.clone_exchange.into_iter().collect::<Vec<_>>());
         }
         CloneConfigCommand::List => {
             let all = ops.exchange.list_clone_exchanges(pb::ListCloneExchangesRequest {}).await?.into_inner();
-            show(&all.clone_exchanges, as_json);
+            if as_json {
+                return print::json(&all);
+            }
+            show(&all.clone_exchanges);
         }
         CloneConfigCommand::Delete { target_sys_id } => {
             let req = pb::DeleteCloneExchangeRequest { target_sys_id };
-            let gone = ops.exchange.delete_clone_exchange(req).await?.into_inner().clone_exchange;
-            show(&gone.into_iter().collect::<Vec<_>>(), as_json);
+            let r = ops.exchange.delete_clone_exchange(req).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            show(&r.clone_exchange.into_iter().collect::<Vec<_>>());
         }
     }
     Ok(())
@@ -75,28 +83,7 @@ fn frequency_label(v: i32) -> &'static str {
     }
 }
 
-fn show(list: &[pb::CloneExchange], as_json: bool) {
-    if as_json {
-        let items: Vec<_> = list
-            .iter()
-            .map(|c| {
-                json!({
-                    "target_sys_id": c.target_sys_id,
-                    "target_host": c.target_host,
-                    "frequency": frequency_label(c.frequency),
-                    "spec_names": c.spec_names,
-                    "rekey_after_import": c.rekey_after_import,
-                    "policies": c.policies,
-                    "created_at": print::time(&c.created_at),
-                    "created_by": c.created_by,
-                    "used_by_request_id": c.used_by_request_id,
-                    "used_at": print::time(&c.used_at),
-                })
-            })
-            .collect();
-        println!("{}", json!(items));
-        return;
-    }
+fn show(list: &[pb::CloneExchange]) {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {

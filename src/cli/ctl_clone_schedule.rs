@@ -3,7 +3,6 @@
 //! exchange the source approves (a Recurring Clone configured there).
 
 use clap::Subcommand;
-use serde_json::json;
 
 use super::kmfctl::Operator;
 use super::print;
@@ -51,20 +50,30 @@ pub async fn schedule(ops: &mut Operator, cmd: CloneScheduleCommand, as_json: bo
                 every,
                 cron: cron.unwrap_or_default(),
             };
-            ops.clones.create_clone_schedule(req).await?.into_inner().schedule.into_iter().collect()
+            let r = ops.clones.create_clone_schedule(req).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            r.schedule.into_iter().collect()
         }
         CloneScheduleCommand::List => {
-            ops.clones.list_clone_schedules(pb::ListCloneSchedulesRequest {}).await?.into_inner().schedules
+            let r = ops.clones.list_clone_schedules(pb::ListCloneSchedulesRequest {}).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            r.schedules
         }
         CloneScheduleCommand::Delete { name } => {
-            ops.clones.delete_clone_schedule(pb::DeleteCloneScheduleRequest { name: name.clone() }).await?;
-            if !as_json {
-                println!("clone schedule {name} deleted");
+            let req = pb::DeleteCloneScheduleRequest { name: name.clone() };
+            let r = ops.clones.delete_clone_schedule(req).await?.into_inner();
+            if as_json {
+                return print::json(&r);
             }
+            println!("clone schedule {name} deleted");
             return Ok(());
         }
     };
-    show(&schedules, as_json);
+    show(&schedules);
     Ok(())
 }
 
@@ -75,20 +84,8 @@ fn cadence(s: &pb::CloneSchedule) -> String {
     }
 }
 
-fn show(list: &[pb::CloneSchedule], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|s| {
-                json!({"name": s.name, "source_sys_id": s.source_sys_id, "source_host": s.source_host,
-                "every_seconds": s.every.as_ref().map(|d| d.seconds), "cron": s.cron,
-                "next_run_at": print::time(&s.next_run_at), "runs": s.runs, "skipped": s.skipped,
-                "last_run_at": print::time(&s.last_run_at), "last_clone_id": s.last_clone_id,
-                "last_outcome": s.last_outcome, "created_by": s.created_by})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
+fn show(list: &[pb::CloneSchedule]) {
+    {
         let rows: Vec<_> = list
             .iter()
             .map(|s| {

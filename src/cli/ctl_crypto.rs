@@ -5,9 +5,9 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as b64;
 use clap::Subcommand;
-use serde_json::json;
 
 use super::kmfctl::Operator;
+use super::print;
 use crate::rpc::pb;
 
 #[derive(Subcommand, Debug)]
@@ -96,12 +96,13 @@ pub fn spec_request(
     })
 }
 
-fn print_result(as_json: bool, field: &str, value: String, key_id: &str) {
+/// The response message with `--json`, else `value` (the one result people want).
+fn print_result<M: prost::Message + prost::Name>(as_json: bool, response: &M, value: &str) -> anyhow::Result<()> {
     if as_json {
-        println!("{}", json!({field: value, "key_id": key_id}));
-    } else {
-        println!("{value}");
+        return print::json(response);
     }
+    println!("{value}");
+    Ok(())
 }
 
 fn decode(what: &str, text: &str) -> anyhow::Result<Vec<u8>> {
@@ -112,39 +113,39 @@ pub async fn crypto(ops: &mut Operator, cmd: CryptoCommand, as_json: bool) -> an
     match cmd {
         CryptoCommand::Sign { spec, text } => {
             let r = ops.crypto.sign(pb::SignRequest { spec, message: text.into_bytes() }).await?.into_inner();
-            print_result(as_json, "signature", b64.encode(&r.signature), &r.key_id);
+            print_result(as_json, &r, &b64.encode(&r.signature))?;
         }
         CryptoCommand::Verify { signature, text } => {
             let req = pb::VerifyRequest { signature: decode("signature", &signature)?, message: text.into_bytes() };
             let r = ops.crypto.verify(req).await?.into_inner();
-            print_result(as_json, "valid", r.valid.to_string(), &r.key_id);
+            print_result(as_json, &r, &r.valid.to_string())?;
         }
         CryptoCommand::Mac { spec, text } => {
             let r = ops.crypto.mac(pb::MacRequest { spec, message: text.into_bytes() }).await?.into_inner();
-            print_result(as_json, "mac", b64.encode(&r.mac), &r.key_id);
+            print_result(as_json, &r, &b64.encode(&r.mac))?;
         }
         CryptoCommand::VerifyMac { mac, text } => {
             let req = pb::VerifyMacRequest { mac: decode("mac", &mac)?, message: text.into_bytes() };
             let r = ops.crypto.verify_mac(req).await?.into_inner();
-            print_result(as_json, "valid", r.valid.to_string(), &r.key_id);
+            print_result(as_json, &r, &r.valid.to_string())?;
         }
         CryptoCommand::Wrap { spec, key_hex, aad } => {
             let key_material = hex::decode(key_hex.trim()).context("key_hex is not hex")?;
             let req = pb::WrapRequest { spec, key_material, associated_data: aad.into_bytes() };
             let r = ops.crypto.wrap(req).await?.into_inner();
-            print_result(as_json, "wrapped_key", b64.encode(&r.wrapped_key), &r.key_id);
+            print_result(as_json, &r, &b64.encode(&r.wrapped_key))?;
         }
         CryptoCommand::Unwrap { wrapped, aad } => {
             let req =
                 pb::UnwrapRequest { wrapped_key: decode("wrapped", &wrapped)?, associated_data: aad.into_bytes() };
             let r = ops.crypto.unwrap(req).await?.into_inner();
             let material = zeroize::Zeroizing::new(hex::encode(&r.key_material));
-            print_result(as_json, "key_material_hex", material.to_string(), &r.key_id);
+            print_result(as_json, &r, &material)?;
         }
         CryptoCommand::PublicKey { spec } => {
             let r = ops.crypto.get_public_key(pb::GetPublicKeyRequest { spec }).await?.into_inner();
             if as_json {
-                println!("{}", json!({"public_key_pem": r.public_key_pem, "key_id": r.key_id, "scheme": r.scheme}));
+                print::json(&r)?;
             } else {
                 print!("{}", r.public_key_pem);
             }

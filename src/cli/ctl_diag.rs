@@ -1,12 +1,10 @@
 //! `kmfctl diag`: runs Instance.Diagnose and prints the components, coloured
 //! when stdout is a terminal (green Operational, yellow Degraded, red
-//! Malfunction, gray Disabled), or JSON with `--json`. Exit code: 0 when the
+//! Malfunction, gray Disabled), or with `--json` the Diagnose response message. Exit code: 0 when the
 //! instance is Operational or Disabled, 2 when Degraded, 3 on Malfunction.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-
-use serde_json::{Value, json};
 
 use super::kmfctl::Operator;
 use super::print;
@@ -29,7 +27,7 @@ pub async fn diag(ops: &mut Operator, as_json: bool) -> anyhow::Result<()> {
     let d = ops.instance.diagnose(pb::DiagnoseRequest {}).await?.into_inner();
     let status = ComponentStatus::try_from(d.status).unwrap_or(ComponentStatus::Unspecified);
     if as_json {
-        println!("{}", diagnosis_json(&d));
+        print::json(&d)?;
     } else {
         print_table(&d, std::io::stdout().is_terminal());
     }
@@ -49,21 +47,6 @@ fn label(status: i32) -> &'static str {
         Ok(ComponentStatus::Disabled) => "Disabled",
         _ => "Unknown",
     }
-}
-
-fn component_json(c: &pb::Component) -> Value {
-    json!({
-        "name": c.name, "status": label(c.status), "message": c.message,
-        "children": c.children.iter().map(component_json).collect::<Vec<_>>(),
-    })
-}
-
-fn diagnosis_json(d: &pb::DiagnoseResponse) -> Value {
-    json!({
-        "status": label(d.status),
-        "checked_at": print::time(&d.checked_at),
-        "components": d.components.iter().map(component_json).collect::<Vec<_>>(),
-    })
 }
 
 /// `text` padded to `width`, in the status colour when `color` is set.

@@ -87,31 +87,33 @@ pub fn outcome(r: &pb::ExchangeRequest, timeout: Duration) -> anyhow::Result<()>
 
 /// `exchange get ID [--receipt]`: the request, and with `receipt` its
 /// proof, checked (an error when a check fails or there is no receipt yet).
+/// With `--json` the GetRequest response is printed as it is (the proof's
+/// receipt, signature and certificate in base64); the check's findings go to
+/// stderr and its verdict is the exit code.
 pub async fn get(ops: &mut Operator, request_id: String, receipt: bool, as_json: bool) -> anyhow::Result<()> {
     let r = ops.exchange.get_request(pb::GetRequestRequest { request_id }).await?.into_inner();
-    let req = r.request.unwrap_or_default();
+    let req = r.request.clone().unwrap_or_default();
+    if as_json {
+        super::print::json(&r)?;
+    } else {
+        super::print::request(&req);
+    }
     if !receipt {
-        super::print::request(&req, as_json);
         return Ok(());
     }
     let Some(proof) = r.proof else {
-        super::print::request(&req, as_json);
         anyhow::bail!("request {} has no receipt yet: it is {}", req.request_id, status_label(req.status));
     };
     let check = check_proof(&req, &proof, &ops.ca_pem);
-    if as_json {
-        let v = serde_json::json!({"request_id": req.request_id, "status": status_label(req.status),
-            "receipt": {"signed_by": check.signed_by, "bundle_sha256": check.bundle_sha256,
-            "imported_keys": check.imported_keys, "verified": check.verified, "checks": check.findings}});
-        println!("{v}");
-    } else {
-        super::print::request(&req, false);
-        println!("receipt signed by instance {} for bundle sha256 {}:", check.signed_by, check.bundle_sha256);
-        for f in &check.findings {
-            println!("  - {f}");
-        }
-        println!("receipt {}", if check.verified { "VERIFIED" } else { "NOT VERIFIED" });
+    let report = |line: String| if as_json { eprintln!("{line}") } else { println!("{line}") };
+    report(format!(
+        "receipt signed by instance {} for bundle sha256 {} ({} imported key(s)):",
+        check.signed_by, check.bundle_sha256, check.imported_keys
+    ));
+    for f in &check.findings {
+        report(format!("  - {f}"));
     }
+    report(format!("receipt {}", if check.verified { "VERIFIED" } else { "NOT VERIFIED" }));
     anyhow::ensure!(check.verified, "the receipt of request {} did not verify", req.request_id);
     Ok(())
 }

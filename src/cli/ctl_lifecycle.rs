@@ -2,7 +2,6 @@
 //! policies, and the audit log.
 
 use clap::Subcommand;
-use serde_json::json;
 
 use super::kmfctl::Operator;
 use super::print;
@@ -72,8 +71,11 @@ pub async fn key_action(
     as_json: bool,
 ) -> anyhow::Result<()> {
     let req = pb::ChangeKeyStateRequest { key_id, action: action as i32, reason };
-    let keys = ops.keys.change_key_state(req).await?.into_inner().keys;
-    print::keys(&keys, as_json);
+    let r = ops.keys.change_key_state(req).await?.into_inner();
+    if as_json {
+        return print::json(&r);
+    }
+    print::keys(&r.keys);
     Ok(())
 }
 
@@ -85,13 +87,11 @@ pub async fn lifecycle(ops: &mut Operator, cmd: LifecycleCommand, as_json: bool)
                 expire_after: duration(expire_after, "expire-after")?,
                 destroy_after_idle: duration(destroy_after_idle, "destroy-after-idle")?,
             };
-            let s = ops.keys.set_spec_lifecycle(req).await?.into_inner().spec.unwrap_or_default();
+            let r = ops.keys.set_spec_lifecycle(req).await?.into_inner();
             if as_json {
-                println!(
-                    "{}",
-                    json!({"spec": s.name, "expire_after": days(&s.expire_after), "destroy_after_idle": days(&s.destroy_after_idle)})
-                );
+                print::json(&r)?;
             } else {
+                let s = r.spec.unwrap_or_default();
                 print::table(
                     &["SPEC", "EXPIRE_AFTER", "DESTROY_AFTER_IDLE"],
                     &[vec![s.name, days(&s.expire_after), days(&s.destroy_after_idle)]],
@@ -105,33 +105,29 @@ pub async fn lifecycle(ops: &mut Operator, cmd: LifecycleCommand, as_json: bool)
                 max_expire_after: duration(max_expire_after, "max-expire-after")?,
             };
             let req = pb::SetLifecyclePolicyRequest { policy: Some(policy) };
-            let p = ops.keys.set_lifecycle_policy(req).await?.into_inner().policy.unwrap_or_default();
-            print_policies(&[p], as_json);
+            let r = ops.keys.set_lifecycle_policy(req).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            print_policies(&r.policy.into_iter().collect::<Vec<_>>());
         }
         LifecycleCommand::Policies => {
-            let list =
-                ops.keys.list_lifecycle_policies(pb::ListLifecyclePoliciesRequest {}).await?.into_inner().policies;
-            print_policies(&list, as_json);
+            let r = ops.keys.list_lifecycle_policies(pb::ListLifecyclePoliciesRequest {}).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            print_policies(&r.policies);
         }
     }
     Ok(())
 }
 
-fn print_policies(list: &[pb::LifecyclePolicy], as_json: bool) {
+fn print_policies(list: &[pb::LifecyclePolicy]) {
     let scope = |p: &pb::LifecyclePolicy| {
         if p.module.is_empty() { "instance".to_owned() } else { format!("module {}", p.module) }
     };
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|p| json!({"scope": scope(p), "active": p.active, "max_expire_after": days(&p.max_expire_after)}))
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
-        let rows: Vec<_> =
-            list.iter().map(|p| vec![scope(p), p.active.to_string(), days(&p.max_expire_after)]).collect();
-        print::table(&["SCOPE", "ACTIVE", "MAX_EXPIRE_AFTER"], &rows);
-    }
+    let rows: Vec<_> = list.iter().map(|p| vec![scope(p), p.active.to_string(), days(&p.max_expire_after)]).collect();
+    print::table(&["SCOPE", "ACTIVE", "MAX_EXPIRE_AFTER"], &rows);
 }
 
 pub async fn audit(ops: &mut Operator, cmd: AuditCommand, as_json: bool) -> anyhow::Result<()> {
@@ -139,18 +135,12 @@ pub async fn audit(ops: &mut Operator, cmd: AuditCommand, as_json: bool) -> anyh
         AuditCommand::List { after, limit, action } => {
             let req =
                 pb::ListAuditEntriesRequest { after_seq: after, limit, action_prefix: action, ..Default::default() };
-            let entries = ops.audit.list_audit_entries(req).await?.into_inner().entries;
+            let r = ops.audit.list_audit_entries(req).await?.into_inner();
             if as_json {
-                let v: Vec<_> = entries
-                    .iter()
-                    .map(|e| {
-                        json!({"seq": e.seq, "at": print::time(&e.at), "actor": e.actor, "action": e.action,
-                        "subject": e.subject, "outcome": e.outcome, "details": e.details, "hash": e.hash})
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(v));
+                print::json(&r)?;
             } else {
-                let rows: Vec<_> = entries
+                let rows: Vec<_> = r
+                    .entries
                     .iter()
                     .map(|e| {
                         let details: String = e.details.chars().take(80).collect();
@@ -171,10 +161,7 @@ pub async fn audit(ops: &mut Operator, cmd: AuditCommand, as_json: bool) -> anyh
         AuditCommand::Verify => {
             let r = ops.audit.verify_audit_chain(pb::VerifyAuditChainRequest {}).await?.into_inner();
             if as_json {
-                println!(
-                    "{}",
-                    json!({"intact": r.intact, "entries_verified": r.entries_verified, "broken_at_seq": r.broken_at_seq, "reason": r.reason})
-                );
+                print::json(&r)?;
             } else if r.intact {
                 println!("audit chain intact: {} entries verified", r.entries_verified);
             } else {

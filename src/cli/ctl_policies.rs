@@ -1,7 +1,6 @@
 //! kmfctl: module access policies and the explain call.
 
 use clap::Subcommand;
-use serde_json::json;
 
 use super::kmfctl::Operator;
 use super::print;
@@ -9,13 +8,14 @@ use crate::rpc::pb;
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
-    /// Create a Role, Script or System policy.
+    /// Create a Role, Script, System or Resource Exchange policy.
     Create {
         name: String,
         #[arg(long)]
         module: String,
-        /// role, script or system.
-        #[arg(long = "type", value_parser = ["role", "script", "system"])]
+        /// role, script, system or resource-exchange (inbound exchange
+        /// requests from one target instance, for clone flows).
+        #[arg(long = "type", value_parser = ["role", "script", "system", "resource-exchange"])]
         kind: String,
         /// track, reject or strict-reject.
         #[arg(long, value_parser = ["track", "reject", "strict-reject"])]
@@ -32,6 +32,21 @@ pub enum PolicyCommand {
         /// Only these operations (encrypt, decrypt, sign, verify, mac, verify_mac, wrap, unwrap).
         #[arg(long = "operation")]
         operations: Vec<String>,
+        /// For --type resource-exchange: the target instance's sys_id.
+        #[arg(long, default_value = "")]
+        target_sys_id: String,
+        /// For --type resource-exchange: the host:port the target's requests name.
+        #[arg(long, default_value = "")]
+        target_host: String,
+        /// For --type resource-exchange: one-time or recurring.
+        #[arg(long, value_parser = ["one-time", "recurring"])]
+        approval: Option<String>,
+    },
+    /// One policy.
+    Get {
+        name: String,
+        #[arg(long)]
+        module: String,
     },
     List {
         #[arg(long, default_value = "")]
@@ -95,7 +110,7 @@ fn who(p: &pb::AccessPolicy) -> String {
     }
 }
 
-fn print_policies(list: &[pb::AccessPolicy], as_json: bool) {
+fn print_policies(list: &[pb::AccessPolicy]) {
     let ops = |p: &pb::AccessPolicy| {
         let v: Vec<String> = p
             .operations
@@ -105,16 +120,7 @@ fn print_policies(list: &[pb::AccessPolicy], as_json: bool) {
             .collect();
         if v.is_empty() { "all".to_owned() } else { v.join(",") }
     };
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|p| {
-                json!({"module": p.module, "name": p.name, "who": who(p), "result": result_label(p.result),
-                "spec": p.spec, "operations": ops(p), "active": p.active})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
+    {
         let rows: Vec<_> = list
             .iter()
             .map(|p| {
@@ -136,11 +142,29 @@ fn print_policies(list: &[pb::AccessPolicy], as_json: bool) {
 
 pub async fn policy(ops: &mut Operator, cmd: PolicyCommand, as_json: bool) -> anyhow::Result<()> {
     match cmd {
-        PolicyCommand::Create { name, module, kind, result, role, script, spec, operations } => {
+        PolicyCommand::Create {
+            name,
+            module,
+            kind,
+            result,
+            role,
+            script,
+            spec,
+            operations,
+            target_sys_id,
+            target_host,
+            approval,
+        } => {
             let r#type = match kind.as_str() {
                 "role" => pb::PolicyType::Role,
                 "script" => pb::PolicyType::Script,
+                "resource-exchange" => pb::PolicyType::ResourceExchange,
                 _ => pb::PolicyType::System,
+            };
+            let approval_type = match approval.as_deref() {
+                Some("one-time") => pb::ApprovalType::OneTime,
+                Some(_) => pb::ApprovalType::Recurring,
+                None => pb::ApprovalType::Unspecified,
             };
             let result = match result.as_str() {
                 "track" => pb::PolicyResult::Track,
@@ -158,14 +182,30 @@ pub async fn policy(ops: &mut Operator, cmd: PolicyCommand, as_json: bool) -> an
                 script,
                 spec,
                 operations,
+                target_sys_id,
+                target_host,
+                approval_type: approval_type as i32,
                 ..Default::default()
             };
             let p = ops.policies.create_policy(pb::CreatePolicyRequest { policy: Some(policy) }).await?.into_inner();
-            print_policies(&p.policy.into_iter().collect::<Vec<_>>(), as_json);
+            if as_json {
+                return print::json(&p);
+            }
+            print_policies(&p.policy.into_iter().collect::<Vec<_>>());
+        }
+        PolicyCommand::Get { name, module } => {
+            let r = ops.policies.get_policy(pb::GetPolicyRequest { module, name }).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            print_policies(&r.policy.into_iter().collect::<Vec<_>>());
         }
         PolicyCommand::List { module } => {
-            let list = ops.policies.list_policies(pb::ListPoliciesRequest { module }).await?.into_inner().policies;
-            print_policies(&list, as_json);
+            let r = ops.policies.list_policies(pb::ListPoliciesRequest { module }).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            print_policies(&r.policies);
         }
         PolicyCommand::Activate { name, module } => set_active(ops, module, name, true, as_json).await?,
         PolicyCommand::Deactivate { name, module } => set_active(ops, module, name, false, as_json).await?,
@@ -200,12 +240,7 @@ pub async fn policy(ops: &mut Operator, cmd: PolicyCommand, as_json: bool) -> an
             };
             let d = ops.policies.explain_access(req).await?.into_inner();
             if as_json {
-                let ev: Vec<_> = d
-                    .evaluated
-                    .iter()
-                    .map(|e| json!({"policy": e.policy, "result": result_label(e.result), "matched": e.matched, "why": e.why}))
-                    .collect();
-                println!("{}", json!({"allowed": d.allowed, "reason": d.reason, "evaluated": ev}));
+                print::json(&d)?;
             } else {
                 let rows: Vec<_> = d
                     .evaluated
@@ -230,6 +265,9 @@ async fn set_active(
     as_json: bool,
 ) -> anyhow::Result<()> {
     let p = ops.policies.update_policy(pb::UpdatePolicyRequest { module, name, active }).await?.into_inner();
-    print_policies(&p.policy.into_iter().collect::<Vec<_>>(), as_json);
+    if as_json {
+        return print::json(&p);
+    }
+    print_policies(&p.policy.into_iter().collect::<Vec<_>>());
     Ok(())
 }

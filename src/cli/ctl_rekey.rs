@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
 use super::kmfctl::Operator;
 use super::print;
@@ -17,7 +16,8 @@ use crate::rpc::pb;
 #[derive(Subcommand, Debug)]
 pub enum RekeyCommand {
     /// One rekey (by the request it follows; the newest when none is named).
-    /// Exits 1 when it is failed (it will be retried) or expired.
+    /// Exits 1 when it is failed (it will be retried) or expired. `--json`
+    /// prints it as a GetRekey response (with `--watch`, the last one seen).
     Status {
         request_id: Option<String>,
         /// Follow it until it completes, fails or expires.
@@ -53,15 +53,17 @@ fn in_progress(r: &pb::Rekey) -> bool {
 pub async fn rekey(ops: &mut Operator, cmd: RekeyCommand, as_json: bool) -> anyhow::Result<()> {
     match cmd {
         RekeyCommand::List => {
-            let list = ops.rekeys.list_rekeys(pb::ListRekeysRequest {}).await?.into_inner().rekeys;
-            print_rekeys(&list, as_json);
+            let r = ops.rekeys.list_rekeys(pb::ListRekeysRequest {}).await?.into_inner();
+            if as_json {
+                return print::json(&r);
+            }
+            print_rekeys(&r.rekeys);
             Ok(())
         }
         RekeyCommand::Debt => {
             let d = ops.rekeys.list_rekey_debt(pb::ListRekeyDebtRequest {}).await?.into_inner();
             if as_json {
-                let debts: Vec<_> = d.debts.iter().map(|k| json!({"key_id": k.key_id, "records": k.records})).collect();
-                println!("{}", json!({"debts": debts, "total_records": d.total_records}));
+                print::json(&d)?;
             } else {
                 let rows: Vec<_> = d.debts.iter().map(|k| vec![k.key_id.clone(), k.records.to_string()]).collect();
                 print::table(&["IMPORTED_KEY", "RECORDS"], &rows);
@@ -86,7 +88,11 @@ pub async fn rekey(ops: &mut Operator, cmd: RekeyCommand, as_json: bool) -> anyh
             if watch {
                 r = follow(ops, r, as_json).await?;
             }
-            print_rekeys(std::slice::from_ref(&r), as_json);
+            if as_json {
+                print::json(&pb::GetRekeyResponse { rekey: Some(r.clone()) })?;
+            } else {
+                print_rekeys(std::slice::from_ref(&r));
+            }
             match state(&r) {
                 "failed" => {
                     anyhow::bail!("rekey of {} failed (it will be tried again): {}", r.request_id, r.last_error)
@@ -159,26 +165,8 @@ fn debt_list(d: &[pb::KeyDebt]) -> String {
     d.iter().map(|k| format!("{}={}", k.key_id, k.records)).collect::<Vec<_>>().join(" ")
 }
 
-fn print_rekeys(list: &[pb::Rekey], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|r| {
-                let debt: Vec<_> = r.debt.iter().map(|k| json!({"key_id": k.key_id, "records": k.records})).collect();
-                let kept: Vec<_> =
-                    r.kept_keys.iter().map(|k| json!({"key_id": k.key_id, "records": k.records})).collect();
-                json!({"request_id": r.request_id, "source_sys_id": r.source_sys_id, "specs": r.specs,
-                "state": state(r), "attempts": r.attempts, "records_done": r.records_done,
-                "records_total": r.records_total, "records_per_second": r.records_per_second,
-                "eta_seconds": r.eta.as_ref().map(|d| d.seconds), "created_at": print::time(&r.created_at),
-                "updated_at": print::time(&r.updated_at), "finished_at": print::time(&r.finished_at),
-                "next_attempt_at": print::time(&r.next_attempt_at), "last_error": r.last_error,
-                "expires_at": print::time(&r.expires_at), "debt": debt, "kept_keys": kept,
-                "destroyed_keys": r.destroyed_keys})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
+fn print_rekeys(list: &[pb::Rekey]) {
+    {
         let rows: Vec<_> = list
             .iter()
             .map(|r| {

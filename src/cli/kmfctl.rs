@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context;
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
 use tonic::transport::Channel;
 
 use super::ctl_clone::{CloneCommand, clone};
@@ -30,7 +29,10 @@ use crate::tls::TlsFiles;
 pub struct Kmfctl {
     #[command(flatten)]
     conn: Conn,
-    /// Print JSON instead of tables.
+    /// Print the response message in the protobuf JSON mapping instead of a
+    /// table: byte for byte what grpcurl prints for the same call. Commands
+    /// that make several calls print the last response (lists: one response
+    /// holding every page's items).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -89,13 +91,17 @@ enum Command {
         #[arg(long, default_value = "")]
         aad: String,
     },
-    /// Decrypt base64 ciphertext; prints the plaintext as text.
+    /// Decrypt base64 ciphertext; prints the plaintext as text (`--json`:
+    /// the Decrypt response, plaintext in base64).
     Decrypt {
         #[arg(long)]
         ciphertext: String,
         #[arg(long, default_value = "")]
         aad: String,
     },
+    /// Encrypted records addressed by table, field and record id.
+    #[command(subcommand)]
+    Record(super::ctl_records::RecordCommand),
     /// Sign/verify, MAC/verify, wrap/unwrap and RSA public keys.
     #[command(subcommand)]
     Crypto(CryptoCommand),
@@ -358,10 +364,7 @@ impl Operator {
             Command::Instance(InstanceCommand::Info) => {
                 let i = self.instance.info(pb::InfoRequest {}).await?.into_inner();
                 if as_json {
-                    println!(
-                        "{}",
-                        json!({"sys_id": i.sys_id, "host": i.host, "version": i.version, "signer_kind": i.signer_kind})
-                    );
+                    print::json(&i)?;
                 } else {
                     print::table(
                         &["SYS_ID", "HOST", "VERSION", "SIGNER"],
@@ -373,34 +376,56 @@ impl Operator {
                 let access =
                     if default_access == "track" { pb::DefaultAccess::Track } else { pb::DefaultAccess::Reject };
                 let req = pb::CreateModuleRequest { name, default_access: access as i32 };
-                let m = self.keys.create_module(req).await?.into_inner().module;
-                let m = m.unwrap_or_default();
-                print_modules(&[m], as_json);
+                let r = self.keys.create_module(req).await?.into_inner();
+                if as_json {
+                    return print::json(&r);
+                }
+                print_modules(&r.module.into_iter().collect::<Vec<_>>());
             }
             Command::Module(ModuleCommand::List) => {
-                let list = self.keys.list_modules(pb::ListModulesRequest {}).await?.into_inner().modules;
-                print_modules(&list, as_json);
+                let r = self.keys.list_modules(pb::ListModulesRequest {}).await?.into_inner();
+                if as_json {
+                    return print::json(&r);
+                }
+                print_modules(&r.modules);
             }
             Command::Spec(SpecCommand::Create { name, module, purpose, algorithm, size, equality_preserving }) => {
                 let req =
                     spec_request(&module, &name, purpose.as_deref(), algorithm.as_deref(), size, equality_preserving)?;
-                let s = self.keys.create_spec(req).await?.into_inner().spec.unwrap_or_default();
-                print_specs(&[s], as_json);
+                let r = self.keys.create_spec(req).await?.into_inner();
+                if as_json {
+                    return print::json(&r);
+                }
+                print_specs(&r.spec.into_iter().collect::<Vec<_>>());
             }
             Command::Spec(SpecCommand::List { module }) => {
                 let req = pb::ListSpecsRequest { module: module.unwrap_or_default() };
-                print_specs(&self.keys.list_specs(req).await?.into_inner().specs, as_json);
+                let r = self.keys.list_specs(req).await?.into_inner();
+                if as_json {
+                    return print::json(&r);
+                }
+                print_specs(&r.specs);
             }
             Command::Key(KeyCommand::Generate { spec }) => {
-                let k = self.keys.generate_key(pb::GenerateKeyRequest { spec }).await?.into_inner().key;
-                print::keys(&k.into_iter().collect::<Vec<_>>(), as_json);
+                let r = self.keys.generate_key(pb::GenerateKeyRequest { spec }).await?.into_inner();
+                if as_json {
+                    return print::json(&r);
+                }
+                print::keys(&r.key.into_iter().collect::<Vec<_>>());
             }
             Command::Key(KeyCommand::Rotate { spec }) => {
                 let r = self.keys.rotate_key(pb::RotateKeyRequest { spec }).await?.into_inner();
-                print::keys(&r.deactivated.into_iter().chain(r.active).collect::<Vec<_>>(), as_json);
+                if as_json {
+                    return print::json(&r);
+                }
+                print::keys(&r.deactivated.into_iter().chain(r.active).collect::<Vec<_>>());
             }
             Command::Key(KeyCommand::List { spec }) => {
-                print::keys(&self.keys.list_keys(pb::ListKeysRequest { spec }).await?.into_inner().keys, as_json);
+                let r = self.keys.list_keys(pb::ListKeysRequest { spec }).await?.into_inner();
+                if as_json {
+                    return print::json(&r);
+                }
+                print::keys(&r.keys);
             }
             Command::Key(KeyCommand::Activate { key_id }) => {
                 key_action(self, key_id, pb::KeyAction::Activate, String::new(), as_json).await?;
@@ -430,24 +455,21 @@ impl Operator {
             Command::Encrypt { spec, text, aad } => {
                 let req = pb::EncryptRequest { spec, plaintext: text.into_bytes(), associated_data: aad.into_bytes() };
                 let r = self.crypto.encrypt(req).await?.into_inner();
-                let ct = b64.encode(&r.ciphertext);
                 if as_json {
-                    println!("{}", json!({"ciphertext": ct, "key_id": r.key_id}));
-                } else {
-                    println!("{ct}");
+                    return print::json(&r);
                 }
+                println!("{}", b64.encode(&r.ciphertext));
             }
             Command::Decrypt { ciphertext, aad } => {
                 let ciphertext = b64.decode(ciphertext.trim()).context("ciphertext is not base64")?;
                 let req = pb::DecryptRequest { ciphertext, associated_data: aad.into_bytes() };
                 let r = self.crypto.decrypt(req).await?.into_inner();
-                let text = String::from_utf8_lossy(&r.plaintext).into_owned();
                 if as_json {
-                    println!("{}", json!({"plaintext": text, "key_id": r.key_id}));
-                } else {
-                    println!("{text}");
+                    return print::json(&r);
                 }
+                println!("{}", String::from_utf8_lossy(&r.plaintext));
             }
+            Command::Record(cmd) => super::ctl_records::record(self, cmd, as_json).await?,
             Command::Crypto(cmd) => crypto(self, cmd, as_json).await?,
             Command::Exchange(cmd) => self.exchange_command(cmd, as_json).await?,
         }
@@ -469,8 +491,11 @@ impl Operator {
                     frequency: pb::Frequency::Adhoc as i32,
                     rekey_after_import: false,
                 };
-                let r = self.exchange.create_request(req).await?.into_inner().request.unwrap_or_default();
-                print::request(&r, as_json);
+                let r = self.exchange.create_request(req).await?.into_inner();
+                if as_json {
+                    return print::json(&r);
+                }
+                print::request(&r.request.unwrap_or_default());
             }
             ExchangeCommand::List { status } => {
                 let status = match status {
@@ -488,7 +513,10 @@ impl Operator {
                     }
                     page_token = page.next_page_token;
                 }
-                print::requests(&all, as_json);
+                if as_json {
+                    return print::json(&pb::ListRequestsResponse { requests: all, next_page_token: String::new() });
+                }
+                print::requests(&all);
             }
             ExchangeCommand::Get { request_id, receipt } => {
                 super::ctl_exchange::get(self, request_id, receipt, as_json).await?;
@@ -499,19 +527,18 @@ impl Operator {
                     decision: pb::Decision::Approve as i32,
                     reason: String::new(),
                 };
-                let r = self.exchange.update_request(req).await?.into_inner().request.unwrap_or_default();
+                let r = self.exchange.update_request(req).await?.into_inner();
                 if !wait {
-                    print::request(&r, as_json);
-                    return Ok(());
+                    return print::update_response(&r, as_json);
                 }
-                let r = ctl_exchange::wait_until_final(self, r, timeout).await?;
-                print::request(&r, as_json);
+                let r = ctl_exchange::wait_until_final(self, r.request.unwrap_or_default(), timeout).await?;
+                print::update_response(&pb::UpdateRequestResponse { request: Some(r.clone()) }, as_json)?;
                 ctl_exchange::outcome(&r, timeout)?;
             }
             ExchangeCommand::Reject { request_id, reason } => {
                 let req = pb::UpdateRequestRequest { request_id, decision: pb::Decision::Reject as i32, reason };
                 let r = self.exchange.update_request(req).await?.into_inner();
-                print::request(&r.request.unwrap_or_default(), as_json);
+                print::update_response(&r, as_json)?;
             }
             ExchangeCommand::Retry { request_id } => {
                 let req = pb::UpdateRequestRequest {
@@ -520,7 +547,7 @@ impl Operator {
                     reason: String::new(),
                 };
                 let r = self.exchange.update_request(req).await?.into_inner();
-                print::request(&r.request.unwrap_or_default(), as_json);
+                print::update_response(&r, as_json)?;
             }
             ExchangeCommand::CloneConfig(cmd) => super::ctl_clone_exchange::clone_config(self, cmd, as_json).await?,
         }
@@ -547,43 +574,26 @@ fn parse_status(text: &str) -> anyhow::Result<pb::RequestStatus> {
         .ok_or_else(|| anyhow::anyhow!("unknown status `{text}`"))
 }
 
-fn print_modules(list: &[pb::Module], as_json: bool) {
-    if as_json {
-        let v: Vec<_> =
-            list.iter().map(|m| json!({"name": m.name, "created_at": print::time(&m.created_at)})).collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
-        let rows: Vec<_> = list.iter().map(|m| vec![m.name.clone(), print::time(&m.created_at)]).collect();
-        print::table(&["MODULE", "CREATED"], &rows);
-    }
+fn print_modules(list: &[pb::Module]) {
+    let rows: Vec<_> = list.iter().map(|m| vec![m.name.clone(), print::time(&m.created_at)]).collect();
+    print::table(&["MODULE", "CREATED"], &rows);
 }
 
-fn print_specs(list: &[pb::Spec], as_json: bool) {
+fn print_specs(list: &[pb::Spec]) {
     let alg = |s: &pb::Spec| pb::Algorithm::try_from(s.algorithm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN");
     let purpose = |s: &pb::Spec| pb::CryptoPurpose::try_from(s.purpose).map(|a| a.as_str_name()).unwrap_or("UNKNOWN");
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|s| {
-                json!({"name": s.name, "module": s.module, "purpose": purpose(s), "algorithm": alg(s),
-                "key_size_bits": s.key_size_bits, "equality_preserving": s.equality_preserving, "scheme": s.scheme})
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
-        let rows: Vec<_> = list
-            .iter()
-            .map(|s| {
-                vec![
-                    s.name.clone(),
-                    s.module.clone(),
-                    purpose(s).into(),
-                    alg(s).into(),
-                    s.key_size_bits.to_string(),
-                    s.scheme.clone(),
-                ]
-            })
-            .collect();
-        print::table(&["SPEC", "MODULE", "PURPOSE", "ALGORITHM", "BITS", "SCHEME"], &rows);
-    }
+    let rows: Vec<_> = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.module.clone(),
+                purpose(s).into(),
+                alg(s).into(),
+                s.key_size_bits.to_string(),
+                s.scheme.clone(),
+            ]
+        })
+        .collect();
+    print::table(&["SPEC", "MODULE", "PURPOSE", "ALGORITHM", "BITS", "SCHEME"], &rows);
 }

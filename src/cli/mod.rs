@@ -12,6 +12,7 @@ mod ctl_lifecycle;
 mod ctl_pki;
 mod ctl_policies;
 mod ctl_properties;
+mod ctl_records;
 mod ctl_rekey;
 pub mod kmfctl;
 pub mod kmfd;

@@ -1,8 +1,167 @@
 //! Output for kmfctl: aligned tables by default, JSON with `--json`.
+//!
+//! `--json` prints the response message in the protobuf JSON mapping, byte for
+//! byte what grpcurl 1.8 prints for the same call ([`json`] is the one place):
+//! lowerCamelCase names, enums by name, 64-bit integers and bytes (standard
+//! base64) as strings, Timestamps and Durations in their JSON forms, default
+//! values left out, two-space indentation, an empty message as `{`, two spaces,
+//! `}` on three lines, and `<`, `>`, `&` escaped as Go's encoder does.
 
+use std::io::Write;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Value, json};
 
 use crate::rpc::pb;
+
+/// Prints `message` as grpcurl would: the protobuf JSON mapping of `M`.
+pub fn json<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<()> {
+    let text = json_text(message)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The text [`json`] prints (with its final newline).
+pub fn json_text<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<String> {
+    let dynamic = dynamic(message)?;
+    let mut buf = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, GrpcurlFormatter::default());
+    dynamic.serialize_with_options(&mut ser, &SerializeOptions::new())?;
+    buf.push(b'\n');
+    Ok(String::from_utf8(buf)?)
+}
+
+/// Parses one message from its protobuf JSON mapping (lowerCamelCase or the
+/// proto field names, enums by name, bytes in base64); unknown fields are errors.
+pub fn parse_json<M: prost::Message + prost::Name + Default>(text: &str) -> anyhow::Result<M> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let dynamic = DynamicMessage::deserialize(descriptor::<M>()?, &mut de)?;
+    de.end()?;
+    Ok(dynamic.transcode_to::<M>()?)
+}
+
+/// The descriptor of `M` in the daemon's descriptor set (decoded once).
+fn descriptor<M: prost::Name>() -> anyhow::Result<prost_reflect::MessageDescriptor> {
+    static POOL: std::sync::OnceLock<Result<DescriptorPool, String>> = std::sync::OnceLock::new();
+    let pool = POOL
+        .get_or_init(|| DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("the descriptor set does not decode: {e}"))?;
+    let name = M::full_name();
+    pool.get_message_by_name(&name).ok_or_else(|| anyhow::anyhow!("no descriptor for {name}"))
+}
+
+fn dynamic<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<DynamicMessage> {
+    Ok(DynamicMessage::decode(descriptor::<M>()?, message.encode_to_vec().as_slice())?)
+}
+
+/// serde_json layout of grpcurl (Go's jsonpb over a dynamic message): two-space
+/// indentation, `": "` after a key, an empty object or array still broken over
+/// lines with the inner indentation, HTML characters escaped, floats as Go
+/// prints them.
+#[derive(Default)]
+struct GrpcurlFormatter {
+    depth: usize,
+}
+
+impl GrpcurlFormatter {
+    fn newline<W: ?Sized + std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b"\n")?;
+        for _ in 0..self.depth {
+            w.write_all(b"  ")?;
+        }
+        Ok(())
+    }
+}
+
+impl serde_json::ser::Formatter for GrpcurlFormatter {
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        w.write_all(b"{")?;
+        self.newline(w)
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth -= 1;
+        self.newline(w)?;
+        w.write_all(b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            return Ok(());
+        }
+        w.write_all(b",")?;
+        self.newline(w)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        w.write_all(b"[")?;
+        self.newline(w)
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth -= 1;
+        self.newline(w)?;
+        w.write_all(b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            return Ok(());
+        }
+        w.write_all(b",")?;
+        self.newline(w)
+    }
+
+    fn write_string_fragment<W: ?Sized + std::io::Write>(&mut self, w: &mut W, fragment: &str) -> std::io::Result<()> {
+        // Go's encoding/json escapes these for HTML, and U+2028/U+2029 for JavaScript.
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            let escaped = match c {
+                '<' => "\\u003c",
+                '>' => "\\u003e",
+                '&' => "\\u0026",
+                '\u{2028}' => "\\u2028",
+                '\u{2029}' => "\\u2029",
+                _ => continue,
+            };
+            w.write_all(&fragment.as_bytes()[start..i])?;
+            w.write_all(escaped.as_bytes())?;
+            start = i + c.len_utf8();
+        }
+        w.write_all(&fragment.as_bytes()[start..])
+    }
+
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, value: f64) -> std::io::Result<()> {
+        w.write_all(go_float(value).as_bytes())
+    }
+
+    fn write_f32<W: ?Sized + std::io::Write>(&mut self, w: &mut W, value: f32) -> std::io::Result<()> {
+        w.write_all(go_float(f64::from(value)).as_bytes())
+    }
+}
+
+/// A float as Go's encoding/json writes it: the shortest form, plain between
+/// 1e-6 and 1e21, else with an exponent such as `1e+21` or `1e-7`.
+fn go_float(value: f64) -> String {
+    let abs = value.abs();
+    if abs == 0.0 || (1e-6..1e21).contains(&abs) {
+        return format!("{value}");
+    }
+    let text = format!("{value:e}");
+    match text.split_once('e') {
+        Some((mantissa, exp)) if !exp.starts_with('-') => format!("{mantissa}e+{exp}"),
+        _ => text,
+    }
+}
 
 /// Prints rows as an aligned table under `headers`.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
@@ -51,24 +210,8 @@ fn key_state(v: i32) -> String {
     name(pb::KeyState::try_from(v))
 }
 
-pub fn key_json(k: &pb::Key) -> Value {
-    json!({
-        "key_id": k.key_id, "origin_sys_id": k.origin_sys_id, "spec": k.spec, "version": k.version,
-        "state": key_state(k.state), "origin": name(pb::KeyOrigin::try_from(k.origin)),
-        "generated_at": time(&k.generated_at), "activated_at": time(&k.activated_at),
-        "deactivated_at": time(&k.deactivated_at), "imported_at": time(&k.imported_at),
-        "expired_at": time(&k.expired_at), "request_id": k.request_id,
-        "expires_at": time(&k.expires_at), "renewed_at": time(&k.renewed_at),
-        "suspended_at": time(&k.suspended_at), "compromised_at": time(&k.compromised_at),
-        "revoked_at": time(&k.revoked_at), "destroyed_at": time(&k.destroyed_at), "reason": k.reason,
-    })
-}
-
-pub fn keys(keys: &[pb::Key], as_json: bool) {
-    if as_json {
-        println!("{}", Value::Array(keys.iter().map(key_json).collect()));
-        return;
-    }
+/// Keys as a table.
+pub fn keys(keys: &[pb::Key]) {
     let rows: Vec<Vec<String>> = keys
         .iter()
         .map(|k| {
@@ -85,7 +228,8 @@ pub fn keys(keys: &[pb::Key], as_json: bool) {
     table(&["KEY_ID", "STATE", "ORIGIN", "GENERATED", "EXPIRES", "REASON"], &rows);
 }
 
-pub fn request_json(r: &pb::ExchangeRequest) -> Value {
+/// The request's scalar fields by their table labels (the table view only).
+fn request_fields(r: &pb::ExchangeRequest) -> Value {
     json!({
         "request_id": r.request_id,
         "role": name(pb::ExchangeRole::try_from(r.role)),
@@ -105,11 +249,8 @@ pub fn request_json(r: &pb::ExchangeRequest) -> Value {
     })
 }
 
-pub fn requests(list: &[pb::ExchangeRequest], as_json: bool) {
-    if as_json {
-        println!("{}", Value::Array(list.iter().map(request_json).collect()));
-        return;
-    }
+/// Requests as a table.
+pub fn requests(list: &[pb::ExchangeRequest]) {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|r| {
@@ -134,12 +275,18 @@ pub fn requests(list: &[pb::ExchangeRequest], as_json: bool) {
     table(&["REQUEST_ID", "ROLE", "STATUS", "PEER", "SPECS", "TOTAL", "EXPORTED", "IMPORTED", "EXPIRES"], &rows);
 }
 
-pub fn request(r: &pb::ExchangeRequest, as_json: bool) {
+/// `UpdateRequest`'s answer: the response message with `--json`, else the request.
+pub fn update_response(r: &pb::UpdateRequestResponse, as_json: bool) -> anyhow::Result<()> {
     if as_json {
-        println!("{}", request_json(r));
-        return;
+        return json(r);
     }
-    let v = request_json(r);
+    request(r.request.as_ref().unwrap_or(&pb::ExchangeRequest::default()));
+    Ok(())
+}
+
+/// One request: its fields, spec lines and history.
+pub fn request(r: &pb::ExchangeRequest) {
+    let v = request_fields(r);
     for field in [
         "request_id",
         "role",

@@ -50,7 +50,7 @@ pub async fn run() -> anyhow::Result<()> {
     source.keys.create_spec(aes_spec("payroll", "salary", 256)).await?;
     source.keys.generate_key(pb::GenerateKeyRequest { spec: "salary".into() }).await?;
     source.keys.rotate_key(pb::RotateKeyRequest { spec: "salary".into() }).await?;
-    print::keys(&source.keys.list_keys(pb::ListKeysRequest { spec: "salary".into() }).await?.into_inner().keys, false);
+    print::keys(&source.keys.list_keys(pb::ListKeysRequest { spec: "salary".into() }).await?.into_inner().keys);
 
     step(4, "On the source: encrypt a salary record");
     let ct = source
@@ -100,7 +100,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     step(7, "On the source: the pending requests");
     let pending = pb::ListRequestsRequest { status: pb::RequestStatus::RequestPending as i32, ..Default::default() };
-    print::requests(&source.exchange.list_requests(pending).await?.into_inner().requests, false);
+    print::requests(&source.exchange.list_requests(pending).await?.into_inner().requests);
 
     step(8, "On the source: approve (one explicit UpdateRequest call)");
     let approve = pb::UpdateRequestRequest {
@@ -125,7 +125,6 @@ pub async fn run() -> anyhow::Result<()> {
             .into_inner()
             .request
             .unwrap_or_default(),
-        false,
     );
     println!("--- on the target");
     print::request(
@@ -136,10 +135,9 @@ pub async fn run() -> anyhow::Result<()> {
             .into_inner()
             .request
             .unwrap_or_default(),
-        false,
     );
     println!("--- imported keys on the target");
-    print::keys(&target.keys.list_keys(pb::ListKeysRequest { spec: "salary".into() }).await?.into_inner().keys, false);
+    print::keys(&target.keys.list_keys(pb::ListKeysRequest { spec: "salary".into() }).await?.into_inner().keys);
 
     step(11, "Stopping the daemons");
     source_app.shutdown().await?;

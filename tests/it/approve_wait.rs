@@ -64,8 +64,8 @@ async fn approve_wait_polls_until_the_background_delivery_completes_or_times_out
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "no spinner when stderr is not a terminal: {stderr:?}");
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(printed["status"], "REQUEST_COMPLETED", "{printed}");
-    assert_eq!(printed["exported_key_count"], 1, "{printed}");
+    assert_eq!(printed["request"]["status"], "REQUEST_COMPLETED", "{printed}");
+    assert_eq!(printed["request"]["exportedKeyCount"], 1, "{printed}");
     let on_target = t.wait_for(&id, "completed", |r| status(r) == RequestStatus::RequestCompleted).await;
     assert_eq!(on_target.imported_key_count, 1);
 

@@ -162,9 +162,10 @@ async fn kmfctl_manages_clone_targets() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&["--json", "clone", "target", "list"]).output().await.expect("kmfctl");
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(listed[0]["sys_id"], other);
-    assert_eq!(listed[0]["host"], "127.0.0.1:7443");
-    assert_eq!(listed[0]["added_by"], "operator:root");
+    let listed = &listed["targets"][0];
+    assert_eq!(listed["sysId"], other);
+    assert_eq!(listed["host"], "127.0.0.1:7443");
+    assert_eq!(listed["addedBy"], "operator:root");
     let out = run(&["clone", "target", "remove", other]).output().await.expect("kmfctl");
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("removed"));
     let out = run(&["clone", "target", "remove", other]).output().await.expect("kmfctl");
@@ -289,10 +290,11 @@ async fn kmfctl_clone_start_watch_follows_the_clone_to_its_end() {
         .expect("kmfctl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(shown[0]["state"], "completed", "{shown}");
-    assert_eq!(shown[0]["records_copied"], 50);
+    let shown = &shown["clone"];
+    assert_eq!(shown["state"], "completed", "{shown}");
+    assert_eq!(shown["recordsCopied"], "50", "uint64 is a string in the JSON mapping");
     // The same id is listed on the target; `get` shows it too.
-    let id = shown[0]["clone_id"].as_str().expect("id").to_owned();
+    let id = shown["cloneId"].as_str().expect("id").to_owned();
     let mut get = crate::support::kmfctl_command(&target, &admin, dir_t.path());
     get.args(["clone", "get", &id]);
     let out = get.output().await.expect("kmfctl");
@@ -371,9 +373,12 @@ async fn after_a_clone_the_keys_follow_automatically_and_the_records_open() {
         get.args(["--json", "exchange", "get", &request.request_id, "--receipt"]);
         let out = get.output().await.expect("kmfctl");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // stdout: the GetRequest response with its proof; stderr: the check.
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        assert_eq!(v["receipt"]["verified"], true, "{v}");
-        assert_eq!(v["receipt"]["signed_by"], target.sys_id.as_str());
-        assert_eq!(v["receipt"]["imported_keys"], 1);
+        assert_eq!(v["proof"]["signedBySysId"], target.sys_id.as_str(), "{v}");
+        assert_eq!(v["proof"]["importedKeyIds"].as_array().map(Vec::len), Some(1));
+        assert!(v["proof"]["receipt"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+        let checked = String::from_utf8_lossy(&out.stderr);
+        assert!(checked.contains("receipt VERIFIED") && checked.contains("(1 imported key(s))"), "{checked}");
     }
 }

@@ -57,7 +57,13 @@ pub(crate) fn record_counts(dir: &Path, own_table: &str) -> (usize, usize) {
 
 fn clone_state(out: &std::process::Output) -> Option<(String, u64)> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some((v[0]["state"].as_str()?.to_owned(), v[0]["records_copied"].as_u64()?))
+    let clone = &v["clone"];
+    // uint64 is a string in the JSON mapping, and left out while it is 0.
+    let copied = match clone["recordsCopied"].as_str() {
+        Some(n) => n.parse().ok()?,
+        None => 0,
+    };
+    Some((clone["state"].as_str()?.to_owned(), copied))
 }
 
 #[test]
@@ -84,7 +90,7 @@ fn kill_9_during_a_clone_leaves_old_or_new_data_and_the_clone_completes() {
 
         let started = ok(target.ctl(&pki).args(["--json", "clone", "start", &source_id, &source_listen]));
         let v: serde_json::Value = serde_json::from_str(&started).expect("json");
-        let id = v[0]["clone_id"].as_str().expect("clone id").to_owned();
+        let id = v["clone"]["cloneId"].as_str().expect("clone id").to_owned();
         let kill_after_ms = rng.next() % KILL_WINDOW_MS;
         let kill_source = rng.next().is_multiple_of(4);
         std::thread::sleep(Duration::from_millis(kill_after_ms)); // the random kill moment, not a wait for state

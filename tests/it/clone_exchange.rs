@@ -271,7 +271,8 @@ async fn clone_exchange_refusals_name_the_rule_and_store_nothing() {
     list.args(["--json", "exchange", "clone-config", "list"]);
     let out = list.output().await.expect("kmfctl");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(v[0]["frequency"], "RECURRING_CLONE", "{v}");
-    assert_eq!(v[0]["rekey_after_import"], true, "{v}");
-    assert_eq!(v[0]["target_sys_id"], target.sys_id.as_str(), "{v}");
+    let v = &v["cloneExchanges"][0];
+    assert_eq!(v["frequency"], "RECURRING_CLONE", "{v}");
+    assert_eq!(v["rekeyAfterImport"], true, "{v}");
+    assert_eq!(v["targetSysId"], target.sys_id.as_str(), "{v}");
 }

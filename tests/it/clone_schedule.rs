@@ -232,10 +232,11 @@ async fn clone_schedule_refusals_and_kmfctl() {
     let out = run(&["--json", "clone", "schedule", "list"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let listed = &listed["schedules"];
     let names: Vec<_> = listed.as_array().expect("array").iter().map(|s| s["name"].as_str().unwrap_or("")).collect();
     assert_eq!(names, ["ok", "six"], "{listed}");
     assert_eq!(listed[0]["cron"], "30 2 * * *");
-    assert_eq!(listed[1]["every_seconds"], 21_600);
+    assert_eq!(listed[1]["every"], "21600s", "a Duration in its JSON form");
     let out = run(&["clone", "schedule", "delete", "six"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out =

@@ -32,7 +32,7 @@ fn status_of(daemon: &Daemon, pki: &Path, id: &str) -> Option<String> {
     let out = run(daemon.ctl(pki).args(["--json", "exchange", "get", id]));
     out.status
         .success()
-        .then(|| json(&String::from_utf8_lossy(&out.stdout))["status"].as_str().unwrap_or("").to_owned())
+        .then(|| json(&String::from_utf8_lossy(&out.stdout))["request"]["status"].as_str().unwrap_or("").to_owned())
 }
 
 /// Seeds the source with `KEYS` keys of spec "salary" (in-process, before
@@ -96,7 +96,7 @@ fn kill_9_during_approval_and_delivery_every_request_completes_once() {
             "--spec",
             "salary",
         ])));
-        let id = created["request_id"].as_str().expect("request id").to_owned();
+        let id = created["request"]["requestId"].as_str().expect("request id").to_owned();
 
         // Approve, and kill -9 one side at a random moment.
         let victim = if rng.next().is_multiple_of(2) { "source" } else { "target" };
@@ -152,7 +152,7 @@ fn kill_9_during_approval_and_delivery_every_request_completes_once() {
         }
         let recovered_in = killed_at.elapsed();
         let on_source = json(&ok(source.ctl(&pki).args(["--json", "exchange", "get", &id])));
-        assert_eq!(on_source["imported_key_count"], KEYS, "trial {trial}: {on_source}");
+        assert_eq!(on_source["request"]["importedKeyCount"], KEYS, "trial {trial}: {on_source}");
 
         // Stop the target and read its database: every key once, one import.
         target.stop();

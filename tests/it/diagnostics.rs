@@ -185,13 +185,13 @@ async fn kmfctl_diag_prints_json_or_a_table_and_exits_by_status() {
     let out = kmfctl(&target, &op, &["diag", "--json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(v["status"], "Operational", "{v}");
+    assert_eq!(v["status"], "COMPONENT_STATUS_OPERATIONAL", "{v}");
     let names: Vec<&str> =
         v["components"].as_array().expect("components").iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["signer", "store", "certificate", "peers"]);
-    assert_eq!(v["components"][3]["status"], "Disabled");
+    assert_eq!(v["components"][3]["status"], "COMPONENT_STATUS_DISABLED");
     assert_eq!(v["components"][3]["message"], "no exchange peers in the last 30 days");
-    assert!(v["checked_at"].as_str().expect("checked_at").ends_with('Z'), "{v}");
+    assert!(v["checkedAt"].as_str().expect("checkedAt").ends_with('Z'), "{v}");
 
     // A peer that stopped: Degraded, exit code 2.
     let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
@@ -203,11 +203,11 @@ async fn kmfctl_diag_prints_json_or_a_table_and_exits_by_status() {
     let out = kmfctl(&target, &op, &["diag", "--json"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(v["status"], "Degraded", "{v}");
+    assert_eq!(v["status"], "COMPONENT_STATUS_DEGRADED", "{v}");
     let peer = &v["components"][3]["children"][0];
     assert_eq!(
         (peer["name"].as_str(), peer["status"].as_str()),
-        (Some(source.host.to_string().as_str()), Some("Malfunction"))
+        (Some(source.host.to_string().as_str()), Some("COMPONENT_STATUS_MALFUNCTION"))
     );
 
     // The table: no colours when stdout is not a terminal; children indented.

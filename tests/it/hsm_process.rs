@@ -155,7 +155,7 @@ fn kmfd_init_check_and_run_with_a_pkcs11_token() {
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let status = child.wait().expect("wait");
     let log_text = std::fs::read_to_string(dir.join("kmfd.log")).unwrap_or_default();
-    assert!(info.0 && info.1.contains("\"signer_kind\":\"pkcs11\""), "{info:?}");
+    assert!(info.0 && info.1.contains("\"signerKind\": \"pkcs11\""), "{info:?}");
     assert!(diag.0 && diag.1.contains("pkcs11 KEK wrap and unwrap succeeded"), "{diag:?}");
     for k in keys {
         assert!(k.0, "{k:?}");

@@ -42,8 +42,8 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     let a = start(&a_dir, &pki, Settings::ConfigFile);
     let b = start(&b_dir, &pki, Settings::Flags);
     let info = json(&ok(a.ctl(&pki).args(["--json", "instance", "info"])));
-    assert_eq!(info["sys_id"], a_id.as_str());
-    assert_eq!(info["signer_kind"], "software");
+    assert_eq!(info["sysId"], a_id.as_str());
+    assert_eq!(info["signerKind"], "software");
 
     ok(a.ctl(&pki).args(["module", "create", "hr", "--default-access", "track"]));
     ok(a.ctl(&pki).args(["spec", "create", "salary", "--module", "hr"]));
@@ -55,7 +55,7 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     // The other purposes through kmfctl: a signature spec, sign, verify, public key.
     let spec = ["spec", "create", "releases", "--module", "hr", "--purpose", "signature", "--algorithm", "rsa"];
     let listed = json(&ok(a.ctl(&pki).arg("--json").args(spec).args(["--size", "2048"])));
-    assert_eq!(listed[0]["scheme"], "RSA-2048 PSS-SHA-256");
+    assert_eq!(listed["spec"]["scheme"], "RSA-2048 PSS-SHA-256");
     ok(a.ctl(&pki).args(["key", "generate", "releases"]));
     let sig = json(&ok(a.ctl(&pki).args(["--json", "crypto", "sign", "--spec", "releases", "--text", "v1.0"])));
     let sig = sig["signature"].as_str().expect("signature").to_owned();
@@ -67,7 +67,7 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     let hmac =
         json(&ok(a.ctl(&pki).args(["--json", "spec", "create", "tags", "--module", "hr", "--algorithm", "hmac"])));
     assert_eq!(
-        (hmac[0]["purpose"].as_str(), hmac[0]["scheme"].as_str()),
+        (hmac["spec"]["purpose"].as_str(), hmac["spec"]["scheme"].as_str()),
         (Some("SYMMETRIC_AUTHENTICITY"), Some("HMAC-SHA-256"))
     );
     let refused = run(a.ctl(&pki).args([
@@ -107,17 +107,18 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
         "--spec",
         "salary",
     ])));
-    let id = created["request_id"].as_str().expect("id").to_owned();
-    assert_eq!(created["status"], "REQUEST_PENDING");
+    let id = created["request"]["requestId"].as_str().expect("id").to_owned();
+    assert_eq!(created["request"]["status"], "REQUEST_PENDING");
     let pending = json(&ok(a.ctl(&pki).args(["--json", "exchange", "list", "--status", "pending"])));
-    assert_eq!(pending[0]["request_id"], id.as_str());
-    assert_eq!(pending[0]["target_sys_id"], b_id.as_str());
+    assert_eq!(pending["requests"][0]["requestId"], id.as_str());
+    assert_eq!(pending["requests"][0]["targetSysId"], b_id.as_str());
     // --wait: exit 0 only once the request is COMPLETED (here at once).
     let approved = json(&ok(a.ctl(&pki).args(["--json", "exchange", "approve", &id, "--wait", "--timeout", "30s"])));
-    assert_eq!(approved["status"], "REQUEST_COMPLETED");
-    assert_eq!(approved["exported_key_count"], 2);
+    assert_eq!(approved["request"]["status"], "REQUEST_COMPLETED");
+    assert_eq!(approved["request"]["exportedKeyCount"], 2);
     let on_b = json(&ok(b.ctl(&pki).args(["--json", "exchange", "get", &id])));
-    assert_eq!((on_b["status"].as_str(), on_b["imported_key_count"].as_u64()), (Some("REQUEST_COMPLETED"), Some(2)));
+    let on_b = &on_b["request"];
+    assert_eq!((on_b["status"].as_str(), on_b["importedKeyCount"].as_u64()), (Some("REQUEST_COMPLETED"), Some(2)));
     let plain = ok(b.ctl(&pki).args(["decrypt", "--ciphertext", &ct, "--aad", "emp:7"]));
     assert_eq!(plain.trim(), "4200 EUR");
     let again = run(a.ctl(&pki).args(["exchange", "approve", &id]));
@@ -148,7 +149,7 @@ fn two_daemons_exchange_keys_driven_by_kmfctl() {
     let log_len = std::fs::metadata(b_dir.join(format!("kmfd-{}.log", std::process::id()))).map_or(0, |m| m.len());
     let b = start(&b_dir, &pki, Settings::EnvJson);
     let keys = json(&ok(b.ctl(&pki).args(["--json", "key", "list", "salary"])));
-    assert_eq!(keys.as_array().map(Vec::len), Some(2));
+    assert_eq!(keys["keys"].as_array().map(Vec::len), Some(2));
     let plain = ok(b.ctl(&pki).args(["decrypt", "--ciphertext", &ct, "--aad", "emp:7"]));
     assert_eq!(plain.trim(), "4200 EUR");
     let b_log2 = {

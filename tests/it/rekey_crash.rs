@@ -220,7 +220,8 @@ fn verify_rekeyed(dir: &Path, source_key: &KeyId, target: &SysId, trial: &str) -
 fn rekeys(target: &Daemon, pki: &Path) -> Option<Vec<serde_json::Value>> {
     let out = run(target.ctl(pki).args(["--json", "rekey", "list"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v.as_array().cloned()
+    // An empty list is left out of the JSON mapping.
+    Some(v["rekeys"].as_array().cloned().unwrap_or_default())
 }
 
 /// Waits (bounded) for the target's one rekey to appear pending or
@@ -233,8 +234,11 @@ fn rekey_appears(target: &Daemon, pki: &Path, trial: &str) -> String {
             && let Some(r) = list.first()
         {
             let state = r["state"].as_str().unwrap_or_default();
-            assert!(matches!(state, "pending" | "running"), "trial {trial}: the rekey appeared {state}: {r}");
-            return r["request_id"].as_str().expect("request id").to_owned();
+            assert!(
+                matches!(state, "REKEY_PENDING" | "REKEY_RUNNING"),
+                "trial {trial}: the rekey appeared {state}: {r}"
+            );
+            return r["requestId"].as_str().expect("request id").to_owned();
         }
         if Instant::now() >= deadline {
             let clones = run(target.ctl(pki).args(["--json", "clone", "list"]));
@@ -254,10 +258,10 @@ fn rekey_completes(target: &Daemon, pki: &Path, request_id: &str, trial: &str) {
     let mut last = None;
     loop {
         let list = rekeys(target, pki).unwrap_or_default();
-        if let Some(r) = list.iter().find(|r| r["request_id"] == request_id) {
+        if let Some(r) = list.iter().find(|r| r["requestId"] == request_id) {
             match r["state"].as_str().unwrap_or_default() {
-                "completed" => return,
-                "pending" | "running" => {}
+                "REKEY_COMPLETED" => return,
+                "REKEY_PENDING" | "REKEY_RUNNING" => {}
                 other => panic!("trial {trial}: the rekey is {other}: {r}"),
             }
             last = Some(r.clone());

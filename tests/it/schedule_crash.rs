@@ -124,7 +124,7 @@ fn kill_9_around_a_scheduled_run_makes_it_exactly_once() {
         loop {
             let out = crate::binaries::run(target.ctl(&pki).args(["--json", "clone", "list"]));
             let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let done = list.as_array().and_then(|l| l.iter().find(|c| c["clone_id"] == id.as_str()));
+            let done = list["clones"].as_array().and_then(|l| l.iter().find(|c| c["cloneId"] == id.as_str()));
             if done.is_some_and(|c| c["state"] == "completed") {
                 break;
             }
