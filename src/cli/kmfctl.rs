@@ -99,9 +99,20 @@ enum Command {
         #[arg(long, default_value = "")]
         aad: String,
     },
+    /// Re-encrypt base64 ciphertext under its spec's current key (the
+    /// plaintext stays in the daemon); prints the new base64 ciphertext.
+    Rewrap {
+        #[arg(long)]
+        ciphertext: String,
+        #[arg(long, default_value = "")]
+        aad: String,
+    },
     /// Encrypted records addressed by table, field and record id.
     #[command(subcommand)]
     Record(super::ctl_records::RecordCommand),
+    /// Encrypt, decrypt or rewrap a JSON lines file through the batch calls.
+    #[command(subcommand)]
+    Batch(super::ctl_batch::BatchCommand),
     /// Sign/verify, MAC/verify, wrap/unwrap and RSA public keys.
     #[command(subcommand)]
     Crypto(CryptoCommand),
@@ -469,7 +480,17 @@ impl Operator {
                 }
                 println!("{}", String::from_utf8_lossy(&r.plaintext));
             }
+            Command::Rewrap { ciphertext, aad } => {
+                let ciphertext = b64.decode(ciphertext.trim()).context("ciphertext is not base64")?;
+                let req = pb::RewrapRequest { ciphertext, associated_data: aad.into_bytes() };
+                let r = self.crypto.rewrap(req).await?.into_inner();
+                if as_json {
+                    return print::json(&r);
+                }
+                println!("{}", b64.encode(&r.ciphertext));
+            }
             Command::Record(cmd) => super::ctl_records::record(self, cmd, as_json).await?,
+            Command::Batch(cmd) => super::ctl_batch::batch(self, cmd).await?,
             Command::Crypto(cmd) => crypto(self, cmd, as_json).await?,
             Command::Exchange(cmd) => self.exchange_command(cmd, as_json).await?,
         }

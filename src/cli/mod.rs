@@ -1,6 +1,7 @@
 //! Command-line front ends: `kmfd` (daemon) and `kmfctl` (operator CLI, which
 //! includes the PKI commands and the quickstart).
 
+mod ctl_batch;
 pub(crate) mod ctl_bootstrap;
 mod ctl_clone;
 mod ctl_clone_exchange;

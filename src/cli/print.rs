@@ -33,6 +33,14 @@ pub fn json_text<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result
     Ok(String::from_utf8(buf)?)
 }
 
+/// `message` in the protobuf JSON mapping on one line (a JSON lines item).
+pub fn json_line<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<String> {
+    let dynamic = dynamic(message)?;
+    let mut buf = Vec::new();
+    dynamic.serialize_with_options(&mut serde_json::Serializer::new(&mut buf), &SerializeOptions::new())?;
+    Ok(String::from_utf8(buf)?)
+}
+
 /// Parses one message from its protobuf JSON mapping (lowerCamelCase or the
 /// proto field names, enums by name, bytes in base64); unknown fields are errors.
 pub fn parse_json<M: prost::Message + prost::Name + Default>(text: &str) -> anyhow::Result<M> {

@@ -71,6 +71,12 @@ fn kmfctl_json_is_grpcurl_output() {
         &format!(r#"{{"ciphertext":"{ct}","associatedData":"ZW1wOjc="}}"#),
     );
 
+    same(
+        &["rewrap", "--ciphertext", &ct, "--aad", "emp:7"],
+        "kmf.v1.Crypto/Rewrap",
+        &format!(r#"{{"ciphertext":"{ct}","associatedData":"ZW1wOjc="}}"#),
+    );
+
     // A record whose id needs escaping, its listing (timestamps), the digest
     // (uint64), then an empty response (delete).
     ctl(&["record", "put", "--table", "t", "--field", "f", "--id", "a<b>&c", "--spec", "salary", "--text", "x"]);

@@ -21,6 +21,7 @@ mod fuzz_seeds;
 mod grpcurl;
 mod hsm;
 mod hsm_process;
+mod kmfctl_data;
 mod kmfctl_json;
 mod lifecycle;
 mod local_errors;
