@@ -113,6 +113,13 @@ enum Command {
     /// Encrypt, decrypt or rewrap a JSON lines file through the batch calls.
     #[command(subcommand)]
     Batch(super::ctl_batch::BatchCommand),
+    /// Print a shell completion script, e.g.
+    /// `kmfctl completions bash > /etc/bash_completion.d/kmfctl` or
+    /// `kmfctl completions zsh > "${fpath[1]}/_kmfctl"`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Sign/verify, MAC/verify, wrap/unwrap and RSA public keys.
     #[command(subcommand)]
     Crypto(CryptoCommand),
@@ -319,6 +326,13 @@ async fn run(cli: Kmfctl) -> anyhow::Result<()> {
         Command::Quickstart => super::quickstart::run().await,
         Command::Pki(cmd) => pki_command(cmd),
         Command::Bootstrap { manifest } => super::ctl_bootstrap::bootstrap(&manifest),
+        Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on a failed write (a closed pipe).
+            let (mut command, mut script) = (<Kmfctl as clap::CommandFactory>::command(), Vec::new());
+            clap_complete::generate(shell, &mut command, "kmfctl", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
+            Ok(())
+        }
         other => {
             let mut ctl = Operator::connect(&cli.conn).await?;
             ctl.run(other, as_json).await
@@ -369,7 +383,7 @@ impl Operator {
     async fn run(&mut self, cmd: Command, as_json: bool) -> anyhow::Result<()> {
         let b64 = base64::engine::general_purpose::STANDARD;
         match cmd {
-            Command::Quickstart | Command::Pki(_) | Command::Bootstrap { .. } => {
+            Command::Quickstart | Command::Pki(_) | Command::Bootstrap { .. } | Command::Completions { .. } => {
                 unreachable!("handled before connecting")
             }
             Command::Instance(InstanceCommand::Info) => {

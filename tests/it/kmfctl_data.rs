@@ -1,6 +1,6 @@
 //! kmfctl's data commands through the binaries: records (put, get, list,
 //! put-many, digest, delete) and batch encrypt / rewrap / decrypt of JSON
-//! lines files.
+//! lines files; the shell completions.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -151,4 +151,18 @@ fn kmfctl_batch_encrypts_rewraps_and_decrypts_a_file_reporting_bad_lines() {
         let plain = b64.decode(json(line)["plaintext"].as_str().expect("plaintext")).expect("base64");
         assert_eq!(plain, format!("item {n}").into_bytes());
     }
+}
+
+#[test]
+fn kmfctl_prints_completions_bash_accepts() {
+    let bash = ok(std::process::Command::new(crate::binaries::KMFCTL).args(["completions", "bash"]));
+    for word in ["record", "batch", "exchange", "completions", "--json"] {
+        assert!(bash.contains(word), "the bash completions lack {word}");
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let script = tmp.path().join("kmfctl.bash");
+    std::fs::write(&script, &bash).expect("write");
+    ok(std::process::Command::new("bash").arg("-n").arg(&script));
+    let zsh = ok(std::process::Command::new(crate::binaries::KMFCTL).args(["completions", "zsh"]));
+    assert!(zsh.starts_with("#compdef kmfctl") && zsh.contains("record"), "{}", &zsh[..zsh.len().min(200)]);
 }
