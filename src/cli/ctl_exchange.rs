@@ -110,6 +110,7 @@ pub async fn get(ops: &mut Operator, request_id: String, receipt: bool, as_json:
         "receipt signed by instance {} for bundle sha256 {} ({} imported key(s)):",
         check.signed_by, check.bundle_sha256, check.imported_keys
     ));
+    report(format!("  imported at {}: {}", super::print::time(&proof.imported_at), proof.imported_key_ids.join(", ")));
     for f in &check.findings {
         report(format!("  - {f}"));
     }
