@@ -89,7 +89,51 @@ fn kmfctl_json_is_grpcurl_output() {
     ctl(&["record", "put", "--table", "t", "--field", "f", "--id", "a<b>&c", "--spec", "salary", "--text", "x"]);
     assert_eq!(grpcurl(&bin, &pki, &d, "kmf.v1.Crypto/DeleteRecord", again), deleted);
 
-    same(&["policy", "list", "--module", "hr"], "kmf.v1.Policies/ListPolicies", r#"{"module":"hr"}"#);
+    // A Resource Exchange policy made with kmfctl, listed and explained.
+    let target = "0123456789abcdef0123456789abcdef";
+    ctl(&[
+        "policy",
+        "create",
+        "rx",
+        "--module",
+        "hr",
+        "--type",
+        "resource-exchange",
+        "--result",
+        "track",
+        "--target-sys-id",
+        target,
+        "--target-host",
+        "127.0.0.1:7443",
+        "--approval",
+        "recurring",
+    ]);
+    let listed = same(&["policy", "list", "--module", "hr"], "kmf.v1.Policies/ListPolicies", r#"{"module":"hr"}"#);
+    assert!(listed.contains("\"type\": \"RESOURCE_EXCHANGE\"") && listed.contains("\"approvalType\": \"RECURRING\""));
+    same(&["policy", "get", "rx", "--module", "hr"], "kmf.v1.Policies/GetPolicy", r#"{"module":"hr","name":"rx"}"#);
+    same(
+        &[
+            "policy",
+            "explain",
+            "--spec",
+            "salary",
+            "--exchange-target-sys-id",
+            target,
+            "--exchange-target-host",
+            "127.0.0.1:7443",
+            "--exchange-frequency",
+            "recurring",
+        ],
+        "kmf.v1.Policies/ExplainAccess",
+        &format!(
+            r#"{{"spec":"salary","asExchangeTargetSysId":"{target}","asExchangeTargetHost":"127.0.0.1:7443","asExchangeFrequency":"RECURRING_CLONE"}}"#
+        ),
+    );
+    same(
+        &["policy", "explain", "--spec", "salary", "--operation", "encrypt"],
+        "kmf.v1.Policies/ExplainAccess",
+        r#"{"spec":"salary","operation":"OP_ENCRYPT","asExchangeFrequency":"ONE_TIME_CLONE"}"#,
+    );
     ctl(&["lifecycle", "set-policy", "--max-expire-after", "730d"]);
     same(&["lifecycle", "policies"], "kmf.v1.KeyManagement/ListLifecyclePolicies", "{}");
     ctl(&["property", "set", "custom.note", "caf\u{e9} <tea> & \u{2028}cake"]);
