@@ -29,7 +29,8 @@ pub enum CloneCommand {
     Start {
         source_sys_id: String,
         source_host: String,
-        /// Follow the clone until it completes or fails.
+        /// Follow the clone until it completes or fails (`--json`: the last
+        /// GetClone response seen).
         #[arg(long)]
         watch: bool,
     },

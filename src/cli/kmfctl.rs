@@ -247,6 +247,7 @@ enum ExchangeCommand {
         #[arg(long)]
         expires_in: Option<String>,
     },
+    /// Requests, every page (`--json`: one ListRequests response holding all).
     List {
         /// pending, approved, completed, rejected, expired, error_on_local_instance, error_on_remote_instance.
         #[arg(long)]
@@ -256,7 +257,9 @@ enum ExchangeCommand {
         request_id: String,
         /// Also show the signed receipt (once imported) and check it: its
         /// signature against the signer's certificate, that certificate
-        /// against the deployment CA. Exits 1 if a check fails.
+        /// against the deployment CA. Exits 1 if a check fails. With `--json`
+        /// stdout is the GetRequest response (the proof in base64) and the
+        /// check goes to stderr.
         #[arg(long)]
         receipt: bool,
     },
@@ -265,7 +268,8 @@ enum ExchangeCommand {
         request_id: String,
         /// Wait until the request ends instead of returning while the delivery
         /// may still run (REQUEST_APPROVED); exit non-zero unless it ends
-        /// REQUEST_COMPLETED.
+        /// REQUEST_COMPLETED. `--json` prints the last state seen as an
+        /// UpdateRequest response.
         #[arg(long)]
         wait: bool,
         /// With --wait: how long to wait, e.g. 60s, 5m.
