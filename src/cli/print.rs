@@ -65,7 +65,7 @@ fn dynamic<M: prost::Message + prost::Name>(message: &M) -> anyhow::Result<Dynam
     Ok(DynamicMessage::decode(descriptor::<M>()?, message.encode_to_vec().as_slice())?)
 }
 
-/// serde_json layout of grpcurl (Go's jsonpb over a dynamic message): two-space
+/// serde_json layout of grpcurl (jsonpb over a dynamic message): two-space
 /// indentation, `": "` after a key, an empty object or array still broken over
 /// lines with the inner indentation, HTML characters escaped, floats as Go
 /// prints them.
@@ -157,18 +157,18 @@ impl serde_json::ser::Formatter for GrpcurlFormatter {
     }
 }
 
-/// A float as Go's encoding/json writes it: the shortest form, plain between
-/// 1e-6 and 1e21, else with an exponent such as `1e+21` or `1e-7`.
+/// A float as grpcurl writes it (Go's `strconv.FormatFloat(v, 'g', -1, 64)`):
+/// the shortest digits, plain when the exponent is from -4 to 5, else with a
+/// signed exponent of at least two digits (`1.2345675e+06`, `1e-05`).
 fn go_float(value: f64) -> String {
-    let abs = value.abs();
-    if abs == 0.0 || (1e-6..1e21).contains(&abs) {
+    let text = format!("{value:e}");
+    let Some((mantissa, exp)) = text.split_once('e') else { return text };
+    let Ok(exp) = exp.parse::<i32>() else { return text };
+    if value == 0.0 || (-4..6).contains(&exp) {
         return format!("{value}");
     }
-    let text = format!("{value:e}");
-    match text.split_once('e') {
-        Some((mantissa, exp)) if !exp.starts_with('-') => format!("{mantissa}e+{exp}"),
-        _ => text,
-    }
+    let sign = if exp < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exp.abs())
 }
 
 /// Prints rows as an aligned table under `headers`.
@@ -337,5 +337,52 @@ pub fn request(r: &pb::ExchangeRequest) {
     for t in &r.history {
         let note = if t.note.is_empty() { String::new() } else { format!(" ({})", t.note) };
         println!("  {}  {:<24} by {}{note}", time(&t.at), status_label(t.status), t.actor);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_as_go_formats_them() {
+        let table = [
+            (0.0, "0"),
+            (2.5, "2.5"),
+            (100.0, "100"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (123456.7, "123456.7"),
+            (1234567.5, "1.2345675e+06"),
+            (1e21, "1e+21"),
+            (-3e-7, "-3e-07"),
+        ];
+        for (value, want) in table {
+            assert_eq!(go_float(value), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn layout_of_empty_nested_and_repeated_messages() {
+        assert_eq!(json_text(&pb::DeleteRecordResponse {}).unwrap(), "{\n  \n}\n");
+        let empty_inside = pb::GetRecordResponse { record: Some(pb::RecordInfo::default()), plaintext: vec![] };
+        assert_eq!(json_text(&empty_inside).unwrap(), "{\n  \"record\": {\n    \n  }\n}\n");
+        let info = pb::RecordInfo {
+            address: Some(pb::RecordAddress { table: "t".into(), field: String::new(), record_id: "<1>".into() }),
+            key_id: String::new(),
+            updated_at: Some(prost_types::Timestamp { seconds: 1, nanos: 500_000_000 }),
+        };
+        let list = pb::ListRecordsResponse { records: vec![info], next_page_token: String::new() };
+        let want = "{\n  \"records\": [\n    {\n      \"address\": {\n        \"table\": \"t\",\n        \"recordId\": \"\\u003c1\\u003e\"\n      },\n      \"updatedAt\": \"1970-01-01T00:00:01.500Z\"\n    }\n  ]\n}\n";
+        assert_eq!(json_text(&list).unwrap(), want);
+        let digest = pb::DigestRecordsResponse { records: 3, sha256: vec![0xff] };
+        assert_eq!(json_line(&digest).unwrap(), r#"{"records":"3","sha256":"/w=="}"#);
+        let parsed: pb::EncryptRequest =
+            parse_json(r#"{"spec":"s","plaintext":"aGk=","associated_data":"eA=="}"#).unwrap();
+        assert_eq!(
+            (parsed.spec.as_str(), parsed.plaintext.as_slice(), parsed.associated_data.as_slice()),
+            ("s", &b"hi"[..], &b"x"[..])
+        );
+        assert!(parse_json::<pb::EncryptRequest>(r#"{"nope":1}"#).is_err(), "unknown fields are refused");
     }
 }
