@@ -141,3 +141,35 @@ fn kmfctl_json_is_grpcurl_output() {
     same(&["audit", "list", "--limit", "5"], "kmf.v1.Audit/ListAuditEntries", r#"{"limit":5}"#);
     same(&["audit", "verify"], "kmf.v1.Audit/VerifyAuditChain", "{}");
 }
+
+/// A clone between two daemons: its CloneInfo (uint64 counts, the double
+/// records per second, timestamps) printed by kmfctl and grpcurl.
+#[test]
+fn kmfctl_json_clone_info_is_grpcurl_output() {
+    let Some(bin) = crate::grpcurl::grpcurl_or_skip("kmfctl_json::kmfctl_json_clone_info_is_grpcurl_output") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (pki, a_dir, b_dir) = (tmp.path().join("pki"), tmp.path().join("a"), tmp.path().join("b"));
+    crate::binaries::operator_pki(&pki);
+    let a_id = init(&a_dir, &pki);
+    let b_id = init(&b_dir, &pki);
+    let (a, b) = (start(&a_dir, &pki, Settings::Flags), start(&b_dir, &pki, Settings::Flags));
+    ok(a.ctl(&pki).args(["module", "create", "hr", "--default-access", "track"]));
+    ok(a.ctl(&pki).args(["spec", "create", "salary", "--module", "hr"]));
+    ok(a.ctl(&pki).args(["key", "generate", "salary"]));
+    for i in 0..300 {
+        let id = i.to_string();
+        ok(a.ctl(&pki)
+            .args(["record", "put", "--table", "t", "--field", "f", "--id", &id, "--spec", "salary"])
+            .args(["--text", "some text"]));
+    }
+    ok(a.ctl(&pki).args(["clone", "target", "add", &b_id, &b.addr]));
+    let watched = ok(b.ctl(&pki).args(["--json", "clone", "start", &a_id, &a.addr, "--watch"]));
+    assert!(watched.contains("\"recordsCopied\": \"300\""), "{watched}");
+    let listed = same(&bin, &pki, &b, &["clone", "list"], "kmf.v1.Clones/ListClones", "{}");
+    assert!(listed.contains("\"recordsTotal\": \"300\""), "{listed}");
+    assert!(listed.contains("\"recordsPerSecond\": "), "the double is compared too: {listed}");
+    same(&bin, &pki, &a, &["clone", "target", "list"], "kmf.v1.Clones/ListCloneTargets", "{}");
+    same(&bin, &pki, &a, &["record", "digest"], "kmf.v1.Crypto/DigestRecords", "{}");
+}
