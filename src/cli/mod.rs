@@ -15,5 +15,6 @@ mod ctl_properties;
 mod ctl_rekey;
 pub mod kmfctl;
 pub mod kmfd;
+mod kmfd_dev;
 mod print;
 mod quickstart;

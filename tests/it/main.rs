@@ -14,6 +14,7 @@ mod connections;
 mod crash;
 mod crypto_ops;
 mod crypto_specs;
+mod dev_mode;
 mod diagnostics;
 mod exactly_once;
 mod exchange;
