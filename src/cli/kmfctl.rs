@@ -582,7 +582,8 @@ fn print_specs(list: &[pb::Spec], as_json: bool) {
             .iter()
             .map(|s| {
                 json!({"name": s.name, "module": s.module, "purpose": purpose(s), "algorithm": alg(s),
-                "key_size_bits": s.key_size_bits, "equality_preserving": s.equality_preserving, "scheme": s.scheme})
+                "key_size_bits": s.key_size_bits, "equality_preserving": s.equality_preserving, "scheme": s.scheme,
+                "exportable": s.exportable})
             })
             .collect();
         println!("{}", serde_json::Value::Array(v));

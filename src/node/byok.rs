@@ -15,8 +15,7 @@ use crate::domain::ids::{ImportToken, KeyId, Name, UnixMillis};
 use crate::domain::key::{KeyRecord, export_refusal, plan_import};
 use crate::domain::policy::Operation;
 use crate::error::{AppError, AppResult};
-use crate::signer::byok::{OpenError, open_import, public_pem, recipient, wrap_for};
-use crate::signer::material::check_material;
+use crate::signer::byok::{OpenError, check_imported, open_import, public_pem, recipient, wrap_for};
 use crate::signer::primitives::random_bytes;
 use crate::store::StoreError;
 
@@ -142,7 +141,7 @@ impl Node {
                 Err(OpenError::Malformed(why)) => return Err(DomainError::invalid("wrapped_key", why).into()),
                 Err(OpenError::Signer(e)) => return Err(e.into()),
             };
-            check_material(spec.material(), &material).map_err(|why| DomainError::invalid("wrapped_key", why))?;
+            check_imported(spec.material(), &material).map_err(|why| DomainError::invalid("wrapped_key", why))?;
             let read = node.store.keys(&spec.name)?.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
             let change = plan_import(&node.sys_id, &spec.name, &read, &spec.lifecycle, now);
             let new = change.new_key.ok_or_else(|| AppError::Internal("import planned no key".into()))?;

@@ -7,10 +7,12 @@
 use openssl::pkey::{Id, PKey, Public};
 use zeroize::Zeroizing;
 
+use super::material::check_material;
 use super::primitives::{kwp_unwrap, kwp_wrap, random_key, rsa_oaep_encrypt_to, sha256};
 use super::{CryptoError, Signer};
 use crate::domain::bundle::WrappingAlgorithm;
 use crate::domain::key::DataKey;
+use crate::domain::spec::MaterialShape;
 
 /// The RSA part of an import: the import keys are RSA-3072.
 pub const IMPORT_RSA_BYTES: usize = 384;
@@ -100,6 +102,23 @@ pub fn open_import(
     Ok(DataKey::new(material))
 }
 
+/// Checks imported material against the spec's `shape`. Unlike a bundle's
+/// keys (signed by a peer that made them), an operator's RSA key is also put
+/// through openssl's consistency check. The reason never includes material.
+pub fn check_imported(shape: MaterialShape, material: &DataKey) -> Result<(), String> {
+    check_material(shape, material)?;
+    if let MaterialShape::RsaPrivate { .. } = shape {
+        let consistent = PKey::private_key_from_pkcs8(material.expose())
+            .and_then(|k| k.rsa())
+            .and_then(|r| r.check_key())
+            .unwrap_or(false);
+        if !consistent {
+            return Err("the RSA private key fails its consistency check".into());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +152,16 @@ mod tests {
         }
         let short = &blob[..IMPORT_RSA_BYTES + 4];
         assert!(matches!(open_import(&signer, &t.handle, t.wrapping, short), Err(OpenError::Malformed(_))));
+    }
+
+    #[test]
+    fn imported_rsa_keys_are_checked() {
+        let shape = MaterialShape::RsaPrivate { bits: 2048 };
+        let good = crate::signer::material::generate_material(shape).unwrap();
+        assert_eq!(check_imported(shape, &good), Ok(()));
+        let secret = MaterialShape::Secret { len: 32 };
+        let e = check_imported(secret, &DataKey::new(Zeroizing::new(vec![1; 16]))).unwrap_err();
+        assert_eq!(e, "key is 128 bits, spec wants 256");
     }
 
     #[test]
