@@ -60,8 +60,8 @@ impl Store {
     }
 
     /// The BYOK import, in one transaction conditional on the import key
-    /// being there (else `Missing`) and unused (else `Stale`: used
-    /// meanwhile), and on the new key not existing (else `AlreadyExists`:
+    /// being there and unexpired at `now` (else `Missing`) and unused (else
+    /// `Stale`: used meanwhile), and on the new key not existing (else `AlreadyExists`:
     /// another key of the spec was made meanwhile): stores the key, marks
     /// the import key used (its handle erased; the row stays until it
     /// expires), appends `audit`.
@@ -79,6 +79,9 @@ impl Store {
                 return Err(StoreError::Missing { what: "import key", id: token.to_string() });
             };
             let mut import: ImportKey = row.try_into()?;
+            if import.is_expired(now) {
+                return Err(StoreError::Missing { what: "import key", id: token.to_string() });
+            }
             if import.used.is_some() {
                 return Err(StoreError::Stale { what: "import key", id: token.to_string() });
             }

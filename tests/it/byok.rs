@@ -356,3 +356,59 @@ async fn import_tokens_expire_and_are_swept() {
     ops.keys.get_import_parameters(params(None)).await.expect("params");
     assert_eq!(store.count_import_keys().unwrap(), 1, "the used one swept, the new one kept");
 }
+
+/// The store's side of invariant 17 on both engines: the import stores the
+/// key and uses the import key up in one conditional transaction.
+#[test]
+fn import_keys_are_used_once_on_both_engines() {
+    use kmf::domain::audit::{AuditEvent, Outcome};
+    use kmf::domain::bundle::WrappingAlgorithm;
+    use kmf::domain::byok::ImportKey;
+    use kmf::domain::ids::{ImportToken, UnixMillis};
+    use kmf::domain::key::{KeyOrigin, LifecycleDefinition, WrappedKey, plan_import};
+    use kmf::store::StoreError;
+
+    use crate::store_contract::{name, subjects, sys};
+
+    for s in subjects() {
+        let store = &s.store;
+        let event = |action: &str| AuditEvent::new(UnixMillis(1), "test", action, "subject", Outcome::Success);
+        let import = |n: u8, expires: i64| ImportKey {
+            token: ImportToken::from_random([n; 16]),
+            spec: name("s"),
+            created_at: UnixMillis(1),
+            expires_at: UnixMillis(expires),
+            handle: vec![n; 8],
+            wrapping: WrappingAlgorithm::RsaAesKeyWrapSha256,
+            used: None,
+        };
+        let (a, old) = (import(1, 1000), import(2, 50));
+        store.insert_import_key(&old, &[], &[event("params")]).unwrap();
+        // A new import key sweeps the expired one in its own transaction.
+        assert_eq!(store.expired_import_keys(UnixMillis(60), 10).unwrap(), vec![old.clone()], "{}", s.name);
+        store.insert_import_key(&a, std::slice::from_ref(&old.token), &[event("params")]).unwrap();
+        assert_eq!(store.count_import_keys().unwrap(), 1, "{}", s.name);
+        assert!(store.import_key(&old.token).unwrap().is_none());
+
+        let key =
+            plan_import(&sys(1), &name("s"), &[], &LifecycleDefinition::default(), UnixMillis(5)).new_key.unwrap();
+        assert_eq!(key.origin, KeyOrigin::Byok);
+        let w = WrappedKey(vec![9; 40]);
+        let expired = store.use_import_key(&a.token, UnixMillis(1000), (&key, &w), &[event("import")]);
+        assert!(matches!(expired, Err(StoreError::Missing { .. })), "{}: {expired:?}", s.name);
+        store.use_import_key(&a.token, UnixMillis(5), (&key, &w), &[event("import")]).unwrap();
+        let used = store.import_key(&a.token).unwrap().unwrap();
+        assert_eq!((used.used, used.handle.is_empty()), (Some((UnixMillis(5), key.id.clone())), true), "{}", s.name);
+        assert_eq!(store.key(&key.id).unwrap().unwrap(), (key.clone(), w.clone()));
+        let again = store.use_import_key(&a.token, UnixMillis(6), (&key, &w), &[event("import")]);
+        assert!(matches!(again, Err(StoreError::Stale { .. })), "{}: {again:?}", s.name);
+        // A key id taken meanwhile: nothing written, the import key unused.
+        let b = import(3, 1000);
+        store.insert_import_key(&b, &[], &[event("params")]).unwrap();
+        let taken = store.use_import_key(&b.token, UnixMillis(6), (&key, &w), &[event("import")]);
+        assert!(matches!(taken, Err(StoreError::AlreadyExists { .. })), "{}: {taken:?}", s.name);
+        assert_eq!(store.import_key(&b.token).unwrap().unwrap(), b, "{}", s.name);
+        assert_eq!(store.count_keys().unwrap(), 1);
+        assert!(store.key(&key.id).unwrap().unwrap().0.origin == KeyOrigin::Byok);
+    }
+}
