@@ -3,7 +3,8 @@
 //! for Encrypt/Decrypt, exported for an RSA key openssl made, and unwrapped by
 //! openssl to the same bytes. The refusals (tampered or wrong-size blobs, a
 //! reused or expired token, a spec not exportable, a caller not admin, a
-//! policy) get their exact gRPC code and store nothing.
+//! policy) get their exact gRPC code and store nothing. `KMF_OPENSSL` names
+//! another openssl binary; without one the interop test is skipped (`skip.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -269,6 +270,21 @@ fn openssl_wraps_for_import_and_unwraps_an_export() {
     let why = json(&ok(d.ctl(&pki).args(["--json", "policy", "explain", "--spec", "byok", "--operation", "export"])));
     assert_eq!(why["allowed"], false, "{why}");
     assert!(!work.join("x.bin").exists(), "a refused export wrote a file");
+    assert_eq!(keys_of(&d, &pki, "byok").len(), 1, "refusals change no key");
+    let refusals = json(&ok(d.ctl(&pki).args(["--json", "audit", "list", "--limit", "1000"])));
+    let refusals: Vec<&serde_json::Value> = refusals.as_array().expect("entries").iter().collect();
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e["action"] == "call.refused" && e["subject"].as_str().unwrap_or("").contains("ExportKey")),
+        "the role refusal is audited"
+    );
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e["action"] == "policy.denied" && e["details"].as_str().unwrap_or("").starts_with("export:")),
+        "the policy refusal is audited"
+    );
 
     // The audit: one import, one export (naming the fingerprint), the refusals; never material.
     let audit = json(&ok(d.ctl(&pki).args(["--json", "audit", "list", "--action", "key.", "--limit", "1000"])));
