@@ -527,3 +527,31 @@ impl TryFrom<LifecyclePolicyRow> for LifecyclePolicy {
         Ok(LifecyclePolicy { scope, active: r.active, max_expire_after: r.max_expire_after })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_written_before_byok_read_as_not_exportable_and_local() {
+        let spec = br#"{"v":1,"name":"s","module":"m","purpose":"symmetric_data_encryption","algorithm":"aes_gcm","key_size_bits":256,"created_at":1}"#;
+        let spec: Spec = decode::<SpecRow>(spec).unwrap().try_into().unwrap();
+        assert!(!spec.exportable);
+        let mut exportable = spec.clone();
+        exportable.exportable = true;
+        let again: Spec = decode::<SpecRow>(&encode(&SpecRow::from(&exportable))).unwrap().try_into().unwrap();
+        assert!(again.exportable);
+
+        let key = format!(
+            r#"{{"v":1,"key_id":"{}:s:v1","state":"Active","request_id":null,"generated_at":1,"activated_at":1,"deactivated_at":null,"imported_at":null,"expired_at":null,"wrapped":"00"}}"#,
+            "a".repeat(32)
+        );
+        let (rec, _) = <(KeyRecord, WrappedKey)>::try_from(decode::<KeyRow>(key.as_bytes()).unwrap()).unwrap();
+        assert_eq!(rec.origin, KeyOrigin::Local);
+        let byok = KeyRecord { origin: KeyOrigin::Byok, ..rec };
+        let row = encode(&KeyRow::new(&byok, &WrappedKey(vec![0])));
+        assert!(String::from_utf8_lossy(&row).contains(r#""origin":"byok""#));
+        let (back, _) = <(KeyRecord, WrappedKey)>::try_from(decode::<KeyRow>(&row).unwrap()).unwrap();
+        assert_eq!(back.origin, KeyOrigin::Byok);
+    }
+}
