@@ -428,3 +428,66 @@ fn import_keys_are_used_once_on_both_engines() {
         assert!(store.key(&key.id).unwrap().unwrap().0.origin == KeyOrigin::Byok);
     }
 }
+
+/// With the pkcs11 signer (SoftHSM2): the import key lives on the token (and
+/// says which OAEP digest the token takes: SoftHSM's is SHA-1), a tampered
+/// blob leaves it there, the import destroys it; the key, wrapped under the
+/// token's KEK, encrypts and exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_and_export_with_the_pkcs11_signer() {
+    use kmf::app::SignerConfig;
+    use kmf::domain::bundle::WrappingAlgorithm;
+    use kmf::signer::primitives::{kwp_unwrap, kwp_wrap, rsa_oaep_decrypt, rsa_oaep_encrypt};
+
+    use crate::signer_contract::transport_objects;
+    use crate::softhsm::softhsm_child;
+
+    let hsm = softhsm_child!("import_and_export_with_the_pkcs11_signer");
+    let [token] = hsm.tokens();
+    let pki = Pki::new();
+    let mut node = TestNode::start_full(&pki, Some(SignerConfig::Pkcs11(hsm.config(&token))), |p| p).await;
+    let mut ops = node.admin(&pki).await;
+    let mut spec = kmf::cli::kmfctl::aes_spec("m", "s", 256);
+    spec.exportable = true;
+    ops.spec_from(spec, false).await;
+
+    let req = pb::GetImportParametersRequest { spec: "s".into(), expires_in: None };
+    let p = ops.keys.get_import_parameters(req).await.expect("params").into_inner();
+    assert_eq!(transport_objects(&token), 1, "the import key is on the token");
+    let wrapping = match pb::WrappingAlgorithm::try_from(p.wrapping_algorithm) {
+        Ok(pb::WrappingAlgorithm::RsaAesKeyWrapSha256) => WrappingAlgorithm::RsaAesKeyWrapSha256,
+        Ok(pb::WrappingAlgorithm::RsaAesKeyWrapSha1) => WrappingAlgorithm::RsaAesKeyWrapSha1,
+        other => panic!("wrapping {other:?}"),
+    };
+    let material = [0x42u8; 32];
+    let aes = [0x17u8; 32];
+    let mut blob = rsa_oaep_encrypt(&p.public_key_der, wrapping, &aes).expect("oaep");
+    blob.extend(kwp_wrap(&aes, &material).expect("kwp"));
+    let import = |wrapped: Vec<u8>| pb::ImportKeyRequest {
+        import_token: p.import_token.clone(),
+        spec: "s".into(),
+        wrapped_key: wrapped,
+    };
+    let mut tampered = blob.clone();
+    tampered[7] ^= 1;
+    let e = ops.keys.import_key(import(tampered)).await.expect_err("tampered");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(transport_objects(&token), 1, "a refused blob leaves the import key");
+    let key = ops.keys.import_key(import(blob)).await.expect("import").into_inner().key.expect("key");
+    assert_eq!((key.origin, key.state), (pb::KeyOrigin::Byok as i32, pb::KeyState::Active as i32));
+    assert_eq!(transport_objects(&token), 0, "the import destroyed the import key");
+
+    let enc = pb::EncryptRequest { spec: "s".into(), plaintext: b"on the token".to_vec(), associated_data: vec![] };
+    let ct = ops.crypto.encrypt(enc).await.expect("encrypt").into_inner();
+    assert_eq!(ct.key_id, key.key_id);
+    assert_eq!(ops.decrypt(&ct.ciphertext, b"").await.expect("decrypt"), b"on the token");
+
+    let theirs = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).expect("rsa")).expect("pkey");
+    let pem = String::from_utf8(theirs.public_key_to_pem().expect("pem")).expect("utf8");
+    let req = pb::ExportKeyRequest { key_id: key.key_id.clone(), public_key_pem: pem };
+    let out = ops.keys.export_key(req).await.expect("export").into_inner();
+    let (rsa, kwp) = out.wrapped_key.split_at(256);
+    let aes = rsa_oaep_decrypt(&theirs, WrappingAlgorithm::RsaAesKeyWrapSha256, rsa).expect("their key opens it");
+    assert_eq!(&kwp_unwrap(&aes, kwp).expect("kwp")[..], &material[..]);
+    node.stop().await;
+}
