@@ -163,6 +163,9 @@ enum SpecCommand {
         /// Deterministic encryption (AES-SIV); only with aes_cbc data encryption.
         #[arg(long)]
         equality_preserving: bool,
+        /// Allow `key export` of this spec's keys (cannot be changed later).
+        #[arg(long)]
+        exportable: bool,
     },
     List {
         #[arg(long)]
@@ -207,6 +210,8 @@ enum KeyCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    #[command(flatten)]
+    Byok(super::ctl_byok::ByokCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -381,9 +386,18 @@ impl Operator {
                 let list = self.keys.list_modules(pb::ListModulesRequest {}).await?.into_inner().modules;
                 print_modules(&list, as_json);
             }
-            Command::Spec(SpecCommand::Create { name, module, purpose, algorithm, size, equality_preserving }) => {
-                let req =
+            Command::Spec(SpecCommand::Create {
+                name,
+                module,
+                purpose,
+                algorithm,
+                size,
+                equality_preserving,
+                exportable,
+            }) => {
+                let mut req =
                     spec_request(&module, &name, purpose.as_deref(), algorithm.as_deref(), size, equality_preserving)?;
+                req.exportable = exportable;
                 let s = self.keys.create_spec(req).await?.into_inner().spec.unwrap_or_default();
                 print_specs(&[s], as_json);
             }
@@ -402,6 +416,7 @@ impl Operator {
             Command::Key(KeyCommand::List { spec }) => {
                 print::keys(&self.keys.list_keys(pb::ListKeysRequest { spec }).await?.into_inner().keys, as_json);
             }
+            Command::Key(KeyCommand::Byok(cmd)) => super::ctl_byok::byok(self, cmd, as_json).await?,
             Command::Key(KeyCommand::Activate { key_id }) => {
                 key_action(self, key_id, pb::KeyAction::Activate, String::new(), as_json).await?;
             }
@@ -536,6 +551,7 @@ pub fn aes_spec(module: &str, name: &str, size: u32) -> pb::CreateSpecRequest {
         algorithm: pb::Algorithm::AesGcm as i32,
         key_size_bits: size,
         equality_preserving: false,
+        exportable: false,
     }
 }
 
@@ -566,7 +582,8 @@ fn print_specs(list: &[pb::Spec], as_json: bool) {
             .iter()
             .map(|s| {
                 json!({"name": s.name, "module": s.module, "purpose": purpose(s), "algorithm": alg(s),
-                "key_size_bits": s.key_size_bits, "equality_preserving": s.equality_preserving, "scheme": s.scheme})
+                "key_size_bits": s.key_size_bits, "equality_preserving": s.equality_preserving, "scheme": s.scheme,
+                "exportable": s.exportable})
             })
             .collect();
         println!("{}", serde_json::Value::Array(v));

@@ -2,6 +2,7 @@
 //! includes the PKI commands and the quickstart).
 
 pub(crate) mod ctl_bootstrap;
+mod ctl_byok;
 mod ctl_clone;
 mod ctl_clone_exchange;
 mod ctl_clone_schedule;

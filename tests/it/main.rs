@@ -6,6 +6,7 @@ mod approve_wait;
 mod audit;
 mod binaries;
 mod bootstrap;
+mod byok;
 mod clone;
 mod clone_crash;
 mod clone_exchange;
