@@ -33,6 +33,7 @@ mod policies;
 mod process;
 mod properties;
 mod proxy;
+mod readme;
 mod rekey;
 mod rekey_crash;
 mod revocation;
