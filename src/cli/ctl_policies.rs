@@ -29,7 +29,7 @@ pub enum PolicyCommand {
         /// Only this spec.
         #[arg(long, default_value = "")]
         spec: String,
-        /// Only these operations (encrypt, decrypt, sign, verify, mac, verify_mac, wrap, unwrap).
+        /// Only these operations (encrypt, decrypt, sign, verify, mac, verify_mac, wrap, unwrap, export).
         #[arg(long = "operation")]
         operations: Vec<String>,
         /// For --type resource-exchange: the target instance's sys_id.
@@ -66,7 +66,7 @@ pub enum PolicyCommand {
     Explain {
         #[arg(long)]
         spec: String,
-        /// The key operation (encrypt, decrypt, ...); not with --exchange-target-sys-id.
+        /// The key operation (encrypt, decrypt, ..., export); not with --exchange-target-sys-id.
         #[arg(long, required_unless_present = "exchange_target_sys_id")]
         operation: Option<String>,
         /// Explain an inbound exchange request from this target instead of an operation.

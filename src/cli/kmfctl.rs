@@ -187,6 +187,9 @@ enum SpecCommand {
         /// Deterministic encryption (AES-SIV); only with aes_cbc data encryption.
         #[arg(long)]
         equality_preserving: bool,
+        /// Allow `key export` of this spec's keys (cannot be changed later).
+        #[arg(long)]
+        exportable: bool,
     },
     List {
         #[arg(long)]
@@ -231,6 +234,8 @@ enum KeyCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    #[command(flatten)]
+    Byok(super::ctl_byok::ByokCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -418,9 +423,18 @@ impl Operator {
                 }
                 print_modules(&r.modules);
             }
-            Command::Spec(SpecCommand::Create { name, module, purpose, algorithm, size, equality_preserving }) => {
-                let req =
+            Command::Spec(SpecCommand::Create {
+                name,
+                module,
+                purpose,
+                algorithm,
+                size,
+                equality_preserving,
+                exportable,
+            }) => {
+                let mut req =
                     spec_request(&module, &name, purpose.as_deref(), algorithm.as_deref(), size, equality_preserving)?;
+                req.exportable = exportable;
                 let r = self.keys.create_spec(req).await?.into_inner();
                 if as_json {
                     return print::json(&r);
@@ -456,6 +470,7 @@ impl Operator {
                 }
                 print::keys(&r.keys);
             }
+            Command::Key(KeyCommand::Byok(cmd)) => super::ctl_byok::byok(self, cmd, as_json).await?,
             Command::Key(KeyCommand::Activate { key_id }) => {
                 key_action(self, key_id, pb::KeyAction::Activate, String::new(), as_json).await?;
             }
@@ -602,6 +617,7 @@ pub fn aes_spec(module: &str, name: &str, size: u32) -> pb::CreateSpecRequest {
         algorithm: pb::Algorithm::AesGcm as i32,
         key_size_bits: size,
         equality_preserving: false,
+        exportable: false,
     }
 }
 

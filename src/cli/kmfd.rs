@@ -23,6 +23,10 @@ pub struct Kmfd {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Throwaway instances on loopback with nothing to prepare: their own CA,
+    /// an admin operator certificate, software KEKs; prints the kmfctl and
+    /// grpcurl settings; removes everything on exit unless --keep.
+    Dev(super::kmfd_dev::DevArgs),
     /// Create a new instance: sys_id, KEK (a software key file of mode 0600,
     /// or with --signer pkcs11 a non-extractable AES-256 key on the token), database.
     Init {
@@ -84,6 +88,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Kmfd) -> anyhow::Result<()> {
     match cli.command {
+        Command::Dev(args) => super::kmfd_dev::main(args),
         Command::Init { data_dir, host, signer, pkcs11_existing_kek } => {
             let host = Host::parse(&host)?;
             let signer = resolve_signer(&signer, None, &data_dir)?;

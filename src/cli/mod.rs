@@ -3,6 +3,7 @@
 
 mod ctl_batch;
 pub(crate) mod ctl_bootstrap;
+mod ctl_byok;
 mod ctl_clone;
 mod ctl_clone_exchange;
 mod ctl_clone_schedule;
@@ -17,5 +18,6 @@ mod ctl_records;
 mod ctl_rekey;
 pub mod kmfctl;
 pub mod kmfd;
+mod kmfd_dev;
 mod print;
 mod quickstart;

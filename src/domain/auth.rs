@@ -71,6 +71,8 @@ pub enum Permission {
     ManageExchanges,
     /// The peer-to-peer KeyExchange service.
     PeerExchange,
+    /// Export a key's material (BYOK export), besides the access policies.
+    ExportKeys,
 }
 
 fn roles_for(permission: Permission) -> &'static [Role] {
@@ -80,6 +82,7 @@ fn roles_for(permission: Permission) -> &'static [Role] {
         Permission::ManageKeys | Permission::ManageExchanges => &[Admin, CryptographicManager],
         Permission::RotateKeys | Permission::UseKeys => &[Admin, CryptographicManager, CryptographicOperator],
         Permission::PeerExchange => &[],
+        Permission::ExportKeys => &[Admin],
     }
 }
 
@@ -116,12 +119,12 @@ mod tests {
     fn role_table() {
         let op = |r: Role| Caller::Operator { name: "x".into(), roles: vec![r] };
         let table = [
-            (Admin, [true, true, true, true, true, false]),
-            (CryptographicManager, [true, true, true, true, true, false]),
-            (CryptographicOperator, [true, false, true, true, false, false]),
-            (CryptographicAuditor, [true, false, false, false, false, false]),
+            (Admin, [true, true, true, true, true, false, true]),
+            (CryptographicManager, [true, true, true, true, true, false, false]),
+            (CryptographicOperator, [true, false, true, true, false, false, false]),
+            (CryptographicAuditor, [true, false, false, false, false, false, false]),
         ];
-        let perms = [Read, ManageKeys, RotateKeys, UseKeys, ManageExchanges, PeerExchange];
+        let perms = [Read, ManageKeys, RotateKeys, UseKeys, ManageExchanges, PeerExchange, ExportKeys];
         for (role, want) in table {
             for (p, w) in perms.iter().zip(want) {
                 assert_eq!(authorize(&op(role), *p).is_ok(), w, "{role:?} {p:?}");

@@ -92,6 +92,37 @@ impl RequestId {
     }
 }
 
+/// Names a one-time BYOK import key (`KeyManagement.GetImportParameters`):
+/// 32 hex digits from 16 random bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImportToken(String);
+
+impl ImportToken {
+    pub fn parse(text: &str) -> Result<Self, DomainError> {
+        parse_hex32(text, "import_token").map(ImportToken)
+    }
+
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        ImportToken(hex::encode(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImportToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ImportToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ImportToken({})", self.0)
+    }
+}
+
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -95,6 +95,17 @@ pub enum KeyOrigin {
     Local,
     /// Imported by the exchange request named here.
     KeyExchange { request_id: RequestId },
+    /// Brought by an operator (BYOK import): this instance's key, planned and
+    /// aged as a generated one, its material made elsewhere.
+    Byok,
+}
+
+impl KeyOrigin {
+    /// Owned by this instance (generated or brought here): lifecycle actions,
+    /// destruction and export apply.
+    pub fn is_own(&self) -> bool {
+        matches!(self, KeyOrigin::Local | KeyOrigin::Byok)
+    }
 }
 
 /// A key's metadata. The wrapped material is stored beside it, never in it.
@@ -268,6 +279,39 @@ pub fn plan_generate(
     KeyChange { updated: Vec::new(), new_key: Some(new_key) }
 }
 
+/// Plans a BYOK import: exactly as `plan_generate` (Active when the spec has
+/// no current key, Generated otherwise; the next local version), with origin
+/// `Byok` and `imported_at` set. The caller supplies the material.
+pub fn plan_import(
+    own: &SysId,
+    spec: &Name,
+    existing: &[KeyRecord],
+    lifecycle: &LifecycleDefinition,
+    now: UnixMillis,
+) -> KeyChange {
+    let mut change = plan_generate(own, spec, existing, lifecycle, now);
+    if let Some(k) = change.new_key.as_mut() {
+        k.origin = KeyOrigin::Byok;
+        k.imported_at = Some(now);
+    }
+    change
+}
+
+/// Why `key` may not be exported (None: it may). Destroyed keys have no
+/// material; Compromised and Suspended keys are not to be spread; a key
+/// imported by a key exchange belongs to its origin instance.
+pub fn export_refusal(key: &KeyRecord) -> Option<String> {
+    if !key.origin.is_own() {
+        return Some(format!("key {} was imported by a key exchange; only its origin instance may export it", key.id));
+    }
+    match key.state {
+        KeyState::Destroyed | KeyState::Compromised | KeyState::Suspended => {
+            Some(format!("key {} is {} and cannot be exported", key.id, key.state.label()))
+        }
+        _ => None,
+    }
+}
+
 /// Plans `rotate`: the current key becomes Deactivated, a new key is Active
 /// at the next local version.
 pub fn plan_rotate(
@@ -298,7 +342,7 @@ pub fn plan_action(
     now: UnixMillis,
 ) -> Result<KeyChange, DomainError> {
     let key = existing.iter().find(|k| &k.id == target).ok_or_else(|| DomainError::not_found("key", target))?;
-    if key.origin != KeyOrigin::Local {
+    if !key.origin.is_own() {
         return Err(DomainError::FailedPrecondition(format!(
             "key {target} was imported by a key exchange; lifecycle actions apply to local keys only"
         )));
@@ -355,7 +399,7 @@ pub fn due_for_destruction(existing: &[KeyRecord], lifecycle: &LifecycleDefiniti
     let Some(idle) = lifecycle.destroy_after_idle else { return Vec::new() };
     existing
         .iter()
-        .filter(|k| k.state == KeyState::Deactivated && k.origin == KeyOrigin::Local)
+        .filter(|k| k.state == KeyState::Deactivated && k.origin.is_own())
         .filter(|k| k.deactivated_at.is_some_and(|d| now >= d.plus_millis(idle)))
         .map(|k| {
             let mut d = k.clone();
@@ -527,6 +571,46 @@ mod tests {
         let d = due_for_destruction(std::slice::from_ref(&k), &lc, UnixMillis(100 + DAY));
         assert_eq!((d[0].state, d[0].destroyed_at), (Destroyed, Some(UnixMillis(100 + DAY))));
         assert!(due_for_destruction(&[k], &LifecycleDefinition::default(), UnixMillis(i64::MAX)).is_empty());
+    }
+
+    #[test]
+    fn import_plans_like_generate_with_byok_origin() {
+        let lc = LifecycleDefinition { expire_after: Some(DAY), destroy_after_idle: Some(DAY) };
+        let first = plan_import(&me(), &spec(), &[], &lc, UnixMillis(7)).new_key.unwrap();
+        assert_eq!((first.state, first.id.version, first.origin.clone()), (Active, 1, KeyOrigin::Byok));
+        assert_eq!((first.imported_at, first.expires_at), (Some(UnixMillis(7)), Some(UnixMillis(7 + DAY))));
+        let second = plan_import(&me(), &spec(), std::slice::from_ref(&first), &lc, UnixMillis(8)).new_key.unwrap();
+        assert_eq!((second.state, second.id.version), (Generated, 2));
+        // Its lifecycle is a local key's: rotate, act on, destroy.
+        let rotated = plan_rotate(&me(), &spec(), std::slice::from_ref(&first), &lc, UnixMillis(9)).unwrap();
+        assert_eq!(rotated.updated[0].state, Deactivated);
+        assert_eq!(due_for_destruction(&rotated.updated, &lc, UnixMillis(9 + DAY)).len(), 1);
+        let suspend =
+            plan_action(&me(), std::slice::from_ref(&first), &first.id, &KeyAction::Suspend, &lc, UnixMillis(9));
+        assert_eq!(suspend.unwrap().updated[0].state, Suspended);
+    }
+
+    #[test]
+    fn export_gate_by_state_and_origin() {
+        let lc = LifecycleDefinition::default();
+        let mut k = active_key(&lc);
+        for (state, allowed) in [
+            (Generated, true),
+            (Active, true),
+            (Renewed, true),
+            (Suspended, false),
+            (Deactivated, true),
+            (Compromised, false),
+            (Revoked, true),
+            (Destroyed, false),
+            (Expired, true),
+        ] {
+            k.state = state;
+            assert_eq!(export_refusal(&k).is_none(), allowed, "{state:?}");
+        }
+        k.state = Active;
+        k.origin = KeyOrigin::KeyExchange { request_id: RequestId::from_random([3; 16]) };
+        assert!(export_refusal(&k).unwrap().contains("origin instance"));
     }
 
     #[test]

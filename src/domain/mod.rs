@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bundle;
+pub mod byok;
 pub mod ciphertext;
 pub mod clone;
 pub mod clone_exchange;

@@ -6,7 +6,7 @@ use super::DomainError;
 use super::auth::{Caller, Role};
 use super::ids::{Host, Name, SysId, UnixMillis};
 
-/// What a crypto call does with a key.
+/// What a crypto call (or an export) does with a key.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum Operation {
     Encrypt,
@@ -17,9 +17,11 @@ pub enum Operation {
     VerifyMac,
     Wrap,
     Unwrap,
+    /// `KeyManagement.ExportKey`: a key's material leaves the instance.
+    Export,
 }
 
-pub const ALL_OPERATIONS: [Operation; 8] = [
+pub const ALL_OPERATIONS: [Operation; 9] = [
     Operation::Encrypt,
     Operation::Decrypt,
     Operation::Sign,
@@ -28,6 +30,7 @@ pub const ALL_OPERATIONS: [Operation; 8] = [
     Operation::VerifyMac,
     Operation::Wrap,
     Operation::Unwrap,
+    Operation::Export,
 ];
 
 impl Operation {
@@ -41,6 +44,7 @@ impl Operation {
             Operation::VerifyMac => "verify_mac",
             Operation::Wrap => "wrap",
             Operation::Unwrap => "unwrap",
+            Operation::Export => "export",
         }
     }
 

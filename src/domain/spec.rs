@@ -206,6 +206,8 @@ pub struct Spec {
     /// Deterministic encryption (AES-SIV); only symmetric data encryption
     /// with AES-CBC offers it.
     pub equality_preserving: bool,
+    /// Its keys may be exported (BYOK export); set at creation, false by default.
+    pub exportable: bool,
     pub created_at: UnixMillis,
     /// How this spec's keys age (expiration, destruction after idling).
     pub lifecycle: LifecycleDefinition,
@@ -301,6 +303,7 @@ impl Spec {
             algorithm: choice.algorithm,
             key_size_bits: choice.key_size_bits,
             equality_preserving: choice.equality_preserving,
+            exportable: false,
             created_at,
             lifecycle: LifecycleDefinition::default(),
         })

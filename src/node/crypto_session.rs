@@ -73,6 +73,7 @@ fn input_field(op: Operation) -> &'static str {
         Operation::VerifyMac => "mac",
         Operation::Encrypt => "plaintext",
         Operation::Decrypt => "ciphertext",
+        Operation::Export => "key_id",
     }
 }
 

@@ -77,20 +77,23 @@ impl Node {
         module: Name,
         name: Name,
         choice: SpecChoice,
+        exportable: bool,
     ) -> AppResult<Spec> {
         let actor = caller.actor();
         self.blocking(move |node| {
             if node.store.module(&module)?.is_none() {
                 return Err(DomainError::not_found("module", &module).into());
             }
-            let spec = Spec::try_new(name, module, choice, node.now())?;
+            let mut spec = Spec::try_new(name, module, choice, node.now())?;
+            spec.exportable = exportable;
             let audit = event(&actor, "spec.create", &spec.name).with_details(format!(
-                "module {} {} {} {} bits{}",
+                "module {} {} {} {} bits{}{}",
                 spec.module,
                 spec.purpose.as_str(),
                 spec.algorithm.as_str(),
                 spec.key_size_bits,
-                if spec.equality_preserving { " equality preserving" } else { "" }
+                if spec.equality_preserving { " equality preserving" } else { "" },
+                if spec.exportable { " exportable" } else { "" }
             ));
             node.store.insert_spec(&spec, &[audit]).map_err(already_exists)?;
             tracing::info!(spec = %spec.name, module = %spec.module, "spec created");

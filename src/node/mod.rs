@@ -3,6 +3,7 @@
 //! RPC services only convert and call in here.
 
 pub mod audit;
+mod byok;
 mod clone_exchange;
 pub mod clone_schedule;
 pub mod clone_source;
@@ -147,6 +148,7 @@ impl Node {
     }
 }
 
+pub use byok::{ExportedKey, ImportParameters};
 pub use clone_exchange::NewCloneExchange;
 pub use exchange_source::Decision;
 pub use keys::DefaultAccess;

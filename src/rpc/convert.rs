@@ -51,6 +51,7 @@ pub fn spec(s: &Spec) -> pb::Spec {
         created_at: Some(ts(s.created_at)),
         expire_after: s.lifecycle.expire_after.map(duration),
         destroy_after_idle: s.lifecycle.destroy_after_idle.map(duration),
+        exportable: s.exportable,
     }
 }
 
@@ -185,6 +186,7 @@ pub fn audit_entry(e: &AuditEntry) -> pb::AuditEntry {
 pub fn key(k: &KeyRecord) -> pb::Key {
     let (origin, request_id) = match &k.origin {
         KeyOrigin::Local => (pb::KeyOrigin::Local, String::new()),
+        KeyOrigin::Byok => (pb::KeyOrigin::Byok, String::new()),
         KeyOrigin::KeyExchange { request_id } => (pb::KeyOrigin::KeyExchange, request_id.to_string()),
     };
     pb::Key {

@@ -140,6 +140,7 @@ fn spec_from(s: &pb::Spec) -> Result<Spec, DomainError> {
         algorithm: convert::algorithm_from(s.algorithm)?,
         key_size_bits: s.key_size_bits,
         equality_preserving: s.equality_preserving,
+        exportable: s.exportable,
         created_at: time(&s.created_at, "spec.created_at")?,
         lifecycle: LifecycleDefinition {
             expire_after: lifetime(&s.expire_after, "spec.expire_after")?,

@@ -17,6 +17,7 @@ pub fn operation(v: i32) -> Result<Operation, DomainError> {
         Ok(pb::Operation::OpVerifyMac) => Operation::VerifyMac,
         Ok(pb::Operation::OpWrap) => Operation::Wrap,
         Ok(pb::Operation::OpUnwrap) => Operation::Unwrap,
+        Ok(pb::Operation::OpExport) => Operation::Export,
         _ => return Err(DomainError::invalid("operation", "unspecified or unknown")),
     })
 }
@@ -31,6 +32,7 @@ pub fn operation_pb(o: Operation) -> pb::Operation {
         Operation::VerifyMac => pb::Operation::OpVerifyMac,
         Operation::Wrap => pb::Operation::OpWrap,
         Operation::Unwrap => pb::Operation::OpUnwrap,
+        Operation::Export => pb::Operation::OpExport,
     }
 }
 

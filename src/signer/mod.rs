@@ -7,6 +7,7 @@
 //! benchmarks use. Depends on `domain` only.
 
 pub mod aead;
+pub mod byok;
 #[doc(hidden)]
 pub mod delayed;
 pub mod instance_key;

@@ -165,7 +165,17 @@ pub fn rsa_oaep_encrypt(public_der: &[u8], wrapping: WrappingAlgorithm, data: &[
     if bits < 3072 {
         return Err(CryptoError::Failed("transport key must be RSA of at least 3072 bits"));
     }
-    let mut ctx = PkeyCtx::new(&key)?;
+    rsa_oaep_encrypt_to(&key, wrapping, data)
+}
+
+/// RSA-OAEP encryption (the digest for OAEP and MGF1 alike, no label) to a
+/// key the caller has checked.
+pub fn rsa_oaep_encrypt_to(
+    key: &PKey<Public>,
+    wrapping: WrappingAlgorithm,
+    data: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let mut ctx = PkeyCtx::new(key)?;
     ctx.encrypt_init()?;
     ctx.set_rsa_padding(Padding::PKCS1_OAEP)?;
     ctx.set_rsa_oaep_md(oaep_md(wrapping))?;

@@ -67,9 +67,12 @@ pub enum Table {
     /// records table are encrypted under the key (the rekey debt), kept in
     /// the transactions that write records.
     RecordDebt,
+    /// BYOK: import token -> the one-time import key row (spec, expiry,
+    /// signer handle, used), until it expires and is swept.
+    ImportKeys,
 }
 
-pub const ALL_TABLES: [Table; 25] = [
+pub const ALL_TABLES: [Table; 26] = [
     Table::Meta,
     Table::Modules,
     Table::Specs,
@@ -95,6 +98,7 @@ pub const ALL_TABLES: [Table; 25] = [
     Table::CloneSchedules,
     Table::Rekeys,
     Table::RecordDebt,
+    Table::ImportKeys,
 ];
 
 impl Table {
@@ -125,6 +129,7 @@ impl Table {
             Table::CloneSchedules => "clone_schedules",
             Table::Rekeys => "rekeys",
             Table::RecordDebt => "record_debt",
+            Table::ImportKeys => "import_keys",
         }
     }
 

@@ -22,7 +22,7 @@ use super::jobs::JobRow;
 use super::migrate_v1::OutboxRow;
 use super::policies::PolicyRow;
 use super::properties::{PropertyRow, property_from};
-use super::records::{KeyRow, LifecyclePolicyRow, ModuleRow, RequestRow, SpecRow, decode, encode};
+use super::records::{ImportKeyRow, KeyRow, LifecyclePolicyRow, ModuleRow, RequestRow, SpecRow, decode, encode};
 use super::rekeys::RekeyRow;
 use super::requests::{decode_blob, encode_blob};
 use super::stored_records::{address_from_key, address_key, decode_row, encode_row};
@@ -78,6 +78,7 @@ pub fn stored_row(bytes: &[u8]) {
     json_row::<CloneRunRow, _>(bytes, |r| super::clone_runs::run_from(clone_id.clone(), r));
     json_row::<CloneScheduleRow, _>(bytes, |r| schedule_from(name.clone(), r));
     json_row::<RekeyRow, _>(bytes, |r| super::rekeys::run_from(request_id.clone(), r));
+    json_row::<ImportKeyRow, _>(bytes, crate::domain::byok::ImportKey::try_from);
     // Rows only read: partial views for counting, and the schema-1 outbox.
     let _ = decode::<KeyStateOnly>(bytes);
     let _ = decode::<RequestStatusOnly>(bytes);

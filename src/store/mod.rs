@@ -19,6 +19,7 @@
 //! Methods are blocking: the node calls them off the async workers.
 
 mod audit;
+mod byok;
 mod catalog;
 mod changes;
 mod clone;

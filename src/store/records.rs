@@ -6,11 +6,12 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{StoreError, corrupt};
 use crate::domain::bundle::WrappingAlgorithm;
+use crate::domain::byok::ImportKey;
 use crate::domain::exchange::{
     ALL_STATUSES, ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestStatus, SignedBlob, SpecLine,
     SpecLineStatus, Transition,
 };
-use crate::domain::ids::{Host, KeyId, Name, RequestId, SysId, UnixMillis};
+use crate::domain::ids::{Host, ImportToken, KeyId, Name, RequestId, SysId, UnixMillis};
 use crate::domain::key::{
     KeyOrigin, KeyRecord, KeyState, LifecycleDefinition, LifecyclePolicy, PolicyScope, WrappedKey,
 };
@@ -80,6 +81,9 @@ pub struct SpecRow {
     key_size_bits: u32,
     #[serde(default)]
     equality_preserving: bool,
+    /// BYOK export allowed (absent in rows of earlier versions: false).
+    #[serde(default)]
+    exportable: bool,
     created_at: i64,
     #[serde(default)]
     expire_after: Option<i64>,
@@ -97,6 +101,7 @@ impl From<&Spec> for SpecRow {
             algorithm: s.algorithm.as_str().into(),
             key_size_bits: s.key_size_bits,
             equality_preserving: s.equality_preserving,
+            exportable: s.exportable,
             created_at: s.created_at.0,
             expire_after: s.lifecycle.expire_after,
             destroy_after_idle: s.lifecycle.destroy_after_idle,
@@ -118,6 +123,7 @@ impl TryFrom<SpecRow> for Spec {
         let mut spec =
             Spec::try_new(name(&r.name)?, name(&r.module)?, choice, UnixMillis(r.created_at)).map_err(corrupt)?;
         spec.lifecycle = LifecycleDefinition { expire_after: r.expire_after, destroy_after_idle: r.destroy_after_idle };
+        spec.exportable = r.exportable;
         Ok(spec)
     }
 }
@@ -149,6 +155,10 @@ pub struct KeyRow {
     destroyed_at: Option<i64>,
     #[serde(default)]
     reason: String,
+    /// "byok" for a key brought by an operator; absent otherwise (the
+    /// origin is then Local, or KeyExchange when `request_id` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
     /// Empty once the key is Destroyed.
     #[serde(with = "hex_bytes")]
     wrapped: Vec<u8>,
@@ -161,9 +171,10 @@ impl KeyRow {
             key_id: k.id.to_string(),
             state: k.state.label().to_owned(),
             request_id: match &k.origin {
-                KeyOrigin::Local => None,
+                KeyOrigin::Local | KeyOrigin::Byok => None,
                 KeyOrigin::KeyExchange { request_id } => Some(request_id.to_string()),
             },
+            origin: (k.origin == KeyOrigin::Byok).then(|| "byok".to_owned()),
             generated_at: k.generated_at.0,
             activated_at: k.activated_at.map(|t| t.0),
             deactivated_at: k.deactivated_at.map(|t| t.0),
@@ -185,9 +196,11 @@ impl TryFrom<KeyRow> for (KeyRecord, WrappedKey) {
     type Error = StoreError;
     fn try_from(r: KeyRow) -> Result<Self, StoreError> {
         let state = KeyState::parse(&r.state).ok_or_else(|| corrupt(format!("key state {}", r.state)))?;
-        let origin = match r.request_id {
-            None => KeyOrigin::Local,
-            Some(id) => KeyOrigin::KeyExchange { request_id: RequestId::parse(&id).map_err(corrupt)? },
+        let origin = match (r.origin.as_deref(), r.request_id) {
+            (None, None) => KeyOrigin::Local,
+            (Some("byok"), None) => KeyOrigin::Byok,
+            (None, Some(id)) => KeyOrigin::KeyExchange { request_id: RequestId::parse(&id).map_err(corrupt)? },
+            (Some(other), _) => return Err(corrupt(format!("key origin {other}"))),
         };
         let rec = KeyRecord {
             id: KeyId::parse(&r.key_id).map_err(corrupt)?,
@@ -207,6 +220,21 @@ impl TryFrom<KeyRow> for (KeyRecord, WrappedKey) {
             reason: r.reason,
         };
         Ok((rec, WrappedKey(r.wrapped)))
+    }
+}
+
+fn wrapping_label(w: WrappingAlgorithm) -> &'static str {
+    match w {
+        WrappingAlgorithm::RsaAesKeyWrapSha256 => "RSA_AES_KEY_WRAP_SHA_256",
+        WrappingAlgorithm::RsaAesKeyWrapSha1 => "RSA_AES_KEY_WRAP_SHA_1",
+    }
+}
+
+fn wrapping_from(s: &str) -> Result<WrappingAlgorithm, StoreError> {
+    match s {
+        "RSA_AES_KEY_WRAP_SHA_256" => Ok(WrappingAlgorithm::RsaAesKeyWrapSha256),
+        "RSA_AES_KEY_WRAP_SHA_1" => Ok(WrappingAlgorithm::RsaAesKeyWrapSha1),
+        other => Err(corrupt(format!("wrapping {other}"))),
     }
 }
 
@@ -344,10 +372,7 @@ impl From<&ExchangeRequest> for RequestRow {
             receipt,
             receipt_signature,
             transport_public_key: r.transport_public_key.clone(),
-            wrapping: match r.wrapping {
-                WrappingAlgorithm::RsaAesKeyWrapSha256 => "RSA_AES_KEY_WRAP_SHA_256".into(),
-                WrappingAlgorithm::RsaAesKeyWrapSha1 => "RSA_AES_KEY_WRAP_SHA_1".into(),
-            },
+            wrapping: wrapping_label(r.wrapping).into(),
             rekey: r.rekey,
             version: 0,
         }
@@ -403,12 +428,62 @@ impl TryFrom<RequestRow> for ExchangeRequest {
             peer_certificate: r.peer_certificate,
             receipt: (!r.receipt.is_empty()).then_some(SignedBlob { bytes: r.receipt, signature: r.receipt_signature }),
             transport_public_key: r.transport_public_key,
-            wrapping: match r.wrapping.as_str() {
-                "RSA_AES_KEY_WRAP_SHA_256" => WrappingAlgorithm::RsaAesKeyWrapSha256,
-                "RSA_AES_KEY_WRAP_SHA_1" => WrappingAlgorithm::RsaAesKeyWrapSha1,
-                other => return Err(corrupt(format!("wrapping {other}"))),
-            },
+            wrapping: wrapping_from(&r.wrapping)?,
             rekey: r.rekey,
+        })
+    }
+}
+
+// === BYOK import keys ===
+
+#[derive(Serialize, Deserialize)]
+pub struct ImportKeyRow {
+    v: u8,
+    token: String,
+    spec: String,
+    created_at: i64,
+    expires_at: i64,
+    /// The signer's handle (KEK-wrapped private key or token label).
+    #[serde(with = "hex_bytes")]
+    handle: Vec<u8>,
+    wrapping: String,
+    #[serde(default)]
+    used_at: Option<i64>,
+    #[serde(default)]
+    used_by: Option<String>,
+}
+
+impl From<&ImportKey> for ImportKeyRow {
+    fn from(k: &ImportKey) -> Self {
+        ImportKeyRow {
+            v: ROW_VERSION,
+            token: k.token.to_string(),
+            spec: k.spec.to_string(),
+            created_at: k.created_at.0,
+            expires_at: k.expires_at.0,
+            handle: k.handle.clone(),
+            wrapping: wrapping_label(k.wrapping).into(),
+            used_at: k.used.as_ref().map(|(at, _)| at.0),
+            used_by: k.used.as_ref().map(|(_, id)| id.to_string()),
+        }
+    }
+}
+
+impl TryFrom<ImportKeyRow> for ImportKey {
+    type Error = StoreError;
+    fn try_from(r: ImportKeyRow) -> Result<Self, StoreError> {
+        Ok(ImportKey {
+            token: ImportToken::parse(&r.token).map_err(corrupt)?,
+            spec: name(&r.spec)?,
+            created_at: UnixMillis(r.created_at),
+            expires_at: UnixMillis(r.expires_at),
+            handle: r.handle,
+            wrapping: wrapping_from(&r.wrapping)?,
+            used: match (r.used_at, r.used_by) {
+                (Some(at), Some(id)) => Some((UnixMillis(at), KeyId::parse(&id).map_err(corrupt)?)),
+                (None, None) => None,
+                _ => return Err(corrupt("import key: used_at without used_by")),
+            },
         })
     }
 }
@@ -450,5 +525,33 @@ impl TryFrom<LifecyclePolicyRow> for LifecyclePolicy {
             None => return Err(corrupt(format!("policy scope {}", r.scope))),
         };
         Ok(LifecyclePolicy { scope, active: r.active, max_expire_after: r.max_expire_after })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_written_before_byok_read_as_not_exportable_and_local() {
+        let spec = br#"{"v":1,"name":"s","module":"m","purpose":"symmetric_data_encryption","algorithm":"aes_gcm","key_size_bits":256,"created_at":1}"#;
+        let spec: Spec = decode::<SpecRow>(spec).unwrap().try_into().unwrap();
+        assert!(!spec.exportable);
+        let mut exportable = spec.clone();
+        exportable.exportable = true;
+        let again: Spec = decode::<SpecRow>(&encode(&SpecRow::from(&exportable))).unwrap().try_into().unwrap();
+        assert!(again.exportable);
+
+        let key = format!(
+            r#"{{"v":1,"key_id":"{}:s:v1","state":"Active","request_id":null,"generated_at":1,"activated_at":1,"deactivated_at":null,"imported_at":null,"expired_at":null,"wrapped":"00"}}"#,
+            "a".repeat(32)
+        );
+        let (rec, _) = <(KeyRecord, WrappedKey)>::try_from(decode::<KeyRow>(key.as_bytes()).unwrap()).unwrap();
+        assert_eq!(rec.origin, KeyOrigin::Local);
+        let byok = KeyRecord { origin: KeyOrigin::Byok, ..rec };
+        let row = encode(&KeyRow::new(&byok, &WrappedKey(vec![0])));
+        assert!(String::from_utf8_lossy(&row).contains(r#""origin":"byok""#));
+        let (back, _) = <(KeyRecord, WrappedKey)>::try_from(decode::<KeyRow>(&row).unwrap()).unwrap();
+        assert_eq!(back.origin, KeyOrigin::Byok);
     }
 }

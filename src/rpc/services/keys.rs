@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::DomainError;
 use crate::domain::auth::Permission;
-use crate::domain::ids::KeyId;
+use crate::domain::ids::{ImportToken, KeyId};
 use crate::domain::key::{KeyAction, LifecycleDefinition};
 use crate::node::{DefaultAccess, Node};
 use crate::rpc::caller::authorize;
@@ -74,7 +74,7 @@ impl KeyManagement for KeyManagementService {
         let module = convert::name(&r.module, "module")?;
         let name = convert::name(&r.name, "name")?;
         let choice = convert::spec_choice(r)?;
-        let spec = self.0.create_spec(&auth.caller, module, name, choice).await?;
+        let spec = self.0.create_spec(&auth.caller, module, name, choice, r.exportable).await?;
         Ok(Response::new(pb::CreateSpecResponse { spec: Some(convert::spec(&spec)) }))
     }
 
@@ -153,6 +153,48 @@ impl KeyManagement for KeyManagementService {
         let policy = convert::lifecycle_policy_from(policy)?;
         let saved = self.0.set_lifecycle_policy(&auth.caller, policy).await?;
         Ok(Response::new(pb::SetLifecyclePolicyResponse { policy: Some(convert::lifecycle_policy(&saved)) }))
+    }
+
+    async fn get_import_parameters(
+        &self,
+        req: Request<pb::GetImportParametersRequest>,
+    ) -> Result<Response<pb::GetImportParametersResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
+        let r = req.get_ref();
+        let spec = convert::name(&r.spec, "spec")?;
+        let ttl = r.expires_in.as_ref().map(convert::duration_millis).transpose()?;
+        let p = self.0.import_parameters(&auth.caller, spec, ttl).await?;
+        Ok(Response::new(pb::GetImportParametersResponse {
+            import_token: p.token.to_string(),
+            spec: p.spec.to_string(),
+            public_key_pem: p.public_key_pem,
+            public_key_der: p.public_key_der,
+            expires_at: Some(convert::ts(p.expires_at)),
+            wrapping_algorithm: convert::wrapping(p.wrapping) as i32,
+        }))
+    }
+
+    async fn import_key(&self, req: Request<pb::ImportKeyRequest>) -> Result<Response<pb::ImportKeyResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
+        let r = req.into_inner();
+        let token = ImportToken::parse(&r.import_token)?;
+        let spec = convert::name(&r.spec, "spec")?;
+        let key = self.0.import_key(&auth.caller, token, spec, r.wrapped_key).await?;
+        Ok(Response::new(pb::ImportKeyResponse { key: Some(convert::key(&key)) }))
+    }
+
+    async fn export_key(&self, req: Request<pb::ExportKeyRequest>) -> Result<Response<pb::ExportKeyResponse>, Status> {
+        let auth = authorize(&self.0, &req, Permission::ExportKeys).await?;
+        let r = req.into_inner();
+        let key = KeyId::parse(&r.key_id)?;
+        let out = self.0.export_key(&auth.caller, key, r.public_key_pem).await?;
+        Ok(Response::new(pb::ExportKeyResponse {
+            key_id: out.key_id.to_string(),
+            spec: out.spec.to_string(),
+            wrapped_key: out.wrapped,
+            wrapping_algorithm: pb::WrappingAlgorithm::RsaAesKeyWrapSha256 as i32,
+            public_key_sha256: out.public_key_sha256,
+        }))
     }
 
     async fn list_lifecycle_policies(

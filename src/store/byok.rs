@@ -1,0 +1,97 @@
+//! BYOK import keys (`Table::ImportKeys`): made with their audit entry,
+//! used up by the one transaction that stores the key they brought.
+
+use super::audit::append_audit;
+use super::catalog::insert_new_keys;
+use super::engine::{KeyRange, Table, Visit};
+use super::records::{ImportKeyRow, decode};
+use super::tuple::str_key;
+use super::{Change, Result, Store, StoreError, get_row, put_row};
+use crate::domain::audit::AuditEvent;
+use crate::domain::byok::ImportKey;
+use crate::domain::ids::{ImportToken, UnixMillis};
+use crate::domain::key::{KeyRecord, WrappedKey};
+
+fn token_key(token: &ImportToken) -> Vec<u8> {
+    str_key(token.as_str())
+}
+
+impl Store {
+    /// Stores a new import key and deletes the expired ones named in
+    /// `expired` (those still there), with the audit entries, in one
+    /// transaction.
+    pub fn insert_import_key(&self, key: &ImportKey, expired: &[ImportToken], audit: &[AuditEvent]) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let k = token_key(&key.token);
+            if tx.get(Table::ImportKeys, &k)?.is_some() {
+                return Err(StoreError::AlreadyExists { what: "import key", id: key.token.to_string() });
+            }
+            put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(key))?;
+            for t in expired {
+                tx.delete(Table::ImportKeys, &token_key(t))?;
+            }
+            append_audit(tx, audit)
+        })
+    }
+
+    pub fn import_key(&self, token: &ImportToken) -> Result<Option<ImportKey>> {
+        self.read(|tx| {
+            get_row::<ImportKeyRow>(tx, Table::ImportKeys, &token_key(token))?.map(TryInto::try_into).transpose()
+        })
+    }
+
+    /// Import keys that expired at `now` (at most `limit`).
+    pub fn expired_import_keys(&self, now: UnixMillis, limit: usize) -> Result<Vec<ImportKey>> {
+        self.read(|tx| {
+            let mut out = Vec::new();
+            tx.visit(Table::ImportKeys, &KeyRange::all(), &mut |_, v| {
+                let k: ImportKey = decode::<ImportKeyRow>(v)?.try_into()?;
+                if k.is_expired(now) {
+                    out.push(k);
+                }
+                Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
+            })?;
+            Ok(out)
+        })
+    }
+
+    pub fn count_import_keys(&self) -> Result<u64> {
+        self.read(|tx| tx.len(Table::ImportKeys))
+    }
+
+    /// The BYOK import, in one transaction conditional on the import key
+    /// being there and unexpired at `now` (else `Missing`) and unused (else
+    /// `Stale`: used meanwhile), and on the new key not existing (else `AlreadyExists`:
+    /// another key of the spec was made meanwhile): stores the key, marks
+    /// the import key used (its handle erased; the row stays until it
+    /// expires), appends `audit`.
+    pub fn use_import_key(
+        &self,
+        token: &ImportToken,
+        now: UnixMillis,
+        new_key: (&KeyRecord, &WrappedKey),
+        audit: &[AuditEvent],
+    ) -> Result<()> {
+        let spec = new_key.0.id.spec.clone();
+        self.write(&[Change::KeysOf(&spec)], |tx| {
+            let k = token_key(token);
+            let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else {
+                return Err(StoreError::Missing { what: "import key", id: token.to_string() });
+            };
+            let mut import: ImportKey = row.try_into()?;
+            if import.is_expired(now) {
+                return Err(StoreError::Missing { what: "import key", id: token.to_string() });
+            }
+            if import.used.is_some() {
+                return Err(StoreError::Stale { what: "import key", id: token.to_string() });
+            }
+            if let Some(id) = insert_new_keys(tx, &[(new_key.0.clone(), new_key.1.clone())])?.first() {
+                return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
+            }
+            import.used = Some((now, new_key.0.id.clone()));
+            import.handle = Vec::new();
+            put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&import))?;
+            append_audit(tx, audit)
+        })
+    }
+}
