@@ -7,6 +7,7 @@ mod audit;
 mod binaries;
 mod bootstrap;
 mod byok;
+mod byok_crash;
 mod clone;
 mod clone_crash;
 mod clone_exchange;
