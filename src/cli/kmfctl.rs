@@ -199,29 +199,20 @@ enum SpecCommand {
 
 #[derive(Subcommand, Debug)]
 enum KeyCommand {
-    Generate {
-        spec: String,
-    },
-    Rotate {
-        spec: String,
-    },
-    List {
-        spec: String,
-    },
+    /// A new key of the spec (Active when the spec has no current key, else Generated).
+    Generate { spec: String },
+    /// A new Active key; the current one is deactivated (decrypt only).
+    Rotate { spec: String },
+    /// Every key of the spec, with its state and times.
+    List { spec: String },
     /// Generated -> Active (when the spec has no current key).
-    Activate {
-        key_id: String,
-    },
+    Activate { key_id: String },
     /// Extend expiration: now + (expiration - activation).
-    Renew {
-        key_id: String,
-    },
-    Suspend {
-        key_id: String,
-    },
-    Resume {
-        key_id: String,
-    },
+    Renew { key_id: String },
+    /// Active or Renewed -> Suspended (unusable until resumed).
+    Suspend { key_id: String },
+    /// Suspended -> Active (when the spec has no other current key).
+    Resume { key_id: String },
     /// Revoke (reason required); a new Active key replaces a current one.
     Revoke {
         key_id: String,
