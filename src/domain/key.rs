@@ -279,22 +279,21 @@ pub fn plan_generate(
     KeyChange { updated: Vec::new(), new_key: Some(new_key) }
 }
 
-/// Plans a BYOK import: exactly as `plan_generate` (Active when the spec has
-/// no current key, Generated otherwise; the next local version), with origin
-/// `Byok` and `imported_at` set. The caller supplies the material.
+/// Plans a BYOK import: the key `plan_generate` would make (Active when the
+/// spec has no current key, Generated otherwise; the next local version),
+/// with origin `Byok` and `imported_at` set. The caller supplies the material.
 pub fn plan_import(
     own: &SysId,
     spec: &Name,
     existing: &[KeyRecord],
     lifecycle: &LifecycleDefinition,
     now: UnixMillis,
-) -> KeyChange {
-    let mut change = plan_generate(own, spec, existing, lifecycle, now);
-    if let Some(k) = change.new_key.as_mut() {
-        k.origin = KeyOrigin::Byok;
-        k.imported_at = Some(now);
-    }
-    change
+) -> KeyRecord {
+    let state = if current(existing).is_some() { KeyState::Generated } else { KeyState::Active };
+    let mut key = KeyRecord::new_local(next_local(own, spec, existing), state, now, lifecycle);
+    key.origin = KeyOrigin::Byok;
+    key.imported_at = Some(now);
+    key
 }
 
 /// Why `key` may not be exported (None: it may). Destroyed keys have no
@@ -576,10 +575,10 @@ mod tests {
     #[test]
     fn import_plans_like_generate_with_byok_origin() {
         let lc = LifecycleDefinition { expire_after: Some(DAY), destroy_after_idle: Some(DAY) };
-        let first = plan_import(&me(), &spec(), &[], &lc, UnixMillis(7)).new_key.unwrap();
+        let first = plan_import(&me(), &spec(), &[], &lc, UnixMillis(7));
         assert_eq!((first.state, first.id.version, first.origin.clone()), (Active, 1, KeyOrigin::Byok));
         assert_eq!((first.imported_at, first.expires_at), (Some(UnixMillis(7)), Some(UnixMillis(7 + DAY))));
-        let second = plan_import(&me(), &spec(), std::slice::from_ref(&first), &lc, UnixMillis(8)).new_key.unwrap();
+        let second = plan_import(&me(), &spec(), std::slice::from_ref(&first), &lc, UnixMillis(8));
         assert_eq!((second.state, second.id.version), (Generated, 2));
         // Its lifecycle is a local key's: rotate, act on, destroy.
         let rotated = plan_rotate(&me(), &spec(), std::slice::from_ref(&first), &lc, UnixMillis(9)).unwrap();

@@ -14,7 +14,7 @@ use crate::domain::byok::{ImportKey, import_ttl};
 use crate::domain::ids::{ImportToken, KeyId, Name, UnixMillis};
 use crate::domain::key::{KeyRecord, export_refusal, plan_import};
 use crate::domain::policy::Operation;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::signer::byok::{OpenError, check_imported, open_import, public_pem, recipient, wrap_for};
 use crate::signer::primitives::random_bytes;
 use crate::store::StoreError;
@@ -142,19 +142,20 @@ impl Node {
                 Err(OpenError::Signer(e)) => return Err(e.into()),
             };
             check_imported(spec.material(), &material).map_err(|why| DomainError::invalid("wrapped_key", why))?;
-            let read = node.store.keys(&spec.name)?.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-            let change = plan_import(&node.sys_id, &spec.name, &read, &spec.lifecycle, now);
-            let new = change.new_key.ok_or_else(|| AppError::Internal("import planned no key".into()))?;
             let wrapped_key = node.signer.wrap(&material)?;
             drop(material);
-            let audit = event(now, &actor, "key.import", &new.id, Outcome::Success).with_details(format!(
-                "state {}; import token {}; spec {}",
-                new.state.label(),
-                token,
-                spec.name
-            ));
-            match node.store.use_import_key(&token, now, (&new, &wrapped_key), &[audit]) {
-                Ok(()) => {}
+            let plan = |existing: &[KeyRecord]| {
+                let new = plan_import(&node.sys_id, &spec.name, existing, &spec.lifecycle, now);
+                let audit = event(now, &actor, "key.import", &new.id, Outcome::Success).with_details(format!(
+                    "state {}; import token {}; spec {}",
+                    new.state.label(),
+                    token,
+                    spec.name
+                ));
+                (new, vec![audit])
+            };
+            let new = match node.store.use_import_key(&token, now, &spec.name, &wrapped_key, plan) {
+                Ok(new) => new,
                 Err(StoreError::Stale { .. }) => {
                     return Err(
                         DomainError::FailedPrecondition(format!("import token {token} was already used")).into()
@@ -163,15 +164,8 @@ impl Node {
                 Err(StoreError::Missing { .. }) => {
                     return Err(DomainError::FailedPrecondition(format!("import token {token} expired")).into());
                 }
-                Err(StoreError::AlreadyExists { .. }) => {
-                    return Err(DomainError::FailedPrecondition(format!(
-                        "the keys of spec {} changed meanwhile; retry the import (the token is still usable)",
-                        spec.name
-                    ))
-                    .into());
-                }
                 Err(e) => return Err(e.into()),
-            }
+            };
             node.destroy_import_key(&import);
             tracing::info!(key_id = %new.id, state = new.state.label(), "key imported (BYOK)");
             Ok(new)

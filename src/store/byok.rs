@@ -2,14 +2,14 @@
 //! used up by the one transaction that stores the key they brought.
 
 use super::audit::append_audit;
-use super::catalog::insert_new_keys;
+use super::catalog::{decode_key, insert_new_keys, spec_prefix};
 use super::engine::{KeyRange, Table, Visit};
 use super::records::{ImportKeyRow, decode};
 use super::tuple::str_key;
 use super::{Change, Result, Store, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::byok::ImportKey;
-use crate::domain::ids::{ImportToken, UnixMillis};
+use crate::domain::ids::{ImportToken, Name, UnixMillis};
 use crate::domain::key::{KeyRecord, WrappedKey};
 
 fn token_key(token: &ImportToken) -> Vec<u8> {
@@ -61,19 +61,21 @@ impl Store {
 
     /// The BYOK import, in one transaction conditional on the import key
     /// being there and unexpired at `now` (else `Missing`) and unused (else
-    /// `Stale`: used meanwhile), and on the new key not existing (else `AlreadyExists`:
-    /// another key of the spec was made meanwhile): stores the key, marks
-    /// the import key used (its handle erased; the row stays until it
-    /// expires), appends `audit`.
+    /// `Stale`: used meanwhile): `plan` gets the keys of `spec` as this
+    /// transaction reads them and names the new key with its audit entries;
+    /// the key is stored with `wrapped` (`AlreadyExists` if its id is taken),
+    /// the import key marked used (its handle erased; the row stays until it
+    /// expires), the audit appended. Planning inside the transaction lets
+    /// concurrent imports into one spec each take the next version.
     pub fn use_import_key(
         &self,
         token: &ImportToken,
         now: UnixMillis,
-        new_key: (&KeyRecord, &WrappedKey),
-        audit: &[AuditEvent],
-    ) -> Result<()> {
-        let spec = new_key.0.id.spec.clone();
-        self.write(&[Change::KeysOf(&spec)], |tx| {
+        spec: &Name,
+        wrapped: &WrappedKey,
+        plan: impl Fn(&[KeyRecord]) -> (KeyRecord, Vec<AuditEvent>),
+    ) -> Result<KeyRecord> {
+        self.write(&[Change::KeysOf(spec)], |tx| {
             let k = token_key(token);
             let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else {
                 return Err(StoreError::Missing { what: "import key", id: token.to_string() });
@@ -85,13 +87,20 @@ impl Store {
             if import.used.is_some() {
                 return Err(StoreError::Stale { what: "import key", id: token.to_string() });
             }
-            if let Some(id) = insert_new_keys(tx, &[(new_key.0.clone(), new_key.1.clone())])?.first() {
+            let mut existing = Vec::new();
+            tx.visit(Table::Keys, &KeyRange::prefix_after(spec_prefix(spec), None), &mut |_, v| {
+                existing.push(decode_key(v)?.0);
+                Ok(Visit::Continue)
+            })?;
+            let (key, audit) = plan(&existing);
+            if let Some(id) = insert_new_keys(tx, &[(key.clone(), wrapped.clone())])?.first() {
                 return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
             }
-            import.used = Some((now, new_key.0.id.clone()));
+            import.used = Some((now, key.id.clone()));
             import.handle = Vec::new();
             put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&import))?;
-            append_audit(tx, audit)
+            append_audit(tx, &audit)?;
+            Ok(key)
         })
     }
 }

@@ -379,6 +379,58 @@ async fn import_tokens_expire_and_are_swept() {
     assert_eq!(store.count_import_keys().unwrap(), 1, "the used one swept, the new one kept");
 }
 
+/// An ImportKey request for a new import token of spec "s" with 32 bytes of `fill`.
+async fn import_request(
+    mut keys: pb::key_management_client::KeyManagementClient<tonic::transport::Channel>,
+    fill: u8,
+) -> pb::ImportKeyRequest {
+    let params = pb::GetImportParametersRequest { spec: "s".into(), expires_in: None };
+    let p = keys.get_import_parameters(params).await.expect("params").into_inner();
+    let to = recipient(&p.public_key_pem).expect("recipient");
+    let wrapped = wrap_for(&to, &DataKey::new(Zeroizing::new(vec![fill; 32]))).expect("wrap");
+    pb::ImportKeyRequest { import_token: p.import_token, spec: "s".into(), wrapped_key: wrapped }
+}
+
+/// Concurrent callers: one token imported by 8 callers at once stores one key
+/// (the others FAILED_PRECONDITION); 8 tokens imported at once into one spec
+/// all succeed with distinct versions and one current key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_imports_use_a_token_once_and_share_a_spec() {
+    let pki = Pki::new();
+    let node = TestNode::start(&pki).await;
+    let mut ops = node.admin(&pki).await;
+    ops.spec_from(kmf::cli::kmfctl::aes_spec("m", "s", 256), false).await;
+    let same = import_request(ops.keys.clone(), 1).await;
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (mut keys, req) = (ops.keys.clone(), same.clone());
+        racers.spawn(async move { keys.import_key(req).await.map(|_| ()).map_err(|e| e.code()) });
+    }
+    let outcomes: Vec<_> = racers.join_all().await;
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(()) | Err(Code::FailedPrecondition))), "{outcomes:?}");
+    assert_eq!(ops.keys_of("s").await.len(), 1);
+
+    let mut requests = Vec::new();
+    for fill in 2..10 {
+        requests.push(import_request(ops.keys.clone(), fill).await);
+    }
+    let mut importers = tokio::task::JoinSet::new();
+    for req in requests {
+        let mut keys = ops.keys.clone();
+        importers.spawn(async move { keys.import_key(req).await.map(|_| ()).map_err(|e| e.to_string()) });
+    }
+    let outcomes: Vec<_> = importers.join_all().await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let keys = ops.keys_of("s").await;
+    let mut ids: Vec<&str> = keys.iter().map(|k| k.key_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 9, "{keys:?}");
+    let current = keys.iter().filter(|k| k.state == pb::KeyState::Active as i32).count();
+    assert_eq!(current, 1, "one current key: {keys:?}");
+}
+
 /// The store's side of invariant 17 on both engines: the import stores the
 /// key and uses the import key up in one conditional transaction.
 #[test]
@@ -412,25 +464,37 @@ fn import_keys_are_used_once_on_both_engines() {
         assert_eq!(store.count_import_keys().unwrap(), 1, "{}", s.name);
         assert!(store.import_key(&old.token).unwrap().is_none());
 
-        let key =
-            plan_import(&sys(1), &name("s"), &[], &LifecycleDefinition::default(), UnixMillis(5)).new_key.unwrap();
+        let lc = LifecycleDefinition::default();
+        let key = plan_import(&sys(1), &name("s"), &[], &lc, UnixMillis(5));
         assert_eq!(key.origin, KeyOrigin::Byok);
         let w = WrappedKey(vec![9; 40]);
-        let expired = store.use_import_key(&a.token, UnixMillis(1000), (&key, &w), &[event("import")]);
+        // The plan sees the spec's keys as the transaction reads them.
+        let seen = std::cell::RefCell::new(Vec::new());
+        let planned = |existing: &[kmf::domain::key::KeyRecord]| {
+            seen.borrow_mut().push(existing.len());
+            (plan_import(&sys(1), &name("s"), existing, &lc, UnixMillis(5)), vec![event("import")])
+        };
+        let expired = store.use_import_key(&a.token, UnixMillis(1000), &name("s"), &w, planned);
         assert!(matches!(expired, Err(StoreError::Missing { .. })), "{}: {expired:?}", s.name);
-        store.use_import_key(&a.token, UnixMillis(5), (&key, &w), &[event("import")]).unwrap();
+        let stored = store.use_import_key(&a.token, UnixMillis(5), &name("s"), &w, planned).unwrap();
+        assert_eq!(stored, key, "{}", s.name);
         let used = store.import_key(&a.token).unwrap().unwrap();
         assert_eq!((used.used, used.handle.is_empty()), (Some((UnixMillis(5), key.id.clone())), true), "{}", s.name);
         assert_eq!(store.key(&key.id).unwrap().unwrap(), (key.clone(), w.clone()));
-        let again = store.use_import_key(&a.token, UnixMillis(6), (&key, &w), &[event("import")]);
+        let again = store.use_import_key(&a.token, UnixMillis(6), &name("s"), &w, planned);
         assert!(matches!(again, Err(StoreError::Stale { .. })), "{}: {again:?}", s.name);
-        // A key id taken meanwhile: nothing written, the import key unused.
+        // A plan naming a key id that is taken: nothing written, the import key unused.
         let b = import(3, 1000);
         store.insert_import_key(&b, &[], &[event("params")]).unwrap();
-        let taken = store.use_import_key(&b.token, UnixMillis(6), (&key, &w), &[event("import")]);
+        let stale_plan = |_: &[kmf::domain::key::KeyRecord]| (key.clone(), vec![event("import")]);
+        let taken = store.use_import_key(&b.token, UnixMillis(6), &name("s"), &w, stale_plan);
         assert!(matches!(taken, Err(StoreError::AlreadyExists { .. })), "{}: {taken:?}", s.name);
         assert_eq!(store.import_key(&b.token).unwrap().unwrap(), b, "{}", s.name);
-        assert_eq!(store.count_keys().unwrap(), 1);
+        // A plan made inside the transaction takes the next version instead.
+        let next = store.use_import_key(&b.token, UnixMillis(7), &name("s"), &w, planned).unwrap();
+        assert_eq!(next.id.version, 2, "{}", s.name);
+        assert_eq!(*seen.borrow(), vec![0, 1], "{}: the plans saw 0 keys, then 1", s.name);
+        assert_eq!(store.count_keys().unwrap(), 2);
         assert!(store.key(&key.id).unwrap().unwrap().0.origin == KeyOrigin::Byok);
     }
 }
