@@ -25,6 +25,10 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).expect("json")
 }
 
+/// `openssl pkeyutl` options for RSA-OAEP with SHA-256 and MGF1-SHA-256.
+const OAEP_SHA256: [&str; 6] =
+    ["-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256"];
+
 /// The openssl CLI, or None after recording the skip.
 fn openssl_or_skip(test: &str) -> Option<PathBuf> {
     let bin = PathBuf::from(std::env::var_os("KMF_OPENSSL").unwrap_or_else(|| "openssl".into()));
@@ -59,27 +63,8 @@ fn keys_of(d: &Daemon, pki: &Path, spec: &str) -> Vec<serde_json::Value> {
 /// `wrapped.bin` = RSA-OAEP-SHA-256(aes.bin) under `import.pem` || KWP(aes.bin)(`material`), by openssl.
 fn openssl_wrap(bin: &Path, dir: &Path, material: &str, out: &str) {
     openssl(bin, dir, &["rand", "-out", "aes.bin", "32"]);
-    openssl(
-        bin,
-        dir,
-        &[
-            "pkeyutl",
-            "-encrypt",
-            "-pubin",
-            "-inkey",
-            "import.pem",
-            "-in",
-            "aes.bin",
-            "-out",
-            "aes.enc",
-            "-pkeyopt",
-            "rsa_padding_mode:oaep",
-            "-pkeyopt",
-            "rsa_oaep_md:sha256",
-            "-pkeyopt",
-            "rsa_mgf1_md:sha256",
-        ],
-    );
+    let encrypt = ["pkeyutl", "-encrypt", "-pubin", "-inkey", "import.pem", "-in", "aes.bin", "-out", "aes.enc"];
+    openssl(bin, dir, &[&encrypt[..], &OAEP_SHA256[..]].concat());
     let kek = hex::encode(std::fs::read(dir.join("aes.bin")).expect("aes.bin"));
     let args = ["enc", "-id-aes256-wrap-pad", "-iv", "A65959A6", "-K", &kek, "-in", material, "-out", "key.kwp"];
     openssl(bin, dir, &args);
@@ -202,26 +187,8 @@ fn openssl_wraps_for_import_and_unwraps_an_export() {
     let exported = std::fs::read(work.join("out.bin")).expect("out.bin");
     std::fs::write(work.join("out.rsa"), &exported[..384]).expect("rsa part");
     std::fs::write(work.join("out.kwp"), &exported[384..]).expect("kwp part");
-    openssl(
-        &bin,
-        &work,
-        &[
-            "pkeyutl",
-            "-decrypt",
-            "-inkey",
-            "their.key",
-            "-in",
-            "out.rsa",
-            "-out",
-            "out.aes",
-            "-pkeyopt",
-            "rsa_padding_mode:oaep",
-            "-pkeyopt",
-            "rsa_oaep_md:sha256",
-            "-pkeyopt",
-            "rsa_mgf1_md:sha256",
-        ],
-    );
+    let decrypt = ["pkeyutl", "-decrypt", "-inkey", "their.key", "-in", "out.rsa", "-out", "out.aes"];
+    openssl(&bin, &work, &[&decrypt[..], &OAEP_SHA256[..]].concat());
     let kek = hex::encode(std::fs::read(work.join("out.aes")).expect("out.aes"));
     openssl(
         &bin,

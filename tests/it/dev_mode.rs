@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::binaries::{KMFCTL, KMFD, ok};
+use crate::binaries::{Daemon, KMFCTL, KMFD, ok};
 
 /// A running `kmfd dev`: its printed lines until "kmfd dev: ready".
 struct Dev {
@@ -162,34 +162,28 @@ fn dev_keep_leaves_a_directory_that_kmfd_run_serves_again() {
     assert!(after.iter().any(|l| l == &format!("kept {}", dir.display())), "{after:?}");
 
     // The printed restart command's layout: `kmfd run --data-dir <dir>/dev`.
-    let ready = tmp.path().join("ready");
-    let mut daemon = Command::new(KMFD)
+    let data_dir = dir.join("dev");
+    let log = tmp.path().join("kmfd.log");
+    let child = Command::new(KMFD)
         .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("dev"))
+        .arg(&data_dir)
         .arg("--ready-file")
-        .arg(&ready)
+        .arg(data_dir.join("ready"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("kmfd run");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        if let Ok(addr) = std::fs::read_to_string(&ready) {
-            break addr;
-        }
-        assert!(Instant::now() < deadline, "kmfd run on the kept directory did not start");
-        std::thread::sleep(Duration::from_millis(20)); // poll interval; the loop is bounded by its deadline
-    };
+    // Killed on drop if an assertion fails.
+    let mut daemon = Daemon { child, addr: String::new(), log };
+    daemon.wait_ready(&data_dir);
     let modules = Command::new(KMFCTL)
         .env("KMF_CA", dir.join("ca.pem"))
         .env("KMF_CERT", dir.join("admin.pem"))
         .env("KMF_KEY", dir.join("admin.key"))
-        .env("KMF_ENDPOINT", &addr)
+        .env("KMF_ENDPOINT", &daemon.addr)
         .args(["module", "list"])
         .output()
         .expect("kmfctl");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     let text = String::from_utf8_lossy(&modules.stdout);
     assert!(modules.status.success() && text.contains("kept"), "{text}{}", String::from_utf8_lossy(&modules.stderr));
 }
