@@ -47,6 +47,7 @@ pub enum RecordCommand {
         #[arg(long, default_value = "")]
         field: String,
     },
+    /// Delete one record (NOT_FOUND if there is none at the address).
     Delete {
         #[command(flatten)]
         address: Address,
