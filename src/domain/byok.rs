@@ -26,9 +26,10 @@ pub struct ImportKey {
     /// The RSA-OAEP digest the signer's key takes (SHA-256; a token that
     /// cannot do OAEP with SHA-256 gets SHA-1, and says so).
     pub wrapping: WrappingAlgorithm,
-    /// When it brought its key (then `handle` is empty and the signer's key
-    /// destroyed); the row stays until its expiry so a second use is told
-    /// "already used" rather than "unknown".
+    /// When it brought its key; the signer's key is destroyed after that
+    /// commit and then `handle` erased (a crash between leaves the handle for
+    /// the expiry sweep). The row stays until its expiry so a second use is
+    /// told "already used" rather than "unknown".
     pub used: Option<(UnixMillis, KeyId)>,
 }
 

@@ -47,9 +47,9 @@ fn event(at: UnixMillis, actor: &str, action: &str, subject: impl ToString, outc
 }
 
 impl Node {
-    /// A new import key for `spec`, valid `ttl_ms` (None: 24 h). Expired
-    /// import keys are deleted in the same transaction and their signer keys
-    /// destroyed after it.
+    /// A new import key for `spec`, valid `ttl_ms` (None: 24 h). The signer
+    /// keys of expired import keys are destroyed first, then their rows
+    /// deleted in the transaction that stores the new one.
     pub async fn import_parameters(
         self: &Arc<Self>,
         caller: &Caller,
@@ -61,7 +61,11 @@ impl Node {
         self.blocking(move |node| {
             let spec = node.spec_or_not_found(&spec)?;
             let now = node.now();
-            let expired = node.store.expired_import_keys(now, SWEEP_LIMIT)?;
+            // Expired rows can no longer be used: their signer keys are destroyed
+            // first, and only the rows whose key is gone are deleted (the others
+            // are tried again by the next sweep).
+            let mut expired = node.store.expired_import_keys(now, SWEEP_LIMIT)?;
+            expired.retain(|e| node.destroy_import_key(e));
             let transport = node.signer.create_transport_key()?;
             let import = ImportKey {
                 token: ImportToken::from_random(random_bytes::<16>()),
@@ -92,9 +96,6 @@ impl Node {
                 node.destroy_import_key(&import);
                 return Err(e.into());
             }
-            for e in &expired {
-                node.destroy_import_key(e);
-            }
             tracing::info!(import_token = %import.token, spec = %spec.name, swept = expired.len(), "import parameters made");
             Ok(ImportParameters {
                 public_key_pem: public_pem(&transport.public_der)?,
@@ -108,14 +109,18 @@ impl Node {
         .await
     }
 
-    /// Destroys the signer's key behind an import key (idempotent); a
-    /// failure is logged, the row is already gone or used.
-    fn destroy_import_key(&self, import: &ImportKey) {
+    /// Destroys the signer's key behind an import key (idempotent); true when
+    /// it is gone. A failure is logged: the row is used or deleted already.
+    fn destroy_import_key(&self, import: &ImportKey) -> bool {
         if import.handle.is_empty() {
-            return;
+            return true;
         }
-        if let Err(e) = self.signer.destroy_transport_key(&import.handle) {
-            tracing::warn!(import_token = %import.token, error = %e, "could not destroy an import key's signer key");
+        match self.signer.destroy_transport_key(&import.handle) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(import_token = %import.token, error = %e, "could not destroy an import key's signer key");
+                false
+            }
         }
     }
 
@@ -166,7 +171,11 @@ impl Node {
                 }
                 Err(e) => return Err(e.into()),
             };
-            node.destroy_import_key(&import);
+            // The used row kept the handle: erased once the signer's key is gone,
+            // else the expiry sweep destroys it again.
+            if node.destroy_import_key(&import) {
+                node.store.erase_import_handle(&token, &import.handle)?;
+            }
             tracing::info!(key_id = %new.id, state = new.state.label(), "key imported (BYOK)");
             Ok(new)
         })

@@ -64,8 +64,9 @@ impl Store {
     /// `Stale`: used meanwhile): `plan` gets the keys of `spec` as this
     /// transaction reads them and names the new key with its audit entries;
     /// the key is stored with `wrapped` (`AlreadyExists` if its id is taken),
-    /// the import key marked used (its handle erased; the row stays until it
-    /// expires), the audit appended. Planning inside the transaction lets
+    /// the import key marked used (its handle kept until the caller has
+    /// destroyed the signer's key, see `erase_import_handle`; the row stays
+    /// until it expires), the audit appended. Planning inside the transaction lets
     /// concurrent imports into one spec each take the next version.
     pub fn use_import_key(
         &self,
@@ -97,10 +98,27 @@ impl Store {
                 return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
             }
             import.used = Some((now, key.id.clone()));
-            import.handle = Vec::new();
             put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&import))?;
             append_audit(tx, &audit)?;
             Ok(key)
+        })
+    }
+
+    /// Erases the handle of a used import key once its signer key is
+    /// destroyed, conditional on the row still being used with that handle
+    /// (else nothing changes). A crash before this leaves the handle, and
+    /// the sweep of expired import keys destroys the signer key again
+    /// (destroying is idempotent).
+    pub fn erase_import_handle(&self, token: &ImportToken, handle: &[u8]) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let k = token_key(token);
+            let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else { return Ok(()) };
+            let mut import: ImportKey = row.try_into()?;
+            if import.used.is_none() || import.handle != handle {
+                return Ok(());
+            }
+            import.handle = Vec::new();
+            put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&import))
         })
     }
 }

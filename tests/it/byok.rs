@@ -398,6 +398,91 @@ async fn concurrent_imports_use_a_token_once_and_share_a_spec() {
     assert_eq!(current, 1, "one current key: {keys:?}");
 }
 
+/// Records the transport keys a signer destroys (and delegates everything).
+struct DestroyLog {
+    inner: Arc<dyn kmf::signer::Signer>,
+    destroyed: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl kmf::signer::Signer for DestroyLog {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn wrap(&self, key: &DataKey) -> Result<kmf::domain::key::WrappedKey, kmf::signer::CryptoError> {
+        self.inner.wrap(key)
+    }
+    fn unwrap(&self, wrapped: &kmf::domain::key::WrappedKey) -> Result<DataKey, kmf::signer::CryptoError> {
+        self.inner.unwrap(wrapped)
+    }
+    fn create_transport_key(&self) -> Result<kmf::signer::TransportKey, kmf::signer::CryptoError> {
+        self.inner.create_transport_key()
+    }
+    fn open_transport_key(
+        &self,
+        handle: &[u8],
+        wrapping: kmf::domain::bundle::WrappingAlgorithm,
+        wrapped_aes_key: &[u8],
+    ) -> Result<DataKey, kmf::signer::CryptoError> {
+        self.inner.open_transport_key(handle, wrapping, wrapped_aes_key)
+    }
+    fn destroy_transport_key(&self, handle: &[u8]) -> Result<(), kmf::signer::CryptoError> {
+        self.destroyed.lock().expect("log").push(handle.to_vec());
+        self.inner.destroy_transport_key(handle)
+    }
+}
+
+/// The import destroys its signer key after the commit, then erases the
+/// handle; a crash between (the key stored, the handle still in the used row)
+/// is made good by the sweep of expired import keys, which destroys it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_import_keys_signer_key_is_destroyed_even_after_a_crash() {
+    let pki = Pki::new();
+    let clock = ManualClock::starting_now();
+    let destroyed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = destroyed.clone();
+    let options = StartOptions {
+        clock: clock.clone() as Arc<dyn kmf::clock::Clock>,
+        wrap_signer: Box::new(move |inner| Arc::new(DestroyLog { inner, destroyed: log })),
+        ..Default::default()
+    };
+    let node = TestNode::start_opts(&pki, None, None, options).await;
+    let mut ops = node.admin(&pki).await;
+    ops.spec_from(kmf::cli::kmfctl::aes_spec("m", "s", 256), false).await;
+    let store = node.running().node.store().clone();
+    let token_of = |req: &pb::ImportKeyRequest| kmf::domain::ids::ImportToken::parse(&req.import_token).expect("token");
+
+    let normal = import_request(ops.keys.clone(), 1).await;
+    let row = store.import_key(&token_of(&normal)).unwrap().expect("row");
+    ops.keys.import_key(normal.clone()).await.expect("import");
+    assert_eq!(*destroyed.lock().unwrap(), vec![row.handle.clone()], "destroyed after the commit");
+    assert!(store.import_key(&token_of(&normal)).unwrap().expect("used row").handle.is_empty());
+
+    // As if kmfd died right after the import's commit: used, handle still there.
+    let crashed = import_request(ops.keys.clone(), 2).await;
+    let row = store.import_key(&token_of(&crashed)).unwrap().expect("row");
+    let plan = |existing: &[kmf::domain::key::KeyRecord]| {
+        let sys_id = node.running().node.sys_id().clone();
+        let key = kmf::domain::key::plan_import(
+            &sys_id,
+            &kmf::domain::ids::Name::parse("s", "spec").expect("name"),
+            existing,
+            &Default::default(),
+            kmf::clock::Clock::now(&*clock),
+        );
+        (key, Vec::new())
+    };
+    let spec = kmf::domain::ids::Name::parse("s", "spec").expect("name");
+    let wrapped = kmf::domain::key::WrappedKey(vec![7; 40]);
+    store.use_import_key(&row.token, kmf::clock::Clock::now(&*clock), &spec, &wrapped, plan).expect("use");
+    assert_eq!(store.import_key(&row.token).unwrap().expect("row").handle, row.handle);
+
+    clock.advance_millis(24 * 3_600_000 + 1_000);
+    let p = pb::GetImportParametersRequest { spec: "s".into(), expires_in: None };
+    ops.keys.get_import_parameters(p).await.expect("params (sweeps)");
+    assert!(destroyed.lock().unwrap().contains(&row.handle), "the sweep destroyed the crashed import's key");
+    assert!(store.import_key(&row.token).unwrap().is_none(), "and deleted its row");
+}
+
 /// The store's side of invariant 17 on both engines: the import stores the
 /// key and uses the import key up in one conditional transaction.
 #[test]
@@ -445,8 +530,13 @@ fn import_keys_are_used_once_on_both_engines() {
         assert!(matches!(expired, Err(StoreError::Missing { .. })), "{}: {expired:?}", s.name);
         let stored = store.use_import_key(&a.token, UnixMillis(5), &name("s"), &w, planned).unwrap();
         assert_eq!(stored, key, "{}", s.name);
+        // Used, with the handle kept until the signer's key is destroyed.
         let used = store.import_key(&a.token).unwrap().unwrap();
-        assert_eq!((used.used, used.handle.is_empty()), (Some((UnixMillis(5), key.id.clone())), true), "{}", s.name);
+        assert_eq!((used.used, &used.handle), (Some((UnixMillis(5), key.id.clone())), &a.handle), "{}", s.name);
+        store.erase_import_handle(&a.token, b"another handle").unwrap();
+        assert_eq!(store.import_key(&a.token).unwrap().unwrap().handle, a.handle, "{}: not that handle", s.name);
+        store.erase_import_handle(&a.token, &a.handle).unwrap();
+        assert!(store.import_key(&a.token).unwrap().unwrap().handle.is_empty(), "{}", s.name);
         assert_eq!(store.key(&key.id).unwrap().unwrap(), (key.clone(), w.clone()));
         let again = store.use_import_key(&a.token, UnixMillis(6), &name("s"), &w, planned);
         assert!(matches!(again, Err(StoreError::Stale { .. })), "{}: {again:?}", s.name);
