@@ -44,36 +44,28 @@ echo "== grpcurl: $GRPCURL ($("$GRPCURL" -version 2>&1))"
 softhsm_present() {
   command -v softhsm2-util >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ]
 }
-if ! softhsm_present; then
+# install_debian PACKAGE TESTS: apt-get install PACKAGE as root (the tests named
+# TESTS need it); CI fails where it cannot be installed, elsewhere those tests
+# print SKIPPED.
+install_debian() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "== installing softhsm2 (apt-get install softhsm2)"
+    echo "== installing $1 (apt-get install $1)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq softhsm2 >/dev/null 2>&1 \
-      || { apt-get update -qq && apt-get install -y -qq softhsm2 >/dev/null; }
+    apt-get install -y -qq "$1" >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq "$1" >/dev/null; }
   elif [ "${CI:-}" = true ]; then
-    echo "softhsm2 is missing and cannot be installed here (needs root and apt-get); CI must not skip the HSM tests" >&2
+    echo "$1 is missing and cannot be installed here (needs root and apt-get); CI must not skip the $2" >&2
     exit 1
   else
-    echo "softhsm2 is missing: the HSM tests will print SKIPPED (install it as root: apt-get install softhsm2)"
+    echo "$1 is missing: the $2 will print SKIPPED (install it as root: apt-get install $1)"
   fi
-fi
+}
+softhsm_present || install_debian softhsm2 "HSM tests"
 if softhsm_present; then
   echo "== softhsm2: $(softhsm2-util --version)"
 fi
 
-if ! command -v openssl >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "== installing openssl (apt-get install openssl)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq openssl >/dev/null 2>&1 \
-      || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
-  elif [ "${CI:-}" = true ]; then
-    echo "the openssl CLI is missing and cannot be installed here (needs root and apt-get); CI must not skip the BYOK tests" >&2
-    exit 1
-  else
-    echo "the openssl CLI is missing: the BYOK interop test will print SKIPPED (install it as root: apt-get install openssl)"
-  fi
-fi
+command -v openssl >/dev/null || install_debian openssl "BYOK interop tests"
 if command -v openssl >/dev/null; then
   echo "== openssl: $(openssl version)"
 fi
