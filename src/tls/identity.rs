@@ -26,6 +26,28 @@ fn san_uris(cert_der: &[u8]) -> Result<Vec<String>, DomainError> {
     Ok(out)
 }
 
+/// The DNS names and IP addresses in a certificate's SAN: the hosts the CA
+/// vouches the instance is reached at (a source dials only those, or hosts
+/// registered for the instance). Empty when it does not parse.
+pub fn host_names(cert_der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = X509Certificate::from_der(cert_der) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    let ip = |b: &[u8]| match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+        16 => <[u8; 16]>::try_from(b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+        _ => None,
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::IPAddress(bytes) => ip(bytes),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The caller named by an end-entity certificate (already verified by rustls).
 pub fn caller_from_cert(cert_der: &[u8]) -> Result<Caller, DomainError> {
     let uris = san_uris(cert_der)?;

@@ -25,6 +25,7 @@ mod grpcurl;
 mod hsm;
 mod hsm_process;
 mod kmfctl_data;
+mod key_origin;
 mod kmfctl_json;
 mod lifecycle;
 mod local_errors;
