@@ -396,7 +396,8 @@ mod tests {
         for ok in ["kmf-test.example:8443", "KMF-TEST.example:1", "10.0.0.5:7443", "[::1]:7443", "10.9.9.9:7443"] {
             assert!(dialable_target_host(&host(ok), &registered, &names), "{ok}");
         }
-        for no in ["evil.example:8443", "test.example:8443", "kmf-test.example.evil:1", "10.0.0.6:7443", "10.9.9.9:7444"]
+        for no in
+            ["evil.example:8443", "test.example:8443", "kmf-test.example.evil:1", "10.0.0.6:7443", "10.9.9.9:7444"]
         {
             assert!(!dialable_target_host(&host(no), &registered, &names), "{no}");
         }

@@ -352,7 +352,8 @@ impl Node {
                     .into());
                 }
                 Err(AppError::Crypto(e)) => {
-                    let reason = format!("this instance's KEK could not unwrap key {} to compare it: {e}", entry.key_id);
+                    let reason =
+                        format!("this instance's KEK could not unwrap key {} to compare it: {e}", entry.key_id);
                     return Err(self.fail_import_locally(req, version, reason, now));
                 }
                 Err(e) => return Err(e),

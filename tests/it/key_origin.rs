@@ -227,8 +227,9 @@ async fn a_source_dials_only_hosts_named_for_the_target() {
 
     // A host an admin registered for that sys_id (a clone target): recorded,
     // though the certificate does not name it; another port is not.
-    let mut clones =
-        pb::clones_client::ClonesClient::new(source.channel(&pki.operator("root", &[kmf::domain::auth::Role::Admin])).await);
+    let mut clones = pb::clones_client::ClonesClient::new(
+        source.channel(&pki.operator("root", &[kmf::domain::auth::Role::Admin])).await,
+    );
     let add = pb::AddCloneTargetRequest { sys_id: rogue.to_string(), host: "10.0.0.7:7443".into() };
     clones.add_clone_target(add).await.expect("add clone target");
     client.open_request(open(&source, &rogue, "10.0.0.7:7443", 21, &transport)).await.expect("a registered host");
