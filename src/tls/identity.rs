@@ -75,3 +75,24 @@ pub fn instance_sys_id(cert_der: &[u8]) -> Option<SysId> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::pki::{create_ca, issue_instance, issue_operator};
+
+    fn der(cert: &crate::tls::pki::IssuedCert) -> Vec<u8> {
+        crate::tls::pem_certs(cert.cert_pem.as_bytes()).unwrap().remove(0).to_vec()
+    }
+
+    #[test]
+    fn host_names_are_the_dns_and_ip_sans() {
+        let ca = create_ca("t").unwrap();
+        let names = ["kmf-test.example".to_owned(), "10.0.0.5".to_owned(), "::1".to_owned()];
+        let instance = issue_instance(&ca, &SysId::from_random([7; 16]), &names).unwrap();
+        assert_eq!(host_names(&der(&instance)), names.to_vec(), "the kmf:// URI is not a host");
+        let operator = issue_operator(&ca, "op", &[Role::Admin]).unwrap();
+        assert!(host_names(&der(&operator)).is_empty());
+        assert!(host_names(b"not a certificate").is_empty());
+    }
+}
