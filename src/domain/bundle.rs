@@ -242,7 +242,9 @@ impl Bundle {
     }
 
     /// Checks that this bundle is meant for `own` instance, for `request_id`,
-    /// from `source`, and not expired.
+    /// from `source`, and not expired, and that every entry's key id names
+    /// `source` as its origin (a source sends only the keys it originated:
+    /// another instance's key id would plant a key under its identity).
     pub fn check_addressed(
         &self,
         own: &SysId,
@@ -258,6 +260,13 @@ impl Bundle {
         }
         if now >= self.expires_at {
             return Err(DomainError::FailedPrecondition("bundle has expired".into()));
+        }
+        if let Some(e) = self.entries.iter().find(|e| &e.key_id.origin != source) {
+            return Err(DomainError::PermissionDenied(format!(
+                "bundle entry {} names origin {}, not the bundle's source {source}; \
+                 a source sends only keys it originated; nothing imported",
+                e.key_id, e.key_id.origin
+            )));
         }
         Ok(())
     }
@@ -393,6 +402,22 @@ mod tests {
             b.check_addressed(&own, &src, &id, UnixMillis(2000)),
             Err(DomainError::FailedPrecondition(_))
         ));
+    }
+
+    #[test]
+    fn an_entry_of_another_origin_is_refused() {
+        let mut b = sample();
+        let (own, src, id) = (b.target.clone(), b.source.clone(), b.request_id.clone());
+        for origin in [SysId::from_random([7; 16]), own.clone()] {
+            let mut planted = b.entries[0].clone();
+            planted.key_id.origin = origin.clone();
+            b.entries.push(planted);
+            let refused = b.check_addressed(&own, &src, &id, UnixMillis(1500));
+            let Err(DomainError::PermissionDenied(why)) = refused else { panic!("accepted: {refused:?}") };
+            assert!(why.contains(&format!("{origin}:a:v2")) && why.contains("not the bundle's source"), "{why}");
+            b.entries.pop();
+        }
+        assert!(b.check_addressed(&own, &src, &id, UnixMillis(1500)).is_ok());
     }
 
     #[test]

@@ -299,6 +299,40 @@ impl ExchangeRequest {
     }
 }
 
+/// The source's line for a spec whose keys went into a bundle: `exported`
+/// keys sent, `failed` of its own that did not unwrap, and `foreign`: the
+/// keys held here that other instances originated (count by origin), which
+/// only their origin exports (prod → dev → test: test asks prod for prod's
+/// keys). A spec with nothing of its own but such keys is NOT_ON_SOURCE: its
+/// keys are not this source's to give.
+pub fn export_line(spec: Name, exported: u32, failed: u32, foreign: &[(SysId, u32)]) -> SpecLine {
+    let mut reasons = Vec::new();
+    let status = if failed > 0 {
+        reasons.push(format!("{failed} of {} key(s) could not be unwrapped on the source", exported + failed));
+        SpecLineStatus::Failed
+    } else if exported == 0 && !foreign.is_empty() {
+        SpecLineStatus::NotOnSource
+    } else {
+        SpecLineStatus::Exchanged
+    };
+    reasons.extend(foreign.iter().map(|(origin, n)| format!("{n} key(s) imported from {origin}; ask its origin")));
+    SpecLine { spec, status, key_count: exported, reason: reasons.join("; ") }
+}
+
+/// Whether a source may dial `host`, sent by a target in its request: a host
+/// registered here for the target's sys_id (`registered`: name and port),
+/// or one whose name is a DNS name or IP address of the target's verified
+/// certificate (`cert_names`; any port). Anything else would let a peer make
+/// the source dial an address of its choosing.
+pub fn dialable_target_host(host: &Host, registered: &[Host], cert_names: &[String]) -> bool {
+    let same = |name: &str| match (name.parse::<std::net::IpAddr>(), host.name().parse::<std::net::IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(_), Err(_)) => name.eq_ignore_ascii_case(host.name()),
+        _ => false,
+    };
+    registered.contains(host) || cert_names.iter().any(|n| same(n))
+}
+
 /// Validates what an operator asks for when creating a request.
 pub fn validate_expiry(expires_in_millis: Option<i64>) -> Result<i64, DomainError> {
     match expires_in_millis {
@@ -332,6 +366,43 @@ pub fn validate_spec_names(names: &[String]) -> Result<Vec<Name>, DomainError> {
 mod tests {
     use super::RequestStatus::*;
     use super::*;
+
+    #[test]
+    fn export_lines_name_the_keys_left_to_their_origin() {
+        let spec = Name::parse("pay", "spec").unwrap();
+        let (p, q) = (SysId::from_random([1; 16]), SysId::from_random([2; 16]));
+        let line = export_line(spec.clone(), 2, 0, &[]);
+        assert_eq!((line.status, line.key_count, line.reason.as_str()), (SpecLineStatus::Exchanged, 2, ""));
+        let line = export_line(spec.clone(), 1, 0, &[(p.clone(), 3)]);
+        assert_eq!((line.status, line.key_count), (SpecLineStatus::Exchanged, 1));
+        assert_eq!(line.reason, format!("3 key(s) imported from {p}; ask its origin"));
+        let line = export_line(spec.clone(), 0, 0, &[(p.clone(), 1), (q.clone(), 2)]);
+        assert_eq!((line.status, line.key_count), (SpecLineStatus::NotOnSource, 0));
+        assert_eq!(
+            line.reason,
+            format!("1 key(s) imported from {p}; ask its origin; 2 key(s) imported from {q}; ask its origin")
+        );
+        let line = export_line(spec.clone(), 1, 1, &[(p.clone(), 1)]);
+        assert_eq!((line.status, line.key_count), (SpecLineStatus::Failed, 1));
+        assert!(line.reason.starts_with("1 of 2 key(s) could not be unwrapped on the source; 1 key(s) imported"));
+        assert_eq!(export_line(spec, 0, 0, &[]).status, SpecLineStatus::Exchanged, "an empty spec, as before");
+    }
+
+    #[test]
+    fn a_target_host_must_be_registered_or_named_by_the_certificate() {
+        let host = |t: &str| Host::parse(t).unwrap();
+        let names = vec!["kmf-test.example".to_owned(), "10.0.0.5".to_owned(), "::1".to_owned()];
+        let registered = vec![host("10.9.9.9:7443")];
+        for ok in ["kmf-test.example:8443", "KMF-TEST.example:1", "10.0.0.5:7443", "[::1]:7443", "10.9.9.9:7443"] {
+            assert!(dialable_target_host(&host(ok), &registered, &names), "{ok}");
+        }
+        for no in
+            ["evil.example:8443", "test.example:8443", "kmf-test.example.evil:1", "10.0.0.6:7443", "10.9.9.9:7444"]
+        {
+            assert!(!dialable_target_host(&host(no), &registered, &names), "{no}");
+        }
+        assert!(!dialable_target_host(&host("127.0.0.1:1"), &[], &[]), "nothing named, nothing dialled");
+    }
 
     fn ev(name: &str) -> RequestEvent {
         match name {

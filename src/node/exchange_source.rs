@@ -4,6 +4,7 @@
 //! it and notify the target (run by `jobs.rs`, whether or not the deciding
 //! caller is still connected), and expire overdue requests.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::ports::{OpenRequest, SourceView};
@@ -16,9 +17,9 @@ use crate::domain::auth::Caller;
 use crate::domain::bundle::{Bundle, BundleEntry, Receipt};
 use crate::domain::exchange::{
     ExchangeRequest, ExchangeRole, Frequency, MAX_EXPIRY_MILLIS, PeerRef, RequestEvent, RequestStatus, SignedBlob,
-    SpecLine, SpecLineStatus, Transition,
+    SpecLine, SpecLineStatus, Transition, dialable_target_host, export_line,
 };
-use crate::domain::ids::{KeyId, RequestId, SysId, UnixMillis};
+use crate::domain::ids::{Host, KeyId, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
 use crate::signer::primitives::{kwp_wrap, random_key, rsa_oaep_encrypt, sha256, verify_sha256_with_cert};
@@ -42,11 +43,16 @@ const DECIDE_ATTEMPTS: usize = 3;
 const KEY_PAGE: usize = 1000;
 
 impl Node {
-    /// A target opens a request here. `caller` comes from its certificate.
+    /// A target opens a request here. `caller` comes from its certificate,
+    /// `cert_hosts` are the DNS names and IP addresses that certificate
+    /// names: the target host it sends must be one of them or a host
+    /// registered here for it (`dialable_target_host`), since this source
+    /// dials it for the delivery, the notices and the diagnosis.
     pub async fn open_request_from_peer(
         self: &Arc<Self>,
         caller: SysId,
         caller_cert: Vec<u8>,
+        cert_hosts: Vec<String>,
         open: OpenRequest,
     ) -> AppResult<SourceView> {
         if open.target_sys_id != caller {
@@ -71,6 +77,7 @@ impl Node {
         rsa_oaep_encrypt(&open.transport_public_key, open.wrapping, &[0u8; 32])
             .map_err(|e| DomainError::invalid("transport_public_key", e.to_string()))?;
         self.blocking(move |node| {
+            node.check_target_host(&caller, &open.target_host, &cert_hosts)?;
             let mut lines = Vec::with_capacity(open.spec_names.len());
             let mut total = 0u32;
             for spec in &open.spec_names {
@@ -326,6 +333,22 @@ impl Node {
         Job::new(JobId::for_request(kind, id), now, now)
     }
 
+    /// Refuses (PERMISSION_DENIED, audited by the peer service) a target host
+    /// that `target`'s certificate does not name and that is not registered
+    /// here for it (its clone target, its clone exchange configuration).
+    fn check_target_host(&self, target: &SysId, host: &Host, cert_hosts: &[String]) -> AppResult<()> {
+        let mut registered: Vec<Host> = self.store.clone_target(target)?.into_iter().map(|t| t.host).collect();
+        registered.extend(self.store.clone_exchange(target)?.map(|c| c.target.host));
+        if dialable_target_host(host, &registered, cert_hosts) {
+            return Ok(());
+        }
+        Err(DomainError::PermissionDenied(format!(
+            "target_host {host} is neither named in the certificate of {target} nor registered here for it; \
+             this source dials only those"
+        ))
+        .into())
+    }
+
     /// Builds and signs the bundle; fills the request's lines and counts.
     fn build_bundle(&self, req: &mut ExchangeRequest, now: UnixMillis) -> AppResult<(SignedBlob, Vec<KeyId>)> {
         let transport = random_key(32);
@@ -347,13 +370,20 @@ impl Node {
                 }
             }
             // Page through the spec's keys: memory stays bounded by a page
-            // plus the bundle itself.
+            // plus the bundle itself. Only keys this instance originated go;
+            // one imported from another instance is asked of its origin.
             let (mut after, mut n, mut failed) = (None::<KeyId>, 0u32, 0u32);
+            let mut foreign: BTreeMap<SysId, u32> = BTreeMap::new();
+            let sent_before = entries.len();
             loop {
                 let page = self.store.keys_page(&line.spec, after.as_ref(), KEY_PAGE)?;
                 after = page.last().map(|(k, _)| k.id.clone());
                 n += page.len() as u32;
                 for (rec, wrapped) in &page {
+                    if rec.id.origin != self.sys_id || !rec.origin.is_own() {
+                        *foreign.entry(rec.id.origin.clone()).or_default() += 1;
+                        continue;
+                    }
                     let dek = match self.signer.unwrap(wrapped) {
                         Ok(dek) => dek,
                         Err(e) => {
@@ -376,13 +406,8 @@ impl Node {
                 }
             }
             total += n;
-            line.key_count = n - failed;
-            if failed > 0 {
-                line.status = SpecLineStatus::Failed;
-                line.reason = format!("{failed} of {n} key(s) could not be unwrapped on the source");
-            } else {
-                line.status = SpecLineStatus::Exchanged;
-            }
+            let foreign: Vec<(SysId, u32)> = foreign.into_iter().collect();
+            *line = export_line(line.spec.clone(), (entries.len() - sent_before) as u32, failed, &foreign);
         }
         req.total_key_count = total;
         req.exported_key_count = entries.len() as u32;

@@ -337,8 +337,28 @@ impl Node {
                 specs.insert(line.spec.clone(), shape);
             }
         }
-        // Keys a previous exchange brought are counted, never stored twice.
+        // Keys a previous exchange brought are counted, never stored twice,
+        // and never replaced: an entry for a key held here must carry its material.
         let present = self.store.existing_keys(bundle.entries.iter().map(|e| &e.key_id))?;
+        for entry in bundle.entries.iter().filter(|e| present.contains(&e.key_id)) {
+            match self.holds_same_material(&aes, entry) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(DomainError::PermissionDenied(format!(
+                        "bundle entry {} differs from the key of that id already held here; \
+                         an import never replaces a key; nothing imported",
+                        entry.key_id
+                    ))
+                    .into());
+                }
+                Err(AppError::Crypto(e)) => {
+                    let reason =
+                        format!("this instance's KEK could not unwrap key {} to compare it: {e}", entry.key_id);
+                    return Err(self.fail_import_locally(req, version, reason, now));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         for entry in bundle.entries.iter().filter(|e| !present.contains(&e.key_id)) {
             if let Some(dek) = self.open_entry(&specs, &aes, entry, &mut failed) {
                 match self.signer.wrap(&dek) {
@@ -418,6 +438,19 @@ impl Node {
             "keys imported"
         );
         Ok(receipt)
+    }
+
+    /// Whether `entry` carries the same material as the key of its id held
+    /// here: both are unwrapped in memory only and compared by SHA-256
+    /// (neither is logged); an entry that does not unwrap is not the same.
+    /// A key gone since it was found is `Stale` (the import reads again).
+    fn holds_same_material(&self, aes: &DataKey, entry: &BundleEntry) -> AppResult<bool> {
+        let Some((_, wrapped)) = self.store.key(&entry.key_id)? else {
+            return Err(StoreError::Stale { what: "key", id: entry.key_id.to_string() }.into());
+        };
+        let held = self.signer.unwrap(&wrapped)?;
+        let Ok(theirs) = kwp_unwrap(aes.expose(), &entry.wrapped).map(DataKey::new) else { return Ok(false) };
+        Ok(sha256(theirs.expose()) == sha256(held.expose()))
     }
 
     /// Unwraps one bundle entry and checks it against this instance's spec

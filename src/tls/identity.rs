@@ -26,6 +26,28 @@ fn san_uris(cert_der: &[u8]) -> Result<Vec<String>, DomainError> {
     Ok(out)
 }
 
+/// The DNS names and IP addresses in a certificate's SAN: the hosts the CA
+/// vouches the instance is reached at (a source dials only those, or hosts
+/// registered for the instance). Empty when it does not parse.
+pub fn host_names(cert_der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = X509Certificate::from_der(cert_der) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    let ip = |b: &[u8]| match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+        16 => <[u8; 16]>::try_from(b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+        _ => None,
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::IPAddress(bytes) => ip(bytes),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The caller named by an end-entity certificate (already verified by rustls).
 pub fn caller_from_cert(cert_der: &[u8]) -> Result<Caller, DomainError> {
     let uris = san_uris(cert_der)?;
@@ -51,5 +73,26 @@ pub fn instance_sys_id(cert_der: &[u8]) -> Option<SysId> {
     match caller_from_cert(cert_der) {
         Ok(Caller::Instance(id)) => Some(id),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::pki::{create_ca, issue_instance, issue_operator};
+
+    fn der(cert: &crate::tls::pki::IssuedCert) -> Vec<u8> {
+        crate::tls::pem_certs(cert.cert_pem.as_bytes()).unwrap().remove(0).to_vec()
+    }
+
+    #[test]
+    fn host_names_are_the_dns_and_ip_sans() {
+        let ca = create_ca("t").unwrap();
+        let names = ["kmf-test.example".to_owned(), "10.0.0.5".to_owned(), "::1".to_owned()];
+        let instance = issue_instance(&ca, &SysId::from_random([7; 16]), &names).unwrap();
+        assert_eq!(host_names(&der(&instance)), names.to_vec(), "the kmf:// URI is not a host");
+        let operator = issue_operator(&ca, "op", &[Role::Admin]).unwrap();
+        assert!(host_names(&der(&operator)).is_empty());
+        assert!(host_names(b"not a certificate").is_empty());
     }
 }

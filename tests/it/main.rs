@@ -24,6 +24,7 @@ mod fuzz_seeds;
 mod grpcurl;
 mod hsm;
 mod hsm_process;
+mod key_origin;
 mod kmfctl_data;
 mod kmfctl_json;
 mod lifecycle;

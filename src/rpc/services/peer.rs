@@ -115,7 +115,8 @@ impl KeyExchangeService {
             wrapping: convert::wrapping_from(r.wrapping_algorithm)?,
             frequency: convert::frequency_from(r.frequency)?,
         };
-        let view = self.0.open_request_from_peer(caller, cert, open).await?;
+        let cert_hosts = crate::tls::identity::host_names(&cert);
+        let view = self.0.open_request_from_peer(caller, cert, cert_hosts, open).await?;
         let mut request = pb::ExchangeRequest {
             status: convert::status(view.status) as i32,
             total_key_count: view.total_key_count,
