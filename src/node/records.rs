@@ -75,7 +75,12 @@ fn key_list<'k>(ids: impl Iterator<Item = &'k KeyId>) -> String {
 
 /// The one `record.put` entry of a call: how many records, how many replaced,
 /// under which keys (never plaintext).
-fn put_event(caller: &Caller, at: crate::domain::ids::UnixMillis, recs: &[StoredRecord], old: &[Option<KeyId>]) -> AuditEvent {
+fn put_event(
+    caller: &Caller,
+    at: crate::domain::ids::UnixMillis,
+    recs: &[StoredRecord],
+    old: &[Option<KeyId>],
+) -> AuditEvent {
     let subject = match recs {
         [one] => address_name(&one.address),
         [first, ..] => format!("{} and {} more", address_name(&first.address), recs.len() - 1),
@@ -114,7 +119,11 @@ impl Node {
     /// Stores sealed records: the policies of the keys they replace are
     /// checked (`decrypt`, see the module docs), then the write, conditional
     /// on those keys, commits with its audit entry.
-    async fn store_checked(self: &Arc<Self>, caller: &Caller, records: Vec<StoredRecord>) -> AppResult<Vec<StoredRecord>> {
+    async fn store_checked(
+        self: &Arc<Self>,
+        caller: &Caller,
+        records: Vec<StoredRecord>,
+    ) -> AppResult<Vec<StoredRecord>> {
         let caller = caller.clone();
         self.blocking(move |node| {
             let addresses: Vec<RecordAddress> = records.iter().map(|r| r.address.clone()).collect();

@@ -63,9 +63,7 @@ fn call_repeats_event(r: &Repeats<CallRefusal>) -> AuditEvent {
 }
 
 impl Node {
-    fn call_refusal_windows(
-        &self,
-    ) -> std::sync::MutexGuard<'_, crate::domain::refusals::RefusalWindows<CallRefusal>> {
+    fn call_refusal_windows(&self) -> std::sync::MutexGuard<'_, crate::domain::refusals::RefusalWindows<CallRefusal>> {
         self.call_refusals.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -2,11 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::record_debt::DebtDelta;
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
-use super::audit::append_audit;
 use super::{Change, Result, Store, StoreError, corrupt};
 use crate::domain::audit::AuditEvent;
 use crate::domain::codec::{Reader, Writer};
@@ -137,7 +137,9 @@ impl Store {
             let table = active_records(tx)?;
             let mut out = Vec::with_capacity(addresses.len());
             for a in addresses {
-                out.push(tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()?.map(|r| r.key_id));
+                out.push(
+                    tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()?.map(|r| r.key_id),
+                );
             }
             Ok(out)
         })

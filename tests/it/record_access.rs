@@ -50,9 +50,7 @@ async fn a_caller_refused_decrypt_cannot_replace_or_delete_a_record() {
     let err = app.crypto.put_record(put("1", "ledger", b"1")).await.expect_err("app overwrote hr/pay/1");
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     assert!(err.message().contains("decrypt on pay"), "{err}");
-    let batch = pb::PutRecordsRequest {
-        records: vec![put("new", "ledger", b"2"), put("1", "ledger", b"3")],
-    };
+    let batch = pb::PutRecordsRequest { records: vec![put("new", "ledger", b"2"), put("1", "ledger", b"3")] };
     let err = app.crypto.put_records(batch).await.expect_err("app overwrote hr/pay/1 in a batch");
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     assert!(err.message().contains("records[1]"), "the refused record is named: {err}");
@@ -112,7 +110,12 @@ fn checked_record_writes_are_conditional_on_the_key_they_were_checked_for() {
         let st = &s.store;
         let key = |spec: &str| KeyId::parse(&format!("0123456789abcdef0123456789abcdef:{spec}:v1")).expect("key id");
         let a = RecordAddress::parse("t", "f", "1").expect("address");
-        let rec = |k: &KeyId| StoredRecord { address: a.clone(), ciphertext: vec![7; 8], key_id: k.clone(), updated_at: UnixMillis(1) };
+        let rec = |k: &KeyId| StoredRecord {
+            address: a.clone(),
+            ciphertext: vec![7; 8],
+            key_id: k.clone(),
+            updated_at: UnixMillis(1),
+        };
         let ev = |action: &str| AuditEvent::new(UnixMillis(1), "operator:t", action, "t/f/1", Outcome::Success);
         let audit_len = || st.audit_rows(0, usize::MAX).expect("audit").len();
         assert_eq!(st.record_keys(std::slice::from_ref(&a)).expect("keys"), vec![None]);

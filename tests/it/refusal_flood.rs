@@ -78,7 +78,8 @@ async fn long_paths(addr: std::net::SocketAddr, identity: &TlsFiles, n: usize) -
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
     let name = ServerName::try_from("127.0.0.1").expect("name");
     let tls = TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.expect("h1");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.expect("h1");
     let connection = tokio::spawn(conn);
     let mut statuses = Vec::with_capacity(n);
     for i in 0..n {
