@@ -17,6 +17,29 @@ const VERSION: u8 = 1;
 /// The hash that precedes the first entry.
 pub const GENESIS: [u8; 32] = [0u8; 32];
 
+/// Most characters an entry's actor or subject holds, marker included: more
+/// than any name the daemon makes (a record address is at most 258), so only a
+/// caller-supplied string (a request path, a certificate's name) is cut.
+pub const MAX_SUBJECT_CHARS: usize = 320;
+
+/// Most characters of caller-influenced details (a refusal's reason).
+pub const MAX_DETAILS_CHARS: usize = 1024;
+
+/// `text` if it has at most `max` characters; else its beginning followed by
+/// `…[N chars]` (N: the original length), `max` characters in all, so a
+/// caller cannot make an audit entry as large as its request.
+pub fn bounded(text: String, max: usize) -> String {
+    let len = text.chars().count();
+    if len <= max {
+        return text;
+    }
+    let marker = format!("…[{len} chars]");
+    let Some(keep) = max.checked_sub(marker.chars().count()) else { return text.chars().take(max).collect() };
+    let mut out: String = text.chars().take(keep).collect();
+    out.push_str(&marker);
+    out
+}
+
 /// Whether the audited thing happened.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Outcome {
@@ -69,9 +92,9 @@ impl AuditEvent {
     ) -> Self {
         AuditEvent {
             at,
-            actor: actor.into(),
+            actor: bounded(actor.into(), MAX_SUBJECT_CHARS),
             action: action.to_owned(),
-            subject: subject.into(),
+            subject: bounded(subject.into(), MAX_SUBJECT_CHARS),
             outcome,
             details: String::new(),
         }
@@ -218,6 +241,23 @@ mod tests {
             out.push(AuditEntry::chain(seq, ev, prev));
         }
         out
+    }
+
+    #[test]
+    fn actors_and_subjects_are_bounded_with_their_original_length() {
+        let path = format!("GET /{}", "a".repeat(8_200));
+        let e = AuditEvent::new(UnixMillis(1), "x".repeat(5_000), "call.refused", path, Outcome::Refused);
+        assert_eq!(e.subject.chars().count(), MAX_SUBJECT_CHARS, "{}", e.subject);
+        assert!(e.subject.starts_with("GET /aaa") && e.subject.ends_with("…[8205 chars]"), "{}", e.subject);
+        assert_eq!(e.actor.chars().count(), MAX_SUBJECT_CHARS);
+        assert!(e.actor.ends_with("…[5000 chars]"), "{}", e.actor);
+        let short = AuditEvent::new(UnixMillis(1), "operator:a", "record.put", "t/f/1", Outcome::Success);
+        assert_eq!((short.actor.as_str(), short.subject.as_str()), ("operator:a", "t/f/1"), "short ones are kept");
+        let edge = "é".repeat(MAX_SUBJECT_CHARS);
+        assert_eq!(bounded(edge.clone(), MAX_SUBJECT_CHARS), edge, "counted in characters, not bytes");
+        assert_eq!(bounded("abcdef".into(), 3).chars().count(), 3, "never longer than the bound");
+        let chained = AuditEntry::chain(1, e, GENESIS);
+        assert_eq!(AuditEntry::decode(&chained.encode()).as_ref(), Ok(&chained));
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! windows live in memory (a crash loses at most one window of counts, never
 //! a first refusal). The number of open windows is bounded: when full, a
 //! refusal is audited on its own, as if coalescing were off.
+//!
+//! Two kinds are coalesced: policy refusals (`Refusal`) and calls refused for
+//! who is calling, by role or certificate, on gRPC or the metrics listener
+//! (`CallRefusal`).
 
 use std::collections::HashMap;
 
@@ -30,10 +34,35 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// One kind of refused call (`call.refused`): same caller, same place, same
+/// reason. `scope` is what the coalescing keys on: the RPC method, or the
+/// whole metrics listener (its request paths are the caller's to choose, so
+/// they must not open windows of their own).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct CallRefusal {
+    pub actor: String,
+    pub scope: String,
+    pub reason: String,
+}
+
+impl CallRefusal {
+    /// The kind of a refusal; an unidentified caller (`unidentified@<ip>:<port>`)
+    /// is keyed by its address without the port, which changes per connection.
+    pub fn new(actor: &str, scope: String, reason: String) -> Self {
+        let actor = match actor.strip_prefix("unidentified@").and_then(|a| a.rsplit_once(':')) {
+            Some((ip, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                format!("unidentified@{ip}")
+            }
+            _ => actor.to_owned(),
+        };
+        CallRefusal { actor, scope, reason }
+    }
+}
+
 /// The refusals counted in a window after its first, ready to audit.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Repeats {
-    pub refusal: Refusal,
+pub struct Repeats<K = Refusal> {
+    pub refusal: K,
     pub count: u64,
     pub first: UnixMillis,
     pub last: UnixMillis,
@@ -56,19 +85,19 @@ struct Window {
 }
 
 #[derive(Debug)]
-pub struct RefusalWindows {
-    open: HashMap<Refusal, Window>,
+pub struct RefusalWindows<K = Refusal> {
+    open: HashMap<K, Window>,
     window_millis: i64,
     max_open: usize,
 }
 
-impl Default for RefusalWindows {
+impl<K: Clone + Eq + std::hash::Hash> Default for RefusalWindows<K> {
     fn default() -> Self {
         Self::new(WINDOW_MILLIS, MAX_OPEN)
     }
 }
 
-impl RefusalWindows {
+impl<K: Clone + Eq + std::hash::Hash> RefusalWindows<K> {
     pub fn new(window_millis: i64, max_open: usize) -> Self {
         RefusalWindows { open: HashMap::new(), window_millis, max_open }
     }
@@ -76,7 +105,7 @@ impl RefusalWindows {
     /// Counts `r` if a window of its kind is open; changes nothing and
     /// answers false otherwise (the caller must then `note` it, off the
     /// async workers, because that may need a write).
-    pub fn count_repeat(&mut self, r: &Refusal, now: UnixMillis) -> bool {
+    pub fn count_repeat(&mut self, r: &K, now: UnixMillis) -> bool {
         let window_millis = self.window_millis;
         match self.open.get_mut(r) {
             Some(w) if w.is_open_at(now, window_millis) => {
@@ -90,7 +119,7 @@ impl RefusalWindows {
 
     /// Notes `r`: a repeat inside an open window, or the first of a new
     /// window. Also returns the closed windows with repeats to audit now.
-    pub fn note(&mut self, r: Refusal, now: UnixMillis) -> (Noted, Vec<Repeats>) {
+    pub fn note(&mut self, r: K, now: UnixMillis) -> (Noted, Vec<Repeats<K>>) {
         if self.count_repeat(&r, now) {
             return (Noted::Repeat, Vec::new());
         }
@@ -104,13 +133,13 @@ impl RefusalWindows {
 
     /// The windows closed by `now` that counted repeats (windows without
     /// repeats close silently).
-    pub fn close_expired(&mut self, now: UnixMillis) -> Vec<Repeats> {
+    pub fn close_expired(&mut self, now: UnixMillis) -> Vec<Repeats<K>> {
         let window_millis = self.window_millis;
         self.close(|w| !w.is_open_at(now, window_millis))
     }
 
     /// Closes every window (at shutdown).
-    pub fn close_all(&mut self) -> Vec<Repeats> {
+    pub fn close_all(&mut self) -> Vec<Repeats<K>> {
         self.close(|_| true)
     }
 
@@ -120,8 +149,8 @@ impl RefusalWindows {
         self.open.values().any(|w| !w.is_open_at(now, self.window_millis))
     }
 
-    fn close(&mut self, closing: impl Fn(&Window) -> bool) -> Vec<Repeats> {
-        let mut out: Vec<Repeats> =
+    fn close(&mut self, closing: impl Fn(&Window) -> bool) -> Vec<Repeats<K>> {
+        let mut out: Vec<Repeats<K>> =
             self.open.extract_if(|_, w| closing(w)).filter_map(|(r, w)| repeats_of(r, w)).collect();
         out.sort_by_key(|r| r.first);
         out
@@ -134,7 +163,7 @@ impl Window {
     }
 }
 
-fn repeats_of(refusal: Refusal, w: Window) -> Option<Repeats> {
+fn repeats_of<K>(refusal: K, w: Window) -> Option<Repeats<K>> {
     (w.repeats > 0).then_some(Repeats { refusal, count: w.repeats, first: w.opened, last: w.last })
 }
 
@@ -201,6 +230,26 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].count, 1);
         assert!(!w.any_closed(UnixMillis(9_000)));
+    }
+
+    #[test]
+    fn call_refusals_coalesce_per_caller_scope_and_reason() {
+        let mut w: RefusalWindows<CallRefusal> = RefusalWindows::new(1_000, 16);
+        let role = |actor: &str| CallRefusal::new(actor, "/kmf.v1.Keys/GenerateKey".into(), "needs a role".into());
+        assert_eq!(w.note(role("operator:aud"), UnixMillis(0)).0, Noted::First);
+        for t in 1..200 {
+            assert!(w.count_repeat(&role("operator:aud"), UnixMillis(t)), "call {t} is a repeat");
+        }
+        assert_eq!(w.note(role("operator:other"), UnixMillis(300)).0, Noted::First, "another caller");
+        let a = CallRefusal::new("unidentified@10.0.0.7:40001", "metrics".into(), "no identity".into());
+        let b = CallRefusal::new("unidentified@10.0.0.7:40002", "metrics".into(), "no identity".into());
+        assert_eq!(a, b, "the port of an unidentified caller is not part of the kind");
+        let v6 = CallRefusal::new("unidentified@[::1]:9", "metrics".into(), "x".into());
+        assert_eq!(v6.actor, "unidentified@[::1]");
+        assert_eq!(CallRefusal::new("operator:a:b", "m".into(), "r".into()).actor, "operator:a:b");
+        let closed = w.close_all();
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert_eq!((closed[0].refusal.actor.as_str(), closed[0].count), ("operator:aud", 199));
     }
 
     #[test]

@@ -134,10 +134,15 @@ async fn respond<B>(
     node: &Arc<Node>,
     metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
-    let what = format!("{} {}", req.method(), req.uri().path());
     if let Access::Refused { actor, reason } = access {
+        // The path is the caller's: bounded in the log and the audit entry,
+        // and not part of what repeats are counted by (`node::refusals`).
+        let what = crate::domain::audit::bounded(
+            format!("{} {}", req.method(), req.uri().path()),
+            crate::domain::audit::MAX_SUBJECT_CHARS,
+        );
         tracing::warn!(caller = %actor, %peer, method = %what, "metrics request refused: {reason}");
-        node.audit_refusal(actor.clone(), what, reason.clone()).await;
+        node.audit_call_refusal(actor.clone(), "metrics endpoint".into(), what, reason.clone()).await;
         return text(StatusCode::FORBIDDEN, format!("forbidden: {reason}\n"));
     }
     if req.uri().path() != PATH {

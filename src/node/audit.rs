@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::Node;
 use crate::domain::DomainError;
-use crate::domain::audit::{AuditEntry, AuditEvent, BrokenLink, ChainVerifier, Outcome};
+use crate::domain::audit::{AuditEntry, BrokenLink, ChainVerifier};
 use crate::error::AppResult;
 
 /// Filters for listing entries.
@@ -29,12 +29,10 @@ impl AuditFilter {
 const PAGE: usize = 1000;
 
 impl Node {
-    /// Records a refused call (the caller's identity, the method, the reason).
+    /// Records a refused call (the caller's identity, the method, the
+    /// reason), coalesced with its repeats (`node::refusals`).
     pub async fn audit_refusal(self: &Arc<Self>, actor: String, method: String, reason: String) {
-        let event = AuditEvent::new(self.now(), actor, "call.refused", method, Outcome::Refused).with_details(reason);
-        if let Err(e) = self.blocking(move |node| Ok(node.store.append_audit(&[event])?)).await {
-            tracing::error!(error = %e, "could not audit a refused call");
-        }
+        self.audit_call_refusal(actor, method.clone(), method, reason).await;
     }
 
     /// Matching entries after `filter.after_seq`; also returns where to continue (0 at the end).

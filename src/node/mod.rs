@@ -63,6 +63,8 @@ pub struct Node {
     latest_diagnosis: std::sync::Mutex<Option<diagnostics::Diagnosis>>,
     /// Open windows of coalesced access refusals (`node::refusals`).
     refusals: std::sync::Mutex<crate::domain::refusals::RefusalWindows>,
+    /// Open windows of coalesced refused calls (role, certificate; `node::refusals`).
+    call_refusals: std::sync::Mutex<crate::domain::refusals::RefusalWindows<crate::domain::refusals::CallRefusal>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -96,6 +98,7 @@ impl Node {
             diagnostics: None,
             latest_diagnosis: std::sync::Mutex::new(None),
             refusals: std::sync::Mutex::default(),
+            call_refusals: std::sync::Mutex::default(),
         })
     }
 

@@ -1,5 +1,14 @@
 //! Encrypted records: put (encrypt under the spec's current key with the
 //! address as associated data), get (decrypt, policies apply), list, delete.
+//!
+//! Replacing or deleting a record destroys what its current key protects, so
+//! it needs what reading it needs: the module access policies of the current
+//! key's spec must grant the caller `decrypt` (a replace is a rewrap: decrypt
+//! under the old key, encrypt under the new; the new spec's `encrypt` is
+//! checked when the record is sealed). The check reads the current key ids;
+//! the write is conditional on them being unchanged (else the check runs
+//! again) and commits with its audit entry: one `record.put` per call (with a
+//! count for PutRecords) or `record.delete`, naming addresses and key ids.
 
 use std::sync::Arc;
 
@@ -9,8 +18,9 @@ use super::Node;
 use super::crypto::{OpenItem, SealItem};
 use super::crypto_session::Session;
 use crate::domain::DomainError;
+use crate::domain::audit::{AuditEvent, MAX_DETAILS_CHARS, Outcome, bounded};
 use crate::domain::auth::Caller;
-use crate::domain::ids::Name;
+use crate::domain::ids::{KeyId, Name};
 use crate::domain::policy::Operation;
 use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::error::{AppError, AppResult};
@@ -39,6 +49,52 @@ pub struct RecordDigest {
     pub sha256: [u8; 32],
 }
 
+/// Attempts at a checked record write that keeps finding the record changed.
+const CHECKED_WRITE_ATTEMPTS: usize = 3;
+
+fn address_name(a: &RecordAddress) -> String {
+    format!("{}/{}/{}", a.table, a.field, a.record_id)
+}
+
+/// The distinct key ids of `ids`, in order of first appearance, at most a
+/// few by name.
+fn key_list<'k>(ids: impl Iterator<Item = &'k KeyId>) -> String {
+    const NAMED: usize = 8;
+    let mut seen: Vec<&KeyId> = Vec::new();
+    for id in ids {
+        if !seen.contains(&id) {
+            seen.push(id);
+        }
+    }
+    let mut out = seen.iter().take(NAMED).map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
+    if seen.len() > NAMED {
+        out.push_str(&format!(" and {} more", seen.len() - NAMED));
+    }
+    out
+}
+
+/// The one `record.put` entry of a call: how many records, how many replaced,
+/// under which keys (never plaintext).
+fn put_event(
+    caller: &Caller,
+    at: crate::domain::ids::UnixMillis,
+    recs: &[StoredRecord],
+    old: &[Option<KeyId>],
+) -> AuditEvent {
+    let subject = match recs {
+        [one] => address_name(&one.address),
+        [first, ..] => format!("{} and {} more", address_name(&first.address), recs.len() - 1),
+        [] => String::new(),
+    };
+    let replaced: Vec<&KeyId> = old.iter().flatten().collect();
+    let mut details = format!("{} records under {}", recs.len(), key_list(recs.iter().map(|r| &r.key_id)));
+    if !replaced.is_empty() {
+        details.push_str(&format!("; {} replaced, under {}", replaced.len(), key_list(replaced.into_iter())));
+    }
+    AuditEvent::new(at, caller.actor(), "record.put", subject, Outcome::Success)
+        .with_details(bounded(details, MAX_DETAILS_CHARS))
+}
+
 fn hash_field(h: &mut Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u32).to_be_bytes());
     h.update(bytes);
@@ -55,10 +111,43 @@ impl Node {
         let item = SealItem { spec, plaintext, aad: address.associated_data() };
         let mut results = self.encrypt_batch(caller, vec![item]).await?;
         let (ciphertext, key_id) = results.pop().ok_or_else(|| AppError::Internal("empty batch".into()))??;
+        let rec = StoredRecord { address, ciphertext, key_id, updated_at: self.now() };
+        let mut stored = self.store_checked(caller, vec![rec]).await?;
+        stored.pop().ok_or_else(|| AppError::Internal("empty batch".into()))
+    }
+
+    /// Stores sealed records: the policies of the keys they replace are
+    /// checked (`decrypt`, see the module docs), then the write, conditional
+    /// on those keys, commits with its audit entry.
+    async fn store_checked(
+        self: &Arc<Self>,
+        caller: &Caller,
+        records: Vec<StoredRecord>,
+    ) -> AppResult<Vec<StoredRecord>> {
+        let caller = caller.clone();
         self.blocking(move |node| {
-            let rec = StoredRecord { address, ciphertext, key_id, updated_at: node.now() };
-            node.store.put_record(&rec)?;
-            Ok(rec)
+            let addresses: Vec<RecordAddress> = records.iter().map(|r| r.address.clone()).collect();
+            let many = records.len() > 1;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let current = node.store.record_keys(&addresses)?;
+                let mut session = Session::new(node, &caller);
+                for (i, key) in current.iter().enumerate() {
+                    if let Some(key) = key {
+                        session.allow(&key.spec, Operation::Decrypt).map_err(|e| match many {
+                            true => e.at(format!("records[{i}]")),
+                            false => e,
+                        })?;
+                    }
+                }
+                let event = put_event(&caller, node.now(), &records, &current);
+                match node.store.put_records_checked(&records, &current, &[event]) {
+                    Err(crate::store::StoreError::Stale { .. }) if attempt < CHECKED_WRITE_ATTEMPTS => continue,
+                    Err(e) => return Err(e.into()),
+                    Ok(()) => return Ok(records),
+                }
+            }
         })
         .await
     }
@@ -89,11 +178,7 @@ impl Node {
             let (ciphertext, key_id) = result.map_err(|e| e.at(format!("records[{i}]")))?;
             stored.push(StoredRecord { address, ciphertext, key_id, updated_at: now });
         }
-        self.blocking(move |node| {
-            node.store.put_records(&stored)?;
-            Ok(stored)
-        })
-        .await
+        self.store_checked(caller, stored).await
     }
 
     /// Decrypts every record (of `table` / `field` when given), a page at a
@@ -163,12 +248,28 @@ impl Node {
         self.blocking(move |node| Ok(node.store.records(table.as_ref(), field.as_ref(), after.as_ref(), limit)?)).await
     }
 
-    pub async fn delete_record(self: &Arc<Self>, address: RecordAddress) -> AppResult<()> {
+    /// Deletes a record if the policies of its key grant the caller
+    /// `decrypt` (see the module docs), with its `record.delete` entry.
+    pub async fn delete_record(self: &Arc<Self>, caller: &Caller, address: RecordAddress) -> AppResult<()> {
+        let caller = caller.clone();
         self.blocking(move |node| {
-            if node.store.delete_record(&address)? {
-                Ok(())
-            } else {
-                Err(DomainError::not_found("record", format!("{address:?}")).into())
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let current = node.store.record_keys(std::slice::from_ref(&address))?.pop().flatten();
+                let Some(key) = current else {
+                    return Err(DomainError::not_found("record", format!("{address:?}")).into());
+                };
+                Session::new(node, &caller).allow(&key.spec, Operation::Decrypt)?;
+                let event = AuditEvent::new(node.now(), caller.actor(), "record.delete", address_name(&address), {
+                    Outcome::Success
+                })
+                .with_details(format!("under {key}"));
+                match node.store.delete_record_checked(&address, &key, &[event]) {
+                    Err(crate::store::StoreError::Stale { .. }) if attempt < CHECKED_WRITE_ATTEMPTS => continue,
+                    Err(e) => return Err(e.into()),
+                    Ok(()) => return Ok(()),
+                }
             }
         })
         .await

@@ -3,15 +3,20 @@
 //! repeats inside the window are answered on the async worker without a
 //! write and summed into one `policy.denied.repeated` entry when the window
 //! closes (flushed by the job runner's loop, by the next refusal of the kind,
-//! and at shutdown).
+//! and at shutdown). Calls refused for who is calling (a missing role, a
+//! certificate without an identity; on gRPC, the peer service or the metrics
+//! listener) are coalesced the same way: `call.refused` at once, then one
+//! `call.refused.repeated` with the count.
+
+use std::sync::Arc;
 
 use super::Node;
 use crate::domain::DomainError;
-use crate::domain::audit::{AuditEvent, Outcome};
+use crate::domain::audit::{AuditEvent, MAX_DETAILS_CHARS, Outcome, bounded};
 use crate::domain::auth::Caller;
 use crate::domain::ids::Name;
 use crate::domain::policy::Operation;
-use crate::domain::refusals::{Noted, Refusal, Repeats};
+use crate::domain::refusals::{CallRefusal, Noted, Refusal, Repeats};
 use crate::error::{AppError, AppResult};
 
 fn denied(r: &Refusal) -> AppError {
@@ -45,7 +50,54 @@ fn repeats_event(r: &Repeats) -> AuditEvent {
     .with_details(details)
 }
 
+fn call_repeats_event(r: &Repeats<CallRefusal>) -> AuditEvent {
+    let details = format!(
+        "{} more refusals of the same call from {} to {}: {}",
+        r.count,
+        crate::clock::rfc3339(r.first),
+        crate::clock::rfc3339(r.last),
+        r.refusal.reason
+    );
+    AuditEvent::new(r.last, r.refusal.actor.clone(), "call.refused.repeated", r.refusal.scope.clone(), Outcome::Refused)
+        .with_details(details)
+}
+
 impl Node {
+    fn call_refusal_windows(&self) -> std::sync::MutexGuard<'_, crate::domain::refusals::RefusalWindows<CallRefusal>> {
+        self.call_refusals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Audits a refused call: `subject` (bounded) is what the first entry
+    /// names; `scope` what its repeats are counted by (the method; for the
+    /// metrics listener the listener, whatever the path). A repeat inside an
+    /// open window is counted without a write.
+    pub async fn audit_call_refusal(self: &Arc<Self>, actor: String, scope: String, subject: String, reason: String) {
+        let refusal = CallRefusal::new(&actor, bounded(scope, crate::domain::audit::MAX_SUBJECT_CHARS), {
+            bounded(reason, MAX_DETAILS_CHARS)
+        });
+        if self.call_refusal_windows().count_repeat(&refusal, self.now()) {
+            return;
+        }
+        let written = self
+            .blocking(move |node| {
+                let now = node.now();
+                let (noted, closed) = node.call_refusal_windows().note(refusal.clone(), now);
+                let mut events: Vec<AuditEvent> = closed.iter().map(call_repeats_event).collect();
+                if noted == Noted::First {
+                    events.push(
+                        AuditEvent::new(now, actor, "call.refused", subject, Outcome::Refused)
+                            .with_details(refusal.reason),
+                    );
+                }
+                node.audit_refusals(&events);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::error!(error = %e, "could not audit a refused call");
+        }
+    }
+
     fn refusal_windows(&self) -> std::sync::MutexGuard<'_, crate::domain::refusals::RefusalWindows> {
         self.refusals.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -86,7 +138,8 @@ impl Node {
 
     /// Whether a refusal window has closed and `flush_refusals` has work.
     pub fn refusals_to_flush(&self) -> bool {
-        self.refusal_windows().any_closed(self.now())
+        let now = self.now();
+        self.refusal_windows().any_closed(now) || self.call_refusal_windows().any_closed(now)
     }
 
     /// Writes the repeat counts of the windows that have closed (`all`: of
@@ -101,11 +154,13 @@ impl Node {
     }
 
     fn write_closed_refusals(&self, all: bool) {
-        let closed = match all {
-            true => self.refusal_windows().close_all(),
-            false => self.refusal_windows().close_expired(self.now()),
+        let now = self.now();
+        let (closed, calls) = match all {
+            true => (self.refusal_windows().close_all(), self.call_refusal_windows().close_all()),
+            false => (self.refusal_windows().close_expired(now), self.call_refusal_windows().close_expired(now)),
         };
-        let events: Vec<AuditEvent> = closed.iter().map(repeats_event).collect();
+        let mut events: Vec<AuditEvent> = closed.iter().map(repeats_event).collect();
+        events.extend(calls.iter().map(call_repeats_event));
         self.audit_refusals(&events);
     }
 
@@ -114,10 +169,10 @@ impl Node {
             return;
         }
         if let Err(e) = self.store.append_audit(events) {
-            tracing::error!(error = %e, entries = events.len(), "could not audit policy denials");
+            tracing::error!(error = %e, entries = events.len(), "could not audit refusals");
         }
-        for e in events.iter().filter(|e| e.action == "policy.denied.repeated") {
-            tracing::warn!(caller = %e.actor, spec = %e.subject, details = %e.details, "access denied repeatedly");
+        for e in events.iter().filter(|e| e.action.ends_with(".repeated")) {
+            tracing::warn!(caller = %e.actor, subject = %e.subject, details = %e.details, "refused repeatedly");
         }
     }
 }

@@ -2,11 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::record_debt::DebtDelta;
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
-use super::{Change, Result, Store, corrupt};
+use super::{Change, Result, Store, StoreError, corrupt};
+use crate::domain::audit::AuditEvent;
 use crate::domain::codec::{Reader, Writer};
 use crate::domain::ids::{KeyId, Name, UnixMillis};
 use crate::domain::record::{RecordAddress, StoredRecord};
@@ -97,6 +99,11 @@ pub(super) fn record_row(rec: &StoredRecord) -> (Vec<u8>, Vec<u8>) {
     (address_key(&rec.address), encode_row(rec))
 }
 
+/// `table/field/record_id`, as errors and audit entries name a record.
+pub(super) fn record_name(a: &RecordAddress) -> String {
+    format!("{}/{}/{}", a.table, a.field, a.record_id)
+}
+
 pub(super) fn address_key(a: &RecordAddress) -> Vec<u8> {
     KeyBuf::new().str(a.table.as_str()).str(a.field.as_str()).str(&a.record_id).done()
 }
@@ -120,6 +127,73 @@ impl Store {
                 tx.put(table, &k, &v)?;
             }
             debt.apply(tx, table)
+        })
+    }
+
+    /// The key id of the record at each address (None: no record), read in
+    /// one transaction: what a replace or delete is checked against.
+    pub fn record_keys(&self, addresses: &[RecordAddress]) -> Result<Vec<Option<KeyId>>> {
+        self.read(|tx| {
+            let table = active_records(tx)?;
+            let mut out = Vec::with_capacity(addresses.len());
+            for a in addresses {
+                out.push(
+                    tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()?.map(|r| r.key_id),
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    /// Stores `recs` (and their keys' debt) with `audit` in one transaction,
+    /// only if each address still holds what the caller checked: a record
+    /// under `expected[i]`'s key id, or none (`None`). Else `Stale`, nothing written.
+    pub fn put_records_checked(
+        &self,
+        recs: &[StoredRecord],
+        expected: &[Option<KeyId>],
+        audit: &[AuditEvent],
+    ) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let table = active_records(tx)?;
+            let mut old_keys = Vec::with_capacity(recs.len());
+            for (rec, want) in recs.iter().zip(expected) {
+                let old = tx.get(table, &address_key(&rec.address))?;
+                let found = old.map(|v| decode_row(rec.address.clone(), &v)).transpose()?.map(|r| r.key_id);
+                if found != *want {
+                    return Err(StoreError::Stale { what: "record", id: record_name(&rec.address) });
+                }
+                old_keys.push(found);
+            }
+            let mut debt = DebtDelta::default();
+            for rec in recs {
+                let (k, v) = record_row(rec);
+                // Read again: a call may name one address twice.
+                if let Some(old) = tx.get(table, &k)? {
+                    debt.remove(&decode_row(rec.address.clone(), &old)?.key_id);
+                }
+                debt.add(&rec.key_id);
+                tx.put(table, &k, &v)?;
+            }
+            debt.apply(tx, table)?;
+            append_audit(tx, audit)
+        })
+    }
+
+    /// Deletes the record at `a` with `audit` in one transaction, only if it
+    /// is still under `expected` (else `Stale`, nothing written).
+    pub fn delete_record_checked(&self, a: &RecordAddress, expected: &KeyId, audit: &[AuditEvent]) -> Result<()> {
+        self.write(&[Change::Other], |tx| {
+            let table = active_records(tx)?;
+            let old = tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()?;
+            let Some(old) = old.filter(|r| r.key_id == *expected) else {
+                return Err(StoreError::Stale { what: "record", id: record_name(a) });
+            };
+            let mut debt = DebtDelta::default();
+            debt.remove(&old.key_id);
+            debt.apply(tx, table)?;
+            tx.delete(table, &address_key(a))?;
+            append_audit(tx, audit)
         })
     }
 

@@ -38,6 +38,8 @@ mod process;
 mod properties;
 mod proxy;
 mod readme;
+mod record_access;
+mod refusal_flood;
 mod rekey;
 mod rekey_crash;
 mod revocation;

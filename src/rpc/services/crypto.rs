@@ -271,8 +271,8 @@ impl Crypto for CryptoService {
         &self,
         req: Request<pb::DeleteRecordRequest>,
     ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
-        authorize(&self.0, &req, Permission::UseKeys).await?;
-        self.0.delete_record(address(&req.get_ref().address)?).await?;
+        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        self.0.delete_record(&auth.caller, address(&req.get_ref().address)?).await?;
         Ok(Response::new(pb::DeleteRecordResponse {}))
     }
 }
