@@ -390,12 +390,8 @@ pub async fn start_custom(
         tokio::spawn(crate::node::jobs::run_jobs(node.clone(), jobs_cancel.clone(), jobs_in_flight.clone()));
     let health_watch = tokio::spawn(health_loop(node.clone(), health, cfg.health_interval));
     let tls_reload = cfg.tls_paths.clone().map(|paths| {
-        let reloader = crate::tls_reload::TlsReloader::new(
-            paths,
-            live_tls.clone(),
-            peer_client.clone(),
-            tls_reloads.clone(),
-        );
+        let reloader =
+            crate::tls_reload::TlsReloader::new(paths, live_tls.clone(), peer_client.clone(), tls_reloads.clone());
         tokio::spawn(reloader.run(stop_rx.clone()))
     });
     tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");

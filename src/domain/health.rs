@@ -328,7 +328,11 @@ mod tests {
             ),
         ];
         for (next, enforced, status, message) in table {
-            assert_eq!(crl_health(Some(&crl(next, enforced)), now), (status, message.to_owned()), "{next:?} {enforced}");
+            assert_eq!(
+                crl_health(Some(&crl(next, enforced)), now),
+                (status, message.to_owned()),
+                "{next:?} {enforced}"
+            );
         }
         assert_eq!(crl_health(None, now).0, Disabled);
     }

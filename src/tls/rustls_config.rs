@@ -119,9 +119,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     if files.crl_enforce_next_update {
         verifier = verifier.enforce_revocation_expiration();
     }
-    let verifier = verifier
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier = verifier.build().map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -141,9 +139,7 @@ pub fn client_config(files: &TlsFiles, expected: Option<SysId>) -> Result<Arc<Cl
     if files.crl_enforce_next_update {
         inner = inner.enforce_revocation_expiration();
     }
-    let inner = inner
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let inner = inner.build().map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?

@@ -201,7 +201,11 @@ fn kmfd_reloads_on_sighup_and_refuses_what_kmfctl_pki_revoke_lists() {
 
 /// A node that reloads its TLS files from a directory it was started with,
 /// the CRL there being `crl` (and `tune` changing the config last).
-async fn reloading_node(pki: &Pki, crl: &str, tune: impl FnOnce(&mut kmf::app::AppConfig)) -> (TestNode, tempfile::TempDir) {
+async fn reloading_node(
+    pki: &Pki,
+    crl: &str,
+    tune: impl FnOnce(&mut kmf::app::AppConfig),
+) -> (TestNode, tempfile::TempDir) {
     let files_dir = tempfile::tempdir().expect("tmp");
     let dir = files_dir.path().to_owned();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
