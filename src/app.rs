@@ -13,7 +13,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,7 +40,7 @@ use crate::signer::instance_key::InstanceKey;
 use crate::signer::pkcs11::{Pkcs11Config, Pkcs11Signer};
 use crate::signer::software::SoftwareSigner;
 use crate::store::Store;
-use crate::tls::{TlsFiles, server_config};
+use crate::tls::TlsFiles;
 
 pub const DB_FILE: &str = "kmf.redb";
 pub const KEK_FILE: &str = "kek.key";
@@ -306,9 +305,12 @@ pub async fn start_custom(
     }
     let peer_client = Arc::new(PeerClient::new(sys_id.clone(), cfg.tls.clone()));
     let peers = wrap_peers(peer_client.clone());
+    // The TLS configuration of the moment: both listeners, the probe and every call's revocation check.
+    let live_tls = crate::tls::live::LiveTls::new(cfg.tls.clone())?;
     let diagnostics = DiagnosticsSetup {
         certificate_der: cfg.tls.chain()?.first().map(|c| c.to_vec()).unwrap_or_default(),
-        probe: Arc::new(HealthProbe::new(cfg.tls.clone())),
+        tls: live_tls.clone(),
+        probe: Arc::new(HealthProbe::new(live_tls.clone())),
     };
     let jobs = jobs.unwrap_or_else(|| {
         JobSettings::for_interval(cfg.background_interval).with_rekey_retry(cfg.rekey_retry_interval)
@@ -336,12 +338,12 @@ pub async fn start_custom(
     };
     let (stop, stop_rx) = watch::channel(false);
     let metrics_server = metrics_listener
-        .map(|l| crate::metrics::server::start(l, &cfg.tls, node.clone(), metrics.clone(), stop_rx.clone()))
+        .map(|l| crate::metrics::server::start(l, live_tls.clone(), node.clone(), metrics.clone(), stop_rx.clone()))
         .transpose()?;
     let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
     let handshakes = Arc::new(AtomicU64::new(0));
     let counter = handshakes.clone();
-    let acceptor = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(server_config(&cfg.tls)?)));
+    let acceptor = live_tls.grpc_acceptor();
     let connections = crate::connections::ConnectionSlots::new(cfg.connections.max_connections);
     let tls_reloads = Arc::new(AtomicU64::new(0));
     let incoming = crate::connections::accept_tls(
@@ -388,13 +390,8 @@ pub async fn start_custom(
         tokio::spawn(crate::node::jobs::run_jobs(node.clone(), jobs_cancel.clone(), jobs_in_flight.clone()));
     let health_watch = tokio::spawn(health_loop(node.clone(), health, cfg.health_interval));
     let tls_reload = cfg.tls_paths.clone().map(|paths| {
-        let reloader = crate::tls_reload::TlsReloader::new(
-            paths,
-            cfg.tls.clone(),
-            acceptor.clone(),
-            peer_client.clone(),
-            tls_reloads.clone(),
-        );
+        let reloader =
+            crate::tls_reload::TlsReloader::new(paths, live_tls.clone(), peer_client.clone(), tls_reloads.clone());
         tokio::spawn(reloader.run(stop_rx.clone()))
     });
     tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");

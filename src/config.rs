@@ -84,6 +84,9 @@ pub struct FileTls {
     pub key: Option<PathBuf>,
     /// The CA's revocation list (PEM, from `kmfctl pki revoke`); none by default.
     pub crl: Option<PathBuf>,
+    /// Refuse every certificate while the CRL is past its nextUpdate (fail
+    /// closed); false by default: such a CRL is used, the diagnosis says Degraded.
+    pub crl_enforce_next_update: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,6 +269,8 @@ pub struct Settings {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub tls_crl: Option<PathBuf>,
+    /// `[tls] crl_enforce_next_update` (false by default).
+    pub tls_crl_enforce_next_update: bool,
     pub signer: SignerConfig,
     pub log_format: LogFormat,
     pub background_interval: Duration,
@@ -307,6 +312,7 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
         tls_cert: in_dir(args.tls_cert.clone().or(file.tls.cert), "instance.pem"),
         tls_key: in_dir(args.tls_key.clone().or(file.tls.key), "instance.key"),
         tls_crl: args.tls_crl.clone().or(file.tls.crl),
+        tls_crl_enforce_next_update: file.tls.crl_enforce_next_update.unwrap_or(false),
         signer,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         data_dir,
@@ -396,8 +402,9 @@ impl Settings {
         if let Some(crl) = &self.tls_crl {
             must_exist("tls.crl", crl)?;
         }
-        let tls = TlsFiles::load_with_crl(&self.tls_ca, &self.tls_cert, &self.tls_key, self.tls_crl.as_deref())
+        let mut tls = TlsFiles::load_with_crl(&self.tls_ca, &self.tls_cert, &self.tls_key, self.tls_crl.as_deref())
             .map_err(|e| bad("tls", e))?;
+        tls.crl_enforce_next_update = self.tls_crl_enforce_next_update;
         let leaf = tls.chain().map_err(|e| bad("tls.cert", e))?;
         if leaf.first().and_then(|c| crate::tls::identity::instance_sys_id(c)).is_none() {
             return Err(bad("tls.cert", "is not an instance certificate (no kmf://instance/<sys_id> SAN)"));
@@ -447,6 +454,9 @@ mod tests {
         assert_eq!(s.background_interval, Duration::from_secs(2));
         assert_eq!(s.health_interval, Duration::from_secs(15));
         assert_eq!(s.metrics_listen, None, "no metrics listener unless asked");
+        assert!(!s.tls_crl_enforce_next_update, "a stale CRL is used unless asked");
+        let s = resolve(&args, Some("data_dir = \"/d\"\n[tls]\ncrl_enforce_next_update = true\n")).unwrap();
+        assert!(s.tls_crl_enforce_next_update);
         let args = RunArgs { metrics_listen: Some("127.0.0.1:9443".into()), ..Default::default() };
         let s = resolve(&args, Some("data_dir = \"/d\"\nmetrics_listen = \"0.0.0.0:1\"")).unwrap();
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9443".parse().unwrap()));

@@ -1,20 +1,23 @@
 //! Reloading the daemon's TLS material without a restart: on SIGHUP, or when
 //! the certificate, key, CA or CRL file changes (checked every 2 s), the files
-//! are read again; if they make a valid configuration, new handshakes use it
-//! (the listener's acceptor) and new peer dials too (the peer client), and
-//! what changed is logged. Connections already open keep theirs until they
-//! close (see `connections`: idle ones close by themselves). Files that do
-//! not load are logged and the running configuration is kept.
+//! are read again; if they make a valid configuration, it is installed in the
+//! daemon's `LiveTls`: new handshakes on the gRPC and the metrics listeners
+//! use it, and so do the peer probe and new peer dials (the peer client);
+//! what changed is logged. Connections already open keep their session, but
+//! every call (`rpc::caller`) and metrics request is checked against the CRL
+//! in use, so a certificate revoked since its handshake is refused on its
+//! next call. Files that do not load are logged and the running
+//! configuration is kept.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::rpc::peer::PeerClient;
-use crate::tls::{TlsFiles, server_config};
+use crate::tls::TlsFiles;
+use crate::tls::live::LiveTls;
 
 /// How often the files are checked for a change.
 const POLL: Duration = Duration::from_secs(2);
@@ -62,7 +65,7 @@ fn describe(files: &TlsFiles) -> (String, String) {
 pub struct TlsReloader {
     paths: TlsPaths,
     current: TlsFiles,
-    acceptor: Arc<RwLock<TlsAcceptor>>,
+    live: Arc<LiveTls>,
     peers: Arc<PeerClient>,
     reloads: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -70,33 +73,29 @@ pub struct TlsReloader {
 impl TlsReloader {
     pub fn new(
         paths: TlsPaths,
-        current: TlsFiles,
-        acceptor: Arc<RwLock<TlsAcceptor>>,
+        live: Arc<LiveTls>,
         peers: Arc<PeerClient>,
         reloads: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
-        TlsReloader { paths, current, acceptor, peers, reloads }
+        TlsReloader { paths, current: live.files(), live, peers, reloads }
     }
 
     /// Loads the files and, if they make a valid server configuration,
     /// installs them; logs what changed or why nothing did.
     fn reload(&mut self, why: &str) {
         let files = match self.paths.load() {
-            Ok(f) => f,
+            // The setting is the daemon's, not the files'.
+            Ok(f) => TlsFiles { crl_enforce_next_update: self.current.crl_enforce_next_update, ..f },
             Err(e) => {
                 tracing::error!(reason = why, error = %e, "TLS reload failed; the running configuration is kept");
                 return;
             }
         };
-        let config = match server_config(&files) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(reason = why, error = %e, "TLS reload failed; the running configuration is kept");
-                return;
-            }
-        };
+        if let Err(e) = self.live.install(files.clone()) {
+            tracing::error!(reason = why, error = %e, "TLS reload failed; the running configuration is kept");
+            return;
+        }
         let ((cert_before, crl_before), (cert_after, crl_after)) = (describe(&self.current), describe(&files));
-        *self.acceptor.write().unwrap_or_else(std::sync::PoisonError::into_inner) = TlsAcceptor::from(config);
         self.peers.set_identity(files.clone());
         self.current = files;
         self.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

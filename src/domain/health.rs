@@ -117,13 +117,6 @@ pub const CERTIFICATE_WARNING_MILLIS: i64 = 30 * DAY_MILLIS;
 /// of expiry, else Operational. The message counts whole days (and hours
 /// under a day).
 pub fn certificate_health(not_before: UnixMillis, not_after: UnixMillis, now: UnixMillis) -> (HealthStatus, String) {
-    let span = |millis: i64| {
-        if millis >= DAY_MILLIS {
-            format!("{} days", millis / DAY_MILLIS)
-        } else {
-            format!("{} hours", millis / (3600 * 1000))
-        }
-    };
     if now < not_before {
         (HealthStatus::Malfunction, format!("not yet valid (valid in {})", span(not_before.0 - now.0)))
     } else if now >= not_after {
@@ -132,6 +125,54 @@ pub fn certificate_health(not_before: UnixMillis, not_after: UnixMillis, now: Un
         (HealthStatus::Degraded, format!("expires in {}; renew it", span(not_after.0 - now.0)))
     } else {
         (HealthStatus::Operational, format!("valid for {}", span(not_after.0 - now.0)))
+    }
+}
+
+/// Whole days, or hours under a day.
+fn span(millis: i64) -> String {
+    if millis >= DAY_MILLIS {
+        format!("{} days", millis / DAY_MILLIS)
+    } else {
+        format!("{} hours", millis / (3600 * 1000))
+    }
+}
+
+/// What a diagnosis knows of the CRL in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlFacts {
+    pub number: u64,
+    pub revoked: usize,
+    pub next_update: Option<UnixMillis>,
+    /// `tls.crl_enforce_next_update`: past its nextUpdate, every certificate is refused.
+    pub enforced: bool,
+}
+
+/// The status of the CRL in use at `now`: none configured, Disabled; past
+/// its nextUpdate, Degraded (rustls still uses it) or, when enforced,
+/// Malfunction (every handshake and call is refused until a fresh one is
+/// loaded); else Operational.
+pub fn crl_health(crl: Option<&CrlFacts>, now: UnixMillis) -> (HealthStatus, String) {
+    let Some(crl) = crl else {
+        return (HealthStatus::Disabled, "no CRL configured (tls.crl)".into());
+    };
+    let head = format!("CRL number {} ({} revoked)", crl.number, crl.revoked);
+    match crl.next_update {
+        None => (HealthStatus::Operational, format!("{head}, without a nextUpdate")),
+        Some(next) if now >= next && crl.enforced => (
+            HealthStatus::Malfunction,
+            format!(
+                "{head} is past its nextUpdate by {}: every certificate is refused (tls.crl_enforce_next_update); issue a fresh CRL (kmfctl pki crl)",
+                span(now.0 - next.0)
+            ),
+        ),
+        Some(next) if now >= next => (
+            HealthStatus::Degraded,
+            format!(
+                "{head} is past its nextUpdate by {} and still used; issue a fresh CRL (kmfctl pki crl)",
+                span(now.0 - next.0)
+            ),
+        ),
+        Some(next) => (HealthStatus::Operational, format!("{head}, nextUpdate in {}", span(next.0 - now.0))),
     }
 }
 
@@ -257,6 +298,43 @@ mod tests {
         for (now, status, message) in table {
             assert_eq!(certificate_health(nb, na, UnixMillis(now)), (status, message.to_owned()), "now {now}");
         }
+    }
+
+    #[test]
+    fn crl_rule() {
+        const DAY: i64 = DAY_MILLIS;
+        let now = UnixMillis(100 * DAY);
+        let crl = |next: Option<i64>, enforced| CrlFacts {
+            number: 3,
+            revoked: 2,
+            next_update: next.map(|d| UnixMillis(100 * DAY + d * DAY)),
+            enforced,
+        };
+        let table = [
+            (None, false, Operational, "CRL number 3 (2 revoked), without a nextUpdate"),
+            (Some(5), false, Operational, "CRL number 3 (2 revoked), nextUpdate in 5 days"),
+            (Some(5), true, Operational, "CRL number 3 (2 revoked), nextUpdate in 5 days"),
+            (
+                Some(-2),
+                false,
+                Degraded,
+                "CRL number 3 (2 revoked) is past its nextUpdate by 2 days and still used; issue a fresh CRL (kmfctl pki crl)",
+            ),
+            (
+                Some(0),
+                true,
+                Malfunction,
+                "CRL number 3 (2 revoked) is past its nextUpdate by 0 hours: every certificate is refused (tls.crl_enforce_next_update); issue a fresh CRL (kmfctl pki crl)",
+            ),
+        ];
+        for (next, enforced, status, message) in table {
+            assert_eq!(
+                crl_health(Some(&crl(next, enforced)), now),
+                (status, message.to_owned()),
+                "{next:?} {enforced}"
+            );
+        }
+        assert_eq!(crl_health(None, now).0, Disabled);
     }
 
     fn request(role: ExchangeRole, peer: &str, sys: u8, updated: i64) -> ExchangeRequest {

@@ -1,7 +1,10 @@
 //! The metrics endpoint: HTTPS (HTTP/1.1 or h2) on its own listener, with the
-//! daemon's rustls server configuration (TLS 1.3, client certificate from the
-//! deployment CA required). Only operator certificates with a role may read
-//! (`Permission::Read`); an instance certificate gets 403. `GET /metrics`
+//! daemon's rustls server configuration of the moment (`LiveTls`: TLS 1.3,
+//! client certificate from the deployment CA required, the CRL reloaded in
+//! place). Only operator certificates with a role may read
+//! (`Permission::Read`); an instance certificate gets 403, and so does every
+//! request on a connection whose certificate the CRL in use lists (revoked
+//! after the handshake: a keep-alive connection is refused on its next request). `GET /metrics`
 //! serves the Prometheus text format; every other path is 404.
 
 use std::convert::Infallible;
@@ -16,14 +19,13 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamExt;
 
 use super::Metrics;
 use crate::domain::auth::{Caller, Permission, authorize};
 use crate::node::Node;
 use crate::tls::identity::caller_from_cert;
-use crate::tls::{TlsFiles, server_config};
+use crate::tls::live::LiveTls;
 
 const PATH: &str = "/metrics";
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -37,16 +39,14 @@ pub struct MetricsServer {
 /// Serves the endpoint on `listener` until `stop` turns true.
 pub fn start(
     listener: TcpListener,
-    tls: &TlsFiles,
+    live: Arc<LiveTls>,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<MetricsServer> {
     let local_addr = listener.local_addr()?;
-    let mut config = (*server_config(tls)?).clone();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // The daemon's acceptor: handshake timeout, refused handshakes logged at warn.
-    let acceptor = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(Arc::new(config))));
+    // The daemon's acceptor (swapped by a reload): handshake timeout, refused handshakes logged at warn.
+    let acceptor = live.metrics_acceptor();
     let limits = crate::connections::ConnectionLimits::default();
     let slots = crate::connections::ConnectionSlots::new(limits.max_connections);
     let mut incoming = crate::connections::accept_tls(listener, acceptor, limits, slots, stop.clone());
@@ -66,10 +66,11 @@ pub fn start(
                 .remote_addr
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            let caller = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| caller_from_cert(c));
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+            let caller = cert.as_deref().map(caller_from_cert);
             let access = match caller {
                 Some(Ok(caller)) => match authorize(&caller, Permission::Read) {
-                    Ok(()) => Access::Allowed,
+                    Ok(()) => Access::Allowed { actor: caller.actor() },
                     Err(e) => Access::Refused { actor: caller.actor(), reason: refusal(&caller, e.to_string()) },
                 },
                 Some(Err(e)) => Access::Refused { actor: format!("unidentified@{peer}"), reason: e.to_string() },
@@ -77,12 +78,18 @@ pub fn start(
                     Access::Refused { actor: format!("unidentified@{peer}"), reason: "no client certificate".into() }
                 }
             };
-            let (node, metrics, mut conn_stop) = (Arc::clone(&node), Arc::clone(&metrics), stop.clone());
+            let (node, metrics, live, mut conn_stop) =
+                (Arc::clone(&node), Arc::clone(&metrics), Arc::clone(&live), stop.clone());
             tokio::spawn(async move {
                 let access = Arc::new(access);
                 let service = hyper::service::service_fn(move |req| {
                     let (node, metrics, access, peer) =
                         (Arc::clone(&node), Arc::clone(&metrics), Arc::clone(&access), peer.clone());
+                    // Checked per request: the CRL may have changed since the handshake.
+                    let access = match (access.as_ref(), cert.as_deref().and_then(|c| live.refusal(c, node.now()))) {
+                        (Access::Allowed { actor }, Some(reason)) => Access::Refused { actor: actor.clone(), reason },
+                        (access, _) => access.clone(),
+                    };
                     async move { Ok::<_, Infallible>(respond(req, &access, &peer, &node, &metrics).await) }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
@@ -101,8 +108,9 @@ pub fn start(
     Ok(MetricsServer { local_addr, task })
 }
 
+#[derive(Clone)]
 enum Access {
-    Allowed,
+    Allowed { actor: String },
     Refused { actor: String, reason: String },
 }
 

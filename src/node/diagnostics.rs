@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::health::{Component, HealthStatus, MAX_PEERS, PEER_WINDOW_MILLIS, certificate_health, recent_peers};
+use crate::domain::health::{
+    Component, CrlFacts, HealthStatus, MAX_PEERS, PEER_WINDOW_MILLIS, certificate_health, crl_health, recent_peers,
+};
 use crate::domain::ids::{Host, SysId, UnixMillis};
 use crate::node::Node;
 use crate::node::ports::PeerFuture;
@@ -25,10 +27,26 @@ pub trait PeerProbe: Send + Sync + 'static {
     fn check<'a>(&'a self, host: &'a Host, expected: &'a SysId) -> PeerFuture<'a, ()>;
 }
 
-/// What a diagnosis needs beyond store and signer: the instance's own
-/// certificate (DER) and a way to dial peers.
+/// The daemon's TLS configuration of the moment (implemented in
+/// `rpc::probe` over `tls::live::LiveTls`; a reload changes what it answers).
+pub trait TlsNow: Send + Sync + 'static {
+    /// The instance's own certificate (DER) in use.
+    fn certificate_der(&self) -> Vec<u8>;
+    /// The CRL in use, if one is configured.
+    fn crl(&self) -> Option<CrlFacts>;
+    /// Why a call by the client that presented `cert_der` at its handshake
+    /// must be refused at `now`: the CRL in use lists it, or the CRL is past
+    /// its nextUpdate and enforced.
+    fn refusal(&self, cert_der: &[u8], now: UnixMillis) -> Option<String>;
+}
+
+/// What a diagnosis needs beyond store and signer: the TLS configuration
+/// in use (the certificate and CRL checks) and a way to dial peers.
 pub struct DiagnosticsSetup {
+    /// The instance's certificate (DER) at start, whose key signs receipts
+    /// until a restart (`node::proof`); the diagnosis checks the one in use.
     pub certificate_der: Vec<u8>,
+    pub tls: Arc<dyn TlsNow>,
     pub probe: Arc<dyn PeerProbe>,
 }
 
@@ -47,12 +65,20 @@ impl Node {
         self
     }
 
-    /// Runs every check: signer, store, certificate, recent peers.
+    /// Why a call by the client that presented `cert_der` must be refused now
+    /// (its certificate revoked since the handshake; see `TlsNow::refusal`).
+    /// None without a TLS configuration (a node built without one).
+    pub fn tls_refusal(&self, cert_der: &[u8]) -> Option<String> {
+        self.diagnostics.as_ref()?.tls.refusal(cert_der, self.now())
+    }
+
+    /// Runs every check: signer, store, certificate, recent peers, CRL.
     pub async fn diagnose(self: &Arc<Self>) -> Diagnosis {
         let now = self.now();
         let (signer, store, peers) = tokio::join!(self.check_signer(), self.check_store(now), self.check_peers(now));
         let certificate = self.check_certificate(now);
-        let children = vec![signer, store, certificate, peers];
+        let crl = self.check_crl(now);
+        let children = vec![signer, store, certificate, peers, crl];
         let attention: Vec<String> = children
             .iter()
             .filter(|c| matches!(c.status, HealthStatus::Degraded | HealthStatus::Malfunction))
@@ -152,7 +178,7 @@ impl Node {
         let Some(setup) = &self.diagnostics else {
             return Component::leaf("certificate", HealthStatus::Disabled, "no certificate was given to the node");
         };
-        match crate::tls::validity::validity(&setup.certificate_der) {
+        match crate::tls::validity::validity(&setup.tls.certificate_der()) {
             Ok((not_before, not_after)) => {
                 let (status, message) = certificate_health(not_before, not_after, now);
                 Component::leaf(
@@ -163,6 +189,17 @@ impl Node {
             }
             Err(e) => Component::leaf("certificate", HealthStatus::Malfunction, e.to_string()),
         }
+    }
+
+    /// The CRL in use is current (past its nextUpdate: Degraded, or
+    /// Malfunction when enforced; see `domain::health::crl_health`).
+    fn check_crl(&self, now: UnixMillis) -> Component {
+        let crl = self.diagnostics.as_ref().and_then(|setup| setup.tls.crl());
+        let (status, mut message) = crl_health(crl.as_ref(), now);
+        if let Some(next) = crl.as_ref().and_then(|c| c.next_update) {
+            message.push_str(&format!(" (nextUpdate {})", crate::clock::rfc3339(next)));
+        }
+        Component::leaf("crl", status, message)
     }
 
     /// Every distinct peer of the last 30 days' requests (at most 16),

@@ -1,5 +1,7 @@
-//! Who is calling: read from the verified client certificate only. A refused
-//! call is logged at warn and written to the audit log.
+//! Who is calling: read from the verified client certificate only, checked
+//! on every call against the CRL in use (a certificate revoked after its
+//! connection's handshake is refused with UNAUTHENTICATED on the next call).
+//! A refused call is logged at warn and written to the audit log.
 
 use std::sync::Arc;
 
@@ -43,6 +45,12 @@ pub async fn authorize<T>(node: &Arc<Node>, req: &Request<T>, permission: Permis
             return Err(Status::permission_denied(e.to_string()));
         }
     };
+    if let Some(reason) = node.tls_refusal(leaf) {
+        let (method, peer) = (method(), peer());
+        tracing::warn!(caller = %caller.actor(), %peer, %method, "call refused: {reason}");
+        node.audit_refusal(caller.actor(), method, reason.clone()).await;
+        return Err(Status::unauthenticated(reason));
+    }
     if let Err(e) = decide(&caller, permission) {
         let (method, peer) = (method(), peer());
         tracing::warn!(caller = %caller.actor(), %peer, %method, "call refused: {e}");

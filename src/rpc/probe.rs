@@ -1,29 +1,53 @@
 //! The peer probe: implements the node's `PeerProbe` with a gRPC health
 //! check (grpc.health.v1) over mTLS, as this instance, of the peer's
 //! KeyExchange service. The peer's certificate must name the expected sys_id.
+//! It dials with the identity and CRL in use at that moment (`LiveTls`: a
+//! reload reaches it). Also the node's view of that configuration (`TlsNow`).
+
+use std::sync::Arc;
 
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::domain::DomainError;
-use crate::domain::ids::{Host, SysId};
+use crate::domain::health::CrlFacts;
+use crate::domain::ids::{Host, SysId, UnixMillis};
 use crate::error::PeerError;
-use crate::node::diagnostics::PeerProbe;
+use crate::node::diagnostics::{PeerProbe, TlsNow};
 use crate::node::ports::PeerFuture;
 use crate::rpc::client::connect;
-use crate::tls::TlsFiles;
+use crate::tls::live::LiveTls;
 
 /// The service whose health a peer must report: the one peers call.
 const PEER_SERVICE: &str = "kmf.v1.KeyExchange";
 
 pub struct HealthProbe {
-    files: TlsFiles,
+    tls: Arc<LiveTls>,
 }
 
 impl HealthProbe {
-    /// `files` is this instance's identity.
-    pub fn new(files: TlsFiles) -> Self {
-        HealthProbe { files }
+    /// `tls` holds this instance's identity and CRL (reloaded in place).
+    pub fn new(tls: Arc<LiveTls>) -> Self {
+        HealthProbe { tls }
+    }
+}
+
+impl TlsNow for LiveTls {
+    fn certificate_der(&self) -> Vec<u8> {
+        self.files().chain().ok().and_then(|c| c.first().map(|c| c.to_vec())).unwrap_or_default()
+    }
+
+    fn crl(&self) -> Option<CrlFacts> {
+        LiveTls::crl(self).map(|c| CrlFacts {
+            number: c.number,
+            revoked: c.revoked_count(),
+            next_update: c.next_update,
+            enforced: c.enforced,
+        })
+    }
+
+    fn refusal(&self, cert_der: &[u8], now: UnixMillis) -> Option<String> {
+        LiveTls::refusal(self, cert_der, now)
     }
 }
 
@@ -31,7 +55,8 @@ impl PeerProbe for HealthProbe {
     fn check<'a>(&'a self, host: &'a Host, expected: &'a SysId) -> PeerFuture<'a, ()> {
         Box::pin(async move {
             let unreachable = |reason: String| PeerError::Unreachable { host: host.to_string(), reason };
-            let channel = connect(host, &self.files, Some(expected.clone())).await.map_err(|reason| {
+            let files = self.tls.files();
+            let channel = connect(host, &files, Some(expected.clone())).await.map_err(|reason| {
                 if reason.contains("does not name instance") {
                     PeerError::Refused(DomainError::PermissionDenied(format!(
                         "the daemon at {host} is not instance {expected}"

@@ -4,6 +4,7 @@
 
 pub mod crl;
 pub mod identity;
+pub mod live;
 pub mod pki;
 mod rustls_config;
 pub mod validity;

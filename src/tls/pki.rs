@@ -176,6 +176,7 @@ pub fn tls_files(ca: &IssuedCert, leaf: &IssuedCert) -> TlsFiles {
         cert_pem: leaf.cert_pem.clone().into_bytes(),
         key_pem: zeroize::Zeroizing::new(leaf.key_pem.clone().into_bytes()),
         crl_pem: None,
+        crl_enforce_next_update: false,
     }
 }
 

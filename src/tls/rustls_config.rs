@@ -27,6 +27,11 @@ pub struct TlsFiles {
     /// The CA's revocation list (PEM); when set, certificates it lists are
     /// refused on both sides of every handshake.
     pub crl_pem: Option<Vec<u8>>,
+    /// `tls.crl_enforce_next_update`: a CRL past its nextUpdate fails every
+    /// handshake, both sides (rustls `enforce_revocation_expiration`), until
+    /// a fresh one is loaded. Off by default: such a CRL is still used (and
+    /// the diagnosis says Degraded).
+    pub crl_enforce_next_update: bool,
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -41,8 +46,13 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 impl TlsFiles {
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        let files =
-            TlsFiles { ca_pem: read(ca)?, cert_pem: read(cert)?, key_pem: Zeroizing::new(read(key)?), crl_pem: None };
+        let files = TlsFiles {
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: Zeroizing::new(read(key)?),
+            crl_pem: None,
+            crl_enforce_next_update: false,
+        };
         files.roots()?;
         files.chain()?;
         files.private_key()?;
@@ -104,10 +114,12 @@ fn provider() -> Arc<CryptoProvider> {
 /// Server side: TLS 1.3, client certificate from our CA required, ALPN h2.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(files.roots()?), provider.clone())
-        .with_crls(files.crls()?)
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(files.roots()?), provider.clone())
+        .with_crls(files.crls()?);
+    if files.crl_enforce_next_update {
+        verifier = verifier.enforce_revocation_expiration();
+    }
+    let verifier = verifier.build().map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -122,10 +134,12 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 /// server's certificate must name that instance sys_id.
 pub fn client_config(files: &TlsFiles, expected: Option<SysId>) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(files.roots()?), provider.clone())
-        .with_crls(files.crls()?)
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut inner = WebPkiServerVerifier::builder_with_provider(Arc::new(files.roots()?), provider.clone())
+        .with_crls(files.crls()?);
+    if files.crl_enforce_next_update {
+        inner = inner.enforce_revocation_expiration();
+    }
+    let inner = inner.build().map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?

@@ -79,7 +79,7 @@ async fn diagnose_healthy_node_then_peers_after_an_exchange_and_a_stopped_peer()
     assert!((checked.seconds - before.0 / 1000).abs() <= 60, "checked_at is now: {checked:?}");
     assert_eq!(st(d.status), ComponentStatus::Operational, "{d:?}");
     let names: Vec<&str> = d.components.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["signer", "store", "certificate", "peers"]);
+    assert_eq!(names, ["signer", "store", "certificate", "peers", "crl"]);
     for name in ["signer", "store", "certificate"] {
         assert_eq!(st(component(&d, name).status), ComponentStatus::Operational, "{name}: {d:?}");
     }
@@ -188,7 +188,7 @@ async fn kmfctl_diag_prints_json_or_a_table_and_exits_by_status() {
     assert_eq!(v["status"], "COMPONENT_STATUS_OPERATIONAL", "{v}");
     let names: Vec<&str> =
         v["components"].as_array().expect("components").iter().filter_map(|c| c["name"].as_str()).collect();
-    assert_eq!(names, ["signer", "store", "certificate", "peers"]);
+    assert_eq!(names, ["signer", "store", "certificate", "peers", "crl"]);
     assert_eq!(v["components"][3]["status"], "COMPONENT_STATUS_DISABLED");
     assert_eq!(v["components"][3]["message"], "no exchange peers in the last 30 days");
     assert!(v["checkedAt"].as_str().expect("checkedAt").ends_with('Z'), "{v}");

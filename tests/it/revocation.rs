@@ -198,3 +198,212 @@ fn kmfd_reloads_on_sighup_and_refuses_what_kmfctl_pki_revoke_lists() {
     ok(daemon.ctl(&pki).args(["instance", "info"]));
     daemon.stop();
 }
+
+/// A node that reloads its TLS files from a directory it was started with,
+/// the CRL there being `crl` (and `tune` changing the config last).
+async fn reloading_node(
+    pki: &Pki,
+    crl: &str,
+    tune: impl FnOnce(&mut kmf::app::AppConfig),
+) -> (TestNode, tempfile::TempDir) {
+    let files_dir = tempfile::tempdir().expect("tmp");
+    let dir = files_dir.path().to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let crl_pem = crl.as_bytes().to_vec();
+    let node = TestNode::start_on(
+        pki,
+        None,
+        listener,
+        |cfg| {
+            std::fs::write(dir.join("ca.pem"), &cfg.tls.ca_pem).expect("ca");
+            std::fs::write(dir.join("instance.pem"), &cfg.tls.cert_pem).expect("cert");
+            std::fs::write(dir.join("instance.key"), &cfg.tls.key_pem[..]).expect("key");
+            std::fs::write(dir.join("crl.pem"), &crl_pem).expect("crl");
+            cfg.tls.crl_pem = Some(crl_pem.clone());
+            cfg.tls_paths = Some(kmf::app::TlsPaths {
+                ca: dir.join("ca.pem"),
+                cert: dir.join("instance.pem"),
+                key: dir.join("instance.key"),
+                crl: Some(dir.join("crl.pem")),
+            });
+            tune(cfg);
+        },
+        |p| p,
+    )
+    .await;
+    (node, files_dir)
+}
+
+/// Writes a CRL numbered `number` listing the leaf certificates of `who` and waits for its reload.
+async fn revoke(pki: &Pki, node: &TestNode, dir: &Path, number: u64, who: &[&kmf::tls::TlsFiles]) {
+    let before = node.running().tls_reloads();
+    let revoked = who.iter().map(|f| Revoked { serial: leaf_serial(&f.cert_pem), at: kmf::clock::now() }).collect();
+    let crl = issue_crl(&pki.ca, &CrlContents { number, revoked }, kmf::clock::now()).expect("crl");
+    replace(&dir.join("crl.pem"), crl.as_bytes());
+    wait_reloads(node, before + 1).await;
+}
+
+fn empty_crl(pki: &Pki, at: kmf::domain::ids::UnixMillis) -> String {
+    issue_crl(&pki.ca, &CrlContents { number: 1, revoked: vec![] }, at).expect("crl")
+}
+
+/// An HTTP/1.1 keep-alive connection to the metrics listener as `files`.
+async fn metrics_connection(
+    addr: std::net::SocketAddr,
+    files: &kmf::tls::TlsFiles,
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>, String> {
+    let mut config = (*kmf::tls::client_config(files, None).expect("client config")).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// GET /metrics on `sender`: the status, or why there was none.
+async fn metrics_status(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+) -> Result<u16, String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let req = hyper::Request::get("/metrics")
+        .header("host", "127.0.0.1")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .expect("request");
+    sender.send_request(req).await.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+}
+
+/// A new metrics connection: its first request's status.
+async fn metrics_fresh(addr: std::net::SocketAddr, files: &kmf::tls::TlsFiles) -> Result<u16, String> {
+    metrics_status(&mut metrics_connection(addr, files).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_operator_is_refused_by_the_metrics_listener_on_new_and_open_connections() {
+    let pki = Pki::new();
+    let crl = empty_crl(&pki, kmf::clock::now());
+    let (node, dir) =
+        reloading_node(&pki, &crl, |cfg| cfg.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let addr = node.running().metrics_addr.expect("metrics listener");
+    let (alice, bob) = (pki.operator("alice", &[Role::Admin]), pki.operator("bob", &[Role::Admin]));
+    let mut alice_open = metrics_connection(addr, &alice).await.expect("alice connects");
+    assert_eq!(metrics_status(&mut alice_open).await, Ok(200));
+    let mut bob_open = metrics_connection(addr, &bob).await.expect("bob connects");
+    assert_eq!(metrics_status(&mut bob_open).await, Ok(200));
+
+    revoke(&pki, &node, dir.path(), 2, &[&alice]).await;
+    // (b) the keep-alive connection opened before: its next request is refused (403, or closed).
+    let open = metrics_status(&mut alice_open).await;
+    assert!(open != Ok(200), "alice's open connection still served: {open:?}");
+    // (a) a new connection: refused at the handshake.
+    let fresh = metrics_fresh(addr, &alice).await;
+    assert!(fresh.is_err(), "a new connection of a revoked operator was answered: {fresh:?}");
+    // Bob, on his open connection and on a new one, is served.
+    assert_eq!(metrics_status(&mut bob_open).await, Ok(200));
+    assert_eq!(metrics_fresh(addr, &bob).await, Ok(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_grpc_connection_of_a_revoked_operator_fails_its_next_call() {
+    let pki = Pki::new();
+    let crl = empty_crl(&pki, kmf::clock::now());
+    let (node, dir) = reloading_node(&pki, &crl, |_| {}).await;
+    let (alice, bob) = (pki.operator("alice", &[Role::Admin]), pki.operator("bob", &[Role::Admin]));
+    let mut alice_open = pb::instance_client::InstanceClient::new(node.channel(&alice).await);
+    let mut bob_open = pb::instance_client::InstanceClient::new(node.channel(&bob).await);
+    for client in [&mut alice_open, &mut bob_open] {
+        assert_eq!(client.info(pb::InfoRequest {}).await.expect("info").into_inner().sys_id, node.sys_id);
+    }
+    let handshakes = node.running().handshakes_accepted();
+
+    revoke(&pki, &node, dir.path(), 2, &[&alice]).await;
+    let err = alice_open.info(pb::InfoRequest {}).await.expect_err("a revoked operator's open connection served");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("revoked"), "{err:?}");
+    assert_eq!(node.running().handshakes_accepted(), handshakes, "the refusal came on the open connection");
+    assert_eq!(bob_open.info(pb::InfoRequest {}).await.expect("bob").into_inner().sys_id, node.sys_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_probe_uses_the_reloaded_crl() {
+    use kmf::rpc::pb::{Decision, RequestStatus};
+    let pki = Pki::new();
+    let crl = empty_crl(&pki, kmf::clock::now());
+    let source = TestNode::start(&pki).await;
+    let (target, dir) = reloading_node(&pki, &crl, |_| {}).await;
+    let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
+    s.spec("m", "s", true).await;
+    t.spec("m", "s", false).await;
+    let created = t.create_request(&source, &["s"]).await.expect("create");
+    let done = s.decide(&created.request_id, Decision::Approve, "").await.expect("approve");
+    assert_eq!(crate::support::status(&done), RequestStatus::RequestCompleted);
+    let peer_status = |d: &kmf::node::diagnostics::Diagnosis| {
+        let peers = d.root.children.iter().find(|c| c.name == "peers").expect("peers");
+        let child = peers.children.first().expect("one peer");
+        (child.status, child.message.clone())
+    };
+    let before = peer_status(&target.running().node.diagnose().await);
+    assert_eq!(before.0, kmf::domain::health::HealthStatus::Operational, "{before:?}");
+
+    // The target revokes the source's instance certificate: its probe refuses the source.
+    revoke(&pki, &target, dir.path(), 2, &[&source.instance_files]).await;
+    let after = peer_status(&target.running().node.diagnose().await);
+    assert_eq!(after.0, kmf::domain::health::HealthStatus::Malfunction, "{after:?}");
+    assert!(after.1.contains("Revoked"), "{after:?}");
+}
+
+const DAY: i64 = 24 * 3600 * 1000;
+
+fn crl_of(d: &kmf::node::diagnostics::Diagnosis) -> (kmf::domain::health::HealthStatus, String) {
+    let c = d.root.children.iter().find(|c| c.name == "crl").expect("a crl component");
+    (c.status, c.message.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_past_its_next_update_is_degraded_but_used_by_default() {
+    use kmf::domain::health::HealthStatus;
+    let pki = Pki::new();
+    let (fresh, _dir) = reloading_node(&pki, &empty_crl(&pki, kmf::clock::now()), |_| {}).await;
+    let d = fresh.running().node.diagnose().await;
+    assert_eq!(crl_of(&d).0, HealthStatus::Operational, "{d:?}");
+    assert_eq!(d.root.status, HealthStatus::Operational, "{d:?}");
+
+    // Issued 31 days ago: its nextUpdate (30 days) has passed.
+    let stale = empty_crl(&pki, kmf::clock::now().plus_millis(-31 * DAY));
+    let (node, _dir) = reloading_node(&pki, &stale, |_| {}).await;
+    let d = node.running().node.diagnose().await;
+    let (status, message) = crl_of(&d);
+    assert_eq!(status, HealthStatus::Degraded, "{message}");
+    assert!(message.contains("nextUpdate"), "{message}");
+    assert_eq!(d.root.status, HealthStatus::Degraded, "{d:?}");
+    let alice = pki.operator("alice", &[Role::Admin]);
+    assert_eq!(info(&node, &alice).await.as_deref(), Ok(node.sys_id.as_str()), "a stale CRL is still used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_past_its_next_update_refuses_everyone_when_enforced_until_a_fresh_one_loads() {
+    use kmf::domain::health::HealthStatus;
+    let pki = Pki::new();
+    let stale = empty_crl(&pki, kmf::clock::now().plus_millis(-31 * DAY));
+    let (node, dir) = reloading_node(&pki, &stale, |cfg| cfg.tls.crl_enforce_next_update = true).await;
+    let alice = pki.operator("alice", &[Role::Admin]);
+    let refused = info(&node, &alice).await;
+    assert!(refused.is_err(), "served under an enforced stale CRL: {refused:?}");
+    let d = node.running().node.diagnose().await;
+    let (status, message) = crl_of(&d);
+    assert_eq!(status, HealthStatus::Malfunction, "{message}");
+    assert!(message.contains("every certificate is refused (tls.crl_enforce_next_update)"), "{message}");
+
+    // A fresh CRL is loaded (the setting survives the reload): served again.
+    let before = node.running().tls_reloads();
+    let fresh = issue_crl(&pki.ca, &CrlContents { number: 2, revoked: vec![] }, kmf::clock::now()).expect("crl");
+    replace(&dir.path().join("crl.pem"), fresh.as_bytes());
+    wait_reloads(&node, before + 1).await;
+    assert_eq!(info(&node, &alice).await.as_deref(), Ok(node.sys_id.as_str()));
+    assert_eq!(crl_of(&node.running().node.diagnose().await).0, HealthStatus::Operational);
+}
