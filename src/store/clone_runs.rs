@@ -2,9 +2,9 @@
 //! atomic. Records live in one of two tables; a clone copies the source's
 //! records into the other one (`staging`), part by part, each part in its own
 //! transaction, while the previous data stays readable. The swap is one
-//! transaction: the catalog tables (modules, specs, access policies,
-//! properties) are replaced by the snapshot's and the staging table becomes
-//! the active one. Keys, identity, requests, jobs and the audit log are
+//! transaction: the snapshot's catalog (modules, specs, access policies,
+//! properties) is merged into the target's (`domain::clone_merge`: what the
+//! target has stays its own) and the staging table becomes the active one. Keys, identity, requests, jobs and the audit log are
 //! never touched. Afterwards the old records are cleared in batches.
 //!
 //! Every write here is made under the clone job's lease (a runner whose
@@ -317,7 +317,7 @@ impl Store {
         })
     }
 
-    /// The swap, in one transaction: the catalog becomes the snapshot's,
+    /// The swap, in one transaction: the snapshot's catalog is merged in,
     /// the staged records become the records, the follow-up job (if any) is
     /// scheduled, the run is Completed.
     pub fn swap_in_clone(
