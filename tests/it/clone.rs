@@ -514,3 +514,37 @@ async fn a_clone_never_widens_what_the_target_allows() {
     let merged = tgt.audit_entries("clone.merge").await;
     assert!(merged.iter().any(|e| e.details.contains("added 1 modules, 1 specs")), "{merged:?}");
 }
+
+/// With the catalog merged, the target keeps specs of its own; the automatic
+/// exchange after the clone asks only for the specs that came with it (the
+/// source's grant covers those), so it is still approved without a person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_automatic_exchange_never_asks_for_the_targets_own_specs() {
+    let pki = Pki::new();
+    let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let mut src = source.admin(&pki).await;
+    src.spec("hr", "pay", true).await;
+    put_records(&mut src, 10).await;
+    let mut source_clones = ClonesClient::new(admin_channel(&source, &pki).await);
+    let add = pb::AddCloneTargetRequest { sys_id: target.sys_id.clone(), host: target.host.to_string() };
+    source_clones.add_clone_target(add).await.expect("register");
+    let mut tgt = target.admin(&pki).await;
+    tgt.spec("local", "mine", true).await;
+
+    let mut target_clones = ClonesClient::new(admin_channel(&target, &pki).await);
+    let start = pb::StartCloneRequest { source_sys_id: source.sys_id.clone(), source_host: source.host.to_string() };
+    let run = target_clones.start_clone(start).await.expect("start").into_inner().clone.expect("clone");
+    assert_eq!(finished(&mut target_clones, &run.clone_id).await.state, "completed");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let request = loop {
+        let all = requests(&mut tgt).await;
+        if let Some(r) = all.iter().find(|r| r.status == pb::RequestStatus::RequestCompleted as i32) {
+            break r.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no automatic request completed: {all:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // poll interval; bounded by the deadline
+    };
+    let specs: Vec<&str> = request.lines.iter().map(|l| l.spec.as_str()).collect();
+    assert_eq!(specs, ["pay"], "approved by the clone grant, for the cloned spec only: {request:?}");
+    assert_eq!(requests(&mut tgt).await.len(), 1, "one automatic request");
+}
