@@ -4,8 +4,9 @@
 //! transaction, while the previous data stays readable. The swap is one
 //! transaction: the snapshot's catalog (modules, specs, access policies,
 //! properties) is merged into the target's (`domain::clone_merge`: what the
-//! target has stays its own) and the staging table becomes the active one. Keys, identity, requests, jobs and the audit log are
-//! never touched. Afterwards the old records are cleared in batches.
+//! target has stays its own) and the staging table becomes the active one.
+//! Keys, identity, requests, jobs and the audit log are never touched.
+//! Afterwards the old records are cleared in batches.
 //!
 //! Every write here is made under the clone job's lease (a runner whose
 //! lease was taken over gets `Stale` and changes nothing) and renews it.
