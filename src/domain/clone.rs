@@ -114,13 +114,18 @@ pub struct FollowUp {
     pub automatic: bool,
     /// The source's One Time / Recurring Clone configuration for this target.
     pub plan: Option<ExchangePlan>,
+    /// The specs that came with the clone (None in runs recorded before it
+    /// was kept: every spec of the target). The target's own specs are never
+    /// asked of the source.
+    pub specs: Option<Vec<Name>>,
 }
 
 impl FollowUp {
     /// What a target that swapped in `catalog` (with the header's `plan`) requests.
     pub fn after(catalog: &SnapshotCatalog, plan: Option<ExchangePlan>) -> Option<FollowUp> {
         let automatic = wants_automatic_exchange(catalog);
-        (automatic || plan.is_some()).then_some(FollowUp { automatic, plan })
+        let specs = Some(catalog.specs.iter().map(|s| s.name.clone()).collect());
+        (automatic || plan.is_some()).then_some(FollowUp { automatic, plan, specs })
     }
 
     /// The specs of `catalog` to request as AUTOMATIC: all but the plan's.
@@ -129,7 +134,8 @@ impl FollowUp {
             return Vec::new();
         }
         let planned = self.plan.as_ref().map_or(&[][..], |p| &p.specs[..]);
-        all.filter(|s| !planned.contains(s)).collect()
+        let cloned = |s: &Name| self.specs.as_ref().is_none_or(|c| c.contains(s));
+        all.filter(|s| !planned.contains(s) && cloned(s)).collect()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod byok;
 pub mod ciphertext;
 pub mod clone;
 pub mod clone_exchange;
+pub mod clone_merge;
 pub mod clone_schedule;
 pub mod codec;
 pub mod error;

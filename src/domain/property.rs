@@ -39,6 +39,11 @@ pub fn is_system_only(name: &str) -> bool {
     name == REKEYED
 }
 
+/// Protected properties (`protected.*`): a clone neither copies nor erases them.
+pub fn is_protected(name: &str) -> bool {
+    name.starts_with("protected.")
+}
+
 /// A stored property.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Property {
@@ -102,5 +107,6 @@ mod tests {
             assert_eq!(validate_name(bad), Err(refused), "{bad}");
         }
         assert!(validate_name("glide.kmf.x-y_z").is_ok());
+        assert!(is_protected(REKEYED) && !is_protected(AUTO_KEY_EXCHANGE) && !is_protected("protectedx"));
     }
 }

@@ -188,7 +188,7 @@ impl Node {
                 };
                 let automatic = exchanges.as_ref().is_some_and(|f| f.automatic);
                 let details = format!(
-                    "from {source}: {} modules, {} specs, {} policies, {} properties, records swapped in; configured exchange {planned}; automatic exchange {}",
+                    "from {source}: a snapshot of {} modules, {} specs, {} policies, {} properties merged in (clone.merge says how), records swapped in; configured exchange {planned}; automatic exchange {}",
                     catalog.modules.len(),
                     catalog.specs.len(),
                     catalog.policies.len(),
@@ -223,7 +223,7 @@ impl Node {
         let clone_id = CloneId::parse(&job.id.subject)?;
         let run = self.clone_run(clone_id.clone()).await?;
         // A run recorded before configured exchanges existed had this job only for the automatic exchange.
-        let follow_up = run.follow_up.clone().unwrap_or(FollowUp { automatic: true, plan: None });
+        let follow_up = run.follow_up.clone().unwrap_or(FollowUp { automatic: true, plan: None, specs: None });
         let source = PeerRef { sys_id: run.source.clone(), host: run.source_host.clone() };
         if let Some(plan) = &follow_up.plan {
             let id = configured_request_id(&clone_id);

@@ -17,6 +17,7 @@ use crate::domain::audit::AuditEvent;
 use crate::domain::clone::{CloneGrant, CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
 use crate::domain::clone_exchange::ExchangePlan;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
+use crate::domain::property::is_protected;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct CloneTargetRow {
@@ -150,7 +151,8 @@ impl Store {
                 modules: modules_in(tx)?,
                 specs: specs_in(tx)?,
                 policies: policies_in(tx, None)?,
-                properties: properties_in(tx)?,
+                // Protected properties are the instance's own: never sent.
+                properties: properties_in(tx)?.into_iter().filter(|p| !is_protected(&p.name)).collect(),
             };
             for part in catalog.into_parts() {
                 if !emit(SnapshotPart::Catalog(part)) {

@@ -2,10 +2,11 @@
 //! atomic. Records live in one of two tables; a clone copies the source's
 //! records into the other one (`staging`), part by part, each part in its own
 //! transaction, while the previous data stays readable. The swap is one
-//! transaction: the catalog tables (modules, specs, access policies,
-//! properties) are replaced by the snapshot's and the staging table becomes
-//! the active one. Keys, identity, requests, jobs and the audit log are
-//! never touched. Afterwards the old records are cleared in batches.
+//! transaction: the snapshot's catalog (modules, specs, access policies,
+//! properties) is merged into the target's (`domain::clone_merge`: what the
+//! target has stays its own) and the staging table becomes the active one.
+//! Keys, identity, requests, jobs and the audit log are never touched.
+//! Afterwards the old records are cleared in batches.
 //!
 //! Every write here is made under the clone job's lease (a runner whose
 //! lease was taken over gets `Stale` and changes nothing) and renews it.
@@ -13,20 +14,24 @@
 use serde::{Deserialize, Serialize};
 
 use super::audit::append_audit;
+use super::catalog::{modules_in, specs_in};
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, put_job_in, renew_lease_in};
-use super::policies::put_new_policies;
-use super::record_debt::{DebtDelta, clear_debt};
+use super::policies::{policies_in, put_new_policies};
+use super::properties::{properties_in, property_in, put_property_in};
+use super::record_debt::{DebtDelta, clear_debt, debts_in};
 use super::records::{ModuleRow, SpecRow, decode};
-use super::stored_records::{record_row, staging_records, swap_records_tables};
+use super::stored_records::{active_records, record_row, staging_records, swap_records_tables};
 use super::tuple::str_key;
 use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
-use crate::domain::audit::AuditEvent;
+use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::clone::{CloneRun, CloneState, FollowUp, SnapshotCatalog};
 use crate::domain::clone_exchange::ExchangePlan;
+use crate::domain::clone_merge::{merge_catalog, rekeyed_after_clone};
 use crate::domain::ids::{CloneId, Host, Name, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::domain::policy::ApprovalType;
+use crate::domain::property::{Property, REKEYED};
 use crate::domain::record::StoredRecord;
 
 #[derive(Serialize, Deserialize)]
@@ -52,6 +57,9 @@ pub(super) struct CloneRunRow {
 struct FollowUpRow {
     automatic: bool,
     plan: Option<PlanRow>,
+    /// The specs that came with the clone (absent in rows written before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    specs: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -101,10 +109,11 @@ impl From<&CloneRun> for CloneRunRow {
             updated_at: r.updated_at.0,
             finished_at: r.finished_at.map(|t| t.0),
             error: r.error.clone(),
-            follow_up: r
-                .follow_up
-                .as_ref()
-                .map(|f| FollowUpRow { automatic: f.automatic, plan: f.plan.as_ref().map(PlanRow::from) }),
+            follow_up: r.follow_up.as_ref().map(|f| FollowUpRow {
+                automatic: f.automatic,
+                plan: f.plan.as_ref().map(PlanRow::from),
+                specs: f.specs.as_ref().map(|s| s.iter().map(ToString::to_string).collect()),
+            }),
         }
     }
 }
@@ -124,7 +133,14 @@ pub(super) fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
         error: r.error,
         follow_up: match r.follow_up {
             None => None,
-            Some(f) => Some(FollowUp { automatic: f.automatic, plan: f.plan.map(plan_from).transpose()? }),
+            Some(f) => Some(FollowUp {
+                automatic: f.automatic,
+                plan: f.plan.map(plan_from).transpose()?,
+                specs: f
+                    .specs
+                    .map(|s| s.iter().map(|n| Name::parse(n, "spec").map_err(corrupt)).collect::<Result<_>>())
+                    .transpose()?,
+            }),
         },
     })
 }
@@ -177,6 +193,27 @@ pub(super) fn running_clone_in(tx: &mut dyn ReadTxn) -> Result<Option<String>> {
         Ok(Visit::Continue)
     })?;
     Ok(running)
+}
+
+/// After the swap: a finished rekey no longer holds when the records now
+/// depend on other instances' keys (`protected.script.values.kmf.rekeyed`
+/// becomes false, written by the system, audited); the debt index shows them.
+fn rekeyed_after_swap(tx: &mut dyn WriteTxn, own: &SysId, id: &CloneId, now: UnixMillis) -> Result<Option<AuditEvent>> {
+    let table = active_records(tx)?;
+    let foreign: u64 = debts_in(tx, table)?.iter().filter(|d| &d.key_id.origin != own).map(|d| d.records).sum();
+    let current = property_in(tx, REKEYED)?;
+    let Some(value) = rekeyed_after_clone(current.as_ref().map(|p| p.value.as_str()), foreign) else {
+        return Ok(None);
+    };
+    let by = "system (clone)";
+    put_property_in(
+        tx,
+        &Property { name: REKEYED.into(), value: value.into(), updated_at: now, updated_by: by.into() },
+    )?;
+    let details = format!(
+        "true -> {value}: clone {id} brought {foreign} record(s) under other instances' keys (see the rekey debt)"
+    );
+    Ok(Some(AuditEvent::new(now, by, "property.set", REKEYED, Outcome::Success).with_details(details)))
 }
 
 /// Deletes the first `limit` rows of `table`; returns how many it deleted.
@@ -281,7 +318,7 @@ impl Store {
         })
     }
 
-    /// The swap, in one transaction: the catalog becomes the snapshot's,
+    /// The swap, in one transaction: the snapshot's catalog is merged in,
     /// the staged records become the records, the follow-up job (if any) is
     /// scheduled, the run is Completed.
     pub fn swap_in_clone(
@@ -294,21 +331,34 @@ impl Store {
         let CloneSwap { catalog, follow_up, exchanges, now, lease_until } = *swap;
         self.write(&[Change::Specs, Change::Policies, Change::Other], |tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
-            // The catalog is small: replaced whole, in this transaction.
-            for table in [Table::Modules, Table::Specs, Table::AccessPolicies, Table::Properties] {
-                delete_first(tx, table, usize::MAX)?;
-            }
-            for m in &catalog.modules {
+            // The catalog is small: merged into the target's as it is in this
+            // transaction (what the target has stays its own; see domain::clone_merge).
+            let current = SnapshotCatalog {
+                modules: modules_in(tx)?,
+                specs: specs_in(tx)?,
+                policies: policies_in(tx, None)?,
+                properties: properties_in(tx)?,
+            };
+            let merge = merge_catalog(&current, catalog);
+            for m in &merge.add_modules {
                 put_row(tx, Table::Modules, &str_key(m.name.as_str()), &ModuleRow::from(m))?;
             }
-            for s in &catalog.specs {
+            for s in &merge.add_specs {
                 put_row(tx, Table::Specs, &str_key(s.name.as_str()), &SpecRow::from(s))?;
             }
-            put_new_policies(tx, &catalog.policies)?;
-            for p in &catalog.properties {
-                super::properties::put_property_in(tx, p)?;
+            put_new_policies(tx, &merge.add_policies)?;
+            for name in &merge.erase_properties {
+                tx.delete(Table::Properties, &str_key(name))?;
+            }
+            for p in &merge.set_properties {
+                put_property_in(tx, p)?;
             }
             swap_records_tables(tx)?;
+            let mut events = vec![
+                AuditEvent::new(now, "system", "clone.merge", id.as_str(), Outcome::Success)
+                    .with_details(merge.describe()),
+            ];
+            events.extend(rekeyed_after_swap(tx, &self.sys_id, id, now)?);
             if let Some(job) = follow_up {
                 put_job_in(tx, job)?;
             }
@@ -317,6 +367,7 @@ impl Store {
             (run.updated_at, run.finished_at, run.error) = (now, Some(now), None);
             put_run(tx, &run)?;
             append_audit(tx, audit)?;
+            append_audit(tx, &events)?;
             Ok(run)
         })
     }

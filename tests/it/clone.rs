@@ -245,11 +245,11 @@ async fn a_target_clones_its_source_in_one_step_and_keeps_its_identity() {
     assert_eq!((done.records_total, done.records_copied), (RECORDS as u64, RECORDS as u64));
     assert!(done.records_per_second > 0.0);
 
-    // The source's catalog and records replaced the target's; identity stays.
+    // The source's records replaced the target's, its catalog was merged in; identity stays.
     assert_eq!(count_records(&mut tgt, "hr").await, RECORDS);
     assert_eq!(count_records(&mut tgt, "old").await, 0, "the target's own records were replaced");
     let specs = tgt.keys.list_specs(pb::ListSpecsRequest::default()).await.expect("specs").into_inner().specs;
-    assert_eq!(specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["pay"]);
+    assert_eq!(specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["mine", "pay"], "the target keeps its own");
     let auto = tgt
         .properties
         .get_property(pb::GetPropertyRequest { name: "glide_encryption.auto_key_exchange.enabled".into() });
@@ -381,4 +381,170 @@ async fn after_a_clone_the_keys_follow_automatically_and_the_records_open() {
         let checked = String::from_utf8_lossy(&out.stderr);
         assert!(checked.contains("receipt VERIFIED") && checked.contains("(1 imported key(s))"), "{checked}");
     }
+}
+
+pub(crate) async fn policies_of(ops: &mut Ops, module: &str) -> Vec<(String, i32, i32)> {
+    let req = pb::ListPoliciesRequest { module: module.into() };
+    let mut out: Vec<(String, i32, i32)> = ops
+        .policies
+        .list_policies(req)
+        .await
+        .expect("list policies")
+        .into_inner()
+        .policies
+        .into_iter()
+        .map(|p| (p.name, p.r#type, p.result))
+        .collect();
+    out.sort();
+    out
+}
+
+async fn spec_exportable(ops: &mut Ops) -> Vec<(String, bool)> {
+    let specs = ops.keys.list_specs(pb::ListSpecsRequest::default()).await.expect("specs").into_inner().specs;
+    specs.into_iter().map(|s| (s.name, s.exportable)).collect()
+}
+
+/// Writes a property as the system does (protected ones are not an operator's to set).
+fn system_set(node: &TestNode, name: &str, value: &str) {
+    use kmf::domain::audit::{AuditEvent, Outcome};
+    let now = kmf::domain::ids::UnixMillis(1);
+    let p = kmf::domain::property::Property {
+        name: name.into(),
+        value: value.into(),
+        updated_at: now,
+        updated_by: "system (test)".into(),
+    };
+    let audit = |_: Option<&str>| AuditEvent::new(now, "system (test)", "property.set", name, Outcome::Success);
+    node.running().node.store().put_property(&p, &audit).expect("system property");
+}
+
+async fn property(ops: &mut Ops, name: &str) -> Option<String> {
+    let got = ops.properties.get_property(pb::GetPropertyRequest { name: name.into() }).await.expect("property");
+    got.into_inner().property.map(|p| p.value).filter(|v| !v.is_empty())
+}
+
+/// Issue 22 item 10: a clone adds what the target lacks and never widens what
+/// it allows. The target's own module and spec keep their policies and
+/// `exportable` flag; a module only on the source is added, its spec not
+/// exportable; protected properties are neither copied nor erased; records
+/// under the source's keys undo a finished rekey and show as rekey debt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_never_widens_what_the_target_allows() {
+    let pki = Pki::new();
+    let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let mut src = source.admin(&pki).await;
+    for (module, spec) in [("hr", "pay"), ("ops", "log")] {
+        let mut req = kmf::cli::kmfctl::aes_spec(module, spec, 256);
+        req.exportable = true;
+        src.spec_from(req, true).await;
+    }
+    put_records(&mut src, 20).await;
+    let set = |name: &str, value: &str| pb::SetPropertyRequest { name: name.into(), value: value.into() };
+    let auto = "glide_encryption.auto_key_exchange.enabled";
+    src.properties.set_property(set(auto, "false")).await.expect("property");
+    system_set(&source, "protected.custom.flag", "source");
+    let source_hr = policies_of(&mut src, "hr").await;
+    assert!(source_hr.iter().all(|p| p.2 == pb::PolicyResult::Track as i32) && !source_hr.is_empty(), "{source_hr:?}");
+
+    // The target's own hr: no Track policy, a StrictReject one; pay not exportable.
+    let mut tgt = target.admin(&pki).await;
+    let module = pb::CreateModuleRequest { name: "hr".into(), default_access: pb::DefaultAccess::Reject as i32 };
+    tgt.keys.create_module(module).await.expect("module");
+    tgt.spec("hr", "pay", true).await;
+    let strict = pb::AccessPolicy {
+        name: "nobody".into(),
+        module: "hr".into(),
+        r#type: pb::PolicyType::Role as i32,
+        result: pb::PolicyResult::StrictReject as i32,
+        role: "cryptographic_operator".into(),
+        ..Default::default()
+    };
+    tgt.policies.create_policy(pb::CreatePolicyRequest { policy: Some(strict) }).await.expect("policy");
+    system_set(&target, "protected.custom.flag", "target");
+    let target_hr = policies_of(&mut tgt, "hr").await;
+    assert_eq!(target_hr.len(), 1, "{target_hr:?}");
+    // A rekey finished on the target (the property only the system writes).
+    let rekeyed = kmf::domain::property::REKEYED;
+    system_set(&target, rekeyed, "true");
+    assert_eq!(property(&mut tgt, rekeyed).await.as_deref(), Some("true"));
+
+    let mut source_clones = ClonesClient::new(admin_channel(&source, &pki).await);
+    let add = pb::AddCloneTargetRequest { sys_id: target.sys_id.clone(), host: target.host.to_string() };
+    source_clones.add_clone_target(add).await.expect("register");
+    let mut target_clones = ClonesClient::new(admin_channel(&target, &pki).await);
+    let start = pb::StartCloneRequest { source_sys_id: source.sys_id.clone(), source_host: source.host.to_string() };
+    let run = target_clones.start_clone(start).await.expect("start").into_inner().clone.expect("clone");
+    assert_eq!(finished(&mut target_clones, &run.clone_id).await.state, "completed");
+    assert_eq!(count_records(&mut tgt, "hr").await, 20, "the records are the source's");
+
+    // The target's hr and pay are still its own; ops and log were added, log not exportable.
+    assert_eq!(policies_of(&mut tgt, "hr").await, target_hr, "hr keeps its own policies");
+    let mut exportable = spec_exportable(&mut tgt).await;
+    exportable.sort();
+    assert_eq!(
+        exportable,
+        [("log".to_owned(), false), ("pay".to_owned(), false)],
+        "a clone never makes a spec exportable"
+    );
+    let modules = tgt.keys.list_modules(pb::ListModulesRequest {}).await.expect("modules").into_inner().modules;
+    let mut modules: Vec<String> = modules.into_iter().map(|m| m.name).collect();
+    modules.sort();
+    assert_eq!(modules, ["hr", "ops"]);
+    assert_eq!(
+        policies_of(&mut tgt, "ops").await,
+        policies_of(&mut src, "ops").await,
+        "a new module comes with its policies"
+    );
+    // Protected properties are neither copied nor erased; the others are the source's.
+    assert_eq!(property(&mut tgt, "protected.custom.flag").await.as_deref(), Some("target"));
+    assert_eq!(property(&mut tgt, auto).await.as_deref(), Some("false"));
+    // Records under the source's keys again: the rekey no longer holds, and the debt shows.
+    assert_eq!(property(&mut tgt, rekeyed).await.as_deref(), Some("false"));
+    let set_by_clone = tgt.audit_entries("property.set").await;
+    assert!(
+        set_by_clone
+            .iter()
+            .any(|e| e.actor == "system (clone)" && e.subject == rekeyed && e.details.contains("20 record(s)")),
+        "{set_by_clone:?}"
+    );
+    let mut rekeys = pb::rekeys_client::RekeysClient::new(admin_channel(&target, &pki).await);
+    let debt = rekeys.list_rekey_debt(pb::ListRekeyDebtRequest {}).await.expect("debt").into_inner();
+    assert_eq!(debt.total_records, 20, "{debt:?}");
+    assert!(debt.debts.iter().all(|d| d.key_id.starts_with(&source.sys_id)), "{debt:?}");
+    let merged = tgt.audit_entries("clone.merge").await;
+    assert!(merged.iter().any(|e| e.details.contains("added 1 modules, 1 specs")), "{merged:?}");
+}
+
+/// With the catalog merged, the target keeps specs of its own; the automatic
+/// exchange after the clone asks only for the specs that came with it (the
+/// source's grant covers those), so it is still approved without a person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_automatic_exchange_never_asks_for_the_targets_own_specs() {
+    let pki = Pki::new();
+    let (source, target) = (TestNode::start(&pki).await, TestNode::start(&pki).await);
+    let mut src = source.admin(&pki).await;
+    src.spec("hr", "pay", true).await;
+    put_records(&mut src, 10).await;
+    let mut source_clones = ClonesClient::new(admin_channel(&source, &pki).await);
+    let add = pb::AddCloneTargetRequest { sys_id: target.sys_id.clone(), host: target.host.to_string() };
+    source_clones.add_clone_target(add).await.expect("register");
+    let mut tgt = target.admin(&pki).await;
+    tgt.spec("local", "mine", true).await;
+
+    let mut target_clones = ClonesClient::new(admin_channel(&target, &pki).await);
+    let start = pb::StartCloneRequest { source_sys_id: source.sys_id.clone(), source_host: source.host.to_string() };
+    let run = target_clones.start_clone(start).await.expect("start").into_inner().clone.expect("clone");
+    assert_eq!(finished(&mut target_clones, &run.clone_id).await.state, "completed");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let request = loop {
+        let all = requests(&mut tgt).await;
+        if let Some(r) = all.iter().find(|r| r.status == pb::RequestStatus::RequestCompleted as i32) {
+            break r.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no automatic request completed: {all:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // poll interval; bounded by the deadline
+    };
+    let specs: Vec<&str> = request.lines.iter().map(|l| l.spec.as_str()).collect();
+    assert_eq!(specs, ["pay"], "approved by the clone grant, for the cloned spec only: {request:?}");
+    assert_eq!(requests(&mut tgt).await.len(), 1, "one automatic request");
 }

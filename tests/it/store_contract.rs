@@ -620,7 +620,7 @@ fn concurrent_property_sets_audit_the_value_each_replaced() {
 }
 
 /// A clone stages records beside the live ones; until the swap nothing a
-/// reader sees changes; the swap replaces catalog and records at once; only
+/// reader sees changes; the swap merges the catalog and replaces the records at once; only
 /// the clone job's lease may write, and a finished clone writes no more.
 #[test]
 fn clone_staging_is_invisible_until_one_swap() {
@@ -687,8 +687,20 @@ fn clone_staging_is_invisible_until_one_swap() {
             "{}",
             s.name
         );
+        // A finished rekey on the target, and a snapshot that tries to set
+        // protected properties (as a malicious source would).
+        let prop = |n: &str, v: &str| kmf::domain::property::Property {
+            name: n.into(),
+            value: v.into(),
+            updated_at: UnixMillis(1),
+            updated_by: "x".into(),
+        };
+        let rekeyed = kmf::domain::property::REKEYED;
+        st.put_property(&prop(rekeyed, "true"), &|_| AuditEvent::new(UnixMillis(1), "t", "t", "t", Outcome::Success))
+            .unwrap();
         let catalog = SnapshotCatalog {
             modules: vec![Module { name: name("new"), created_at: UnixMillis(1) }],
+            properties: vec![prop(rekeyed, "true"), prop("protected.planted", "1"), prop("plain", "1")],
             ..Default::default()
         };
         let done = st
@@ -715,7 +727,16 @@ fn clone_staging_is_invisible_until_one_swap() {
         );
         assert!(live.iter().all(|r| r.address.table.as_str() == "new"));
         assert_eq!(debt(st), [3], "{}: after the swap the debt is the staged records'", s.name);
-        assert_eq!(st.modules().unwrap().iter().map(|m| m.name.to_string()).collect::<Vec<_>>(), ["new"]);
+        let modules: Vec<String> = st.modules().unwrap().iter().map(|m| m.name.to_string()).collect();
+        assert_eq!(modules, ["new", "old"], "{}: merged, the target keeps its own", s.name);
+        let props: Vec<(String, String)> = st.properties().unwrap().into_iter().map(|p| (p.name, p.value)).collect();
+        let want = [("plain", "1"), (rekeyed, "false")].map(|(n, v)| (n.to_owned(), v.to_owned()));
+        assert_eq!(
+            props, want,
+            "{}: no protected property copied; records under another's keys undo the rekey",
+            s.name
+        );
+        assert_eq!(st.property(rekeyed).unwrap().unwrap().updated_by, "system (clone)");
         assert!(
             matches!(
                 st.stage_clone_records(&id, &lease, until, &[rec("late", 1)], UnixMillis(5)),
