@@ -459,40 +459,20 @@ impl Charge {
     }
 }
 
-/// A request body whose data frames are charged to the budget.
-struct ChargedBody {
-    inner: tonic::body::Body,
-    budget: BodyBudget,
-    charge: Arc<Charge>,
-}
-
-impl hyper::body::Body for ChargedBody {
-    type Data = hyper::body::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-            && !self.charge.take(&self.budget, data.len())
-        {
-            return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
+/// `body` with each data frame charged to `budget` under `charge`; a frame
+/// that does not fit ends the body with RESOURCE_EXHAUSTED.
+fn charged(body: tonic::body::Body, budget: BodyBudget, charge: Arc<Charge>) -> tonic::body::Body {
+    use tokio_stream::StreamExt;
+    let frames = http_body_util::BodyStream::new(body).map(move |frame| {
+        let frame = frame?;
+        match frame.data_ref() {
+            Some(data) if !charge.take(&budget, data.len()) => Err(tonic::Status::resource_exhausted(
                 "the server's memory for request messages is in use; try again later",
-            ))));
+            )),
+            _ => Ok(frame),
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
+    });
+    tonic::body::Body::new(http_body_util::StreamBody::new(frames))
 }
 
 /// Tower layer charging every request body to a `BodyBudget`.
@@ -531,7 +511,7 @@ where
         let charge = Arc::new(Charge::default());
         let budget = self.budget.clone();
         let body_charge = charge.clone();
-        let req = req.map(|inner| tonic::body::Body::new(ChargedBody { inner, budget, charge: body_charge }));
+        let req = req.map(|body| charged(body, budget, body_charge));
         let call = self.inner.call(req);
         Box::pin(async move {
             let response = call.await;
@@ -607,7 +587,7 @@ mod tests {
         let service = BodyBudgetLayer(budget.clone()).layer(read_all);
         let call = |n: usize| {
             let req = tonic::codegen::http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
-                hyper::body::Bytes::from(vec![0u8; n]),
+                tonic::codegen::Bytes::from(vec![0u8; n]),
             )));
             service.clone().oneshot(req)
         };
