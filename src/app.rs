@@ -178,9 +178,16 @@ pub struct RunningApp {
     health_watch: JoinHandle<()>,
     handshakes: Arc<AtomicU64>,
     connections: crate::connections::ConnectionSlots,
+    body_budget: crate::connections::BodyBudget,
     tls_reload: Option<JoinHandle<()>>,
     tls_reloads: Arc<AtomicU64>,
 }
+
+/// The request size limit of the services whose calls are small (every one
+/// but Crypto and KeyExchange, which take `MAX_MESSAGE_BYTES`).
+pub const SMALL_MESSAGE_BYTES: usize = 1024 * 1024;
+/// The request size limit of Crypto and KeyExchange.
+pub const LARGE_MESSAGE_BYTES: usize = MAX_MESSAGE_BYTES;
 
 /// How long shutdown waits for in-flight jobs; a job still running then
 /// keeps its lease and is run again after the next start.
@@ -219,9 +226,24 @@ impl RunningApp {
         self.tls_reloads.load(Ordering::Relaxed)
     }
 
-    /// gRPC connections open now.
+    /// gRPC connections established now (TLS handshake completed).
     pub fn open_connections(&self) -> usize {
         self.connections.open()
+    }
+
+    /// TLS handshakes in progress now.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.connections.handshaking()
+    }
+
+    /// Handshakes dropped so far for a newer one (too many in progress).
+    pub fn handshakes_displaced(&self) -> u64 {
+        self.connections.displaced()
+    }
+
+    /// Bytes of request bodies held now (charged to `request_memory`).
+    pub fn request_bytes_held(&self) -> usize {
+        self.body_budget.held()
     }
 
     pub fn handshakes_accepted(&self) -> u64 {
@@ -344,7 +366,9 @@ pub async fn start_custom(
     let handshakes = Arc::new(AtomicU64::new(0));
     let counter = handshakes.clone();
     let acceptor = live_tls.grpc_acceptor();
-    let connections = crate::connections::ConnectionSlots::new(cfg.connections.max_connections);
+    crate::connections::raise_fd_limit();
+    let connections = crate::connections::ConnectionSlots::new(&cfg.connections);
+    let body_budget = crate::connections::BodyBudget::new(cfg.connections.request_memory);
     let tls_reloads = Arc::new(AtomicU64::new(0));
     let incoming = crate::connections::accept_tls(
         listener,
@@ -359,7 +383,10 @@ pub async fn start_custom(
         }
         accepted
     });
-    let m = MAX_MESSAGE_BYTES;
+    // Requests decode up to `large` where a call needs it (Crypto's 4 MiB
+    // plaintexts and 10,000-item batches, a peer's 10,000-key bundle), else
+    // up to `small`; every body is charged to the shared `body_budget`.
+    let (large, small) = (LARGE_MESSAGE_BYTES, SMALL_MESSAGE_BYTES);
     let server = Server::builder()
         .max_concurrent_streams(cfg.connections.max_concurrent_streams)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
@@ -367,22 +394,31 @@ pub async fn start_custom(
             tower::ServiceBuilder::new()
                 .map_request(crate::rpc::caller::record_path)
                 .layer(crate::metrics::layer::RpcMetricsLayer::new(metrics.clone()))
-                .map_response(crate::rpc::wire_status::normalize),
+                .map_response(crate::rpc::wire_status::normalize)
+                .layer(crate::connections::BodyBudgetLayer(body_budget.clone())),
         )
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InstanceServer::new(services.instance))
-        .add_service(KeyManagementServer::new(services.keys).max_decoding_message_size(m))
-        .add_service(CryptoServer::new(services.crypto).max_decoding_message_size(m).max_encoding_message_size(m))
-        .add_service(ResourceExchangeServer::new(services.exchange))
-        .add_service(AuditServer::new(services.audit).max_encoding_message_size(m))
-        .add_service(PropertiesServer::new(services.properties))
-        .add_service(PoliciesServer::new(services.policies))
-        .add_service(KeyExchangeServer::new(services.peer).max_decoding_message_size(m).max_encoding_message_size(m))
-        .add_service(ClonesServer::new(services.clones))
-        .add_service(CloneSourceServer::new(services.clone_source).max_encoding_message_size(m))
-        .add_service(RekeysServer::new(services.rekeys))
+        .add_service(InstanceServer::new(services.instance).max_decoding_message_size(small))
+        .add_service(KeyManagementServer::new(services.keys).max_decoding_message_size(small))
+        .add_service(
+            CryptoServer::new(services.crypto).max_decoding_message_size(large).max_encoding_message_size(large),
+        )
+        .add_service(ResourceExchangeServer::new(services.exchange).max_decoding_message_size(small))
+        .add_service(AuditServer::new(services.audit).max_decoding_message_size(small).max_encoding_message_size(large))
+        .add_service(PropertiesServer::new(services.properties).max_decoding_message_size(small))
+        .add_service(PoliciesServer::new(services.policies).max_decoding_message_size(small))
+        .add_service(
+            KeyExchangeServer::new(services.peer).max_decoding_message_size(large).max_encoding_message_size(large),
+        )
+        .add_service(ClonesServer::new(services.clones).max_decoding_message_size(small))
+        .add_service(
+            CloneSourceServer::new(services.clone_source)
+                .max_decoding_message_size(small)
+                .max_encoding_message_size(large),
+        )
+        .add_service(RekeysServer::new(services.rekeys).max_decoding_message_size(small))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);
     let (jobs_cancel, jobs_in_flight) = (CancellationToken::new(), TaskTracker::new());
@@ -408,6 +444,7 @@ pub async fn start_custom(
         health_watch,
         handshakes,
         connections,
+        body_budget,
         tls_reload,
         tls_reloads,
     })

@@ -66,6 +66,12 @@ pub struct FileConnections {
     pub keepalive_interval: Option<String>,
     /// Concurrent calls per connection (default 128).
     pub max_concurrent_streams: Option<u32>,
+    /// TLS handshakes in progress at most (default 256); a newer one displaces the oldest.
+    pub max_handshakes: Option<usize>,
+    /// A client has this long to complete the TLS handshake, e.g. "3s" (the default).
+    pub handshake_timeout: Option<String>,
+    /// MiB of request messages held at once across every connection (default 256, at least 16).
+    pub request_memory_mib: Option<usize>,
 }
 
 /// `[rekey]`: the rekey that follows an import.
@@ -351,7 +357,20 @@ fn resolve_connections(file: &FileConnections) -> Result<crate::connections::Con
             defaults.keepalive_interval,
         )?,
         max_concurrent_streams: file.max_concurrent_streams.unwrap_or(defaults.max_concurrent_streams),
+        max_handshakes: file.max_handshakes.unwrap_or(defaults.max_handshakes),
+        handshake_timeout: duration(
+            "connections.handshake_timeout",
+            &file.handshake_timeout,
+            defaults.handshake_timeout,
+        )?,
+        request_memory: file.request_memory_mib.map_or(defaults.request_memory, |mib| mib.saturating_mul(1 << 20)),
     };
+    if limits.max_handshakes == 0 {
+        return Err(bad("connections.max_handshakes", "must be positive"));
+    }
+    if limits.request_memory < crate::app::LARGE_MESSAGE_BYTES {
+        return Err(bad("connections.request_memory_mib", "must be at least 16 (the largest request message)"));
+    }
     if limits.max_connections == 0 {
         return Err(bad("connections.max_connections", "must be positive"));
     }
@@ -531,6 +550,32 @@ mod tests {
         for (text, field) in cases {
             let err = resolve(&RunArgs::default(), Some(text)).unwrap_err();
             assert_eq!(err.field, field, "{text}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod connections_tests {
+    use super::*;
+
+    #[test]
+    fn connections_handshake_and_memory_settings_resolve_and_are_checked() {
+        let base = "data_dir = \"/d\"\n[connections]\n";
+        let s = resolve(&RunArgs::default(), Some(base)).unwrap();
+        assert_eq!(s.connections, crate::connections::ConnectionLimits::default());
+        assert_eq!((s.connections.max_handshakes, s.connections.handshake_timeout), (256, Duration::from_secs(3)));
+        let text = format!("{base}max_handshakes = 8\nhandshake_timeout = \"1s\"\nrequest_memory_mib = 64\n");
+        let s = resolve(&RunArgs::default(), Some(&text)).unwrap();
+        assert_eq!(s.connections.max_handshakes, 8);
+        assert_eq!(s.connections.handshake_timeout, Duration::from_secs(1));
+        assert_eq!(s.connections.request_memory, 64 << 20);
+        for (line, field) in [
+            ("max_handshakes = 0", "connections.max_handshakes"),
+            ("handshake_timeout = \"0s\"", "connections.handshake_timeout"),
+            ("request_memory_mib = 15", "connections.request_memory_mib"),
+        ] {
+            let err = resolve(&RunArgs::default(), Some(&format!("{base}{line}\n"))).unwrap_err();
+            assert_eq!(err.field, field, "{line}: {err}");
         }
     }
 }

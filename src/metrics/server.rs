@@ -48,7 +48,7 @@ pub fn start(
     // The daemon's acceptor (swapped by a reload): handshake timeout, refused handshakes logged at warn.
     let acceptor = live.metrics_acceptor();
     let limits = crate::connections::ConnectionLimits::default();
-    let slots = crate::connections::ConnectionSlots::new(limits.max_connections);
+    let slots = crate::connections::ConnectionSlots::new(&limits);
     let mut incoming = crate::connections::accept_tls(listener, acceptor, limits, slots, stop.clone());
     tracing::info!(addr = %local_addr, "metrics endpoint serving");
     let task = tokio::spawn(async move {

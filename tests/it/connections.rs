@@ -1,6 +1,7 @@
 //! The listener's connection limits: an idle connection is closed (and the
 //! client's next call connects again), connections over the limit are
-//! refused until one closes. Waits poll the open-connection count with a
+//! refused until one closes, silent sockets cannot lock operators out, and
+//! request bodies share one memory budget. Waits poll the counts with a
 //! deadline.
 
 use std::time::Duration;
@@ -79,6 +80,173 @@ async fn connections_over_the_limit_are_refused_until_one_closes() {
     wait_open(&node, 1).await;
     let third = node.channel(&admin).await;
     info(third).await.expect("a slot is free again");
+}
+
+/// Holds `n` TCP connections to `addr` that never send a byte, reopening
+/// them (closed, connected again) round after round until `done`; returns
+/// the rounds run.
+async fn silent_flood(addr: std::net::SocketAddr, n: usize, done: tokio::sync::watch::Receiver<bool>) -> usize {
+    let mut rounds = 0;
+    for _ in 0..10_000 {
+        if *done.borrow() {
+            break;
+        }
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            if let Ok(tcp) = tokio::net::TcpStream::connect(addr).await {
+                held.push(tcp);
+            }
+        }
+        rounds += 1;
+        // The attacker's pace (the reopened its sockets twice a second).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held);
+    }
+    rounds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_from_the_operators_address_cannot_lock_it_out() {
+    let pki = Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let node = TestNode::start_on(
+        &pki,
+        None,
+        listener,
+        |cfg| {
+            cfg.connections.max_connections = 32;
+            cfg.connections.max_handshakes = 16;
+        },
+        |p| p,
+    )
+    .await;
+    let admin = pki.operator("admin", &[kmf::domain::auth::Role::Admin]);
+    let (stop, done) = tokio::sync::watch::channel(false);
+    let flood = tokio::spawn(silent_flood(node.running().local_addr, 200, done));
+    // The flood is under way: the handshake places are all taken.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while node.running().handshakes_displaced() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the flood never filled the handshake places");
+        tokio::time::sleep(Duration::from_millis(10)).await; // poll interval; bounded by the deadline
+    }
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        // A new connection (and handshake) each time, as kmfctl makes.
+        let outcome = match kmf::rpc::client::connect(&node.host, &admin, None).await {
+            Ok(channel) => info(channel).await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        outcomes.push(outcome);
+        assert!(node.running().handshakes_in_progress() <= 16, "the handshake places are bounded");
+    }
+    let _ = stop.send(true);
+    let rounds = flood.await.expect("flood");
+    assert!(outcomes.iter().all(Result::is_ok), "every operator call succeeds during the flood: {outcomes:?}");
+    assert!(rounds >= 1 && node.running().handshakes_displaced() >= 5, "the flood ran ({rounds} rounds)");
+    assert!(node.running().open_connections() <= 5, "silent sockets hold no connection slot");
+}
+
+/// Sends a gRPC request to `path` on `node` whose message says `declared`
+/// bytes and whose body carries `sent` of them, then keeps the body open
+/// until the returned sender is dropped.
+async fn hold_partial_body(
+    node: &TestNode,
+    files: &kmf::tls::TlsFiles,
+    path: &str,
+    declared: usize,
+    sent: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Result<hyper::body::Frame<hyper::body::Bytes>, std::convert::Infallible>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let config = kmf::tls::client_config(files, None).expect("client config");
+    let tcp = tokio::net::TcpStream::connect(node.running().local_addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.expect("handshake");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let request = hyper::Request::post(format!("https://127.0.0.1:{}{path}", node.running().local_addr.port()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .expect("request");
+    let mut first = vec![0u8];
+    first.extend_from_slice(&u32::try_from(declared).expect("size").to_be_bytes());
+    first.resize(5 + sent, 0);
+    tx.send(Ok(hyper::body::Frame::data(first.into()))).await.expect("send the body");
+    let call = tokio::spawn(async move {
+        let _ = sender.send_request(request).await;
+        conn.abort();
+    });
+    (tx, call)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_share_one_memory_budget() {
+    let pki = Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let node = TestNode::start_on(&pki, None, listener, |cfg| cfg.connections.request_memory = 16 << 20, |p| p).await;
+    let mut ops = node.admin(&pki).await;
+    ops.spec("m", "s", true).await;
+    let admin = pki.operator("admin", &[kmf::domain::auth::Role::Admin]);
+    // 14 MiB of a 15 MiB message, sent and held open.
+    let (held, call) = hold_partial_body(&node, &admin, "/kmf.v1.Crypto/Encrypt", 15 << 20, 14 << 20).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while node.running().request_bytes_held() < 14 << 20 {
+        assert!(tokio::time::Instant::now() < deadline, "held {}", node.running().request_bytes_held());
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; bounded by the deadline
+    }
+    let encrypt = |ops: &mut crate::support::Ops| {
+        let req = pb::EncryptRequest { spec: "s".into(), plaintext: vec![7; 3 << 20], associated_data: vec![] };
+        let mut crypto = ops.crypto.clone();
+        async move { crypto.encrypt(req).await }
+    };
+    let refused = encrypt(&mut ops).await.expect_err("a 3 MiB message does not fit in the 2 MiB left");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("memory for request messages"), "{refused:?}");
+    assert!(node.running().request_bytes_held() < 15 << 20, "the refused body was given back");
+    drop(held);
+    call.await.expect("the held call ends");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while node.running().request_bytes_held() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "held {}", node.running().request_bytes_held());
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; bounded by the deadline
+    }
+    encrypt(&mut ops).await.expect("the budget is free again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_thousand_key_exchange_fits_the_message_limits_and_the_budget() {
+    use kmf::rpc::pb::{Decision, RequestStatus};
+    let pki = Pki::new();
+    let tight = |cfg: &mut kmf::app::AppConfig| cfg.connections.request_memory = 16 << 20;
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let source = TestNode::start_on(&pki, None, bind().await.expect("bind"), tight, |p| p).await;
+    let target = TestNode::start_on(&pki, None, bind().await.expect("bind"), tight, |p| p).await;
+    let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
+    s.spec("payroll", "salary", true).await;
+    let name = kmf::domain::ids::Name::parse("salary", "spec").expect("name");
+    source.running().node.seed_rotations(name, 9_999).await.expect("seed");
+    t.spec("payroll", "salary", false).await;
+    let id = t.create_request(&source, &["salary"]).await.expect("create").request_id;
+    s.decide(&id, Decision::Approve, "").await.expect("approve");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let r = t.get(&id).await;
+        if crate::support::status(&r) == RequestStatus::RequestCompleted {
+            assert_eq!(r.imported_key_count, 10_000, "{r:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the 10,000-key exchange did not complete: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval; bounded by the deadline
+    }
 }
 
 #[test]

@@ -52,6 +52,32 @@ async fn raw_call(channel: Channel, path: &'static str, body: Vec<u8>) -> tonic:
     grpc.unary(tonic::Request::new(body), path, RawCodec).await.expect_err("a bad message is refused")
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_with_small_calls_refuse_large_messages_before_decoding() {
+    let pki = Pki::new();
+    let node = TestNode::start(&pki).await;
+    let channel = node.channel(&pki.operator("admin", &[kmf::domain::auth::Role::Admin])).await;
+    let over = kmf::app::SMALL_MESSAGE_BYTES + 1;
+    for path in [
+        "/kmf.v1.KeyManagement/ImportKey",
+        "/kmf.v1.Properties/SetProperty",
+        "/kmf.v1.ResourceExchange/CreateRequest",
+        "/kmf.v1.Policies/CreatePolicy",
+        "/kmf.v1.Clones/AddCloneTarget",
+        "/kmf.v1.Rekeys/ListRekeys",
+        "/kmf.v1.Audit/ListAuditEntries",
+        "/kmf.v1.Instance/Info",
+    ] {
+        let err = raw_call(channel.clone(), path, vec![0; over]).await;
+        assert_eq!(err.code(), Code::ResourceExhausted, "{path}: {err:?}");
+        assert!(err.message().contains("message length too large"), "{path}: {err:?}");
+    }
+    // A peer's KeyExchange takes a 10,000-key bundle: 1 MiB is far under its limit.
+    let peer = node.channel(&node.instance_files).await;
+    let err = raw_call(peer, "/kmf.v1.KeyExchange/DeliverBundle", vec![0; over]).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "decoded (and refused as garbage), not over the limit: {err:?}");
+}
+
 async fn requests(ops: &mut Ops) -> usize {
     ops.exchange.list_requests(pb::ListRequestsRequest::default()).await.expect("list").into_inner().requests.len()
 }
@@ -109,7 +135,7 @@ async fn bad_inputs_get_exact_codes_and_change_nothing() {
     assert!(err.message().contains("failed to decode Protobuf message"), "{}", err.message());
     let err = raw_call(channel.clone(), "/kmf.v1.Properties/SetProperty", vec![0xff; 7]).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    // Over the limit (Properties keeps tonic's 4 MiB default, Crypto the daemon's 16 MiB).
+    // Over the limit (Properties takes 1 MiB, Crypto the daemon's 16 MiB).
     let err = raw_call(channel.clone(), "/kmf.v1.Properties/SetProperty", vec![0; 5 << 20]).await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     let err = raw_call(channel.clone(), "/kmf.v1.Crypto/Encrypt", vec![0; kmf::rpc::MAX_MESSAGE_BYTES + 1]).await;
