@@ -83,13 +83,39 @@ pub struct ConnectionSlots {
     displaced: Arc<AtomicU64>,
 }
 
-/// Handshakes in progress by arrival order; each holds the sender whose drop
-/// ends it and whether its client sent a byte yet.
+/// Handshakes in progress by arrival order.
 #[derive(Debug)]
 struct Handshakes {
     max: usize,
     next: u64,
-    open: BTreeMap<u64, (Arc<AtomicBool>, oneshot::Sender<()>)>,
+    open: BTreeMap<u64, Handshake>,
+}
+
+/// One handshake in progress: the sender whose drop ends it, whether its
+/// client sent a byte yet (as its task has read), and a duplicate of its
+/// socket to look for bytes its task has not read yet.
+#[derive(Debug)]
+struct Handshake {
+    spoke: Arc<AtomicBool>,
+    _end: oneshot::Sender<()>,
+    socket: Option<std::net::TcpStream>,
+}
+
+impl Handshake {
+    /// Whether the client has sent something: read by its task already, or
+    /// waiting in the socket (a client whose task was not scheduled yet is no
+    /// silent socket). The duplicate shares the socket's non-blocking mode,
+    /// so the peek never waits; an error or EOF counts as silent.
+    fn has_spoken(&self) -> bool {
+        if self.spoke.load(Ordering::Relaxed) {
+            return true;
+        }
+        let waiting = self.socket.as_ref().is_some_and(|s| s.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0));
+        if waiting {
+            self.spoke.store(true, Ordering::Relaxed);
+        }
+        waiting
+    }
 }
 
 impl Handshakes {
@@ -99,7 +125,7 @@ impl Handshakes {
         if self.open.len() < self.max {
             return false;
         }
-        let silent = self.open.iter().find(|(_, (spoke, _))| !spoke.load(Ordering::Relaxed)).map(|(id, _)| *id);
+        let silent = self.open.iter().find(|(_, h)| !h.has_spoken()).map(|(id, _)| *id);
         match silent.or_else(|| self.open.keys().next().copied()) {
             Some(id) => self.open.remove(&id).is_some(),
             None => false,
@@ -147,16 +173,18 @@ impl ConnectionSlots {
 
     /// A handshake place for a new connection (displacing the oldest when
     /// all are taken), the signal that it was displaced, and its `spoke` flag.
-    fn begin_handshake(&self) -> (HandshakePlace, oneshot::Receiver<()>, Arc<AtomicBool>) {
+    fn begin_handshake(&self, tcp: &TcpStream) -> (HandshakePlace, oneshot::Receiver<()>, Arc<AtomicBool>) {
         let (tx, rx) = oneshot::channel();
         let spoke = Arc::new(AtomicBool::new(false));
+        // Without a duplicate (descriptors exhausted) only what the task read counts.
+        let socket = std::os::fd::AsFd::as_fd(tcp).try_clone_to_owned().ok().map(std::net::TcpStream::from);
         let mut table = self.handshakes.lock().unwrap_or_else(PoisonError::into_inner);
         if table.make_room() {
             self.displaced.fetch_add(1, Ordering::Relaxed);
         }
         let id = table.next;
         table.next += 1;
-        table.open.insert(id, (spoke.clone(), tx));
+        table.open.insert(id, Handshake { spoke: spoke.clone(), _end: tx, socket });
         drop(table);
         (HandshakePlace { handshakes: self.handshakes.clone(), id }, rx, spoke)
     }
@@ -374,7 +402,7 @@ pub fn accept_tls(
             if let Err(e) = keepalive(&tcp, limits.keepalive_interval) {
                 tracing::warn!(peer = %peer, error = %e, "cannot set TCP keepalive");
             }
-            let (place, displaced, spoke) = slots.begin_handshake();
+            let (place, displaced, spoke) = slots.begin_handshake(&tcp);
             let info = TcpConnectInfo { local_addr: tcp.local_addr().ok(), remote_addr: Some(peer) };
             let deadline = Box::pin(tokio::time::sleep(limits.idle_timeout));
             let tracked =
@@ -533,8 +561,44 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         let id = t.next;
         t.next += 1;
-        t.open.insert(id, (Arc::new(AtomicBool::new(spoke)), tx));
+        t.open.insert(id, Handshake { spoke: Arc::new(AtomicBool::new(spoke)), _end: tx, socket: None });
         (id, rx)
+    }
+
+    /// A loopback connection: the client's end and the server's,
+    /// non-blocking as tokio makes its sockets.
+    fn loopback_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        server.set_nonblocking(true).expect("non-blocking");
+        (client, server)
+    }
+
+    #[test]
+    fn a_client_whose_bytes_wait_unread_is_not_taken_for_a_silent_one() {
+        use std::io::Write;
+        let mut t = table(2);
+        let (mut spoke_client, spoke_server) = loopback_pair();
+        let (_silent_client, silent_server) = loopback_pair();
+        spoke_client.write_all(&[0x16]).expect("write");
+        // Its bytes are in the socket, though no task has read them (older one first).
+        let (tx, _unread) = oneshot::channel();
+        let spoke = Arc::new(AtomicBool::new(false));
+        t.open.insert(0, Handshake { spoke: spoke.clone(), _end: tx, socket: Some(spoke_server) });
+        let (tx, mut silent) = oneshot::channel();
+        t.open.insert(1, Handshake { spoke: Arc::new(AtomicBool::new(false)), _end: tx, socket: Some(silent_server) });
+        t.next = 2;
+        // The peek sees the byte once it has crossed loopback (bounded wait).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !t.open[&0].has_spoken() {
+            assert!(std::time::Instant::now() < deadline, "the written byte never arrived");
+            std::thread::yield_now();
+        }
+        assert!(spoke.load(Ordering::Relaxed), "the flag remembers it");
+        assert!(t.make_room());
+        assert!(t.open.contains_key(&0), "the client that spoke stays");
+        assert_eq!(silent.try_recv(), Err(oneshot::error::TryRecvError::Closed), "the silent one goes");
     }
 
     #[test]
