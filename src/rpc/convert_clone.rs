@@ -119,7 +119,9 @@ pub fn snapshot_part(part: &SnapshotPart) -> pb::SnapshotPart {
             properties: c.properties.iter().map(stored_property).collect(),
         }),
         SnapshotPart::Records(r) => Part::Records(pb::SnapshotRecords { records: r.iter().map(record).collect() }),
-        SnapshotPart::End { records } => Part::End(pb::SnapshotEnd { records: *records }),
+        SnapshotPart::End { records, grant } => {
+            Part::End(pb::SnapshotEnd { records: *records, grant_id: grant.clone().unwrap_or_default() })
+        }
     };
     pb::SnapshotPart { part: Some(part) }
 }
@@ -204,7 +206,7 @@ pub fn snapshot_part_from(p: &pb::SnapshotPart) -> Result<SnapshotPart, DomainEr
         }),
         Part::Catalog(c) => SnapshotPart::Catalog(catalog_from(c)?),
         Part::Records(r) => SnapshotPart::Records(r.records.iter().map(record_from).collect::<Result<_, _>>()?),
-        Part::End(e) => SnapshotPart::End { records: e.records },
+        Part::End(e) => SnapshotPart::End { records: e.records, grant: crate::domain::clone::parse_grant_id(&e.grant_id)? },
     })
 }
 

@@ -52,6 +52,9 @@ pub(super) struct CloneRunRow {
 struct FollowUpRow {
     automatic: bool,
     plan: Option<PlanRow>,
+    /// The clone grant the snapshot's end named (absent in rows of earlier versions).
+    #[serde(default)]
+    grant: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -104,7 +107,11 @@ impl From<&CloneRun> for CloneRunRow {
             follow_up: r
                 .follow_up
                 .as_ref()
-                .map(|f| FollowUpRow { automatic: f.automatic, plan: f.plan.as_ref().map(PlanRow::from) }),
+                .map(|f| FollowUpRow {
+                    automatic: f.automatic,
+                    plan: f.plan.as_ref().map(PlanRow::from),
+                    grant: f.grant.clone(),
+                }),
         }
     }
 }
@@ -124,7 +131,9 @@ pub(super) fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
         error: r.error,
         follow_up: match r.follow_up {
             None => None,
-            Some(f) => Some(FollowUp { automatic: f.automatic, plan: f.plan.map(plan_from).transpose()? }),
+            Some(f) => {
+                Some(FollowUp { automatic: f.automatic, plan: f.plan.map(plan_from).transpose()?, grant: f.grant })
+            }
         },
     })
 }

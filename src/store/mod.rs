@@ -52,6 +52,7 @@ use engine::{Engine, ReadTxn, Table, WriteTxn};
 use records::{decode, encode};
 
 pub use changes::{Change, ChangeTokens};
+pub use clone::{GRANT_REFUSED, SystemApproval};
 pub use clone_exchanges::UseUp;
 pub use clone_runs::{CloneSwap, clone_job_id};
 pub use clone_schedules::{DueRun, clone_schedule_job_id};

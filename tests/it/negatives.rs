@@ -88,6 +88,7 @@ async fn claimed_sys_id_must_match_the_certificate() {
             transport_public_key: vec![],
             wrapping_algorithm: 1,
             frequency: 0,
+            clone_grant_id: String::new(),
         })
         .await
         .expect_err("mismatch accepted");

@@ -89,6 +89,7 @@ pub(crate) fn request(id: u8, created_at: i64) -> ExchangeRequest {
         transport_public_key: vec![1, 2, 3],
         wrapping: WrappingAlgorithm::RsaAesKeyWrapSha256,
         rekey: false,
+        clone_grant: None,
     }
 }
 
@@ -537,7 +538,7 @@ fn snapshot_is_one_consistent_view_in_bounded_parts() {
         }
         let (mut order, mut parts, mut received) = (SnapshotOrder::default(), Vec::new(), Vec::new());
         let complete = st
-            .snapshot(UnixMillis(9), 10, None, &mut |part| {
+            .snapshot(UnixMillis(9), 10, None, None, &mut |part| {
                 order.accept(&part).unwrap();
                 if let SnapshotPart::Records(r) = &part {
                     assert!(r.len() <= 10, "{}: a part holds at most the asked number", s.name);
@@ -561,7 +562,7 @@ fn snapshot_is_one_consistent_view_in_bounded_parts() {
         // The receiver went away after the header: the read stops there.
         let mut seen = 0;
         let stopped = st
-            .snapshot(UnixMillis(9), 10, None, &mut |_| {
+            .snapshot(UnixMillis(9), 10, None, None, &mut |_| {
                 seen += 1;
                 false
             })
