@@ -94,7 +94,15 @@ impl CloneGrant {
             (GrantBasis::Configuration, Some(c)) => snapshot_specs.into_iter().filter(|s| c.contains(s)).collect(),
             (GrantBasis::Configuration, None) => Vec::new(),
         };
-        CloneGrant { id, target, specs, basis, granted_at: now, expires_at: now.plus_millis(lifetime_millis), used: Vec::new() }
+        CloneGrant {
+            id,
+            target,
+            specs,
+            basis,
+            granted_at: now,
+            expires_at: now.plus_millis(lifetime_millis),
+            used: Vec::new(),
+        }
     }
 
     /// Whether the grant approves a request for `specs` at `now`: unexpired,
@@ -152,7 +160,9 @@ pub fn system_approval_refusal(f: &SystemApprovalFacts<'_>) -> Result<(), String
         return Err("the request names no clone grant (a peer of an earlier release)".into());
     };
     let Some(grant) = f.grant.filter(|g| g.id == presented) else {
-        return Err("no clone grant with the id the request names (a later clone replaced it, or it was removed)".into());
+        return Err(
+            "no clone grant with the id the request names (a later clone replaced it, or it was removed)".into()
+        );
     };
     if f.now >= grant.expires_at {
         return Err("the clone grant has expired".into());
@@ -338,7 +348,10 @@ pub enum SnapshotPart {
     Records(Vec<StoredRecord>),
     /// The end; `grant` names the clone grant the source recorded (None from
     /// a source of an earlier release).
-    End { records: u64, grant: Option<String> },
+    End {
+        records: u64,
+        grant: Option<String>,
+    },
 }
 
 /// Checks the order of a stream's parts as they arrive: one `Header` first,
@@ -500,10 +513,17 @@ mod tests {
         let mut spent = one_time.clone();
         spent.used = Some(UsedBy { request: RequestId::from_random([1; 16]), at: UnixMillis(5) });
         assert!(why(SystemApprovalFacts { configuration: Some(&spent), ..ot() }).contains("no unused"));
-        assert!(why(SystemApprovalFacts { frequency: Frequency::RecurringClone, ..ot() }).contains("not RECURRING_CLONE"));
         assert!(
-            why(SystemApprovalFacts { frequency: Frequency::Automatic, source_auto_enabled: true, configuration: Some(&spent), ..ot() })
-                .contains("no longer authorised")
+            why(SystemApprovalFacts { frequency: Frequency::RecurringClone, ..ot() }).contains("not RECURRING_CLONE")
+        );
+        assert!(
+            why(SystemApprovalFacts {
+                frequency: Frequency::Automatic,
+                source_auto_enabled: true,
+                configuration: Some(&spent),
+                ..ot()
+            })
+            .contains("no longer authorised")
         );
     }
 

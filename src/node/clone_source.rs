@@ -13,8 +13,8 @@ use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::clone::{CloneGrant, CloneTarget, GrantBasis, RECORDS_PER_PART, SnapshotPart};
 use crate::domain::ids::{Host, Name, SysId};
-use crate::signer::primitives::random_bytes;
 use crate::error::{AppError, AppResult};
+use crate::signer::primitives::random_bytes;
 
 /// Parts waiting for the network at most (about 1.5 MB of 256-byte records).
 const PARTS_IN_FLIGHT: usize = 4;
@@ -43,8 +43,27 @@ impl Node {
         .await
     }
 
-    pub async fn clone_targets(self: &Arc<Self>) -> AppResult<Vec<CloneTarget>> {
-        self.blocking(|node| Ok(node.store.clone_targets()?)).await
+    /// Every instance that may clone this one, and what authorises it: the
+    /// registered clone targets, then the targets of configurations not used
+    /// up that are not registered (as their configuration names them).
+    pub async fn clone_targets(self: &Arc<Self>) -> AppResult<Vec<(CloneTarget, GrantBasis)>> {
+        self.blocking(|node| {
+            let mut out: Vec<_> =
+                node.store.clone_targets()?.into_iter().map(|t| (t, GrantBasis::Registered)).collect();
+            for cfg in node.store.clone_exchanges()? {
+                if cfg.used.is_none() && !out.iter().any(|(t, _)| t.sys_id == cfg.target.sys_id) {
+                    let t = CloneTarget {
+                        sys_id: cfg.target.sys_id,
+                        host: cfg.target.host,
+                        added_at: cfg.created_at,
+                        added_by: cfg.created_by,
+                    };
+                    out.push((t, GrantBasis::Configuration));
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn remove_clone_target(self: &Arc<Self>, caller: &Caller, sys_id: SysId) -> AppResult<()> {
@@ -146,7 +165,10 @@ impl Node {
         };
         let outcome = self.store.snapshot(taken_at, RECORDS_PER_PART, plan, Some(grant_id.clone()), &mut emit);
         let (result, details) = match &outcome {
-            Ok(true) => (Outcome::Success, format!("snapshot of {sent} records served; grant {grant_id} for {} spec(s)", granted.unwrap_or(0))),
+            Ok(true) => (
+                Outcome::Success,
+                format!("snapshot of {sent} records served; grant {grant_id} for {} spec(s)", granted.unwrap_or(0)),
+            ),
             Ok(false) => (Outcome::Failed, format!("the target went away after {sent} records")),
             Err(e) => (Outcome::Failed, format!("reading the snapshot failed after {sent} records: {e}")),
         };

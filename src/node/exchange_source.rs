@@ -177,7 +177,10 @@ impl Node {
             request: req.id.clone(),
             at: now,
             audit: AuditEvent::new(now, "system", "clone_exchange.used", req.target.sys_id.as_str(), Outcome::Success)
-                .with_details(format!("One Time Clone used by the approval of request {}; its policies are inactive", req.id)),
+                .with_details(format!(
+                    "One Time Clone used by the approval of request {}; its policies are inactive",
+                    req.id
+                )),
         }
     }
 

@@ -42,8 +42,7 @@ pub struct JobSettings {
 }
 
 /// A clone grant approves for 1 h after its snapshot unless configured.
-pub const DEFAULT_CLONE_GRANT_LIFETIME: Duration =
-    Duration::from_millis(crate::domain::clone::GRANT_MILLIS as u64);
+pub const DEFAULT_CLONE_GRANT_LIFETIME: Duration = Duration::from_millis(crate::domain::clone::GRANT_MILLIS as u64);
 
 /// The reference's daily rekey retry.
 pub const DEFAULT_REKEY_RETRY: Duration = Duration::from_secs(24 * 3600);

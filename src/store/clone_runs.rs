@@ -104,14 +104,11 @@ impl From<&CloneRun> for CloneRunRow {
             updated_at: r.updated_at.0,
             finished_at: r.finished_at.map(|t| t.0),
             error: r.error.clone(),
-            follow_up: r
-                .follow_up
-                .as_ref()
-                .map(|f| FollowUpRow {
-                    automatic: f.automatic,
-                    plan: f.plan.as_ref().map(PlanRow::from),
-                    grant: f.grant.clone(),
-                }),
+            follow_up: r.follow_up.as_ref().map(|f| FollowUpRow {
+                automatic: f.automatic,
+                plan: f.plan.as_ref().map(PlanRow::from),
+                grant: f.grant.clone(),
+            }),
         }
     }
 }

@@ -832,3 +832,45 @@ fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_deleted()
         assert_eq!(st.clone_runs().unwrap().len(), 1, "{}", s.name);
     }
 }
+
+/// Schema 2 → 3 (issue 22): the clone grants written before grants had ids
+/// are deleted at open, on both engines, and nothing else changes; opening
+/// again changes nothing.
+#[test]
+fn schema_2_database_loses_its_old_clone_grants_at_open() {
+    use kmf::store::tuple::str_key;
+    let seed = |tx: &mut dyn kmf::store::engine::WriteTxn| {
+        tx.put(Table::Meta, b"sys_id", sys(1).as_str().as_bytes()).unwrap();
+        tx.put(Table::Meta, b"host", b"h:1").unwrap();
+        tx.put(Table::Meta, b"schema_version", b"2").unwrap();
+        let old = r#"{"v":1,"specs":["s"],"granted_at":1,"expires_at":9999999999999}"#;
+        tx.put(Table::CloneGrants, &str_key(sys(7).as_str()), old.as_bytes()).unwrap();
+        tx.put(Table::CloneGrants, &str_key(sys(8).as_str()), old.as_bytes()).unwrap();
+        let target = r#"{"v":1,"host":"t:1","added_at":1,"added_by":"operator:root"}"#;
+        tx.put(Table::CloneTargets, &str_key(sys(7).as_str()), target.as_bytes()).unwrap();
+    };
+    let check = |store: &Store| {
+        assert_eq!(store.clone_grant(&sys(7)).unwrap(), None, "an old grant approves nothing any more");
+        assert_eq!(store.clone_grant(&sys(8)).unwrap(), None);
+        assert_eq!(store.clone_targets().unwrap().len(), 1, "the clone target is kept");
+        assert_eq!(store.sys_id().unwrap(), sys(1));
+    };
+    // In memory.
+    let engine = MemoryEngine::default();
+    let mut tx = engine.begin_write().unwrap();
+    seed(tx.as_mut());
+    tx.commit().unwrap();
+    let store = Store::open(Box::new(engine)).unwrap();
+    check(&store);
+    // redb, opened twice.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kmf.redb");
+    {
+        let engine = kmf::store::RedbEngine::create(&path).unwrap();
+        let mut tx = engine.begin_write().unwrap();
+        seed(tx.as_mut());
+        tx.commit().unwrap();
+    }
+    check(&Store::open_redb(&path).unwrap());
+    check(&Store::open_redb(&path).unwrap());
+}
