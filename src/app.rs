@@ -155,6 +155,8 @@ pub struct AppConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long a failed rekey waits before it tries again (24 h by default).
     pub rekey_retry_interval: Duration,
+    /// How long after its snapshot a clone grant approves (1 h by default).
+    pub clone_grant_lifetime: Duration,
     /// Connection limit, idle timeout, keepalive, streams per connection.
     pub connections: crate::connections::ConnectionLimits,
     /// Where `tls` was read from: given, the daemon reloads its certificate,
@@ -335,7 +337,9 @@ pub async fn start_custom(
         probe: Arc::new(HealthProbe::new(live_tls.clone())),
     };
     let jobs = jobs.unwrap_or_else(|| {
-        JobSettings::for_interval(cfg.background_interval).with_rekey_retry(cfg.rekey_retry_interval)
+        JobSettings::for_interval(cfg.background_interval)
+            .with_rekey_retry(cfg.rekey_retry_interval)
+            .with_clone_grant_lifetime(cfg.clone_grant_lifetime)
     });
     let node = Arc::new(
         Node::new(store, signer, instance_key, peers, clock, host.clone())?
@@ -511,6 +515,7 @@ pub async fn start_loopback_custom(
         health_interval: crate::node::diagnostics::WATCH_EVERY,
         metrics_listen: None,
         rekey_retry_interval: crate::node::jobs::DEFAULT_REKEY_RETRY,
+        clone_grant_lifetime: crate::node::jobs::DEFAULT_CLONE_GRANT_LIFETIME,
         connections: Default::default(),
         tls_paths: None,
     };

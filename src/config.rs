@@ -51,6 +51,8 @@ pub struct FileConfig {
     pub rekey: FileRekey,
     #[serde(default)]
     pub connections: FileConnections,
+    #[serde(default)]
+    pub clone: FileClone,
     pub signer: Option<FileSigner>,
 }
 
@@ -72,6 +74,15 @@ pub struct FileConnections {
     pub handshake_timeout: Option<String>,
     /// MiB of request messages held at once across every connection (default 256, at least 16).
     pub request_memory_mib: Option<usize>,
+}
+
+/// `[clone]`: serving clones (source side).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClone {
+    /// How long after its snapshot a clone grant approves the target's
+    /// requests after the clone, e.g. "1h" (the default).
+    pub grant_lifetime: Option<String>,
 }
 
 /// `[rekey]`: the rekey that follows an import.
@@ -263,6 +274,9 @@ pub struct RunArgs {
     /// How long a failed rekey waits before it tries again, e.g. 24h (rekey.retry_interval).
     #[arg(long, env = "KMF_REKEY_RETRY_INTERVAL")]
     pub rekey_retry_interval: Option<String>,
+    /// How long after its snapshot a clone grant approves, e.g. 1h (clone.grant_lifetime).
+    #[arg(long, env = "KMF_CLONE_GRANT_LIFETIME")]
+    pub clone_grant_lifetime: Option<String>,
 }
 
 /// Validated settings; paths not yet read.
@@ -286,6 +300,7 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub rekey_retry_interval: Duration,
     pub connections: crate::connections::ConnectionLimits,
+    pub clone_grant_lifetime: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -304,6 +319,8 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
     let background_interval = positive_duration("background_interval", &interval_text)?;
     let retry_text = args.rekey_retry_interval.clone().or(file.rekey.retry_interval).unwrap_or_else(|| "24h".into());
     let rekey_retry_interval = positive_duration("rekey.retry_interval", &retry_text)?;
+    let grant_text = args.clone_grant_lifetime.clone().or(file.clone.grant_lifetime).unwrap_or_else(|| "1h".into());
+    let clone_grant_lifetime = positive_duration("clone.grant_lifetime", &grant_text)?;
     let metrics_listen = args
         .metrics_listen
         .clone()
@@ -329,6 +346,7 @@ pub fn resolve(args: &RunArgs, file_text: Option<&str>) -> Result<Settings, Conf
         metrics_listen,
         rekey_retry_interval,
         connections,
+        clone_grant_lifetime,
     })
 }
 
@@ -447,6 +465,7 @@ impl Settings {
             health_interval: self.health_interval,
             metrics_listen: self.metrics_listen,
             rekey_retry_interval: self.rekey_retry_interval,
+            clone_grant_lifetime: self.clone_grant_lifetime,
             connections: self.connections,
             tls_paths: Some(crate::app::TlsPaths {
                 ca: self.tls_ca.clone(),
@@ -479,6 +498,16 @@ mod tests {
         let args = RunArgs { metrics_listen: Some("127.0.0.1:9443".into()), ..Default::default() };
         let s = resolve(&args, Some("data_dir = \"/d\"\nmetrics_listen = \"0.0.0.0:1\"")).unwrap();
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9443".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_clone_grant_lasts_an_hour_unless_configured() {
+        let s = resolve(&RunArgs::default(), Some("data_dir = \"/d\"")).unwrap();
+        assert_eq!(s.clone_grant_lifetime, Duration::from_secs(3600));
+        let s = resolve(&RunArgs::default(), Some("data_dir = \"/d\"\n[clone]\ngrant_lifetime = \"10m\"")).unwrap();
+        assert_eq!(s.clone_grant_lifetime, Duration::from_secs(600));
+        let zero = resolve(&RunArgs::default(), Some("data_dir = \"/d\"\n[clone]\ngrant_lifetime = \"0s\""));
+        assert!(zero.is_err_and(|e| e.to_string().contains("clone.grant_lifetime")));
     }
 
     const PKCS11: &str = "data_dir = \"/d\"\n[signer]\nbackend = \"pkcs11\"\nmodule = \"/m.so\"\n";

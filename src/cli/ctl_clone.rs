@@ -202,8 +202,16 @@ async fn target(ops: &mut Operator, cmd: CloneTargetCommand, as_json: bool) -> a
     };
     let rows: Vec<_> = targets
         .iter()
-        .map(|t: &pb::CloneTarget| vec![t.sys_id.clone(), t.host.clone(), t.added_by.clone(), print::time(&t.added_at)])
+        .map(|t: &pb::CloneTarget| {
+            vec![
+                t.sys_id.clone(),
+                t.host.clone(),
+                t.added_by.clone(),
+                print::time(&t.added_at),
+                t.authorised_by.clone(),
+            ]
+        })
         .collect();
-    print::table(&["SYS_ID", "HOST", "ADDED_BY", "ADDED"], &rows);
+    print::table(&["SYS_ID", "HOST", "ADDED_BY", "ADDED", "AUTHORISED_BY"], &rows);
     Ok(())
 }

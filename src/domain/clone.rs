@@ -6,7 +6,8 @@
 //! applied.
 
 use super::DomainError;
-use super::clone_exchange::ExchangePlan;
+use super::clone_exchange::{CloneExchange, ExchangePlan};
+use super::exchange::Frequency;
 use super::ids::{CloneId, Host, Name, SysId, UnixMillis};
 use super::policy::AccessPolicy;
 use super::property::Property;
@@ -29,25 +30,150 @@ pub fn wants_automatic_exchange(catalog: &SnapshotCatalog) -> bool {
     enabled && !catalog.specs.is_empty()
 }
 
-/// How long a clone grant lets its target's automatic request be approved.
-pub const GRANT_MILLIS: i64 = 7 * 24 * 3600 * 1000;
+/// How long after its snapshot a clone grant approves (the default of the
+/// `clone.grant_lifetime` setting): 1 h.
+pub const GRANT_MILLIS: i64 = 3600 * 1000;
 
-/// Recorded by a source that served a complete clone: the target's
-/// AUTOMATIC request for these specs is approved without a person.
+/// Longest grant id accepted from the wire (ids made here are 32 hex digits).
+pub const MAX_GRANT_ID_LEN: usize = 64;
+
+/// Checks a grant id from the wire: empty is none (a peer of an earlier
+/// release); else at most 64 hex digits.
+pub fn parse_grant_id(s: &str) -> Result<Option<String>, DomainError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > MAX_GRANT_ID_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DomainError::invalid("clone_grant_id", "must be at most 64 hex digits"));
+    }
+    Ok(Some(s.to_ascii_lowercase()))
+}
+
+/// What authorised the target when its snapshot was served.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GrantBasis {
+    /// A registered clone target: the grant covers the snapshot's specs.
+    Registered,
+    /// Only a One Time / Recurring Clone configuration: the grant covers
+    /// the configuration's specs only.
+    Configuration,
+}
+
+/// Recorded by a source that served a complete clone, one per snapshot
+/// (a newer snapshot replaces it): the id travels in the snapshot's end and
+/// the target's requests after the clone echo it. Each kind of request
+/// (AUTOMATIC, ONE_TIME_CLONE, RECURRING_CLONE) is approved by it at most
+/// once, in the transaction of that approval.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct CloneGrant {
+    pub id: String,
     pub target: SysId,
-    pub specs: Vec<super::ids::Name>,
+    pub specs: Vec<Name>,
+    pub basis: GrantBasis,
     pub granted_at: UnixMillis,
     pub expires_at: UnixMillis,
+    /// The frequencies whose approval used it.
+    pub used: Vec<Frequency>,
 }
 
 impl CloneGrant {
+    /// The grant of a snapshot served at `now` to `target`, who was
+    /// authorised by `basis`; `snapshot_specs` came with it, `configured`
+    /// are the configuration's specs (None without a configuration).
+    pub fn of_snapshot(
+        id: String,
+        target: SysId,
+        basis: GrantBasis,
+        snapshot_specs: Vec<Name>,
+        configured: Option<&[Name]>,
+        now: UnixMillis,
+        lifetime_millis: i64,
+    ) -> Self {
+        let specs = match (basis, configured) {
+            (GrantBasis::Registered, _) => snapshot_specs,
+            (GrantBasis::Configuration, Some(c)) => snapshot_specs.into_iter().filter(|s| c.contains(s)).collect(),
+            (GrantBasis::Configuration, None) => Vec::new(),
+        };
+        CloneGrant {
+            id,
+            target,
+            specs,
+            basis,
+            granted_at: now,
+            expires_at: now.plus_millis(lifetime_millis),
+            used: Vec::new(),
+        }
+    }
+
     /// Whether the grant approves a request for `specs` at `now`: unexpired,
     /// and every spec came with the clone.
-    pub fn covers<'a>(&self, mut specs: impl Iterator<Item = &'a super::ids::Name>, now: UnixMillis) -> bool {
+    pub fn covers<'a>(&self, mut specs: impl Iterator<Item = &'a Name>, now: UnixMillis) -> bool {
         now < self.expires_at && specs.all(|s| self.specs.contains(s))
     }
+}
+
+/// What a source knows, inside the approving transaction, when a request
+/// after a clone asks to be approved without a person.
+#[derive(Debug)]
+pub struct SystemApprovalFacts<'a> {
+    pub frequency: Frequency,
+    /// The grant id the request echoed (None: a peer of an earlier release).
+    pub presented: Option<&'a str>,
+    pub specs: &'a [Name],
+    pub now: UnixMillis,
+    /// The source's own `glide_encryption.auto_key_exchange.enabled`.
+    pub source_auto_enabled: bool,
+    /// The target is a registered clone target.
+    pub registered: bool,
+    /// The target's configuration, if any.
+    pub configuration: Option<&'a CloneExchange>,
+    pub grant: Option<&'a CloneGrant>,
+}
+
+/// Why a request after a clone may not be approved without a person, or
+/// Ok: the automatic exchange needs the source's own property true; every
+/// kind needs the target still authorised (registered, or a configuration
+/// not used up; a One Time / Recurring request needs a configuration of its
+/// kind, unused), the grant of its clone (the id it echoed), unexpired,
+/// covering its specs, not yet used for its kind.
+pub fn system_approval_refusal(f: &SystemApprovalFacts<'_>) -> Result<(), String> {
+    let config_open = f.configuration.filter(|c| c.used.is_none());
+    match f.frequency {
+        Frequency::Adhoc => return Err("an Adhoc request needs a person".into()),
+        Frequency::Automatic if !f.source_auto_enabled => {
+            return Err(format!("{AUTO_KEY_EXCHANGE} is not true on this source"));
+        }
+        Frequency::Automatic => {}
+        Frequency::OneTimeClone | Frequency::RecurringClone => {
+            let Some(cfg) = config_open else {
+                return Err("no unused One Time / Recurring Clone configuration for this target".into());
+            };
+            if super::clone_exchange::frequency_of(cfg.approval) != f.frequency {
+                return Err(format!("the configuration for this target is not {}", f.frequency.label()));
+            }
+        }
+    }
+    if !f.registered && config_open.is_none() {
+        return Err("the target is no longer authorised to clone this instance".into());
+    }
+    let Some(presented) = f.presented else {
+        return Err("the request names no clone grant (a peer of an earlier release)".into());
+    };
+    let Some(grant) = f.grant.filter(|g| g.id == presented) else {
+        return Err(
+            "no clone grant with the id the request names (a later clone replaced it, or it was removed)".into()
+        );
+    };
+    if f.now >= grant.expires_at {
+        return Err("the clone grant has expired".into());
+    }
+    if grant.used.contains(&f.frequency) {
+        return Err(format!("the clone grant already approved a {} request", f.frequency.label()));
+    }
+    if let Some(s) = f.specs.iter().find(|s| !grant.specs.contains(s)) {
+        return Err(format!("spec {s} did not come with the clone's grant"));
+    }
+    Ok(())
 }
 
 /// A target the source may serve clones to (registered on the source).
@@ -118,14 +244,17 @@ pub struct FollowUp {
     /// was kept: every spec of the target). The target's own specs are never
     /// asked of the source.
     pub specs: Option<Vec<Name>>,
+    /// The clone grant the snapshot's end named; the requests echo it.
+    pub grant: Option<String>,
 }
 
 impl FollowUp {
-    /// What a target that swapped in `catalog` (with the header's `plan`) requests.
-    pub fn after(catalog: &SnapshotCatalog, plan: Option<ExchangePlan>) -> Option<FollowUp> {
+    /// What a target that swapped in `catalog` (with the header's `plan` and
+    /// the end's `grant`) requests.
+    pub fn after(catalog: &SnapshotCatalog, plan: Option<ExchangePlan>, grant: Option<String>) -> Option<FollowUp> {
         let automatic = wants_automatic_exchange(catalog);
         let specs = Some(catalog.specs.iter().map(|s| s.name.clone()).collect());
-        (automatic || plan.is_some()).then_some(FollowUp { automatic, plan, specs })
+        (automatic || plan.is_some()).then_some(FollowUp { automatic, plan, specs, grant })
     }
 
     /// The specs of `catalog` to request as AUTOMATIC: all but the plan's.
@@ -223,7 +352,12 @@ pub enum SnapshotPart {
     Header(SnapshotHeader),
     Catalog(SnapshotCatalog),
     Records(Vec<StoredRecord>),
-    End { records: u64 },
+    /// The end; `grant` names the clone grant the source recorded (None from
+    /// a source of an earlier release).
+    End {
+        records: u64,
+        grant: Option<String>,
+    },
 }
 
 /// Checks the order of a stream's parts as they arrive: one `Header` first,
@@ -256,7 +390,7 @@ impl SnapshotOrder {
                     return bad("more records than the header announced");
                 }
             }
-            (SnapshotPart::End { records }, Some(h)) => {
+            (SnapshotPart::End { records, .. }, Some(h)) => {
                 if *records != h.records || self.records_seen != h.records {
                     return bad("the record count differs from the header's");
                 }
@@ -301,19 +435,110 @@ mod tests {
         SnapshotPart::Records(vec![rec; n])
     }
 
+    fn sys() -> SysId {
+        SysId::parse("0123456789abcdef0123456789abcdef").unwrap()
+    }
+
+    fn grant(basis: GrantBasis, configured: Option<&[Name]>) -> CloneGrant {
+        let name = |s: &str| Name::parse(s, "spec").unwrap();
+        CloneGrant::of_snapshot("ab".into(), sys(), basis, vec![name("a"), name("b")], configured, UnixMillis(0), 100)
+    }
+
     #[test]
     fn a_grant_covers_only_its_specs_until_it_expires() {
         let name = |s: &str| Name::parse(s, "spec").unwrap();
-        let grant = CloneGrant {
-            target: SysId::parse("0123456789abcdef0123456789abcdef").unwrap(),
-            specs: vec![name("a"), name("b")],
-            granted_at: UnixMillis(0),
-            expires_at: UnixMillis(100),
-        };
+        let grant = grant(GrantBasis::Registered, None);
         assert!(grant.covers([name("a"), name("b")].iter(), UnixMillis(99)));
         assert!(grant.covers([name("b")].iter(), UnixMillis(0)));
         assert!(!grant.covers([name("a"), name("c")].iter(), UnixMillis(1)), "c did not come with the clone");
         assert!(!grant.covers([name("a")].iter(), UnixMillis(100)), "expired");
+        // Authorised by a configuration alone: only the configuration's specs.
+        let only_b = [name("b")];
+        assert_eq!(grant_specs(GrantBasis::Configuration, Some(&only_b)), ["b"]);
+        assert_eq!(grant_specs(GrantBasis::Configuration, None), Vec::<String>::new());
+        assert_eq!(grant_specs(GrantBasis::Registered, Some(&only_b)), ["a", "b"]);
+    }
+
+    fn grant_specs(basis: GrantBasis, configured: Option<&[Name]>) -> Vec<String> {
+        grant(basis, configured).specs.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_system_approval_needs_the_source_property_an_authorised_target_and_an_unused_grant() {
+        use crate::domain::clone_exchange::UsedBy;
+        use crate::domain::ids::RequestId;
+        use crate::domain::policy::ApprovalType;
+        let name = |s: &str| Name::parse(s, "spec").unwrap();
+        let specs = [name("a")];
+        let g = grant(GrantBasis::Registered, None);
+        let one_time = CloneExchange {
+            target: crate::domain::exchange::PeerRef { sys_id: sys(), host: Host::parse("t:1").unwrap() },
+            approval: ApprovalType::OneTime,
+            specs: vec![name("a")],
+            rekey: false,
+            policies: Vec::new(),
+            created_at: UnixMillis(0),
+            created_by: "alice".into(),
+            used: None,
+        };
+        let base = || SystemApprovalFacts {
+            frequency: Frequency::Automatic,
+            presented: Some("ab"),
+            specs: &specs,
+            now: UnixMillis(10),
+            source_auto_enabled: true,
+            registered: true,
+            configuration: None,
+            grant: Some(&g),
+        };
+        assert_eq!(system_approval_refusal(&base()), Ok(()));
+        let why = |f: SystemApprovalFacts<'_>| system_approval_refusal(&f).unwrap_err();
+        assert!(why(SystemApprovalFacts { source_auto_enabled: false, ..base() }).contains("not true on this source"));
+        assert!(why(SystemApprovalFacts { registered: false, ..base() }).contains("no longer authorised"));
+        assert!(why(SystemApprovalFacts { presented: None, ..base() }).contains("earlier release"));
+        assert!(why(SystemApprovalFacts { presented: Some("cd"), ..base() }).contains("no clone grant"));
+        assert!(why(SystemApprovalFacts { grant: None, ..base() }).contains("no clone grant"));
+        assert!(why(SystemApprovalFacts { now: UnixMillis(100), ..base() }).contains("expired"));
+        let c = [name("c")];
+        assert!(why(SystemApprovalFacts { specs: &c, ..base() }).contains("spec c"));
+        let mut used = g.clone();
+        used.used.push(Frequency::Automatic);
+        assert!(why(SystemApprovalFacts { grant: Some(&used), ..base() }).contains("already approved"));
+        assert!(why(SystemApprovalFacts { frequency: Frequency::Adhoc, ..base() }).contains("person"));
+        // A One Time request: its configuration, unused, authorises (even unregistered);
+        // once used it authorises nothing, and the grant's AUTOMATIC use does not count.
+        let ot = || SystemApprovalFacts {
+            frequency: Frequency::OneTimeClone,
+            registered: false,
+            configuration: Some(&one_time),
+            grant: Some(&used),
+            source_auto_enabled: false,
+            ..base()
+        };
+        assert_eq!(system_approval_refusal(&ot()), Ok(()));
+        let mut spent = one_time.clone();
+        spent.used = Some(UsedBy { request: RequestId::from_random([1; 16]), at: UnixMillis(5) });
+        assert!(why(SystemApprovalFacts { configuration: Some(&spent), ..ot() }).contains("no unused"));
+        assert!(
+            why(SystemApprovalFacts { frequency: Frequency::RecurringClone, ..ot() }).contains("not RECURRING_CLONE")
+        );
+        assert!(
+            why(SystemApprovalFacts {
+                frequency: Frequency::Automatic,
+                source_auto_enabled: true,
+                configuration: Some(&spent),
+                ..ot()
+            })
+            .contains("no longer authorised")
+        );
+    }
+
+    #[test]
+    fn grant_ids_from_the_wire_are_hex_and_bounded() {
+        assert_eq!(parse_grant_id(""), Ok(None));
+        assert_eq!(parse_grant_id("ABcd"), Ok(Some("abcd".into())));
+        assert!(parse_grant_id("xyz").is_err());
+        assert!(parse_grant_id(&"a".repeat(65)).is_err());
     }
 
     fn refused(why: &str) -> Result<(), DomainError> {
@@ -327,7 +552,7 @@ mod tests {
             o.accept(&p).unwrap();
             assert!(!o.is_complete());
         }
-        o.accept(&SnapshotPart::End { records: 3 }).unwrap();
+        o.accept(&SnapshotPart::End { records: 3, grant: None }).unwrap();
         assert!(o.is_complete());
         assert_eq!(o.accept(&records(0)), refused("a part after the end"));
     }
@@ -345,7 +570,7 @@ mod tests {
         short.accept(&header(2)).unwrap();
         short.accept(&records(1)).unwrap();
         assert_eq!(
-            short.accept(&SnapshotPart::End { records: 2 }),
+            short.accept(&SnapshotPart::End { records: 2, grant: None }),
             refused("the record count differs from the header's")
         );
     }

@@ -234,7 +234,7 @@ mod tests {
     fn the_automatic_exchange_asks_only_for_the_specs_that_came_with_the_clone() {
         use crate::domain::clone::FollowUp;
         let snapshot = SnapshotCatalog { specs: vec![spec("pay", "hr", false)], ..Default::default() };
-        let follow = FollowUp::after(&snapshot, None).unwrap();
+        let follow = FollowUp::after(&snapshot, None, None).unwrap();
         assert_eq!(
             follow.automatic_specs([n("mine"), n("pay")].into_iter()),
             vec![n("pay")],

@@ -164,6 +164,9 @@ pub struct ExchangeRequest {
     /// imported keys with this instance's own (a clone exchange configured
     /// with rekey on the source).
     pub rekey: bool,
+    /// A request after a clone: the clone grant its snapshot's end named
+    /// (sent in `OpenRequest`; None for other requests and older peers).
+    pub clone_grant: Option<String>,
 }
 
 /// Bytes and the signature over them.
@@ -495,6 +498,7 @@ mod tests {
             transport_public_key: vec![],
             wrapping: WrappingAlgorithm::RsaAesKeyWrapSha256,
             rekey: false,
+            clone_grant: None,
         };
         r.apply(RequestEvent::Reject { reason: "not now".into() }, "alice", UnixMillis(5)).unwrap();
         assert_eq!(r.status, Rejected);

@@ -365,6 +365,7 @@ mod tests {
             transport_public_key: vec![],
             wrapping: super::super::bundle::WrappingAlgorithm::RsaAesKeyWrapSha256,
             rekey: false,
+            clone_grant: None,
         }
     }
 

@@ -9,6 +9,7 @@ use super::Node;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
+use crate::domain::clone::GrantBasis;
 use crate::domain::clone_exchange::{
     CloneExchange, approval_for, approving_policy, check_auto_exchange_guard, frequency_of, validate_specs,
 };
@@ -100,10 +101,16 @@ impl Node {
         .await
     }
 
-    /// Whether `target` may clone this instance: a registered clone target,
-    /// or the target of a One Time / Recurring Clone configuration.
-    pub(super) fn authorised_clone_target(&self, target: &SysId) -> AppResult<bool> {
-        Ok(self.store.clone_target(target)?.is_some() || self.store.clone_exchange(target)?.is_some())
+    /// Whether `target` may clone this instance, and as what: a registered
+    /// clone target, or the target of a One Time / Recurring Clone
+    /// configuration that is not used up (a used One Time configuration
+    /// authorises nothing).
+    pub(super) fn clone_authorisation(&self, target: &SysId) -> AppResult<Option<GrantBasis>> {
+        if self.store.clone_target(target)?.is_some() {
+            return Ok(Some(GrantBasis::Registered));
+        }
+        let open = self.store.clone_exchange(target)?.is_some_and(|c| c.used.is_none());
+        Ok(open.then_some(GrantBasis::Configuration))
     }
 
     /// The Resource Exchange policies that approve every pending spec of a

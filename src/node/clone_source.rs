@@ -11,9 +11,10 @@ use super::Node;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
-use crate::domain::clone::{CloneGrant, CloneTarget, GRANT_MILLIS, RECORDS_PER_PART, SnapshotPart};
-use crate::domain::ids::{Host, SysId};
+use crate::domain::clone::{CloneGrant, CloneTarget, GrantBasis, RECORDS_PER_PART, SnapshotPart};
+use crate::domain::ids::{Host, Name, SysId};
 use crate::error::{AppError, AppResult};
+use crate::signer::primitives::random_bytes;
 
 /// Parts waiting for the network at most (about 1.5 MB of 256-byte records).
 const PARTS_IN_FLIGHT: usize = 4;
@@ -42,8 +43,27 @@ impl Node {
         .await
     }
 
-    pub async fn clone_targets(self: &Arc<Self>) -> AppResult<Vec<CloneTarget>> {
-        self.blocking(|node| Ok(node.store.clone_targets()?)).await
+    /// Every instance that may clone this one, and what authorises it: the
+    /// registered clone targets, then the targets of configurations not used
+    /// up that are not registered (as their configuration names them).
+    pub async fn clone_targets(self: &Arc<Self>) -> AppResult<Vec<(CloneTarget, GrantBasis)>> {
+        self.blocking(|node| {
+            let mut out: Vec<_> =
+                node.store.clone_targets()?.into_iter().map(|t| (t, GrantBasis::Registered)).collect();
+            for cfg in node.store.clone_exchanges()? {
+                if cfg.used.is_none() && !out.iter().any(|(t, _)| t.sys_id == cfg.target.sys_id) {
+                    let t = CloneTarget {
+                        sys_id: cfg.target.sys_id,
+                        host: cfg.target.host,
+                        added_at: cfg.created_at,
+                        added_by: cfg.created_by,
+                    };
+                    out.push((t, GrantBasis::Configuration));
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn remove_clone_target(self: &Arc<Self>, caller: &Caller, sys_id: SysId) -> AppResult<()> {
@@ -59,75 +79,105 @@ impl Node {
     }
 
     /// Starts serving a snapshot to instance `caller`, if it is a registered
-    /// clone target (PERMISSION_DENIED otherwise, audited). The parts arrive
-    /// on the returned channel; dropping it stops the read.
+    /// clone target or has a configuration that is not used up
+    /// (PERMISSION_DENIED otherwise, audited). The parts arrive on the
+    /// returned channel; dropping it stops the read.
     pub async fn serve_snapshot(self: &Arc<Self>, caller: SysId) -> AppResult<SnapshotParts> {
         let who = caller.clone();
-        self.blocking(move |node| {
-            if node.authorised_clone_target(&who)? {
-                return Ok(());
-            }
-            let reason = format!("instance {who} is not a clone target of this instance");
-            let audit =
-                AuditEvent::new(node.now(), format!("instance:{who}"), "clone.refused", who.as_str(), Outcome::Refused)
-                    .with_details(reason.clone());
-            node.store.append_audit(&[audit])?;
-            tracing::warn!(target_instance = %who, "clone refused: not a registered clone target");
-            Err(DomainError::PermissionDenied(format!("{reason}; register it there with `kmfctl clone target add` or configure a One Time / Recurring Clone for it"))
-                .into())
-        })
-        .await?;
+        let basis = self
+            .blocking(move |node| {
+                if let Some(basis) = node.clone_authorisation(&who)? {
+                    return Ok(basis);
+                }
+                let used = node.store.clone_exchange(&who)?.is_some_and(|c| c.used.is_some());
+                let reason = match used {
+                    true => format!("instance {who} is not a clone target of this instance (its One Time Clone configuration is used up)"),
+                    false => format!("instance {who} is not a clone target of this instance"),
+                };
+                let audit =
+                    AuditEvent::new(node.now(), format!("instance:{who}"), "clone.refused", who.as_str(), Outcome::Refused)
+                        .with_details(reason.clone());
+                node.store.append_audit(&[audit])?;
+                tracing::warn!(target_instance = %who, %reason, "clone refused");
+                Err(DomainError::PermissionDenied(format!("{reason}; register it there with `kmfctl clone target add` or configure a One Time / Recurring Clone for it"))
+                    .into())
+            })
+            .await?;
         let (tx, rx) = mpsc::channel(PARTS_IN_FLIGHT);
         let node = Arc::clone(self);
-        tokio::task::spawn_blocking(move || node.stream_snapshot(&caller, &tx));
+        tokio::task::spawn_blocking(move || node.stream_snapshot(&caller, basis, &tx));
         Ok(rx)
     }
 
     /// Reads the snapshot into `tx` (blocking), then audits what was served.
-    fn stream_snapshot(&self, target: &SysId, tx: &mpsc::Sender<AppResult<SnapshotPart>>) {
-        let (mut sent, mut specs) = (0u64, Vec::new());
-        let mut emit = |part: SnapshotPart| {
-            match &part {
-                SnapshotPart::Records(r) => sent += r.len() as u64,
-                SnapshotPart::Catalog(c) => specs.extend(c.specs.iter().map(|s| s.name.clone())),
-                _ => {}
-            }
-            tx.blocking_send(Ok(part)).is_ok()
-        };
-        let plan = match self.store.clone_exchange(target) {
-            Ok(cfg) => cfg.and_then(|c| c.plan()),
+    /// Just before the end part leaves, the clone grant of this one snapshot
+    /// is stored (so the target's requests after the clone find it); its id
+    /// travels in the end part.
+    fn stream_snapshot(&self, target: &SysId, basis: GrantBasis, tx: &mpsc::Sender<AppResult<SnapshotPart>>) {
+        let cfg = match self.store.clone_exchange(target) {
+            Ok(cfg) => cfg,
             Err(e) => {
                 let _ = tx.blocking_send(Err(AppError::from(e)));
                 return;
             }
         };
-        let outcome = self.store.snapshot(self.now(), RECORDS_PER_PART, plan, &mut emit);
-        let complete = matches!(outcome, Ok(true));
+        let plan = cfg.as_ref().and_then(|c| c.plan());
+        let configured: Option<Vec<Name>> = cfg.filter(|c| c.used.is_none()).map(|c| c.specs);
+        let grant_id = hex::encode(random_bytes::<16>());
+        let (taken_at, lifetime) = (self.now(), self.clone_grant_millis());
+        let (mut sent, mut specs, mut granted) = (0u64, Vec::new(), None::<usize>);
+        let mut emit = |part: SnapshotPart| {
+            match &part {
+                SnapshotPart::Records(r) => sent += r.len() as u64,
+                SnapshotPart::Catalog(c) => specs.extend(c.specs.iter().map(|s| s.name.clone())),
+                SnapshotPart::End { .. } => {
+                    let grant = CloneGrant::of_snapshot(
+                        grant_id.clone(),
+                        target.clone(),
+                        basis,
+                        std::mem::take(&mut specs),
+                        configured.as_deref(),
+                        taken_at,
+                        lifetime,
+                    );
+                    let names: Vec<&str> = grant.specs.iter().map(Name::as_str).collect();
+                    let audit = AuditEvent::new(self.now(), "system", "clone.grant", target.as_str(), Outcome::Success)
+                        .with_details(format!(
+                            "grant {} ({}) for specs {}; expires {}",
+                            grant.id,
+                            match basis {
+                                GrantBasis::Registered => "registered target",
+                                GrantBasis::Configuration => "configuration only",
+                            },
+                            names.join(","),
+                            crate::clock::rfc3339(grant.expires_at)
+                        ));
+                    if let Err(e) = self.store.put_clone_grant(&grant, &[audit]) {
+                        tracing::error!(error = %e, "could not record the clone grant; the snapshot ends without it");
+                        let _ = tx.blocking_send(Err(AppError::from(e)));
+                        return false;
+                    }
+                    granted = Some(grant.specs.len());
+                }
+                SnapshotPart::Header(_) => {}
+            }
+            tx.blocking_send(Ok(part)).is_ok()
+        };
+        let outcome = self.store.snapshot(taken_at, RECORDS_PER_PART, plan, Some(grant_id.clone()), &mut emit);
         let (result, details) = match &outcome {
-            Ok(true) => (Outcome::Success, format!("snapshot of {sent} records served")),
+            Ok(true) => (
+                Outcome::Success,
+                format!("snapshot of {sent} records served; grant {grant_id} for {} spec(s)", granted.unwrap_or(0)),
+            ),
             Ok(false) => (Outcome::Failed, format!("the target went away after {sent} records")),
             Err(e) => (Outcome::Failed, format!("reading the snapshot failed after {sent} records: {e}")),
         };
         if let Err(e) = outcome {
             let _ = tx.blocking_send(Err(AppError::from(e)));
         }
-        let now = self.now();
-        let audit = AuditEvent::new(now, format!("instance:{target}"), "clone.serve", target.as_str(), result)
+        let audit = AuditEvent::new(self.now(), format!("instance:{target}"), "clone.serve", target.as_str(), result)
             .with_details(details.clone());
-        // A complete clone grants the target's automatic request for its specs.
-        let written = match complete {
-            true => {
-                let grant = CloneGrant {
-                    target: target.clone(),
-                    specs,
-                    granted_at: now,
-                    expires_at: now.plus_millis(GRANT_MILLIS),
-                };
-                self.store.put_clone_grant(&grant, &[audit])
-            }
-            _ => self.store.append_audit(&[audit]),
-        };
-        if let Err(e) = written {
+        if let Err(e) = self.store.append_audit(&[audit]) {
             tracing::error!(error = %e, "could not record a served clone");
         }
         tracing::info!(target_instance = %target, %details, "clone snapshot");

@@ -128,7 +128,7 @@ impl Node {
         self.clear_staging(&run.id, lease).await?;
         let mut parts = self.peers.stream_snapshot(&run.source_host, &run.source).await?;
         let (mut order, mut catalog) = (SnapshotOrder::default(), SnapshotCatalog::default());
-        let mut plan = None;
+        let (mut plan, mut grant) = (None, None);
         // One part is written while the next arrives (a pipeline of one).
         let mut writing: Option<tokio::task::JoinHandle<AppResult<()>>> = None;
         while let Some(part) = parts.next().await {
@@ -161,7 +161,10 @@ impl Node {
                         .await
                     }));
                 }
-                SnapshotPart::End { .. } => break,
+                SnapshotPart::End { grant: g, .. } => {
+                    grant = g;
+                    break;
+                }
             }
         }
         if let Some(last) = writing.take() {
@@ -175,7 +178,7 @@ impl Node {
             .into());
         }
         let (id, lease, source) = (run.id.clone(), lease.clone(), run.source.clone());
-        let exchanges = FollowUp::after(&catalog, plan);
+        let exchanges = FollowUp::after(&catalog, plan, grant);
         let done = self
             .blocking(move |node| {
                 let now = node.now();
@@ -223,11 +226,13 @@ impl Node {
         let clone_id = CloneId::parse(&job.id.subject)?;
         let run = self.clone_run(clone_id.clone()).await?;
         // A run recorded before configured exchanges existed had this job only for the automatic exchange.
-        let follow_up = run.follow_up.clone().unwrap_or(FollowUp { automatic: true, plan: None, specs: None });
+        let follow_up =
+            run.follow_up.clone().unwrap_or(FollowUp { automatic: true, plan: None, specs: None, grant: None });
         let source = PeerRef { sys_id: run.source.clone(), host: run.source_host.clone() };
         if let Some(plan) = &follow_up.plan {
             let id = configured_request_id(&clone_id);
-            self.request_after_clone(id, plan.frequency(), source.clone(), plan.specs.clone(), plan.rekey).await?;
+            let (frequency, grant) = (plan.frequency(), follow_up.grant.clone());
+            self.request_after_clone(id, frequency, source.clone(), plan.specs.clone(), plan.rekey, grant).await?;
         }
         if follow_up.automatic {
             let id = RequestId::parse(clone_id.as_str())?;
@@ -236,7 +241,8 @@ impl Node {
                 .blocking(move |node| Ok(f.automatic_specs(node.store.specs()?.into_iter().map(|s| s.name))))
                 .await?;
             if !specs.is_empty() {
-                self.request_after_clone(id, Frequency::Automatic, source, specs, false).await?;
+                let grant = follow_up.grant.clone();
+                self.request_after_clone(id, Frequency::Automatic, source, specs, false, grant).await?;
             }
         }
         let id = job.id.clone();
@@ -251,6 +257,7 @@ impl Node {
         source: PeerRef,
         specs: Vec<Name>,
         rekey: bool,
+        clone_grant: Option<String>,
     ) -> AppResult<()> {
         let rid = id.clone();
         let existing = self.blocking(move |node| Ok(node.store.request(&rid)?.map(|v| v.value))).await?;
@@ -264,6 +271,7 @@ impl Node {
                     lifetime: validate_expiry(None)?,
                     actor: "system".into(),
                     rekey,
+                    clone_grant,
                 };
                 let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned)).await?;
                 tracing::info!(request_id = %req.id, source = %req.source.sys_id, frequency = frequency.label(), "exchange requested after the clone");

@@ -23,7 +23,7 @@ use crate::domain::ids::{Host, KeyId, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
 use crate::signer::primitives::{kwp_wrap, random_key, rsa_oaep_encrypt, sha256, verify_sha256_with_cert};
-use crate::store::{BundleChange, RequestEffects, StoreError, UseUp, Versioned};
+use crate::store::{BundleChange, GRANT_REFUSED, RequestEffects, StoreError, SystemApproval, UseUp, Versioned};
 
 /// An operator's decision on a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +35,14 @@ pub enum Decision {
     /// Retry a request that ended in ERROR_ON_*: deliver its bundle again,
     /// or, without one, make it pending again.
     Retry,
+}
+
+/// What an approval without a person checks again and uses up in its
+/// transaction: the clone grant, and a One Time configuration.
+#[derive(Clone, Copy)]
+struct SystemCheck<'a> {
+    approval: &'a SystemApproval,
+    use_up: Option<&'a UseUp>,
 }
 
 /// How many times a decision re-reads a request that changed under it.
@@ -114,6 +122,7 @@ impl Node {
                 transport_public_key: open.transport_public_key,
                 wrapping: open.wrapping,
                 rekey: false,
+                clone_grant: open.clone_grant,
             };
             if req.pending_specs().next().is_none() {
                 // Nothing here needs approval: every spec is missing on this source.
@@ -144,36 +153,74 @@ impl Node {
         .await
     }
 
-    /// Approves `req` when a clone grant covers it (the automatic exchange
-    /// after a clone this source served: no person involved); else `req`.
+    /// Approves `req` when the grant of the clone it follows still allows
+    /// it (no person involved); else returns `req`, left for a person. The
+    /// approving transaction checks the grant, the source's own
+    /// automatic-exchange property and the target's authorisation again and
+    /// uses the grant up (and a One Time configuration with it).
     fn approve_by_grant(&self, req: ExchangeRequest) -> AppResult<ExchangeRequest> {
-        let Some(actor) = self.approver(&req)? else { return Ok(req) };
-        let approved = self.decide(&req.id, &Decision::Approve, &actor)?;
-        self.jobs.wake();
-        tracing::info!(request_id = %req.id, target = %req.target.sys_id, frequency = req.frequency.label(), by = %actor, "request approved without a person");
-        Ok(approved)
+        let Some((actor, approval)) = self.approver(&req)? else { return Ok(req) };
+        let use_up = (req.frequency == Frequency::OneTimeClone).then(|| self.one_time_use_up(&req));
+        let system = SystemCheck { approval: &approval, use_up: use_up.as_ref() };
+        match self.decide_as(&req.id, &Decision::Approve, &actor, Some(system)) {
+            Ok(approved) => {
+                self.jobs.wake();
+                tracing::info!(request_id = %req.id, target = %req.target.sys_id, frequency = req.frequency.label(), by = %actor, "request approved without a person");
+                Ok(approved)
+            }
+            Err(AppError::Store(StoreError::Stale { what: GRANT_REFUSED, id: why })) => {
+                tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
+                Ok(self.request_or_not_found(&req.id)?.value)
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Who approves `req` at once, if anyone: it must be pending, from a
-    /// target this source served a clone to, for specs that came with that
-    /// clone, before the clone grant expires; then an AUTOMATIC request is
+    /// The use of a One Time configuration by the approval of `req`.
+    fn one_time_use_up(&self, req: &ExchangeRequest) -> UseUp {
+        let now = self.now();
+        UseUp {
+            target: req.target.sys_id.clone(),
+            request: req.id.clone(),
+            at: now,
+            audit: AuditEvent::new(now, "system", "clone_exchange.used", req.target.sys_id.as_str(), Outcome::Success)
+                .with_details(format!(
+                    "One Time Clone used by the approval of request {}; its policies are inactive",
+                    req.id
+                )),
+        }
+    }
+
+    /// Who approves `req` at once, if anyone, and what the approving
+    /// transaction checks again: it must be pending, after a clone, name the
+    /// grant of that clone (unexpired, unused for its frequency, covering its
+    /// specs), from a target still authorised to clone; an AUTOMATIC request
+    /// needs this source's own automatic-exchange property true and is
     /// approved by the grant, a One Time / Recurring Clone request by the
     /// Resource Exchange policies of its specs. Adhoc requests wait for a person.
-    fn approver(&self, req: &ExchangeRequest) -> AppResult<Option<String>> {
+    fn approver(&self, req: &ExchangeRequest) -> AppResult<Option<(String, SystemApproval)>> {
         if req.frequency == Frequency::Adhoc || req.status != RequestStatus::Pending {
             return Ok(None);
         }
-        let Some(grant) = self.store.clone_grant(&req.target.sys_id)? else { return Ok(None) };
-        if !grant.covers(req.pending_specs(), self.now()) {
+        let approval = SystemApproval {
+            target: req.target.sys_id.clone(),
+            frequency: req.frequency,
+            presented: req.clone_grant.clone(),
+            specs: req.pending_specs().cloned().collect(),
+            at: self.now(),
+        };
+        if let Err(why) = self.store.system_approval_refusal(&approval)? {
+            tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
             return Ok(None);
         }
         if req.frequency == Frequency::Automatic {
-            return Ok(Some(format!("system (clone grant of {})", crate::clock::rfc3339(grant.granted_at))));
+            let grant = approval.presented.as_deref().unwrap_or_default();
+            return Ok(Some((format!("system (clone grant {grant})"), approval)));
         }
         match self.approving_policies(req)? {
             Ok(policies) => {
                 let names: Vec<&str> = policies.iter().map(|n| n.as_str()).collect();
-                Ok(Some(format!("system (policy {})", names.join(", "))))
+                Ok(Some((format!("system (policy {})", names.join(", ")), approval)))
             }
             Err(why) => {
                 tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
@@ -237,9 +284,22 @@ impl Node {
     /// since it was read is read again, so the loser of a race is refused
     /// with the status the winner left.
     fn decide(&self, id: &RequestId, decision: &Decision, actor: &str) -> AppResult<ExchangeRequest> {
+        self.decide_as(id, decision, actor, None)
+    }
+
+    /// As `decide`; `system` is what an approval without a person checks
+    /// again and uses up in its transaction (a refusal there is
+    /// `Stale { what: GRANT_REFUSED }`, returned as it is).
+    fn decide_as(
+        &self,
+        id: &RequestId,
+        decision: &Decision,
+        actor: &str,
+        system: Option<SystemCheck<'_>>,
+    ) -> AppResult<ExchangeRequest> {
         for _ in 0..DECIDE_ATTEMPTS {
-            match self.try_decide(id, decision, actor) {
-                Err(AppError::Store(StoreError::Stale { .. })) => continue,
+            match self.try_decide(id, decision, actor, system) {
+                Err(AppError::Store(StoreError::Stale { what, .. })) if what != GRANT_REFUSED => continue,
                 other => return other,
             }
         }
@@ -248,7 +308,13 @@ impl Node {
             .into())
     }
 
-    fn try_decide(&self, id: &RequestId, decision: &Decision, actor: &str) -> AppResult<ExchangeRequest> {
+    fn try_decide(
+        &self,
+        id: &RequestId,
+        decision: &Decision,
+        actor: &str,
+        system: Option<SystemCheck<'_>>,
+    ) -> AppResult<ExchangeRequest> {
         let Versioned { value: mut req, version } = self.request_or_not_found(id)?;
         if req.role != ExchangeRole::Source {
             return Err(DomainError::FailedPrecondition(
@@ -303,6 +369,8 @@ impl Node {
                 let effects = RequestEffects {
                     bundle: BundleChange::Set(&bundle),
                     schedule: vec![self.job_now(JobKind::Deliver, id)],
+                    system_approval: system.map(|s| s.approval),
+                    use_up: system.and_then(|s| s.use_up),
                     ..Default::default()
                 };
                 self.store.update_request(version, &req, effects, &audit)?;

@@ -47,6 +47,8 @@ pub(super) struct PlannedRequest {
     pub actor: String,
     /// Rekey after the import (a clone exchange configured with rekey).
     pub rekey: bool,
+    /// The clone grant a request after a clone echoes.
+    pub clone_grant: Option<String>,
 }
 
 impl Node {
@@ -84,6 +86,7 @@ impl Node {
             transport_public_key: transport.public_der.clone(),
             wrapping: transport.wrapping,
             rekey: p.rekey,
+            clone_grant: p.clone_grant,
         };
         let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
         let audit = request_audit(
@@ -113,6 +116,7 @@ impl Node {
             lifetime,
             actor: caller.actor(),
             rekey: false,
+            clone_grant: None,
         };
         let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned)).await?;
         tracing::info!(request_id = %req.id, source = %req.source.sys_id, "exchange request created");
@@ -167,6 +171,7 @@ impl Node {
             transport_public_key: public_key,
             wrapping: req.wrapping,
             frequency: req.frequency,
+            clone_grant: req.clone_grant.clone(),
         };
         let answer = self.peers.open_request(&req.source.host, &req.source.sys_id, open).await;
         let id = req.id.clone();

@@ -37,7 +37,12 @@ pub struct JobSettings {
     pub max_in_flight: usize,
     /// How long a failed rekey waits before it tries again.
     pub rekey_retry: Duration,
+    /// How long after its snapshot a clone grant approves (`clone.grant_lifetime`).
+    pub clone_grant_lifetime: Duration,
 }
+
+/// A clone grant approves for 1 h after its snapshot unless configured.
+pub const DEFAULT_CLONE_GRANT_LIFETIME: Duration = Duration::from_millis(crate::domain::clone::GRANT_MILLIS as u64);
 
 /// The reference's daily rekey retry.
 pub const DEFAULT_REKEY_RETRY: Duration = Duration::from_secs(24 * 3600);
@@ -55,6 +60,7 @@ impl JobSettings {
             retry: RetryPolicy { base_millis: ms.min(1_000), cap_millis: ms.saturating_mul(60).min(300_000) },
             max_in_flight: 16,
             rekey_retry: DEFAULT_REKEY_RETRY,
+            clone_grant_lifetime: DEFAULT_CLONE_GRANT_LIFETIME,
         }
     }
 
@@ -62,6 +68,12 @@ impl JobSettings {
     /// `rekey.retry_interval`).
     pub fn with_rekey_retry(mut self, interval: Duration) -> Self {
         self.rekey_retry = interval;
+        self
+    }
+
+    /// The same, with clone grants lasting `lifetime` (the config's `clone.grant_lifetime`).
+    pub fn with_clone_grant_lifetime(mut self, lifetime: Duration) -> Self {
+        self.clone_grant_lifetime = lifetime;
         self
     }
 }
@@ -136,6 +148,10 @@ impl Node {
     pub fn with_job_settings(mut self, settings: JobSettings) -> Self {
         self.job_settings = settings;
         self
+    }
+
+    pub(super) fn clone_grant_millis(&self) -> i64 {
+        millis(self.job_settings.clone_grant_lifetime)
     }
 
     pub(super) fn decision_wait(&self) -> Duration {

@@ -28,6 +28,9 @@ pub struct OpenRequest {
     pub transport_public_key: Vec<u8>,
     pub wrapping: WrappingAlgorithm,
     pub frequency: crate::domain::exchange::Frequency,
+    /// The clone grant a request after a clone echoes (None: not after a
+    /// clone, or a peer of an earlier release).
+    pub clone_grant: Option<String>,
 }
 
 /// The source's answer to `OpenRequest`.

@@ -3,7 +3,7 @@
 //! any other peer input.
 
 use crate::domain::DomainError;
-use crate::domain::clone::{CloneRun, CloneTarget, SnapshotCatalog, SnapshotHeader, SnapshotPart};
+use crate::domain::clone::{CloneRun, CloneTarget, GrantBasis, SnapshotCatalog, SnapshotHeader, SnapshotPart};
 use crate::domain::clone_exchange::{CloneExchange, ExchangePlan, frequency_of};
 use crate::domain::clone_schedule::{Cadence, CloneSchedule};
 use crate::domain::ids::{KeyId, Name, SysId, UnixMillis};
@@ -73,12 +73,16 @@ pub fn clone_exchange(c: &CloneExchange) -> pb::CloneExchange {
     }
 }
 
-pub fn clone_target(t: &CloneTarget) -> pb::CloneTarget {
+pub fn clone_target(t: &CloneTarget, basis: GrantBasis) -> pb::CloneTarget {
     pb::CloneTarget {
         sys_id: t.sys_id.to_string(),
         host: t.host.to_string(),
         added_at: Some(ts(t.added_at)),
         added_by: t.added_by.clone(),
+        authorised_by: match basis {
+            GrantBasis::Registered => "registered".into(),
+            GrantBasis::Configuration => "configuration".into(),
+        },
     }
 }
 
@@ -119,7 +123,9 @@ pub fn snapshot_part(part: &SnapshotPart) -> pb::SnapshotPart {
             properties: c.properties.iter().map(stored_property).collect(),
         }),
         SnapshotPart::Records(r) => Part::Records(pb::SnapshotRecords { records: r.iter().map(record).collect() }),
-        SnapshotPart::End { records } => Part::End(pb::SnapshotEnd { records: *records }),
+        SnapshotPart::End { records, grant } => {
+            Part::End(pb::SnapshotEnd { records: *records, grant_id: grant.clone().unwrap_or_default() })
+        }
     };
     pb::SnapshotPart { part: Some(part) }
 }
@@ -204,7 +210,9 @@ pub fn snapshot_part_from(p: &pb::SnapshotPart) -> Result<SnapshotPart, DomainEr
         }),
         Part::Catalog(c) => SnapshotPart::Catalog(catalog_from(c)?),
         Part::Records(r) => SnapshotPart::Records(r.records.iter().map(record_from).collect::<Result<_, _>>()?),
-        Part::End(e) => SnapshotPart::End { records: e.records },
+        Part::End(e) => {
+            SnapshotPart::End { records: e.records, grant: crate::domain::clone::parse_grant_id(&e.grant_id)? }
+        }
     })
 }
 

@@ -192,6 +192,7 @@ impl PeerLink for PeerClient {
                 transport_public_key: r.transport_public_key,
                 wrapping_algorithm: convert::wrapping(r.wrapping) as i32,
                 frequency: convert::frequency(r.frequency) as i32,
+                clone_grant_id: r.clone_grant.unwrap_or_default(),
             };
             let answer = self.call(host, expected, |mut c| async move { c.open_request(msg).await }).await?;
             let bad = |what: &str| PeerError::Refused(DomainError::malformed("peer answer", what));

@@ -79,7 +79,7 @@ pub(super) fn exchange_from(target: SysId, r: CloneExchangeRow) -> Result<CloneE
     })
 }
 
-fn read_exchange(tx: &mut dyn super::engine::ReadTxn, target: &SysId) -> Result<Option<CloneExchange>> {
+pub(super) fn read_exchange(tx: &mut dyn super::engine::ReadTxn, target: &SysId) -> Result<Option<CloneExchange>> {
     get_row::<CloneExchangeRow>(tx, Table::CloneExchanges, &str_key(target.as_str()))?
         .map(|r| exchange_from(target.clone(), r))
         .transpose()
@@ -168,6 +168,8 @@ impl Store {
                 delete_policy_in(tx, module, name)?;
             }
             tx.delete(Table::CloneExchanges, &str_key(target.as_str()))?;
+            // Its target's grant goes with it (a registered target clones again for a new one).
+            super::clone::delete_grant_in(tx, target)?;
             append_audit(tx, audit)?;
             Ok(Some(cfg))
         })

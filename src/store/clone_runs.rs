@@ -60,6 +60,9 @@ struct FollowUpRow {
     /// The specs that came with the clone (absent in rows written before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     specs: Option<Vec<String>>,
+    /// The clone grant the snapshot's end named (absent in rows of earlier versions).
+    #[serde(default)]
+    grant: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -113,6 +116,7 @@ impl From<&CloneRun> for CloneRunRow {
                 automatic: f.automatic,
                 plan: f.plan.as_ref().map(PlanRow::from),
                 specs: f.specs.as_ref().map(|s| s.iter().map(ToString::to_string).collect()),
+                grant: f.grant.clone(),
             }),
         }
     }
@@ -140,6 +144,7 @@ pub(super) fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
                     .specs
                     .map(|s| s.iter().map(|n| Name::parse(n, "spec").map_err(corrupt)).collect::<Result<_>>())
                     .transpose()?,
+                grant: f.grant,
             }),
         },
     })

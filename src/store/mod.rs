@@ -32,6 +32,7 @@ pub(crate) mod fuzzing;
 mod jobs;
 mod memory_engine;
 mod migrate_v1;
+mod migrate_v2;
 mod policies;
 mod properties;
 mod record_debt;
@@ -52,6 +53,7 @@ use engine::{Engine, ReadTxn, Table, WriteTxn};
 use records::{decode, encode};
 
 pub use changes::{Change, ChangeTokens};
+pub use clone::{GRANT_REFUSED, SystemApproval};
 pub use clone_exchanges::UseUp;
 pub use clone_runs::{CloneSwap, clone_job_id};
 pub use clone_schedules::{DueRun, clone_schedule_job_id};
@@ -94,7 +96,7 @@ pub struct Versioned<T> {
 /// How often a transaction that keeps losing optimistic races is retried.
 const MAX_ATTEMPTS: usize = 200;
 
-const SCHEMA_VERSION: &str = "2";
+const SCHEMA_VERSION: &str = "3";
 const META_SYS_ID: &str = "sys_id";
 const META_HOST: &str = "host";
 const META_SCHEMA: &str = "schema_version";
@@ -144,6 +146,7 @@ impl Store {
 
     /// Reads the identity of an initialised engine and checks its schema.
     pub fn open(engine: Box<dyn Engine>) -> Result<Self> {
+        migrate_v2::migrate(engine.as_ref())?;
         let mut tx = engine.begin_read()?;
         let mut meta = |key: &str| -> Result<String> {
             let v = tx.get(Table::Meta, key.as_bytes())?;

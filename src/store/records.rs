@@ -287,6 +287,9 @@ pub struct RequestRow {
     /// Target side: rekey after the import (absent in rows of earlier versions).
     #[serde(default)]
     rekey: bool,
+    /// A request after a clone: the clone grant it echoes (absent in rows of earlier versions).
+    #[serde(default)]
+    clone_grant: Option<String>,
     /// Bumped by every write; conditional writes compare it.
     #[serde(default)]
     pub version: u64,
@@ -374,6 +377,7 @@ impl From<&ExchangeRequest> for RequestRow {
             transport_public_key: r.transport_public_key.clone(),
             wrapping: wrapping_label(r.wrapping).into(),
             rekey: r.rekey,
+            clone_grant: r.clone_grant.clone(),
             version: 0,
         }
     }
@@ -430,6 +434,7 @@ impl TryFrom<RequestRow> for ExchangeRequest {
             transport_public_key: r.transport_public_key,
             wrapping: wrapping_from(&r.wrapping)?,
             rekey: r.rekey,
+            clone_grant: r.clone_grant,
         })
     }
 }

@@ -5,6 +5,7 @@
 
 use super::audit::append_audit;
 use super::catalog::{insert_new_keys, key_key, specs_of};
+use super::clone::{SystemApproval, system_approval_in};
 use super::clone_exchanges::{UseUp, use_up_in};
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, put_job_in};
@@ -62,6 +63,9 @@ pub struct RequestEffects<'a> {
     pub transport_handle: Option<&'a [u8]>,
     /// Source side: the completed exchange uses up a One Time configuration.
     pub use_up: Option<&'a UseUp>,
+    /// Source side: an approval without a person, re-checked and its clone
+    /// grant used up in this transaction (before `use_up`).
+    pub system_approval: Option<&'a SystemApproval>,
 }
 
 fn request_key(id: &RequestId) -> Vec<u8> {
@@ -116,6 +120,9 @@ fn apply_effects(tx: &mut dyn WriteTxn, id: &RequestId, effects: &RequestEffects
     }
     for job in &effects.schedule {
         put_job_in(tx, job)?;
+    }
+    if let Some(a) = effects.system_approval {
+        system_approval_in(tx, a)?;
     }
     if let Some(u) = effects.use_up {
         use_up_in(tx, u)?;

@@ -135,8 +135,14 @@ async fn a_one_time_clone_is_approved_by_its_policy_once_and_then_used_up() {
     assert!(!why.allowed && why.evaluated.iter().any(|e| e.why == "inactive"), "{why:?}");
     assert_eq!(src.audit_entries("clone_exchange.used").await.len(), 1);
 
-    // A second clone brings no plan: nothing is requested, no key moves.
-    clone_once(&target, &source, &pki).await;
+    // Used up, the configuration no longer authorises a clone: the second one
+    // is refused, nothing is requested, no key moves.
+    let mut clones = ClonesClient::new(admin_channel(&target, &pki).await);
+    let start = pb::StartCloneRequest { source_sys_id: source.sys_id.clone(), source_host: source.host.to_string() };
+    let again = clones.start_clone(start).await.expect("start").into_inner().clone.expect("clone");
+    let again = finished(&mut clones, &again.clone_id).await;
+    assert_eq!(again.state, "failed", "{again:?}");
+    assert!(again.error.contains("used up"), "{again:?}");
     assert_eq!(requests(&mut tgt).await.len(), 1, "no request after the used-up configuration");
     assert_eq!(tgt.keys_of("pay").await.len(), 1);
 }

@@ -190,6 +190,7 @@ fn open(source: &TestNode, sys_id: &SysId, host: &str, n: u8, transport: &[u8]) 
         transport_public_key: transport.to_vec(),
         wrapping_algorithm: pb::WrappingAlgorithm::RsaAesKeyWrapSha256 as i32,
         frequency: pb::Frequency::Adhoc as i32,
+        clone_grant_id: String::new(),
     }
 }
 

@@ -11,6 +11,7 @@ mod byok_crash;
 mod clone;
 mod clone_crash;
 mod clone_exchange;
+mod clone_grant;
 mod clone_schedule;
 mod connections;
 mod crash;

@@ -88,6 +88,7 @@ async fn claimed_sys_id_must_match_the_certificate() {
             transport_public_key: vec![],
             wrapping_algorithm: 1,
             frequency: 0,
+            clone_grant_id: String::new(),
         })
         .await
         .expect_err("mismatch accepted");
@@ -407,6 +408,7 @@ async fn instance_certificate_must_match_the_database() {
         health_interval: kmf::node::diagnostics::WATCH_EVERY,
         metrics_listen: None,
         rekey_retry_interval: kmf::node::jobs::DEFAULT_REKEY_RETRY,
+        clone_grant_lifetime: kmf::node::jobs::DEFAULT_CLONE_GRANT_LIFETIME,
         connections: Default::default(),
         tls_paths: None,
     };

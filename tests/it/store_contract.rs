@@ -89,6 +89,7 @@ pub(crate) fn request(id: u8, created_at: i64) -> ExchangeRequest {
         transport_public_key: vec![1, 2, 3],
         wrapping: WrappingAlgorithm::RsaAesKeyWrapSha256,
         rekey: false,
+        clone_grant: None,
     }
 }
 
@@ -537,7 +538,7 @@ fn snapshot_is_one_consistent_view_in_bounded_parts() {
         }
         let (mut order, mut parts, mut received) = (SnapshotOrder::default(), Vec::new(), Vec::new());
         let complete = st
-            .snapshot(UnixMillis(9), 10, None, &mut |part| {
+            .snapshot(UnixMillis(9), 10, None, None, &mut |part| {
                 order.accept(&part).unwrap();
                 if let SnapshotPart::Records(r) = &part {
                     assert!(r.len() <= 10, "{}: a part holds at most the asked number", s.name);
@@ -561,7 +562,7 @@ fn snapshot_is_one_consistent_view_in_bounded_parts() {
         // The receiver went away after the header: the read stops there.
         let mut seen = 0;
         let stopped = st
-            .snapshot(UnixMillis(9), 10, None, &mut |_| {
+            .snapshot(UnixMillis(9), 10, None, None, &mut |_| {
                 seen += 1;
                 false
             })
@@ -851,4 +852,46 @@ fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_deleted()
         assert!(st.delete_clone_schedule(&n, &[]).unwrap().is_none(), "{}: already gone", s.name);
         assert_eq!(st.clone_runs().unwrap().len(), 1, "{}", s.name);
     }
+}
+
+/// Schema 2 → 3 (issue 22): the clone grants written before grants had ids
+/// are deleted at open, on both engines, and nothing else changes; opening
+/// again changes nothing.
+#[test]
+fn schema_2_database_loses_its_old_clone_grants_at_open() {
+    use kmf::store::tuple::str_key;
+    let seed = |tx: &mut dyn kmf::store::engine::WriteTxn| {
+        tx.put(Table::Meta, b"sys_id", sys(1).as_str().as_bytes()).unwrap();
+        tx.put(Table::Meta, b"host", b"h:1").unwrap();
+        tx.put(Table::Meta, b"schema_version", b"2").unwrap();
+        let old = r#"{"v":1,"specs":["s"],"granted_at":1,"expires_at":9999999999999}"#;
+        tx.put(Table::CloneGrants, &str_key(sys(7).as_str()), old.as_bytes()).unwrap();
+        tx.put(Table::CloneGrants, &str_key(sys(8).as_str()), old.as_bytes()).unwrap();
+        let target = r#"{"v":1,"host":"t:1","added_at":1,"added_by":"operator:root"}"#;
+        tx.put(Table::CloneTargets, &str_key(sys(7).as_str()), target.as_bytes()).unwrap();
+    };
+    let check = |store: &Store| {
+        assert_eq!(store.clone_grant(&sys(7)).unwrap(), None, "an old grant approves nothing any more");
+        assert_eq!(store.clone_grant(&sys(8)).unwrap(), None);
+        assert_eq!(store.clone_targets().unwrap().len(), 1, "the clone target is kept");
+        assert_eq!(store.sys_id().unwrap(), sys(1));
+    };
+    // In memory.
+    let engine = MemoryEngine::default();
+    let mut tx = engine.begin_write().unwrap();
+    seed(tx.as_mut());
+    tx.commit().unwrap();
+    let store = Store::open(Box::new(engine)).unwrap();
+    check(&store);
+    // redb, opened twice.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kmf.redb");
+    {
+        let engine = kmf::store::RedbEngine::create(&path).unwrap();
+        let mut tx = engine.begin_write().unwrap();
+        seed(tx.as_mut());
+        tx.commit().unwrap();
+    }
+    check(&Store::open_redb(&path).unwrap());
+    check(&Store::open_redb(&path).unwrap());
 }

@@ -124,6 +124,7 @@ impl TestNode {
             health_interval: kmf::node::diagnostics::WATCH_EVERY,
             metrics_listen: None,
             rekey_retry_interval: kmf::node::jobs::DEFAULT_REKEY_RETRY,
+            clone_grant_lifetime: kmf::node::jobs::DEFAULT_CLONE_GRANT_LIFETIME,
             connections: Default::default(),
             tls_paths: None,
         };

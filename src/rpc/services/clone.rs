@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::peer::instance;
 use crate::domain::auth::Permission;
+use crate::domain::clone::GrantBasis;
 use crate::domain::ids::{CloneId, Host, Name, SysId};
 use crate::node::Node;
 use crate::node::clone_schedule::NewCloneSchedule;
@@ -31,7 +32,7 @@ impl Clones for ClonesService {
         let r = req.into_inner();
         let (sys_id, host) = (SysId::parse(&r.sys_id)?, Host::parse_dialable(&r.host, "host")?);
         let target = self.0.add_clone_target(&auth.caller, sys_id, host).await?;
-        Ok(Response::new(pb::AddCloneTargetResponse { target: Some(clone_target(&target)) }))
+        Ok(Response::new(pb::AddCloneTargetResponse { target: Some(clone_target(&target, GrantBasis::Registered)) }))
     }
 
     async fn list_clone_targets(
@@ -40,7 +41,9 @@ impl Clones for ClonesService {
     ) -> Result<Response<pb::ListCloneTargetsResponse>, Status> {
         authorize(&self.0, &req, Permission::Read).await?;
         let targets = self.0.clone_targets().await?;
-        Ok(Response::new(pb::ListCloneTargetsResponse { targets: targets.iter().map(clone_target).collect() }))
+        Ok(Response::new(pb::ListCloneTargetsResponse {
+            targets: targets.iter().map(|(t, b)| clone_target(t, *b)).collect(),
+        }))
     }
 
     async fn remove_clone_target(

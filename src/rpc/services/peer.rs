@@ -114,6 +114,7 @@ impl KeyExchangeService {
             transport_public_key: r.transport_public_key,
             wrapping: convert::wrapping_from(r.wrapping_algorithm)?,
             frequency: convert::frequency_from(r.frequency)?,
+            clone_grant: crate::domain::clone::parse_grant_id(&r.clone_grant_id)?,
         };
         let cert_hosts = crate::tls::identity::host_names(&cert);
         let view = self.0.open_request_from_peer(caller, cert, cert_hosts, open).await?;
