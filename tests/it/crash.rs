@@ -24,11 +24,11 @@ const KEYS: u32 = 10_000;
 /// Kill moments are drawn from 0 to this many milliseconds after approval starts.
 const KILL_WINDOW_MS: u64 = 1_500;
 
-fn json(text: &str) -> serde_json::Value {
+pub(crate) fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).expect("json")
 }
 
-fn status_of(daemon: &Daemon, pki: &Path, id: &str) -> Option<String> {
+pub(crate) fn status_of(daemon: &Daemon, pki: &Path, id: &str) -> Option<String> {
     let out = run(daemon.ctl(pki).args(["--json", "exchange", "get", id]));
     out.status
         .success()

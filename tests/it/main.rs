@@ -22,6 +22,7 @@ mod diagnostics;
 mod exactly_once;
 mod exchange;
 mod fuzz_seeds;
+mod grant_crash;
 mod grpcurl;
 mod hsm;
 mod hsm_process;
