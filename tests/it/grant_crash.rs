@@ -168,7 +168,7 @@ impl LogTail {
 
 struct Trial {
     killed_target: bool,
-    /// The kill moment counts from the target's request's appearance, not from `clone start`.
+    /// The kill moment counts from the source logging that it recorded the request, not from `clone start`.
     anchored: bool,
     kill_after_ms: u64,
     /// The source's status of the request right after its restart.
