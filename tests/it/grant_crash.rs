@@ -86,9 +86,10 @@ fn wait_completed(source: &Daemon, target: &Daemon, pki: &Path, id: &str, deadli
     }
 }
 
+/// The last 30 lines of a daemon's log above DEBUG (the peer calls' frames drown the rest).
 fn tail(daemon: &Daemon) -> String {
     let log = std::fs::read_to_string(&daemon.log).unwrap_or_default();
-    let mut lines: Vec<&str> = log.lines().rev().take(30).collect();
+    let mut lines: Vec<&str> = log.lines().rev().filter(|l| !l.contains(" DEBUG ")).take(30).collect();
     lines.reverse();
     lines.join("\n")
 }
@@ -289,22 +290,32 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
     // The source's database: one approval per request, by its clone grant,
     // which is used up for AUTOMATIC; no other approval.
     let store = Store::open_redb(&source_dir.join("kmf.redb")).expect("open the source's store");
-    let approvals: Vec<AuditEntry> = store
+    let audit: Vec<AuditEntry> = store
         .audit_rows(0, usize::MAX)
         .expect("audit")
         .iter()
         .map(|(_, b)| AuditEntry::decode(b).expect("entry"))
-        .filter(|e| e.event.action == "exchange.approve")
         .collect();
+    let approvals: Vec<&AuditEntry> = audit.iter().filter(|e| e.event.action == "exchange.approve").collect();
     assert_eq!(approvals.len(), completed.len(), "one approval per request, and no other: {approvals:?}");
     let specs: Vec<Name> = SPECS.iter().map(|s| spec_name(s)).collect();
+    // Per trial (the calibration first): how many grants the target's clone got (more than one: it started over).
+    let mut grants_per_target = Vec::new();
     for (target, id) in &completed {
-        let mine: Vec<&AuditEntry> = approvals.iter().filter(|e| &e.event.subject == id).collect();
+        let mine: Vec<&&AuditEntry> = approvals.iter().filter(|e| &e.event.subject == id).collect();
         assert_eq!(mine.len(), 1, "request {id}: approvals on the source {mine:?}");
         let target = SysId::parse(target).expect("sys_id");
         let grant = store.clone_grant(&target).expect("read").expect("the target's grant");
         assert_eq!(mine[0].event.actor, format!("system (clone grant {})", grant.id), "request {id}");
         assert_eq!(grant.used, [Frequency::Automatic], "request {id}: the grant is used up for AUTOMATIC");
+        let grants: Vec<&AuditEntry> =
+            audit.iter().filter(|e| e.event.action == "clone.grant" && e.event.subject == target.as_str()).collect();
+        let last = grants.last().map(|e| e.event.details.as_str()).unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("grant {} ", grant.id)),
+            "request {id}: approved by the newest grant: {grants:?}"
+        );
+        grants_per_target.push(grants.len());
         let again = SystemApproval {
             target: target.clone(),
             frequency: Frequency::Automatic,
@@ -329,9 +340,12 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
             results.iter().filter(|t| t.anchored == anchored).map(|t| t.kill_after_ms.to_string()).collect();
         format!("{} [{}]", ms.len(), ms.join(","))
     };
+    let restarted = grants_per_target.iter().skip(1).filter(|&&n| n > 1).count();
+    assert_eq!(grants_per_target[0], 1, "calibration: one snapshot, one grant");
     let at = |s: Option<&str>| results.iter().filter(|t| t.at_restart.as_deref() == s).count();
     println!(
-        "clone-grant crash trials: {} run, source killed {}, target killed too {}; the source's request at the restart: \
+        "clone-grant crash trials: {} run, source killed {}, target killed too {}; the clone started over (a new snapshot, \
+         a new grant) in {restarted}; the source's request at the restart: \
          none yet {}, pending {}, approved {}, completed {}; every automatic request COMPLETED with {total_keys} keys \
          imported once, {RECORDS} records, 1 approval by its clone grant each (used up for AUTOMATIC), 0 approvals \
          without a grant; kill -> COMPLETED: median {:.2} s, max {:.2} s; kill moments: {} after clone start ({window_from}..{window_to} ms), \
