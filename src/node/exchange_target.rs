@@ -124,7 +124,11 @@ impl Node {
     }
 
     /// Retries, on the target, a request whose opening on the source failed
-    /// (ERROR_ON_*): a new transport key, PENDING again, opened again.
+    /// (ERROR_ON_*): PENDING again and opened again with the transport key it
+    /// already has, so the source, which may have recorded (or even approved)
+    /// the first opening before its answer was lost, sees the same request and
+    /// a bundle it wrapped for that key still opens here. Only a request whose
+    /// transport key is gone gets a new one.
     pub(super) async fn retry_on_target(self: &Arc<Self>, actor: String, id: RequestId) -> AppResult<ExchangeRequest> {
         let (req, public_key) = self
             .blocking(move |node| {
@@ -141,14 +145,24 @@ impl Node {
                         other => other,
                     },
                 )?;
-                let transport = node.signer.create_transport_key()?;
-                req.wrapping = transport.wrapping;
-                req.transport_public_key = transport.public_der.clone();
+                let kept = node.store.transport_handle(&req.id)?.filter(|_| !req.transport_public_key.is_empty());
+                let transport = match kept {
+                    Some(_) => None,
+                    None => Some(node.signer.create_transport_key()?),
+                };
+                if let Some(t) = &transport {
+                    req.wrapping = t.wrapping;
+                    req.transport_public_key = t.public_der.clone();
+                }
                 let audit =
                     request_audit(&req, "exchange.retry", Outcome::Success, format!("from {}", found.status.label()));
-                let effects = RequestEffects { transport_handle: Some(&transport.handle), ..Default::default() };
+                let effects = RequestEffects {
+                    transport_handle: transport.as_ref().map(|t| &t.handle[..]),
+                    ..Default::default()
+                };
                 node.store.update_request(version, &req, effects, &[audit])?;
-                Ok((req, transport.public_der))
+                let public_key = req.transport_public_key.clone();
+                Ok((req, public_key))
             })
             .await?;
         tracing::info!(request_id = %req.id, "exchange request retried; opening it on the source again");

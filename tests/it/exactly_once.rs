@@ -500,3 +500,103 @@ async fn an_unreachable_target_is_dialled_once_per_backoff_step_not_once_per_req
     }
     assert_eq!(dials(), 3, "one failed dial, then one delivery each");
 }
+
+/// Opens on the source, then loses the first `lose` answers (as if the source
+/// died right after it recorded the request).
+struct LosesOpenAnswers {
+    inner: Arc<dyn PeerLink>,
+    lose: Arc<AtomicUsize>,
+}
+
+impl PeerLink for LosesOpenAnswers {
+    fn open_request<'a>(
+        &'a self,
+        h: &'a Host,
+        e: &'a SysId,
+        r: kmf::node::ports::OpenRequest,
+    ) -> PeerFuture<'a, kmf::node::ports::SourceView> {
+        Box::pin(async move {
+            let view = self.inner.open_request(h, e, r).await?;
+            if self.lose.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return Err(PeerError::Unreachable { host: h.to_string(), reason: "answer lost (test)".into() });
+            }
+            Ok(view)
+        })
+    }
+
+    fn deliver_bundle<'a>(&'a self, h: &'a Host, e: &'a SysId, b: SignedBlob) -> PeerFuture<'a, SignedBlob> {
+        self.inner.deliver_bundle(h, e, b)
+    }
+
+    fn notify_status<'a>(
+        &'a self,
+        h: &'a Host,
+        e: &'a SysId,
+        id: RequestId,
+        s: kmf::domain::exchange::RequestStatus,
+        reason: String,
+    ) -> PeerFuture<'a, ()> {
+        self.inner.notify_status(h, e, id, s, reason)
+    }
+
+    fn stream_snapshot<'a>(
+        &'a self,
+        h: &'a Host,
+        e: &'a SysId,
+    ) -> PeerFuture<'a, kmf::node::ports::PeerStream<kmf::domain::clone::SnapshotPart>> {
+        self.inner.stream_snapshot(h, e)
+    }
+}
+
+// The source recorded the request but the target never heard back (found by
+// tests/it/grant_crash.rs: a source killed right after recording it). A retry
+// on the target opens the same request again, with the transport key it
+// already has: the source sees its own request, not a different one under a
+// taken id, and a bundle wrapped for that key, even one approved and sent
+// while the target's record was in error, still opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_lost_opening_answer_reopens_the_same_request() {
+    let pki = Pki::new();
+    let source = TestNode::start(&pki).await;
+    let lose = Arc::new(AtomicUsize::new(0));
+    let lose2 = Arc::clone(&lose);
+    let target = TestNode::start_with(&pki, move |inner| Arc::new(LosesOpenAnswers { inner, lose: lose2 })).await;
+    let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
+    for spec in ["salary", "bonus"] {
+        s.spec("payroll", spec, true).await;
+        t.spec("payroll", spec, false).await;
+    }
+    for (spec, approve_first) in [("salary", false), ("bonus", true)] {
+        lose.store(1, Ordering::SeqCst);
+        let lost = t.create_request(&source, &[spec]).await.expect_err("the answer was lost");
+        assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
+        let list = t.exchange.list_requests(pb::ListRequestsRequest::default()).await.expect("list").into_inner();
+        let failed = list
+            .requests
+            .iter()
+            .find(|r| status(r) == RequestStatus::ErrorOnRemoteInstance)
+            .expect("the target's record is in error");
+        let id = failed.request_id.clone();
+        assert_eq!(status(&s.get(&id).await), RequestStatus::RequestPending, "the source recorded it");
+        if approve_first {
+            // Approved, and delivered while the target's record is in error:
+            // the target refuses the bundle and the source's record is in error too.
+            s.decide(&id, Decision::Approve, "").await.expect("approve");
+            s.wait_for(&id, "the refused delivery", |r| status(r) == RequestStatus::ErrorOnRemoteInstance).await;
+        }
+        let retried = t.decide(&id, Decision::Retry, "").await.expect("retry on the target");
+        assert_eq!(status(&retried), RequestStatus::RequestPending, "{retried:?}");
+        if approve_first {
+            // The source's operator retries its delivery: the same bundle's key opens.
+            s.decide(&id, Decision::Retry, "").await.expect("retry on the source");
+        } else {
+            s.decide(&id, Decision::Approve, "").await.expect("approve");
+        }
+        s.wait_for(&id, "completion on the source", |r| status(r) == RequestStatus::RequestCompleted).await;
+        let done = t.wait_for(&id, "completion on the target", |r| status(r) == RequestStatus::RequestCompleted).await;
+        assert_eq!(done.imported_key_count, 1, "approve first: {approve_first}");
+        assert_eq!(audit_count(&mut t, "exchange.import", &id).await, 1, "one import");
+    }
+    assert_eq!(t.keys_of("salary").await.len(), 1, "the key once");
+    assert_eq!(t.keys_of("bonus").await.len(), 1, "the key once");
+}
