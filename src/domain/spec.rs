@@ -122,7 +122,7 @@ impl Algorithm {
     }
 }
 
-/// How a spec's keys turn into protected content (ARCHITECTURE.md,
+/// How a spec's keys turn into protected content (docs/wire-formats.md,
 /// "Crypto schemes").
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum Scheme {
