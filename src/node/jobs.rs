@@ -1,7 +1,9 @@
 //! The job runner: claims due jobs from the store under a lease and runs
-//! them, at most `max_in_flight` at once. Deliveries, status notices and the
-//! two sweeps are jobs; each job's effect is idempotent, and a job whose
-//! runner died is claimed again when its lease runs out. No lock is held
+//! them, at most `max_in_flight` at once. Deliveries, status notices, the
+//! expiry and lifecycle sweeps, clones, the automatic exchange after a clone,
+//! clone schedules and rekeys are jobs (`run_job`); each job's effect is
+//! idempotent, and a job whose runner died is claimed again when its lease
+//! runs out. No lock is held
 //! across a network call: the store is the only coordination.
 
 use std::collections::HashSet;

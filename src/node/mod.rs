@@ -1,6 +1,9 @@
-//! The use cases of one instance: keys, crypto and both sides of an exchange.
-//! It wires the pure domain to the store, the signer and the peer link; the
-//! RPC services only convert and call in here.
+//! The use cases of one instance (`Node`): the catalog (modules, specs, keys,
+//! lifecycle, policies, properties), crypto and records, both sides of an
+//! exchange, clone (source, target, schedules, One Time / Recurring Clone),
+//! rekey, BYOK, audit and diagnostics, and the job runner that carries out
+//! their effects. It wires the pure domain to the store, the signer and the
+//! peer link; the RPC services only convert and call in here.
 
 pub mod audit;
 mod byok;
