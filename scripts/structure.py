@@ -12,6 +12,7 @@ stripped before counting. Usage: scripts/structure.py [layer-dir] [top-n]
 """
 
 import collections
+import functools
 import os
 import re
 import sys
@@ -67,6 +68,32 @@ def methods(body):
     return count
 
 
+@functools.lru_cache(maxsize=None)
+def source(path):
+    """A file's code without comments, strings or test modules (read once)."""
+    return without_tests(strip(open(path, encoding="utf-8").read()))
+
+
+def on_cycle(edges):
+    """The edges (a, b) of `edges` on a cycle: b reaches a again."""
+    graph = collections.defaultdict(set)
+    for a, b in edges:
+        graph[a].add(b)
+
+    def reaches(a, b):
+        seen, todo = set(), [a]
+        while todo:
+            x = todo.pop()
+            if x == b:
+                return True
+            if x not in seen:
+                seen.add(x)
+                todo.extend(graph[x])
+        return False
+
+    return sorted(e for e in edges if reaches(e[1], e[0]))
+
+
 def rust_files(top):
     for d, _, files in os.walk(top):
         for f in files:
@@ -87,8 +114,7 @@ def main():
     layer_dir = os.path.join(ROOT, layer)
     per_type = collections.defaultdict(lambda: [0, set()])
     for path in rust_files(os.path.join(ROOT, "src")):
-        src = without_tests(strip(open(path, encoding="utf-8").read()))
-        for name, body in impl_blocks(src):
+        for name, body in impl_blocks(source(path)):
             n = methods(body)
             if n:
                 per_type[name][0] += n
@@ -102,12 +128,11 @@ def main():
     top_names = {m.split("::")[0] for m in modules}
     edges = set()
     for mod, path in modules.items():
-        src = without_tests(strip(open(path, encoding="utf-8").read()))
         parts = mod.split("::")
-        for m in re.finditer(r"(crate::[\w:]+|super::[\w:]+)", src):
+        for m in re.finditer(r"(crate::[\w:]+|super::[\w:]+)", source(path)):
             p = m.group(1)
             if p.startswith("super::"):
-                base = parts[:-1] if not path.endswith("mod.rs") else parts[:-1]
+                base = parts[:-1]
                 rest = p.split("::")
                 while rest and rest[0] == "super":
                     rest = rest[1:]
@@ -119,23 +144,7 @@ def main():
                 continue
             if target and target[0] in top_names and target[0] != parts[0]:
                 edges.add((parts[0], target[0]))
-    graph = collections.defaultdict(set)
-    for a, b in edges:
-        graph[a].add(b)
-
-    def reaches(a, b):
-        seen, todo = set(), [a]
-        while todo:
-            x = todo.pop()
-            if x == b:
-                return True
-            if x in seen:
-                continue
-            seen.add(x)
-            todo.extend(graph[x])
-        return False
-
-    cyclic = sorted((a, b) for a, b in edges if reaches(b, a))
+    cyclic = on_cycle(edges)
     print(f"{layer}: {len(modules)} files, {len(top_names)} top-level modules, {len(edges)} imports between them, "
           f"{len(cyclic)} on a cycle (running back up)")
     for a, b in cyclic:
@@ -146,7 +155,7 @@ def main():
 def calls_between_files(layer_dir):
     """Per type of the layer: its methods called from another file of the
     layer, as file -> file edges, and those on a cycle."""
-    srcs = {p: without_tests(strip(open(p, encoding="utf-8").read())) for p in rust_files(layer_dir)}
+    srcs = {p: source(p) for p in rust_files(layer_dir)}
     defs = collections.defaultdict(lambda: collections.defaultdict(set))
     for p, src in srcs.items():
         for name, body in impl_blocks(src):
@@ -161,22 +170,7 @@ def calls_between_files(layer_dir):
             here = os.path.relpath(p, layer_dir)
             for m in re.finditer(r"\b(?:self|node|this|n)\.(\w+)\s*\(", src):
                 edges.update((here, there) for there in fns.get(m.group(1), ()) if there != here)
-        graph = collections.defaultdict(set)
-        for a, b in edges:
-            graph[a].add(b)
-
-        def reaches(a, b):
-            seen, todo = set(), [a]
-            while todo:
-                x = todo.pop()
-                if x == b:
-                    return True
-                if x not in seen:
-                    seen.add(x)
-                    todo.extend(graph[x])
-            return False
-
-        cyclic = sorted(e for e in edges if reaches(e[1], e[0]))
+        cyclic = on_cycle(edges)
         print(f"{name}: calls between its {len(files)} files: {len(edges)} edges, {len(cyclic)} on a cycle")
         for a, b in cyclic:
             print(f"  {a} -> {b}")
