@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<ExitCode> {
         let (source_app, source_id, source_host, mut s) = site.instance("source").await?;
         add_module(&mut s, "bench", pb::DefaultAccess::Track).await?;
         add_spec(&mut s, "bench", "data", 1).await?;
-        source_app.node.seed_rotations(Name::parse("data", "spec")?, KEYS - 1).await?;
+        source_app.services.catalog.seed_rotations(Name::parse("data", "spec")?, KEYS - 1).await?;
         let mut apps = vec![source_app];
         let mut targets = Vec::new();
         for i in 0..TARGETS {

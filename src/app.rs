@@ -14,16 +14,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
 use crate::clock::{Clock, SystemClock};
 use crate::domain::ids::{Host, SysId};
-use crate::node::Node;
+use crate::node::context::Context as ServiceContext;
 use crate::node::diagnostics::DiagnosticsSetup;
 use crate::node::jobs::JobSettings;
 use crate::node::ports::PeerLink;
+use crate::node::{Background, Services};
 use crate::rpc::health::HealthPublisher;
 use crate::rpc::pb::{
     audit_server::AuditServer, clone_source_server::CloneSourceServer, clones_server::ClonesServer,
@@ -33,7 +32,7 @@ use crate::rpc::pb::{
 };
 use crate::rpc::peer::PeerClient;
 use crate::rpc::probe::HealthProbe;
-use crate::rpc::services::Services;
+use crate::rpc::services::RpcServices;
 use crate::rpc::{MAX_MESSAGE_BYTES, pb};
 use crate::signer::Signer;
 use crate::signer::instance_key::InstanceKey;
@@ -168,16 +167,15 @@ pub use crate::tls_reload::TlsPaths;
 
 pub struct RunningApp {
     pub local_addr: SocketAddr,
-    pub node: Arc<Node>,
+    /// The instance's use-case services (tests and benchmarks call them directly).
+    pub services: Arc<Services>,
     /// Where `/metrics` is served, when `metrics_listen` was set.
     pub metrics_addr: Option<SocketAddr>,
     metrics_server: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    jobs_cancel: CancellationToken,
-    jobs_runner: JoinHandle<()>,
-    jobs_in_flight: TaskTracker,
-    health_watch: JoinHandle<()>,
+    /// The job runner, its jobs, the refusal writer and the health watch.
+    background: Background,
     handshakes: Arc<AtomicU64>,
     connections: crate::connections::ConnectionSlots,
     body_budget: crate::connections::BodyBudget,
@@ -255,17 +253,10 @@ impl RunningApp {
     /// Stops accepting, drains in-flight calls, and waits.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.jobs_cancel.cancel();
-        let _ = self.jobs_runner.await;
-        self.jobs_in_flight.close();
-        if tokio::time::timeout(JOB_DRAIN, self.jobs_in_flight.wait()).await.is_err() {
+        if !self.background.shut_down(JOB_DRAIN).await {
             tracing::warn!("jobs still running at shutdown keep their lease; they run again after the next start");
         }
-        self.node.flush_refusals(true).await;
-        self.health_watch.abort();
-        // Wait until the aborted task is gone, so its handle on the node
-        // (and the database) is released before this returns.
-        let _ = self.health_watch.await;
+        self.services.flush().await;
         if let Some(reload) = self.tls_reload {
             reload.abort();
             let _ = reload.await;
@@ -341,14 +332,11 @@ pub async fn start_custom(
             .with_rekey_retry(cfg.rekey_retry_interval)
             .with_clone_grant_lifetime(cfg.clone_grant_lifetime)
     });
-    let node = Arc::new(
-        Node::new(store, signer, instance_key, peers, clock, host.clone())?
-            .with_diagnostics(diagnostics)
-            .with_job_settings(jobs),
-    );
+    let context = ServiceContext::new(store, signer, instance_key, peers, clock, host.clone(), jobs)?;
+    let services = Arc::new(Services::new(context, Some(diagnostics)));
     let (reporter, health_svc) = tonic_health::server::health_reporter();
     let health = Arc::new(HealthPublisher::new(reporter).await);
-    let services = Services::new(node.clone(), health.clone());
+    let rpc = RpcServices::new(&services, health.clone());
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -364,7 +352,7 @@ pub async fn start_custom(
     };
     let (stop, stop_rx) = watch::channel(false);
     let metrics_server = metrics_listener
-        .map(|l| crate::metrics::server::start(l, live_tls.clone(), node.clone(), metrics.clone(), stop_rx.clone()))
+        .map(|l| crate::metrics::server::start(l, live_tls.clone(), &services, metrics.clone(), stop_rx.clone()))
         .transpose()?;
     let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
     let handshakes = Arc::new(AtomicU64::new(0));
@@ -404,69 +392,51 @@ pub async fn start_custom(
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InstanceServer::new(services.instance).max_decoding_message_size(small))
-        .add_service(KeyManagementServer::new(services.keys).max_decoding_message_size(small))
+        .add_service(InstanceServer::new(rpc.instance).max_decoding_message_size(small))
+        .add_service(KeyManagementServer::new(rpc.keys).max_decoding_message_size(small))
+        .add_service(CryptoServer::new(rpc.crypto).max_decoding_message_size(large).max_encoding_message_size(large))
+        .add_service(ResourceExchangeServer::new(rpc.exchange).max_decoding_message_size(small))
+        .add_service(AuditServer::new(rpc.audit).max_decoding_message_size(small).max_encoding_message_size(large))
+        .add_service(PropertiesServer::new(rpc.properties).max_decoding_message_size(small))
+        .add_service(PoliciesServer::new(rpc.policies).max_decoding_message_size(small))
+        .add_service(KeyExchangeServer::new(rpc.peer).max_decoding_message_size(large).max_encoding_message_size(large))
+        .add_service(ClonesServer::new(rpc.clones).max_decoding_message_size(small))
         .add_service(
-            CryptoServer::new(services.crypto).max_decoding_message_size(large).max_encoding_message_size(large),
+            CloneSourceServer::new(rpc.clone_source).max_decoding_message_size(small).max_encoding_message_size(large),
         )
-        .add_service(ResourceExchangeServer::new(services.exchange).max_decoding_message_size(small))
-        .add_service(AuditServer::new(services.audit).max_decoding_message_size(small).max_encoding_message_size(large))
-        .add_service(PropertiesServer::new(services.properties).max_decoding_message_size(small))
-        .add_service(PoliciesServer::new(services.policies).max_decoding_message_size(small))
-        .add_service(
-            KeyExchangeServer::new(services.peer).max_decoding_message_size(large).max_encoding_message_size(large),
-        )
-        .add_service(ClonesServer::new(services.clones).max_decoding_message_size(small))
-        .add_service(
-            CloneSourceServer::new(services.clone_source)
-                .max_decoding_message_size(small)
-                .max_encoding_message_size(large),
-        )
-        .add_service(RekeysServer::new(services.rekeys).max_decoding_message_size(small))
+        .add_service(RekeysServer::new(rpc.rekeys).max_decoding_message_size(small))
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let server = tokio::spawn(server);
-    let (jobs_cancel, jobs_in_flight) = (CancellationToken::new(), TaskTracker::new());
-    let jobs_runner =
-        tokio::spawn(crate::node::jobs::run_jobs(node.clone(), jobs_cancel.clone(), jobs_in_flight.clone()));
-    let health_watch = tokio::spawn(health_loop(node.clone(), health, cfg.health_interval));
+    let background = Background::new();
+    services.start(&background);
+    // Diagnoses at start and every `health_interval` after, so health changes
+    // are logged, the metrics show them and grpc.health.v1 follows them
+    // (NOT_SERVING while the signer or the store is Malfunction) unasked.
+    let watch = Arc::clone(&services.diagnostics).watch(cfg.health_interval, background.token(), move |d| {
+        let health = Arc::clone(&health);
+        async move { health.publish(&d).await }
+    });
+    background.spawn(watch);
     let tls_reload = cfg.tls_paths.clone().map(|paths| {
         let reloader =
             crate::tls_reload::TlsReloader::new(paths, live_tls.clone(), peer_client.clone(), tls_reloads.clone());
         tokio::spawn(reloader.run(stop_rx.clone()))
     });
-    tracing::info!(%sys_id, %host, addr = %local_addr, signer = node.info().signer_kind, "kmfd serving");
+    tracing::info!(%sys_id, %host, addr = %local_addr, signer = services.info().signer_kind, "kmfd serving");
     Ok(RunningApp {
         local_addr,
-        node,
+        services,
         metrics_addr,
         metrics_server: metrics_server.map(|m| m.task),
         stop,
         server,
-        jobs_cancel,
-        jobs_runner,
-        jobs_in_flight,
-        health_watch,
+        background,
         handshakes,
         connections,
         body_budget,
         tls_reload,
         tls_reloads,
     })
-}
-
-/// Diagnoses the instance at start and every `every` after, so health
-/// changes are logged, the metrics show them and grpc.health.v1 follows them
-/// (NOT_SERVING while the signer or the store is Malfunction) without anyone
-/// asking.
-async fn health_loop(node: Arc<Node>, health: Arc<HealthPublisher>, every: Duration) {
-    // A zero period would panic the interval; 1 ms is as good as asking for it.
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let diagnosis = node.diagnose_and_record().await;
-        health.publish(&diagnosis).await;
-    }
 }
 
 /// A new instance in `root/name` on an ephemeral loopback port, with an

@@ -106,7 +106,7 @@ pub async fn exchange(n: u32, source: Option<SignerConfig>, target: Option<Signe
         add_module(ops, "bench", pb::DefaultAccess::Track).await?;
         add_spec(ops, "bench", "data", 0).await?;
     }
-    source_app.node.seed_rotations(Name::parse("data", "spec")?, n).await?;
+    source_app.services.catalog.seed_rotations(Name::parse("data", "spec")?, n).await?;
     let created = t
         .exchange
         .create_request(pb::CreateRequestRequest {

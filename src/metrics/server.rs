@@ -23,12 +23,21 @@ use tokio_stream::StreamExt;
 
 use super::Metrics;
 use crate::domain::auth::{Caller, Permission, authorize};
-use crate::node::Node;
+use crate::node::Services;
+use crate::node::audit::Audit;
+use crate::node::diagnostics::Diagnostics;
 use crate::tls::identity::caller_from_cert;
 use crate::tls::live::LiveTls;
 
 const PATH: &str = "/metrics";
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the endpoint reads and writes: the diagnostics (counts, latest
+/// diagnosis, clock) and the audit of refused requests.
+struct Sources {
+    audit: Arc<Audit>,
+    diagnostics: Arc<Diagnostics>,
+}
 
 /// A running metrics listener.
 pub struct MetricsServer {
@@ -40,11 +49,13 @@ pub struct MetricsServer {
 pub fn start(
     listener: TcpListener,
     live: Arc<LiveTls>,
-    node: Arc<Node>,
+    services: &Services,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<MetricsServer> {
     let local_addr = listener.local_addr()?;
+    let sources =
+        Arc::new(Sources { audit: Arc::clone(&services.audit), diagnostics: Arc::clone(&services.diagnostics) });
     // The daemon's acceptor (swapped by a reload): handshake timeout, refused handshakes logged at warn.
     let acceptor = live.metrics_acceptor();
     let limits = crate::connections::ConnectionLimits::default();
@@ -78,19 +89,22 @@ pub fn start(
                     Access::Refused { actor: format!("unidentified@{peer}"), reason: "no client certificate".into() }
                 }
             };
-            let (node, metrics, live, mut conn_stop) =
-                (Arc::clone(&node), Arc::clone(&metrics), Arc::clone(&live), stop.clone());
+            let (sources, metrics, live, mut conn_stop) =
+                (Arc::clone(&sources), Arc::clone(&metrics), Arc::clone(&live), stop.clone());
             tokio::spawn(async move {
                 let access = Arc::new(access);
                 let service = hyper::service::service_fn(move |req| {
-                    let (node, metrics, access, peer) =
-                        (Arc::clone(&node), Arc::clone(&metrics), Arc::clone(&access), peer.clone());
+                    let (sources, metrics, access, peer) =
+                        (Arc::clone(&sources), Arc::clone(&metrics), Arc::clone(&access), peer.clone());
                     // Checked per request: the CRL may have changed since the handshake.
-                    let access = match (access.as_ref(), cert.as_deref().and_then(|c| live.refusal(c, node.now()))) {
+                    let access = match (
+                        access.as_ref(),
+                        cert.as_deref().and_then(|c| live.refusal(c, sources.diagnostics.now())),
+                    ) {
                         (Access::Allowed { actor }, Some(reason)) => Access::Refused { actor: actor.clone(), reason },
                         (access, _) => access.clone(),
                     };
-                    async move { Ok::<_, Infallible>(respond(req, &access, &peer, &node, &metrics).await) }
+                    async move { Ok::<_, Infallible>(respond(req, &access, &peer, &sources, &metrics).await) }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection(TokioIo::new(tls), service);
@@ -139,18 +153,18 @@ async fn respond<B>(
     req: Request<B>,
     access: &Access,
     peer: &str,
-    node: &Arc<Node>,
+    sources: &Sources,
     metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
     if let Access::Refused { actor, reason } = access {
         // The path is the caller's: bounded in the log and the audit entry,
-        // and not part of what repeats are counted by (`node::refusals`).
+        // and not part of what repeats are counted by (`node::audit`).
         let what = crate::domain::audit::bounded(
             format!("{} {}", req.method(), req.uri().path()),
             crate::domain::audit::MAX_SUBJECT_CHARS,
         );
         tracing::warn!(caller = %actor, %peer, method = %what, "metrics request refused: {reason}");
-        node.audit_call_refusal(actor.clone(), "metrics endpoint".into(), what, reason.clone()).await;
+        sources.audit.audit_call_refusal(actor.clone(), "metrics endpoint".into(), what, reason.clone()).await;
         return text(StatusCode::FORBIDDEN, format!("forbidden: {reason}\n"));
     }
     if req.uri().path() != PATH {
@@ -159,8 +173,10 @@ async fn respond<B>(
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
-    let rendered = match node.store_counts().await {
-        Ok(counts) => metrics.render(&counts, node.latest_diagnosis().as_ref()).map_err(|e| e.to_string()),
+    let rendered = match sources.diagnostics.store_counts().await {
+        Ok(counts) => {
+            metrics.render(&counts, sources.diagnostics.latest_diagnosis().as_ref()).map_err(|e| e.to_string())
+        }
         Err(e) => Err(e.to_string()),
     };
     match rendered {

@@ -1,41 +1,55 @@
-//! The use cases of one instance (`Node`): the catalog (modules, specs, keys,
-//! lifecycle, policies, properties), crypto and records, both sides of an
-//! exchange, clone (source, target, schedules, One Time / Recurring Clone),
-//! rekey, BYOK, audit and diagnostics, and the job runner that carries out
-//! their effects. It wires the pure domain to the store, the signer and the
-//! peer link; the RPC services only convert and call in here.
+//! The use-case layer: one service per subject, each a struct in its own
+//! folder holding only the ports it uses, built from one shared `Context`
+//! (`context.rs`). The imports run one way (enforced by the tidy test):
+//! jobs ← audit ← catalog ← crypto ← exchange ← clone, rekey, byok ←
+//! diagnostics; `ports.rs`, `context.rs` and `cache.rs` are shared by all,
+//! and this file, which builds them (`Services`), uses every one.
+//!
+//! - `jobs`: the job runner (leases, retries, backoff, peer backoff) and the
+//!   `JobHandler` trait each service's job kinds implement.
+//! - `audit`: the audit log, coalesced refusals, and `Access` (who calls).
+//! - `catalog`: modules, specs, keys, lifecycle, access policies, properties.
+//! - `crypto`: encrypt/decrypt/rewrap, sign/MAC, wrap, encrypted records.
+//! - `exchange`: both sides of a key exchange and its delivery.
+//! - `clone`: clone source and target, One Time / Recurring Clone, schedules.
+//! - `rekey`: re-encrypting cloned records under this instance's keys.
+//! - `byok`: importing and exporting keys.
+//! - `diagnostics`: the self-check health follows, and the store gauges.
+//!
+//! The RPC services only convert and call in here.
 
 pub mod audit;
-mod byok;
-mod clone_exchange;
-pub mod clone_schedule;
-pub mod clone_source;
-mod clone_target;
+pub mod byok;
+mod cache;
+pub mod catalog;
+pub mod clone;
+pub mod context;
 pub mod crypto;
-mod crypto_session;
 pub mod diagnostics;
-mod exchange_source;
-mod exchange_target;
-mod hot_cache;
+pub mod exchange;
 pub mod jobs;
-mod keys;
-pub mod policies;
 pub mod ports;
-mod proof;
-pub mod properties;
-mod records;
-mod refusals;
-mod rekey;
+pub mod rekey;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::clock::Clock;
-use crate::domain::ids::{Host, SysId};
-use crate::error::{AppError, AppResult};
-use crate::signer::Signer;
-use crate::signer::instance_key::InstanceKey;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::ids::{Host, SysId, UnixMillis};
 use crate::store::Store;
-use ports::PeerLink;
+use audit::{Access, Audit};
+use byok::Byok;
+use catalog::Catalog;
+use clone::Clones;
+use context::Context;
+use crypto::Crypto;
+use diagnostics::{Diagnostics, DiagnosticsSetup};
+use exchange::Exchange;
+use jobs::JobRunner;
+use rekey::Rekey;
 
 /// What `Instance.Info` reports.
 #[derive(Clone, Debug)]
@@ -46,94 +60,88 @@ pub struct InstanceInfo {
     pub signer_kind: &'static str,
 }
 
-pub struct Node {
-    sys_id: SysId,
-    host: Host,
+/// Every service of one instance, built from one context.
+pub struct Services {
+    pub jobs: Arc<JobRunner>,
+    pub audit: Arc<Audit>,
+    pub access: Arc<Access>,
+    pub catalog: Arc<Catalog>,
+    pub crypto: Arc<Crypto>,
+    pub exchange: Arc<Exchange>,
+    pub clone: Arc<Clones>,
+    pub rekey: Arc<Rekey>,
+    pub byok: Arc<Byok>,
+    pub diagnostics: Arc<Diagnostics>,
+    info: InstanceInfo,
     store: Arc<Store>,
-    signer: Arc<dyn Signer>,
-    instance_key: InstanceKey,
-    peers: Arc<dyn PeerLink>,
-    clock: Arc<dyn Clock>,
-    /// Wakes the job runner and tells waiters that requests moved on.
-    jobs: jobs::JobSignals,
-    job_settings: jobs::JobSettings,
-    /// Targets that did not answer, and until when their deliveries wait.
-    peer_backoff: jobs::PeerBackoff,
-    hot: hot_cache::HotCache,
-    /// Set by `with_diagnostics`; without it the certificate and peer checks are Disabled.
-    diagnostics: Option<diagnostics::DiagnosticsSetup>,
-    /// The latest diagnosis (periodic or asked for), for the metrics.
-    latest_diagnosis: std::sync::Mutex<Option<diagnostics::Diagnosis>>,
-    /// Open windows of coalesced access refusals (`node::refusals`).
-    refusals: std::sync::Mutex<crate::domain::refusals::RefusalWindows>,
-    /// Open windows of coalesced refused calls (role, certificate; `node::refusals`).
-    call_refusals: std::sync::Mutex<crate::domain::refusals::RefusalWindows<crate::domain::refusals::CallRefusal>>,
+    clock: Arc<dyn crate::clock::Clock>,
+    sweep_every: Duration,
 }
 
-impl std::fmt::Debug for Node {
+impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("sys_id", &self.sys_id).field("host", &self.host).finish_non_exhaustive()
+        f.debug_struct("Services")
+            .field("sys_id", &self.info.sys_id)
+            .field("host", &self.info.host)
+            .finish_non_exhaustive()
     }
 }
 
-impl Node {
-    pub fn new(
-        store: Arc<Store>,
-        signer: Arc<dyn Signer>,
-        instance_key: InstanceKey,
-        peers: Arc<dyn PeerLink>,
-        clock: Arc<dyn Clock>,
-        advertised_host: Host,
-    ) -> AppResult<Self> {
-        let sys_id = store.sys_id()?;
-        Ok(Node {
-            sys_id,
-            host: advertised_host,
-            store,
-            signer,
-            instance_key,
-            peers,
-            clock,
-            jobs: jobs::JobSignals::default(),
-            job_settings: jobs::JobSettings::default(),
-            peer_backoff: jobs::PeerBackoff::default(),
-            hot: hot_cache::HotCache::default(),
-            diagnostics: None,
-            latest_diagnosis: std::sync::Mutex::new(None),
-            refusals: std::sync::Mutex::default(),
-            call_refusals: std::sync::Mutex::default(),
-        })
+impl Services {
+    /// Builds the services and registers each one's job kinds with the runner.
+    /// `setup`: the TLS configuration and peer probe of the diagnosis and the
+    /// access check (None: those checks are Disabled).
+    pub fn new(ctx: Context, setup: Option<DiagnosticsSetup>) -> Self {
+        let certificate_der = setup.as_ref().map(|s| s.certificate_der.clone()).unwrap_or_default();
+        let tls = setup.as_ref().map(|s| Arc::clone(&s.tls));
+        let jobs = Arc::new(JobRunner::new(&ctx));
+        let audit = Arc::new(Audit::new(&ctx));
+        let access = Arc::new(Access::new(&ctx, Arc::clone(&audit), tls));
+        let catalog = Arc::new(Catalog::new(&ctx, Arc::clone(&audit)));
+        let crypto = Arc::new(Crypto::new(&ctx, Arc::clone(&catalog)));
+        let exchange = Arc::new(Exchange::new(&ctx, Arc::clone(&catalog), certificate_der));
+        let clone = Arc::new(Clones::new(&ctx, Arc::clone(&exchange)));
+        let rekey = Arc::new(Rekey::new(&ctx, Arc::clone(&catalog)));
+        let byok = Arc::new(Byok::new(&ctx, Arc::clone(&catalog)));
+        let diagnostics = Arc::new(Diagnostics::new(&ctx, setup));
+        jobs.register(catalog.clone());
+        jobs.register(exchange.clone());
+        jobs.register(clone.clone());
+        jobs.register(rekey.clone());
+        let info = InstanceInfo {
+            sys_id: ctx.sys_id.clone(),
+            host: ctx.host.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            signer_kind: ctx.signer.kind(),
+        };
+        Services {
+            jobs,
+            audit,
+            access,
+            catalog,
+            crypto,
+            exchange,
+            clone,
+            rekey,
+            byok,
+            diagnostics,
+            info,
+            store: ctx.store,
+            clock: ctx.clock,
+            sweep_every: ctx.settings.sweep_every,
+        }
     }
 
     pub fn info(&self) -> InstanceInfo {
-        InstanceInfo {
-            sys_id: self.sys_id.clone(),
-            host: self.host.clone(),
-            version: env!("CARGO_PKG_VERSION"),
-            signer_kind: self.signer.kind(),
-        }
-    }
-
-    /// The caller a verified certificate names, parsed once per certificate.
-    pub fn caller_for_cert(
-        &self,
-        cert_der: &[u8],
-        parse: impl FnOnce(&[u8]) -> Result<crate::domain::auth::Caller, crate::domain::DomainError>,
-    ) -> Result<crate::domain::auth::Caller, crate::domain::DomainError> {
-        if let Some(c) = self.hot.caller(cert_der) {
-            return Ok(c);
-        }
-        let c = parse(cert_der)?;
-        self.hot.put_caller(cert_der, c.clone());
-        Ok(c)
+        self.info.clone()
     }
 
     pub fn sys_id(&self) -> &SysId {
-        &self.sys_id
+        &self.info.sys_id
     }
 
-    /// The node's clock (injectable; tests advance it).
-    pub fn now(&self) -> crate::domain::ids::UnixMillis {
+    /// The instance's clock (injectable; tests advance it).
+    pub fn now(&self) -> UnixMillis {
         self.clock.now()
     }
 
@@ -141,68 +149,52 @@ impl Node {
         &self.store
     }
 
-    /// Runs blocking work (redb, openssl, RSA) off the async workers.
-    async fn blocking<T, F>(self: &Arc<Self>, f: F) -> AppResult<T>
+    /// Starts the services' own background tasks on `background`: the job
+    /// runner (its jobs run on the same tracker) and the writer of closed
+    /// refusal windows.
+    pub fn start(&self, background: &Background) {
+        let (cancel, tracker) = (background.cancel.clone(), background.tracker.clone());
+        background.spawn(Arc::clone(&self.jobs).run(cancel.clone(), tracker));
+        background.spawn(Arc::clone(&self.audit).flush_closed_refusals(self.sweep_every, cancel));
+    }
+
+    /// What shutdown does last: writes every open refusal window.
+    pub async fn flush(&self) {
+        self.audit.flush_refusals(true).await;
+    }
+}
+
+/// The one lifecycle of every background task: a cancellation token they
+/// watch and a tracker shutdown waits on, within a deadline.
+#[derive(Clone, Default)]
+pub struct Background {
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Background {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancelled when shutdown starts.
+    pub fn token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    pub fn spawn<F>(&self, task: F)
     where
-        T: Send + 'static,
-        F: FnOnce(&Node) -> AppResult<T> + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
     {
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&this))
-            .await
-            .map_err(|e| AppError::Internal(format!("blocking task failed: {e}")))?
-    }
-}
-
-pub use byok::{ExportedKey, ImportParameters};
-pub use clone_exchange::NewCloneExchange;
-pub use exchange_source::Decision;
-pub use keys::DefaultAccess;
-pub use records::{MAX_PAGE as MAX_RECORD_PAGE, NewRecord, RecordDigest};
-
-/// The audit event for a request that just changed; the actor is the one in
-/// its latest history line.
-pub(crate) fn request_audit(
-    req: &crate::domain::exchange::ExchangeRequest,
-    action: &str,
-    outcome: crate::domain::audit::Outcome,
-    details: impl AsRef<str>,
-) -> crate::domain::audit::AuditEvent {
-    let actor = req.history.last().map_or_else(|| "system".to_owned(), |t| t.actor.clone());
-    let details = format!("status {}; {}", req.status.label(), details.as_ref());
-    crate::domain::audit::AuditEvent::new(req.updated_at, actor, action, req.id.to_string(), outcome)
-        .with_details(details)
-}
-pub use exchange_target::NewRequest;
-
-impl Node {
-    /// A page of requests in creation order, and the token of the next page.
-    pub async fn requests_page(
-        self: &Arc<Self>,
-        page_token: Option<String>,
-        page_size: usize,
-    ) -> AppResult<(Vec<crate::domain::exchange::ExchangeRequest>, Option<String>)> {
-        let after = match page_token.filter(|t| !t.is_empty()) {
-            None => None,
-            Some(t) => Some(
-                crate::store::RequestCursor::parse(&t)
-                    .ok_or_else(|| crate::domain::DomainError::invalid("page_token", "not a token this server gave"))?,
-            ),
-        };
-        self.blocking(move |node| {
-            let (page, next) = node.store.requests_page(after.as_ref(), page_size)?;
-            Ok((page, next.map(|c| c.token())))
-        })
-        .await
+        self.tracker.spawn(task);
     }
 
-    pub async fn request(
-        self: &Arc<Self>,
-        id: crate::domain::ids::RequestId,
-    ) -> AppResult<crate::domain::exchange::ExchangeRequest> {
-        self.blocking(move |node| {
-            Ok(node.store.request(&id)?.ok_or_else(|| crate::domain::DomainError::not_found("request", &id))?.value)
-        })
-        .await
+    /// Cancels every task and waits at most `deadline` for them (a job still
+    /// running then keeps its lease and runs again after the next start).
+    /// Returns whether all ended in time.
+    pub async fn shut_down(&self, deadline: Duration) -> bool {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
     }
 }

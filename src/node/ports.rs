@@ -1,5 +1,6 @@
-//! What the node needs from the outside world besides store and signer: a
-//! link to peer daemons (implemented by `rpc::peer`).
+//! What the services need from the outside world besides store and signer:
+//! a link to peer daemons (implemented by `rpc::peer`) and the TLS
+//! configuration in use (implemented by `rpc::probe`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,6 +8,7 @@ use std::pin::Pin;
 use crate::domain::bundle::WrappingAlgorithm;
 use crate::domain::clone::SnapshotPart;
 use crate::domain::exchange::{RequestStatus, SignedBlob, SpecLine};
+use crate::domain::health::CrlFacts;
 use crate::domain::ids::{Host, Name, RequestId, SysId, UnixMillis};
 use crate::error::PeerError;
 
@@ -68,4 +70,17 @@ pub trait PeerLink: Send + Sync + 'static {
     /// (CloneSource.StreamSnapshot). Each part must arrive within the call
     /// timeout; the stream is checked part by part by the caller.
     fn stream_snapshot<'a>(&'a self, host: &'a Host, expected: &'a SysId) -> PeerFuture<'a, PeerStream<SnapshotPart>>;
+}
+
+/// The daemon's TLS configuration of the moment (implemented in
+/// `rpc::probe` over `tls::live::LiveTls`; a reload changes what it answers).
+pub trait TlsNow: Send + Sync + 'static {
+    /// The instance's own certificate (DER) in use.
+    fn certificate_der(&self) -> Vec<u8>;
+    /// The CRL in use, if one is configured.
+    fn crl(&self) -> Option<CrlFacts>;
+    /// Why a call by the client that presented `cert_der` at its handshake
+    /// must be refused at `now`: the CRL in use lists it, or the CRL is past
+    /// its nextUpdate and enforced.
+    fn refusal(&self, cert_der: &[u8], now: UnixMillis) -> Option<String>;
 }

@@ -3,12 +3,10 @@
 //! connection's handshake is refused with UNAUTHENTICATED on the next call).
 //! A refused call is logged at warn and written to the audit log.
 
-use std::sync::Arc;
-
 use tonic::{Request, Status};
 
 use crate::domain::auth::{Caller, Permission, authorize as decide};
-use crate::node::Node;
+use crate::node::audit::Access;
 use crate::tls::identity::caller_from_cert;
 
 /// The request path (`/kmf.v1.Service/Method`), put into every request's
@@ -30,31 +28,31 @@ pub struct Authenticated {
 }
 
 /// Authenticates the caller from its certificate and checks `permission`.
-pub async fn authorize<T>(node: &Arc<Node>, req: &Request<T>, permission: Permission) -> Result<Authenticated, Status> {
+pub async fn authorize<T>(access: &Access, req: &Request<T>, permission: Permission) -> Result<Authenticated, Status> {
     // Only a refusal needs these; build them then.
     let method = || req.extensions().get::<RpcPath>().map_or_else(|| "unknown".to_owned(), |p| p.0.clone());
     let peer = || req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
     let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    let caller = match node.caller_for_cert(leaf, caller_from_cert) {
+    let caller = match access.caller_for_cert(leaf, caller_from_cert) {
         Ok(c) => c,
         Err(e) => {
             let (method, peer) = (method(), peer());
             tracing::warn!(%peer, %method, "call refused: {e}");
-            node.audit_refusal(format!("unidentified@{peer}"), method, e.to_string()).await;
+            access.audit_refusal(format!("unidentified@{peer}"), method, e.to_string()).await;
             return Err(Status::permission_denied(e.to_string()));
         }
     };
-    if let Some(reason) = node.tls_refusal(leaf) {
+    if let Some(reason) = access.tls_refusal(leaf) {
         let (method, peer) = (method(), peer());
         tracing::warn!(caller = %caller.actor(), %peer, %method, "call refused: {reason}");
-        node.audit_refusal(caller.actor(), method, reason.clone()).await;
+        access.audit_refusal(caller.actor(), method, reason.clone()).await;
         return Err(Status::unauthenticated(reason));
     }
     if let Err(e) = decide(&caller, permission) {
         let (method, peer) = (method(), peer());
         tracing::warn!(caller = %caller.actor(), %peer, %method, "call refused: {e}");
-        node.audit_refusal(caller.actor(), method, e.to_string()).await;
+        access.audit_refusal(caller.actor(), method, e.to_string()).await;
         return Err(Status::permission_denied(e.to_string()));
     }
     Ok(Authenticated { caller, cert_der: leaf.to_vec() })

@@ -13,8 +13,8 @@ use crate::domain::DomainError;
 use crate::domain::health::CrlFacts;
 use crate::domain::ids::{Host, SysId, UnixMillis};
 use crate::error::PeerError;
-use crate::node::diagnostics::{PeerProbe, TlsNow};
-use crate::node::ports::PeerFuture;
+use crate::node::diagnostics::PeerProbe;
+use crate::node::ports::{PeerFuture, TlsNow};
 use crate::rpc::client::connect;
 use crate::tls::live::LiveTls;
 

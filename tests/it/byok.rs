@@ -306,7 +306,7 @@ async fn import_tokens_expire_and_are_swept() {
         spec: "s".into(),
         wrapped_key: wrapped.to_vec(),
     };
-    let store = node.running().node.store().clone();
+    let store = node.running().services.store().clone();
     assert_eq!(store.count_import_keys().unwrap(), 1);
 
     clock.advance_millis(24 * 3_600_000);
@@ -448,7 +448,7 @@ async fn a_used_import_keys_signer_key_is_destroyed_even_after_a_crash() {
     let node = TestNode::start_opts(&pki, None, None, options).await;
     let mut ops = node.admin(&pki).await;
     ops.spec_from(kmf::cli::kmfctl::aes_spec("m", "s", 256), false).await;
-    let store = node.running().node.store().clone();
+    let store = node.running().services.store().clone();
     let token_of = |req: &pb::ImportKeyRequest| kmf::domain::ids::ImportToken::parse(&req.import_token).expect("token");
 
     let normal = import_request(ops.keys.clone(), 1).await;
@@ -461,7 +461,7 @@ async fn a_used_import_keys_signer_key_is_destroyed_even_after_a_crash() {
     let crashed = import_request(ops.keys.clone(), 2).await;
     let row = store.import_key(&token_of(&crashed)).unwrap().expect("row");
     let plan = |existing: &[kmf::domain::key::KeyRecord]| {
-        let sys_id = node.running().node.sys_id().clone();
+        let sys_id = node.running().services.sys_id().clone();
         let key = kmf::domain::key::plan_import(
             &sys_id,
             &kmf::domain::ids::Name::parse("s", "spec").expect("name"),

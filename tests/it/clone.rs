@@ -415,7 +415,7 @@ fn system_set(node: &TestNode, name: &str, value: &str) {
         updated_by: "system (test)".into(),
     };
     let audit = |_: Option<&str>| AuditEvent::new(now, "system (test)", "property.set", name, Outcome::Success);
-    node.running().node.store().put_property(&p, &audit).expect("system property");
+    node.running().services.store().put_property(&p, &audit).expect("system property");
 }
 
 async fn property(ops: &mut Ops, name: &str) -> Option<String> {

@@ -93,11 +93,11 @@ async fn register(source: &TestNode, pki: &Pki, rogue: &Rogue) {
 }
 
 fn grant_of(source: &TestNode, rogue: &Rogue) -> Option<kmf::domain::clone::CloneGrant> {
-    source.app.as_ref().expect("running").node.store().clone_grant(&rogue.sys_id).expect("read")
+    source.app.as_ref().expect("running").services.store().clone_grant(&rogue.sys_id).expect("read")
 }
 
 fn approver(source: &TestNode, id: &RequestId) -> Option<String> {
-    let store = source.app.as_ref().expect("running").node.store();
+    let store = source.app.as_ref().expect("running").services.store();
     let req = store.request(id).expect("read").expect("request").value;
     req.history.iter().find(|t| t.status == RequestStatus::Approved).map(|t| t.actor.clone())
 }

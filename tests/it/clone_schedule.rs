@@ -53,7 +53,7 @@ async fn run_due(
     runs: u64,
 ) -> pb::CloneInfo {
     clock.advance_millis(millis);
-    target.running().node.wake_jobs();
+    target.running().services.jobs.wake();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let started = loop {
         let s = schedules(clones).await.into_iter().next().expect("the schedule");
@@ -91,7 +91,7 @@ async fn a_schedule_runs_clone_and_recurring_exchange_twice_without_duplicate_ke
     let next = made.next_run_at.expect("next run");
     assert_eq!(next.seconds * 1000 + i64::from(next.nanos / 1_000_000), created + HOUR_MS, "{made:?}");
     assert_eq!((made.runs, made.every.map(|d| d.seconds), made.cron.as_str()), (0, Some(3600), ""));
-    target.running().node.wake_jobs();
+    target.running().services.jobs.wake();
     assert!(clones_of(&mut clones).await.is_empty(), "nothing runs before its time");
 
     let first = run_due(&target, &clock, &mut clones, HOUR_MS, 1).await;
@@ -150,10 +150,10 @@ async fn a_schedule_survives_a_restart_and_makes_up_missed_runs_once() {
     let next = s.next_run_at.expect("next");
     assert_eq!(next.seconds * 1000 + i64::from(next.nanos / 1_000_000), clock.now().0 + HOUR_MS, "{s:?}");
     // Nothing else is due: the runner, woken, starts nothing more.
-    let node = Arc::clone(&target.running().node);
-    node.wake_jobs();
+    let services = Arc::clone(&target.running().services);
+    services.jobs.wake();
     let job = kmf::store::clone_schedule_job_id(&kmf::domain::ids::Name::parse("nightly", "n").expect("name"));
-    let due = node.store().job(&job).expect("read").expect("the schedule's job");
+    let due = services.store().job(&job).expect("read").expect("the schedule's job");
     assert!(due.lease.is_none() && due.next_due.0 > clock.now().0, "{due:?}");
     assert_eq!(clones_of(&mut clones).await.len(), 1, "missed runs are made up once");
 

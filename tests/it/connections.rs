@@ -233,7 +233,7 @@ async fn a_ten_thousand_key_exchange_fits_the_message_limits_and_the_budget() {
     let (mut s, mut t) = (source.admin(&pki).await, target.admin(&pki).await);
     s.spec("payroll", "salary", true).await;
     let name = kmf::domain::ids::Name::parse("salary", "spec").expect("name");
-    source.running().node.seed_rotations(name, 9_999).await.expect("seed");
+    source.running().services.catalog.seed_rotations(name, 9_999).await.expect("seed");
     t.spec("payroll", "salary", false).await;
     let id = t.create_request(&source, &["salary"]).await.expect("create").request_id;
     s.decide(&id, Decision::Approve, "").await.expect("approve");

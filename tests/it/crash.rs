@@ -53,7 +53,11 @@ fn seed_source(dir: &Path, pki: &Path) {
             .expect("operator files");
         let mut ops = Ops::new(kmf::rpc::client::connect(&host, &files, None).await.expect("connect"));
         ops.spec("hr", "salary", true).await;
-        app.node.seed_rotations(Name::parse("salary", "spec").expect("name"), KEYS - 1).await.expect("seed");
+        app.services
+            .catalog
+            .seed_rotations(Name::parse("salary", "spec").expect("name"), KEYS - 1)
+            .await
+            .expect("seed");
         app.shutdown().await.expect("shutdown");
     });
 }

@@ -163,7 +163,7 @@ async fn certificate_near_expiry_is_degraded_and_expired_is_malfunction() {
     // An expired certificate: clients refuse the TLS session, so the node is
     // asked directly.
     let mut expired = node_with_cert(&pki, now.plus_millis(-30 * DAY), now.plus_millis(-2 * DAY)).await;
-    let d = expired.app.as_ref().expect("running").node.diagnose().await;
+    let d = expired.app.as_ref().expect("running").services.diagnostics.diagnose().await;
     let cert = d.root.children.iter().find(|c| c.name == "certificate").expect("certificate");
     assert_eq!(cert.status, kmf::domain::health::HealthStatus::Malfunction, "{cert:?}");
     assert!(cert.message.starts_with("expired 2 days ago"), "{cert:?}");

@@ -47,8 +47,8 @@ async fn pending_exchange(pki: &Pki, source: &TestNode, target: &TestNode, keys:
     let (mut s, mut t) = (source.admin(pki).await, target.admin(pki).await);
     s.spec("payroll", "salary", true).await;
     if keys > 1 {
-        let node = &source.app.as_ref().expect("running").node;
-        node.seed_rotations(Name::parse("salary", "spec").expect("name"), keys - 1).await.expect("seed");
+        let services = &source.app.as_ref().expect("running").services;
+        services.catalog.seed_rotations(Name::parse("salary", "spec").expect("name"), keys - 1).await.expect("seed");
     }
     t.spec("payroll", "salary", false).await;
     let r = t.create_request(source, &["salary"]).await.expect("create");
@@ -58,7 +58,7 @@ async fn pending_exchange(pki: &Pki, source: &TestNode, target: &TestNode, keys:
 
 fn source_record(node: &TestNode, id: &str) -> kmf::domain::exchange::ExchangeRequest {
     let id = RequestId::parse(id).expect("id");
-    node.app.as_ref().expect("running").node.store().request(&id).expect("read").expect("request").value
+    node.app.as_ref().expect("running").services.store().request(&id).expect("read").expect("request").value
 }
 
 /// Delivers, then loses the first `drop` answers (as if the call timed out
@@ -348,8 +348,8 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
         held_source(&pki, &clock, JobSettings { lease: Duration::from_secs(60), ..fast_jobs() }).await;
     let target = TestNode::start(&pki).await;
     let id = pending_exchange(&pki, &source, &target, 2).await;
-    let node = Arc::clone(&source.app.as_ref().expect("running").node);
-    let store = Arc::clone(node.store());
+    let services = Arc::clone(&source.app.as_ref().expect("running").services);
+    let store = Arc::clone(services.store());
     let job = JobId::for_request(JobKind::Deliver, &RequestId::parse(&id).expect("id"));
 
     // Approved while the target is unreachable: the first try fails and the
@@ -379,7 +379,7 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
     // The target is back; the lease runs out; the live runner takes the job over, once.
     recorder.hold.store(false, Ordering::SeqCst);
     clock.advance_millis(lease_end.0 - clock.now().0 + 1);
-    node.wake_jobs();
+    services.jobs.wake();
     s.wait_for(&id, "delivery by the next runner", |r| status(r) == RequestStatus::RequestCompleted).await;
     assert!(store.job(&job).expect("read").is_none(), "the job is done");
     let mut t = target.admin(&pki).await;
@@ -467,7 +467,7 @@ async fn an_unreachable_target_is_dialled_once_per_backoff_step_not_once_per_req
     let target = TestNode::start(&pki).await;
     let first = pending_exchange(&pki, &source, &target, 1).await;
     let second = target.admin(&pki).await.create_request(&source, &["salary"]).await.expect("create").request_id;
-    let store = Arc::clone(source.app.as_ref().expect("running").node.store());
+    let store = Arc::clone(source.app.as_ref().expect("running").services.store());
     let dials = || recorder.bundles.lock().expect("lock").len();
     let settled = |id: &str| {
         let job = JobId::for_request(JobKind::Deliver, &RequestId::parse(id).expect("id"));
@@ -494,7 +494,7 @@ async fn an_unreachable_target_is_dialled_once_per_backoff_step_not_once_per_req
 
     recorder.hold.store(false, Ordering::SeqCst);
     clock.advance_millis(a.next_due.0 - clock.now().0 + 1);
-    source.app.as_ref().expect("running").node.wake_jobs();
+    source.app.as_ref().expect("running").services.jobs.wake();
     for id in [&first, &second] {
         s.wait_for(id, "delivery once the target is back", |r| status(r) == RequestStatus::RequestCompleted).await;
     }

@@ -181,7 +181,7 @@ async fn idle_deactivated_keys_are_destroyed_and_their_material_erased() {
     ops.keys.rotate_key(pb::RotateKeyRequest { spec: "s".into() }).await.expect("rotate");
     assert!(ops.keys_of("s").await.iter().all(|k| state(k) != KeyState::Destroyed), "not idle yet");
     clock.advance_millis(86_400_000 + 1_000);
-    node.app.as_ref().expect("running").node.wake_jobs();
+    node.app.as_ref().expect("running").services.jobs.wake();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let keys = ops.keys_of("s").await;

@@ -204,7 +204,7 @@ async fn expired_request_cannot_be_approved() {
     assert_eq!(status(&s.get(&id).await), RequestStatus::RequestPending);
     clock.advance_millis(120_000);
     // The expiry sweep job finds it due on the advanced clock.
-    source.app.as_ref().expect("running").node.wake_jobs();
+    source.app.as_ref().expect("running").services.jobs.wake();
     s.wait_for(&id, "expiry on source", |r| status(r) == RequestStatus::RequestExpired).await;
     t.wait_for(&id, "expiry on target", |r| status(r) == RequestStatus::RequestExpired).await;
     let before = snapshot(&mut t, "salary").await;

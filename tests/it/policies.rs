@@ -175,7 +175,7 @@ async fn repeated_refusals_are_audited_once_with_their_count() {
 
     // The window closes; the job runner's loop writes the count.
     clock.advance_millis(kmf::domain::refusals::WINDOW_MILLIS);
-    node.app.as_ref().expect("running").node.wake_jobs();
+    node.app.as_ref().expect("running").services.jobs.wake();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     let repeated = loop {
         let r = admin.audit_entries("policy.denied.repeated").await;

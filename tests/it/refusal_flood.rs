@@ -52,7 +52,7 @@ async fn two_hundred_refused_calls_by_an_auditor_are_two_entries() {
     assert!(first[0].subject.ends_with("/GenerateKey"), "{:?}", first[0]);
 
     clock.advance_millis(kmf::domain::refusals::WINDOW_MILLIS);
-    node.running().node.wake_jobs();
+    node.running().services.jobs.wake();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let repeated = loop {
         let r = entries(&mut admin, "call.refused.repeated", "operator:aud").await;

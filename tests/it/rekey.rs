@@ -44,7 +44,7 @@ fn put_damaged_record(node: &TestNode, key: &str) {
         key_id,
         updated_at: UnixMillis(1),
     };
-    node.running().node.store().put_record(&rec).expect("put the damaged record");
+    node.running().services.store().put_record(&rec).expect("put the damaged record");
 }
 
 /// A source with `records` records of spec `pay` and a One Time Clone with
@@ -176,15 +176,15 @@ async fn a_failed_rekey_is_false_with_its_reason_and_succeeds_after_the_retry_in
     tgt.crypto.delete_record(pb::DeleteRecordRequest { address: Some(damaged) }).await.expect("delete");
     assert_eq!(debt(&mut rk).await.total_records, 0, "the debt follows the records");
     clock.advance_millis(HOUR_MS / 2);
-    target.running().node.wake_jobs();
-    let jobs = target.running().node.jobs(100).await.expect("jobs");
+    target.running().services.jobs.wake();
+    let jobs = target.running().services.jobs.jobs(100).await.expect("jobs");
     let job = jobs.iter().find(|j| j.id.subject == request.request_id).expect("the rekey job");
     assert_eq!(job.next_due.0 / 1000, next.seconds, "due at the next attempt: {job:?}");
     let still = rk.get_rekey(pb::GetRekeyRequest { request_id: request.request_id.clone() }).await;
     assert_eq!(still.expect("get").into_inner().rekey.expect("rekey").attempts, 1, "not retried early");
 
     clock.advance_millis(HOUR_MS / 2);
-    target.running().node.wake_jobs();
+    target.running().services.jobs.wake();
     let done = rekey_in(&mut rk, &request.request_id, pb::RekeyState::RekeyCompleted).await;
     assert_eq!((done.attempts, done.records_done), (2, 40), "{done:?}");
     assert_eq!(rekeyed(&mut tgt).await.expect("written"), "true");
@@ -213,7 +213,7 @@ async fn at_expiry_only_the_imported_keys_no_record_needs_are_destroyed() {
 
     // Past the request's expiry (7 days): the next run is the expiry.
     clock.advance_millis(8 * 24 * HOUR_MS);
-    target.running().node.wake_jobs();
+    target.running().services.jobs.wake();
     let expired = rekey_in(&mut rk, &request.request_id, pb::RekeyState::RekeyExpired).await;
     let v1 = format!("{}:pay:v1", source.sys_id);
     let v2 = format!("{}:pay:v2", source.sys_id);
@@ -225,13 +225,13 @@ async fn at_expiry_only_the_imported_keys_no_record_needs_are_destroyed() {
     let state_of = |id: &str| keys.iter().find(|k| k.key_id == id).map(|k| k.state);
     assert_eq!(state_of(&v2), Some(pb::KeyState::Destroyed as i32), "{keys:?}");
     assert_eq!(state_of(&v1), Some(pb::KeyState::Expired as i32), "{keys:?}");
-    let erased = target.running().node.store().key(&kmf::domain::ids::KeyId::parse(&v2).expect("id"));
+    let erased = target.running().services.store().key(&kmf::domain::ids::KeyId::parse(&v2).expect("id"));
     assert!(erased.expect("read").expect("row").1.0.is_empty(), "the destroyed key's wrapped material is erased");
     assert_eq!(rekeyed(&mut tgt).await.expect("written"), "false");
     let audit = tgt.audit_entries("rekey.expired").await;
     assert!(audit.len() == 1 && audit[0].details.contains(&v2) && audit[0].details.contains(&v1), "{audit:?}");
     opens_every_record(&mut tgt, 20).await;
-    let jobs = target.running().node.jobs(100).await.expect("jobs");
+    let jobs = target.running().services.jobs.jobs(100).await.expect("jobs");
     assert!(!jobs.iter().any(|j| j.id.subject == request.request_id), "the job is done: {jobs:?}");
 }
 

@@ -347,12 +347,12 @@ async fn the_peer_probe_uses_the_reloaded_crl() {
         let child = peers.children.first().expect("one peer");
         (child.status, child.message.clone())
     };
-    let before = peer_status(&target.running().node.diagnose().await);
+    let before = peer_status(&target.running().services.diagnostics.diagnose().await);
     assert_eq!(before.0, kmf::domain::health::HealthStatus::Operational, "{before:?}");
 
     // The target revokes the source's instance certificate: its probe refuses the source.
     revoke(&pki, &target, dir.path(), 2, &[&source.instance_files]).await;
-    let after = peer_status(&target.running().node.diagnose().await);
+    let after = peer_status(&target.running().services.diagnostics.diagnose().await);
     assert_eq!(after.0, kmf::domain::health::HealthStatus::Malfunction, "{after:?}");
     assert!(after.1.contains("Revoked"), "{after:?}");
 }
@@ -369,14 +369,14 @@ async fn a_crl_past_its_next_update_is_degraded_but_used_by_default() {
     use kmf::domain::health::HealthStatus;
     let pki = Pki::new();
     let (fresh, _dir) = reloading_node(&pki, &empty_crl(&pki, kmf::clock::now()), |_| {}).await;
-    let d = fresh.running().node.diagnose().await;
+    let d = fresh.running().services.diagnostics.diagnose().await;
     assert_eq!(crl_of(&d).0, HealthStatus::Operational, "{d:?}");
     assert_eq!(d.root.status, HealthStatus::Operational, "{d:?}");
 
     // Issued 31 days ago: its nextUpdate (30 days) has passed.
     let stale = empty_crl(&pki, kmf::clock::now().plus_millis(-31 * DAY));
     let (node, _dir) = reloading_node(&pki, &stale, |_| {}).await;
-    let d = node.running().node.diagnose().await;
+    let d = node.running().services.diagnostics.diagnose().await;
     let (status, message) = crl_of(&d);
     assert_eq!(status, HealthStatus::Degraded, "{message}");
     assert!(message.contains("nextUpdate"), "{message}");
@@ -394,7 +394,7 @@ async fn a_crl_past_its_next_update_refuses_everyone_when_enforced_until_a_fresh
     let alice = pki.operator("alice", &[Role::Admin]);
     let refused = info(&node, &alice).await;
     assert!(refused.is_err(), "served under an enforced stale CRL: {refused:?}");
-    let d = node.running().node.diagnose().await;
+    let d = node.running().services.diagnostics.diagnose().await;
     let (status, message) = crl_of(&d);
     assert_eq!(status, HealthStatus::Malfunction, "{message}");
     assert!(message.contains("every certificate is refused (tls.crl_enforce_next_update)"), "{message}");
@@ -405,5 +405,5 @@ async fn a_crl_past_its_next_update_refuses_everyone_when_enforced_until_a_fresh
     replace(&dir.path().join("crl.pem"), fresh.as_bytes());
     wait_reloads(&node, before + 1).await;
     assert_eq!(info(&node, &alice).await.as_deref(), Ok(node.sys_id.as_str()));
-    assert_eq!(crl_of(&node.running().node.diagnose().await).0, HealthStatus::Operational);
+    assert_eq!(crl_of(&node.running().services.diagnostics.diagnose().await).0, HealthStatus::Operational);
 }

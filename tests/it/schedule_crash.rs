@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use kmf::domain::clone_schedule::{Cadence, CloneSchedule};
 use kmf::domain::ids::{Host, Name, SysId, UnixMillis};
-use kmf::node::clone_schedule::scheduled_clone_id;
+use kmf::node::clone::scheduled_clone_id;
 use kmf::store::{Store, clone_schedule_job_id};
 
 use crate::binaries::{Settings, free_port, init, ok, spawn_listening, start_listening};

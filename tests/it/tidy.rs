@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::tidy_paths::{NamedPath, named_paths};
-use crate::tidy_rules::{KNOWN_DEVIATIONS, MODULES, check, module_of};
+use crate::tidy_rules::{KNOWN_DEVIATIONS, MODULES, NODE_SERVICES, check, module_of, node_service_of};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -95,6 +95,10 @@ fn every_module_keeps_to_its_layer() {
         deviations_used.extend(file_deviations);
     }
     assert_eq!(visited, expected, "every module's files were read");
+    let services: BTreeSet<String> =
+        scan_src().iter().filter_map(|(f, _)| node_service_of(f).map(String::from)).collect();
+    let ruled: BTreeSet<String> = NODE_SERVICES.iter().map(|(n, _)| n.to_string()).chain(["mod".into()]).collect();
+    assert_eq!(services, ruled, "tidy_rules::NODE_SERVICES must have one row per folder or file of src/node");
     assert!(refused.is_empty(), "uses outside the code map (ARCHITECTURE.md):\n{}", refused.join("\n"));
     let stale: Vec<_> = KNOWN_DEVIATIONS.iter().filter(|d| !deviations_used.contains(*d)).collect();
     assert!(stale.is_empty(), "known deviations no longer in the code, remove them: {stale:?}");
@@ -133,6 +137,28 @@ fn the_layering_check_flags_a_known_bad_file() {
         assert!(refused.iter().any(|r| r.starts_with(line)), "not flagged: {line}\nflagged:\n{}", refused.join("\n"));
     }
     assert_eq!(refused.len(), expected.len(), "flagged more than expected:\n{}", refused.join("\n"));
+
+    // The services of `node` import one way (NODE_SERVICES).
+    let uses = |what: &str| format!("use crate::node::{what};");
+    for (file, what, flagged) in [
+        ("node/catalog/keys.rs", "exchange::Exchange", true),
+        ("node/jobs/mod.rs", "audit::Audit", true),
+        ("node/exchange/source.rs", "clone::Clones", true),
+        ("node/clone/target.rs", "rekey::Rekey", true),
+        ("node/ports.rs", "context::Context", true),
+        ("node/catalog/keys.rs", "Services", true),
+        ("node/exchange/source.rs", "catalog::Catalog", false),
+        ("node/clone/target.rs", "exchange::PlannedRequest", false),
+        ("node/diagnostics/mod.rs", "byok::Byok", false),
+        ("node/rekey/mod.rs", "context::Blocking", false),
+        ("node/mod.rs", "diagnostics::Diagnostics", false),
+    ] {
+        let paths = named_paths(&uses(what), &module_path(file), &externs(), "kmf").expect("parse");
+        assert_eq!(!check(file, &paths).0.is_empty(), flagged, "{what} in {file}: {:?}", check(file, &paths).0);
+    }
+    let sibling = "use super::super::crypto::Crypto;";
+    let paths = named_paths(sibling, &module_path("node/catalog/keys.rs"), &externs(), "kmf").expect("parse");
+    assert!(!check("node/catalog/keys.rs", &paths).0.is_empty(), "a super:: path is resolved and checked too");
 
     let redb = "fn open() -> redb::Database { todo!() }";
     for (file, flagged) in [("store/catalog.rs", true), ("store/redb_engine.rs", false), ("app.rs", true)] {

@@ -71,7 +71,7 @@ pub const NOT_IN_DOMAIN: &[&str] = &[
 ];
 
 /// Uses one file may make beyond its module's row, as the code map says.
-pub const FILE_EXTRAS: &[(&str, &str)] = &[("node/diagnostics.rs", "crate::tls::validity")];
+pub const FILE_EXTRAS: &[(&str, &str)] = &[("node/diagnostics/mod.rs", "crate::tls::validity")];
 
 /// Test code in `src/` may also use these (module, what).
 pub const TEST_EXTRAS: &[(&str, &str)] = &[
@@ -86,6 +86,55 @@ pub const KNOWN_DEVIATIONS: &[(&str, &str)] = &[
     ("metrics/mod.rs", "crate::store::StoreCounts"),
     ("metrics/server.rs", "crate::signer::primitives::random_bytes"),
 ];
+
+/// The files of `node` every service may use: the ports, the shared context
+/// and the caches.
+pub const NODE_SHARED: &[&str] = &["ports", "context", "cache"];
+
+/// The services of `node` (one folder each), in the one-way order of their
+/// imports: each may use the services its row names (and `NODE_SHARED`),
+/// never one after it. `node/mod.rs`, which builds them all, uses every one.
+pub const NODE_SERVICES: &[(&str, &[&str])] = &[
+    ("ports", &[]),
+    ("cache", &[]),
+    ("context", &["ports"]),
+    ("jobs", &[]),
+    ("audit", &["jobs"]),
+    ("catalog", &["jobs", "audit"]),
+    ("crypto", &["jobs", "audit", "catalog"]),
+    ("exchange", &["jobs", "audit", "catalog", "crypto"]),
+    ("clone", &["jobs", "audit", "catalog", "crypto", "exchange"]),
+    ("rekey", &["jobs", "audit", "catalog", "crypto", "exchange"]),
+    ("byok", &["jobs", "audit", "catalog", "crypto", "exchange"]),
+    ("diagnostics", &["jobs", "audit", "catalog", "crypto", "exchange", "clone", "rekey", "byok"]),
+];
+
+/// The service of a file of `node` (`node/exchange/source.rs` is `exchange`,
+/// `node/ports.rs` is `ports`, `node/mod.rs` is `mod`).
+pub fn node_service_of(file: &str) -> Option<&str> {
+    let rest = file.strip_prefix("node/")?;
+    let first = rest.split('/').next().unwrap_or(rest);
+    Some(first.strip_suffix(".rs").unwrap_or(first))
+}
+
+/// Why `path`, named in the `node` file `file`, breaks the services' order.
+fn node_order_refusal(file: &str, path: &NamedPath) -> Option<String> {
+    let service = node_service_of(file)?;
+    if path.segments.first()? != "crate" || path.segments.get(1)? != "node" || service == "mod" {
+        return None;
+    }
+    let Some(target) = path.segments.get(2).map(String::as_str) else {
+        return Some(format!("node/{service} names the whole layer; name the service it uses"));
+    };
+    if target == service {
+        return None;
+    }
+    let Some((_, uses)) = NODE_SERVICES.iter().find(|(name, _)| *name == service) else {
+        return Some(format!("node/{service} has no row in tidy_rules::NODE_SERVICES"));
+    };
+    let shared = NODE_SHARED.contains(&target) && !NODE_SHARED.contains(&service);
+    (!shared && !uses.contains(&target)).then(|| format!("node/{service} may not use node/{target} (NODE_SERVICES)"))
+}
 
 /// `node/jobs.rs` is in `node`, `app.rs` in `app`, `bin/kmfd.rs` in `bin`.
 pub fn module_of(file: &str) -> &str {
@@ -123,6 +172,9 @@ pub fn refusal(file: &str, path: &NamedPath) -> Option<String> {
         };
         let extra = FILE_EXTRAS.iter().any(|(f, p)| *f == file && starts_with(path, p))
             || (path.in_test && TEST_EXTRAS.iter().any(|(m, p)| *m == module && starts_with(path, p)));
+        if target == module && module == "node" {
+            return node_order_refusal(file, path);
+        }
         return (target != module && !allowed && !extra).then(|| format!("{module} may not use {target}"));
     }
     if module == "domain" && !DOMAIN_CRATES.contains(&first) {

@@ -5,13 +5,16 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::domain::auth::Permission;
-use crate::node::Node;
 use crate::node::audit::AuditFilter;
+use crate::node::audit::{Access, Audit as AuditLog};
 use crate::rpc::caller::authorize;
 use crate::rpc::convert;
 use crate::rpc::pb::{self, audit_server::Audit};
 
-pub struct AuditService(pub Arc<Node>);
+pub struct AuditService {
+    pub access: Arc<Access>,
+    pub audit: Arc<AuditLog>,
+}
 
 /// Most entries one ListAuditEntries call returns.
 const MAX_LIMIT: u32 = 10_000;
@@ -22,7 +25,7 @@ impl Audit for AuditService {
         &self,
         req: Request<pb::ListAuditEntriesRequest>,
     ) -> Result<Response<pb::ListAuditEntriesResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
+        authorize(&self.access, &req, Permission::Read).await?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => 100,
@@ -35,7 +38,7 @@ impl Audit for AuditService {
             actor: r.actor,
             subject: r.subject,
         };
-        let (entries, next) = self.0.audit_entries(filter).await?;
+        let (entries, next) = self.audit.audit_entries(filter).await?;
         Ok(Response::new(pb::ListAuditEntriesResponse {
             entries: entries.iter().map(convert::audit_entry).collect(),
             next_after_seq: next,
@@ -46,8 +49,8 @@ impl Audit for AuditService {
         &self,
         req: Request<pb::VerifyAuditChainRequest>,
     ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let answer = match self.0.verify_audit().await? {
+        authorize(&self.access, &req, Permission::Read).await?;
+        let answer = match self.audit.verify_audit().await? {
             Ok(n) => pb::VerifyAuditChainResponse {
                 intact: true,
                 entries_verified: n,

@@ -13,14 +13,21 @@ use super::peer::instance;
 use crate::domain::auth::Permission;
 use crate::domain::clone::GrantBasis;
 use crate::domain::ids::{CloneId, Host, Name, SysId};
-use crate::node::Node;
-use crate::node::clone_schedule::NewCloneSchedule;
+use crate::node::audit::Access;
+use crate::node::clone::{Clones as CloneUseCases, NewCloneSchedule};
 use crate::rpc::caller::authorize;
 use crate::rpc::convert_clone::{cadence_from, clone_info, clone_schedule, clone_target, snapshot_part};
 use crate::rpc::pb::{self, clone_source_server::CloneSource, clones_server::Clones};
 
-pub struct ClonesService(pub Arc<Node>);
-pub struct CloneSourceService(pub Arc<Node>);
+pub struct ClonesService {
+    pub access: Arc<Access>,
+    pub clone: Arc<CloneUseCases>,
+}
+
+pub struct CloneSourceService {
+    pub access: Arc<Access>,
+    pub clone: Arc<CloneUseCases>,
+}
 
 #[tonic::async_trait]
 impl Clones for ClonesService {
@@ -28,10 +35,10 @@ impl Clones for ClonesService {
         &self,
         req: Request<pb::AddCloneTargetRequest>,
     ) -> Result<Response<pb::AddCloneTargetResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
         let (sys_id, host) = (SysId::parse(&r.sys_id)?, Host::parse_dialable(&r.host, "host")?);
-        let target = self.0.add_clone_target(&auth.caller, sys_id, host).await?;
+        let target = self.clone.add_clone_target(&auth.caller, sys_id, host).await?;
         Ok(Response::new(pb::AddCloneTargetResponse { target: Some(clone_target(&target, GrantBasis::Registered)) }))
     }
 
@@ -39,8 +46,8 @@ impl Clones for ClonesService {
         &self,
         req: Request<pb::ListCloneTargetsRequest>,
     ) -> Result<Response<pb::ListCloneTargetsResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let targets = self.0.clone_targets().await?;
+        authorize(&self.access, &req, Permission::Read).await?;
+        let targets = self.clone.clone_targets().await?;
         Ok(Response::new(pb::ListCloneTargetsResponse {
             targets: targets.iter().map(|(t, b)| clone_target(t, *b)).collect(),
         }))
@@ -50,9 +57,9 @@ impl Clones for ClonesService {
         &self,
         req: Request<pb::RemoveCloneTargetRequest>,
     ) -> Result<Response<pb::RemoveCloneTargetResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageExchanges).await?;
         let sys_id = SysId::parse(&req.into_inner().sys_id)?;
-        self.0.remove_clone_target(&auth.caller, sys_id).await?;
+        self.clone.remove_clone_target(&auth.caller, sys_id).await?;
         Ok(Response::new(pb::RemoveCloneTargetResponse {}))
     }
 
@@ -60,16 +67,16 @@ impl Clones for ClonesService {
         &self,
         req: Request<pb::StartCloneRequest>,
     ) -> Result<Response<pb::StartCloneResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
         let (source, host) = (SysId::parse(&r.source_sys_id)?, Host::parse_dialable(&r.source_host, "source_host")?);
-        let run = self.0.start_clone(&auth.caller, source, host).await?;
+        let run = self.clone.start_clone(&auth.caller, source, host).await?;
         Ok(Response::new(pb::StartCloneResponse { clone: Some(clone_info(&run)) }))
     }
 
     async fn get_clone(&self, req: Request<pb::GetCloneRequest>) -> Result<Response<pb::GetCloneResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let run = self.0.clone_run(CloneId::parse(&req.into_inner().clone_id)?).await?;
+        authorize(&self.access, &req, Permission::Read).await?;
+        let run = self.clone.clone_run(CloneId::parse(&req.into_inner().clone_id)?).await?;
         Ok(Response::new(pb::GetCloneResponse { clone: Some(clone_info(&run)) }))
     }
 
@@ -77,8 +84,8 @@ impl Clones for ClonesService {
         &self,
         req: Request<pb::ListClonesRequest>,
     ) -> Result<Response<pb::ListClonesResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let runs = self.0.clone_runs().await?;
+        authorize(&self.access, &req, Permission::Read).await?;
+        let runs = self.clone.clone_runs().await?;
         Ok(Response::new(pb::ListClonesResponse { clones: runs.iter().map(clone_info).collect() }))
     }
 
@@ -86,7 +93,7 @@ impl Clones for ClonesService {
         &self,
         req: Request<pb::CreateCloneScheduleRequest>,
     ) -> Result<Response<pb::CreateCloneScheduleResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
         let new = NewCloneSchedule {
             name: Name::parse(&r.name, "name")?,
@@ -94,7 +101,7 @@ impl Clones for ClonesService {
             source_host: Host::parse_dialable(&r.source_host, "source_host")?,
             cadence: cadence_from(&r.every, &r.cron)?,
         };
-        let schedule = self.0.create_clone_schedule(&auth.caller, new).await?;
+        let schedule = self.clone.create_clone_schedule(&auth.caller, new).await?;
         Ok(Response::new(pb::CreateCloneScheduleResponse { schedule: Some(clone_schedule(&schedule)) }))
     }
 
@@ -102,8 +109,8 @@ impl Clones for ClonesService {
         &self,
         req: Request<pb::ListCloneSchedulesRequest>,
     ) -> Result<Response<pb::ListCloneSchedulesResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let schedules = self.0.clone_schedules().await?;
+        authorize(&self.access, &req, Permission::Read).await?;
+        let schedules = self.clone.clone_schedules().await?;
         Ok(Response::new(pb::ListCloneSchedulesResponse { schedules: schedules.iter().map(clone_schedule).collect() }))
     }
 
@@ -111,9 +118,9 @@ impl Clones for ClonesService {
         &self,
         req: Request<pb::DeleteCloneScheduleRequest>,
     ) -> Result<Response<pb::DeleteCloneScheduleResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageExchanges).await?;
         let name = Name::parse(&req.into_inner().name, "name")?;
-        let schedule = self.0.delete_clone_schedule(&auth.caller, name).await?;
+        let schedule = self.clone.delete_clone_schedule(&auth.caller, name).await?;
         Ok(Response::new(pb::DeleteCloneScheduleResponse { schedule: Some(clone_schedule(&schedule)) }))
     }
 }
@@ -128,8 +135,8 @@ impl CloneSource for CloneSourceService {
         &self,
         req: Request<pb::StreamSnapshotRequest>,
     ) -> Result<Response<Self::StreamSnapshotStream>, Status> {
-        let (caller, _) = instance(&self.0, &req).await?;
-        let parts = self.0.serve_snapshot(caller).await?;
+        let (caller, _) = instance(&self.access, &req).await?;
+        let parts = self.clone.serve_snapshot(caller).await?;
         let stream = ReceiverStream::new(parts).map(|p| p.map(|p| snapshot_part(&p)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }

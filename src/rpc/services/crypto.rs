@@ -9,14 +9,16 @@ use crate::domain::DomainError;
 use crate::domain::auth::Permission;
 use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::error::AppError;
-use crate::node::NewRecord;
-use crate::node::Node;
-use crate::node::crypto::{OpenItem, SealItem};
+use crate::node::audit::Access;
+use crate::node::crypto::{Crypto as CryptoUseCases, NewRecord, OpenItem, SealItem};
 use crate::rpc::caller::authorize;
 use crate::rpc::convert;
 use crate::rpc::pb::{self, crypto_server::Crypto};
 
-pub struct CryptoService(pub Arc<Node>);
+pub struct CryptoService {
+    pub access: Arc<Access>,
+    pub crypto: Arc<CryptoUseCases>,
+}
 
 fn item_error(e: AppError) -> pb::ItemError {
     let s = Status::from(e);
@@ -99,24 +101,24 @@ impl Crypto for CryptoService {
     }
 
     async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let r = req.into_inner();
         let spec = convert::name(&r.spec, "spec")?;
-        let (ciphertext, key_id) = self.0.encrypt(&auth.caller, spec, r.plaintext, r.associated_data).await?;
+        let (ciphertext, key_id) = self.crypto.encrypt(&auth.caller, spec, r.plaintext, r.associated_data).await?;
         Ok(Response::new(pb::EncryptResponse { ciphertext, key_id: key_id.to_string() }))
     }
 
     async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let r = req.into_inner();
-        let (plaintext, key_id) = self.0.decrypt(&auth.caller, r.ciphertext, r.associated_data).await?;
+        let (plaintext, key_id) = self.crypto.decrypt(&auth.caller, r.ciphertext, r.associated_data).await?;
         Ok(Response::new(pb::DecryptResponse { plaintext, key_id: key_id.to_string() }))
     }
 
     async fn rewrap(&self, req: Request<pb::RewrapRequest>) -> Result<Response<pb::RewrapResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let r = req.into_inner();
-        let w = self.0.rewrap(&auth.caller, r.ciphertext, r.associated_data).await?;
+        let w = self.crypto.rewrap(&auth.caller, r.ciphertext, r.associated_data).await?;
         Ok(Response::new(pb::RewrapResponse {
             ciphertext: w.ciphertext,
             key_id: w.key_id.to_string(),
@@ -128,14 +130,14 @@ impl Crypto for CryptoService {
         &self,
         req: Request<pb::EncryptBatchRequest>,
     ) -> Result<Response<pb::EncryptBatchResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let mut items = Vec::new();
         for (i, it) in req.into_inner().items.into_iter().enumerate() {
             let spec =
                 convert::name(&it.spec, "spec").map_err(|e| DomainError::invalid("items", format!("item {i}: {e}")))?;
             items.push(SealItem { spec, plaintext: it.plaintext, aad: it.associated_data });
         }
-        let results = self.0.encrypt_batch(&auth.caller, items).await?;
+        let results = self.crypto.encrypt_batch(&auth.caller, items).await?;
         // Most items share a key: format each key id once.
         let mut last: Option<(crate::domain::ids::KeyId, String)> = None;
         let results = results
@@ -162,9 +164,9 @@ impl Crypto for CryptoService {
         &self,
         req: Request<pb::DecryptBatchRequest>,
     ) -> Result<Response<pb::DecryptBatchResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let items = open_items(req.into_inner().items.into_iter().map(|i| (i.ciphertext, i.associated_data)));
-        let results = self.0.decrypt_batch(&auth.caller, items).await?;
+        let results = self.crypto.decrypt_batch(&auth.caller, items).await?;
         let results = results
             .into_iter()
             .map(|r| match r {
@@ -179,9 +181,9 @@ impl Crypto for CryptoService {
         &self,
         req: Request<pb::RewrapBatchRequest>,
     ) -> Result<Response<pb::RewrapBatchResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let items = open_items(req.into_inner().items.into_iter().map(|i| (i.ciphertext, i.associated_data)));
-        let results = self.0.rewrap_batch(&auth.caller, items).await?;
+        let results = self.crypto.rewrap_batch(&auth.caller, items).await?;
         let results = results
             .into_iter()
             .map(|r| match r {
@@ -198,17 +200,17 @@ impl Crypto for CryptoService {
     }
 
     async fn put_record(&self, req: Request<pb::PutRecordRequest>) -> Result<Response<pb::PutRecordResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let r = req.into_inner();
         let (a, spec) = (address(&r.address)?, convert::name(&r.spec, "spec")?);
-        let rec = self.0.put_record(&auth.caller, a, spec, r.plaintext).await?;
+        let rec = self.crypto.put_record(&auth.caller, a, spec, r.plaintext).await?;
         Ok(Response::new(pb::PutRecordResponse { record: Some(record_info(&rec)) }))
     }
 
     async fn get_record(&self, req: Request<pb::GetRecordRequest>) -> Result<Response<pb::GetRecordResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let a = address(&req.get_ref().address)?;
-        let (rec, plaintext) = self.0.get_record(&auth.caller, a).await?;
+        let (rec, plaintext) = self.crypto.get_record(&auth.caller, a).await?;
         Ok(Response::new(pb::GetRecordResponse { record: Some(record_info(&rec)), plaintext }))
     }
 
@@ -216,13 +218,13 @@ impl Crypto for CryptoService {
         &self,
         req: Request<pb::ListRecordsRequest>,
     ) -> Result<Response<pb::ListRecordsResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
+        authorize(&self.access, &req, Permission::Read).await?;
         let r = req.into_inner();
         let (table, field) = (optional_name(&r.table, "table")?, optional_name(&r.field, "field")?);
         let after = if r.page_token.is_empty() { None } else { Some(from_token(&r.page_token)?) };
         let size = if r.page_size == 0 { 100 } else { r.page_size as usize };
-        let list = self.0.list_records(table, field, after, size).await?;
-        let next = if list.len() >= size.min(crate::node::MAX_RECORD_PAGE) {
+        let list = self.crypto.list_records(table, field, after, size).await?;
+        let next = if list.len() >= size.min(crate::node::crypto::MAX_RECORD_PAGE) {
             list.last().map(|r| token(&r.address)).unwrap_or_default()
         } else {
             String::new()
@@ -237,7 +239,7 @@ impl Crypto for CryptoService {
         &self,
         req: Request<pb::PutRecordsRequest>,
     ) -> Result<Response<pb::PutRecordsResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let records = req
             .into_inner()
             .records
@@ -252,7 +254,7 @@ impl Crypto for CryptoService {
                 })
             })
             .collect::<Result<Vec<_>, AppError>>()?;
-        let stored = self.0.put_records(&auth.caller, records).await?;
+        let stored = self.crypto.put_records(&auth.caller, records).await?;
         Ok(Response::new(pb::PutRecordsResponse { records: stored.iter().map(record_info).collect() }))
     }
 
@@ -260,10 +262,10 @@ impl Crypto for CryptoService {
         &self,
         req: Request<pb::DigestRecordsRequest>,
     ) -> Result<Response<pb::DigestRecordsResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
         let r = req.get_ref();
         let (table, field) = (optional_name(&r.table, "table")?, optional_name(&r.field, "field")?);
-        let digest = self.0.digest_records(&auth.caller, table, field).await?;
+        let digest = self.crypto.digest_records(&auth.caller, table, field).await?;
         Ok(Response::new(pb::DigestRecordsResponse { records: digest.records, sha256: digest.sha256.to_vec() }))
     }
 
@@ -271,8 +273,8 @@ impl Crypto for CryptoService {
         &self,
         req: Request<pb::DeleteRecordRequest>,
     ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::UseKeys).await?;
-        self.0.delete_record(&auth.caller, address(&req.get_ref().address)?).await?;
+        let auth = authorize(&self.access, &req, Permission::UseKeys).await?;
+        self.crypto.delete_record(&auth.caller, address(&req.get_ref().address)?).await?;
         Ok(Response::new(pb::DeleteRecordResponse {}))
     }
 }

@@ -1,4 +1,4 @@
-//! Instance.Diagnose: authorise (any operator role), run the node's checks,
+//! Instance.Diagnose: authorise (any operator role), run the diagnostics service's checks,
 //! publish the result to the health service, convert the components.
 
 use std::sync::Arc;
@@ -7,18 +7,20 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::auth::Permission;
 use crate::domain::health::{Component, HealthStatus};
-use crate::node::Node;
+use crate::node::audit::Access;
+use crate::node::diagnostics::Diagnostics;
 use crate::rpc::caller::authorize;
 use crate::rpc::health::HealthPublisher;
 use crate::rpc::{convert, pb};
 
 pub async fn diagnose(
-    node: &Arc<Node>,
+    access: &Access,
+    diagnostics: &Arc<Diagnostics>,
     health: &HealthPublisher,
     req: Request<pb::DiagnoseRequest>,
 ) -> Result<Response<pb::DiagnoseResponse>, Status> {
-    authorize(node, &req, Permission::Read).await?;
-    let d = node.diagnose_and_record().await;
+    authorize(access, &req, Permission::Read).await?;
+    let d = diagnostics.diagnose_and_record().await;
     health.publish(&d).await;
     Ok(Response::new(pb::DiagnoseResponse {
         status: status(d.root.status) as i32,

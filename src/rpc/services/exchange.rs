@@ -8,12 +8,18 @@ use crate::domain::DomainError;
 use crate::domain::auth::Permission;
 use crate::domain::exchange::{Frequency, PeerRef};
 use crate::domain::ids::{Host, Name, RequestId, SysId};
-use crate::node::{Decision, NewCloneExchange, NewRequest, Node};
+use crate::node::audit::Access;
+use crate::node::clone::{Clones, NewCloneExchange};
+use crate::node::exchange::{Decision, Exchange, NewRequest};
 use crate::rpc::caller::authorize;
 use crate::rpc::pb::{self, resource_exchange_server::ResourceExchange};
 use crate::rpc::{convert, convert_clone};
 
-pub struct ResourceExchangeService(pub Arc<Node>);
+pub struct ResourceExchangeService {
+    pub access: Arc<Access>,
+    pub exchange: Arc<Exchange>,
+    pub clone: Arc<Clones>,
+}
 
 /// Requests per ListRequests page unless the caller asks otherwise.
 const DEFAULT_PAGE: usize = 100;
@@ -25,7 +31,7 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::CreateRequestRequest>,
     ) -> Result<Response<pb::CreateRequestResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
         match convert::frequency_from(r.frequency)? {
             Frequency::Adhoc => {}
@@ -49,7 +55,7 @@ impl ResourceExchange for ResourceExchangeService {
             spec_names: r.spec_names,
             expires_in_millis,
         };
-        let created = self.0.create_request(&auth.caller, new).await?;
+        let created = self.exchange.create_request(&auth.caller, new).await?;
         Ok(Response::new(pb::CreateRequestResponse { request: Some(convert::request(&created)) }))
     }
 
@@ -57,7 +63,7 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::ListRequestsRequest>,
     ) -> Result<Response<pb::ListRequestsResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
+        authorize(&self.access, &req, Permission::Read).await?;
         let r = req.into_inner();
         let filter = convert::status_from(r.status)?;
         let page_size = match r.page_size {
@@ -67,7 +73,7 @@ impl ResourceExchange for ResourceExchangeService {
             }
             n => n as usize,
         };
-        let (page, next) = self.0.requests_page(Some(r.page_token), page_size).await?;
+        let (page, next) = self.exchange.requests_page(Some(r.page_token), page_size).await?;
         let requests = page.iter().filter(|r| filter.is_none_or(|s| r.status == s)).map(convert::request).collect();
         Ok(Response::new(pb::ListRequestsResponse { requests, next_page_token: next.unwrap_or_default() }))
     }
@@ -76,10 +82,10 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::GetRequestRequest>,
     ) -> Result<Response<pb::GetRequestResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
+        authorize(&self.access, &req, Permission::Read).await?;
         let id = RequestId::parse(&req.get_ref().request_id)?;
-        let found = self.0.request(id).await?;
-        let proof = self.0.proof_of(&found)?.map(|p| pb::RequestProof {
+        let found = self.exchange.request(id).await?;
+        let proof = self.exchange.proof_of(&found)?.map(|p| pb::RequestProof {
             receipt: p.receipt.bytes,
             receipt_signature: p.receipt.signature,
             bundle_sha256: p.decoded.bundle_sha256.to_vec(),
@@ -95,7 +101,7 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::UpdateRequestRequest>,
     ) -> Result<Response<pb::UpdateRequestResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
         let id = RequestId::parse(&r.request_id)?;
         let decision = match pb::Decision::try_from(r.decision) {
@@ -107,7 +113,7 @@ impl ResourceExchange for ResourceExchangeService {
             Ok(pb::Decision::Retry) => Decision::Retry,
             _ => return Err(DomainError::invalid("decision", "set APPROVE, REJECT or RETRY").into()),
         };
-        let updated = self.0.update_request(&auth.caller, id, decision).await?;
+        let updated = self.exchange.update_request(&auth.caller, id, decision).await?;
         Ok(Response::new(pb::UpdateRequestResponse { request: Some(convert::request(&updated)) }))
     }
 
@@ -115,7 +121,7 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::CreateCloneExchangeRequest>,
     ) -> Result<Response<pb::CreateCloneExchangeResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageExchanges).await?;
         let r = req.into_inner();
         let approval = convert_clone::clone_approval_from(r.frequency, "frequency")?;
         let target = PeerRef {
@@ -125,7 +131,7 @@ impl ResourceExchange for ResourceExchangeService {
         let specs =
             r.spec_names.iter().map(|s| Name::parse(s, "spec_names")).collect::<Result<Vec<_>, DomainError>>()?;
         let new = NewCloneExchange { target, approval, specs, rekey: r.rekey_after_import };
-        let created = self.0.create_clone_exchange(&auth.caller, new).await?;
+        let created = self.clone.create_clone_exchange(&auth.caller, new).await?;
         Ok(Response::new(pb::CreateCloneExchangeResponse {
             clone_exchange: Some(convert_clone::clone_exchange(&created)),
         }))
@@ -135,8 +141,8 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::ListCloneExchangesRequest>,
     ) -> Result<Response<pb::ListCloneExchangesResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let all = self.0.clone_exchanges().await?;
+        authorize(&self.access, &req, Permission::Read).await?;
+        let all = self.clone.clone_exchanges().await?;
         Ok(Response::new(pb::ListCloneExchangesResponse {
             clone_exchanges: all.iter().map(convert_clone::clone_exchange).collect(),
         }))
@@ -146,9 +152,9 @@ impl ResourceExchange for ResourceExchangeService {
         &self,
         req: Request<pb::DeleteCloneExchangeRequest>,
     ) -> Result<Response<pb::DeleteCloneExchangeResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageExchanges).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageExchanges).await?;
         let target = SysId::parse(&req.get_ref().target_sys_id)?;
-        let deleted = self.0.delete_clone_exchange(&auth.caller, target).await?;
+        let deleted = self.clone.delete_clone_exchange(&auth.caller, target).await?;
         Ok(Response::new(pb::DeleteCloneExchangeResponse {
             clone_exchange: Some(convert_clone::clone_exchange(&deleted)),
         }))

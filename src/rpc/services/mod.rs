@@ -1,4 +1,5 @@
-//! Thin service implementations: authorise, convert, call the node, convert back.
+//! Thin service implementations: authorise, convert, call the use-case
+//! service each one serves, convert back.
 
 mod audit;
 mod clone;
@@ -24,11 +25,12 @@ pub use policies::PoliciesService;
 pub use properties::PropertiesService;
 pub use rekey::RekeysService;
 
-use crate::node::Node;
+use crate::node::Services;
 use crate::rpc::health::HealthPublisher;
 
-/// Builds every service around one node.
-pub struct Services {
+/// Every RPC service, each holding the use-case services it serves and the
+/// access check.
+pub struct RpcServices {
     pub instance: InstanceService,
     pub keys: KeyManagementService,
     pub crypto: CryptoService,
@@ -42,21 +44,31 @@ pub struct Services {
     pub rekeys: RekeysService,
 }
 
-impl Services {
+impl RpcServices {
     /// `health` receives every diagnosis `Instance.Diagnose` runs.
-    pub fn new(node: Arc<Node>, health: Arc<HealthPublisher>) -> Self {
-        Services {
-            instance: InstanceService { node: node.clone(), health },
-            keys: KeyManagementService(node.clone()),
-            crypto: CryptoService(node.clone()),
-            exchange: ResourceExchangeService(node.clone()),
-            peer: KeyExchangeService(node.clone()),
-            audit: AuditService(node.clone()),
-            properties: PropertiesService(node.clone()),
-            policies: PoliciesService(node.clone()),
-            clones: ClonesService(node.clone()),
-            clone_source: CloneSourceService(node.clone()),
-            rekeys: RekeysService(node),
+    pub fn new(s: &Services, health: Arc<HealthPublisher>) -> Self {
+        let access = || Arc::clone(&s.access);
+        RpcServices {
+            instance: InstanceService {
+                access: access(),
+                info: s.info(),
+                diagnostics: Arc::clone(&s.diagnostics),
+                health,
+            },
+            keys: KeyManagementService { access: access(), catalog: Arc::clone(&s.catalog), byok: Arc::clone(&s.byok) },
+            crypto: CryptoService { access: access(), crypto: Arc::clone(&s.crypto) },
+            exchange: ResourceExchangeService {
+                access: access(),
+                exchange: Arc::clone(&s.exchange),
+                clone: Arc::clone(&s.clone),
+            },
+            peer: KeyExchangeService { access: access(), exchange: Arc::clone(&s.exchange) },
+            audit: AuditService { access: access(), audit: Arc::clone(&s.audit) },
+            properties: PropertiesService { access: access(), catalog: Arc::clone(&s.catalog) },
+            policies: PoliciesService { access: access(), catalog: Arc::clone(&s.catalog) },
+            clones: ClonesService { access: access(), clone: Arc::clone(&s.clone) },
+            clone_source: CloneSourceService { access: access(), clone: Arc::clone(&s.clone) },
+            rekeys: RekeysService { access: access(), rekey: Arc::clone(&s.rekey) },
         }
     }
 }

@@ -13,16 +13,20 @@ use crate::domain::DomainError;
 use crate::domain::auth::{Caller, Permission};
 use crate::domain::exchange::SignedBlob;
 use crate::domain::ids::{Host, RequestId, SysId};
-use crate::node::Node;
+use crate::node::audit::Access;
+use crate::node::exchange::Exchange;
 use crate::node::ports::OpenRequest;
 use crate::rpc::caller::{RpcPath, authorize};
 use crate::rpc::convert;
 use crate::rpc::pb::{self, key_exchange_server::KeyExchange};
 
-pub struct KeyExchangeService(pub Arc<Node>);
+pub struct KeyExchangeService {
+    pub access: Arc<Access>,
+    pub exchange: Arc<Exchange>,
+}
 
-pub(super) async fn instance<T>(node: &Arc<Node>, req: &Request<T>) -> Result<(SysId, Vec<u8>), Status> {
-    let auth = authorize(node, req, Permission::PeerExchange).await?;
+pub(super) async fn instance<T>(access: &Access, req: &Request<T>) -> Result<(SysId, Vec<u8>), Status> {
+    let auth = authorize(access, req, Permission::PeerExchange).await?;
     match auth.caller {
         Caller::Instance(id) => Ok((id, auth.cert_der)),
         Caller::Operator { .. } => Err(Status::permission_denied("instance certificate required")),
@@ -32,7 +36,7 @@ pub(super) async fn instance<T>(node: &Arc<Node>, req: &Request<T>) -> Result<(S
 /// Audits and logs `result` when it is a refusal (PERMISSION_DENIED) of the
 /// instance `caller` calling `method`; returns it unchanged.
 async fn audit_refusal<T>(
-    node: &Arc<Node>,
+    access: &Access,
     caller: &SysId,
     method: String,
     result: Result<T, Status>,
@@ -42,7 +46,7 @@ async fn audit_refusal<T>(
     {
         let actor = Caller::Instance(caller.clone()).actor();
         tracing::warn!(caller = %actor, %method, "peer call refused: {}", status.message());
-        node.audit_refusal(actor, method, status.message().to_owned()).await;
+        access.audit_refusal(actor, method, status.message().to_owned()).await;
     }
     result
 }
@@ -57,38 +61,38 @@ impl KeyExchange for KeyExchangeService {
         &self,
         req: Request<pb::OpenRequestRequest>,
     ) -> Result<Response<pb::OpenRequestResponse>, Status> {
-        let (caller, cert) = instance(&self.0, &req).await?;
+        let (caller, cert) = instance(&self.access, &req).await?;
         let method = method_of(&req);
         let result = self.open(caller.clone(), cert, req.into_inner()).await;
-        audit_refusal(&self.0, &caller, method, result).await
+        audit_refusal(&self.access, &caller, method, result).await
     }
 
     async fn deliver_bundle(
         &self,
         req: Request<pb::DeliverBundleRequest>,
     ) -> Result<Response<pb::DeliverBundleResponse>, Status> {
-        let (caller, cert) = instance(&self.0, &req).await?;
+        let (caller, cert) = instance(&self.access, &req).await?;
         let method = method_of(&req);
         let r = req.into_inner();
         let result = self
-            .0
+            .exchange
             .receive_bundle(caller.clone(), cert, SignedBlob { bytes: r.bundle, signature: r.signature })
             .await
             .map(|receipt| {
                 Response::new(pb::DeliverBundleResponse { receipt: receipt.bytes, signature: receipt.signature })
             })
             .map_err(Status::from);
-        audit_refusal(&self.0, &caller, method, result).await
+        audit_refusal(&self.access, &caller, method, result).await
     }
 
     async fn notify_status(
         &self,
         req: Request<pb::NotifyStatusRequest>,
     ) -> Result<Response<pb::NotifyStatusResponse>, Status> {
-        let (caller, _) = instance(&self.0, &req).await?;
+        let (caller, _) = instance(&self.access, &req).await?;
         let method = method_of(&req);
         let result = self.notify(caller.clone(), req.into_inner()).await;
-        audit_refusal(&self.0, &caller, method, result).await
+        audit_refusal(&self.access, &caller, method, result).await
     }
 }
 
@@ -117,7 +121,7 @@ impl KeyExchangeService {
             clone_grant: crate::domain::clone::parse_grant_id(&r.clone_grant_id)?,
         };
         let cert_hosts = crate::tls::identity::host_names(&cert);
-        let view = self.0.open_request_from_peer(caller, cert, cert_hosts, open).await?;
+        let view = self.exchange.open_request_from_peer(caller, cert, cert_hosts, open).await?;
         let mut request = pb::ExchangeRequest {
             status: convert::status(view.status) as i32,
             total_key_count: view.total_key_count,
@@ -136,7 +140,7 @@ impl KeyExchangeService {
             return Err(Status::permission_denied("claimed source_sys_id differs from the certificate"));
         }
         let status = convert::status_from(r.status)?.ok_or_else(|| DomainError::invalid("status", "unspecified"))?;
-        self.0.receive_status(caller, RequestId::parse(&r.request_id)?, status, r.reason).await?;
+        self.exchange.receive_status(caller, RequestId::parse(&r.request_id)?, status, r.reason).await?;
         Ok(Response::new(pb::NotifyStatusResponse {}))
     }
 }

@@ -8,14 +8,18 @@ use crate::domain::DomainError;
 use crate::domain::auth::{Caller, Permission, Role};
 use crate::domain::ids::{Host, SysId};
 use crate::domain::policy::{AccessDecision, Subject};
-use crate::node::Node;
+use crate::node::audit::Access;
+use crate::node::catalog::Catalog;
 use crate::rpc::caller::authorize;
 use crate::rpc::convert;
 use crate::rpc::convert_clone::clone_approval_from;
 use crate::rpc::convert_policy::{operation, policy_from, policy_pb, result_pb};
 use crate::rpc::pb::{self, policies_server::Policies};
 
-pub struct PoliciesService(pub Arc<Node>);
+pub struct PoliciesService {
+    pub access: Arc<Access>,
+    pub catalog: Arc<Catalog>,
+}
 
 fn decision_pb(d: &AccessDecision) -> pb::ExplainAccessResponse {
     pb::ExplainAccessResponse {
@@ -40,9 +44,9 @@ impl Policies for PoliciesService {
         &self,
         req: Request<pb::CreatePolicyRequest>,
     ) -> Result<Response<pb::CreatePolicyResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageKeys).await?;
         let p = req.get_ref().policy.as_ref().ok_or_else(|| DomainError::invalid("policy", "missing"))?;
-        let created = self.0.create_policy(&auth.caller, policy_from(p)?).await?;
+        let created = self.catalog.create_policy(&auth.caller, policy_from(p)?).await?;
         Ok(Response::new(pb::CreatePolicyResponse { policy: Some(policy_pb(&created)) }))
     }
 
@@ -50,17 +54,17 @@ impl Policies for PoliciesService {
         &self,
         req: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
+        authorize(&self.access, &req, Permission::Read).await?;
         let m = &req.get_ref().module;
         let module = if m.is_empty() { None } else { Some(convert::name(m, "module")?) };
-        let list = self.0.policies(module).await?;
+        let list = self.catalog.policies(module).await?;
         Ok(Response::new(pb::ListPoliciesResponse { policies: list.iter().map(policy_pb).collect() }))
     }
 
     async fn get_policy(&self, req: Request<pb::GetPolicyRequest>) -> Result<Response<pb::GetPolicyResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
+        authorize(&self.access, &req, Permission::Read).await?;
         let r = req.get_ref();
-        let p = self.0.policy(convert::name(&r.module, "module")?, convert::name(&r.name, "name")?).await?;
+        let p = self.catalog.policy(convert::name(&r.module, "module")?, convert::name(&r.name, "name")?).await?;
         Ok(Response::new(pb::GetPolicyResponse { policy: Some(policy_pb(&p)) }))
     }
 
@@ -68,10 +72,10 @@ impl Policies for PoliciesService {
         &self,
         req: Request<pb::UpdatePolicyRequest>,
     ) -> Result<Response<pb::UpdatePolicyResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageKeys).await?;
         let r = req.get_ref();
         let (module, name) = (convert::name(&r.module, "module")?, convert::name(&r.name, "name")?);
-        let p = self.0.set_policy_active(&auth.caller, module, name, r.active).await?;
+        let p = self.catalog.set_policy_active(&auth.caller, module, name, r.active).await?;
         Ok(Response::new(pb::UpdatePolicyResponse { policy: Some(policy_pb(&p)) }))
     }
 
@@ -79,11 +83,11 @@ impl Policies for PoliciesService {
         &self,
         req: Request<pb::ExplainAccessRequest>,
     ) -> Result<Response<pb::ExplainAccessResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::Read).await?;
+        let auth = authorize(&self.access, &req, Permission::Read).await?;
         let r = req.get_ref();
         if !r.as_exchange_target_sys_id.is_empty() {
             let d = self
-                .0
+                .catalog
                 .explain_exchange(
                     convert::name(&r.spec, "spec")?,
                     SysId::parse(&r.as_exchange_target_sys_id)?,
@@ -101,7 +105,7 @@ impl Policies for PoliciesService {
             let roles = r.as_roles.iter().map(|x| Role::parse(x)).collect::<Result<Vec<_>, _>>()?;
             Subject::from(&Caller::Operator { name: r.as_operator.clone(), roles })
         };
-        let d = self.0.explain_access(subject, convert::name(&r.spec, "spec")?, operation(r.operation)?).await?;
+        let d = self.catalog.explain_access(subject, convert::name(&r.spec, "spec")?, operation(r.operation)?).await?;
         Ok(Response::new(decision_pb(&d)))
     }
 }

@@ -5,13 +5,17 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::domain::auth::Permission;
-use crate::node::Node;
-use crate::node::properties::PropertyView;
+use crate::node::audit::Access;
+use crate::node::catalog::Catalog;
+use crate::node::catalog::properties::PropertyView;
 use crate::rpc::caller::authorize;
 use crate::rpc::convert;
 use crate::rpc::pb::{self, properties_server::Properties};
 
-pub struct PropertiesService(pub Arc<Node>);
+pub struct PropertiesService {
+    pub access: Arc<Access>,
+    pub catalog: Arc<Catalog>,
+}
 
 fn property(v: &PropertyView) -> pb::Property {
     pb::Property {
@@ -30,8 +34,8 @@ impl Properties for PropertiesService {
         &self,
         req: Request<pb::GetPropertyRequest>,
     ) -> Result<Response<pb::GetPropertyResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let v = self.0.property(req.into_inner().name).await?;
+        authorize(&self.access, &req, Permission::Read).await?;
+        let v = self.catalog.property(req.into_inner().name).await?;
         Ok(Response::new(pb::GetPropertyResponse { property: Some(property(&v)) }))
     }
 
@@ -39,9 +43,9 @@ impl Properties for PropertiesService {
         &self,
         req: Request<pb::SetPropertyRequest>,
     ) -> Result<Response<pb::SetPropertyResponse>, Status> {
-        let auth = authorize(&self.0, &req, Permission::ManageKeys).await?;
+        let auth = authorize(&self.access, &req, Permission::ManageKeys).await?;
         let r = req.into_inner();
-        let v = self.0.set_property(&auth.caller, r.name, r.value).await?;
+        let v = self.catalog.set_property(&auth.caller, r.name, r.value).await?;
         Ok(Response::new(pb::SetPropertyResponse { property: Some(property(&v)) }))
     }
 
@@ -49,8 +53,8 @@ impl Properties for PropertiesService {
         &self,
         req: Request<pb::ListPropertiesRequest>,
     ) -> Result<Response<pb::ListPropertiesResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let list = self.0.properties().await?;
+        authorize(&self.access, &req, Permission::Read).await?;
+        let list = self.catalog.properties().await?;
         Ok(Response::new(pb::ListPropertiesResponse { properties: list.iter().map(property).collect() }))
     }
 }

@@ -6,32 +6,36 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::auth::Permission;
 use crate::domain::ids::RequestId;
-use crate::node::Node;
+use crate::node::audit::Access;
+use crate::node::rekey::Rekey;
 use crate::rpc::caller::authorize;
 use crate::rpc::convert_rekey::{key_debt, rekey};
 use crate::rpc::pb::{self, rekeys_server::Rekeys};
 
-pub struct RekeysService(pub Arc<Node>);
+pub struct RekeysService {
+    pub access: Arc<Access>,
+    pub rekey: Arc<Rekey>,
+}
 
 #[tonic::async_trait]
 impl Rekeys for RekeysService {
     async fn get_rekey(&self, req: Request<pb::GetRekeyRequest>) -> Result<Response<pb::GetRekeyResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
+        authorize(&self.access, &req, Permission::Read).await?;
         let id = RequestId::parse(&req.into_inner().request_id)?;
-        let run = self.0.rekey_run(id).await?;
-        let debt = self.0.debt_of_run(run.clone()).await?;
-        Ok(Response::new(pb::GetRekeyResponse { rekey: Some(rekey(&run, &debt, self.0.now())) }))
+        let run = self.rekey.rekey_run(id).await?;
+        let debt = self.rekey.debt_of_run(run.clone()).await?;
+        Ok(Response::new(pb::GetRekeyResponse { rekey: Some(rekey(&run, &debt, self.rekey.now())) }))
     }
 
     async fn list_rekeys(
         &self,
         req: Request<pb::ListRekeysRequest>,
     ) -> Result<Response<pb::ListRekeysResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let now = self.0.now();
+        authorize(&self.access, &req, Permission::Read).await?;
+        let now = self.rekey.now();
         let mut out = Vec::new();
-        for run in self.0.rekey_runs().await? {
-            let debt = self.0.debt_of_run(run.clone()).await?;
+        for run in self.rekey.rekey_runs().await? {
+            let debt = self.rekey.debt_of_run(run.clone()).await?;
             out.push(rekey(&run, &debt, now));
         }
         Ok(Response::new(pb::ListRekeysResponse { rekeys: out }))
@@ -41,8 +45,8 @@ impl Rekeys for RekeysService {
         &self,
         req: Request<pb::ListRekeyDebtRequest>,
     ) -> Result<Response<pb::ListRekeyDebtResponse>, Status> {
-        authorize(&self.0, &req, Permission::Read).await?;
-        let debts = self.0.rekey_debt().await?;
+        authorize(&self.access, &req, Permission::Read).await?;
+        let debts = self.rekey.rekey_debt().await?;
         let total_records = debts.iter().map(|d| d.records).sum();
         Ok(Response::new(pb::ListRekeyDebtResponse { debts: debts.iter().map(key_debt).collect(), total_records }))
     }

@@ -7,8 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::ports::OpenRequest;
-use super::{Node, request_audit};
+use super::{Exchange, request_audit};
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
@@ -21,6 +20,8 @@ use crate::domain::ids::{Host, Name, RequestId, SysId, UnixMillis};
 use crate::domain::key::{DataKey, KeyRecord};
 use crate::domain::spec::MaterialShape;
 use crate::error::{AppError, AppResult};
+use crate::node::context::Blocking;
+use crate::node::ports::OpenRequest;
 use crate::signer::material::check_material;
 use crate::signer::primitives::{kwp_unwrap, random_bytes, sha256, verify_sha256_with_cert};
 use crate::store::{RequestEffects, StoreError, Versioned};
@@ -38,7 +39,7 @@ pub struct NewRequest {
 }
 
 /// A target request about to be recorded.
-pub(super) struct PlannedRequest {
+pub struct PlannedRequest {
     pub id: RequestId,
     pub frequency: Frequency,
     pub source: PeerRef,
@@ -51,12 +52,12 @@ pub(super) struct PlannedRequest {
     pub clone_grant: Option<String>,
 }
 
-impl Node {
+impl Exchange {
     /// Records a new pending request here (the target) with its one-time
     /// transport key; returns it and the transport public key to send.
-    pub(super) fn insert_target_request(&self, p: PlannedRequest) -> AppResult<(ExchangeRequest, Vec<u8>)> {
+    pub fn insert_target_request(&self, p: PlannedRequest) -> AppResult<(ExchangeRequest, Vec<u8>)> {
         for s in &p.specs {
-            self.spec_or_not_found(s)?;
+            self.catalog.spec_or_not_found(s)?;
         }
         let transport = self.signer.create_transport_key()?;
         let now = self.now();
@@ -118,7 +119,7 @@ impl Node {
             rekey: false,
             clone_grant: None,
         };
-        let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned)).await?;
+        let (req, public_key) = self.blocking(move |this| this.insert_target_request(planned)).await?;
         tracing::info!(request_id = %req.id, source = %req.source.sys_id, "exchange request created");
         self.open_on_source(req, public_key).await
     }
@@ -129,12 +130,12 @@ impl Node {
     /// the first opening before its answer was lost, sees the same request and
     /// a bundle it wrapped for that key still opens here. Only a request whose
     /// transport key is gone gets a new one.
-    pub(super) async fn retry_on_target(self: &Arc<Self>, actor: String, id: RequestId) -> AppResult<ExchangeRequest> {
+    pub async fn retry_on_target(self: &Arc<Self>, actor: String, id: RequestId) -> AppResult<ExchangeRequest> {
         let (req, public_key) = self
-            .blocking(move |node| {
-                let Versioned { value: mut req, version } = node.request_or_not_found(&id)?;
+            .blocking(move |this| {
+                let Versioned { value: mut req, version } = this.request_or_not_found(&id)?;
                 let found = req.clone();
-                let now = node.now();
+                let now = this.now();
                 req.apply(RequestEvent::Retry { resume_at: RequestStatus::Pending }, &actor, now).map_err(
                     |e| match e {
                         DomainError::FailedPrecondition(_) => DomainError::FailedPrecondition(format!(
@@ -145,10 +146,10 @@ impl Node {
                         other => other,
                     },
                 )?;
-                let kept = node.store.transport_handle(&req.id)?.filter(|_| !req.transport_public_key.is_empty());
+                let kept = this.store.transport_handle(&req.id)?.filter(|_| !req.transport_public_key.is_empty());
                 let transport = match kept {
                     Some(_) => None,
-                    None => Some(node.signer.create_transport_key()?),
+                    None => Some(this.signer.create_transport_key()?),
                 };
                 if let Some(t) = &transport {
                     req.wrapping = t.wrapping;
@@ -160,7 +161,7 @@ impl Node {
                     transport_handle: transport.as_ref().map(|t| &t.handle[..]),
                     ..Default::default()
                 };
-                node.store.update_request(version, &req, effects, &[audit])?;
+                this.store.update_request(version, &req, effects, &[audit])?;
                 let public_key = req.transport_public_key.clone();
                 Ok((req, public_key))
             })
@@ -170,7 +171,7 @@ impl Node {
     }
 
     /// Opens a pending request on its source and records the source's view.
-    pub(super) async fn open_on_source(
+    pub async fn open_on_source(
         self: &Arc<Self>,
         req: ExchangeRequest,
         public_key: Vec<u8>,
@@ -189,9 +190,9 @@ impl Node {
         };
         let answer = self.peers.open_request(&req.source.host, &req.source.sys_id, open).await;
         let id = req.id.clone();
-        self.blocking(move |node| {
-            let Versioned { value: mut req, version } = node.request_or_not_found(&id)?;
-            let now = node.now();
+        self.blocking(move |this| {
+            let Versioned { value: mut req, version } = this.request_or_not_found(&id)?;
+            let now = this.now();
             match answer {
                 Ok(view) => {
                     for line in &mut req.lines {
@@ -208,9 +209,9 @@ impl Node {
                         req.apply(RequestEvent::Complete, "system", now)?;
                     }
                     // A bundle may have arrived meanwhile; then its import wrote the lines.
-                    match node.store.update_request(version, &req, RequestEffects::default(), &[]) {
+                    match this.store.update_request(version, &req, RequestEffects::default(), &[]) {
                         Ok(_) => Ok(req),
-                        Err(StoreError::Stale { .. }) => Ok(node.request_or_not_found(&id)?.value),
+                        Err(StoreError::Stale { .. }) => Ok(this.request_or_not_found(&id)?.value),
                         Err(e) => Err(e.into()),
                     }
                 }
@@ -223,7 +224,7 @@ impl Node {
                             Outcome::Failed,
                             format!("opening on the source failed: {err}"),
                         );
-                        node.store.update_request(version, &req, RequestEffects::default(), &[audit])?;
+                        this.store.update_request(version, &req, RequestEffects::default(), &[audit])?;
                     }
                     tracing::warn!(request_id = %req.id, error = %err, "opening the request on the source failed");
                     Err(AppError::Peer(err))
@@ -241,20 +242,20 @@ impl Node {
         caller_cert: Vec<u8>,
         bundle: SignedBlob,
     ) -> AppResult<SignedBlob> {
-        self.blocking(move |node| {
-            let result = node.import_once(&caller, &caller_cert, &bundle);
+        self.blocking(move |this| {
+            let result = this.import_once(&caller, &caller_cert, &bundle);
             if let Err(e) = &result {
                 let subject = Bundle::decode(&bundle.bytes)
                     .map_or_else(|_| "undecodable bundle".to_owned(), |b| b.request_id.to_string());
                 let audit = AuditEvent::new(
-                    node.now(),
+                    this.now(),
                     format!("instance:{caller}"),
                     "exchange.bundle_refused",
                     subject,
                     Outcome::Refused,
                 )
                 .with_details(e.to_string());
-                if let Err(store_err) = node.store.append_audit(&[audit]) {
+                if let Err(store_err) = this.store.append_audit(&[audit]) {
                     tracing::error!(error = %store_err, "could not audit a refused bundle");
                 }
                 tracing::warn!(sender = %caller, error = %e, "bundle refused");
@@ -444,7 +445,7 @@ impl Node {
         self.store.complete_import(version, &req, &keys, (digest, &receipt), &[audit])?;
         if req.rekey {
             // Its rekey job was scheduled with the import: start it now.
-            self.jobs.wake();
+            self.signals.wake();
         }
         if let Err(e) = self.signer.destroy_transport_key(&handle) {
             tracing::warn!(request_id = %req.id, error = %e, "destroying the transport key failed");
@@ -521,13 +522,13 @@ impl Node {
         status: RequestStatus,
         reason: String,
     ) -> AppResult<()> {
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             for _ in 0..IMPORT_ATTEMPTS {
-                let Versioned { value: mut req, version } = node.request_or_not_found(&request_id)?;
+                let Versioned { value: mut req, version } = this.request_or_not_found(&request_id)?;
                 if req.role != ExchangeRole::Target || req.source.sys_id != caller {
                     return Err(DomainError::PermissionDenied("sender is not the request's source".into()).into());
                 }
-                let now = node.now();
+                let now = this.now();
                 let actor = format!("instance:{caller}");
                 let event = match status {
                     RequestStatus::Rejected => RequestEvent::Reject { reason: reason.clone() },
@@ -546,7 +547,7 @@ impl Node {
                 req.apply(event, &actor, at)?;
                 let action = if status == RequestStatus::Expired { "exchange.expire" } else { "exchange.reject" };
                 let audit = request_audit(&req, action, Outcome::Success, "reported by the source");
-                match node.store.update_request(version, &req, RequestEffects::default(), &[audit]) {
+                match this.store.update_request(version, &req, RequestEffects::default(), &[audit]) {
                     Err(StoreError::Stale { .. }) => continue,
                     other => other?,
                 };

@@ -1,4 +1,4 @@
-//! Rekey after import (target side): the durable `Rekey` job re-encrypts
+//! The rekey service, after an import (target side): the durable `Rekey` job re-encrypts
 //! every record under a request's imported keys with this instance's own
 //! Active key of the same spec (generating one when the spec has none), in
 //! batches whose rows and cursor commit together under the job's lease.
@@ -13,26 +13,74 @@ use std::sync::mpsc::SyncSender;
 
 use zeroize::Zeroizing;
 
-use super::Node;
-use super::jobs::millis;
+use super::catalog::Catalog;
+use super::context::{Blocking, Context, JobSettings, lease_until, millis};
+use super::jobs::{JobFuture, JobHandler, JobOutcome, JobRun};
+use crate::clock::Clock;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::ciphertext;
+use crate::domain::ids::SysId;
 use crate::domain::ids::{KeyId, Name, RequestId, UnixMillis};
-use crate::domain::job::{Job, Lease};
+use crate::domain::job::JobKind;
+use crate::domain::job::Lease;
 use crate::domain::property::REKEYED;
 use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::domain::rekey::{BATCH_RECORDS, KeyDebt, MAX_PASSES, RekeyRun, next_attempt};
 use crate::domain::spec::Scheme;
 use crate::error::{AppError, AppResult};
+use crate::signer::Signer;
 use crate::signer::primitives::GcmSealer;
 use crate::signer::schemes::LoadedKey;
+use crate::store::Store;
 use crate::store::{RekeyEnd, StoreError};
 
 /// Records one page may look at while looking for records to move.
 const SCAN_LIMIT: usize = BATCH_RECORDS * 16;
 /// Every this many batches the commit is durable (the others ride on it).
 const DURABLE_EVERY: u32 = 16;
+
+pub struct Rekey {
+    sys_id: SysId,
+    store: Arc<Store>,
+    signer: Arc<dyn Signer>,
+    clock: Arc<dyn Clock>,
+    settings: JobSettings,
+    catalog: Arc<Catalog>,
+}
+
+impl Rekey {
+    pub fn new(ctx: &Context, catalog: Arc<Catalog>) -> Self {
+        Rekey {
+            sys_id: ctx.sys_id.clone(),
+            store: Arc::clone(&ctx.store),
+            signer: Arc::clone(&ctx.signer),
+            clock: Arc::clone(&ctx.clock),
+            settings: ctx.settings.clone(),
+            catalog,
+        }
+    }
+
+    /// The instance's clock.
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
+
+    /// Until when the job's lease is renewed by each batch.
+    fn lease_until(&self) -> UnixMillis {
+        lease_until(&*self.clock, &self.settings)
+    }
+}
+
+impl JobHandler for Rekey {
+    fn kinds(&self) -> &'static [JobKind] {
+        &[JobKind::Rekey]
+    }
+
+    fn run(self: Arc<Self>, run: JobRun) -> JobFuture {
+        Box::pin(async move { self.run_rekey(&run).await })
+    }
+}
 
 /// One batch for the writer: (as read, re-encrypted) records and the cursor
 /// after them.
@@ -53,27 +101,27 @@ struct Sealer {
 /// The keys one attempt needs, loaded once: the imported keys (to open) and
 /// this instance's current keys (to seal).
 struct RekeyCipher<'a> {
-    node: &'a Node,
+    rekey: &'a Rekey,
     opening: HashMap<KeyId, LoadedKey>,
     sealing: HashMap<Name, Sealer>,
 }
 
 impl<'a> RekeyCipher<'a> {
-    fn new(node: &'a Node) -> Self {
-        RekeyCipher { node, opening: HashMap::new(), sealing: HashMap::new() }
+    fn new(rekey: &'a Rekey) -> Self {
+        RekeyCipher { rekey, opening: HashMap::new(), sealing: HashMap::new() }
     }
 
     fn scheme(&self, spec: &Name) -> AppResult<Scheme> {
-        Ok(self.node.spec_or_not_found(spec)?.scheme())
+        Ok(self.rekey.catalog.spec_or_not_found(spec)?.scheme())
     }
 
     fn opening(&mut self, id: &KeyId) -> AppResult<&LoadedKey> {
         if !self.opening.contains_key(id) {
             let (_, wrapped) =
-                self.node.store.key(id)?.ok_or_else(|| {
+                self.rekey.store.key(id)?.ok_or_else(|| {
                     DomainError::FailedPrecondition(format!("imported key {id} is not on this instance"))
                 })?;
-            let key = LoadedKey::load(self.scheme(&id.spec)?, self.node.signer.unwrap(&wrapped)?)?;
+            let key = LoadedKey::load(self.scheme(&id.spec)?, self.rekey.signer.unwrap(&wrapped)?)?;
             self.opening.insert(id.clone(), key);
         }
         self.opening.get(id).ok_or_else(|| AppError::Internal("rekey key cache lost an entry".into()))
@@ -82,11 +130,11 @@ impl<'a> RekeyCipher<'a> {
     fn sealing(&mut self, spec: &Name) -> AppResult<&mut Sealer> {
         if !self.sealing.contains_key(spec) {
             let (rec, wrapped) = self
-                .node
+                .rekey
                 .store
                 .find_key(spec, |k| k.state.can_encrypt())?
                 .ok_or_else(|| DomainError::FailedPrecondition(format!("spec {spec} has no Active key")))?;
-            let key = LoadedKey::load(self.scheme(spec)?, self.node.signer.unwrap(&wrapped)?)?;
+            let key = LoadedKey::load(self.scheme(spec)?, self.rekey.signer.unwrap(&wrapped)?)?;
             let gcm = match key.scheme() {
                 Scheme::AesGcm { .. } => Some(GcmSealer::new(key.secret())?),
                 _ => None,
@@ -142,53 +190,55 @@ fn lost_the_run(e: &AppError) -> bool {
     matches!(e, AppError::Store(StoreError::Stale { what: "job lease", .. }))
 }
 
-impl Node {
+impl Rekey {
     /// A rekey run (operators' view).
     pub async fn rekey_run(self: &Arc<Self>, id: RequestId) -> AppResult<RekeyRun> {
-        self.blocking(move |node| {
-            node.store.rekey(&id)?.ok_or_else(|| DomainError::not_found("rekey of request", &id).into())
+        self.blocking(move |this| {
+            this.store.rekey(&id)?.ok_or_else(|| DomainError::not_found("rekey of request", &id).into())
         })
         .await
     }
 
     /// How many records still depend on each imported key of `run`.
     pub async fn debt_of_run(self: &Arc<Self>, run: RekeyRun) -> AppResult<Vec<KeyDebt>> {
-        self.blocking(move |node| Ok(node.store.rekey_debt(&run)?)).await
+        self.blocking(move |this| Ok(this.store.rekey_debt(&run)?)).await
     }
 
     /// Every rekey run, newest first.
     pub async fn rekey_runs(self: &Arc<Self>) -> AppResult<Vec<RekeyRun>> {
-        self.blocking(|node| Ok(node.store.rekeys()?)).await
+        self.blocking(|this| Ok(this.store.rekeys()?)).await
     }
 
     /// The imported keys records still depend on, with how many records
     /// each (from the debt index). Keys of this instance are not debt.
     pub async fn rekey_debt(self: &Arc<Self>) -> AppResult<Vec<KeyDebt>> {
-        self.blocking(|node| {
-            let own = node.sys_id.clone();
-            Ok(node.store.record_debt()?.into_iter().filter(|d| d.key_id.origin != own).collect())
+        self.blocking(|this| {
+            let own = this.sys_id.clone();
+            Ok(this.store.record_debt()?.into_iter().filter(|d| d.key_id.origin != own).collect())
         })
         .await
     }
 
-    pub(super) async fn run_rekey(self: &Arc<Self>, job: &Job, lease: Lease) -> AppResult<()> {
-        let id = RequestId::parse(&job.id.subject)?;
-        let job_id = job.id.clone();
-        self.blocking(move |node| {
-            let Some(run) = node.store.rekey(&id)? else {
-                return Ok(node.store.finish_job(&job_id, &lease, None)?);
-            };
-            let now = node.now();
+    /// The rekey job: one attempt, or the run's end at its expiry. An
+    /// attempt, its failure and the expiry each end or reschedule the job in
+    /// their own transaction.
+    async fn run_rekey(self: &Arc<Self>, job_run: &JobRun) -> AppResult<JobOutcome> {
+        let id = RequestId::parse(&job_run.job.id.subject)?;
+        let lease = job_run.lease.clone();
+        self.blocking(move |this| {
+            let Some(run) = this.store.rekey(&id)? else { return Ok(JobOutcome::Done) };
+            let now = this.now();
             if run.state.is_final() {
-                return Ok(node.store.finish_job(&job_id, &lease, None)?);
+                return Ok(JobOutcome::Done);
             }
             if run.is_expired_at(now) {
-                return node.expire_rekey(&run, &lease, now);
+                this.expire_rekey(&run, &lease, now)?;
+                return Ok(JobOutcome::Settled);
             }
-            match node.rekey_attempt(&id, &lease) {
-                Ok(()) => Ok(()),
+            match this.rekey_attempt(&id, &lease) {
+                Ok(()) => Ok(JobOutcome::Settled),
                 Err(e) if lost_the_run(&e) => Err(e),
-                Err(e) => node.fail_rekey(&run, &lease, e),
+                Err(e) => this.fail_rekey(&run, &lease, e).map(|()| JobOutcome::Settled),
             }
         })
         .await
@@ -204,7 +254,7 @@ impl Node {
         specs.sort();
         specs.dedup();
         for spec in specs {
-            self.ensure_active_key(spec, &format!("system (rekey of {id})"))?;
+            self.catalog.ensure_active_key(spec, &format!("system (rekey of {id})"))?;
         }
         loop {
             let unmovable;
@@ -313,7 +363,7 @@ impl Node {
             AppError::Internal(_) => "an internal error (see the daemon's log)".to_owned(),
             e => e.to_string(),
         };
-        let next = next_attempt(now, millis(self.job_settings.rekey_retry), run.expires_at);
+        let next = next_attempt(now, millis(self.settings.rekey_retry), run.expires_at);
         tracing::warn!(request_id = %run.request_id, error = %error, next_attempt = next.0, "rekey failed; it will be tried again");
         let entry = |r: &RekeyRun| {
             let details = format!("{reason}; {REKEYED} = false; next attempt at {}", next.0);

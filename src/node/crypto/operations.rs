@@ -1,20 +1,21 @@
 //! Encrypt, decrypt and rewrap with the instance's keys, one at a time or in
 //! batches; sign/verify, MAC/verify and wrap/unwrap one at a time. Every call
-//! runs in a `Session` (crypto_session.rs), which checks the spec's purpose
+//! runs in a `Session` (session.rs), which checks the spec's purpose
 //! and the module access policies and caches keys for the call.
 
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::Node;
-use super::crypto_session::Session;
+use super::Crypto;
+use super::session::Session;
 use crate::domain::DomainError;
 use crate::domain::auth::Caller;
 use crate::domain::ids::{KeyId, Name};
 use crate::domain::policy::Operation;
 use crate::domain::spec::Scheme;
 use crate::error::{AppError, AppResult};
+use crate::node::context::Blocking;
 
 /// Most items one batch call accepts.
 pub const MAX_BATCH: usize = 10_000;
@@ -73,7 +74,7 @@ fn check_batch(len: usize) -> AppResult<()> {
     Ok(())
 }
 
-impl Node {
+impl Crypto {
     pub async fn encrypt(
         self: &Arc<Self>,
         caller: &Caller,
@@ -88,7 +89,7 @@ impl Node {
             done => return done,
         }
         let caller = caller.clone();
-        self.blocking(move |node| Session::new(node, &caller).seal(&spec, Operation::Encrypt, &plaintext, &aad)).await
+        self.blocking(move |this| Session::new(this, &caller).seal(&spec, Operation::Encrypt, &plaintext, &aad)).await
     }
 
     pub async fn decrypt(
@@ -102,8 +103,8 @@ impl Node {
             done => return done.map(|(plaintext, key_id)| (plaintext.to_vec(), key_id)),
         }
         let caller = caller.clone();
-        self.blocking(move |node| {
-            let (plaintext, key_id) = Session::new(node, &caller).open(&sealed, Operation::Decrypt, &aad)?;
+        self.blocking(move |this| {
+            let (plaintext, key_id) = Session::new(this, &caller).open(&sealed, Operation::Decrypt, &aad)?;
             Ok((plaintext.to_vec(), key_id))
         })
         .await
@@ -111,7 +112,7 @@ impl Node {
 
     pub async fn rewrap(self: &Arc<Self>, caller: &Caller, sealed: Vec<u8>, aad: Vec<u8>) -> AppResult<Rewrapped> {
         let caller = caller.clone();
-        self.blocking(move |node| rewrap(&mut Session::new(node, &caller), &sealed, &aad)).await
+        self.blocking(move |this| rewrap(&mut Session::new(this, &caller), &sealed, &aad)).await
     }
 
     /// Each item succeeds or fails on its own.
@@ -122,8 +123,8 @@ impl Node {
     ) -> AppResult<Vec<AppResult<(Vec<u8>, KeyId)>>> {
         check_batch(items.len())?;
         let caller = caller.clone();
-        self.blocking(move |node| {
-            let mut s = Session::new(node, &caller);
+        self.blocking(move |this| {
+            let mut s = Session::new(this, &caller);
             Ok(items.iter().map(|i| s.seal(&i.spec, Operation::Encrypt, &i.plaintext, &i.aad)).collect())
         })
         .await
@@ -136,8 +137,8 @@ impl Node {
     ) -> AppResult<Vec<AppResult<(Vec<u8>, KeyId)>>> {
         check_batch(items.len())?;
         let caller = caller.clone();
-        self.blocking(move |node| {
-            let mut s = Session::new(node, &caller);
+        self.blocking(move |this| {
+            let mut s = Session::new(this, &caller);
             Ok(items
                 .iter()
                 .map(|i| s.open(&i.ciphertext, Operation::Decrypt, &i.aad).map(|(p, k)| (p.to_vec(), k)))
@@ -153,19 +154,19 @@ impl Node {
     ) -> AppResult<Vec<AppResult<Rewrapped>>> {
         check_batch(items.len())?;
         let caller = caller.clone();
-        self.blocking(move |node| {
-            let mut s = Session::new(node, &caller);
+        self.blocking(move |this| {
+            let mut s = Session::new(this, &caller);
             Ok(items.iter().map(|i| rewrap(&mut s, &i.ciphertext, &i.aad)).collect())
         })
         .await
     }
 }
 
-impl Node {
+impl Crypto {
     /// Signs `message` (RSA-PSS) with the spec's current key.
     pub async fn sign(self: &Arc<Self>, caller: &Caller, spec: Name, message: Vec<u8>) -> AppResult<(Vec<u8>, KeyId)> {
         let caller = caller.clone();
-        self.blocking(move |node| Session::new(node, &caller).authenticate(&spec, Operation::Sign, &message)).await
+        self.blocking(move |this| Session::new(this, &caller).authenticate(&spec, Operation::Sign, &message)).await
     }
 
     /// Checks a signature made by `sign`; `false` if it does not verify.
@@ -176,7 +177,7 @@ impl Node {
         message: Vec<u8>,
     ) -> AppResult<(bool, KeyId)> {
         let caller = caller.clone();
-        self.blocking(move |node| Session::new(node, &caller).check(&signature, Operation::Verify, &message)).await
+        self.blocking(move |this| Session::new(this, &caller).check(&signature, Operation::Verify, &message)).await
     }
 
     /// MACs `message` (HMAC-SHA-2) with the spec's current key.
@@ -186,7 +187,7 @@ impl Node {
             done => return done,
         }
         let caller = caller.clone();
-        self.blocking(move |node| Session::new(node, &caller).authenticate(&spec, Operation::Mac, &message)).await
+        self.blocking(move |this| Session::new(this, &caller).authenticate(&spec, Operation::Mac, &message)).await
     }
 
     /// Checks a MAC made by `mac` (constant-time); `false` if it does not match.
@@ -201,7 +202,7 @@ impl Node {
             done => return done,
         }
         let caller = caller.clone();
-        self.blocking(move |node| Session::new(node, &caller).check(&mac, Operation::VerifyMac, &message)).await
+        self.blocking(move |this| Session::new(this, &caller).check(&mac, Operation::VerifyMac, &message)).await
     }
 
     /// Wraps caller-supplied key material under the spec's current key.
@@ -216,7 +217,7 @@ impl Node {
             return Err(DomainError::invalid("key_material", "is empty").into());
         }
         let caller = caller.clone();
-        self.blocking(move |node| Session::new(node, &caller).seal(&spec, Operation::Wrap, &key_material, &aad)).await
+        self.blocking(move |this| Session::new(this, &caller).seal(&spec, Operation::Wrap, &key_material, &aad)).await
     }
 
     /// Unwraps what `wrap` made, with the same associated data.
@@ -227,7 +228,7 @@ impl Node {
         aad: Vec<u8>,
     ) -> AppResult<(Zeroizing<Vec<u8>>, KeyId)> {
         let caller = caller.clone();
-        self.blocking(move |node| Session::new(node, &caller).open(&wrapped, Operation::Unwrap, &aad)).await
+        self.blocking(move |this| Session::new(this, &caller).open(&wrapped, Operation::Unwrap, &aad)).await
     }
 
     /// The current key's public half (SubjectPublicKeyInfo DER) of an RSA
@@ -235,8 +236,8 @@ impl Node {
     /// encrypt or wrap for the others.
     pub async fn public_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<PublicKey> {
         let caller = caller.clone();
-        self.blocking(move |node| {
-            let mut session = Session::new(node, &caller);
+        self.blocking(move |this| {
+            let mut session = Session::new(this, &caller);
             let s = session.spec(&spec)?;
             let op = match s.scheme() {
                 Scheme::RsaPss { .. } => Operation::Verify,

@@ -7,10 +7,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::ports::{OpenRequest, SourceView};
-use super::{Node, request_audit};
+use super::approval::SystemCheck;
+use super::{Exchange, request_audit};
 use crate::domain::DomainError;
 use crate::domain::audit::Outcome;
+use crate::node::context::Blocking;
+use crate::node::jobs::{JobOutcome, JobRun};
+use crate::node::ports::{OpenRequest, SourceView};
 
 use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Caller;
@@ -23,7 +26,7 @@ use crate::domain::ids::{Host, KeyId, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
 use crate::signer::primitives::{kwp_wrap, random_key, rsa_oaep_encrypt, sha256, verify_sha256_with_cert};
-use crate::store::{BundleChange, GRANT_REFUSED, RequestEffects, StoreError, SystemApproval, UseUp, Versioned};
+use crate::store::{BundleChange, GRANT_REFUSED, RequestEffects, StoreError, UseUp, Versioned};
 
 /// An operator's decision on a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,20 +40,12 @@ pub enum Decision {
     Retry,
 }
 
-/// What an approval without a person checks again and uses up in its
-/// transaction: the clone grant, and a One Time configuration.
-#[derive(Clone, Copy)]
-struct SystemCheck<'a> {
-    approval: &'a SystemApproval,
-    use_up: Option<&'a UseUp>,
-}
-
 /// How many times a decision re-reads a request that changed under it.
 const DECIDE_ATTEMPTS: usize = 3;
 /// Keys read per page while building a bundle.
 const KEY_PAGE: usize = 1000;
 
-impl Node {
+impl Exchange {
     /// A target opens a request here. `caller` comes from its certificate,
     /// `cert_hosts` are the DNS names and IP addresses that certificate
     /// names: the target host it sends must be one of them or a host
@@ -84,12 +79,12 @@ impl Node {
         // Refuse a transport key we could not encrypt to, before recording anything.
         rsa_oaep_encrypt(&open.transport_public_key, open.wrapping, &[0u8; 32])
             .map_err(|e| DomainError::invalid("transport_public_key", e.to_string()))?;
-        self.blocking(move |node| {
-            node.check_target_host(&caller, &open.target_host, &cert_hosts)?;
+        self.blocking(move |this| {
+            this.check_target_host(&caller, &open.target_host, &cert_hosts)?;
             let mut lines = Vec::with_capacity(open.spec_names.len());
             let mut total = 0u32;
             for spec in &open.spec_names {
-                if node.store.spec(spec)?.is_none() {
+                if this.store.spec(spec)?.is_none() {
                     lines.push(SpecLine {
                         spec: spec.clone(),
                         status: SpecLineStatus::NotOnSource,
@@ -97,7 +92,7 @@ impl Node {
                         reason: "spec not found on source".into(),
                     });
                 } else {
-                    total += node.store.count_keys_of(spec)? as u32;
+                    total += this.store.count_keys_of(spec)? as u32;
                     lines.push(SpecLine::pending(spec.clone()));
                 }
             }
@@ -106,7 +101,7 @@ impl Node {
                 id: open.request_id,
                 role: ExchangeRole::Source,
                 frequency: open.frequency,
-                source: PeerRef { sys_id: node.sys_id.clone(), host: node.host.clone() },
+                source: PeerRef { sys_id: this.sys_id.clone(), host: this.host.clone() },
                 target: PeerRef { sys_id: caller, host: open.target_host },
                 status: RequestStatus::Pending,
                 lines,
@@ -131,14 +126,14 @@ impl Node {
             }
             let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
             let audit = request_audit(&req, "exchange.open", Outcome::Success, format!("target {} at {}; specs {}", req.target.sys_id, req.target.host, specs.join(",")));
-            match node.store.insert_request(&req, None, RequestEffects::default(), &[audit]) {
+            match this.store.insert_request(&req, None, RequestEffects::default(), &[audit]) {
                 Ok(()) => {}
                 // The target retried after losing our answer: the same request again.
                 Err(StoreError::AlreadyExists { what, id }) => {
-                    let existing = node.store.request(&req.id)?.map(|v| v.value);
+                    let existing = this.store.request(&req.id)?.map(|v| v.value);
                     return match existing {
                         Some(e) if e.target == req.target && e.transport_public_key == req.transport_public_key => {
-                            let e = node.approve_by_grant(e)?;
+                            let e = this.approve_by_grant(e)?;
                             Ok(SourceView { status: e.status, lines: e.lines, total_key_count: e.total_key_count })
                         }
                         _ => Err(DomainError::AlreadyExists { what, id }.into()),
@@ -147,86 +142,10 @@ impl Node {
                 Err(other) => return Err(other.into()),
             }
             tracing::info!(request_id = %req.id, target = %req.target.sys_id, status = req.status.label(), "exchange request opened by target");
-            let req = node.approve_by_grant(req)?;
+            let req = this.approve_by_grant(req)?;
             Ok(SourceView { status: req.status, lines: req.lines, total_key_count: req.total_key_count })
         })
         .await
-    }
-
-    /// Approves `req` when the grant of the clone it follows still allows
-    /// it (no person involved); else returns `req`, left for a person. The
-    /// approving transaction checks the grant, the source's own
-    /// automatic-exchange property and the target's authorisation again and
-    /// uses the grant up (and a One Time configuration with it).
-    fn approve_by_grant(&self, req: ExchangeRequest) -> AppResult<ExchangeRequest> {
-        let Some((actor, approval)) = self.approver(&req)? else { return Ok(req) };
-        let use_up = (req.frequency == Frequency::OneTimeClone).then(|| self.one_time_use_up(&req));
-        let system = SystemCheck { approval: &approval, use_up: use_up.as_ref() };
-        match self.decide_as(&req.id, &Decision::Approve, &actor, Some(system)) {
-            Ok(approved) => {
-                self.jobs.wake();
-                tracing::info!(request_id = %req.id, target = %req.target.sys_id, frequency = req.frequency.label(), by = %actor, "request approved without a person");
-                Ok(approved)
-            }
-            Err(AppError::Store(StoreError::Stale { what: GRANT_REFUSED, id: why })) => {
-                tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
-                Ok(self.request_or_not_found(&req.id)?.value)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The use of a One Time configuration by the approval of `req`.
-    fn one_time_use_up(&self, req: &ExchangeRequest) -> UseUp {
-        let now = self.now();
-        UseUp {
-            target: req.target.sys_id.clone(),
-            request: req.id.clone(),
-            at: now,
-            audit: AuditEvent::new(now, "system", "clone_exchange.used", req.target.sys_id.as_str(), Outcome::Success)
-                .with_details(format!(
-                    "One Time Clone used by the approval of request {}; its policies are inactive",
-                    req.id
-                )),
-        }
-    }
-
-    /// Who approves `req` at once, if anyone, and what the approving
-    /// transaction checks again: it must be pending, after a clone, name the
-    /// grant of that clone (unexpired, unused for its frequency, covering its
-    /// specs), from a target still authorised to clone; an AUTOMATIC request
-    /// needs this source's own automatic-exchange property true and is
-    /// approved by the grant, a One Time / Recurring Clone request by the
-    /// Resource Exchange policies of its specs. Adhoc requests wait for a person.
-    fn approver(&self, req: &ExchangeRequest) -> AppResult<Option<(String, SystemApproval)>> {
-        if req.frequency == Frequency::Adhoc || req.status != RequestStatus::Pending {
-            return Ok(None);
-        }
-        let approval = SystemApproval {
-            target: req.target.sys_id.clone(),
-            frequency: req.frequency,
-            presented: req.clone_grant.clone(),
-            specs: req.pending_specs().cloned().collect(),
-            at: self.now(),
-        };
-        if let Err(why) = self.store.system_approval_refusal(&approval)? {
-            tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
-            return Ok(None);
-        }
-        if req.frequency == Frequency::Automatic {
-            let grant = approval.presented.as_deref().unwrap_or_default();
-            return Ok(Some((format!("system (clone grant {grant})"), approval)));
-        }
-        match self.approving_policies(req)? {
-            Ok(policies) => {
-                let names: Vec<&str> = policies.iter().map(|n| n.as_str()).collect();
-                Ok(Some((format!("system (policy {})", names.join(", ")), approval)))
-            }
-            Err(why) => {
-                tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
-                Ok(None)
-            }
-        }
     }
 
     /// Decides on a request (source side, one explicit call): commits the
@@ -242,18 +161,18 @@ impl Node {
         let actor = caller.actor();
         let id2 = id.clone();
         if decision == Decision::Retry {
-            let role = self.blocking(move |node| Ok(node.request_or_not_found(&id2)?.value.role)).await?;
+            let role = self.blocking(move |this| Ok(this.request_or_not_found(&id2)?.value.role)).await?;
             if role == ExchangeRole::Target {
                 return self.retry_on_target(actor, id).await;
             }
         }
         let id2 = id.clone();
-        let decided = self.blocking(move |node| node.decide(&id2, &decision, &actor)).await?;
-        self.jobs.wake();
+        let decided = self.blocking(move |this| this.decide(&id2, &decision, &actor)).await?;
+        self.signals.wake();
         if decided.status.is_terminal() {
             return Ok(decided);
         }
-        self.wait_until_settled(&id, self.decision_wait()).await
+        self.wait_until_settled(&id, self.settings.decision_wait).await
     }
 
     /// Waits at most `bound` for the request to leave Pending/Approved.
@@ -263,10 +182,10 @@ impl Node {
         bound: std::time::Duration,
     ) -> AppResult<ExchangeRequest> {
         let deadline = tokio::time::Instant::now() + bound;
-        let mut settled = self.jobs.subscribe();
+        let mut settled = self.signals.subscribe();
         loop {
             let id2 = id.clone();
-            let req = self.blocking(move |node| node.request_or_not_found(&id2)).await?.value;
+            let req = self.blocking(move |this| this.request_or_not_found(&id2)).await?.value;
             if req.status.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(req);
             }
@@ -290,7 +209,7 @@ impl Node {
     /// As `decide`; `system` is what an approval without a person checks
     /// again and uses up in its transaction (a refusal there is
     /// `Stale { what: GRANT_REFUSED }`, returned as it is).
-    fn decide_as(
+    pub(super) fn decide_as(
         &self,
         id: &RequestId,
         decision: &Decision,
@@ -538,40 +457,41 @@ impl Node {
 
     /// Runs the expiry sweep now (tests, and the sweep job).
     pub async fn sweep_expired(self: &Arc<Self>) -> AppResult<usize> {
-        let n = self.blocking(|node| node.sweep_expired_now()).await?;
-        self.jobs.wake();
+        let n = self.blocking(|this| this.sweep_expired_now()).await?;
+        self.signals.wake();
         Ok(n)
     }
 
     /// The delivery job: sends the bundle, settles the request on the answer.
-    pub(super) async fn run_delivery(self: &Arc<Self>, job: JobId, lease: Lease) -> AppResult<()> {
+    pub(super) async fn run_delivery(self: &Arc<Self>, run: &JobRun) -> AppResult<JobOutcome> {
+        let job = &run.job.id;
         let id = job.request_id().ok_or_else(|| AppError::Internal(format!("job {job} names no request")))?;
         let id2 = id.clone();
-        let found = self.blocking(move |node| Ok(node.store.request(&id2)?.zip(node.store.bundle(&id2)?))).await?;
+        let found = self.blocking(move |this| Ok(this.store.request(&id2)?.zip(this.store.bundle(&id2)?))).await?;
         let (req, bundle) = match found {
             Some((req, bundle)) if req.value.status == RequestStatus::Approved => (req, bundle),
             // Decided otherwise since (completed, expired, failed): nothing to deliver.
-            _ => return self.blocking(move |node| Ok(node.store.finish_job(&job, &lease, None)?)).await,
+            _ => return Ok(JobOutcome::Done),
         };
         let (host, target) = (req.value.target.host.clone(), req.value.target.sys_id.clone());
-        if let Some(until) = self.peer_backoff.waiting_until(&host.to_string(), self.now()) {
+        if let Some(until) = run.peer_waiting_until(&host) {
             // Another job just found this target unreachable: wait with it.
-            return self.blocking(move |node| Ok(node.store.postpone_job(&job, &lease, until)?)).await;
+            return Ok(JobOutcome::WaitUntil(until));
         }
         let digest = sha256(&bundle.bytes);
-        let answer = match tokio::time::timeout(
-            self.delivery_timeout(),
-            self.peers.deliver_bundle(&host, &target, bundle),
-        )
-        .await
-        {
+        let timeout = self.settings.delivery_timeout;
+        let answer = match tokio::time::timeout(timeout, self.peers.deliver_bundle(&host, &target, bundle)).await {
             Ok(answer) => answer,
             Err(_) => Err(PeerError::Unreachable {
                 host: host.to_string(),
-                reason: format!("no answer within {} s", self.delivery_timeout().as_secs()),
+                reason: format!("no answer within {} s", timeout.as_secs()),
             }),
         };
-        self.blocking(move |node| node.settle_delivery(req, digest, answer, &job, &lease)).await
+        if answer.is_ok() || matches!(answer, Err(PeerError::Refused(_))) {
+            run.peer_answered(&host);
+        }
+        let (job, lease) = (job.clone(), run.lease.clone());
+        self.blocking(move |this| this.settle_delivery(req, digest, answer, &job, &lease)).await
     }
 
     fn settle_delivery(
@@ -581,19 +501,13 @@ impl Node {
         answer: Result<SignedBlob, PeerError>,
         job: &JobId,
         lease: &Lease,
-    ) -> AppResult<()> {
+    ) -> AppResult<JobOutcome> {
         let now = self.now();
         let finish = Some((job, lease));
-        if answer.is_ok() || matches!(answer, Err(PeerError::Refused(_))) {
-            self.peer_backoff.answered(&req.target.host.to_string());
-        }
         let outcome = match answer {
             Err(PeerError::Unreachable { host, reason }) => {
                 tracing::warn!(request_id = %req.id, %host, %reason, "target unreachable; delivery will be retried");
-                let jitter = u64::from_le_bytes(crate::signer::primitives::random_bytes::<8>());
-                let retry = self.store.retry_job(job, lease, &reason, now, self.retry_policy(), jitter)?;
-                self.peer_backoff.failed(&host, retry.next_due);
-                return Ok(());
+                return Ok(JobOutcome::PeerUnreachable { host, reason });
             }
             Err(PeerError::Refused(why)) => {
                 tracing::warn!(request_id = %req.id, error = %why, "target refused the bundle");
@@ -645,57 +559,51 @@ impl Node {
             },
         };
         match outcome {
-            Ok(_) => Ok(()),
+            // The job ended in the request's own transaction.
+            Ok(_) => Ok(JobOutcome::Settled),
             // The request moved on meanwhile (expired, decided again): this
             // run's answer no longer applies; the job ends.
-            Err(StoreError::Stale { what: "request", .. }) => Ok(self.store.finish_job(job, lease, None)?),
+            Err(StoreError::Stale { what: "request", .. }) => Ok(JobOutcome::Done),
             Err(e) => Err(e.into()),
         }
     }
 
     /// The notice job: tells the target the request was rejected or expired.
-    pub(super) async fn run_notice(self: &Arc<Self>, job: JobId, lease: Lease) -> AppResult<()> {
+    pub(super) async fn run_notice(self: &Arc<Self>, run: &JobRun) -> AppResult<JobOutcome> {
+        let job = &run.job.id;
         let id = job.request_id().ok_or_else(|| AppError::Internal(format!("job {job} names no request")))?;
-        let id2 = id.clone();
-        let req = self.blocking(move |node| Ok(node.store.request(&id2)?)).await?;
+        let req = self.blocking(move |this| Ok(this.store.request(&id)?)).await?;
         let Some(Versioned { value: req, .. }) = req.filter(|r| {
             r.value.role == ExchangeRole::Source
                 && matches!(r.value.status, RequestStatus::Rejected | RequestStatus::Expired)
         }) else {
-            return self.blocking(move |node| Ok(node.store.finish_job(&job, &lease, None)?)).await;
+            return Ok(JobOutcome::Done);
         };
         let reason = match req.status {
             RequestStatus::Expired => "expired on the source".to_owned(),
             _ => req.history.last().map(|t| t.note.clone()).unwrap_or_default(),
         };
         let (host, target) = (req.target.host.clone(), req.target.sys_id.clone());
-        if let Some(until) = self.peer_backoff.waiting_until(&host.to_string(), self.now()) {
-            return self.blocking(move |node| Ok(node.store.postpone_job(&job, &lease, until)?)).await;
+        if let Some(until) = run.peer_waiting_until(&host) {
+            return Ok(JobOutcome::WaitUntil(until));
         }
         let call = self.peers.notify_status(&host, &target, req.id.clone(), req.status, reason);
-        let answer = match tokio::time::timeout(self.delivery_timeout(), call).await {
+        let answer = match tokio::time::timeout(self.settings.delivery_timeout, call).await {
             Ok(a) => a,
             Err(_) => Err(PeerError::Unreachable { host: host.to_string(), reason: "no answer".into() }),
         };
-        self.blocking(move |node| {
-            match answer {
-                Err(PeerError::Unreachable { reason, .. }) => {
-                    let jitter = u64::from_le_bytes(crate::signer::primitives::random_bytes::<8>());
-                    let policy = node.retry_policy();
-                    let retry = node.store.retry_job(&job, &lease, &reason, node.now(), policy, jitter)?;
-                    node.peer_backoff.failed(&host.to_string(), retry.next_due);
-                }
-                Ok(()) | Err(PeerError::Refused(_)) => {
-                    node.peer_backoff.answered(&host.to_string());
-                    if let Err(e) = &answer {
-                        tracing::warn!(request_id = %req.id, error = %e, "target refused the status notice");
-                    }
-                    node.store.finish_job(&job, &lease, None)?;
-                }
+        match answer {
+            Err(PeerError::Unreachable { reason, .. }) => {
+                Ok(JobOutcome::PeerUnreachable { host: host.to_string(), reason })
             }
-            Ok(())
-        })
-        .await
+            Ok(()) | Err(PeerError::Refused(_)) => {
+                run.peer_answered(&host);
+                if let Err(e) = &answer {
+                    tracing::warn!(request_id = %req.id, error = %e, "target refused the status notice");
+                }
+                Ok(JobOutcome::Done)
+            }
+        }
     }
 
     fn check_receipt(

@@ -5,18 +5,23 @@
 
 use std::sync::Arc;
 
-use super::Node;
+use super::catalog::Catalog;
+use super::context::{Blocking, Context};
+use crate::clock::Clock;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::bundle::WrappingAlgorithm;
 use crate::domain::byok::{ImportKey, import_ttl};
+use crate::domain::ids::SysId;
 use crate::domain::ids::{ImportToken, KeyId, Name, UnixMillis};
 use crate::domain::key::{KeyRecord, export_refusal, plan_import};
 use crate::domain::policy::Operation;
 use crate::error::AppResult;
+use crate::signer::Signer;
 use crate::signer::byok::{OpenError, check_imported, open_import, public_pem, recipient, wrap_for};
 use crate::signer::primitives::random_bytes;
+use crate::store::Store;
 use crate::store::StoreError;
 
 /// Expired import keys deleted per `GetImportParameters` (the rest by the next ones).
@@ -46,7 +51,32 @@ fn event(at: UnixMillis, actor: &str, action: &str, subject: impl ToString, outc
     AuditEvent::new(at, actor, action, subject.to_string(), outcome)
 }
 
-impl Node {
+/// BYOK: keys brought from outside (import) and keys handed out (export).
+pub struct Byok {
+    sys_id: SysId,
+    store: Arc<Store>,
+    signer: Arc<dyn Signer>,
+    clock: Arc<dyn Clock>,
+    catalog: Arc<Catalog>,
+}
+
+impl Byok {
+    pub fn new(ctx: &Context, catalog: Arc<Catalog>) -> Self {
+        Byok {
+            sys_id: ctx.sys_id.clone(),
+            store: Arc::clone(&ctx.store),
+            signer: Arc::clone(&ctx.signer),
+            clock: Arc::clone(&ctx.clock),
+            catalog,
+        }
+    }
+
+    fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
+}
+
+impl Byok {
     /// A new import key for `spec`, valid `ttl_ms` (None: 24 h). The signer
     /// keys of expired import keys are destroyed first, then their rows
     /// deleted in the transaction that stores the new one.
@@ -58,15 +88,15 @@ impl Node {
     ) -> AppResult<ImportParameters> {
         let ttl = import_ttl(ttl_ms)?;
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let spec = node.spec_or_not_found(&spec)?;
-            let now = node.now();
+        self.blocking(move |this| {
+            let spec = this.catalog.spec_or_not_found(&spec)?;
+            let now = this.now();
             // Expired rows can no longer be used: their signer keys are destroyed
             // first, and only the rows whose key is gone are deleted (the others
             // are tried again by the next sweep).
-            let mut expired = node.store.expired_import_keys(now, SWEEP_LIMIT)?;
-            expired.retain(|e| node.destroy_import_key(e));
-            let transport = node.signer.create_transport_key()?;
+            let mut expired = this.store.expired_import_keys(now, SWEEP_LIMIT)?;
+            expired.retain(|e| this.destroy_import_key(e));
+            let transport = this.signer.create_transport_key()?;
             let import = ImportKey {
                 token: ImportToken::from_random(random_bytes::<16>()),
                 spec: spec.name.clone(),
@@ -92,8 +122,8 @@ impl Node {
                 );
             }
             let tokens: Vec<ImportToken> = expired.iter().map(|e| e.token.clone()).collect();
-            if let Err(e) = node.store.insert_import_key(&import, &tokens, &audit) {
-                node.destroy_import_key(&import);
+            if let Err(e) = this.store.insert_import_key(&import, &tokens, &audit) {
+                this.destroy_import_key(&import);
                 return Err(e.into());
             }
             tracing::info!(import_token = %import.token, spec = %spec.name, swept = expired.len(), "import parameters made");
@@ -135,22 +165,22 @@ impl Node {
         wrapped: Vec<u8>,
     ) -> AppResult<KeyRecord> {
         let actor = caller.actor();
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             let import =
-                node.store.import_key(&token)?.ok_or_else(|| DomainError::not_found("import token", &token))?;
-            let now = node.now();
+                this.store.import_key(&token)?.ok_or_else(|| DomainError::not_found("import token", &token))?;
+            let now = this.now();
             import.check_use(&spec, now)?;
-            let spec = node.spec_or_not_found(&spec)?;
-            let material = match open_import(node.signer.as_ref(), &import.handle, import.wrapping, &wrapped) {
+            let spec = this.catalog.spec_or_not_found(&spec)?;
+            let material = match open_import(this.signer.as_ref(), &import.handle, import.wrapping, &wrapped) {
                 Ok(m) => m,
                 Err(OpenError::Malformed(why)) => return Err(DomainError::invalid("wrapped_key", why).into()),
                 Err(OpenError::Signer(e)) => return Err(e.into()),
             };
             check_imported(spec.material(), &material).map_err(|why| DomainError::invalid("wrapped_key", why))?;
-            let wrapped_key = node.signer.wrap(&material)?;
+            let wrapped_key = this.signer.wrap(&material)?;
             drop(material);
             let plan = |existing: &[KeyRecord]| {
-                let new = plan_import(&node.sys_id, &spec.name, existing, &spec.lifecycle, now);
+                let new = plan_import(&this.sys_id, &spec.name, existing, &spec.lifecycle, now);
                 let audit = event(now, &actor, "key.import", &new.id, Outcome::Success).with_details(format!(
                     "state {}; import token {}; spec {}",
                     new.state.label(),
@@ -159,7 +189,7 @@ impl Node {
                 ));
                 (new, vec![audit])
             };
-            let new = match node.store.use_import_key(&token, now, &spec.name, &wrapped_key, plan) {
+            let new = match this.store.use_import_key(&token, now, &spec.name, &wrapped_key, plan) {
                 Ok(new) => new,
                 Err(StoreError::Stale { .. }) => {
                     return Err(
@@ -173,8 +203,8 @@ impl Node {
             };
             // The used row kept the handle: erased once the signer's key is gone,
             // else the expiry sweep destroys it again.
-            if node.destroy_import_key(&import) {
-                node.store.erase_import_handle(&token, &import.handle)?;
+            if this.destroy_import_key(&import) {
+                this.store.erase_import_handle(&token, &import.handle)?;
             }
             tracing::info!(key_id = %new.id, state = new.state.label(), "key imported (BYOK)");
             Ok(new)
@@ -193,32 +223,32 @@ impl Node {
         public_key_pem: String,
     ) -> AppResult<ExportedKey> {
         let caller = caller.clone();
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             let actor = caller.actor();
-            let (rec, wrapped) = node.store.key(&key)?.ok_or_else(|| DomainError::not_found("key", &key))?;
-            let spec = node.spec_or_not_found(&key.spec)?;
+            let (rec, wrapped) = this.store.key(&key)?.ok_or_else(|| DomainError::not_found("key", &key))?;
+            let spec = this.catalog.spec_or_not_found(&key.spec)?;
             let refusal = if spec.exportable {
                 export_refusal(&rec)
             } else {
                 Some(format!("spec {} is not exportable (set at its creation)", spec.name))
             };
             if let Some(why) = refusal {
-                node.audit_export_refusal(&actor, &key, &why);
+                this.audit_export_refusal(&actor, &key, &why);
                 return Err(DomainError::FailedPrecondition(why).into());
             }
-            node.check_access(&caller, &spec, Operation::Export, false)?;
+            this.catalog.check_access(&caller, &spec, Operation::Export, false)?;
             let to = recipient(&public_key_pem).map_err(|why| DomainError::invalid("public_key_pem", why))?;
             let fingerprint = hex::encode(to.spki_sha256);
-            let material = node.signer.unwrap(&wrapped)?;
+            let material = this.signer.unwrap(&wrapped)?;
             let blob = wrap_for(&to, &material)?;
             drop(material);
-            let audit = event(node.now(), &actor, "key.export", &key, Outcome::Success).with_details(format!(
+            let audit = event(this.now(), &actor, "key.export", &key, Outcome::Success).with_details(format!(
                 "spec {}, state {}, to RSA-{} public key sha256 {fingerprint}",
                 spec.name,
                 rec.state.label(),
                 to.bits
             ));
-            node.store.append_audit(&[audit])?;
+            this.store.append_audit(&[audit])?;
             tracing::info!(key_id = %key, public_key_sha256 = %fingerprint, "key exported");
             Ok(ExportedKey { key_id: key, spec: spec.name, wrapped: blob, public_key_sha256: fingerprint })
         })

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::Node;
+use super::Crypto;
 use crate::domain::DomainError;
 use crate::domain::auth::Caller;
 use crate::domain::ciphertext;
@@ -29,7 +29,7 @@ use crate::signer::schemes::LoadedKey;
 type Decision = Result<(), DomainError>;
 
 pub(super) struct Session<'a> {
-    node: &'a Node,
+    crypto: &'a Crypto,
     caller: &'a Caller,
     /// On an async worker: only the hot cache may answer; anything that
     /// needs the store or the signer (a miss, an RSA key, a refusal to
@@ -86,11 +86,16 @@ fn parse(content: &[u8], op: Operation) -> Result<(KeyId, &[u8], &[u8]), DomainE
     })
 }
 
-fn cached_spec<'m>(node: &Node, inline: bool, specs: &'m mut HashMap<Name, Spec>, name: &Name) -> AppResult<&'m Spec> {
+fn cached_spec<'m>(
+    crypto: &Crypto,
+    inline: bool,
+    specs: &'m mut HashMap<Name, Spec>,
+    name: &Name,
+) -> AppResult<&'m Spec> {
     if !specs.contains_key(name) {
         let spec = match inline {
-            true => node.hot.spec(node.store.changes().specs(), name).ok_or(AppError::WouldBlock)?,
-            false => node.spec_or_not_found(name)?,
+            true => crypto.catalog.cached_spec(name).ok_or(AppError::WouldBlock)?,
+            false => crypto.catalog.spec_or_not_found(name)?,
         };
         specs.insert(name.clone(), spec);
     }
@@ -99,19 +104,19 @@ fn cached_spec<'m>(node: &Node, inline: bool, specs: &'m mut HashMap<Name, Spec>
 
 impl<'a> Session<'a> {
     /// A session on the blocking pool: may read the store and use the signer.
-    pub fn new(node: &'a Node, caller: &'a Caller) -> Self {
-        Self::with_mode(node, caller, false)
+    pub fn new(crypto: &'a Crypto, caller: &'a Caller) -> Self {
+        Self::with_mode(crypto, caller, false)
     }
 
     /// A session on an async worker: answers from the hot cache or gives up
     /// with `WouldBlock`.
-    pub fn inline(node: &'a Node, caller: &'a Caller) -> Self {
-        Self::with_mode(node, caller, true)
+    pub fn inline(crypto: &'a Crypto, caller: &'a Caller) -> Self {
+        Self::with_mode(crypto, caller, true)
     }
 
-    fn with_mode(node: &'a Node, caller: &'a Caller, inline: bool) -> Self {
+    fn with_mode(crypto: &'a Crypto, caller: &'a Caller, inline: bool) -> Self {
         Session {
-            node,
+            crypto,
             caller,
             inline,
             specs: HashMap::new(),
@@ -124,7 +129,7 @@ impl<'a> Session<'a> {
 
     /// The spec, read once per call.
     pub fn spec(&mut self, name: &Name) -> AppResult<&Spec> {
-        cached_spec(self.node, self.inline, &mut self.specs, name)
+        cached_spec(self.crypto, self.inline, &mut self.specs, name)
     }
 
     /// The spec exists (NOT_FOUND), serves `op` (INVALID_ARGUMENT) and the
@@ -133,8 +138,8 @@ impl<'a> Session<'a> {
         if let Some((_, r)) = self.access.get(spec).and_then(|ops| ops.iter().find(|(o, _)| *o == op)) {
             return r.clone().map_err(Into::into);
         }
-        let (node, inline) = (self.node, self.inline);
-        let checked = cached_spec(node, inline, &mut self.specs, spec).and_then(|s| {
+        let (crypto, inline) = (self.crypto, self.inline);
+        let checked = cached_spec(crypto, inline, &mut self.specs, spec).and_then(|s| {
             // RSA private-key operations take milliseconds: never on a worker.
             let rsa =
                 matches!(s.scheme(), Scheme::RsaOaep { .. } | Scheme::RsaAesKeyWrap { .. } | Scheme::RsaPss { .. });
@@ -142,7 +147,7 @@ impl<'a> Session<'a> {
                 return Err(AppError::WouldBlock);
             }
             s.check_operation(op)?;
-            node.check_access(self.caller, s, op, inline)
+            crypto.catalog.check_access(self.caller, s, op, inline)
         });
         let r = match checked {
             Ok(()) => Ok(()),
@@ -154,21 +159,21 @@ impl<'a> Session<'a> {
 
     fn load(&mut self, id: &KeyId, wrapped: &crate::domain::key::WrappedKey) -> AppResult<Arc<LoadedKey>> {
         let scheme = self.spec(&id.spec)?.scheme();
-        Ok(Arc::new(LoadedKey::load(scheme, self.node.signer.unwrap(wrapped)?)?))
+        Ok(Arc::new(LoadedKey::load(scheme, self.crypto.signer.unwrap(wrapped)?)?))
     }
 
     pub fn active_key(&mut self, spec: &Name) -> AppResult<(KeyId, Arc<LoadedKey>)> {
         if let Some(r) = self.active.get(spec) {
             return r.clone().map_err(Into::into);
         }
-        let g = self.node.store.changes().keys_of(spec);
-        let r = match self.node.hot.current(g, spec) {
+        let g = self.crypto.store.changes().keys_of(spec);
+        let r = match self.crypto.hot.current(g, spec) {
             Some(hit) => Ok(hit),
             None if self.inline => return Err(AppError::WouldBlock),
-            None => match self.node.store.find_key(spec, |k| k.state.can_encrypt())? {
+            None => match self.crypto.store.find_key(spec, |k| k.state.can_encrypt())? {
                 Some((k, wrapped)) => {
                     let hit = (k.id.clone(), self.load(&k.id, &wrapped)?);
-                    self.node.hot.put_current(g, spec.clone(), hit.clone());
+                    self.crypto.hot.put_current(g, spec.clone(), hit.clone());
                     Ok(hit)
                 }
                 None => Err(DomainError::FailedPrecondition(format!("spec {spec} has no Active key"))),
@@ -182,14 +187,14 @@ impl<'a> Session<'a> {
         if let Some(r) = self.keys.get(id) {
             return r.clone().map_err(Into::into);
         }
-        let g = self.node.store.changes().keys_of(&id.spec);
-        if let Some(hit) = self.node.hot.key(g, id) {
+        let g = self.crypto.store.changes().keys_of(&id.spec);
+        if let Some(hit) = self.crypto.hot.key(g, id) {
             return Ok(hit);
         }
         if self.inline {
             return Err(AppError::WouldBlock);
         }
-        let r = match self.node.store.key(id)? {
+        let r = match self.crypto.store.key(id)? {
             None => Err(DomainError::not_found("key", format!("{id} (not on this instance)"))),
             Some((k, _)) if !k.state.can_decrypt() => Err(DomainError::FailedPrecondition(format!(
                 "key {id} is {} and cannot decrypt, verify or unwrap",
@@ -197,7 +202,7 @@ impl<'a> Session<'a> {
             ))),
             Some((_, wrapped)) => {
                 let key = self.load(id, &wrapped)?;
-                self.node.hot.put_key(g, id.clone(), key.clone());
+                self.crypto.hot.put_key(g, id.clone(), key.clone());
                 Ok(key)
             }
         };

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::Node;
+use super::Clones;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::clone::{CloneGrant, CloneTarget, GrantBasis, RECORDS_PER_PART, SnapshotPart};
 use crate::domain::ids::{Host, Name, SysId};
 use crate::error::{AppError, AppResult};
+use crate::node::context::Blocking;
 use crate::signer::primitives::random_bytes;
 
 /// Parts waiting for the network at most (about 1.5 MB of 256-byte records).
@@ -21,7 +22,7 @@ const PARTS_IN_FLIGHT: usize = 4;
 
 pub type SnapshotParts = mpsc::Receiver<AppResult<SnapshotPart>>;
 
-impl Node {
+impl Clones {
     pub async fn add_clone_target(
         self: &Arc<Self>,
         caller: &Caller,
@@ -32,12 +33,12 @@ impl Node {
             return Err(DomainError::invalid("sys_id", "an instance cannot be its own clone target").into());
         }
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let target = CloneTarget { sys_id, host, added_at: node.now(), added_by: actor.clone() };
+        self.blocking(move |this| {
+            let target = CloneTarget { sys_id, host, added_at: this.now(), added_by: actor.clone() };
             let audit =
                 AuditEvent::new(target.added_at, actor, "clone.target.add", target.sys_id.as_str(), Outcome::Success)
                     .with_details(format!("host {}", target.host));
-            node.store.put_clone_target(&target, &[audit])?;
+            this.store.put_clone_target(&target, &[audit])?;
             Ok(target)
         })
         .await
@@ -47,10 +48,10 @@ impl Node {
     /// registered clone targets, then the targets of configurations not used
     /// up that are not registered (as their configuration names them).
     pub async fn clone_targets(self: &Arc<Self>) -> AppResult<Vec<(CloneTarget, GrantBasis)>> {
-        self.blocking(|node| {
+        self.blocking(|this| {
             let mut out: Vec<_> =
-                node.store.clone_targets()?.into_iter().map(|t| (t, GrantBasis::Registered)).collect();
-            for cfg in node.store.clone_exchanges()? {
+                this.store.clone_targets()?.into_iter().map(|t| (t, GrantBasis::Registered)).collect();
+            for cfg in this.store.clone_exchanges()? {
                 if cfg.used.is_none() && !out.iter().any(|(t, _)| t.sys_id == cfg.target.sys_id) {
                     let t = CloneTarget {
                         sys_id: cfg.target.sys_id,
@@ -68,9 +69,9 @@ impl Node {
 
     pub async fn remove_clone_target(self: &Arc<Self>, caller: &Caller, sys_id: SysId) -> AppResult<()> {
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let audit = AuditEvent::new(node.now(), actor, "clone.target.remove", sys_id.as_str(), Outcome::Success);
-            match node.store.remove_clone_target(&sys_id, &[audit])? {
+        self.blocking(move |this| {
+            let audit = AuditEvent::new(this.now(), actor, "clone.target.remove", sys_id.as_str(), Outcome::Success);
+            match this.store.remove_clone_target(&sys_id, &[audit])? {
                 true => Ok(()),
                 false => Err(DomainError::not_found("clone target", sys_id.as_str()).into()),
             }
@@ -85,27 +86,27 @@ impl Node {
     pub async fn serve_snapshot(self: &Arc<Self>, caller: SysId) -> AppResult<SnapshotParts> {
         let who = caller.clone();
         let basis = self
-            .blocking(move |node| {
-                if let Some(basis) = node.clone_authorisation(&who)? {
+            .blocking(move |this| {
+                if let Some(basis) = this.clone_authorisation(&who)? {
                     return Ok(basis);
                 }
-                let used = node.store.clone_exchange(&who)?.is_some_and(|c| c.used.is_some());
+                let used = this.store.clone_exchange(&who)?.is_some_and(|c| c.used.is_some());
                 let reason = match used {
                     true => format!("instance {who} is not a clone target of this instance (its One Time Clone configuration is used up)"),
                     false => format!("instance {who} is not a clone target of this instance"),
                 };
                 let audit =
-                    AuditEvent::new(node.now(), format!("instance:{who}"), "clone.refused", who.as_str(), Outcome::Refused)
+                    AuditEvent::new(this.now(), format!("instance:{who}"), "clone.refused", who.as_str(), Outcome::Refused)
                         .with_details(reason.clone());
-                node.store.append_audit(&[audit])?;
+                this.store.append_audit(&[audit])?;
                 tracing::warn!(target_instance = %who, %reason, "clone refused");
                 Err(DomainError::PermissionDenied(format!("{reason}; register it there with `kmfctl clone target add` or configure a One Time / Recurring Clone for it"))
                     .into())
             })
             .await?;
         let (tx, rx) = mpsc::channel(PARTS_IN_FLIGHT);
-        let node = Arc::clone(self);
-        tokio::task::spawn_blocking(move || node.stream_snapshot(&caller, basis, &tx));
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.stream_snapshot(&caller, basis, &tx));
         Ok(rx)
     }
 
@@ -124,7 +125,7 @@ impl Node {
         let plan = cfg.as_ref().and_then(|c| c.plan());
         let configured: Option<Vec<Name>> = cfg.filter(|c| c.used.is_none()).map(|c| c.specs);
         let grant_id = hex::encode(random_bytes::<16>());
-        let (taken_at, lifetime) = (self.now(), self.clone_grant_millis());
+        let (taken_at, lifetime) = (self.now(), crate::node::context::millis(self.settings.clone_grant_lifetime));
         let (mut sent, mut specs, mut granted) = (0u64, Vec::new(), None::<usize>);
         let mut emit = |part: SnapshotPart| {
             match &part {

@@ -1,11 +1,24 @@
-//! Reading and checking the audit log, and auditing refused calls.
+//! The audit service: reading and checking the audit log, and auditing
+//! refused calls and access refusals, coalesced (`refusals.rs`). `access.rs`
+//! is who is calling: the caller a certificate names and whether the TLS
+//! configuration in use refuses it.
 
-use std::sync::Arc;
+mod access;
+mod refusals;
 
-use super::Node;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::context::{Blocking, Context};
+use crate::clock::Clock;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEntry, BrokenLink, ChainVerifier};
+use crate::domain::refusals::{CallRefusal, RefusalWindows};
 use crate::error::AppResult;
+use crate::store::Store;
+pub use access::Access;
 
 /// Filters for listing entries.
 #[derive(Clone, Debug, Default)]
@@ -28,20 +41,60 @@ impl AuditFilter {
 /// Entries read per store call while scanning.
 const PAGE: usize = 1000;
 
-impl Node {
+pub struct Audit {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    /// Open windows of coalesced access refusals.
+    refusals: Mutex<RefusalWindows>,
+    /// Open windows of coalesced refused calls (role, certificate).
+    call_refusals: Mutex<RefusalWindows<CallRefusal>>,
+}
+
+/// How often closed refusal windows are written when nothing else writes them.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+impl Audit {
+    pub fn new(ctx: &Context) -> Self {
+        Audit {
+            store: Arc::clone(&ctx.store),
+            clock: Arc::clone(&ctx.clock),
+            refusals: Mutex::default(),
+            call_refusals: Mutex::default(),
+        }
+    }
+
+    fn now(&self) -> crate::domain::ids::UnixMillis {
+        self.clock.now()
+    }
+
+    /// Writes the repeat counts of closed refusal windows every
+    /// `min(FLUSH_EVERY, every)` until `cancel`.
+    pub async fn flush_closed_refusals(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let every = every.clamp(Duration::from_millis(1), FLUSH_EVERY);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if self.refusals_to_flush() {
+                self.flush_refusals(false).await;
+            }
+        }
+    }
+
     /// Records a refused call (the caller's identity, the method, the
-    /// reason), coalesced with its repeats (`node::refusals`).
+    /// reason), coalesced with its repeats (`refusals.rs`).
     pub async fn audit_refusal(self: &Arc<Self>, actor: String, method: String, reason: String) {
         self.audit_call_refusal(actor, method.clone(), method, reason).await;
     }
 
     /// Matching entries after `filter.after_seq`; also returns where to continue (0 at the end).
     pub async fn audit_entries(self: &Arc<Self>, filter: AuditFilter) -> AppResult<(Vec<AuditEntry>, u64)> {
-        self.blocking(move |node| {
+        self.blocking(move |audit| {
             let mut out = Vec::new();
             let mut after = filter.after_seq;
             loop {
-                let page = node.store.audit_rows(after, PAGE)?;
+                let page = audit.store.audit_rows(after, PAGE)?;
                 let Some((last, _)) = page.last() else { return Ok((out, 0)) };
                 after = *last;
                 for (seq, bytes) in page {
@@ -64,10 +117,10 @@ impl Node {
 
     /// Verifies the whole chain: how many entries, or the first broken link.
     pub async fn verify_audit(self: &Arc<Self>) -> AppResult<Result<u64, BrokenLink>> {
-        self.blocking(|node| {
+        self.blocking(|audit| {
             let mut verifier = ChainVerifier::default();
             loop {
-                let page = node.store.audit_rows(verifier.verified(), PAGE)?;
+                let page = audit.store.audit_rows(verifier.verified(), PAGE)?;
                 if page.is_empty() {
                     return Ok(Ok(verifier.verified()));
                 }

@@ -11,24 +11,25 @@ use std::sync::Arc;
 
 use tokio_stream::StreamExt;
 
-use super::Node;
-use super::exchange_target::PlannedRequest;
-use super::jobs::millis;
+use super::Clones;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::clone::{CloneRun, CloneState, FollowUp, SnapshotCatalog, SnapshotOrder, SnapshotPart};
 use crate::domain::exchange::{Frequency, PeerRef, RequestStatus, validate_expiry};
-use crate::domain::ids::{CloneId, Host, Name, RequestId, SysId, UnixMillis};
+use crate::domain::ids::{CloneId, Host, Name, RequestId, SysId};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
+use crate::node::context::Blocking;
+use crate::node::exchange::PlannedRequest;
+use crate::node::jobs::{JobOutcome, JobRun};
 use crate::signer::primitives::{random_bytes, sha256};
 use crate::store::{CloneSwap, StoreError, clone_job_id};
 
 /// Staging rows deleted per transaction when clearing.
 const CLEAR_BATCH: usize = 10_000;
 
-impl Node {
+impl Clones {
     pub async fn start_clone(
         self: &Arc<Self>,
         caller: &Caller,
@@ -40,13 +41,13 @@ impl Node {
         }
         let actor = caller.actor();
         let run = self
-            .blocking(move |node| {
-                let now = node.now();
+            .blocking(move |this| {
+                let now = this.now();
                 let id = CloneId::from_random(random_bytes::<16>());
                 let run = CloneRun::started(id.clone(), source, source_host, now);
                 let audit = AuditEvent::new(now, actor, "clone.start", id.as_str(), Outcome::Success)
                     .with_details(format!("from {} at {}", run.source, run.source_host));
-                node.store.start_clone(&run, &Job::new(clone_job_id(&id), now, now), &[audit]).map_err(
+                this.store.start_clone(&run, &Job::new(clone_job_id(&id), now, now), &[audit]).map_err(
                     |e| match e {
                         StoreError::AlreadyExists { id, .. } => DomainError::FailedPrecondition(format!(
                             "clone {id} is still running; wait for it to finish"
@@ -58,28 +59,24 @@ impl Node {
                 Ok(run)
             })
             .await?;
-        self.jobs.wake();
+        self.signals.wake();
         Ok(run)
     }
 
     pub async fn clone_run(self: &Arc<Self>, id: CloneId) -> AppResult<CloneRun> {
-        self.blocking(move |node| {
-            node.store.clone_run(&id)?.ok_or_else(|| DomainError::not_found("clone", id.as_str()).into())
+        self.blocking(move |this| {
+            this.store.clone_run(&id)?.ok_or_else(|| DomainError::not_found("clone", id.as_str()).into())
         })
         .await
     }
 
     pub async fn clone_runs(self: &Arc<Self>) -> AppResult<Vec<CloneRun>> {
-        self.blocking(|node| Ok(node.store.clone_runs()?)).await
-    }
-
-    /// Until when a long job's lease is renewed by each of its steps.
-    pub(super) fn lease_until(&self) -> UnixMillis {
-        self.now().plus_millis(millis(self.job_settings.lease))
+        self.blocking(|this| Ok(this.store.clone_runs()?)).await
     }
 
     /// The clone job.
-    pub(super) async fn run_clone(self: &Arc<Self>, job: &Job, lease: Lease) -> AppResult<()> {
+    pub(super) async fn run_clone(self: &Arc<Self>, job_run: &JobRun) -> AppResult<JobOutcome> {
+        let (job, lease) = (&job_run.job, job_run.lease.clone());
         let id = CloneId::parse(&job.id.subject)?;
         let run = self.clone_run(id.clone()).await?;
         if run.state == CloneState::Running {
@@ -87,27 +84,27 @@ impl Node {
                 Ok(()) => {}
                 Err(AppError::Peer(PeerError::Refused(reason))) => {
                     let error = format!("the source refused: {reason}");
-                    return self.give_up_clone(&id, &lease, error).await;
+                    self.give_up_clone(&id, &lease, error).await?;
+                    return Ok(JobOutcome::Settled);
                 }
                 Err(e) => {
                     let (id2, error) = (id.clone(), e.to_string());
-                    let _ = self.blocking(move |node| Ok(node.store.note_clone_error(&id2, &error, node.now())?)).await;
+                    let _ = self.blocking(move |this| Ok(this.store.note_clone_error(&id2, &error, this.now())?)).await;
                     return Err(e);
                 }
             }
         }
         self.clear_staging(&id, &lease).await?;
-        let job_id = job.id.clone();
-        self.blocking(move |node| Ok(node.store.finish_job(&job_id, &lease, None)?)).await
+        Ok(JobOutcome::Done)
     }
 
     async fn give_up_clone(self: &Arc<Self>, id: &CloneId, lease: &Lease, error: String) -> AppResult<()> {
         tracing::warn!(clone = %id, %error, "clone failed");
         let (id, lease) = (id.clone(), lease.clone());
-        self.blocking(move |node| {
-            let now = node.now();
+        self.blocking(move |this| {
+            let now = this.now();
             let audit = AuditEvent::new(now, "system", "clone.fail", id.as_str(), Outcome::Failed).with_details(&error);
-            Ok(node.store.fail_clone(&id, &lease, &error, now, &[audit])?)
+            Ok(this.store.fail_clone(&id, &lease, &error, now, &[audit])?)
         })
         .await
     }
@@ -116,7 +113,7 @@ impl Node {
         loop {
             let (id, lease) = (id.clone(), lease.clone());
             let cleared = self
-                .blocking(move |node| Ok(node.store.clear_staging(&id, &lease, node.lease_until(), CLEAR_BATCH)?))
+                .blocking(move |this| Ok(this.store.clear_staging(&id, &lease, this.lease_until(), CLEAR_BATCH)?))
                 .await?;
             if cleared < CLEAR_BATCH {
                 return Ok(());
@@ -142,8 +139,8 @@ impl Node {
                         return Err(PeerError::Refused(DomainError::malformed("snapshot", why)).into());
                     }
                     plan = h.exchange.clone();
-                    self.blocking(move |node| {
-                        Ok(node.store.begin_clone_copy(&id, &lease, node.lease_until(), h.records, node.now())?)
+                    self.blocking(move |this| {
+                        Ok(this.store.begin_clone_copy(&id, &lease, this.lease_until(), h.records, this.now())?)
                     })
                     .await?;
                 }
@@ -152,10 +149,10 @@ impl Node {
                     if let Some(previous) = writing.take() {
                         joined(previous).await?;
                     }
-                    let node = Arc::clone(self);
+                    let this = Arc::clone(self);
                     writing = Some(tokio::spawn(async move {
-                        node.blocking(move |node| {
-                            node.store.stage_clone_records(&id, &lease, node.lease_until(), &records, node.now())?;
+                        this.blocking(move |this| {
+                            this.store.stage_clone_records(&id, &lease, this.lease_until(), &records, this.now())?;
                             Ok(())
                         })
                         .await
@@ -180,8 +177,8 @@ impl Node {
         let (id, lease, source) = (run.id.clone(), lease.clone(), run.source.clone());
         let exchanges = FollowUp::after(&catalog, plan, grant);
         let done = self
-            .blocking(move |node| {
-                let now = node.now();
+            .blocking(move |this| {
+                let now = this.now();
                 // The exchanges are committed with the swap, so they happen exactly when the swap did.
                 let follow_up =
                     exchanges.is_some().then(|| Job::new(JobId::new(JobKind::AutoExchange, id.as_str()), now, now));
@@ -205,13 +202,13 @@ impl Node {
                     follow_up: follow_up.as_ref(),
                     exchanges: exchanges.as_ref(),
                     now,
-                    lease_until: node.lease_until(),
+                    lease_until: this.lease_until(),
                 };
-                Ok(node.store.swap_in_clone(&id, &lease, &swap, &[audit])?)
+                Ok(this.store.swap_in_clone(&id, &lease, &swap, &[audit])?)
             })
             .await?;
         tracing::info!(clone = %done.id, records = done.records_copied, rate = done.rate(), "clone swapped in");
-        self.jobs.wake();
+        self.signals.wake();
         Ok(())
     }
 
@@ -222,7 +219,8 @@ impl Node {
     /// clone grant approves). Request ids derive from the clone's, so running
     /// this twice opens each request once: a pending one is opened again
     /// (the source answers a repeat with what it has), a failed one retried.
-    pub(super) async fn run_auto_exchange(self: &Arc<Self>, job: &Job, lease: Lease) -> AppResult<()> {
+    pub(super) async fn run_auto_exchange(self: &Arc<Self>, run: &JobRun) -> AppResult<JobOutcome> {
+        let job = &run.job;
         let clone_id = CloneId::parse(&job.id.subject)?;
         let run = self.clone_run(clone_id.clone()).await?;
         // A run recorded before configured exchanges existed had this job only for the automatic exchange.
@@ -238,15 +236,14 @@ impl Node {
             let id = RequestId::parse(clone_id.as_str())?;
             let f = follow_up.clone();
             let specs = self
-                .blocking(move |node| Ok(f.automatic_specs(node.store.specs()?.into_iter().map(|s| s.name))))
+                .blocking(move |this| Ok(f.automatic_specs(this.store.specs()?.into_iter().map(|s| s.name))))
                 .await?;
             if !specs.is_empty() {
                 let grant = follow_up.grant.clone();
                 self.request_after_clone(id, Frequency::Automatic, source, specs, false, grant).await?;
             }
         }
-        let id = job.id.clone();
-        self.blocking(move |node| Ok(node.store.finish_job(&id, &lease, None)?)).await
+        Ok(JobOutcome::Done)
     }
 
     /// Opens (or re-opens, or retries) the request `id` for `specs` on the source.
@@ -260,7 +257,7 @@ impl Node {
         clone_grant: Option<String>,
     ) -> AppResult<()> {
         let rid = id.clone();
-        let existing = self.blocking(move |node| Ok(node.store.request(&rid)?.map(|v| v.value))).await?;
+        let existing = self.blocking(move |this| Ok(this.store.request(&rid)?.map(|v| v.value))).await?;
         match existing {
             None => {
                 let planned = PlannedRequest {
@@ -273,18 +270,18 @@ impl Node {
                     rekey,
                     clone_grant,
                 };
-                let (req, public_key) = self.blocking(move |node| node.insert_target_request(planned)).await?;
+                let (req, public_key) = self.blocking(move |this| this.exchange.insert_target_request(planned)).await?;
                 tracing::info!(request_id = %req.id, source = %req.source.sys_id, frequency = frequency.label(), "exchange requested after the clone");
-                self.open_on_source(req, public_key).await.map(|_| ())
+                self.exchange.open_on_source(req, public_key).await.map(|_| ())
             }
             Some(req) if req.status == RequestStatus::Pending => {
                 let public_key = req.transport_public_key.clone();
-                self.open_on_source(req, public_key).await.map(|_| ())
+                self.exchange.open_on_source(req, public_key).await.map(|_| ())
             }
             Some(req)
                 if matches!(req.status, RequestStatus::ErrorOnLocalInstance | RequestStatus::ErrorOnRemoteInstance) =>
             {
-                self.retry_on_target("system".into(), req.id).await.map(|_| ())
+                self.exchange.retry_on_target("system".into(), req.id).await.map(|_| ())
             }
             Some(_) => Ok(()),
         }

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::Node;
-use super::crypto::{OpenItem, SealItem};
-use super::crypto_session::Session;
+use super::Crypto;
+use super::operations::{OpenItem, SealItem};
+use super::session::Session;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, MAX_DETAILS_CHARS, Outcome, bounded};
 use crate::domain::auth::Caller;
@@ -24,6 +24,7 @@ use crate::domain::ids::{KeyId, Name};
 use crate::domain::policy::Operation;
 use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::error::{AppError, AppResult};
+use crate::node::context::Blocking;
 
 /// Most records one list page returns, and one PutRecords call stores.
 pub const MAX_PAGE: usize = 1000;
@@ -100,7 +101,7 @@ fn hash_field(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
-impl Node {
+impl Crypto {
     pub async fn put_record(
         self: &Arc<Self>,
         caller: &Caller,
@@ -125,14 +126,14 @@ impl Node {
         records: Vec<StoredRecord>,
     ) -> AppResult<Vec<StoredRecord>> {
         let caller = caller.clone();
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             let addresses: Vec<RecordAddress> = records.iter().map(|r| r.address.clone()).collect();
             let many = records.len() > 1;
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let current = node.store.record_keys(&addresses)?;
-                let mut session = Session::new(node, &caller);
+                let current = this.store.record_keys(&addresses)?;
+                let mut session = Session::new(this, &caller);
                 for (i, key) in current.iter().enumerate() {
                     if let Some(key) = key {
                         session.allow(&key.spec, Operation::Decrypt).map_err(|e| match many {
@@ -141,8 +142,8 @@ impl Node {
                         })?;
                     }
                 }
-                let event = put_event(&caller, node.now(), &records, &current);
-                match node.store.put_records_checked(&records, &current, &[event]) {
+                let event = put_event(&caller, this.now(), &records, &current);
+                match this.store.put_records_checked(&records, &current, &[event]) {
                     Err(crate::store::StoreError::Stale { .. }) if attempt < CHECKED_WRITE_ATTEMPTS => continue,
                     Err(e) => return Err(e.into()),
                     Ok(()) => return Ok(records),
@@ -192,13 +193,13 @@ impl Node {
         field: Option<Name>,
     ) -> AppResult<RecordDigest> {
         let caller = caller.clone();
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             let mut hasher = Sha256::new();
             let mut count = 0u64;
             let mut after: Option<RecordAddress> = None;
-            let mut session = Session::new(node, &caller);
+            let mut session = Session::new(this, &caller);
             loop {
-                let page = node.store.records(table.as_ref(), field.as_ref(), after.as_ref(), MAX_PAGE)?;
+                let page = this.store.records(table.as_ref(), field.as_ref(), after.as_ref(), MAX_PAGE)?;
                 for rec in &page {
                     let aad = rec.address.associated_data();
                     let (plaintext, _) = session.open(&rec.ciphertext, Operation::Decrypt, &aad).map_err(|e| {
@@ -227,8 +228,8 @@ impl Node {
     ) -> AppResult<(StoredRecord, Vec<u8>)> {
         let a = address.clone();
         let rec = self
-            .blocking(move |node| {
-                node.store.record(&a)?.ok_or_else(|| DomainError::not_found("record", format!("{a:?}")).into())
+            .blocking(move |this| {
+                this.store.record(&a)?.ok_or_else(|| DomainError::not_found("record", format!("{a:?}")).into())
             })
             .await?;
         let item = OpenItem { ciphertext: rec.ciphertext.clone(), aad: address.associated_data() };
@@ -245,27 +246,27 @@ impl Node {
         limit: usize,
     ) -> AppResult<Vec<StoredRecord>> {
         let limit = limit.clamp(1, MAX_PAGE);
-        self.blocking(move |node| Ok(node.store.records(table.as_ref(), field.as_ref(), after.as_ref(), limit)?)).await
+        self.blocking(move |this| Ok(this.store.records(table.as_ref(), field.as_ref(), after.as_ref(), limit)?)).await
     }
 
     /// Deletes a record if the policies of its key grant the caller
     /// `decrypt` (see the module docs), with its `record.delete` entry.
     pub async fn delete_record(self: &Arc<Self>, caller: &Caller, address: RecordAddress) -> AppResult<()> {
         let caller = caller.clone();
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let current = node.store.record_keys(std::slice::from_ref(&address))?.pop().flatten();
+                let current = this.store.record_keys(std::slice::from_ref(&address))?.pop().flatten();
                 let Some(key) = current else {
                     return Err(DomainError::not_found("record", format!("{address:?}")).into());
                 };
-                Session::new(node, &caller).allow(&key.spec, Operation::Decrypt)?;
-                let event = AuditEvent::new(node.now(), caller.actor(), "record.delete", address_name(&address), {
+                Session::new(this, &caller).allow(&key.spec, Operation::Decrypt)?;
+                let event = AuditEvent::new(this.now(), caller.actor(), "record.delete", address_name(&address), {
                     Outcome::Success
                 })
                 .with_details(format!("under {key}"));
-                match node.store.delete_record_checked(&address, &key, &[event]) {
+                match this.store.delete_record_checked(&address, &key, &[event]) {
                     Err(crate::store::StoreError::Stale { .. }) if attempt < CHECKED_WRITE_ATTEMPTS => continue,
                     Err(e) => return Err(e.into()),
                     Ok(()) => return Ok(()),

@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use super::Node;
+use super::Catalog;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::property::{self, Property, PropertyType};
+use crate::node::context::Blocking;
 
 /// A property as read: stored, or its default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,11 +37,11 @@ fn view(name: &str, stored: Option<Property>) -> Option<PropertyView> {
     }
 }
 
-impl Node {
+impl Catalog {
     pub async fn property(self: &Arc<Self>, name: String) -> crate::error::AppResult<PropertyView> {
         property::validate_name(&name)?;
-        self.blocking(move |node| {
-            let stored = node.store.property(&name)?;
+        self.blocking(move |this| {
+            let stored = this.store.property(&name)?;
             view(&name, stored).ok_or_else(|| DomainError::not_found("property", &name).into())
         })
         .await
@@ -58,26 +59,26 @@ impl Node {
         if property::is_system_only(&name) {
             let why = format!("{name} is written by the system only (by the rekey that follows an import)");
             let refusal = why.clone();
-            self.blocking(move |node| {
+            self.blocking(move |this| {
                 let entry =
-                    AuditEvent::new(node.now(), actor, "property.set", &name, Outcome::Refused).with_details(refusal);
-                Ok(node.store.append_audit(&[entry])?)
+                    AuditEvent::new(this.now(), actor, "property.set", &name, Outcome::Refused).with_details(refusal);
+                Ok(this.store.append_audit(&[entry])?)
             })
             .await?;
             return Err(DomainError::PermissionDenied(why).into());
         }
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             let p = Property {
                 name: name.clone(),
                 value: value.clone(),
-                updated_at: node.now(),
+                updated_at: this.now(),
                 updated_by: actor.clone(),
             };
             let audit = |old: Option<&str>| {
                 AuditEvent::new(p.updated_at, actor.clone(), "property.set", &name, Outcome::Success)
                     .with_details(format!("{} -> {value}", old.unwrap_or("(unset)")))
             };
-            node.store.put_property(&p, &audit)?;
+            this.store.put_property(&p, &audit)?;
             view(&name, Some(p)).ok_or_else(|| crate::error::AppError::Internal("property vanished".into()))
         })
         .await
@@ -85,8 +86,8 @@ impl Node {
 
     /// Every stored property, plus the known ones at their defaults.
     pub async fn properties(self: &Arc<Self>) -> crate::error::AppResult<Vec<PropertyView>> {
-        self.blocking(|node| {
-            let stored = node.store.properties()?;
+        self.blocking(|this| {
+            let stored = this.store.properties()?;
             let mut out: Vec<PropertyView> =
                 stored.into_iter().filter_map(|p| view(&p.name.clone(), Some(p))).collect();
             for known in [property::AUTO_KEY_EXCHANGE, property::REKEYED] {

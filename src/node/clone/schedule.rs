@@ -7,15 +7,16 @@
 
 use std::sync::Arc;
 
-use super::Node;
+use super::Clones;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::clone::CloneRun;
 use crate::domain::clone_schedule::{Cadence, CloneSchedule, ScheduledRun};
 use crate::domain::ids::{CloneId, Host, Name, SysId, UnixMillis};
-use crate::domain::job::{Job, Lease};
 use crate::error::AppResult;
+use crate::node::context::Blocking;
+use crate::node::jobs::{JobOutcome, JobRun};
 use crate::signer::primitives::sha256;
 use crate::store::DueRun;
 
@@ -37,7 +38,7 @@ pub fn scheduled_clone_id(schedule: &Name, due: UnixMillis) -> CloneId {
     CloneId::from_random(id)
 }
 
-impl Node {
+impl Clones {
     pub async fn create_clone_schedule(
         self: &Arc<Self>,
         caller: &Caller,
@@ -48,28 +49,28 @@ impl Node {
         }
         let actor = caller.actor();
         let schedule = self
-            .blocking(move |node| {
-                let now = node.now();
+            .blocking(move |this| {
+                let now = this.now();
                 let s = CloneSchedule::new(new.name, new.source, new.source_host, new.cadence, now, actor.clone())?;
                 let audit = AuditEvent::new(now, actor, "clone_schedule.create", s.name.as_str(), Outcome::Success)
                     .with_details(format!("clone {} at {} {}", s.source, s.source_host, s.cadence.describe()));
-                node.store.create_clone_schedule(&s, &[audit])?;
+                this.store.create_clone_schedule(&s, &[audit])?;
                 Ok(s)
             })
             .await?;
-        self.jobs.wake();
+        self.signals.wake();
         Ok(schedule)
     }
 
     pub async fn clone_schedules(self: &Arc<Self>) -> AppResult<Vec<CloneSchedule>> {
-        self.blocking(|node| Ok(node.store.clone_schedules()?)).await
+        self.blocking(|this| Ok(this.store.clone_schedules()?)).await
     }
 
     pub async fn delete_clone_schedule(self: &Arc<Self>, caller: &Caller, name: Name) -> AppResult<CloneSchedule> {
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let audit = AuditEvent::new(node.now(), actor, "clone_schedule.delete", name.as_str(), Outcome::Success);
-            node.store
+        self.blocking(move |this| {
+            let audit = AuditEvent::new(this.now(), actor, "clone_schedule.delete", name.as_str(), Outcome::Success);
+            this.store
                 .delete_clone_schedule(&name, &[audit])?
                 .ok_or_else(|| DomainError::not_found("clone schedule", name.as_str()).into())
         })
@@ -77,31 +78,33 @@ impl Node {
     }
 
     /// The schedule's job: makes the run it was claimed for.
-    pub(super) async fn run_clone_schedule(self: &Arc<Self>, job: &Job, lease: Lease) -> AppResult<()> {
+    pub(super) async fn run_clone_schedule(self: &Arc<Self>, job_run: &JobRun) -> AppResult<JobOutcome> {
+        let (job, lease) = (&job_run.job, job_run.lease.clone());
         let name = Name::parse(&job.id.subject, "schedule")?;
         let due = job.next_due;
         let ran = self
-            .blocking(move |node| {
+            .blocking(move |this| {
                 let actor = format!("system (schedule {name})");
                 let audit = |clone: &CloneRun| {
                     AuditEvent::new(clone.started_at, actor.clone(), "clone.start", clone.id.as_str(), Outcome::Success)
                         .with_details(format!("from {} at {}", clone.source, clone.source_host))
                 };
                 let clone_id = scheduled_clone_id(&name, due);
-                let run = DueRun { schedule: &name, lease: &lease, due, now: node.now(), clone_id, audit: &audit };
-                Ok(node.store.run_clone_schedule(run)?)
+                let run = DueRun { schedule: &name, lease: &lease, due, now: this.now(), clone_id, audit: &audit };
+                Ok(this.store.run_clone_schedule(run)?)
             })
             .await?;
         match ran {
             Some(ScheduledRun::Started(id)) => {
                 tracing::info!(clone = %id, job = %job.id, "scheduled clone started");
-                self.jobs.wake();
+                self.signals.wake();
             }
             Some(ScheduledRun::Skipped(running)) => {
                 tracing::warn!(job = %job.id, running = %running, "scheduled clone skipped: a clone is running");
             }
             None => tracing::info!(job = %job.id, "clone schedule deleted; its job ends"),
         }
-        Ok(())
+        // The run (or the end of a deleted schedule) was one transaction with the job.
+        Ok(JobOutcome::Settled)
     }
 }

@@ -1,18 +1,25 @@
-//! `Instance.Diagnose` and the store gauges of the metrics endpoint. The
+//! The diagnostics service: `Instance.Diagnose`, the periodic self-check
+//! health follows, and the store gauges of the metrics endpoint. The
 //! checks run here; statuses, the roll-up and the certificate rule are pure
 //! (`domain::health`). Peers are dialled through the `PeerProbe` port
 //! (implemented by `rpc::probe`).
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
+use super::cache::CountsCache;
+use super::context::{Blocking, Context};
+use super::ports::{PeerFuture, TlsNow};
+use crate::clock::Clock;
 use crate::domain::health::{
-    Component, CrlFacts, HealthStatus, MAX_PEERS, PEER_WINDOW_MILLIS, certificate_health, crl_health, recent_peers,
+    Component, HealthStatus, MAX_PEERS, PEER_WINDOW_MILLIS, certificate_health, crl_health, recent_peers,
 };
 use crate::domain::ids::{Host, SysId, UnixMillis};
-use crate::node::Node;
-use crate::node::ports::PeerFuture;
-use crate::store::StoreCounts;
+use crate::signer::Signer;
+use crate::store::{Store, StoreCounts};
 
 /// How long one peer may take to answer its health check.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -27,19 +34,6 @@ pub trait PeerProbe: Send + Sync + 'static {
     fn check<'a>(&'a self, host: &'a Host, expected: &'a SysId) -> PeerFuture<'a, ()>;
 }
 
-/// The daemon's TLS configuration of the moment (implemented in
-/// `rpc::probe` over `tls::live::LiveTls`; a reload changes what it answers).
-pub trait TlsNow: Send + Sync + 'static {
-    /// The instance's own certificate (DER) in use.
-    fn certificate_der(&self) -> Vec<u8>;
-    /// The CRL in use, if one is configured.
-    fn crl(&self) -> Option<CrlFacts>;
-    /// Why a call by the client that presented `cert_der` at its handshake
-    /// must be refused at `now`: the CRL in use lists it, or the CRL is past
-    /// its nextUpdate and enforced.
-    fn refusal(&self, cert_der: &[u8], now: UnixMillis) -> Option<String>;
-}
-
 /// What a diagnosis needs beyond store and signer: the TLS configuration
 /// in use (the certificate and CRL checks) and a way to dial peers.
 pub struct DiagnosticsSetup {
@@ -50,7 +44,7 @@ pub struct DiagnosticsSetup {
     pub probe: Arc<dyn PeerProbe>,
 }
 
-/// The result of `Node::diagnose`: the parent component "kmf" (its status is
+/// The result of `Diagnostics::diagnose`: the parent component "kmf" (its status is
 /// the overall status) and when the checks ran.
 #[derive(Clone, Debug)]
 pub struct Diagnosis {
@@ -58,18 +52,53 @@ pub struct Diagnosis {
     pub root: Component,
 }
 
-impl Node {
-    /// Gives the node what `diagnose` needs (the composition root calls this).
-    pub fn with_diagnostics(mut self, setup: DiagnosticsSetup) -> Self {
-        self.diagnostics = Some(setup);
-        self
+pub struct Diagnostics {
+    store: Arc<Store>,
+    signer: Arc<dyn Signer>,
+    clock: Arc<dyn Clock>,
+    /// Without it the certificate and peer checks are Disabled.
+    diagnostics: Option<DiagnosticsSetup>,
+    /// The latest diagnosis (periodic or asked for), for the metrics; a
+    /// cache of this process's own checks.
+    latest_diagnosis: Mutex<Option<Diagnosis>>,
+    hot: CountsCache,
+}
+
+impl Diagnostics {
+    pub fn new(ctx: &Context, setup: Option<DiagnosticsSetup>) -> Self {
+        Diagnostics {
+            store: Arc::clone(&ctx.store),
+            signer: Arc::clone(&ctx.signer),
+            clock: Arc::clone(&ctx.clock),
+            diagnostics: setup,
+            latest_diagnosis: Mutex::default(),
+            hot: CountsCache::default(),
+        }
     }
 
-    /// Why a call by the client that presented `cert_der` must be refused now
-    /// (its certificate revoked since the handshake; see `TlsNow::refusal`).
-    /// None without a TLS configuration (a node built without one).
-    pub fn tls_refusal(&self, cert_der: &[u8]) -> Option<String> {
-        self.diagnostics.as_ref()?.tls.refusal(cert_der, self.now())
+    /// The instance's clock.
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
+
+    /// Diagnoses the instance at once and every `every` after until
+    /// `cancel`, handing each diagnosis to `publish` (health follows it).
+    pub async fn watch<F, Fut>(self: Arc<Self>, every: Duration, cancel: CancellationToken, publish: F)
+    where
+        F: Fn(Diagnosis) -> Fut + Send,
+        Fut: Future<Output = ()> + Send,
+    {
+        // A zero period would panic the interval; 1 ms is as good as asking for it.
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let diagnosis = self.diagnose_and_record().await;
+            publish(diagnosis).await;
+        }
     }
 
     /// Runs every check: signer, store, certificate, recent peers, CRL.
@@ -129,13 +158,13 @@ impl Node {
     /// Counts for the metrics gauges.
     /// Counted once per committed write: scrapes between writes reuse them.
     pub async fn store_counts(self: &Arc<Self>) -> crate::error::AppResult<StoreCounts> {
-        self.blocking(|node| {
-            let g = node.store.changes().writes();
-            if let Some(counts) = node.hot.counts(g) {
+        self.blocking(|this| {
+            let g = this.store.changes().writes();
+            if let Some(counts) = this.hot.counts(g) {
                 return Ok(counts);
             }
-            let counts = node.store.counts()?;
-            node.hot.put_counts(g, counts.clone());
+            let counts = this.store.counts()?;
+            this.hot.put_counts(g, counts.clone());
             Ok(counts)
         })
         .await
@@ -145,10 +174,10 @@ impl Node {
     async fn check_signer(self: &Arc<Self>) -> Component {
         let kind = self.signer.kind();
         let outcome = self
-            .blocking(|node| {
+            .blocking(|this| {
                 let key = crate::signer::primitives::random_key(32);
-                let wrapped = node.signer.wrap(&key)?;
-                let back = node.signer.unwrap(&wrapped)?;
+                let wrapped = this.signer.wrap(&key)?;
+                let back = this.signer.unwrap(&wrapped)?;
                 Ok(back.expose() == key.expose())
             })
             .await;
@@ -167,7 +196,7 @@ impl Node {
 
     /// The database answers a read and takes a small write.
     async fn check_store(self: &Arc<Self>, now: UnixMillis) -> Component {
-        match self.blocking(move |node| Ok(node.store.heartbeat(now)?)).await {
+        match self.blocking(move |this| Ok(this.store.heartbeat(now)?)).await {
             Ok(_) => Component::leaf("store", HealthStatus::Operational, "read and heartbeat write succeeded"),
             Err(e) => Component::leaf("store", HealthStatus::Malfunction, e.to_string()),
         }
@@ -209,11 +238,11 @@ impl Node {
             return Component::leaf("peers", HealthStatus::Disabled, "peer checks are not configured");
         };
         // Page through the requests, keeping those of the window.
-        let recent = move |node: &Node| {
+        let recent = move |this: &Diagnostics| {
             let since = now.0.saturating_sub(PEER_WINDOW_MILLIS);
             let (mut keep, mut after) = (Vec::new(), None);
             loop {
-                let (page, next) = node.store.requests_page(after.as_ref(), 500)?;
+                let (page, next) = this.store.requests_page(after.as_ref(), 500)?;
                 keep.extend(page.into_iter().filter(|r| r.updated_at.0 >= since));
                 match next {
                     Some(c) => after = Some(c),

@@ -2,7 +2,7 @@
 //! kept with the request on both sides, with the certificate to check its
 //! signature against (the target's).
 
-use super::Node;
+use super::Exchange;
 use crate::domain::bundle::Receipt;
 use crate::domain::exchange::{ExchangeRequest, ExchangeRole, SignedBlob};
 use crate::error::AppResult;
@@ -15,14 +15,14 @@ pub struct RequestProof {
     pub signer_certificate: Vec<u8>,
 }
 
-impl Node {
+impl Exchange {
     /// The request's proof, once its keys were imported.
     pub fn proof_of(&self, req: &ExchangeRequest) -> AppResult<Option<RequestProof>> {
         let Some(receipt) = &req.receipt else { return Ok(None) };
         let decoded = Receipt::decode(&receipt.bytes)?;
         let signer_certificate = match req.role {
             ExchangeRole::Source => req.peer_certificate.clone(),
-            ExchangeRole::Target => self.diagnostics.as_ref().map(|d| d.certificate_der.clone()).unwrap_or_default(),
+            ExchangeRole::Target => self.certificate_der.clone(),
         };
         Ok(Some(RequestProof { receipt: receipt.clone(), decoded, signer_certificate }))
     }

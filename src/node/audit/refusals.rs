@@ -2,7 +2,7 @@
 //! refusal of a kind is written to the audit log and logged at once; its
 //! repeats inside the window are answered on the async worker without a
 //! write and summed into one `policy.denied.repeated` entry when the window
-//! closes (flushed by the job runner's loop, by the next refusal of the kind,
+//! closes (flushed by `Audit::flush_closed_refusals`, by the next refusal of the kind,
 //! and at shutdown). Calls refused for who is calling (a missing role, a
 //! certificate without an identity; on gRPC, the peer service or the metrics
 //! listener) are coalesced the same way: `call.refused` at once, then one
@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::Node;
+use super::Audit;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, MAX_DETAILS_CHARS, Outcome, bounded};
 use crate::domain::auth::Caller;
@@ -18,6 +18,7 @@ use crate::domain::ids::Name;
 use crate::domain::policy::Operation;
 use crate::domain::refusals::{CallRefusal, Noted, Refusal, Repeats};
 use crate::error::{AppError, AppResult};
+use crate::node::context::Blocking;
 
 fn denied(r: &Refusal) -> AppError {
     DomainError::PermissionDenied(format!("{} on {}: {}", r.operation.as_str(), r.spec, r.reason)).into()
@@ -62,7 +63,7 @@ fn call_repeats_event(r: &Repeats<CallRefusal>) -> AuditEvent {
         .with_details(details)
 }
 
-impl Node {
+impl Audit {
     fn call_refusal_windows(&self) -> std::sync::MutexGuard<'_, crate::domain::refusals::RefusalWindows<CallRefusal>> {
         self.call_refusals.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -79,9 +80,9 @@ impl Node {
             return;
         }
         let written = self
-            .blocking(move |node| {
-                let now = node.now();
-                let (noted, closed) = node.call_refusal_windows().note(refusal.clone(), now);
+            .blocking(move |audit| {
+                let now = audit.now();
+                let (noted, closed) = audit.call_refusal_windows().note(refusal.clone(), now);
                 let mut events: Vec<AuditEvent> = closed.iter().map(call_repeats_event).collect();
                 if noted == Noted::First {
                     events.push(
@@ -89,7 +90,7 @@ impl Node {
                             .with_details(refusal.reason),
                     );
                 }
-                node.audit_refusals(&events);
+                audit.audit_refusals(&events);
                 Ok(())
             })
             .await;
@@ -104,7 +105,7 @@ impl Node {
 
     /// Refuses the call with PERMISSION_DENIED, auditing it (see the module
     /// docs); `inline`: `WouldBlock` when that needs a write.
-    pub(super) fn refused(
+    pub fn refused(
         &self,
         caller: &Caller,
         spec: &Name,
@@ -146,8 +147,8 @@ impl Node {
     /// every window, at shutdown).
     pub async fn flush_refusals(self: &std::sync::Arc<Self>, all: bool) {
         let _ = self
-            .blocking(move |node| {
-                node.write_closed_refusals(all);
+            .blocking(move |audit| {
+                audit.write_closed_refusals(all);
                 Ok(())
             })
             .await;

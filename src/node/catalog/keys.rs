@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::Node;
+use super::Catalog;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
@@ -14,6 +14,7 @@ use crate::domain::key::{
 };
 use crate::domain::spec::{Module, Spec, SpecChoice};
 use crate::error::{AppError, AppResult};
+use crate::node::context::Blocking;
 use crate::signer::material::generate_material;
 use crate::store::StoreError;
 
@@ -35,7 +36,7 @@ fn event(actor: &str, action: &str, subject: impl ToString) -> AuditEvent {
     AuditEvent::new(crate::clock::now(), actor, action, subject.to_string(), Outcome::Success)
 }
 
-impl Node {
+impl Catalog {
     /// Creates a module. With `DefaultAccess::Track` it also gets AutoGen Track
     /// policies for the roles that may use keys (same
     /// transaction); with Reject it has no policy, so every crypto call is
@@ -47,8 +48,8 @@ impl Node {
         access: DefaultAccess,
     ) -> AppResult<Module> {
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let module = Module { name, created_at: node.now() };
+        self.blocking(move |this| {
+            let module = Module { name, created_at: this.now() };
             let policies = match access {
                 DefaultAccess::Track => super::policies::autogen_policies(&module.name, module.created_at),
                 DefaultAccess::Reject => Vec::new(),
@@ -60,7 +61,7 @@ impl Node {
                     event(&actor, "policy.create", format!("{}/{}", p.module, p.name)).with_details("AutoGen Track"),
                 );
             }
-            node.store.insert_module(&module, &policies, &audit).map_err(already_exists)?;
+            this.store.insert_module(&module, &policies, &audit).map_err(already_exists)?;
             tracing::info!(module = %module.name, "module created");
             Ok(module)
         })
@@ -68,7 +69,7 @@ impl Node {
     }
 
     pub async fn modules(self: &Arc<Self>) -> AppResult<Vec<Module>> {
-        self.blocking(|node| Ok(node.store.modules()?)).await
+        self.blocking(|this| Ok(this.store.modules()?)).await
     }
 
     pub async fn create_spec(
@@ -80,11 +81,11 @@ impl Node {
         exportable: bool,
     ) -> AppResult<Spec> {
         let actor = caller.actor();
-        self.blocking(move |node| {
-            if node.store.module(&module)?.is_none() {
+        self.blocking(move |this| {
+            if this.store.module(&module)?.is_none() {
                 return Err(DomainError::not_found("module", &module).into());
             }
-            let mut spec = Spec::try_new(name, module, choice, node.now())?;
+            let mut spec = Spec::try_new(name, module, choice, this.now())?;
             spec.exportable = exportable;
             let audit = event(&actor, "spec.create", &spec.name).with_details(format!(
                 "module {} {} {} {} bits{}{}",
@@ -95,7 +96,7 @@ impl Node {
                 if spec.equality_preserving { " equality preserving" } else { "" },
                 if spec.exportable { " exportable" } else { "" }
             ));
-            node.store.insert_spec(&spec, &[audit]).map_err(already_exists)?;
+            this.store.insert_spec(&spec, &[audit]).map_err(already_exists)?;
             tracing::info!(spec = %spec.name, module = %spec.module, "spec created");
             Ok(spec)
         })
@@ -103,19 +104,19 @@ impl Node {
     }
 
     pub async fn specs(self: &Arc<Self>, module: Option<Name>) -> AppResult<Vec<Spec>> {
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             if let Some(m) = &module
-                && node.store.module(m)?.is_none()
+                && this.store.module(m)?.is_none()
             {
                 return Err(DomainError::not_found("module", m).into());
             }
-            let specs = node.store.specs()?;
+            let specs = this.store.specs()?;
             Ok(specs.into_iter().filter(|s| module.as_ref().is_none_or(|m| &s.module == m)).collect())
         })
         .await
     }
 
-    pub(super) fn spec_or_not_found(&self, name: &Name) -> AppResult<Spec> {
+    pub fn spec_or_not_found(&self, name: &Name) -> AppResult<Spec> {
         let g = self.store.changes().specs();
         if let Some(s) = self.hot.spec(g, name) {
             return Ok(s);
@@ -150,13 +151,13 @@ impl Node {
 
     pub async fn generate_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<KeyRecord> {
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let spec = node.spec_or_not_found(&spec)?;
-            let read = node.key_records(&spec.name)?;
-            let change = plan_generate(&node.sys_id, &spec.name, &read, &spec.lifecycle, node.now());
+        self.blocking(move |this| {
+            let spec = this.spec_or_not_found(&spec)?;
+            let read = this.key_records(&spec.name)?;
+            let change = plan_generate(&this.sys_id, &spec.name, &read, &spec.lifecycle, this.now());
             let new = change.new_key.clone().ok_or_else(|| AppError::Internal("generate planned no key".into()))?;
             let audit = event(&actor, "key.generate", &new.id).with_details(format!("state {}", new.state.label()));
-            node.write_change(&spec, &read, &change, vec![audit])?;
+            this.write_change(&spec, &read, &change, vec![audit])?;
             tracing::info!(key_id = %new.id, state = new.state.label(), "key generated");
             Ok(new)
         })
@@ -165,7 +166,7 @@ impl Node {
 
     /// The spec's current key; when it has none, a new Active one is
     /// generated (audited as `actor`). Blocking.
-    pub(super) fn ensure_active_key(&self, spec: &Name, actor: &str) -> AppResult<KeyRecord> {
+    pub fn ensure_active_key(&self, spec: &Name, actor: &str) -> AppResult<KeyRecord> {
         for _ in 0..3 {
             if let Some((k, _)) = self.store.find_key(spec, |k| k.state.is_current())? {
                 return Ok(k);
@@ -192,16 +193,16 @@ impl Node {
     /// Returns (deactivated, new active).
     pub async fn rotate_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<(KeyRecord, KeyRecord)> {
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let spec = node.spec_or_not_found(&spec)?;
-            let read = node.key_records(&spec.name)?;
-            let change = plan_rotate(&node.sys_id, &spec.name, &read, &spec.lifecycle, node.now())?;
+        self.blocking(move |this| {
+            let spec = this.spec_or_not_found(&spec)?;
+            let read = this.key_records(&spec.name)?;
+            let change = plan_rotate(&this.sys_id, &spec.name, &read, &spec.lifecycle, this.now())?;
             let (Some(old), Some(new)) = (change.updated.first().cloned(), change.new_key.clone()) else {
                 return Err(AppError::Internal("rotate planned no keys".into()));
             };
             let audit = event(&actor, "key.rotate", &spec.name)
                 .with_details(format!("deactivated {}, active {}", old.id, new.id));
-            node.write_change(&spec, &read, &change, vec![audit])?;
+            this.write_change(&spec, &read, &change, vec![audit])?;
             tracing::info!(deactivated = %old.id, active = %new.id, "key rotated");
             Ok((old, new))
         })
@@ -217,10 +218,10 @@ impl Node {
         action: KeyAction,
     ) -> AppResult<Vec<KeyRecord>> {
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let spec = node.spec_or_not_found(&key.spec)?;
-            let existing = node.key_records(&spec.name)?;
-            let change = plan_action(&node.sys_id, &existing, &key, &action, &spec.lifecycle, node.now())?;
+        self.blocking(move |this| {
+            let spec = this.spec_or_not_found(&key.spec)?;
+            let existing = this.key_records(&spec.name)?;
+            let change = plan_action(&this.sys_id, &existing, &key, &action, &spec.lifecycle, this.now())?;
             let mut audit = Vec::new();
             for k in &change.updated {
                 let details = if k.reason.is_empty() {
@@ -235,7 +236,7 @@ impl Node {
             if let Some(new) = &change.new_key {
                 audit.push(event(&actor, "key.generate", &new.id).with_details(format!("replaces {key}")));
             }
-            node.write_change(&spec, &existing, &change, audit)?;
+            this.write_change(&spec, &existing, &change, audit)?;
             tracing::info!(key_id = %key, action = action.name(), "key state changed");
             Ok(change.updated.into_iter().chain(change.new_key).collect())
         })
@@ -243,9 +244,9 @@ impl Node {
     }
 
     pub async fn keys(self: &Arc<Self>, spec: Name) -> AppResult<Vec<KeyRecord>> {
-        self.blocking(move |node| {
-            let spec = node.spec_or_not_found(&spec)?;
-            node.key_records(&spec.name)
+        self.blocking(move |this| {
+            let spec = this.spec_or_not_found(&spec)?;
+            this.key_records(&spec.name)
         })
         .await
     }
@@ -258,15 +259,15 @@ impl Node {
         lifecycle: LifecycleDefinition,
     ) -> AppResult<Spec> {
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let mut spec = node.spec_or_not_found(&spec)?;
-            lifecycle.check_cap(effective_cap(&node.store.lifecycle_policies()?, &spec.module))?;
+        self.blocking(move |this| {
+            let mut spec = this.spec_or_not_found(&spec)?;
+            lifecycle.check_cap(effective_cap(&this.store.lifecycle_policies()?, &spec.module))?;
             spec.lifecycle = lifecycle;
             let audit = event(&actor, "spec.lifecycle", &spec.name).with_details(format!(
                 "expire_after_ms {:?}, destroy_after_idle_ms {:?}",
                 lifecycle.expire_after, lifecycle.destroy_after_idle
             ));
-            node.store.update_spec(&spec, &[audit])?;
+            this.store.update_spec(&spec, &[audit])?;
             Ok(spec)
         })
         .await
@@ -278,9 +279,9 @@ impl Node {
         policy: LifecyclePolicy,
     ) -> AppResult<LifecyclePolicy> {
         let actor = caller.actor();
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             if let PolicyScope::Module(m) = &policy.scope
-                && node.store.module(m)?.is_none()
+                && this.store.module(m)?.is_none()
             {
                 return Err(DomainError::not_found("module", m).into());
             }
@@ -293,24 +294,24 @@ impl Node {
             };
             let audit = event(&actor, "lifecycle_policy.set", subject)
                 .with_details(format!("active {}, max_expire_after_ms {:?}", policy.active, policy.max_expire_after));
-            node.store.put_lifecycle_policy(&policy, &[audit])?;
+            this.store.put_lifecycle_policy(&policy, &[audit])?;
             Ok(policy)
         })
         .await
     }
 
     pub async fn lifecycle_policies(self: &Arc<Self>) -> AppResult<Vec<LifecyclePolicy>> {
-        self.blocking(|node| Ok(node.store.lifecycle_policies()?)).await
+        self.blocking(|this| Ok(this.store.lifecycle_policies()?)).await
     }
 
     /// Lifecycle automation: destroys Deactivated keys idle past their spec's
     /// destroy_after_idle (their wrapped material is erased). Returns how many.
     pub async fn sweep_lifecycle(self: &Arc<Self>) -> AppResult<usize> {
-        self.blocking(|node| {
-            let now = node.now();
+        self.blocking(|this| {
+            let now = this.now();
             let mut destroyed = 0;
-            for spec in node.store.specs()? {
-                let read = node.key_records(&spec.name)?;
+            for spec in this.store.specs()? {
+                let read = this.key_records(&spec.name)?;
                 let due = due_for_destruction(&read, &spec.lifecycle, now);
                 if due.is_empty() {
                     continue;
@@ -322,7 +323,7 @@ impl Node {
                             .with_details("idle past destroy_after_idle; material erased")
                     })
                     .collect();
-                match node.store.apply_key_change(&read, &due, None, &audit) {
+                match this.store.apply_key_change(&read, &due, None, &audit) {
                     // A key changed meanwhile: the next sweep decides again.
                     Err(crate::store::StoreError::Stale { .. }) => continue,
                     other => other?,
@@ -339,16 +340,16 @@ impl Node {
     /// For benchmarks and load tests that need many key versions quickly.
     #[doc(hidden)]
     pub async fn seed_rotations(self: &Arc<Self>, spec: Name, count: u32) -> AppResult<()> {
-        self.blocking(move |node| {
-            let spec = node.spec_or_not_found(&spec)?;
-            let mut existing = node.key_records(&spec.name)?;
+        self.blocking(move |this| {
+            let spec = this.spec_or_not_found(&spec)?;
+            let mut existing = this.key_records(&spec.name)?;
             let mut batch: Vec<(KeyRecord, crate::domain::key::WrappedKey)> = Vec::new();
             for i in 0..count {
-                let now = node.now();
+                let now = this.now();
                 let change = if existing.iter().any(|k| k.state.is_current()) {
-                    plan_rotate(&node.sys_id, &spec.name, &existing, &spec.lifecycle, now)?
+                    plan_rotate(&this.sys_id, &spec.name, &existing, &spec.lifecycle, now)?
                 } else {
-                    plan_generate(&node.sys_id, &spec.name, &existing, &spec.lifecycle, now)
+                    plan_generate(&this.sys_id, &spec.name, &existing, &spec.lifecycle, now)
                 };
                 for old in change.updated {
                     if let Some(slot) = existing.iter_mut().find(|k| k.id == old.id) {
@@ -357,18 +358,18 @@ impl Node {
                     if let Some(row) = batch.iter_mut().find(|(k, _)| k.id == old.id) {
                         row.0 = old;
                     } else {
-                        let (_, w) = node.store.key(&old.id)?.ok_or_else(|| DomainError::not_found("key", &old.id))?;
+                        let (_, w) = this.store.key(&old.id)?.ok_or_else(|| DomainError::not_found("key", &old.id))?;
                         batch.push((old, w));
                     }
                 }
                 if let Some(new) = change.new_key {
                     existing.push(new.clone());
-                    batch.push((new, node.signer.wrap(&generate_material(spec.material())?)?));
+                    batch.push((new, this.signer.wrap(&generate_material(spec.material())?)?));
                 }
                 if batch.len() >= 1000 || i + 1 == count {
                     let audit =
                         [event("system", "key.seed", &spec.name).with_details(format!("{} keys written", batch.len()))];
-                    node.store.seed_keys(&batch, &audit)?;
+                    this.store.seed_keys(&batch, &audit)?;
                     batch.clear();
                 }
             }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::Node;
+use super::Catalog;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::{Caller, Role};
@@ -14,6 +14,7 @@ use crate::domain::policy::{
 };
 use crate::domain::spec::Spec;
 use crate::error::{AppError, AppResult};
+use crate::node::context::Blocking;
 use crate::store::StoreError;
 
 /// Roles the AutoGen policies of a module created with Track default access grant
@@ -52,16 +53,16 @@ fn describe(p: &AccessPolicy) -> String {
     )
 }
 
-impl Node {
+impl Catalog {
     pub async fn create_policy(self: &Arc<Self>, caller: &Caller, policy: AccessPolicy) -> AppResult<AccessPolicy> {
         policy.validate()?;
         let actor = caller.actor();
-        self.blocking(move |node| {
-            if node.store.module(&policy.module)?.is_none() {
+        self.blocking(move |this| {
+            if this.store.module(&policy.module)?.is_none() {
                 return Err(DomainError::not_found("module", &policy.module).into());
             }
             if let Some(spec) = &policy.spec {
-                let s = node.spec_or_not_found(spec)?;
+                let s = this.spec_or_not_found(spec)?;
                 if s.module != policy.module {
                     return Err(
                         DomainError::invalid("spec", format!("spec {spec} belongs to module {}", s.module)).into()
@@ -69,14 +70,14 @@ impl Node {
                 }
             }
             let audit = AuditEvent::new(
-                node.now(),
+                this.now(),
                 actor,
                 "policy.create",
                 format!("{}/{}", policy.module, policy.name),
                 Outcome::Success,
             )
             .with_details(describe(&policy));
-            node.store.insert_policies(std::slice::from_ref(&policy), &[audit]).map_err(|e| match e {
+            this.store.insert_policies(std::slice::from_ref(&policy), &[audit]).map_err(|e| match e {
                 StoreError::AlreadyExists { what, id } => AppError::Domain(DomainError::AlreadyExists { what, id }),
                 other => other.into(),
             })?;
@@ -86,13 +87,13 @@ impl Node {
     }
 
     pub async fn policies(self: &Arc<Self>, module: Option<Name>) -> AppResult<Vec<AccessPolicy>> {
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             if let Some(m) = &module
-                && node.store.module(m)?.is_none()
+                && this.store.module(m)?.is_none()
             {
                 return Err(DomainError::not_found("module", m).into());
             }
-            let mut list = node.store.policies(module.as_ref())?;
+            let mut list = this.store.policies(module.as_ref())?;
             list.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
             Ok(list)
         })
@@ -100,8 +101,8 @@ impl Node {
     }
 
     pub async fn policy(self: &Arc<Self>, module: Name, name: Name) -> AppResult<AccessPolicy> {
-        self.blocking(move |node| {
-            node.store
+        self.blocking(move |this| {
+            this.store
                 .policies(Some(&module))?
                 .into_iter()
                 .find(|p| p.name == name)
@@ -119,10 +120,10 @@ impl Node {
         active: bool,
     ) -> AppResult<AccessPolicy> {
         let actor = caller.actor();
-        self.blocking(move |node| {
+        self.blocking(move |this| {
             let verb = if active { "policy.activate" } else { "policy.deactivate" };
-            let audit = AuditEvent::new(node.now(), actor, verb, format!("{module}/{name}"), Outcome::Success);
-            node.store.set_policy_active(&module, &name, active, &[audit]).map_err(|e| match e {
+            let audit = AuditEvent::new(this.now(), actor, verb, format!("{module}/{name}"), Outcome::Success);
+            this.store.set_policy_active(&module, &name, active, &[audit]).map_err(|e| match e {
                 StoreError::Missing { .. } => {
                     DomainError::not_found("access policy", format!("{module}/{name}")).into()
                 }
@@ -139,7 +140,7 @@ impl Node {
         spec: Name,
         operation: Operation,
     ) -> AppResult<AccessDecision> {
-        self.blocking(move |node| node.decide_access(subject, &spec, operation)).await
+        self.blocking(move |this| this.decide_access(subject, &spec, operation)).await
     }
 
     /// ExplainAccess for an inbound exchange request (One Time / Recurring Clone).
@@ -150,9 +151,9 @@ impl Node {
         target_host: Host,
         approval: ApprovalType,
     ) -> AppResult<AccessDecision> {
-        self.blocking(move |node| {
-            let spec = node.spec_or_not_found(&spec)?;
-            let policies = node.module_policies(&spec.module, false)?;
+        self.blocking(move |this| {
+            let spec = this.spec_or_not_found(&spec)?;
+            let policies = this.module_policies(&spec.module, false)?;
             let access = ExchangeAccess {
                 module: spec.module.clone(),
                 spec: spec.name.clone(),
@@ -194,13 +195,7 @@ impl Node {
     /// async worker): a refusal that must write its audit entry is
     /// `WouldBlock` and is decided again off the workers; a repeat inside an
     /// open window is answered at once.
-    pub(super) fn check_access(
-        &self,
-        caller: &Caller,
-        spec_rec: &Spec,
-        operation: Operation,
-        inline: bool,
-    ) -> AppResult<()> {
+    pub fn check_access(&self, caller: &Caller, spec_rec: &Spec, operation: Operation, inline: bool) -> AppResult<()> {
         let policies = self.module_policies(&spec_rec.module, inline)?;
         let request = AccessRequest {
             subject: Subject::from(caller),
@@ -212,6 +207,6 @@ impl Node {
             return Ok(());
         }
         let reason = evaluate(&policies, &request).reason;
-        self.refused(caller, &spec_rec.name, operation, reason, inline)
+        self.audit.refused(caller, &spec_rec.name, operation, reason, inline)
     }
 }

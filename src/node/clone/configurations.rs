@@ -5,19 +5,20 @@
 
 use std::sync::Arc;
 
-use super::Node;
+use super::Clones;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::clone::GrantBasis;
 use crate::domain::clone_exchange::{
-    CloneExchange, approval_for, approving_policy, check_auto_exchange_guard, frequency_of, validate_specs,
+    CloneExchange, approving_policy, check_auto_exchange_guard, frequency_of, validate_specs,
 };
-use crate::domain::exchange::{ExchangeRequest, PeerRef};
+use crate::domain::exchange::PeerRef;
 use crate::domain::ids::{Name, SysId};
-use crate::domain::policy::{ApprovalType, ExchangeAccess, PolicyResult, evaluate_exchange};
+use crate::domain::policy::ApprovalType;
 use crate::domain::property::{AUTO_KEY_EXCHANGE, schema};
 use crate::error::{AppError, AppResult};
+use crate::node::context::Blocking;
 use crate::store::StoreError;
 
 /// A new One Time / Recurring Clone configuration, as an operator asks for it.
@@ -29,7 +30,7 @@ pub struct NewCloneExchange {
     pub rekey: bool,
 }
 
-impl Node {
+impl Clones {
     pub async fn create_clone_exchange(
         self: &Arc<Self>,
         caller: &Caller,
@@ -40,14 +41,14 @@ impl Node {
         }
         validate_specs(&new.specs)?;
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let now = node.now();
+        self.blocking(move |this| {
+            let now = this.now();
             let mut policies = Vec::with_capacity(new.specs.len());
             for name in &new.specs {
-                let spec = node.store.spec(name)?.ok_or_else(|| DomainError::not_found("spec", name.as_str()))?;
+                let spec = this.store.spec(name)?.ok_or_else(|| DomainError::not_found("spec", name.as_str()))?;
                 policies.push(approving_policy(&new.target, new.approval, &spec.module, name, now)?);
             }
-            let stored = node.store.property(AUTO_KEY_EXCHANGE)?.map(|p| p.value);
+            let stored = this.store.property(AUTO_KEY_EXCHANGE)?.map(|p| p.value);
             let auto_enabled = stored.as_deref().or(schema(AUTO_KEY_EXCHANGE).1) == Some("true");
             check_auto_exchange_guard(new.approval, new.rekey, auto_enabled)?;
             let cfg = CloneExchange {
@@ -71,7 +72,7 @@ impl Node {
                         specs.join(","),
                         cfg.rekey
                     ));
-            node.store.create_clone_exchange(&cfg, &policies, stored.as_deref(), &[audit]).map_err(|e| match e {
+            this.store.create_clone_exchange(&cfg, &policies, stored.as_deref(), &[audit]).map_err(|e| match e {
                 StoreError::Stale { .. } => AppError::from(DomainError::FailedPrecondition(format!(
                     "{AUTO_KEY_EXCHANGE} changed meanwhile; try again"
                 ))),
@@ -87,14 +88,14 @@ impl Node {
     }
 
     pub async fn clone_exchanges(self: &Arc<Self>) -> AppResult<Vec<CloneExchange>> {
-        self.blocking(|node| Ok(node.store.clone_exchanges()?)).await
+        self.blocking(|this| Ok(this.store.clone_exchanges()?)).await
     }
 
     pub async fn delete_clone_exchange(self: &Arc<Self>, caller: &Caller, target: SysId) -> AppResult<CloneExchange> {
         let actor = caller.actor();
-        self.blocking(move |node| {
-            let audit = AuditEvent::new(node.now(), actor, "clone_exchange.delete", target.as_str(), Outcome::Success);
-            node.store
+        self.blocking(move |this| {
+            let audit = AuditEvent::new(this.now(), actor, "clone_exchange.delete", target.as_str(), Outcome::Success);
+            this.store
                 .delete_clone_exchange(&target, &[audit])?
                 .ok_or_else(|| DomainError::not_found("clone exchange for target", target.as_str()).into())
         })
@@ -111,31 +112,5 @@ impl Node {
         }
         let open = self.store.clone_exchange(target)?.is_some_and(|c| c.used.is_none());
         Ok(open.then_some(GrantBasis::Configuration))
-    }
-
-    /// The Resource Exchange policies that approve every pending spec of a
-    /// One Time / Recurring Clone request (blocking), or None when one spec
-    /// is not approved (the request then waits for a person), with why.
-    pub(super) fn approving_policies(&self, req: &ExchangeRequest) -> AppResult<Result<Vec<Name>, String>> {
-        let Some(approval) = approval_for(req.frequency) else { return Ok(Err("not a clone frequency".into())) };
-        let mut names = Vec::new();
-        for spec_name in req.pending_specs() {
-            let Some(spec) = self.store.spec(spec_name)? else { continue };
-            let policies = self.store.policies(Some(&spec.module))?;
-            let access = ExchangeAccess {
-                module: spec.module,
-                spec: spec_name.clone(),
-                target_sys_id: req.target.sys_id.clone(),
-                target_host: req.target.host.clone(),
-                approval,
-            };
-            let decision = evaluate_exchange(&policies, &access);
-            if !decision.allowed {
-                return Ok(Err(format!("spec {spec_name}: {}", decision.reason)));
-            }
-            let by = decision.evaluated.iter().find(|e| e.matched && e.result == PolicyResult::Track);
-            names.extend(by.map(|e| e.policy.clone()));
-        }
-        Ok(Ok(names))
     }
 }

@@ -1,0 +1,184 @@
+//! What every service is built from: the instance's identity, its ports
+//! (store, signer, instance key, peer link, clock) and the job runner's
+//! signals and settings. `Services::new` makes one `Context`; each service
+//! takes from it only the ports it uses. `Blocking` runs a service's
+//! synchronous store and signer work off the async workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::ports::PeerLink;
+use crate::clock::Clock;
+use crate::domain::ids::{Host, SysId, UnixMillis};
+use crate::domain::schedule::RetryPolicy;
+use crate::error::{AppError, AppResult};
+use crate::signer::Signer;
+use crate::signer::instance_key::InstanceKey;
+use crate::store::Store;
+
+/// The shared parts of one instance.
+pub struct Context {
+    pub sys_id: SysId,
+    /// The host this instance advertises to peers.
+    pub host: Host,
+    pub store: Arc<Store>,
+    pub signer: Arc<dyn Signer>,
+    pub instance_key: Arc<InstanceKey>,
+    pub peers: Arc<dyn PeerLink>,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes the job runner and tells waiters that a job settled.
+    pub signals: Arc<JobSignals>,
+    pub settings: JobSettings,
+}
+
+impl Context {
+    pub fn new(
+        store: Arc<Store>,
+        signer: Arc<dyn Signer>,
+        instance_key: InstanceKey,
+        peers: Arc<dyn PeerLink>,
+        clock: Arc<dyn Clock>,
+        advertised_host: Host,
+        settings: JobSettings,
+    ) -> AppResult<Self> {
+        let sys_id = store.sys_id()?;
+        Ok(Context {
+            sys_id,
+            host: advertised_host,
+            store,
+            signer,
+            instance_key: Arc::new(instance_key),
+            peers,
+            clock,
+            signals: Arc::default(),
+            settings,
+        })
+    }
+}
+
+/// Runs blocking work (redb, openssl, RSA) of a service on the blocking
+/// pool; every service has it.
+pub trait Blocking: Send + Sync + Sized + 'static {
+    fn blocking<T, F>(self: &Arc<Self>, f: F) -> impl Future<Output = AppResult<T>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&Self) -> AppResult<T> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        async move {
+            tokio::task::spawn_blocking(move || f(&this))
+                .await
+                .map_err(|e| AppError::Internal(format!("blocking task failed: {e}")))?
+        }
+    }
+}
+
+impl<S: Send + Sync + 'static> Blocking for S {}
+
+/// `d` in milliseconds (saturating).
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Until when a long job's lease is renewed by each of its steps.
+pub fn lease_until(clock: &dyn Clock, settings: &JobSettings) -> UnixMillis {
+    clock.now().plus_millis(millis(settings.lease))
+}
+
+/// How the runner paces work. `for_interval` derives it from the daemon's
+/// `background_interval`.
+#[derive(Clone, Debug)]
+pub struct JobSettings {
+    /// How long `UpdateRequest` waits for a delivery before answering.
+    pub decision_wait: Duration,
+    /// How long one delivery or notice may take before it counts as failed.
+    pub delivery_timeout: Duration,
+    /// How long a claimed job stays leased (longer than any one run).
+    pub lease: Duration,
+    /// How often the sweeps run, and the longest the runner sleeps.
+    pub sweep_every: Duration,
+    /// Retry backoff of deliveries and notices.
+    pub retry: RetryPolicy,
+    /// Jobs run at once.
+    pub max_in_flight: usize,
+    /// How long a failed rekey waits before it tries again.
+    pub rekey_retry: Duration,
+    /// How long after its snapshot a clone grant approves (`clone.grant_lifetime`).
+    pub clone_grant_lifetime: Duration,
+}
+
+/// A clone grant approves for 1 h after its snapshot unless configured.
+pub const DEFAULT_CLONE_GRANT_LIFETIME: Duration = Duration::from_millis(crate::domain::clone::GRANT_MILLIS as u64);
+
+/// The reference's daily rekey retry.
+pub const DEFAULT_REKEY_RETRY: Duration = Duration::from_secs(24 * 3600);
+
+impl JobSettings {
+    /// Sweeps every `interval`; retries start at `interval` (at most 1 s) and
+    /// back off to 60 × `interval` (at most 5 minutes).
+    pub fn for_interval(interval: Duration) -> Self {
+        let ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX).max(1);
+        JobSettings {
+            decision_wait: Duration::from_secs(5),
+            delivery_timeout: Duration::from_secs(30),
+            lease: Duration::from_secs(120),
+            sweep_every: interval,
+            retry: RetryPolicy { base_millis: ms.min(1_000), cap_millis: ms.saturating_mul(60).min(300_000) },
+            max_in_flight: 16,
+            rekey_retry: DEFAULT_REKEY_RETRY,
+            clone_grant_lifetime: DEFAULT_CLONE_GRANT_LIFETIME,
+        }
+    }
+
+    /// The same, with failed rekeys retried after `interval` (the config's
+    /// `rekey.retry_interval`).
+    pub fn with_rekey_retry(mut self, interval: Duration) -> Self {
+        self.rekey_retry = interval;
+        self
+    }
+
+    /// The same, with clone grants lasting `lifetime` (the config's `clone.grant_lifetime`).
+    pub fn with_clone_grant_lifetime(mut self, lifetime: Duration) -> Self {
+        self.clone_grant_lifetime = lifetime;
+        self
+    }
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings::for_interval(Duration::from_secs(2))
+    }
+}
+
+/// Wakes the runner when work is added, and tells waiters when a job ended.
+pub struct JobSignals {
+    wake: Notify,
+    settled: watch::Sender<u64>,
+}
+
+impl Default for JobSignals {
+    fn default() -> Self {
+        JobSignals { wake: Notify::new(), settled: watch::channel(0).0 }
+    }
+}
+
+impl JobSignals {
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves at the next `wake`.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.settled.subscribe()
+    }
+
+    pub fn settled(&self) {
+        self.settled.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}

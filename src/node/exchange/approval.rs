@@ -1,0 +1,128 @@
+//! Approval without a person, source side: a request after a clone is
+//! approved at once when the grant of that clone still allows it (an
+//! AUTOMATIC request, with this source's automatic-exchange property on) or
+//! the Resource Exchange policies of its specs approve it (One Time /
+//! Recurring Clone; kmf-domain.md §3.5: "the auto-created source MAP
+//! approves at clone time"). The approving transaction checks it all again.
+
+use super::Exchange;
+use super::source::Decision;
+use crate::domain::audit::{AuditEvent, Outcome};
+use crate::domain::clone_exchange::approval_for;
+use crate::domain::exchange::{ExchangeRequest, Frequency, RequestStatus};
+use crate::domain::ids::Name;
+use crate::domain::policy::{ExchangeAccess, PolicyResult, evaluate_exchange};
+use crate::error::{AppError, AppResult};
+use crate::store::{GRANT_REFUSED, StoreError, SystemApproval, UseUp};
+
+/// What an approval without a person checks again and uses up in its
+/// transaction: the clone grant, and a One Time configuration.
+#[derive(Clone, Copy)]
+pub(super) struct SystemCheck<'a> {
+    pub approval: &'a SystemApproval,
+    pub use_up: Option<&'a UseUp>,
+}
+
+impl Exchange {
+    /// Approves `req` when the grant of the clone it follows still allows
+    /// it (no person involved); else returns `req`, left for a person. The
+    /// approving transaction checks the grant, the source's own
+    /// automatic-exchange property and the target's authorisation again and
+    /// uses the grant up (and a One Time configuration with it).
+    pub(super) fn approve_by_grant(&self, req: ExchangeRequest) -> AppResult<ExchangeRequest> {
+        let Some((actor, approval)) = self.approver(&req)? else { return Ok(req) };
+        let use_up = (req.frequency == Frequency::OneTimeClone).then(|| self.one_time_use_up(&req));
+        let system = SystemCheck { approval: &approval, use_up: use_up.as_ref() };
+        match self.decide_as(&req.id, &Decision::Approve, &actor, Some(system)) {
+            Ok(approved) => {
+                self.signals.wake();
+                tracing::info!(request_id = %req.id, target = %req.target.sys_id, frequency = req.frequency.label(), by = %actor, "request approved without a person");
+                Ok(approved)
+            }
+            Err(AppError::Store(StoreError::Stale { what: GRANT_REFUSED, id: why })) => {
+                tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
+                Ok(self.request_or_not_found(&req.id)?.value)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The use of a One Time configuration by the approval of `req`.
+    fn one_time_use_up(&self, req: &ExchangeRequest) -> UseUp {
+        let now = self.now();
+        UseUp {
+            target: req.target.sys_id.clone(),
+            request: req.id.clone(),
+            at: now,
+            audit: AuditEvent::new(now, "system", "clone_exchange.used", req.target.sys_id.as_str(), Outcome::Success)
+                .with_details(format!(
+                    "One Time Clone used by the approval of request {}; its policies are inactive",
+                    req.id
+                )),
+        }
+    }
+
+    /// Who approves `req` at once, if anyone, and what the approving
+    /// transaction checks again: it must be pending, after a clone, name the
+    /// grant of that clone (unexpired, unused for its frequency, covering its
+    /// specs), from a target still authorised to clone; an AUTOMATIC request
+    /// needs this source's own automatic-exchange property true and is
+    /// approved by the grant, a One Time / Recurring Clone request by the
+    /// Resource Exchange policies of its specs. Adhoc requests wait for a person.
+    fn approver(&self, req: &ExchangeRequest) -> AppResult<Option<(String, SystemApproval)>> {
+        if req.frequency == Frequency::Adhoc || req.status != RequestStatus::Pending {
+            return Ok(None);
+        }
+        let approval = SystemApproval {
+            target: req.target.sys_id.clone(),
+            frequency: req.frequency,
+            presented: req.clone_grant.clone(),
+            specs: req.pending_specs().cloned().collect(),
+            at: self.now(),
+        };
+        if let Err(why) = self.store.system_approval_refusal(&approval)? {
+            tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
+            return Ok(None);
+        }
+        if req.frequency == Frequency::Automatic {
+            let grant = approval.presented.as_deref().unwrap_or_default();
+            return Ok(Some((format!("system (clone grant {grant})"), approval)));
+        }
+        match self.approving_policies(req)? {
+            Ok(policies) => {
+                let names: Vec<&str> = policies.iter().map(|n| n.as_str()).collect();
+                Ok(Some((format!("system (policy {})", names.join(", ")), approval)))
+            }
+            Err(why) => {
+                tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The Resource Exchange policies that approve every pending spec of a
+    /// One Time / Recurring Clone request (blocking), or None when one spec
+    /// is not approved (the request then waits for a person), with why.
+    fn approving_policies(&self, req: &ExchangeRequest) -> AppResult<Result<Vec<Name>, String>> {
+        let Some(approval) = approval_for(req.frequency) else { return Ok(Err("not a clone frequency".into())) };
+        let mut names = Vec::new();
+        for spec_name in req.pending_specs() {
+            let Some(spec) = self.store.spec(spec_name)? else { continue };
+            let policies = self.store.policies(Some(&spec.module))?;
+            let access = ExchangeAccess {
+                module: spec.module,
+                spec: spec_name.clone(),
+                target_sys_id: req.target.sys_id.clone(),
+                target_host: req.target.host.clone(),
+                approval,
+            };
+            let decision = evaluate_exchange(&policies, &access);
+            if !decision.allowed {
+                return Ok(Err(format!("spec {spec_name}: {}", decision.reason)));
+            }
+            let by = decision.evaluated.iter().find(|e| e.matched && e.result == PolicyResult::Track);
+            names.extend(by.map(|e| e.policy.clone()));
+        }
+        Ok(Ok(names))
+    }
+}
