@@ -30,6 +30,8 @@ pub mod exchange;
 pub mod jobs;
 pub mod ports;
 pub mod rekey;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -152,6 +152,8 @@ fn the_layering_check_flags_a_known_bad_file() {
         ("node/diagnostics/mod.rs", "byok::Byok", false),
         ("node/rekey/mod.rs", "context::Blocking", false),
         ("node/mod.rs", "diagnostics::Diagnostics", false),
+        ("node/exchange/tests.rs", "testing::pair", false),
+        ("node/exchange/source.rs", "testing::pair", true),
     ] {
         let paths = named_paths(&uses(what), &module_path(file), &externs(), "kmf").expect("parse");
         assert_eq!(!check(file, &paths).0.is_empty(), flagged, "{what} in {file}: {:?}", check(file, &paths).0);

@@ -10,6 +10,8 @@ mod approval;
 mod proof;
 mod source;
 mod target;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

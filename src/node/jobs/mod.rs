@@ -191,15 +191,9 @@ impl JobRunner {
         }
     }
 
-    /// Claims and runs jobs until `cancel`; in-flight jobs are tracked by
-    /// `tracker` so shutdown can let them finish.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken, tracker: TaskTracker) {
-        let owner = format!("{}-{}", self.sys_id, hex::encode(random_bytes::<4>()));
-        match self.blocking(|r| Ok(r.store.release_orphaned_leases()?)).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "jobs leased by the previous run are due again"),
-            Err(e) => tracing::warn!(error = %e, "could not release the previous run's leases; they will run out"),
-        }
+    /// Adds every handler's startup jobs (the recurring sweeps); a no-op
+    /// for those already there.
+    pub async fn add_startup_jobs(self: &Arc<Self>) {
         let now = self.clock.now();
         let handlers: Vec<Arc<dyn JobHandler>> =
             self.handlers.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
@@ -212,6 +206,32 @@ impl JobRunner {
                 tracing::warn!(error = %e, job = kind.label(), "could not schedule a recurring job");
             }
         }
+    }
+
+    /// Claims the jobs due now as `owner` and runs them one after another,
+    /// to their end; returns how many ran. The unit tests drive jobs this
+    /// way with a manual clock (the daemon runs `run`).
+    pub async fn run_due_once(self: &Arc<Self>, owner: &str) -> AppResult<usize> {
+        let (owner, lease) = (owner.to_owned(), millis(self.settings.lease));
+        let claimed = self.blocking(move |r| Ok(r.store.claim_due_jobs(&owner, r.clock.now(), lease, 1000)?)).await?;
+        let ran = claimed.len();
+        for (job, lease) in claimed {
+            self.run_job(job, lease).await;
+            self.signals.settled();
+        }
+        Ok(ran)
+    }
+
+    /// Claims and runs jobs until `cancel`; in-flight jobs are tracked by
+    /// `tracker` so shutdown can let them finish.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken, tracker: TaskTracker) {
+        let owner = format!("{}-{}", self.sys_id, hex::encode(random_bytes::<4>()));
+        match self.blocking(|r| Ok(r.store.release_orphaned_leases()?)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "jobs leased by the previous run are due again"),
+            Err(e) => tracing::warn!(error = %e, "could not release the previous run's leases; they will run out"),
+        }
+        self.add_startup_jobs().await;
         let settings = self.settings.clone();
         let permits = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
         let running: Arc<Mutex<HashSet<JobId>>> = Arc::default();
