@@ -15,8 +15,12 @@ pub mod clone_exchange;
 pub mod clone_merge;
 pub mod clone_schedule;
 pub mod codec;
+pub mod delivery;
 pub mod error;
 pub mod exchange;
+pub mod exchange_decide;
+#[cfg(test)]
+mod fixtures;
 pub mod health;
 pub mod ids;
 pub mod job;
