@@ -19,6 +19,7 @@ pub mod delivery;
 pub mod error;
 pub mod exchange;
 pub mod exchange_decide;
+pub mod exchange_import;
 #[cfg(test)]
 mod fixtures;
 pub mod health;
