@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod byok;
 pub mod ciphertext;
 pub mod clone;
+pub mod clone_decide;
 pub mod clone_exchange;
 pub mod clone_merge;
 pub mod clone_schedule;
