@@ -33,6 +33,7 @@ pub mod property;
 pub mod record;
 pub mod refusals;
 pub mod rekey;
+pub mod rekey_plan;
 pub mod schedule;
 pub mod spec;
 
