@@ -36,5 +36,6 @@ pub mod rekey;
 pub mod rekey_plan;
 pub mod schedule;
 pub mod spec;
+pub mod sweeps;
 
 pub use error::DomainError;
