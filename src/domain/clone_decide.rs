@@ -11,7 +11,7 @@ use super::clone::{CloneRun, CloneState, FollowUp, GrantBasis, SnapshotCatalog};
 use super::clone_exchange::{CloneExchange, approval_for};
 use super::exchange::{ExchangeRequest, RequestStatus};
 use super::ids::{CloneId, Name, RequestId, SysId, UnixMillis};
-use super::policy::{AccessPolicy, ExchangeAccess, PolicyResult, evaluate_exchange};
+use super::policy::{AccessPolicy, ApprovalType, ExchangeAccess, PolicyResult, evaluate_exchange};
 
 /// Whether `target` may clone this instance, and as what: a registered
 /// clone target (`registered`), or the target of a One Time / Recurring
@@ -40,21 +40,28 @@ pub fn approving_policies(req: &ExchangeRequest, specs: &[SpecPolicies]) -> Resu
     let Some(approval) = approval_for(req.frequency) else { return Err("not a clone frequency".into()) };
     let mut names = Vec::new();
     for s in specs {
-        let access = ExchangeAccess {
-            module: s.module.clone(),
-            spec: s.spec.clone(),
-            target_sys_id: req.target.sys_id.clone(),
-            target_host: req.target.host.clone(),
-            approval,
-        };
-        let decision = evaluate_exchange(&s.policies, &access);
-        if !decision.allowed {
-            return Err(format!("spec {}: {}", s.spec, decision.reason));
-        }
-        let by = decision.evaluated.iter().find(|e| e.matched && e.result == PolicyResult::Track);
-        names.extend(by.map(|e| e.policy.clone()));
+        names.extend(spec_approval(req, approval, s)?);
     }
     Ok(names)
+}
+
+/// One pending spec's part of `approving_policies` (for a service that
+/// reads spec by spec and stops at the first refusal): the tracking policy
+/// that approves it (None: allowed without one), or why it is not approved.
+pub fn spec_approval(req: &ExchangeRequest, approval: ApprovalType, s: &SpecPolicies) -> Result<Option<Name>, String> {
+    let access = ExchangeAccess {
+        module: s.module.clone(),
+        spec: s.spec.clone(),
+        target_sys_id: req.target.sys_id.clone(),
+        target_host: req.target.host.clone(),
+        approval,
+    };
+    let decision = evaluate_exchange(&s.policies, &access);
+    if !decision.allowed {
+        return Err(format!("spec {}: {}", s.spec, decision.reason));
+    }
+    let by = decision.evaluated.iter().find(|e| e.matched && e.result == PolicyResult::Track);
+    Ok(by.map(|e| e.policy.clone()))
 }
 
 /// Whether a claimed clone job copies the snapshot (the run is still

@@ -1,9 +1,9 @@
-use super::super::clone_exchange::{ExchangePlan, UsedBy, approving_policy};
-use super::super::exchange::{ExchangeRole, Frequency};
-use super::super::fixtures::{name, request, sys, target};
-use super::super::ids::Host;
-use super::super::policy::{ApprovalType, PolicyType};
 use super::*;
+use crate::domain::clone_exchange::{ExchangePlan, UsedBy, approving_policy};
+use crate::domain::exchange::{ExchangeRole, Frequency};
+use crate::domain::fixtures::{name, request, sys, target};
+use crate::domain::ids::Host;
+use crate::domain::policy::{ApprovalType, PolicyType};
 
 fn configuration(used: bool) -> CloneExchange {
     CloneExchange {
@@ -61,6 +61,17 @@ fn only_clone_frequencies_are_approved_by_policies() {
     }
     let recurring = request(ExchangeRole::Source, Frequency::RecurringClone, RequestStatus::Pending, &["pay"]);
     assert!(approving_policies(&recurring, &[policies_for("pay", ApprovalType::Recurring)]).is_ok());
+}
+
+#[test]
+fn one_spec_is_approved_by_its_tracking_policy_or_refused() {
+    let req = request(ExchangeRole::Source, Frequency::OneTimeClone, RequestStatus::Pending, &["pay"]);
+    let s = policies_for("pay", ApprovalType::OneTime);
+    assert_eq!(spec_approval(&req, ApprovalType::OneTime, &s), Ok(Some(s.policies[0].name.clone())));
+    let refused = spec_approval(&req, ApprovalType::Recurring, &s).unwrap_err();
+    assert!(refused.starts_with("spec pay: "), "{refused}");
+    let none = SpecPolicies { spec: name("pay"), module: name("m"), policies: vec![] };
+    assert!(spec_approval(&req, ApprovalType::OneTime, &none).is_err(), "no policy: the module default refuses");
 }
 
 #[test]

@@ -217,8 +217,8 @@ pub enum ApproverStep {
     LeaveForPerson(String),
     /// Approve now as this actor, checking the grant again in the approving write.
     ApproveAs(String),
-    /// Evaluate the Resource Exchange policies of its pending specs, then
-    /// call `approver_by_policies`.
+    /// Evaluate the Resource Exchange policies of its pending specs
+    /// (`clone_decide::approving_policies`), then `approver_by_policies`.
     CheckPolicies,
 }
 
@@ -237,15 +237,12 @@ pub fn approver_after_grant(req: &ExchangeRequest, refusal: Result<(), String>) 
 }
 
 /// After the policies (`approving`: the policies that approve every
-/// pending spec, or why one does not).
-pub fn approver_by_policies(approving: Result<Vec<Name>, String>) -> ApproverStep {
-    match approving {
-        Ok(policies) => {
-            let names: Vec<&str> = policies.iter().map(|n| n.as_str()).collect();
-            ApproverStep::ApproveAs(format!("system (policy {})", names.join(", ")))
-        }
-        Err(why) => ApproverStep::LeaveForPerson(why),
-    }
+/// pending spec, or why one does not): the actor that approves, or why
+/// the request waits for a person.
+pub fn approver_by_policies(approving: Result<Vec<Name>, String>) -> Result<String, String> {
+    let policies = approving?;
+    let names: Vec<&str> = policies.iter().map(|n| n.as_str()).collect();
+    Ok(format!("system (policy {})", names.join(", ")))
 }
 
 #[cfg(test)]

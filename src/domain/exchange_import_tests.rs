@@ -1,9 +1,9 @@
-use super::super::bundle::WrappingAlgorithm;
-use super::super::exchange::{Frequency, Transition};
-use super::super::fixtures::{last, name, request, sys};
-use super::super::key::KeyState;
-use super::super::spec::{Algorithm, Purpose};
 use super::*;
+use crate::domain::bundle::WrappingAlgorithm;
+use crate::domain::exchange::{Frequency, Transition};
+use crate::domain::fixtures::{last, name, request, sys};
+use crate::domain::key::KeyState;
+use crate::domain::spec::{Algorithm, Purpose};
 use RequestStatus::*;
 
 fn on_target(status: RequestStatus) -> ExchangeRequest {

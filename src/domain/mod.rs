@@ -1,5 +1,8 @@
 //! The pure core: identities, keys, exchange requests and their state machine,
-//! the bundle and receipt formats, the ciphertext header and authorisation.
+//! the bundle and receipt formats, the ciphertext header and authorisation,
+//! and the decisions the services take on what they read (`delivery`,
+//! `exchange_decide`, `exchange_import`, `clone_decide`, `rekey_plan`,
+//! `sweeps`): a service reads, calls the decision, and writes conditionally.
 //!
 //! Nothing here performs I/O: no tokio, tonic, redb, openssl, rustls, file
 //! system, environment or clock. Time and randomness come in as arguments.

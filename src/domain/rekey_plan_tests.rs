@@ -1,7 +1,7 @@
-use super::super::fixtures::{name, sys};
-use super::super::ids::RequestId;
-use super::super::rekey::RekeyState;
 use super::*;
+use crate::domain::fixtures::{name, sys};
+use crate::domain::ids::RequestId;
+use crate::domain::rekey::RekeyState;
 
 fn key(spec: &str, v: u32) -> KeyId {
     KeyId { origin: sys(1), spec: name(spec), version: v }
