@@ -1,8 +1,10 @@
 //! Composition root: creates an instance (`init`), and runs one (`App::start`):
-//! the TLS acceptor on a pre-bound listener, the gRPC services with health and
-//! reflection, and the job runner (deliveries, notices, sweeps). Shutdown is
-//! graceful: no new calls or jobs, in-flight jobs finish (or keep their lease
-//! for the next start), then the server drains.
+//! the TLS acceptor on a pre-bound listener, the use-case services and the
+//! gRPC services around them with health and reflection, and the background
+//! tasks on one `Background` (the job runner and its jobs, the refusal
+//! writer, the health watch). Shutdown is graceful: no new calls or jobs,
+//! in-flight jobs finish within `JOB_DRAIN` (or keep their lease for the next
+//! start), then the server drains.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,12 +1,15 @@
 //! kmf: a key-exchange daemon. See ARCHITECTURE.md for the code map.
 //!
-//! - `domain`: pure core (no I/O).
-//! - `store`: redb adapter. `signer`: KEK backends and crypto primitives.
-//! - `tls`: PKI, rustls configs, identity. `rpc`: generated types, services,
-//!   status mapping and the peer client.
-//! - `node`: the use cases, wiring domain, store, signer and peer client.
-//! - `app`: composition root (listener, TLS acceptor, services, background
-//!   tasks). `config`: settings. `cli`: kmfd and kmfctl commands.
+//! - `domain`: pure core (no I/O): types, state machines, decisions.
+//! - `store`: the store port over the engine port (redb, in-memory).
+//!   `signer`: KEK backends (software, PKCS#11) and crypto primitives.
+//! - `tls`: PKI, rustls configs, identity, CRL. `rpc`: generated types, the
+//!   thin gRPC services, the one status mapping and the peer client.
+//! - `node`: the use-case services (catalog, crypto, exchange, clone, rekey,
+//!   BYOK, audit, diagnostics) and the job runner, built from one context.
+//! - `app`: composition root (listeners, TLS acceptor, services, background
+//!   tasks). `config`: settings. `cli`: kmfd and kmfctl commands. `metrics`,
+//!   `connections`, `tls_reload`, `telemetry`, `clock`, `error`: as named.
 
 pub mod app;
 pub mod cli;

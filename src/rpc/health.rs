@@ -1,5 +1,5 @@
 //! grpc.health.v1 follows the diagnosis: every recorded diagnosis (the
-//! periodic one in `app::health_loop`, and each `Instance.Diagnose`) is
+//! periodic one of `Diagnostics::watch`, and each `Instance.Diagnose`) is
 //! published here, and the overall service "" and every kmf service turn
 //! NOT_SERVING while the signer or the store is Malfunction, SERVING again
 //! when both recover. The rule is `domain::health::serving_state`.

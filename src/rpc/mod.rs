@@ -1,5 +1,5 @@
 //! The RPC edge: the only home of generated protobuf types. Services convert,
-//! authorise, call the node and convert back; `status` maps every error to a
+//! authorise, call the use-case service they hold and convert back; `status` maps every error to a
 //! gRPC status in one place (`wire_status` puts right the few statuses tonic
 //! makes before a handler runs); `peer` is the outbound client to other daemons;
 //! `client` connects operators (kmfctl, tests) to a daemon; `health` makes

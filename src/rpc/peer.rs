@@ -1,4 +1,4 @@
-//! The peer client: implements the node's `PeerLink` over the KeyExchange
+//! The peer client: implements `node::ports::PeerLink` over the KeyExchange
 //! service, checking each peer's certificate names the sys_id we expect.
 //!
 //! Channels are kept per (host, expected sys_id), so calls to a peer share one

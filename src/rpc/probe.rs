@@ -1,8 +1,8 @@
-//! The peer probe: implements the node's `PeerProbe` with a gRPC health
+//! The peer probe: implements `node::diagnostics::PeerProbe` with a gRPC health
 //! check (grpc.health.v1) over mTLS, as this instance, of the peer's
 //! KeyExchange service. The peer's certificate must name the expected sys_id.
 //! It dials with the identity and CRL in use at that moment (`LiveTls`: a
-//! reload reaches it). Also the node's view of that configuration (`TlsNow`).
+//! reload reaches it). Also `node::ports::TlsNow`, the services' view of that configuration.
 
 use std::sync::Arc;
 
