@@ -111,3 +111,47 @@ impl CountsCache {
         *locked(&self.0) = Some((token, counts));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::Name;
+
+    #[test]
+    fn an_entry_is_valid_for_its_token_only() {
+        let mut t: Tokened<&str, u32> = Tokened::default();
+        t.put(3, "a", 1, 10);
+        assert_eq!(t.get(3, &"a"), Some(1));
+        assert_eq!(t.get(4, &"a"), None, "the token moved on: a miss");
+        assert_eq!(t.get(3, &"b"), None);
+        t.put(4, "a", 2, 10);
+        assert_eq!((t.get(3, &"a"), t.get(4, &"a")), (None, Some(2)), "replaced under the new token");
+    }
+
+    #[test]
+    fn a_full_map_is_emptied_before_a_new_key_but_not_for_a_known_one() {
+        let mut t: Tokened<u32, u32> = Tokened::default();
+        for k in 0..3 {
+            t.put(1, k, k, 3);
+        }
+        t.put(1, 2, 20, 3);
+        assert_eq!(t.0.len(), 3, "a known key is replaced in place");
+        t.put(1, 9, 9, 3);
+        assert_eq!((t.0.len(), t.get(1, &9), t.get(1, &0)), (1, Some(9), None), "emptied, then the new key");
+    }
+
+    #[test]
+    fn the_policy_sets_and_counts_follow_their_tokens() {
+        let cache = CatalogCache::default();
+        let module = Name::parse("payroll", "module").expect("name");
+        cache.put_policies(5, module.clone(), Arc::new(Vec::new()));
+        assert!(cache.policies(5, &module).is_some());
+        assert!(cache.policies(6, &module).is_none());
+        let counts = CountsCache::default();
+        assert!(counts.counts(1).is_none(), "nothing counted yet");
+        let none = StoreCounts { requests: Vec::new(), keys: Vec::new(), audit_entries: 7, rekey_debt: Vec::new() };
+        counts.put_counts(1, none);
+        assert_eq!(counts.counts(1).map(|c| c.audit_entries), Some(7));
+        assert!(counts.counts(2).is_none(), "any write since: counted again");
+    }
+}

@@ -182,3 +182,39 @@ impl JobSignals {
         self.settled.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    struct Probe(u32);
+
+    #[tokio::test]
+    async fn blocking_work_runs_off_the_worker_and_its_panic_is_an_internal_error() {
+        let probe = Arc::new(Probe(7));
+        let worker = std::thread::current().id();
+        let (value, thread) = probe.blocking(move |p| Ok((p.0, std::thread::current().id()))).await.expect("ran");
+        assert_eq!(value, 7);
+        assert_ne!(thread, worker, "the closure ran on the blocking pool");
+        let panicked = probe.blocking(|_: &Probe| -> AppResult<()> { panic!("boom") }).await;
+        assert!(matches!(panicked, Err(AppError::Internal(_))), "{panicked:?}");
+    }
+
+    #[test]
+    fn a_lease_is_renewed_until_now_plus_its_length() {
+        let clock = ManualClock::starting_now();
+        let settings = JobSettings { lease: Duration::from_secs(120), ..JobSettings::default() };
+        assert_eq!(lease_until(&*clock, &settings), clock.now().plus_millis(120_000));
+        assert_eq!(millis(Duration::from_secs(u64::MAX)), i64::MAX, "saturates");
+    }
+
+    #[test]
+    fn the_settings_derive_from_the_background_interval() {
+        let s = JobSettings::for_interval(Duration::from_millis(200));
+        assert_eq!(s.sweep_every, Duration::from_millis(200));
+        assert_eq!((s.retry.base_millis, s.retry.cap_millis), (200, 12_000));
+        let slow = JobSettings::for_interval(Duration::from_secs(60));
+        assert_eq!((slow.retry.base_millis, slow.retry.cap_millis), (1_000, 300_000), "capped at 1 s and 5 min");
+    }
+}

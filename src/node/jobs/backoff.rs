@@ -29,3 +29,32 @@ impl PeerBackoff {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(host);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_waits_only_after_it_failed_and_only_until_then() {
+        let b = PeerBackoff::default();
+        assert_eq!(b.waiting_until("t.test:1", UnixMillis(100)), None, "no failure yet");
+        b.failed("t.test:1", UnixMillis(500));
+        assert_eq!(b.waiting_until("t.test:1", UnixMillis(100)), Some(UnixMillis(500)));
+        assert_eq!(b.waiting_until("other.test:1", UnixMillis(100)), None, "other hosts do not wait");
+        assert_eq!(b.waiting_until("t.test:1", UnixMillis(500)), None, "the wait is over at its end");
+    }
+
+    #[test]
+    fn the_latest_end_wins_and_an_answer_ends_the_wait() {
+        let b = PeerBackoff::default();
+        b.failed("t.test:1", UnixMillis(900));
+        b.failed("t.test:1", UnixMillis(300));
+        assert_eq!(
+            b.waiting_until("t.test:1", UnixMillis(0)),
+            Some(UnixMillis(900)),
+            "an earlier end does not shorten it"
+        );
+        b.answered("t.test:1");
+        assert_eq!(b.waiting_until("t.test:1", UnixMillis(0)), None);
+    }
+}
