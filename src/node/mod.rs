@@ -200,3 +200,62 @@ impl Background {
         tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::domain::ids::RequestId;
+    use crate::domain::job::{Job, JobId, JobKind};
+    use crate::node::testing::{Instance, test_ca};
+
+    #[test]
+    fn every_job_kind_has_a_handler() {
+        let instance = Instance::new(&test_ca(), "kinds");
+        assert_eq!(instance.services.jobs.unhandled_kinds(), Vec::<JobKind>::new());
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_the_tasks_it_tracks_and_says_when_one_outlives_the_deadline() {
+        let background = Background::new();
+        let ended = Arc::new(AtomicBool::new(false));
+        let (token, flag) = (background.token(), Arc::clone(&ended));
+        background.spawn(async move {
+            token.cancelled().await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        assert!(background.shut_down(Duration::from_secs(5)).await, "the task ended when cancelled");
+        assert!(ended.load(Ordering::SeqCst));
+
+        let stubborn = Background::new();
+        stubborn.spawn(std::future::pending::<()>());
+        assert!(
+            !stubborn.shut_down(Duration::from_millis(20)).await,
+            "a task that ignores the token outlives the deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_started_runner_runs_a_due_job_and_stops_on_shutdown() {
+        let instance = Instance::new(&test_ca(), "runner");
+        let services = &instance.services;
+        // A delivery job for a request that does not exist ends at once (Done).
+        let id = RequestId::from_random(crate::signer::primitives::random_bytes());
+        let job_id = JobId::for_request(JobKind::Deliver, &id);
+        let now = instance.now();
+        services.store().add_job(&Job::new(job_id.clone(), now, now)).expect("add job");
+        let background = Background::new();
+        let mut settled = services.jobs.settled();
+        services.start(&background);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while services.store().job(&job_id).expect("read").is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "the runner never ran the job");
+            let _ = tokio::time::timeout_at(deadline, settled.changed()).await;
+        }
+        assert!(background.shut_down(Duration::from_secs(10)).await, "the runner and the refusal writer stop");
+        let sweeps = services.jobs.jobs(10).await.expect("jobs");
+        let kinds: Vec<JobKind> = sweeps.iter().map(|j| j.id.kind).collect();
+        assert!(kinds.contains(&JobKind::ExpirySweep) && kinds.contains(&JobKind::LifecycleSweep), "{kinds:?}");
+    }
+}

@@ -127,8 +127,19 @@ impl JobRunner {
         }
     }
 
+    /// The kinds no handler is registered for (none once `Services` is built).
+    pub fn unhandled_kinds(&self) -> Vec<JobKind> {
+        let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
+        JobKind::ALL.into_iter().filter(|k| !handlers.contains_key(k)).collect()
+    }
+
     fn handler(&self, kind: JobKind) -> Option<Arc<dyn JobHandler>> {
         self.handlers.read().unwrap_or_else(|p| p.into_inner()).get(&kind).cloned()
+    }
+
+    /// Changes each time a job run ends (tests wait on it).
+    pub fn settled(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signals.subscribe()
     }
 
     /// Wakes the runner (tests call it after advancing a manual clock).
