@@ -212,3 +212,39 @@ async fn a_rejection_notice_to_an_unreachable_target_is_retried_until_it_arrives
     assert_eq!(Faults::calls(&source.link.faults.notices), 2);
     assert_eq!(request(&target, &req.id).await.status, RequestStatus::Rejected);
 }
+
+#[tokio::test]
+async fn an_approved_request_that_expires_undelivered_drops_its_bundle_and_its_delivery_ends_without_dialling() {
+    let (source, target, req) = approved().await;
+    source.set_fault(|f| &f.unreachable, true);
+    assert_eq!(source.run_jobs().await, 1, "the first delivery failed");
+    source.set_fault(|f| &f.unreachable, false);
+    source.clock.advance_millis(req.expires_at.0 - source.now().0);
+    assert_eq!(source.services.exchange.sweep_expired().await.expect("sweep"), 1);
+    assert_eq!(request(&source, &req.id).await.status, RequestStatus::Expired);
+    assert!(source.services.store().bundle(&req.id).expect("bundle").is_none(), "the bundle is dropped");
+    assert_eq!(source.run_jobs().await, 2, "the delivery and the notice ran");
+    assert_eq!(Faults::calls(&source.link.faults.deliveries), 1, "the expired delivery did not dial");
+    assert!(delivery_job(&source, &req).is_none(), "the delivery job ended");
+    assert_eq!(Faults::calls(&source.link.faults.notices), 1);
+    assert_eq!(request(&target, &req.id).await.status, RequestStatus::Expired);
+    assert_eq!(key_count(&target, "salary").await, 0);
+}
+
+#[tokio::test]
+async fn a_bundle_for_a_request_the_target_no_longer_waits_for_is_refused() {
+    let (source, target, req) = approved().await;
+    let bundle = bundle_of(&source, &req);
+    let told = target.services.exchange.receive_status(
+        source.sys_id.clone(),
+        req.id.clone(),
+        RequestStatus::Rejected,
+        "withdrawn".into(),
+    );
+    told.await.expect("the target takes the notice");
+    let late = target.services.exchange.receive_bundle(source.sys_id.clone(), source.cert_der.clone(), bundle).await;
+    assert!(matches!(late, Err(AppError::Domain(DomainError::FailedPrecondition(_)))), "{late:?}");
+    assert_eq!(key_count(&target, "salary").await, 0);
+    assert_eq!(request(&target, &req.id).await.status, RequestStatus::Rejected);
+    assert_eq!(audited(&target, "exchange.bundle_refused", req.id.as_str()).await.len(), 1);
+}
