@@ -255,6 +255,17 @@ impl Instance {
     pub fn now(&self) -> crate::domain::ids::UnixMillis {
         self.clock.now()
     }
+
+    /// The names its certificate carries, as a peer's link reports them
+    /// (what `open_request_from_peer` checks a target host against).
+    pub fn cert_hosts(&self) -> Vec<String> {
+        pki::host_names(&self.host)
+    }
+
+    /// Sets a fault of its link (`unreachable` or `refuse`) on or off.
+    pub fn set_fault(&self, fault: fn(&Faults) -> &AtomicBool, on: bool) {
+        fault(&self.link.faults).store(on, Ordering::SeqCst);
+    }
 }
 
 /// Two instances, each reaching the other: a source and a target.

@@ -12,6 +12,12 @@ mod source;
 mod target;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_decisions;
+#[cfg(test)]
+mod tests_delivery;
+#[cfg(test)]
+mod tests_open;
 
 use std::sync::Arc;
 

@@ -8,6 +8,8 @@
 //! coordination.
 
 mod backoff;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
