@@ -153,6 +153,7 @@ fn the_layering_check_flags_a_known_bad_file() {
         ("node/rekey/mod.rs", "context::Blocking", false),
         ("node/mod.rs", "diagnostics::Diagnostics", false),
         ("node/exchange/tests.rs", "testing::pair", false),
+        ("node/exchange/tests_faults.rs", "testing::pair", false),
         ("node/exchange/source.rs", "testing::pair", true),
     ] {
         let paths = named_paths(&uses(what), &module_path(file), &externs(), "kmf").expect("parse");

@@ -136,8 +136,9 @@ fn node_order_refusal(file: &str, path: &NamedPath) -> Option<String> {
     };
     // An item of node/mod.rs (`crate::node::Services`) is in `mod`.
     let target = if NODE_SERVICES.iter().any(|(name, _)| *name == target) { target } else { "mod" };
-    // The unit tests (`tests.rs` of a service, or a cfg(test) item) may use the harness.
-    if target == service || (target == "testing" && (path.in_test || file.ends_with("/tests.rs"))) {
+    // The unit tests (`tests.rs`, `tests_*.rs` of a service, or a cfg(test) item) may use the harness.
+    let test_file = file.rsplit('/').next().is_some_and(|f| f == "tests.rs" || f.starts_with("tests_"));
+    if target == service || (target == "testing" && (path.in_test || test_file)) {
         return None;
     }
     let Some((_, uses)) = NODE_SERVICES.iter().find(|(name, _)| *name == service) else {
