@@ -5,6 +5,8 @@
 
 mod access;
 mod refusals;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

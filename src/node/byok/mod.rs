@@ -24,6 +24,9 @@ use crate::signer::primitives::random_bytes;
 use crate::store::Store;
 use crate::store::StoreError;
 
+#[cfg(test)]
+mod tests;
+
 /// Expired import keys deleted per `GetImportParameters` (the rest by the next ones).
 const SWEEP_LIMIT: usize = 100;
 

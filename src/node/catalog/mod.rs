@@ -6,6 +6,10 @@
 mod keys;
 pub mod policies;
 pub mod properties;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_policies;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,6 +8,10 @@ mod configurations;
 mod schedule;
 mod source;
 mod target;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_faults;
 
 use std::sync::Arc;
 

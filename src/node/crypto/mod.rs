@@ -8,6 +8,8 @@
 mod operations;
 mod records;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

@@ -21,6 +21,9 @@ use crate::domain::ids::{Host, SysId, UnixMillis};
 use crate::signer::Signer;
 use crate::store::{Store, StoreCounts};
 
+#[cfg(test)]
+mod tests;
+
 /// How long one peer may take to answer its health check.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the daemon diagnoses itself unasked (the reference re-runs its

@@ -35,6 +35,9 @@ use crate::signer::schemes::LoadedKey;
 use crate::store::Store;
 use crate::store::{RekeyEnd, StoreError};
 
+#[cfg(test)]
+mod tests;
+
 /// Records one page may look at while looking for records to move.
 const SCAN_LIMIT: usize = BATCH_RECORDS * 16;
 /// Every this many batches the commit is durable (the others ride on it).
