@@ -292,7 +292,8 @@ pub fn name(text: &str) -> crate::domain::ids::Name {
 
 impl Instance {
     /// Module `module` (Track default access) with an AES-256-GCM spec
-    /// `spec`, exportable; `keys` keys generated in it (the last Active).
+    /// `spec`, exportable; `keys` keys generated in it (the first is Active,
+    /// the later ones Generated).
     pub async fn spec_with_keys(&self, module: &str, spec: &str, keys: u32) {
         use crate::domain::spec::SpecChoice;
         let (catalog, caller) = (&self.services.catalog, admin());

@@ -90,7 +90,8 @@ impl Audit {
         self.audit_call_refusal(actor, method.clone(), method, reason).await;
     }
 
-    /// Matching entries after `filter.after_seq`; also returns where to continue (0 at the end).
+    /// Matching entries after `filter.after_seq`; also returns where to continue (the
+    /// sequence number of the last entry returned, 0 at the end).
     pub async fn audit_entries(self: &Arc<Self>, filter: AuditFilter) -> AppResult<(Vec<AuditEntry>, u64)> {
         self.blocking(move |audit| {
             let mut out = Vec::new();
@@ -108,7 +109,8 @@ impl Audit {
                     if filter.matches(&e) {
                         out.push(e);
                         if out.len() >= filter.limit {
-                            return Ok((out, after));
+                            // Continue after the last entry returned, not after the page scanned.
+                            return Ok((out, seq));
                         }
                     }
                 }
