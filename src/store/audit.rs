@@ -3,13 +3,13 @@
 
 use super::engine::{KeyRange, Table, WriteTxn, scan};
 use super::tuple::{KeyBuf, KeyReader};
-use super::{Change, Result, Store, StoreError};
+use super::{Result, Store, StoreError};
 use crate::domain::audit::{AuditEntry, AuditEvent, GENESIS};
 
 impl Store {
     /// Appends events on their own (refused calls, failures).
     pub fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
-        self.write(&[Change::Other], |tx| append_audit(tx, events))
+        self.write(|tx| append_audit(tx, events))
     }
 
     /// Raw audit rows (sequence, stored bytes) after `after`, oldest first,

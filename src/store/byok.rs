@@ -6,7 +6,7 @@ use super::catalog::{decode_key, insert_new_keys, spec_prefix};
 use super::engine::{KeyRange, Table, Visit};
 use super::records::{ImportKeyRow, decode};
 use super::tuple::str_key;
-use super::{Change, Result, Store, StoreError, get_row, put_row};
+use super::{Result, Store, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::byok::ImportKey;
 use crate::domain::ids::{ImportToken, Name, UnixMillis};
@@ -21,7 +21,7 @@ impl Store {
     /// `expired` (those still there), with the audit entries, in one
     /// transaction.
     pub fn insert_import_key(&self, key: &ImportKey, expired: &[ImportToken], audit: &[AuditEvent]) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let k = token_key(&key.token);
             if tx.get(Table::ImportKeys, &k)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "import key", id: key.token.to_string() });
@@ -76,7 +76,7 @@ impl Store {
         wrapped: &WrappedKey,
         plan: impl Fn(&[KeyRecord]) -> (KeyRecord, Vec<AuditEvent>),
     ) -> Result<KeyRecord> {
-        self.write(&[Change::KeysOf(spec)], |tx| {
+        self.write(|tx| {
             let k = token_key(token);
             let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else {
                 return Err(StoreError::Missing { what: "import key", id: token.to_string() });
@@ -110,7 +110,7 @@ impl Store {
     /// the sweep of expired import keys destroys the signer key again
     /// (destroying is idempotent).
     pub fn erase_import_handle(&self, token: &ImportToken, handle: &[u8]) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let k = token_key(token);
             let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else { return Ok(()) };
             let mut import: ImportKey = row.try_into()?;

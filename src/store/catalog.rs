@@ -4,7 +4,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn, scan};
 use super::records::{KeyRow, LifecyclePolicyRow, ModuleRow, SpecRow, decode, scope_key};
 use super::tuple::{KeyBuf, str_key};
-use super::{Change, Result, Store, StoreError, get_row, put_row};
+use super::{Result, Store, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::ids::{KeyId, Name};
 use crate::domain::key::{KeyRecord, KeyState, LifecyclePolicy, WrappedKey};
@@ -46,7 +46,7 @@ impl Store {
 
     /// Inserts a module and its initial access policies.
     pub fn insert_module(&self, module: &Module, policies: &[AccessPolicy], audit: &[AuditEvent]) -> Result<()> {
-        self.write(&[Change::Policies], |tx| {
+        self.write(|tx| {
             let k = str_key(module.name.as_str());
             if tx.get(Table::Modules, &k)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "module", id: module.name.to_string() });
@@ -68,7 +68,7 @@ impl Store {
     }
 
     pub fn insert_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
-        self.write(&[Change::Specs], |tx| {
+        self.write(|tx| {
             let k = str_key(spec.name.as_str());
             if tx.get(Table::Specs, &k)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "spec", id: spec.name.to_string() });
@@ -80,7 +80,7 @@ impl Store {
 
     /// Replaces an existing spec (e.g. its lifecycle definition).
     pub fn update_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
-        self.write(&[Change::Specs], |tx| {
+        self.write(|tx| {
             let k = str_key(spec.name.as_str());
             if tx.get(Table::Specs, &k)?.is_none() {
                 return Err(StoreError::Missing { what: "spec", id: spec.name.to_string() });
@@ -155,9 +155,7 @@ impl Store {
 
     /// Inserts new key rows in one transaction (refusing existing ids).
     pub fn insert_keys(&self, rows: &[(KeyRecord, WrappedKey)], audit: &[AuditEvent]) -> Result<()> {
-        let specs = specs_of(rows.iter().map(|(k, _)| k));
-        let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
-        self.write(&changed, |tx| {
+        self.write(|tx| {
             if let Some(id) = insert_new_keys(tx, rows)?.first() {
                 return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
             }
@@ -176,9 +174,7 @@ impl Store {
         new_key: Option<(&KeyRecord, &WrappedKey)>,
         audit: &[AuditEvent],
     ) -> Result<()> {
-        let specs = specs_of(updated.iter().chain(new_key.map(|(k, _)| k)));
-        let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
-        self.write(&changed, |tx| {
+        self.write(|tx| {
             for rec in updated {
                 let k = key_key(&rec.id);
                 let stored = tx.get(Table::Keys, &k)?;
@@ -205,9 +201,7 @@ impl Store {
     /// benchmarks and load tests with many versions quickly.
     #[doc(hidden)]
     pub fn seed_keys(&self, rows: &[(KeyRecord, WrappedKey)], audit: &[AuditEvent]) -> Result<()> {
-        let specs = specs_of(rows.iter().map(|(k, _)| k));
-        let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
-        self.write(&changed, |tx| {
+        self.write(|tx| {
             for (rec, wrapped) in rows {
                 put_row(tx, Table::Keys, &key_key(&rec.id), &KeyRow::new(rec, wrapped))?;
             }
@@ -226,23 +220,12 @@ impl Store {
     }
 
     pub fn put_lifecycle_policy(&self, policy: &LifecyclePolicy, audit: &[AuditEvent]) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let k = str_key(&scope_key(&policy.scope));
             put_row(tx, Table::LifecyclePolicies, &k, &LifecyclePolicyRow::from(policy))?;
             append_audit(tx, audit)
         })
     }
-}
-
-/// The distinct specs of some keys.
-pub(crate) fn specs_of<'a>(keys: impl Iterator<Item = &'a KeyRecord>) -> Vec<Name> {
-    let mut specs: Vec<Name> = Vec::new();
-    for k in keys {
-        if !specs.contains(&k.id.spec) {
-            specs.push(k.id.spec.clone());
-        }
-    }
-    specs
 }
 
 /// Up to `limit` raw rows of a table (diagnostics and migration tests).

@@ -13,7 +13,7 @@ use super::properties::{properties_in, property_in};
 use super::records::decode;
 use super::stored_records::{active_records, record_from_row};
 use super::tuple::{KeyReader, str_key};
-use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::{
     CloneGrant, CloneTarget, GrantBasis, SnapshotCatalog, SnapshotHeader, SnapshotPart, SystemApprovalFacts,
@@ -172,7 +172,7 @@ impl Store {
     /// Registers `target` (or replaces its host), with its audit entry.
     pub fn put_clone_target(&self, target: &CloneTarget, audit: &[AuditEvent]) -> Result<()> {
         let row = CloneTargetRow::from(target);
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             put_row(tx, Table::CloneTargets, &str_key(target.sys_id.as_str()), &row)?;
             append_audit(tx, audit)
         })
@@ -180,7 +180,7 @@ impl Store {
 
     /// Returns whether the target was registered.
     pub fn remove_clone_target(&self, sys_id: &SysId, audit: &[AuditEvent]) -> Result<bool> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let removed = tx.delete(Table::CloneTargets, &str_key(sys_id.as_str()))?;
             // Its grant goes with it: nothing approves that target's requests any more.
             delete_grant_in(tx, sys_id)?;
@@ -194,7 +194,7 @@ impl Store {
     /// Records (or replaces) the grant of a complete clone, with its audit entry.
     pub fn put_clone_grant(&self, grant: &CloneGrant, audit: &[AuditEvent]) -> Result<()> {
         let row = CloneGrantRow::from(grant);
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             put_row(tx, Table::CloneGrants, &str_key(grant.target.as_str()), &row)?;
             append_audit(tx, audit)
         })

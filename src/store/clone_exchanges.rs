@@ -12,7 +12,7 @@ use super::policies::{delete_policy_in, put_new_policies, set_policy_active_in};
 use super::properties::property_in;
 use super::records::decode;
 use super::tuple::{KeyReader, str_key};
-use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone_exchange::{CloneExchange, UsedBy};
 use crate::domain::exchange::PeerRef;
@@ -126,7 +126,7 @@ impl Store {
         auto_seen: Option<&str>,
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(&[Change::Policies], |tx| {
+        self.write(|tx| {
             let now_value = property_in(tx, AUTO_KEY_EXCHANGE)?.map(|p| p.value);
             if now_value.as_deref() != auto_seen {
                 return Err(StoreError::Stale { what: "property", id: AUTO_KEY_EXCHANGE.into() });
@@ -162,7 +162,7 @@ impl Store {
     /// Deletes the target's configuration and the policies made with it;
     /// returns it, or None if there was none (nothing written then).
     pub fn delete_clone_exchange(&self, target: &SysId, audit: &[AuditEvent]) -> Result<Option<CloneExchange>> {
-        self.write(&[Change::Policies], |tx| {
+        self.write(|tx| {
             let Some(cfg) = read_exchange(tx, target)? else { return Ok(None) };
             for (module, name) in &cfg.policies {
                 delete_policy_in(tx, module, name)?;

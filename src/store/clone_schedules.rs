@@ -13,7 +13,7 @@ use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, held_job, put_job_in};
 use super::records::decode;
 use super::tuple::{KeyReader, str_key};
-use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::CloneRun;
 use crate::domain::clone_schedule::{Cadence, CloneSchedule, ScheduledRun};
@@ -110,7 +110,7 @@ pub struct DueRun<'a> {
 impl Store {
     /// Records a new schedule and its job; `AlreadyExists` if the name is taken.
     pub fn create_clone_schedule(&self, s: &CloneSchedule, audit: &[AuditEvent]) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             if read_schedule(tx, &s.name)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "clone schedule", id: s.name.to_string() });
             }
@@ -135,7 +135,7 @@ impl Store {
     /// Deletes a schedule and, unless a runner holds it, its job (a held job
     /// finds the schedule gone and ends itself). None if there was none.
     pub fn delete_clone_schedule(&self, name: &Name, audit: &[AuditEvent]) -> Result<Option<CloneSchedule>> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let Some(s) = read_schedule(tx, name)? else { return Ok(None) };
             tx.delete(Table::CloneSchedules, &str_key(name.as_str()))?;
             let job_id = clone_schedule_job_id(name);
@@ -153,7 +153,7 @@ impl Store {
     /// starts the clone unless one is running, records the run and moves the
     /// job on. None when the schedule was deleted (the job is removed then).
     pub fn run_clone_schedule(&self, due: DueRun<'_>) -> Result<Option<ScheduledRun>> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let job_id = clone_schedule_job_id(due.schedule);
             let mut job = held_job(tx, &job_id, due.lease)?;
             let Some(mut schedule) = read_schedule(tx, due.schedule)? else {

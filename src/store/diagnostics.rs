@@ -8,7 +8,7 @@ use super::record_debt::debts_in;
 use super::records::decode;
 use super::stored_records::active_records;
 use super::tuple::str_key;
-use super::{Change, META_SYS_ID, Result, Store, StoreError};
+use super::{META_SYS_ID, Result, Store, StoreError};
 use crate::domain::exchange::{ALL_STATUSES, ExchangeRole, RequestStatus};
 use crate::domain::ids::UnixMillis;
 use crate::domain::key::{ALL_STATES, KeyState};
@@ -50,7 +50,7 @@ impl Store {
             Some(_) => Ok(()),
             None => Err(StoreError::Corrupt("meta sys_id missing".into())),
         })?;
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let k = str_key(HEARTBEAT);
             let previous = match tx.get(Table::Diagnostics, &k)? {
                 Some(v) => Some(UnixMillis(i64::from_be_bytes(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
-use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::ids::UnixMillis;
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::domain::schedule::RetryPolicy;
@@ -148,7 +148,7 @@ impl Store {
     /// Schedules `job` unless a job with its id exists (then nothing changes).
     /// Returns whether it was added.
     pub fn add_job(&self, job: &Job) -> Result<bool> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             if read_job(tx, &job.id)?.is_some() {
                 return Ok(false);
             }
@@ -178,7 +178,7 @@ impl Store {
         if !any_due || limit == 0 {
             return Ok(Vec::new());
         }
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let mut keys = Vec::new();
             tx.visit(
                 Table::JobsDue,
@@ -208,7 +208,7 @@ impl Store {
     /// The run under `lease` is done: a one-off job is removed, a recurring
     /// one is due again at `next` (which it must then have).
     pub fn finish_job(&self, id: &JobId, lease: &Lease, next: Option<UnixMillis>) -> Result<()> {
-        self.write(&[Change::Other], |tx| match next {
+        self.write(|tx| match next {
             None => finish_job_in(tx, id, lease),
             Some(at) => {
                 let mut job = held_job(tx, id, lease)?;
@@ -228,7 +228,7 @@ impl Store {
         policy: RetryPolicy,
         jitter: u64,
     ) -> Result<Job> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let mut job = held_job(tx, id, lease)?;
             job.fail(error, now, policy, jitter);
             put_job_in(tx, &job)?;
@@ -244,7 +244,7 @@ impl Store {
         if !self.engine.is_exclusive() {
             return Ok(0);
         }
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let mut leased = Vec::new();
             tx.visit(Table::Jobs, &KeyRange::all(), &mut |_, v| {
                 let job: Job = decode::<JobRow>(v)?.try_into()?;
@@ -265,7 +265,7 @@ impl Store {
     /// The job under `lease` did not run (its target is backing off): due
     /// again at `at`, attempts unchanged.
     pub fn postpone_job(&self, id: &JobId, lease: &Lease, at: UnixMillis) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let mut job = held_job(tx, id, lease)?;
             job.lease = None;
             job.next_due = at;
@@ -276,7 +276,7 @@ impl Store {
     /// Makes a waiting job due at `at` (for example: wake the delivery of a
     /// request now instead of at its backoff). A leased job is left alone.
     pub fn hasten_job(&self, id: &JobId, at: UnixMillis) -> Result<bool> {
-        self.write(&[Change::Other], |tx| match read_job(tx, id)? {
+        self.write(|tx| match read_job(tx, id)? {
             Some(mut job) if job.lease.is_none() && job.next_due > at => {
                 job.next_due = at;
                 put_job_in(tx, &job)?;

@@ -13,8 +13,10 @@
 //!   here, up to `MAX_ATTEMPTS`;
 //! - large tables (keys, requests, records, audit, jobs) are read in pages
 //!   with a cursor, never whole;
-//! - what changed is published as change tokens per kind of data, so caches
-//!   drop only what a write touched.
+//! - what changed is published as change tokens, per-subject versions the
+//!   store derives from the tables each committed transaction wrote
+//!   (`changes.rs`; no caller names a change), so caches drop only what a
+//!   write touched.
 //!
 //! Methods are blocking: the node calls them off the async workers.
 
@@ -52,7 +54,8 @@ use crate::domain::ids::{Host, SysId};
 use engine::{Engine, ReadTxn, Table, WriteTxn};
 use records::{decode, encode};
 
-pub use changes::{Change, ChangeTokens};
+pub use changes::ChangeTokens;
+use changes::Recording;
 pub use clone::{GRANT_REFUSED, SystemApproval};
 pub use clone_exchanges::UseUp;
 pub use clone_runs::{CloneSwap, clone_job_id};
@@ -162,7 +165,7 @@ impl Store {
         let debt_built = record_debt::is_debt_built(tx.as_mut())?;
         drop(tx);
         let store = Store { engine, changes: ChangeTokens::default(), sys_id, host };
-        if !debt_built && store.write(&[Change::Other], record_debt::build_debt_if_missing)? {
+        if !debt_built && store.write(record_debt::build_debt_if_missing)? {
             tracing::info!("record debt index built from the records");
         }
         Ok(store)
@@ -193,33 +196,26 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction and commits it, running it again
-    /// when it loses an optimistic race; then publishes `changed`.
-    pub(crate) fn write<T>(&self, changed: &[Change<'_>], f: impl FnMut(&mut dyn WriteTxn) -> Result<T>) -> Result<T> {
-        self.write_with(changed, false, f)
+    /// when it loses an optimistic race; then publishes the change tokens of
+    /// what the committed attempt wrote (`changes.rs`).
+    pub(crate) fn write<T>(&self, f: impl FnMut(&mut dyn WriteTxn) -> Result<T>) -> Result<T> {
+        self.write_with(false, f)
     }
 
     /// As `write`, but the commit need not be durable by itself (see
     /// `Engine::begin_write_relaxed`).
-    pub(crate) fn write_relaxed<T>(
-        &self,
-        changed: &[Change<'_>],
-        f: impl FnMut(&mut dyn WriteTxn) -> Result<T>,
-    ) -> Result<T> {
-        self.write_with(changed, true, f)
+    pub(crate) fn write_relaxed<T>(&self, f: impl FnMut(&mut dyn WriteTxn) -> Result<T>) -> Result<T> {
+        self.write_with(true, f)
     }
 
-    fn write_with<T>(
-        &self,
-        changed: &[Change<'_>],
-        relaxed: bool,
-        mut f: impl FnMut(&mut dyn WriteTxn) -> Result<T>,
-    ) -> Result<T> {
+    fn write_with<T>(&self, relaxed: bool, mut f: impl FnMut(&mut dyn WriteTxn) -> Result<T>) -> Result<T> {
         for _ in 0..MAX_ATTEMPTS {
-            let mut tx = if relaxed { self.engine.begin_write_relaxed()? } else { self.engine.begin_write()? };
-            let out = f(tx.as_mut())?;
-            match tx.commit() {
-                Ok(()) => {
-                    self.changes.publish(changed);
+            let tx = if relaxed { self.engine.begin_write_relaxed()? } else { self.engine.begin_write()? };
+            let mut tx = Recording::new(tx);
+            let out = f(&mut tx)?;
+            match tx.commit_noted() {
+                Ok(written) => {
+                    self.changes.publish(&written);
                     return Ok(out);
                 }
                 Err(StoreError::Conflict) => std::thread::yield_now(),

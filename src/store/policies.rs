@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::str_key;
-use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Role;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
@@ -106,7 +106,7 @@ impl TryFrom<PolicyRow> for AccessPolicy {
 impl Store {
     /// Inserts new policies (refusing existing names), atomically.
     pub fn insert_policies(&self, policies: &[AccessPolicy], audit: &[AuditEvent]) -> Result<()> {
-        self.write(&[Change::Policies], |tx| {
+        self.write(|tx| {
             put_new_policies(tx, policies)?;
             append_audit(tx, audit)
         })
@@ -121,7 +121,7 @@ impl Store {
         active: bool,
         audit: &[AuditEvent],
     ) -> Result<AccessPolicy> {
-        self.write(&[Change::Policies], |tx| {
+        self.write(|tx| {
             let p = set_policy_active_in(tx, module, name, active)?;
             append_audit(tx, audit)?;
             Ok(p)

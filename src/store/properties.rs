@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyReader, str_key};
-use super::{Change, Result, Store, get_row, put_row};
+use super::{Result, Store, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::ids::UnixMillis;
 use crate::domain::property::Property;
@@ -43,7 +43,7 @@ impl Store {
     /// replaces (read in the same transaction, so concurrent sets each
     /// audit the value they really replaced).
     pub fn put_property(&self, p: &Property, audit: &dyn Fn(Option<&str>) -> AuditEvent) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let key = str_key(&p.name);
             let previous: Option<PropertyRow> = get_row(tx, Table::Properties, &key)?;
             put_property_in(tx, p)?;

@@ -17,7 +17,7 @@ use super::records::{KeyRow, decode};
 use super::requests::{read_request, write_request};
 use super::stored_records::{active_records, address_key, decode_row, record_from_row, record_row};
 use super::tuple::{KeyReader, str_key};
-use super::{Change, Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::exchange::{ExchangeRequest, RequestEvent};
 use crate::domain::ids::{KeyId, Name, RequestId, SysId, UnixMillis};
@@ -215,7 +215,7 @@ impl Store {
         lease_until: UnixMillis,
         now: UnixMillis,
     ) -> Result<RekeyRun> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             match run.state {
                 RekeyState::Running => {}
@@ -307,7 +307,7 @@ impl Store {
             put_run(tx, &run)?;
             Ok((run, moved))
         };
-        if durable { self.write(&[Change::Other], write) } else { self.write_relaxed(&[Change::Other], write) }
+        if durable { self.write(write) } else { self.write_relaxed(write) }
     }
 
     /// Starts another pass from the first record (records were written
@@ -320,7 +320,7 @@ impl Store {
         lease_until: UnixMillis,
         now: UnixMillis,
     ) -> Result<Option<RekeyRun>> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             let remaining = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
             let again = run.next_pass(remaining, now);
@@ -333,8 +333,9 @@ impl Store {
     /// `protected.script.values.kmf.rekeyed` property (written by the system
     /// only), the job and the audit entry `audit` makes from the run as it
     /// ends (so it names exactly the keys this transaction destroyed or kept).
-    /// `read`: the run as the caller read it (its specs name the keys whose
-    /// caches an expiry invalidates; the transaction reads the run again).
+    /// `read`: the run as the caller read it (the transaction reads the run
+    /// again; the key rows an expiry destroys move their specs' change
+    /// tokens, derived from the rows written).
     pub fn end_rekey(
         &self,
         read: &RekeyRun,
@@ -344,9 +345,7 @@ impl Store {
         audit: &dyn Fn(&RekeyRun) -> AuditEvent,
     ) -> Result<RekeyRun> {
         let id = &read.request_id;
-        let changed: Vec<Change<'_>> =
-            read.specs.iter().map(Change::KeysOf).chain(std::iter::once(Change::Other)).collect();
-        self.write(&changed, |tx| {
+        self.write(|tx| {
             let job = held_job(tx, &rekey_job_id(id), lease)?;
             let mut run = read_run(tx, id)?.ok_or_else(|| StoreError::Missing { what: "rekey", id: id.to_string() })?;
             let property = |value: &str| Property {

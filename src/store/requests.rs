@@ -4,14 +4,14 @@
 //! Every change to a request is conditional on the version the caller read.
 
 use super::audit::append_audit;
-use super::catalog::{insert_new_keys, key_key, specs_of};
+use super::catalog::{insert_new_keys, key_key};
 use super::clone::{SystemApproval, system_approval_in};
 use super::clone_exchanges::{UseUp, use_up_in};
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, put_job_in};
 use super::records::{RequestRow, decode};
 use super::tuple::{KeyBuf, KeyReader, str_key};
-use super::{Change, Result, Store, StoreError, Versioned, corrupt, put_row};
+use super::{Result, Store, StoreError, Versioned, corrupt, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::exchange::{ExchangeRequest, SignedBlob};
 use crate::domain::ids::{KeyId, RequestId};
@@ -186,7 +186,7 @@ impl Store {
         effects: RequestEffects<'_>,
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let k = request_key(&req.id);
             if tx.get(Table::Requests, &k)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "request", id: req.id.to_string() });
@@ -210,8 +210,7 @@ impl Store {
         effects: RequestEffects<'_>,
         audit: &[AuditEvent],
     ) -> Result<u64> {
-        let changed = if effects.use_up.is_some() { Change::Policies } else { Change::Other };
-        self.write(&[changed], |tx| {
+        self.write(|tx| {
             let next = check_version(tx, &req.id, expected)?;
             write_request(tx, req, next)?;
             apply_effects(tx, &req.id, &effects)?;
@@ -265,9 +264,7 @@ impl Store {
         receipt: (&[u8; 32], &SignedBlob),
         audit: &[AuditEvent],
     ) -> Result<()> {
-        let specs = specs_of(new_keys.iter().map(|(k, _)| k));
-        let changed: Vec<Change<'_>> = specs.iter().map(Change::KeysOf).collect();
-        self.write(&changed, |tx| {
+        self.write(|tx| {
             let next = check_version(tx, &req.id, expected)?;
             if let Some(id) = insert_new_keys(tx, new_keys)?.first() {
                 return Err(StoreError::Stale { what: "key", id: id.to_string() });

@@ -7,7 +7,7 @@ use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::record_debt::DebtDelta;
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
-use super::{Change, Result, Store, StoreError, corrupt};
+use super::{Result, Store, StoreError, corrupt};
 use crate::domain::audit::AuditEvent;
 use crate::domain::codec::{Reader, Writer};
 use crate::domain::ids::{KeyId, Name, UnixMillis};
@@ -115,7 +115,7 @@ impl Store {
 
     /// Stores records in one transaction (and their keys' debt).
     pub fn put_records(&self, recs: &[StoredRecord]) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let table = active_records(tx)?;
             let mut debt = DebtDelta::default();
             for rec in recs {
@@ -154,7 +154,7 @@ impl Store {
         expected: &[Option<KeyId>],
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let table = active_records(tx)?;
             let mut old_keys = Vec::with_capacity(recs.len());
             for (rec, want) in recs.iter().zip(expected) {
@@ -183,7 +183,7 @@ impl Store {
     /// Deletes the record at `a` with `audit` in one transaction, only if it
     /// is still under `expected` (else `Stale`, nothing written).
     pub fn delete_record_checked(&self, a: &RecordAddress, expected: &KeyId, audit: &[AuditEvent]) -> Result<()> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let table = active_records(tx)?;
             let old = tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()?;
             let Some(old) = old.filter(|r| r.key_id == *expected) else {
@@ -206,7 +206,7 @@ impl Store {
 
     /// Returns whether a record was deleted.
     pub fn delete_record(&self, a: &RecordAddress) -> Result<bool> {
-        self.write(&[Change::Other], |tx| {
+        self.write(|tx| {
             let table = active_records(tx)?;
             let Some(old) = tx.get(table, &address_key(a))? else { return Ok(false) };
             let mut debt = DebtDelta::default();

@@ -121,6 +121,25 @@ impl<'a> KeyReader<'a> {
     }
 }
 
+/// The first component of a key, when it is a string: its encoded bytes up
+/// to and including the terminator (the prefix every key starting with that
+/// string has). None when the key has no terminated string first.
+pub fn first_str_component(key: &[u8]) -> Option<&[u8]> {
+    let mut i = 0;
+    while i < key.len() {
+        if key[i] == 0 {
+            match key.get(i + 1) {
+                Some(1) => return Some(&key[..i + 2]),
+                Some(0xff) => i += 2,
+                _ => return None,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// A single-string key.
 pub fn str_key(s: &str) -> Vec<u8> {
     KeyBuf::new().str(s).done()
@@ -170,5 +189,8 @@ mod tests {
         r.str().unwrap();
         assert_eq!(r.end().map_err(why), Err(corrupt("trailing bytes").to_string()));
         assert_eq!(KeyReader::new(&[b'a', 0, 2]).str().map_err(why), Err(corrupt("bad string terminator").to_string()));
+        assert_eq!(first_str_component(&k), Some(KeyBuf::new().str("spec\0x").done().as_slice()));
+        assert_eq!(first_str_component(b"abc"), None);
+        assert_eq!(first_str_component(&[b'a', 0, 2]), None);
     }
 }
