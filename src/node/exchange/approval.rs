@@ -7,8 +7,8 @@
 
 use super::Exchange;
 use super::source::Decision;
-use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::clone_exchange::approval_for;
+use crate::domain::delivery::{self, UseUpBy};
 use crate::domain::exchange::{ExchangeRequest, Frequency, RequestStatus};
 use crate::domain::ids::Name;
 use crate::domain::policy::{ExchangeAccess, PolicyResult, evaluate_exchange};
@@ -54,11 +54,7 @@ impl Exchange {
             target: req.target.sys_id.clone(),
             request: req.id.clone(),
             at: now,
-            audit: AuditEvent::new(now, "system", "clone_exchange.used", req.target.sys_id.as_str(), Outcome::Success)
-                .with_details(format!(
-                    "One Time Clone used by the approval of request {}; its policies are inactive",
-                    req.id
-                )),
+            audit: delivery::one_time_use_audit(req, UseUpBy::Approval, now),
         }
     }
 

@@ -15,12 +15,12 @@ use crate::node::context::Blocking;
 use crate::node::jobs::{JobOutcome, JobRun};
 use crate::node::ports::{OpenRequest, SourceView};
 
-use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Caller;
-use crate::domain::bundle::{Bundle, BundleEntry, Receipt};
+use crate::domain::bundle::{Bundle, BundleEntry};
+use crate::domain::delivery::{self, DeliveryVerdict, NoticeVerdict, PeerAnswer, UseUpBy};
 use crate::domain::exchange::{
-    ExchangeRequest, ExchangeRole, Frequency, MAX_EXPIRY_MILLIS, PeerRef, RequestEvent, RequestStatus, SignedBlob,
-    SpecLine, SpecLineStatus, Transition, dialable_target_host, export_line,
+    ExchangeRequest, ExchangeRole, MAX_EXPIRY_MILLIS, PeerRef, RequestEvent, RequestStatus, SignedBlob, SpecLine,
+    SpecLineStatus, Transition, dialable_target_host, export_line,
 };
 use crate::domain::ids::{Host, KeyId, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
@@ -469,7 +469,7 @@ impl Exchange {
         let id2 = id.clone();
         let found = self.blocking(move |this| Ok(this.store.request(&id2)?.zip(this.store.bundle(&id2)?))).await?;
         let (req, bundle) = match found {
-            Some((req, bundle)) if req.value.status == RequestStatus::Approved => (req, bundle),
+            Some((req, bundle)) if delivery::has_delivery(Some(req.value.status), true) => (req, bundle),
             // Decided otherwise since (completed, expired, failed): nothing to deliver.
             _ => return Ok(JobOutcome::Done),
         };
@@ -484,7 +484,7 @@ impl Exchange {
             Ok(answer) => answer,
             Err(_) => Err(PeerError::Unreachable {
                 host: host.to_string(),
-                reason: format!("no answer within {} s", timeout.as_secs()),
+                reason: delivery::delivery_timeout_reason(timeout.as_secs()),
             }),
         };
         if answer.is_ok() || matches!(answer, Err(PeerError::Refused(_))) {
@@ -504,59 +504,44 @@ impl Exchange {
     ) -> AppResult<JobOutcome> {
         let now = self.now();
         let finish = Some((job, lease));
-        let outcome = match answer {
-            Err(PeerError::Unreachable { host, reason }) => {
+        let answer = match answer {
+            Ok(receipt) => {
+                let verifies =
+                    verify_sha256_with_cert(&req.peer_certificate, &receipt.bytes, &receipt.signature).is_ok();
+                let checked = delivery::accept_receipt(&req, &self.sys_id, &receipt, bundle_sha256, verifies);
+                PeerAnswer::Answered((receipt, checked))
+            }
+            Err(PeerError::Refused(why)) => PeerAnswer::Refused(why.to_string()),
+            Err(PeerError::Unreachable { host, reason }) => PeerAnswer::Unreachable { host, reason },
+        };
+        let outcome = match delivery::settle_delivery(&mut req, answer, now)? {
+            DeliveryVerdict::Retry { host, reason } => {
                 tracing::warn!(request_id = %req.id, %host, %reason, "target unreachable; delivery will be retried");
                 return Ok(JobOutcome::PeerUnreachable { host, reason });
             }
-            Err(PeerError::Refused(why)) => {
-                tracing::warn!(request_id = %req.id, error = %why, "target refused the bundle");
-                req.apply(RequestEvent::FailRemote { reason: why.to_string() }, "system", now)?;
-                let audit =
-                    request_audit(&req, "exchange.fail", Outcome::Failed, format!("target refused the bundle: {why}"));
+            DeliveryVerdict::Failed { log, error, audit } => {
+                tracing::warn!(request_id = %req.id, %error, "{log}");
+                let audit = request_audit(&req, "exchange.fail", Outcome::Failed, audit);
                 // The bundle stays, so a RETRY can deliver it again.
                 self.store.update_request(version, &req, RequestEffects { finish, ..Default::default() }, &[audit])
             }
-            Ok(receipt) => match self.check_receipt(&req, &receipt, bundle_sha256) {
-                Ok(r) => {
-                    req.imported_key_count = r.imported.len() as u32;
-                    req.receipt = Some(receipt);
-                    req.apply(RequestEvent::Complete, &format!("instance:{}", req.target.sys_id), now)?;
-                    tracing::info!(request_id = %req.id, imported = r.imported.len(), "exchange completed");
-                    let audit = request_audit(
-                        &req,
-                        "exchange.complete",
-                        Outcome::Success,
-                        format!("signed receipt: {} key(s) imported", r.imported.len()),
-                    );
-                    let use_up = (req.frequency == Frequency::OneTimeClone).then(|| UseUp {
-                        target: req.target.sys_id.clone(),
-                        request: req.id.clone(),
-                        at: now,
-                        audit: AuditEvent::new(
-                            now,
-                            "system",
-                            "clone_exchange.used",
-                            req.target.sys_id.as_str(),
-                            Outcome::Success,
-                        )
-                        .with_details(format!("One Time Clone used by request {}; its policies are inactive", req.id)),
-                    });
-                    let effects = RequestEffects {
-                        bundle: BundleChange::Clear,
-                        finish,
-                        use_up: use_up.as_ref(),
-                        ..Default::default()
-                    };
-                    self.store.update_request(version, &req, effects, &[audit])
-                }
-                Err(e) => {
-                    tracing::warn!(request_id = %req.id, error = %e, "receipt refused");
-                    req.apply(RequestEvent::FailRemote { reason: e.to_string() }, "system", now)?;
-                    let audit = request_audit(&req, "exchange.fail", Outcome::Failed, format!("receipt refused: {e}"));
-                    self.store.update_request(version, &req, RequestEffects { finish, ..Default::default() }, &[audit])
-                }
-            },
+            DeliveryVerdict::Completed { imported, audit, use_up_one_time } => {
+                tracing::info!(request_id = %req.id, imported, "exchange completed");
+                let audit = request_audit(&req, "exchange.complete", Outcome::Success, audit);
+                let use_up = use_up_one_time.then(|| UseUp {
+                    target: req.target.sys_id.clone(),
+                    request: req.id.clone(),
+                    at: now,
+                    audit: delivery::one_time_use_audit(&req, UseUpBy::Completion, now),
+                });
+                let effects = RequestEffects {
+                    bundle: BundleChange::Clear,
+                    finish,
+                    use_up: use_up.as_ref(),
+                    ..Default::default()
+                };
+                self.store.update_request(version, &req, effects, &[audit])
+            }
         };
         match outcome {
             // The job ended in the request's own transaction.
@@ -573,55 +558,41 @@ impl Exchange {
         let job = &run.job.id;
         let id = job.request_id().ok_or_else(|| AppError::Internal(format!("job {job} names no request")))?;
         let req = self.blocking(move |this| Ok(this.store.request(&id)?)).await?;
-        let Some(Versioned { value: req, .. }) = req.filter(|r| {
-            r.value.role == ExchangeRole::Source
-                && matches!(r.value.status, RequestStatus::Rejected | RequestStatus::Expired)
-        }) else {
+        let Some((req, (status, reason))) = req.map(|v| v.value).and_then(|r| delivery::notice_for(&r).map(|n| (r, n)))
+        else {
             return Ok(JobOutcome::Done);
-        };
-        let reason = match req.status {
-            RequestStatus::Expired => "expired on the source".to_owned(),
-            _ => req.history.last().map(|t| t.note.clone()).unwrap_or_default(),
         };
         let (host, target) = (req.target.host.clone(), req.target.sys_id.clone());
         if let Some(until) = run.peer_waiting_until(&host) {
             return Ok(JobOutcome::WaitUntil(until));
         }
-        let call = self.peers.notify_status(&host, &target, req.id.clone(), req.status, reason);
+        let call = self.peers.notify_status(&host, &target, req.id.clone(), status, reason);
         let answer = match tokio::time::timeout(self.settings.delivery_timeout, call).await {
             Ok(a) => a,
-            Err(_) => Err(PeerError::Unreachable { host: host.to_string(), reason: "no answer".into() }),
-        };
-        match answer {
-            Err(PeerError::Unreachable { reason, .. }) => {
-                Ok(JobOutcome::PeerUnreachable { host: host.to_string(), reason })
+            Err(_) => {
+                Err(PeerError::Unreachable { host: host.to_string(), reason: delivery::NOTICE_TIMEOUT_REASON.into() })
             }
-            Ok(()) | Err(PeerError::Refused(_)) => {
+        };
+        // Logged as node did: the whole PeerError, with its "peer refused: " prefix.
+        let refused_text = match &answer {
+            Err(e @ PeerError::Refused(_)) => Some(e.to_string()),
+            _ => None,
+        };
+        let answer = match answer {
+            Ok(()) => PeerAnswer::Answered(()),
+            Err(PeerError::Refused(why)) => PeerAnswer::Refused(why.to_string()),
+            Err(PeerError::Unreachable { host, reason }) => PeerAnswer::Unreachable { host, reason },
+        };
+        match delivery::settle_notice(answer) {
+            // The backoff is keyed by the request's target host, not the error's.
+            NoticeVerdict::Retry { reason } => Ok(JobOutcome::PeerUnreachable { host: host.to_string(), reason }),
+            NoticeVerdict::Done { refused } => {
                 run.peer_answered(&host);
-                if let Err(e) = &answer {
-                    tracing::warn!(request_id = %req.id, error = %e, "target refused the status notice");
+                if refused.is_some() {
+                    tracing::warn!(request_id = %req.id, error = %refused_text.unwrap_or_default(), "target refused the status notice");
                 }
                 Ok(JobOutcome::Done)
             }
         }
-    }
-
-    fn check_receipt(
-        &self,
-        req: &ExchangeRequest,
-        receipt: &SignedBlob,
-        digest: [u8; 32],
-    ) -> Result<Receipt, DomainError> {
-        verify_sha256_with_cert(&req.peer_certificate, &receipt.bytes, &receipt.signature)
-            .map_err(|_| DomainError::PermissionDenied("receipt signature does not verify".into()))?;
-        let r = Receipt::decode(&receipt.bytes)?;
-        if r.request_id != req.id
-            || r.source != self.sys_id
-            || r.target != req.target.sys_id
-            || r.bundle_sha256 != digest
-        {
-            return Err(DomainError::PermissionDenied("receipt does not match the request and bundle".into()));
-        }
-        Ok(r)
     }
 }
