@@ -7,9 +7,10 @@
 
 use super::Exchange;
 use super::source::Decision;
-use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::clone_exchange::approval_for;
-use crate::domain::exchange::{ExchangeRequest, Frequency, RequestStatus};
+use crate::domain::delivery::{self, UseUpBy};
+use crate::domain::exchange::{ExchangeRequest, Frequency};
+use crate::domain::exchange_decide::{self as decide, ApproverStep};
 use crate::domain::ids::Name;
 use crate::domain::policy::{ExchangeAccess, PolicyResult, evaluate_exchange};
 use crate::error::{AppError, AppResult};
@@ -54,11 +55,7 @@ impl Exchange {
             target: req.target.sys_id.clone(),
             request: req.id.clone(),
             at: now,
-            audit: AuditEvent::new(now, "system", "clone_exchange.used", req.target.sys_id.as_str(), Outcome::Success)
-                .with_details(format!(
-                    "One Time Clone used by the approval of request {}; its policies are inactive",
-                    req.id
-                )),
+            audit: delivery::one_time_use_audit(req, UseUpBy::Approval, now),
         }
     }
 
@@ -70,7 +67,7 @@ impl Exchange {
     /// approved by the grant, a One Time / Recurring Clone request by the
     /// Resource Exchange policies of its specs. Adhoc requests wait for a person.
     fn approver(&self, req: &ExchangeRequest) -> AppResult<Option<(String, SystemApproval)>> {
-        if req.frequency == Frequency::Adhoc || req.status != RequestStatus::Pending {
+        if !decide::wants_system_approval(req) {
             return Ok(None);
         }
         let approval = SystemApproval {
@@ -80,23 +77,17 @@ impl Exchange {
             specs: req.pending_specs().cloned().collect(),
             at: self.now(),
         };
-        if let Err(why) = self.store.system_approval_refusal(&approval)? {
+        let left = |why: String| {
             tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
-            return Ok(None);
-        }
-        if req.frequency == Frequency::Automatic {
-            let grant = approval.presented.as_deref().unwrap_or_default();
-            return Ok(Some((format!("system (clone grant {grant})"), approval)));
-        }
-        match self.approving_policies(req)? {
-            Ok(policies) => {
-                let names: Vec<&str> = policies.iter().map(|n| n.as_str()).collect();
-                Ok(Some((format!("system (policy {})", names.join(", ")), approval)))
-            }
-            Err(why) => {
-                tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
-                Ok(None)
-            }
+            None
+        };
+        match decide::approver_after_grant(req, self.store.system_approval_refusal(&approval)?) {
+            ApproverStep::ApproveAs(actor) => Ok(Some((actor, approval))),
+            ApproverStep::LeaveForPerson(why) => Ok(left(why)),
+            ApproverStep::CheckPolicies => match decide::approver_by_policies(self.approving_policies(req)?) {
+                Ok(actor) => Ok(Some((actor, approval))),
+                Err(why) => Ok(left(why)),
+            },
         }
     }
 

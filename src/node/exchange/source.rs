@@ -15,30 +15,23 @@ use crate::node::context::Blocking;
 use crate::node::jobs::{JobOutcome, JobRun};
 use crate::node::ports::{OpenRequest, SourceView};
 
-use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Caller;
-use crate::domain::bundle::{Bundle, BundleEntry, Receipt};
+use crate::domain::bundle::{Bundle, BundleEntry};
+use crate::domain::delivery::{self, DeliveryVerdict, NoticeVerdict, PeerAnswer, UseUpBy};
 use crate::domain::exchange::{
-    ExchangeRequest, ExchangeRole, Frequency, MAX_EXPIRY_MILLIS, PeerRef, RequestEvent, RequestStatus, SignedBlob,
-    SpecLine, SpecLineStatus, Transition, dialable_target_host, export_line,
+    ExchangeRequest, ExchangeRole, PeerRef, RequestStatus, SignedBlob, SpecLine, SpecLineStatus, Transition,
+    dialable_target_host, export_line,
 };
+use crate::domain::exchange_decide::{self as decide, DecideGate, DecisionEffects};
 use crate::domain::ids::{Host, KeyId, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
+use crate::domain::sweeps;
 use crate::error::{AppError, AppResult, PeerError};
 use crate::signer::primitives::{kwp_wrap, random_key, rsa_oaep_encrypt, sha256, verify_sha256_with_cert};
 use crate::store::{BundleChange, GRANT_REFUSED, RequestEffects, StoreError, UseUp, Versioned};
 
 /// An operator's decision on a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Approve,
-    Reject {
-        reason: String,
-    },
-    /// Retry a request that ended in ERROR_ON_*: deliver its bundle again,
-    /// or, without one, make it pending again.
-    Retry,
-}
+pub use crate::domain::exchange_decide::Decision;
 
 /// How many times a decision re-reads a request that changed under it.
 const DECIDE_ATTEMPTS: usize = 3;
@@ -58,44 +51,23 @@ impl Exchange {
         cert_hosts: Vec<String>,
         open: OpenRequest,
     ) -> AppResult<SourceView> {
-        if open.target_sys_id != caller {
-            return Err(DomainError::PermissionDenied(format!(
-                "request claims target {} but the certificate names {caller}",
-                open.target_sys_id
-            ))
-            .into());
-        }
-        if open.source_sys_id != self.sys_id {
-            return Err(DomainError::PermissionDenied(format!(
-                "request is addressed to {}, this instance is {}",
-                open.source_sys_id, self.sys_id
-            ))
-            .into());
-        }
         let now = self.now();
-        if open.expires_at <= now || open.expires_at > now.plus_millis(MAX_EXPIRY_MILLIS) {
-            return Err(DomainError::invalid("expires_at", "must be in the future and at most 90 days away").into());
-        }
+        decide::opening_refusal(&caller, &open.target_sys_id, &open.source_sys_id, &self.sys_id, open.expires_at, now)?;
         // Refuse a transport key we could not encrypt to, before recording anything.
         rsa_oaep_encrypt(&open.transport_public_key, open.wrapping, &[0u8; 32])
             .map_err(|e| DomainError::invalid("transport_public_key", e.to_string()))?;
         self.blocking(move |this| {
             this.check_target_host(&caller, &open.target_host, &cert_hosts)?;
-            let mut lines = Vec::with_capacity(open.spec_names.len());
-            let mut total = 0u32;
+            // Per spec, in order: whether it exists here, and only then its key count.
+            let mut found = Vec::with_capacity(open.spec_names.len());
             for spec in &open.spec_names {
-                if this.store.spec(spec)?.is_none() {
-                    lines.push(SpecLine {
-                        spec: spec.clone(),
-                        status: SpecLineStatus::NotOnSource,
-                        key_count: 0,
-                        reason: "spec not found on source".into(),
-                    });
-                } else {
-                    total += this.store.count_keys_of(spec)? as u32;
-                    lines.push(SpecLine::pending(spec.clone()));
-                }
+                let keys = match this.store.spec(spec)? {
+                    None => None,
+                    Some(_) => Some(this.store.count_keys_of(spec)?),
+                };
+                found.push((spec.clone(), keys));
             }
+            let (lines, total) = decide::opening_lines(found);
             let actor = format!("instance:{caller}");
             let mut req = ExchangeRequest {
                 id: open.request_id,
@@ -119,11 +91,8 @@ impl Exchange {
                 rekey: false,
                 clone_grant: open.clone_grant,
             };
-            if req.pending_specs().next().is_none() {
-                // Nothing here needs approval: every spec is missing on this source.
-                req.apply(RequestEvent::Approve, "system", now)?;
-                req.apply(RequestEvent::Complete, "system", now)?;
-            }
+            // Nothing here needs approval when every spec is missing on this source.
+            decide::close_if_nothing_pending(&mut req, now)?;
             let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
             let audit = request_audit(&req, "exchange.open", Outcome::Success, format!("target {} at {}; specs {}", req.target.sys_id, req.target.host, specs.join(",")));
             match this.store.insert_request(&req, None, RequestEffects::default(), &[audit]) {
@@ -132,7 +101,7 @@ impl Exchange {
                 Err(StoreError::AlreadyExists { what, id }) => {
                     let existing = this.store.request(&req.id)?.map(|v| v.value);
                     return match existing {
-                        Some(e) if e.target == req.target && e.transport_public_key == req.transport_public_key => {
+                        Some(e) if decide::is_repeat_opening(&e, &req) => {
                             let e = this.approve_by_grant(e)?;
                             Ok(SourceView { status: e.status, lines: e.lines, total_key_count: e.total_key_count })
                         }
@@ -222,9 +191,7 @@ impl Exchange {
                 other => return other,
             }
         }
-        let req = self.request_or_not_found(id)?.value;
-        Err(DomainError::FailedPrecondition(format!("request {id} keeps changing; it is {}", req.status_summary()))
-            .into())
+        Err(decide::keeps_changing(&self.request_or_not_found(id)?.value).into())
     }
 
     fn try_decide(
@@ -235,45 +202,22 @@ impl Exchange {
         system: Option<SystemCheck<'_>>,
     ) -> AppResult<ExchangeRequest> {
         let Versioned { value: mut req, version } = self.request_or_not_found(id)?;
-        if req.role != ExchangeRole::Source {
-            return Err(DomainError::FailedPrecondition(
-                "this instance is the request's target; decide on it on the source".into(),
-            )
-            .into());
-        }
         let now = self.now();
-        if !req.status.is_terminal() && now >= req.expires_at {
+        if decide::decide_gate(&req, now)? == DecideGate::ExpireFirst {
             self.expire(req, version, now)?;
-            return Err(DomainError::FailedPrecondition(
-                "the request has expired and can no longer be approved".into(),
-            )
-            .into());
+            return Err(decide::expired_refusal().into());
         }
-        let refused = |req: &ExchangeRequest, e: DomainError, verb: &str| -> AppError {
-            match e {
-                DomainError::FailedPrecondition(_) => DomainError::FailedPrecondition(format!(
-                    "request {} is {}; it cannot be {verb}",
-                    req.id,
-                    req.status_summary()
-                ))
-                .into(),
-                other => other.into(),
-            }
-        };
-        match decision {
-            Decision::Reject { reason } => {
-                let found = req.clone();
-                req.apply(RequestEvent::Reject { reason: reason.clone() }, actor, now)
-                    .map_err(|e| refused(&found, e, "rejected"))?;
-                let audit = request_audit(&req, "exchange.reject", Outcome::Success, format!("reason: {reason}"));
+        // Read for a retry only: whether the signed bundle is still stored.
+        let has_bundle = *decision == Decision::Retry && self.store.bundle(id)?.is_some();
+        match decide::apply_decision(&mut req, decision, has_bundle, actor, now)? {
+            DecisionEffects::Rejected { audit } => {
+                let audit = request_audit(&req, "exchange.reject", Outcome::Success, audit);
                 let effects =
                     RequestEffects { schedule: vec![self.job_now(JobKind::Notify, id)], ..Default::default() };
                 self.store.update_request(version, &req, effects, &[audit])?;
                 tracing::info!(request_id = %req.id, actor, "exchange request rejected");
             }
-            Decision::Approve => {
-                let found = req.clone();
-                req.apply(RequestEvent::Approve, actor, now).map_err(|e| refused(&found, e, "approved"))?;
+            DecisionEffects::Approved => {
                 let (bundle, exported) = self.build_bundle(&mut req, now)?;
                 let ids: Vec<String> = exported.iter().map(ToString::to_string).collect();
                 let audit = [
@@ -295,14 +239,9 @@ impl Exchange {
                 self.store.update_request(version, &req, effects, &audit)?;
                 tracing::info!(request_id = %req.id, actor, exported = req.exported_key_count, "exchange request approved");
             }
-            Decision::Retry => {
-                let found = req.clone();
-                let has_bundle = self.store.bundle(id)?.is_some();
-                let resume_at = if has_bundle { RequestStatus::Approved } else { RequestStatus::Pending };
-                req.apply(RequestEvent::Retry { resume_at }, actor, now).map_err(|e| refused(&found, e, "retried"))?;
-                let schedule = if has_bundle { vec![self.job_now(JobKind::Deliver, id)] } else { Vec::new() };
-                let audit =
-                    request_audit(&req, "exchange.retry", Outcome::Success, format!("from {}", found.status.label()));
+            DecisionEffects::Retried { deliver, audit } => {
+                let schedule = if deliver { vec![self.job_now(JobKind::Deliver, id)] } else { Vec::new() };
+                let audit = request_audit(&req, "exchange.retry", Outcome::Success, audit);
                 self.store.update_request(
                     version,
                     &req,
@@ -418,15 +357,12 @@ impl Exchange {
 
     /// Expires a request conditionally; the source tells the target.
     fn expire(&self, mut req: ExchangeRequest, version: u64, now: UnixMillis) -> AppResult<()> {
-        req.apply(RequestEvent::Expire, "system", now)?;
+        let effects = decide::expire(&mut req, now)?;
         let audit = request_audit(&req, "exchange.expire", Outcome::Success, "");
-        let effects = match req.role {
-            ExchangeRole::Source => RequestEffects {
-                bundle: BundleChange::Clear,
-                schedule: vec![self.job_now(JobKind::Notify, &req.id)],
-                ..Default::default()
-            },
-            ExchangeRole::Target => RequestEffects::default(),
+        let effects = RequestEffects {
+            bundle: if effects.clear_bundle { BundleChange::Clear } else { BundleChange::Keep },
+            schedule: if effects.notify_target { vec![self.job_now(JobKind::Notify, &req.id)] } else { Vec::new() },
+            ..Default::default()
         };
         self.store.update_request(version, &req, effects, &[audit])?;
         tracing::info!(request_id = %req.id, "exchange request expired");
@@ -440,8 +376,8 @@ impl Exchange {
         let (mut after, mut expired) = (None, 0);
         loop {
             let (page, next) = self.store.requests_page(after.as_ref(), KEY_PAGE)?;
-            for req in page.into_iter().filter(|r| !r.status.is_terminal() && now >= r.expires_at) {
-                let Some(Versioned { value, version }) = self.store.request(&req.id)? else { continue };
+            for id in sweeps::overdue_in(&page, now) {
+                let Some(Versioned { value, version }) = self.store.request(id)? else { continue };
                 match self.expire(value, version, now) {
                     Ok(()) => expired += 1,
                     Err(AppError::Store(StoreError::Stale { .. })) | Err(AppError::Domain(_)) => {}
@@ -469,7 +405,7 @@ impl Exchange {
         let id2 = id.clone();
         let found = self.blocking(move |this| Ok(this.store.request(&id2)?.zip(this.store.bundle(&id2)?))).await?;
         let (req, bundle) = match found {
-            Some((req, bundle)) if req.value.status == RequestStatus::Approved => (req, bundle),
+            Some((req, bundle)) if delivery::has_delivery(Some(req.value.status), true) => (req, bundle),
             // Decided otherwise since (completed, expired, failed): nothing to deliver.
             _ => return Ok(JobOutcome::Done),
         };
@@ -484,7 +420,7 @@ impl Exchange {
             Ok(answer) => answer,
             Err(_) => Err(PeerError::Unreachable {
                 host: host.to_string(),
-                reason: format!("no answer within {} s", timeout.as_secs()),
+                reason: delivery::delivery_timeout_reason(timeout.as_secs()),
             }),
         };
         if answer.is_ok() || matches!(answer, Err(PeerError::Refused(_))) {
@@ -504,59 +440,44 @@ impl Exchange {
     ) -> AppResult<JobOutcome> {
         let now = self.now();
         let finish = Some((job, lease));
-        let outcome = match answer {
-            Err(PeerError::Unreachable { host, reason }) => {
+        let answer = match answer {
+            Ok(receipt) => {
+                let verifies =
+                    verify_sha256_with_cert(&req.peer_certificate, &receipt.bytes, &receipt.signature).is_ok();
+                let checked = delivery::accept_receipt(&req, &self.sys_id, &receipt, bundle_sha256, verifies);
+                PeerAnswer::Answered((receipt, checked))
+            }
+            Err(PeerError::Refused(why)) => PeerAnswer::Refused(why.to_string()),
+            Err(PeerError::Unreachable { host, reason }) => PeerAnswer::Unreachable { host, reason },
+        };
+        let outcome = match delivery::settle_delivery(&mut req, answer, now)? {
+            DeliveryVerdict::Retry { host, reason } => {
                 tracing::warn!(request_id = %req.id, %host, %reason, "target unreachable; delivery will be retried");
                 return Ok(JobOutcome::PeerUnreachable { host, reason });
             }
-            Err(PeerError::Refused(why)) => {
-                tracing::warn!(request_id = %req.id, error = %why, "target refused the bundle");
-                req.apply(RequestEvent::FailRemote { reason: why.to_string() }, "system", now)?;
-                let audit =
-                    request_audit(&req, "exchange.fail", Outcome::Failed, format!("target refused the bundle: {why}"));
+            DeliveryVerdict::Failed { log, error, audit } => {
+                tracing::warn!(request_id = %req.id, %error, "{log}");
+                let audit = request_audit(&req, "exchange.fail", Outcome::Failed, audit);
                 // The bundle stays, so a RETRY can deliver it again.
                 self.store.update_request(version, &req, RequestEffects { finish, ..Default::default() }, &[audit])
             }
-            Ok(receipt) => match self.check_receipt(&req, &receipt, bundle_sha256) {
-                Ok(r) => {
-                    req.imported_key_count = r.imported.len() as u32;
-                    req.receipt = Some(receipt);
-                    req.apply(RequestEvent::Complete, &format!("instance:{}", req.target.sys_id), now)?;
-                    tracing::info!(request_id = %req.id, imported = r.imported.len(), "exchange completed");
-                    let audit = request_audit(
-                        &req,
-                        "exchange.complete",
-                        Outcome::Success,
-                        format!("signed receipt: {} key(s) imported", r.imported.len()),
-                    );
-                    let use_up = (req.frequency == Frequency::OneTimeClone).then(|| UseUp {
-                        target: req.target.sys_id.clone(),
-                        request: req.id.clone(),
-                        at: now,
-                        audit: AuditEvent::new(
-                            now,
-                            "system",
-                            "clone_exchange.used",
-                            req.target.sys_id.as_str(),
-                            Outcome::Success,
-                        )
-                        .with_details(format!("One Time Clone used by request {}; its policies are inactive", req.id)),
-                    });
-                    let effects = RequestEffects {
-                        bundle: BundleChange::Clear,
-                        finish,
-                        use_up: use_up.as_ref(),
-                        ..Default::default()
-                    };
-                    self.store.update_request(version, &req, effects, &[audit])
-                }
-                Err(e) => {
-                    tracing::warn!(request_id = %req.id, error = %e, "receipt refused");
-                    req.apply(RequestEvent::FailRemote { reason: e.to_string() }, "system", now)?;
-                    let audit = request_audit(&req, "exchange.fail", Outcome::Failed, format!("receipt refused: {e}"));
-                    self.store.update_request(version, &req, RequestEffects { finish, ..Default::default() }, &[audit])
-                }
-            },
+            DeliveryVerdict::Completed { imported, audit, use_up_one_time } => {
+                tracing::info!(request_id = %req.id, imported, "exchange completed");
+                let audit = request_audit(&req, "exchange.complete", Outcome::Success, audit);
+                let use_up = use_up_one_time.then(|| UseUp {
+                    target: req.target.sys_id.clone(),
+                    request: req.id.clone(),
+                    at: now,
+                    audit: delivery::one_time_use_audit(&req, UseUpBy::Completion, now),
+                });
+                let effects = RequestEffects {
+                    bundle: BundleChange::Clear,
+                    finish,
+                    use_up: use_up.as_ref(),
+                    ..Default::default()
+                };
+                self.store.update_request(version, &req, effects, &[audit])
+            }
         };
         match outcome {
             // The job ended in the request's own transaction.
@@ -573,55 +494,41 @@ impl Exchange {
         let job = &run.job.id;
         let id = job.request_id().ok_or_else(|| AppError::Internal(format!("job {job} names no request")))?;
         let req = self.blocking(move |this| Ok(this.store.request(&id)?)).await?;
-        let Some(Versioned { value: req, .. }) = req.filter(|r| {
-            r.value.role == ExchangeRole::Source
-                && matches!(r.value.status, RequestStatus::Rejected | RequestStatus::Expired)
-        }) else {
+        let Some((req, (status, reason))) = req.map(|v| v.value).and_then(|r| delivery::notice_for(&r).map(|n| (r, n)))
+        else {
             return Ok(JobOutcome::Done);
-        };
-        let reason = match req.status {
-            RequestStatus::Expired => "expired on the source".to_owned(),
-            _ => req.history.last().map(|t| t.note.clone()).unwrap_or_default(),
         };
         let (host, target) = (req.target.host.clone(), req.target.sys_id.clone());
         if let Some(until) = run.peer_waiting_until(&host) {
             return Ok(JobOutcome::WaitUntil(until));
         }
-        let call = self.peers.notify_status(&host, &target, req.id.clone(), req.status, reason);
+        let call = self.peers.notify_status(&host, &target, req.id.clone(), status, reason);
         let answer = match tokio::time::timeout(self.settings.delivery_timeout, call).await {
             Ok(a) => a,
-            Err(_) => Err(PeerError::Unreachable { host: host.to_string(), reason: "no answer".into() }),
-        };
-        match answer {
-            Err(PeerError::Unreachable { reason, .. }) => {
-                Ok(JobOutcome::PeerUnreachable { host: host.to_string(), reason })
+            Err(_) => {
+                Err(PeerError::Unreachable { host: host.to_string(), reason: delivery::NOTICE_TIMEOUT_REASON.into() })
             }
-            Ok(()) | Err(PeerError::Refused(_)) => {
+        };
+        // Logged as node did: the whole PeerError, with its "peer refused: " prefix.
+        let refused_text = match &answer {
+            Err(e @ PeerError::Refused(_)) => Some(e.to_string()),
+            _ => None,
+        };
+        let answer = match answer {
+            Ok(()) => PeerAnswer::Answered(()),
+            Err(PeerError::Refused(why)) => PeerAnswer::Refused(why.to_string()),
+            Err(PeerError::Unreachable { host, reason }) => PeerAnswer::Unreachable { host, reason },
+        };
+        match delivery::settle_notice(answer) {
+            // The backoff is keyed by the request's target host, not the error's.
+            NoticeVerdict::Retry { reason } => Ok(JobOutcome::PeerUnreachable { host: host.to_string(), reason }),
+            NoticeVerdict::Done { refused } => {
                 run.peer_answered(&host);
-                if let Err(e) = &answer {
-                    tracing::warn!(request_id = %req.id, error = %e, "target refused the status notice");
+                if refused.is_some() {
+                    tracing::warn!(request_id = %req.id, error = %refused_text.unwrap_or_default(), "target refused the status notice");
                 }
                 Ok(JobOutcome::Done)
             }
         }
-    }
-
-    fn check_receipt(
-        &self,
-        req: &ExchangeRequest,
-        receipt: &SignedBlob,
-        digest: [u8; 32],
-    ) -> Result<Receipt, DomainError> {
-        verify_sha256_with_cert(&req.peer_certificate, &receipt.bytes, &receipt.signature)
-            .map_err(|_| DomainError::PermissionDenied("receipt signature does not verify".into()))?;
-        let r = Receipt::decode(&receipt.bytes)?;
-        if r.request_id != req.id
-            || r.source != self.sys_id
-            || r.target != req.target.sys_id
-            || r.bundle_sha256 != digest
-        {
-            return Err(DomainError::PermissionDenied("receipt does not match the request and bundle".into()));
-        }
-        Ok(r)
     }
 }

@@ -11,11 +11,12 @@ use super::{Exchange, request_audit};
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
-use crate::domain::bundle::{Bundle, BundleEntry, Receipt};
+use crate::domain::bundle::{Bundle, BundleEntry};
 use crate::domain::exchange::{
-    ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestEvent, RequestStatus, SignedBlob, SpecLine,
-    SpecLineStatus, validate_expiry, validate_spec_names,
+    ExchangeRequest, ExchangeRole, Frequency, PeerRef, RequestStatus, SignedBlob, SpecLine, validate_expiry,
+    validate_spec_names,
 };
+use crate::domain::exchange_import::{self as import, ImportFacts, ImportOutcome, NoticeEffect};
 use crate::domain::ids::{Host, Name, RequestId, SysId, UnixMillis};
 use crate::domain::key::{DataKey, KeyRecord};
 use crate::domain::spec::MaterialShape;
@@ -134,29 +135,19 @@ impl Exchange {
         let (req, public_key) = self
             .blocking(move |this| {
                 let Versioned { value: mut req, version } = this.request_or_not_found(&id)?;
-                let found = req.clone();
                 let now = this.now();
-                req.apply(RequestEvent::Retry { resume_at: RequestStatus::Pending }, &actor, now).map_err(
-                    |e| match e {
-                        DomainError::FailedPrecondition(_) => DomainError::FailedPrecondition(format!(
-                            "request {} is {}; it cannot be retried",
-                            found.id,
-                            found.status_summary()
-                        )),
-                        other => other,
-                    },
-                )?;
-                let kept = this.store.transport_handle(&req.id)?.filter(|_| !req.transport_public_key.is_empty());
-                let transport = match kept {
-                    Some(_) => None,
-                    None => Some(this.signer.create_transport_key()?),
+                let details = import::retry_here(&mut req, &actor, now)?;
+                let has_handle = this.store.transport_handle(&req.id)?.is_some();
+                let transport = if import::needs_new_transport_key(&req, has_handle) {
+                    Some(this.signer.create_transport_key()?)
+                } else {
+                    None
                 };
                 if let Some(t) = &transport {
                     req.wrapping = t.wrapping;
                     req.transport_public_key = t.public_der.clone();
                 }
-                let audit =
-                    request_audit(&req, "exchange.retry", Outcome::Success, format!("from {}", found.status.label()));
+                let audit = request_audit(&req, "exchange.retry", Outcome::Success, details);
                 let effects = RequestEffects {
                     transport_handle: transport.as_ref().map(|t| &t.handle[..]),
                     ..Default::default()
@@ -195,19 +186,8 @@ impl Exchange {
             let now = this.now();
             match answer {
                 Ok(view) => {
-                    for line in &mut req.lines {
-                        if let Some(s) = view.lines.iter().find(|l| l.spec == line.spec)
-                            && s.status != SpecLineStatus::Pending
-                        {
-                            *line = s.clone();
-                        }
-                    }
-                    req.total_key_count = view.total_key_count;
-                    if view.status == RequestStatus::Completed && req.status == RequestStatus::Pending {
-                        // Nothing to exchange: every spec is missing on the source.
-                        req.apply(RequestEvent::Approve, "system", now)?;
-                        req.apply(RequestEvent::Complete, "system", now)?;
-                    }
+                    // Completed at once when there is nothing to exchange: every spec is missing on the source.
+                    import::take_source_view(&mut req, view.status, &view.lines, view.total_key_count, now)?;
                     // A bundle may have arrived meanwhile; then its import wrote the lines.
                     match this.store.update_request(version, &req, RequestEffects::default(), &[]) {
                         Ok(_) => Ok(req),
@@ -216,14 +196,8 @@ impl Exchange {
                     }
                 }
                 Err(err) => {
-                    if req.status == RequestStatus::Pending {
-                        req.apply(RequestEvent::FailRemote { reason: err.to_string() }, "system", now)?;
-                        let audit = request_audit(
-                            &req,
-                            "exchange.fail",
-                            Outcome::Failed,
-                            format!("opening on the source failed: {err}"),
-                        );
+                    if let Some(details) = import::opening_failed(&mut req, &err.to_string(), now)? {
+                        let audit = request_audit(&req, "exchange.fail", Outcome::Failed, details);
                         this.store.update_request(version, &req, RequestEffects::default(), &[audit])?;
                     }
                     tracing::warn!(request_id = %req.id, error = %err, "opening the request on the source failed");
@@ -310,26 +284,10 @@ impl Exchange {
             .store
             .request(&bundle.request_id)?
             .ok_or_else(|| DomainError::not_found("request", &bundle.request_id))?;
-        if req.role != ExchangeRole::Target {
-            return Err(DomainError::FailedPrecondition("request is not a target-side request here".into()).into());
-        }
-        if &req.source.sys_id != caller {
-            return Err(DomainError::PermissionDenied("bundle sender is not the request's source".into()).into());
-        }
         let now = self.now();
-        bundle.check_addressed(&self.sys_id, &req.source.sys_id, &req.id, now)?;
-        if req.status == RequestStatus::ErrorOnLocalInstance {
-            // The import failed here before (say the KEK refused to wrap);
-            // the source's redelivery is the retry.
-            req.apply(RequestEvent::Retry { resume_at: RequestStatus::Pending }, &format!("instance:{caller}"), now)?;
-        }
-        if req.status != RequestStatus::Pending {
-            return Err(DomainError::FailedPrecondition(format!(
-                "request is {}; a bundle is accepted once, for a pending request",
-                req.status_summary()
-            ))
-            .into());
-        }
+        // A request whose import failed here before (say the KEK refused to
+        // wrap) is pending again: the source's redelivery is the retry.
+        import::accept_bundle(&mut req, &bundle, &self.sys_id, caller, now)?;
         let handle = self.store.transport_handle(&req.id)?.ok_or_else(|| {
             DomainError::FailedPrecondition("the request's transport key is gone; bundle refused".into())
         })?;
@@ -344,33 +302,17 @@ impl Exchange {
         let mut specs = HashMap::new();
         for line in &req.lines {
             if let Some(spec) = self.store.spec(&line.spec)? {
-                let ours = spec.choice();
-                let shape = match bundle.specs.iter().find(|(n, _)| *n == line.spec) {
-                    Some((_, theirs)) if *theirs == ours => Ok(spec.material()),
-                    Some((_, theirs)) => Err(format!(
-                        "spec differs: the source's is {}, this instance's is {}",
-                        theirs.describe(),
-                        ours.describe()
-                    )),
-                    None => Err("the source did not describe this spec".to_owned()),
-                };
-                specs.insert(line.spec.clone(), shape);
+                specs.insert(line.spec.clone(), import::import_shape(&spec, &bundle.specs));
             }
         }
         // Keys a previous exchange brought are counted, never stored twice,
         // and never replaced: an entry for a key held here must carry its material.
         let present = self.store.existing_keys(bundle.entries.iter().map(|e| &e.key_id))?;
-        for entry in bundle.entries.iter().filter(|e| present.contains(&e.key_id)) {
+        let (held, new) = import::split_entries(&bundle.entries, &present);
+        for entry in held {
             match self.holds_same_material(&aes, entry) {
                 Ok(true) => {}
-                Ok(false) => {
-                    return Err(DomainError::PermissionDenied(format!(
-                        "bundle entry {} differs from the key of that id already held here; \
-                         an import never replaces a key; nothing imported",
-                        entry.key_id
-                    ))
-                    .into());
-                }
+                Ok(false) => return Err(import::differs_from_held(&entry.key_id).into()),
                 Err(AppError::Crypto(e)) => {
                     let reason =
                         format!("this instance's KEK could not unwrap key {} to compare it: {e}", entry.key_id);
@@ -379,7 +321,7 @@ impl Exchange {
                 Err(e) => return Err(e),
             }
         }
-        for entry in bundle.entries.iter().filter(|e| !present.contains(&e.key_id)) {
+        for entry in new {
             if let Some(dek) = self.open_entry(&specs, &aes, entry, &mut failed) {
                 match self.signer.wrap(&dek) {
                     Ok(wrapped) => keys.push((
@@ -403,40 +345,16 @@ impl Exchange {
         }
 
         // Lines: the source's outcome, then what failed or was already here.
-        for line in &mut req.lines {
-            if let Some(src) = bundle.lines.iter().find(|l| l.spec == line.spec) {
-                *line = src.clone();
-            }
-            let n = present.iter().filter(|k| k.spec == line.spec).count();
-            if n > 0 {
-                line.reason = format!("{n} key(s) already present, not imported twice");
-            }
-            let fails: Vec<&String> = failed.iter().filter(|(s, _)| s == line.spec.as_str()).map(|(_, r)| r).collect();
-            if let Some(first) = fails.first() {
-                line.status = SpecLineStatus::Failed;
-                line.reason = format!("{} key(s) not imported: {first}", fails.len());
-            }
-        }
-        req.total_key_count = bundle.lines.iter().map(|l| l.key_count).sum();
-        req.exported_key_count = bundle.entries.len() as u32;
-        req.apply(RequestEvent::Approve, &format!("instance:{caller}"), now)?;
-        req.apply(RequestEvent::Complete, "system", now)?;
-        req.imported_key_count = keys.len() as u32;
-        let ids: Vec<String> = keys.iter().map(|(k, _)| k.id.to_string()).collect();
-        let audit = request_audit(
-            &req,
-            "exchange.import",
-            Outcome::Success,
-            format!("{} key(s) from {}: {}", ids.len(), req.source.sys_id, ids.join(" ")),
-        );
-        let receipt = Receipt {
-            request_id: req.id.clone(),
-            source: req.source.sys_id.clone(),
-            target: self.sys_id.clone(),
-            imported_at: now,
-            bundle_sha256: *digest,
+        let facts = ImportFacts {
+            this: &self.sys_id,
+            caller,
+            present: &present,
+            failed: &failed,
             imported: keys.iter().map(|(k, _)| k.id.clone()).collect(),
+            digest: *digest,
         };
+        let ImportOutcome { audit, receipt } = import::finish_import(&mut req, &bundle, facts, now)?;
+        let audit = request_audit(&req, "exchange.import", Outcome::Success, audit);
         let bytes = receipt.encode();
         let signature = self.instance_key.sign(&bytes)?;
         let receipt = SignedBlob { bytes, signature };
@@ -485,8 +403,7 @@ impl Exchange {
         failed: &mut Vec<(String, String)>,
     ) -> Option<DataKey> {
         let opened = (|| {
-            let want =
-                shapes.get(&entry.key_id.spec).ok_or("spec was not requested or is not on this instance")?.clone()?;
+            let want = import::entry_shape(shapes, entry)?;
             let dek = kwp_unwrap(aes.expose(), &entry.wrapped).map_err(|_| "key does not unwrap".to_owned())?;
             let dek = DataKey::new(dek);
             check_material(want, &dek)?;
@@ -500,17 +417,15 @@ impl Exchange {
     /// returns the error the source is answered with.
     fn fail_import_locally(&self, mut req: ExchangeRequest, version: u64, reason: String, now: UnixMillis) -> AppError {
         tracing::error!(request_id = %req.id, %reason, "import failed on this instance");
-        let recorded = req
-            .apply(RequestEvent::FailLocal { reason: reason.clone() }, "system", now)
-            .map_err(AppError::from)
-            .and_then(|()| {
-                let audit = request_audit(&req, "exchange.fail", Outcome::Failed, reason.clone());
-                Ok(self.store.update_request(version, &req, RequestEffects::default(), &[audit])?)
-            });
+        let recorded = import::fail_import_here(&mut req, &reason, now).map_err(AppError::from).and_then(|answer| {
+            let audit = request_audit(&req, "exchange.fail", Outcome::Failed, reason.clone());
+            self.store.update_request(version, &req, RequestEffects::default(), &[audit])?;
+            Ok(answer)
+        });
         match recorded {
             // A Stale write (the request changed meanwhile) makes the caller read it again.
             Err(e) => e,
-            Ok(_) => DomainError::FailedPrecondition(format!("the target could not import the keys: {reason}")).into(),
+            Ok(answer) => answer.into(),
         }
     }
 
@@ -525,27 +440,12 @@ impl Exchange {
         self.blocking(move |this| {
             for _ in 0..IMPORT_ATTEMPTS {
                 let Versioned { value: mut req, version } = this.request_or_not_found(&request_id)?;
-                if req.role != ExchangeRole::Target || req.source.sys_id != caller {
-                    return Err(DomainError::PermissionDenied("sender is not the request's source".into()).into());
-                }
                 let now = this.now();
-                let actor = format!("instance:{caller}");
-                let event = match status {
-                    RequestStatus::Rejected => RequestEvent::Reject { reason: reason.clone() },
-                    RequestStatus::Expired => RequestEvent::Expire,
-                    other => {
-                        return Err(
-                            DomainError::invalid("status", format!("{} cannot be notified", other.label())).into()
-                        );
-                    }
+                // The source's clock decided expiry; ours does not refuse it.
+                let action = match import::take_notice(&mut req, &caller, status, &reason, now)? {
+                    NoticeEffect::Unchanged => return Ok(()), // A repeated notice changes nothing.
+                    NoticeEffect::Closed { action } => action,
                 };
-                // The source's clock decided expiry; do not let ours refuse it.
-                let at = if status == RequestStatus::Expired { now.max(req.expires_at) } else { now };
-                if req.status.is_terminal() && req.status == status {
-                    return Ok(()); // A repeated notice changes nothing.
-                }
-                req.apply(event, &actor, at)?;
-                let action = if status == RequestStatus::Expired { "exchange.expire" } else { "exchange.reject" };
                 let audit = request_audit(&req, action, Outcome::Success, "reported by the source");
                 match this.store.update_request(version, &req, RequestEffects::default(), &[audit]) {
                     Err(StoreError::Stale { .. }) => continue,
