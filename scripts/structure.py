@@ -8,7 +8,8 @@ Prints, for the Rust sources under src/:
   uses B while B, directly or not, uses A).
 
 Approximate by design (regexes, not a parser): comments and strings are
-stripped before counting. Usage: scripts/structure.py [layer-dir] [top-n]
+stripped before counting, and test-only files (tests.rs, tests_*.rs,
+*_tests.rs, testing.rs) are skipped. Usage: scripts/structure.py [layer-dir] [top-n]
 """
 
 import collections
@@ -94,10 +95,15 @@ def on_cycle(edges):
     return sorted(e for e in edges if reaches(e[1], e[0]))
 
 
+def test_only(name):
+    """Files compiled for tests only: a service's tests, the unit-test harness."""
+    return name in ("tests.rs", "testing.rs") or name.startswith("tests_") or name.endswith("_tests.rs")
+
+
 def rust_files(top):
     for d, _, files in os.walk(top):
         for f in files:
-            if f.endswith(".rs"):
+            if f.endswith(".rs") and not test_only(f):
                 yield os.path.join(d, f)
 
 
