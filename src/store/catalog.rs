@@ -7,7 +7,7 @@ use super::tuple::{KeyBuf, str_key};
 use super::{Result, Store, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::ids::{KeyId, Name};
-use crate::domain::key::{KeyRecord, KeyState, LifecyclePolicy, WrappedKey};
+use crate::domain::key::{KeyRecord, KeyState, LifecycleDefinition, LifecyclePolicy, WrappedKey, effective_cap};
 use crate::domain::policy::AccessPolicy;
 use crate::domain::spec::{Module, Spec};
 
@@ -78,15 +78,38 @@ impl Store {
         })
     }
 
-    /// Replaces an existing spec (e.g. its lifecycle definition).
-    pub fn update_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
+    /// Replaces an existing spec, conditionally: the stored spec must still
+    /// be `read` (else `Stale`; `Missing` when it is gone).
+    pub fn update_spec(&self, read: &Spec, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
         self.write(|tx| {
-            let k = str_key(spec.name.as_str());
-            if tx.get(Table::Specs, &k)?.is_none() {
-                return Err(StoreError::Missing { what: "spec", id: spec.name.to_string() });
-            }
-            put_row(tx, Table::Specs, &k, &SpecRow::from(spec))?;
+            check_spec_in(tx, read)?;
+            put_row(tx, Table::Specs, &str_key(spec.name.as_str()), &SpecRow::from(spec))?;
             append_audit(tx, audit)
+        })
+    }
+
+    /// Sets `read`'s lifecycle definition, conditionally, in one
+    /// transaction: the stored spec must still be `read`, and the cap of the
+    /// lifecycle policies in force for its module (read here) must still be
+    /// `cap_checked`, the cap the caller checked `lifecycle` against (else
+    /// `Stale`: the caller reads again and decides again). Returns the spec.
+    pub fn set_spec_lifecycle(
+        &self,
+        read: &Spec,
+        lifecycle: &LifecycleDefinition,
+        cap_checked: Option<i64>,
+        audit: &[AuditEvent],
+    ) -> Result<Spec> {
+        self.write(|tx| {
+            check_spec_in(tx, read)?;
+            let policies = lifecycle_policies_in(tx)?;
+            if effective_cap(&policies, &read.module) != cap_checked {
+                return Err(StoreError::Stale { what: "lifecycle policy cap of module", id: read.module.to_string() });
+            }
+            let spec = Spec { lifecycle: *lifecycle, ..read.clone() };
+            put_row(tx, Table::Specs, &str_key(spec.name.as_str()), &SpecRow::from(&spec))?;
+            append_audit(tx, audit)?;
+            Ok(spec)
         })
     }
 
@@ -216,16 +239,44 @@ impl Store {
     // === lifecycle policies ===
 
     pub fn lifecycle_policies(&self) -> Result<Vec<LifecyclePolicy>> {
-        self.read(|tx| all_rows(tx, Table::LifecyclePolicies, |v| decode::<LifecyclePolicyRow>(v)?.try_into()))
+        self.read(lifecycle_policies_in)
     }
 
-    pub fn put_lifecycle_policy(&self, policy: &LifecyclePolicy, audit: &[AuditEvent]) -> Result<()> {
+    /// Writes the lifecycle policy of `policy.scope`, conditionally: the
+    /// stored policy of that scope must still be `read` (None: there was
+    /// none), else `Stale`.
+    pub fn put_lifecycle_policy(
+        &self,
+        read: Option<&LifecyclePolicy>,
+        policy: &LifecyclePolicy,
+        audit: &[AuditEvent],
+    ) -> Result<()> {
         self.write(|tx| {
             let k = str_key(&scope_key(&policy.scope));
+            let stored: Option<LifecyclePolicy> =
+                get_row::<LifecyclePolicyRow>(tx, Table::LifecyclePolicies, &k)?.map(TryInto::try_into).transpose()?;
+            if stored.as_ref() != read {
+                return Err(StoreError::Stale { what: "lifecycle policy", id: scope_key(&policy.scope) });
+            }
             put_row(tx, Table::LifecyclePolicies, &k, &LifecyclePolicyRow::from(policy))?;
             append_audit(tx, audit)
         })
     }
+}
+
+/// The stored spec must be `read` (else `Stale`, or `Missing`).
+fn check_spec_in(tx: &mut dyn ReadTxn, read: &Spec) -> Result<()> {
+    let stored: Option<Spec> =
+        get_row::<SpecRow>(tx, Table::Specs, &str_key(read.name.as_str()))?.map(TryInto::try_into).transpose()?;
+    match stored {
+        None => Err(StoreError::Missing { what: "spec", id: read.name.to_string() }),
+        Some(s) if &s != read => Err(StoreError::Stale { what: "spec", id: read.name.to_string() }),
+        Some(_) => Ok(()),
+    }
+}
+
+fn lifecycle_policies_in(tx: &mut dyn ReadTxn) -> Result<Vec<LifecyclePolicy>> {
+    all_rows(tx, Table::LifecyclePolicies, |v| decode::<LifecyclePolicyRow>(v)?.try_into())
 }
 
 /// Up to `limit` raw rows of a table (diagnostics and migration tests).

@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyReader, str_key};
-use super::{Result, Store, get_row, put_row};
+use super::{Result, Store, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::ids::UnixMillis;
 use crate::domain::property::Property;
@@ -39,13 +39,32 @@ impl Store {
         self.read(properties_in)
     }
 
-    /// Stores `p` with the audit entry `audit` makes from the value it
-    /// replaces (read in the same transaction, so concurrent sets each
-    /// audit the value they really replaced).
+    /// Stores `p` conditionally: the stored property must still be `read`
+    /// (None: it was unset), else `Stale` (the caller reads again). With the
+    /// audit entry `audit` makes from the value it replaces.
+    pub fn put_property_checked(
+        &self,
+        read: Option<&Property>,
+        p: &Property,
+        audit: &dyn Fn(Option<&str>) -> AuditEvent,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let previous = property_in(tx, &p.name)?;
+            if previous.as_ref() != read {
+                return Err(StoreError::Stale { what: "property", id: p.name.clone() });
+            }
+            put_property_in(tx, p)?;
+            append_audit(tx, &[audit(previous.as_ref().map(|r| r.value.as_str()))])
+        })
+    }
+
+    /// Stores `p` without a condition, with the audit entry `audit` makes
+    /// from the value it replaces (read in the same transaction). Only for
+    /// seeding tests; the use cases write with `put_property_checked`.
+    #[doc(hidden)]
     pub fn put_property(&self, p: &Property, audit: &dyn Fn(Option<&str>) -> AuditEvent) -> Result<()> {
         self.write(|tx| {
-            let key = str_key(&p.name);
-            let previous: Option<PropertyRow> = get_row(tx, Table::Properties, &key)?;
+            let previous = property_in(tx, &p.name)?;
             put_property_in(tx, p)?;
             append_audit(tx, &[audit(previous.as_ref().map(|r| r.value.as_str()))])
         })

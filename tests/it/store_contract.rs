@@ -112,7 +112,7 @@ fn identity_modules_and_specs() {
         assert_eq!(names, ["a", "b"], "{}", s.name);
         assert_eq!(st.module(&name("m")).unwrap(), Some(m.clone()));
         assert!(st.spec(&name("zz")).unwrap().is_none());
-        assert!(matches!(st.update_spec(&spec("zz"), &[]), Err(StoreError::Missing { .. })), "{}", s.name);
+        assert!(matches!(st.update_spec(&spec("zz"), &spec("zz"), &[]), Err(StoreError::Missing { .. })), "{}", s.name);
     }
 }
 
@@ -894,4 +894,72 @@ fn schema_2_database_loses_its_old_clone_grants_at_open() {
     }
     check(&Store::open_redb(&path).unwrap());
     check(&Store::open_redb(&path).unwrap());
+}
+
+/// The four conditional catalog writes refuse a read that is out of date
+/// (`Stale`, nothing written, no audit entry), and a lifecycle cap changed
+/// between the read and the write is caught in the writing transaction.
+#[test]
+fn catalog_writes_refuse_a_stale_read() {
+    use kmf::domain::key::{LifecycleDefinition, LifecyclePolicy, PolicyScope};
+    use kmf::domain::property::Property;
+    const DAY: i64 = 86_400_000;
+    let stale = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Stale { .. }));
+    for s in subjects() {
+        let st = &s.store;
+        let m = Module { name: name("m"), created_at: UnixMillis(1) };
+        st.insert_module(&m, &[], &[]).unwrap();
+        st.insert_spec(&spec("a"), &[]).unwrap();
+        let read = st.spec(&name("a")).unwrap().unwrap();
+        let lc = |days: i64| LifecycleDefinition { expire_after: Some(days * DAY), destroy_after_idle: None };
+
+        // update_spec: a spec changed since it was read.
+        let changed = Spec { lifecycle: lc(10), ..read.clone() };
+        st.update_spec(&read, &changed, &[event("spec.lifecycle")]).unwrap();
+        let n = audit_len(st);
+        let other = Spec { lifecycle: lc(20), ..read.clone() };
+        assert!(stale(st.update_spec(&read, &other, &[event("spec.lifecycle")])), "{}", s.name);
+        assert_eq!((st.spec(&name("a")).unwrap().unwrap(), audit_len(st)), (changed.clone(), n), "{}", s.name);
+
+        // set_spec_lifecycle: a stale spec, then a cap changed between read and write.
+        assert!(stale(st.set_spec_lifecycle(&read, &lc(30), None, &[event("x")]).map(|_| ())), "{}", s.name);
+        let instance = |days: i64| LifecyclePolicy {
+            scope: PolicyScope::Instance,
+            active: true,
+            max_expire_after: Some(days * DAY),
+        };
+        let read = st.spec(&name("a")).unwrap().unwrap();
+        let cap_read = None; // checked against no policy ...
+        st.put_lifecycle_policy(None, &instance(15), &[event("lifecycle_policy.set")]).unwrap(); // ... a cap arrives
+        let n = audit_len(st);
+        let r = st.set_spec_lifecycle(&read, &lc(30), cap_read, &[event("spec.lifecycle")]);
+        assert!(stale(r.map(|_| ())), "{}: the cap is checked in the writing transaction", s.name);
+        assert_eq!((st.spec(&name("a")).unwrap().unwrap(), audit_len(st)), (read.clone(), n), "{}", s.name);
+        let done = st.set_spec_lifecycle(&read, &lc(12), Some(15 * DAY), &[event("spec.lifecycle")]).unwrap();
+        assert_eq!((done.lifecycle, st.spec(&name("a")).unwrap().unwrap()), (lc(12), done.clone()), "{}", s.name);
+
+        // put_lifecycle_policy: the policy of that scope changed since (or appeared).
+        let n = audit_len(st);
+        assert!(stale(st.put_lifecycle_policy(None, &instance(40), &[event("x")])), "{}", s.name);
+        assert!(stale(st.put_lifecycle_policy(Some(&instance(16)), &instance(40), &[event("x")])), "{}", s.name);
+        assert_eq!((st.lifecycle_policies().unwrap(), audit_len(st)), (vec![instance(15)], n), "{}", s.name);
+        st.put_lifecycle_policy(Some(&instance(15)), &instance(40), &[event("lifecycle_policy.set")]).unwrap();
+        assert_eq!(st.lifecycle_policies().unwrap(), vec![instance(40)], "{}", s.name);
+
+        // put_property_checked: unset when read, set since; then set to another value since.
+        let prop = |value: &str| Property {
+            name: "x.y".into(),
+            value: value.into(),
+            updated_at: UnixMillis(1),
+            updated_by: "t".into(),
+        };
+        let audit = |_: Option<&str>| event("property.set");
+        st.put_property_checked(None, &prop("1"), &audit).unwrap();
+        let n = audit_len(st);
+        assert!(stale(st.put_property_checked(None, &prop("2"), &audit)), "{}", s.name);
+        assert!(stale(st.put_property_checked(Some(&prop("0")), &prop("2"), &audit)), "{}", s.name);
+        assert_eq!((st.property("x.y").unwrap(), audit_len(st)), (Some(prop("1")), n), "{}", s.name);
+        st.put_property_checked(Some(&prop("1")), &prop("2"), &audit).unwrap();
+        assert_eq!(st.property("x.y").unwrap(), Some(prop("2")), "{}", s.name);
+    }
 }

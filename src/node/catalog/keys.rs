@@ -13,6 +13,7 @@ use crate::domain::key::{
     effective_cap, plan_action, plan_generate, plan_rotate,
 };
 use crate::domain::spec::{Module, Spec, SpecChoice};
+use crate::domain::sweeps;
 use crate::error::{AppError, AppResult};
 use crate::node::context::Blocking;
 use crate::signer::material::generate_material;
@@ -24,6 +25,10 @@ pub enum DefaultAccess {
     Reject,
     Track,
 }
+
+/// How often a use case reads again and decides again after a conditional
+/// write found its read out of date (`StoreError::Stale`).
+const WRITE_ATTEMPTS: usize = 3;
 
 fn already_exists(e: StoreError) -> AppError {
     match e {
@@ -251,7 +256,10 @@ impl Catalog {
         .await
     }
 
-    /// Sets a spec's lifecycle definition, within the cap of the lifecycle policies.
+    /// Sets a spec's lifecycle definition, within the cap of the lifecycle
+    /// policies, checked again in the writing transaction: a spec or a cap
+    /// that changed since it was read is read and decided again, at most
+    /// `WRITE_ATTEMPTS` times.
     pub async fn set_spec_lifecycle(
         self: &Arc<Self>,
         caller: &Caller,
@@ -260,19 +268,27 @@ impl Catalog {
     ) -> AppResult<Spec> {
         let actor = caller.actor();
         self.blocking(move |this| {
-            let mut spec = this.spec_or_not_found(&spec)?;
-            lifecycle.check_cap(effective_cap(&this.store.lifecycle_policies()?, &spec.module))?;
-            spec.lifecycle = lifecycle;
-            let audit = event(&actor, "spec.lifecycle", &spec.name).with_details(format!(
-                "expire_after_ms {:?}, destroy_after_idle_ms {:?}",
-                lifecycle.expire_after, lifecycle.destroy_after_idle
-            ));
-            this.store.update_spec(&spec, &[audit])?;
-            Ok(spec)
+            for _ in 0..WRITE_ATTEMPTS {
+                let read = this.spec_or_not_found(&spec)?;
+                let policies = this.store.lifecycle_policies()?;
+                sweeps::check_lifecycle(&lifecycle, &policies, &read.module)?;
+                let audit = event(&actor, "spec.lifecycle", &read.name).with_details(format!(
+                    "expire_after_ms {:?}, destroy_after_idle_ms {:?}",
+                    lifecycle.expire_after, lifecycle.destroy_after_idle
+                ));
+                let cap = effective_cap(&policies, &read.module);
+                match this.store.set_spec_lifecycle(&read, &lifecycle, cap, &[audit]) {
+                    Err(StoreError::Stale { .. }) => continue,
+                    other => return Ok(other?),
+                }
+            }
+            Err(DomainError::FailedPrecondition(format!("spec {spec} keeps changing; try again")).into())
         })
         .await
     }
 
+    /// Sets the lifecycle policy of its scope, conditionally on the one it
+    /// replaces (read and written again, at most `WRITE_ATTEMPTS` times).
     pub async fn set_lifecycle_policy(
         self: &Arc<Self>,
         caller: &Caller,
@@ -285,17 +301,22 @@ impl Catalog {
             {
                 return Err(DomainError::not_found("module", m).into());
             }
-            if policy.max_expire_after.is_some_and(|v| v <= 0) {
-                return Err(DomainError::invalid("max_expire_after", "must be positive").into());
+            sweeps::lifecycle_policy_refusal(&policy)?;
+            let subject = sweeps::lifecycle_policy_subject(&policy.scope);
+            for _ in 0..WRITE_ATTEMPTS {
+                let read = this.store.lifecycle_policies()?.into_iter().find(|p| p.scope == policy.scope);
+                let audit = event(&actor, "lifecycle_policy.set", &subject).with_details(format!(
+                    "active {}, max_expire_after_ms {:?}",
+                    policy.active, policy.max_expire_after
+                ));
+                match this.store.put_lifecycle_policy(read.as_ref(), &policy, &[audit]) {
+                    Err(StoreError::Stale { .. }) => continue,
+                    other => other?,
+                }
+                return Ok(policy);
             }
-            let subject = match &policy.scope {
-                PolicyScope::Instance => "instance".to_owned(),
-                PolicyScope::Module(m) => format!("module:{m}"),
-            };
-            let audit = event(&actor, "lifecycle_policy.set", subject)
-                .with_details(format!("active {}, max_expire_after_ms {:?}", policy.active, policy.max_expire_after));
-            this.store.put_lifecycle_policy(&policy, &[audit])?;
-            Ok(policy)
+            Err(DomainError::FailedPrecondition(format!("the lifecycle policy {subject} keeps changing; try again"))
+                .into())
         })
         .await
     }
@@ -316,13 +337,8 @@ impl Catalog {
                 if due.is_empty() {
                     continue;
                 }
-                let audit: Vec<AuditEvent> = due
-                    .iter()
-                    .map(|k| {
-                        event("system", "key.destroy", &k.id)
-                            .with_details("idle past destroy_after_idle; material erased")
-                    })
-                    .collect();
+                // Dated by the wall clock, as `event` dates every entry here.
+                let audit = sweeps::destruction_audit(&due, crate::clock::now());
                 match this.store.apply_key_change(&read, &due, None, &audit) {
                     // A key changed meanwhile: the next sweep decides again.
                     Err(crate::store::StoreError::Stale { .. }) => continue,

@@ -8,6 +8,11 @@ use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::property::{self, Property, PropertyType};
 use crate::node::context::Blocking;
+use crate::store::StoreError;
+
+/// How often a set reads again after a conditional write found its read
+/// out of date (`StoreError::Stale`).
+const WRITE_ATTEMPTS: usize = 3;
 
 /// A property as read: stored, or its default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,18 +73,28 @@ impl Catalog {
             return Err(DomainError::PermissionDenied(why).into());
         }
         self.blocking(move |this| {
-            let p = Property {
-                name: name.clone(),
-                value: value.clone(),
-                updated_at: this.now(),
-                updated_by: actor.clone(),
-            };
-            let audit = |old: Option<&str>| {
-                AuditEvent::new(p.updated_at, actor.clone(), "property.set", &name, Outcome::Success)
-                    .with_details(format!("{} -> {value}", old.unwrap_or("(unset)")))
-            };
-            this.store.put_property(&p, &audit)?;
-            view(&name, Some(p)).ok_or_else(|| crate::error::AppError::Internal("property vanished".into()))
+            // Conditional on the value read: a concurrent set makes it read
+            // and write again, at most `WRITE_ATTEMPTS` times.
+            for _ in 0..WRITE_ATTEMPTS {
+                let read = this.store.property(&name)?;
+                let p = Property {
+                    name: name.clone(),
+                    value: value.clone(),
+                    updated_at: this.now(),
+                    updated_by: actor.clone(),
+                };
+                let audit = |old: Option<&str>| {
+                    AuditEvent::new(p.updated_at, actor.clone(), "property.set", &name, Outcome::Success)
+                        .with_details(format!("{} -> {value}", old.unwrap_or("(unset)")))
+                };
+                match this.store.put_property_checked(read.as_ref(), &p, &audit) {
+                    Err(StoreError::Stale { .. }) => continue,
+                    other => other?,
+                }
+                return view(&name, Some(p))
+                    .ok_or_else(|| crate::error::AppError::Internal("property vanished".into()));
+            }
+            Err(DomainError::FailedPrecondition(format!("property {name} keeps changing; try again")).into())
         })
         .await
     }
