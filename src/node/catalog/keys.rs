@@ -37,8 +37,11 @@ fn already_exists(e: StoreError) -> AppError {
     }
 }
 
-fn event(actor: &str, action: &str, subject: impl ToString) -> AuditEvent {
-    AuditEvent::new(crate::clock::now(), actor, action, subject.to_string(), Outcome::Success)
+impl Catalog {
+    /// A successful catalog change by `actor`, dated by the instance's clock.
+    fn event(&self, actor: &str, action: &str, subject: impl ToString) -> AuditEvent {
+        AuditEvent::new(self.now(), actor, action, subject.to_string(), Outcome::Success)
+    }
 }
 
 impl Catalog {
@@ -59,11 +62,13 @@ impl Catalog {
                 DefaultAccess::Track => super::policies::autogen_policies(&module.name, module.created_at),
                 DefaultAccess::Reject => Vec::new(),
             };
-            let mut audit =
-                vec![event(&actor, "module.create", &module.name).with_details(format!("default access {access:?}"))];
+            let mut audit = vec![
+                this.event(&actor, "module.create", &module.name).with_details(format!("default access {access:?}")),
+            ];
             for p in &policies {
                 audit.push(
-                    event(&actor, "policy.create", format!("{}/{}", p.module, p.name)).with_details("AutoGen Track"),
+                    this.event(&actor, "policy.create", format!("{}/{}", p.module, p.name))
+                        .with_details("AutoGen Track"),
                 );
             }
             this.store.insert_module(&module, &policies, &audit).map_err(already_exists)?;
@@ -92,7 +97,7 @@ impl Catalog {
             }
             let mut spec = Spec::try_new(name, module, choice, this.now())?;
             spec.exportable = exportable;
-            let audit = event(&actor, "spec.create", &spec.name).with_details(format!(
+            let audit = this.event(&actor, "spec.create", &spec.name).with_details(format!(
                 "module {} {} {} {} bits{}{}",
                 spec.module,
                 spec.purpose.as_str(),
@@ -161,7 +166,8 @@ impl Catalog {
             let read = this.key_records(&spec.name)?;
             let change = plan_generate(&this.sys_id, &spec.name, &read, &spec.lifecycle, this.now());
             let new = change.new_key.clone().ok_or_else(|| AppError::Internal("generate planned no key".into()))?;
-            let audit = event(&actor, "key.generate", &new.id).with_details(format!("state {}", new.state.label()));
+            let audit =
+                this.event(&actor, "key.generate", &new.id).with_details(format!("state {}", new.state.label()));
             this.write_change(&spec, &read, &change, vec![audit])?;
             tracing::info!(key_id = %new.id, state = new.state.label(), "key generated");
             Ok(new)
@@ -180,7 +186,7 @@ impl Catalog {
             let read = self.key_records(&spec.name)?;
             let change = plan_generate(&self.sys_id, &spec.name, &read, &spec.lifecycle, self.now());
             let new = change.new_key.clone().ok_or_else(|| AppError::Internal("generate planned no key".into()))?;
-            let audit = event(actor, "key.generate", &new.id).with_details("Active; the spec had no current key");
+            let audit = self.event(actor, "key.generate", &new.id).with_details("Active; the spec had no current key");
             match self.write_change(&spec, &read, &change, vec![audit]) {
                 Ok(()) => {
                     tracing::info!(key_id = %new.id, "key generated");
@@ -205,7 +211,8 @@ impl Catalog {
             let (Some(old), Some(new)) = (change.updated.first().cloned(), change.new_key.clone()) else {
                 return Err(AppError::Internal("rotate planned no keys".into()));
             };
-            let audit = event(&actor, "key.rotate", &spec.name)
+            let audit = this
+                .event(&actor, "key.rotate", &spec.name)
                 .with_details(format!("deactivated {}, active {}", old.id, new.id));
             this.write_change(&spec, &read, &change, vec![audit])?;
             tracing::info!(deactivated = %old.id, active = %new.id, "key rotated");
@@ -235,11 +242,12 @@ impl Catalog {
                     format!("now {}; reason: {}", k.state.label(), k.reason)
                 };
                 audit.push(
-                    event(&actor, &format!("key.{}", action.name().replace(' ', "_")), &k.id).with_details(details),
+                    this.event(&actor, &format!("key.{}", action.name().replace(' ', "_")), &k.id)
+                        .with_details(details),
                 );
             }
             if let Some(new) = &change.new_key {
-                audit.push(event(&actor, "key.generate", &new.id).with_details(format!("replaces {key}")));
+                audit.push(this.event(&actor, "key.generate", &new.id).with_details(format!("replaces {key}")));
             }
             this.write_change(&spec, &existing, &change, audit)?;
             tracing::info!(key_id = %key, action = action.name(), "key state changed");
@@ -272,7 +280,7 @@ impl Catalog {
                 let read = this.spec_or_not_found(&spec)?;
                 let policies = this.store.lifecycle_policies()?;
                 sweeps::check_lifecycle(&lifecycle, &policies, &read.module)?;
-                let audit = event(&actor, "spec.lifecycle", &read.name).with_details(format!(
+                let audit = this.event(&actor, "spec.lifecycle", &read.name).with_details(format!(
                     "expire_after_ms {:?}, destroy_after_idle_ms {:?}",
                     lifecycle.expire_after, lifecycle.destroy_after_idle
                 ));
@@ -305,7 +313,7 @@ impl Catalog {
             let subject = sweeps::lifecycle_policy_subject(&policy.scope);
             for _ in 0..WRITE_ATTEMPTS {
                 let read = this.store.lifecycle_policies()?.into_iter().find(|p| p.scope == policy.scope);
-                let audit = event(&actor, "lifecycle_policy.set", &subject).with_details(format!(
+                let audit = this.event(&actor, "lifecycle_policy.set", &subject).with_details(format!(
                     "active {}, max_expire_after_ms {:?}",
                     policy.active, policy.max_expire_after
                 ));
@@ -338,7 +346,7 @@ impl Catalog {
                     continue;
                 }
                 // Dated by the wall clock, as `event` dates every entry here.
-                let audit = sweeps::destruction_audit(&due, crate::clock::now());
+                let audit = sweeps::destruction_audit(&due, this.now());
                 match this.store.apply_key_change(&read, &due, None, &audit) {
                     // A key changed meanwhile: the next sweep decides again.
                     Err(crate::store::StoreError::Stale { .. }) => continue,
@@ -383,8 +391,9 @@ impl Catalog {
                     batch.push((new, this.signer.wrap(&generate_material(spec.material())?)?));
                 }
                 if batch.len() >= 1000 || i + 1 == count {
-                    let audit =
-                        [event("system", "key.seed", &spec.name).with_details(format!("{} keys written", batch.len()))];
+                    let audit = [this
+                        .event("system", "key.seed", &spec.name)
+                        .with_details(format!("{} keys written", batch.len()))];
                     this.store.seed_keys(&batch, &audit)?;
                     batch.clear();
                 }
