@@ -16,6 +16,7 @@ use super::tuple::{KeyReader, str_key};
 use super::{Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::CloneRun;
+use crate::domain::clone_decide::{self, DueRun as DueStep};
 use crate::domain::clone_schedule::{Cadence, CloneSchedule, ScheduledRun};
 use crate::domain::ids::{CloneId, Host, Name, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
@@ -160,22 +161,25 @@ impl Store {
                 finish_job_in(tx, &job_id, due.lease)?;
                 return Ok(None);
             };
-            let run = if read_run(tx, &due.clone_id)?.is_some() {
+            // Whether the clone exists; only when it does not, whether another is running.
+            let exists = read_run(tx, &due.clone_id)?.is_some();
+            let running = if exists { None } else { running_clone_in(tx)? };
+            let run = match clone_decide::due_run(exists, running) {
                 // Started by an earlier run of this same due time.
-                ScheduledRun::Started(due.clone_id.clone())
-            } else if let Some(running) = running_clone_in(tx)? {
-                ScheduledRun::Skipped(running)
-            } else {
-                let clone = CloneRun::started(
-                    due.clone_id.clone(),
-                    schedule.source.clone(),
-                    schedule.source_host.clone(),
-                    due.now,
-                );
-                put_run(tx, &clone)?;
-                put_job_in(tx, &Job::new(clone_job_id(&clone.id), due.now, due.now))?;
-                append_audit(tx, &[(due.audit)(&clone)])?;
-                ScheduledRun::Started(clone.id)
+                DueStep::AlreadyStarted => ScheduledRun::Started(due.clone_id.clone()),
+                DueStep::Skip(running) => ScheduledRun::Skipped(running),
+                DueStep::Start => {
+                    let clone = CloneRun::started(
+                        due.clone_id.clone(),
+                        schedule.source.clone(),
+                        schedule.source_host.clone(),
+                        due.now,
+                    );
+                    put_run(tx, &clone)?;
+                    put_job_in(tx, &Job::new(clone_job_id(&clone.id), due.now, due.now))?;
+                    append_audit(tx, &[(due.audit)(&clone)])?;
+                    ScheduledRun::Started(clone.id)
+                }
             };
             let next = schedule.ran(&run, due.due, due.now).map_err(corrupt)?;
             put_schedule(tx, &schedule)?;

@@ -10,6 +10,7 @@ use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::clone::GrantBasis;
+use crate::domain::clone_decide;
 use crate::domain::clone_exchange::{
     CloneExchange, approving_policy, check_auto_exchange_guard, frequency_of, validate_specs,
 };
@@ -107,10 +108,8 @@ impl Clones {
     /// configuration that is not used up (a used One Time configuration
     /// authorises nothing).
     pub(super) fn clone_authorisation(&self, target: &SysId) -> AppResult<Option<GrantBasis>> {
-        if self.store.clone_target(target)?.is_some() {
-            return Ok(Some(GrantBasis::Registered));
-        }
-        let open = self.store.clone_exchange(target)?.is_some_and(|c| c.used.is_none());
-        Ok(open.then_some(GrantBasis::Configuration))
+        let registered = self.store.clone_target(target)?.is_some();
+        let configuration = if registered { None } else { self.store.clone_exchange(target)? };
+        Ok(clone_decide::clone_authorisation(registered, configuration.as_ref()))
     }
 }

@@ -13,11 +13,10 @@ use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::clone::CloneRun;
 use crate::domain::clone_schedule::{Cadence, CloneSchedule, ScheduledRun};
-use crate::domain::ids::{CloneId, Host, Name, SysId, UnixMillis};
+use crate::domain::ids::{Host, Name, SysId};
 use crate::error::AppResult;
 use crate::node::context::Blocking;
 use crate::node::jobs::{JobOutcome, JobRun};
-use crate::signer::primitives::sha256;
 use crate::store::DueRun;
 
 /// A new schedule, as an operator asks for it.
@@ -31,12 +30,7 @@ pub struct NewCloneSchedule {
 
 /// The clone a schedule starts for the run due at `due`: the same id each
 /// time that run is made.
-pub fn scheduled_clone_id(schedule: &Name, due: UnixMillis) -> CloneId {
-    let digest = sha256(format!("kmf scheduled clone {schedule} {}", due.0).as_bytes());
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&digest[..16]);
-    CloneId::from_random(id)
-}
+pub use crate::domain::clone_decide::scheduled_clone_id;
 
 impl Clones {
     pub async fn create_clone_schedule(

@@ -15,15 +15,16 @@ use super::Clones;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
-use crate::domain::clone::{CloneRun, CloneState, FollowUp, SnapshotCatalog, SnapshotOrder, SnapshotPart};
-use crate::domain::exchange::{Frequency, PeerRef, RequestStatus, validate_expiry};
+use crate::domain::clone::{CloneRun, FollowUp, SnapshotCatalog, SnapshotOrder, SnapshotPart};
+use crate::domain::clone_decide::{self, AfterClone, CloneFailure};
+use crate::domain::exchange::{Frequency, PeerRef, validate_expiry};
 use crate::domain::ids::{CloneId, Host, Name, RequestId, SysId};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
 use crate::node::context::Blocking;
 use crate::node::exchange::PlannedRequest;
 use crate::node::jobs::{JobOutcome, JobRun};
-use crate::signer::primitives::{random_bytes, sha256};
+use crate::signer::primitives::random_bytes;
 use crate::store::{CloneSwap, StoreError, clone_job_id};
 
 /// Staging rows deleted per transaction when clearing.
@@ -79,15 +80,19 @@ impl Clones {
         let (job, lease) = (&job_run.job, job_run.lease.clone());
         let id = CloneId::parse(&job.id.subject)?;
         let run = self.clone_run(id.clone()).await?;
-        if run.state == CloneState::Running {
-            match self.copy_and_swap(&run, &lease).await {
-                Ok(()) => {}
-                Err(AppError::Peer(PeerError::Refused(reason))) => {
-                    let error = format!("the source refused: {reason}");
+        if clone_decide::clone_copies(run.state)
+            && let Err(e) = self.copy_and_swap(&run, &lease).await
+        {
+            let refusal = match &e {
+                AppError::Peer(PeerError::Refused(reason)) => Some(reason.to_string()),
+                _ => None,
+            };
+            match clone_decide::clone_failure(refusal.as_deref()) {
+                CloneFailure::GiveUp { error } => {
                     self.give_up_clone(&id, &lease, error).await?;
                     return Ok(JobOutcome::Settled);
                 }
-                Err(e) => {
+                CloneFailure::Retry => {
                     let (id2, error) = (id.clone(), e.to_string());
                     let _ = self.blocking(move |this| Ok(this.store.note_clone_error(&id2, &error, this.now())?)).await;
                     return Err(e);
@@ -134,8 +139,7 @@ impl Clones {
             let (id, lease) = (run.id.clone(), lease.clone());
             match part {
                 SnapshotPart::Header(h) => {
-                    if h.source != run.source {
-                        let why = format!("the snapshot comes from {}, not {}", h.source, run.source);
+                    if let Some(why) = clone_decide::snapshot_source_refusal(&h.source, &run.source) {
                         return Err(PeerError::Refused(DomainError::malformed("snapshot", why)).into());
                     }
                     plan = h.exchange.clone();
@@ -170,7 +174,7 @@ impl Clones {
         if !order.is_complete() {
             return Err(PeerError::Unreachable {
                 host: run.source_host.to_string(),
-                reason: "the snapshot stream ended before its end part".into(),
+                reason: clone_decide::SNAPSHOT_CUT_SHORT.into(),
             }
             .into());
         }
@@ -182,19 +186,7 @@ impl Clones {
                 // The exchanges are committed with the swap, so they happen exactly when the swap did.
                 let follow_up =
                     exchanges.is_some().then(|| Job::new(JobId::new(JobKind::AutoExchange, id.as_str()), now, now));
-                let planned = match exchanges.as_ref().and_then(|f| f.plan.as_ref()) {
-                    Some(p) => format!("{} of {} specs", p.frequency().label(), p.specs.len()),
-                    None => "none".into(),
-                };
-                let automatic = exchanges.as_ref().is_some_and(|f| f.automatic);
-                let details = format!(
-                    "from {source}: a snapshot of {} modules, {} specs, {} policies, {} properties merged in (clone.merge says how), records swapped in; configured exchange {planned}; automatic exchange {}",
-                    catalog.modules.len(),
-                    catalog.specs.len(),
-                    catalog.policies.len(),
-                    catalog.properties.len(),
-                    if automatic { "requested" } else { "off" }
-                );
+                let details = clone_decide::clone_complete_details(&source, &catalog, exchanges.as_ref());
                 let audit = AuditEvent::new(now, "system", "clone.complete", id.as_str(), Outcome::Success)
                     .with_details(details);
                 let swap = CloneSwap {
@@ -224,16 +216,15 @@ impl Clones {
         let clone_id = CloneId::parse(&job.id.subject)?;
         let run = self.clone_run(clone_id.clone()).await?;
         // A run recorded before configured exchanges existed had this job only for the automatic exchange.
-        let follow_up =
-            run.follow_up.clone().unwrap_or(FollowUp { automatic: true, plan: None, specs: None, grant: None });
+        let follow_up = clone_decide::follow_up_of(&run);
         let source = PeerRef { sys_id: run.source.clone(), host: run.source_host.clone() };
         if let Some(plan) = &follow_up.plan {
-            let id = configured_request_id(&clone_id);
+            let id = clone_decide::configured_request_id(&clone_id);
             let (frequency, grant) = (plan.frequency(), follow_up.grant.clone());
             self.request_after_clone(id, frequency, source.clone(), plan.specs.clone(), plan.rekey, grant).await?;
         }
         if follow_up.automatic {
-            let id = RequestId::parse(clone_id.as_str())?;
+            let id = clone_decide::automatic_request_id(&clone_id)?;
             let f = follow_up.clone();
             let specs = self
                 .blocking(move |this| Ok(f.automatic_specs(this.store.specs()?.into_iter().map(|s| s.name))))
@@ -258,8 +249,8 @@ impl Clones {
     ) -> AppResult<()> {
         let rid = id.clone();
         let existing = self.blocking(move |this| Ok(this.store.request(&rid)?.map(|v| v.value))).await?;
-        match existing {
-            None => {
+        match (clone_decide::after_clone(existing.as_ref().map(|r| r.status)), existing) {
+            (AfterClone::Create, _) => {
                 let planned = PlannedRequest {
                     id,
                     frequency,
@@ -274,26 +265,14 @@ impl Clones {
                 tracing::info!(request_id = %req.id, source = %req.source.sys_id, frequency = frequency.label(), "exchange requested after the clone");
                 self.exchange.open_on_source(req, public_key).await.map(|_| ())
             }
-            Some(req) if req.status == RequestStatus::Pending => {
+            (AfterClone::OpenAgain, Some(req)) => {
                 let public_key = req.transport_public_key.clone();
                 self.exchange.open_on_source(req, public_key).await.map(|_| ())
             }
-            Some(req)
-                if matches!(req.status, RequestStatus::ErrorOnLocalInstance | RequestStatus::ErrorOnRemoteInstance) =>
-            {
-                self.exchange.retry_on_target("system".into(), req.id).await.map(|_| ())
-            }
-            Some(_) => Ok(()),
+            (AfterClone::Retry, Some(req)) => self.exchange.retry_on_target("system".into(), req.id).await.map(|_| ()),
+            _ => Ok(()),
         }
     }
-}
-
-/// The id of the configured (One Time / Recurring) request after clone `id`.
-fn configured_request_id(id: &CloneId) -> RequestId {
-    let digest = sha256(format!("kmf configured exchange after clone {id}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    RequestId::from_random(bytes)
 }
 
 /// The outcome of a spawned step (a panic in it is an internal error).

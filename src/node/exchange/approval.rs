@@ -7,12 +7,12 @@
 
 use super::Exchange;
 use super::source::Decision;
+use crate::domain::clone_decide::{self, SpecPolicies};
 use crate::domain::clone_exchange::approval_for;
 use crate::domain::delivery::{self, UseUpBy};
 use crate::domain::exchange::{ExchangeRequest, Frequency};
 use crate::domain::exchange_decide::{self as decide, ApproverStep};
 use crate::domain::ids::Name;
-use crate::domain::policy::{ExchangeAccess, PolicyResult, evaluate_exchange};
 use crate::error::{AppError, AppResult};
 use crate::store::{GRANT_REFUSED, StoreError, SystemApproval, UseUp};
 
@@ -99,20 +99,15 @@ impl Exchange {
         let mut names = Vec::new();
         for spec_name in req.pending_specs() {
             let Some(spec) = self.store.spec(spec_name)? else { continue };
-            let policies = self.store.policies(Some(&spec.module))?;
-            let access = ExchangeAccess {
-                module: spec.module,
+            let s = SpecPolicies {
                 spec: spec_name.clone(),
-                target_sys_id: req.target.sys_id.clone(),
-                target_host: req.target.host.clone(),
-                approval,
+                policies: self.store.policies(Some(&spec.module))?,
+                module: spec.module,
             };
-            let decision = evaluate_exchange(&policies, &access);
-            if !decision.allowed {
-                return Ok(Err(format!("spec {spec_name}: {}", decision.reason)));
+            match clone_decide::spec_approval(req, approval, &s) {
+                Ok(by) => names.extend(by),
+                Err(why) => return Ok(Err(why)),
             }
-            let by = decision.evaluated.iter().find(|e| e.matched && e.result == PolicyResult::Track);
-            names.extend(by.map(|e| e.policy.clone()));
         }
         Ok(Ok(names))
     }

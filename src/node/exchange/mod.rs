@@ -22,14 +22,15 @@ mod tests_open;
 use std::sync::Arc;
 
 use super::catalog::Catalog;
-use super::context::{Blocking, Context, JobSettings, JobSignals};
-use super::jobs::{JobFuture, JobHandler, JobRun, next_run};
+use super::context::{Blocking, Context, JobSettings, JobSignals, millis};
+use super::jobs::{JobFuture, JobHandler, JobRun};
 use super::ports::PeerLink;
 use crate::clock::Clock;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::exchange::ExchangeRequest;
 use crate::domain::ids::{Host, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind};
+use crate::domain::sweeps;
 use crate::error::AppResult;
 use crate::signer::Signer;
 use crate::signer::instance_key::InstanceKey;
@@ -128,7 +129,7 @@ impl JobHandler for Exchange {
                 JobKind::Notify => self.run_notice(&run).await,
                 _ => {
                     self.blocking(|this| this.sweep_expired_now()).await?;
-                    let next = next_run(run.job.next_due, self.settings.sweep_every, self.now());
+                    let next = sweeps::sweep_next_due(&run.job, millis(self.settings.sweep_every), self.now());
                     Ok(super::jobs::JobOutcome::RunAgainAt(next))
                 }
             }

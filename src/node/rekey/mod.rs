@@ -24,9 +24,9 @@ use crate::domain::ids::SysId;
 use crate::domain::ids::{KeyId, Name, RequestId, UnixMillis};
 use crate::domain::job::JobKind;
 use crate::domain::job::Lease;
-use crate::domain::property::REKEYED;
 use crate::domain::record::{RecordAddress, StoredRecord};
-use crate::domain::rekey::{BATCH_RECORDS, KeyDebt, MAX_PASSES, RekeyRun, next_attempt};
+use crate::domain::rekey::{BATCH_RECORDS, KeyDebt, RekeyRun, next_attempt};
+use crate::domain::rekey_plan::{self, PassEnd, RekeyStep};
 use crate::domain::spec::Scheme;
 use crate::error::{AppError, AppResult};
 use crate::signer::Signer;
@@ -37,11 +37,6 @@ use crate::store::{RekeyEnd, StoreError};
 
 #[cfg(test)]
 mod tests;
-
-/// Records one page may look at while looking for records to move.
-const SCAN_LIMIT: usize = BATCH_RECORDS * 16;
-/// Every this many batches the commit is durable (the others ride on it).
-const DURABLE_EVERY: u32 = 16;
 
 pub struct Rekey {
     sys_id: SysId,
@@ -153,16 +148,14 @@ impl<'a> RekeyCipher<'a> {
     /// record's alone (it does not decrypt): the others go on; the outer one
     /// stops the attempt (a key that cannot be loaded).
     fn reencrypt(&mut self, rec: &StoredRecord, now: UnixMillis) -> AppResult<Result<StoredRecord, String>> {
-        let where_ = || format!("record {}/{}/{}", rec.address.table, rec.address.field, rec.address.record_id);
-        let (key_id, header, body) = match ciphertext::parse(&rec.ciphertext) {
-            Ok(parts) if parts.0 == rec.key_id => parts,
-            Ok(_) => return Ok(Err(format!("{} names another key than its row", where_()))),
-            Err(e) => return Ok(Err(format!("{} is not a kmf ciphertext: {e}", where_()))),
+        let (key_id, header, body) = match rekey_plan::record_source(rec) {
+            Ok(parts) => parts,
+            Err(why) => return Ok(Err(why)),
         };
         let aad = rec.address.associated_data();
         let plaintext: Zeroizing<Vec<u8>> = match self.opening(&key_id)?.open(&[header, &aad], body) {
             Ok(p) => p,
-            Err(e) => return Ok(Err(format!("{} does not decrypt under {key_id}: {e}", where_()))),
+            Err(e) => return Ok(Err(rekey_plan::undecryptable(rec, &key_id, &e.to_string()))),
         };
         let s = self.sealing(&key_id.spec)?;
         let mut out = Vec::with_capacity(s.header.len() + plaintext.len() + 64);
@@ -178,10 +171,6 @@ impl<'a> RekeyCipher<'a> {
             updated_at: now,
         }))
     }
-}
-
-fn total(debts: &[KeyDebt]) -> u64 {
-    debts.iter().map(|d| d.records).sum()
 }
 
 fn audit(now: UnixMillis, action: &str, id: &RequestId, outcome: Outcome, details: String) -> AuditEvent {
@@ -231,17 +220,17 @@ impl Rekey {
         self.blocking(move |this| {
             let Some(run) = this.store.rekey(&id)? else { return Ok(JobOutcome::Done) };
             let now = this.now();
-            if run.state.is_final() {
-                return Ok(JobOutcome::Done);
-            }
-            if run.is_expired_at(now) {
-                this.expire_rekey(&run, &lease, now)?;
-                return Ok(JobOutcome::Settled);
-            }
-            match this.rekey_attempt(&id, &lease) {
-                Ok(()) => Ok(JobOutcome::Settled),
-                Err(e) if lost_the_run(&e) => Err(e),
-                Err(e) => this.fail_rekey(&run, &lease, e).map(|()| JobOutcome::Settled),
+            match rekey_plan::rekey_step(Some(&run), now) {
+                RekeyStep::Finish => Ok(JobOutcome::Done),
+                RekeyStep::Expire => {
+                    this.expire_rekey(&run, &lease, now)?;
+                    Ok(JobOutcome::Settled)
+                }
+                RekeyStep::Attempt => match this.rekey_attempt(&id, &lease) {
+                    Ok(()) => Ok(JobOutcome::Settled),
+                    Err(e) if lost_the_run(&e) => Err(e),
+                    Err(e) => this.fail_rekey(&run, &lease, e).map(|()| JobOutcome::Settled),
+                },
             }
         })
         .await
@@ -253,35 +242,27 @@ impl Rekey {
         let mut run = self.store.begin_rekey_attempt(id, lease, self.lease_until(), self.now())?;
         tracing::info!(request_id = %id, attempt = run.attempts, records = run.records_total - run.records_done, "rekey running");
         let debts = self.store.rekey_debt(&run)?;
-        let mut specs: Vec<&Name> = debts.iter().filter(|d| d.records > 0).map(|d| &d.key_id.spec).collect();
-        specs.sort();
-        specs.dedup();
-        for spec in specs {
+        for spec in rekey_plan::specs_needing_keys(&debts) {
             self.catalog.ensure_active_key(spec, &format!("system (rekey of {id})"))?;
         }
         loop {
             let unmovable;
             (run, unmovable) = self.rekey_pass(&run, lease)?;
-            if let Some(first) = unmovable.first() {
-                return Err(DomainError::FailedPrecondition(format!(
-                    "{} record(s) could not be re-encrypted and stay under imported keys; the first: {first}",
-                    unmovable.len()
-                ))
-                .into());
+            if let PassEnd::Fail(e) = rekey_plan::pass_end(&unmovable) {
+                return Err(e.into());
             }
-            let left = total(&self.store.rekey_debt(&run)?);
-            if left == 0 {
+            let left = rekey_plan::total_debt(&self.store.rekey_debt(&run)?);
+            if rekey_plan::completes(left) {
                 match self.complete_rekey(&run, lease) {
                     // Records arrived under the run's keys since the count.
                     Err(AppError::Store(StoreError::Stale { what: "rekey", .. })) => {}
                     other => return other,
                 }
             }
-            run = self.store.next_rekey_pass(id, lease, self.lease_until(), self.now())?.ok_or_else(|| {
-                DomainError::FailedPrecondition(format!(
-                    "{left} record(s) are still under imported keys after {MAX_PASSES} passes (written while the rekey ran)"
-                ))
-            })?;
+            run = self
+                .store
+                .next_rekey_pass(id, lease, self.lease_until(), self.now())?
+                .ok_or_else(|| rekey_plan::passes_exhausted(left))?;
         }
     }
 
@@ -326,7 +307,7 @@ impl Rekey {
         let mut cipher = RekeyCipher::new(self);
         let (mut cursor, mut batches, mut unmovable) = (run.cursor.clone(), 0u32, Vec::new());
         loop {
-            let page = self.store.rekey_page(run, cursor.as_ref(), BATCH_RECORDS, SCAN_LIMIT)?;
+            let page = self.store.rekey_page(run, cursor.as_ref(), BATCH_RECORDS, rekey_plan::SCAN_LIMIT)?;
             let now = self.now();
             let mut records = Vec::with_capacity(page.records.len());
             for rec in page.records {
@@ -337,8 +318,8 @@ impl Rekey {
                 }
             }
             batches += 1;
-            cursor = page.last_scanned.or(cursor);
-            let durable = page.at_end || batches.is_multiple_of(DURABLE_EVERY);
+            let durable;
+            (cursor, durable) = rekey_plan::batch_after_page(cursor, page.last_scanned, batches, page.at_end);
             // A writer that stopped has its error; the pass ends with it.
             if send.send(RekeyBatch { records, cursor: cursor.clone(), durable }).is_err() || page.at_end {
                 return Ok(unmovable);
@@ -349,11 +330,7 @@ impl Rekey {
     fn complete_rekey(&self, run: &RekeyRun, lease: &Lease) -> AppResult<()> {
         let now = self.now();
         let entry = |r: &RekeyRun| {
-            let details = format!(
-                "{} record(s) moved to this instance's keys in {} attempt(s); {REKEYED} = true",
-                r.records_done, r.attempts
-            );
-            audit(now, "rekey.completed", &r.request_id, Outcome::Success, details)
+            audit(now, "rekey.completed", &r.request_id, Outcome::Success, rekey_plan::completed_details(r))
         };
         let done = self.store.end_rekey(run, lease, RekeyEnd::Completed, now, &entry)?;
         tracing::info!(request_id = %run.request_id, records = done.records_done, "rekey completed");
@@ -362,32 +339,19 @@ impl Rekey {
 
     fn fail_rekey(&self, run: &RekeyRun, lease: &Lease, error: AppError) -> AppResult<()> {
         let now = self.now();
-        let reason = match &error {
-            AppError::Internal(_) => "an internal error (see the daemon's log)".to_owned(),
-            e => e.to_string(),
-        };
+        let reason = rekey_plan::failure_reason(&error.to_string(), matches!(error, AppError::Internal(_)));
         let next = next_attempt(now, millis(self.settings.rekey_retry), run.expires_at);
         tracing::warn!(request_id = %run.request_id, error = %error, next_attempt = next.0, "rekey failed; it will be tried again");
         let entry = |r: &RekeyRun| {
-            let details = format!("{reason}; {REKEYED} = false; next attempt at {}", next.0);
-            audit(now, "rekey.failed", &r.request_id, Outcome::Failed, details)
+            audit(now, "rekey.failed", &r.request_id, Outcome::Failed, rekey_plan::failed_details(&reason, next))
         };
         self.store.end_rekey(run, lease, RekeyEnd::Failed { error: &reason, next }, now, &entry)?;
         Ok(())
     }
 
     fn expire_rekey(&self, run: &RekeyRun, lease: &Lease, now: UnixMillis) -> AppResult<()> {
-        let entry = |r: &RekeyRun| {
-            let gone: Vec<String> = r.destroyed_keys.iter().map(|k| k.to_string()).collect();
-            let kept: Vec<String> =
-                r.kept_keys.iter().map(|d| format!("{} ({} records)", d.key_id, d.records)).collect();
-            let details = format!(
-                "the request expired before the rekey completed; destroyed (no record needed them): [{}]; kept (records still need them): [{}]",
-                gone.join(" "),
-                kept.join(" ")
-            );
-            audit(now, "rekey.expired", &r.request_id, Outcome::Failed, details)
-        };
+        let entry =
+            |r: &RekeyRun| audit(now, "rekey.expired", &r.request_id, Outcome::Failed, rekey_plan::expired_details(r));
         let done = self.store.end_rekey(run, lease, RekeyEnd::Expired, now, &entry)?;
         tracing::warn!(
             request_id = %run.request_id,
