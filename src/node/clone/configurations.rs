@@ -1,7 +1,7 @@
 //! One Time / Recurring Clone, source side: the configurations (with their
-//! Resource Exchange policies), and the policy approval of the target's
-//! request after a clone (kmf-domain.md §3.5: "the auto-created source MAP
-//! approves at clone time").
+//! Resource Exchange policies, which approve the target's request after a
+//! clone in `exchange/approval.rs`), and whether a target may clone this
+//! instance at all (`clone_authorisation`).
 
 use std::sync::Arc;
 

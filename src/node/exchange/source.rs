@@ -1,7 +1,8 @@
 //! The source side of an exchange: record a request a target opens, approve,
 //! reject or retry it (one conditional write each: of concurrent decisions
 //! exactly one wins), build and sign the bundle, and the jobs that deliver
-//! it and notify the target (run by `jobs.rs`, whether or not the deciding
+//! it and notify the target (run by the job runner through this service's
+//! `JobHandler`, whether or not the deciding
 //! caller is still connected), and expire overdue requests.
 
 use std::collections::BTreeMap;
