@@ -76,6 +76,8 @@ impl Audit {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
+                // A timer, not a wait on a condition: a window closes by the clock
+                // alone, so this polls at most once a second whether one did.
                 _ = tokio::time::sleep(every) => {}
             }
             if self.refusals_to_flush() {

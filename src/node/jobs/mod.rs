@@ -279,6 +279,8 @@ impl JobRunner {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.signals.woken() => {}
+                // Jobs fall due by the clock with nobody to wake the runner: it
+                // looks again at least once a second.
                 _ = tokio::time::sleep(settings.sweep_every.min(Duration::from_secs(1))) => {}
             }
         }
