@@ -26,6 +26,11 @@ pub enum AppError {
     Crypto(#[from] CryptoError),
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// A conditional write kept finding its read out of date: the use case
+    /// read again and decided again `REREAD_ATTEMPTS` times
+    /// (`node::context::reread_and_retry`). The caller may try again.
+    #[error("aborted: {0}")]
+    Aborted(String),
     /// A broken invariant or an unexpected failure; details go to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -40,7 +45,18 @@ pub enum AppError {
     Item { at: String, source: Box<AppError> },
 }
 
+impl From<crate::offload::TaskFailed> for AppError {
+    fn from(e: crate::offload::TaskFailed) -> Self {
+        AppError::Internal(e.to_string())
+    }
+}
+
 impl AppError {
+    /// Whether a conditional write found the row changed since it was read.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, AppError::Store(StoreError::Stale { .. }))
+    }
+
     /// Names the item (`records[3]`, a record address) this error is about.
     pub fn at(self, at: impl Into<String>) -> AppError {
         AppError::Item { at: at.into(), source: Box::new(self) }

@@ -9,7 +9,8 @@
 //!   BYOK, audit, diagnostics) and the job runner, built from one context.
 //! - `app`: composition root (listeners, TLS acceptor, services, background
 //!   tasks). `config`: settings. `cli`: kmfd and kmfctl commands. `metrics`,
-//!   `connections`, `tls_reload`, `telemetry`, `clock`, `error`: as named.
+//!   `connections`, `tls_reload`, `telemetry`, `clock`, `error`: as named;
+//!   `offload`: the blocking pool the store and the signer run their work on.
 
 pub mod app;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod metrics;
 pub mod node;
+pub mod offload;
 pub mod rpc;
 pub mod signer;
 pub mod store;

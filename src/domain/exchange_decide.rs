@@ -193,7 +193,23 @@ pub fn apply_decision(
             let resume_at = if has_bundle { RequestStatus::Approved } else { RequestStatus::Pending };
             req.apply(RequestEvent::Retry { resume_at }, actor, now)
                 .map_err(|e| decision_refusal(&found, e, "retried"))?;
+            if !has_bundle {
+                reopen_exported_lines(req);
+            }
             Ok(DecisionEffects::Retried { deliver: has_bundle, audit: format!("from {}", found.status.label()) })
+        }
+    }
+}
+
+/// Without a bundle a retried request waits for a decision again, and its
+/// next approval exports again: the lines an earlier export closed
+/// (EXCHANGED, FAILED) are pending again, with no count and no reason.
+fn reopen_exported_lines(req: &mut ExchangeRequest) {
+    for line in &mut req.lines {
+        if matches!(line.status, SpecLineStatus::Exchanged | SpecLineStatus::Failed) {
+            line.status = SpecLineStatus::Pending;
+            line.key_count = 0;
+            line.reason.clear();
         }
     }
 }

@@ -134,6 +134,41 @@ fn a_retry_resumes_where_the_bundle_allows() {
 }
 
 #[test]
+fn a_retry_without_a_bundle_reopens_the_lines_an_export_closed() {
+    let exported = |spec: &str, status, key_count, reason: &str| SpecLine {
+        spec: name(spec),
+        status,
+        key_count,
+        reason: reason.into(),
+    };
+    for has_bundle in [false, true] {
+        let mut req = pending(Frequency::Adhoc);
+        req.status = ErrorOnLocalInstance;
+        req.lines = vec![
+            exported("pay", SpecLineStatus::Exchanged, 2, ""),
+            exported("hr", SpecLineStatus::Failed, 0, "1 of 1 key(s) could not be unwrapped on the source"),
+            exported("gone", SpecLineStatus::NotOnSource, 0, "not on source"),
+        ];
+        apply_decision(&mut req, &Decision::Retry, has_bundle, "operator:bob", UnixMillis(5)).unwrap();
+        let got: Vec<_> = req.lines.iter().map(|l| (l.status, l.key_count, l.reason.is_empty())).collect();
+        let want = if has_bundle {
+            vec![
+                (SpecLineStatus::Exchanged, 2, true),
+                (SpecLineStatus::Failed, 0, false),
+                (SpecLineStatus::NotOnSource, 0, false),
+            ]
+        } else {
+            vec![
+                (SpecLineStatus::Pending, 0, true),
+                (SpecLineStatus::Pending, 0, true),
+                (SpecLineStatus::NotOnSource, 0, false),
+            ]
+        };
+        assert_eq!(got, want, "has_bundle {has_bundle}");
+    }
+}
+
+#[test]
 fn a_refused_decision_names_the_request_as_found() {
     let mut req = pending(Frequency::Adhoc);
     req.status = Rejected;

@@ -15,6 +15,7 @@ use crate::domain::ids::{Host, SysId, UnixMillis};
 use crate::domain::schedule::RetryPolicy;
 use crate::error::{AppError, AppResult};
 use crate::signer::Signer;
+use crate::signer::async_signer::{AsyncInstanceKey, AsyncSigner};
 use crate::signer::instance_key::InstanceKey;
 use crate::store::Store;
 
@@ -58,6 +59,18 @@ impl Context {
     }
 }
 
+impl Context {
+    /// The signer as services use it: every call runs on the blocking pool.
+    pub fn async_signer(&self) -> AsyncSigner {
+        AsyncSigner::new(Arc::clone(&self.signer))
+    }
+
+    /// The instance key as services use it: every signature runs on the blocking pool.
+    pub fn async_instance_key(&self) -> AsyncInstanceKey {
+        AsyncInstanceKey::new(Arc::clone(&self.instance_key))
+    }
+}
+
 /// Runs blocking work (redb, openssl, RSA) of a service on the blocking
 /// pool; every service has it.
 pub trait Blocking: Send + Sync + Sized + 'static {
@@ -76,6 +89,27 @@ pub trait Blocking: Send + Sync + Sized + 'static {
 }
 
 impl<S: Send + Sync + 'static> Blocking for S {}
+
+/// How often a use case reads again and decides again after its
+/// conditional write found the read out of date, before it answers ABORTED.
+pub const REREAD_ATTEMPTS: usize = 3;
+
+/// Runs `attempt` (read, decide, write conditionally) again while its write
+/// finds the read out of date (`StoreError::Stale`), at most
+/// `REREAD_ATTEMPTS` times; then `AppError::Aborted`: `what` kept changing.
+/// Any other answer, success or error, is returned as it is.
+pub async fn reread_and_retry<T, Fut>(what: impl std::fmt::Display, mut attempt: impl FnMut() -> Fut) -> AppResult<T>
+where
+    Fut: Future<Output = AppResult<T>>,
+{
+    for _ in 0..REREAD_ATTEMPTS {
+        match attempt().await {
+            Err(e) if e.is_stale() => continue,
+            answer => return answer,
+        }
+    }
+    Err(AppError::Aborted(format!("{what} kept changing while it was written; read it again and retry")))
+}
 
 /// `d` in milliseconds (saturating).
 pub fn millis(d: Duration) -> i64 {
@@ -199,6 +233,37 @@ mod tests {
         assert_ne!(thread, worker, "the closure ran on the blocking pool");
         let panicked = probe.blocking(|_: &Probe| -> AppResult<()> { panic!("boom") }).await;
         assert!(matches!(panicked, Err(AppError::Internal(_))), "{panicked:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stale_write_is_read_again_a_bounded_number_of_times_then_aborted() {
+        use crate::store::StoreError;
+        let stale = || AppError::Store(StoreError::Stale { what: "spec", id: "pay".into() });
+        let mut calls = 0;
+        let answer = reread_and_retry("spec pay", || {
+            calls += 1;
+            let n = calls;
+            async move { if n < 3 { Err(stale()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(answer.expect("the third read wins"), 3);
+        let mut calls = 0;
+        let answer: AppResult<()> = reread_and_retry("spec pay", || {
+            calls += 1;
+            async { Err(stale()) }
+        })
+        .await;
+        assert_eq!(calls, REREAD_ATTEMPTS);
+        let said = answer.unwrap_err();
+        assert!(matches!(&said, AppError::Aborted(_)), "{said:?}");
+        assert_eq!(said.to_string(), "aborted: spec pay kept changing while it was written; read it again and retry");
+        let mut calls = 0;
+        let answer: AppResult<()> = reread_and_retry("spec pay", || {
+            calls += 1;
+            async { Err(AppError::Internal("disk".into())) }
+        })
+        .await;
+        assert!(matches!(answer, Err(AppError::Internal(_))) && calls == 1, "other errors are not retried");
     }
 
     #[test]

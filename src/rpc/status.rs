@@ -37,6 +37,7 @@ impl From<AppError> for Status {
                 Status::failed_precondition(format!("{err}; read it again and retry"))
             }
             AppError::Store(StoreError::Missing { .. }) => Status::not_found(err.to_string()),
+            AppError::Aborted(_) => Status::aborted(err.to_string()),
             AppError::Crypto(CryptoError::BadSignature) => Status::permission_denied(err.to_string()),
             AppError::Store(_)
             | AppError::Crypto(_)

@@ -4,9 +4,12 @@
 //!
 //! Also home of the openssl primitives (`primitives`) and the instance's
 //! signing key (`instance_key`), and `delayed`, a signer slow to unwrap that
-//! benchmarks use. Depends on `domain` only.
+//! benchmarks use. `async_signer` is the async face the services hold: it
+//! runs every backend call and signature on the blocking pool. Depends on
+//! `domain` (and `offload`) only.
 
 pub mod aead;
+pub mod async_signer;
 pub mod byok;
 #[doc(hidden)]
 pub mod delayed;

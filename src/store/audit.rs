@@ -9,14 +9,14 @@ use crate::domain::audit::{AuditEntry, AuditEvent, GENESIS};
 impl Store {
     /// Appends events on their own (refused calls, failures).
     pub fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| append_audit(tx, events))
+        self.write_blocking(|tx| append_audit(tx, events))
     }
 
     /// Raw audit rows (sequence, stored bytes) after `after`, oldest first,
     /// at most `limit`. Decoding is the caller's, so a damaged row can be
     /// reported as a broken link rather than a store failure.
     pub fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let range = KeyRange::prefix_after(Vec::new(), Some(KeyBuf::new().u64(after).done()));
             scan(tx, Table::Audit, &range, limit)?.into_iter().map(|(k, v)| Ok((seq_of(&k)?, v))).collect()
         })
@@ -56,4 +56,17 @@ pub(crate) fn append_audit(tx: &mut dyn WriteTxn, events: &[AuditEvent]) -> Resu
         prev = entry.hash;
     }
     Ok(())
+}
+
+// Transitional: async forms of the methods another service group calls,
+// run on the blocking pool; the sync forms go when no blocking closure is left.
+impl super::AuditStore {
+    /// Appends events on their own (refused calls, failures).
+    pub async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<()> {
+        self.store.write(move |tx| append_audit(tx, &events)).await
+    }
+
+    pub async fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.store.call(move |s| s.audit_rows(after, limit)).await
+    }
 }

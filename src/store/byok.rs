@@ -21,7 +21,7 @@ impl Store {
     /// `expired` (those still there), with the audit entries, in one
     /// transaction.
     pub fn insert_import_key(&self, key: &ImportKey, expired: &[ImportToken], audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let k = token_key(&key.token);
             if tx.get(Table::ImportKeys, &k)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "import key", id: key.token.to_string() });
@@ -35,14 +35,14 @@ impl Store {
     }
 
     pub fn import_key(&self, token: &ImportToken) -> Result<Option<ImportKey>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             get_row::<ImportKeyRow>(tx, Table::ImportKeys, &token_key(token))?.map(TryInto::try_into).transpose()
         })
     }
 
     /// Import keys that expired at `now` (at most `limit`).
     pub fn expired_import_keys(&self, now: UnixMillis, limit: usize) -> Result<Vec<ImportKey>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut out = Vec::new();
             tx.visit(Table::ImportKeys, &KeyRange::all(), &mut |_, v| {
                 let k: ImportKey = decode::<ImportKeyRow>(v)?.try_into()?;
@@ -56,7 +56,7 @@ impl Store {
     }
 
     pub fn count_import_keys(&self) -> Result<u64> {
-        self.read(|tx| tx.len(Table::ImportKeys))
+        self.read_blocking(|tx| tx.len(Table::ImportKeys))
     }
 
     /// The BYOK import, in one transaction conditional on the import key
@@ -76,7 +76,7 @@ impl Store {
         wrapped: &WrappedKey,
         plan: impl Fn(&[KeyRecord]) -> (KeyRecord, Vec<AuditEvent>),
     ) -> Result<KeyRecord> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let k = token_key(token);
             let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else {
                 return Err(StoreError::Missing { what: "import key", id: token.to_string() });
@@ -110,7 +110,7 @@ impl Store {
     /// the sweep of expired import keys destroys the signer key again
     /// (destroying is idempotent).
     pub fn erase_import_handle(&self, token: &ImportToken, handle: &[u8]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let k = token_key(token);
             let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else { return Ok(()) };
             let mut import: ImportKey = row.try_into()?;

@@ -4,7 +4,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn, scan};
 use super::records::{KeyRow, LifecyclePolicyRow, ModuleRow, SpecRow, decode, scope_key};
 use super::tuple::{KeyBuf, str_key};
-use super::{Result, Store, StoreError, get_row, put_row};
+use super::{CatalogStore, Result, Store, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::ids::{KeyId, Name};
 use crate::domain::key::{KeyRecord, KeyState, LifecycleDefinition, LifecyclePolicy, WrappedKey, effective_cap};
@@ -46,7 +46,7 @@ impl Store {
 
     /// Inserts a module and its initial access policies.
     pub fn insert_module(&self, module: &Module, policies: &[AccessPolicy], audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let k = str_key(module.name.as_str());
             if tx.get(Table::Modules, &k)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "module", id: module.name.to_string() });
@@ -58,17 +58,17 @@ impl Store {
     }
 
     pub fn module(&self, name: &Name) -> Result<Option<Module>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             get_row::<ModuleRow>(tx, Table::Modules, &str_key(name.as_str()))?.map(TryInto::try_into).transpose()
         })
     }
 
     pub fn modules(&self) -> Result<Vec<Module>> {
-        self.read(modules_in)
+        self.read_blocking(modules_in)
     }
 
     pub fn insert_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let k = str_key(spec.name.as_str());
             if tx.get(Table::Specs, &k)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "spec", id: spec.name.to_string() });
@@ -81,7 +81,7 @@ impl Store {
     /// Replaces an existing spec, conditionally: the stored spec must still
     /// be `read` (else `Stale`; `Missing` when it is gone).
     pub fn update_spec(&self, read: &Spec, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             check_spec_in(tx, read)?;
             put_row(tx, Table::Specs, &str_key(spec.name.as_str()), &SpecRow::from(spec))?;
             append_audit(tx, audit)
@@ -100,7 +100,7 @@ impl Store {
         cap_checked: Option<i64>,
         audit: &[AuditEvent],
     ) -> Result<Spec> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             check_spec_in(tx, read)?;
             let policies = lifecycle_policies_in(tx)?;
             if effective_cap(&policies, &read.module) != cap_checked {
@@ -114,13 +114,13 @@ impl Store {
     }
 
     pub fn spec(&self, name: &Name) -> Result<Option<Spec>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             get_row::<SpecRow>(tx, Table::Specs, &str_key(name.as_str()))?.map(TryInto::try_into).transpose()
         })
     }
 
     pub fn specs(&self) -> Result<Vec<Spec>> {
-        self.read(specs_in)
+        self.read_blocking(specs_in)
     }
 
     // === keys ===
@@ -133,7 +133,7 @@ impl Store {
 
     /// Up to `limit` keys of `spec` after the key `after` (a cursor), in order.
     pub fn keys_page(&self, spec: &Name, after: Option<&KeyId>, limit: usize) -> Result<Vec<(KeyRecord, WrappedKey)>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let range = KeyRange::prefix_after(spec_prefix(spec), after.map(key_key));
             let mut out = Vec::new();
             tx.visit(Table::Keys, &range, &mut |_, v| {
@@ -146,7 +146,7 @@ impl Store {
 
     /// How many keys `spec` has (rows are counted, not decoded).
     pub fn count_keys_of(&self, spec: &Name) -> Result<u64> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut n = 0u64;
             tx.visit(Table::Keys, &KeyRange::prefix(spec_prefix(spec)), &mut |_, _| {
                 n += 1;
@@ -158,7 +158,7 @@ impl Store {
 
     /// The first key of `spec` (in key order) that `pick` accepts.
     pub fn find_key(&self, spec: &Name, pick: impl Fn(&KeyRecord) -> bool) -> Result<Option<(KeyRecord, WrappedKey)>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut found = None;
             tx.visit(Table::Keys, &KeyRange::prefix(spec_prefix(spec)), &mut |_, v| {
                 let row = decode_key(v)?;
@@ -173,12 +173,12 @@ impl Store {
     }
 
     pub fn key(&self, id: &KeyId) -> Result<Option<(KeyRecord, WrappedKey)>> {
-        self.read(|tx| tx.get(Table::Keys, &key_key(id))?.map(|b| decode_key(&b)).transpose())
+        self.read_blocking(|tx| tx.get(Table::Keys, &key_key(id))?.map(|b| decode_key(&b)).transpose())
     }
 
     /// Inserts new key rows in one transaction (refusing existing ids).
     pub fn insert_keys(&self, rows: &[(KeyRecord, WrappedKey)], audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             if let Some(id) = insert_new_keys(tx, rows)?.first() {
                 return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
             }
@@ -197,7 +197,7 @@ impl Store {
         new_key: Option<(&KeyRecord, &WrappedKey)>,
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             for rec in updated {
                 let k = key_key(&rec.id);
                 let stored = tx.get(Table::Keys, &k)?;
@@ -224,7 +224,7 @@ impl Store {
     /// benchmarks and load tests with many versions quickly.
     #[doc(hidden)]
     pub fn seed_keys(&self, rows: &[(KeyRecord, WrappedKey)], audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             for (rec, wrapped) in rows {
                 put_row(tx, Table::Keys, &key_key(&rec.id), &KeyRow::new(rec, wrapped))?;
             }
@@ -233,13 +233,13 @@ impl Store {
     }
 
     pub fn count_keys(&self) -> Result<u64> {
-        self.read(|tx| tx.len(Table::Keys))
+        self.read_blocking(|tx| tx.len(Table::Keys))
     }
 
     // === lifecycle policies ===
 
     pub fn lifecycle_policies(&self) -> Result<Vec<LifecyclePolicy>> {
-        self.read(lifecycle_policies_in)
+        self.read_blocking(lifecycle_policies_in)
     }
 
     /// Writes the lifecycle policy of `policy.scope`, conditionally: the
@@ -251,7 +251,7 @@ impl Store {
         policy: &LifecyclePolicy,
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let k = str_key(&scope_key(&policy.scope));
             let stored: Option<LifecyclePolicy> =
                 get_row::<LifecyclePolicyRow>(tx, Table::LifecyclePolicies, &k)?.map(TryInto::try_into).transpose()?;
@@ -291,4 +291,29 @@ pub(super) fn modules_in(tx: &mut dyn ReadTxn) -> Result<Vec<Module>> {
 
 pub(super) fn specs_in(tx: &mut dyn ReadTxn) -> Result<Vec<Spec>> {
     all_rows(tx, Table::Specs, |v| decode::<SpecRow>(v)?.try_into())
+}
+
+// Transitional: async forms of the methods another service group calls,
+// run on the blocking pool; the sync forms go when no blocking closure is left.
+impl CatalogStore {
+    pub async fn spec(&self, name: Name) -> Result<Option<Spec>> {
+        self.store.call(move |s| s.spec(&name)).await
+    }
+
+    pub async fn key(&self, id: KeyId) -> Result<Option<(KeyRecord, WrappedKey)>> {
+        self.store.call(move |s| s.key(&id)).await
+    }
+
+    pub async fn count_keys_of(&self, spec: Name) -> Result<u64> {
+        self.store.call(move |s| s.count_keys_of(&spec)).await
+    }
+
+    pub async fn keys_page(
+        &self,
+        spec: Name,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<(KeyRecord, WrappedKey)>> {
+        self.store.call(move |s| s.keys_page(&spec, after.as_ref(), limit)).await
+    }
 }

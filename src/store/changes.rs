@@ -250,7 +250,7 @@ mod tests {
                 continue; // the identity; written once, by `Store::create`
             }
             let before = versions(&st, &a, &b);
-            st.write(|tx| tx.put(table, &row_key(table, &a), b"v")).unwrap();
+            st.write_blocking(|tx| tx.put(table, &row_key(table, &a), b"v")).unwrap();
             let want = match table {
                 Table::Specs => [1, 0, 0, 0, 1],
                 Table::AccessPolicies | Table::LifecyclePolicies => [0, 1, 0, 0, 1],
@@ -260,10 +260,10 @@ mod tests {
             assert_eq!(moved(before, versions(&st, &a, &b)), want, "{table:?}");
             // A delete of the row is a write too; of an absent row, nothing.
             let before = versions(&st, &a, &b);
-            st.write(|tx| tx.delete(table, &row_key(table, &a))).unwrap();
+            st.write_blocking(|tx| tx.delete(table, &row_key(table, &a))).unwrap();
             assert_eq!(moved(before, versions(&st, &a, &b)), want, "{table:?} delete");
             let before = versions(&st, &a, &b);
-            st.write(|tx| tx.delete(table, &row_key(table, &a))).unwrap();
+            st.write_blocking(|tx| tx.delete(table, &row_key(table, &a))).unwrap();
             assert_eq!(moved(before, versions(&st, &a, &b)), [0, 0, 0, 0, 1], "{table:?} absent delete");
         }
     }
@@ -274,11 +274,11 @@ mod tests {
         let st = store();
         let before = versions(&st, &a, &b);
         let rows = vec![(row_key(Table::Keys, &b), b"v".to_vec()), (row_key(Table::Keys, &b), b"v".to_vec())];
-        st.write(|tx| tx.insert_absent(Table::Keys, &rows)).unwrap();
+        st.write_blocking(|tx| tx.insert_absent(Table::Keys, &rows)).unwrap();
         assert_eq!(moved(before, versions(&st, &a, &b)), [0, 0, 0, 1, 1]);
         // Rows already there are not written: nothing of b moves.
         let before = versions(&st, &a, &b);
-        st.write(|tx| tx.insert_absent(Table::Keys, &rows)).unwrap();
+        st.write_blocking(|tx| tx.insert_absent(Table::Keys, &rows)).unwrap();
         assert_eq!(moved(before, versions(&st, &a, &b)), [0, 0, 0, 0, 1]);
         // A spec name with a 0x00 inside is still one component.
         let odd = Written::default();
@@ -323,7 +323,7 @@ mod tests {
             || StoreError::Missing { what: "spec", id: "a".into() },
         ] {
             let before = versions(&st, &a, &b);
-            let r = st.write(|tx| {
+            let r = st.write_blocking(|tx| {
                 tx.put(Table::Specs, &spec, b"v")?;
                 tx.put(Table::Keys, &row_key(Table::Keys, &a), b"v")?;
                 Err::<(), _>(err())
@@ -336,11 +336,11 @@ mod tests {
         let st = Arc::new(st);
         let before = versions(&st, &a, &b);
         let mut attempts = 0;
-        st.write(|tx| {
+        st.write_blocking(|tx| {
             attempts += 1;
             tx.get(Table::Specs, &spec)?;
             if attempts == 1 {
-                st.write(|other| other.put(Table::Specs, &spec, b"other"))?;
+                st.write_blocking(|other| other.put(Table::Specs, &spec, b"other"))?;
                 tx.put(Table::Keys, &row_key(Table::Keys, &b), b"lost")?;
             }
             tx.put(Table::Specs, &spec, b"ours")

@@ -172,7 +172,7 @@ impl Store {
     /// Registers `target` (or replaces its host), with its audit entry.
     pub fn put_clone_target(&self, target: &CloneTarget, audit: &[AuditEvent]) -> Result<()> {
         let row = CloneTargetRow::from(target);
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             put_row(tx, Table::CloneTargets, &str_key(target.sys_id.as_str()), &row)?;
             append_audit(tx, audit)
         })
@@ -180,7 +180,7 @@ impl Store {
 
     /// Returns whether the target was registered.
     pub fn remove_clone_target(&self, sys_id: &SysId, audit: &[AuditEvent]) -> Result<bool> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let removed = tx.delete(Table::CloneTargets, &str_key(sys_id.as_str()))?;
             // Its grant goes with it: nothing approves that target's requests any more.
             delete_grant_in(tx, sys_id)?;
@@ -194,7 +194,7 @@ impl Store {
     /// Records (or replaces) the grant of a complete clone, with its audit entry.
     pub fn put_clone_grant(&self, grant: &CloneGrant, audit: &[AuditEvent]) -> Result<()> {
         let row = CloneGrantRow::from(grant);
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             put_row(tx, Table::CloneGrants, &str_key(grant.target.as_str()), &row)?;
             append_audit(tx, audit)
         })
@@ -203,15 +203,15 @@ impl Store {
     /// Why `a` may not be approved without a person as the rows stand now
     /// (the approving transaction checks again), or Ok.
     pub fn system_approval_refusal(&self, a: &SystemApproval) -> Result<std::result::Result<(), String>> {
-        self.read(|tx| Ok(check_system_approval(tx, a)?.map(|_| ())))
+        self.read_blocking(|tx| Ok(check_system_approval(tx, a)?.map(|_| ())))
     }
 
     pub fn clone_grant(&self, target: &SysId) -> Result<Option<CloneGrant>> {
-        self.read(|tx| grant_in(tx, target))
+        self.read_blocking(|tx| grant_in(tx, target))
     }
 
     pub fn clone_target(&self, sys_id: &SysId) -> Result<Option<CloneTarget>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             get_row::<CloneTargetRow>(tx, Table::CloneTargets, &str_key(sys_id.as_str()))?
                 .map(|r| target_from(sys_id.clone(), r))
                 .transpose()
@@ -219,7 +219,7 @@ impl Store {
     }
 
     pub fn clone_targets(&self) -> Result<Vec<CloneTarget>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut out = Vec::new();
             tx.visit(Table::CloneTargets, &KeyRange::all(), &mut |k, v| {
                 let id = SysId::parse(&KeyReader::new(k).str()?).map_err(corrupt)?;
@@ -244,7 +244,7 @@ impl Store {
         emit: &mut Emit<'_>,
     ) -> Result<bool> {
         let per_part = per_part.max(1);
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let table = active_records(tx)?;
             let records = tx.len(table)?;
             let header = SnapshotHeader { source: self.sys_id.clone(), taken_at, records, exchange };
@@ -283,5 +283,17 @@ impl Store {
             }
             Ok(emit(SnapshotPart::End { records: sent, grant }))
         })
+    }
+}
+
+// Transitional: async forms of the methods another service group calls,
+// run on the blocking pool; the sync forms go when no blocking closure is left.
+impl super::CloneStore {
+    pub async fn system_approval_refusal(&self, a: SystemApproval) -> Result<std::result::Result<(), String>> {
+        self.store.call(move |s| s.system_approval_refusal(&a)).await
+    }
+
+    pub async fn clone_target(&self, sys_id: SysId) -> Result<Option<CloneTarget>> {
+        self.store.call(move |s| s.clone_target(&sys_id)).await
     }
 }

@@ -126,7 +126,7 @@ impl Store {
         auto_seen: Option<&str>,
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let now_value = property_in(tx, AUTO_KEY_EXCHANGE)?.map(|p| p.value);
             if now_value.as_deref() != auto_seen {
                 return Err(StoreError::Stale { what: "property", id: AUTO_KEY_EXCHANGE.into() });
@@ -144,11 +144,11 @@ impl Store {
     }
 
     pub fn clone_exchange(&self, target: &SysId) -> Result<Option<CloneExchange>> {
-        self.read(|tx| read_exchange(tx, target))
+        self.read_blocking(|tx| read_exchange(tx, target))
     }
 
     pub fn clone_exchanges(&self) -> Result<Vec<CloneExchange>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut out = Vec::new();
             tx.visit(Table::CloneExchanges, &KeyRange::all(), &mut |k, v| {
                 let id = SysId::parse(&KeyReader::new(k).str()?).map_err(corrupt)?;
@@ -162,7 +162,7 @@ impl Store {
     /// Deletes the target's configuration and the policies made with it;
     /// returns it, or None if there was none (nothing written then).
     pub fn delete_clone_exchange(&self, target: &SysId, audit: &[AuditEvent]) -> Result<Option<CloneExchange>> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let Some(cfg) = read_exchange(tx, target)? else { return Ok(None) };
             for (module, name) in &cfg.policies {
                 delete_policy_in(tx, module, name)?;
@@ -173,5 +173,13 @@ impl Store {
             append_audit(tx, audit)?;
             Ok(Some(cfg))
         })
+    }
+}
+
+// Transitional: async forms of the methods another service group calls,
+// run on the blocking pool; the sync forms go when no blocking closure is left.
+impl super::CloneStore {
+    pub async fn clone_exchange(&self, target: SysId) -> Result<Option<CloneExchange>> {
+        self.store.call(move |s| s.clone_exchange(&target)).await
     }
 }

@@ -238,7 +238,7 @@ impl Store {
     /// Records a new clone run and its job, unless another clone is running
     /// (`AlreadyExists` naming it).
     pub fn start_clone(&self, run: &CloneRun, job: &Job, audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             if let Some(id) = running_clone_in(tx)? {
                 return Err(StoreError::AlreadyExists { what: "running clone", id });
             }
@@ -249,12 +249,12 @@ impl Store {
     }
 
     pub fn clone_run(&self, id: &CloneId) -> Result<Option<CloneRun>> {
-        self.read(|tx| read_run(tx, id))
+        self.read_blocking(|tx| read_run(tx, id))
     }
 
     /// Every clone run, newest first.
     pub fn clone_runs(&self) -> Result<Vec<CloneRun>> {
-        let mut runs = self.read(|tx| {
+        let mut runs = self.read_blocking(|tx| {
             let mut out = Vec::new();
             tx.visit(Table::CloneRuns, &KeyRange::all(), &mut |k, v| {
                 let id = CloneId::parse(&super::tuple::KeyReader::new(k).str()?).map_err(corrupt)?;
@@ -271,7 +271,7 @@ impl Store {
     /// (Before a copy: what a crashed copy left; after a swap: the old data.)
     /// Relaxed: staging lost in a crash is cleared or rewritten again.
     pub fn clear_staging(&self, id: &CloneId, lease: &Lease, lease_until: UnixMillis, limit: usize) -> Result<usize> {
-        self.write_relaxed(|tx| {
+        self.write_relaxed_blocking(|tx| {
             renew_lease_in(tx, &clone_job_id(id), lease, lease_until)?;
             let table = staging_records(tx)?;
             // What is left of the table is being emptied: none of it counts.
@@ -289,7 +289,7 @@ impl Store {
         total: u64,
         now: UnixMillis,
     ) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             (run.records_total, run.records_copied, run.copy_started_at, run.updated_at) = (total, 0, now, now);
             put_run(tx, &run)
@@ -306,7 +306,7 @@ impl Store {
         now: UnixMillis,
     ) -> Result<CloneRun> {
         // Relaxed: a crash before the (durable) swap restarts the copy anyway.
-        self.write_relaxed(|tx| {
+        self.write_relaxed_blocking(|tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             let table = staging_records(tx)?;
             let mut debt = DebtDelta::default();
@@ -334,7 +334,7 @@ impl Store {
         audit: &[AuditEvent],
     ) -> Result<CloneRun> {
         let CloneSwap { catalog, follow_up, exchanges, now, lease_until } = *swap;
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             // The catalog is small: merged into the target's as it is in this
             // transaction (what the target has stays its own; see domain::clone_merge).
@@ -387,7 +387,7 @@ impl Store {
         now: UnixMillis,
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             finish_job_in(tx, &clone_job_id(id), lease)?;
             if let Some(mut run) = read_run(tx, id)? {
                 run.state = CloneState::Failed;
@@ -400,7 +400,7 @@ impl Store {
 
     /// Notes why the last attempt failed (the job retries it).
     pub fn note_clone_error(&self, id: &CloneId, error: &str, now: UnixMillis) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             if let Some(mut run) = read_run(tx, id)?.filter(|r| r.state == CloneState::Running) {
                 (run.updated_at, run.error) = (now, Some(error.to_owned()));
                 put_run(tx, &run)?;

@@ -111,7 +111,7 @@ pub struct DueRun<'a> {
 impl Store {
     /// Records a new schedule and its job; `AlreadyExists` if the name is taken.
     pub fn create_clone_schedule(&self, s: &CloneSchedule, audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             if read_schedule(tx, &s.name)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "clone schedule", id: s.name.to_string() });
             }
@@ -122,7 +122,7 @@ impl Store {
     }
 
     pub fn clone_schedules(&self) -> Result<Vec<CloneSchedule>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut out = Vec::new();
             tx.visit(Table::CloneSchedules, &KeyRange::all(), &mut |k, v| {
                 let name = Name::parse(&KeyReader::new(k).str()?, "schedule").map_err(corrupt)?;
@@ -136,7 +136,7 @@ impl Store {
     /// Deletes a schedule and, unless a runner holds it, its job (a held job
     /// finds the schedule gone and ends itself). None if there was none.
     pub fn delete_clone_schedule(&self, name: &Name, audit: &[AuditEvent]) -> Result<Option<CloneSchedule>> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let Some(s) = read_schedule(tx, name)? else { return Ok(None) };
             tx.delete(Table::CloneSchedules, &str_key(name.as_str()))?;
             let job_id = clone_schedule_job_id(name);
@@ -154,7 +154,7 @@ impl Store {
     /// starts the clone unless one is running, records the run and moves the
     /// job on. None when the schedule was deleted (the job is removed then).
     pub fn run_clone_schedule(&self, due: DueRun<'_>) -> Result<Option<ScheduledRun>> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let job_id = clone_schedule_job_id(due.schedule);
             let mut job = held_job(tx, &job_id, due.lease)?;
             let Some(mut schedule) = read_schedule(tx, due.schedule)? else {

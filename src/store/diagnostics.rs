@@ -46,11 +46,11 @@ impl Store {
     /// The store check: a read (the instance identity is there) and a small
     /// write (the time of this check). Returns the previous heartbeat, if any.
     pub fn heartbeat(&self, now: UnixMillis) -> Result<Option<UnixMillis>> {
-        self.read(|tx| match tx.get(Table::Meta, META_SYS_ID.as_bytes())? {
+        self.read_blocking(|tx| match tx.get(Table::Meta, META_SYS_ID.as_bytes())? {
             Some(_) => Ok(()),
             None => Err(StoreError::Corrupt("meta sys_id missing".into())),
         })?;
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let k = str_key(HEARTBEAT);
             let previous = match tx.get(Table::Diagnostics, &k)? {
                 Some(v) => Some(UnixMillis(i64::from_be_bytes(
@@ -66,7 +66,7 @@ impl Store {
     /// Requests by role and status, keys by state, and audit entries, from
     /// one read transaction.
     pub fn counts(&self) -> Result<StoreCounts> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut requests: Vec<(ExchangeRole, RequestStatus, u64)> = [ExchangeRole::Source, ExchangeRole::Target]
                 .into_iter()
                 .flat_map(|role| ALL_STATUSES.into_iter().map(move |s| (role, s, 0)))

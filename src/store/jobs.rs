@@ -122,12 +122,12 @@ pub(crate) fn delete_job_in(tx: &mut dyn WriteTxn, job: &Job) -> Result<()> {
 
 impl Store {
     pub fn job(&self, id: &JobId) -> Result<Option<Job>> {
-        self.read(|tx| read_job(tx, id))
+        self.read_blocking(|tx| read_job(tx, id))
     }
 
     /// Up to `limit` jobs in due order (leased ones by lease expiry).
     pub fn jobs_by_due(&self, limit: usize) -> Result<Vec<Job>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut ids = Vec::new();
             tx.visit(Table::JobsDue, &KeyRange::all(), &mut |k, _| {
                 let mut r = KeyReader::new(k);
@@ -148,7 +148,7 @@ impl Store {
     /// Schedules `job` unless a job with its id exists (then nothing changes).
     /// Returns whether it was added.
     pub fn add_job(&self, job: &Job) -> Result<bool> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             if read_job(tx, &job.id)?.is_some() {
                 return Ok(false);
             }
@@ -167,7 +167,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(Job, Lease)>> {
         // A read first: an idle runner's poll commits (and syncs) nothing.
-        let any_due = self.read(|tx| {
+        let any_due = self.read_blocking(|tx| {
             let mut due = false;
             tx.visit(Table::JobsDue, &KeyRange::all(), &mut |k, _| {
                 due = KeyReader::new(k).i64()? <= now.0;
@@ -178,7 +178,7 @@ impl Store {
         if !any_due || limit == 0 {
             return Ok(Vec::new());
         }
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let mut keys = Vec::new();
             tx.visit(
                 Table::JobsDue,
@@ -208,7 +208,7 @@ impl Store {
     /// The run under `lease` is done: a one-off job is removed, a recurring
     /// one is due again at `next` (which it must then have).
     pub fn finish_job(&self, id: &JobId, lease: &Lease, next: Option<UnixMillis>) -> Result<()> {
-        self.write(|tx| match next {
+        self.write_blocking(|tx| match next {
             None => finish_job_in(tx, id, lease),
             Some(at) => {
                 let mut job = held_job(tx, id, lease)?;
@@ -228,7 +228,7 @@ impl Store {
         policy: RetryPolicy,
         jitter: u64,
     ) -> Result<Job> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let mut job = held_job(tx, id, lease)?;
             job.fail(error, now, policy, jitter);
             put_job_in(tx, &job)?;
@@ -244,7 +244,7 @@ impl Store {
         if !self.engine.is_exclusive() {
             return Ok(0);
         }
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let mut leased = Vec::new();
             tx.visit(Table::Jobs, &KeyRange::all(), &mut |_, v| {
                 let job: Job = decode::<JobRow>(v)?.try_into()?;
@@ -265,7 +265,7 @@ impl Store {
     /// The job under `lease` did not run (its target is backing off): due
     /// again at `at`, attempts unchanged.
     pub fn postpone_job(&self, id: &JobId, lease: &Lease, at: UnixMillis) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let mut job = held_job(tx, id, lease)?;
             job.lease = None;
             job.next_due = at;
@@ -276,7 +276,7 @@ impl Store {
     /// Makes a waiting job due at `at` (for example: wake the delivery of a
     /// request now instead of at its backoff). A leased job is left alone.
     pub fn hasten_job(&self, id: &JobId, at: UnixMillis) -> Result<bool> {
-        self.write(|tx| match read_job(tx, id)? {
+        self.write_blocking(|tx| match read_job(tx, id)? {
             Some(mut job) if job.lease.is_none() && job.next_due > at => {
                 job.next_due = at;
                 put_job_in(tx, &job)?;

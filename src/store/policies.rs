@@ -106,7 +106,7 @@ impl TryFrom<PolicyRow> for AccessPolicy {
 impl Store {
     /// Inserts new policies (refusing existing names), atomically.
     pub fn insert_policies(&self, policies: &[AccessPolicy], audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             put_new_policies(tx, policies)?;
             append_audit(tx, audit)
         })
@@ -121,7 +121,7 @@ impl Store {
         active: bool,
         audit: &[AuditEvent],
     ) -> Result<AccessPolicy> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let p = set_policy_active_in(tx, module, name, active)?;
             append_audit(tx, audit)?;
             Ok(p)
@@ -130,7 +130,7 @@ impl Store {
 
     /// The policies of `module` (all modules when None).
     pub fn policies(&self, module: Option<&Name>) -> Result<Vec<AccessPolicy>> {
-        self.read(|tx| policies_in(tx, module))
+        self.read_blocking(|tx| policies_in(tx, module))
     }
 }
 

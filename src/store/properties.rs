@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyReader, str_key};
-use super::{Result, Store, StoreError, get_row, put_row};
+use super::{PropertyStore, Result, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::ids::UnixMillis;
 use crate::domain::property::Property;
@@ -30,44 +30,34 @@ pub(super) fn property_from(name: String, r: PropertyRow) -> Property {
     Property { name, value: r.value, updated_at: UnixMillis(r.updated_at), updated_by: r.updated_by }
 }
 
-impl Store {
-    pub fn property(&self, name: &str) -> Result<Option<Property>> {
-        self.read(|tx| property_in(tx, name))
+impl PropertyStore {
+    pub async fn property(&self, name: String) -> Result<Option<Property>> {
+        self.store.read(move |tx| property_in(tx, &name)).await
     }
 
-    pub fn properties(&self) -> Result<Vec<Property>> {
-        self.read(properties_in)
+    pub async fn properties(&self) -> Result<Vec<Property>> {
+        self.store.read(properties_in).await
     }
 
     /// Stores `p` conditionally: the stored property must still be `read`
     /// (None: it was unset), else `Stale` (the caller reads again). With the
     /// audit entry `audit` makes from the value it replaces.
-    pub fn put_property_checked(
+    pub async fn put_property_checked(
         &self,
-        read: Option<&Property>,
-        p: &Property,
-        audit: &dyn Fn(Option<&str>) -> AuditEvent,
+        read: Option<Property>,
+        p: Property,
+        audit: impl Fn(Option<&str>) -> AuditEvent + Send + 'static,
     ) -> Result<()> {
-        self.write(|tx| {
-            let previous = property_in(tx, &p.name)?;
-            if previous.as_ref() != read {
-                return Err(StoreError::Stale { what: "property", id: p.name.clone() });
-            }
-            put_property_in(tx, p)?;
-            append_audit(tx, &[audit(previous.as_ref().map(|r| r.value.as_str()))])
-        })
-    }
-
-    /// Stores `p` without a condition, with the audit entry `audit` makes
-    /// from the value it replaces (read in the same transaction). Only for
-    /// seeding tests; the use cases write with `put_property_checked`.
-    #[doc(hidden)]
-    pub fn put_property(&self, p: &Property, audit: &dyn Fn(Option<&str>) -> AuditEvent) -> Result<()> {
-        self.write(|tx| {
-            let previous = property_in(tx, &p.name)?;
-            put_property_in(tx, p)?;
-            append_audit(tx, &[audit(previous.as_ref().map(|r| r.value.as_str()))])
-        })
+        self.store
+            .write(move |tx| {
+                let previous = property_in(tx, &p.name)?;
+                if previous != read {
+                    return Err(StoreError::Stale { what: "property", id: p.name.clone() });
+                }
+                put_property_in(tx, &p)?;
+                append_audit(tx, &[audit(previous.as_ref().map(|r| r.value.as_str()))])
+            })
+            .await
     }
 }
 

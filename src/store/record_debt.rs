@@ -136,7 +136,7 @@ impl Store {
     /// Every key the records depend on, with how many records each (the
     /// index, not a scan of the records).
     pub fn record_debt(&self) -> Result<Vec<KeyDebt>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let table = active_records(tx)?;
             debts_in(tx, table)
         })

@@ -183,12 +183,12 @@ pub enum RekeyEnd<'a> {
 
 impl Store {
     pub fn rekey(&self, id: &RequestId) -> Result<Option<RekeyRun>> {
-        self.read(|tx| read_run(tx, id))
+        self.read_blocking(|tx| read_run(tx, id))
     }
 
     /// Every rekey run, newest first.
     pub fn rekeys(&self) -> Result<Vec<RekeyRun>> {
-        let mut runs = self.read(|tx| {
+        let mut runs = self.read_blocking(|tx| {
             let mut out = Vec::new();
             tx.visit(Table::Rekeys, &KeyRange::all(), &mut |k, v| {
                 let id = RequestId::parse(&KeyReader::new(k).str()?).map_err(corrupt)?;
@@ -203,7 +203,7 @@ impl Store {
 
     /// How many records still depend on each imported key of `run`.
     pub fn rekey_debt(&self, run: &RekeyRun) -> Result<Vec<KeyDebt>> {
-        self.read(|tx| covered_debt(tx, run))
+        self.read_blocking(|tx| covered_debt(tx, run))
     }
 
     /// Starts an attempt (or resumes the one a crash interrupted: a Running
@@ -215,7 +215,7 @@ impl Store {
         lease_until: UnixMillis,
         now: UnixMillis,
     ) -> Result<RekeyRun> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             match run.state {
                 RekeyState::Running => {}
@@ -242,7 +242,7 @@ impl Store {
         scan_limit: usize,
     ) -> Result<RekeyPage> {
         let range = KeyRange::prefix_after(Vec::new(), after.map(address_key));
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let table = active_records(tx)?;
             let (mut page, mut scanned) = (RekeyPage { at_end: true, ..RekeyPage::default() }, 0usize);
             tx.visit(table, &range, &mut |k, v| {
@@ -307,7 +307,7 @@ impl Store {
             put_run(tx, &run)?;
             Ok((run, moved))
         };
-        if durable { self.write(write) } else { self.write_relaxed(write) }
+        if durable { self.write_blocking(write) } else { self.write_relaxed_blocking(write) }
     }
 
     /// Starts another pass from the first record (records were written
@@ -320,7 +320,7 @@ impl Store {
         lease_until: UnixMillis,
         now: UnixMillis,
     ) -> Result<Option<RekeyRun>> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let mut run = held_run(tx, id, lease, lease_until)?;
             let remaining = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
             let again = run.next_pass(remaining, now);
@@ -345,7 +345,7 @@ impl Store {
         audit: &dyn Fn(&RekeyRun) -> AuditEvent,
     ) -> Result<RekeyRun> {
         let id = &read.request_id;
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let job = held_job(tx, &rekey_job_id(id), lease)?;
             let mut run = read_run(tx, id)?.ok_or_else(|| StoreError::Missing { what: "rekey", id: id.to_string() })?;
             let property = |value: &str| Property {

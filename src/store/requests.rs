@@ -148,7 +148,7 @@ pub(crate) fn decode_blob(v: &[u8]) -> Result<SignedBlob> {
 
 impl Store {
     pub fn request(&self, id: &RequestId) -> Result<Option<Versioned<ExchangeRequest>>> {
-        self.read(|tx| read_request(tx, id))
+        self.read_blocking(|tx| read_request(tx, id))
     }
 
     /// Up to `limit` requests in creation order after `after`, and the cursor
@@ -158,7 +158,7 @@ impl Store {
         after: Option<&RequestCursor>,
         limit: usize,
     ) -> Result<(Vec<ExchangeRequest>, Option<RequestCursor>)> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let range = KeyRange::prefix_after(Vec::new(), after.map(RequestCursor::key));
             let mut ids = Vec::new();
             tx.visit(Table::RequestsByCreated, &range, &mut |k, _| {
@@ -186,7 +186,7 @@ impl Store {
         effects: RequestEffects<'_>,
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let k = request_key(&req.id);
             if tx.get(Table::Requests, &k)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "request", id: req.id.to_string() });
@@ -210,7 +210,7 @@ impl Store {
         effects: RequestEffects<'_>,
         audit: &[AuditEvent],
     ) -> Result<u64> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let next = check_version(tx, &req.id, expected)?;
             write_request(tx, req, next)?;
             apply_effects(tx, &req.id, &effects)?;
@@ -220,16 +220,16 @@ impl Store {
     }
 
     pub fn bundle(&self, id: &RequestId) -> Result<Option<SignedBlob>> {
-        self.read(|tx| tx.get(Table::Bundles, &request_key(id))?.map(|v| decode_blob(&v)).transpose())
+        self.read_blocking(|tx| tx.get(Table::Bundles, &request_key(id))?.map(|v| decode_blob(&v)).transpose())
     }
 
     pub fn transport_handle(&self, id: &RequestId) -> Result<Option<Vec<u8>>> {
-        self.read(|tx| tx.get(Table::TransportKeys, &request_key(id)))
+        self.read_blocking(|tx| tx.get(Table::TransportKeys, &request_key(id)))
     }
 
     /// The receipt given for the bundle with this SHA-256, and its request.
     pub fn receipt_for(&self, bundle_sha256: &[u8; 32]) -> Result<Option<(RequestId, SignedBlob)>> {
-        self.read(|tx| match tx.get(Table::Receipts, bundle_sha256)? {
+        self.read_blocking(|tx| match tx.get(Table::Receipts, bundle_sha256)? {
             None => Ok(None),
             Some(v) => {
                 let mut r = KeyReader::new(&v);
@@ -241,7 +241,7 @@ impl Store {
 
     /// Which of `ids` are stored.
     pub fn existing_keys<'a>(&self, ids: impl Iterator<Item = &'a KeyId>) -> Result<Vec<KeyId>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut out = Vec::new();
             for id in ids {
                 if tx.get(Table::Keys, &key_key(id))?.is_some() {
@@ -264,7 +264,7 @@ impl Store {
         receipt: (&[u8; 32], &SignedBlob),
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let next = check_version(tx, &req.id, expected)?;
             if let Some(id) = insert_new_keys(tx, new_keys)?.first() {
                 return Err(StoreError::Stale { what: "key", id: id.to_string() });
@@ -279,5 +279,21 @@ impl Store {
             tx.put(Table::Receipts, receipt.0, &row)?;
             append_audit(tx, audit)
         })
+    }
+}
+
+// Transitional: async forms of the methods another service group calls,
+// run on the blocking pool; the sync forms go when no blocking closure is left.
+impl super::RequestStore {
+    pub async fn request(&self, id: RequestId) -> Result<Option<Versioned<ExchangeRequest>>> {
+        self.store.call(move |s| s.request(&id)).await
+    }
+
+    pub async fn requests_page(
+        &self,
+        after: Option<RequestCursor>,
+        limit: usize,
+    ) -> Result<(Vec<ExchangeRequest>, Option<RequestCursor>)> {
+        self.store.call(move |s| s.requests_page(after.as_ref(), limit)).await
     }
 }

@@ -115,7 +115,7 @@ impl Store {
 
     /// Stores records in one transaction (and their keys' debt).
     pub fn put_records(&self, recs: &[StoredRecord]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let table = active_records(tx)?;
             let mut debt = DebtDelta::default();
             for rec in recs {
@@ -133,7 +133,7 @@ impl Store {
     /// The key id of the record at each address (None: no record), read in
     /// one transaction: what a replace or delete is checked against.
     pub fn record_keys(&self, addresses: &[RecordAddress]) -> Result<Vec<Option<KeyId>>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let table = active_records(tx)?;
             let mut out = Vec::with_capacity(addresses.len());
             for a in addresses {
@@ -154,7 +154,7 @@ impl Store {
         expected: &[Option<KeyId>],
         audit: &[AuditEvent],
     ) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let table = active_records(tx)?;
             let mut old_keys = Vec::with_capacity(recs.len());
             for (rec, want) in recs.iter().zip(expected) {
@@ -183,7 +183,7 @@ impl Store {
     /// Deletes the record at `a` with `audit` in one transaction, only if it
     /// is still under `expected` (else `Stale`, nothing written).
     pub fn delete_record_checked(&self, a: &RecordAddress, expected: &KeyId, audit: &[AuditEvent]) -> Result<()> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let table = active_records(tx)?;
             let old = tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()?;
             let Some(old) = old.filter(|r| r.key_id == *expected) else {
@@ -198,7 +198,7 @@ impl Store {
     }
 
     pub fn record(&self, a: &RecordAddress) -> Result<Option<StoredRecord>> {
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let table = active_records(tx)?;
             tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()
         })
@@ -206,7 +206,7 @@ impl Store {
 
     /// Returns whether a record was deleted.
     pub fn delete_record(&self, a: &RecordAddress) -> Result<bool> {
-        self.write(|tx| {
+        self.write_blocking(|tx| {
             let table = active_records(tx)?;
             let Some(old) = tx.get(table, &address_key(a))? else { return Ok(false) };
             let mut debt = DebtDelta::default();
@@ -231,7 +231,7 @@ impl Store {
             _ => Vec::new(),
         };
         let range = KeyRange::prefix_after(prefix, after.map(address_key));
-        self.read(|tx| {
+        self.read_blocking(|tx| {
             let mut out = Vec::new();
             if limit == 0 {
                 return Ok(out);

@@ -405,7 +405,7 @@ async fn spec_exportable(ops: &mut Ops) -> Vec<(String, bool)> {
 }
 
 /// Writes a property as the system does (protected ones are not an operator's to set).
-fn system_set(node: &TestNode, name: &str, value: &str) {
+async fn system_set(node: &TestNode, name: &str, value: &str) {
     use kmf::domain::audit::{AuditEvent, Outcome};
     let now = kmf::domain::ids::UnixMillis(1);
     let p = kmf::domain::property::Property {
@@ -414,8 +414,12 @@ fn system_set(node: &TestNode, name: &str, value: &str) {
         updated_at: now,
         updated_by: "system (test)".into(),
     };
-    let audit = |_: Option<&str>| AuditEvent::new(now, "system (test)", "property.set", name, Outcome::Success);
-    node.running().services.store().put_property(&p, &audit).expect("system property");
+    let properties = kmf::store::PropertyStore::new(node.running().services.store());
+    let read = properties.property(name.into()).await.expect("read the property");
+    let subject = name.to_owned();
+    let audit =
+        move |_: Option<&str>| AuditEvent::new(now, "system (test)", "property.set", &subject, Outcome::Success);
+    properties.put_property_checked(read, p, audit).await.expect("system property");
 }
 
 async fn property(ops: &mut Ops, name: &str) -> Option<String> {
@@ -442,7 +446,7 @@ async fn a_clone_never_widens_what_the_target_allows() {
     let set = |name: &str, value: &str| pb::SetPropertyRequest { name: name.into(), value: value.into() };
     let auto = "glide_encryption.auto_key_exchange.enabled";
     src.properties.set_property(set(auto, "false")).await.expect("property");
-    system_set(&source, "protected.custom.flag", "source");
+    system_set(&source, "protected.custom.flag", "source").await;
     let source_hr = policies_of(&mut src, "hr").await;
     assert!(source_hr.iter().all(|p| p.2 == pb::PolicyResult::Track as i32) && !source_hr.is_empty(), "{source_hr:?}");
 
@@ -460,12 +464,12 @@ async fn a_clone_never_widens_what_the_target_allows() {
         ..Default::default()
     };
     tgt.policies.create_policy(pb::CreatePolicyRequest { policy: Some(strict) }).await.expect("policy");
-    system_set(&target, "protected.custom.flag", "target");
+    system_set(&target, "protected.custom.flag", "target").await;
     let target_hr = policies_of(&mut tgt, "hr").await;
     assert_eq!(target_hr.len(), 1, "{target_hr:?}");
     // A rekey finished on the target (the property only the system writes).
     let rekeyed = kmf::domain::property::REKEYED;
-    system_set(&target, rekeyed, "true");
+    system_set(&target, rekeyed, "true").await;
     assert_eq!(property(&mut tgt, rekeyed).await.as_deref(), Some("true"));
 
     let mut source_clones = ClonesClient::new(admin_channel(&source, &pki).await);

@@ -29,7 +29,7 @@ use kmf::domain::rekey::{RekeyRun, RekeyState};
 use kmf::signer::Signer;
 use kmf::signer::schemes::LoadedKey;
 use kmf::signer::software::SoftwareSigner;
-use kmf::store::Store;
+use kmf::store::{PropertyStore, Store};
 use sha2::{Digest, Sha256};
 
 use crate::binaries::{Daemon, Settings, free_port, init, ok, run, start_listening};
@@ -185,7 +185,7 @@ fn at_kill(dir: &Path, source_key: &KeyId, target: &SysId, trial: &str) -> (Reke
 /// target's one key and decrypts to its plaintext; returns the digest and
 /// the run.
 fn verify_rekeyed(dir: &Path, source_key: &KeyId, target: &SysId, trial: &str) -> (String, RekeyRun) {
-    let store = Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store");
+    let store = std::sync::Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store"));
     let run = the_rekey(&store, trial);
     assert_eq!(run.state, RekeyState::Completed, "trial {trial}: {run:?}");
     assert_eq!((run.records_done, run.records_total), (u64::from(RECORDS), u64::from(RECORDS)), "{run:?}");
@@ -209,7 +209,8 @@ fn verify_rekeyed(dir: &Path, source_key: &KeyId, target: &SysId, trial: &str) -
     let debt = store.record_debt().expect("record debt");
     assert!(!debt.iter().any(|d| d.key_id.origin == source_key.origin), "trial {trial}: debt of source keys: {debt:?}");
     assert_eq!(debt.iter().map(|d| d.records).sum::<u64>(), u64::from(RECORDS), "trial {trial}: {debt:?}");
-    let rekeyed = store.property(REKEYED).expect("read the property").map(|p| p.value);
+    let rekeyed = crate::support::wait_for(PropertyStore::new(&store).property(REKEYED.into()));
+    let rekeyed = rekeyed.expect("read the property").map(|p| p.value);
     assert_eq!(rekeyed.as_deref(), Some("true"), "trial {trial}: {REKEYED}");
     let (digest, pairs) = digest.finish();
     assert_eq!(pairs, u64::from(RECORDS), "trial {trial}");

@@ -17,7 +17,7 @@ use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::domain::schedule::RetryPolicy;
 use kmf::domain::spec::{Module, Spec, SpecChoice};
 use kmf::store::engine::{Engine, Table};
-use kmf::store::{BundleChange, MemoryEngine, RequestEffects, Store, StoreError};
+use kmf::store::{BundleChange, MemoryEngine, PropertyStore, RequestEffects, Store, StoreError};
 
 pub(crate) struct Subject {
     pub(crate) name: &'static str,
@@ -93,8 +93,8 @@ pub(crate) fn request(id: u8, created_at: i64) -> ExchangeRequest {
     }
 }
 
-#[test]
-fn identity_modules_and_specs() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_modules_and_specs() {
     for s in subjects() {
         let st = &s.store;
         assert_eq!((st.sys_id().unwrap(), st.host().unwrap()), (sys(1), host()), "{}", s.name);
@@ -116,8 +116,8 @@ fn identity_modules_and_specs() {
     }
 }
 
-#[test]
-fn keys_page_in_order_and_changes_are_conditional() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_page_in_order_and_changes_are_conditional() {
     for s in subjects() {
         let st = &s.store;
         // 25 keys of "s" from two origins, 3 of "t" (a prefix of no other spec).
@@ -174,8 +174,8 @@ fn keys_page_in_order_and_changes_are_conditional() {
     }
 }
 
-#[test]
-fn request_updates_are_conditional_on_the_version_read() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_updates_are_conditional_on_the_version_read() {
     for s in subjects() {
         let st = &s.store;
         let req = request(1, 10);
@@ -221,8 +221,8 @@ fn request_updates_are_conditional_on_the_version_read() {
     }
 }
 
-#[test]
-fn requests_page_in_creation_order() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_page_in_creation_order() {
     for s in subjects() {
         let st = &s.store;
         // Created out of id order and out of insertion order.
@@ -249,8 +249,8 @@ fn requests_page_in_creation_order() {
     }
 }
 
-#[test]
-fn import_is_conditional_and_keeps_the_receipt() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_is_conditional_and_keeps_the_receipt() {
     for s in subjects() {
         let st = &s.store;
         let mut req = request(1, 10);
@@ -286,8 +286,8 @@ fn import_is_conditional_and_keeps_the_receipt() {
     }
 }
 
-#[test]
-fn jobs_are_claimed_under_a_lease_and_fenced() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_claimed_under_a_lease_and_fenced() {
     for s in subjects() {
         let st = &s.store;
         let t = |ms: i64| UnixMillis(1_000 + ms);
@@ -345,8 +345,8 @@ fn jobs_are_claimed_under_a_lease_and_fenced() {
     }
 }
 
-#[test]
-fn records_audit_and_change_tokens() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_audit_and_change_tokens() {
     for s in subjects() {
         let st = &s.store;
         let (keys_before, specs_before) = (st.changes().keys_of(&name("s")), st.changes().specs());
@@ -384,8 +384,8 @@ fn records_audit_and_change_tokens() {
 
 /// Many writers at once: exactly one conditional decision wins, and audit
 /// entries appended concurrently form one unbroken chain.
-#[test]
-fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
     for s in subjects() {
         let st = Arc::clone(&s.store);
         let req = request(1, 10);
@@ -426,8 +426,8 @@ fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
     }
 }
 
-#[test]
-fn memory_engine_refuses_a_commit_whose_reads_went_stale() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_engine_refuses_a_commit_whose_reads_went_stale() {
     let engine = MemoryEngine::default();
     let mut seed = engine.begin_write().unwrap();
     seed.put(Table::Specs, b"k", b"0").unwrap();
@@ -456,8 +456,8 @@ fn memory_engine_refuses_a_commit_whose_reads_went_stale() {
 
 /// A database made by the first schema (typed tables and an outbox) opens
 /// as schema 2 with every row kept and its outbox item as a due job.
-#[test]
-fn schema_1_database_is_migrated_at_open() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_1_database_is_migrated_at_open() {
     use redb::{Database, TableDefinition};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kmf.redb");
@@ -519,8 +519,8 @@ fn schema_1_database_is_migrated_at_open() {
 
 /// A snapshot is one consistent view, streamed in bounded parts, in order,
 /// with no key in it: a record written while it streams is not in it.
-#[test]
-fn snapshot_is_one_consistent_view_in_bounded_parts() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_is_one_consistent_view_in_bounded_parts() {
     use kmf::domain::clone::{SnapshotOrder, SnapshotPart};
     for s in subjects() {
         let st = &s.store;
@@ -574,32 +574,44 @@ fn snapshot_is_one_consistent_view_in_bounded_parts() {
 /// Concurrent sets of one property: each audit entry names the value it
 /// really replaced (read in its own transaction), so the entries form one
 /// chain of values from "(unset)" to the value that stays.
-#[test]
-fn concurrent_property_sets_audit_the_value_each_replaced() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_property_sets_audit_the_value_each_replaced() {
     use kmf::domain::property::Property;
     for s in subjects() {
         const WRITERS: usize = 8;
-        let barrier = Arc::new(Barrier::new(WRITERS));
-        let handles: Vec<_> = (0..WRITERS)
+        let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
+        let writers: Vec<_> = (0..WRITERS)
             .map(|i| {
-                let (st, barrier) = (Arc::clone(&s.store), Arc::clone(&barrier));
-                std::thread::spawn(move || {
+                let (props, barrier) = (PropertyStore::new(&s.store), Arc::clone(&barrier));
+                tokio::spawn(async move {
                     let p = Property {
                         name: "x.y".into(),
                         value: format!("v{i}"),
                         updated_at: UnixMillis(1),
                         updated_by: "t".into(),
                     };
-                    barrier.wait();
-                    let audit = |old: Option<&str>| {
-                        AuditEvent::new(UnixMillis(1), "t", "property.set", "x.y", Outcome::Success)
-                            .with_details(format!("{}>{}", old.unwrap_or("-"), p.value))
-                    };
-                    st.put_property(&p, &audit).unwrap();
+                    barrier.wait().await;
+                    // Each writer reads and writes conditionally until its
+                    // write lands (bounded: at most one loss per other writer).
+                    for _ in 0..=WRITERS {
+                        let read = props.property("x.y".into()).await.unwrap();
+                        let value = p.value.clone();
+                        let audit = move |old: Option<&str>| {
+                            AuditEvent::new(UnixMillis(1), "t", "property.set", "x.y", Outcome::Success)
+                                .with_details(format!("{}>{value}", old.unwrap_or("-")))
+                        };
+                        match props.put_property_checked(read, p.clone(), audit).await {
+                            Err(StoreError::Stale { .. }) => continue,
+                            other => return other.unwrap(),
+                        }
+                    }
+                    panic!("writer {i} lost more races than there are writers");
                 })
             })
             .collect();
-        handles.into_iter().for_each(|h| h.join().unwrap());
+        for w in writers {
+            w.await.unwrap();
+        }
         let rows = s.store.audit_rows(0, usize::MAX).unwrap();
         let pairs: Vec<(String, String)> = rows
             .iter()
@@ -616,15 +628,16 @@ fn concurrent_property_sets_audit_the_value_each_replaced() {
             assert_eq!(old, &last, "{}: {pairs:?}", s.name);
             last = new.clone();
         }
-        assert_eq!(s.store.property("x.y").unwrap().unwrap().value, last, "{}", s.name);
+        let stored = PropertyStore::new(&s.store).property("x.y".into()).await.unwrap();
+        assert_eq!(stored.unwrap().value, last, "{}", s.name);
     }
 }
 
 /// A clone stages records beside the live ones; until the swap nothing a
 /// reader sees changes; the swap merges the catalog and replaces the records at once; only
 /// the clone job's lease may write, and a finished clone writes no more.
-#[test]
-fn clone_staging_is_invisible_until_one_swap() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_staging_is_invisible_until_one_swap() {
     use kmf::domain::clone::{CloneRun, CloneState, SnapshotCatalog};
     use kmf::domain::ids::CloneId;
     for s in subjects() {
@@ -697,8 +710,9 @@ fn clone_staging_is_invisible_until_one_swap() {
             updated_by: "x".into(),
         };
         let rekeyed = kmf::domain::property::REKEYED;
-        st.put_property(&prop(rekeyed, "true"), &|_| AuditEvent::new(UnixMillis(1), "t", "t", "t", Outcome::Success))
-            .unwrap();
+        let props = PropertyStore::new(st);
+        let seeded = |_: Option<&str>| AuditEvent::new(UnixMillis(1), "t", "t", "t", Outcome::Success);
+        props.put_property_checked(None, prop(rekeyed, "true"), seeded).await.unwrap();
         let catalog = SnapshotCatalog {
             modules: vec![Module { name: name("new"), created_at: UnixMillis(1) }],
             properties: vec![prop(rekeyed, "true"), prop("protected.planted", "1"), prop("plain", "1")],
@@ -730,14 +744,16 @@ fn clone_staging_is_invisible_until_one_swap() {
         assert_eq!(debt(st), [3], "{}: after the swap the debt is the staged records'", s.name);
         let modules: Vec<String> = st.modules().unwrap().iter().map(|m| m.name.to_string()).collect();
         assert_eq!(modules, ["new", "old"], "{}: merged, the target keeps its own", s.name);
-        let props: Vec<(String, String)> = st.properties().unwrap().into_iter().map(|p| (p.name, p.value)).collect();
+        let props: Vec<(String, String)> =
+            props.properties().await.unwrap().into_iter().map(|p| (p.name, p.value)).collect();
         let want = [("plain", "1"), (rekeyed, "false")].map(|(n, v)| (n.to_owned(), v.to_owned()));
         assert_eq!(
             props, want,
             "{}: no protected property copied; records under another's keys undo the rekey",
             s.name
         );
-        assert_eq!(st.property(rekeyed).unwrap().unwrap().updated_by, "system (clone)");
+        let rekeyed_by = PropertyStore::new(st).property(rekeyed.into()).await.unwrap().unwrap().updated_by;
+        assert_eq!(rekeyed_by, "system (clone)");
         assert!(
             matches!(
                 st.stage_clone_records(&id, &lease, until, &[rec("late", 1)], UnixMillis(5)),
@@ -756,8 +772,8 @@ fn clone_staging_is_invisible_until_one_swap() {
 
 /// Concurrent StartClone calls: exactly one clone runs (its row and its job
 /// written together); the others are refused naming it.
-#[test]
-fn concurrent_clone_starts_one_runs() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clone_starts_one_runs() {
     use kmf::domain::clone::{CloneRun, CloneState};
     use kmf::domain::ids::CloneId;
     for s in subjects() {
@@ -796,8 +812,8 @@ fn concurrent_clone_starts_one_runs() {
     }
 }
 
-#[test]
-fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_deleted() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_deleted() {
     use kmf::domain::clone::CloneRun;
     use kmf::domain::clone_schedule::{Cadence, CloneSchedule, ScheduledRun};
     use kmf::domain::ids::CloneId;
@@ -857,8 +873,8 @@ fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_deleted()
 /// Schema 2 → 3 (issue 22): the clone grants written before grants had ids
 /// are deleted at open, on both engines, and nothing else changes; opening
 /// again changes nothing.
-#[test]
-fn schema_2_database_loses_its_old_clone_grants_at_open() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_2_database_loses_its_old_clone_grants_at_open() {
     use kmf::store::tuple::str_key;
     let seed = |tx: &mut dyn kmf::store::engine::WriteTxn| {
         tx.put(Table::Meta, b"sys_id", sys(1).as_str().as_bytes()).unwrap();
@@ -899,8 +915,8 @@ fn schema_2_database_loses_its_old_clone_grants_at_open() {
 /// The four conditional catalog writes refuse a read that is out of date
 /// (`Stale`, nothing written, no audit entry), and a lifecycle cap changed
 /// between the read and the write is caught in the writing transaction.
-#[test]
-fn catalog_writes_refuse_a_stale_read() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_writes_refuse_a_stale_read() {
     use kmf::domain::key::{LifecycleDefinition, LifecyclePolicy, PolicyScope};
     use kmf::domain::property::Property;
     const DAY: i64 = 86_400_000;
@@ -954,12 +970,13 @@ fn catalog_writes_refuse_a_stale_read() {
             updated_by: "t".into(),
         };
         let audit = |_: Option<&str>| event("property.set");
-        st.put_property_checked(None, &prop("1"), &audit).unwrap();
+        let props = PropertyStore::new(st);
+        props.put_property_checked(None, prop("1"), audit).await.unwrap();
         let n = audit_len(st);
-        assert!(stale(st.put_property_checked(None, &prop("2"), &audit)), "{}", s.name);
-        assert!(stale(st.put_property_checked(Some(&prop("0")), &prop("2"), &audit)), "{}", s.name);
-        assert_eq!((st.property("x.y").unwrap(), audit_len(st)), (Some(prop("1")), n), "{}", s.name);
-        st.put_property_checked(Some(&prop("1")), &prop("2"), &audit).unwrap();
-        assert_eq!(st.property("x.y").unwrap(), Some(prop("2")), "{}", s.name);
+        assert!(stale(props.put_property_checked(None, prop("2"), audit).await), "{}", s.name);
+        assert!(stale(props.put_property_checked(Some(prop("0")), prop("2"), audit).await), "{}", s.name);
+        assert_eq!((props.property("x.y".into()).await.unwrap(), audit_len(st)), (Some(prop("1")), n), "{}", s.name);
+        props.put_property_checked(Some(prop("1")), prop("2"), audit).await.unwrap();
+        assert_eq!(props.property("x.y".into()).await.unwrap(), Some(prop("2")), "{}", s.name);
     }
 }

@@ -11,7 +11,7 @@ use kmf::domain::job::Lease;
 use kmf::domain::property::REKEYED;
 use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::domain::rekey::{KeyDebt, RekeyState};
-use kmf::store::{RekeyEnd, RequestEffects, Store, StoreError, rekey_job_id};
+use kmf::store::{PropertyStore, RekeyEnd, RequestEffects, Store, StoreError, rekey_job_id};
 
 use crate::store_contract::{event, key, name, request, subjects, sys};
 
@@ -28,8 +28,8 @@ fn debt(st: &Store) -> Vec<(String, u64)> {
     st.record_debt().unwrap().into_iter().map(|d| (d.key_id.to_string(), d.records)).collect()
 }
 
-#[test]
-fn the_record_debt_follows_every_records_write() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_debt_follows_every_records_write() {
     for s in subjects() {
         let st = &s.store;
         let (imported, own) = (key("s", 3, 1).0.id, key("s", 1, 1).0.id);
@@ -46,8 +46,8 @@ fn the_record_debt_follows_every_records_write() {
     }
 }
 
-#[test]
-fn a_rekey_batch_is_conditional_and_the_run_ends_only_when_nothing_is_owed() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_batch_is_conditional_and_the_run_ends_only_when_nothing_is_owed() {
     for s in subjects() {
         let st = &s.store;
         // A completed import of two keys of sys(3) that asks for a rekey.
@@ -102,14 +102,19 @@ fn a_rekey_batch_is_conditional_and_the_run_ends_only_when_nothing_is_owed() {
                 event("rekey.completed")
             });
         assert!(matches!(early, Err(StoreError::Stale { what: "rekey", .. })), "{}: {early:?}", s.name);
-        assert_eq!(st.property(REKEYED).unwrap(), None, "{}: nothing written", s.name);
+        assert_eq!(PropertyStore::new(st).property(REKEYED.into()).await.unwrap(), None, "{}: nothing written", s.name);
         assert!(st.delete_record(&RecordAddress::parse("t", "f", "late").unwrap()).unwrap());
         let end =
             st.end_rekey(&st.rekey(&req.id).unwrap().unwrap(), &lease, RekeyEnd::Completed, UnixMillis(24), &|_| {
                 event("rekey.completed")
             });
         assert_eq!(end.unwrap().state, RekeyState::Completed, "{}", s.name);
-        assert_eq!(st.property(REKEYED).unwrap().map(|p| p.value), Some("true".into()), "{}", s.name);
+        assert_eq!(
+            PropertyStore::new(st).property(REKEYED.into()).await.unwrap().map(|p| p.value),
+            Some("true".into()),
+            "{}",
+            s.name
+        );
         assert!(st.job(&rekey_job_id(&req.id)).unwrap().is_none(), "{}: the job is done", s.name);
         assert_eq!(
             st.rekey_debt(&st.rekey(&req.id).unwrap().unwrap()).unwrap(),

@@ -457,3 +457,18 @@ impl<T: DeliveryHook> PeerLink for Intercepted<T> {
         self.0.inner().stream_snapshot(h, e)
     }
 }
+
+/// Waits for `answer` from code that is not async (the checks that read a
+/// killed daemon's store after the fact): on a thread of its own with a
+/// runtime of its own, so it works inside or outside a test's runtime.
+pub fn wait_for<T: Send>(answer: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                runtime.block_on(answer)
+            })
+            .join()
+            .expect("the waited-for answer panicked")
+    })
+}

@@ -12,8 +12,9 @@ pub enum Uses {
 /// Every top-level module of `src/` (`lib` is `src/lib.rs`, `bin` is `src/bin/`).
 pub const MODULES: &[(&str, Uses)] = &[
     ("domain", Uses::Only(&[])),
-    ("store", Uses::Only(&["domain"])),
-    ("signer", Uses::Only(&["domain"])),
+    ("offload", Uses::Only(&[])),
+    ("store", Uses::Only(&["domain", "offload"])),
+    ("signer", Uses::Only(&["domain", "offload"])),
     ("tls", Uses::Only(&["domain", "clock"])),
     ("node", Uses::Only(&["domain", "store", "signer", "clock", "error"])),
     // "everything above": the layers above in the table, and clock and error (status.rs maps AppError).
@@ -28,7 +29,7 @@ pub const MODULES: &[(&str, Uses)] = &[
     ("config", Uses::Only(&["domain", "app", "node", "signer", "tls", "connections"])),
     ("telemetry", Uses::Only(&["config"])),
     ("clock", Uses::Only(&["domain"])),
-    ("error", Uses::Only(&["domain", "store", "signer"])),
+    ("error", Uses::Only(&["domain", "store", "signer", "offload"])),
     ("cli", Uses::Everything),
     ("lib", Uses::Only(&[])),
     ("bin", Uses::Only(&["cli"])),

@@ -23,12 +23,14 @@ use crate::domain::ids::{Name, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind};
 use crate::domain::spec::Spec;
 use crate::signer::Signer;
-use crate::store::Store;
+use crate::store::{AuditStore, PropertyStore, Store};
 pub use keys::DefaultAccess;
 
 pub struct Catalog {
     sys_id: SysId,
     store: Arc<Store>,
+    properties: PropertyStore,
+    audit_store: AuditStore,
     signer: Arc<dyn Signer>,
     clock: Arc<dyn Clock>,
     audit: Arc<Audit>,
@@ -41,6 +43,8 @@ impl Catalog {
         Catalog {
             sys_id: ctx.sys_id.clone(),
             store: Arc::clone(&ctx.store),
+            properties: PropertyStore::new(&ctx.store),
+            audit_store: AuditStore::new(&ctx.store),
             signer: Arc::clone(&ctx.signer),
             clock: Arc::clone(&ctx.clock),
             audit,

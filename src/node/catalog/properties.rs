@@ -1,18 +1,12 @@
 //! System properties: typed get, set (audited) and list.
 
-use std::sync::Arc;
-
 use super::Catalog;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::auth::Caller;
 use crate::domain::property::{self, Property, PropertyType};
-use crate::node::context::Blocking;
-use crate::store::StoreError;
-
-/// How often a set reads again after a conditional write found its read
-/// out of date (`StoreError::Stale`).
-const WRITE_ATTEMPTS: usize = 3;
+use crate::error::{AppError, AppResult};
+use crate::node::context::reread_and_retry;
 
 /// A property as read: stored, or its default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,78 +37,59 @@ fn view(name: &str, stored: Option<Property>) -> Option<PropertyView> {
 }
 
 impl Catalog {
-    pub async fn property(self: &Arc<Self>, name: String) -> crate::error::AppResult<PropertyView> {
+    pub async fn property(&self, name: String) -> AppResult<PropertyView> {
         property::validate_name(&name)?;
-        self.blocking(move |this| {
-            let stored = this.store.property(&name)?;
-            view(&name, stored).ok_or_else(|| DomainError::not_found("property", &name).into())
-        })
-        .await
+        let stored = self.properties.property(name.clone()).await?;
+        view(&name, stored).ok_or_else(|| DomainError::not_found("property", &name).into())
     }
 
-    pub async fn set_property(
-        self: &Arc<Self>,
-        caller: &Caller,
-        name: String,
-        value: String,
-    ) -> crate::error::AppResult<PropertyView> {
+    pub async fn set_property(&self, caller: &Caller, name: String, value: String) -> AppResult<PropertyView> {
         property::validate_name(&name)?;
         let value = property::validate_value(&name, &value)?;
         let actor = caller.actor();
         if property::is_system_only(&name) {
             let why = format!("{name} is written by the system only (by the rekey that follows an import)");
-            let refusal = why.clone();
-            self.blocking(move |this| {
-                let entry =
-                    AuditEvent::new(this.now(), actor, "property.set", &name, Outcome::Refused).with_details(refusal);
-                Ok(this.store.append_audit(&[entry])?)
-            })
-            .await?;
+            let entry =
+                AuditEvent::new(self.now(), actor, "property.set", &name, Outcome::Refused).with_details(why.clone());
+            self.audit_store.append_audit(vec![entry]).await?;
             return Err(DomainError::PermissionDenied(why).into());
         }
-        self.blocking(move |this| {
-            // Conditional on the value read: a concurrent set makes it read
-            // and write again, at most `WRITE_ATTEMPTS` times.
-            for _ in 0..WRITE_ATTEMPTS {
-                let read = this.store.property(&name)?;
-                let p = Property {
-                    name: name.clone(),
-                    value: value.clone(),
-                    updated_at: this.now(),
-                    updated_by: actor.clone(),
-                };
-                let audit = |old: Option<&str>| {
-                    AuditEvent::new(p.updated_at, actor.clone(), "property.set", &name, Outcome::Success)
+        // Conditional on the value read: a concurrent set makes it read and
+        // write again.
+        let written = reread_and_retry(format!("property {name}"), || async {
+            let read = self.properties.property(name.clone()).await?;
+            let p = Property {
+                name: name.clone(),
+                value: value.clone(),
+                updated_at: self.now(),
+                updated_by: actor.clone(),
+            };
+            let audit = {
+                let (at, actor, name, value) = (p.updated_at, actor.clone(), name.clone(), value.clone());
+                move |old: Option<&str>| {
+                    AuditEvent::new(at, actor.clone(), "property.set", &name, Outcome::Success)
                         .with_details(format!("{} -> {value}", old.unwrap_or("(unset)")))
-                };
-                match this.store.put_property_checked(read.as_ref(), &p, &audit) {
-                    Err(StoreError::Stale { .. }) => continue,
-                    other => other?,
                 }
-                return view(&name, Some(p))
-                    .ok_or_else(|| crate::error::AppError::Internal("property vanished".into()));
-            }
-            Err(DomainError::FailedPrecondition(format!("property {name} keeps changing; try again")).into())
+            };
+            self.properties.put_property_checked(read, p.clone(), audit).await?;
+            Ok(p)
         })
-        .await
+        .await?;
+        view(&name, Some(written)).ok_or_else(|| AppError::Internal("property vanished".into()))
     }
 
     /// Every stored property, plus the known ones at their defaults.
-    pub async fn properties(self: &Arc<Self>) -> crate::error::AppResult<Vec<PropertyView>> {
-        self.blocking(|this| {
-            let stored = this.store.properties()?;
-            let mut out: Vec<PropertyView> =
-                stored.into_iter().filter_map(|p| view(&p.name.clone(), Some(p))).collect();
-            for known in [property::AUTO_KEY_EXCHANGE, property::REKEYED] {
-                if !out.iter().any(|v| v.name == known)
-                    && let Some(v) = view(known, None)
-                {
-                    out.push(v);
-                }
+    pub async fn properties(&self) -> AppResult<Vec<PropertyView>> {
+        let stored = self.properties.properties().await?;
+        let mut out: Vec<PropertyView> = stored.into_iter().filter_map(|p| view(&p.name.clone(), Some(p))).collect();
+        for known in [property::AUTO_KEY_EXCHANGE, property::REKEYED] {
+            if !out.iter().any(|v| v.name == known)
+                && let Some(v) = view(known, None)
+            {
+                out.push(v);
             }
-            out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
-        })
-        .await
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 }

@@ -42,6 +42,7 @@ impl Clones {
         }
         validate_specs(&new.specs)?;
         let actor = caller.actor();
+        let stored = self.properties.property(AUTO_KEY_EXCHANGE.into()).await?.map(|p| p.value);
         self.blocking(move |this| {
             let now = this.now();
             let mut policies = Vec::with_capacity(new.specs.len());
@@ -49,7 +50,6 @@ impl Clones {
                 let spec = this.store.spec(name)?.ok_or_else(|| DomainError::not_found("spec", name.as_str()))?;
                 policies.push(approving_policy(&new.target, new.approval, &spec.module, name, now)?);
             }
-            let stored = this.store.property(AUTO_KEY_EXCHANGE)?.map(|p| p.value);
             let auto_enabled = stored.as_deref().or(schema(AUTO_KEY_EXCHANGE).1) == Some("true");
             check_auto_exchange_guard(new.approval, new.rekey, auto_enabled)?;
             let cfg = CloneExchange {

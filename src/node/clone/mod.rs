@@ -22,7 +22,7 @@ use super::ports::PeerLink;
 use crate::clock::Clock;
 use crate::domain::ids::{SysId, UnixMillis};
 use crate::domain::job::JobKind;
-use crate::store::Store;
+use crate::store::{PropertyStore, Store};
 pub use configurations::NewCloneExchange;
 pub use schedule::{NewCloneSchedule, scheduled_clone_id};
 pub use source::SnapshotParts;
@@ -30,6 +30,7 @@ pub use source::SnapshotParts;
 pub struct Clones {
     sys_id: SysId,
     store: Arc<Store>,
+    properties: PropertyStore,
     peers: Arc<dyn PeerLink>,
     clock: Arc<dyn Clock>,
     signals: Arc<JobSignals>,
@@ -42,6 +43,7 @@ impl Clones {
         Clones {
             sys_id: ctx.sys_id.clone(),
             store: Arc::clone(&ctx.store),
+            properties: PropertyStore::new(&ctx.store),
             peers: Arc::clone(&ctx.peers),
             clock: Arc::clone(&ctx.clock),
             signals: Arc::clone(&ctx.signals),

@@ -73,7 +73,6 @@ async fn a_retry_from_error_without_a_bundle_makes_the_request_pending_again() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a retry to pending keeps the lines EXCHANGED, so the next approval builds an empty bundle and the target completes with 0 keys"]
 async fn a_request_approved_again_after_a_retry_without_a_bundle_exports_its_keys() {
     let (source, target, req) = requested().await;
     failed_without_bundle(&source, &req).await;
