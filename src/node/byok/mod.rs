@@ -92,7 +92,7 @@ impl Byok {
         let ttl = import_ttl(ttl_ms)?;
         let actor = caller.actor();
         self.blocking(move |this| {
-            let spec = this.catalog.spec_or_not_found(&spec)?;
+            let spec = this.catalog.spec_or_not_found_blocking(&spec)?;
             let now = this.now();
             // Expired rows can no longer be used: their signer keys are destroyed
             // first, and only the rows whose key is gone are deleted (the others
@@ -173,7 +173,7 @@ impl Byok {
                 this.store.import_key(&token)?.ok_or_else(|| DomainError::not_found("import token", &token))?;
             let now = this.now();
             import.check_use(&spec, now)?;
-            let spec = this.catalog.spec_or_not_found(&spec)?;
+            let spec = this.catalog.spec_or_not_found_blocking(&spec)?;
             let material = match open_import(this.signer.as_ref(), &import.handle, import.wrapping, &wrapped) {
                 Ok(m) => m,
                 Err(OpenError::Malformed(why)) => return Err(DomainError::invalid("wrapped_key", why).into()),
@@ -229,7 +229,7 @@ impl Byok {
         self.blocking(move |this| {
             let actor = caller.actor();
             let (rec, wrapped) = this.store.key(&key)?.ok_or_else(|| DomainError::not_found("key", &key))?;
-            let spec = this.catalog.spec_or_not_found(&key.spec)?;
+            let spec = this.catalog.spec_or_not_found_blocking(&key.spec)?;
             let refusal = if spec.exportable {
                 export_refusal(&rec)
             } else {
@@ -239,7 +239,7 @@ impl Byok {
                 this.audit_export_refusal(&actor, &key, &why);
                 return Err(DomainError::FailedPrecondition(why).into());
             }
-            this.catalog.check_access(&caller, &spec, Operation::Export, false)?;
+            this.catalog.check_access_blocking(&caller, &spec, Operation::Export, false)?;
             let to = recipient(&public_key_pem).map_err(|why| DomainError::invalid("public_key_pem", why))?;
             let fingerprint = hex::encode(to.spki_sha256);
             let material = this.signer.unwrap(&wrapped)?;

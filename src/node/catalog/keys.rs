@@ -126,7 +126,20 @@ impl Catalog {
         .await
     }
 
-    pub fn spec_or_not_found(&self, name: &Name) -> AppResult<Spec> {
+    /// The spec, from the cache when the store's specs are unchanged since
+    /// it was put there (no hop off the worker), else from the store.
+    pub async fn spec_or_not_found(&self, name: &Name) -> AppResult<Spec> {
+        let g = self.store.changes().specs();
+        if let Some(s) = self.hot.spec(g, name) {
+            return Ok(s);
+        }
+        let spec = self.specs.spec(name.clone()).await?.ok_or_else(|| DomainError::not_found("spec", name))?;
+        self.hot.put_spec(g, spec.clone());
+        Ok(spec)
+    }
+
+    /// Transitional: the sync form, for callers still inside a blocking closure.
+    pub fn spec_or_not_found_blocking(&self, name: &Name) -> AppResult<Spec> {
         let g = self.store.changes().specs();
         if let Some(s) = self.hot.spec(g, name) {
             return Ok(s);
@@ -162,7 +175,7 @@ impl Catalog {
     pub async fn generate_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<KeyRecord> {
         let actor = caller.actor();
         self.blocking(move |this| {
-            let spec = this.spec_or_not_found(&spec)?;
+            let spec = this.spec_or_not_found_blocking(&spec)?;
             let read = this.key_records(&spec.name)?;
             let change = plan_generate(&this.sys_id, &spec.name, &read, &spec.lifecycle, this.now());
             let new = change.new_key.clone().ok_or_else(|| AppError::Internal("generate planned no key".into()))?;
@@ -176,13 +189,19 @@ impl Catalog {
     }
 
     /// The spec's current key; when it has none, a new Active one is
-    /// generated (audited as `actor`). Blocking.
-    pub fn ensure_active_key(&self, spec: &Name, actor: &str) -> AppResult<KeyRecord> {
+    /// generated (audited as `actor`).
+    pub async fn ensure_active_key(self: &Arc<Self>, spec: &Name, actor: &str) -> AppResult<KeyRecord> {
+        let (spec, actor) = (spec.clone(), actor.to_owned());
+        self.blocking(move |this| this.ensure_active_key_blocking(&spec, &actor)).await
+    }
+
+    /// Transitional: the sync form of `ensure_active_key`.
+    pub fn ensure_active_key_blocking(&self, spec: &Name, actor: &str) -> AppResult<KeyRecord> {
         for _ in 0..3 {
             if let Some((k, _)) = self.store.find_key(spec, |k| k.state.is_current())? {
                 return Ok(k);
             }
-            let spec = self.spec_or_not_found(spec)?;
+            let spec = self.spec_or_not_found_blocking(spec)?;
             let read = self.key_records(&spec.name)?;
             let change = plan_generate(&self.sys_id, &spec.name, &read, &spec.lifecycle, self.now());
             let new = change.new_key.clone().ok_or_else(|| AppError::Internal("generate planned no key".into()))?;
@@ -205,7 +224,7 @@ impl Catalog {
     pub async fn rotate_key(self: &Arc<Self>, caller: &Caller, spec: Name) -> AppResult<(KeyRecord, KeyRecord)> {
         let actor = caller.actor();
         self.blocking(move |this| {
-            let spec = this.spec_or_not_found(&spec)?;
+            let spec = this.spec_or_not_found_blocking(&spec)?;
             let read = this.key_records(&spec.name)?;
             let change = plan_rotate(&this.sys_id, &spec.name, &read, &spec.lifecycle, this.now())?;
             let (Some(old), Some(new)) = (change.updated.first().cloned(), change.new_key.clone()) else {
@@ -231,7 +250,7 @@ impl Catalog {
     ) -> AppResult<Vec<KeyRecord>> {
         let actor = caller.actor();
         self.blocking(move |this| {
-            let spec = this.spec_or_not_found(&key.spec)?;
+            let spec = this.spec_or_not_found_blocking(&key.spec)?;
             let existing = this.key_records(&spec.name)?;
             let change = plan_action(&this.sys_id, &existing, &key, &action, &spec.lifecycle, this.now())?;
             let mut audit = Vec::new();
@@ -258,7 +277,7 @@ impl Catalog {
 
     pub async fn keys(self: &Arc<Self>, spec: Name) -> AppResult<Vec<KeyRecord>> {
         self.blocking(move |this| {
-            let spec = this.spec_or_not_found(&spec)?;
+            let spec = this.spec_or_not_found_blocking(&spec)?;
             this.key_records(&spec.name)
         })
         .await
@@ -277,7 +296,7 @@ impl Catalog {
         let actor = caller.actor();
         self.blocking(move |this| {
             for _ in 0..WRITE_ATTEMPTS {
-                let read = this.spec_or_not_found(&spec)?;
+                let read = this.spec_or_not_found_blocking(&spec)?;
                 let policies = this.store.lifecycle_policies()?;
                 sweeps::check_lifecycle(&lifecycle, &policies, &read.module)?;
                 let audit = this.event(&actor, "spec.lifecycle", &read.name).with_details(format!(
@@ -365,7 +384,7 @@ impl Catalog {
     #[doc(hidden)]
     pub async fn seed_rotations(self: &Arc<Self>, spec: Name, count: u32) -> AppResult<()> {
         self.blocking(move |this| {
-            let spec = this.spec_or_not_found(&spec)?;
+            let spec = this.spec_or_not_found_blocking(&spec)?;
             let mut existing = this.key_records(&spec.name)?;
             let mut batch: Vec<(KeyRecord, crate::domain::key::WrappedKey)> = Vec::new();
             for i in 0..count {

@@ -23,12 +23,13 @@ use crate::domain::ids::{Name, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind};
 use crate::domain::spec::Spec;
 use crate::signer::Signer;
-use crate::store::{AuditStore, PropertyStore, Store};
+use crate::store::{AuditStore, CatalogStore, PropertyStore, Store};
 pub use keys::DefaultAccess;
 
 pub struct Catalog {
     sys_id: SysId,
     store: Arc<Store>,
+    specs: CatalogStore,
     properties: PropertyStore,
     audit_store: AuditStore,
     signer: Arc<dyn Signer>,
@@ -43,6 +44,7 @@ impl Catalog {
         Catalog {
             sys_id: ctx.sys_id.clone(),
             store: Arc::clone(&ctx.store),
+            specs: CatalogStore::new(&ctx.store),
             properties: PropertyStore::new(&ctx.store),
             audit_store: AuditStore::new(&ctx.store),
             signer: Arc::clone(&ctx.signer),

@@ -62,7 +62,7 @@ impl Catalog {
                 return Err(DomainError::not_found("module", &policy.module).into());
             }
             if let Some(spec) = &policy.spec {
-                let s = this.spec_or_not_found(spec)?;
+                let s = this.spec_or_not_found_blocking(spec)?;
                 if s.module != policy.module {
                     return Err(
                         DomainError::invalid("spec", format!("spec {spec} belongs to module {}", s.module)).into()
@@ -152,7 +152,7 @@ impl Catalog {
         approval: ApprovalType,
     ) -> AppResult<AccessDecision> {
         self.blocking(move |this| {
-            let spec = this.spec_or_not_found(&spec)?;
+            let spec = this.spec_or_not_found_blocking(&spec)?;
             let policies = this.module_policies(&spec.module, false)?;
             let access = ExchangeAccess {
                 module: spec.module.clone(),
@@ -182,7 +182,7 @@ impl Catalog {
     }
 
     fn decide_access(&self, subject: Subject, spec: &Name, operation: Operation) -> AppResult<AccessDecision> {
-        let spec = self.spec_or_not_found(spec)?;
+        let spec = self.spec_or_not_found_blocking(spec)?;
         let policies = self.module_policies(&spec.module, false)?;
         Ok(evaluate(
             &policies,
@@ -195,7 +195,24 @@ impl Catalog {
     /// async worker): a refusal that must write its audit entry is
     /// `WouldBlock` and is decided again off the workers; a repeat inside an
     /// open window is answered at once.
-    pub fn check_access(&self, caller: &Caller, spec_rec: &Spec, operation: Operation, inline: bool) -> AppResult<()> {
+    pub async fn check_access(
+        self: &Arc<Self>,
+        caller: &Caller,
+        spec_rec: &Spec,
+        operation: Operation,
+    ) -> AppResult<()> {
+        let (caller, spec_rec) = (caller.clone(), spec_rec.clone());
+        self.blocking(move |this| this.check_access_blocking(&caller, &spec_rec, operation, false)).await
+    }
+
+    /// Transitional: the sync form of `check_access`.
+    pub fn check_access_blocking(
+        &self,
+        caller: &Caller,
+        spec_rec: &Spec,
+        operation: Operation,
+        inline: bool,
+    ) -> AppResult<()> {
         let policies = self.module_policies(&spec_rec.module, inline)?;
         let request = AccessRequest {
             subject: Subject::from(caller),

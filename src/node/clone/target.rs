@@ -261,7 +261,8 @@ impl Clones {
                     rekey,
                     clone_grant,
                 };
-                let (req, public_key) = self.blocking(move |this| this.exchange.insert_target_request(planned)).await?;
+                let (req, public_key) =
+                    self.blocking(move |this| this.exchange.insert_target_request_blocking(planned)).await?;
                 tracing::info!(request_id = %req.id, source = %req.source.sys_id, frequency = frequency.label(), "exchange requested after the clone");
                 self.exchange.open_on_source(req, public_key).await.map(|_| ())
             }

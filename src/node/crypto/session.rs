@@ -95,7 +95,7 @@ fn cached_spec<'m>(
     if !specs.contains_key(name) {
         let spec = match inline {
             true => crypto.catalog.cached_spec(name).ok_or(AppError::WouldBlock)?,
-            false => crypto.catalog.spec_or_not_found(name)?,
+            false => crypto.catalog.spec_or_not_found_blocking(name)?,
         };
         specs.insert(name.clone(), spec);
     }
@@ -147,7 +147,7 @@ impl<'a> Session<'a> {
                 return Err(AppError::WouldBlock);
             }
             s.check_operation(op)?;
-            crypto.catalog.check_access(self.caller, s, op, inline)
+            crypto.catalog.check_access_blocking(self.caller, s, op, inline)
         });
         let r = match checked {
             Ok(()) => Ok(()),

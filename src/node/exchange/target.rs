@@ -56,9 +56,14 @@ pub struct PlannedRequest {
 impl Exchange {
     /// Records a new pending request here (the target) with its one-time
     /// transport key; returns it and the transport public key to send.
-    pub fn insert_target_request(&self, p: PlannedRequest) -> AppResult<(ExchangeRequest, Vec<u8>)> {
+    pub async fn insert_target_request(self: &Arc<Self>, p: PlannedRequest) -> AppResult<(ExchangeRequest, Vec<u8>)> {
+        self.blocking(move |this| this.insert_target_request_blocking(p)).await
+    }
+
+    /// Transitional: the sync form of `insert_target_request`.
+    pub fn insert_target_request_blocking(&self, p: PlannedRequest) -> AppResult<(ExchangeRequest, Vec<u8>)> {
         for s in &p.specs {
-            self.catalog.spec_or_not_found(s)?;
+            self.catalog.spec_or_not_found_blocking(s)?;
         }
         let transport = self.signer.create_transport_key()?;
         let now = self.now();
@@ -120,7 +125,7 @@ impl Exchange {
             rekey: false,
             clone_grant: None,
         };
-        let (req, public_key) = self.blocking(move |this| this.insert_target_request(planned)).await?;
+        let (req, public_key) = self.blocking(move |this| this.insert_target_request_blocking(planned)).await?;
         tracing::info!(request_id = %req.id, source = %req.source.sys_id, "exchange request created");
         self.open_on_source(req, public_key).await
     }

@@ -110,7 +110,7 @@ impl<'a> RekeyCipher<'a> {
     }
 
     fn scheme(&self, spec: &Name) -> AppResult<Scheme> {
-        Ok(self.rekey.catalog.spec_or_not_found(spec)?.scheme())
+        Ok(self.rekey.catalog.spec_or_not_found_blocking(spec)?.scheme())
     }
 
     fn opening(&mut self, id: &KeyId) -> AppResult<&LoadedKey> {
@@ -243,7 +243,7 @@ impl Rekey {
         tracing::info!(request_id = %id, attempt = run.attempts, records = run.records_total - run.records_done, "rekey running");
         let debts = self.store.rekey_debt(&run)?;
         for spec in rekey_plan::specs_needing_keys(&debts) {
-            self.catalog.ensure_active_key(spec, &format!("system (rekey of {id})"))?;
+            self.catalog.ensure_active_key_blocking(spec, &format!("system (rekey of {id})"))?;
         }
         loop {
             let unmovable;

@@ -63,7 +63,7 @@ async fn import_with_rekey(source: &Instance, target: &Instance, lifetime: i64) 
         clone_grant: None,
     };
     let exchange = &target.services.exchange;
-    let (req, public_key) = exchange.insert_target_request(planned).expect("target request");
+    let (req, public_key) = exchange.insert_target_request_blocking(planned).expect("target request");
     exchange.open_on_source(req.clone(), public_key).await.expect("opened on the source");
     source.services.exchange.update_request(&admin(), req.id.clone(), Decision::Approve).await.expect("approve");
     assert_eq!(source.run_jobs().await, 1, "the delivery ran");
