@@ -195,44 +195,41 @@ impl Store {
         &self.changes
     }
 
-    /// Runs `f` in one read transaction on the blocking pool (`offload`):
-    /// what every subject store's `async fn` does.
-    pub(crate) async fn read<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&mut dyn ReadTxn) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = Arc::clone(self);
-        offload::run(move || store.read_blocking(f)).await
-    }
-
-    /// Runs `f` in one write transaction on the blocking pool, as
-    /// `write_blocking` does.
-    pub(crate) async fn write<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnMut(&mut dyn WriteTxn) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = Arc::clone(self);
-        offload::run(move || store.write_blocking(f)).await
-    }
-
-    /// As `write`, but the commit need not be durable by itself.
-    #[expect(dead_code, reason = "the job store uses it once its methods are async")]
-    pub(crate) async fn write_relaxed<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnMut(&mut dyn WriteTxn) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = Arc::clone(self);
-        offload::run(move || store.write_relaxed_blocking(f)).await
-    }
-
-    /// Transitional: runs a sync method of the store on the blocking pool
-    /// (the async forms of methods whose sync callers are not gone yet).
+    /// Runs `f` with the store on the blocking pool (`offload`): the one way
+    /// the async methods below, and every subject store's, leave the worker.
     pub(crate) async fn call<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let store = Arc::clone(self);
         offload::run(move || f(&store)).await
+    }
+
+    /// `read_blocking` on the blocking pool: what every subject store's
+    /// `async fn` does.
+    pub(crate) async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut dyn ReadTxn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.call(move |store| store.read_blocking(f)).await
+    }
+
+    /// `write_blocking` on the blocking pool.
+    pub(crate) async fn write<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnMut(&mut dyn WriteTxn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.call(move |store| store.write_blocking(f)).await
+    }
+
+    /// `write_relaxed_blocking` on the blocking pool: the commit need not be
+    /// durable by itself.
+    #[expect(dead_code, reason = "the job store uses it once its methods are async")]
+    pub(crate) async fn write_relaxed<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnMut(&mut dyn WriteTxn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.call(move |store| store.write_relaxed_blocking(f)).await
     }
 
     /// Runs `f` in one read transaction, on the calling thread.
