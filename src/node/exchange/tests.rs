@@ -14,6 +14,7 @@ use crate::domain::job::{JobId, JobKind};
 use crate::error::{AppError, AppResult};
 use crate::node::audit::AuditFilter;
 pub(super) use crate::node::testing::{Faults, Instance, admin, name, pair, test_ca};
+use crate::store::JobStore;
 
 pub(super) async fn request(instance: &Instance, id: &RequestId) -> ExchangeRequest {
     instance.services.exchange.request(id.clone()).await.expect("request")
@@ -61,8 +62,8 @@ pub(super) async fn all_requests(instance: &Instance) -> Vec<ExchangeRequest> {
     instance.services.exchange.requests_page(None, 100).await.expect("requests").0
 }
 
-pub(super) fn job_exists(instance: &Instance, kind: JobKind, id: &RequestId) -> bool {
-    instance.services.store().job(&JobId::for_request(kind, id)).expect("job").is_some()
+pub(super) async fn job_exists(instance: &Instance, kind: JobKind, id: &RequestId) -> bool {
+    JobStore::new(instance.services.store()).job(JobId::for_request(kind, id)).await.expect("job").is_some()
 }
 
 /// The message of a domain error that is a failed precondition.
@@ -131,7 +132,7 @@ async fn approving_exports_every_own_key_into_a_stored_bundle_and_audits_their_i
     assert_eq!(approved.lines[0].status, SpecLineStatus::Exchanged);
     assert_eq!(approved.lines[0].key_count, 3);
     assert!(source.services.store().bundle(&req.id).expect("bundle").is_some(), "the bundle waits for delivery");
-    assert!(job_exists(&source, JobKind::Deliver, &req.id), "the delivery job is scheduled with the approval");
+    assert!(job_exists(&source, JobKind::Deliver, &req.id).await, "the delivery job is scheduled with the approval");
     let exports = audited(&source, "exchange.export", req.id.as_str()).await;
     assert_eq!(exports.len(), 1);
     let keys = source.services.catalog.keys(name("salary")).await.expect("keys");
@@ -255,7 +256,7 @@ async fn a_rejected_request_is_not_approved_and_the_refusal_names_the_rejection(
     let refused = precondition(decide(&source, &req.id, Decision::Approve).await);
     assert!(refused.contains("REQUEST_REJECTED (rejected by operator:root"), "{refused}");
     assert_eq!(request(&source, &req.id).await.status, RequestStatus::Rejected);
-    assert!(!job_exists(&source, JobKind::Deliver, &req.id));
+    assert!(!job_exists(&source, JobKind::Deliver, &req.id).await);
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ async fn a_retry_from_error_on_remote_delivers_the_kept_bundle_again() {
 
     let retried = decide(&source, &req.id, Decision::Retry).await.expect("retry");
     assert_eq!(retried.status, RequestStatus::Approved, "with a bundle, a retry resumes at approved");
-    assert!(job_exists(&source, JobKind::Deliver, &req.id));
+    assert!(job_exists(&source, JobKind::Deliver, &req.id).await);
     assert_eq!(source.services.store().bundle(&req.id).expect("bundle"), bundle, "the same bundle");
     assert_eq!(source.run_jobs().await, 1);
     assert_eq!(Faults::calls(&source.link.faults.deliveries), 2);
@@ -65,7 +65,7 @@ async fn a_retry_from_error_without_a_bundle_makes_the_request_pending_again() {
     failed_without_bundle(&source, &req).await;
     let retried = decide(&source, &req.id, Decision::Retry).await.expect("retry");
     assert_eq!(retried.status, RequestStatus::Pending, "without a bundle, a retry waits for a decision again");
-    assert!(!job_exists(&source, JobKind::Deliver, &req.id), "nothing to deliver");
+    assert!(!job_exists(&source, JobKind::Deliver, &req.id).await, "nothing to deliver");
     assert_eq!(source.run_jobs().await, 0);
     assert_eq!(Faults::calls(&source.link.faults.deliveries), 1, "no new delivery");
     assert_eq!(request(&target, &req.id).await.status, RequestStatus::Pending);
@@ -131,14 +131,14 @@ async fn of_a_concurrent_approval_and_rejection_exactly_one_wins() {
         (Ok(_), Err(e)) => {
             assert_eq!(status, RequestStatus::Approved);
             assert!(e.to_string().contains("REQUEST_APPROVED (approved by operator:alice"), "{e}");
-            assert!(job_exists(&source, JobKind::Deliver, &req.id));
-            assert!(!job_exists(&source, JobKind::Notify, &req.id));
+            assert!(job_exists(&source, JobKind::Deliver, &req.id).await);
+            assert!(!job_exists(&source, JobKind::Notify, &req.id).await);
         }
         (Err(e), Ok(_)) => {
             assert_eq!(status, RequestStatus::Rejected);
             assert!(e.to_string().contains("REQUEST_REJECTED (rejected by operator:bob"), "{e}");
-            assert!(!job_exists(&source, JobKind::Deliver, &req.id));
-            assert!(job_exists(&source, JobKind::Notify, &req.id));
+            assert!(!job_exists(&source, JobKind::Deliver, &req.id).await);
+            assert!(job_exists(&source, JobKind::Notify, &req.id).await);
         }
         _ => panic!("exactly one decision wins: {approve:?} / {rejection:?}"),
     }
