@@ -16,7 +16,7 @@ use kmf::error::PeerError;
 use kmf::node::jobs::JobSettings;
 use kmf::node::ports::{PeerFuture, PeerLink};
 use kmf::rpc::pb::{self, Decision, RequestStatus};
-use kmf::store::JobStore;
+use kmf::store::{JobStore, RequestStore};
 use tokio::sync::Semaphore;
 use tonic::Code;
 
@@ -57,9 +57,10 @@ async fn pending_exchange(pki: &Pki, source: &TestNode, target: &TestNode, keys:
     r.request_id
 }
 
-fn source_record(node: &TestNode, id: &str) -> kmf::domain::exchange::ExchangeRequest {
+async fn source_record(node: &TestNode, id: &str) -> kmf::domain::exchange::ExchangeRequest {
     let id = RequestId::parse(id).expect("id");
-    node.app.as_ref().expect("running").services.store().request(&id).expect("read").expect("request").value
+    let requests = RequestStore::new(node.app.as_ref().expect("running").services.store());
+    requests.request(id).await.expect("read").expect("request").value
 }
 
 /// Delivers, then loses the first `drop` answers (as if the call timed out
@@ -112,7 +113,7 @@ async fn a_lost_answer_is_delivered_again_and_answered_with_the_same_receipt() {
     let receipts = link.get().expect("link").receipts.lock().expect("lock").clone();
     assert_eq!(receipts.len(), 3, "delivered three times, answered three times");
     assert!(receipts.iter().all(|r| *r == receipts[0]), "the same signed receipt every time");
-    assert_eq!(source_record(&source, &id).receipt, Some(receipts[0].clone()), "the source keeps that receipt");
+    assert_eq!(source_record(&source, &id).await.receipt, Some(receipts[0].clone()), "the source keeps that receipt");
     assert_eq!(audit_count(&mut s, "exchange.complete", &id).await, 1);
 }
 

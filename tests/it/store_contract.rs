@@ -17,7 +17,9 @@ use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::domain::schedule::RetryPolicy;
 use kmf::domain::spec::{Module, Spec, SpecChoice};
 use kmf::store::engine::{Engine, Table};
-use kmf::store::{BundleChange, JobStore, MemoryEngine, PropertyStore, RequestEffects, Store, StoreError};
+use kmf::store::{
+    BundleChange, JobStore, MemoryEngine, PropertyStore, RequestEffects, RequestStore, Store, StoreError,
+};
 
 pub(crate) struct Subject {
     pub(crate) name: &'static str,
@@ -54,6 +56,10 @@ pub(crate) fn event(action: &str) -> AuditEvent {
 
 fn jobs(store: &Arc<Store>) -> JobStore {
     JobStore::new(store)
+}
+
+fn requests(store: &Arc<Store>) -> RequestStore {
+    RequestStore::new(store)
 }
 
 fn audit_len(store: &Store) -> usize {
@@ -152,8 +158,10 @@ async fn keys_page_in_order_and_changes_are_conditional() {
         assert_eq!(st.count_keys_of(&name("s")).unwrap(), 25);
         assert_eq!(st.count_keys_of(&name("t")).unwrap(), 3);
         assert_eq!(st.count_keys().unwrap(), 28);
-        let present = st.existing_keys([key("s", 3, 1).0.id, key("s", 3, 99).0.id].iter()).unwrap();
+        let present = requests(st).existing_keys(vec![key("s", 3, 1).0.id, key("s", 3, 99).0.id]).await.unwrap();
         assert_eq!(present, vec![key("s", 3, 1).0.id], "{}", s.name);
+        let wrapped = requests(st).wrapped_keys(vec![key("s", 3, 99).0.id, key("s", 3, 1).0.id]).await.unwrap();
+        assert_eq!(wrapped, vec![None, Some(key("s", 3, 1).1)], "{}: the material as stored, in order", s.name);
         let found = st.find_key(&name("s"), |k| k.id.version == 5 && k.id.origin == sys(4)).unwrap();
         assert_eq!(found.map(|(k, _)| k.id), Some(key("s", 4, 5).0.id));
 
@@ -183,22 +191,37 @@ async fn request_updates_are_conditional_on_the_version_read() {
     for s in subjects() {
         let st = &s.store;
         let req = request(1, 10);
-        st.insert_request(&req, Some(b"handle"), RequestEffects::default(), &[event("exchange.open")]).unwrap();
-        let dup = st.insert_request(&req, None, RequestEffects::default(), &[]).unwrap_err();
+        requests(st)
+            .insert_request(
+                req.clone(),
+                Some(b"handle".to_vec()),
+                RequestEffects::default(),
+                vec![event("exchange.open")],
+            )
+            .await
+            .unwrap();
+        let dup =
+            requests(st).insert_request(req.clone(), None, RequestEffects::default(), Vec::new()).await.unwrap_err();
         assert!(matches!(dup, StoreError::AlreadyExists { what: "request", .. }), "{}", s.name);
-        let v1 = st.request(&req.id).unwrap().unwrap();
+        let v1 = requests(st).request(req.id.clone()).await.unwrap().unwrap();
         assert_eq!(v1.value, req);
-        assert_eq!(st.transport_handle(&req.id).unwrap().as_deref(), Some(&b"handle"[..]));
+        assert_eq!(requests(st).transport_handle(req.id.clone()).await.unwrap().as_deref(), Some(&b"handle"[..]));
 
         let mut approved = v1.value.clone();
         approved.apply(RequestEvent::Approve, "alice", UnixMillis(11)).unwrap();
         let blob = SignedBlob { bytes: vec![7; 1000], signature: vec![8; 64] };
         let deliver = Job::new(JobId::for_request(JobKind::Deliver, &req.id), UnixMillis(11), UnixMillis(11));
-        let effects =
-            RequestEffects { bundle: BundleChange::Set(&blob), schedule: vec![deliver.clone()], ..Default::default() };
-        let v2 = st.update_request(v1.version, &approved, effects, &[event("exchange.approve")]).unwrap();
+        let effects = RequestEffects {
+            bundle: BundleChange::Set(blob.clone()),
+            schedule: vec![deliver.clone()],
+            ..Default::default()
+        };
+        let v2 = requests(st)
+            .update_request(v1.version, approved.clone(), effects, vec![event("exchange.approve")])
+            .await
+            .unwrap();
         assert_eq!(v2, v1.version + 1);
-        assert_eq!(st.bundle(&req.id).unwrap(), Some(blob.clone()), "{}", s.name);
+        assert_eq!(requests(st).bundle(req.id.clone()).await.unwrap(), Some(blob.clone()), "{}", s.name);
         assert_eq!(jobs(st).job(deliver.id.clone()).await.unwrap(), Some(deliver.clone()), "{}", s.name);
 
         // The second decision read version 1 too: it is refused, nothing written.
@@ -208,12 +231,16 @@ async fn request_updates_are_conditional_on_the_version_read() {
         let notice = Job::new(JobId::for_request(JobKind::Notify, &req.id), UnixMillis(12), UnixMillis(12));
         let effects =
             RequestEffects { bundle: BundleChange::Clear, schedule: vec![notice.clone()], ..Default::default() };
-        let stale = st.update_request(v1.version, &rejected, effects, &[event("exchange.reject")]).unwrap_err();
+        let stale = requests(st)
+            .update_request(v1.version, rejected.clone(), effects, vec![event("exchange.reject")])
+            .await
+            .unwrap_err();
         assert!(matches!(stale, StoreError::Stale { what: "request", .. }), "{}: {stale}", s.name);
         assert_eq!(audit_len(st), audit_before, "{}", s.name);
-        assert_eq!(st.request(&req.id).unwrap().unwrap().value.status, RequestStatus::Approved);
+        assert_eq!(requests(st).request(req.id.clone()).await.unwrap().unwrap().value.status, RequestStatus::Approved);
         assert!(
-            st.bundle(&req.id).unwrap().is_some() && jobs(st).job(notice.id.clone()).await.unwrap().is_none(),
+            requests(st).bundle(req.id.clone()).await.unwrap().is_some()
+                && jobs(st).job(notice.id.clone()).await.unwrap().is_none(),
             "{}",
             s.name
         );
@@ -222,9 +249,13 @@ async fn request_updates_are_conditional_on_the_version_read() {
         let mut done = approved.clone();
         done.apply(RequestEvent::Complete, "target", UnixMillis(13)).unwrap();
         let effects = RequestEffects { bundle: BundleChange::Clear, ..Default::default() };
-        st.update_request(v2, &done, effects, &[]).unwrap();
-        assert!(st.transport_handle(&req.id).unwrap().is_none() && st.bundle(&req.id).unwrap().is_none());
-        let missing = st.update_request(0, &request(99, 1), RequestEffects::default(), &[]).unwrap_err();
+        requests(st).update_request(v2, done.clone(), effects, Vec::new()).await.unwrap();
+        assert!(
+            requests(st).transport_handle(req.id.clone()).await.unwrap().is_none()
+                && requests(st).bundle(req.id.clone()).await.unwrap().is_none()
+        );
+        let missing =
+            requests(st).update_request(0, request(99, 1), RequestEffects::default(), Vec::new()).await.unwrap_err();
         assert!(matches!(missing, StoreError::Missing { .. }), "{}", s.name);
     }
 }
@@ -236,11 +267,14 @@ async fn requests_page_in_creation_order() {
         // Created out of id order and out of insertion order.
         let times = [50, 10, 40, 20, 30, 10, 60];
         for (i, t) in times.iter().enumerate() {
-            st.insert_request(&request(i as u8 + 1, *t), None, RequestEffects::default(), &[]).unwrap();
+            requests(st)
+                .insert_request(request(i as u8 + 1, *t), None, RequestEffects::default(), Vec::new())
+                .await
+                .unwrap();
         }
         let (mut seen, mut after) = (Vec::new(), None);
         for _ in 0..10 {
-            let (page, next) = st.requests_page(after.as_ref(), 3).unwrap();
+            let (page, next) = requests(st).requests_page(after.clone(), 3).await.unwrap();
             seen.extend(page.iter().map(|r| r.created_at.0));
             match next {
                 Some(c) => {
@@ -263,32 +297,60 @@ async fn import_is_conditional_and_keeps_the_receipt() {
         let st = &s.store;
         let mut req = request(1, 10);
         req.role = ExchangeRole::Target;
-        st.insert_request(&req, Some(b"transport"), RequestEffects::default(), &[]).unwrap();
-        let v = st.request(&req.id).unwrap().unwrap();
+        requests(st)
+            .insert_request(req.clone(), Some(b"transport".to_vec()), RequestEffects::default(), Vec::new())
+            .await
+            .unwrap();
+        let v = requests(st).request(req.id.clone()).await.unwrap().unwrap();
         let mut done = v.value.clone();
         done.apply(RequestEvent::Approve, "source", UnixMillis(11)).unwrap();
         done.apply(RequestEvent::Complete, "system", UnixMillis(11)).unwrap();
         let keys = vec![key("s", 3, 1), key("s", 3, 2)];
         let digest = [5u8; 32];
         let receipt = SignedBlob { bytes: b"receipt".to_vec(), signature: b"sig".to_vec() };
-        assert_eq!(st.receipt_for(&digest).unwrap(), None);
-        st.complete_import(v.version, &done, &keys, (&digest, &receipt), &[event("exchange.import")]).unwrap();
-        assert_eq!(st.receipt_for(&digest).unwrap(), Some((req.id.clone(), receipt.clone())), "{}", s.name);
-        assert!(st.transport_handle(&req.id).unwrap().is_none());
+        assert_eq!(requests(st).receipt_for(digest).await.unwrap(), None);
+        requests(st)
+            .complete_import(
+                v.version,
+                done.clone(),
+                keys.clone(),
+                (digest, receipt.clone()),
+                vec![event("exchange.import")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            requests(st).receipt_for(digest).await.unwrap(),
+            Some((req.id.clone(), receipt.clone())),
+            "{}",
+            s.name
+        );
+        assert!(requests(st).transport_handle(req.id.clone()).await.unwrap().is_none());
         assert_eq!(st.count_keys_of(&name("s")).unwrap(), 2);
         // The same import again (a redelivery racing the first) is refused whole.
         let audit_before = audit_len(st);
-        let again = st.complete_import(v.version, &done, &keys, (&[6u8; 32], &receipt), &[event("x")]).unwrap_err();
+        let again = requests(st)
+            .complete_import(v.version, done.clone(), keys.clone(), ([6u8; 32], receipt.clone()), vec![event("x")])
+            .await
+            .unwrap_err();
         assert!(matches!(again, StoreError::Stale { .. }), "{}", s.name);
-        assert_eq!((audit_len(st), st.receipt_for(&[6u8; 32]).unwrap()), (audit_before, None), "{}", s.name);
+        assert_eq!(
+            (audit_len(st), requests(st).receipt_for([6u8; 32]).await.unwrap()),
+            (audit_before, None),
+            "{}",
+            s.name
+        );
 
         // On a fresh request whose keys arrived meanwhile: refused, nothing imported.
         let mut other = request(2, 20);
         other.role = ExchangeRole::Target;
-        st.insert_request(&other, None, RequestEffects::default(), &[]).unwrap();
-        let v = st.request(&other.id).unwrap().unwrap();
+        requests(st).insert_request(other.clone(), None, RequestEffects::default(), Vec::new()).await.unwrap();
+        let v = requests(st).request(other.id.clone()).await.unwrap().unwrap();
         let overlap = vec![key("s", 3, 3), key("s", 3, 2)];
-        let refused = st.complete_import(v.version, &other, &overlap, (&[7u8; 32], &receipt), &[]).unwrap_err();
+        let refused = requests(st)
+            .complete_import(v.version, other.clone(), overlap.clone(), ([7u8; 32], receipt.clone()), Vec::new())
+            .await
+            .unwrap_err();
         assert!(matches!(refused, StoreError::Stale { what: "key", .. }), "{}", s.name);
         assert_eq!(st.count_keys_of(&name("s")).unwrap(), 2, "{}: all or nothing", s.name);
     }
@@ -404,8 +466,8 @@ async fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
     for s in subjects() {
         let st = Arc::clone(&s.store);
         let req = request(1, 10);
-        st.insert_request(&req, None, RequestEffects::default(), &[]).unwrap();
-        let v = st.request(&req.id).unwrap().unwrap();
+        requests(&st).insert_request(req.clone(), None, RequestEffects::default(), Vec::new()).await.unwrap();
+        let v = requests(&st).request(req.id.clone()).await.unwrap().unwrap();
         const WRITERS: usize = 16;
         let barrier = Arc::new(Barrier::new(WRITERS));
         let handles: Vec<_> = (0..WRITERS)
@@ -421,7 +483,13 @@ async fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
                     mine.apply(event_, &format!("op{i}"), UnixMillis(11)).unwrap();
                     barrier.wait();
                     st.append_audit(&[event(&format!("noise{i}"))]).unwrap();
-                    st.update_request(v.version, &mine, RequestEffects::default(), &[event(&format!("decide{i}"))])
+                    let decision = vec![event(&format!("decide{i}"))];
+                    crate::support::wait_for(requests(&st).update_request(
+                        v.version,
+                        mine,
+                        RequestEffects::default(),
+                        decision,
+                    ))
                 })
             })
             .collect();
@@ -436,7 +504,7 @@ async fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
         let rows = st.audit_rows(0, usize::MAX).unwrap();
         let entries: Vec<AuditEntry> = rows.iter().map(|(_, b)| AuditEntry::decode(b).unwrap()).collect();
         assert_eq!(verify_chain(&entries), Ok(WRITERS as u64 + 1), "{}", s.name);
-        let winner = st.request(&req.id).unwrap().unwrap().value;
+        let winner = requests(&st).request(req.id.clone()).await.unwrap().unwrap().value;
         assert_eq!(winner.history.len(), 1, "{}: one decision recorded", s.name);
     }
 }
@@ -517,7 +585,10 @@ async fn schema_1_database_is_migrated_at_open() {
     assert_eq!(store.spec(&name("s")).unwrap().map(|s| s.name), Some(name("s")));
     let (rec, wrapped) = store.keys(&name("s")).unwrap().remove(0);
     assert_eq!((rec.id.version, rec.state, wrapped.0), (7, KeyState::Expired, vec![0x0a, 0x0b]));
-    assert_eq!(store.bundle(&request_id).unwrap(), Some(SignedBlob { bytes: vec![1, 2], signature: vec![3, 4] }));
+    assert_eq!(
+        requests(&store).bundle(request_id.clone()).await.unwrap(),
+        Some(SignedBlob { bytes: vec![1, 2], signature: vec![3, 4] })
+    );
     let job = jobs(&store)
         .job(JobId::for_request(JobKind::Deliver, &request_id))
         .await

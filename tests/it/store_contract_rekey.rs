@@ -11,7 +11,7 @@ use kmf::domain::job::Lease;
 use kmf::domain::property::REKEYED;
 use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::domain::rekey::{KeyDebt, RekeyState};
-use kmf::store::{JobStore, PropertyStore, RekeyEnd, RequestEffects, Store, StoreError, rekey_job_id};
+use kmf::store::{JobStore, PropertyStore, RekeyEnd, RequestEffects, RequestStore, Store, StoreError, rekey_job_id};
 
 use crate::store_contract::{event, key, name, request, subjects, sys};
 
@@ -53,14 +53,26 @@ async fn a_rekey_batch_is_conditional_and_the_run_ends_only_when_nothing_is_owed
         // A completed import of two keys of sys(3) that asks for a rekey.
         let mut req = request(1, 10);
         (req.role, req.source.sys_id, req.target.sys_id, req.rekey) = (ExchangeRole::Target, sys(3), sys(1), true);
-        st.insert_request(&req, Some(b"transport"), RequestEffects::default(), &[]).unwrap();
-        let v = st.request(&req.id).unwrap().unwrap();
+        RequestStore::new(st)
+            .insert_request(req.clone(), Some(b"transport".to_vec()), RequestEffects::default(), Vec::new())
+            .await
+            .unwrap();
+        let v = RequestStore::new(st).request(req.id.clone()).await.unwrap().unwrap();
         let mut done = v.value.clone();
         done.apply(RequestEvent::Approve, "source", UnixMillis(11)).unwrap();
         done.apply(RequestEvent::Complete, "system", UnixMillis(11)).unwrap();
         let receipt = SignedBlob { bytes: b"receipt".to_vec(), signature: b"sig".to_vec() };
         let keys = vec![key("s", 3, 1), key("s", 3, 2)];
-        st.complete_import(v.version, &done, &keys, (&[5u8; 32], &receipt), &[event("exchange.import")]).unwrap();
+        RequestStore::new(st)
+            .complete_import(
+                v.version,
+                done.clone(),
+                keys.clone(),
+                ([5u8; 32], receipt.clone()),
+                vec![event("exchange.import")],
+            )
+            .await
+            .unwrap();
         let run = st.rekey(&req.id).unwrap().expect("scheduled with the import");
         assert_eq!((run.state, run.specs.clone()), (RekeyState::Pending, vec![name("s")]), "{}", s.name);
         assert!(JobStore::new(st).job(rekey_job_id(&req.id)).await.unwrap().is_some(), "{}: its job too", s.name);

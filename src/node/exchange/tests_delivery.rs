@@ -5,7 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use super::Decision;
-use super::tests::{Faults, Instance, audited, decide, key_count, open_request, pair, reject, request, test_ca};
+use super::tests::{
+    Faults, Instance, audited, decide, key_count, open_request, pair, reject, request, stored_bundle, test_ca,
+};
 use crate::domain::DomainError;
 use crate::domain::exchange::{ExchangeRequest, RequestStatus, SignedBlob};
 use crate::domain::job::{Job, JobId, JobKind};
@@ -22,8 +24,8 @@ async fn approved() -> (Instance, Instance, ExchangeRequest) {
     (source, target, req)
 }
 
-fn bundle_of(source: &Instance, req: &ExchangeRequest) -> SignedBlob {
-    source.services.store().bundle(&req.id).expect("read").expect("a bundle")
+async fn bundle_of(source: &Instance, req: &ExchangeRequest) -> SignedBlob {
+    stored_bundle(source, &req.id).await.expect("a bundle")
 }
 
 async fn delivery_job(instance: &Instance, req: &ExchangeRequest) -> Option<Job> {
@@ -33,7 +35,7 @@ async fn delivery_job(instance: &Instance, req: &ExchangeRequest) -> Option<Job>
 #[tokio::test]
 async fn a_bundle_delivered_twice_gets_the_same_receipt_and_is_imported_once() {
     let (source, target, req) = approved().await;
-    let bundle = bundle_of(&source, &req);
+    let bundle = bundle_of(&source, &req).await;
     let exchange = &target.services.exchange;
     let first = exchange.receive_bundle(source.sys_id.clone(), source.cert_der.clone(), bundle.clone()).await;
     let first = first.expect("first delivery");
@@ -55,7 +57,7 @@ async fn a_bundle_from_a_sender_that_is_not_the_source_is_refused_and_audited() 
     let (source, target, req) = approved().await;
     let stranger = Instance::new(&test_ca(), "stranger");
     let exchange = &target.services.exchange;
-    let bundle = bundle_of(&source, &req);
+    let bundle = bundle_of(&source, &req).await;
     // Its own certificate: the source's signature does not verify against it.
     let forged = exchange.receive_bundle(stranger.sys_id.clone(), stranger.cert_der.clone(), bundle.clone()).await;
     assert!(
@@ -225,7 +227,7 @@ async fn an_approved_request_that_expires_undelivered_drops_its_bundle_and_its_d
     source.clock.advance_millis(req.expires_at.0 - source.now().0);
     assert_eq!(source.services.exchange.sweep_expired().await.expect("sweep"), 1);
     assert_eq!(request(&source, &req.id).await.status, RequestStatus::Expired);
-    assert!(source.services.store().bundle(&req.id).expect("bundle").is_none(), "the bundle is dropped");
+    assert!(stored_bundle(&source, &req.id).await.is_none(), "the bundle is dropped");
     assert_eq!(source.run_jobs().await, 2, "the delivery and the notice ran");
     assert_eq!(Faults::calls(&source.link.faults.deliveries), 1, "the expired delivery did not dial");
     assert!(delivery_job(&source, &req).await.is_none(), "the delivery job ended");
@@ -237,7 +239,7 @@ async fn an_approved_request_that_expires_undelivered_drops_its_bundle_and_its_d
 #[tokio::test]
 async fn a_bundle_for_a_request_the_target_no_longer_waits_for_is_refused() {
     let (source, target, req) = approved().await;
-    let bundle = bundle_of(&source, &req);
+    let bundle = bundle_of(&source, &req).await;
     let told = target.services.exchange.receive_status(
         source.sys_id.clone(),
         req.id.clone(),
