@@ -56,7 +56,9 @@ impl Exchange {
         let now = self.now();
         decide::opening_refusal(&caller, &open.target_sys_id, &open.source_sys_id, &self.sys_id, open.expires_at, now)?;
         // Refuse a transport key we could not encrypt to, before recording anything.
-        rsa_oaep_encrypt(&open.transport_public_key, open.wrapping, &[0u8; 32])
+        let (public_key, wrapping) = (open.transport_public_key.clone(), open.wrapping);
+        off_the_workers(move || Ok(rsa_oaep_encrypt(&public_key, wrapping, &[0u8; 32]).map(|_| ())))
+            .await?
             .map_err(|e| DomainError::invalid("transport_public_key", e.to_string()))?;
         self.check_target_host(&caller, &open.target_host, &cert_hosts).await?;
         // Per spec, in order: whether it exists here, and only then its key count.
