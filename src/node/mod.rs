@@ -244,12 +244,13 @@ mod tests {
         let id = RequestId::from_random(crate::signer::primitives::random_bytes());
         let job_id = JobId::for_request(JobKind::Deliver, &id);
         let now = instance.now();
-        services.store().add_job(&Job::new(job_id.clone(), now, now)).expect("add job");
+        let jobs = crate::store::JobStore::new(services.store());
+        jobs.add_job(Job::new(job_id.clone(), now, now)).await.expect("add job");
         let background = Background::new();
         let mut settled = services.jobs.settled();
         services.start(&background);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while services.store().job(&job_id).expect("read").is_some() {
+        while jobs.job(job_id.clone()).await.expect("read").is_some() {
             assert!(tokio::time::Instant::now() < deadline, "the runner never ran the job");
             let _ = tokio::time::timeout_at(deadline, settled.changed()).await;
         }

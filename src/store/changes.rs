@@ -293,6 +293,7 @@ mod tests {
     fn records_audit_and_jobs_move_only_writes() {
         use crate::domain::job::{Job, JobId, JobKind};
         use crate::domain::record::{RecordAddress, StoredRecord};
+        use crate::store::jobs::put_job_in;
         let (a, b) = two_specs();
         let st = store();
         let now = UnixMillis(1_000);
@@ -303,7 +304,10 @@ mod tests {
             &|st| st.put_record(&record).unwrap(),
             &|st| assert!(st.delete_record(&address).unwrap()),
             &|st| st.append_audit(&[AuditEvent::new(now, "alice", "call.refused", "x", Outcome::Refused)]).unwrap(),
-            &|st| assert!(st.add_job(&Job::new(JobId::singleton(JobKind::LifecycleSweep), now, now)).unwrap()),
+            &|st| {
+                st.write_blocking(|tx| put_job_in(tx, &Job::new(JobId::singleton(JobKind::LifecycleSweep), now, now)))
+                    .unwrap()
+            },
         ];
         for (i, write) in writes.iter().enumerate() {
             let before = versions(&st, &a, &b);

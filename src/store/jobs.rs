@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
-use super::{Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{JobStore, Result, StoreError, corrupt, get_row, put_row};
 use crate::domain::ids::UnixMillis;
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::domain::schedule::RetryPolicy;
@@ -120,169 +120,188 @@ pub(crate) fn delete_job_in(tx: &mut dyn WriteTxn, job: &Job) -> Result<()> {
     Ok(())
 }
 
-impl Store {
-    pub fn job(&self, id: &JobId) -> Result<Option<Job>> {
-        self.read_blocking(|tx| read_job(tx, id))
+impl JobStore {
+    pub async fn job(&self, id: JobId) -> Result<Option<Job>> {
+        self.store.read(move |tx| read_job(tx, &id)).await
     }
 
     /// Up to `limit` jobs in due order (leased ones by lease expiry).
-    pub fn jobs_by_due(&self, limit: usize) -> Result<Vec<Job>> {
-        self.read_blocking(|tx| {
-            let mut ids = Vec::new();
-            tx.visit(Table::JobsDue, &KeyRange::all(), &mut |k, _| {
-                let mut r = KeyReader::new(k);
-                r.i64()?;
-                ids.push(r.raw().to_vec());
-                Ok(if ids.len() >= limit { Visit::Stop } else { Visit::Continue })
-            })?;
-            let mut out = Vec::with_capacity(ids.len());
-            for k in ids {
-                let row: JobRow =
-                    decode(&tx.get(Table::Jobs, &k)?.ok_or_else(|| corrupt("due index names a missing job"))?)?;
-                out.push(row.try_into()?);
-            }
-            Ok(out)
-        })
+    pub async fn jobs_by_due(&self, limit: usize) -> Result<Vec<Job>> {
+        self.store
+            .read(move |tx| {
+                let mut ids = Vec::new();
+                tx.visit(Table::JobsDue, &KeyRange::all(), &mut |k, _| {
+                    let mut r = KeyReader::new(k);
+                    r.i64()?;
+                    ids.push(r.raw().to_vec());
+                    Ok(if ids.len() >= limit { Visit::Stop } else { Visit::Continue })
+                })?;
+                let mut out = Vec::with_capacity(ids.len());
+                for k in ids {
+                    let row: JobRow =
+                        decode(&tx.get(Table::Jobs, &k)?.ok_or_else(|| corrupt("due index names a missing job"))?)?;
+                    out.push(row.try_into()?);
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// Schedules `job` unless a job with its id exists (then nothing changes).
     /// Returns whether it was added.
-    pub fn add_job(&self, job: &Job) -> Result<bool> {
-        self.write_blocking(|tx| {
-            if read_job(tx, &job.id)?.is_some() {
-                return Ok(false);
-            }
-            put_job_in(tx, job)?;
-            Ok(true)
-        })
+    pub async fn add_job(&self, job: Job) -> Result<bool> {
+        self.store
+            .write(move |tx| {
+                if read_job(tx, &job.id)?.is_some() {
+                    return Ok(false);
+                }
+                put_job_in(tx, &job)?;
+                Ok(true)
+            })
+            .await
     }
 
     /// Claims up to `limit` jobs due at `now` for `owner`, each leased for
     /// `lease_millis`, in one transaction.
-    pub fn claim_due_jobs(
+    pub async fn claim_due_jobs(
         &self,
-        owner: &str,
+        owner: String,
         now: UnixMillis,
         lease_millis: i64,
         limit: usize,
     ) -> Result<Vec<(Job, Lease)>> {
         // A read first: an idle runner's poll commits (and syncs) nothing.
-        let any_due = self.read_blocking(|tx| {
-            let mut due = false;
-            tx.visit(Table::JobsDue, &KeyRange::all(), &mut |k, _| {
-                due = KeyReader::new(k).i64()? <= now.0;
-                Ok(Visit::Stop)
-            })?;
-            Ok(due)
-        })?;
+        let any_due = self
+            .store
+            .read(move |tx| {
+                let mut due = false;
+                tx.visit(Table::JobsDue, &KeyRange::all(), &mut |k, _| {
+                    due = KeyReader::new(k).i64()? <= now.0;
+                    Ok(Visit::Stop)
+                })?;
+                Ok(due)
+            })
+            .await?;
         if !any_due || limit == 0 {
             return Ok(Vec::new());
         }
-        self.write_blocking(|tx| {
-            let mut keys = Vec::new();
-            tx.visit(
-                Table::JobsDue,
-                &KeyRange::up_to(KeyBuf::new().i64(now.0).raw(&[0xff; 8]).done()),
-                &mut |k, _| {
-                    let mut r = KeyReader::new(k);
-                    if r.i64()? > now.0 {
-                        return Ok(Visit::Stop);
-                    }
-                    keys.push(r.raw().to_vec());
-                    Ok(if keys.len() >= limit { Visit::Stop } else { Visit::Continue })
-                },
-            )?;
-            let mut claimed = Vec::with_capacity(keys.len());
-            for k in keys {
-                let row: JobRow =
-                    decode(&tx.get(Table::Jobs, &k)?.ok_or_else(|| corrupt("due index names a missing job"))?)?;
-                let mut job: Job = row.try_into()?;
-                let Ok(lease) = job.claim(owner, now, lease_millis) else { continue };
-                put_job_in(tx, &job)?;
-                claimed.push((job, lease));
-            }
-            Ok(claimed)
-        })
+        self.store
+            .write(move |tx| {
+                let mut keys = Vec::new();
+                tx.visit(
+                    Table::JobsDue,
+                    &KeyRange::up_to(KeyBuf::new().i64(now.0).raw(&[0xff; 8]).done()),
+                    &mut |k, _| {
+                        let mut r = KeyReader::new(k);
+                        if r.i64()? > now.0 {
+                            return Ok(Visit::Stop);
+                        }
+                        keys.push(r.raw().to_vec());
+                        Ok(if keys.len() >= limit { Visit::Stop } else { Visit::Continue })
+                    },
+                )?;
+                let mut claimed = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let row: JobRow =
+                        decode(&tx.get(Table::Jobs, &k)?.ok_or_else(|| corrupt("due index names a missing job"))?)?;
+                    let mut job: Job = row.try_into()?;
+                    let Ok(lease) = job.claim(&owner, now, lease_millis) else { continue };
+                    put_job_in(tx, &job)?;
+                    claimed.push((job, lease));
+                }
+                Ok(claimed)
+            })
+            .await
     }
 
     /// The run under `lease` is done: a one-off job is removed, a recurring
     /// one is due again at `next` (which it must then have).
-    pub fn finish_job(&self, id: &JobId, lease: &Lease, next: Option<UnixMillis>) -> Result<()> {
-        self.write_blocking(|tx| match next {
-            None => finish_job_in(tx, id, lease),
-            Some(at) => {
-                let mut job = held_job(tx, id, lease)?;
-                job.reschedule(at);
-                put_job_in(tx, &job)
-            }
-        })
+    pub async fn finish_job(&self, id: JobId, lease: Lease, next: Option<UnixMillis>) -> Result<()> {
+        self.store
+            .write(move |tx| match next {
+                None => finish_job_in(tx, &id, &lease),
+                Some(at) => {
+                    let mut job = held_job(tx, &id, &lease)?;
+                    job.reschedule(at);
+                    put_job_in(tx, &job)
+                }
+            })
+            .await
     }
 
     /// The run under `lease` failed: the job is retried after a backoff.
-    pub fn retry_job(
+    pub async fn retry_job(
         &self,
-        id: &JobId,
-        lease: &Lease,
-        error: &str,
+        id: JobId,
+        lease: Lease,
+        error: String,
         now: UnixMillis,
         policy: RetryPolicy,
         jitter: u64,
     ) -> Result<Job> {
-        self.write_blocking(|tx| {
-            let mut job = held_job(tx, id, lease)?;
-            job.fail(error, now, policy, jitter);
-            put_job_in(tx, &job)?;
-            Ok(job)
-        })
+        self.store
+            .write(move |tx| {
+                let mut job = held_job(tx, &id, &lease)?;
+                job.fail(error.as_str(), now, policy, jitter);
+                put_job_in(tx, &job)?;
+                Ok(job)
+            })
+            .await
     }
 
     /// At start, on an exclusive store: every lease still recorded belongs to
     /// a previous run of this daemon that stopped (or was killed) holding it;
     /// its jobs become due now instead of when those leases would run out.
     /// On a shared store leases are left to run out. Returns how many.
-    pub fn release_orphaned_leases(&self) -> Result<usize> {
-        if !self.engine.is_exclusive() {
+    pub async fn release_orphaned_leases(&self) -> Result<usize> {
+        if !self.store.engine.is_exclusive() {
             return Ok(0);
         }
-        self.write_blocking(|tx| {
-            let mut leased = Vec::new();
-            tx.visit(Table::Jobs, &KeyRange::all(), &mut |_, v| {
-                let job: Job = decode::<JobRow>(v)?.try_into()?;
-                if job.lease.is_some() {
-                    leased.push(job);
+        self.store
+            .write(|tx| {
+                let mut leased = Vec::new();
+                tx.visit(Table::Jobs, &KeyRange::all(), &mut |_, v| {
+                    let job: Job = decode::<JobRow>(v)?.try_into()?;
+                    if job.lease.is_some() {
+                        leased.push(job);
+                    }
+                    Ok(Visit::Continue)
+                })?;
+                for job in &leased {
+                    let mut released = job.clone();
+                    released.lease = None;
+                    put_job_in(tx, &released)?;
                 }
-                Ok(Visit::Continue)
-            })?;
-            for job in &leased {
-                let mut released = job.clone();
-                released.lease = None;
-                put_job_in(tx, &released)?;
-            }
-            Ok(leased.len())
-        })
+                Ok(leased.len())
+            })
+            .await
     }
 
     /// The job under `lease` did not run (its target is backing off): due
     /// again at `at`, attempts unchanged.
-    pub fn postpone_job(&self, id: &JobId, lease: &Lease, at: UnixMillis) -> Result<()> {
-        self.write_blocking(|tx| {
-            let mut job = held_job(tx, id, lease)?;
-            job.lease = None;
-            job.next_due = at;
-            put_job_in(tx, &job)
-        })
+    pub async fn postpone_job(&self, id: JobId, lease: Lease, at: UnixMillis) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                let mut job = held_job(tx, &id, &lease)?;
+                job.lease = None;
+                job.next_due = at;
+                put_job_in(tx, &job)
+            })
+            .await
     }
 
     /// Makes a waiting job due at `at` (for example: wake the delivery of a
     /// request now instead of at its backoff). A leased job is left alone.
-    pub fn hasten_job(&self, id: &JobId, at: UnixMillis) -> Result<bool> {
-        self.write_blocking(|tx| match read_job(tx, id)? {
-            Some(mut job) if job.lease.is_none() && job.next_due > at => {
-                job.next_due = at;
-                put_job_in(tx, &job)?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        })
+    pub async fn hasten_job(&self, id: JobId, at: UnixMillis) -> Result<bool> {
+        self.store
+            .write(move |tx| match read_job(tx, &id)? {
+                Some(mut job) if job.lease.is_none() && job.next_due > at => {
+                    job.next_due = at;
+                    put_job_in(tx, &job)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            })
+            .await
     }
 }

@@ -153,7 +153,7 @@ async fn a_schedule_survives_a_restart_and_makes_up_missed_runs_once() {
     let services = Arc::clone(&target.running().services);
     services.jobs.wake();
     let job = kmf::store::clone_schedule_job_id(&kmf::domain::ids::Name::parse("nightly", "n").expect("name"));
-    let due = services.store().job(&job).expect("read").expect("the schedule's job");
+    let due = kmf::store::JobStore::new(services.store()).job(job).await.expect("read").expect("the schedule's job");
     assert!(due.lease.is_none() && due.next_due.0 > clock.now().0, "{due:?}");
     assert_eq!(clones_of(&mut clones).await.len(), 1, "missed runs are made up once");
 

@@ -11,14 +11,16 @@
 
 use std::path::Path;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kmf::domain::audit::AuditEntry;
 use kmf::domain::ids::{Name, RequestId};
 use kmf::domain::key::KeyState;
+use kmf::store::{RequestStore, Store};
 
 use crate::binaries::{Daemon, Settings, free_port, init, ok, run, start_listening};
-use crate::support::Ops;
+use crate::support::{Ops, wait_for};
 
 const KEYS: u32 = 10_000;
 /// Kill moments are drawn from 0 to this many milliseconds after approval starts.
@@ -160,7 +162,7 @@ fn kill_9_during_approval_and_delivery_every_request_completes_once() {
 
         // Stop the target and read its database: every key once, one import.
         target.stop();
-        let store = kmf::store::Store::open_redb(&target_dir.join("kmf.redb")).expect("open the target's store");
+        let store = Arc::new(Store::open_redb(&target_dir.join("kmf.redb")).expect("open the target's store"));
         let keys = store.keys(&Name::parse("salary", "spec").expect("name")).expect("keys");
         assert_eq!(keys.len(), KEYS as usize, "trial {trial}: a partial or doubled import");
         assert!(keys.iter().all(|(k, w)| k.state == KeyState::Expired && !w.0.is_empty()), "trial {trial}");
@@ -171,7 +173,8 @@ fn kill_9_during_approval_and_delivery_every_request_completes_once() {
             .filter(|e| e.event.action == "exchange.import" && e.event.subject == id)
             .count();
         assert_eq!(imports, 1, "trial {trial}: imports in the audit log");
-        let request = store.request(&RequestId::parse(&id).expect("id")).expect("read").expect("request").value;
+        let request = wait_for(RequestStore::new(&store).request(RequestId::parse(&id).expect("id")));
+        let request = request.expect("read").expect("request").value;
         assert_eq!(request.imported_key_count, KEYS);
         drop(store);
         let _ = std::fs::remove_dir_all(&target_dir);

@@ -16,6 +16,7 @@ use kmf::error::PeerError;
 use kmf::node::jobs::JobSettings;
 use kmf::node::ports::{PeerFuture, PeerLink};
 use kmf::rpc::pb::{self, Decision, RequestStatus};
+use kmf::store::{JobStore, RequestStore};
 use tokio::sync::Semaphore;
 use tonic::Code;
 
@@ -56,9 +57,10 @@ async fn pending_exchange(pki: &Pki, source: &TestNode, target: &TestNode, keys:
     r.request_id
 }
 
-fn source_record(node: &TestNode, id: &str) -> kmf::domain::exchange::ExchangeRequest {
+async fn source_record(node: &TestNode, id: &str) -> kmf::domain::exchange::ExchangeRequest {
     let id = RequestId::parse(id).expect("id");
-    node.app.as_ref().expect("running").services.store().request(&id).expect("read").expect("request").value
+    let requests = RequestStore::new(node.app.as_ref().expect("running").services.store());
+    requests.request(id).await.expect("read").expect("request").value
 }
 
 /// Delivers, then loses the first `drop` answers (as if the call timed out
@@ -111,7 +113,7 @@ async fn a_lost_answer_is_delivered_again_and_answered_with_the_same_receipt() {
     let receipts = link.get().expect("link").receipts.lock().expect("lock").clone();
     assert_eq!(receipts.len(), 3, "delivered three times, answered three times");
     assert!(receipts.iter().all(|r| *r == receipts[0]), "the same signed receipt every time");
-    assert_eq!(source_record(&source, &id).receipt, Some(receipts[0].clone()), "the source keeps that receipt");
+    assert_eq!(source_record(&source, &id).await.receipt, Some(receipts[0].clone()), "the source keeps that receipt");
     assert_eq!(audit_count(&mut s, "exchange.complete", &id).await, 1);
 }
 
@@ -349,7 +351,7 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
     let target = TestNode::start(&pki).await;
     let id = pending_exchange(&pki, &source, &target, 2).await;
     let services = Arc::clone(&source.app.as_ref().expect("running").services);
-    let store = Arc::clone(services.store());
+    let store = JobStore::new(services.store());
     let job = JobId::for_request(JobKind::Deliver, &RequestId::parse(&id).expect("id"));
 
     // Approved while the target is unreachable: the first try fails and the
@@ -359,7 +361,7 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
     assert_eq!(status(&approved), RequestStatus::RequestApproved);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let waiting = loop {
-        let j = store.job(&job).expect("read").expect("delivery job");
+        let j = store.job(job.clone()).await.expect("read").expect("delivery job");
         if j.attempts >= 1 && j.lease.is_none() {
             break j;
         }
@@ -368,12 +370,13 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
     };
 
     // Another runner claims it at its due time and dies holding the lease.
-    let claimed = store.claim_due_jobs("dead-runner", waiting.next_due, 60_000, 10).expect("claim");
+    let claimed = store.claim_due_jobs("dead-runner".into(), waiting.next_due, 60_000, 10).await.expect("claim");
     assert!(claimed.iter().any(|(j, _)| j.id == job), "the dead runner took the job: {claimed:?}");
-    let lease_end = store.job(&job).expect("read").expect("job").lease.expect("leased").expires_at;
+    let lease_end = store.job(job.clone()).await.expect("read").expect("job").lease.expect("leased").expires_at;
     // Until the lease runs out nobody else gets it.
     let early = kmf::domain::ids::UnixMillis(lease_end.0 - 1);
-    assert!(store.claim_due_jobs("someone", early, 60_000, 10).expect("claim").iter().all(|(j, _)| j.id != job));
+    let taken = store.claim_due_jobs("someone".into(), early, 60_000, 10).await.expect("claim");
+    assert!(taken.iter().all(|(j, _)| j.id != job));
     assert_eq!(status(&s.get(&id).await), RequestStatus::RequestApproved);
 
     // The target is back; the lease runs out; the live runner takes the job over, once.
@@ -381,7 +384,7 @@ async fn a_job_held_by_a_dead_runner_is_taken_again_after_its_lease_once() {
     clock.advance_millis(lease_end.0 - clock.now().0 + 1);
     services.jobs.wake();
     s.wait_for(&id, "delivery by the next runner", |r| status(r) == RequestStatus::RequestCompleted).await;
-    assert!(store.job(&job).expect("read").is_none(), "the job is done");
+    assert!(store.job(job).await.expect("read").is_none(), "the job is done");
     let mut t = target.admin(&pki).await;
     assert_eq!(t.keys_of("salary").await.len(), 2);
     assert_eq!(audit_count(&mut t, "exchange.import", &id).await, 1);
@@ -467,16 +470,16 @@ async fn an_unreachable_target_is_dialled_once_per_backoff_step_not_once_per_req
     let target = TestNode::start(&pki).await;
     let first = pending_exchange(&pki, &source, &target, 1).await;
     let second = target.admin(&pki).await.create_request(&source, &["salary"]).await.expect("create").request_id;
-    let store = Arc::clone(source.app.as_ref().expect("running").services.store());
+    let store = JobStore::new(source.app.as_ref().expect("running").services.store());
     let dials = || recorder.bundles.lock().expect("lock").len();
-    let settled = |id: &str| {
+    let settled = async |id: &str| {
         let job = JobId::for_request(JobKind::Deliver, &RequestId::parse(id).expect("id"));
-        store.job(&job).expect("read").filter(|j| j.claims >= 1 && j.lease.is_none())
+        store.job(job).await.expect("read").filter(|j| j.claims >= 1 && j.lease.is_none())
     };
     let wait_settled = |id: String| async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(j) = settled(&id) {
+            if let Some(j) = settled(&id).await {
                 return j;
             }
             assert!(tokio::time::Instant::now() < deadline, "the delivery job of {id} never ran");

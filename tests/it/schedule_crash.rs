@@ -12,15 +12,17 @@
 //! `KMF_CRASH_SEED` the random seed (printed, so a failure can be replayed).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kmf::domain::clone_schedule::{Cadence, CloneSchedule};
 use kmf::domain::ids::{Host, Name, SysId, UnixMillis};
 use kmf::node::clone::scheduled_clone_id;
-use kmf::store::{Store, clone_schedule_job_id};
+use kmf::store::{JobStore, Store, clone_schedule_job_id};
 
 use crate::binaries::{Settings, free_port, init, ok, spawn_listening, start_listening};
 use crate::clone_crash::{record_counts, seed};
+use crate::support::wait_for;
 
 const RECORDS: u32 = 5_000;
 const OWN: u32 = 10;
@@ -49,11 +51,12 @@ fn schedule_due_now(dir: &Path, source: &str, source_host: &str) -> UnixMillis {
 /// The schedule's runs and what the store holds of its one due run, read
 /// from a stopped daemon's store; panics if the run is half there.
 fn run_state(dir: &Path, due: UnixMillis, trial: usize) -> u64 {
-    let store = Store::open_redb(&dir.join("kmf.redb")).expect("open the killed target's store");
+    let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the killed target's store"));
     let name = Name::parse("trial", "name").expect("name");
     let [schedule] = <[_; 1]>::try_from(store.clone_schedules().expect("schedules")).expect("one schedule");
     let runs = store.clone_runs().expect("clone runs");
-    let job = store.job(&clone_schedule_job_id(&name)).expect("job").expect("the schedule's job");
+    let job =
+        wait_for(JobStore::new(&store).job(clone_schedule_job_id(&name))).expect("job").expect("the schedule's job");
     match schedule.runs {
         0 => {
             assert!(runs.is_empty(), "trial {trial}: a clone without its run recorded: {runs:?}");

@@ -17,7 +17,9 @@ use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::domain::schedule::RetryPolicy;
 use kmf::domain::spec::{Module, Spec, SpecChoice};
 use kmf::store::engine::{Engine, Table};
-use kmf::store::{BundleChange, MemoryEngine, PropertyStore, RequestEffects, Store, StoreError};
+use kmf::store::{
+    BundleChange, JobStore, MemoryEngine, PropertyStore, RequestEffects, RequestStore, Store, StoreError,
+};
 
 pub(crate) struct Subject {
     pub(crate) name: &'static str,
@@ -50,6 +52,14 @@ pub(crate) fn name(s: &str) -> Name {
 
 pub(crate) fn event(action: &str) -> AuditEvent {
     AuditEvent::new(UnixMillis(1), "test", action, "subject", Outcome::Success)
+}
+
+fn jobs(store: &Arc<Store>) -> JobStore {
+    JobStore::new(store)
+}
+
+fn requests(store: &Arc<Store>) -> RequestStore {
+    RequestStore::new(store)
 }
 
 fn audit_len(store: &Store) -> usize {
@@ -148,8 +158,10 @@ async fn keys_page_in_order_and_changes_are_conditional() {
         assert_eq!(st.count_keys_of(&name("s")).unwrap(), 25);
         assert_eq!(st.count_keys_of(&name("t")).unwrap(), 3);
         assert_eq!(st.count_keys().unwrap(), 28);
-        let present = st.existing_keys([key("s", 3, 1).0.id, key("s", 3, 99).0.id].iter()).unwrap();
+        let present = requests(st).existing_keys(vec![key("s", 3, 1).0.id, key("s", 3, 99).0.id]).await.unwrap();
         assert_eq!(present, vec![key("s", 3, 1).0.id], "{}", s.name);
+        let wrapped = requests(st).wrapped_keys(vec![key("s", 3, 99).0.id, key("s", 3, 1).0.id]).await.unwrap();
+        assert_eq!(wrapped, vec![None, Some(key("s", 3, 1).1)], "{}: the material as stored, in order", s.name);
         let found = st.find_key(&name("s"), |k| k.id.version == 5 && k.id.origin == sys(4)).unwrap();
         assert_eq!(found.map(|(k, _)| k.id), Some(key("s", 4, 5).0.id));
 
@@ -179,23 +191,38 @@ async fn request_updates_are_conditional_on_the_version_read() {
     for s in subjects() {
         let st = &s.store;
         let req = request(1, 10);
-        st.insert_request(&req, Some(b"handle"), RequestEffects::default(), &[event("exchange.open")]).unwrap();
-        let dup = st.insert_request(&req, None, RequestEffects::default(), &[]).unwrap_err();
+        requests(st)
+            .insert_request(
+                req.clone(),
+                Some(b"handle".to_vec()),
+                RequestEffects::default(),
+                vec![event("exchange.open")],
+            )
+            .await
+            .unwrap();
+        let dup =
+            requests(st).insert_request(req.clone(), None, RequestEffects::default(), Vec::new()).await.unwrap_err();
         assert!(matches!(dup, StoreError::AlreadyExists { what: "request", .. }), "{}", s.name);
-        let v1 = st.request(&req.id).unwrap().unwrap();
+        let v1 = requests(st).request(req.id.clone()).await.unwrap().unwrap();
         assert_eq!(v1.value, req);
-        assert_eq!(st.transport_handle(&req.id).unwrap().as_deref(), Some(&b"handle"[..]));
+        assert_eq!(requests(st).transport_handle(req.id.clone()).await.unwrap().as_deref(), Some(&b"handle"[..]));
 
         let mut approved = v1.value.clone();
         approved.apply(RequestEvent::Approve, "alice", UnixMillis(11)).unwrap();
         let blob = SignedBlob { bytes: vec![7; 1000], signature: vec![8; 64] };
         let deliver = Job::new(JobId::for_request(JobKind::Deliver, &req.id), UnixMillis(11), UnixMillis(11));
-        let effects =
-            RequestEffects { bundle: BundleChange::Set(&blob), schedule: vec![deliver.clone()], ..Default::default() };
-        let v2 = st.update_request(v1.version, &approved, effects, &[event("exchange.approve")]).unwrap();
+        let effects = RequestEffects {
+            bundle: BundleChange::Set(blob.clone()),
+            schedule: vec![deliver.clone()],
+            ..Default::default()
+        };
+        let v2 = requests(st)
+            .update_request(v1.version, approved.clone(), effects, vec![event("exchange.approve")])
+            .await
+            .unwrap();
         assert_eq!(v2, v1.version + 1);
-        assert_eq!(st.bundle(&req.id).unwrap(), Some(blob.clone()), "{}", s.name);
-        assert_eq!(st.job(&deliver.id).unwrap(), Some(deliver.clone()), "{}", s.name);
+        assert_eq!(requests(st).bundle(req.id.clone()).await.unwrap(), Some(blob.clone()), "{}", s.name);
+        assert_eq!(jobs(st).job(deliver.id.clone()).await.unwrap(), Some(deliver.clone()), "{}", s.name);
 
         // The second decision read version 1 too: it is refused, nothing written.
         let audit_before = audit_len(st);
@@ -204,19 +231,31 @@ async fn request_updates_are_conditional_on_the_version_read() {
         let notice = Job::new(JobId::for_request(JobKind::Notify, &req.id), UnixMillis(12), UnixMillis(12));
         let effects =
             RequestEffects { bundle: BundleChange::Clear, schedule: vec![notice.clone()], ..Default::default() };
-        let stale = st.update_request(v1.version, &rejected, effects, &[event("exchange.reject")]).unwrap_err();
+        let stale = requests(st)
+            .update_request(v1.version, rejected.clone(), effects, vec![event("exchange.reject")])
+            .await
+            .unwrap_err();
         assert!(matches!(stale, StoreError::Stale { what: "request", .. }), "{}: {stale}", s.name);
         assert_eq!(audit_len(st), audit_before, "{}", s.name);
-        assert_eq!(st.request(&req.id).unwrap().unwrap().value.status, RequestStatus::Approved);
-        assert!(st.bundle(&req.id).unwrap().is_some() && st.job(&notice.id).unwrap().is_none(), "{}", s.name);
+        assert_eq!(requests(st).request(req.id.clone()).await.unwrap().unwrap().value.status, RequestStatus::Approved);
+        assert!(
+            requests(st).bundle(req.id.clone()).await.unwrap().is_some()
+                && jobs(st).job(notice.id.clone()).await.unwrap().is_none(),
+            "{}",
+            s.name
+        );
 
         // A terminal status drops the transport key; Clear drops the bundle.
         let mut done = approved.clone();
         done.apply(RequestEvent::Complete, "target", UnixMillis(13)).unwrap();
         let effects = RequestEffects { bundle: BundleChange::Clear, ..Default::default() };
-        st.update_request(v2, &done, effects, &[]).unwrap();
-        assert!(st.transport_handle(&req.id).unwrap().is_none() && st.bundle(&req.id).unwrap().is_none());
-        let missing = st.update_request(0, &request(99, 1), RequestEffects::default(), &[]).unwrap_err();
+        requests(st).update_request(v2, done.clone(), effects, Vec::new()).await.unwrap();
+        assert!(
+            requests(st).transport_handle(req.id.clone()).await.unwrap().is_none()
+                && requests(st).bundle(req.id.clone()).await.unwrap().is_none()
+        );
+        let missing =
+            requests(st).update_request(0, request(99, 1), RequestEffects::default(), Vec::new()).await.unwrap_err();
         assert!(matches!(missing, StoreError::Missing { .. }), "{}", s.name);
     }
 }
@@ -228,11 +267,14 @@ async fn requests_page_in_creation_order() {
         // Created out of id order and out of insertion order.
         let times = [50, 10, 40, 20, 30, 10, 60];
         for (i, t) in times.iter().enumerate() {
-            st.insert_request(&request(i as u8 + 1, *t), None, RequestEffects::default(), &[]).unwrap();
+            requests(st)
+                .insert_request(request(i as u8 + 1, *t), None, RequestEffects::default(), Vec::new())
+                .await
+                .unwrap();
         }
         let (mut seen, mut after) = (Vec::new(), None);
         for _ in 0..10 {
-            let (page, next) = st.requests_page(after.as_ref(), 3).unwrap();
+            let (page, next) = requests(st).requests_page(after.clone(), 3).await.unwrap();
             seen.extend(page.iter().map(|r| r.created_at.0));
             match next {
                 Some(c) => {
@@ -255,32 +297,60 @@ async fn import_is_conditional_and_keeps_the_receipt() {
         let st = &s.store;
         let mut req = request(1, 10);
         req.role = ExchangeRole::Target;
-        st.insert_request(&req, Some(b"transport"), RequestEffects::default(), &[]).unwrap();
-        let v = st.request(&req.id).unwrap().unwrap();
+        requests(st)
+            .insert_request(req.clone(), Some(b"transport".to_vec()), RequestEffects::default(), Vec::new())
+            .await
+            .unwrap();
+        let v = requests(st).request(req.id.clone()).await.unwrap().unwrap();
         let mut done = v.value.clone();
         done.apply(RequestEvent::Approve, "source", UnixMillis(11)).unwrap();
         done.apply(RequestEvent::Complete, "system", UnixMillis(11)).unwrap();
         let keys = vec![key("s", 3, 1), key("s", 3, 2)];
         let digest = [5u8; 32];
         let receipt = SignedBlob { bytes: b"receipt".to_vec(), signature: b"sig".to_vec() };
-        assert_eq!(st.receipt_for(&digest).unwrap(), None);
-        st.complete_import(v.version, &done, &keys, (&digest, &receipt), &[event("exchange.import")]).unwrap();
-        assert_eq!(st.receipt_for(&digest).unwrap(), Some((req.id.clone(), receipt.clone())), "{}", s.name);
-        assert!(st.transport_handle(&req.id).unwrap().is_none());
+        assert_eq!(requests(st).receipt_for(digest).await.unwrap(), None);
+        requests(st)
+            .complete_import(
+                v.version,
+                done.clone(),
+                keys.clone(),
+                (digest, receipt.clone()),
+                vec![event("exchange.import")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            requests(st).receipt_for(digest).await.unwrap(),
+            Some((req.id.clone(), receipt.clone())),
+            "{}",
+            s.name
+        );
+        assert!(requests(st).transport_handle(req.id.clone()).await.unwrap().is_none());
         assert_eq!(st.count_keys_of(&name("s")).unwrap(), 2);
         // The same import again (a redelivery racing the first) is refused whole.
         let audit_before = audit_len(st);
-        let again = st.complete_import(v.version, &done, &keys, (&[6u8; 32], &receipt), &[event("x")]).unwrap_err();
+        let again = requests(st)
+            .complete_import(v.version, done.clone(), keys.clone(), ([6u8; 32], receipt.clone()), vec![event("x")])
+            .await
+            .unwrap_err();
         assert!(matches!(again, StoreError::Stale { .. }), "{}", s.name);
-        assert_eq!((audit_len(st), st.receipt_for(&[6u8; 32]).unwrap()), (audit_before, None), "{}", s.name);
+        assert_eq!(
+            (audit_len(st), requests(st).receipt_for([6u8; 32]).await.unwrap()),
+            (audit_before, None),
+            "{}",
+            s.name
+        );
 
         // On a fresh request whose keys arrived meanwhile: refused, nothing imported.
         let mut other = request(2, 20);
         other.role = ExchangeRole::Target;
-        st.insert_request(&other, None, RequestEffects::default(), &[]).unwrap();
-        let v = st.request(&other.id).unwrap().unwrap();
+        requests(st).insert_request(other.clone(), None, RequestEffects::default(), Vec::new()).await.unwrap();
+        let v = requests(st).request(other.id.clone()).await.unwrap().unwrap();
         let overlap = vec![key("s", 3, 3), key("s", 3, 2)];
-        let refused = st.complete_import(v.version, &other, &overlap, (&[7u8; 32], &receipt), &[]).unwrap_err();
+        let refused = requests(st)
+            .complete_import(v.version, other.clone(), overlap.clone(), ([7u8; 32], receipt.clone()), Vec::new())
+            .await
+            .unwrap_err();
         assert!(matches!(refused, StoreError::Stale { what: "key", .. }), "{}", s.name);
         assert_eq!(st.count_keys_of(&name("s")).unwrap(), 2, "{}: all or nothing", s.name);
     }
@@ -293,51 +363,58 @@ async fn jobs_are_claimed_under_a_lease_and_fenced() {
         let t = |ms: i64| UnixMillis(1_000 + ms);
         let a = Job::new(JobId::new(JobKind::Deliver, "a"), t(0), t(0));
         let b = Job::new(JobId::new(JobKind::Notify, "b"), t(500), t(0));
-        assert!(st.add_job(&a).unwrap());
-        assert!(st.add_job(&b).unwrap());
-        assert!(!st.add_job(&a).unwrap(), "{}: one job per (kind, subject)", s.name);
+        assert!(jobs(st).add_job(a.clone()).await.unwrap());
+        assert!(jobs(st).add_job(b.clone()).await.unwrap());
+        assert!(!jobs(st).add_job(a.clone()).await.unwrap(), "{}: one job per (kind, subject)", s.name);
 
-        assert!(st.claim_due_jobs("r1", t(-1), 1_000, 10).unwrap().is_empty(), "{}: nothing due yet", s.name);
-        let claimed = st.claim_due_jobs("r1", t(0), 1_000, 10).unwrap();
+        assert!(
+            jobs(st).claim_due_jobs("r1".into(), t(-1), 1_000, 10).await.unwrap().is_empty(),
+            "{}: nothing due yet",
+            s.name
+        );
+        let claimed = jobs(st).claim_due_jobs("r1".into(), t(0), 1_000, 10).await.unwrap();
         assert_eq!(claimed.iter().map(|(j, _)| j.id.clone()).collect::<Vec<_>>(), vec![a.id.clone()], "{}", s.name);
         let lease1 = claimed[0].1.clone();
         // Leased: nobody else gets it until the lease runs out.
-        let at_600 = st.claim_due_jobs("r2", t(600), 1_000, 10).unwrap();
+        let at_600 = jobs(st).claim_due_jobs("r2".into(), t(600), 1_000, 10).await.unwrap();
         assert_eq!(at_600.iter().map(|(j, _)| j.id.clone()).collect::<Vec<_>>(), vec![b.id.clone()], "{}", s.name);
-        let taken = st.claim_due_jobs("r2", t(1_000), 1_000, 10).unwrap();
+        let taken = jobs(st).claim_due_jobs("r2".into(), t(1_000), 1_000, 10).await.unwrap();
         assert_eq!(taken.len(), 1, "{}: the lease ran out, r2 takes the job", s.name);
         let lease2 = taken[0].1.clone();
         assert_eq!((lease2.owner.as_str(), lease2.claim), ("r2", 2));
         // The first runner comes back: it can neither finish nor fail the job.
-        let stale = st.finish_job(&a.id, &lease1, None).unwrap_err();
+        let stale = jobs(st).finish_job(a.id.clone(), lease1.clone(), None).await.unwrap_err();
         assert!(matches!(stale, StoreError::Stale { what: "job lease", .. }), "{}", s.name);
         let policy = RetryPolicy { base_millis: 100, cap_millis: 1_000 };
-        let stale = st.retry_job(&a.id, &lease1, "x", t(1_000), policy, 0).err();
+        let stale = jobs(st).retry_job(a.id.clone(), lease1.clone(), "x".into(), t(1_000), policy, 0).await.err();
         assert!(matches!(stale, Some(StoreError::Stale { what: "job lease", .. })), "{}: {stale:?}", s.name);
         // The second fails it: retried after the backoff, then finished.
-        let retried = st.retry_job(&a.id, &lease2, "target down", t(1_000), policy, 0).unwrap();
+        let retried =
+            jobs(st).retry_job(a.id.clone(), lease2.clone(), "target down".into(), t(1_000), policy, 0).await.unwrap();
         assert_eq!((retried.attempts, retried.next_due, retried.lease), (1, t(1_050), None), "{}", s.name);
-        assert!(st.claim_due_jobs("r3", t(1_049), 1_000, 10).unwrap().iter().all(|(j, _)| j.id != a.id));
-        assert!(st.hasten_job(&a.id, t(1_010)).unwrap(), "{}", s.name);
-        let again = st.claim_due_jobs("r3", t(1_010), 1_000, 10).unwrap();
+        assert!(
+            jobs(st).claim_due_jobs("r3".into(), t(1_049), 1_000, 10).await.unwrap().iter().all(|(j, _)| j.id != a.id)
+        );
+        assert!(jobs(st).hasten_job(a.id.clone(), t(1_010)).await.unwrap(), "{}", s.name);
+        let again = jobs(st).claim_due_jobs("r3".into(), t(1_010), 1_000, 10).await.unwrap();
         let (job, lease3) = again.into_iter().find(|(j, _)| j.id == a.id).expect("claimed after hasten");
         assert_eq!(job.last_error.as_deref(), Some("target down"));
-        st.finish_job(&a.id, &lease3, None).unwrap();
-        assert!(st.job(&a.id).unwrap().is_none(), "{}", s.name);
+        jobs(st).finish_job(a.id.clone(), lease3.clone(), None).await.unwrap();
+        assert!(jobs(st).job(a.id.clone()).await.unwrap().is_none(), "{}", s.name);
         // A recurring job is rescheduled instead.
-        let (_, lease_b) = st.claim_due_jobs("r3", t(5_000), 1_000, 10).unwrap().remove(0);
-        st.finish_job(&b.id, &lease_b, Some(t(9_000))).unwrap();
-        let b2 = st.job(&b.id).unwrap().unwrap();
+        let (_, lease_b) = jobs(st).claim_due_jobs("r3".into(), t(5_000), 1_000, 10).await.unwrap().remove(0);
+        jobs(st).finish_job(b.id.clone(), lease_b.clone(), Some(t(9_000))).await.unwrap();
+        let b2 = jobs(st).job(b.id.clone()).await.unwrap().unwrap();
         assert_eq!((b2.next_due, b2.lease, b2.claims), (t(9_000), None, 2), "{}", s.name);
-        assert_eq!(st.jobs_by_due(10).unwrap().len(), 1);
+        assert_eq!(jobs(st).jobs_by_due(10).await.unwrap().len(), 1);
 
         // After a crash: an exclusive (embedded) store hands leases back at
         // start; a shared one lets them run out.
         let c = Job::new(JobId::new(JobKind::Deliver, "c"), t(0), t(0));
-        st.add_job(&c).unwrap();
-        assert_eq!(st.claim_due_jobs("crashed", t(8_000), 60_000, 10).unwrap().len(), 1);
-        let released = st.release_orphaned_leases().unwrap();
-        let c_now = st.job(&c.id).unwrap().unwrap();
+        jobs(st).add_job(c.clone()).await.unwrap();
+        assert_eq!(jobs(st).claim_due_jobs("crashed".into(), t(8_000), 60_000, 10).await.unwrap().len(), 1);
+        let released = jobs(st).release_orphaned_leases().await.unwrap();
+        let c_now = jobs(st).job(c.id.clone()).await.unwrap().unwrap();
         match s.name {
             "redb" => assert_eq!((released, c_now.due_at(), c_now.lease), (1, t(0), None)),
             _ => assert_eq!((released, c_now.lease.map(|l| l.owner)), (0, Some("crashed".into()))),
@@ -389,8 +466,8 @@ async fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
     for s in subjects() {
         let st = Arc::clone(&s.store);
         let req = request(1, 10);
-        st.insert_request(&req, None, RequestEffects::default(), &[]).unwrap();
-        let v = st.request(&req.id).unwrap().unwrap();
+        requests(&st).insert_request(req.clone(), None, RequestEffects::default(), Vec::new()).await.unwrap();
+        let v = requests(&st).request(req.id.clone()).await.unwrap().unwrap();
         const WRITERS: usize = 16;
         let barrier = Arc::new(Barrier::new(WRITERS));
         let handles: Vec<_> = (0..WRITERS)
@@ -406,7 +483,13 @@ async fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
                     mine.apply(event_, &format!("op{i}"), UnixMillis(11)).unwrap();
                     barrier.wait();
                     st.append_audit(&[event(&format!("noise{i}"))]).unwrap();
-                    st.update_request(v.version, &mine, RequestEffects::default(), &[event(&format!("decide{i}"))])
+                    let decision = vec![event(&format!("decide{i}"))];
+                    crate::support::wait_for(requests(&st).update_request(
+                        v.version,
+                        mine,
+                        RequestEffects::default(),
+                        decision,
+                    ))
                 })
             })
             .collect();
@@ -421,7 +504,7 @@ async fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
         let rows = st.audit_rows(0, usize::MAX).unwrap();
         let entries: Vec<AuditEntry> = rows.iter().map(|(_, b)| AuditEntry::decode(b).unwrap()).collect();
         assert_eq!(verify_chain(&entries), Ok(WRITERS as u64 + 1), "{}", s.name);
-        let winner = st.request(&req.id).unwrap().unwrap().value;
+        let winner = requests(&st).request(req.id.clone()).await.unwrap().unwrap().value;
         assert_eq!(winner.history.len(), 1, "{}: one decision recorded", s.name);
     }
 }
@@ -497,13 +580,20 @@ async fn schema_1_database_is_migrated_at_open() {
         }
         tx.commit().unwrap();
     }
-    let store = Store::open_redb(&path).unwrap();
+    let store = Arc::new(Store::open_redb(&path).unwrap());
     assert_eq!(store.sys_id().unwrap(), sys(1));
     assert_eq!(store.spec(&name("s")).unwrap().map(|s| s.name), Some(name("s")));
     let (rec, wrapped) = store.keys(&name("s")).unwrap().remove(0);
     assert_eq!((rec.id.version, rec.state, wrapped.0), (7, KeyState::Expired, vec![0x0a, 0x0b]));
-    assert_eq!(store.bundle(&request_id).unwrap(), Some(SignedBlob { bytes: vec![1, 2], signature: vec![3, 4] }));
-    let job = store.job(&JobId::for_request(JobKind::Deliver, &request_id)).unwrap().expect("outbox item became a job");
+    assert_eq!(
+        requests(&store).bundle(request_id.clone()).await.unwrap(),
+        Some(SignedBlob { bytes: vec![1, 2], signature: vec![3, 4] })
+    );
+    let job = jobs(&store)
+        .job(JobId::for_request(JobKind::Deliver, &request_id))
+        .await
+        .unwrap()
+        .expect("outbox item became a job");
     assert_eq!(job.next_due, UnixMillis(0));
     assert_eq!(store.audit_rows(0, 10).unwrap().len(), 1);
     drop(store);
@@ -675,7 +765,7 @@ async fn clone_staging_is_invisible_until_one_swap() {
             "{}: one clone at a time",
             s.name
         );
-        let (_, lease) = st.claim_due_jobs("runner", UnixMillis(2), 1_000, 1).unwrap().remove(0);
+        let (_, lease) = jobs(st).claim_due_jobs("runner".into(), UnixMillis(2), 1_000, 1).await.unwrap().remove(0);
         let until = UnixMillis(5_000);
         st.begin_clone_copy(&id, &lease, until, 3, UnixMillis(2)).unwrap();
         let staged = st
@@ -808,7 +898,11 @@ async fn concurrent_clone_starts_one_runs() {
         assert!(results.iter().filter(|r| r.is_err()).all(|r| matches!(r, Err(StoreError::AlreadyExists { .. }))));
         let runs = s.store.clone_runs().unwrap();
         assert_eq!(runs.len(), 1, "{}", s.name);
-        assert!(s.store.job(&kmf::store::clone_job_id(&runs[0].id)).unwrap().is_some(), "{}: its job too", s.name);
+        assert!(
+            jobs(&s.store).job(kmf::store::clone_job_id(&runs[0].id)).await.unwrap().is_some(),
+            "{}: its job too",
+            s.name
+        );
     }
 }
 
@@ -828,29 +922,37 @@ async fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_del
         let again = CloneSchedule::new(n.clone(), sys(8), host(), Cadence::every(HOUR).unwrap(), t0, "x".into());
         assert!(matches!(st.create_clone_schedule(&again.unwrap(), &[]), Err(StoreError::AlreadyExists { .. })));
         let job_id = clone_schedule_job_id(&n);
-        assert_eq!(st.job(&job_id).unwrap().unwrap().next_due, t0.plus_millis(HOUR), "{}", s.name);
-        assert!(st.claim_due_jobs("r", t0, 60_000, 10).unwrap().is_empty(), "{}: not due yet", s.name);
+        assert_eq!(jobs(st).job(job_id.clone()).await.unwrap().unwrap().next_due, t0.plus_millis(HOUR), "{}", s.name);
+        assert!(
+            jobs(st).claim_due_jobs("r".into(), t0, 60_000, 10).await.unwrap().is_empty(),
+            "{}: not due yet",
+            s.name
+        );
 
         // Due: one transaction starts the clone, records the run and moves the job on.
         let due1 = t0.plus_millis(HOUR);
-        let (job, lease) = st.claim_due_jobs("r", due1, 60_000, 10).unwrap().remove(0);
+        let (job, lease) = jobs(st).claim_due_jobs("r".into(), due1, 60_000, 10).await.unwrap().remove(0);
         assert_eq!(job.id, job_id);
         let a = CloneId::from_random([1; 16]);
         let run = |lease, due, now, clone_id| DueRun { schedule: &n, lease, due, now, clone_id, audit: &audit };
         let first = st.run_clone_schedule(run(&lease, due1, due1, a.clone())).unwrap();
         assert_eq!(first, Some(ScheduledRun::Started(a.clone())), "{}", s.name);
-        assert!(st.job(&clone_job_id(&a)).unwrap().is_some(), "{}: the clone's job", s.name);
-        let moved = st.job(&job_id).unwrap().unwrap();
+        assert!(jobs(st).job(clone_job_id(&a)).await.unwrap().is_some(), "{}: the clone's job", s.name);
+        let moved = jobs(st).job(job_id.clone()).await.unwrap().unwrap();
         assert_eq!((moved.next_due, moved.lease.is_none()), (due1.plus_millis(HOUR), true), "{}", s.name);
         // The same run made again under the spent lease changes nothing.
         let replay = st.run_clone_schedule(run(&lease, due1, due1, a.clone()));
         assert!(matches!(replay, Err(StoreError::Stale { .. })), "{}: {replay:?}", s.name);
         assert_eq!(st.clone_runs().unwrap().len(), 1);
 
+        // The schedule's job, claimed at `due` (other jobs are due by then too).
+        let claim_schedule = async |due| {
+            let claimed = jobs(st).claim_due_jobs("r".into(), due, 60_000, 10).await.unwrap();
+            claimed.into_iter().find(|(j, _)| j.id == job_id).unwrap()
+        };
         // Due again while clone `a` still runs: skipped, counted, no second clone.
         let due2 = due1.plus_millis(HOUR);
-        let (_, lease2) =
-            st.claim_due_jobs("r", due2, 60_000, 10).unwrap().into_iter().find(|(j, _)| j.id == job_id).unwrap();
+        let (_, lease2) = claim_schedule(due2).await;
         let skipped = st.run_clone_schedule(run(&lease2, due2, due2, CloneId::from_random([2; 16]))).unwrap();
         assert_eq!(skipped, Some(ScheduledRun::Skipped(a.to_string())), "{}", s.name);
         assert_eq!(st.clone_runs().unwrap().len(), 1, "{}", s.name);
@@ -859,12 +961,11 @@ async fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_del
 
         // Deleted while a runner holds its job: the job stays until that run ends it.
         let due3 = due2.plus_millis(HOUR);
-        let (_, lease3) =
-            st.claim_due_jobs("r", due3, 60_000, 10).unwrap().into_iter().find(|(j, _)| j.id == job_id).unwrap();
+        let (_, lease3) = claim_schedule(due3).await;
         assert!(st.delete_clone_schedule(&n, &[]).unwrap().is_some());
-        assert!(st.job(&job_id).unwrap().is_some(), "{}: held, so kept", s.name);
+        assert!(jobs(st).job(job_id.clone()).await.unwrap().is_some(), "{}: held, so kept", s.name);
         assert_eq!(st.run_clone_schedule(run(&lease3, due3, due3, CloneId::from_random([3; 16]))).unwrap(), None);
-        assert!(st.job(&job_id).unwrap().is_none(), "{}: ended by its run", s.name);
+        assert!(jobs(st).job(job_id.clone()).await.unwrap().is_none(), "{}: ended by its run", s.name);
         assert!(st.delete_clone_schedule(&n, &[]).unwrap().is_none(), "{}: already gone", s.name);
         assert_eq!(st.clone_runs().unwrap().len(), 1, "{}", s.name);
     }

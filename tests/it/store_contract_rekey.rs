@@ -11,7 +11,7 @@ use kmf::domain::job::Lease;
 use kmf::domain::property::REKEYED;
 use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::domain::rekey::{KeyDebt, RekeyState};
-use kmf::store::{PropertyStore, RekeyEnd, RequestEffects, Store, StoreError, rekey_job_id};
+use kmf::store::{JobStore, PropertyStore, RekeyEnd, RequestEffects, RequestStore, Store, StoreError, rekey_job_id};
 
 use crate::store_contract::{event, key, name, request, subjects, sys};
 
@@ -53,23 +53,36 @@ async fn a_rekey_batch_is_conditional_and_the_run_ends_only_when_nothing_is_owed
         // A completed import of two keys of sys(3) that asks for a rekey.
         let mut req = request(1, 10);
         (req.role, req.source.sys_id, req.target.sys_id, req.rekey) = (ExchangeRole::Target, sys(3), sys(1), true);
-        st.insert_request(&req, Some(b"transport"), RequestEffects::default(), &[]).unwrap();
-        let v = st.request(&req.id).unwrap().unwrap();
+        RequestStore::new(st)
+            .insert_request(req.clone(), Some(b"transport".to_vec()), RequestEffects::default(), Vec::new())
+            .await
+            .unwrap();
+        let v = RequestStore::new(st).request(req.id.clone()).await.unwrap().unwrap();
         let mut done = v.value.clone();
         done.apply(RequestEvent::Approve, "source", UnixMillis(11)).unwrap();
         done.apply(RequestEvent::Complete, "system", UnixMillis(11)).unwrap();
         let receipt = SignedBlob { bytes: b"receipt".to_vec(), signature: b"sig".to_vec() };
         let keys = vec![key("s", 3, 1), key("s", 3, 2)];
-        st.complete_import(v.version, &done, &keys, (&[5u8; 32], &receipt), &[event("exchange.import")]).unwrap();
+        RequestStore::new(st)
+            .complete_import(
+                v.version,
+                done.clone(),
+                keys.clone(),
+                ([5u8; 32], receipt.clone()),
+                vec![event("exchange.import")],
+            )
+            .await
+            .unwrap();
         let run = st.rekey(&req.id).unwrap().expect("scheduled with the import");
         assert_eq!((run.state, run.specs.clone()), (RekeyState::Pending, vec![name("s")]), "{}", s.name);
-        assert!(st.job(&rekey_job_id(&req.id)).unwrap().is_some(), "{}: its job too", s.name);
+        assert!(JobStore::new(st).job(rekey_job_id(&req.id)).await.unwrap().is_some(), "{}: its job too", s.name);
 
         let (imported, other, own) = (keys[0].0.id.clone(), key("x", 3, 1).0.id, key("s", 1, 1).0.id);
         let mut recs: Vec<_> = (0..3).map(|i| record(&format!("r{i}"), &imported, 1)).collect();
         recs.push(record("r3", &other, 1));
         st.put_records(&recs).unwrap();
-        let (_, lease) = st.claim_due_jobs("runner", UnixMillis(20), 60_000, 10).unwrap().remove(0);
+        let (_, lease) =
+            JobStore::new(st).claim_due_jobs("runner".into(), UnixMillis(20), 60_000, 10).await.unwrap().remove(0);
         let until = UnixMillis(60_000);
         let run = st.begin_rekey_attempt(&req.id, &lease, until, UnixMillis(21)).unwrap();
         assert_eq!((run.state, run.attempts, run.records_total), (RekeyState::Running, 1, 3), "{}", s.name);
@@ -115,7 +128,7 @@ async fn a_rekey_batch_is_conditional_and_the_run_ends_only_when_nothing_is_owed
             "{}",
             s.name
         );
-        assert!(st.job(&rekey_job_id(&req.id)).unwrap().is_none(), "{}: the job is done", s.name);
+        assert!(JobStore::new(st).job(rekey_job_id(&req.id)).await.unwrap().is_none(), "{}: the job is done", s.name);
         assert_eq!(
             st.rekey_debt(&st.rekey(&req.id).unwrap().unwrap()).unwrap(),
             [

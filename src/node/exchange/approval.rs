@@ -7,12 +7,14 @@
 
 use super::Exchange;
 use super::source::Decision;
+use crate::domain::DomainError;
 use crate::domain::clone_decide::{self, SpecPolicies};
 use crate::domain::clone_exchange::approval_for;
 use crate::domain::delivery::{self, UseUpBy};
 use crate::domain::exchange::{ExchangeRequest, Frequency};
 use crate::domain::exchange_decide::{self as decide, ApproverStep};
 use crate::domain::ids::Name;
+use crate::domain::policy::AccessPolicy;
 use crate::error::{AppError, AppResult};
 use crate::store::{GRANT_REFUSED, StoreError, SystemApproval, UseUp};
 
@@ -30,11 +32,11 @@ impl Exchange {
     /// approving transaction checks the grant, the source's own
     /// automatic-exchange property and the target's authorisation again and
     /// uses the grant up (and a One Time configuration with it).
-    pub(super) fn approve_by_grant(&self, req: ExchangeRequest) -> AppResult<ExchangeRequest> {
-        let Some((actor, approval)) = self.approver(&req)? else { return Ok(req) };
+    pub(super) async fn approve_by_grant(&self, req: ExchangeRequest) -> AppResult<ExchangeRequest> {
+        let Some((actor, approval)) = self.approver(&req).await? else { return Ok(req) };
         let use_up = (req.frequency == Frequency::OneTimeClone).then(|| self.one_time_use_up(&req));
         let system = SystemCheck { approval: &approval, use_up: use_up.as_ref() };
-        match self.decide_as(&req.id, &Decision::Approve, &actor, Some(system)) {
+        match self.decide_as(&req.id, &Decision::Approve, &actor, Some(system)).await {
             Ok(approved) => {
                 self.signals.wake();
                 tracing::info!(request_id = %req.id, target = %req.target.sys_id, frequency = req.frequency.label(), by = %actor, "request approved without a person");
@@ -42,7 +44,7 @@ impl Exchange {
             }
             Err(AppError::Store(StoreError::Stale { what: GRANT_REFUSED, id: why })) => {
                 tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
-                Ok(self.request_or_not_found(&req.id)?.value)
+                Ok(self.request_or_not_found(&req.id).await?.value)
             }
             Err(e) => Err(e),
         }
@@ -66,7 +68,7 @@ impl Exchange {
     /// needs this source's own automatic-exchange property true and is
     /// approved by the grant, a One Time / Recurring Clone request by the
     /// Resource Exchange policies of its specs. Adhoc requests wait for a person.
-    fn approver(&self, req: &ExchangeRequest) -> AppResult<Option<(String, SystemApproval)>> {
+    async fn approver(&self, req: &ExchangeRequest) -> AppResult<Option<(String, SystemApproval)>> {
         if !decide::wants_system_approval(req) {
             return Ok(None);
         }
@@ -81,10 +83,11 @@ impl Exchange {
             tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
             None
         };
-        match decide::approver_after_grant(req, self.store.system_approval_refusal(&approval)?) {
+        let refusal = self.clones.system_approval_refusal(approval.clone()).await?;
+        match decide::approver_after_grant(req, refusal) {
             ApproverStep::ApproveAs(actor) => Ok(Some((actor, approval))),
             ApproverStep::LeaveForPerson(why) => Ok(left(why)),
-            ApproverStep::CheckPolicies => match decide::approver_by_policies(self.approving_policies(req)?) {
+            ApproverStep::CheckPolicies => match decide::approver_by_policies(self.approving_policies(req).await?) {
                 Ok(actor) => Ok(Some((actor, approval))),
                 Err(why) => Ok(left(why)),
             },
@@ -92,16 +95,16 @@ impl Exchange {
     }
 
     /// The Resource Exchange policies that approve every pending spec of a
-    /// One Time / Recurring Clone request (blocking), or None when one spec
-    /// is not approved (the request then waits for a person), with why.
-    fn approving_policies(&self, req: &ExchangeRequest) -> AppResult<Result<Vec<Name>, String>> {
+    /// One Time / Recurring Clone request, or None when one spec is not
+    /// approved (the request then waits for a person), with why.
+    async fn approving_policies(&self, req: &ExchangeRequest) -> AppResult<Result<Vec<Name>, String>> {
         let Some(approval) = approval_for(req.frequency) else { return Ok(Err("not a clone frequency".into())) };
         let mut names = Vec::new();
         for spec_name in req.pending_specs() {
-            let Some(spec) = self.store.spec(spec_name)? else { continue };
+            let Some(spec) = self.keys.spec(spec_name.clone()).await? else { continue };
             let s = SpecPolicies {
                 spec: spec_name.clone(),
-                policies: self.store.policies(Some(&spec.module))?,
+                policies: self.module_policies(&spec.module).await?,
                 module: spec.module,
             };
             match clone_decide::spec_approval(req, approval, &s) {
@@ -110,5 +113,14 @@ impl Exchange {
             }
         }
         Ok(Ok(names))
+    }
+
+    /// The access policies of `module` (none when the module is not here),
+    /// through the catalog.
+    async fn module_policies(&self, module: &Name) -> AppResult<Vec<AccessPolicy>> {
+        match self.catalog.policies(Some(module.clone())).await {
+            Err(AppError::Domain(DomainError::NotFound { .. })) => Ok(Vec::new()),
+            other => other,
+        }
     }
 }

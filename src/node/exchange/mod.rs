@@ -22,7 +22,7 @@ mod tests_open;
 use std::sync::Arc;
 
 use super::catalog::Catalog;
-use super::context::{Blocking, Context, JobSettings, JobSignals, millis};
+use super::context::{Context, JobSettings, JobSignals, millis};
 use super::jobs::{JobFuture, JobHandler, JobRun};
 use super::ports::PeerLink;
 use crate::clock::Clock;
@@ -33,8 +33,8 @@ use crate::domain::job::{Job, JobId, JobKind};
 use crate::domain::sweeps;
 use crate::error::AppResult;
 use crate::signer::Signer;
-use crate::signer::instance_key::InstanceKey;
-use crate::store::Store;
+use crate::signer::async_signer::{AsyncInstanceKey, AsyncSigner};
+use crate::store::{AuditStore, CatalogStore, CloneStore, RequestStore, Store};
 pub use proof::RequestProof;
 pub use source::Decision;
 pub use target::{NewRequest, PlannedRequest};
@@ -42,9 +42,17 @@ pub use target::{NewRequest, PlannedRequest};
 pub struct Exchange {
     sys_id: SysId,
     host: Host,
-    store: Arc<Store>,
-    signer: Arc<dyn Signer>,
-    instance_key: Arc<InstanceKey>,
+    requests: RequestStore,
+    /// Specs and keys (read to export, to import, to open a request).
+    keys: CatalogStore,
+    /// Clone targets and grants (who approves a request after a clone).
+    clones: CloneStore,
+    audit_store: AuditStore,
+    signer: AsyncSigner,
+    instance_key: AsyncInstanceKey,
+    /// Transitional: the sync store and signer of `insert_target_request_blocking`.
+    blocking_store: Arc<Store>,
+    blocking_signer: Arc<dyn Signer>,
     peers: Arc<dyn PeerLink>,
     clock: Arc<dyn Clock>,
     signals: Arc<JobSignals>,
@@ -60,9 +68,14 @@ impl Exchange {
         Exchange {
             sys_id: ctx.sys_id.clone(),
             host: ctx.host.clone(),
-            store: Arc::clone(&ctx.store),
-            signer: Arc::clone(&ctx.signer),
-            instance_key: Arc::clone(&ctx.instance_key),
+            requests: RequestStore::new(&ctx.store),
+            keys: CatalogStore::new(&ctx.store),
+            clones: CloneStore::new(&ctx.store),
+            audit_store: AuditStore::new(&ctx.store),
+            signer: ctx.async_signer(),
+            instance_key: ctx.async_instance_key(),
+            blocking_store: Arc::clone(&ctx.store),
+            blocking_signer: Arc::clone(&ctx.signer),
             peers: Arc::clone(&ctx.peers),
             clock: Arc::clone(&ctx.clock),
             signals: Arc::clone(&ctx.signals),
@@ -78,7 +91,7 @@ impl Exchange {
 
     /// A page of requests in creation order, and the token of the next page.
     pub async fn requests_page(
-        self: &Arc<Self>,
+        &self,
         page_token: Option<String>,
         page_size: usize,
     ) -> AppResult<(Vec<ExchangeRequest>, Option<String>)> {
@@ -89,18 +102,12 @@ impl Exchange {
                     .ok_or_else(|| crate::domain::DomainError::invalid("page_token", "not a token this server gave"))?,
             ),
         };
-        self.blocking(move |this| {
-            let (page, next) = this.store.requests_page(after.as_ref(), page_size)?;
-            Ok((page, next.map(|c| c.token())))
-        })
-        .await
+        let (page, next) = self.requests.requests_page(after, page_size).await?;
+        Ok((page, next.map(|c| c.token())))
     }
 
-    pub async fn request(self: &Arc<Self>, id: RequestId) -> AppResult<ExchangeRequest> {
-        self.blocking(move |this| {
-            Ok(this.store.request(&id)?.ok_or_else(|| crate::domain::DomainError::not_found("request", &id))?.value)
-        })
-        .await
+    pub async fn request(&self, id: RequestId) -> AppResult<ExchangeRequest> {
+        Ok(self.request_or_not_found(&id).await?.value)
     }
 }
 
@@ -128,7 +135,7 @@ impl JobHandler for Exchange {
                 JobKind::Deliver => self.run_delivery(&run).await,
                 JobKind::Notify => self.run_notice(&run).await,
                 _ => {
-                    self.blocking(|this| this.sweep_expired_now()).await?;
+                    self.sweep_expired_now().await?;
                     let next = sweeps::sweep_next_due(&run.job, millis(self.settings.sweep_every), self.now());
                     Ok(super::jobs::JobOutcome::RunAgainAt(next))
                 }

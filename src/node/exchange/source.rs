@@ -12,7 +12,7 @@ use super::approval::SystemCheck;
 use super::{Exchange, request_audit};
 use crate::domain::DomainError;
 use crate::domain::audit::Outcome;
-use crate::node::context::Blocking;
+use crate::node::context::reread_and_retry;
 use crate::node::jobs::{JobOutcome, JobRun};
 use crate::node::ports::{OpenRequest, SourceView};
 
@@ -26,16 +26,17 @@ use crate::domain::exchange::{
 use crate::domain::exchange_decide::{self as decide, DecideGate, DecisionEffects};
 use crate::domain::ids::{Host, KeyId, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
+use crate::domain::key::{DataKey, KeyRecord, WrappedKey};
 use crate::domain::sweeps;
 use crate::error::{AppError, AppResult, PeerError};
+use crate::signer::async_signer::off_the_workers;
 use crate::signer::primitives::{kwp_wrap, random_key, rsa_oaep_encrypt, sha256, verify_sha256_with_cert};
+use crate::signer::{CryptoError, Signer};
 use crate::store::{BundleChange, GRANT_REFUSED, RequestEffects, StoreError, UseUp, Versioned};
 
 /// An operator's decision on a request.
 pub use crate::domain::exchange_decide::Decision;
 
-/// How many times a decision re-reads a request that changed under it.
-const DECIDE_ATTEMPTS: usize = 3;
 /// Keys read per page while building a bundle.
 const KEY_PAGE: usize = 1000;
 
@@ -46,7 +47,7 @@ impl Exchange {
     /// registered here for it (`dialable_target_host`), since this source
     /// dials it for the delivery, the notices and the diagnosis.
     pub async fn open_request_from_peer(
-        self: &Arc<Self>,
+        &self,
         caller: SysId,
         caller_cert: Vec<u8>,
         cert_hosts: Vec<String>,
@@ -55,67 +56,67 @@ impl Exchange {
         let now = self.now();
         decide::opening_refusal(&caller, &open.target_sys_id, &open.source_sys_id, &self.sys_id, open.expires_at, now)?;
         // Refuse a transport key we could not encrypt to, before recording anything.
-        rsa_oaep_encrypt(&open.transport_public_key, open.wrapping, &[0u8; 32])
+        let (public_key, wrapping) = (open.transport_public_key.clone(), open.wrapping);
+        off_the_workers(move || Ok(rsa_oaep_encrypt(&public_key, wrapping, &[0u8; 32]).map(|_| ())))
+            .await?
             .map_err(|e| DomainError::invalid("transport_public_key", e.to_string()))?;
-        self.blocking(move |this| {
-            this.check_target_host(&caller, &open.target_host, &cert_hosts)?;
-            // Per spec, in order: whether it exists here, and only then its key count.
-            let mut found = Vec::with_capacity(open.spec_names.len());
-            for spec in &open.spec_names {
-                let keys = match this.store.spec(spec)? {
-                    None => None,
-                    Some(_) => Some(this.store.count_keys_of(spec)?),
-                };
-                found.push((spec.clone(), keys));
-            }
-            let (lines, total) = decide::opening_lines(found);
-            let actor = format!("instance:{caller}");
-            let mut req = ExchangeRequest {
-                id: open.request_id,
-                role: ExchangeRole::Source,
-                frequency: open.frequency,
-                source: PeerRef { sys_id: this.sys_id.clone(), host: this.host.clone() },
-                target: PeerRef { sys_id: caller, host: open.target_host },
-                status: RequestStatus::Pending,
-                lines,
-                total_key_count: total,
-                exported_key_count: 0,
-                imported_key_count: 0,
-                created_at: now,
-                updated_at: now,
-                expires_at: open.expires_at,
-                history: vec![Transition { status: RequestStatus::Pending, at: now, actor, note: "opened".into() }],
-                peer_certificate: caller_cert,
-                receipt: None,
-                transport_public_key: open.transport_public_key,
-                wrapping: open.wrapping,
-                rekey: false,
-                clone_grant: open.clone_grant,
+        self.check_target_host(&caller, &open.target_host, &cert_hosts).await?;
+        // Per spec, in order: whether it exists here, and only then its key count.
+        let mut found = Vec::with_capacity(open.spec_names.len());
+        for spec in &open.spec_names {
+            let keys = match self.keys.spec(spec.clone()).await? {
+                None => None,
+                Some(_) => Some(self.keys.count_keys_of(spec.clone()).await?),
             };
-            // Nothing here needs approval when every spec is missing on this source.
-            decide::close_if_nothing_pending(&mut req, now)?;
-            let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
-            let audit = request_audit(&req, "exchange.open", Outcome::Success, format!("target {} at {}; specs {}", req.target.sys_id, req.target.host, specs.join(",")));
-            match this.store.insert_request(&req, None, RequestEffects::default(), &[audit]) {
-                Ok(()) => {}
-                // The target retried after losing our answer: the same request again.
-                Err(StoreError::AlreadyExists { what, id }) => {
-                    let existing = this.store.request(&req.id)?.map(|v| v.value);
-                    return match existing {
-                        Some(e) if decide::is_repeat_opening(&e, &req) => {
-                            let e = this.approve_by_grant(e)?;
-                            Ok(SourceView { status: e.status, lines: e.lines, total_key_count: e.total_key_count })
-                        }
-                        _ => Err(DomainError::AlreadyExists { what, id }.into()),
-                    };
-                }
-                Err(other) => return Err(other.into()),
+            found.push((spec.clone(), keys));
+        }
+        let (lines, total) = decide::opening_lines(found);
+        let actor = format!("instance:{caller}");
+        let mut req = ExchangeRequest {
+            id: open.request_id,
+            role: ExchangeRole::Source,
+            frequency: open.frequency,
+            source: PeerRef { sys_id: self.sys_id.clone(), host: self.host.clone() },
+            target: PeerRef { sys_id: caller, host: open.target_host },
+            status: RequestStatus::Pending,
+            lines,
+            total_key_count: total,
+            exported_key_count: 0,
+            imported_key_count: 0,
+            created_at: now,
+            updated_at: now,
+            expires_at: open.expires_at,
+            history: vec![Transition { status: RequestStatus::Pending, at: now, actor, note: "opened".into() }],
+            peer_certificate: caller_cert,
+            receipt: None,
+            transport_public_key: open.transport_public_key,
+            wrapping: open.wrapping,
+            rekey: false,
+            clone_grant: open.clone_grant,
+        };
+        // Nothing here needs approval when every spec is missing on this source.
+        decide::close_if_nothing_pending(&mut req, now)?;
+        let specs: Vec<String> = req.lines.iter().map(|l| l.spec.to_string()).collect();
+        let details = format!("target {} at {}; specs {}", req.target.sys_id, req.target.host, specs.join(","));
+        let audit = request_audit(&req, "exchange.open", Outcome::Success, details);
+        match self.requests.insert_request(req.clone(), None, RequestEffects::default(), vec![audit]).await {
+            Ok(()) => {}
+            // The target retried after losing our answer: the same request again.
+            Err(StoreError::AlreadyExists { what, id }) => {
+                let existing = self.requests.request(req.id.clone()).await?.map(|v| v.value);
+                return match existing {
+                    Some(e) if decide::is_repeat_opening(&e, &req) => {
+                        let e = self.approve_by_grant(e).await?;
+                        Ok(SourceView { status: e.status, lines: e.lines, total_key_count: e.total_key_count })
+                    }
+                    _ => Err(DomainError::AlreadyExists { what, id }.into()),
+                };
             }
-            tracing::info!(request_id = %req.id, target = %req.target.sys_id, status = req.status.label(), "exchange request opened by target");
-            let req = this.approve_by_grant(req)?;
-            Ok(SourceView { status: req.status, lines: req.lines, total_key_count: req.total_key_count })
-        })
-        .await
+            Err(other) => return Err(other.into()),
+        }
+        tracing::info!(request_id = %req.id, target = %req.target.sys_id, status = req.status.label(), "exchange request opened by target");
+        let req = self.approve_by_grant(req).await?;
+        Ok(SourceView { status: req.status, lines: req.lines, total_key_count: req.total_key_count })
     }
 
     /// Decides on a request (source side, one explicit call): commits the
@@ -123,21 +124,19 @@ impl Exchange {
     /// `decision_wait` for the outcome and answers with the request as it
     /// stands. The job runs whether or not the caller is still there.
     pub async fn update_request(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         id: RequestId,
         decision: Decision,
     ) -> AppResult<ExchangeRequest> {
         let actor = caller.actor();
-        let id2 = id.clone();
         if decision == Decision::Retry {
-            let role = self.blocking(move |this| Ok(this.request_or_not_found(&id2)?.value.role)).await?;
+            let role = self.request_or_not_found(&id).await?.value.role;
             if role == ExchangeRole::Target {
                 return self.retry_on_target(actor, id).await;
             }
         }
-        let id2 = id.clone();
-        let decided = self.blocking(move |this| this.decide(&id2, &decision, &actor)).await?;
+        let decided = self.decide(&id, &decision, &actor).await?;
         self.signals.wake();
         if decided.status.is_terminal() {
             return Ok(decided);
@@ -146,16 +145,11 @@ impl Exchange {
     }
 
     /// Waits at most `bound` for the request to leave Pending/Approved.
-    pub async fn wait_until_settled(
-        self: &Arc<Self>,
-        id: &RequestId,
-        bound: std::time::Duration,
-    ) -> AppResult<ExchangeRequest> {
+    pub async fn wait_until_settled(&self, id: &RequestId, bound: std::time::Duration) -> AppResult<ExchangeRequest> {
         let deadline = tokio::time::Instant::now() + bound;
         let mut settled = self.signals.subscribe();
         loop {
-            let id2 = id.clone();
-            let req = self.blocking(move |this| this.request_or_not_found(&id2)).await?.value;
+            let req = self.request_or_not_found(id).await?.value;
             if req.status.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(req);
             }
@@ -165,63 +159,65 @@ impl Exchange {
         }
     }
 
-    pub(super) fn request_or_not_found(&self, id: &RequestId) -> AppResult<Versioned<ExchangeRequest>> {
-        Ok(self.store.request(id)?.ok_or_else(|| DomainError::not_found("request", id))?)
+    pub(super) async fn request_or_not_found(&self, id: &RequestId) -> AppResult<Versioned<ExchangeRequest>> {
+        Ok(self.requests.request(id.clone()).await?.ok_or_else(|| DomainError::not_found("request", id))?)
     }
 
     /// Applies `decision` with a conditional write; a request that changed
     /// since it was read is read again, so the loser of a race is refused
     /// with the status the winner left.
-    fn decide(&self, id: &RequestId, decision: &Decision, actor: &str) -> AppResult<ExchangeRequest> {
-        self.decide_as(id, decision, actor, None)
+    async fn decide(&self, id: &RequestId, decision: &Decision, actor: &str) -> AppResult<ExchangeRequest> {
+        self.decide_as(id, decision, actor, None).await
     }
 
     /// As `decide`; `system` is what an approval without a person checks
     /// again and uses up in its transaction (a refusal there is
-    /// `Stale { what: GRANT_REFUSED }`, returned as it is).
-    pub(super) fn decide_as(
+    /// `Stale { what: GRANT_REFUSED }`, returned as it is, not read again).
+    /// A request that keeps changing under every read is ABORTED.
+    pub(super) async fn decide_as(
         &self,
         id: &RequestId,
         decision: &Decision,
         actor: &str,
         system: Option<SystemCheck<'_>>,
     ) -> AppResult<ExchangeRequest> {
-        for _ in 0..DECIDE_ATTEMPTS {
-            match self.try_decide(id, decision, actor, system) {
-                Err(AppError::Store(StoreError::Stale { what, .. })) if what != GRANT_REFUSED => continue,
-                other => return other,
+        let decided = reread_and_retry(format!("request {id}"), || async {
+            match self.try_decide(id, decision, actor, system).await {
+                Err(AppError::Store(StoreError::Stale { what: GRANT_REFUSED, id: why })) => Ok(Err(why)),
+                other => other.map(Ok),
             }
-        }
-        Err(decide::keeps_changing(&self.request_or_not_found(id)?.value).into())
+        })
+        .await?;
+        decided.map_err(|why| StoreError::Stale { what: GRANT_REFUSED, id: why }.into())
     }
 
-    fn try_decide(
+    async fn try_decide(
         &self,
         id: &RequestId,
         decision: &Decision,
         actor: &str,
         system: Option<SystemCheck<'_>>,
     ) -> AppResult<ExchangeRequest> {
-        let Versioned { value: mut req, version } = self.request_or_not_found(id)?;
+        let Versioned { value: mut req, version } = self.request_or_not_found(id).await?;
         let now = self.now();
         if decide::decide_gate(&req, now)? == DecideGate::ExpireFirst {
-            self.expire(req, version, now)?;
+            self.expire(req, version, now).await?;
             return Err(decide::expired_refusal().into());
         }
         // Read for a retry only: whether the signed bundle is still stored.
-        let has_bundle = *decision == Decision::Retry && self.store.bundle(id)?.is_some();
+        let has_bundle = *decision == Decision::Retry && self.requests.bundle(id.clone()).await?.is_some();
         match decide::apply_decision(&mut req, decision, has_bundle, actor, now)? {
             DecisionEffects::Rejected { audit } => {
                 let audit = request_audit(&req, "exchange.reject", Outcome::Success, audit);
                 let effects =
                     RequestEffects { schedule: vec![self.job_now(JobKind::Notify, id)], ..Default::default() };
-                self.store.update_request(version, &req, effects, &[audit])?;
+                self.requests.update_request(version, req.clone(), effects, vec![audit]).await?;
                 tracing::info!(request_id = %req.id, actor, "exchange request rejected");
             }
             DecisionEffects::Approved => {
-                let (bundle, exported) = self.build_bundle(&mut req, now)?;
+                let (bundle, exported) = self.build_bundle(&mut req, now).await?;
                 let ids: Vec<String> = exported.iter().map(ToString::to_string).collect();
-                let audit = [
+                let audit = vec![
                     request_audit(&req, "exchange.approve", Outcome::Success, format!("target {}", req.target.sys_id)),
                     request_audit(
                         &req,
@@ -231,24 +227,20 @@ impl Exchange {
                     ),
                 ];
                 let effects = RequestEffects {
-                    bundle: BundleChange::Set(&bundle),
+                    bundle: BundleChange::Set(bundle),
                     schedule: vec![self.job_now(JobKind::Deliver, id)],
-                    system_approval: system.map(|s| s.approval),
-                    use_up: system.and_then(|s| s.use_up),
+                    system_approval: system.map(|s| s.approval.clone()),
+                    use_up: system.and_then(|s| s.use_up.cloned()),
                     ..Default::default()
                 };
-                self.store.update_request(version, &req, effects, &audit)?;
+                self.requests.update_request(version, req.clone(), effects, audit).await?;
                 tracing::info!(request_id = %req.id, actor, exported = req.exported_key_count, "exchange request approved");
             }
             DecisionEffects::Retried { deliver, audit } => {
                 let schedule = if deliver { vec![self.job_now(JobKind::Deliver, id)] } else { Vec::new() };
                 let audit = request_audit(&req, "exchange.retry", Outcome::Success, audit);
-                self.store.update_request(
-                    version,
-                    &req,
-                    RequestEffects { schedule, ..Default::default() },
-                    &[audit],
-                )?;
+                let effects = RequestEffects { schedule, ..Default::default() };
+                self.requests.update_request(version, req.clone(), effects, vec![audit]).await?;
                 tracing::info!(request_id = %req.id, actor, status = req.status.label(), "exchange request retried");
             }
         }
@@ -263,9 +255,10 @@ impl Exchange {
     /// Refuses (PERMISSION_DENIED, audited by the peer service) a target host
     /// that `target`'s certificate does not name and that is not registered
     /// here for it (its clone target, its clone exchange configuration).
-    fn check_target_host(&self, target: &SysId, host: &Host, cert_hosts: &[String]) -> AppResult<()> {
-        let mut registered: Vec<Host> = self.store.clone_target(target)?.into_iter().map(|t| t.host).collect();
-        registered.extend(self.store.clone_exchange(target)?.map(|c| c.target.host));
+    async fn check_target_host(&self, target: &SysId, host: &Host, cert_hosts: &[String]) -> AppResult<()> {
+        let mut registered: Vec<Host> =
+            self.clones.clone_target(target.clone()).await?.into_iter().map(|t| t.host).collect();
+        registered.extend(self.clones.clone_exchange(target.clone()).await?.map(|c| c.target.host));
         if dialable_target_host(host, &registered, cert_hosts) {
             return Ok(());
         }
@@ -277,14 +270,21 @@ impl Exchange {
     }
 
     /// Builds and signs the bundle; fills the request's lines and counts.
-    fn build_bundle(&self, req: &mut ExchangeRequest, now: UnixMillis) -> AppResult<(SignedBlob, Vec<KeyId>)> {
-        let transport = random_key(32);
-        let wrapped_transport_key = rsa_oaep_encrypt(&req.transport_public_key, req.wrapping, transport.expose())?;
+    /// The keys are read a page at a time; each page is unwrapped under the
+    /// KEK and wrapped for the transport key in one hop off the workers.
+    async fn build_bundle(&self, req: &mut ExchangeRequest, now: UnixMillis) -> AppResult<(SignedBlob, Vec<KeyId>)> {
+        let (public_key, wrapping) = (req.transport_public_key.clone(), req.wrapping);
+        let (transport, wrapped_transport_key) = off_the_workers(move || {
+            let transport = random_key(32);
+            let wrapped = rsa_oaep_encrypt(&public_key, wrapping, transport.expose())?;
+            Ok((Arc::new(transport), wrapped))
+        })
+        .await?;
         let mut entries = Vec::new();
         let mut specs = Vec::new();
         let mut total = 0u32;
         for line in req.lines.iter_mut().filter(|l| l.status == SpecLineStatus::Pending) {
-            match self.store.spec(&line.spec)? {
+            match self.keys.spec(line.spec.clone()).await? {
                 Some(spec) => specs.push((spec.name.clone(), spec.choice())),
                 None => {
                     *line = SpecLine {
@@ -303,32 +303,24 @@ impl Exchange {
             let mut foreign: BTreeMap<SysId, u32> = BTreeMap::new();
             let sent_before = entries.len();
             loop {
-                let page = self.store.keys_page(&line.spec, after.as_ref(), KEY_PAGE)?;
+                let page = self.keys.keys_page(line.spec.clone(), after.clone(), KEY_PAGE).await?;
                 after = page.last().map(|(k, _)| k.id.clone());
                 n += page.len() as u32;
-                for (rec, wrapped) in &page {
+                let full = page.len() >= KEY_PAGE;
+                let mut own = Vec::with_capacity(page.len());
+                for (rec, wrapped) in page {
                     if rec.id.origin != self.sys_id || !rec.origin.is_own() {
                         *foreign.entry(rec.id.origin.clone()).or_default() += 1;
                         continue;
                     }
-                    let dek = match self.signer.unwrap(wrapped) {
-                        Ok(dek) => dek,
-                        Err(e) => {
-                            tracing::error!(key_id = %rec.id, error = %e, "key does not unwrap under the KEK; not exported");
-                            failed += 1;
-                            continue;
-                        }
-                    };
-                    entries.push(BundleEntry {
-                        key_id: rec.id.clone(),
-                        state: rec.state,
-                        generated_at: rec.generated_at,
-                        activated_at: rec.activated_at,
-                        deactivated_at: rec.deactivated_at,
-                        wrapped: kwp_wrap(transport.expose(), dek.expose())?,
-                    });
+                    own.push((rec, wrapped));
                 }
-                if page.len() < KEY_PAGE {
+                let transport = Arc::clone(&transport);
+                let (exported, unwrapped_not) =
+                    self.signer.with_backend(move |kek| export_page(kek, &transport, own)).await?;
+                entries.extend(exported);
+                failed += unwrapped_not;
+                if !full {
                     break;
                 }
             }
@@ -351,13 +343,13 @@ impl Exchange {
             entries,
         };
         let exported = bundle.entries.iter().map(|e| e.key_id.clone()).collect();
-        let bytes = bundle.encode();
-        let signature = self.instance_key.sign(&bytes)?;
+        let bytes = off_the_workers(move || Ok(bundle.encode())).await?;
+        let signature = self.instance_key.sign(bytes.clone()).await?;
         Ok((SignedBlob { bytes, signature }, exported))
     }
 
     /// Expires a request conditionally; the source tells the target.
-    fn expire(&self, mut req: ExchangeRequest, version: u64, now: UnixMillis) -> AppResult<()> {
+    async fn expire(&self, mut req: ExchangeRequest, version: u64, now: UnixMillis) -> AppResult<()> {
         let effects = decide::expire(&mut req, now)?;
         let audit = request_audit(&req, "exchange.expire", Outcome::Success, "");
         let effects = RequestEffects {
@@ -365,21 +357,22 @@ impl Exchange {
             schedule: if effects.notify_target { vec![self.job_now(JobKind::Notify, &req.id)] } else { Vec::new() },
             ..Default::default()
         };
-        self.store.update_request(version, &req, effects, &[audit])?;
-        tracing::info!(request_id = %req.id, "exchange request expired");
+        let id = req.id.clone();
+        self.requests.update_request(version, req, effects, vec![audit]).await?;
+        tracing::info!(request_id = %id, "exchange request expired");
         Ok(())
     }
 
     /// Moves overdue Pending/Approved requests to REQUEST_EXPIRED, a page at
     /// a time. A request that changed meanwhile is left to the next sweep.
-    pub(super) fn sweep_expired_now(&self) -> AppResult<usize> {
+    pub(super) async fn sweep_expired_now(&self) -> AppResult<usize> {
         let now = self.now();
         let (mut after, mut expired) = (None, 0);
         loop {
-            let (page, next) = self.store.requests_page(after.as_ref(), KEY_PAGE)?;
+            let (page, next) = self.requests.requests_page(after.take(), KEY_PAGE).await?;
             for id in sweeps::overdue_in(&page, now) {
-                let Some(Versioned { value, version }) = self.store.request(id)? else { continue };
-                match self.expire(value, version, now) {
+                let Some(Versioned { value, version }) = self.requests.request(id.clone()).await? else { continue };
+                match self.expire(value, version, now).await {
                     Ok(()) => expired += 1,
                     Err(AppError::Store(StoreError::Stale { .. })) | Err(AppError::Domain(_)) => {}
                     Err(e) => return Err(e),
@@ -393,18 +386,17 @@ impl Exchange {
     }
 
     /// Runs the expiry sweep now (tests, and the sweep job).
-    pub async fn sweep_expired(self: &Arc<Self>) -> AppResult<usize> {
-        let n = self.blocking(|this| this.sweep_expired_now()).await?;
+    pub async fn sweep_expired(&self) -> AppResult<usize> {
+        let n = self.sweep_expired_now().await?;
         self.signals.wake();
         Ok(n)
     }
 
     /// The delivery job: sends the bundle, settles the request on the answer.
-    pub(super) async fn run_delivery(self: &Arc<Self>, run: &JobRun) -> AppResult<JobOutcome> {
+    pub(super) async fn run_delivery(&self, run: &JobRun) -> AppResult<JobOutcome> {
         let job = &run.job.id;
         let id = job.request_id().ok_or_else(|| AppError::Internal(format!("job {job} names no request")))?;
-        let id2 = id.clone();
-        let found = self.blocking(move |this| Ok(this.store.request(&id2)?.zip(this.store.bundle(&id2)?))).await?;
+        let found = self.requests.request(id.clone()).await?.zip(self.requests.bundle(id).await?);
         let (req, bundle) = match found {
             Some((req, bundle)) if delivery::has_delivery(Some(req.value.status), true) => (req, bundle),
             // Decided otherwise since (completed, expired, failed): nothing to deliver.
@@ -415,7 +407,11 @@ impl Exchange {
             // Another job just found this target unreachable: wait with it.
             return Ok(JobOutcome::WaitUntil(until));
         }
-        let digest = sha256(&bundle.bytes);
+        let (bundle, digest) = off_the_workers(move || {
+            let digest = sha256(&bundle.bytes);
+            Ok((bundle, digest))
+        })
+        .await?;
         let timeout = self.settings.delivery_timeout;
         let answer = match tokio::time::timeout(timeout, self.peers.deliver_bundle(&host, &target, bundle)).await {
             Ok(answer) => answer,
@@ -427,24 +423,26 @@ impl Exchange {
         if answer.is_ok() || matches!(answer, Err(PeerError::Refused(_))) {
             run.peer_answered(&host);
         }
-        let (job, lease) = (job.clone(), run.lease.clone());
-        self.blocking(move |this| this.settle_delivery(req, digest, answer, &job, &lease)).await
+        self.settle_delivery(req, digest, answer, (job.clone(), run.lease.clone())).await
     }
 
-    fn settle_delivery(
+    async fn settle_delivery(
         &self,
         Versioned { value: mut req, version }: Versioned<ExchangeRequest>,
         bundle_sha256: [u8; 32],
         answer: Result<SignedBlob, PeerError>,
-        job: &JobId,
-        lease: &Lease,
+        finish: (JobId, Lease),
     ) -> AppResult<JobOutcome> {
         let now = self.now();
-        let finish = Some((job, lease));
+        let finish = Some(finish);
         let answer = match answer {
             Ok(receipt) => {
-                let verifies =
-                    verify_sha256_with_cert(&req.peer_certificate, &receipt.bytes, &receipt.signature).is_ok();
+                let cert = req.peer_certificate.clone();
+                let (receipt, verifies) = off_the_workers(move || {
+                    let verifies = verify_sha256_with_cert(&cert, &receipt.bytes, &receipt.signature).is_ok();
+                    Ok((receipt, verifies))
+                })
+                .await?;
                 let checked = delivery::accept_receipt(&req, &self.sys_id, &receipt, bundle_sha256, verifies);
                 PeerAnswer::Answered((receipt, checked))
             }
@@ -460,7 +458,8 @@ impl Exchange {
                 tracing::warn!(request_id = %req.id, %error, "{log}");
                 let audit = request_audit(&req, "exchange.fail", Outcome::Failed, audit);
                 // The bundle stays, so a RETRY can deliver it again.
-                self.store.update_request(version, &req, RequestEffects { finish, ..Default::default() }, &[audit])
+                let effects = RequestEffects { finish, ..Default::default() };
+                self.requests.update_request(version, req, effects, vec![audit]).await
             }
             DeliveryVerdict::Completed { imported, audit, use_up_one_time } => {
                 tracing::info!(request_id = %req.id, imported, "exchange completed");
@@ -471,13 +470,8 @@ impl Exchange {
                     at: now,
                     audit: delivery::one_time_use_audit(&req, UseUpBy::Completion, now),
                 });
-                let effects = RequestEffects {
-                    bundle: BundleChange::Clear,
-                    finish,
-                    use_up: use_up.as_ref(),
-                    ..Default::default()
-                };
-                self.store.update_request(version, &req, effects, &[audit])
+                let effects = RequestEffects { bundle: BundleChange::Clear, finish, use_up, ..Default::default() };
+                self.requests.update_request(version, req, effects, vec![audit]).await
             }
         };
         match outcome {
@@ -491,10 +485,10 @@ impl Exchange {
     }
 
     /// The notice job: tells the target the request was rejected or expired.
-    pub(super) async fn run_notice(self: &Arc<Self>, run: &JobRun) -> AppResult<JobOutcome> {
+    pub(super) async fn run_notice(&self, run: &JobRun) -> AppResult<JobOutcome> {
         let job = &run.job.id;
         let id = job.request_id().ok_or_else(|| AppError::Internal(format!("job {job} names no request")))?;
-        let req = self.blocking(move |this| Ok(this.store.request(&id)?)).await?;
+        let req = self.requests.request(id).await?;
         let Some((req, (status, reason))) = req.map(|v| v.value).and_then(|r| delivery::notice_for(&r).map(|n| (r, n)))
         else {
             return Ok(JobOutcome::Done);
@@ -532,4 +526,34 @@ impl Exchange {
             }
         }
     }
+}
+
+/// One page of a spec's own keys for the bundle: each unwrapped under the
+/// KEK and wrapped for `transport`; a key that does not unwrap is logged,
+/// counted and left out. Returns the entries and how many were left out.
+fn export_page(
+    kek: &dyn Signer,
+    transport: &DataKey,
+    keys: Vec<(KeyRecord, WrappedKey)>,
+) -> Result<(Vec<BundleEntry>, u32), CryptoError> {
+    let (mut entries, mut failed) = (Vec::with_capacity(keys.len()), 0);
+    for (rec, wrapped) in keys {
+        let dek = match kek.unwrap(&wrapped) {
+            Ok(dek) => dek,
+            Err(e) => {
+                tracing::error!(key_id = %rec.id, error = %e, "key does not unwrap under the KEK; not exported");
+                failed += 1;
+                continue;
+            }
+        };
+        entries.push(BundleEntry {
+            key_id: rec.id,
+            state: rec.state,
+            generated_at: rec.generated_at,
+            activated_at: rec.activated_at,
+            deactivated_at: rec.deactivated_at,
+            wrapped: kwp_wrap(transport.expose(), dek.expose())?,
+        });
+    }
+    Ok((entries, failed))
 }

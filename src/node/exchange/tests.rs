@@ -8,12 +8,13 @@ use std::sync::atomic::Ordering;
 use super::{Decision, NewRequest};
 use crate::domain::audit::AuditEntry;
 use crate::domain::auth::{Caller, Role};
-use crate::domain::exchange::{ExchangeRequest, RequestStatus, SpecLineStatus};
+use crate::domain::exchange::{ExchangeRequest, RequestStatus, SignedBlob, SpecLineStatus};
 use crate::domain::ids::RequestId;
 use crate::domain::job::{JobId, JobKind};
 use crate::error::{AppError, AppResult};
 use crate::node::audit::AuditFilter;
 pub(super) use crate::node::testing::{Faults, Instance, admin, name, pair, test_ca};
+use crate::store::{JobStore, RequestStore};
 
 pub(super) async fn request(instance: &Instance, id: &RequestId) -> ExchangeRequest {
     instance.services.exchange.request(id.clone()).await.expect("request")
@@ -61,8 +62,13 @@ pub(super) async fn all_requests(instance: &Instance) -> Vec<ExchangeRequest> {
     instance.services.exchange.requests_page(None, 100).await.expect("requests").0
 }
 
-pub(super) fn job_exists(instance: &Instance, kind: JobKind, id: &RequestId) -> bool {
-    instance.services.store().job(&JobId::for_request(kind, id)).expect("job").is_some()
+/// The signed bundle `instance` keeps for request `id`, if any.
+pub(super) async fn stored_bundle(instance: &Instance, id: &RequestId) -> Option<SignedBlob> {
+    RequestStore::new(instance.services.store()).bundle(id.clone()).await.expect("bundle")
+}
+
+pub(super) async fn job_exists(instance: &Instance, kind: JobKind, id: &RequestId) -> bool {
+    JobStore::new(instance.services.store()).job(JobId::for_request(kind, id)).await.expect("job").is_some()
 }
 
 /// The message of a domain error that is a failed precondition.
@@ -130,8 +136,8 @@ async fn approving_exports_every_own_key_into_a_stored_bundle_and_audits_their_i
     assert_eq!((approved.total_key_count, approved.exported_key_count), (3, 3));
     assert_eq!(approved.lines[0].status, SpecLineStatus::Exchanged);
     assert_eq!(approved.lines[0].key_count, 3);
-    assert!(source.services.store().bundle(&req.id).expect("bundle").is_some(), "the bundle waits for delivery");
-    assert!(job_exists(&source, JobKind::Deliver, &req.id), "the delivery job is scheduled with the approval");
+    assert!(stored_bundle(&source, &req.id).await.is_some(), "the bundle waits for delivery");
+    assert!(job_exists(&source, JobKind::Deliver, &req.id).await, "the delivery job is scheduled with the approval");
     let exports = audited(&source, "exchange.export", req.id.as_str()).await;
     assert_eq!(exports.len(), 1);
     let keys = source.services.catalog.keys(name("salary")).await.expect("keys");
@@ -210,7 +216,7 @@ async fn a_rejection_is_told_to_the_target_by_the_notice_job() {
     let req = open_request(&source, &target, &["salary"]).await;
     let rejected = decide(&source, &req.id, reject("not today")).await.expect("reject");
     assert_eq!(rejected.status, RequestStatus::Rejected);
-    assert!(source.services.store().bundle(&req.id).expect("bundle").is_none(), "no bundle is built");
+    assert!(stored_bundle(&source, &req.id).await.is_none(), "no bundle is built");
     assert_eq!(request(&target, &req.id).await.status, RequestStatus::Pending, "told only by the job");
     assert_eq!(source.run_jobs().await, 1, "the notice ran");
     assert_eq!(Faults::calls(&source.link.faults.notices), 1);
@@ -255,7 +261,7 @@ async fn a_rejected_request_is_not_approved_and_the_refusal_names_the_rejection(
     let refused = precondition(decide(&source, &req.id, Decision::Approve).await);
     assert!(refused.contains("REQUEST_REJECTED (rejected by operator:root"), "{refused}");
     assert_eq!(request(&source, &req.id).await.status, RequestStatus::Rejected);
-    assert!(!job_exists(&source, JobKind::Deliver, &req.id));
+    assert!(!job_exists(&source, JobKind::Deliver, &req.id).await);
 }
 
 #[tokio::test]
@@ -268,7 +274,7 @@ async fn a_decision_after_expiry_expires_the_request_itself_and_is_refused() {
     let refused = precondition(decide(&source, &req.id, Decision::Approve).await);
     assert!(refused.contains("expired"), "{refused}");
     assert_eq!(request(&source, &req.id).await.status, RequestStatus::Expired, "no sweep was needed");
-    assert!(source.services.store().bundle(&req.id).expect("bundle").is_none());
+    assert!(stored_bundle(&source, &req.id).await.is_none());
     let late_reject = precondition(decide(&source, &req.id, reject("late")).await);
     assert!(late_reject.contains("REQUEST_EXPIRED"), "{late_reject}");
     assert_eq!(source.run_jobs().await, 1, "the notice ran");

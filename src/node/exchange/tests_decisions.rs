@@ -4,12 +4,12 @@
 use super::Decision;
 use super::tests::{
     Faults, Instance, audited, decide, job_exists, key_count, open_request, operator, pair, precondition, reject,
-    request,
+    request, stored_bundle,
 };
 use crate::domain::exchange::{ExchangeRequest, RequestStatus};
 use crate::domain::job::JobKind;
 use crate::error::AppError;
-use crate::store::{BundleChange, RequestEffects};
+use crate::store::{BundleChange, RequestEffects, RequestStore};
 
 /// A pair with `salary` (2 keys on the source) and one request for it.
 async fn requested() -> (Instance, Instance, ExchangeRequest) {
@@ -33,14 +33,14 @@ async fn refused_delivery(source: &Instance, req: &ExchangeRequest) {
 async fn a_retry_from_error_on_remote_delivers_the_kept_bundle_again() {
     let (source, target, req) = requested().await;
     refused_delivery(&source, &req).await;
-    let bundle = source.services.store().bundle(&req.id).expect("bundle");
+    let bundle = stored_bundle(&source, &req.id).await;
     assert!(bundle.is_some(), "the bundle stays for a retry");
     assert_eq!(audited(&source, "exchange.fail", req.id.as_str()).await.len(), 1);
 
     let retried = decide(&source, &req.id, Decision::Retry).await.expect("retry");
     assert_eq!(retried.status, RequestStatus::Approved, "with a bundle, a retry resumes at approved");
-    assert!(job_exists(&source, JobKind::Deliver, &req.id));
-    assert_eq!(source.services.store().bundle(&req.id).expect("bundle"), bundle, "the same bundle");
+    assert!(job_exists(&source, JobKind::Deliver, &req.id).await);
+    assert_eq!(stored_bundle(&source, &req.id).await, bundle, "the same bundle");
     assert_eq!(source.run_jobs().await, 1);
     assert_eq!(Faults::calls(&source.link.faults.deliveries), 2);
     assert_eq!(request(&source, &req.id).await.status, RequestStatus::Completed);
@@ -53,10 +53,10 @@ async fn a_retry_from_error_on_remote_delivers_the_kept_bundle_again() {
 /// failure keeps the bundle).
 async fn failed_without_bundle(source: &Instance, req: &ExchangeRequest) {
     refused_delivery(source, req).await;
-    let store = source.services.store();
-    let current = store.request(&req.id).expect("read").expect("the request");
+    let store = RequestStore::new(source.services.store());
+    let current = store.request(req.id.clone()).await.expect("read").expect("the request");
     let cleared = RequestEffects { bundle: BundleChange::Clear, ..Default::default() };
-    store.update_request(current.version, &current.value, cleared, &[]).expect("clear the bundle");
+    store.update_request(current.version, current.value, cleared, Vec::new()).await.expect("clear the bundle");
 }
 
 #[tokio::test]
@@ -65,7 +65,7 @@ async fn a_retry_from_error_without_a_bundle_makes_the_request_pending_again() {
     failed_without_bundle(&source, &req).await;
     let retried = decide(&source, &req.id, Decision::Retry).await.expect("retry");
     assert_eq!(retried.status, RequestStatus::Pending, "without a bundle, a retry waits for a decision again");
-    assert!(!job_exists(&source, JobKind::Deliver, &req.id), "nothing to deliver");
+    assert!(!job_exists(&source, JobKind::Deliver, &req.id).await, "nothing to deliver");
     assert_eq!(source.run_jobs().await, 0);
     assert_eq!(Faults::calls(&source.link.faults.deliveries), 1, "no new delivery");
     assert_eq!(request(&target, &req.id).await.status, RequestStatus::Pending);
@@ -131,14 +131,14 @@ async fn of_a_concurrent_approval_and_rejection_exactly_one_wins() {
         (Ok(_), Err(e)) => {
             assert_eq!(status, RequestStatus::Approved);
             assert!(e.to_string().contains("REQUEST_APPROVED (approved by operator:alice"), "{e}");
-            assert!(job_exists(&source, JobKind::Deliver, &req.id));
-            assert!(!job_exists(&source, JobKind::Notify, &req.id));
+            assert!(job_exists(&source, JobKind::Deliver, &req.id).await);
+            assert!(!job_exists(&source, JobKind::Notify, &req.id).await);
         }
         (Err(e), Ok(_)) => {
             assert_eq!(status, RequestStatus::Rejected);
             assert!(e.to_string().contains("REQUEST_REJECTED (rejected by operator:bob"), "{e}");
-            assert!(!job_exists(&source, JobKind::Deliver, &req.id));
-            assert!(job_exists(&source, JobKind::Notify, &req.id));
+            assert!(!job_exists(&source, JobKind::Deliver, &req.id).await);
+            assert!(job_exists(&source, JobKind::Notify, &req.id).await);
         }
         _ => panic!("exactly one decision wins: {approve:?} / {rejection:?}"),
     }

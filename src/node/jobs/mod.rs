@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::context::{Blocking, Context, millis};
+use super::context::{Context, millis};
 pub use super::context::{DEFAULT_CLONE_GRANT_LIFETIME, DEFAULT_REKEY_RETRY, JobSettings, JobSignals};
 use crate::clock::Clock;
 use crate::domain::ids::{Host, SysId, UnixMillis};
@@ -29,7 +29,7 @@ use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::domain::schedule::next_periodic;
 use crate::error::{AppError, AppResult};
 use crate::signer::primitives::random_bytes;
-use crate::store::Store;
+use crate::store::JobStore;
 pub use backoff::PeerBackoff;
 
 /// How one run of a job ended, as its handler reports it; the runner writes
@@ -100,7 +100,7 @@ fn jitter() -> u64 {
 
 pub struct JobRunner {
     sys_id: SysId,
-    store: Arc<Store>,
+    store: JobStore,
     clock: Arc<dyn Clock>,
     settings: JobSettings,
     signals: Arc<JobSignals>,
@@ -112,7 +112,7 @@ impl JobRunner {
     pub fn new(ctx: &Context) -> Self {
         JobRunner {
             sys_id: ctx.sys_id.clone(),
-            store: Arc::clone(&ctx.store),
+            store: JobStore::new(&ctx.store),
             clock: Arc::clone(&ctx.clock),
             settings: ctx.settings.clone(),
             signals: Arc::clone(&ctx.signals),
@@ -150,8 +150,8 @@ impl JobRunner {
     }
 
     /// Jobs in due order (operators' view and tests).
-    pub async fn jobs(self: &Arc<Self>, limit: usize) -> AppResult<Vec<Job>> {
-        self.blocking(move |runner| Ok(runner.store.jobs_by_due(limit)?)).await
+    pub async fn jobs(&self, limit: usize) -> AppResult<Vec<Job>> {
+        Ok(self.store.jobs_by_due(limit).await?)
     }
 
     /// Runs one claimed job and writes how it ended.
@@ -170,38 +170,31 @@ impl JobRunner {
             }
             None => Err(AppError::Internal(format!("no handler for job kind {}", id.kind.label()))),
         };
-        let (id2, lease2) = (id.clone(), lease.clone());
-        let written = match outcome {
-            Ok(JobOutcome::Settled) => Ok(()),
-            Ok(JobOutcome::Done) => self.blocking(move |r| Ok(r.store.finish_job(&id2, &lease2, None)?)).await,
-            Ok(JobOutcome::RunAgainAt(at)) => {
-                self.blocking(move |r| Ok(r.store.finish_job(&id2, &lease2, Some(at))?)).await
-            }
-            Ok(JobOutcome::WaitUntil(until)) => {
-                self.blocking(move |r| Ok(r.store.postpone_job(&id2, &lease2, until)?)).await
-            }
+        if let Err(e) = self.write_end(&id, lease, attempt, outcome).await {
+            tracing::warn!(job = %id, error = %e, "could not record how the job ended; its lease will run out");
+        }
+    }
+
+    /// Writes how the run under `lease` ended (`outcome`).
+    async fn write_end(&self, id: &JobId, lease: Lease, attempt: u32, outcome: AppResult<JobOutcome>) -> AppResult<()> {
+        let id = id.clone();
+        match outcome {
+            Ok(JobOutcome::Settled) => {}
+            Ok(JobOutcome::Done) => self.store.finish_job(id, lease, None).await?,
+            Ok(JobOutcome::RunAgainAt(at)) => self.store.finish_job(id, lease, Some(at)).await?,
+            Ok(JobOutcome::WaitUntil(until)) => self.store.postpone_job(id, lease, until).await?,
             Ok(JobOutcome::PeerUnreachable { host, reason }) => {
-                self.blocking(move |r| {
-                    let retry = r.store.retry_job(&id2, &lease2, &reason, r.clock.now(), r.settings.retry, jitter())?;
-                    r.backoff.failed(&host, retry.next_due);
-                    Ok(())
-                })
-                .await
+                let retry =
+                    self.store.retry_job(id, lease, reason, self.clock.now(), self.settings.retry, jitter()).await?;
+                self.backoff.failed(&host, retry.next_due);
             }
             Err(e) => {
                 tracing::warn!(job = %id, attempt, error = %e, "job failed; it will be retried");
                 let error = e.to_string();
-                self.blocking(move |r| {
-                    Ok(r.store
-                        .retry_job(&id2, &lease2, &error, r.clock.now(), r.settings.retry, jitter())
-                        .map(|_| ())?)
-                })
-                .await
+                self.store.retry_job(id, lease, error, self.clock.now(), self.settings.retry, jitter()).await?;
             }
-        };
-        if let Err(e) = written {
-            tracing::warn!(job = %id, error = %e, "could not record how the job ended; its lease will run out");
         }
+        Ok(())
     }
 
     /// Adds every handler's startup jobs (the recurring sweeps); a no-op
@@ -215,7 +208,7 @@ impl JobRunner {
         startup.dedup_by(|a, b| a.id == b.id);
         for job in startup {
             let kind = job.id.kind;
-            if let Err(e) = self.blocking(move |r| Ok(r.store.add_job(&job)?)).await {
+            if let Err(e) = self.store.add_job(job).await {
                 tracing::warn!(error = %e, job = kind.label(), "could not schedule a recurring job");
             }
         }
@@ -225,8 +218,8 @@ impl JobRunner {
     /// to their end; returns how many ran. The unit tests drive jobs this
     /// way with a manual clock (the daemon runs `run`).
     pub async fn run_due_once(self: &Arc<Self>, owner: &str) -> AppResult<usize> {
-        let (owner, lease) = (owner.to_owned(), millis(self.settings.lease));
-        let claimed = self.blocking(move |r| Ok(r.store.claim_due_jobs(&owner, r.clock.now(), lease, 1000)?)).await?;
+        let lease = millis(self.settings.lease);
+        let claimed = self.store.claim_due_jobs(owner.to_owned(), self.clock.now(), lease, 1000).await?;
         let ran = claimed.len();
         for (job, lease) in claimed {
             self.run_job(job, lease).await;
@@ -239,7 +232,7 @@ impl JobRunner {
     /// `tracker` so shutdown can let them finish.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken, tracker: TaskTracker) {
         let owner = format!("{}-{}", self.sys_id, hex::encode(random_bytes::<4>()));
-        match self.blocking(|r| Ok(r.store.release_orphaned_leases()?)).await {
+        match self.store.release_orphaned_leases().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "jobs leased by the previous run are due again"),
             Err(e) => tracing::warn!(error = %e, "could not release the previous run's leases; they will run out"),
@@ -251,9 +244,8 @@ impl JobRunner {
         loop {
             let free = permits.available_permits();
             if free > 0 {
-                let (owner2, lease) = (owner.clone(), millis(settings.lease));
-                let claimed =
-                    self.blocking(move |r| Ok(r.store.claim_due_jobs(&owner2, r.clock.now(), lease, free)?)).await;
+                let lease = millis(settings.lease);
+                let claimed = self.store.claim_due_jobs(owner.clone(), self.clock.now(), lease, free).await;
                 match claimed {
                     Ok(claimed) => {
                         for (job, lease) in claimed {
