@@ -222,6 +222,9 @@ impl SnapshotRead {
     }
 }
 
+// Transitional: the sync twins of `CloneStore::system_approval_refusal` and
+// `CloneStore::clone_target`, for the exchange service's code that still
+// calls them inside its blocking closures; they go after the merge.
 impl Store {
     /// Why `a` may not be approved without a person as the rows stand now
     /// (the approving transaction checks again), or Ok.

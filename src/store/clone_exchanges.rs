@@ -116,6 +116,9 @@ pub(super) fn use_up_in(tx: &mut dyn WriteTxn, u: &UseUp) -> Result<bool> {
     Ok(true)
 }
 
+// Transitional: the sync twin of `CloneStore::clone_exchange`, for the
+// exchange service's code that still calls it inside its blocking closures;
+// it goes after the merge.
 impl Store {
     pub fn clone_exchange(&self, target: &SysId) -> Result<Option<CloneExchange>> {
         self.read_blocking(|tx| read_exchange(tx, target))
