@@ -6,7 +6,7 @@ use super::catalog::{decode_key, insert_new_keys, spec_prefix};
 use super::engine::{KeyRange, Table, Visit};
 use super::records::{ImportKeyRow, decode};
 use super::tuple::str_key;
-use super::{Result, Store, StoreError, get_row, put_row};
+use super::{ByokStore, Result, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::byok::ImportKey;
 use crate::domain::ids::{ImportToken, Name, UnixMillis};
@@ -16,47 +16,58 @@ fn token_key(token: &ImportToken) -> Vec<u8> {
     str_key(token.as_str())
 }
 
-impl Store {
+impl ByokStore {
     /// Stores a new import key and deletes the expired ones named in
     /// `expired` (those still there), with the audit entries, in one
     /// transaction.
-    pub fn insert_import_key(&self, key: &ImportKey, expired: &[ImportToken], audit: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| {
-            let k = token_key(&key.token);
-            if tx.get(Table::ImportKeys, &k)?.is_some() {
-                return Err(StoreError::AlreadyExists { what: "import key", id: key.token.to_string() });
-            }
-            put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(key))?;
-            for t in expired {
-                tx.delete(Table::ImportKeys, &token_key(t))?;
-            }
-            append_audit(tx, audit)
-        })
+    pub async fn insert_import_key(
+        &self,
+        key: ImportKey,
+        expired: Vec<ImportToken>,
+        audit: Vec<AuditEvent>,
+    ) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                let k = token_key(&key.token);
+                if tx.get(Table::ImportKeys, &k)?.is_some() {
+                    return Err(StoreError::AlreadyExists { what: "import key", id: key.token.to_string() });
+                }
+                put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&key))?;
+                for t in &expired {
+                    tx.delete(Table::ImportKeys, &token_key(t))?;
+                }
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
-    pub fn import_key(&self, token: &ImportToken) -> Result<Option<ImportKey>> {
-        self.read_blocking(|tx| {
-            get_row::<ImportKeyRow>(tx, Table::ImportKeys, &token_key(token))?.map(TryInto::try_into).transpose()
-        })
+    pub async fn import_key(&self, token: ImportToken) -> Result<Option<ImportKey>> {
+        self.store
+            .read(move |tx| {
+                get_row::<ImportKeyRow>(tx, Table::ImportKeys, &token_key(&token))?.map(TryInto::try_into).transpose()
+            })
+            .await
     }
 
     /// Import keys that expired at `now` (at most `limit`).
-    pub fn expired_import_keys(&self, now: UnixMillis, limit: usize) -> Result<Vec<ImportKey>> {
-        self.read_blocking(|tx| {
-            let mut out = Vec::new();
-            tx.visit(Table::ImportKeys, &KeyRange::all(), &mut |_, v| {
-                let k: ImportKey = decode::<ImportKeyRow>(v)?.try_into()?;
-                if k.is_expired(now) {
-                    out.push(k);
-                }
-                Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
-            })?;
-            Ok(out)
-        })
+    pub async fn expired_import_keys(&self, now: UnixMillis, limit: usize) -> Result<Vec<ImportKey>> {
+        self.store
+            .read(move |tx| {
+                let mut out = Vec::new();
+                tx.visit(Table::ImportKeys, &KeyRange::all(), &mut |_, v| {
+                    let k: ImportKey = decode::<ImportKeyRow>(v)?.try_into()?;
+                    if k.is_expired(now) {
+                        out.push(k);
+                    }
+                    Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
+                })?;
+                Ok(out)
+            })
+            .await
     }
 
-    pub fn count_import_keys(&self) -> Result<u64> {
-        self.read_blocking(|tx| tx.len(Table::ImportKeys))
+    pub async fn count_import_keys(&self) -> Result<u64> {
+        self.store.read(|tx| tx.len(Table::ImportKeys)).await
     }
 
     /// The BYOK import, in one transaction conditional on the import key
@@ -68,40 +79,42 @@ impl Store {
     /// destroyed the signer's key, see `erase_import_handle`; the row stays
     /// until it expires), the audit appended. Planning inside the transaction lets
     /// concurrent imports into one spec each take the next version.
-    pub fn use_import_key(
+    pub async fn use_import_key(
         &self,
-        token: &ImportToken,
+        token: ImportToken,
         now: UnixMillis,
-        spec: &Name,
-        wrapped: &WrappedKey,
-        plan: impl Fn(&[KeyRecord]) -> (KeyRecord, Vec<AuditEvent>),
+        spec: Name,
+        wrapped: WrappedKey,
+        plan: impl Fn(&[KeyRecord]) -> (KeyRecord, Vec<AuditEvent>) + Send + 'static,
     ) -> Result<KeyRecord> {
-        self.write_blocking(|tx| {
-            let k = token_key(token);
-            let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else {
-                return Err(StoreError::Missing { what: "import key", id: token.to_string() });
-            };
-            let mut import: ImportKey = row.try_into()?;
-            if import.is_expired(now) {
-                return Err(StoreError::Missing { what: "import key", id: token.to_string() });
-            }
-            if import.used.is_some() {
-                return Err(StoreError::Stale { what: "import key", id: token.to_string() });
-            }
-            let mut existing = Vec::new();
-            tx.visit(Table::Keys, &KeyRange::prefix_after(spec_prefix(spec), None), &mut |_, v| {
-                existing.push(decode_key(v)?.0);
-                Ok(Visit::Continue)
-            })?;
-            let (key, audit) = plan(&existing);
-            if let Some(id) = insert_new_keys(tx, &[(key.clone(), wrapped.clone())])?.first() {
-                return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
-            }
-            import.used = Some((now, key.id.clone()));
-            put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&import))?;
-            append_audit(tx, &audit)?;
-            Ok(key)
-        })
+        self.store
+            .write(move |tx| {
+                let k = token_key(&token);
+                let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else {
+                    return Err(StoreError::Missing { what: "import key", id: token.to_string() });
+                };
+                let mut import: ImportKey = row.try_into()?;
+                if import.is_expired(now) {
+                    return Err(StoreError::Missing { what: "import key", id: token.to_string() });
+                }
+                if import.used.is_some() {
+                    return Err(StoreError::Stale { what: "import key", id: token.to_string() });
+                }
+                let mut existing = Vec::new();
+                tx.visit(Table::Keys, &KeyRange::prefix_after(spec_prefix(&spec), None), &mut |_, v| {
+                    existing.push(decode_key(v)?.0);
+                    Ok(Visit::Continue)
+                })?;
+                let (key, audit) = plan(&existing);
+                if let Some(id) = insert_new_keys(tx, &[(key.clone(), wrapped.clone())])?.first() {
+                    return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
+                }
+                import.used = Some((now, key.id.clone()));
+                put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&import))?;
+                append_audit(tx, &audit)?;
+                Ok(key)
+            })
+            .await
     }
 
     /// Erases the handle of a used import key once its signer key is
@@ -109,16 +122,18 @@ impl Store {
     /// (else nothing changes). A crash before this leaves the handle, and
     /// the sweep of expired import keys destroys the signer key again
     /// (destroying is idempotent).
-    pub fn erase_import_handle(&self, token: &ImportToken, handle: &[u8]) -> Result<()> {
-        self.write_blocking(|tx| {
-            let k = token_key(token);
-            let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else { return Ok(()) };
-            let mut import: ImportKey = row.try_into()?;
-            if import.used.is_none() || import.handle != handle {
-                return Ok(());
-            }
-            import.handle = Vec::new();
-            put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&import))
-        })
+    pub async fn erase_import_handle(&self, token: ImportToken, handle: Vec<u8>) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                let k = token_key(&token);
+                let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else { return Ok(()) };
+                let mut import: ImportKey = row.try_into()?;
+                if import.used.is_none() || import.handle != handle {
+                    return Ok(());
+                }
+                import.handle = Vec::new();
+                put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&import))
+            })
+            .await
     }
 }

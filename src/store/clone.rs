@@ -2,7 +2,10 @@
 //! clone is served from (one read transaction, so one consistent view,
 //! streamed part by part: nothing but one part is held in memory).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use super::audit::append_audit;
 use super::catalog::{modules_in, specs_in};
@@ -13,7 +16,7 @@ use super::properties::{properties_in, property_in};
 use super::records::decode;
 use super::stored_records::{active_records, record_from_row};
 use super::tuple::{KeyReader, str_key};
-use super::{Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{CloneStore, Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::{
     CloneGrant, CloneTarget, GrantBasis, SnapshotCatalog, SnapshotHeader, SnapshotPart, SystemApprovalFacts,
@@ -23,6 +26,7 @@ use crate::domain::clone_exchange::ExchangePlan;
 use crate::domain::exchange::Frequency;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
 use crate::domain::property::{AUTO_KEY_EXCHANGE, is_protected, schema};
+use crate::offload;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct CloneTargetRow {
@@ -165,135 +169,204 @@ fn check_system_approval(tx: &mut dyn ReadTxn, a: &SystemApproval) -> Result<std
     Ok(grant.ok_or_else(|| "no clone grant".to_owned()))
 }
 
-/// Whether the receiver still wants parts (false: it went away; stop).
-pub type Emit<'a> = dyn FnMut(SnapshotPart) -> bool + 'a;
+pub(super) fn target_in(tx: &mut dyn ReadTxn, sys_id: &SysId) -> Result<Option<CloneTarget>> {
+    get_row::<CloneTargetRow>(tx, Table::CloneTargets, &str_key(sys_id.as_str()))?
+        .map(|r| target_from(sys_id.clone(), r))
+        .transpose()
+}
 
+/// Every row of `table` (keyed by one string), each made by `row` from its
+/// key and its value.
+pub(super) fn every_row<T>(
+    tx: &mut dyn ReadTxn,
+    table: Table,
+    mut row: impl FnMut(String, &[u8]) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    tx.visit(table, &KeyRange::all(), &mut |k, v| {
+        out.push(row(KeyReader::new(k).str()?, v)?);
+        Ok(Visit::Continue)
+    })?;
+    Ok(out)
+}
+
+/// Parts the snapshot's read hands over ahead of the one being taken.
+const PARTS_AHEAD: usize = 1;
+
+/// A snapshot being read (`CloneStore::snapshot`): one read transaction,
+/// so one consistent view, on the blocking pool, handing its parts over a
+/// small channel in order. Each `next` is one page.
+pub struct SnapshotRead {
+    parts: mpsc::Receiver<SnapshotPart>,
+    read: tokio::task::JoinHandle<Result<bool>>,
+}
+
+impl std::fmt::Debug for SnapshotRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotRead").finish_non_exhaustive()
+    }
+}
+
+impl SnapshotRead {
+    /// The next part; None once the read ended (`end` says how).
+    pub async fn next(&mut self) -> Option<SnapshotPart> {
+        self.parts.recv().await
+    }
+
+    /// Stops the read if it still runs (its parts are no longer taken) and
+    /// says how it ended: true when the end part was handed over, false when
+    /// it stopped before.
+    pub async fn end(self) -> Result<bool> {
+        drop(self.parts);
+        self.read.await.map_err(|e| StoreError::Backend(format!("the snapshot read failed: {e}")))?
+    }
+}
+
+// Transitional: the sync twins of `CloneStore::system_approval_refusal` and
+// `CloneStore::clone_target`, for the exchange service's code that still
+// calls them inside its blocking closures; they go after the merge.
 impl Store {
-    /// Registers `target` (or replaces its host), with its audit entry.
-    pub fn put_clone_target(&self, target: &CloneTarget, audit: &[AuditEvent]) -> Result<()> {
-        let row = CloneTargetRow::from(target);
-        self.write_blocking(|tx| {
-            put_row(tx, Table::CloneTargets, &str_key(target.sys_id.as_str()), &row)?;
-            append_audit(tx, audit)
-        })
-    }
-
-    /// Returns whether the target was registered.
-    pub fn remove_clone_target(&self, sys_id: &SysId, audit: &[AuditEvent]) -> Result<bool> {
-        self.write_blocking(|tx| {
-            let removed = tx.delete(Table::CloneTargets, &str_key(sys_id.as_str()))?;
-            // Its grant goes with it: nothing approves that target's requests any more.
-            delete_grant_in(tx, sys_id)?;
-            if removed {
-                append_audit(tx, audit)?;
-            }
-            Ok(removed)
-        })
-    }
-
-    /// Records (or replaces) the grant of a complete clone, with its audit entry.
-    pub fn put_clone_grant(&self, grant: &CloneGrant, audit: &[AuditEvent]) -> Result<()> {
-        let row = CloneGrantRow::from(grant);
-        self.write_blocking(|tx| {
-            put_row(tx, Table::CloneGrants, &str_key(grant.target.as_str()), &row)?;
-            append_audit(tx, audit)
-        })
-    }
-
     /// Why `a` may not be approved without a person as the rows stand now
     /// (the approving transaction checks again), or Ok.
     pub fn system_approval_refusal(&self, a: &SystemApproval) -> Result<std::result::Result<(), String>> {
         self.read_blocking(|tx| Ok(check_system_approval(tx, a)?.map(|_| ())))
     }
 
-    pub fn clone_grant(&self, target: &SysId) -> Result<Option<CloneGrant>> {
-        self.read_blocking(|tx| grant_in(tx, target))
-    }
-
     pub fn clone_target(&self, sys_id: &SysId) -> Result<Option<CloneTarget>> {
-        self.read_blocking(|tx| {
-            get_row::<CloneTargetRow>(tx, Table::CloneTargets, &str_key(sys_id.as_str()))?
-                .map(|r| target_from(sys_id.clone(), r))
-                .transpose()
-        })
+        self.read_blocking(|tx| target_in(tx, sys_id))
+    }
+}
+
+impl CloneStore {
+    /// Puts one row with its audit entries, in one transaction.
+    async fn put_audited<R>(&self, table: Table, key: Vec<u8>, row: R, audit: Vec<AuditEvent>) -> Result<()>
+    where
+        R: Serialize + Send + 'static,
+    {
+        self.store
+            .write(move |tx| {
+                put_row(tx, table, &key, &row)?;
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
-    pub fn clone_targets(&self) -> Result<Vec<CloneTarget>> {
-        self.read_blocking(|tx| {
-            let mut out = Vec::new();
-            tx.visit(Table::CloneTargets, &KeyRange::all(), &mut |k, v| {
-                let id = SysId::parse(&KeyReader::new(k).str()?).map_err(corrupt)?;
-                out.push(target_from(id, decode(v)?)?);
-                Ok(Visit::Continue)
-            })?;
-            Ok(out)
-        })
+    /// Registers `target` (or replaces its host), with its audit entry.
+    pub async fn put_clone_target(&self, target: CloneTarget, audit: Vec<AuditEvent>) -> Result<()> {
+        let key = str_key(target.sys_id.as_str());
+        self.put_audited(Table::CloneTargets, key, CloneTargetRow::from(&target), audit).await
     }
 
-    /// Streams one consistent snapshot through `emit`: the header, the
-    /// catalog parts, the records `per_part` at a time in address order,
-    /// the end (naming `grant`). Never reads a key. Returns whether the end was emitted
-    /// (false: `emit` asked to stop). Blocking: holds a read transaction
-    /// while `emit` waits for the receiver.
+    /// Returns whether the target was registered.
+    pub async fn remove_clone_target(&self, sys_id: SysId, audit: Vec<AuditEvent>) -> Result<bool> {
+        self.store
+            .write(move |tx| {
+                let removed = tx.delete(Table::CloneTargets, &str_key(sys_id.as_str()))?;
+                // Its grant goes with it: nothing approves that target's requests any more.
+                delete_grant_in(tx, &sys_id)?;
+                if removed {
+                    append_audit(tx, &audit)?;
+                }
+                Ok(removed)
+            })
+            .await
+    }
+
+    /// Records (or replaces) the grant of a complete clone, with its audit entry.
+    pub async fn put_clone_grant(&self, grant: CloneGrant, audit: Vec<AuditEvent>) -> Result<()> {
+        let key = str_key(grant.target.as_str());
+        self.put_audited(Table::CloneGrants, key, CloneGrantRow::from(&grant), audit).await
+    }
+
+    /// Why `a` may not be approved without a person as the rows stand now
+    /// (the approving transaction checks again), or Ok.
+    pub async fn system_approval_refusal(&self, a: SystemApproval) -> Result<std::result::Result<(), String>> {
+        self.store.read(move |tx| Ok(check_system_approval(tx, &a)?.map(|_| ()))).await
+    }
+
+    pub async fn clone_grant(&self, target: SysId) -> Result<Option<CloneGrant>> {
+        self.store.read(move |tx| grant_in(tx, &target)).await
+    }
+
+    pub async fn clone_target(&self, sys_id: SysId) -> Result<Option<CloneTarget>> {
+        self.store.read(move |tx| target_in(tx, &sys_id)).await
+    }
+
+    pub async fn clone_targets(&self) -> Result<Vec<CloneTarget>> {
+        let target = |k: String, v: &[u8]| target_from(SysId::parse(&k).map_err(corrupt)?, decode(v)?);
+        self.store.read(move |tx| every_row(tx, Table::CloneTargets, target)).await
+    }
+
+    /// Starts reading one consistent snapshot (returns at once; the parts
+    /// come through the `SnapshotRead`): the header, the catalog parts, the
+    /// records `per_part` at a time in address order, the end (naming
+    /// `grant`). Never reads a key. The read holds its transaction on the
+    /// blocking pool while the taker is slow, and stops when it is dropped.
     pub fn snapshot(
         &self,
         taken_at: UnixMillis,
         per_part: usize,
         exchange: Option<ExchangePlan>,
         grant: Option<String>,
-        emit: &mut Emit<'_>,
-    ) -> Result<bool> {
-        let per_part = per_part.max(1);
-        self.read_blocking(|tx| {
-            let table = active_records(tx)?;
-            let records = tx.len(table)?;
-            let header = SnapshotHeader { source: self.sys_id.clone(), taken_at, records, exchange };
-            if !emit(SnapshotPart::Header(header)) {
-                return Ok(false);
-            }
-            let catalog = SnapshotCatalog {
-                modules: modules_in(tx)?,
-                specs: specs_in(tx)?,
-                policies: policies_in(tx, None)?,
-                // Protected properties are the instance's own: never sent.
-                properties: properties_in(tx)?.into_iter().filter(|p| !is_protected(&p.name)).collect(),
-            };
-            for part in catalog.into_parts() {
-                if !emit(SnapshotPart::Catalog(part)) {
-                    return Ok(false);
-                }
-            }
-            let (mut batch, mut sent, mut open) = (Vec::with_capacity(per_part), 0u64, true);
-            tx.visit(table, &KeyRange::all(), &mut |k, v| {
-                batch.push(record_from_row(k, v)?);
-                if batch.len() >= per_part {
-                    sent += batch.len() as u64;
-                    open = emit(SnapshotPart::Records(std::mem::replace(&mut batch, Vec::with_capacity(per_part))));
-                }
-                Ok(if open { Visit::Continue } else { Visit::Stop })
-            })?;
-            if !open {
-                return Ok(false);
-            }
-            if !batch.is_empty() {
-                sent += batch.len() as u64;
-                if !emit(SnapshotPart::Records(batch)) {
-                    return Ok(false);
-                }
-            }
-            Ok(emit(SnapshotPart::End { records: sent, grant }))
-        })
+    ) -> SnapshotRead {
+        let (parts, taken) = mpsc::channel(PARTS_AHEAD);
+        let store = Arc::clone(&self.store);
+        let read = tokio::spawn(offload::run(move || {
+            let source = store.sys_id.clone();
+            let mut emit = |part: SnapshotPart| parts.blocking_send(part).is_ok();
+            store.read_blocking(|tx| read_snapshot(tx, source, taken_at, per_part, exchange, grant, &mut emit))
+        }));
+        SnapshotRead { parts: taken, read }
     }
 }
 
-// Transitional: async forms of the methods another service group calls,
-// run on the blocking pool; the sync forms go when no blocking closure is left.
-impl super::CloneStore {
-    pub async fn system_approval_refusal(&self, a: SystemApproval) -> Result<std::result::Result<(), String>> {
-        self.store.call(move |s| s.system_approval_refusal(&a)).await
+/// Emits the snapshot `tx` sees (see `CloneStore::snapshot`); false when
+/// `emit` asked to stop.
+fn read_snapshot(
+    tx: &mut dyn ReadTxn,
+    source: SysId,
+    taken_at: UnixMillis,
+    per_part: usize,
+    exchange: Option<ExchangePlan>,
+    grant: Option<String>,
+    emit: &mut dyn FnMut(SnapshotPart) -> bool,
+) -> Result<bool> {
+    let per_part = per_part.max(1);
+    let table = active_records(tx)?;
+    let records = tx.len(table)?;
+    let header = SnapshotHeader { source, taken_at, records, exchange };
+    if !emit(SnapshotPart::Header(header)) {
+        return Ok(false);
     }
-
-    pub async fn clone_target(&self, sys_id: SysId) -> Result<Option<CloneTarget>> {
-        self.store.call(move |s| s.clone_target(&sys_id)).await
+    let catalog = SnapshotCatalog {
+        modules: modules_in(tx)?,
+        specs: specs_in(tx)?,
+        policies: policies_in(tx, None)?,
+        // Protected properties are the instance's own: never sent.
+        properties: properties_in(tx)?.into_iter().filter(|p| !is_protected(&p.name)).collect(),
+    };
+    for part in catalog.into_parts() {
+        if !emit(SnapshotPart::Catalog(part)) {
+            return Ok(false);
+        }
     }
+    let (mut batch, mut sent, mut open) = (Vec::with_capacity(per_part), 0u64, true);
+    tx.visit(table, &KeyRange::all(), &mut |k, v| {
+        batch.push(record_from_row(k, v)?);
+        if batch.len() >= per_part {
+            sent += batch.len() as u64;
+            open = emit(SnapshotPart::Records(std::mem::replace(&mut batch, Vec::with_capacity(per_part))));
+        }
+        Ok(if open { Visit::Continue } else { Visit::Stop })
+    })?;
+    if !open {
+        return Ok(false);
+    }
+    if !batch.is_empty() {
+        sent += batch.len() as u64;
+        if !emit(SnapshotPart::Records(batch)) {
+            return Ok(false);
+        }
+    }
+    Ok(emit(SnapshotPart::End { records: sent, grant }))
 }

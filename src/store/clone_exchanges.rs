@@ -7,12 +7,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::audit::append_audit;
-use super::engine::{KeyRange, Table, Visit, WriteTxn};
+use super::clone::every_row;
+use super::engine::{Table, WriteTxn};
 use super::policies::{delete_policy_in, put_new_policies, set_policy_active_in};
 use super::properties::property_in;
 use super::records::decode;
-use super::tuple::{KeyReader, str_key};
-use super::{Result, Store, StoreError, corrupt, get_row, put_row};
+use super::tuple::str_key;
+use super::{CloneStore, Result, Store, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone_exchange::{CloneExchange, UsedBy};
 use crate::domain::exchange::PeerRef;
@@ -115,71 +116,70 @@ pub(super) fn use_up_in(tx: &mut dyn WriteTxn, u: &UseUp) -> Result<bool> {
     Ok(true)
 }
 
+// Transitional: the sync twin of `CloneStore::clone_exchange`, for the
+// exchange service's code that still calls it inside its blocking closures;
+// it goes after the merge.
 impl Store {
-    /// Stores a new configuration (one per target, else `AlreadyExists`)
-    /// with its policies and audit entry, if the automatic-exchange property
-    /// is still `auto_seen` (its stored value; else `Stale`).
-    pub fn create_clone_exchange(
-        &self,
-        cfg: &CloneExchange,
-        policies: &[AccessPolicy],
-        auto_seen: Option<&str>,
-        audit: &[AuditEvent],
-    ) -> Result<()> {
-        self.write_blocking(|tx| {
-            let now_value = property_in(tx, AUTO_KEY_EXCHANGE)?.map(|p| p.value);
-            if now_value.as_deref() != auto_seen {
-                return Err(StoreError::Stale { what: "property", id: AUTO_KEY_EXCHANGE.into() });
-            }
-            if read_exchange(tx, &cfg.target.sys_id)?.is_some() {
-                return Err(StoreError::AlreadyExists {
-                    what: "clone exchange for target",
-                    id: cfg.target.sys_id.to_string(),
-                });
-            }
-            put_new_policies(tx, policies)?;
-            put_row(tx, Table::CloneExchanges, &str_key(cfg.target.sys_id.as_str()), &CloneExchangeRow::from(cfg))?;
-            append_audit(tx, audit)
-        })
-    }
-
     pub fn clone_exchange(&self, target: &SysId) -> Result<Option<CloneExchange>> {
         self.read_blocking(|tx| read_exchange(tx, target))
     }
+}
 
-    pub fn clone_exchanges(&self) -> Result<Vec<CloneExchange>> {
-        self.read_blocking(|tx| {
-            let mut out = Vec::new();
-            tx.visit(Table::CloneExchanges, &KeyRange::all(), &mut |k, v| {
-                let id = SysId::parse(&KeyReader::new(k).str()?).map_err(corrupt)?;
-                out.push(exchange_from(id, decode(v)?)?);
-                Ok(Visit::Continue)
-            })?;
-            Ok(out)
-        })
+impl CloneStore {
+    /// Stores a new configuration (one per target, else `AlreadyExists`)
+    /// with its policies and audit entry, if the automatic-exchange property
+    /// is still `auto_seen` (its stored value; else `Stale`).
+    pub async fn create_clone_exchange(
+        &self,
+        cfg: CloneExchange,
+        policies: Vec<AccessPolicy>,
+        auto_seen: Option<String>,
+        audit: Vec<AuditEvent>,
+    ) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                let now_value = property_in(tx, AUTO_KEY_EXCHANGE)?.map(|p| p.value);
+                if now_value != auto_seen {
+                    return Err(StoreError::Stale { what: "property", id: AUTO_KEY_EXCHANGE.into() });
+                }
+                if read_exchange(tx, &cfg.target.sys_id)?.is_some() {
+                    return Err(StoreError::AlreadyExists {
+                        what: "clone exchange for target",
+                        id: cfg.target.sys_id.to_string(),
+                    });
+                }
+                put_new_policies(tx, &policies)?;
+                let row = CloneExchangeRow::from(&cfg);
+                put_row(tx, Table::CloneExchanges, &str_key(cfg.target.sys_id.as_str()), &row)?;
+                append_audit(tx, &audit)
+            })
+            .await
+    }
+
+    pub async fn clone_exchange(&self, target: SysId) -> Result<Option<CloneExchange>> {
+        self.store.read(move |tx| read_exchange(tx, &target)).await
+    }
+
+    pub async fn clone_exchanges(&self) -> Result<Vec<CloneExchange>> {
+        let exchange = |k: String, v: &[u8]| exchange_from(SysId::parse(&k).map_err(corrupt)?, decode(v)?);
+        self.store.read(move |tx| every_row(tx, Table::CloneExchanges, exchange)).await
     }
 
     /// Deletes the target's configuration and the policies made with it;
     /// returns it, or None if there was none (nothing written then).
-    pub fn delete_clone_exchange(&self, target: &SysId, audit: &[AuditEvent]) -> Result<Option<CloneExchange>> {
-        self.write_blocking(|tx| {
-            let Some(cfg) = read_exchange(tx, target)? else { return Ok(None) };
-            for (module, name) in &cfg.policies {
-                delete_policy_in(tx, module, name)?;
-            }
-            tx.delete(Table::CloneExchanges, &str_key(target.as_str()))?;
-            // Its target's grant goes with it (a registered target clones again for a new one).
-            super::clone::delete_grant_in(tx, target)?;
-            append_audit(tx, audit)?;
-            Ok(Some(cfg))
-        })
-    }
-}
-
-// Transitional: async forms of the methods another service group calls,
-// run on the blocking pool; the sync forms go when no blocking closure is left.
-impl super::CloneStore {
-    pub async fn clone_exchange(&self, target: SysId) -> Result<Option<CloneExchange>> {
-        self.store.call(move |s| s.clone_exchange(&target)).await
+    pub async fn delete_clone_exchange(&self, target: SysId, audit: Vec<AuditEvent>) -> Result<Option<CloneExchange>> {
+        self.store
+            .write(move |tx| {
+                let Some(cfg) = read_exchange(tx, &target)? else { return Ok(None) };
+                for (module, name) in &cfg.policies {
+                    delete_policy_in(tx, module, name)?;
+                }
+                tx.delete(Table::CloneExchanges, &str_key(target.as_str()))?;
+                // Its target's grant goes with it (a registered target clones again for a new one).
+                super::clone::delete_grant_in(tx, &target)?;
+                append_audit(tx, &audit)?;
+                Ok(Some(cfg))
+            })
+            .await
     }
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::append_audit;
 use super::catalog::{modules_in, specs_in};
+use super::clone::every_row;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, put_job_in, renew_lease_in};
 use super::policies::{policies_in, put_new_policies};
@@ -23,7 +24,7 @@ use super::record_debt::{DebtDelta, clear_debt, debts_in};
 use super::records::{ModuleRow, SpecRow, decode};
 use super::stored_records::{active_records, record_row, staging_records, swap_records_tables};
 use super::tuple::str_key;
-use super::{Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{CloneStore, Result, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::clone::{CloneRun, CloneState, FollowUp, SnapshotCatalog};
 use crate::domain::clone_exchange::ExchangePlan;
@@ -151,13 +152,13 @@ pub(super) fn run_from(id: CloneId, r: CloneRunRow) -> Result<CloneRun> {
 }
 
 /// What a clone swaps in.
-#[derive(Clone, Copy)]
-pub struct CloneSwap<'a> {
-    pub catalog: &'a SnapshotCatalog,
+#[derive(Clone, Debug)]
+pub struct CloneSwap {
+    pub catalog: SnapshotCatalog,
     /// Scheduled in the swap's transaction (the exchanges after the clone).
-    pub follow_up: Option<&'a Job>,
+    pub follow_up: Option<Job>,
     /// What that job requests, kept with the run.
-    pub exchanges: Option<&'a FollowUp>,
+    pub exchanges: Option<FollowUp>,
     pub now: UnixMillis,
     /// The clone job's lease is renewed until then.
     pub lease_until: UnixMillis,
@@ -234,178 +235,200 @@ fn delete_first(tx: &mut dyn WriteTxn, table: Table, limit: usize) -> Result<usi
     Ok(keys.len())
 }
 
-impl Store {
+impl CloneStore {
     /// Records a new clone run and its job, unless another clone is running
     /// (`AlreadyExists` naming it).
-    pub fn start_clone(&self, run: &CloneRun, job: &Job, audit: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| {
-            if let Some(id) = running_clone_in(tx)? {
-                return Err(StoreError::AlreadyExists { what: "running clone", id });
-            }
-            put_run(tx, run)?;
-            put_job_in(tx, job)?;
-            append_audit(tx, audit)
-        })
+    pub async fn start_clone(&self, run: CloneRun, job: Job, audit: Vec<AuditEvent>) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                if let Some(id) = running_clone_in(tx)? {
+                    return Err(StoreError::AlreadyExists { what: "running clone", id });
+                }
+                put_run(tx, &run)?;
+                put_job_in(tx, &job)?;
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
-    pub fn clone_run(&self, id: &CloneId) -> Result<Option<CloneRun>> {
-        self.read_blocking(|tx| read_run(tx, id))
+    pub async fn clone_run(&self, id: CloneId) -> Result<Option<CloneRun>> {
+        self.store.read(move |tx| read_run(tx, &id)).await
     }
 
     /// Every clone run, newest first.
-    pub fn clone_runs(&self) -> Result<Vec<CloneRun>> {
-        let mut runs = self.read_blocking(|tx| {
-            let mut out = Vec::new();
-            tx.visit(Table::CloneRuns, &KeyRange::all(), &mut |k, v| {
-                let id = CloneId::parse(&super::tuple::KeyReader::new(k).str()?).map_err(corrupt)?;
-                out.push(run_from(id, decode(v)?)?);
-                Ok(Visit::Continue)
-            })?;
-            Ok(out)
-        })?;
+    pub async fn clone_runs(&self) -> Result<Vec<CloneRun>> {
+        let run = |k: String, v: &[u8]| run_from(CloneId::parse(&k).map_err(corrupt)?, decode(v)?);
+        let mut runs = self.store.read(move |tx| every_row(tx, Table::CloneRuns, run)).await?;
         runs.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| a.id.cmp(&b.id)));
         Ok(runs)
+    }
+
+    /// The specs the automatic exchange after a clone requests: this
+    /// instance's specs as they are now, as `follow_up` picks them
+    /// (`FollowUp::automatic_specs`).
+    pub async fn automatic_specs(&self, follow_up: FollowUp) -> Result<Vec<Name>> {
+        self.store.read(move |tx| Ok(follow_up.automatic_specs(specs_in(tx)?.into_iter().map(|s| s.name)))).await
     }
 
     /// Deletes up to `limit` rows of the staging table; returns how many.
     /// (Before a copy: what a crashed copy left; after a swap: the old data.)
     /// Relaxed: staging lost in a crash is cleared or rewritten again.
-    pub fn clear_staging(&self, id: &CloneId, lease: &Lease, lease_until: UnixMillis, limit: usize) -> Result<usize> {
-        self.write_relaxed_blocking(|tx| {
-            renew_lease_in(tx, &clone_job_id(id), lease, lease_until)?;
-            let table = staging_records(tx)?;
-            // What is left of the table is being emptied: none of it counts.
-            clear_debt(tx, table)?;
-            delete_first(tx, table, limit)
-        })
+    pub async fn clear_staging(
+        &self,
+        id: CloneId,
+        lease: Lease,
+        lease_until: UnixMillis,
+        limit: usize,
+    ) -> Result<usize> {
+        self.store
+            .write_relaxed(move |tx| {
+                renew_lease_in(tx, &clone_job_id(&id), &lease, lease_until)?;
+                let table = staging_records(tx)?;
+                // What is left of the table is being emptied: none of it counts.
+                clear_debt(tx, table)?;
+                delete_first(tx, table, limit)
+            })
+            .await
     }
 
     /// A copy starts (again): `total` records are coming.
-    pub fn begin_clone_copy(
+    pub async fn begin_clone_copy(
         &self,
-        id: &CloneId,
-        lease: &Lease,
+        id: CloneId,
+        lease: Lease,
         lease_until: UnixMillis,
         total: u64,
         now: UnixMillis,
     ) -> Result<()> {
-        self.write_blocking(|tx| {
-            let mut run = held_run(tx, id, lease, lease_until)?;
-            (run.records_total, run.records_copied, run.copy_started_at, run.updated_at) = (total, 0, now, now);
-            put_run(tx, &run)
-        })
+        self.store
+            .write(move |tx| {
+                let mut run = held_run(tx, &id, &lease, lease_until)?;
+                (run.records_total, run.records_copied, run.copy_started_at, run.updated_at) = (total, 0, now, now);
+                put_run(tx, &run)
+            })
+            .await
     }
 
     /// Writes one part of the snapshot's records into the staging table.
-    pub fn stage_clone_records(
+    pub async fn stage_clone_records(
         &self,
-        id: &CloneId,
-        lease: &Lease,
+        id: CloneId,
+        lease: Lease,
         lease_until: UnixMillis,
-        records: &[StoredRecord],
+        records: Vec<StoredRecord>,
         now: UnixMillis,
     ) -> Result<CloneRun> {
         // Relaxed: a crash before the (durable) swap restarts the copy anyway.
-        self.write_relaxed_blocking(|tx| {
-            let mut run = held_run(tx, id, lease, lease_until)?;
-            let table = staging_records(tx)?;
-            let mut debt = DebtDelta::default();
-            for rec in records {
-                let (k, v) = record_row(rec);
-                tx.put(table, &k, &v)?;
-                debt.add(&rec.key_id);
-            }
-            debt.apply(tx, table)?;
-            run.records_copied += records.len() as u64;
-            run.updated_at = now;
-            put_run(tx, &run)?;
-            Ok(run)
-        })
+        self.store
+            .write_relaxed(move |tx| {
+                let mut run = held_run(tx, &id, &lease, lease_until)?;
+                let table = staging_records(tx)?;
+                let mut debt = DebtDelta::default();
+                for rec in &records {
+                    let (k, v) = record_row(rec);
+                    tx.put(table, &k, &v)?;
+                    debt.add(&rec.key_id);
+                }
+                debt.apply(tx, table)?;
+                run.records_copied += records.len() as u64;
+                run.updated_at = now;
+                put_run(tx, &run)?;
+                Ok(run)
+            })
+            .await
     }
 
     /// The swap, in one transaction: the snapshot's catalog is merged in,
     /// the staged records become the records, the follow-up job (if any) is
     /// scheduled, the run is Completed.
-    pub fn swap_in_clone(
+    pub async fn swap_in_clone(
         &self,
-        id: &CloneId,
-        lease: &Lease,
-        swap: &CloneSwap<'_>,
-        audit: &[AuditEvent],
+        id: CloneId,
+        lease: Lease,
+        swap: CloneSwap,
+        audit: Vec<AuditEvent>,
     ) -> Result<CloneRun> {
-        let CloneSwap { catalog, follow_up, exchanges, now, lease_until } = *swap;
-        self.write_blocking(|tx| {
-            let mut run = held_run(tx, id, lease, lease_until)?;
-            // The catalog is small: merged into the target's as it is in this
-            // transaction (what the target has stays its own; see domain::clone_merge).
-            let current = SnapshotCatalog {
-                modules: modules_in(tx)?,
-                specs: specs_in(tx)?,
-                policies: policies_in(tx, None)?,
-                properties: properties_in(tx)?,
-            };
-            let merge = merge_catalog(&current, catalog);
-            for m in &merge.add_modules {
-                put_row(tx, Table::Modules, &str_key(m.name.as_str()), &ModuleRow::from(m))?;
-            }
-            for s in &merge.add_specs {
-                put_row(tx, Table::Specs, &str_key(s.name.as_str()), &SpecRow::from(s))?;
-            }
-            put_new_policies(tx, &merge.add_policies)?;
-            for name in &merge.erase_properties {
-                tx.delete(Table::Properties, &str_key(name))?;
-            }
-            for p in &merge.set_properties {
-                put_property_in(tx, p)?;
-            }
-            swap_records_tables(tx)?;
-            let mut events = vec![
-                AuditEvent::new(now, "system", "clone.merge", id.as_str(), Outcome::Success)
-                    .with_details(merge.describe()),
-            ];
-            events.extend(rekeyed_after_swap(tx, &self.sys_id, id, now)?);
-            if let Some(job) = follow_up {
-                put_job_in(tx, job)?;
-            }
-            run.state = CloneState::Completed;
-            run.follow_up = exchanges.cloned();
-            (run.updated_at, run.finished_at, run.error) = (now, Some(now), None);
-            put_run(tx, &run)?;
-            append_audit(tx, audit)?;
-            append_audit(tx, &events)?;
-            Ok(run)
-        })
+        let own = self.store.sys_id.clone();
+        self.store
+            .write(move |tx| {
+                let CloneSwap { catalog, follow_up, exchanges, now, lease_until } = &swap;
+                let (now, lease_until) = (*now, *lease_until);
+                let mut run = held_run(tx, &id, &lease, lease_until)?;
+                // The catalog is small: merged into the target's as it is in this
+                // transaction (what the target has stays its own; see domain::clone_merge).
+                let current = SnapshotCatalog {
+                    modules: modules_in(tx)?,
+                    specs: specs_in(tx)?,
+                    policies: policies_in(tx, None)?,
+                    properties: properties_in(tx)?,
+                };
+                let merge = merge_catalog(&current, catalog);
+                for m in &merge.add_modules {
+                    put_row(tx, Table::Modules, &str_key(m.name.as_str()), &ModuleRow::from(m))?;
+                }
+                for s in &merge.add_specs {
+                    put_row(tx, Table::Specs, &str_key(s.name.as_str()), &SpecRow::from(s))?;
+                }
+                put_new_policies(tx, &merge.add_policies)?;
+                for name in &merge.erase_properties {
+                    tx.delete(Table::Properties, &str_key(name))?;
+                }
+                for p in &merge.set_properties {
+                    put_property_in(tx, p)?;
+                }
+                swap_records_tables(tx)?;
+                let mut events = vec![
+                    AuditEvent::new(now, "system", "clone.merge", id.as_str(), Outcome::Success)
+                        .with_details(merge.describe()),
+                ];
+                events.extend(rekeyed_after_swap(tx, &own, &id, now)?);
+                if let Some(job) = follow_up {
+                    put_job_in(tx, job)?;
+                }
+                run.state = CloneState::Completed;
+                run.follow_up = exchanges.clone();
+                (run.updated_at, run.finished_at, run.error) = (now, Some(now), None);
+                put_run(tx, &run)?;
+                append_audit(tx, &audit)?;
+                append_audit(tx, &events)?;
+                Ok(run)
+            })
+            .await
     }
 
     /// The clone is given up: Failed with `error`, its job removed; the
     /// previous data is untouched (the staging is cleared by the next clone).
-    pub fn fail_clone(
+    pub async fn fail_clone(
         &self,
-        id: &CloneId,
-        lease: &Lease,
-        error: &str,
+        id: CloneId,
+        lease: Lease,
+        error: String,
         now: UnixMillis,
-        audit: &[AuditEvent],
+        audit: Vec<AuditEvent>,
     ) -> Result<()> {
-        self.write_blocking(|tx| {
-            finish_job_in(tx, &clone_job_id(id), lease)?;
-            if let Some(mut run) = read_run(tx, id)? {
-                run.state = CloneState::Failed;
-                (run.updated_at, run.finished_at, run.error) = (now, Some(now), Some(error.to_owned()));
-                put_run(tx, &run)?;
-            }
-            append_audit(tx, audit)
-        })
+        self.store
+            .write(move |tx| {
+                finish_job_in(tx, &clone_job_id(&id), &lease)?;
+                if let Some(mut run) = read_run(tx, &id)? {
+                    run.state = CloneState::Failed;
+                    (run.updated_at, run.finished_at, run.error) = (now, Some(now), Some(error.clone()));
+                    put_run(tx, &run)?;
+                }
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
     /// Notes why the last attempt failed (the job retries it).
-    pub fn note_clone_error(&self, id: &CloneId, error: &str, now: UnixMillis) -> Result<()> {
-        self.write_blocking(|tx| {
-            if let Some(mut run) = read_run(tx, id)?.filter(|r| r.state == CloneState::Running) {
-                (run.updated_at, run.error) = (now, Some(error.to_owned()));
-                put_run(tx, &run)?;
-            }
-            Ok(())
-        })
+    pub async fn note_clone_error(&self, id: CloneId, error: String, now: UnixMillis) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                if let Some(mut run) = read_run(tx, &id)?.filter(|r| r.state == CloneState::Running) {
+                    (run.updated_at, run.error) = (now, Some(error.clone()));
+                    put_run(tx, &run)?;
+                }
+                Ok(())
+            })
+            .await
     }
 }

@@ -8,12 +8,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::audit::append_audit;
+use super::clone::every_row;
 use super::clone_runs::{clone_job_id, put_run, read_run, running_clone_in};
-use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
+use super::engine::{ReadTxn, Table, WriteTxn};
 use super::jobs::{finish_job_in, held_job, put_job_in};
 use super::records::decode;
-use super::tuple::{KeyReader, str_key};
-use super::{Result, Store, StoreError, corrupt, get_row, put_row};
+use super::tuple::str_key;
+use super::{CloneStore, Result, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::CloneRun;
 use crate::domain::clone_decide::{self, DueRun as DueStep};
@@ -96,96 +97,99 @@ fn put_schedule(tx: &mut dyn WriteTxn, s: &CloneSchedule) -> Result<()> {
 }
 
 /// A due run, as the schedule's job hands it to the store.
-pub struct DueRun<'a> {
-    pub schedule: &'a Name,
-    pub lease: &'a Lease,
+#[derive(Clone, Debug)]
+pub struct DueRun {
+    pub schedule: Name,
+    pub lease: Lease,
     /// The due time the job was claimed for.
     pub due: UnixMillis,
     pub now: UnixMillis,
     /// The id of the clone to start, derived from (schedule, due).
     pub clone_id: CloneId,
-    /// What to audit when the clone starts.
-    pub audit: &'a dyn Fn(&CloneRun) -> AuditEvent,
 }
 
-impl Store {
+impl CloneStore {
     /// Records a new schedule and its job; `AlreadyExists` if the name is taken.
-    pub fn create_clone_schedule(&self, s: &CloneSchedule, audit: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| {
-            if read_schedule(tx, &s.name)?.is_some() {
-                return Err(StoreError::AlreadyExists { what: "clone schedule", id: s.name.to_string() });
-            }
-            put_schedule(tx, s)?;
-            put_job_in(tx, &Job::new(clone_schedule_job_id(&s.name), s.next_run_at, s.created_at))?;
-            append_audit(tx, audit)
-        })
+    pub async fn create_clone_schedule(&self, s: CloneSchedule, audit: Vec<AuditEvent>) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                if read_schedule(tx, &s.name)?.is_some() {
+                    return Err(StoreError::AlreadyExists { what: "clone schedule", id: s.name.to_string() });
+                }
+                put_schedule(tx, &s)?;
+                put_job_in(tx, &Job::new(clone_schedule_job_id(&s.name), s.next_run_at, s.created_at))?;
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
-    pub fn clone_schedules(&self) -> Result<Vec<CloneSchedule>> {
-        self.read_blocking(|tx| {
-            let mut out = Vec::new();
-            tx.visit(Table::CloneSchedules, &KeyRange::all(), &mut |k, v| {
-                let name = Name::parse(&KeyReader::new(k).str()?, "schedule").map_err(corrupt)?;
-                out.push(schedule_from(name, decode(v)?)?);
-                Ok(Visit::Continue)
-            })?;
-            Ok(out)
-        })
+    pub async fn clone_schedules(&self) -> Result<Vec<CloneSchedule>> {
+        let schedule = |k: String, v: &[u8]| schedule_from(Name::parse(&k, "schedule").map_err(corrupt)?, decode(v)?);
+        self.store.read(move |tx| every_row(tx, Table::CloneSchedules, schedule)).await
     }
 
     /// Deletes a schedule and, unless a runner holds it, its job (a held job
     /// finds the schedule gone and ends itself). None if there was none.
-    pub fn delete_clone_schedule(&self, name: &Name, audit: &[AuditEvent]) -> Result<Option<CloneSchedule>> {
-        self.write_blocking(|tx| {
-            let Some(s) = read_schedule(tx, name)? else { return Ok(None) };
-            tx.delete(Table::CloneSchedules, &str_key(name.as_str()))?;
-            let job_id = clone_schedule_job_id(name);
-            if let Some(job) = super::jobs::read_job(tx, &job_id)?
-                && job.lease.is_none()
-            {
-                super::jobs::delete_job_in(tx, &job)?;
-            }
-            append_audit(tx, audit)?;
-            Ok(Some(s))
-        })
+    pub async fn delete_clone_schedule(&self, name: Name, audit: Vec<AuditEvent>) -> Result<Option<CloneSchedule>> {
+        self.store
+            .write(move |tx| {
+                let Some(s) = read_schedule(tx, &name)? else { return Ok(None) };
+                tx.delete(Table::CloneSchedules, &str_key(name.as_str()))?;
+                let job_id = clone_schedule_job_id(&name);
+                if let Some(job) = super::jobs::read_job(tx, &job_id)?
+                    && job.lease.is_none()
+                {
+                    super::jobs::delete_job_in(tx, &job)?;
+                }
+                append_audit(tx, &audit)?;
+                Ok(Some(s))
+            })
+            .await
     }
 
     /// Makes the run `due` describes, if its lease still holds the job:
-    /// starts the clone unless one is running, records the run and moves the
-    /// job on. None when the schedule was deleted (the job is removed then).
-    pub fn run_clone_schedule(&self, due: DueRun<'_>) -> Result<Option<ScheduledRun>> {
-        self.write_blocking(|tx| {
-            let job_id = clone_schedule_job_id(due.schedule);
-            let mut job = held_job(tx, &job_id, due.lease)?;
-            let Some(mut schedule) = read_schedule(tx, due.schedule)? else {
-                finish_job_in(tx, &job_id, due.lease)?;
-                return Ok(None);
-            };
-            // Whether the clone exists; only when it does not, whether another is running.
-            let exists = read_run(tx, &due.clone_id)?.is_some();
-            let running = if exists { None } else { running_clone_in(tx)? };
-            let run = match clone_decide::due_run(exists, running) {
-                // Started by an earlier run of this same due time.
-                DueStep::AlreadyStarted => ScheduledRun::Started(due.clone_id.clone()),
-                DueStep::Skip(running) => ScheduledRun::Skipped(running),
-                DueStep::Start => {
-                    let clone = CloneRun::started(
-                        due.clone_id.clone(),
-                        schedule.source.clone(),
-                        schedule.source_host.clone(),
-                        due.now,
-                    );
-                    put_run(tx, &clone)?;
-                    put_job_in(tx, &Job::new(clone_job_id(&clone.id), due.now, due.now))?;
-                    append_audit(tx, &[(due.audit)(&clone)])?;
-                    ScheduledRun::Started(clone.id)
-                }
-            };
-            let next = schedule.ran(&run, due.due, due.now).map_err(corrupt)?;
-            put_schedule(tx, &schedule)?;
-            job.reschedule(next);
-            put_job_in(tx, &job)?;
-            Ok(Some(run))
-        })
+    /// starts the clone unless one is running (audited with what `audit`
+    /// makes of it), records the run and moves the job on. None when the
+    /// schedule was deleted (the job is removed then).
+    pub async fn run_clone_schedule(
+        &self,
+        due: DueRun,
+        audit: impl Fn(&CloneRun) -> AuditEvent + Send + 'static,
+    ) -> Result<Option<ScheduledRun>> {
+        self.store
+            .write(move |tx| {
+                let job_id = clone_schedule_job_id(&due.schedule);
+                let mut job = held_job(tx, &job_id, &due.lease)?;
+                let Some(mut schedule) = read_schedule(tx, &due.schedule)? else {
+                    finish_job_in(tx, &job_id, &due.lease)?;
+                    return Ok(None);
+                };
+                // Whether the clone exists; only when it does not, whether another is running.
+                let exists = read_run(tx, &due.clone_id)?.is_some();
+                let running = if exists { None } else { running_clone_in(tx)? };
+                let run = match clone_decide::due_run(exists, running) {
+                    // Started by an earlier run of this same due time.
+                    DueStep::AlreadyStarted => ScheduledRun::Started(due.clone_id.clone()),
+                    DueStep::Skip(running) => ScheduledRun::Skipped(running),
+                    DueStep::Start => {
+                        let clone = CloneRun::started(
+                            due.clone_id.clone(),
+                            schedule.source.clone(),
+                            schedule.source_host.clone(),
+                            due.now,
+                        );
+                        put_run(tx, &clone)?;
+                        put_job_in(tx, &Job::new(clone_job_id(&clone.id), due.now, due.now))?;
+                        append_audit(tx, &[audit(&clone)])?;
+                        ScheduledRun::Started(clone.id)
+                    }
+                };
+                let next = schedule.ran(&run, due.due, due.now).map_err(corrupt)?;
+                put_schedule(tx, &schedule)?;
+                job.reschedule(next);
+                put_job_in(tx, &job)?;
+                Ok(Some(run))
+            })
+            .await
     }
 }

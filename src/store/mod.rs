@@ -62,7 +62,7 @@ use records::{decode, encode};
 
 pub use changes::ChangeTokens;
 use changes::Recording;
-pub use clone::{GRANT_REFUSED, SystemApproval};
+pub use clone::{GRANT_REFUSED, SnapshotRead, SystemApproval};
 pub use clone_exchanges::UseUp;
 pub use clone_runs::{CloneSwap, clone_job_id};
 pub use clone_schedules::{DueRun, clone_schedule_job_id};
@@ -224,7 +224,6 @@ impl Store {
 
     /// `write_relaxed_blocking` on the blocking pool: the commit need not be
     /// durable by itself.
-    #[expect(dead_code, reason = "the job store uses it once its methods are async")]
     pub(crate) async fn write_relaxed<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnMut(&mut dyn WriteTxn) -> Result<T> + Send + 'static,

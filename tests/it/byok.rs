@@ -15,6 +15,7 @@ use kmf::clock::ManualClock;
 use kmf::domain::key::DataKey;
 use kmf::rpc::pb;
 use kmf::signer::byok::{recipient, wrap_for};
+use kmf::store::ByokStore;
 use tonic::Code;
 use zeroize::Zeroizing;
 
@@ -306,8 +307,8 @@ async fn import_tokens_expire_and_are_swept() {
         spec: "s".into(),
         wrapped_key: wrapped.to_vec(),
     };
-    let store = node.running().services.store().clone();
-    assert_eq!(store.count_import_keys().unwrap(), 1);
+    let store = ByokStore::new(node.running().services.store());
+    assert_eq!(store.count_import_keys().await.unwrap(), 1);
 
     clock.advance_millis(24 * 3_600_000);
     let e = ops.keys.import_key(import(&p.import_token, &wrapped)).await.expect_err("expired");
@@ -327,7 +328,7 @@ async fn import_tokens_expire_and_are_swept() {
     // The next parameters sweep the expired one (audited); a short one works at once.
     let short = prost_types::Duration { seconds: 60, nanos: 0 };
     let p2 = ops.keys.get_import_parameters(params(Some(short))).await.expect("params").into_inner();
-    assert_eq!(store.count_import_keys().unwrap(), 1, "the expired import key was deleted");
+    assert_eq!(store.count_import_keys().await.unwrap(), 1, "the expired import key was deleted");
     let swept = ops.audit_entries("key.import_parameters.delete").await;
     assert_eq!(swept.len(), 1);
     assert_eq!(swept[0].subject, p.import_token);
@@ -340,10 +341,10 @@ async fn import_tokens_expire_and_are_swept() {
     assert_eq!((key.origin, key.state), (pb::KeyOrigin::Byok as i32, pb::KeyState::Active as i32));
     assert!(key.imported_at.is_some());
     // A used import key stays (marked used) until it expires.
-    assert_eq!(store.count_import_keys().unwrap(), 1);
+    assert_eq!(store.count_import_keys().await.unwrap(), 1);
     clock.advance_millis(61_000);
     ops.keys.get_import_parameters(params(None)).await.expect("params");
-    assert_eq!(store.count_import_keys().unwrap(), 1, "the used one swept, the new one kept");
+    assert_eq!(store.count_import_keys().await.unwrap(), 1, "the used one swept, the new one kept");
 }
 
 /// An ImportKey request for a new import token of spec "s" with 32 bytes of `fill`.
@@ -448,45 +449,45 @@ async fn a_used_import_keys_signer_key_is_destroyed_even_after_a_crash() {
     let node = TestNode::start_opts(&pki, None, None, options).await;
     let mut ops = node.admin(&pki).await;
     ops.spec_from(kmf::cli::kmfctl::aes_spec("m", "s", 256), false).await;
-    let store = node.running().services.store().clone();
+    let store = ByokStore::new(node.running().services.store());
     let token_of = |req: &pb::ImportKeyRequest| kmf::domain::ids::ImportToken::parse(&req.import_token).expect("token");
 
     let normal = import_request(ops.keys.clone(), 1).await;
-    let row = store.import_key(&token_of(&normal)).unwrap().expect("row");
+    let row = store.import_key(token_of(&normal)).await.unwrap().expect("row");
     ops.keys.import_key(normal.clone()).await.expect("import");
     assert_eq!(*destroyed.lock().unwrap(), vec![row.handle.clone()], "destroyed after the commit");
-    assert!(store.import_key(&token_of(&normal)).unwrap().expect("used row").handle.is_empty());
+    assert!(store.import_key(token_of(&normal)).await.unwrap().expect("used row").handle.is_empty());
 
     // As if kmfd died right after the import's commit: used, handle still there.
     let crashed = import_request(ops.keys.clone(), 2).await;
-    let row = store.import_key(&token_of(&crashed)).unwrap().expect("row");
-    let plan = |existing: &[kmf::domain::key::KeyRecord]| {
-        let sys_id = node.running().services.sys_id().clone();
+    let row = store.import_key(token_of(&crashed)).await.unwrap().expect("row");
+    let (sys_id, now) = (node.running().services.sys_id().clone(), kmf::clock::Clock::now(&*clock));
+    let plan = move |existing: &[kmf::domain::key::KeyRecord]| {
         let key = kmf::domain::key::plan_import(
             &sys_id,
             &kmf::domain::ids::Name::parse("s", "spec").expect("name"),
             existing,
             &Default::default(),
-            kmf::clock::Clock::now(&*clock),
+            now,
         );
         (key, Vec::new())
     };
     let spec = kmf::domain::ids::Name::parse("s", "spec").expect("name");
     let wrapped = kmf::domain::key::WrappedKey(vec![7; 40]);
-    store.use_import_key(&row.token, kmf::clock::Clock::now(&*clock), &spec, &wrapped, plan).expect("use");
-    assert_eq!(store.import_key(&row.token).unwrap().expect("row").handle, row.handle);
+    store.use_import_key(row.token.clone(), now, spec, wrapped, plan).await.expect("use");
+    assert_eq!(store.import_key(row.token.clone()).await.unwrap().expect("row").handle, row.handle);
 
     clock.advance_millis(24 * 3_600_000 + 1_000);
     let p = pb::GetImportParametersRequest { spec: "s".into(), expires_in: None };
     ops.keys.get_import_parameters(p).await.expect("params (sweeps)");
     assert!(destroyed.lock().unwrap().contains(&row.handle), "the sweep destroyed the crashed import's key");
-    assert!(store.import_key(&row.token).unwrap().is_none(), "and deleted its row");
+    assert!(store.import_key(row.token.clone()).await.unwrap().is_none(), "and deleted its row");
 }
 
 /// The store's side of invariant 17 on both engines: the import stores the
 /// key and uses the import key up in one conditional transaction.
-#[test]
-fn import_keys_are_used_once_on_both_engines() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_keys_are_used_once_on_both_engines() {
     use kmf::domain::audit::{AuditEvent, Outcome};
     use kmf::domain::bundle::WrappingAlgorithm;
     use kmf::domain::byok::ImportKey;
@@ -497,7 +498,7 @@ fn import_keys_are_used_once_on_both_engines() {
     use crate::store_contract::{name, subjects, sys};
 
     for s in subjects() {
-        let store = &s.store;
+        let (store, imports) = (&s.store, ByokStore::new(&s.store));
         let event = |action: &str| AuditEvent::new(UnixMillis(1), "test", action, "subject", Outcome::Success);
         let import = |n: u8, expires: i64| ImportKey {
             token: ImportToken::from_random([n; 16]),
@@ -509,48 +510,53 @@ fn import_keys_are_used_once_on_both_engines() {
             used: None,
         };
         let (a, old) = (import(1, 1000), import(2, 50));
-        store.insert_import_key(&old, &[], &[event("params")]).unwrap();
+        imports.insert_import_key(old.clone(), vec![], vec![event("params")]).await.unwrap();
         // A new import key sweeps the expired one in its own transaction.
-        assert_eq!(store.expired_import_keys(UnixMillis(60), 10).unwrap(), vec![old.clone()], "{}", s.name);
-        store.insert_import_key(&a, std::slice::from_ref(&old.token), &[event("params")]).unwrap();
-        assert_eq!(store.count_import_keys().unwrap(), 1, "{}", s.name);
-        assert!(store.import_key(&old.token).unwrap().is_none());
+        assert_eq!(imports.expired_import_keys(UnixMillis(60), 10).await.unwrap(), vec![old.clone()], "{}", s.name);
+        imports.insert_import_key(a.clone(), vec![old.token.clone()], vec![event("params")]).await.unwrap();
+        assert_eq!(imports.count_import_keys().await.unwrap(), 1, "{}", s.name);
+        assert!(imports.import_key(old.token.clone()).await.unwrap().is_none());
 
         let lc = LifecycleDefinition::default();
         let key = plan_import(&sys(1), &name("s"), &[], &lc, UnixMillis(5));
         assert_eq!(key.origin, KeyOrigin::Byok);
         let w = WrappedKey(vec![9; 40]);
         // The plan sees the spec's keys as the transaction reads them.
-        let seen = std::cell::RefCell::new(Vec::new());
-        let planned = |existing: &[kmf::domain::key::KeyRecord]| {
-            seen.borrow_mut().push(existing.len());
-            (plan_import(&sys(1), &name("s"), existing, &lc, UnixMillis(5)), vec![event("import")])
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let planned = || {
+            let seen = Arc::clone(&seen);
+            move |existing: &[kmf::domain::key::KeyRecord]| {
+                seen.lock().unwrap().push(existing.len());
+                (plan_import(&sys(1), &name("s"), existing, &lc, UnixMillis(5)), vec![event("import")])
+            }
         };
-        let expired = store.use_import_key(&a.token, UnixMillis(1000), &name("s"), &w, planned);
+        let expired = imports.use_import_key(a.token.clone(), UnixMillis(1000), name("s"), w.clone(), planned()).await;
         assert!(matches!(expired, Err(StoreError::Missing { .. })), "{}: {expired:?}", s.name);
-        let stored = store.use_import_key(&a.token, UnixMillis(5), &name("s"), &w, planned).unwrap();
-        assert_eq!(stored, key, "{}", s.name);
+        let stored = imports.use_import_key(a.token.clone(), UnixMillis(5), name("s"), w.clone(), planned()).await;
+        assert_eq!(stored.unwrap(), key, "{}", s.name);
         // Used, with the handle kept until the signer's key is destroyed.
-        let used = store.import_key(&a.token).unwrap().unwrap();
+        let used = imports.import_key(a.token.clone()).await.unwrap().unwrap();
         assert_eq!((used.used, &used.handle), (Some((UnixMillis(5), key.id.clone())), &a.handle), "{}", s.name);
-        store.erase_import_handle(&a.token, b"another handle").unwrap();
-        assert_eq!(store.import_key(&a.token).unwrap().unwrap().handle, a.handle, "{}: not that handle", s.name);
-        store.erase_import_handle(&a.token, &a.handle).unwrap();
-        assert!(store.import_key(&a.token).unwrap().unwrap().handle.is_empty(), "{}", s.name);
+        imports.erase_import_handle(a.token.clone(), b"another handle".to_vec()).await.unwrap();
+        let kept = imports.import_key(a.token.clone()).await.unwrap().unwrap().handle;
+        assert_eq!(kept, a.handle, "{}: not that handle", s.name);
+        imports.erase_import_handle(a.token.clone(), a.handle.clone()).await.unwrap();
+        assert!(imports.import_key(a.token.clone()).await.unwrap().unwrap().handle.is_empty(), "{}", s.name);
         assert_eq!(store.key(&key.id).unwrap().unwrap(), (key.clone(), w.clone()));
-        let again = store.use_import_key(&a.token, UnixMillis(6), &name("s"), &w, planned);
+        let again = imports.use_import_key(a.token.clone(), UnixMillis(6), name("s"), w.clone(), planned()).await;
         assert!(matches!(again, Err(StoreError::Stale { .. })), "{}: {again:?}", s.name);
         // A plan naming a key id that is taken: nothing written, the import key unused.
         let b = import(3, 1000);
-        store.insert_import_key(&b, &[], &[event("params")]).unwrap();
-        let stale_plan = |_: &[kmf::domain::key::KeyRecord]| (key.clone(), vec![event("import")]);
-        let taken = store.use_import_key(&b.token, UnixMillis(6), &name("s"), &w, stale_plan);
+        imports.insert_import_key(b.clone(), vec![], vec![event("params")]).await.unwrap();
+        let taken_id = key.clone();
+        let stale_plan = move |_: &[kmf::domain::key::KeyRecord]| (taken_id.clone(), vec![event("import")]);
+        let taken = imports.use_import_key(b.token.clone(), UnixMillis(6), name("s"), w.clone(), stale_plan).await;
         assert!(matches!(taken, Err(StoreError::AlreadyExists { .. })), "{}: {taken:?}", s.name);
-        assert_eq!(store.import_key(&b.token).unwrap().unwrap(), b, "{}", s.name);
+        assert_eq!(imports.import_key(b.token.clone()).await.unwrap().unwrap(), b, "{}", s.name);
         // A plan made inside the transaction takes the next version instead.
-        let next = store.use_import_key(&b.token, UnixMillis(7), &name("s"), &w, planned).unwrap();
-        assert_eq!(next.id.version, 2, "{}", s.name);
-        assert_eq!(*seen.borrow(), vec![0, 1], "{}: the plans saw 0 keys, then 1", s.name);
+        let next = imports.use_import_key(b.token.clone(), UnixMillis(7), name("s"), w.clone(), planned()).await;
+        assert_eq!(next.unwrap().id.version, 2, "{}", s.name);
+        assert_eq!(*seen.lock().unwrap(), vec![0, 1], "{}: the plans saw 0 keys, then 1", s.name);
         assert_eq!(store.count_keys().unwrap(), 2);
         assert!(store.key(&key.id).unwrap().unwrap().0.origin == KeyOrigin::Byok);
     }

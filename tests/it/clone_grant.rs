@@ -16,6 +16,7 @@ use kmf::node::ports::{OpenRequest, PeerLink};
 use kmf::rpc::pb;
 use kmf::rpc::pb::clones_client::ClonesClient;
 use kmf::rpc::peer::PeerClient;
+use kmf::store::CloneStore;
 use tokio_stream::StreamExt;
 
 use crate::clone::admin_channel;
@@ -92,8 +93,9 @@ async fn register(source: &TestNode, pki: &Pki, rogue: &Rogue) {
     clones.add_clone_target(add).await.expect("register");
 }
 
-fn grant_of(source: &TestNode, rogue: &Rogue) -> Option<kmf::domain::clone::CloneGrant> {
-    source.app.as_ref().expect("running").services.store().clone_grant(&rogue.sys_id).expect("read")
+async fn grant_of(source: &TestNode, rogue: &Rogue) -> Option<kmf::domain::clone::CloneGrant> {
+    let store = source.app.as_ref().expect("running").services.store();
+    CloneStore::new(store).clone_grant(rogue.sys_id.clone()).await.expect("read")
 }
 
 fn approver(source: &TestNode, id: &RequestId) -> Option<String> {
@@ -119,7 +121,7 @@ async fn a_clone_grant_needs_the_sources_own_property_approves_once_and_goes_wit
     let clock = SystemClock;
 
     let grant = rogue.pull(&source).await.expect("a registered target is served").expect("the end names a grant");
-    let stored = grant_of(&source, &rogue).expect("the grant is stored before the end leaves");
+    let stored = grant_of(&source, &rogue).await.expect("the grant is stored before the end leaves");
     assert_eq!(stored.id, grant);
     assert_eq!(stored.expires_at.0 - stored.granted_at.0, 3_600_000, "1 h by default");
     let (id, status) = rogue.open(&source, &clock, Frequency::Automatic, &["pay", "bonus"], Some(&grant)).await;
@@ -138,10 +140,10 @@ async fn a_clone_grant_needs_the_sources_own_property_approves_once_and_goes_wit
 
     // A new snapshot, a new grant; the target is removed: the grant goes with it.
     let grant = rogue.pull(&source).await.expect("served").expect("grant");
-    assert!(grant_of(&source, &rogue).is_some());
+    assert!(grant_of(&source, &rogue).await.is_some());
     let mut clones = ClonesClient::new(admin_channel(&source, &pki).await);
     clones.remove_clone_target(pb::RemoveCloneTargetRequest { sys_id: rogue.sys_id.to_string() }).await.expect("rm");
-    assert_eq!(grant_of(&source, &rogue), None, "removing the target deletes its grant");
+    assert_eq!(grant_of(&source, &rogue).await, None, "removing the target deletes its grant");
     let (id, status) = rogue.open(&source, &clock, Frequency::Automatic, &["pay", "bonus"], Some(&grant)).await;
     assert_eq!((status, approver(&source, &id)), (RequestStatus::Pending, None), "removed: not approved");
     // Exactly one request was approved, by the system, in all of this.
@@ -204,7 +206,7 @@ async fn a_one_time_configuration_approves_once_only_its_specs_and_then_authoris
     let grant = rogue.pull(&source).await.expect("a configuration authorises").expect("grant");
     let del = pb::DeleteCloneExchangeRequest { target_sys_id: rogue.sys_id.to_string() };
     src.exchange.delete_clone_exchange(del).await.expect("delete");
-    assert_eq!(grant_of(&source, &rogue), None, "deleting the configuration deletes its grant");
+    assert_eq!(grant_of(&source, &rogue).await, None, "deleting the configuration deletes its grant");
     let (_, status) = rogue.open(&source, &clock, Frequency::OneTimeClone, &["pay"], Some(&grant)).await;
     assert_eq!(status, RequestStatus::Pending);
 
@@ -215,7 +217,7 @@ async fn a_one_time_configuration_approves_once_only_its_specs_and_then_authoris
     let mine: Vec<_> = listed.iter().map(|t| (t.sys_id.clone(), t.authorised_by.clone())).collect();
     assert_eq!(mine, [(rogue.sys_id.to_string(), "configuration".to_owned())], "{listed:?}");
     let grant = rogue.pull(&source).await.expect("served").expect("grant");
-    assert_eq!(grant_of(&source, &rogue).expect("grant").specs, [Name::parse("pay", "spec").expect("name")]);
+    assert_eq!(grant_of(&source, &rogue).await.expect("grant").specs, [Name::parse("pay", "spec").expect("name")]);
     // Only the configuration's specs: an AUTOMATIC request for another one waits.
     let (id, status) = rogue.open(&source, &clock, Frequency::Automatic, &["bonus"], Some(&grant)).await;
     assert_eq!((status, approver(&source, &id)), (RequestStatus::Pending, None), "bonus is not configured");

@@ -21,16 +21,18 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kmf::domain::audit::AuditEntry;
 use kmf::domain::exchange::Frequency;
 use kmf::domain::ids::{CloneId, Name, RequestId, SysId, UnixMillis};
-use kmf::store::{Store, SystemApproval};
+use kmf::store::{CloneStore, Store, SystemApproval};
 
 use crate::binaries::{Daemon, Settings, free_port, init, ok, start_listening};
 use crate::clone_crash::{record_counts, seed};
 use crate::crash::{json, status_of};
+use crate::support::wait_for;
 
 const RECORDS: u32 = 2_000;
 const SPECS: [&str; 3] = ["pay", "bonus", "tax"];
@@ -203,8 +205,9 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
     // The timeline as the daemons recorded it, in ms after `clone start`.
     let since = |at: UnixMillis| (at.0 - started).max(0) as u64;
     let (clone_done, opened) = {
-        let store = Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store");
-        let run = store.clone_run(&CloneId::parse(&id).expect("id")).expect("read").expect("the clone run");
+        let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store"));
+        let clones = CloneStore::new(&store);
+        let run = wait_for(clones.clone_run(CloneId::parse(&id).expect("id"))).expect("read").expect("the clone run");
         let request = store.request(&RequestId::parse(&id).expect("id")).expect("read").expect("request").value;
         (since(run.finished_at.expect("finished")), since(request.created_at))
     };
@@ -289,7 +292,8 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
 
     // The source's database: one approval per request, by its clone grant,
     // which is used up for AUTOMATIC; no other approval.
-    let store = Store::open_redb(&source_dir.join("kmf.redb")).expect("open the source's store");
+    let store = Arc::new(Store::open_redb(&source_dir.join("kmf.redb")).expect("open the source's store"));
+    let clones = CloneStore::new(&store);
     let audit: Vec<AuditEntry> = store
         .audit_rows(0, usize::MAX)
         .expect("audit")
@@ -305,7 +309,7 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
         let mine: Vec<&&AuditEntry> = approvals.iter().filter(|e| &e.event.subject == id).collect();
         assert_eq!(mine.len(), 1, "request {id}: approvals on the source {mine:?}");
         let target = SysId::parse(target).expect("sys_id");
-        let grant = store.clone_grant(&target).expect("read").expect("the target's grant");
+        let grant = wait_for(clones.clone_grant(target.clone())).expect("read").expect("the target's grant");
         assert_eq!(mine[0].event.actor, format!("system (clone grant {})", grant.id), "request {id}");
         assert_eq!(grant.used, [Frequency::Automatic], "request {id}: the grant is used up for AUTOMATIC");
         let grants: Vec<&AuditEntry> =
@@ -323,7 +327,7 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
             specs: specs.clone(),
             at: kmf::clock::now(),
         };
-        let refused = store.system_approval_refusal(&again).expect("read");
+        let refused = wait_for(clones.system_approval_refusal(again)).expect("read");
         assert!(
             refused.as_ref().is_err_and(|why| why.contains("already approved")),
             "request {id}: a second AUTOMATIC request echoing the grant must stay pending: {refused:?}"
@@ -331,7 +335,7 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
         let request = store.request(&RequestId::parse(id).expect("id")).expect("read").expect("request").value;
         assert_eq!(request.exported_key_count as usize, total_keys, "request {id}");
     }
-    drop(store);
+    drop((clones, store));
 
     let mut times: Vec<f64> = results.iter().map(|t| t.recovered_in).collect();
     times.sort_by(f64::total_cmp);

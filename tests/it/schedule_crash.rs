@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use kmf::domain::clone_schedule::{Cadence, CloneSchedule};
 use kmf::domain::ids::{Host, Name, SysId, UnixMillis};
 use kmf::node::clone::scheduled_clone_id;
-use kmf::store::{JobStore, Store, clone_schedule_job_id};
+use kmf::store::{CloneStore, JobStore, Store, clone_schedule_job_id};
 
 use crate::binaries::{Settings, free_port, init, ok, spawn_listening, start_listening};
 use crate::clone_crash::{record_counts, seed};
@@ -33,7 +33,7 @@ const HOUR_MS: i64 = 3_600_000;
 /// A schedule "trial" of the source, hourly, due now (created an hour ago),
 /// written into the stopped target's store; returns its due time.
 fn schedule_due_now(dir: &Path, source: &str, source_host: &str) -> UnixMillis {
-    let store = Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store");
+    let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store"));
     let created = UnixMillis(kmf::clock::now().0 - HOUR_MS);
     let schedule = CloneSchedule::new(
         Name::parse("trial", "name").expect("name"),
@@ -44,7 +44,7 @@ fn schedule_due_now(dir: &Path, source: &str, source_host: &str) -> UnixMillis {
         "test".into(),
     )
     .expect("schedule");
-    store.create_clone_schedule(&schedule, &[]).expect("create the schedule");
+    wait_for(CloneStore::new(&store).create_clone_schedule(schedule.clone(), vec![])).expect("create the schedule");
     schedule.next_run_at
 }
 
@@ -52,9 +52,9 @@ fn schedule_due_now(dir: &Path, source: &str, source_host: &str) -> UnixMillis {
 /// from a stopped daemon's store; panics if the run is half there.
 fn run_state(dir: &Path, due: UnixMillis, trial: usize) -> u64 {
     let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the killed target's store"));
-    let name = Name::parse("trial", "name").expect("name");
-    let [schedule] = <[_; 1]>::try_from(store.clone_schedules().expect("schedules")).expect("one schedule");
-    let runs = store.clone_runs().expect("clone runs");
+    let (name, clones) = (Name::parse("trial", "name").expect("name"), CloneStore::new(&store));
+    let [schedule] = <[_; 1]>::try_from(wait_for(clones.clone_schedules()).expect("schedules")).expect("one schedule");
+    let runs = wait_for(clones.clone_runs()).expect("clone runs");
     let job =
         wait_for(JobStore::new(&store).job(clone_schedule_job_id(&name))).expect("job").expect("the schedule's job");
     match schedule.runs {

@@ -18,7 +18,8 @@ use kmf::domain::schedule::RetryPolicy;
 use kmf::domain::spec::{Module, Spec, SpecChoice};
 use kmf::store::engine::{Engine, Table};
 use kmf::store::{
-    BundleChange, JobStore, MemoryEngine, PropertyStore, RequestEffects, RequestStore, Store, StoreError,
+    BundleChange, CloneStore, JobStore, MemoryEngine, PropertyStore, RequestEffects, RequestStore, Store,
+    StoreError,
 };
 
 pub(crate) struct Subject {
@@ -627,21 +628,20 @@ async fn snapshot_is_one_consistent_view_in_bounded_parts() {
             st.put_record(&record(i)).unwrap();
         }
         let (mut order, mut parts, mut received) = (SnapshotOrder::default(), Vec::new(), Vec::new());
-        let complete = st
-            .snapshot(UnixMillis(9), 10, None, None, &mut |part| {
-                order.accept(&part).unwrap();
-                if let SnapshotPart::Records(r) = &part {
-                    assert!(r.len() <= 10, "{}: a part holds at most the asked number", s.name);
-                    if received.is_empty() {
-                        // Written while the snapshot streams: not part of it.
-                        st.put_record(&record(9_999)).unwrap();
-                    }
-                    received.extend(r.iter().map(|r| r.address.record_id.clone()));
+        let mut read = CloneStore::new(st).snapshot(UnixMillis(9), 10, None, None);
+        while let Some(part) = read.next().await {
+            order.accept(&part).unwrap();
+            if let SnapshotPart::Records(r) = &part {
+                assert!(r.len() <= 10, "{}: a part holds at most the asked number", s.name);
+                if received.is_empty() {
+                    // Written while the snapshot streams: not part of it.
+                    st.put_record(&record(9_999)).unwrap();
                 }
-                parts.push(part);
-                true
-            })
-            .unwrap();
+                received.extend(r.iter().map(|r| r.address.record_id.clone()));
+            }
+            parts.push(part);
+        }
+        let complete = read.end().await.unwrap();
         assert!(complete && order.is_complete(), "{}", s.name);
         assert_eq!(order.header().unwrap().records, 25, "{}", s.name);
         let want: Vec<String> = (0..25).map(|i| format!("r{i:04}")).collect();
@@ -650,14 +650,10 @@ async fn snapshot_is_one_consistent_view_in_bounded_parts() {
         let catalog = catalog.unwrap();
         assert_eq!((catalog.modules.len(), catalog.specs.len()), (1, 1), "{}", s.name);
         // The receiver went away after the header: the read stops there.
-        let mut seen = 0;
-        let stopped = st
-            .snapshot(UnixMillis(9), 10, None, None, &mut |_| {
-                seen += 1;
-                false
-            })
-            .unwrap();
-        assert!(!stopped && seen == 1, "{}", s.name);
+        let mut read = CloneStore::new(st).snapshot(UnixMillis(9), 10, None, None);
+        assert!(matches!(read.next().await, Some(SnapshotPart::Header(_))), "{}", s.name);
+        let stopped = read.end().await.unwrap();
+        assert!(!stopped, "{}", s.name);
     }
 }
 
@@ -756,10 +752,11 @@ async fn clone_staging_is_invisible_until_one_swap() {
             follow_up: None,
         };
         let job_id = kmf::store::clone_job_id(&id);
-        st.start_clone(&run, &Job::new(job_id.clone(), UnixMillis(1), UnixMillis(1)), &[]).unwrap();
+        let clones = CloneStore::new(st);
+        clones.start_clone(run.clone(), Job::new(job_id.clone(), UnixMillis(1), UnixMillis(1)), vec![]).await.unwrap();
         assert!(
             matches!(
-                st.start_clone(&run, &Job::new(job_id, UnixMillis(1), UnixMillis(1)), &[]),
+                clones.start_clone(run, Job::new(job_id, UnixMillis(1), UnixMillis(1)), vec![]).await,
                 Err(StoreError::AlreadyExists { .. })
             ),
             "{}: one clone at a time",
@@ -767,10 +764,9 @@ async fn clone_staging_is_invisible_until_one_swap() {
         );
         let (_, lease) = jobs(st).claim_due_jobs("runner".into(), UnixMillis(2), 1_000, 1).await.unwrap().remove(0);
         let until = UnixMillis(5_000);
-        st.begin_clone_copy(&id, &lease, until, 3, UnixMillis(2)).unwrap();
-        let staged = st
-            .stage_clone_records(&id, &lease, until, &[rec("new", 1), rec("new", 2), rec("new", 3)], UnixMillis(3))
-            .unwrap();
+        clones.begin_clone_copy(id.clone(), lease.clone(), until, 3, UnixMillis(2)).await.unwrap();
+        let part = vec![rec("new", 1), rec("new", 2), rec("new", 3)];
+        let staged = clones.stage_clone_records(id.clone(), lease.clone(), until, part, UnixMillis(3)).await.unwrap();
         assert_eq!(staged.records_copied, 3);
         let live = st.records(None, None, None, 10).unwrap();
         assert_eq!(
@@ -785,7 +781,7 @@ async fn clone_staging_is_invisible_until_one_swap() {
         let stranger = kmf::domain::job::Lease { owner: "other".into(), claim: 99, expires_at: until };
         assert!(
             matches!(
-                st.stage_clone_records(&id, &stranger, until, &[rec("bad", 1)], UnixMillis(3)),
+                clones.stage_clone_records(id.clone(), stranger, until, vec![rec("bad", 1)], UnixMillis(3)).await,
                 Err(StoreError::Stale { .. })
             ),
             "{}",
@@ -808,20 +804,9 @@ async fn clone_staging_is_invisible_until_one_swap() {
             properties: vec![prop(rekeyed, "true"), prop("protected.planted", "1"), prop("plain", "1")],
             ..Default::default()
         };
-        let done = st
-            .swap_in_clone(
-                &id,
-                &lease,
-                &kmf::store::CloneSwap {
-                    catalog: &catalog,
-                    follow_up: None,
-                    exchanges: None,
-                    now: UnixMillis(4),
-                    lease_until: until,
-                },
-                &[],
-            )
-            .unwrap();
+        let swap =
+            kmf::store::CloneSwap { catalog, follow_up: None, exchanges: None, now: UnixMillis(4), lease_until: until };
+        let done = clones.swap_in_clone(id.clone(), lease.clone(), swap, vec![]).await.unwrap();
         assert_eq!(done.state, CloneState::Completed);
         let live = st.records(None, None, None, 10).unwrap();
         assert_eq!(
@@ -846,15 +831,15 @@ async fn clone_staging_is_invisible_until_one_swap() {
         assert_eq!(rekeyed_by, "system (clone)");
         assert!(
             matches!(
-                st.stage_clone_records(&id, &lease, until, &[rec("late", 1)], UnixMillis(5)),
+                clones.stage_clone_records(id.clone(), lease.clone(), until, vec![rec("late", 1)], UnixMillis(5)).await,
                 Err(StoreError::Stale { .. })
             ),
             "{}: a completed clone stages nothing",
             s.name
         );
         // The old records are cleared from the staging side afterwards.
-        assert_eq!(st.clear_staging(&id, &lease, until, 10).unwrap(), 1, "{}", s.name);
-        assert_eq!(st.clear_staging(&id, &lease, until, 10).unwrap(), 0);
+        assert_eq!(clones.clear_staging(id.clone(), lease.clone(), until, 10).await.unwrap(), 1, "{}", s.name);
+        assert_eq!(clones.clear_staging(id.clone(), lease.clone(), until, 10).await.unwrap(), 0);
         assert_eq!(st.records(None, None, None, 10).unwrap().len(), 3, "{}: the live records stay", s.name);
         assert_eq!(debt(st), [3], "{}: clearing the old side leaves the live debt", s.name);
     }
@@ -868,11 +853,11 @@ async fn concurrent_clone_starts_one_runs() {
     use kmf::domain::ids::CloneId;
     for s in subjects() {
         const CALLERS: usize = 8;
-        let barrier = Arc::new(Barrier::new(CALLERS));
+        let barrier = Arc::new(tokio::sync::Barrier::new(CALLERS));
         let handles: Vec<_> = (0..CALLERS)
             .map(|i| {
-                let (st, barrier) = (Arc::clone(&s.store), Arc::clone(&barrier));
-                std::thread::spawn(move || {
+                let (clones, barrier) = (CloneStore::new(&s.store), Arc::clone(&barrier));
+                tokio::spawn(async move {
                     let id = CloneId::from_random([i as u8 + 1; 16]);
                     let run = CloneRun {
                         id: id.clone(),
@@ -888,15 +873,19 @@ async fn concurrent_clone_starts_one_runs() {
                         error: None,
                         follow_up: None,
                     };
-                    barrier.wait();
-                    st.start_clone(&run, &Job::new(kmf::store::clone_job_id(&id), UnixMillis(1), UnixMillis(1)), &[])
+                    barrier.wait().await;
+                    let job = Job::new(kmf::store::clone_job_id(&id), UnixMillis(1), UnixMillis(1));
+                    clones.start_clone(run, job, vec![]).await
                 })
             })
             .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let mut results = Vec::new();
+        for h in handles {
+            results.push(h.await.unwrap());
+        }
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{}: {results:?}", s.name);
         assert!(results.iter().filter(|r| r.is_err()).all(|r| matches!(r, Err(StoreError::AlreadyExists { .. }))));
-        let runs = s.store.clone_runs().unwrap();
+        let runs = CloneStore::new(&s.store).clone_runs().await.unwrap();
         assert_eq!(runs.len(), 1, "{}", s.name);
         assert!(
             jobs(&s.store).job(kmf::store::clone_job_id(&runs[0].id)).await.unwrap().is_some(),
@@ -915,12 +904,13 @@ async fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_del
     const HOUR: i64 = 3_600_000;
     let audit = |c: &CloneRun| AuditEvent::new(c.started_at, "system", "clone.start", c.id.as_str(), Outcome::Success);
     for s in subjects() {
-        let st = &s.store;
+        let (st, clones) = (&s.store, CloneStore::new(&s.store));
         let (n, t0) = (name("hourly"), UnixMillis(1_000));
         let schedule = CloneSchedule::new(n.clone(), sys(9), host(), Cadence::every(HOUR).unwrap(), t0, "admin".into());
-        st.create_clone_schedule(&schedule.unwrap(), &[]).unwrap();
+        clones.create_clone_schedule(schedule.unwrap(), vec![]).await.unwrap();
         let again = CloneSchedule::new(n.clone(), sys(8), host(), Cadence::every(HOUR).unwrap(), t0, "x".into());
-        assert!(matches!(st.create_clone_schedule(&again.unwrap(), &[]), Err(StoreError::AlreadyExists { .. })));
+        let again = clones.create_clone_schedule(again.unwrap(), vec![]).await;
+        assert!(matches!(again, Err(StoreError::AlreadyExists { .. })));
         let job_id = clone_schedule_job_id(&n);
         assert_eq!(jobs(st).job(job_id.clone()).await.unwrap().unwrap().next_due, t0.plus_millis(HOUR), "{}", s.name);
         assert!(
@@ -934,16 +924,22 @@ async fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_del
         let (job, lease) = jobs(st).claim_due_jobs("r".into(), due1, 60_000, 10).await.unwrap().remove(0);
         assert_eq!(job.id, job_id);
         let a = CloneId::from_random([1; 16]);
-        let run = |lease, due, now, clone_id| DueRun { schedule: &n, lease, due, now, clone_id, audit: &audit };
-        let first = st.run_clone_schedule(run(&lease, due1, due1, a.clone())).unwrap();
+        let run = |lease: &kmf::domain::job::Lease, due, now, clone_id| DueRun {
+            schedule: n.clone(),
+            lease: lease.clone(),
+            due,
+            now,
+            clone_id,
+        };
+        let first = clones.run_clone_schedule(run(&lease, due1, due1, a.clone()), audit).await.unwrap();
         assert_eq!(first, Some(ScheduledRun::Started(a.clone())), "{}", s.name);
         assert!(jobs(st).job(clone_job_id(&a)).await.unwrap().is_some(), "{}: the clone's job", s.name);
         let moved = jobs(st).job(job_id.clone()).await.unwrap().unwrap();
         assert_eq!((moved.next_due, moved.lease.is_none()), (due1.plus_millis(HOUR), true), "{}", s.name);
         // The same run made again under the spent lease changes nothing.
-        let replay = st.run_clone_schedule(run(&lease, due1, due1, a.clone()));
+        let replay = clones.run_clone_schedule(run(&lease, due1, due1, a.clone()), audit).await;
         assert!(matches!(replay, Err(StoreError::Stale { .. })), "{}: {replay:?}", s.name);
-        assert_eq!(st.clone_runs().unwrap().len(), 1);
+        assert_eq!(clones.clone_runs().await.unwrap().len(), 1);
 
         // The schedule's job, claimed at `due` (other jobs are due by then too).
         let claim_schedule = async |due| {
@@ -953,21 +949,22 @@ async fn a_scheduled_run_starts_one_clone_skips_while_one_runs_and_ends_when_del
         // Due again while clone `a` still runs: skipped, counted, no second clone.
         let due2 = due1.plus_millis(HOUR);
         let (_, lease2) = claim_schedule(due2).await;
-        let skipped = st.run_clone_schedule(run(&lease2, due2, due2, CloneId::from_random([2; 16]))).unwrap();
-        assert_eq!(skipped, Some(ScheduledRun::Skipped(a.to_string())), "{}", s.name);
-        assert_eq!(st.clone_runs().unwrap().len(), 1, "{}", s.name);
-        let listed = st.clone_schedules().unwrap();
+        let skipped = clones.run_clone_schedule(run(&lease2, due2, due2, CloneId::from_random([2; 16])), audit).await;
+        assert_eq!(skipped.unwrap(), Some(ScheduledRun::Skipped(a.to_string())), "{}", s.name);
+        assert_eq!(clones.clone_runs().await.unwrap().len(), 1, "{}", s.name);
+        let listed = clones.clone_schedules().await.unwrap();
         assert_eq!((listed[0].runs, listed[0].skipped, listed[0].next_run_at), (1, 1, due2.plus_millis(HOUR)));
 
         // Deleted while a runner holds its job: the job stays until that run ends it.
         let due3 = due2.plus_millis(HOUR);
         let (_, lease3) = claim_schedule(due3).await;
-        assert!(st.delete_clone_schedule(&n, &[]).unwrap().is_some());
+        assert!(clones.delete_clone_schedule(n.clone(), vec![]).await.unwrap().is_some());
         assert!(jobs(st).job(job_id.clone()).await.unwrap().is_some(), "{}: held, so kept", s.name);
-        assert_eq!(st.run_clone_schedule(run(&lease3, due3, due3, CloneId::from_random([3; 16]))).unwrap(), None);
+        let ended = clones.run_clone_schedule(run(&lease3, due3, due3, CloneId::from_random([3; 16])), audit).await;
+        assert_eq!(ended.unwrap(), None);
         assert!(jobs(st).job(job_id.clone()).await.unwrap().is_none(), "{}: ended by its run", s.name);
-        assert!(st.delete_clone_schedule(&n, &[]).unwrap().is_none(), "{}: already gone", s.name);
-        assert_eq!(st.clone_runs().unwrap().len(), 1, "{}", s.name);
+        assert!(clones.delete_clone_schedule(n.clone(), vec![]).await.unwrap().is_none(), "{}: already gone", s.name);
+        assert_eq!(clones.clone_runs().await.unwrap().len(), 1, "{}", s.name);
     }
 }
 
@@ -987,19 +984,21 @@ async fn schema_2_database_loses_its_old_clone_grants_at_open() {
         let target = r#"{"v":1,"host":"t:1","added_at":1,"added_by":"operator:root"}"#;
         tx.put(Table::CloneTargets, &str_key(sys(7).as_str()), target.as_bytes()).unwrap();
     };
-    let check = |store: &Store| {
-        assert_eq!(store.clone_grant(&sys(7)).unwrap(), None, "an old grant approves nothing any more");
-        assert_eq!(store.clone_grant(&sys(8)).unwrap(), None);
-        assert_eq!(store.clone_targets().unwrap().len(), 1, "the clone target is kept");
+    async fn check(store: Store) {
+        let store = Arc::new(store);
+        let clones = CloneStore::new(&store);
+        assert_eq!(clones.clone_grant(sys(7)).await.unwrap(), None, "an old grant approves nothing any more");
+        assert_eq!(clones.clone_grant(sys(8)).await.unwrap(), None);
+        assert_eq!(clones.clone_targets().await.unwrap().len(), 1, "the clone target is kept");
         assert_eq!(store.sys_id().unwrap(), sys(1));
-    };
+    }
     // In memory.
     let engine = MemoryEngine::default();
     let mut tx = engine.begin_write().unwrap();
     seed(tx.as_mut());
     tx.commit().unwrap();
     let store = Store::open(Box::new(engine)).unwrap();
-    check(&store);
+    check(store).await;
     // redb, opened twice.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kmf.redb");
@@ -1009,8 +1008,8 @@ async fn schema_2_database_loses_its_old_clone_grants_at_open() {
         seed(tx.as_mut());
         tx.commit().unwrap();
     }
-    check(&Store::open_redb(&path).unwrap());
-    check(&Store::open_redb(&path).unwrap());
+    check(Store::open_redb(&path).unwrap()).await;
+    check(Store::open_redb(&path).unwrap()).await;
 }
 
 /// The four conditional catalog writes refuse a read that is out of date

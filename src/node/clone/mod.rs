@@ -22,14 +22,17 @@ use super::ports::PeerLink;
 use crate::clock::Clock;
 use crate::domain::ids::{SysId, UnixMillis};
 use crate::domain::job::JobKind;
-use crate::store::{PropertyStore, Store};
+use crate::store::{AuditStore, CatalogStore, CloneStore, PropertyStore, RequestStore};
 pub use configurations::NewCloneExchange;
 pub use schedule::{NewCloneSchedule, scheduled_clone_id};
 pub use source::SnapshotParts;
 
 pub struct Clones {
     sys_id: SysId,
-    store: Arc<Store>,
+    clone_store: CloneStore,
+    specs: CatalogStore,
+    requests: RequestStore,
+    audit_store: AuditStore,
     properties: PropertyStore,
     peers: Arc<dyn PeerLink>,
     clock: Arc<dyn Clock>,
@@ -42,7 +45,10 @@ impl Clones {
     pub fn new(ctx: &Context, exchange: Arc<Exchange>) -> Self {
         Clones {
             sys_id: ctx.sys_id.clone(),
-            store: Arc::clone(&ctx.store),
+            clone_store: CloneStore::new(&ctx.store),
+            specs: CatalogStore::new(&ctx.store),
+            requests: RequestStore::new(&ctx.store),
+            audit_store: AuditStore::new(&ctx.store),
             properties: PropertyStore::new(&ctx.store),
             peers: Arc::clone(&ctx.peers),
             clock: Arc::clone(&ctx.clock),

@@ -5,8 +5,6 @@
 //! due time, and the run is one transaction, so a restart or a second runner
 //! neither loses nor doubles it.
 
-use std::sync::Arc;
-
 use super::Clones;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, Outcome};
@@ -15,7 +13,6 @@ use crate::domain::clone::CloneRun;
 use crate::domain::clone_schedule::{Cadence, CloneSchedule, ScheduledRun};
 use crate::domain::ids::{Host, Name, SysId};
 use crate::error::AppResult;
-use crate::node::context::Blocking;
 use crate::node::jobs::{JobOutcome, JobRun};
 use crate::store::DueRun;
 
@@ -33,61 +30,46 @@ pub struct NewCloneSchedule {
 pub use crate::domain::clone_decide::scheduled_clone_id;
 
 impl Clones {
-    pub async fn create_clone_schedule(
-        self: &Arc<Self>,
-        caller: &Caller,
-        new: NewCloneSchedule,
-    ) -> AppResult<CloneSchedule> {
+    pub async fn create_clone_schedule(&self, caller: &Caller, new: NewCloneSchedule) -> AppResult<CloneSchedule> {
         if new.source == self.sys_id {
             return Err(DomainError::invalid("source_sys_id", "an instance cannot clone itself").into());
         }
         let actor = caller.actor();
-        let schedule = self
-            .blocking(move |this| {
-                let now = this.now();
-                let s = CloneSchedule::new(new.name, new.source, new.source_host, new.cadence, now, actor.clone())?;
-                let audit = AuditEvent::new(now, actor, "clone_schedule.create", s.name.as_str(), Outcome::Success)
-                    .with_details(format!("clone {} at {} {}", s.source, s.source_host, s.cadence.describe()));
-                this.store.create_clone_schedule(&s, &[audit])?;
-                Ok(s)
-            })
-            .await?;
+        let now = self.now();
+        let s = CloneSchedule::new(new.name, new.source, new.source_host, new.cadence, now, actor.clone())?;
+        let audit = AuditEvent::new(now, actor, "clone_schedule.create", s.name.as_str(), Outcome::Success)
+            .with_details(format!("clone {} at {} {}", s.source, s.source_host, s.cadence.describe()));
+        self.clone_store.create_clone_schedule(s.clone(), vec![audit]).await?;
         self.signals.wake();
-        Ok(schedule)
+        Ok(s)
     }
 
-    pub async fn clone_schedules(self: &Arc<Self>) -> AppResult<Vec<CloneSchedule>> {
-        self.blocking(|this| Ok(this.store.clone_schedules()?)).await
+    pub async fn clone_schedules(&self) -> AppResult<Vec<CloneSchedule>> {
+        Ok(self.clone_store.clone_schedules().await?)
     }
 
-    pub async fn delete_clone_schedule(self: &Arc<Self>, caller: &Caller, name: Name) -> AppResult<CloneSchedule> {
+    pub async fn delete_clone_schedule(&self, caller: &Caller, name: Name) -> AppResult<CloneSchedule> {
         let actor = caller.actor();
-        self.blocking(move |this| {
-            let audit = AuditEvent::new(this.now(), actor, "clone_schedule.delete", name.as_str(), Outcome::Success);
-            this.store
-                .delete_clone_schedule(&name, &[audit])?
-                .ok_or_else(|| DomainError::not_found("clone schedule", name.as_str()).into())
-        })
-        .await
+        let audit = AuditEvent::new(self.now(), actor, "clone_schedule.delete", name.as_str(), Outcome::Success);
+        self.clone_store
+            .delete_clone_schedule(name.clone(), vec![audit])
+            .await?
+            .ok_or_else(|| DomainError::not_found("clone schedule", name.as_str()).into())
     }
 
     /// The schedule's job: makes the run it was claimed for.
-    pub(super) async fn run_clone_schedule(self: &Arc<Self>, job_run: &JobRun) -> AppResult<JobOutcome> {
+    pub(super) async fn run_clone_schedule(&self, job_run: &JobRun) -> AppResult<JobOutcome> {
         let (job, lease) = (&job_run.job, job_run.lease.clone());
         let name = Name::parse(&job.id.subject, "schedule")?;
         let due = job.next_due;
-        let ran = self
-            .blocking(move |this| {
-                let actor = format!("system (schedule {name})");
-                let audit = |clone: &CloneRun| {
-                    AuditEvent::new(clone.started_at, actor.clone(), "clone.start", clone.id.as_str(), Outcome::Success)
-                        .with_details(format!("from {} at {}", clone.source, clone.source_host))
-                };
-                let clone_id = scheduled_clone_id(&name, due);
-                let run = DueRun { schedule: &name, lease: &lease, due, now: this.now(), clone_id, audit: &audit };
-                Ok(this.store.run_clone_schedule(run)?)
-            })
-            .await?;
+        let actor = format!("system (schedule {name})");
+        let audit = move |clone: &CloneRun| {
+            AuditEvent::new(clone.started_at, actor.clone(), "clone.start", clone.id.as_str(), Outcome::Success)
+                .with_details(format!("from {} at {}", clone.source, clone.source_host))
+        };
+        let clone_id = scheduled_clone_id(&name, due);
+        let run = DueRun { schedule: name, lease, due, now: self.now(), clone_id };
+        let ran = self.clone_store.run_clone_schedule(run, audit).await?;
         match ran {
             Some(ScheduledRun::Started(id)) => {
                 tracing::info!(clone = %id, job = %job.id, "scheduled clone started");

@@ -7,8 +7,6 @@
 //! restart) and starts the copy over. The source refusing the clone fails it
 //! for good.
 
-use std::sync::Arc;
-
 use tokio_stream::StreamExt;
 
 use super::Clones;
@@ -21,7 +19,6 @@ use crate::domain::exchange::{Frequency, PeerRef, validate_expiry};
 use crate::domain::ids::{CloneId, Host, Name, RequestId, SysId};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::error::{AppError, AppResult, PeerError};
-use crate::node::context::Blocking;
 use crate::node::exchange::PlannedRequest;
 use crate::node::jobs::{JobOutcome, JobRun};
 use crate::signer::primitives::random_bytes;
@@ -31,52 +28,37 @@ use crate::store::{CloneSwap, StoreError, clone_job_id};
 const CLEAR_BATCH: usize = 10_000;
 
 impl Clones {
-    pub async fn start_clone(
-        self: &Arc<Self>,
-        caller: &Caller,
-        source: SysId,
-        source_host: Host,
-    ) -> AppResult<CloneRun> {
+    pub async fn start_clone(&self, caller: &Caller, source: SysId, source_host: Host) -> AppResult<CloneRun> {
         if source == self.sys_id {
             return Err(DomainError::invalid("source_sys_id", "an instance cannot clone itself").into());
         }
         let actor = caller.actor();
-        let run = self
-            .blocking(move |this| {
-                let now = this.now();
-                let id = CloneId::from_random(random_bytes::<16>());
-                let run = CloneRun::started(id.clone(), source, source_host, now);
-                let audit = AuditEvent::new(now, actor, "clone.start", id.as_str(), Outcome::Success)
-                    .with_details(format!("from {} at {}", run.source, run.source_host));
-                this.store.start_clone(&run, &Job::new(clone_job_id(&id), now, now), &[audit]).map_err(
-                    |e| match e {
-                        StoreError::AlreadyExists { id, .. } => DomainError::FailedPrecondition(format!(
-                            "clone {id} is still running; wait for it to finish"
-                        ))
-                        .into(),
-                        other => AppError::from(other),
-                    },
-                )?;
-                Ok(run)
-            })
-            .await?;
+        let now = self.now();
+        let id = CloneId::from_random(random_bytes::<16>());
+        let run = CloneRun::started(id.clone(), source, source_host, now);
+        let audit = AuditEvent::new(now, actor, "clone.start", id.as_str(), Outcome::Success)
+            .with_details(format!("from {} at {}", run.source, run.source_host));
+        let job = Job::new(clone_job_id(&id), now, now);
+        self.clone_store.start_clone(run.clone(), job, vec![audit]).await.map_err(|e| match e {
+            StoreError::AlreadyExists { id, .. } => {
+                DomainError::FailedPrecondition(format!("clone {id} is still running; wait for it to finish")).into()
+            }
+            other => AppError::from(other),
+        })?;
         self.signals.wake();
         Ok(run)
     }
 
-    pub async fn clone_run(self: &Arc<Self>, id: CloneId) -> AppResult<CloneRun> {
-        self.blocking(move |this| {
-            this.store.clone_run(&id)?.ok_or_else(|| DomainError::not_found("clone", id.as_str()).into())
-        })
-        .await
+    pub async fn clone_run(&self, id: CloneId) -> AppResult<CloneRun> {
+        self.clone_store.clone_run(id.clone()).await?.ok_or_else(|| DomainError::not_found("clone", id.as_str()).into())
     }
 
-    pub async fn clone_runs(self: &Arc<Self>) -> AppResult<Vec<CloneRun>> {
-        self.blocking(|this| Ok(this.store.clone_runs()?)).await
+    pub async fn clone_runs(&self) -> AppResult<Vec<CloneRun>> {
+        Ok(self.clone_store.clone_runs().await?)
     }
 
     /// The clone job.
-    pub(super) async fn run_clone(self: &Arc<Self>, job_run: &JobRun) -> AppResult<JobOutcome> {
+    pub(super) async fn run_clone(&self, job_run: &JobRun) -> AppResult<JobOutcome> {
         let (job, lease) = (&job_run.job, job_run.lease.clone());
         let id = CloneId::parse(&job.id.subject)?;
         let run = self.clone_run(id.clone()).await?;
@@ -93,8 +75,7 @@ impl Clones {
                     return Ok(JobOutcome::Settled);
                 }
                 CloneFailure::Retry => {
-                    let (id2, error) = (id.clone(), e.to_string());
-                    let _ = self.blocking(move |this| Ok(this.store.note_clone_error(&id2, &error, this.now())?)).await;
+                    let _ = self.clone_store.note_clone_error(id, e.to_string(), self.now()).await;
                     return Err(e);
                 }
             }
@@ -103,35 +84,30 @@ impl Clones {
         Ok(JobOutcome::Done)
     }
 
-    async fn give_up_clone(self: &Arc<Self>, id: &CloneId, lease: &Lease, error: String) -> AppResult<()> {
+    async fn give_up_clone(&self, id: &CloneId, lease: &Lease, error: String) -> AppResult<()> {
         tracing::warn!(clone = %id, %error, "clone failed");
-        let (id, lease) = (id.clone(), lease.clone());
-        self.blocking(move |this| {
-            let now = this.now();
-            let audit = AuditEvent::new(now, "system", "clone.fail", id.as_str(), Outcome::Failed).with_details(&error);
-            Ok(this.store.fail_clone(&id, &lease, &error, now, &[audit])?)
-        })
-        .await
+        let now = self.now();
+        let audit = AuditEvent::new(now, "system", "clone.fail", id.as_str(), Outcome::Failed).with_details(&error);
+        Ok(self.clone_store.fail_clone(id.clone(), lease.clone(), error, now, vec![audit]).await?)
     }
 
-    async fn clear_staging(self: &Arc<Self>, id: &CloneId, lease: &Lease) -> AppResult<()> {
+    async fn clear_staging(&self, id: &CloneId, lease: &Lease) -> AppResult<()> {
         loop {
-            let (id, lease) = (id.clone(), lease.clone());
-            let cleared = self
-                .blocking(move |this| Ok(this.store.clear_staging(&id, &lease, this.lease_until(), CLEAR_BATCH)?))
-                .await?;
+            let cleared =
+                self.clone_store.clear_staging(id.clone(), lease.clone(), self.lease_until(), CLEAR_BATCH).await?;
             if cleared < CLEAR_BATCH {
                 return Ok(());
             }
         }
     }
 
-    async fn copy_and_swap(self: &Arc<Self>, run: &CloneRun, lease: &Lease) -> AppResult<()> {
+    async fn copy_and_swap(&self, run: &CloneRun, lease: &Lease) -> AppResult<()> {
         self.clear_staging(&run.id, lease).await?;
         let mut parts = self.peers.stream_snapshot(&run.source_host, &run.source).await?;
         let (mut order, mut catalog) = (SnapshotOrder::default(), SnapshotCatalog::default());
         let (mut plan, mut grant) = (None, None);
-        // One part is written while the next arrives (a pipeline of one).
+        // One part is written while the next arrives (a pipeline of one); each
+        // part is one store call.
         let mut writing: Option<tokio::task::JoinHandle<AppResult<()>>> = None;
         while let Some(part) = parts.next().await {
             let part = part?;
@@ -143,23 +119,17 @@ impl Clones {
                         return Err(PeerError::Refused(DomainError::malformed("snapshot", why)).into());
                     }
                     plan = h.exchange.clone();
-                    self.blocking(move |this| {
-                        Ok(this.store.begin_clone_copy(&id, &lease, this.lease_until(), h.records, this.now())?)
-                    })
-                    .await?;
+                    self.clone_store.begin_clone_copy(id, lease, self.lease_until(), h.records, self.now()).await?;
                 }
                 SnapshotPart::Catalog(c) => catalog.extend(c),
                 SnapshotPart::Records(records) => {
                     if let Some(previous) = writing.take() {
                         joined(previous).await?;
                     }
-                    let this = Arc::clone(self);
+                    let (clones, until, now) = (self.clone_store.clone(), self.lease_until(), self.now());
                     writing = Some(tokio::spawn(async move {
-                        this.blocking(move |this| {
-                            this.store.stage_clone_records(&id, &lease, this.lease_until(), &records, this.now())?;
-                            Ok(())
-                        })
-                        .await
+                        clones.stage_clone_records(id, lease, until, records, now).await?;
+                        Ok(())
                     }));
                 }
                 SnapshotPart::End { grant: g, .. } => {
@@ -178,27 +148,16 @@ impl Clones {
             }
             .into());
         }
-        let (id, lease, source) = (run.id.clone(), lease.clone(), run.source.clone());
         let exchanges = FollowUp::after(&catalog, plan, grant);
-        let done = self
-            .blocking(move |this| {
-                let now = this.now();
-                // The exchanges are committed with the swap, so they happen exactly when the swap did.
-                let follow_up =
-                    exchanges.is_some().then(|| Job::new(JobId::new(JobKind::AutoExchange, id.as_str()), now, now));
-                let details = clone_decide::clone_complete_details(&source, &catalog, exchanges.as_ref());
-                let audit = AuditEvent::new(now, "system", "clone.complete", id.as_str(), Outcome::Success)
-                    .with_details(details);
-                let swap = CloneSwap {
-                    catalog: &catalog,
-                    follow_up: follow_up.as_ref(),
-                    exchanges: exchanges.as_ref(),
-                    now,
-                    lease_until: this.lease_until(),
-                };
-                Ok(this.store.swap_in_clone(&id, &lease, &swap, &[audit])?)
-            })
-            .await?;
+        let now = self.now();
+        // The exchanges are committed with the swap, so they happen exactly when the swap did.
+        let follow_up =
+            exchanges.is_some().then(|| Job::new(JobId::new(JobKind::AutoExchange, run.id.as_str()), now, now));
+        let details = clone_decide::clone_complete_details(&run.source, &catalog, exchanges.as_ref());
+        let audit =
+            AuditEvent::new(now, "system", "clone.complete", run.id.as_str(), Outcome::Success).with_details(details);
+        let swap = CloneSwap { catalog, follow_up, exchanges, now, lease_until: self.lease_until() };
+        let done = self.clone_store.swap_in_clone(run.id.clone(), lease.clone(), swap, vec![audit]).await?;
         tracing::info!(clone = %done.id, records = done.records_copied, rate = done.rate(), "clone swapped in");
         self.signals.wake();
         Ok(())
@@ -211,7 +170,7 @@ impl Clones {
     /// clone grant approves). Request ids derive from the clone's, so running
     /// this twice opens each request once: a pending one is opened again
     /// (the source answers a repeat with what it has), a failed one retried.
-    pub(super) async fn run_auto_exchange(self: &Arc<Self>, run: &JobRun) -> AppResult<JobOutcome> {
+    pub(super) async fn run_auto_exchange(&self, run: &JobRun) -> AppResult<JobOutcome> {
         let job = &run.job;
         let clone_id = CloneId::parse(&job.id.subject)?;
         let run = self.clone_run(clone_id.clone()).await?;
@@ -225,10 +184,7 @@ impl Clones {
         }
         if follow_up.automatic {
             let id = clone_decide::automatic_request_id(&clone_id)?;
-            let f = follow_up.clone();
-            let specs = self
-                .blocking(move |this| Ok(f.automatic_specs(this.store.specs()?.into_iter().map(|s| s.name))))
-                .await?;
+            let specs = self.clone_store.automatic_specs(follow_up.clone()).await?;
             if !specs.is_empty() {
                 let grant = follow_up.grant.clone();
                 self.request_after_clone(id, Frequency::Automatic, source, specs, false, grant).await?;
@@ -239,7 +195,7 @@ impl Clones {
 
     /// Opens (or re-opens, or retries) the request `id` for `specs` on the source.
     async fn request_after_clone(
-        self: &Arc<Self>,
+        &self,
         id: RequestId,
         frequency: Frequency,
         source: PeerRef,
@@ -247,8 +203,7 @@ impl Clones {
         rekey: bool,
         clone_grant: Option<String>,
     ) -> AppResult<()> {
-        let rid = id.clone();
-        let existing = self.blocking(move |this| Ok(this.store.request(&rid)?.map(|v| v.value))).await?;
+        let existing = self.requests.request(id.clone()).await?.map(|v| v.value);
         match (clone_decide::after_clone(existing.as_ref().map(|r| r.status)), existing) {
             (AfterClone::Create, _) => {
                 let planned = PlannedRequest {
@@ -261,8 +216,7 @@ impl Clones {
                     rekey,
                     clone_grant,
                 };
-                let (req, public_key) =
-                    self.blocking(move |this| this.exchange.insert_target_request_blocking(planned)).await?;
+                let (req, public_key) = self.exchange.insert_target_request(planned).await?;
                 tracing::info!(request_id = %req.id, source = %req.source.sys_id, frequency = frequency.label(), "exchange requested after the clone");
                 self.exchange.open_on_source(req, public_key).await.map(|_| ())
             }
