@@ -17,7 +17,7 @@ use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::domain::schedule::RetryPolicy;
 use kmf::domain::spec::{Module, Spec, SpecChoice};
 use kmf::store::engine::{Engine, Table};
-use kmf::store::{BundleChange, MemoryEngine, PropertyStore, RequestEffects, Store, StoreError};
+use kmf::store::{BundleChange, DiagnosticsStore, MemoryEngine, PropertyStore, RequestEffects, Store, StoreError};
 
 pub(crate) struct Subject {
     pub(crate) name: &'static str,
@@ -373,8 +373,9 @@ async fn records_audit_and_change_tokens() {
         assert_eq!(page.iter().map(|r| r.address.record_id.as_str()).collect::<Vec<_>>(), ["r2", "r4"], "{}", s.name);
         assert!(st.delete_record(&f[0].address).unwrap());
         assert!(!st.delete_record(&f[0].address).unwrap());
-        assert_eq!(st.heartbeat(UnixMillis(5)).unwrap(), None);
-        assert_eq!(st.heartbeat(UnixMillis(9)).unwrap(), Some(UnixMillis(5)));
+        let diagnostics = DiagnosticsStore::new(st);
+        assert_eq!(diagnostics.heartbeat(UnixMillis(5)).await.unwrap(), None);
+        assert_eq!(diagnostics.heartbeat(UnixMillis(9)).await.unwrap(), Some(UnixMillis(5)));
         // Audit rows page from a sequence number.
         st.append_audit(&[event("a"), event("b")]).unwrap();
         let rows = st.audit_rows(1, 10).unwrap();
