@@ -492,9 +492,10 @@ fn import_keys_are_used_once_on_both_engines() {
     use kmf::domain::byok::ImportKey;
     use kmf::domain::ids::{ImportToken, UnixMillis};
     use kmf::domain::key::{KeyOrigin, LifecycleDefinition, WrappedKey, plan_import};
-    use kmf::store::StoreError;
+    use kmf::store::{CatalogStore, StoreError};
 
     use crate::store_contract::{name, subjects, sys};
+    use crate::support::wait_for;
 
     for s in subjects() {
         let store = &s.store;
@@ -537,7 +538,7 @@ fn import_keys_are_used_once_on_both_engines() {
         assert_eq!(store.import_key(&a.token).unwrap().unwrap().handle, a.handle, "{}: not that handle", s.name);
         store.erase_import_handle(&a.token, &a.handle).unwrap();
         assert!(store.import_key(&a.token).unwrap().unwrap().handle.is_empty(), "{}", s.name);
-        assert_eq!(store.key(&key.id).unwrap().unwrap(), (key.clone(), w.clone()));
+        assert_eq!(wait_for(CatalogStore::new(store).key(key.id.clone())).unwrap().unwrap(), (key.clone(), w.clone()));
         let again = store.use_import_key(&a.token, UnixMillis(6), &name("s"), &w, planned);
         assert!(matches!(again, Err(StoreError::Stale { .. })), "{}: {again:?}", s.name);
         // A plan naming a key id that is taken: nothing written, the import key unused.
@@ -551,8 +552,8 @@ fn import_keys_are_used_once_on_both_engines() {
         let next = store.use_import_key(&b.token, UnixMillis(7), &name("s"), &w, planned).unwrap();
         assert_eq!(next.id.version, 2, "{}", s.name);
         assert_eq!(*seen.borrow(), vec![0, 1], "{}: the plans saw 0 keys, then 1", s.name);
-        assert_eq!(store.count_keys().unwrap(), 2);
-        assert!(store.key(&key.id).unwrap().unwrap().0.origin == KeyOrigin::Byok);
+        assert_eq!(wait_for(CatalogStore::new(store).count_keys()).unwrap(), 2);
+        assert!(wait_for(CatalogStore::new(store).key(key.id.clone())).unwrap().unwrap().0.origin == KeyOrigin::Byok);
     }
 }
 

@@ -21,16 +21,18 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kmf::domain::audit::AuditEntry;
 use kmf::domain::exchange::Frequency;
 use kmf::domain::ids::{CloneId, Name, RequestId, SysId, UnixMillis};
-use kmf::store::{Store, SystemApproval};
+use kmf::store::{AuditStore, CatalogStore, Store, SystemApproval};
 
 use crate::binaries::{Daemon, Settings, free_port, init, ok, start_listening};
 use crate::clone_crash::{record_counts, seed};
 use crate::crash::{json, status_of};
+use crate::support::wait_for;
 
 const RECORDS: u32 = 2_000;
 const SPECS: [&str; 3] = ["pay", "bonus", "tax"];
@@ -97,15 +99,14 @@ fn tail(daemon: &Daemon) -> String {
 /// The stopped target's database: every source key once, one import of the
 /// request, the source's records.
 fn check_target(dir: &Path, id: &str, keys: &Keys, what: &str) {
-    let store = Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store");
+    let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store"));
     for (spec, expected) in keys {
-        let mut got: Vec<String> =
-            store.keys(&spec_name(spec)).expect("keys").iter().map(|(k, _)| k.id.to_string()).collect();
+        let keys = wait_for(CatalogStore::new(&store).keys(spec_name(spec))).expect("keys");
+        let mut got: Vec<String> = keys.iter().map(|(k, _)| k.id.to_string()).collect();
         got.sort();
         assert_eq!(&got, expected, "{what}: the keys of {spec} on the target (each source key exactly once)");
     }
-    let imports = store
-        .audit_rows(0, usize::MAX)
+    let imports = wait_for(AuditStore::new(&store).audit_rows(0, usize::MAX))
         .expect("audit")
         .iter()
         .map(|(_, b)| AuditEntry::decode(b).expect("entry"))
@@ -289,9 +290,8 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
 
     // The source's database: one approval per request, by its clone grant,
     // which is used up for AUTOMATIC; no other approval.
-    let store = Store::open_redb(&source_dir.join("kmf.redb")).expect("open the source's store");
-    let audit: Vec<AuditEntry> = store
-        .audit_rows(0, usize::MAX)
+    let store = Arc::new(Store::open_redb(&source_dir.join("kmf.redb")).expect("open the source's store"));
+    let audit: Vec<AuditEntry> = wait_for(AuditStore::new(&store).audit_rows(0, usize::MAX))
         .expect("audit")
         .iter()
         .map(|(_, b)| AuditEntry::decode(b).expect("entry"))
