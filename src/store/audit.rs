@@ -1,26 +1,14 @@
 //! The audit chain's rows: appended inside the transaction of the change
 //! they describe, read back in pages.
 
-use super::engine::{KeyRange, Table, WriteTxn, scan};
+use super::engine::{KeyRange, ReadTxn, Table, WriteTxn, scan};
 use super::tuple::{KeyBuf, KeyReader};
-use super::{Result, Store, StoreError};
+use super::{AuditStore, Result, Store, StoreError};
 use crate::domain::audit::{AuditEntry, AuditEvent, GENESIS};
 
-impl Store {
-    /// Appends events on their own (refused calls, failures).
-    pub fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| append_audit(tx, events))
-    }
-
-    /// Raw audit rows (sequence, stored bytes) after `after`, oldest first,
-    /// at most `limit`. Decoding is the caller's, so a damaged row can be
-    /// reported as a broken link rather than a store failure.
-    pub fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.read_blocking(|tx| {
-            let range = KeyRange::prefix_after(Vec::new(), Some(KeyBuf::new().u64(after).done()));
-            scan(tx, Table::Audit, &range, limit)?.into_iter().map(|(k, v)| Ok((seq_of(&k)?, v))).collect()
-        })
-    }
+fn audit_rows_in(tx: &mut dyn ReadTxn, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+    let range = KeyRange::prefix_after(Vec::new(), Some(KeyBuf::new().u64(after).done()));
+    scan(tx, Table::Audit, &range, limit)?.into_iter().map(|(k, v)| Ok((seq_of(&k)?, v))).collect()
 }
 
 fn seq_of(key: &[u8]) -> Result<u64> {
@@ -58,15 +46,29 @@ pub(crate) fn append_audit(tx: &mut dyn WriteTxn, events: &[AuditEvent]) -> Resu
     Ok(())
 }
 
-// Transitional: async forms of the methods another service group calls,
-// run on the blocking pool; the sync forms go when no blocking closure is left.
-impl super::AuditStore {
+impl AuditStore {
     /// Appends events on their own (refused calls, failures).
     pub async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<()> {
         self.store.write(move |tx| append_audit(tx, &events)).await
     }
 
+    /// Raw audit rows (sequence, stored bytes) after `after`, oldest first,
+    /// at most `limit`. Decoding is the caller's, so a damaged row can be
+    /// reported as a broken link rather than a store failure.
     pub async fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.store.call(move |s| s.audit_rows(after, limit)).await
+        self.store.read(move |tx| audit_rows_in(tx, after, limit)).await
+    }
+}
+
+// Transitional: the sync forms other service groups' code on this branch
+// still calls from inside a blocking closure; they go when no blocking
+// closure is left.
+impl Store {
+    pub fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
+        self.write_blocking(|tx| append_audit(tx, events))
+    }
+
+    pub fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.read_blocking(|tx| audit_rows_in(tx, after, limit))
     }
 }

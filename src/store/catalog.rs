@@ -41,51 +41,56 @@ pub(crate) fn insert_new_keys(tx: &mut dyn WriteTxn, rows: &[(KeyRecord, Wrapped
     Ok(rows.iter().zip(inserted).filter(|(_, new)| !new).map(|((rec, _), _)| rec.id.clone()).collect())
 }
 
-impl Store {
+impl CatalogStore {
     // === modules and specs ===
 
     /// Inserts a module and its initial access policies.
-    pub fn insert_module(&self, module: &Module, policies: &[AccessPolicy], audit: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| {
-            let k = str_key(module.name.as_str());
-            if tx.get(Table::Modules, &k)?.is_some() {
-                return Err(StoreError::AlreadyExists { what: "module", id: module.name.to_string() });
-            }
-            put_row(tx, Table::Modules, &k, &ModuleRow::from(module))?;
-            super::policies::put_new_policies(tx, policies)?;
-            append_audit(tx, audit)
-        })
+    pub async fn insert_module(
+        &self,
+        module: Module,
+        policies: Vec<AccessPolicy>,
+        audit: Vec<AuditEvent>,
+    ) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                put_new_row(tx, Table::Modules, "module", &module.name, &ModuleRow::from(&module))?;
+                super::policies::put_new_policies(tx, &policies)?;
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
-    pub fn module(&self, name: &Name) -> Result<Option<Module>> {
-        self.read_blocking(|tx| {
-            get_row::<ModuleRow>(tx, Table::Modules, &str_key(name.as_str()))?.map(TryInto::try_into).transpose()
-        })
+    pub async fn module(&self, name: Name) -> Result<Option<Module>> {
+        self.store
+            .read(move |tx| {
+                get_row::<ModuleRow>(tx, Table::Modules, &str_key(name.as_str()))?.map(TryInto::try_into).transpose()
+            })
+            .await
     }
 
-    pub fn modules(&self) -> Result<Vec<Module>> {
-        self.read_blocking(modules_in)
+    pub async fn modules(&self) -> Result<Vec<Module>> {
+        self.store.read(modules_in).await
     }
 
-    pub fn insert_spec(&self, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| {
-            let k = str_key(spec.name.as_str());
-            if tx.get(Table::Specs, &k)?.is_some() {
-                return Err(StoreError::AlreadyExists { what: "spec", id: spec.name.to_string() });
-            }
-            put_row(tx, Table::Specs, &k, &SpecRow::from(spec))?;
-            append_audit(tx, audit)
-        })
+    pub async fn insert_spec(&self, spec: Spec, audit: Vec<AuditEvent>) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                put_new_row(tx, Table::Specs, "spec", &spec.name, &SpecRow::from(&spec))?;
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
     /// Replaces an existing spec, conditionally: the stored spec must still
     /// be `read` (else `Stale`; `Missing` when it is gone).
-    pub fn update_spec(&self, read: &Spec, spec: &Spec, audit: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| {
-            check_spec_in(tx, read)?;
-            put_row(tx, Table::Specs, &str_key(spec.name.as_str()), &SpecRow::from(spec))?;
-            append_audit(tx, audit)
-        })
+    pub async fn update_spec(&self, read: Spec, spec: Spec, audit: Vec<AuditEvent>) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                check_spec_in(tx, &read)?;
+                put_row(tx, Table::Specs, &str_key(spec.name.as_str()), &SpecRow::from(&spec))?;
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
     /// Sets `read`'s lifecycle definition, conditionally, in one
@@ -93,175 +98,234 @@ impl Store {
     /// lifecycle policies in force for its module (read here) must still be
     /// `cap_checked`, the cap the caller checked `lifecycle` against (else
     /// `Stale`: the caller reads again and decides again). Returns the spec.
-    pub fn set_spec_lifecycle(
+    pub async fn set_spec_lifecycle(
         &self,
-        read: &Spec,
-        lifecycle: &LifecycleDefinition,
+        read: Spec,
+        lifecycle: LifecycleDefinition,
         cap_checked: Option<i64>,
-        audit: &[AuditEvent],
+        audit: Vec<AuditEvent>,
     ) -> Result<Spec> {
-        self.write_blocking(|tx| {
-            check_spec_in(tx, read)?;
-            let policies = lifecycle_policies_in(tx)?;
-            if effective_cap(&policies, &read.module) != cap_checked {
-                return Err(StoreError::Stale { what: "lifecycle policy cap of module", id: read.module.to_string() });
-            }
-            let spec = Spec { lifecycle: *lifecycle, ..read.clone() };
-            put_row(tx, Table::Specs, &str_key(spec.name.as_str()), &SpecRow::from(&spec))?;
-            append_audit(tx, audit)?;
-            Ok(spec)
-        })
+        self.store
+            .write(move |tx| {
+                check_spec_in(tx, &read)?;
+                let policies = lifecycle_policies_in(tx)?;
+                if effective_cap(&policies, &read.module) != cap_checked {
+                    return Err(StoreError::Stale {
+                        what: "lifecycle policy cap of module",
+                        id: read.module.to_string(),
+                    });
+                }
+                let spec = Spec { lifecycle, ..read.clone() };
+                put_row(tx, Table::Specs, &str_key(spec.name.as_str()), &SpecRow::from(&spec))?;
+                append_audit(tx, &audit)?;
+                Ok(spec)
+            })
+            .await
     }
 
-    pub fn spec(&self, name: &Name) -> Result<Option<Spec>> {
-        self.read_blocking(|tx| {
-            get_row::<SpecRow>(tx, Table::Specs, &str_key(name.as_str()))?.map(TryInto::try_into).transpose()
-        })
+    pub async fn spec(&self, name: Name) -> Result<Option<Spec>> {
+        self.store.read(move |tx| spec_in(tx, &name)).await
     }
 
-    pub fn specs(&self) -> Result<Vec<Spec>> {
-        self.read_blocking(specs_in)
+    pub async fn specs(&self) -> Result<Vec<Spec>> {
+        self.store.read(specs_in).await
     }
 
     // === keys ===
 
     /// Every key of `spec` with its wrapped material, ordered by origin and
     /// version. For one spec's listing; bulk readers use `keys_page`.
-    pub fn keys(&self, spec: &Name) -> Result<Vec<(KeyRecord, WrappedKey)>> {
-        self.keys_page(spec, None, usize::MAX)
+    pub async fn keys(&self, spec: Name) -> Result<Vec<(KeyRecord, WrappedKey)>> {
+        self.keys_page(spec, None, usize::MAX).await
     }
 
     /// Up to `limit` keys of `spec` after the key `after` (a cursor), in order.
-    pub fn keys_page(&self, spec: &Name, after: Option<&KeyId>, limit: usize) -> Result<Vec<(KeyRecord, WrappedKey)>> {
-        self.read_blocking(|tx| {
-            let range = KeyRange::prefix_after(spec_prefix(spec), after.map(key_key));
-            let mut out = Vec::new();
-            tx.visit(Table::Keys, &range, &mut |_, v| {
-                out.push(decode_key(v)?);
-                Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
-            })?;
-            Ok(out)
-        })
+    pub async fn keys_page(
+        &self,
+        spec: Name,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<(KeyRecord, WrappedKey)>> {
+        self.store.read(move |tx| keys_page_in(tx, &spec, after.as_ref(), limit)).await
     }
 
     /// How many keys `spec` has (rows are counted, not decoded).
-    pub fn count_keys_of(&self, spec: &Name) -> Result<u64> {
-        self.read_blocking(|tx| {
-            let mut n = 0u64;
-            tx.visit(Table::Keys, &KeyRange::prefix(spec_prefix(spec)), &mut |_, _| {
-                n += 1;
-                Ok(Visit::Continue)
-            })?;
-            Ok(n)
-        })
+    pub async fn count_keys_of(&self, spec: Name) -> Result<u64> {
+        self.store.read(move |tx| count_keys_of_in(tx, &spec)).await
     }
 
     /// The first key of `spec` (in key order) that `pick` accepts.
-    pub fn find_key(&self, spec: &Name, pick: impl Fn(&KeyRecord) -> bool) -> Result<Option<(KeyRecord, WrappedKey)>> {
-        self.read_blocking(|tx| {
-            let mut found = None;
-            tx.visit(Table::Keys, &KeyRange::prefix(spec_prefix(spec)), &mut |_, v| {
-                let row = decode_key(v)?;
-                if pick(&row.0) {
-                    found = Some(row);
-                    return Ok(Visit::Stop);
-                }
-                Ok(Visit::Continue)
-            })?;
-            Ok(found)
-        })
+    pub async fn find_key(
+        &self,
+        spec: Name,
+        pick: impl Fn(&KeyRecord) -> bool + Send + 'static,
+    ) -> Result<Option<(KeyRecord, WrappedKey)>> {
+        self.store.read(move |tx| find_key_in(tx, &spec, pick)).await
     }
 
-    pub fn key(&self, id: &KeyId) -> Result<Option<(KeyRecord, WrappedKey)>> {
-        self.read_blocking(|tx| tx.get(Table::Keys, &key_key(id))?.map(|b| decode_key(&b)).transpose())
+    pub async fn key(&self, id: KeyId) -> Result<Option<(KeyRecord, WrappedKey)>> {
+        self.store.read(move |tx| key_in(tx, &id)).await
     }
 
     /// Inserts new key rows in one transaction (refusing existing ids).
-    pub fn insert_keys(&self, rows: &[(KeyRecord, WrappedKey)], audit: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| {
-            if let Some(id) = insert_new_keys(tx, rows)?.first() {
-                return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
-            }
-            append_audit(tx, audit)
-        })
+    pub async fn insert_keys(&self, rows: Vec<(KeyRecord, WrappedKey)>, audit: Vec<AuditEvent>) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                if let Some(id) = insert_new_keys(tx, &rows)?.first() {
+                    return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
+                }
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
     /// A planned key change, conditionally: every key in `updated` must still
     /// be as it was in `read` (the records the plan was made from), and the
     /// new key must not exist. A key moving to Destroyed loses its wrapped
     /// material here.
-    pub fn apply_key_change(
+    pub async fn apply_key_change(
         &self,
-        read: &[KeyRecord],
-        updated: &[KeyRecord],
-        new_key: Option<(&KeyRecord, &WrappedKey)>,
-        audit: &[AuditEvent],
+        read: Vec<KeyRecord>,
+        updated: Vec<KeyRecord>,
+        new_key: Option<(KeyRecord, WrappedKey)>,
+        audit: Vec<AuditEvent>,
     ) -> Result<()> {
-        self.write_blocking(|tx| {
-            for rec in updated {
-                let k = key_key(&rec.id);
-                let stored = tx.get(Table::Keys, &k)?;
-                let (current, wrapped) = match stored {
-                    Some(b) => decode_key(&b)?,
-                    None => return Err(StoreError::Missing { what: "key", id: rec.id.to_string() }),
-                };
-                if read.iter().find(|r| r.id == rec.id) != Some(&current) {
-                    return Err(StoreError::Stale { what: "key", id: rec.id.to_string() });
+        self.store
+            .write(move |tx| {
+                for rec in &updated {
+                    let k = key_key(&rec.id);
+                    let stored = tx.get(Table::Keys, &k)?;
+                    let (current, wrapped) = match stored {
+                        Some(b) => decode_key(&b)?,
+                        None => return Err(StoreError::Missing { what: "key", id: rec.id.to_string() }),
+                    };
+                    if read.iter().find(|r| r.id == rec.id) != Some(&current) {
+                        return Err(StoreError::Stale { what: "key", id: rec.id.to_string() });
+                    }
+                    let wrapped = if rec.state == KeyState::Destroyed { WrappedKey(Vec::new()) } else { wrapped };
+                    put_row(tx, Table::Keys, &k, &KeyRow::new(rec, &wrapped))?;
                 }
-                let wrapped = if rec.state == KeyState::Destroyed { WrappedKey(Vec::new()) } else { wrapped };
-                put_row(tx, Table::Keys, &k, &KeyRow::new(rec, &wrapped))?;
-            }
-            if let Some((rec, wrapped)) = new_key
-                && let Some(id) = insert_new_keys(tx, &[(rec.clone(), wrapped.clone())])?.first()
-            {
-                return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
-            }
-            append_audit(tx, audit)
-        })
+                if let Some(new) = &new_key
+                    && let Some(id) = insert_new_keys(tx, std::slice::from_ref(new))?.first()
+                {
+                    return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
+                }
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
     /// Writes key rows, new or changed, without conditions. Only for seeding
     /// benchmarks and load tests with many versions quickly.
     #[doc(hidden)]
-    pub fn seed_keys(&self, rows: &[(KeyRecord, WrappedKey)], audit: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| {
-            for (rec, wrapped) in rows {
-                put_row(tx, Table::Keys, &key_key(&rec.id), &KeyRow::new(rec, wrapped))?;
-            }
-            append_audit(tx, audit)
-        })
+    pub async fn seed_keys(&self, rows: Vec<(KeyRecord, WrappedKey)>, audit: Vec<AuditEvent>) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                for (rec, wrapped) in &rows {
+                    put_row(tx, Table::Keys, &key_key(&rec.id), &KeyRow::new(rec, wrapped))?;
+                }
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
-    pub fn count_keys(&self) -> Result<u64> {
-        self.read_blocking(|tx| tx.len(Table::Keys))
+    pub async fn count_keys(&self) -> Result<u64> {
+        self.store.read(|tx| tx.len(Table::Keys)).await
     }
 
     // === lifecycle policies ===
 
-    pub fn lifecycle_policies(&self) -> Result<Vec<LifecyclePolicy>> {
-        self.read_blocking(lifecycle_policies_in)
+    pub async fn lifecycle_policies(&self) -> Result<Vec<LifecyclePolicy>> {
+        self.store.read(lifecycle_policies_in).await
     }
 
     /// Writes the lifecycle policy of `policy.scope`, conditionally: the
     /// stored policy of that scope must still be `read` (None: there was
     /// none), else `Stale`.
-    pub fn put_lifecycle_policy(
+    pub async fn put_lifecycle_policy(
         &self,
-        read: Option<&LifecyclePolicy>,
-        policy: &LifecyclePolicy,
-        audit: &[AuditEvent],
+        read: Option<LifecyclePolicy>,
+        policy: LifecyclePolicy,
+        audit: Vec<AuditEvent>,
     ) -> Result<()> {
-        self.write_blocking(|tx| {
-            let k = str_key(&scope_key(&policy.scope));
-            let stored: Option<LifecyclePolicy> =
-                get_row::<LifecyclePolicyRow>(tx, Table::LifecyclePolicies, &k)?.map(TryInto::try_into).transpose()?;
-            if stored.as_ref() != read {
-                return Err(StoreError::Stale { what: "lifecycle policy", id: scope_key(&policy.scope) });
-            }
-            put_row(tx, Table::LifecyclePolicies, &k, &LifecyclePolicyRow::from(policy))?;
-            append_audit(tx, audit)
-        })
+        self.store
+            .write(move |tx| {
+                let k = str_key(&scope_key(&policy.scope));
+                let stored: Option<LifecyclePolicy> = get_row::<LifecyclePolicyRow>(tx, Table::LifecyclePolicies, &k)?
+                    .map(TryInto::try_into)
+                    .transpose()?;
+                if stored != read {
+                    return Err(StoreError::Stale { what: "lifecycle policy", id: scope_key(&policy.scope) });
+                }
+                put_row(tx, Table::LifecyclePolicies, &k, &LifecyclePolicyRow::from(&policy))?;
+                append_audit(tx, &audit)
+            })
+            .await
     }
+}
+
+/// Writes `row` under `name` unless the table has a row there (`AlreadyExists`).
+fn put_new_row<T: serde::Serialize>(
+    tx: &mut dyn WriteTxn,
+    table: Table,
+    what: &'static str,
+    name: &Name,
+    row: &T,
+) -> Result<()> {
+    let k = str_key(name.as_str());
+    if tx.get(table, &k)?.is_some() {
+        return Err(StoreError::AlreadyExists { what, id: name.to_string() });
+    }
+    put_row(tx, table, &k, row)
+}
+
+fn spec_in(tx: &mut dyn ReadTxn, name: &Name) -> Result<Option<Spec>> {
+    get_row::<SpecRow>(tx, Table::Specs, &str_key(name.as_str()))?.map(TryInto::try_into).transpose()
+}
+
+fn key_in(tx: &mut dyn ReadTxn, id: &KeyId) -> Result<Option<(KeyRecord, WrappedKey)>> {
+    tx.get(Table::Keys, &key_key(id))?.map(|b| decode_key(&b)).transpose()
+}
+
+fn keys_page_in(
+    tx: &mut dyn ReadTxn,
+    spec: &Name,
+    after: Option<&KeyId>,
+    limit: usize,
+) -> Result<Vec<(KeyRecord, WrappedKey)>> {
+    let range = KeyRange::prefix_after(spec_prefix(spec), after.map(key_key));
+    let mut out = Vec::new();
+    tx.visit(Table::Keys, &range, &mut |_, v| {
+        out.push(decode_key(v)?);
+        Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
+    })?;
+    Ok(out)
+}
+
+fn count_keys_of_in(tx: &mut dyn ReadTxn, spec: &Name) -> Result<u64> {
+    let mut n = 0u64;
+    tx.visit(Table::Keys, &KeyRange::prefix(spec_prefix(spec)), &mut |_, _| {
+        n += 1;
+        Ok(Visit::Continue)
+    })?;
+    Ok(n)
+}
+
+fn find_key_in(
+    tx: &mut dyn ReadTxn,
+    spec: &Name,
+    pick: impl Fn(&KeyRecord) -> bool,
+) -> Result<Option<(KeyRecord, WrappedKey)>> {
+    let mut found = None;
+    tx.visit(Table::Keys, &KeyRange::prefix(spec_prefix(spec)), &mut |_, v| {
+        let row = decode_key(v)?;
+        if pick(&row.0) {
+            found = Some(row);
+            return Ok(Visit::Stop);
+        }
+        Ok(Visit::Continue)
+    })?;
+    Ok(found)
 }
 
 /// The stored spec must be `read` (else `Stale`, or `Missing`).
@@ -293,27 +357,31 @@ pub(super) fn specs_in(tx: &mut dyn ReadTxn) -> Result<Vec<Spec>> {
     all_rows(tx, Table::Specs, |v| decode::<SpecRow>(v)?.try_into())
 }
 
-// Transitional: async forms of the methods another service group calls,
-// run on the blocking pool; the sync forms go when no blocking closure is left.
-impl CatalogStore {
-    pub async fn spec(&self, name: Name) -> Result<Option<Spec>> {
-        self.store.call(move |s| s.spec(&name)).await
+// Transitional: the sync forms of the methods other service groups' code
+// on this branch still calls from inside a blocking closure; they go when
+// no blocking closure is left.
+impl Store {
+    pub fn spec(&self, name: &Name) -> Result<Option<Spec>> {
+        self.read_blocking(|tx| spec_in(tx, name))
     }
 
-    pub async fn key(&self, id: KeyId) -> Result<Option<(KeyRecord, WrappedKey)>> {
-        self.store.call(move |s| s.key(&id)).await
+    pub fn specs(&self) -> Result<Vec<Spec>> {
+        self.read_blocking(specs_in)
     }
 
-    pub async fn count_keys_of(&self, spec: Name) -> Result<u64> {
-        self.store.call(move |s| s.count_keys_of(&spec)).await
+    pub fn key(&self, id: &KeyId) -> Result<Option<(KeyRecord, WrappedKey)>> {
+        self.read_blocking(|tx| key_in(tx, id))
     }
 
-    pub async fn keys_page(
-        &self,
-        spec: Name,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<(KeyRecord, WrappedKey)>> {
-        self.store.call(move |s| s.keys_page(&spec, after.as_ref(), limit)).await
+    pub fn keys_page(&self, spec: &Name, after: Option<&KeyId>, limit: usize) -> Result<Vec<(KeyRecord, WrappedKey)>> {
+        self.read_blocking(|tx| keys_page_in(tx, spec, after, limit))
+    }
+
+    pub fn count_keys_of(&self, spec: &Name) -> Result<u64> {
+        self.read_blocking(|tx| count_keys_of_in(tx, spec))
+    }
+
+    pub fn find_key(&self, spec: &Name, pick: impl Fn(&KeyRecord) -> bool) -> Result<Option<(KeyRecord, WrappedKey)>> {
+        self.read_blocking(|tx| find_key_in(tx, spec, pick))
     }
 }

@@ -493,9 +493,10 @@ async fn import_keys_are_used_once_on_both_engines() {
     use kmf::domain::byok::ImportKey;
     use kmf::domain::ids::{ImportToken, UnixMillis};
     use kmf::domain::key::{KeyOrigin, LifecycleDefinition, WrappedKey, plan_import};
-    use kmf::store::StoreError;
+    use kmf::store::{CatalogStore, StoreError};
 
     use crate::store_contract::{name, subjects, sys};
+    use crate::support::wait_for;
 
     for s in subjects() {
         let (store, imports) = (&s.store, ByokStore::new(&s.store));
@@ -542,7 +543,7 @@ async fn import_keys_are_used_once_on_both_engines() {
         assert_eq!(kept, a.handle, "{}: not that handle", s.name);
         imports.erase_import_handle(a.token.clone(), a.handle.clone()).await.unwrap();
         assert!(imports.import_key(a.token.clone()).await.unwrap().unwrap().handle.is_empty(), "{}", s.name);
-        assert_eq!(store.key(&key.id).unwrap().unwrap(), (key.clone(), w.clone()));
+        assert_eq!(CatalogStore::new(store).key(key.id.clone()).await.unwrap().unwrap(), (key.clone(), w.clone()));
         let again = imports.use_import_key(a.token.clone(), UnixMillis(6), name("s"), w.clone(), planned()).await;
         assert!(matches!(again, Err(StoreError::Stale { .. })), "{}: {again:?}", s.name);
         // A plan naming a key id that is taken: nothing written, the import key unused.
@@ -557,8 +558,8 @@ async fn import_keys_are_used_once_on_both_engines() {
         let next = imports.use_import_key(b.token.clone(), UnixMillis(7), name("s"), w.clone(), planned()).await;
         assert_eq!(next.unwrap().id.version, 2, "{}", s.name);
         assert_eq!(*seen.lock().unwrap(), vec![0, 1], "{}: the plans saw 0 keys, then 1", s.name);
-        assert_eq!(store.count_keys().unwrap(), 2);
-        assert!(store.key(&key.id).unwrap().unwrap().0.origin == KeyOrigin::Byok);
+        assert_eq!(CatalogStore::new(store).count_keys().await.unwrap(), 2);
+        assert!(CatalogStore::new(store).key(key.id.clone()).await.unwrap().unwrap().0.origin == KeyOrigin::Byok);
     }
 }
 

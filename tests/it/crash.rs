@@ -163,10 +163,11 @@ fn kill_9_during_approval_and_delivery_every_request_completes_once() {
         // Stop the target and read its database: every key once, one import.
         target.stop();
         let store = Arc::new(Store::open_redb(&target_dir.join("kmf.redb")).expect("open the target's store"));
-        let keys = store.keys(&Name::parse("salary", "spec").expect("name")).expect("keys");
+        let catalog = kmf::store::CatalogStore::new(&store);
+        let keys = wait_for(catalog.keys(Name::parse("salary", "spec").expect("name"))).expect("keys");
         assert_eq!(keys.len(), KEYS as usize, "trial {trial}: a partial or doubled import");
         assert!(keys.iter().all(|(k, w)| k.state == KeyState::Expired && !w.0.is_empty()), "trial {trial}");
-        let rows = store.audit_rows(0, usize::MAX).expect("audit");
+        let rows = wait_for(kmf::store::AuditStore::new(&store).audit_rows(0, usize::MAX)).expect("audit");
         let imports = rows
             .iter()
             .map(|(_, b)| AuditEntry::decode(b).expect("entry"))

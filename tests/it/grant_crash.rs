@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use kmf::domain::audit::AuditEntry;
 use kmf::domain::exchange::Frequency;
 use kmf::domain::ids::{CloneId, Name, RequestId, SysId, UnixMillis};
-use kmf::store::{CloneStore, Store, SystemApproval};
+use kmf::store::{AuditStore, CatalogStore, CloneStore, Store, SystemApproval};
 
 use crate::binaries::{Daemon, Settings, free_port, init, ok, start_listening};
 use crate::clone_crash::{record_counts, seed};
@@ -99,15 +99,14 @@ fn tail(daemon: &Daemon) -> String {
 /// The stopped target's database: every source key once, one import of the
 /// request, the source's records.
 fn check_target(dir: &Path, id: &str, keys: &Keys, what: &str) {
-    let store = Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store");
+    let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store"));
     for (spec, expected) in keys {
-        let mut got: Vec<String> =
-            store.keys(&spec_name(spec)).expect("keys").iter().map(|(k, _)| k.id.to_string()).collect();
+        let keys = wait_for(CatalogStore::new(&store).keys(spec_name(spec))).expect("keys");
+        let mut got: Vec<String> = keys.iter().map(|(k, _)| k.id.to_string()).collect();
         got.sort();
         assert_eq!(&got, expected, "{what}: the keys of {spec} on the target (each source key exactly once)");
     }
-    let imports = store
-        .audit_rows(0, usize::MAX)
+    let imports = wait_for(AuditStore::new(&store).audit_rows(0, usize::MAX))
         .expect("audit")
         .iter()
         .map(|(_, b)| AuditEntry::decode(b).expect("entry"))
@@ -294,8 +293,7 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
     // which is used up for AUTOMATIC; no other approval.
     let store = Arc::new(Store::open_redb(&source_dir.join("kmf.redb")).expect("open the source's store"));
     let clones = CloneStore::new(&store);
-    let audit: Vec<AuditEntry> = store
-        .audit_rows(0, usize::MAX)
+    let audit: Vec<AuditEntry> = wait_for(AuditStore::new(&store).audit_rows(0, usize::MAX))
         .expect("audit")
         .iter()
         .map(|(_, b)| AuditEntry::decode(b).expect("entry"))

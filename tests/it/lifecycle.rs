@@ -196,8 +196,8 @@ async fn idle_deactivated_keys_are_destroyed_and_their_material_erased() {
     assert!(err.code() == Code::FailedPrecondition && err.message().contains("Destroyed"), "{err}");
     drop(ops);
     node.stop().await;
-    let store = kmf::store::Store::open_redb(&node.dir.path().join("kmf.redb")).expect("open");
-    let rows = store.keys(&Name::parse("s", "spec").expect("name")).expect("keys");
+    let store = std::sync::Arc::new(kmf::store::Store::open_redb(&node.dir.path().join("kmf.redb")).expect("open"));
+    let rows = kmf::store::CatalogStore::new(&store).keys(Name::parse("s", "spec").expect("name")).await.expect("keys");
     let destroyed = rows.iter().find(|(k, _)| k.state == kmf::domain::key::KeyState::Destroyed).expect("destroyed row");
     assert!(destroyed.1.0.is_empty(), "the destroyed key's wrapped material is erased");
     assert!(

@@ -10,7 +10,7 @@ use base64::Engine;
 use kmf::domain::ids::Name;
 use kmf::signer::Signer;
 use kmf::signer::software::SoftwareSigner;
-use kmf::store::Store;
+use kmf::store::{CatalogStore, Store};
 
 use crate::binaries::{KMFD, Settings, init, ok, run, start};
 
@@ -198,8 +198,10 @@ fn scan_for_key_material(dirs: &[&Path], logs: &str) {
     for dir in dirs {
         let db_bytes = std::fs::read(dir.join("kmf.redb")).expect("db file");
         let signer = SoftwareSigner::load(&dir.join("kek.key")).expect("kek");
-        let store = Store::open_redb(&dir.join("kmf.redb")).expect("open store");
-        for (_, wrapped) in store.keys(&Name::parse("salary", "spec").expect("name")).expect("keys") {
+        let store = std::sync::Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open store"));
+        let keys =
+            crate::support::wait_for(CatalogStore::new(&store).keys(Name::parse("salary", "spec").expect("name")));
+        for (_, wrapped) in keys.expect("keys") {
             let dek = signer.unwrap(&wrapped).expect("unwrap");
             let raw = dek.expose();
             assert_eq!(raw.len(), 32);

@@ -117,7 +117,9 @@ fn checked_record_writes_are_conditional_on_the_key_they_were_checked_for() {
             updated_at: UnixMillis(1),
         };
         let ev = |action: &str| AuditEvent::new(UnixMillis(1), "operator:t", action, "t/f/1", Outcome::Success);
-        let audit_len = || st.audit_rows(0, usize::MAX).expect("audit").len();
+        let audit_len = || {
+            crate::support::wait_for(kmf::store::AuditStore::new(st).audit_rows(0, usize::MAX)).expect("audit").len()
+        };
         assert_eq!(st.record_keys(std::slice::from_ref(&a)).expect("keys"), vec![None]);
         let stale = st.put_records_checked(&[rec(&key("x"))], &[Some(key("x"))], &[ev("record.put")]);
         assert!(matches!(stale, Err(StoreError::Stale { .. })), "{}: {stale:?}", s.name);

@@ -225,7 +225,9 @@ async fn at_expiry_only_the_imported_keys_no_record_needs_are_destroyed() {
     let state_of = |id: &str| keys.iter().find(|k| k.key_id == id).map(|k| k.state);
     assert_eq!(state_of(&v2), Some(pb::KeyState::Destroyed as i32), "{keys:?}");
     assert_eq!(state_of(&v1), Some(pb::KeyState::Expired as i32), "{keys:?}");
-    let erased = target.running().services.store().key(&kmf::domain::ids::KeyId::parse(&v2).expect("id"));
+    let erased = kmf::store::CatalogStore::new(target.running().services.store())
+        .key(kmf::domain::ids::KeyId::parse(&v2).expect("id"))
+        .await;
     assert!(erased.expect("read").expect("row").1.0.is_empty(), "the destroyed key's wrapped material is erased");
     assert_eq!(rekeyed(&mut tgt).await.expect("written"), "false");
     let audit = tgt.audit_entries("rekey.expired").await;

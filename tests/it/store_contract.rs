@@ -18,7 +18,8 @@ use kmf::domain::schedule::RetryPolicy;
 use kmf::domain::spec::{Module, Spec, SpecChoice};
 use kmf::store::engine::{Engine, Table};
 use kmf::store::{
-    BundleChange, CloneStore, JobStore, MemoryEngine, PropertyStore, RequestEffects, RequestStore, Store,
+    AuditStore, BundleChange, CatalogStore, CloneStore, DiagnosticsStore, JobStore, MemoryEngine, PropertyStore,
+    RequestEffects, RequestStore, Store,
     StoreError,
 };
 
@@ -63,8 +64,8 @@ fn requests(store: &Arc<Store>) -> RequestStore {
     RequestStore::new(store)
 }
 
-fn audit_len(store: &Store) -> usize {
-    store.audit_rows(0, usize::MAX).unwrap().len()
+fn audit_len(store: &Arc<Store>) -> usize {
+    crate::support::wait_for(AuditStore::new(store).audit_rows(0, usize::MAX)).unwrap().len()
 }
 
 fn spec(n: &str) -> Spec {
@@ -110,20 +111,22 @@ async fn identity_modules_and_specs() {
         let st = &s.store;
         assert_eq!((st.sys_id().unwrap(), st.host().unwrap()), (sys(1), host()), "{}", s.name);
         let m = Module { name: name("m"), created_at: UnixMillis(1) };
-        st.insert_module(&m, &[], &[event("module.create")]).unwrap();
-        let dup = st.insert_module(&m, &[], &[event("module.create")]).unwrap_err();
+        let cat = CatalogStore::new(st);
+        cat.insert_module(m.clone(), vec![], vec![event("module.create")]).await.unwrap();
+        let dup = cat.insert_module(m.clone(), vec![], vec![event("module.create")]).await.unwrap_err();
         assert!(matches!(dup, StoreError::AlreadyExists { what: "module", .. }), "{}: {dup}", s.name);
         assert_eq!(audit_len(st), 1, "{}: a refused insert writes no audit entry", s.name);
         let specs_before = st.changes().specs();
-        st.insert_spec(&spec("b"), &[]).unwrap();
-        st.insert_spec(&spec("a"), &[]).unwrap();
+        cat.insert_spec(spec("b"), vec![]).await.unwrap();
+        cat.insert_spec(spec("a"), vec![]).await.unwrap();
         assert!(st.changes().specs() > specs_before, "{}", s.name);
-        assert!(matches!(st.insert_spec(&spec("a"), &[]), Err(StoreError::AlreadyExists { .. })));
-        let names: Vec<String> = st.specs().unwrap().iter().map(|x| x.name.to_string()).collect();
+        assert!(matches!(cat.insert_spec(spec("a"), vec![]).await, Err(StoreError::AlreadyExists { .. })));
+        let names: Vec<String> = cat.specs().await.unwrap().iter().map(|x| x.name.to_string()).collect();
         assert_eq!(names, ["a", "b"], "{}", s.name);
-        assert_eq!(st.module(&name("m")).unwrap(), Some(m.clone()));
-        assert!(st.spec(&name("zz")).unwrap().is_none());
-        assert!(matches!(st.update_spec(&spec("zz"), &spec("zz"), &[]), Err(StoreError::Missing { .. })), "{}", s.name);
+        assert_eq!(cat.module(name("m")).await.unwrap(), Some(m.clone()));
+        assert!(cat.spec(name("zz")).await.unwrap().is_none());
+        let missing = cat.update_spec(spec("zz"), spec("zz"), vec![]).await;
+        assert!(matches!(missing, Err(StoreError::Missing { .. })), "{}", s.name);
     }
 }
 
@@ -135,16 +138,17 @@ async fn keys_page_in_order_and_changes_are_conditional() {
         let mut rows: Vec<_> = (1..=20).map(|v| key("s", 3, v)).chain((1..=5).map(|v| key("s", 4, v))).collect();
         rows.extend((1..=3).map(|v| key("t", 3, v)));
         let (t_before, s_before) = (st.changes().keys_of(&name("t")), st.changes().keys_of(&name("s")));
-        st.insert_keys(&rows, &[event("key.seed")]).unwrap();
+        let cat = CatalogStore::new(st);
+        cat.insert_keys(rows.clone(), vec![event("key.seed")]).await.unwrap();
         assert!(st.changes().keys_of(&name("s")) > s_before, "{}", s.name);
         assert!(st.changes().keys_of(&name("t")) > t_before, "{}", s.name);
-        let again = st.insert_keys(&rows[..1], &[]).unwrap_err();
+        let again = cat.insert_keys(rows[..1].to_vec(), vec![]).await.unwrap_err();
         assert!(matches!(again, StoreError::AlreadyExists { what: "key", .. }), "{}", s.name);
 
         let mut seen = Vec::new();
         let mut after: Option<KeyId> = None;
         loop {
-            let page = st.keys_page(&name("s"), after.as_ref(), 7).unwrap();
+            let page = cat.keys_page(name("s"), after.clone(), 7).await.unwrap();
             assert!(page.len() <= 7);
             after = page.last().map(|(k, _)| k.id.clone());
             seen.extend(page.into_iter().map(|(k, _)| k.id));
@@ -156,33 +160,32 @@ async fn keys_page_in_order_and_changes_are_conditional() {
         let mut sorted = want.clone();
         sorted.sort_by(|a, b| (a.origin.as_str(), a.version).cmp(&(b.origin.as_str(), b.version)));
         assert_eq!(seen, sorted, "{}: pages in (origin, version) order, no key twice or missing", s.name);
-        assert_eq!(st.count_keys_of(&name("s")).unwrap(), 25);
-        assert_eq!(st.count_keys_of(&name("t")).unwrap(), 3);
-        assert_eq!(st.count_keys().unwrap(), 28);
+        assert_eq!(cat.count_keys_of(name("s")).await.unwrap(), 25);
+        assert_eq!(cat.count_keys_of(name("t")).await.unwrap(), 3);
+        assert_eq!(cat.count_keys().await.unwrap(), 28);
         let present = requests(st).existing_keys(vec![key("s", 3, 1).0.id, key("s", 3, 99).0.id]).await.unwrap();
         assert_eq!(present, vec![key("s", 3, 1).0.id], "{}", s.name);
         let wrapped = requests(st).wrapped_keys(vec![key("s", 3, 99).0.id, key("s", 3, 1).0.id]).await.unwrap();
         assert_eq!(wrapped, vec![None, Some(key("s", 3, 1).1)], "{}: the material as stored, in order", s.name);
-        let found = st.find_key(&name("s"), |k| k.id.version == 5 && k.id.origin == sys(4)).unwrap();
+        let found = cat.find_key(name("s"), |k| k.id.version == 5 && k.id.origin == sys(4)).await.unwrap();
         assert_eq!(found.map(|(k, _)| k.id), Some(key("s", 4, 5).0.id));
 
         // A change planned from what was read applies once; planned from a
         // stale read it is refused and changes nothing.
-        let (read, _) = st.key(&key("s", 3, 1).0.id).unwrap().unwrap();
+        let (read, _) = cat.key(key("s", 3, 1).0.id).await.unwrap().unwrap();
         let mut destroyed = read.clone();
         destroyed.state = KeyState::Destroyed;
         let records_before = st.changes().writes();
-        st.apply_key_change(std::slice::from_ref(&read), std::slice::from_ref(&destroyed), None, &[]).unwrap();
+        cat.apply_key_change(vec![read.clone()], vec![destroyed.clone()], None, vec![]).await.unwrap();
         assert!(st.changes().writes() > records_before);
-        let (now, wrapped) = st.key(&read.id).unwrap().unwrap();
+        let (now, wrapped) = cat.key(read.id.clone()).await.unwrap().unwrap();
         assert_eq!((now.state, wrapped.0.len()), (KeyState::Destroyed, 0), "{}: destroyed keys lose material", s.name);
         let mut other = read.clone();
         other.state = KeyState::Revoked;
-        let stale = st.apply_key_change(std::slice::from_ref(&read), &[other], None, &[event("x")]).unwrap_err();
+        let stale = cat.apply_key_change(vec![read.clone()], vec![other], None, vec![event("x")]).await.unwrap_err();
         assert!(matches!(stale, StoreError::Stale { what: "key", .. }), "{}: {stale}", s.name);
-        assert_eq!(st.key(&read.id).unwrap().unwrap().0.state, KeyState::Destroyed);
-        let (new_rec, new_w) = key("s", 3, 2);
-        let clash = st.apply_key_change(&[], &[], Some((&new_rec, &new_w)), &[]).unwrap_err();
+        assert_eq!(cat.key(read.id.clone()).await.unwrap().unwrap().0.state, KeyState::Destroyed);
+        let clash = cat.apply_key_change(vec![], vec![], Some(key("s", 3, 2)), vec![]).await.unwrap_err();
         assert!(matches!(clash, StoreError::AlreadyExists { .. }), "{}", s.name);
     }
 }
@@ -327,7 +330,7 @@ async fn import_is_conditional_and_keeps_the_receipt() {
             s.name
         );
         assert!(requests(st).transport_handle(req.id.clone()).await.unwrap().is_none());
-        assert_eq!(st.count_keys_of(&name("s")).unwrap(), 2);
+        assert_eq!(CatalogStore::new(st).count_keys_of(name("s")).await.unwrap(), 2);
         // The same import again (a redelivery racing the first) is refused whole.
         let audit_before = audit_len(st);
         let again = requests(st)
@@ -353,7 +356,7 @@ async fn import_is_conditional_and_keeps_the_receipt() {
             .await
             .unwrap_err();
         assert!(matches!(refused, StoreError::Stale { what: "key", .. }), "{}", s.name);
-        assert_eq!(st.count_keys_of(&name("s")).unwrap(), 2, "{}: all or nothing", s.name);
+        assert_eq!(CatalogStore::new(st).count_keys_of(name("s")).await.unwrap(), 2, "{}: all or nothing", s.name);
     }
 }
 
@@ -438,7 +441,7 @@ async fn records_audit_and_change_tokens() {
             };
             st.put_record(&rec).unwrap();
         }
-        st.append_audit(&[event("call.refused")]).unwrap();
+        AuditStore::new(st).append_audit(vec![event("call.refused")]).await.unwrap();
         assert_eq!(
             (st.changes().keys_of(&name("s")), st.changes().specs()),
             (keys_before, specs_before),
@@ -451,11 +454,12 @@ async fn records_audit_and_change_tokens() {
         assert_eq!(page.iter().map(|r| r.address.record_id.as_str()).collect::<Vec<_>>(), ["r2", "r4"], "{}", s.name);
         assert!(st.delete_record(&f[0].address).unwrap());
         assert!(!st.delete_record(&f[0].address).unwrap());
-        assert_eq!(st.heartbeat(UnixMillis(5)).unwrap(), None);
-        assert_eq!(st.heartbeat(UnixMillis(9)).unwrap(), Some(UnixMillis(5)));
+        let diagnostics = DiagnosticsStore::new(st);
+        assert_eq!(diagnostics.heartbeat(UnixMillis(5)).await.unwrap(), None);
+        assert_eq!(diagnostics.heartbeat(UnixMillis(9)).await.unwrap(), Some(UnixMillis(5)));
         // Audit rows page from a sequence number.
-        st.append_audit(&[event("a"), event("b")]).unwrap();
-        let rows = st.audit_rows(1, 10).unwrap();
+        AuditStore::new(st).append_audit(vec![event("a"), event("b")]).await.unwrap();
+        let rows = AuditStore::new(st).audit_rows(1, 10).await.unwrap();
         assert_eq!(rows.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 3], "{}", s.name);
     }
 }
@@ -483,7 +487,8 @@ async fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
                     };
                     mine.apply(event_, &format!("op{i}"), UnixMillis(11)).unwrap();
                     barrier.wait();
-                    st.append_audit(&[event(&format!("noise{i}"))]).unwrap();
+                    crate::support::wait_for(AuditStore::new(&st).append_audit(vec![event(&format!("noise{i}"))]))
+                        .unwrap();
                     let decision = vec![event(&format!("decide{i}"))];
                     crate::support::wait_for(requests(&st).update_request(
                         v.version,
@@ -502,7 +507,7 @@ async fn concurrent_writers_exactly_one_decision_and_an_unbroken_chain() {
             "{}",
             s.name
         );
-        let rows = st.audit_rows(0, usize::MAX).unwrap();
+        let rows = AuditStore::new(&st).audit_rows(0, usize::MAX).await.unwrap();
         let entries: Vec<AuditEntry> = rows.iter().map(|(_, b)| AuditEntry::decode(b).unwrap()).collect();
         assert_eq!(verify_chain(&entries), Ok(WRITERS as u64 + 1), "{}", s.name);
         let winner = requests(&st).request(req.id.clone()).await.unwrap().unwrap().value;
@@ -583,8 +588,8 @@ async fn schema_1_database_is_migrated_at_open() {
     }
     let store = Arc::new(Store::open_redb(&path).unwrap());
     assert_eq!(store.sys_id().unwrap(), sys(1));
-    assert_eq!(store.spec(&name("s")).unwrap().map(|s| s.name), Some(name("s")));
-    let (rec, wrapped) = store.keys(&name("s")).unwrap().remove(0);
+    assert_eq!(CatalogStore::new(&store).spec(name("s")).await.unwrap().map(|s| s.name), Some(name("s")));
+    let (rec, wrapped) = CatalogStore::new(&store).keys(name("s")).await.unwrap().remove(0);
     assert_eq!((rec.id.version, rec.state, wrapped.0), (7, KeyState::Expired, vec![0x0a, 0x0b]));
     assert_eq!(
         requests(&store).bundle(request_id.clone()).await.unwrap(),
@@ -596,11 +601,11 @@ async fn schema_1_database_is_migrated_at_open() {
         .unwrap()
         .expect("outbox item became a job");
     assert_eq!(job.next_due, UnixMillis(0));
-    assert_eq!(store.audit_rows(0, 10).unwrap().len(), 1);
+    assert_eq!(AuditStore::new(&store).audit_rows(0, 10).await.unwrap().len(), 1);
     drop(store);
     // Opening again finds schema 2 and changes nothing.
-    let store = Store::open_redb(&path).unwrap();
-    assert_eq!(store.count_keys().unwrap(), 1);
+    let store = Arc::new(Store::open_redb(&path).unwrap());
+    assert_eq!(CatalogStore::new(&store).count_keys().await.unwrap(), 1);
     let held = kmf::store::RedbEngine::open(&path).err();
     assert!(matches!(&held, Some(StoreError::Backend(m)) if m.contains("already open")), "held by the store: {held:?}");
     drop(store);
@@ -615,9 +620,10 @@ async fn snapshot_is_one_consistent_view_in_bounded_parts() {
     use kmf::domain::clone::{SnapshotOrder, SnapshotPart};
     for s in subjects() {
         let st = &s.store;
-        st.insert_module(&Module { name: name("m"), created_at: UnixMillis(1) }, &[], &[]).unwrap();
-        st.insert_spec(&spec("s"), &[]).unwrap();
-        st.insert_keys(&[key("s", 3, 1)], &[]).unwrap();
+        let cat = CatalogStore::new(st);
+        cat.insert_module(Module { name: name("m"), created_at: UnixMillis(1) }, vec![], vec![]).await.unwrap();
+        cat.insert_spec(spec("s"), vec![]).await.unwrap();
+        cat.insert_keys(vec![key("s", 3, 1)], vec![]).await.unwrap();
         let record = |i: u32| StoredRecord {
             address: RecordAddress::parse("t", "f", &format!("r{i:04}")).unwrap(),
             ciphertext: vec![7; 16],
@@ -698,7 +704,7 @@ async fn concurrent_property_sets_audit_the_value_each_replaced() {
         for w in writers {
             w.await.unwrap();
         }
-        let rows = s.store.audit_rows(0, usize::MAX).unwrap();
+        let rows = AuditStore::new(&s.store).audit_rows(0, usize::MAX).await.unwrap();
         let pairs: Vec<(String, String)> = rows
             .iter()
             .map(|(_, b)| {
@@ -734,7 +740,8 @@ async fn clone_staging_is_invisible_until_one_swap() {
             key_id: key("s", 3, 1).0.id,
             updated_at: UnixMillis(1),
         };
-        st.insert_module(&Module { name: name("old"), created_at: UnixMillis(1) }, &[], &[]).unwrap();
+        let module = Module { name: name("old"), created_at: UnixMillis(1) };
+        CatalogStore::new(st).insert_module(module, vec![], vec![]).await.unwrap();
         st.put_record(&rec("live", 1)).unwrap();
         let id = CloneId::from_random([7; 16]);
         let run = CloneRun {
@@ -817,7 +824,8 @@ async fn clone_staging_is_invisible_until_one_swap() {
         );
         assert!(live.iter().all(|r| r.address.table.as_str() == "new"));
         assert_eq!(debt(st), [3], "{}: after the swap the debt is the staged records'", s.name);
-        let modules: Vec<String> = st.modules().unwrap().iter().map(|m| m.name.to_string()).collect();
+        let modules: Vec<String> =
+            CatalogStore::new(st).modules().await.unwrap().iter().map(|m| m.name.to_string()).collect();
         assert_eq!(modules, ["new", "old"], "{}: merged, the target keeps its own", s.name);
         let props: Vec<(String, String)> =
             props.properties().await.unwrap().into_iter().map(|p| (p.name, p.value)).collect();
@@ -1024,43 +1032,47 @@ async fn catalog_writes_refuse_a_stale_read() {
     for s in subjects() {
         let st = &s.store;
         let m = Module { name: name("m"), created_at: UnixMillis(1) };
-        st.insert_module(&m, &[], &[]).unwrap();
-        st.insert_spec(&spec("a"), &[]).unwrap();
-        let read = st.spec(&name("a")).unwrap().unwrap();
+        let cat = CatalogStore::new(st);
+        cat.insert_module(m, vec![], vec![]).await.unwrap();
+        cat.insert_spec(spec("a"), vec![]).await.unwrap();
+        let read = cat.spec(name("a")).await.unwrap().unwrap();
         let lc = |days: i64| LifecycleDefinition { expire_after: Some(days * DAY), destroy_after_idle: None };
 
         // update_spec: a spec changed since it was read.
         let changed = Spec { lifecycle: lc(10), ..read.clone() };
-        st.update_spec(&read, &changed, &[event("spec.lifecycle")]).unwrap();
+        cat.update_spec(read.clone(), changed.clone(), vec![event("spec.lifecycle")]).await.unwrap();
         let n = audit_len(st);
         let other = Spec { lifecycle: lc(20), ..read.clone() };
-        assert!(stale(st.update_spec(&read, &other, &[event("spec.lifecycle")])), "{}", s.name);
-        assert_eq!((st.spec(&name("a")).unwrap().unwrap(), audit_len(st)), (changed.clone(), n), "{}", s.name);
+        assert!(stale(cat.update_spec(read.clone(), other, vec![event("spec.lifecycle")]).await), "{}", s.name);
+        assert_eq!((cat.spec(name("a")).await.unwrap().unwrap(), audit_len(st)), (changed.clone(), n), "{}", s.name);
 
         // set_spec_lifecycle: a stale spec, then a cap changed between read and write.
-        assert!(stale(st.set_spec_lifecycle(&read, &lc(30), None, &[event("x")]).map(|_| ())), "{}", s.name);
+        let r = cat.set_spec_lifecycle(read.clone(), lc(30), None, vec![event("x")]).await;
+        assert!(stale(r.map(|_| ())), "{}", s.name);
         let instance = |days: i64| LifecyclePolicy {
             scope: PolicyScope::Instance,
             active: true,
             max_expire_after: Some(days * DAY),
         };
-        let read = st.spec(&name("a")).unwrap().unwrap();
+        let read = cat.spec(name("a")).await.unwrap().unwrap();
         let cap_read = None; // checked against no policy ...
-        st.put_lifecycle_policy(None, &instance(15), &[event("lifecycle_policy.set")]).unwrap(); // ... a cap arrives
+        cat.put_lifecycle_policy(None, instance(15), vec![event("lifecycle_policy.set")]).await.unwrap(); // ... a cap arrives
         let n = audit_len(st);
-        let r = st.set_spec_lifecycle(&read, &lc(30), cap_read, &[event("spec.lifecycle")]);
+        let r = cat.set_spec_lifecycle(read.clone(), lc(30), cap_read, vec![event("spec.lifecycle")]).await;
         assert!(stale(r.map(|_| ())), "{}: the cap is checked in the writing transaction", s.name);
-        assert_eq!((st.spec(&name("a")).unwrap().unwrap(), audit_len(st)), (read.clone(), n), "{}", s.name);
-        let done = st.set_spec_lifecycle(&read, &lc(12), Some(15 * DAY), &[event("spec.lifecycle")]).unwrap();
-        assert_eq!((done.lifecycle, st.spec(&name("a")).unwrap().unwrap()), (lc(12), done.clone()), "{}", s.name);
+        assert_eq!((cat.spec(name("a")).await.unwrap().unwrap(), audit_len(st)), (read.clone(), n), "{}", s.name);
+        let done =
+            cat.set_spec_lifecycle(read.clone(), lc(12), Some(15 * DAY), vec![event("spec.lifecycle")]).await.unwrap();
+        assert_eq!((done.lifecycle, cat.spec(name("a")).await.unwrap().unwrap()), (lc(12), done.clone()), "{}", s.name);
 
         // put_lifecycle_policy: the policy of that scope changed since (or appeared).
         let n = audit_len(st);
-        assert!(stale(st.put_lifecycle_policy(None, &instance(40), &[event("x")])), "{}", s.name);
-        assert!(stale(st.put_lifecycle_policy(Some(&instance(16)), &instance(40), &[event("x")])), "{}", s.name);
-        assert_eq!((st.lifecycle_policies().unwrap(), audit_len(st)), (vec![instance(15)], n), "{}", s.name);
-        st.put_lifecycle_policy(Some(&instance(15)), &instance(40), &[event("lifecycle_policy.set")]).unwrap();
-        assert_eq!(st.lifecycle_policies().unwrap(), vec![instance(40)], "{}", s.name);
+        assert!(stale(cat.put_lifecycle_policy(None, instance(40), vec![event("x")]).await), "{}", s.name);
+        let r = cat.put_lifecycle_policy(Some(instance(16)), instance(40), vec![event("x")]).await;
+        assert!(stale(r), "{}", s.name);
+        assert_eq!((cat.lifecycle_policies().await.unwrap(), audit_len(st)), (vec![instance(15)], n), "{}", s.name);
+        cat.put_lifecycle_policy(Some(instance(15)), instance(40), vec![event("lifecycle_policy.set")]).await.unwrap();
+        assert_eq!(cat.lifecycle_policies().await.unwrap(), vec![instance(40)], "{}", s.name);
 
         // put_property_checked: unset when read, set since; then set to another value since.
         let prop = |value: &str| Property {

@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::context::{Blocking, Context};
+use super::context::Context;
 use crate::clock::Clock;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEntry, BrokenLink, ChainVerifier};
 use crate::domain::refusals::{CallRefusal, RefusalWindows};
 use crate::error::AppResult;
-use crate::store::Store;
+use crate::signer::async_signer::off_the_workers;
+use crate::store::{AuditStore, Store};
 pub use access::Access;
 
 /// Filters for listing entries.
@@ -44,6 +45,8 @@ impl AuditFilter {
 const PAGE: usize = 1000;
 
 pub struct Audit {
+    audit_store: AuditStore,
+    /// Transitional: for `refused_blocking`, until no blocking closure calls it.
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     /// Open windows of coalesced access refusals.
@@ -58,6 +61,7 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 impl Audit {
     pub fn new(ctx: &Context) -> Self {
         Audit {
+            audit_store: AuditStore::new(&ctx.store),
             store: Arc::clone(&ctx.store),
             clock: Arc::clone(&ctx.clock),
             refusals: Mutex::default(),
@@ -88,60 +92,64 @@ impl Audit {
 
     /// Records a refused call (the caller's identity, the method, the
     /// reason), coalesced with its repeats (`refusals.rs`).
-    pub async fn audit_refusal(self: &Arc<Self>, actor: String, method: String, reason: String) {
+    pub async fn audit_refusal(&self, actor: String, method: String, reason: String) {
         self.audit_call_refusal(actor, method.clone(), method, reason).await;
     }
 
     /// Matching entries after `filter.after_seq`; also returns where to continue (the
     /// sequence number of the last entry returned, 0 at the end).
-    pub async fn audit_entries(self: &Arc<Self>, filter: AuditFilter) -> AppResult<(Vec<AuditEntry>, u64)> {
-        self.blocking(move |audit| {
-            let mut out = Vec::new();
-            let mut after = filter.after_seq;
-            loop {
-                let page = audit.store.audit_rows(after, PAGE)?;
-                let Some((last, _)) = page.last() else { return Ok((out, 0)) };
-                after = *last;
-                for (seq, bytes) in page {
-                    let e = AuditEntry::decode(&bytes).map_err(|err| {
-                        DomainError::FailedPrecondition(format!(
-                            "audit entry {seq} is damaged ({err}); run audit verify"
-                        ))
-                    })?;
-                    if filter.matches(&e) {
-                        out.push(e);
-                        if out.len() >= filter.limit {
-                            // Continue after the last entry returned, not after the page scanned.
-                            return Ok((out, seq));
-                        }
+    pub async fn audit_entries(&self, filter: AuditFilter) -> AppResult<(Vec<AuditEntry>, u64)> {
+        let mut out = Vec::new();
+        let mut after = filter.after_seq;
+        loop {
+            let page = self.audit_store.audit_rows(after, PAGE).await?;
+            let Some((last, _)) = page.last() else { return Ok((out, 0)) };
+            after = *last;
+            for (seq, bytes) in page {
+                let e = AuditEntry::decode(&bytes).map_err(|err| {
+                    DomainError::FailedPrecondition(format!("audit entry {seq} is damaged ({err}); run audit verify"))
+                })?;
+                if filter.matches(&e) {
+                    out.push(e);
+                    if out.len() >= filter.limit {
+                        // Continue after the last entry returned, not after the page scanned.
+                        return Ok((out, seq));
                     }
                 }
             }
-        })
-        .await
+        }
     }
 
     /// Verifies the whole chain: how many entries, or the first broken link.
-    pub async fn verify_audit(self: &Arc<Self>) -> AppResult<Result<u64, BrokenLink>> {
-        self.blocking(|audit| {
-            let mut verifier = ChainVerifier::default();
-            loop {
-                let page = audit.store.audit_rows(verifier.verified(), PAGE)?;
-                if page.is_empty() {
-                    return Ok(Ok(verifier.verified()));
-                }
-                for (seq, bytes) in &page {
-                    let checked = match AuditEntry::decode(bytes) {
-                        Ok(e) if e.seq == *seq => verifier.push(&e),
-                        Ok(_) => Err(BrokenLink { seq: *seq, reason: "stored under the wrong sequence number".into() }),
-                        Err(err) => Err(BrokenLink { seq: *seq, reason: format!("does not decode: {err}") }),
-                    };
-                    if let Err(broken) = checked {
-                        return Ok(Err(broken));
-                    }
-                }
+    /// Each page is read, then its hashes checked off the workers.
+    pub async fn verify_audit(&self) -> AppResult<Result<u64, BrokenLink>> {
+        let mut verifier = ChainVerifier::default();
+        loop {
+            let page = self.audit_store.audit_rows(verifier.verified(), PAGE).await?;
+            if page.is_empty() {
+                return Ok(Ok(verifier.verified()));
             }
-        })
-        .await
+            let broken;
+            (verifier, broken) = off_the_workers(move || Ok(verify_page(verifier, &page))).await?;
+            if let Some(broken) = broken {
+                return Ok(Err(broken));
+            }
+        }
     }
+}
+
+/// Pushes a page of raw rows through `verifier`: the verifier after it, and
+/// the first broken link if there is one.
+fn verify_page(mut verifier: ChainVerifier, page: &[(u64, Vec<u8>)]) -> (ChainVerifier, Option<BrokenLink>) {
+    for (seq, bytes) in page {
+        let checked = match AuditEntry::decode(bytes) {
+            Ok(e) if e.seq == *seq => verifier.push(&e),
+            Ok(_) => Err(BrokenLink { seq: *seq, reason: "stored under the wrong sequence number".into() }),
+            Err(err) => Err(BrokenLink { seq: *seq, reason: format!("does not decode: {err}") }),
+        };
+        if let Err(broken) = checked {
+            return (verifier, Some(broken));
+        }
+    }
+    (verifier, None)
 }

@@ -8,8 +8,6 @@
 //! listener) are coalesced the same way: `call.refused` at once, then one
 //! `call.refused.repeated` with the count.
 
-use std::sync::Arc;
-
 use super::Audit;
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, MAX_DETAILS_CHARS, Outcome, bounded};
@@ -18,7 +16,6 @@ use crate::domain::ids::Name;
 use crate::domain::policy::Operation;
 use crate::domain::refusals::{CallRefusal, Noted, Refusal, Repeats};
 use crate::error::{AppError, AppResult};
-use crate::node::context::Blocking;
 
 fn denied(r: &Refusal) -> AppError {
     DomainError::PermissionDenied(format!("{} on {}: {}", r.operation.as_str(), r.spec, r.reason)).into()
@@ -72,31 +69,22 @@ impl Audit {
     /// names; `scope` what its repeats are counted by (the method; for the
     /// metrics listener the listener, whatever the path). A repeat inside an
     /// open window is counted without a write.
-    pub async fn audit_call_refusal(self: &Arc<Self>, actor: String, scope: String, subject: String, reason: String) {
+    pub async fn audit_call_refusal(&self, actor: String, scope: String, subject: String, reason: String) {
         let refusal = CallRefusal::new(&actor, bounded(scope, crate::domain::audit::MAX_SUBJECT_CHARS), {
             bounded(reason, MAX_DETAILS_CHARS)
         });
         if self.call_refusal_windows().count_repeat(&refusal, self.now()) {
             return;
         }
-        let written = self
-            .blocking(move |audit| {
-                let now = audit.now();
-                let (noted, closed) = audit.call_refusal_windows().note(refusal.clone(), now);
-                let mut events: Vec<AuditEvent> = closed.iter().map(call_repeats_event).collect();
-                if noted == Noted::First {
-                    events.push(
-                        AuditEvent::new(now, actor, "call.refused", subject, Outcome::Refused)
-                            .with_details(refusal.reason),
-                    );
-                }
-                audit.audit_refusals(&events);
-                Ok(())
-            })
-            .await;
-        if let Err(e) = written {
-            tracing::error!(error = %e, "could not audit a refused call");
+        let now = self.now();
+        let (noted, closed) = self.call_refusal_windows().note(refusal.clone(), now);
+        let mut events: Vec<AuditEvent> = closed.iter().map(call_repeats_event).collect();
+        if noted == Noted::First {
+            events.push(
+                AuditEvent::new(now, actor, "call.refused", subject, Outcome::Refused).with_details(refusal.reason),
+            );
         }
+        self.audit_refusals(events).await;
     }
 
     fn refusal_windows(&self) -> std::sync::MutexGuard<'_, crate::domain::refusals::RefusalWindows> {
@@ -104,23 +92,42 @@ impl Audit {
     }
 
     /// Refuses the call with PERMISSION_DENIED, auditing it (see the module
-    /// docs); `inline`: `WouldBlock` when that needs a write.
-    pub fn refused(
+    /// docs): a repeat inside an open window is answered without a write.
+    pub async fn refused(&self, caller: &Caller, spec: &Name, operation: Operation, reason: String) -> AppResult<()> {
+        let (refusal, events) = self.note_refusal(caller, spec, operation, reason);
+        self.audit_refusals(events).await;
+        Err(denied(&refusal))
+    }
+
+    /// Transitional: the sync form of `refused`, for `Catalog::check_access_blocking`.
+    pub fn refused_blocking(
         &self,
         caller: &Caller,
         spec: &Name,
         operation: Operation,
         reason: String,
-        inline: bool,
     ) -> AppResult<()> {
+        let (refusal, events) = self.note_refusal(caller, spec, operation, reason);
+        if !events.is_empty()
+            && let Err(e) = self.store.append_audit(&events)
+        {
+            tracing::error!(error = %e, entries = events.len(), "could not audit refusals");
+        }
+        log_repeats(&events);
+        Err(denied(&refusal))
+    }
+
+    /// Notes a refusal in its window: the entries to write (the counts of
+    /// windows it closed, and the refusal itself when it is the first).
+    fn note_refusal(
+        &self,
+        caller: &Caller,
+        spec: &Name,
+        operation: Operation,
+        reason: String,
+    ) -> (Refusal, Vec<AuditEvent>) {
         let refusal = Refusal { actor: caller.actor(), spec: spec.clone(), operation, reason };
         let now = self.now();
-        if inline {
-            return match self.refusal_windows().count_repeat(&refusal, now) {
-                true => Err(denied(&refusal)),
-                false => Err(AppError::WouldBlock),
-            };
-        }
         let (noted, closed) = self.refusal_windows().note(refusal.clone(), now);
         let mut events: Vec<AuditEvent> = closed.iter().map(repeats_event).collect();
         if noted == Noted::First {
@@ -133,8 +140,7 @@ impl Audit {
                 "access denied by policy (repeats within the next few seconds are counted, not logged)"
             );
         }
-        self.audit_refusals(&events);
-        Err(denied(&refusal))
+        (refusal, events)
     }
 
     /// Whether a refusal window has closed and `flush_refusals` has work.
@@ -145,16 +151,7 @@ impl Audit {
 
     /// Writes the repeat counts of the windows that have closed (`all`: of
     /// every window, at shutdown).
-    pub async fn flush_refusals(self: &std::sync::Arc<Self>, all: bool) {
-        let _ = self
-            .blocking(move |audit| {
-                audit.write_closed_refusals(all);
-                Ok(())
-            })
-            .await;
-    }
-
-    fn write_closed_refusals(&self, all: bool) {
+    pub async fn flush_refusals(&self, all: bool) {
         let now = self.now();
         let (closed, calls) = match all {
             true => (self.refusal_windows().close_all(), self.call_refusal_windows().close_all()),
@@ -162,18 +159,31 @@ impl Audit {
         };
         let mut events: Vec<AuditEvent> = closed.iter().map(repeats_event).collect();
         events.extend(calls.iter().map(call_repeats_event));
-        self.audit_refusals(&events);
+        self.audit_refusals(events).await;
     }
 
-    fn audit_refusals(&self, events: &[AuditEvent]) {
+    /// Writes `events` (none: no write, no hop) and logs the repeat counts.
+    async fn audit_refusals(&self, events: Vec<AuditEvent>) {
         if events.is_empty() {
             return;
         }
-        if let Err(e) = self.store.append_audit(events) {
-            tracing::error!(error = %e, entries = events.len(), "could not audit refusals");
+        let n = events.len();
+        // The repeats are logged after the write, as ever; they are kept
+        // only when there is one to log.
+        let repeats: Vec<AuditEvent> = events.iter().filter(|e| is_repeat(e)).cloned().collect();
+        if let Err(e) = self.audit_store.append_audit(events).await {
+            tracing::error!(error = %e, entries = n, "could not audit refusals");
         }
-        for e in events.iter().filter(|e| e.action.ends_with(".repeated")) {
-            tracing::warn!(caller = %e.actor, subject = %e.subject, details = %e.details, "refused repeatedly");
-        }
+        log_repeats(&repeats);
+    }
+}
+
+fn is_repeat(e: &AuditEvent) -> bool {
+    e.action.ends_with(".repeated")
+}
+
+fn log_repeats(events: &[AuditEvent]) {
+    for e in events.iter().filter(|e| is_repeat(e)) {
+        tracing::warn!(caller = %e.actor, subject = %e.subject, details = %e.details, "refused repeatedly");
     }
 }

@@ -22,17 +22,20 @@ use crate::clock::Clock;
 use crate::domain::ids::{Name, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind};
 use crate::domain::spec::Spec;
-use crate::signer::Signer;
-use crate::store::{AuditStore, CatalogStore, PropertyStore, Store};
+use crate::signer::async_signer::AsyncSigner;
+use crate::store::{AuditStore, CatalogStore, PolicyStore, PropertyStore, Store};
 pub use keys::DefaultAccess;
 
 pub struct Catalog {
     sys_id: SysId,
+    /// For its change tokens (the cache) and, until the transitional sync
+    /// forms go, their store reads.
     store: Arc<Store>,
     specs: CatalogStore,
+    policies: PolicyStore,
     properties: PropertyStore,
     audit_store: AuditStore,
-    signer: Arc<dyn Signer>,
+    signer: AsyncSigner,
     clock: Arc<dyn Clock>,
     audit: Arc<Audit>,
     sweep_every: Duration,
@@ -45,9 +48,10 @@ impl Catalog {
             sys_id: ctx.sys_id.clone(),
             store: Arc::clone(&ctx.store),
             specs: CatalogStore::new(&ctx.store),
+            policies: PolicyStore::new(&ctx.store),
             properties: PropertyStore::new(&ctx.store),
             audit_store: AuditStore::new(&ctx.store),
-            signer: Arc::clone(&ctx.signer),
+            signer: ctx.async_signer(),
             clock: Arc::clone(&ctx.clock),
             audit,
             sweep_every: ctx.settings.sweep_every,

@@ -14,7 +14,6 @@ use crate::domain::policy::{
 };
 use crate::domain::spec::Spec;
 use crate::error::{AppError, AppResult};
-use crate::node::context::Blocking;
 use crate::store::StoreError;
 
 /// Roles the AutoGen policies of a module created with Track default access grant
@@ -54,176 +53,156 @@ fn describe(p: &AccessPolicy) -> String {
 }
 
 impl Catalog {
-    pub async fn create_policy(self: &Arc<Self>, caller: &Caller, policy: AccessPolicy) -> AppResult<AccessPolicy> {
+    pub async fn create_policy(&self, caller: &Caller, policy: AccessPolicy) -> AppResult<AccessPolicy> {
         policy.validate()?;
         let actor = caller.actor();
-        self.blocking(move |this| {
-            if this.store.module(&policy.module)?.is_none() {
-                return Err(DomainError::not_found("module", &policy.module).into());
+        self.module_exists(&policy.module).await?;
+        if let Some(spec) = &policy.spec {
+            let s = self.spec_or_not_found(spec).await?;
+            if s.module != policy.module {
+                return Err(DomainError::invalid("spec", format!("spec {spec} belongs to module {}", s.module)).into());
             }
-            if let Some(spec) = &policy.spec {
-                let s = this.spec_or_not_found_blocking(spec)?;
-                if s.module != policy.module {
-                    return Err(
-                        DomainError::invalid("spec", format!("spec {spec} belongs to module {}", s.module)).into()
-                    );
-                }
-            }
-            let audit = AuditEvent::new(
-                this.now(),
-                actor,
-                "policy.create",
-                format!("{}/{}", policy.module, policy.name),
-                Outcome::Success,
-            )
-            .with_details(describe(&policy));
-            this.store.insert_policies(std::slice::from_ref(&policy), &[audit]).map_err(|e| match e {
-                StoreError::AlreadyExists { what, id } => AppError::Domain(DomainError::AlreadyExists { what, id }),
-                other => other.into(),
-            })?;
-            Ok(policy)
-        })
-        .await
+        }
+        let audit = AuditEvent::new(
+            self.now(),
+            actor,
+            "policy.create",
+            format!("{}/{}", policy.module, policy.name),
+            Outcome::Success,
+        )
+        .with_details(describe(&policy));
+        self.policies.insert_policies(vec![policy.clone()], vec![audit]).await.map_err(|e| match e {
+            StoreError::AlreadyExists { what, id } => AppError::Domain(DomainError::AlreadyExists { what, id }),
+            other => other.into(),
+        })?;
+        Ok(policy)
     }
 
-    pub async fn policies(self: &Arc<Self>, module: Option<Name>) -> AppResult<Vec<AccessPolicy>> {
-        self.blocking(move |this| {
-            if let Some(m) = &module
-                && this.store.module(m)?.is_none()
-            {
-                return Err(DomainError::not_found("module", m).into());
-            }
-            let mut list = this.store.policies(module.as_ref())?;
-            list.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
-            Ok(list)
-        })
-        .await
+    pub async fn policies(&self, module: Option<Name>) -> AppResult<Vec<AccessPolicy>> {
+        if let Some(m) = &module {
+            self.module_exists(m).await?;
+        }
+        let mut list = self.policies.policies(module).await?;
+        list.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
+        Ok(list)
     }
 
-    pub async fn policy(self: &Arc<Self>, module: Name, name: Name) -> AppResult<AccessPolicy> {
-        self.blocking(move |this| {
-            this.store
-                .policies(Some(&module))?
-                .into_iter()
-                .find(|p| p.name == name)
-                .ok_or_else(|| DomainError::not_found("access policy", format!("{module}/{name}")).into())
-        })
-        .await
+    pub async fn policy(&self, module: Name, name: Name) -> AppResult<AccessPolicy> {
+        self.policies
+            .policies(Some(module.clone()))
+            .await?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| DomainError::not_found("access policy", format!("{module}/{name}")).into())
     }
 
     /// Activates or deactivates a policy.
     pub async fn set_policy_active(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         module: Name,
         name: Name,
         active: bool,
     ) -> AppResult<AccessPolicy> {
         let actor = caller.actor();
-        self.blocking(move |this| {
-            let verb = if active { "policy.activate" } else { "policy.deactivate" };
-            let audit = AuditEvent::new(this.now(), actor, verb, format!("{module}/{name}"), Outcome::Success);
-            this.store.set_policy_active(&module, &name, active, &[audit]).map_err(|e| match e {
-                StoreError::Missing { .. } => {
-                    DomainError::not_found("access policy", format!("{module}/{name}")).into()
-                }
-                other => other.into(),
-            })
+        let verb = if active { "policy.activate" } else { "policy.deactivate" };
+        let audit = AuditEvent::new(self.now(), actor, verb, format!("{module}/{name}"), Outcome::Success);
+        self.policies.set_policy_active(module.clone(), name.clone(), active, vec![audit]).await.map_err(|e| match e {
+            StoreError::Missing { .. } => DomainError::not_found("access policy", format!("{module}/{name}")).into(),
+            other => other.into(),
         })
-        .await
     }
 
     /// The debugger: every policy of the spec's module evaluated for `subject`.
     pub async fn explain_access(
-        self: &Arc<Self>,
+        &self,
         subject: Subject,
         spec: Name,
         operation: Operation,
     ) -> AppResult<AccessDecision> {
-        self.blocking(move |this| this.decide_access(subject, &spec, operation)).await
-    }
-
-    /// ExplainAccess for an inbound exchange request (One Time / Recurring Clone).
-    pub async fn explain_exchange(
-        self: &Arc<Self>,
-        spec: Name,
-        target_sys_id: SysId,
-        target_host: Host,
-        approval: ApprovalType,
-    ) -> AppResult<AccessDecision> {
-        self.blocking(move |this| {
-            let spec = this.spec_or_not_found_blocking(&spec)?;
-            let policies = this.module_policies(&spec.module, false)?;
-            let access = ExchangeAccess {
-                module: spec.module.clone(),
-                spec: spec.name.clone(),
-                target_sys_id,
-                target_host,
-                approval,
-            };
-            Ok(evaluate_exchange(&policies, &access))
-        })
-        .await
-    }
-
-    /// The module's policies, from the hot cache when the store is unchanged
-    /// (`inline`: only from there, else `WouldBlock`).
-    fn module_policies(&self, module: &Name, inline: bool) -> AppResult<Arc<Vec<AccessPolicy>>> {
-        let g = self.store.changes().policies();
-        if let Some(p) = self.hot.policies(g, module) {
-            return Ok(p);
-        }
-        if inline {
-            return Err(AppError::WouldBlock);
-        }
-        let p = Arc::new(self.store.policies(Some(module))?);
-        self.hot.put_policies(g, module.clone(), p.clone());
-        Ok(p)
-    }
-
-    fn decide_access(&self, subject: Subject, spec: &Name, operation: Operation) -> AppResult<AccessDecision> {
-        let spec = self.spec_or_not_found_blocking(spec)?;
-        let policies = self.module_policies(&spec.module, false)?;
+        let spec = self.spec_or_not_found(&spec).await?;
+        let policies = self.module_policies(&spec.module).await?;
         Ok(evaluate(
             &policies,
             &AccessRequest { subject, module: spec.module.clone(), spec: spec.name.clone(), operation },
         ))
     }
 
-    /// Allows or refuses `caller` for `operation` on `spec`; a refusal is
-    /// audited (repeats coalesced, see `node::refusals`). `inline` (on an
-    /// async worker): a refusal that must write its audit entry is
-    /// `WouldBlock` and is decided again off the workers; a repeat inside an
-    /// open window is answered at once.
-    pub async fn check_access(
-        self: &Arc<Self>,
-        caller: &Caller,
-        spec_rec: &Spec,
-        operation: Operation,
-    ) -> AppResult<()> {
-        let (caller, spec_rec) = (caller.clone(), spec_rec.clone());
-        self.blocking(move |this| this.check_access_blocking(&caller, &spec_rec, operation, false)).await
+    /// ExplainAccess for an inbound exchange request (One Time / Recurring Clone).
+    pub async fn explain_exchange(
+        &self,
+        spec: Name,
+        target_sys_id: SysId,
+        target_host: Host,
+        approval: ApprovalType,
+    ) -> AppResult<AccessDecision> {
+        let spec = self.spec_or_not_found(&spec).await?;
+        let policies = self.module_policies(&spec.module).await?;
+        let access = ExchangeAccess {
+            module: spec.module.clone(),
+            spec: spec.name.clone(),
+            target_sys_id,
+            target_host,
+            approval,
+        };
+        Ok(evaluate_exchange(&policies, &access))
     }
 
-    /// Transitional: the sync form of `check_access`.
+    /// The module's policies, from the hot cache when the store is unchanged
+    /// (no hop off the worker), else from the store.
+    async fn module_policies(&self, module: &Name) -> AppResult<Arc<Vec<AccessPolicy>>> {
+        let g = self.store.changes().policies();
+        if let Some(p) = self.hot.policies(g, module) {
+            return Ok(p);
+        }
+        let p = Arc::new(self.policies.policies(Some(module.clone())).await?);
+        self.hot.put_policies(g, module.clone(), p.clone());
+        Ok(p)
+    }
+
+    /// Allows or refuses `caller` for `operation` on `spec`; a refusal is
+    /// audited (repeats coalesced, see `node::audit::refusals`). A cache hit
+    /// and a repeat inside an open window are answered without leaving the
+    /// worker; a miss reads the store, a refusal to write awaits its entry.
+    pub async fn check_access(&self, caller: &Caller, spec_rec: &Spec, operation: Operation) -> AppResult<()> {
+        let policies = self.module_policies(&spec_rec.module).await?;
+        let request = access_request(caller, spec_rec, operation);
+        if allows(&policies, &request) {
+            return Ok(());
+        }
+        let reason = evaluate(&policies, &request).reason;
+        self.audit.refused(caller, &spec_rec.name, operation, reason).await
+    }
+
+    /// Transitional: the sync form of `check_access`, for callers still
+    /// inside a blocking closure or on the async worker's first try. The
+    /// `inline` flag is no longer read: a miss reads the store and a refusal
+    /// writes its entry here, on the calling thread.
     pub fn check_access_blocking(
         &self,
         caller: &Caller,
         spec_rec: &Spec,
         operation: Operation,
-        inline: bool,
+        _inline: bool,
     ) -> AppResult<()> {
-        let policies = self.module_policies(&spec_rec.module, inline)?;
-        let request = AccessRequest {
-            subject: Subject::from(caller),
-            module: spec_rec.module.clone(),
-            spec: spec_rec.name.clone(),
-            operation,
+        let g = self.store.changes().policies();
+        let policies = match self.hot.policies(g, &spec_rec.module) {
+            Some(p) => p,
+            None => {
+                let p = Arc::new(self.store.policies(Some(&spec_rec.module))?);
+                self.hot.put_policies(g, spec_rec.module.clone(), p.clone());
+                p
+            }
         };
+        let request = access_request(caller, spec_rec, operation);
         if allows(&policies, &request) {
             return Ok(());
         }
         let reason = evaluate(&policies, &request).reason;
-        self.audit.refused(caller, &spec_rec.name, operation, reason, inline)
+        self.audit.refused_blocking(caller, &spec_rec.name, operation, reason)
     }
+}
+
+fn access_request(caller: &Caller, spec: &Spec, operation: Operation) -> AccessRequest {
+    AccessRequest { subject: Subject::from(caller), module: spec.module.clone(), spec: spec.name.clone(), operation }
 }

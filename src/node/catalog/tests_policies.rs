@@ -27,9 +27,9 @@ async fn a_call_no_policy_allows_is_denied_audited_once_and_its_repeats_coalesce
     let solo = instance();
     rejecting_module(&solo).await;
     let catalog = &solo.services.catalog;
-    let spec = catalog.spec_or_not_found_blocking(&name("secret")).expect("spec");
+    let spec = catalog.spec_or_not_found(&name("secret")).await.expect("spec");
     for _ in 0..5 {
-        let denied = catalog.check_access_blocking(&admin(), &spec, Operation::Encrypt, false);
+        let denied = catalog.check_access(&admin(), &spec, Operation::Encrypt).await;
         assert!(is_denied(&denied), "{denied:?}");
     }
     let first = audited(&solo, "policy.denied").await;
@@ -61,11 +61,11 @@ async fn a_track_policy_for_a_role_allows_only_that_role_and_a_strict_reject_win
     };
     let track = policy("ops-track", PolicyType::Role(Role::CryptographicOperator), PolicyResult::Track, vec![]);
     catalog.create_policy(&admin(), track).await.expect("track policy");
-    let spec = catalog.spec_or_not_found_blocking(&name("secret")).expect("spec");
+    let spec = catalog.spec_or_not_found(&name("secret")).await.expect("spec");
     let op = operator(vec![Role::CryptographicOperator]);
-    catalog.check_access_blocking(&op, &spec, Operation::Decrypt, false).expect("the role is tracked");
+    catalog.check_access(&op, &spec, Operation::Decrypt).await.expect("the role is tracked");
     let auditor = operator(vec![Role::CryptographicAuditor]);
-    assert!(is_denied(&catalog.check_access_blocking(&auditor, &spec, Operation::Decrypt, false)));
+    assert!(is_denied(&catalog.check_access(&auditor, &spec, Operation::Decrypt).await));
 
     let strict = policy(
         "no-export",
@@ -74,14 +74,14 @@ async fn a_track_policy_for_a_role_allows_only_that_role_and_a_strict_reject_win
         vec![Operation::Encrypt],
     );
     catalog.create_policy(&admin(), strict).await.expect("strict policy");
-    assert!(is_denied(&catalog.check_access_blocking(&op, &spec, Operation::Encrypt, false)), "StrictReject wins");
-    catalog.check_access_blocking(&op, &spec, Operation::Decrypt, false).expect("other operations still tracked");
+    assert!(is_denied(&catalog.check_access(&op, &spec, Operation::Encrypt).await), "StrictReject wins");
+    catalog.check_access(&op, &spec, Operation::Decrypt).await.expect("other operations still tracked");
     let subject = Subject::from(&op);
     let explained = catalog.explain_access(subject, name("secret"), Operation::Encrypt).await.expect("explain");
     assert!(!explained.reason.is_empty());
 
     catalog.set_policy_active(&admin(), name("vault"), name("no-export"), false).await.expect("deactivate");
-    catalog.check_access_blocking(&op, &spec, Operation::Encrypt, false).expect("an inactive policy does not apply");
+    catalog.check_access(&op, &spec, Operation::Encrypt).await.expect("an inactive policy does not apply");
 }
 
 #[tokio::test]

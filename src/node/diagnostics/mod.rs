@@ -11,15 +11,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::CountsCache;
-use super::context::{Blocking, Context};
+use super::context::Context;
 use super::ports::{PeerFuture, TlsNow};
 use crate::clock::Clock;
+use crate::domain::exchange::ExchangeRequest;
 use crate::domain::health::{
     Component, HealthStatus, MAX_PEERS, PEER_WINDOW_MILLIS, certificate_health, crl_health, recent_peers,
 };
 use crate::domain::ids::{Host, SysId, UnixMillis};
-use crate::signer::Signer;
-use crate::store::{Store, StoreCounts};
+use crate::signer::async_signer::AsyncSigner;
+use crate::store::{DiagnosticsStore, RequestStore, Store, StoreCounts, StoreError};
 
 #[cfg(test)]
 mod tests;
@@ -56,8 +57,11 @@ pub struct Diagnosis {
 }
 
 pub struct Diagnostics {
+    /// For its change tokens (the counts cache).
     store: Arc<Store>,
-    signer: Arc<dyn Signer>,
+    counts: DiagnosticsStore,
+    requests: RequestStore,
+    signer: AsyncSigner,
     clock: Arc<dyn Clock>,
     /// Without it the certificate and peer checks are Disabled.
     diagnostics: Option<DiagnosticsSetup>,
@@ -71,7 +75,9 @@ impl Diagnostics {
     pub fn new(ctx: &Context, setup: Option<DiagnosticsSetup>) -> Self {
         Diagnostics {
             store: Arc::clone(&ctx.store),
-            signer: Arc::clone(&ctx.signer),
+            counts: DiagnosticsStore::new(&ctx.store),
+            requests: RequestStore::new(&ctx.store),
+            signer: ctx.async_signer(),
             clock: Arc::clone(&ctx.clock),
             diagnostics: setup,
             latest_diagnosis: Mutex::default(),
@@ -105,7 +111,7 @@ impl Diagnostics {
     }
 
     /// Runs every check: signer, store, certificate, recent peers, CRL.
-    pub async fn diagnose(self: &Arc<Self>) -> Diagnosis {
+    pub async fn diagnose(&self) -> Diagnosis {
         let now = self.now();
         let (signer, store, peers) = tokio::join!(self.check_signer(), self.check_store(now), self.check_peers(now));
         let certificate = self.check_certificate(now);
@@ -127,7 +133,7 @@ impl Diagnostics {
     /// Runs `diagnose`, keeps the result as the latest (the metrics show it)
     /// and logs every component whose status changed: at warn when it needs
     /// attention, at info when it recovered.
-    pub async fn diagnose_and_record(self: &Arc<Self>) -> Diagnosis {
+    pub async fn diagnose_and_record(&self) -> Diagnosis {
         let d = self.diagnose().await;
         let previous = {
             let mut latest = self.latest_diagnosis.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,31 +165,31 @@ impl Diagnostics {
     }
 
     /// Counts for the metrics gauges.
-    /// Counted once per committed write: scrapes between writes reuse them.
-    pub async fn store_counts(self: &Arc<Self>) -> crate::error::AppResult<StoreCounts> {
-        self.blocking(|this| {
-            let g = this.store.changes().writes();
-            if let Some(counts) = this.hot.counts(g) {
-                return Ok(counts);
-            }
-            let counts = this.store.counts()?;
-            this.hot.put_counts(g, counts.clone());
-            Ok(counts)
-        })
-        .await
+    /// Counted once per committed write: scrapes between writes reuse them
+    /// (answered on the worker, no store read).
+    pub async fn store_counts(&self) -> crate::error::AppResult<StoreCounts> {
+        let g = self.store.changes().writes();
+        if let Some(counts) = self.hot.counts(g) {
+            return Ok(counts);
+        }
+        let counts = self.counts.counts().await?;
+        self.hot.put_counts(g, counts.clone());
+        Ok(counts)
     }
 
     /// The KEK is reachable: a fresh random 32-byte key survives wrap and unwrap.
-    async fn check_signer(self: &Arc<Self>) -> Component {
+    async fn check_signer(&self) -> Component {
         let kind = self.signer.kind();
         let outcome = self
-            .blocking(|this| {
+            .signer
+            .with_backend(|b| {
                 let key = crate::signer::primitives::random_key(32);
-                let wrapped = this.signer.wrap(&key)?;
-                let back = this.signer.unwrap(&wrapped)?;
+                let wrapped = b.wrap(&key)?;
+                let back = b.unwrap(&wrapped)?;
                 Ok(back.expose() == key.expose())
             })
-            .await;
+            .await
+            .map_err(crate::error::AppError::from);
         match outcome {
             Ok(true) => {
                 Component::leaf("signer", HealthStatus::Operational, format!("{kind} KEK wrap and unwrap succeeded"))
@@ -198,8 +204,8 @@ impl Diagnostics {
     }
 
     /// The database answers a read and takes a small write.
-    async fn check_store(self: &Arc<Self>, now: UnixMillis) -> Component {
-        match self.blocking(move |this| Ok(this.store.heartbeat(now)?)).await {
+    async fn check_store(&self, now: UnixMillis) -> Component {
+        match self.counts.heartbeat(now).await {
             Ok(_) => Component::leaf("store", HealthStatus::Operational, "read and heartbeat write succeeded"),
             Err(e) => Component::leaf("store", HealthStatus::Malfunction, e.to_string()),
         }
@@ -234,26 +240,27 @@ impl Diagnostics {
         Component::leaf("crl", status, message)
     }
 
+    /// The requests updated in the peer window before `now`, paged through.
+    async fn recent_requests(&self, now: UnixMillis) -> Result<Vec<ExchangeRequest>, StoreError> {
+        let since = now.0.saturating_sub(PEER_WINDOW_MILLIS);
+        let (mut keep, mut after) = (Vec::new(), None);
+        loop {
+            let (page, next) = self.requests.requests_page(after, 500).await?;
+            keep.extend(page.into_iter().filter(|r| r.updated_at.0 >= since));
+            match next {
+                Some(c) => after = Some(c),
+                None => return Ok(keep),
+            }
+        }
+    }
+
     /// Every distinct peer of the last 30 days' requests (at most 16),
     /// dialled concurrently with a 3 s timeout each.
-    async fn check_peers(self: &Arc<Self>, now: UnixMillis) -> Component {
+    async fn check_peers(&self, now: UnixMillis) -> Component {
         let Some(setup) = &self.diagnostics else {
             return Component::leaf("peers", HealthStatus::Disabled, "peer checks are not configured");
         };
-        // Page through the requests, keeping those of the window.
-        let recent = move |this: &Diagnostics| {
-            let since = now.0.saturating_sub(PEER_WINDOW_MILLIS);
-            let (mut keep, mut after) = (Vec::new(), None);
-            loop {
-                let (page, next) = this.store.requests_page(after.as_ref(), 500)?;
-                keep.extend(page.into_iter().filter(|r| r.updated_at.0 >= since));
-                match next {
-                    Some(c) => after = Some(c),
-                    None => return Ok(keep),
-                }
-            }
-        };
-        let requests = match self.blocking(recent).await {
+        let requests = match self.recent_requests(now).await {
             Ok(r) => r,
             Err(e) => return Component::leaf("peers", HealthStatus::Malfunction, format!("cannot list requests: {e}")),
         };
