@@ -216,7 +216,6 @@ impl Store {
     }
 
     /// As `write`, but the commit need not be durable by itself.
-    #[expect(dead_code, reason = "the job store uses it once its methods are async")]
     pub(crate) async fn write_relaxed<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnMut(&mut dyn WriteTxn) -> Result<T> + Send + 'static,

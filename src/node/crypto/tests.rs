@@ -146,7 +146,7 @@ async fn a_record_is_bound_to_its_address() {
     let stored = crypto.put_record(&admin(), address("a"), name("salary"), b"one".to_vec()).await.expect("put");
     // The same ciphertext moved to another address no longer opens.
     let moved = crate::domain::record::StoredRecord { address: address("z"), ..stored.clone() };
-    solo.services.store().put_record(&moved).expect("plant");
+    crate::store::RecordStore::new(solo.services.store()).put_record(moved).await.expect("plant");
     assert!(crypto.get_record(&admin(), address("z")).await.is_err(), "the address is the associated data");
     let aad = address("a").associated_data();
     let (plain, _) = crypto.decrypt(&admin(), stored.ciphertext, aad).await.expect("decrypt with its address");
