@@ -25,8 +25,9 @@ const RSS_TARGET_MB: f64 = 256.0;
 const PATIENCE: Duration = Duration::from_secs(600);
 
 /// Writes `n` records of 256 bytes under `key_id` into a stopped daemon's store.
-fn seed(dir: &Path, key_id: &KeyId, n: u64) -> anyhow::Result<()> {
-    let store = kmf::store::Store::open_redb(&dir.join("kmf.redb"))?;
+fn seed(runtime: &tokio::runtime::Runtime, dir: &Path, key_id: &KeyId, n: u64) -> anyhow::Result<()> {
+    let store = std::sync::Arc::new(kmf::store::Store::open_redb(&dir.join("kmf.redb"))?);
+    let records = kmf::store::RecordStore::new(&store);
     let mut next = 0;
     while next < n {
         let batch: Vec<StoredRecord> = (next..(next + 50_000).min(n))
@@ -40,7 +41,7 @@ fn seed(dir: &Path, key_id: &KeyId, n: u64) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?;
         next += batch.len() as u64;
-        store.put_records(&batch)?;
+        runtime.block_on(records.put_records(batch))?;
     }
     Ok(())
 }
@@ -95,7 +96,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     source.stop()?;
     let seeding = Instant::now();
-    seed(&source_dir, &key_id, n)?;
+    seed(&runtime, &source_dir, &key_id, n)?;
     println!(
         "Clone of {n} records of 256 bytes + automatic exchange ({}; seeding took {:.1} s)",
         common::machine(),

@@ -75,10 +75,13 @@ async fn encrypt_records(ops: &mut Operator, n: u64) -> anyhow::Result<Vec<Store
     Ok(out)
 }
 
-fn write_records(dir: &Path, records: &[StoredRecord]) -> anyhow::Result<()> {
-    let store = kmf::store::Store::open_redb(&dir.join("kmf.redb"))?;
-    for chunk in records.chunks(50_000) {
-        store.put_records(chunk)?;
+fn write_records(runtime: &tokio::runtime::Runtime, dir: &Path, records: Vec<StoredRecord>) -> anyhow::Result<()> {
+    let store = std::sync::Arc::new(kmf::store::Store::open_redb(&dir.join("kmf.redb"))?);
+    let store = kmf::store::RecordStore::new(&store);
+    let mut rest = records.into_iter().peekable();
+    while rest.peek().is_some() {
+        let chunk: Vec<StoredRecord> = rest.by_ref().take(50_000).collect();
+        runtime.block_on(store.put_records(chunk))?;
     }
     Ok(())
 }
@@ -121,8 +124,7 @@ fn main() -> anyhow::Result<()> {
         encrypt_records(&mut ops, n).await
     })?;
     source.stop()?;
-    write_records(&source_dir, &records)?;
-    drop(records);
+    write_records(&runtime, &source_dir, records)?;
     println!(
         "Rekey of {n} records of 256 bytes after a One Time Clone with rekey ({}; seeding took {:.1} s)",
         common::machine(),

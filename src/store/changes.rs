@@ -295,14 +295,15 @@ mod tests {
         use crate::domain::record::{RecordAddress, StoredRecord};
         use crate::store::jobs::put_job_in;
         let (a, b) = two_specs();
-        let st = store();
+        let st = Arc::new(store());
         let now = UnixMillis(1_000);
         let key_id = KeyId { origin: st.sys_id().unwrap(), spec: a.clone(), version: 1 };
         let address = RecordAddress::parse("t", "f", "r1").unwrap();
         let record = StoredRecord { address: address.clone(), ciphertext: vec![1; 8], key_id, updated_at: now };
+        let (records, runtime) = (crate::store::RecordStore::new(&st), tokio::runtime::Runtime::new().unwrap());
         let writes: [&dyn Fn(&Store); 4] = [
-            &|st| st.put_record(&record).unwrap(),
-            &|st| assert!(st.delete_record(&address).unwrap()),
+            &|_| runtime.block_on(records.put_record(record.clone())).unwrap(),
+            &|_| assert!(runtime.block_on(records.delete_record(address.clone())).unwrap()),
             &|st| st.append_audit(&[AuditEvent::new(now, "alice", "call.refused", "x", Outcome::Refused)]).unwrap(),
             &|st| {
                 st.write_blocking(|tx| put_job_in(tx, &Job::new(JobId::singleton(JobKind::LifecycleSweep), now, now)))

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::stored_records::{active_records, record_from_row};
 use super::tuple::{KeyBuf, KeyReader};
-use super::{Result, Store, corrupt};
+use super::{RecordStore, Result, corrupt};
 use crate::domain::ids::KeyId;
 use crate::domain::rekey::KeyDebt;
 
@@ -132,13 +132,15 @@ pub(super) fn mark_debt_built(tx: &mut dyn WriteTxn) -> Result<()> {
     tx.put(Table::Meta, META_DEBT_BUILT, b"1")
 }
 
-impl Store {
+impl RecordStore {
     /// Every key the records depend on, with how many records each (the
     /// index, not a scan of the records).
-    pub fn record_debt(&self) -> Result<Vec<KeyDebt>> {
-        self.read_blocking(|tx| {
-            let table = active_records(tx)?;
-            debts_in(tx, table)
-        })
+    pub async fn record_debt(&self) -> Result<Vec<KeyDebt>> {
+        self.store
+            .read(|tx| {
+                let table = active_records(tx)?;
+                debts_in(tx, table)
+            })
+            .await
     }
 }

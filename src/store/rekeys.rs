@@ -17,7 +17,7 @@ use super::records::{KeyRow, decode};
 use super::requests::{read_request, write_request};
 use super::stored_records::{active_records, address_key, decode_row, record_from_row, record_row};
 use super::tuple::{KeyReader, str_key};
-use super::{Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{RekeyStore, Result, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::exchange::{ExchangeRequest, RequestEvent};
 use crate::domain::ids::{KeyId, Name, RequestId, SysId, UnixMillis};
@@ -169,97 +169,104 @@ pub struct RekeyPage {
 }
 
 /// How a rekey attempt ends.
-pub enum RekeyEnd<'a> {
+pub enum RekeyEnd {
     /// No record depends on the run's keys any more: the property becomes
     /// true and the job is removed. `Stale` when some still do.
     Completed,
     /// The property becomes false; the job runs again at `next`.
-    Failed { error: &'a str, next: UnixMillis },
+    Failed { error: String, next: UnixMillis },
     /// The request expired: it becomes REQUEST_EXPIRED, keys no record needs
     /// are destroyed (their wrapped material erased), the others are kept
     /// and reported; the property is false; the job is removed.
     Expired,
 }
 
-impl Store {
-    pub fn rekey(&self, id: &RequestId) -> Result<Option<RekeyRun>> {
-        self.read_blocking(|tx| read_run(tx, id))
+impl RekeyStore {
+    pub async fn rekey(&self, id: RequestId) -> Result<Option<RekeyRun>> {
+        self.store.read(move |tx| read_run(tx, &id)).await
     }
 
     /// Every rekey run, newest first.
-    pub fn rekeys(&self) -> Result<Vec<RekeyRun>> {
-        let mut runs = self.read_blocking(|tx| {
-            let mut out = Vec::new();
-            tx.visit(Table::Rekeys, &KeyRange::all(), &mut |k, v| {
-                let id = RequestId::parse(&KeyReader::new(k).str()?).map_err(corrupt)?;
-                out.push(run_from(id, decode(v)?)?);
-                Ok(Visit::Continue)
-            })?;
-            Ok(out)
-        })?;
+    pub async fn rekeys(&self) -> Result<Vec<RekeyRun>> {
+        let mut runs = self
+            .store
+            .read(|tx| {
+                let mut out = Vec::new();
+                tx.visit(Table::Rekeys, &KeyRange::all(), &mut |k, v| {
+                    let id = RequestId::parse(&KeyReader::new(k).str()?).map_err(corrupt)?;
+                    out.push(run_from(id, decode(v)?)?);
+                    Ok(Visit::Continue)
+                })?;
+                Ok(out)
+            })
+            .await?;
         runs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.request_id.cmp(&b.request_id)));
         Ok(runs)
     }
 
     /// How many records still depend on each imported key of `run`.
-    pub fn rekey_debt(&self, run: &RekeyRun) -> Result<Vec<KeyDebt>> {
-        self.read_blocking(|tx| covered_debt(tx, run))
+    pub async fn rekey_debt(&self, run: RekeyRun) -> Result<Vec<KeyDebt>> {
+        self.store.read(move |tx| covered_debt(tx, &run)).await
     }
 
     /// Starts an attempt (or resumes the one a crash interrupted: a Running
     /// run keeps its cursor) under the job's lease.
-    pub fn begin_rekey_attempt(
+    pub async fn begin_rekey_attempt(
         &self,
-        id: &RequestId,
-        lease: &Lease,
+        id: RequestId,
+        lease: Lease,
         lease_until: UnixMillis,
         now: UnixMillis,
     ) -> Result<RekeyRun> {
-        self.write_blocking(|tx| {
-            let mut run = held_run(tx, id, lease, lease_until)?;
-            match run.state {
-                RekeyState::Running => {}
-                RekeyState::Pending | RekeyState::Failed => {
-                    let debt = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
-                    run.start_attempt(debt, now);
-                    put_run(tx, &run)?;
+        self.store
+            .write(move |tx| {
+                let mut run = held_run(tx, &id, &lease, lease_until)?;
+                match run.state {
+                    RekeyState::Running => {}
+                    RekeyState::Pending | RekeyState::Failed => {
+                        let debt = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
+                        run.start_attempt(debt, now);
+                        put_run(tx, &run)?;
+                    }
+                    RekeyState::Completed | RekeyState::Expired => {
+                        return Err(StoreError::Stale { what: "rekey", id: format!("{id} is {}", run.state.label()) });
+                    }
                 }
-                RekeyState::Completed | RekeyState::Expired => {
-                    return Err(StoreError::Stale { what: "rekey", id: format!("{id} is {}", run.state.label()) });
-                }
-            }
-            Ok(run)
-        })
+                Ok(run)
+            })
+            .await
     }
 
     /// Up to `limit` records under the run's keys after `after`, looking at
     /// no more than `scan_limit` records.
-    pub fn rekey_page(
+    pub async fn rekey_page(
         &self,
-        run: &RekeyRun,
-        after: Option<&RecordAddress>,
+        run: RekeyRun,
+        after: Option<RecordAddress>,
         limit: usize,
         scan_limit: usize,
     ) -> Result<RekeyPage> {
-        let range = KeyRange::prefix_after(Vec::new(), after.map(address_key));
-        self.read_blocking(|tx| {
-            let table = active_records(tx)?;
-            let (mut page, mut scanned) = (RekeyPage { at_end: true, ..RekeyPage::default() }, 0usize);
-            tx.visit(table, &range, &mut |k, v| {
-                let rec = record_from_row(k, v)?;
-                scanned += 1;
-                page.last_scanned = Some(rec.address.clone());
-                if run.covers(&rec.key_id) {
-                    page.records.push(rec);
-                }
-                if page.records.len() >= limit || scanned >= scan_limit {
-                    page.at_end = false;
-                    return Ok(Visit::Stop);
-                }
-                Ok(Visit::Continue)
-            })?;
-            Ok(page)
-        })
+        let range = KeyRange::prefix_after(Vec::new(), after.as_ref().map(address_key));
+        self.store
+            .read(move |tx| {
+                let table = active_records(tx)?;
+                let (mut page, mut scanned) = (RekeyPage { at_end: true, ..RekeyPage::default() }, 0usize);
+                tx.visit(table, &range, &mut |k, v| {
+                    let rec = record_from_row(k, v)?;
+                    scanned += 1;
+                    page.last_scanned = Some(rec.address.clone());
+                    if run.covers(&rec.key_id) {
+                        page.records.push(rec);
+                    }
+                    if page.records.len() >= limit || scanned >= scan_limit {
+                        page.at_end = false;
+                        return Ok(Visit::Stop);
+                    }
+                    Ok(Visit::Continue)
+                })?;
+                Ok(page)
+            })
+            .await
     }
 
     /// Writes one batch: each record of `batch` (as read, re-encrypted) is
@@ -270,24 +277,24 @@ impl Store {
     /// one (a crash then loses the batch and its cursor together, and the
     /// batch is done again). Returns the run and how many records moved.
     #[allow(clippy::too_many_arguments)]
-    pub fn write_rekey_batch(
+    pub async fn write_rekey_batch(
         &self,
-        id: &RequestId,
-        lease: &Lease,
+        id: RequestId,
+        lease: Lease,
         lease_until: UnixMillis,
-        batch: &[(StoredRecord, StoredRecord)],
-        cursor: Option<&RecordAddress>,
+        batch: Vec<(StoredRecord, StoredRecord)>,
+        cursor: Option<RecordAddress>,
         durable: bool,
         now: UnixMillis,
     ) -> Result<(RekeyRun, u64)> {
-        let write = |tx: &mut dyn WriteTxn| {
-            let mut run = held_run(tx, id, lease, lease_until)?;
+        let write = move |tx: &mut dyn WriteTxn| {
+            let mut run = held_run(tx, &id, &lease, lease_until)?;
             if run.state != RekeyState::Running {
                 return Err(StoreError::Stale { what: "rekey", id: format!("{id} is {}", run.state.label()) });
             }
             let table = active_records(tx)?;
             let (mut debt, mut moved) = (DebtDelta::default(), 0u64);
-            for (old, new) in batch {
+            for (old, new) in &batch {
                 let (k, was) = record_row(old);
                 let Some(current) = tx.get(table, &k)? else { continue };
                 // Rows of earlier formats encode differently: compare what they hold.
@@ -303,30 +310,32 @@ impl Store {
                 moved += 1;
             }
             debt.apply(tx, table)?;
-            run.record_batch(moved, cursor.cloned(), now);
+            run.record_batch(moved, cursor.clone(), now);
             put_run(tx, &run)?;
             Ok((run, moved))
         };
-        if durable { self.write_blocking(write) } else { self.write_relaxed_blocking(write) }
+        if durable { self.store.write(write).await } else { self.store.write_relaxed(write).await }
     }
 
     /// Starts another pass from the first record (records were written
     /// under the run's keys behind the cursor): the run as written, or none
     /// when the attempt has no passes left.
-    pub fn next_rekey_pass(
+    pub async fn next_rekey_pass(
         &self,
-        id: &RequestId,
-        lease: &Lease,
+        id: RequestId,
+        lease: Lease,
         lease_until: UnixMillis,
         now: UnixMillis,
     ) -> Result<Option<RekeyRun>> {
-        self.write_blocking(|tx| {
-            let mut run = held_run(tx, id, lease, lease_until)?;
-            let remaining = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
-            let again = run.next_pass(remaining, now);
-            put_run(tx, &run)?;
-            Ok(again.then_some(run))
-        })
+        self.store
+            .write(move |tx| {
+                let mut run = held_run(tx, &id, &lease, lease_until)?;
+                let remaining = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
+                let again = run.next_pass(remaining, now);
+                put_run(tx, &run)?;
+                Ok(again.then_some(run))
+            })
+            .await
     }
 
     /// Ends the attempt as `end` says, in one transaction with the
@@ -336,57 +345,63 @@ impl Store {
     /// `read`: the run as the caller read it (the transaction reads the run
     /// again; the key rows an expiry destroys move their specs' change
     /// tokens, derived from the rows written).
-    pub fn end_rekey(
+    pub async fn end_rekey(
         &self,
-        read: &RekeyRun,
-        lease: &Lease,
-        end: RekeyEnd<'_>,
+        read: RekeyRun,
+        lease: Lease,
+        end: RekeyEnd,
         now: UnixMillis,
-        audit: &dyn Fn(&RekeyRun) -> AuditEvent,
+        audit: impl Fn(&RekeyRun) -> AuditEvent + Send + 'static,
     ) -> Result<RekeyRun> {
-        let id = &read.request_id;
-        self.write_blocking(|tx| {
-            let job = held_job(tx, &rekey_job_id(id), lease)?;
-            let mut run = read_run(tx, id)?.ok_or_else(|| StoreError::Missing { what: "rekey", id: id.to_string() })?;
-            let property = |value: &str| Property {
-                name: REKEYED.to_owned(),
-                value: value.to_owned(),
-                updated_at: now,
-                updated_by: "system (rekey)".to_owned(),
-            };
-            match end {
-                RekeyEnd::Completed => {
-                    let left: u64 = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
-                    if left > 0 {
-                        return Err(StoreError::Stale { what: "rekey", id: format!("{id}: {left} record(s) left") });
+        let id = read.request_id;
+        self.store
+            .write(move |tx| {
+                let job = held_job(tx, &rekey_job_id(&id), &lease)?;
+                let mut run =
+                    read_run(tx, &id)?.ok_or_else(|| StoreError::Missing { what: "rekey", id: id.to_string() })?;
+                let property = |value: &str| Property {
+                    name: REKEYED.to_owned(),
+                    value: value.to_owned(),
+                    updated_at: now,
+                    updated_by: "system (rekey)".to_owned(),
+                };
+                match &end {
+                    RekeyEnd::Completed => {
+                        let left: u64 = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
+                        if left > 0 {
+                            return Err(StoreError::Stale {
+                                what: "rekey",
+                                id: format!("{id}: {left} record(s) left"),
+                            });
+                        }
+                        run.complete(now);
+                        put_property_in(tx, &property("true"))?;
+                        finish_job_in(tx, &job.id, &lease)?;
                     }
-                    run.complete(now);
-                    put_property_in(tx, &property("true"))?;
-                    finish_job_in(tx, &job.id, lease)?;
-                }
-                RekeyEnd::Failed { error, next } => {
-                    run.fail(error.to_owned(), next, now);
-                    put_property_in(tx, &property("false"))?;
-                    let mut job = job;
-                    job.reschedule(next);
-                    put_job_in(tx, &job)?;
-                }
-                RekeyEnd::Expired => {
-                    expire_request_in(tx, id, now)?;
-                    let debts = covered_debt(tx, &run)?;
-                    let (kept, destroyed) = split_at_expiry(debts);
-                    for key in &destroyed {
-                        destroy_key_in(tx, key, now)?;
+                    RekeyEnd::Failed { error, next } => {
+                        run.fail(error.clone(), *next, now);
+                        put_property_in(tx, &property("false"))?;
+                        let mut job = job;
+                        job.reschedule(*next);
+                        put_job_in(tx, &job)?;
                     }
-                    run.expire(kept, destroyed, now);
-                    put_property_in(tx, &property("false"))?;
-                    finish_job_in(tx, &job.id, lease)?;
+                    RekeyEnd::Expired => {
+                        expire_request_in(tx, &id, now)?;
+                        let debts = covered_debt(tx, &run)?;
+                        let (kept, destroyed) = split_at_expiry(debts);
+                        for key in &destroyed {
+                            destroy_key_in(tx, key, now)?;
+                        }
+                        run.expire(kept, destroyed, now);
+                        put_property_in(tx, &property("false"))?;
+                        finish_job_in(tx, &job.id, &lease)?;
+                    }
                 }
-            }
-            put_run(tx, &run)?;
-            append_audit(tx, &[audit(&run)])?;
-            Ok(run)
-        })
+                put_run(tx, &run)?;
+                append_audit(tx, &[audit(&run)])?;
+                Ok(run)
+            })
+            .await
     }
 }
 

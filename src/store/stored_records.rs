@@ -1,5 +1,7 @@
 //! Encrypted record rows (ciphertext only; the store never sees plaintext).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::audit::append_audit;
@@ -7,7 +9,7 @@ use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::record_debt::DebtDelta;
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
-use super::{Result, Store, StoreError, corrupt};
+use super::{RecordStore, Result, StoreError, corrupt};
 use crate::domain::audit::AuditEvent;
 use crate::domain::codec::{Reader, Writer};
 use crate::domain::ids::{KeyId, Name, UnixMillis};
@@ -108,144 +110,155 @@ pub(super) fn address_key(a: &RecordAddress) -> Vec<u8> {
     KeyBuf::new().str(a.table.as_str()).str(a.field.as_str()).str(&a.record_id).done()
 }
 
-impl Store {
-    pub fn put_record(&self, rec: &StoredRecord) -> Result<()> {
-        self.put_records(std::slice::from_ref(rec))
+impl RecordStore {
+    pub async fn put_record(&self, rec: StoredRecord) -> Result<()> {
+        self.put_records(vec![rec]).await
     }
 
     /// Stores records in one transaction (and their keys' debt).
-    pub fn put_records(&self, recs: &[StoredRecord]) -> Result<()> {
-        self.write_blocking(|tx| {
-            let table = active_records(tx)?;
-            let mut debt = DebtDelta::default();
-            for rec in recs {
-                let (k, v) = record_row(rec);
-                if let Some(old) = tx.get(table, &k)? {
-                    debt.remove(&decode_row(rec.address.clone(), &old)?.key_id);
+    pub async fn put_records(&self, recs: Vec<StoredRecord>) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                let table = active_records(tx)?;
+                let mut debt = DebtDelta::default();
+                for rec in &recs {
+                    let (k, v) = record_row(rec);
+                    if let Some(old) = tx.get(table, &k)? {
+                        debt.remove(&decode_row(rec.address.clone(), &old)?.key_id);
+                    }
+                    debt.add(&rec.key_id);
+                    tx.put(table, &k, &v)?;
                 }
-                debt.add(&rec.key_id);
-                tx.put(table, &k, &v)?;
-            }
-            debt.apply(tx, table)
-        })
+                debt.apply(tx, table)
+            })
+            .await
     }
 
     /// The key id of the record at each address (None: no record), read in
     /// one transaction: what a replace or delete is checked against.
-    pub fn record_keys(&self, addresses: &[RecordAddress]) -> Result<Vec<Option<KeyId>>> {
-        self.read_blocking(|tx| {
-            let table = active_records(tx)?;
-            let mut out = Vec::with_capacity(addresses.len());
-            for a in addresses {
-                out.push(
-                    tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()?.map(|r| r.key_id),
-                );
-            }
-            Ok(out)
-        })
+    pub async fn record_keys(&self, addresses: Vec<RecordAddress>) -> Result<Vec<Option<KeyId>>> {
+        self.store
+            .read(move |tx| {
+                let table = active_records(tx)?;
+                let mut out = Vec::with_capacity(addresses.len());
+                for a in &addresses {
+                    let row = tx.get(table, &address_key(a))?;
+                    out.push(row.map(|v| decode_row(a.clone(), &v)).transpose()?.map(|r| r.key_id));
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// Stores `recs` (and their keys' debt) with `audit` in one transaction,
     /// only if each address still holds what the caller checked: a record
     /// under `expected[i]`'s key id, or none (`None`). Else `Stale`, nothing written.
-    pub fn put_records_checked(
+    pub async fn put_records_checked(
         &self,
-        recs: &[StoredRecord],
-        expected: &[Option<KeyId>],
-        audit: &[AuditEvent],
+        recs: Arc<Vec<StoredRecord>>,
+        expected: Vec<Option<KeyId>>,
+        audit: Vec<AuditEvent>,
     ) -> Result<()> {
-        self.write_blocking(|tx| {
-            let table = active_records(tx)?;
-            let mut old_keys = Vec::with_capacity(recs.len());
-            for (rec, want) in recs.iter().zip(expected) {
-                let old = tx.get(table, &address_key(&rec.address))?;
-                let found = old.map(|v| decode_row(rec.address.clone(), &v)).transpose()?.map(|r| r.key_id);
-                if found != *want {
-                    return Err(StoreError::Stale { what: "record", id: record_name(&rec.address) });
+        self.store
+            .write(move |tx| {
+                let table = active_records(tx)?;
+                for (rec, want) in recs.iter().zip(&expected) {
+                    let old = tx.get(table, &address_key(&rec.address))?;
+                    let found = old.map(|v| decode_row(rec.address.clone(), &v)).transpose()?.map(|r| r.key_id);
+                    if found != *want {
+                        return Err(StoreError::Stale { what: "record", id: record_name(&rec.address) });
+                    }
                 }
-                old_keys.push(found);
-            }
-            let mut debt = DebtDelta::default();
-            for rec in recs {
-                let (k, v) = record_row(rec);
-                // Read again: a call may name one address twice.
-                if let Some(old) = tx.get(table, &k)? {
-                    debt.remove(&decode_row(rec.address.clone(), &old)?.key_id);
+                let mut debt = DebtDelta::default();
+                for rec in recs.iter() {
+                    let (k, v) = record_row(rec);
+                    // Read again: a call may name one address twice.
+                    if let Some(old) = tx.get(table, &k)? {
+                        debt.remove(&decode_row(rec.address.clone(), &old)?.key_id);
+                    }
+                    debt.add(&rec.key_id);
+                    tx.put(table, &k, &v)?;
                 }
-                debt.add(&rec.key_id);
-                tx.put(table, &k, &v)?;
-            }
-            debt.apply(tx, table)?;
-            append_audit(tx, audit)
-        })
+                debt.apply(tx, table)?;
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
     /// Deletes the record at `a` with `audit` in one transaction, only if it
     /// is still under `expected` (else `Stale`, nothing written).
-    pub fn delete_record_checked(&self, a: &RecordAddress, expected: &KeyId, audit: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| {
-            let table = active_records(tx)?;
-            let old = tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()?;
-            let Some(old) = old.filter(|r| r.key_id == *expected) else {
-                return Err(StoreError::Stale { what: "record", id: record_name(a) });
-            };
-            let mut debt = DebtDelta::default();
-            debt.remove(&old.key_id);
-            debt.apply(tx, table)?;
-            tx.delete(table, &address_key(a))?;
-            append_audit(tx, audit)
-        })
+    pub async fn delete_record_checked(&self, a: RecordAddress, expected: KeyId, audit: Vec<AuditEvent>) -> Result<()> {
+        self.store
+            .write(move |tx| {
+                let table = active_records(tx)?;
+                let old = tx.get(table, &address_key(&a))?.map(|v| decode_row(a.clone(), &v)).transpose()?;
+                let Some(old) = old.filter(|r| r.key_id == expected) else {
+                    return Err(StoreError::Stale { what: "record", id: record_name(&a) });
+                };
+                let mut debt = DebtDelta::default();
+                debt.remove(&old.key_id);
+                debt.apply(tx, table)?;
+                tx.delete(table, &address_key(&a))?;
+                append_audit(tx, &audit)
+            })
+            .await
     }
 
-    pub fn record(&self, a: &RecordAddress) -> Result<Option<StoredRecord>> {
-        self.read_blocking(|tx| {
-            let table = active_records(tx)?;
-            tx.get(table, &address_key(a))?.map(|v| decode_row(a.clone(), &v)).transpose()
-        })
+    pub async fn record(&self, a: RecordAddress) -> Result<Option<StoredRecord>> {
+        self.store
+            .read(move |tx| {
+                let table = active_records(tx)?;
+                tx.get(table, &address_key(&a))?.map(|v| decode_row(a.clone(), &v)).transpose()
+            })
+            .await
     }
 
     /// Returns whether a record was deleted.
-    pub fn delete_record(&self, a: &RecordAddress) -> Result<bool> {
-        self.write_blocking(|tx| {
-            let table = active_records(tx)?;
-            let Some(old) = tx.get(table, &address_key(a))? else { return Ok(false) };
-            let mut debt = DebtDelta::default();
-            debt.remove(&decode_row(a.clone(), &old)?.key_id);
-            debt.apply(tx, table)?;
-            tx.delete(table, &address_key(a))
-        })
+    pub async fn delete_record(&self, a: RecordAddress) -> Result<bool> {
+        self.store
+            .write(move |tx| {
+                let table = active_records(tx)?;
+                let Some(old) = tx.get(table, &address_key(&a))? else { return Ok(false) };
+                let mut debt = DebtDelta::default();
+                debt.remove(&decode_row(a.clone(), &old)?.key_id);
+                debt.apply(tx, table)?;
+                tx.delete(table, &address_key(&a))
+            })
+            .await
     }
 
     /// Records after `after` (exclusive) in address order, filtered, at most `limit`.
-    pub fn records(
+    pub async fn records(
         &self,
-        table: Option<&Name>,
-        field: Option<&Name>,
-        after: Option<&RecordAddress>,
+        table: Option<Name>,
+        field: Option<Name>,
+        after: Option<RecordAddress>,
         limit: usize,
     ) -> Result<Vec<StoredRecord>> {
         // A table (and a field of it) narrows the scan to their prefix.
-        let prefix = match (table, field) {
+        let prefix = match (&table, &field) {
             (Some(t), Some(f)) => KeyBuf::new().str(t.as_str()).str(f.as_str()).done(),
             (Some(t), None) => KeyBuf::new().str(t.as_str()).done(),
             _ => Vec::new(),
         };
-        let range = KeyRange::prefix_after(prefix, after.map(address_key));
-        self.read_blocking(|tx| {
-            let mut out = Vec::new();
-            if limit == 0 {
-                return Ok(out);
-            }
-            let table = active_records(tx)?;
-            tx.visit(table, &range, &mut |k, v| {
-                let rec = record_from_row(k, v)?;
-                if field.is_some_and(|x| x != &rec.address.field) {
-                    return Ok(Visit::Continue);
+        let range = KeyRange::prefix_after(prefix, after.as_ref().map(address_key));
+        self.store
+            .read(move |tx| {
+                let mut out = Vec::new();
+                if limit == 0 {
+                    return Ok(out);
                 }
-                out.push(rec);
-                Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
-            })?;
-            Ok(out)
-        })
+                let table = active_records(tx)?;
+                tx.visit(table, &range, &mut |k, v| {
+                    let rec = record_from_row(k, v)?;
+                    if field.as_ref().is_some_and(|x| x != &rec.address.field) {
+                        return Ok(Visit::Continue);
+                    }
+                    out.push(rec);
+                    Ok(if out.len() >= limit { Visit::Stop } else { Visit::Continue })
+                })?;
+                Ok(out)
+            })
+            .await
     }
 }

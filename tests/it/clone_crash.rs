@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use kmf::domain::ids::{KeyId, UnixMillis};
 use kmf::domain::record::{RecordAddress, StoredRecord};
+use kmf::store::RecordStore;
 
 use crate::binaries::{Settings, free_port, init, ok, run, start_listening};
+use crate::support::wait_for;
 
 const RECORDS: u32 = 40_000;
 /// Records the target holds before it is cloned.
@@ -25,7 +27,7 @@ const KILL_WINDOW_MS: u64 = 3_000;
 
 /// Writes `n` records of `table` straight into a stopped daemon's store.
 pub(crate) fn seed(dir: &Path, table: &str, n: u32) {
-    let store = kmf::store::Store::open_redb(&dir.join("kmf.redb")).expect("open");
+    let store = std::sync::Arc::new(kmf::store::Store::open_redb(&dir.join("kmf.redb")).expect("open"));
     let key_id = KeyId::parse(&format!("{}:pay:v1", store.sys_id().expect("id"))).expect("key id");
     let batch: Vec<StoredRecord> = (0..n)
         .map(|i| StoredRecord {
@@ -36,16 +38,17 @@ pub(crate) fn seed(dir: &Path, table: &str, n: u32) {
         })
         .collect();
     for chunk in batch.chunks(10_000) {
-        store.put_records(chunk).expect("seed records");
+        wait_for(RecordStore::new(&store).put_records(chunk.to_vec())).expect("seed records");
     }
 }
 
 /// (records of `own_table`, other records) in a stopped daemon's store.
 pub(crate) fn record_counts(dir: &Path, own_table: &str) -> (usize, usize) {
     let store = kmf::store::Store::open_redb(&dir.join("kmf.redb")).expect("open the killed target's store");
+    let records = RecordStore::new(&std::sync::Arc::new(store));
     let (mut own, mut other, mut after) = (0, 0, None);
     for _ in 0..1_000 {
-        let page = store.records(None, None, after.as_ref(), 1_000).expect("records");
+        let page = wait_for(records.records(None, None, after.clone(), 1_000)).expect("records");
         let Some(last) = page.last() else { break };
         after = Some(last.address.clone());
         for r in &page {

@@ -198,7 +198,8 @@ async fn metrics_for_operators_only_over_mtls() {
             updated_at: kmf::domain::ids::UnixMillis(1),
         })
         .collect();
-    node.running().services.store().put_records(&records).expect("records under an imported key");
+    let store = kmf::store::RecordStore::new(node.running().services.store());
+    store.put_records(records).await.expect("records under an imported key");
     let (_, _, text) = get(addr, pki.ca.cert_pem.as_bytes(), Some(&auditor), "/metrics").await.expect("scrape");
     assert_eq!(sample(&text, &format!(r#"kmf_rekey_debt{{key_id="{imported}"}}"#)), Some(3.0), "{text}");
     assert_eq!(sample(&text, "kmf_rekey_debt_records"), Some(3.0), "only imported keys are debt:\n{text}");

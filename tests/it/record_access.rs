@@ -100,14 +100,16 @@ async fn a_caller_refused_decrypt_cannot_replace_or_delete_a_record() {
 /// The store's checked record writes, on both engines: a write whose
 /// expectation no longer holds is `Stale` and writes nothing (neither the
 /// records nor the audit entry); one that holds commits both together.
-#[test]
-fn checked_record_writes_are_conditional_on_the_key_they_were_checked_for() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checked_record_writes_are_conditional_on_the_key_they_were_checked_for() {
+    use std::sync::Arc;
+
     use kmf::domain::audit::{AuditEvent, Outcome};
     use kmf::domain::ids::{KeyId, UnixMillis};
     use kmf::domain::record::{RecordAddress, StoredRecord};
-    use kmf::store::StoreError;
+    use kmf::store::{AuditStore, RecordStore, StoreError};
     for s in crate::store_contract::subjects() {
-        let st = &s.store;
+        let (st, audit) = (RecordStore::new(&s.store), AuditStore::new(&s.store));
         let key = |spec: &str| KeyId::parse(&format!("0123456789abcdef0123456789abcdef:{spec}:v1")).expect("key id");
         let a = RecordAddress::parse("t", "f", "1").expect("address");
         let rec = |k: &KeyId| StoredRecord {
@@ -116,26 +118,33 @@ fn checked_record_writes_are_conditional_on_the_key_they_were_checked_for() {
             key_id: k.clone(),
             updated_at: UnixMillis(1),
         };
-        let ev = |action: &str| AuditEvent::new(UnixMillis(1), "operator:t", action, "t/f/1", Outcome::Success);
-        let audit_len = || {
-            crate::support::wait_for(kmf::store::AuditStore::new(st).audit_rows(0, usize::MAX)).expect("audit").len()
-        };
-        assert_eq!(st.record_keys(std::slice::from_ref(&a)).expect("keys"), vec![None]);
-        let stale = st.put_records_checked(&[rec(&key("x"))], &[Some(key("x"))], &[ev("record.put")]);
+        let ev = |action: &str| vec![AuditEvent::new(UnixMillis(1), "operator:t", action, "t/f/1", Outcome::Success)];
+        let audit_len = || async { audit.audit_rows(0, usize::MAX).await.expect("audit").len() };
+        assert_eq!(st.record_keys(vec![a.clone()]).await.expect("keys"), vec![None]);
+        let stale =
+            st.put_records_checked(Arc::new(vec![rec(&key("x"))]), vec![Some(key("x"))], ev("record.put")).await;
         assert!(matches!(stale, Err(StoreError::Stale { .. })), "{}: {stale:?}", s.name);
-        assert_eq!((st.record(&a).expect("read"), audit_len()), (None, 0), "{}: nothing written", s.name);
+        assert_eq!(
+            (st.record(a.clone()).await.expect("read"), audit_len().await),
+            (None, 0),
+            "{}: nothing written",
+            s.name
+        );
         // One address twice in a call: both are checked against what was there before.
-        st.put_records_checked(&[rec(&key("x")), rec(&key("y"))], &[None, None], &[ev("record.put")]).expect("put");
-        assert_eq!(st.record_keys(std::slice::from_ref(&a)).expect("keys"), vec![Some(key("y"))], "{}", s.name);
-        assert_eq!(audit_len(), 1, "{}", s.name);
-        let stale = st.put_records_checked(&[rec(&key("z"))], &[Some(key("x"))], &[ev("record.put")]);
+        let both = Arc::new(vec![rec(&key("x")), rec(&key("y"))]);
+        st.put_records_checked(both, vec![None, None], ev("record.put")).await.expect("put");
+        assert_eq!(st.record_keys(vec![a.clone()]).await.expect("keys"), vec![Some(key("y"))], "{}", s.name);
+        assert_eq!(audit_len().await, 1, "{}", s.name);
+        let stale =
+            st.put_records_checked(Arc::new(vec![rec(&key("z"))]), vec![Some(key("x"))], ev("record.put")).await;
         assert!(matches!(stale, Err(StoreError::Stale { .. })), "{}: replaced a record it did not check", s.name);
-        let stale = st.delete_record_checked(&a, &key("x"), &[ev("record.delete")]);
+        let stale = st.delete_record_checked(a.clone(), key("x"), ev("record.delete")).await;
         assert!(matches!(stale, Err(StoreError::Stale { .. })), "{}: deleted a record it did not check", s.name);
-        assert_eq!((st.record(&a).expect("read").map(|r| r.key_id), audit_len()), (Some(key("y")), 1), "{}", s.name);
-        st.delete_record_checked(&a, &key("y"), &[ev("record.delete")]).expect("delete");
-        assert_eq!((st.record(&a).expect("read"), audit_len()), (None, 2), "{}", s.name);
-        let gone = st.delete_record_checked(&a, &key("y"), &[ev("record.delete")]);
+        let read = st.record(a.clone()).await.expect("read").map(|r| r.key_id);
+        assert_eq!((read, audit_len().await), (Some(key("y")), 1), "{}", s.name);
+        st.delete_record_checked(a.clone(), key("y"), ev("record.delete")).await.expect("delete");
+        assert_eq!((st.record(a.clone()).await.expect("read"), audit_len().await), (None, 2), "{}", s.name);
+        let gone = st.delete_record_checked(a.clone(), key("y"), ev("record.delete")).await;
         assert!(matches!(gone, Err(StoreError::Stale { .. })), "{}: {gone:?}", s.name);
     }
 }

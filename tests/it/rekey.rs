@@ -34,7 +34,7 @@ async fn target_on(pki: &Pki, clock: &Arc<ManualClock>) -> TestNode {
 
 /// A record on `node` (table `junk`) that names `key` but does not decrypt:
 /// damaged data a rekey cannot move.
-fn put_damaged_record(node: &TestNode, key: &str) {
+async fn put_damaged_record(node: &TestNode, key: &str) {
     let key_id = KeyId::parse(key).expect("key id");
     let mut ciphertext = kmf::domain::ciphertext::encode_header(&key_id);
     ciphertext.extend_from_slice(&[7u8; 60]);
@@ -44,7 +44,8 @@ fn put_damaged_record(node: &TestNode, key: &str) {
         key_id,
         updated_at: UnixMillis(1),
     };
-    node.running().services.store().put_record(&rec).expect("put the damaged record");
+    let store = kmf::store::RecordStore::new(node.running().services.store());
+    store.put_record(rec).await.expect("put the damaged record");
 }
 
 /// A source with `records` records of spec `pay` and a One Time Clone with
@@ -153,7 +154,7 @@ async fn a_failed_rekey_is_false_with_its_reason_and_succeeds_after_the_retry_in
     let clock = ManualClock::starting_now();
     let target = target_on(&pki, &clock).await;
     let (source, _src) = source_for(&pki, &target, 40).await;
-    put_damaged_record(&source, &format!("{}:pay:v1", source.sys_id));
+    put_damaged_record(&source, &format!("{}:pay:v1", source.sys_id)).await;
     let mut tgt = target.admin(&pki).await;
     clone_from(&target, &source, &pki).await;
     let [request] = <[_; 1]>::try_from(ended_requests(&mut tgt, 1).await).expect("one request");
@@ -202,7 +203,7 @@ async fn at_expiry_only_the_imported_keys_no_record_needs_are_destroyed() {
     let target = target_on(&pki, &clock).await;
     let (source, mut src) = source_for(&pki, &target, 20).await;
     // Two imported keys: v1 with the records (one of them damaged, so the rekey keeps failing), v2 with none.
-    put_damaged_record(&source, &format!("{}:pay:v1", source.sys_id));
+    put_damaged_record(&source, &format!("{}:pay:v1", source.sys_id)).await;
     src.keys.rotate_key(pb::RotateKeyRequest { spec: "pay".into() }).await.expect("rotate");
     let mut tgt = target.admin(&pki).await;
     clone_from(&target, &source, &pki).await;

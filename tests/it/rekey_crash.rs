@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kmf::domain::ciphertext;
@@ -29,10 +30,11 @@ use kmf::domain::rekey::{RekeyRun, RekeyState};
 use kmf::signer::Signer;
 use kmf::signer::schemes::LoadedKey;
 use kmf::signer::software::SoftwareSigner;
-use kmf::store::{PropertyStore, Store};
+use kmf::store::{PropertyStore, RecordStore, RekeyStore, Store};
 use sha2::{Digest, Sha256};
 
 use crate::binaries::{Daemon, Settings, free_port, init, ok, run, start_listening};
+use crate::support::wait_for;
 
 const RECORDS: u32 = 100_000;
 const TABLE: &str = "hr";
@@ -108,7 +110,7 @@ impl<'a> Keyring<'a> {
 /// associated data [header, address]), and writes them into its store.
 /// Returns the key and the digest of the plaintexts.
 fn seed_ciphertexts(dir: &Path) -> (KeyId, String) {
-    let store = Store::open_redb(&dir.join("kmf.redb")).expect("open the source's store");
+    let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the source's store"));
     let spec_name = Name::parse(SPEC, "spec").expect("spec");
     let spec = store.spec(&spec_name).expect("read the spec").expect("spec pay");
     let (row, wrapped) = store.find_key(&spec_name, |k| k.state.can_encrypt()).expect("read keys").expect("Active key");
@@ -126,17 +128,17 @@ fn seed_ciphertexts(dir: &Path) -> (KeyId, String) {
         })
         .collect();
     for chunk in records.chunks(10_000) {
-        store.put_records(chunk).expect("seed records");
+        wait_for(RecordStore::new(&store).put_records(chunk.to_vec())).expect("seed records");
     }
     (row.id, digest.finish().0)
 }
 
 /// Calls `f` with every record of a stopped daemon's store, in address order.
-fn each_record(store: &Store, mut f: impl FnMut(&StoredRecord)) {
+fn each_record(store: &Arc<Store>, mut f: impl FnMut(&StoredRecord)) {
     let mut after: Option<RecordAddress> = None;
     // Bounded: far more pages than the records fill.
     for _ in 0..(RECORDS as usize / PAGE) * 4 + 4 {
-        let page = store.records(None, None, after.as_ref(), PAGE).expect("read records");
+        let page = wait_for(RecordStore::new(store).records(None, None, after.clone(), PAGE)).expect("read records");
         let Some(last) = page.last() else { return };
         after = Some(last.address.clone());
         page.iter().for_each(&mut f);
@@ -145,8 +147,8 @@ fn each_record(store: &Store, mut f: impl FnMut(&StoredRecord)) {
 }
 
 /// The one rekey run of a stopped target.
-fn the_rekey(store: &Store, trial: &str) -> RekeyRun {
-    let runs = store.rekeys().expect("rekeys");
+fn the_rekey(store: &Arc<Store>, trial: &str) -> RekeyRun {
+    let runs = wait_for(RekeyStore::new(store).rekeys()).expect("rekeys");
     <[RekeyRun; 1]>::try_from(runs).unwrap_or_else(|r| panic!("trial {trial}: one rekey, not {}", r.len()))[0].clone()
 }
 
@@ -154,7 +156,7 @@ fn the_rekey(store: &Store, trial: &str) -> RekeyRun {
 /// done) and its records, each checked to be under the source's key or the
 /// target's own, moved exactly as far as the durable cursor says.
 fn at_kill(dir: &Path, source_key: &KeyId, target: &SysId, trial: &str) -> (RekeyState, u64) {
-    let store = Store::open_redb(&dir.join("kmf.redb")).expect("open the killed target's store");
+    let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the killed target's store"));
     let run = the_rekey(&store, trial);
     let (mut total, mut moved) = (0u64, 0u64);
     // Within the first pass of the first attempt, exactly the records up to the cursor have moved.
@@ -175,7 +177,7 @@ fn at_kill(dir: &Path, source_key: &KeyId, target: &SysId, trial: &str) -> (Reke
     });
     assert_eq!(total, u64::from(RECORDS), "trial {trial}: records after the kill");
     assert_eq!(moved, run.records_done, "trial {trial}: records moved = the durable progress ({run:?})");
-    let debt = store.record_debt().expect("record debt");
+    let debt = wait_for(RecordStore::new(&store).record_debt()).expect("record debt");
     let source_debt: u64 = debt.iter().filter(|d| d.key_id == *source_key).map(|d| d.records).sum();
     assert_eq!(source_debt, total - moved, "trial {trial}: the debt index follows the records: {debt:?}");
     (run.state, run.records_done)
@@ -185,7 +187,7 @@ fn at_kill(dir: &Path, source_key: &KeyId, target: &SysId, trial: &str) -> (Reke
 /// target's one key and decrypts to its plaintext; returns the digest and
 /// the run.
 fn verify_rekeyed(dir: &Path, source_key: &KeyId, target: &SysId, trial: &str) -> (String, RekeyRun) {
-    let store = std::sync::Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store"));
+    let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store"));
     let run = the_rekey(&store, trial);
     assert_eq!(run.state, RekeyState::Completed, "trial {trial}: {run:?}");
     assert_eq!((run.records_done, run.records_total), (u64::from(RECORDS), u64::from(RECORDS)), "{run:?}");
@@ -206,10 +208,10 @@ fn verify_rekeyed(dir: &Path, source_key: &KeyId, target: &SysId, trial: &str) -
     });
     assert!(wrong.is_empty(), "trial {trial}: {wrong:?}");
     assert_eq!(under.len(), 1, "trial {trial}: one key of the target's own, generated once: {under:?}");
-    let debt = store.record_debt().expect("record debt");
+    let debt = wait_for(RecordStore::new(&store).record_debt()).expect("record debt");
     assert!(!debt.iter().any(|d| d.key_id.origin == source_key.origin), "trial {trial}: debt of source keys: {debt:?}");
     assert_eq!(debt.iter().map(|d| d.records).sum::<u64>(), u64::from(RECORDS), "trial {trial}: {debt:?}");
-    let rekeyed = crate::support::wait_for(PropertyStore::new(&store).property(REKEYED.into()));
+    let rekeyed = wait_for(PropertyStore::new(&store).property(REKEYED.into()));
     let rekeyed = rekeyed.expect("read the property").map(|p| p.value);
     assert_eq!(rekeyed.as_deref(), Some("true"), "trial {trial}: {REKEYED}");
     let (digest, pairs) = digest.finish();

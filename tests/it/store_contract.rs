@@ -19,8 +19,7 @@ use kmf::domain::spec::{Module, Spec, SpecChoice};
 use kmf::store::engine::{Engine, Table};
 use kmf::store::{
     AuditStore, BundleChange, CatalogStore, CloneStore, DiagnosticsStore, JobStore, MemoryEngine, PropertyStore,
-    RequestEffects, RequestStore, Store,
-    StoreError,
+    RecordStore, RequestEffects, RequestStore, Store, StoreError,
 };
 
 pub(crate) struct Subject {
@@ -439,7 +438,7 @@ async fn records_audit_and_change_tokens() {
                 key_id: key("s", 3, 1).0.id,
                 updated_at: UnixMillis(1),
             };
-            st.put_record(&rec).unwrap();
+            RecordStore::new(st).put_record(rec).await.unwrap();
         }
         AuditStore::new(st).append_audit(vec![event("call.refused")]).await.unwrap();
         assert_eq!(
@@ -448,12 +447,13 @@ async fn records_audit_and_change_tokens() {
             "{}: records and audit entries leave key and spec caches warm",
             s.name
         );
-        let f = st.records(Some(&name("t")), Some(&name("f")), None, 10).unwrap();
+        let records = RecordStore::new(st);
+        let f = records.records(Some(name("t")), Some(name("f")), None, 10).await.unwrap();
         assert_eq!(f.iter().map(|r| r.address.record_id.as_str()).collect::<Vec<_>>(), ["r0", "r2", "r4"]);
-        let page = st.records(Some(&name("t")), None, Some(&f[0].address), 2).unwrap();
+        let page = records.records(Some(name("t")), None, Some(f[0].address.clone()), 2).await.unwrap();
         assert_eq!(page.iter().map(|r| r.address.record_id.as_str()).collect::<Vec<_>>(), ["r2", "r4"], "{}", s.name);
-        assert!(st.delete_record(&f[0].address).unwrap());
-        assert!(!st.delete_record(&f[0].address).unwrap());
+        assert!(records.delete_record(f[0].address.clone()).await.unwrap());
+        assert!(!records.delete_record(f[0].address.clone()).await.unwrap());
         let diagnostics = DiagnosticsStore::new(st);
         assert_eq!(diagnostics.heartbeat(UnixMillis(5)).await.unwrap(), None);
         assert_eq!(diagnostics.heartbeat(UnixMillis(9)).await.unwrap(), Some(UnixMillis(5)));
@@ -630,8 +630,9 @@ async fn snapshot_is_one_consistent_view_in_bounded_parts() {
             key_id: key("s", 3, 1).0.id,
             updated_at: UnixMillis(1),
         };
+        let records = RecordStore::new(st);
         for i in 0..25 {
-            st.put_record(&record(i)).unwrap();
+            records.put_record(record(i)).await.unwrap();
         }
         let (mut order, mut parts, mut received) = (SnapshotOrder::default(), Vec::new(), Vec::new());
         let mut read = CloneStore::new(st).snapshot(UnixMillis(9), 10, None, None);
@@ -641,7 +642,7 @@ async fn snapshot_is_one_consistent_view_in_bounded_parts() {
                 assert!(r.len() <= 10, "{}: a part holds at most the asked number", s.name);
                 if received.is_empty() {
                     // Written while the snapshot streams: not part of it.
-                    st.put_record(&record(9_999)).unwrap();
+                    records.put_record(record(9_999)).await.unwrap();
                 }
                 received.extend(r.iter().map(|r| r.address.record_id.clone()));
             }
@@ -742,7 +743,8 @@ async fn clone_staging_is_invisible_until_one_swap() {
         };
         let module = Module { name: name("old"), created_at: UnixMillis(1) };
         CatalogStore::new(st).insert_module(module, vec![], vec![]).await.unwrap();
-        st.put_record(&rec("live", 1)).unwrap();
+        let records = RecordStore::new(st);
+        records.put_record(rec("live", 1)).await.unwrap();
         let id = CloneId::from_random([7; 16]);
         let run = CloneRun {
             id: id.clone(),
@@ -775,15 +777,15 @@ async fn clone_staging_is_invisible_until_one_swap() {
         let part = vec![rec("new", 1), rec("new", 2), rec("new", 3)];
         let staged = clones.stage_clone_records(id.clone(), lease.clone(), until, part, UnixMillis(3)).await.unwrap();
         assert_eq!(staged.records_copied, 3);
-        let live = st.records(None, None, None, 10).unwrap();
+        let live = records.records(None, None, None, 10).await.unwrap();
         assert_eq!(
             live.iter().map(|r| r.address.table.to_string()).collect::<Vec<_>>(),
             ["live"],
             "{}: staging is invisible",
             s.name
         );
-        let debt = |st: &Store| st.record_debt().unwrap().into_iter().map(|d| d.records).collect::<Vec<_>>();
-        assert_eq!(debt(st), [1], "{}: the debt counts the live records only", s.name);
+        let debt = || async { records.record_debt().await.unwrap().into_iter().map(|d| d.records).collect::<Vec<_>>() };
+        assert_eq!(debt().await, [1], "{}: the debt counts the live records only", s.name);
         // Another runner's lease writes nothing.
         let stranger = kmf::domain::job::Lease { owner: "other".into(), claim: 99, expires_at: until };
         assert!(
@@ -815,7 +817,7 @@ async fn clone_staging_is_invisible_until_one_swap() {
             kmf::store::CloneSwap { catalog, follow_up: None, exchanges: None, now: UnixMillis(4), lease_until: until };
         let done = clones.swap_in_clone(id.clone(), lease.clone(), swap, vec![]).await.unwrap();
         assert_eq!(done.state, CloneState::Completed);
-        let live = st.records(None, None, None, 10).unwrap();
+        let live = records.records(None, None, None, 10).await.unwrap();
         assert_eq!(
             live.iter().map(|r| r.address.record_id.as_str()).collect::<Vec<_>>(),
             ["r1", "r2", "r3"],
@@ -823,7 +825,7 @@ async fn clone_staging_is_invisible_until_one_swap() {
             s.name
         );
         assert!(live.iter().all(|r| r.address.table.as_str() == "new"));
-        assert_eq!(debt(st), [3], "{}: after the swap the debt is the staged records'", s.name);
+        assert_eq!(debt().await, [3], "{}: after the swap the debt is the staged records'", s.name);
         let modules: Vec<String> =
             CatalogStore::new(st).modules().await.unwrap().iter().map(|m| m.name.to_string()).collect();
         assert_eq!(modules, ["new", "old"], "{}: merged, the target keeps its own", s.name);
@@ -848,8 +850,8 @@ async fn clone_staging_is_invisible_until_one_swap() {
         // The old records are cleared from the staging side afterwards.
         assert_eq!(clones.clear_staging(id.clone(), lease.clone(), until, 10).await.unwrap(), 1, "{}", s.name);
         assert_eq!(clones.clear_staging(id.clone(), lease.clone(), until, 10).await.unwrap(), 0);
-        assert_eq!(st.records(None, None, None, 10).unwrap().len(), 3, "{}: the live records stay", s.name);
-        assert_eq!(debt(st), [3], "{}: clearing the old side leaves the live debt", s.name);
+        assert_eq!(records.records(None, None, None, 10).await.unwrap().len(), 3, "{}: the live records stay", s.name);
+        assert_eq!(debt().await, [3], "{}: clearing the old side leaves the live debt", s.name);
     }
 }
 

@@ -17,15 +17,20 @@ use super::cache::KeyCache;
 use super::catalog::Catalog;
 use super::context::Context;
 use crate::clock::Clock;
-use crate::domain::ids::UnixMillis;
-use crate::signer::Signer;
-use crate::store::Store;
+use crate::domain::ids::{Name, UnixMillis};
+use crate::domain::key::{KeyRecord, WrappedKey};
+use crate::error::AppResult;
+use crate::signer::async_signer::AsyncSigner;
+use crate::store::{CatalogStore, RecordStore, Store};
 pub use operations::{MAX_BATCH, OpenItem, PublicKey, Rewrapped, SealItem};
 pub use records::{MAX_PAGE as MAX_RECORD_PAGE, NewRecord, RecordDigest};
 
 pub struct Crypto {
+    /// For the change tokens the key cache follows.
     store: Arc<Store>,
-    signer: Arc<dyn Signer>,
+    keys: CatalogStore,
+    records: RecordStore,
+    signer: AsyncSigner,
     clock: Arc<dyn Clock>,
     catalog: Arc<Catalog>,
     hot: KeyCache,
@@ -35,7 +40,9 @@ impl Crypto {
     pub fn new(ctx: &Context, catalog: Arc<Catalog>) -> Self {
         Crypto {
             store: Arc::clone(&ctx.store),
-            signer: Arc::clone(&ctx.signer),
+            keys: CatalogStore::new(&ctx.store),
+            records: RecordStore::new(&ctx.store),
+            signer: ctx.async_signer(),
             clock: Arc::clone(&ctx.clock),
             catalog,
             hot: KeyCache::default(),
@@ -44,5 +51,26 @@ impl Crypto {
 
     fn now(&self) -> UnixMillis {
         self.clock.now()
+    }
+}
+
+/// Keys read at a time while looking for a spec's current key.
+const KEY_PAGE: usize = 256;
+
+/// The spec's current key (the one that encrypts: Active or Renewed) and its
+/// wrapped material, or None; read a page of the spec's keys at a time (one
+/// read for a spec of up to `KEY_PAGE` keys).
+pub(crate) async fn current_key(keys: &CatalogStore, spec: &Name) -> AppResult<Option<(KeyRecord, WrappedKey)>> {
+    let mut after = None;
+    loop {
+        let page = keys.keys_page(spec.clone(), after, KEY_PAGE).await?;
+        let more = page.len() >= KEY_PAGE;
+        after = page.last().map(|(k, _)| k.id.clone());
+        if let Some(found) = page.into_iter().find(|(k, _)| k.state.can_encrypt()) {
+            return Ok(Some(found));
+        }
+        if !more {
+            return Ok(None);
+        }
     }
 }

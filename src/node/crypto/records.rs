@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::Crypto;
 use super::operations::{OpenItem, SealItem};
-use super::session::Session;
+use super::session::{Cipher, Session, compute, parse};
 use crate::domain::DomainError;
 use crate::domain::audit::{AuditEvent, MAX_DETAILS_CHARS, Outcome, bounded};
 use crate::domain::auth::Caller;
@@ -24,7 +24,7 @@ use crate::domain::ids::{KeyId, Name};
 use crate::domain::policy::Operation;
 use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::error::{AppError, AppResult};
-use crate::node::context::Blocking;
+use crate::node::context::reread_and_retry;
 
 /// Most records one list page returns, and one PutRecords call stores.
 pub const MAX_PAGE: usize = 1000;
@@ -49,9 +49,6 @@ pub struct RecordDigest {
     pub records: u64,
     pub sha256: [u8; 32],
 }
-
-/// Attempts at a checked record write that keeps finding the record changed.
-const CHECKED_WRITE_ATTEMPTS: usize = 3;
 
 fn address_name(a: &RecordAddress) -> String {
     format!("{}/{}/{}", a.table, a.field, a.record_id)
@@ -101,9 +98,51 @@ fn hash_field(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
+/// The running count and hash of DigestRecords.
+struct Digesting {
+    hasher: Sha256,
+    count: u64,
+}
+
+fn record_label(rec: &StoredRecord) -> String {
+    format!("record {}/{}/{}", rec.address.table, rec.address.field, rec.address.record_id)
+}
+
+/// Opens the records of `page` that `queue` names, in order, and hashes them
+/// into `digest`, off the workers; plaintexts are dropped (zeroized) one by one.
+async fn hash_records(
+    cipher: &mut Cipher,
+    digest: Digesting,
+    page: &Arc<Vec<StoredRecord>>,
+    queue: Vec<usize>,
+) -> AppResult<Digesting> {
+    if queue.is_empty() {
+        return Ok(digest);
+    }
+    let (c, page) = (std::mem::take(cipher), Arc::clone(page));
+    let (c, digest) = compute(false, move || {
+        let mut d = digest;
+        for i in queue {
+            let rec = &page[i];
+            let aad = rec.address.associated_data();
+            let (plaintext, _) =
+                c.open(&rec.ciphertext, Operation::Decrypt, &aad).map_err(|e| e.at(record_label(rec)))?;
+            hash_field(&mut d.hasher, rec.address.table.as_str().as_bytes());
+            hash_field(&mut d.hasher, rec.address.field.as_str().as_bytes());
+            hash_field(&mut d.hasher, rec.address.record_id.as_bytes());
+            hash_field(&mut d.hasher, &plaintext);
+            d.count += 1;
+        }
+        Ok((c, d))
+    })
+    .await?;
+    *cipher = c;
+    Ok(digest)
+}
+
 impl Crypto {
     pub async fn put_record(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         address: RecordAddress,
         spec: Name,
@@ -119,47 +158,38 @@ impl Crypto {
 
     /// Stores sealed records: the policies of the keys they replace are
     /// checked (`decrypt`, see the module docs), then the write, conditional
-    /// on those keys, commits with its audit entry.
-    async fn store_checked(
-        self: &Arc<Self>,
-        caller: &Caller,
-        records: Vec<StoredRecord>,
-    ) -> AppResult<Vec<StoredRecord>> {
-        let caller = caller.clone();
-        self.blocking(move |this| {
-            let addresses: Vec<RecordAddress> = records.iter().map(|r| r.address.clone()).collect();
-            let many = records.len() > 1;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let current = this.store.record_keys(&addresses)?;
-                let mut session = Session::new(this, &caller);
-                for (i, key) in current.iter().enumerate() {
-                    if let Some(key) = key {
-                        session.allow(&key.spec, Operation::Decrypt).map_err(|e| match many {
-                            true => e.at(format!("records[{i}]")),
-                            false => e,
-                        })?;
-                    }
-                }
-                let event = put_event(&caller, this.now(), &records, &current);
-                match this.store.put_records_checked(&records, &current, &[event]) {
-                    Err(crate::store::StoreError::Stale { .. }) if attempt < CHECKED_WRITE_ATTEMPTS => continue,
-                    Err(e) => return Err(e.into()),
-                    Ok(()) => return Ok(records),
+    /// on those keys, commits with its audit entry. A record replaced
+    /// meanwhile makes it check again (at most `REREAD_ATTEMPTS` times, then ABORTED).
+    async fn store_checked(&self, caller: &Caller, records: Vec<StoredRecord>) -> AppResult<Vec<StoredRecord>> {
+        let addresses: Vec<RecordAddress> = records.iter().map(|r| r.address.clone()).collect();
+        let many = records.len() > 1;
+        let what = match &addresses[..] {
+            [one] => format!("record {}", address_name(one)),
+            [first, ..] => format!("record {} and {} more", address_name(first), addresses.len() - 1),
+            [] => "records".to_owned(),
+        };
+        let records = Arc::new(records);
+        reread_and_retry(what, || async {
+            let current = self.records.record_keys(addresses.clone()).await?;
+            let mut session = Session::new(self, caller);
+            for (i, key) in current.iter().enumerate() {
+                if let Some(key) = key {
+                    session.allow(&key.spec, Operation::Decrypt).await.map_err(|e| match many {
+                        true => e.at(format!("records[{i}]")),
+                        false => e,
+                    })?;
                 }
             }
+            let event = put_event(caller, self.now(), &records, &current);
+            Ok(self.records.put_records_checked(Arc::clone(&records), current, vec![event]).await?)
         })
-        .await
+        .await?;
+        Ok(Arc::try_unwrap(records).unwrap_or_else(|shared| shared.as_ref().clone()))
     }
 
     /// All or nothing: every record is encrypted first, then all are stored in
     /// one transaction. The first record that fails fails the call, naming its index.
-    pub async fn put_records(
-        self: &Arc<Self>,
-        caller: &Caller,
-        records: Vec<NewRecord>,
-    ) -> AppResult<Vec<StoredRecord>> {
+    pub async fn put_records(&self, caller: &Caller, records: Vec<NewRecord>) -> AppResult<Vec<StoredRecord>> {
         if records.is_empty() || records.len() > MAX_PAGE {
             return Err(DomainError::invalid("records", format!("a call holds 1 to {MAX_PAGE} records")).into());
         }
@@ -183,55 +213,52 @@ impl Crypto {
     }
 
     /// Decrypts every record (of `table` / `field` when given), a page at a
-    /// time on the blocking pool, into a count and a digest; plaintexts are
+    /// time off the workers, into a count and a digest; plaintexts are
     /// hashed and dropped (zeroized) one by one. Pages are read one after the
-    /// other: a record written meanwhile may or may not be counted.
+    /// other: a record written meanwhile may or may not be counted. Records
+    /// are checked and opened in order, the first failure failing the call:
+    /// a record whose spec's access is not decided yet in this call waits for
+    /// the records before it to open.
     pub async fn digest_records(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         table: Option<Name>,
         field: Option<Name>,
     ) -> AppResult<RecordDigest> {
-        let caller = caller.clone();
-        self.blocking(move |this| {
-            let mut hasher = Sha256::new();
-            let mut count = 0u64;
-            let mut after: Option<RecordAddress> = None;
-            let mut session = Session::new(this, &caller);
-            loop {
-                let page = this.store.records(table.as_ref(), field.as_ref(), after.as_ref(), MAX_PAGE)?;
-                for rec in &page {
-                    let aad = rec.address.associated_data();
-                    let (plaintext, _) = session.open(&rec.ciphertext, Operation::Decrypt, &aad).map_err(|e| {
-                        e.at(format!("record {}/{}/{}", rec.address.table, rec.address.field, rec.address.record_id))
-                    })?;
-                    hash_field(&mut hasher, rec.address.table.as_str().as_bytes());
-                    hash_field(&mut hasher, rec.address.field.as_str().as_bytes());
-                    hash_field(&mut hasher, rec.address.record_id.as_bytes());
-                    hash_field(&mut hasher, &plaintext);
-                    count += 1;
+        let mut digest = Digesting { hasher: Sha256::new(), count: 0 };
+        let mut after: Option<RecordAddress> = None;
+        let mut session = Session::new(self, caller);
+        loop {
+            let page = self.records.records(table.clone(), field.clone(), after.take(), MAX_PAGE).await?;
+            let page = Arc::new(page);
+            let mut queue = Vec::new();
+            for (i, rec) in page.iter().enumerate() {
+                let decided = match parse(&rec.ciphertext, Operation::Decrypt) {
+                    Ok((key_id, _, _)) => session.decided(&key_id.spec, Operation::Decrypt),
+                    Err(_) => true,
+                };
+                if !decided {
+                    // Checking it may audit a refusal: only once the records before it opened.
+                    digest = hash_records(&mut session.cipher, digest, &page, std::mem::take(&mut queue)).await?;
                 }
-                if page.len() < MAX_PAGE {
-                    break;
+                if let Err(e) = session.prepare_open(&rec.ciphertext, Operation::Decrypt).await {
+                    hash_records(&mut session.cipher, digest, &page, queue).await?;
+                    return Err(e.at(record_label(rec)));
                 }
-                after = page.into_iter().next_back().map(|r| r.address);
+                queue.push(i);
             }
-            Ok(RecordDigest { records: count, sha256: hasher.finalize().into() })
-        })
-        .await
+            digest = hash_records(&mut session.cipher, digest, &page, queue).await?;
+            if page.len() < MAX_PAGE {
+                break;
+            }
+            after = page.last().map(|r| r.address.clone());
+        }
+        Ok(RecordDigest { records: digest.count, sha256: digest.hasher.finalize().into() })
     }
 
-    pub async fn get_record(
-        self: &Arc<Self>,
-        caller: &Caller,
-        address: RecordAddress,
-    ) -> AppResult<(StoredRecord, Vec<u8>)> {
-        let a = address.clone();
-        let rec = self
-            .blocking(move |this| {
-                this.store.record(&a)?.ok_or_else(|| DomainError::not_found("record", format!("{a:?}")).into())
-            })
-            .await?;
+    pub async fn get_record(&self, caller: &Caller, address: RecordAddress) -> AppResult<(StoredRecord, Vec<u8>)> {
+        let found = self.records.record(address.clone()).await?;
+        let rec = found.ok_or_else(|| DomainError::not_found("record", format!("{address:?}")))?;
         let item = OpenItem { ciphertext: rec.ciphertext.clone(), aad: address.associated_data() };
         let mut results = self.decrypt_batch(caller, vec![item]).await?;
         let (plaintext, _) = results.pop().ok_or_else(|| AppError::Internal("empty batch".into()))??;
@@ -239,39 +266,31 @@ impl Crypto {
     }
 
     pub async fn list_records(
-        self: &Arc<Self>,
+        &self,
         table: Option<Name>,
         field: Option<Name>,
         after: Option<RecordAddress>,
         limit: usize,
     ) -> AppResult<Vec<StoredRecord>> {
         let limit = limit.clamp(1, MAX_PAGE);
-        self.blocking(move |this| Ok(this.store.records(table.as_ref(), field.as_ref(), after.as_ref(), limit)?)).await
+        Ok(self.records.records(table, field, after, limit).await?)
     }
 
     /// Deletes a record if the policies of its key grant the caller
-    /// `decrypt` (see the module docs), with its `record.delete` entry.
-    pub async fn delete_record(self: &Arc<Self>, caller: &Caller, address: RecordAddress) -> AppResult<()> {
-        let caller = caller.clone();
-        self.blocking(move |this| {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let current = this.store.record_keys(std::slice::from_ref(&address))?.pop().flatten();
-                let Some(key) = current else {
-                    return Err(DomainError::not_found("record", format!("{address:?}")).into());
-                };
-                Session::new(this, &caller).allow(&key.spec, Operation::Decrypt)?;
-                let event = AuditEvent::new(this.now(), caller.actor(), "record.delete", address_name(&address), {
-                    Outcome::Success
-                })
-                .with_details(format!("under {key}"));
-                match this.store.delete_record_checked(&address, &key, &[event]) {
-                    Err(crate::store::StoreError::Stale { .. }) if attempt < CHECKED_WRITE_ATTEMPTS => continue,
-                    Err(e) => return Err(e.into()),
-                    Ok(()) => return Ok(()),
-                }
-            }
+    /// `decrypt` (see the module docs), with its `record.delete` entry. A
+    /// record replaced meanwhile makes it check again (at most
+    /// `REREAD_ATTEMPTS` times, then ABORTED).
+    pub async fn delete_record(&self, caller: &Caller, address: RecordAddress) -> AppResult<()> {
+        reread_and_retry(format!("record {}", address_name(&address)), || async {
+            let current = self.records.record_keys(vec![address.clone()]).await?.pop().flatten();
+            let Some(key) = current else {
+                return Err(DomainError::not_found("record", format!("{address:?}")).into());
+            };
+            Session::new(self, caller).allow(&key.spec, Operation::Decrypt).await?;
+            let event =
+                AuditEvent::new(self.now(), caller.actor(), "record.delete", address_name(&address), Outcome::Success)
+                    .with_details(format!("under {key}"));
+            Ok(self.records.delete_record_checked(address.clone(), key, vec![event]).await?)
         })
         .await
     }

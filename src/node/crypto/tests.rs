@@ -146,9 +146,62 @@ async fn a_record_is_bound_to_its_address() {
     let stored = crypto.put_record(&admin(), address("a"), name("salary"), b"one".to_vec()).await.expect("put");
     // The same ciphertext moved to another address no longer opens.
     let moved = crate::domain::record::StoredRecord { address: address("z"), ..stored.clone() };
-    solo.services.store().put_record(&moved).expect("plant");
+    crate::store::RecordStore::new(solo.services.store()).put_record(moved).await.expect("plant");
     assert!(crypto.get_record(&admin(), address("z")).await.is_err(), "the address is the associated data");
     let aad = address("a").associated_data();
     let (plain, _) = crypto.decrypt(&admin(), stored.ciphertext, aad).await.expect("decrypt with its address");
     assert_eq!(plain, b"one");
+}
+
+async fn denials(solo: &Instance) -> Vec<crate::domain::audit::AuditEntry> {
+    let filter =
+        crate::node::audit::AuditFilter { limit: 100, action_prefix: "policy.denied".into(), ..Default::default() };
+    solo.services.audit.audit_entries(filter).await.expect("audit").0
+}
+
+/// A rewrap checks an item's Encrypt access only once the item opened, as
+/// one item at a time would: a ciphertext that does not open audits no
+/// refusal to encrypt; the first one that opens is refused and audited.
+#[tokio::test]
+async fn a_rewrap_checks_encrypt_only_for_the_items_that_opened() {
+    use crate::domain::auth::{Caller, Role};
+    use crate::domain::policy::{AccessPolicy, Operation, PolicyResult, PolicyType};
+    let solo = with_key().await;
+    let (crypto, catalog) = (&solo.services.crypto, &solo.services.catalog);
+    let no_encrypt = AccessPolicy {
+        name: name("no-encrypt"),
+        module: name("payroll"),
+        kind: PolicyType::Script("ops".into()),
+        result: PolicyResult::StrictReject,
+        spec: None,
+        operations: vec![Operation::Encrypt],
+        active: true,
+        created_at: solo.now(),
+    };
+    catalog.create_policy(&admin(), no_encrypt).await.expect("policy");
+    let (sealed, _) = crypto.encrypt(&admin(), name("salary"), b"pay".to_vec(), b"r".to_vec()).await.expect("enc");
+    let mut tampered = sealed.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let operator = Caller::Operator { name: "ops".into(), roles: vec![Role::CryptographicOperator] };
+    let item = |c: &Vec<u8>| OpenItem { ciphertext: c.clone(), aad: b"r".to_vec() };
+    let invalid = |r: &Result<super::Rewrapped, AppError>| {
+        matches!(r, Err(AppError::Domain(DomainError::InvalidArgument { .. })))
+    };
+    let denied =
+        |r: &Result<super::Rewrapped, AppError>| matches!(r, Err(AppError::Domain(DomainError::PermissionDenied(_))));
+
+    let answers = crypto.rewrap_batch(&operator, vec![item(&tampered)]).await.expect("batch");
+    assert!(answers.len() == 1 && invalid(&answers[0]), "{answers:?}");
+    assert!(denials(&solo).await.is_empty(), "nothing opened, nothing was refused");
+
+    let items = vec![item(&tampered), item(&sealed), item(&tampered), item(&sealed)];
+    let answers = crypto.rewrap_batch(&operator, items).await.expect("batch");
+    let kinds: Vec<(bool, bool)> = answers.iter().map(|r| (invalid(r), denied(r))).collect();
+    assert_eq!(kinds, [(true, false), (false, true), (true, false), (false, true)], "{answers:?}");
+    let audited = denials(&solo).await;
+    assert_eq!(audited.len(), 1, "one refusal, written once: {audited:?}");
+    assert!(audited[0].event.details.starts_with("encrypt"), "{:?}", audited[0].event);
+    let rewrapped = crypto.rewrap(&admin(), sealed, b"r".to_vec()).await.expect("the admin may");
+    assert_eq!(rewrapped.key_id, rewrapped.previous_key_id, "no rotation: the same key");
 }

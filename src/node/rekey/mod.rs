@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
 
+use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use super::catalog::Catalog;
-use super::context::{Blocking, Context, JobSettings, lease_until, millis};
+use super::context::{Context, JobSettings, lease_until, millis};
+use super::crypto::current_key;
 use super::jobs::{JobFuture, JobHandler, JobOutcome, JobRun};
 use crate::clock::Clock;
 use crate::domain::DomainError;
@@ -29,19 +30,20 @@ use crate::domain::rekey::{BATCH_RECORDS, KeyDebt, RekeyRun, next_attempt};
 use crate::domain::rekey_plan::{self, PassEnd, RekeyStep};
 use crate::domain::spec::Scheme;
 use crate::error::{AppError, AppResult};
-use crate::signer::Signer;
+use crate::signer::async_signer::{AsyncSigner, off_the_workers};
 use crate::signer::primitives::GcmSealer;
 use crate::signer::schemes::LoadedKey;
-use crate::store::Store;
-use crate::store::{RekeyEnd, StoreError};
+use crate::store::{CatalogStore, RecordStore, RekeyEnd, RekeyStore, StoreError};
 
 #[cfg(test)]
 mod tests;
 
 pub struct Rekey {
     sys_id: SysId,
-    store: Arc<Store>,
-    signer: Arc<dyn Signer>,
+    rekeys: RekeyStore,
+    records: RecordStore,
+    keys: CatalogStore,
+    signer: AsyncSigner,
     clock: Arc<dyn Clock>,
     settings: JobSettings,
     catalog: Arc<Catalog>,
@@ -51,8 +53,10 @@ impl Rekey {
     pub fn new(ctx: &Context, catalog: Arc<Catalog>) -> Self {
         Rekey {
             sys_id: ctx.sys_id.clone(),
-            store: Arc::clone(&ctx.store),
-            signer: Arc::clone(&ctx.signer),
+            rekeys: RekeyStore::new(&ctx.store),
+            records: RecordStore::new(&ctx.store),
+            keys: CatalogStore::new(&ctx.store),
+            signer: ctx.async_signer(),
             clock: Arc::clone(&ctx.clock),
             settings: ctx.settings.clone(),
             catalog,
@@ -96,81 +100,110 @@ struct Sealer {
     gcm: Option<GcmSealer>,
 }
 
-/// The keys one attempt needs, loaded once: the imported keys (to open) and
-/// this instance's current keys (to seal).
-struct RekeyCipher<'a> {
-    rekey: &'a Rekey,
+/// The keys one attempt needs, loaded once (by `Rekey::load_opening` and
+/// `load_sealing`), owned so the re-encryption runs off the workers: the
+/// imported keys (to open) and this instance's current keys (to seal).
+#[derive(Default)]
+struct RekeyCipher {
     opening: HashMap<KeyId, LoadedKey>,
     sealing: HashMap<Name, Sealer>,
 }
 
-impl<'a> RekeyCipher<'a> {
-    fn new(rekey: &'a Rekey) -> Self {
-        RekeyCipher { rekey, opening: HashMap::new(), sealing: HashMap::new() }
-    }
+/// What a record opened to: its plaintext and the key it was under, or why
+/// it did not (this record's alone: the others go on).
+type Opened = Result<(Zeroizing<Vec<u8>>, KeyId), String>;
 
-    fn scheme(&self, spec: &Name) -> AppResult<Scheme> {
-        Ok(self.rekey.catalog.spec_or_not_found_blocking(spec)?.scheme())
-    }
-
-    fn opening(&mut self, id: &KeyId) -> AppResult<&LoadedKey> {
-        if !self.opening.contains_key(id) {
-            let (_, wrapped) =
-                self.rekey.store.key(id)?.ok_or_else(|| {
-                    DomainError::FailedPrecondition(format!("imported key {id} is not on this instance"))
-                })?;
-            let key = LoadedKey::load(self.scheme(&id.spec)?, self.rekey.signer.unwrap(&wrapped)?)?;
-            self.opening.insert(id.clone(), key);
-        }
-        self.opening.get(id).ok_or_else(|| AppError::Internal("rekey key cache lost an entry".into()))
-    }
-
-    fn sealing(&mut self, spec: &Name) -> AppResult<&mut Sealer> {
-        if !self.sealing.contains_key(spec) {
-            let (rec, wrapped) = self
-                .rekey
-                .store
-                .find_key(spec, |k| k.state.can_encrypt())?
-                .ok_or_else(|| DomainError::FailedPrecondition(format!("spec {spec} has no Active key")))?;
-            let key = LoadedKey::load(self.scheme(spec)?, self.rekey.signer.unwrap(&wrapped)?)?;
-            let gcm = match key.scheme() {
-                Scheme::AesGcm { .. } => Some(GcmSealer::new(key.secret())?),
-                _ => None,
-            };
-            let header = ciphertext::encode_header(&rec.id);
-            self.sealing.insert(spec.clone(), Sealer { key_id: rec.id, header, key, gcm });
-        }
-        self.sealing.get_mut(spec).ok_or_else(|| AppError::Internal("rekey key cache lost an entry".into()))
-    }
-
-    /// The record re-encrypted under its spec's current key, with the same
-    /// address (and so the same associated data). The inner error is this
-    /// record's alone (it does not decrypt): the others go on; the outer one
-    /// stops the attempt (a key that cannot be loaded).
-    fn reencrypt(&mut self, rec: &StoredRecord, now: UnixMillis) -> AppResult<Result<StoredRecord, String>> {
+impl RekeyCipher {
+    /// Opens a record with its imported key. The inner error is this
+    /// record's alone (it does not decrypt); the outer one stops the attempt.
+    fn open(&self, rec: &StoredRecord) -> AppResult<Opened> {
         let (key_id, header, body) = match rekey_plan::record_source(rec) {
             Ok(parts) => parts,
             Err(why) => return Ok(Err(why)),
         };
+        let key =
+            self.opening.get(&key_id).ok_or_else(|| AppError::Internal("rekey key cache lost an entry".into()))?;
         let aad = rec.address.associated_data();
-        let plaintext: Zeroizing<Vec<u8>> = match self.opening(&key_id)?.open(&[header, &aad], body) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(rekey_plan::undecryptable(rec, &key_id, &e.to_string()))),
-        };
-        let s = self.sealing(&key_id.spec)?;
+        Ok(match key.open(&[header, &aad], body) {
+            Ok(plaintext) => Ok((plaintext, key_id)),
+            Err(e) => Err(rekey_plan::undecryptable(rec, &key_id, &e.to_string())),
+        })
+    }
+
+    /// The record, opened to `plaintext` from under `from`, encrypted under
+    /// its spec's current key, with the same address (and so the same
+    /// associated data).
+    fn seal(&mut self, rec: &StoredRecord, plaintext: &[u8], from: &KeyId, now: UnixMillis) -> AppResult<StoredRecord> {
+        let s = self
+            .sealing
+            .get_mut(&from.spec)
+            .ok_or_else(|| AppError::Internal("rekey key cache lost an entry".into()))?;
+        let aad = rec.address.associated_data();
         let mut out = Vec::with_capacity(s.header.len() + plaintext.len() + 64);
         out.extend_from_slice(&s.header);
         match &mut s.gcm {
-            Some(gcm) => gcm.seal(&[&s.header, &aad], &plaintext, &mut out)?,
-            None => s.key.seal(&[&s.header, &aad], &plaintext, &mut out)?,
+            Some(gcm) => gcm.seal(&[&s.header, &aad], plaintext, &mut out)?,
+            None => s.key.seal(&[&s.header, &aad], plaintext, &mut out)?,
         }
-        Ok(Ok(StoredRecord {
-            address: rec.address.clone(),
-            ciphertext: out,
-            key_id: s.key_id.clone(),
-            updated_at: now,
-        }))
+        Ok(StoredRecord { address: rec.address.clone(), ciphertext: out, key_id: s.key_id.clone(), updated_at: now })
     }
+}
+
+/// Re-encryption work queued for the next run off the workers.
+enum Step {
+    /// Open record `i` and seal it again.
+    Both(usize),
+    /// Seal record `i` again, opened already.
+    Seal(usize, Zeroizing<Vec<u8>>, KeyId),
+}
+
+/// Where each record of a page ended: re-encrypted, or why not.
+type Answers = Vec<Option<Result<StoredRecord, String>>>;
+
+impl Step {
+    fn run(
+        self,
+        c: &mut RekeyCipher,
+        records: &[StoredRecord],
+        now: UnixMillis,
+        answers: &mut Answers,
+    ) -> AppResult<()> {
+        let (i, answer) = match self {
+            Step::Both(i) => match c.open(&records[i])? {
+                Ok((plaintext, from)) => (i, Ok(c.seal(&records[i], &plaintext, &from, now)?)),
+                Err(why) => (i, Err(why)),
+            },
+            Step::Seal(i, plaintext, from) => (i, Ok(c.seal(&records[i], &plaintext, &from, now)?)),
+        };
+        answers[i] = Some(answer);
+        Ok(())
+    }
+}
+
+/// Runs the queued steps, then opens record `open`, in one go off the
+/// workers; returns what opening `open` gave.
+async fn run_steps(
+    cipher: &mut RekeyCipher,
+    records: &Arc<Vec<StoredRecord>>,
+    queue: Vec<Step>,
+    open: Option<usize>,
+    now: UnixMillis,
+    answers: &mut Answers,
+) -> AppResult<Option<Opened>> {
+    if queue.is_empty() && open.is_none() {
+        return Ok(None);
+    }
+    let (mut c, shared, mut done) = (std::mem::take(cipher), Arc::clone(records), std::mem::take(answers));
+    let work = move || -> AppResult<_> {
+        for step in queue {
+            step.run(&mut c, &shared, now, &mut done)?;
+        }
+        let opened = open.map(|i| c.open(&shared[i])).transpose()?;
+        Ok((c, done, opened))
+    };
+    let (c, done, opened) = off_the_workers(move || Ok(work())).await??;
+    (*cipher, *answers) = (c, done);
+    Ok(opened)
 }
 
 fn audit(now: UnixMillis, action: &str, id: &RequestId, outcome: Outcome, details: String) -> AuditEvent {
@@ -184,175 +217,248 @@ fn lost_the_run(e: &AppError) -> bool {
 
 impl Rekey {
     /// A rekey run (operators' view).
-    pub async fn rekey_run(self: &Arc<Self>, id: RequestId) -> AppResult<RekeyRun> {
-        self.blocking(move |this| {
-            this.store.rekey(&id)?.ok_or_else(|| DomainError::not_found("rekey of request", &id).into())
-        })
-        .await
+    pub async fn rekey_run(&self, id: RequestId) -> AppResult<RekeyRun> {
+        let run = self.rekeys.rekey(id.clone()).await?;
+        run.ok_or_else(|| DomainError::not_found("rekey of request", &id).into())
     }
 
     /// How many records still depend on each imported key of `run`.
-    pub async fn debt_of_run(self: &Arc<Self>, run: RekeyRun) -> AppResult<Vec<KeyDebt>> {
-        self.blocking(move |this| Ok(this.store.rekey_debt(&run)?)).await
+    pub async fn debt_of_run(&self, run: RekeyRun) -> AppResult<Vec<KeyDebt>> {
+        Ok(self.rekeys.rekey_debt(run).await?)
     }
 
     /// Every rekey run, newest first.
-    pub async fn rekey_runs(self: &Arc<Self>) -> AppResult<Vec<RekeyRun>> {
-        self.blocking(|this| Ok(this.store.rekeys()?)).await
+    pub async fn rekey_runs(&self) -> AppResult<Vec<RekeyRun>> {
+        Ok(self.rekeys.rekeys().await?)
     }
 
     /// The imported keys records still depend on, with how many records
     /// each (from the debt index). Keys of this instance are not debt.
-    pub async fn rekey_debt(self: &Arc<Self>) -> AppResult<Vec<KeyDebt>> {
-        self.blocking(|this| {
-            let own = this.sys_id.clone();
-            Ok(this.store.record_debt()?.into_iter().filter(|d| d.key_id.origin != own).collect())
-        })
-        .await
+    pub async fn rekey_debt(&self) -> AppResult<Vec<KeyDebt>> {
+        let own = &self.sys_id;
+        Ok(self.records.record_debt().await?.into_iter().filter(|d| d.key_id.origin != *own).collect())
     }
 
     /// The rekey job: one attempt, or the run's end at its expiry. An
     /// attempt, its failure and the expiry each end or reschedule the job in
     /// their own transaction.
-    async fn run_rekey(self: &Arc<Self>, job_run: &JobRun) -> AppResult<JobOutcome> {
+    async fn run_rekey(&self, job_run: &JobRun) -> AppResult<JobOutcome> {
         let id = RequestId::parse(&job_run.job.id.subject)?;
-        let lease = job_run.lease.clone();
-        self.blocking(move |this| {
-            let Some(run) = this.store.rekey(&id)? else { return Ok(JobOutcome::Done) };
-            let now = this.now();
-            match rekey_plan::rekey_step(Some(&run), now) {
-                RekeyStep::Finish => Ok(JobOutcome::Done),
-                RekeyStep::Expire => {
-                    this.expire_rekey(&run, &lease, now)?;
-                    Ok(JobOutcome::Settled)
-                }
-                RekeyStep::Attempt => match this.rekey_attempt(&id, &lease) {
-                    Ok(()) => Ok(JobOutcome::Settled),
-                    Err(e) if lost_the_run(&e) => Err(e),
-                    Err(e) => this.fail_rekey(&run, &lease, e).map(|()| JobOutcome::Settled),
-                },
+        let lease = &job_run.lease;
+        let Some(run) = self.rekeys.rekey(id.clone()).await? else { return Ok(JobOutcome::Done) };
+        let now = self.now();
+        match rekey_plan::rekey_step(Some(&run), now) {
+            RekeyStep::Finish => Ok(JobOutcome::Done),
+            RekeyStep::Expire => {
+                self.expire_rekey(&run, lease, now).await?;
+                Ok(JobOutcome::Settled)
             }
-        })
-        .await
+            RekeyStep::Attempt => match self.rekey_attempt(&id, lease).await {
+                Ok(()) => Ok(JobOutcome::Settled),
+                Err(e) if lost_the_run(&e) => Err(e),
+                Err(e) => self.fail_rekey(&run, lease, e).await.map(|()| JobOutcome::Settled),
+            },
+        }
     }
 
     /// One attempt: passes over the records until none is left under the
     /// run's keys (at most `MAX_PASSES`).
-    fn rekey_attempt(&self, id: &RequestId, lease: &Lease) -> AppResult<()> {
-        let mut run = self.store.begin_rekey_attempt(id, lease, self.lease_until(), self.now())?;
+    async fn rekey_attempt(&self, id: &RequestId, lease: &Lease) -> AppResult<()> {
+        let begun = self.rekeys.begin_rekey_attempt(id.clone(), lease.clone(), self.lease_until(), self.now());
+        let mut run = begun.await?;
         tracing::info!(request_id = %id, attempt = run.attempts, records = run.records_total - run.records_done, "rekey running");
-        let debts = self.store.rekey_debt(&run)?;
+        let debts = self.rekeys.rekey_debt(run.clone()).await?;
         for spec in rekey_plan::specs_needing_keys(&debts) {
-            self.catalog.ensure_active_key_blocking(spec, &format!("system (rekey of {id})"))?;
+            self.catalog.ensure_active_key(spec, &format!("system (rekey of {id})")).await?;
         }
         loop {
             let unmovable;
-            (run, unmovable) = self.rekey_pass(&run, lease)?;
+            (run, unmovable) = self.rekey_pass(&run, lease).await?;
             if let PassEnd::Fail(e) = rekey_plan::pass_end(&unmovable) {
                 return Err(e.into());
             }
-            let left = rekey_plan::total_debt(&self.store.rekey_debt(&run)?);
+            let left = rekey_plan::total_debt(&self.rekeys.rekey_debt(run.clone()).await?);
             if rekey_plan::completes(left) {
-                match self.complete_rekey(&run, lease) {
+                match self.complete_rekey(&run, lease).await {
                     // Records arrived under the run's keys since the count.
                     Err(AppError::Store(StoreError::Stale { what: "rekey", .. })) => {}
                     other => return other,
                 }
             }
             run = self
-                .store
-                .next_rekey_pass(id, lease, self.lease_until(), self.now())?
+                .rekeys
+                .next_rekey_pass(id.clone(), lease.clone(), self.lease_until(), self.now())
+                .await?
                 .ok_or_else(|| rekey_plan::passes_exhausted(left))?;
         }
     }
 
-    /// One pass from the run's cursor to the last record: this thread reads
-    /// and re-encrypts pages while a second one commits the batches before
-    /// them (each batch with its cursor), so both cores work. Returns the
+    /// One pass from the run's cursor to the last record: pages are read
+    /// and re-encrypted while the batches before them commit (each batch
+    /// with its cursor), so the store and the CPU work at once. Returns the
     /// run as the last batch left it, and the records that could not be
     /// moved (they stay under their imported keys).
-    fn rekey_pass(&self, run: &RekeyRun, lease: &Lease) -> AppResult<(RekeyRun, Vec<String>)> {
+    async fn rekey_pass(&self, run: &RekeyRun, lease: &Lease) -> AppResult<(RekeyRun, Vec<String>)> {
         let id = &run.request_id;
-        let (send, receive) = std::sync::mpsc::sync_channel::<RekeyBatch>(2);
-        std::thread::scope(|scope| {
-            let writer = scope.spawn(move || -> AppResult<Option<RekeyRun>> {
-                let mut last = None;
-                for b in receive {
-                    let (until, now) = (self.lease_until(), self.now());
-                    let written = self.store.write_rekey_batch(
-                        id,
-                        lease,
-                        until,
-                        &b.records,
-                        b.cursor.as_ref(),
-                        b.durable,
-                        now,
-                    )?;
-                    last = Some(written.0);
-                }
-                Ok(last)
-            });
-            let read = self.read_and_reencrypt(run, &send);
+        let (send, mut receive) = mpsc::channel::<RekeyBatch>(2);
+        let writer = async move {
+            let mut last = None;
+            while let Some(b) = receive.recv().await {
+                let (until, now) = (self.lease_until(), self.now());
+                let batch = (b.records, b.cursor, b.durable);
+                let written =
+                    self.rekeys.write_rekey_batch(id.clone(), lease.clone(), until, batch.0, batch.1, batch.2, now);
+                last = Some(written.await?.0);
+            }
+            // Done (or failed): the reader's next send fails and ends the pass.
+            Ok::<_, AppError>(last)
+        };
+        let reader = async move {
+            let read = self.read_and_reencrypt(run, &send).await;
             drop(send);
-            let written = writer.join().map_err(|_| AppError::Internal("the rekey writer panicked".into()))?;
-            // A writer that lost the job's lease says so first.
-            let last = written?.unwrap_or_else(|| run.clone());
-            Ok((last, read?))
-        })
+            read
+        };
+        let (written, read) = tokio::join!(writer, reader);
+        // A writer that lost the job's lease says so first.
+        let last = written?.unwrap_or_else(|| run.clone());
+        Ok((last, read?))
     }
 
     /// The reading half of a pass: pages after the cursor, re-encrypted and
     /// handed to the writer; stops at the last record or when the writer does.
-    fn read_and_reencrypt(&self, run: &RekeyRun, send: &SyncSender<RekeyBatch>) -> AppResult<Vec<String>> {
-        let mut cipher = RekeyCipher::new(self);
+    async fn read_and_reencrypt(&self, run: &RekeyRun, send: &mpsc::Sender<RekeyBatch>) -> AppResult<Vec<String>> {
+        let mut cipher = RekeyCipher::default();
         let (mut cursor, mut batches, mut unmovable) = (run.cursor.clone(), 0u32, Vec::new());
         loop {
-            let page = self.store.rekey_page(run, cursor.as_ref(), BATCH_RECORDS, rekey_plan::SCAN_LIMIT)?;
+            let page = self.rekeys.rekey_page(run.clone(), cursor.clone(), BATCH_RECORDS, rekey_plan::SCAN_LIMIT);
+            let page = page.await?;
             let now = self.now();
-            let mut records = Vec::with_capacity(page.records.len());
-            for rec in page.records {
-                match cipher.reencrypt(&rec, now)? {
-                    Ok(new) => records.push((rec, new)),
-                    // Left under its imported key (still owed); the attempt fails at the end of the pass.
-                    Err(why) => unmovable.push(why),
-                }
-            }
+            let (records, mut left) = self.reencrypt_page(&mut cipher, page.records, now).await?;
+            // Left under their imported keys (still owed); the attempt fails at the end of the pass.
+            unmovable.append(&mut left);
             batches += 1;
             let durable;
             (cursor, durable) = rekey_plan::batch_after_page(cursor, page.last_scanned, batches, page.at_end);
             // A writer that stopped has its error; the pass ends with it.
-            if send.send(RekeyBatch { records, cursor: cursor.clone(), durable }).is_err() || page.at_end {
+            if send.send(RekeyBatch { records, cursor: cursor.clone(), durable }).await.is_err() || page.at_end {
                 return Ok(unmovable);
             }
         }
     }
 
-    fn complete_rekey(&self, run: &RekeyRun, lease: &Lease) -> AppResult<()> {
+    /// A page's records re-encrypted in order, as one record at a time
+    /// would be: (as read, re-encrypted) pairs, and why the others were not.
+    /// The CPU work runs off the workers in one go, except that a record
+    /// whose imported key is not loaded yet, or whose spec's current key is
+    /// not (loaded once a record of the spec opened), waits for the records
+    /// before it; a key that cannot be loaded stops the attempt there.
+    async fn reencrypt_page(
+        &self,
+        cipher: &mut RekeyCipher,
+        records: Vec<StoredRecord>,
+        now: UnixMillis,
+    ) -> AppResult<(Vec<(StoredRecord, StoredRecord)>, Vec<String>)> {
+        let records = Arc::new(records);
+        let mut answers: Answers = (0..records.len()).map(|_| None).collect();
+        let mut queue = Vec::new();
+        for i in 0..records.len() {
+            let key_id = match rekey_plan::record_source(&records[i]) {
+                Ok((key_id, _, _)) => key_id,
+                Err(why) => {
+                    answers[i] = Some(Err(why));
+                    continue;
+                }
+            };
+            if !cipher.opening.contains_key(&key_id) {
+                run_steps(cipher, &records, std::mem::take(&mut queue), None, now, &mut answers).await?;
+                self.load_opening(cipher, &key_id).await?;
+            }
+            if cipher.sealing.contains_key(&key_id.spec) {
+                queue.push(Step::Both(i));
+                continue;
+            }
+            match run_steps(cipher, &records, std::mem::take(&mut queue), Some(i), now, &mut answers).await? {
+                Some(Ok((plaintext, from))) => {
+                    self.load_sealing(cipher, &from.spec).await?;
+                    queue.push(Step::Seal(i, plaintext, from));
+                }
+                Some(Err(why)) => answers[i] = Some(Err(why)),
+                None => {}
+            }
+        }
+        run_steps(cipher, &records, queue, None, now, &mut answers).await?;
+        let records = Arc::try_unwrap(records).unwrap_or_else(|shared| shared.as_ref().clone());
+        let (mut moved, mut unmovable) = (Vec::with_capacity(records.len()), Vec::new());
+        for (rec, answer) in records.into_iter().zip(answers) {
+            match answer {
+                Some(Ok(new)) => moved.push((rec, new)),
+                Some(Err(why)) => unmovable.push(why),
+                None => return Err(AppError::Internal("a rekey record was lost".into())),
+            }
+        }
+        Ok((moved, unmovable))
+    }
+
+    async fn scheme(&self, spec: &Name) -> AppResult<Scheme> {
+        Ok(self.catalog.spec_or_not_found(spec).await?.scheme())
+    }
+
+    /// Unwraps an imported key and loads it to open records.
+    async fn load_opening(&self, cipher: &mut RekeyCipher, id: &KeyId) -> AppResult<()> {
+        let (_, wrapped) = self
+            .keys
+            .key(id.clone())
+            .await?
+            .ok_or_else(|| DomainError::FailedPrecondition(format!("imported key {id} is not on this instance")))?;
+        let scheme = self.scheme(&id.spec).await?;
+        let key = self.signer.with_backend(move |b| LoadedKey::load(scheme, b.unwrap(&wrapped)?)).await?;
+        cipher.opening.insert(id.clone(), key);
+        Ok(())
+    }
+
+    /// Unwraps this instance's current key of `spec` and loads it to seal.
+    async fn load_sealing(&self, cipher: &mut RekeyCipher, spec: &Name) -> AppResult<()> {
+        let (rec, wrapped) = current_key(&self.keys, spec)
+            .await?
+            .ok_or_else(|| DomainError::FailedPrecondition(format!("spec {spec} has no Active key")))?;
+        let scheme = self.scheme(spec).await?;
+        let key = self.signer.with_backend(move |b| LoadedKey::load(scheme, b.unwrap(&wrapped)?)).await?;
+        let gcm = match key.scheme() {
+            Scheme::AesGcm { .. } => Some(GcmSealer::new(key.secret())?),
+            _ => None,
+        };
+        let header = ciphertext::encode_header(&rec.id);
+        cipher.sealing.insert(spec.clone(), Sealer { key_id: rec.id, header, key, gcm });
+        Ok(())
+    }
+
+    async fn complete_rekey(&self, run: &RekeyRun, lease: &Lease) -> AppResult<()> {
         let now = self.now();
-        let entry = |r: &RekeyRun| {
+        let entry = move |r: &RekeyRun| {
             audit(now, "rekey.completed", &r.request_id, Outcome::Success, rekey_plan::completed_details(r))
         };
-        let done = self.store.end_rekey(run, lease, RekeyEnd::Completed, now, &entry)?;
+        let done = self.rekeys.end_rekey(run.clone(), lease.clone(), RekeyEnd::Completed, now, entry).await?;
         tracing::info!(request_id = %run.request_id, records = done.records_done, "rekey completed");
         Ok(())
     }
 
-    fn fail_rekey(&self, run: &RekeyRun, lease: &Lease, error: AppError) -> AppResult<()> {
+    async fn fail_rekey(&self, run: &RekeyRun, lease: &Lease, error: AppError) -> AppResult<()> {
         let now = self.now();
         let reason = rekey_plan::failure_reason(&error.to_string(), matches!(error, AppError::Internal(_)));
         let next = next_attempt(now, millis(self.settings.rekey_retry), run.expires_at);
         tracing::warn!(request_id = %run.request_id, error = %error, next_attempt = next.0, "rekey failed; it will be tried again");
-        let entry = |r: &RekeyRun| {
-            audit(now, "rekey.failed", &r.request_id, Outcome::Failed, rekey_plan::failed_details(&reason, next))
-        };
-        self.store.end_rekey(run, lease, RekeyEnd::Failed { error: &reason, next }, now, &entry)?;
+        let details = rekey_plan::failed_details(&reason, next);
+        let entry = move |r: &RekeyRun| audit(now, "rekey.failed", &r.request_id, Outcome::Failed, details.clone());
+        let end = RekeyEnd::Failed { error: reason, next };
+        self.rekeys.end_rekey(run.clone(), lease.clone(), end, now, entry).await?;
         Ok(())
     }
 
-    fn expire_rekey(&self, run: &RekeyRun, lease: &Lease, now: UnixMillis) -> AppResult<()> {
-        let entry =
-            |r: &RekeyRun| audit(now, "rekey.expired", &r.request_id, Outcome::Failed, rekey_plan::expired_details(r));
-        let done = self.store.end_rekey(run, lease, RekeyEnd::Expired, now, &entry)?;
+    async fn expire_rekey(&self, run: &RekeyRun, lease: &Lease, now: UnixMillis) -> AppResult<()> {
+        let entry = move |r: &RekeyRun| {
+            audit(now, "rekey.expired", &r.request_id, Outcome::Failed, rekey_plan::expired_details(r))
+        };
+        let done = self.rekeys.end_rekey(run.clone(), lease.clone(), RekeyEnd::Expired, now, entry).await?;
         tracing::warn!(
             request_id = %run.request_id,
             destroyed = done.destroyed_keys.len(),

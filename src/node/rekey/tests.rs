@@ -13,6 +13,7 @@ use crate::domain::record::{RecordAddress, StoredRecord};
 use crate::domain::rekey::RekeyState;
 use crate::node::exchange::{Decision, PlannedRequest};
 use crate::node::testing::{Instance, admin, name, test_ca, test_settings};
+use crate::store::RecordStore;
 
 const HOUR: i64 = 3_600_000;
 
@@ -36,17 +37,17 @@ async fn records_on_both(source: &Instance, target: &Instance, n: usize) -> Vec<
         source.services.crypto.put_record(&admin(), address, name("salary"), text).await.expect("put");
     }
     let recs = source.services.crypto.list_records(None, None, None, 1000).await.expect("list");
-    target.services.store().put_records(&recs).expect("plant the records on the target");
+    RecordStore::new(target.services.store()).put_records(recs.clone()).await.expect("plant the records on the target");
     recs
 }
 
 /// A record naming `key` that does not decrypt: damaged data a rekey cannot move.
-fn plant_damaged(target: &Instance, key: &KeyId) {
+async fn plant_damaged(target: &Instance, key: &KeyId) {
     let mut bytes = ciphertext::encode_header(key);
     bytes.extend_from_slice(&[7u8; 60]);
     let address = RecordAddress::parse("junk", "f", "damaged").expect("address");
     let rec = StoredRecord { address, ciphertext: bytes, key_id: key.clone(), updated_at: UnixMillis(1) };
-    target.services.store().put_record(&rec).expect("plant the damaged record");
+    RecordStore::new(target.services.store()).put_record(rec).await.expect("plant the damaged record");
 }
 
 /// An exchange with rekey of payroll/salary (lasting `lifetime` ms), approved
@@ -63,7 +64,7 @@ async fn import_with_rekey(source: &Instance, target: &Instance, lifetime: i64) 
         clone_grant: None,
     };
     let exchange = &target.services.exchange;
-    let (req, public_key) = exchange.insert_target_request_blocking(planned).expect("target request");
+    let (req, public_key) = exchange.insert_target_request(planned).await.expect("target request");
     exchange.open_on_source(req.clone(), public_key).await.expect("opened on the source");
     source.services.exchange.update_request(&admin(), req.id.clone(), Decision::Approve).await.expect("approve");
     assert_eq!(source.run_jobs().await, 1, "the delivery ran");
@@ -114,7 +115,7 @@ async fn the_rekey_moves_every_record_to_the_targets_own_key() {
 #[tokio::test]
 async fn a_record_that_does_not_decrypt_fails_the_attempt_with_the_reason() {
     let (_source, target, id, recs) = setup(2, 7 * 24 * HOUR).await;
-    plant_damaged(&target, &recs[0].key_id);
+    plant_damaged(&target, &recs[0].key_id).await;
     target.run_jobs().await;
     let failed = target.services.rekey.rekey_run(id).await.expect("run");
     assert_eq!(failed.state, RekeyState::Failed);
@@ -130,13 +131,14 @@ async fn a_record_that_does_not_decrypt_fails_the_attempt_with_the_reason() {
 #[tokio::test]
 async fn a_failed_rekey_runs_again_after_the_retry_interval_and_completes() {
     let (_source, target, id, recs) = setup(2, 7 * 24 * HOUR).await;
-    plant_damaged(&target, &recs[0].key_id);
+    plant_damaged(&target, &recs[0].key_id).await;
     target.run_jobs().await;
     assert_eq!(target.services.rekey.rekey_run(id.clone()).await.expect("run").state, RekeyState::Failed);
     assert_eq!(target.advance_and_run(HOUR - 1_000).await, 0, "not before the retry interval");
 
     let damaged = RecordAddress::parse("junk", "f", "damaged").expect("address");
-    target.services.store().delete_record(&damaged).expect("the operator removes the damaged record");
+    let removed = RecordStore::new(target.services.store()).delete_record(damaged).await;
+    removed.expect("the operator removes the damaged record");
     assert_eq!(target.advance_and_run(1_000).await, 1, "the retry ran");
     let done = target.services.rekey.rekey_run(id).await.expect("run");
     assert_eq!((done.state, done.attempts), (RekeyState::Completed, 2), "{:?}", done.last_error);
@@ -146,7 +148,7 @@ async fn a_failed_rekey_runs_again_after_the_retry_interval_and_completes() {
 #[tokio::test]
 async fn a_rekey_still_owed_at_the_requests_expiry_ends_expired_and_keeps_the_needed_key() {
     let (_source, target, id, recs) = setup(1, 2 * HOUR).await;
-    plant_damaged(&target, &recs[0].key_id);
+    plant_damaged(&target, &recs[0].key_id).await;
     target.run_jobs().await;
     let failed = target.services.rekey.rekey_run(id.clone()).await.expect("run");
     assert_eq!(failed.state, RekeyState::Failed);
