@@ -91,6 +91,30 @@ pub fn is_repeat_opening(existing: &ExchangeRequest, opened: &ExchangeRequest) -
     existing.target == opened.target && existing.transport_public_key == opened.transport_public_key
 }
 
+/// What a repeat opening does to the request already here (`existing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepeatOpening {
+    /// The target refused the delivery (ERROR_ON_REMOTE_INSTANCE here), say
+    /// because its own record was in error when the bundle came, and it has
+    /// retried since: its opening again is the retry of the delivery, as
+    /// a `Retry` by the target (the bundle, wrapped for the same transport
+    /// key, is sent again; nothing new is approved).
+    RetryDelivery,
+    /// Otherwise the request is answered as it stands (a grant may approve
+    /// it if it is still pending).
+    AsItStands,
+}
+
+/// What the target's opening again of `existing` (a repeat opening, see
+/// `is_repeat_opening`) does.
+pub fn repeat_opening(existing: &ExchangeRequest) -> RepeatOpening {
+    if existing.status == RequestStatus::ErrorOnRemoteInstance {
+        RepeatOpening::RetryDelivery
+    } else {
+        RepeatOpening::AsItStands
+    }
+}
+
 /// Pending or Approved at or after its expiry: the sweep (or a decision)
 /// expires it.
 pub fn is_overdue(req: &ExchangeRequest, now: UnixMillis) -> bool {

@@ -64,6 +64,23 @@ fn a_repeated_opening_is_the_same_target_and_transport_key() {
 }
 
 #[test]
+fn a_repeat_opening_retries_only_a_delivery_the_target_refused() {
+    let mut existing = pending(Frequency::Automatic);
+    for (status, does) in [
+        (ErrorOnRemoteInstance, RepeatOpening::RetryDelivery),
+        (Pending, RepeatOpening::AsItStands),
+        (Approved, RepeatOpening::AsItStands),
+        (Completed, RepeatOpening::AsItStands),
+        (Rejected, RepeatOpening::AsItStands),
+        (Expired, RepeatOpening::AsItStands),
+        (ErrorOnLocalInstance, RepeatOpening::AsItStands),
+    ] {
+        existing.status = status;
+        assert_eq!(repeat_opening(&existing), does, "{}", status.label());
+    }
+}
+
+#[test]
 fn overdue_means_open_and_at_or_past_expiry() {
     for s in [Pending, Approved] {
         let mut req = pending(Frequency::Adhoc);

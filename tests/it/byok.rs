@@ -496,7 +496,6 @@ async fn import_keys_are_used_once_on_both_engines() {
     use kmf::store::{CatalogStore, StoreError};
 
     use crate::store_contract::{name, subjects, sys};
-    use crate::support::wait_for;
 
     for s in subjects() {
         let (store, imports) = (&s.store, ByokStore::new(&s.store));

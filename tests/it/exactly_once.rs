@@ -589,12 +589,12 @@ async fn a_retry_after_a_lost_opening_answer_reopens_the_same_request() {
         }
         let retried = t.decide(&id, Decision::Retry, "").await.expect("retry on the target");
         assert_eq!(status(&retried), RequestStatus::RequestPending, "{retried:?}");
-        if approve_first {
-            // The source's operator retries its delivery: the same bundle's key opens.
-            s.decide(&id, Decision::Retry, "").await.expect("retry on the source");
-        } else {
+        if !approve_first {
             s.decide(&id, Decision::Approve, "").await.expect("approve");
         }
+        // Approved first: the target's retry opened it again on the source,
+        // which is the retry of the refused delivery: the same bundle is sent
+        // again, unasked, and its key opens.
         s.wait_for(&id, "completion on the source", |r| status(r) == RequestStatus::RequestCompleted).await;
         let done = t.wait_for(&id, "completion on the target", |r| status(r) == RequestStatus::RequestCompleted).await;
         assert_eq!(done.imported_key_count, 1, "approve first: {approve_first}");

@@ -23,7 +23,7 @@ use crate::domain::exchange::{
     ExchangeRequest, ExchangeRole, PeerRef, RequestStatus, SignedBlob, SpecLine, SpecLineStatus, Transition,
     dialable_target_host, export_line,
 };
-use crate::domain::exchange_decide::{self as decide, DecideGate, DecisionEffects};
+use crate::domain::exchange_decide::{self as decide, DecideGate, DecisionEffects, RepeatOpening};
 use crate::domain::ids::{Host, KeyId, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::domain::key::{DataKey, KeyRecord, WrappedKey};
@@ -106,7 +106,7 @@ impl Exchange {
                 let existing = self.requests.request(req.id.clone()).await?.map(|v| v.value);
                 return match existing {
                     Some(e) if decide::is_repeat_opening(&e, &req) => {
-                        let e = self.approve_by_grant(e).await?;
+                        let e = self.answer_repeat_opening(e).await?;
                         Ok(SourceView { status: e.status, lines: e.lines, total_key_count: e.total_key_count })
                     }
                     _ => Err(DomainError::AlreadyExists { what, id }.into()),
@@ -117,6 +117,23 @@ impl Exchange {
         tracing::info!(request_id = %req.id, target = %req.target.sys_id, status = req.status.label(), "exchange request opened by target");
         let req = self.approve_by_grant(req).await?;
         Ok(SourceView { status: req.status, lines: req.lines, total_key_count: req.total_key_count })
+    }
+
+    /// The target opened `existing` again (it retried after losing our
+    /// answer, or after refusing our delivery): a refused delivery is
+    /// retried as the target's decision (`RepeatOpening::RetryDelivery`);
+    /// a request still pending may be approved by its grant.
+    async fn answer_repeat_opening(&self, existing: ExchangeRequest) -> AppResult<ExchangeRequest> {
+        let req = match decide::repeat_opening(&existing) {
+            RepeatOpening::AsItStands => existing,
+            RepeatOpening::RetryDelivery => {
+                let actor = format!("instance:{}", existing.target.sys_id);
+                let retried = self.decide_as(&existing.id, &Decision::Retry, &actor, None).await?;
+                self.signals.wake();
+                retried
+            }
+        };
+        self.approve_by_grant(req).await
     }
 
     /// Decides on a request (source side, one explicit call): commits the

@@ -225,3 +225,34 @@ async fn a_lost_answer_at_creation_is_retried_and_the_source_keeps_one_request()
     assert_eq!(request(&target, &recorded.id).await.status, RequestStatus::Completed);
     assert_eq!(key_count(&target, "salary").await, 1);
 }
+
+#[tokio::test]
+async fn a_delivery_refused_while_the_target_was_in_error_is_sent_again_when_it_retries() {
+    let (source, target) = pair();
+    source.spec_with_keys("payroll", "salary", 2).await;
+    target.spec_with_keys("payroll", "salary", 0).await;
+    target.link.faults.lose_answers.store(1, Ordering::SeqCst);
+    let failed = target.services.exchange.create_request(&admin(), new_request(&source, &["salary"])).await;
+    assert!(failed.is_err(), "the target saw no answer");
+    let recorded = all_requests(&target).await.pop().expect("recorded on the target");
+    assert_eq!(recorded.status, RequestStatus::ErrorOnRemoteInstance);
+    // Approved and delivered while the target's record is in error: refused.
+    decide(&source, &recorded.id, Decision::Approve).await.expect("approve");
+    assert_eq!(source.run_jobs().await, 1);
+    assert_eq!(request(&source, &recorded.id).await.status, RequestStatus::ErrorOnRemoteInstance);
+    assert_eq!(key_count(&target, "salary").await, 0);
+
+    // The target's retry opens it again: the source delivers the same bundle again, unasked.
+    let retried = decide(&target, &recorded.id, Decision::Retry).await.expect("retry on the target");
+    assert_eq!(retried.status, RequestStatus::Pending);
+    let on_source = request(&source, &recorded.id).await;
+    assert_eq!(on_source.status, RequestStatus::Approved, "the delivery is retried");
+    let by = on_source.history.last().map(|t| t.actor.clone());
+    assert_eq!(by, Some(format!("instance:{}", target.sys_id)), "retried as the target's decision");
+    assert_eq!(source.run_jobs().await, 1);
+    assert_eq!(request(&source, &recorded.id).await.status, RequestStatus::Completed);
+    assert_eq!(request(&target, &recorded.id).await.status, RequestStatus::Completed);
+    assert_eq!(key_count(&target, "salary").await, 2, "imported once");
+    let approvals = on_source.history.iter().filter(|t| t.status == RequestStatus::Approved).count();
+    assert_eq!(approvals, 2, "the approval, and the retry back to approved; nothing approved anew");
+}
