@@ -34,11 +34,6 @@ pub enum AppError {
     /// A broken invariant or an unexpected failure; details go to the log only.
     #[error("internal error: {0}")]
     Internal(String),
-    /// An attempt on an async worker needed the store or the signer (a cache
-    /// miss, or a refusal to audit): the node runs the call again on the
-    /// blocking pool. Never leaves the node.
-    #[error("internal error: the call needs the blocking pool")]
-    WouldBlock,
     /// One item of a call that fails as a whole (e.g. `records[3]`): the
     /// item's own error, with the same gRPC code, prefixed with where.
     #[error("{at}: {source}")]

@@ -1,8 +1,9 @@
 //! What every service is built from: the instance's identity, its ports
 //! (store, signer, instance key, peer link, clock) and the job runner's
 //! signals and settings. `Services::new` makes one `Context`; each service
-//! takes from it only the ports it uses. `Blocking` runs a service's
-//! synchronous store and signer work off the async workers.
+//! takes from it only the ports it uses; the store and the signer run their
+//! blocking work off the async workers themselves (`offload`), so services
+//! are plain `async fn`s. `reread_and_retry` bounds a use case's re-reads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,25 +71,6 @@ impl Context {
         AsyncInstanceKey::new(Arc::clone(&self.instance_key))
     }
 }
-
-/// Runs blocking work (redb, openssl, RSA) of a service on the blocking
-/// pool; every service has it.
-pub trait Blocking: Send + Sync + Sized + 'static {
-    fn blocking<T, F>(self: &Arc<Self>, f: F) -> impl Future<Output = AppResult<T>> + Send
-    where
-        T: Send + 'static,
-        F: FnOnce(&Self) -> AppResult<T> + Send + 'static,
-    {
-        let this = Arc::clone(self);
-        async move {
-            tokio::task::spawn_blocking(move || f(&this))
-                .await
-                .map_err(|e| AppError::Internal(format!("blocking task failed: {e}")))?
-        }
-    }
-}
-
-impl<S: Send + Sync + 'static> Blocking for S {}
 
 /// How often a use case reads again and decides again after its
 /// conditional write found the read out of date, before it answers ABORTED.
@@ -221,19 +203,6 @@ impl JobSignals {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-
-    struct Probe(u32);
-
-    #[tokio::test]
-    async fn blocking_work_runs_off_the_worker_and_its_panic_is_an_internal_error() {
-        let probe = Arc::new(Probe(7));
-        let worker = std::thread::current().id();
-        let (value, thread) = probe.blocking(move |p| Ok((p.0, std::thread::current().id()))).await.expect("ran");
-        assert_eq!(value, 7);
-        assert_ne!(thread, worker, "the closure ran on the blocking pool");
-        let panicked = probe.blocking(|_: &Probe| -> AppResult<()> { panic!("boom") }).await;
-        assert!(matches!(panicked, Err(AppError::Internal(_))), "{panicked:?}");
-    }
 
     #[tokio::test]
     async fn a_stale_write_is_read_again_a_bounded_number_of_times_then_aborted() {

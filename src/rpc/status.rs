@@ -39,11 +39,7 @@ impl From<AppError> for Status {
             AppError::Store(StoreError::Missing { .. }) => Status::not_found(err.to_string()),
             AppError::Aborted(_) => Status::aborted(err.to_string()),
             AppError::Crypto(CryptoError::BadSignature) => Status::permission_denied(err.to_string()),
-            AppError::Store(_)
-            | AppError::Crypto(_)
-            | AppError::Internal(_)
-            | AppError::WouldBlock
-            | AppError::Item { .. } => {
+            AppError::Store(_) | AppError::Crypto(_) | AppError::Internal(_) | AppError::Item { .. } => {
                 let error_id = hex::encode(crate::signer::primitives::random_bytes::<6>());
                 tracing::error!(%error_id, error = %err, "internal error");
                 Status::internal(format!("internal error (error id {error_id}; see the daemon log)"))

@@ -20,7 +20,7 @@ use crate::domain::audit::{AuditEntry, BrokenLink, ChainVerifier};
 use crate::domain::refusals::{CallRefusal, RefusalWindows};
 use crate::error::AppResult;
 use crate::signer::async_signer::off_the_workers;
-use crate::store::{AuditStore, Store};
+use crate::store::AuditStore;
 pub use access::Access;
 
 /// Filters for listing entries.
@@ -46,8 +46,6 @@ const PAGE: usize = 1000;
 
 pub struct Audit {
     audit_store: AuditStore,
-    /// Transitional: for `refused_blocking`, until no blocking closure calls it.
-    store: Arc<Store>,
     clock: Arc<dyn Clock>,
     /// Open windows of coalesced access refusals.
     refusals: Mutex<RefusalWindows>,
@@ -62,7 +60,6 @@ impl Audit {
     pub fn new(ctx: &Context) -> Self {
         Audit {
             audit_store: AuditStore::new(&ctx.store),
-            store: Arc::clone(&ctx.store),
             clock: Arc::clone(&ctx.clock),
             refusals: Mutex::default(),
             call_refusals: Mutex::default(),

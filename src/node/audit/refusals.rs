@@ -99,24 +99,6 @@ impl Audit {
         Err(denied(&refusal))
     }
 
-    /// Transitional: the sync form of `refused`, for `Catalog::check_access_blocking`.
-    pub fn refused_blocking(
-        &self,
-        caller: &Caller,
-        spec: &Name,
-        operation: Operation,
-        reason: String,
-    ) -> AppResult<()> {
-        let (refusal, events) = self.note_refusal(caller, spec, operation, reason);
-        if !events.is_empty()
-            && let Err(e) = self.store.append_audit(&events)
-        {
-            tracing::error!(error = %e, entries = events.len(), "could not audit refusals");
-        }
-        log_repeats(&events);
-        Err(denied(&refusal))
-    }
-
     /// Notes a refusal in its window: the entries to write (the counts of
     /// windows it closed, and the refusal itself when it is the first).
     fn note_refusal(

@@ -125,17 +125,6 @@ impl Catalog {
         Ok(spec)
     }
 
-    /// Transitional: the sync form, for callers still inside a blocking closure.
-    pub fn spec_or_not_found_blocking(&self, name: &Name) -> AppResult<Spec> {
-        let g = self.store.changes().specs();
-        if let Some(s) = self.hot.spec(g, name) {
-            return Ok(s);
-        }
-        let spec = self.store.spec(name)?.ok_or_else(|| DomainError::not_found("spec", name))?;
-        self.hot.put_spec(g, spec.clone());
-        Ok(spec)
-    }
-
     async fn key_records(&self, spec: &Name) -> AppResult<Vec<KeyRecord>> {
         Ok(self.specs.keys(spec.clone()).await?.into_iter().map(|(k, _)| k).collect())
     }
@@ -202,13 +191,6 @@ impl Catalog {
             }
         })
         .await
-    }
-
-    /// Transitional: the sync form of `ensure_active_key`, for a caller
-    /// inside a blocking closure (on the blocking pool, never on an async
-    /// worker: it waits there for the async form).
-    pub fn ensure_active_key_blocking(&self, spec: &Name, actor: &str) -> AppResult<KeyRecord> {
-        tokio::runtime::Handle::current().block_on(self.ensure_active_key(spec, actor))
     }
 
     /// Returns (deactivated, new active).

@@ -28,8 +28,7 @@ pub use keys::DefaultAccess;
 
 pub struct Catalog {
     sys_id: SysId,
-    /// For its change tokens (the cache) and, until the transitional sync
-    /// forms go, their store reads.
+    /// For its change tokens (the hot cache compares them).
     store: Arc<Store>,
     specs: CatalogStore,
     policies: PolicyStore,

@@ -173,34 +173,6 @@ impl Catalog {
         let reason = evaluate(&policies, &request).reason;
         self.audit.refused(caller, &spec_rec.name, operation, reason).await
     }
-
-    /// Transitional: the sync form of `check_access`, for callers still
-    /// inside a blocking closure or on the async worker's first try. The
-    /// `inline` flag is no longer read: a miss reads the store and a refusal
-    /// writes its entry here, on the calling thread.
-    pub fn check_access_blocking(
-        &self,
-        caller: &Caller,
-        spec_rec: &Spec,
-        operation: Operation,
-        _inline: bool,
-    ) -> AppResult<()> {
-        let g = self.store.changes().policies();
-        let policies = match self.hot.policies(g, &spec_rec.module) {
-            Some(p) => p,
-            None => {
-                let p = Arc::new(self.store.policies(Some(&spec_rec.module))?);
-                self.hot.put_policies(g, spec_rec.module.clone(), p.clone());
-                p
-            }
-        };
-        let request = access_request(caller, spec_rec, operation);
-        if allows(&policies, &request) {
-            return Ok(());
-        }
-        let reason = evaluate(&policies, &request).reason;
-        self.audit.refused_blocking(caller, &spec_rec.name, operation, reason)
-    }
 }
 
 fn access_request(caller: &Caller, spec: &Spec, operation: Operation) -> AccessRequest {

@@ -32,9 +32,8 @@ use crate::domain::ids::{Host, RequestId, SysId, UnixMillis};
 use crate::domain::job::{Job, JobId, JobKind};
 use crate::domain::sweeps;
 use crate::error::AppResult;
-use crate::signer::Signer;
 use crate::signer::async_signer::{AsyncInstanceKey, AsyncSigner};
-use crate::store::{AuditStore, CatalogStore, CloneStore, RequestStore, Store};
+use crate::store::{AuditStore, CatalogStore, CloneStore, RequestStore};
 pub use proof::RequestProof;
 pub use source::Decision;
 pub use target::{NewRequest, PlannedRequest};
@@ -50,9 +49,6 @@ pub struct Exchange {
     audit_store: AuditStore,
     signer: AsyncSigner,
     instance_key: AsyncInstanceKey,
-    /// Transitional: the sync store and signer of `insert_target_request_blocking`.
-    blocking_store: Arc<Store>,
-    blocking_signer: Arc<dyn Signer>,
     peers: Arc<dyn PeerLink>,
     clock: Arc<dyn Clock>,
     signals: Arc<JobSignals>,
@@ -74,8 +70,6 @@ impl Exchange {
             audit_store: AuditStore::new(&ctx.store),
             signer: ctx.async_signer(),
             instance_key: ctx.async_instance_key(),
-            blocking_store: Arc::clone(&ctx.store),
-            blocking_signer: Arc::clone(&ctx.signer),
             peers: Arc::clone(&ctx.peers),
             clock: Arc::clone(&ctx.clock),
             signals: Arc::clone(&ctx.signals),

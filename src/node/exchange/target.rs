@@ -67,17 +67,6 @@ impl Exchange {
         Ok((req, transport.public_der))
     }
 
-    /// Transitional: the sync form of `insert_target_request`.
-    pub fn insert_target_request_blocking(&self, p: PlannedRequest) -> AppResult<(ExchangeRequest, Vec<u8>)> {
-        for s in &p.specs {
-            self.catalog.spec_or_not_found_blocking(s)?;
-        }
-        let transport = self.blocking_signer.create_transport_key()?;
-        let (req, audit) = self.target_request(p, &transport);
-        self.blocking_store.insert_request(&req, Some(&transport.handle), RequestEffects::default(), &[audit])?;
-        Ok((req, transport.public_der))
-    }
-
     /// The pending request `p` plans, with `transport` as its transport
     /// key, and its `exchange.create` audit entry.
     fn target_request(&self, p: PlannedRequest, transport: &TransportKey) -> (ExchangeRequest, AuditEvent) {
