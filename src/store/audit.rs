@@ -3,7 +3,7 @@
 
 use super::engine::{KeyRange, ReadTxn, Table, WriteTxn, scan};
 use super::tuple::{KeyBuf, KeyReader};
-use super::{AuditStore, Result, Store, StoreError};
+use super::{AuditStore, Result, StoreError};
 use crate::domain::audit::{AuditEntry, AuditEvent, GENESIS};
 
 fn audit_rows_in(tx: &mut dyn ReadTxn, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -57,18 +57,5 @@ impl AuditStore {
     /// reported as a broken link rather than a store failure.
     pub async fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
         self.store.read(move |tx| audit_rows_in(tx, after, limit)).await
-    }
-}
-
-// Transitional: the sync forms other service groups' code on this branch
-// still calls from inside a blocking closure; they go when no blocking
-// closure is left.
-impl Store {
-    pub fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
-        self.write_blocking(|tx| append_audit(tx, events))
-    }
-
-    pub fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.read_blocking(|tx| audit_rows_in(tx, after, limit))
     }
 }

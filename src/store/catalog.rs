@@ -4,7 +4,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn, scan};
 use super::records::{KeyRow, LifecyclePolicyRow, ModuleRow, SpecRow, decode, scope_key};
 use super::tuple::{KeyBuf, str_key};
-use super::{CatalogStore, Result, Store, StoreError, get_row, put_row};
+use super::{CatalogStore, Result, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::ids::{KeyId, Name};
 use crate::domain::key::{KeyRecord, KeyState, LifecycleDefinition, LifecyclePolicy, WrappedKey, effective_cap};
@@ -355,33 +355,4 @@ pub(super) fn modules_in(tx: &mut dyn ReadTxn) -> Result<Vec<Module>> {
 
 pub(super) fn specs_in(tx: &mut dyn ReadTxn) -> Result<Vec<Spec>> {
     all_rows(tx, Table::Specs, |v| decode::<SpecRow>(v)?.try_into())
-}
-
-// Transitional: the sync forms of the methods other service groups' code
-// on this branch still calls from inside a blocking closure; they go when
-// no blocking closure is left.
-impl Store {
-    pub fn spec(&self, name: &Name) -> Result<Option<Spec>> {
-        self.read_blocking(|tx| spec_in(tx, name))
-    }
-
-    pub fn specs(&self) -> Result<Vec<Spec>> {
-        self.read_blocking(specs_in)
-    }
-
-    pub fn key(&self, id: &KeyId) -> Result<Option<(KeyRecord, WrappedKey)>> {
-        self.read_blocking(|tx| key_in(tx, id))
-    }
-
-    pub fn keys_page(&self, spec: &Name, after: Option<&KeyId>, limit: usize) -> Result<Vec<(KeyRecord, WrappedKey)>> {
-        self.read_blocking(|tx| keys_page_in(tx, spec, after, limit))
-    }
-
-    pub fn count_keys_of(&self, spec: &Name) -> Result<u64> {
-        self.read_blocking(|tx| count_keys_of_in(tx, spec))
-    }
-
-    pub fn find_key(&self, spec: &Name, pick: impl Fn(&KeyRecord) -> bool) -> Result<Option<(KeyRecord, WrappedKey)>> {
-        self.read_blocking(|tx| find_key_in(tx, spec, pick))
-    }
 }

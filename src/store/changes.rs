@@ -304,7 +304,10 @@ mod tests {
         let writes: [&dyn Fn(&Store); 4] = [
             &|_| runtime.block_on(records.put_record(record.clone())).unwrap(),
             &|_| assert!(runtime.block_on(records.delete_record(address.clone())).unwrap()),
-            &|st| st.append_audit(&[AuditEvent::new(now, "alice", "call.refused", "x", Outcome::Refused)]).unwrap(),
+            &|st| {
+                let refused = [AuditEvent::new(now, "alice", "call.refused", "x", Outcome::Refused)];
+                st.write_blocking(|tx| crate::store::audit::append_audit(tx, &refused)).unwrap()
+            },
             &|st| {
                 st.write_blocking(|tx| put_job_in(tx, &Job::new(JobId::singleton(JobKind::LifecycleSweep), now, now)))
                     .unwrap()

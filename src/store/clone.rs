@@ -16,7 +16,7 @@ use super::properties::{properties_in, property_in};
 use super::records::decode;
 use super::stored_records::{active_records, record_from_row};
 use super::tuple::{KeyReader, str_key};
-use super::{CloneStore, Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{CloneStore, Result, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::{
     CloneGrant, CloneTarget, GrantBasis, SnapshotCatalog, SnapshotHeader, SnapshotPart, SystemApprovalFacts,
@@ -219,21 +219,6 @@ impl SnapshotRead {
     pub async fn end(self) -> Result<bool> {
         drop(self.parts);
         self.read.await.map_err(|e| StoreError::Backend(format!("the snapshot read failed: {e}")))?
-    }
-}
-
-// Transitional: the sync twins of `CloneStore::system_approval_refusal` and
-// `CloneStore::clone_target`, for the exchange service's code that still
-// calls them inside its blocking closures; they go after the merge.
-impl Store {
-    /// Why `a` may not be approved without a person as the rows stand now
-    /// (the approving transaction checks again), or Ok.
-    pub fn system_approval_refusal(&self, a: &SystemApproval) -> Result<std::result::Result<(), String>> {
-        self.read_blocking(|tx| Ok(check_system_approval(tx, a)?.map(|_| ())))
-    }
-
-    pub fn clone_target(&self, sys_id: &SysId) -> Result<Option<CloneTarget>> {
-        self.read_blocking(|tx| target_in(tx, sys_id))
     }
 }
 

@@ -13,7 +13,7 @@ use super::policies::{delete_policy_in, put_new_policies, set_policy_active_in};
 use super::properties::property_in;
 use super::records::decode;
 use super::tuple::str_key;
-use super::{CloneStore, Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{CloneStore, Result, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone_exchange::{CloneExchange, UsedBy};
 use crate::domain::exchange::PeerRef;
@@ -114,15 +114,6 @@ pub(super) fn use_up_in(tx: &mut dyn WriteTxn, u: &UseUp) -> Result<bool> {
     put_row(tx, Table::CloneExchanges, &str_key(u.target.as_str()), &CloneExchangeRow::from(&cfg))?;
     append_audit(tx, std::slice::from_ref(&u.audit))?;
     Ok(true)
-}
-
-// Transitional: the sync twin of `CloneStore::clone_exchange`, for the
-// exchange service's code that still calls it inside its blocking closures;
-// it goes after the merge.
-impl Store {
-    pub fn clone_exchange(&self, target: &SysId) -> Result<Option<CloneExchange>> {
-        self.read_blocking(|tx| read_exchange(tx, target))
-    }
 }
 
 impl CloneStore {

@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::str_key;
-use super::{PolicyStore, Result, Store, StoreError, corrupt, get_row, put_row};
+use super::{PolicyStore, Result, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Role;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
@@ -135,16 +135,6 @@ impl PolicyStore {
     /// The policies of `module` (all modules when None).
     pub async fn policies(&self, module: Option<Name>) -> Result<Vec<AccessPolicy>> {
         self.store.read(move |tx| policies_in(tx, module.as_ref())).await
-    }
-}
-
-// Transitional: the sync form other service groups' code on this branch
-// still calls from inside a blocking closure; it goes when no blocking
-// closure is left.
-impl Store {
-    /// The policies of `module` (all modules when None).
-    pub fn policies(&self, module: Option<&Name>) -> Result<Vec<AccessPolicy>> {
-        self.read_blocking(|tx| policies_in(tx, module))
     }
 }
 

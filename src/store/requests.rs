@@ -11,7 +11,7 @@ use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, put_job_in};
 use super::records::{RequestRow, decode};
 use super::tuple::{KeyBuf, KeyReader, str_key};
-use super::{RequestStore, Result, Store, StoreError, Versioned, corrupt, put_row};
+use super::{RequestStore, Result, StoreError, Versioned, corrupt, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::exchange::{ExchangeRequest, SignedBlob};
 use crate::domain::ids::{KeyId, RequestId};
@@ -320,32 +320,5 @@ impl RequestStore {
                 append_audit(tx, &audit)
             })
             .await
-    }
-}
-
-// Transitional: the sync forms other service groups' blocking closures
-// still call (`request`, `requests_page`), and the one
-// `Exchange::insert_target_request_blocking` writes with; they go with them.
-impl Store {
-    pub fn request(&self, id: &RequestId) -> Result<Option<Versioned<ExchangeRequest>>> {
-        self.read_blocking(|tx| read_request(tx, id))
-    }
-
-    pub fn requests_page(
-        &self,
-        after: Option<&RequestCursor>,
-        limit: usize,
-    ) -> Result<(Vec<ExchangeRequest>, Option<RequestCursor>)> {
-        self.read_blocking(|tx| requests_page_in(tx, after, limit))
-    }
-
-    pub fn insert_request(
-        &self,
-        req: &ExchangeRequest,
-        transport_handle: Option<&[u8]>,
-        effects: RequestEffects,
-        audit: &[AuditEvent],
-    ) -> Result<()> {
-        self.write_blocking(|tx| insert_request_in(tx, req, transport_handle, &effects, audit))
     }
 }

@@ -16,7 +16,7 @@ use kmf::node::ports::{OpenRequest, PeerLink};
 use kmf::rpc::pb;
 use kmf::rpc::pb::clones_client::ClonesClient;
 use kmf::rpc::peer::PeerClient;
-use kmf::store::CloneStore;
+use kmf::store::{CloneStore, RequestStore};
 use tokio_stream::StreamExt;
 
 use crate::clone::admin_channel;
@@ -100,7 +100,8 @@ async fn grant_of(source: &TestNode, rogue: &Rogue) -> Option<kmf::domain::clone
 
 fn approver(source: &TestNode, id: &RequestId) -> Option<String> {
     let store = source.app.as_ref().expect("running").services.store();
-    let req = store.request(id).expect("read").expect("request").value;
+    let req =
+        crate::support::wait_for(RequestStore::new(store).request(id.clone())).expect("read").expect("request").value;
     req.history.iter().find(|t| t.status == RequestStatus::Approved).map(|t| t.actor.clone())
 }
 

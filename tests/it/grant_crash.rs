@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use kmf::domain::audit::AuditEntry;
 use kmf::domain::exchange::Frequency;
 use kmf::domain::ids::{CloneId, Name, RequestId, SysId, UnixMillis};
-use kmf::store::{AuditStore, CatalogStore, CloneStore, Store, SystemApproval};
+use kmf::store::{AuditStore, CatalogStore, CloneStore, RequestStore, Store, SystemApproval};
 
 use crate::binaries::{Daemon, Settings, free_port, init, ok, start_listening};
 use crate::clone_crash::{record_counts, seed};
@@ -114,7 +114,10 @@ fn check_target(dir: &Path, id: &str, keys: &Keys, what: &str) {
         .count();
     assert_eq!(imports, 1, "{what}: imports of the automatic request in the target's audit log");
     let total: usize = keys.values().map(Vec::len).sum();
-    let request = store.request(&RequestId::parse(id).expect("id")).expect("read").expect("request").value;
+    let request = wait_for(RequestStore::new(&store).request(RequestId::parse(id).expect("id")))
+        .expect("read")
+        .expect("request")
+        .value;
     assert_eq!(request.frequency, Frequency::Automatic, "{what}");
     assert_eq!(request.imported_key_count as usize, total, "{what}");
     drop(store);
@@ -207,7 +210,10 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
         let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the target's store"));
         let clones = CloneStore::new(&store);
         let run = wait_for(clones.clone_run(CloneId::parse(&id).expect("id"))).expect("read").expect("the clone run");
-        let request = store.request(&RequestId::parse(&id).expect("id")).expect("read").expect("request").value;
+        let request = wait_for(RequestStore::new(&store).request(RequestId::parse(&id).expect("id")))
+            .expect("read")
+            .expect("request")
+            .value;
         (since(run.finished_at.expect("finished")), since(request.created_at))
     };
     check_target(&dir, &id, &keys, "calibration");
@@ -215,8 +221,11 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
     let _ = std::fs::remove_dir_all(&dir);
     source.stop();
     let history = {
-        let store = Store::open_redb(&source_dir.join("kmf.redb")).expect("open the source's store");
-        let request = store.request(&RequestId::parse(&id).expect("id")).expect("read").expect("request").value;
+        let store = Arc::new(Store::open_redb(&source_dir.join("kmf.redb")).expect("open the source's store"));
+        let request = wait_for(RequestStore::new(&store).request(RequestId::parse(&id).expect("id")))
+            .expect("read")
+            .expect("request")
+            .value;
         request.history.iter().map(|t| (t.status.label().to_owned(), since(t.at))).collect::<Vec<_>>()
     };
     source = start_listening(&source_dir, &pki, Settings::Flags, &source_listen);
@@ -330,7 +339,10 @@ fn kill_9_around_a_clone_grant_approval_imports_once_and_approves_once() {
             refused.as_ref().is_err_and(|why| why.contains("already approved")),
             "request {id}: a second AUTOMATIC request echoing the grant must stay pending: {refused:?}"
         );
-        let request = store.request(&RequestId::parse(id).expect("id")).expect("read").expect("request").value;
+        let request = wait_for(RequestStore::new(&store).request(RequestId::parse(id).expect("id")))
+            .expect("read")
+            .expect("request")
+            .value;
         assert_eq!(request.exported_key_count as usize, total_keys, "request {id}");
     }
     drop((clones, store));

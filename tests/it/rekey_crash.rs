@@ -30,7 +30,7 @@ use kmf::domain::rekey::{RekeyRun, RekeyState};
 use kmf::signer::Signer;
 use kmf::signer::schemes::LoadedKey;
 use kmf::signer::software::SoftwareSigner;
-use kmf::store::{PropertyStore, RecordStore, RekeyStore, Store};
+use kmf::store::{CatalogStore, PropertyStore, RecordStore, RekeyStore, Store};
 use sha2::{Digest, Sha256};
 
 use crate::binaries::{Daemon, Settings, free_port, init, ok, run, start_listening};
@@ -83,21 +83,23 @@ impl PlaintextDigest {
 
 /// A stopped daemon's data keys, unwrapped with its software KEK.
 struct Keyring<'a> {
-    store: &'a Store,
+    store: &'a Arc<Store>,
     signer: SoftwareSigner,
     keys: HashMap<KeyId, LoadedKey>,
 }
 
 impl<'a> Keyring<'a> {
-    fn new(store: &'a Store, dir: &Path) -> Self {
+    fn new(store: &'a Arc<Store>, dir: &Path) -> Self {
         let signer = SoftwareSigner::load(&dir.join(kmf::app::KEK_FILE)).expect("load the daemon's KEK");
         Keyring { store, signer, keys: HashMap::new() }
     }
 
     fn key(&mut self, id: &KeyId) -> &LoadedKey {
         if !self.keys.contains_key(id) {
-            let (_, wrapped) = self.store.key(id).expect("read the key").unwrap_or_else(|| panic!("no key {id}"));
-            let spec = self.store.spec(&id.spec).expect("read the spec").expect("the key's spec");
+            let catalog = CatalogStore::new(self.store);
+            let (_, wrapped) =
+                wait_for(catalog.key(id.clone())).expect("read the key").unwrap_or_else(|| panic!("no key {id}"));
+            let spec = wait_for(catalog.spec(id.spec.clone())).expect("read the spec").expect("the key's spec");
             let dek = self.signer.unwrap(&wrapped).expect("unwrap the key");
             self.keys.insert(id.clone(), LoadedKey::load(spec.scheme(), dek).expect("load the key"));
         }
@@ -112,8 +114,10 @@ impl<'a> Keyring<'a> {
 fn seed_ciphertexts(dir: &Path) -> (KeyId, String) {
     let store = Arc::new(Store::open_redb(&dir.join("kmf.redb")).expect("open the source's store"));
     let spec_name = Name::parse(SPEC, "spec").expect("spec");
-    let spec = store.spec(&spec_name).expect("read the spec").expect("spec pay");
-    let (row, wrapped) = store.find_key(&spec_name, |k| k.state.can_encrypt()).expect("read keys").expect("Active key");
+    let catalog = CatalogStore::new(&store);
+    let spec = wait_for(catalog.spec(spec_name.clone())).expect("read the spec").expect("spec pay");
+    let active = wait_for(catalog.find_key(spec_name.clone(), |k| k.state.can_encrypt()));
+    let (row, wrapped) = active.expect("read keys").expect("Active key");
     let signer = SoftwareSigner::load(&dir.join(kmf::app::KEK_FILE)).expect("load the source's KEK");
     let key = LoadedKey::load(spec.scheme(), signer.unwrap(&wrapped).expect("unwrap")).expect("load the key");
     let header = ciphertext::encode_header(&row.id);
