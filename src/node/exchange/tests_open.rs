@@ -205,16 +205,24 @@ async fn a_source_unreachable_at_creation_leaves_an_error_that_a_retry_reopens_w
     assert_eq!(key_count(&target, "salary").await, 2);
 }
 
-#[tokio::test]
-async fn a_lost_answer_at_creation_is_retried_and_the_source_keeps_one_request() {
+/// A source holding `keys` keys of salary and a target whose request for
+/// them lost the source's answer to its opening (ERROR_ON_REMOTE_INSTANCE
+/// on the target; the source recorded it).
+async fn answer_lost_at_creation(keys: u32) -> (Instance, Instance, ExchangeRequest) {
     let (source, target) = pair();
-    source.spec_with_keys("payroll", "salary", 1).await;
+    source.spec_with_keys("payroll", "salary", keys).await;
     target.spec_with_keys("payroll", "salary", 0).await;
     target.link.faults.lose_answers.store(1, Ordering::SeqCst);
     let failed = target.services.exchange.create_request(&admin(), new_request(&source, &["salary"])).await;
     assert!(failed.is_err(), "the target saw no answer");
     let recorded = all_requests(&target).await.pop().expect("recorded on the target");
     assert_eq!(recorded.status, RequestStatus::ErrorOnRemoteInstance);
+    (source, target, recorded)
+}
+
+#[tokio::test]
+async fn a_lost_answer_at_creation_is_retried_and_the_source_keeps_one_request() {
+    let (source, target, recorded) = answer_lost_at_creation(1).await;
     assert_eq!(request(&source, &recorded.id).await.status, RequestStatus::Pending, "the source recorded it");
 
     let retried = decide(&target, &recorded.id, Decision::Retry).await.expect("retry");
@@ -228,14 +236,7 @@ async fn a_lost_answer_at_creation_is_retried_and_the_source_keeps_one_request()
 
 #[tokio::test]
 async fn a_delivery_refused_while_the_target_was_in_error_is_sent_again_when_it_retries() {
-    let (source, target) = pair();
-    source.spec_with_keys("payroll", "salary", 2).await;
-    target.spec_with_keys("payroll", "salary", 0).await;
-    target.link.faults.lose_answers.store(1, Ordering::SeqCst);
-    let failed = target.services.exchange.create_request(&admin(), new_request(&source, &["salary"])).await;
-    assert!(failed.is_err(), "the target saw no answer");
-    let recorded = all_requests(&target).await.pop().expect("recorded on the target");
-    assert_eq!(recorded.status, RequestStatus::ErrorOnRemoteInstance);
+    let (source, target, recorded) = answer_lost_at_creation(2).await;
     // Approved and delivered while the target's record is in error: refused.
     decide(&source, &recorded.id, Decision::Approve).await.expect("approve");
     assert_eq!(source.run_jobs().await, 1);
