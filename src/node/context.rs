@@ -206,8 +206,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_stale_write_is_read_again_a_bounded_number_of_times_then_aborted() {
-        use crate::store::StoreError;
-        let stale = || AppError::Store(StoreError::Stale { what: "spec", id: "pay".into() });
+        use crate::store::{RowKind, StoreError};
+        let stale = || AppError::Store(StoreError::Stale { kind: RowKind::Spec, id: "pay".into() });
         let mut calls = 0;
         let answer = reread_and_retry("spec pay", || {
             calls += 1;

@@ -37,6 +37,9 @@ impl From<AppError> for Status {
                 Status::failed_precondition(format!("{err}; read it again and retry"))
             }
             AppError::Store(StoreError::Missing { .. }) => Status::not_found(err.to_string()),
+            // Only an approval without a person meets it, and leaves the
+            // request to a person; were it to reach a caller, it is theirs to act on.
+            AppError::Store(StoreError::GrantRefused(_)) => Status::failed_precondition(err.to_string()),
             AppError::Aborted(_) => Status::aborted(err.to_string()),
             AppError::Crypto(CryptoError::BadSignature) => Status::permission_denied(err.to_string()),
             AppError::Store(_) | AppError::Crypto(_) | AppError::Internal(_) | AppError::Item { .. } => {
@@ -90,5 +93,21 @@ mod tests {
             peer_error("peer:1", &bare).to_string(),
             "peer refused: permission denied: instance certificate required"
         );
+    }
+
+    #[test]
+    fn store_errors_map_by_variant_and_a_backend_failure_says_nothing_of_itself() {
+        use crate::store::{BackendError, RowKind};
+        let status = |e: StoreError| Status::from(AppError::Store(e));
+        let stale = status(StoreError::Stale { kind: RowKind::Spec, id: "pay".into() });
+        assert_eq!(stale.code(), Code::FailedPrecondition);
+        assert_eq!(stale.message(), "spec pay changed since it was read; read it again and retry");
+        assert_eq!(status(StoreError::Missing { kind: RowKind::Rekey, id: "r1".into() }).code(), Code::NotFound);
+        let dup = status(StoreError::AlreadyExists { kind: RowKind::CloneSchedule, id: "nightly".into() });
+        assert_eq!((dup.code(), dup.message()), (Code::AlreadyExists, "clone schedule already exists: nightly"));
+        assert_eq!(status(StoreError::GrantRefused("no clone grant".into())).code(), Code::FailedPrecondition);
+        let disk = status(BackendError::Engine("I/O error at /var/lib/kmf/kmf.redb".into()).into());
+        assert_eq!(disk.code(), Code::Internal);
+        assert!(disk.message().starts_with("internal error (error id ") && !disk.message().contains("/var/lib"));
     }
 }

@@ -6,7 +6,7 @@ use super::catalog::{decode_key, insert_new_keys, spec_prefix};
 use super::engine::{KeyRange, Table, Visit};
 use super::records::{ImportKeyRow, decode};
 use super::tuple::str_key;
-use super::{ByokStore, Result, StoreError, get_row, put_row};
+use super::{ByokStore, Result, RowKind, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::byok::ImportKey;
 use crate::domain::ids::{ImportToken, Name, UnixMillis};
@@ -30,7 +30,7 @@ impl ByokStore {
             .write(move |tx| {
                 let k = token_key(&key.token);
                 if tx.get(Table::ImportKeys, &k)?.is_some() {
-                    return Err(StoreError::AlreadyExists { what: "import key", id: key.token.to_string() });
+                    return Err(StoreError::AlreadyExists { kind: RowKind::ImportKey, id: key.token.to_string() });
                 }
                 put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&key))?;
                 for t in &expired {
@@ -91,14 +91,14 @@ impl ByokStore {
             .write(move |tx| {
                 let k = token_key(&token);
                 let Some(row) = get_row::<ImportKeyRow>(tx, Table::ImportKeys, &k)? else {
-                    return Err(StoreError::Missing { what: "import key", id: token.to_string() });
+                    return Err(StoreError::Missing { kind: RowKind::ImportKey, id: token.to_string() });
                 };
                 let mut import: ImportKey = row.try_into()?;
                 if import.is_expired(now) {
-                    return Err(StoreError::Missing { what: "import key", id: token.to_string() });
+                    return Err(StoreError::Missing { kind: RowKind::ImportKey, id: token.to_string() });
                 }
                 if import.used.is_some() {
-                    return Err(StoreError::Stale { what: "import key", id: token.to_string() });
+                    return Err(StoreError::Stale { kind: RowKind::ImportKey, id: token.to_string() });
                 }
                 let mut existing = Vec::new();
                 tx.visit(Table::Keys, &KeyRange::prefix_after(spec_prefix(&spec), None), &mut |_, v| {
@@ -107,7 +107,7 @@ impl ByokStore {
                 })?;
                 let (key, audit) = plan(&existing);
                 if let Some(id) = insert_new_keys(tx, &[(key.clone(), wrapped.clone())])?.first() {
-                    return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
+                    return Err(StoreError::AlreadyExists { kind: RowKind::Key, id: id.to_string() });
                 }
                 import.used = Some((now, key.id.clone()));
                 put_row(tx, Table::ImportKeys, &k, &ImportKeyRow::from(&import))?;

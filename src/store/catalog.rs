@@ -4,7 +4,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn, scan};
 use super::records::{KeyRow, LifecyclePolicyRow, ModuleRow, SpecRow, decode, scope_key};
 use super::tuple::{KeyBuf, str_key};
-use super::{CatalogStore, Result, StoreError, get_row, put_row};
+use super::{CatalogStore, Result, RowKind, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::ids::{KeyId, Name};
 use crate::domain::key::{KeyRecord, KeyState, LifecycleDefinition, LifecyclePolicy, WrappedKey, effective_cap};
@@ -53,7 +53,7 @@ impl CatalogStore {
     ) -> Result<()> {
         self.store
             .write(move |tx| {
-                put_new_row(tx, Table::Modules, "module", &module.name, &ModuleRow::from(&module))?;
+                put_new_row(tx, Table::Modules, RowKind::Module, &module.name, &ModuleRow::from(&module))?;
                 super::policies::put_new_policies(tx, &policies)?;
                 append_audit(tx, &audit)
             })
@@ -75,7 +75,7 @@ impl CatalogStore {
     pub async fn insert_spec(&self, spec: Spec, audit: Vec<AuditEvent>) -> Result<()> {
         self.store
             .write(move |tx| {
-                put_new_row(tx, Table::Specs, "spec", &spec.name, &SpecRow::from(&spec))?;
+                put_new_row(tx, Table::Specs, RowKind::Spec, &spec.name, &SpecRow::from(&spec))?;
                 append_audit(tx, &audit)
             })
             .await
@@ -110,10 +110,7 @@ impl CatalogStore {
                 check_spec_in(tx, &read)?;
                 let policies = lifecycle_policies_in(tx)?;
                 if effective_cap(&policies, &read.module) != cap_checked {
-                    return Err(StoreError::Stale {
-                        what: "lifecycle policy cap of module",
-                        id: read.module.to_string(),
-                    });
+                    return Err(StoreError::Stale { kind: RowKind::LifecyclePolicyCap, id: read.module.to_string() });
                 }
                 let spec = Spec { lifecycle, ..read.clone() };
                 put_row(tx, Table::Specs, &str_key(spec.name.as_str()), &SpecRow::from(&spec))?;
@@ -172,7 +169,7 @@ impl CatalogStore {
         self.store
             .write(move |tx| {
                 if let Some(id) = insert_new_keys(tx, &rows)?.first() {
-                    return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
+                    return Err(StoreError::AlreadyExists { kind: RowKind::Key, id: id.to_string() });
                 }
                 append_audit(tx, &audit)
             })
@@ -197,10 +194,10 @@ impl CatalogStore {
                     let stored = tx.get(Table::Keys, &k)?;
                     let (current, wrapped) = match stored {
                         Some(b) => decode_key(&b)?,
-                        None => return Err(StoreError::Missing { what: "key", id: rec.id.to_string() }),
+                        None => return Err(StoreError::Missing { kind: RowKind::Key, id: rec.id.to_string() }),
                     };
                     if read.iter().find(|r| r.id == rec.id) != Some(&current) {
-                        return Err(StoreError::Stale { what: "key", id: rec.id.to_string() });
+                        return Err(StoreError::Stale { kind: RowKind::Key, id: rec.id.to_string() });
                     }
                     let wrapped = if rec.state == KeyState::Destroyed { WrappedKey(Vec::new()) } else { wrapped };
                     put_row(tx, Table::Keys, &k, &KeyRow::new(rec, &wrapped))?;
@@ -208,7 +205,7 @@ impl CatalogStore {
                 if let Some(new) = &new_key
                     && let Some(id) = insert_new_keys(tx, std::slice::from_ref(new))?.first()
                 {
-                    return Err(StoreError::AlreadyExists { what: "key", id: id.to_string() });
+                    return Err(StoreError::AlreadyExists { kind: RowKind::Key, id: id.to_string() });
                 }
                 append_audit(tx, &audit)
             })
@@ -255,7 +252,7 @@ impl CatalogStore {
                     .map(TryInto::try_into)
                     .transpose()?;
                 if stored != read {
-                    return Err(StoreError::Stale { what: "lifecycle policy", id: scope_key(&policy.scope) });
+                    return Err(StoreError::Stale { kind: RowKind::LifecyclePolicy, id: scope_key(&policy.scope) });
                 }
                 put_row(tx, Table::LifecyclePolicies, &k, &LifecyclePolicyRow::from(&policy))?;
                 append_audit(tx, &audit)
@@ -268,13 +265,13 @@ impl CatalogStore {
 fn put_new_row<T: serde::Serialize>(
     tx: &mut dyn WriteTxn,
     table: Table,
-    what: &'static str,
+    kind: RowKind,
     name: &Name,
     row: &T,
 ) -> Result<()> {
     let k = str_key(name.as_str());
     if tx.get(table, &k)?.is_some() {
-        return Err(StoreError::AlreadyExists { what, id: name.to_string() });
+        return Err(StoreError::AlreadyExists { kind, id: name.to_string() });
     }
     put_row(tx, table, &k, row)
 }
@@ -333,8 +330,8 @@ fn check_spec_in(tx: &mut dyn ReadTxn, read: &Spec) -> Result<()> {
     let stored: Option<Spec> =
         get_row::<SpecRow>(tx, Table::Specs, &str_key(read.name.as_str()))?.map(TryInto::try_into).transpose()?;
     match stored {
-        None => Err(StoreError::Missing { what: "spec", id: read.name.to_string() }),
-        Some(s) if &s != read => Err(StoreError::Stale { what: "spec", id: read.name.to_string() }),
+        None => Err(StoreError::Missing { kind: RowKind::Spec, id: read.name.to_string() }),
+        Some(s) if &s != read => Err(StoreError::Stale { kind: RowKind::Spec, id: read.name.to_string() }),
         Some(_) => Ok(()),
     }
 }

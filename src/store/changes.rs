@@ -204,7 +204,7 @@ mod tests {
     use crate::domain::audit::{AuditEvent, Outcome};
     use crate::domain::ids::{Host, KeyId, SysId, UnixMillis};
     use crate::store::engine::ALL_TABLES;
-    use crate::store::{Store, StoreError};
+    use crate::store::{RowKind, Store, StoreError};
 
     /// (specs, policies, keys of `a`, keys of `b`, writes)
     type Versions = (u64, u64, u64, u64, u64);
@@ -326,9 +326,9 @@ mod tests {
         let st = store();
         let spec = row_key(Table::Specs, &a);
         for err in [
-            || StoreError::Stale { what: "spec", id: "a".into() },
+            || StoreError::Stale { kind: RowKind::Spec, id: "a".into() },
             || StoreError::Conflict,
-            || StoreError::Missing { what: "spec", id: "a".into() },
+            || StoreError::Missing { kind: RowKind::Spec, id: "a".into() },
         ] {
             let before = versions(&st, &a, &b);
             let r = st.write_blocking(|tx| {

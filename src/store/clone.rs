@@ -16,7 +16,7 @@ use super::properties::{properties_in, property_in};
 use super::records::decode;
 use super::stored_records::{active_records, record_from_row};
 use super::tuple::{KeyReader, str_key};
-use super::{CloneStore, Result, StoreError, corrupt, get_row, put_row};
+use super::{BackendError, CloneStore, Result, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::{
     CloneGrant, CloneTarget, GrantBasis, SnapshotCatalog, SnapshotHeader, SnapshotPart, SystemApprovalFacts,
@@ -129,18 +129,15 @@ pub struct SystemApproval {
     pub at: UnixMillis,
 }
 
-/// The refusal of a system approval inside its transaction: nothing is written.
-pub const GRANT_REFUSED: &str = "clone grant";
-
 /// Checks, in the approving transaction, that `a` may still be approved
 /// without a person (`domain::clone::system_approval_refusal` on the rows as
 /// they are now: the source's own automatic-exchange property, the clone
 /// target, the configuration, the grant), then marks the grant used for the
-/// request's frequency. Refused: `Stale { what: GRANT_REFUSED, id: why }`.
+/// request's frequency. Refused: `GrantRefused(why)`, and nothing is written.
 pub(super) fn system_approval_in(tx: &mut dyn WriteTxn, a: &SystemApproval) -> Result<()> {
     let mut grant = match check_system_approval(tx, a)? {
         Ok(grant) => grant,
-        Err(why) => return Err(StoreError::Stale { what: GRANT_REFUSED, id: why }),
+        Err(why) => return Err(StoreError::GrantRefused(why)),
     };
     grant.used.push(a.frequency);
     put_row(tx, Table::CloneGrants, &str_key(a.target.as_str()), &CloneGrantRow::from(&grant))
@@ -218,7 +215,7 @@ impl SnapshotRead {
     /// it stopped before.
     pub async fn end(self) -> Result<bool> {
         drop(self.parts);
-        self.read.await.map_err(|e| StoreError::Backend(format!("the snapshot read failed: {e}")))?
+        self.read.await.map_err(|e| BackendError::Task(format!("the snapshot read failed: {e}")))?
     }
 }
 

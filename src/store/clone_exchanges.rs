@@ -13,7 +13,7 @@ use super::policies::{delete_policy_in, put_new_policies, set_policy_active_in};
 use super::properties::property_in;
 use super::records::decode;
 use super::tuple::str_key;
-use super::{CloneStore, Result, StoreError, corrupt, get_row, put_row};
+use super::{CloneStore, Result, RowKind, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone_exchange::{CloneExchange, UsedBy};
 use crate::domain::exchange::PeerRef;
@@ -131,11 +131,11 @@ impl CloneStore {
             .write(move |tx| {
                 let now_value = property_in(tx, AUTO_KEY_EXCHANGE)?.map(|p| p.value);
                 if now_value != auto_seen {
-                    return Err(StoreError::Stale { what: "property", id: AUTO_KEY_EXCHANGE.into() });
+                    return Err(StoreError::Stale { kind: RowKind::Property, id: AUTO_KEY_EXCHANGE.into() });
                 }
                 if read_exchange(tx, &cfg.target.sys_id)?.is_some() {
                     return Err(StoreError::AlreadyExists {
-                        what: "clone exchange for target",
+                        kind: RowKind::CloneExchange,
                         id: cfg.target.sys_id.to_string(),
                     });
                 }

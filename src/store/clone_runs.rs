@@ -24,7 +24,7 @@ use super::record_debt::{DebtDelta, clear_debt, debts_in};
 use super::records::{ModuleRow, SpecRow, decode};
 use super::stored_records::{active_records, record_row, staging_records, swap_records_tables};
 use super::tuple::str_key;
-use super::{CloneStore, Result, StoreError, corrupt, get_row, put_row};
+use super::{CloneStore, Result, RowKind, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::{AuditEvent, Outcome};
 use crate::domain::clone::{CloneRun, CloneState, FollowUp, SnapshotCatalog};
 use crate::domain::clone_exchange::ExchangePlan;
@@ -182,8 +182,8 @@ fn held_run(tx: &mut dyn WriteTxn, id: &CloneId, lease: &Lease, lease_until: Uni
     renew_lease_in(tx, &clone_job_id(id), lease, lease_until)?;
     match read_run(tx, id)? {
         Some(run) if run.state == CloneState::Running => Ok(run),
-        Some(run) => Err(StoreError::Stale { what: "clone", id: format!("{id} is {}", run.state.label()) }),
-        None => Err(StoreError::Missing { what: "clone", id: id.to_string() }),
+        Some(run) => Err(StoreError::Stale { kind: RowKind::Clone, id: format!("{id} is {}", run.state.label()) }),
+        None => Err(StoreError::Missing { kind: RowKind::Clone, id: id.to_string() }),
     }
 }
 
@@ -242,7 +242,7 @@ impl CloneStore {
         self.store
             .write(move |tx| {
                 if let Some(id) = running_clone_in(tx)? {
-                    return Err(StoreError::AlreadyExists { what: "running clone", id });
+                    return Err(StoreError::AlreadyExists { kind: RowKind::RunningClone, id });
                 }
                 put_run(tx, &run)?;
                 put_job_in(tx, &job)?;

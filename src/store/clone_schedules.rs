@@ -14,7 +14,7 @@ use super::engine::{ReadTxn, Table, WriteTxn};
 use super::jobs::{finish_job_in, held_job, put_job_in};
 use super::records::decode;
 use super::tuple::str_key;
-use super::{CloneStore, Result, StoreError, corrupt, get_row, put_row};
+use super::{CloneStore, Result, RowKind, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::clone::CloneRun;
 use crate::domain::clone_decide::{self, DueRun as DueStep};
@@ -114,7 +114,7 @@ impl CloneStore {
         self.store
             .write(move |tx| {
                 if read_schedule(tx, &s.name)?.is_some() {
-                    return Err(StoreError::AlreadyExists { what: "clone schedule", id: s.name.to_string() });
+                    return Err(StoreError::AlreadyExists { kind: RowKind::CloneSchedule, id: s.name.to_string() });
                 }
                 put_schedule(tx, &s)?;
                 put_job_in(tx, &Job::new(clone_schedule_job_id(&s.name), s.next_run_at, s.created_at))?;

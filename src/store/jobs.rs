@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
-use super::{JobStore, Result, StoreError, corrupt, get_row, put_row};
+use super::{JobStore, Result, RowKind, StoreError, corrupt, get_row, put_row};
 use crate::domain::ids::UnixMillis;
 use crate::domain::job::{Job, JobId, JobKind, Lease};
 use crate::domain::schedule::RetryPolicy;
@@ -93,7 +93,7 @@ pub(crate) fn put_job_in(tx: &mut dyn WriteTxn, job: &Job) -> Result<()> {
 pub(crate) fn held_job(tx: &mut dyn WriteTxn, id: &JobId, lease: &Lease) -> Result<Job> {
     match read_job(tx, id)? {
         Some(job) if job.is_held_by(lease) => Ok(job),
-        _ => Err(StoreError::Stale { what: "job lease", id: id.to_string() }),
+        _ => Err(StoreError::Stale { kind: RowKind::JobLease, id: id.to_string() }),
     }
 }
 

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-use super::StoreError;
 use super::engine::{ALL_TABLES, Engine, KeyRange, ReadTxn, Result, Table, Visit, Visitor, WriteTxn};
+use super::{BackendError, StoreError};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 /// A transaction's pending writes to one table: None deletes.
@@ -111,7 +111,7 @@ impl ReadTxn for MemWrite<'_> {
                 (Some((bk, _)), Some((pk, _))) => pk <= bk,
             };
             let row = if take_pending {
-                let (k, v) = pending.next().ok_or_else(|| StoreError::Backend("overlay ran dry".into()))?;
+                let (k, v) = pending.next().ok_or_else(|| StoreError::from(BackendError::Misuse("overlay ran dry")))?;
                 if base.peek().is_some_and(|(bk, _)| *bk == k) {
                     base.next();
                 }

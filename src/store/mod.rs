@@ -34,6 +34,7 @@ mod clone_runs;
 mod clone_schedules;
 mod diagnostics;
 pub mod engine;
+mod error;
 pub(crate) mod fuzzing;
 mod jobs;
 mod memory_engine;
@@ -53,45 +54,24 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Serialize, de::DeserializeOwned};
-use thiserror::Error;
 
 use crate::domain::ids::{Host, SysId};
-use crate::offload::{self, TaskFailed};
+use crate::offload;
 use engine::{Engine, ReadTxn, Table, WriteTxn};
 use records::{decode, encode};
 
 pub use changes::ChangeTokens;
 use changes::Recording;
-pub use clone::{GRANT_REFUSED, SnapshotRead, SystemApproval};
+pub use clone::{SnapshotRead, SystemApproval};
 pub use clone_exchanges::UseUp;
 pub use clone_runs::{CloneSwap, clone_job_id};
 pub use clone_schedules::{DueRun, clone_schedule_job_id};
 pub use diagnostics::StoreCounts;
+pub use error::{BackendError, RowKind, StoreError};
 pub use memory_engine::MemoryEngine;
 pub use redb_engine::RedbEngine;
 pub use rekeys::{RekeyEnd, RekeyPage, rekey_job_id};
 pub use requests::{BundleChange, RequestCursor, RequestEffects};
-
-#[derive(Debug, Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Backend(String),
-    #[error("store record is corrupt: {0}")]
-    Corrupt(String),
-    #[error("{what} already exists: {id}")]
-    AlreadyExists { what: &'static str, id: String },
-    #[error("{what} {id} changed since it was read")]
-    Stale { what: &'static str, id: String },
-    #[error("{what} {id} not found")]
-    Missing { what: &'static str, id: String },
-    /// An optimistic transaction lost a race; the store retries it.
-    #[error("store: transaction conflict")]
-    Conflict,
-    #[error("instance already initialised at {0}")]
-    AlreadyInitialised(String),
-    #[error("no instance at {0} (run `kmfd init` first)")]
-    NotInitialised(String),
-}
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
@@ -264,13 +244,7 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Backend(format!("a write lost {MAX_ATTEMPTS} races in a row; try again")))
-    }
-}
-
-impl From<TaskFailed> for StoreError {
-    fn from(e: TaskFailed) -> Self {
-        StoreError::Backend(e.to_string())
+        Err(BackendError::Contended(MAX_ATTEMPTS).into())
     }
 }
 

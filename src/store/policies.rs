@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::str_key;
-use super::{PolicyStore, Result, StoreError, corrupt, get_row, put_row};
+use super::{PolicyStore, Result, RowKind, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::auth::Role;
 use crate::domain::ids::{Host, Name, SysId, UnixMillis};
@@ -148,7 +148,7 @@ pub(super) fn set_policy_active_in(
     let id = key(module, name);
     let k = str_key(&id);
     let row: PolicyRow =
-        get_row(tx, Table::AccessPolicies, &k)?.ok_or(StoreError::Missing { what: "access policy", id })?;
+        get_row(tx, Table::AccessPolicies, &k)?.ok_or(StoreError::Missing { kind: RowKind::AccessPolicy, id })?;
     let mut p: AccessPolicy = row.try_into()?;
     p.active = active;
     put_row(tx, Table::AccessPolicies, &k, &PolicyRow::from(&p))?;
@@ -165,7 +165,7 @@ pub(super) fn put_new_policies(tx: &mut dyn WriteTxn, policies: &[AccessPolicy])
     for p in policies {
         let k = str_key(&key(&p.module, &p.name));
         if tx.get(Table::AccessPolicies, &k)?.is_some() {
-            return Err(StoreError::AlreadyExists { what: "access policy", id: key(&p.module, &p.name) });
+            return Err(StoreError::AlreadyExists { kind: RowKind::AccessPolicy, id: key(&p.module, &p.name) });
         }
         put_row(tx, Table::AccessPolicies, &k, &PolicyRow::from(p))?;
     }

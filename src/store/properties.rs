@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::records::decode;
 use super::tuple::{KeyReader, str_key};
-use super::{PropertyStore, Result, StoreError, get_row, put_row};
+use super::{PropertyStore, Result, RowKind, StoreError, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::ids::UnixMillis;
 use crate::domain::property::Property;
@@ -52,7 +52,7 @@ impl PropertyStore {
             .write(move |tx| {
                 let previous = property_in(tx, &p.name)?;
                 if previous != read {
-                    return Err(StoreError::Stale { what: "property", id: p.name.clone() });
+                    return Err(StoreError::Stale { kind: RowKind::Property, id: p.name.clone() });
                 }
                 put_property_in(tx, &p)?;
                 append_audit(tx, &[audit(previous.as_ref().map(|r| r.value.as_str()))])

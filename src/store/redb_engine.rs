@@ -8,17 +8,26 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 
-use super::StoreError;
 use super::engine::{ALL_TABLES, Engine, KeyRange, ReadTxn, Result, Table, Visit, Visitor, WriteTxn};
+use super::{BackendError, StoreError};
 
 macro_rules! backend_errors {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Backend(e.to_string()) }
+            fn from(e: $t) -> Self { StoreError::Backend(BackendError::Engine(e.to_string())) }
         }
     )*};
 }
-backend_errors!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+backend_errors!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(BackendError::InUse),
+            other => StoreError::Backend(BackendError::Engine(other.to_string())),
+        }
+    }
+}
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -75,7 +84,7 @@ impl RedbEngine {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 StoreError::AlreadyInitialised(path.display().to_string())
             } else {
-                StoreError::Backend(format!("creating {}: {e}", path.display()))
+                StoreError::Backend(BackendError::Create { path: path.display().to_string(), reason: e.to_string() })
             }
         })?;
         let engine = RedbEngine { db: Database::builder().set_cache_size(CACHE_BYTES).create(path)? };
@@ -194,7 +203,7 @@ impl Commit for Box<redb::WriteTransaction> {
 
 impl Commit for &redb::WriteTransaction {
     fn commit_tx(self) -> Result<()> {
-        Err(StoreError::Backend("a borrowed transaction is committed by its owner".into()))
+        Err(BackendError::Misuse("a borrowed transaction is committed by its owner").into())
     }
 }
 
@@ -246,7 +255,7 @@ impl Engine for RedbEngine {
 
     fn begin_write_relaxed(&self) -> Result<Box<dyn WriteTxn + '_>> {
         let mut tx = self.db.begin_write()?;
-        tx.set_durability(redb::Durability::None).map_err(|e| StoreError::Backend(e.to_string()))?;
+        tx.set_durability(redb::Durability::None).map_err(|e| BackendError::Engine(e.to_string()))?;
         Ok(Box::new(RedbWrite { tx: Box::new(tx) }))
     }
 

@@ -17,7 +17,7 @@ use super::records::{KeyRow, decode};
 use super::requests::{read_request, write_request};
 use super::stored_records::{active_records, address_key, decode_row, record_from_row, record_row};
 use super::tuple::{KeyReader, str_key};
-use super::{RekeyStore, Result, StoreError, corrupt, get_row, put_row};
+use super::{RekeyStore, Result, RowKind, StoreError, corrupt, get_row, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::exchange::{ExchangeRequest, RequestEvent};
 use crate::domain::ids::{KeyId, Name, RequestId, SysId, UnixMillis};
@@ -154,7 +154,7 @@ fn covered_debt(tx: &mut dyn ReadTxn, run: &RekeyRun) -> Result<Vec<KeyDebt>> {
 /// `lease_until`).
 fn held_run(tx: &mut dyn WriteTxn, id: &RequestId, lease: &Lease, lease_until: UnixMillis) -> Result<RekeyRun> {
     renew_lease_in(tx, &rekey_job_id(id), lease, lease_until)?;
-    read_run(tx, id)?.ok_or_else(|| StoreError::Missing { what: "rekey", id: id.to_string() })
+    read_run(tx, id)?.ok_or_else(|| StoreError::Missing { kind: RowKind::Rekey, id: id.to_string() })
 }
 
 /// One page of records to re-encrypt: those under keys the run covers, in
@@ -229,7 +229,10 @@ impl RekeyStore {
                         put_run(tx, &run)?;
                     }
                     RekeyState::Completed | RekeyState::Expired => {
-                        return Err(StoreError::Stale { what: "rekey", id: format!("{id} is {}", run.state.label()) });
+                        return Err(StoreError::Stale {
+                            kind: RowKind::Rekey,
+                            id: format!("{id} is {}", run.state.label()),
+                        });
                     }
                 }
                 Ok(run)
@@ -290,7 +293,7 @@ impl RekeyStore {
         let write = move |tx: &mut dyn WriteTxn| {
             let mut run = held_run(tx, &id, &lease, lease_until)?;
             if run.state != RekeyState::Running {
-                return Err(StoreError::Stale { what: "rekey", id: format!("{id} is {}", run.state.label()) });
+                return Err(StoreError::Stale { kind: RowKind::Rekey, id: format!("{id} is {}", run.state.label()) });
             }
             let table = active_records(tx)?;
             let (mut debt, mut moved) = (DebtDelta::default(), 0u64);
@@ -357,8 +360,8 @@ impl RekeyStore {
         self.store
             .write(move |tx| {
                 let job = held_job(tx, &rekey_job_id(&id), &lease)?;
-                let mut run =
-                    read_run(tx, &id)?.ok_or_else(|| StoreError::Missing { what: "rekey", id: id.to_string() })?;
+                let mut run = read_run(tx, &id)?
+                    .ok_or_else(|| StoreError::Missing { kind: RowKind::Rekey, id: id.to_string() })?;
                 let property = |value: &str| Property {
                     name: REKEYED.to_owned(),
                     value: value.to_owned(),
@@ -370,7 +373,7 @@ impl RekeyStore {
                         let left: u64 = covered_debt(tx, &run)?.iter().map(|d| d.records).sum();
                         if left > 0 {
                             return Err(StoreError::Stale {
-                                what: "rekey",
+                                kind: RowKind::Rekey,
                                 id: format!("{id}: {left} record(s) left"),
                             });
                         }

@@ -11,7 +11,7 @@ use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::jobs::{finish_job_in, put_job_in};
 use super::records::{RequestRow, decode};
 use super::tuple::{KeyBuf, KeyReader, str_key};
-use super::{RequestStore, Result, StoreError, Versioned, corrupt, put_row};
+use super::{RequestStore, Result, RowKind, StoreError, Versioned, corrupt, put_row};
 use crate::domain::audit::AuditEvent;
 use crate::domain::exchange::{ExchangeRequest, SignedBlob};
 use crate::domain::ids::{KeyId, RequestId};
@@ -98,8 +98,8 @@ pub(super) fn write_request(tx: &mut dyn WriteTxn, req: &ExchangeRequest, versio
 /// The stored version must be `expected`; returns the next one.
 fn check_version(tx: &mut dyn WriteTxn, id: &RequestId, expected: u64) -> Result<u64> {
     match read_request(tx, id)? {
-        None => Err(StoreError::Missing { what: "request", id: id.to_string() }),
-        Some(v) if v.version != expected => Err(StoreError::Stale { what: "request", id: id.to_string() }),
+        None => Err(StoreError::Missing { kind: RowKind::Request, id: id.to_string() }),
+        Some(v) if v.version != expected => Err(StoreError::Stale { kind: RowKind::Request, id: id.to_string() }),
         Some(v) => Ok(v.version + 1),
     }
 }
@@ -165,7 +165,7 @@ fn insert_request_in(
 ) -> Result<()> {
     let k = request_key(&req.id);
     if tx.get(Table::Requests, &k)?.is_some() {
-        return Err(StoreError::AlreadyExists { what: "request", id: req.id.to_string() });
+        return Err(StoreError::AlreadyExists { kind: RowKind::Request, id: req.id.to_string() });
     }
     write_request(tx, req, 1)?;
     tx.put(Table::RequestsByCreated, &KeyBuf::new().i64(req.created_at.0).str(req.id.as_str()).done(), &[])?;
@@ -307,7 +307,7 @@ impl RequestStore {
             .write(move |tx| {
                 let next = check_version(tx, &req.id, expected)?;
                 if let Some(id) = insert_new_keys(tx, &new_keys)?.first() {
-                    return Err(StoreError::Stale { what: "key", id: id.to_string() });
+                    return Err(StoreError::Stale { kind: RowKind::Key, id: id.to_string() });
                 }
                 write_request(tx, &req, next)?;
                 if req.rekey {

@@ -9,7 +9,7 @@ use super::engine::{KeyRange, ReadTxn, Table, Visit, WriteTxn};
 use super::record_debt::DebtDelta;
 use super::records::decode;
 use super::tuple::{KeyBuf, KeyReader};
-use super::{RecordStore, Result, StoreError, corrupt};
+use super::{RecordStore, Result, RowKind, StoreError, corrupt};
 use crate::domain::audit::AuditEvent;
 use crate::domain::codec::{Reader, Writer};
 use crate::domain::ids::{KeyId, Name, UnixMillis};
@@ -166,7 +166,7 @@ impl RecordStore {
                     let old = tx.get(table, &address_key(&rec.address))?;
                     let found = old.map(|v| decode_row(rec.address.clone(), &v)).transpose()?.map(|r| r.key_id);
                     if found != *want {
-                        return Err(StoreError::Stale { what: "record", id: record_name(&rec.address) });
+                        return Err(StoreError::Stale { kind: RowKind::Record, id: record_name(&rec.address) });
                     }
                 }
                 let mut debt = DebtDelta::default();
@@ -193,7 +193,7 @@ impl RecordStore {
                 let table = active_records(tx)?;
                 let old = tx.get(table, &address_key(&a))?.map(|v| decode_row(a.clone(), &v)).transpose()?;
                 let Some(old) = old.filter(|r| r.key_id == expected) else {
-                    return Err(StoreError::Stale { what: "record", id: record_name(&a) });
+                    return Err(StoreError::Stale { kind: RowKind::Record, id: record_name(&a) });
                 };
                 let mut debt = DebtDelta::default();
                 debt.remove(&old.key_id);

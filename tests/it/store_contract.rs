@@ -18,8 +18,8 @@ use kmf::domain::schedule::RetryPolicy;
 use kmf::domain::spec::{Module, Spec, SpecChoice};
 use kmf::store::engine::{Engine, Table};
 use kmf::store::{
-    AuditStore, BundleChange, CatalogStore, CloneStore, DiagnosticsStore, JobStore, MemoryEngine, PropertyStore,
-    RecordStore, RequestEffects, RequestStore, Store, StoreError,
+    AuditStore, BackendError, BundleChange, CatalogStore, CloneStore, DiagnosticsStore, JobStore, MemoryEngine,
+    PropertyStore, RecordStore, RequestEffects, RequestStore, RowKind, Store, StoreError,
 };
 
 pub(crate) struct Subject {
@@ -113,7 +113,7 @@ async fn identity_modules_and_specs() {
         let cat = CatalogStore::new(st);
         cat.insert_module(m.clone(), vec![], vec![event("module.create")]).await.unwrap();
         let dup = cat.insert_module(m.clone(), vec![], vec![event("module.create")]).await.unwrap_err();
-        assert!(matches!(dup, StoreError::AlreadyExists { what: "module", .. }), "{}: {dup}", s.name);
+        assert!(matches!(dup, StoreError::AlreadyExists { kind: RowKind::Module, .. }), "{}: {dup}", s.name);
         assert_eq!(audit_len(st), 1, "{}: a refused insert writes no audit entry", s.name);
         let specs_before = st.changes().specs();
         cat.insert_spec(spec("b"), vec![]).await.unwrap();
@@ -142,7 +142,7 @@ async fn keys_page_in_order_and_changes_are_conditional() {
         assert!(st.changes().keys_of(&name("s")) > s_before, "{}", s.name);
         assert!(st.changes().keys_of(&name("t")) > t_before, "{}", s.name);
         let again = cat.insert_keys(rows[..1].to_vec(), vec![]).await.unwrap_err();
-        assert!(matches!(again, StoreError::AlreadyExists { what: "key", .. }), "{}", s.name);
+        assert!(matches!(again, StoreError::AlreadyExists { kind: RowKind::Key, .. }), "{}", s.name);
 
         let mut seen = Vec::new();
         let mut after: Option<KeyId> = None;
@@ -182,7 +182,7 @@ async fn keys_page_in_order_and_changes_are_conditional() {
         let mut other = read.clone();
         other.state = KeyState::Revoked;
         let stale = cat.apply_key_change(vec![read.clone()], vec![other], None, vec![event("x")]).await.unwrap_err();
-        assert!(matches!(stale, StoreError::Stale { what: "key", .. }), "{}: {stale}", s.name);
+        assert!(matches!(stale, StoreError::Stale { kind: RowKind::Key, .. }), "{}: {stale}", s.name);
         assert_eq!(cat.key(read.id.clone()).await.unwrap().unwrap().0.state, KeyState::Destroyed);
         let clash = cat.apply_key_change(vec![], vec![], Some(key("s", 3, 2)), vec![]).await.unwrap_err();
         assert!(matches!(clash, StoreError::AlreadyExists { .. }), "{}", s.name);
@@ -205,7 +205,7 @@ async fn request_updates_are_conditional_on_the_version_read() {
             .unwrap();
         let dup =
             requests(st).insert_request(req.clone(), None, RequestEffects::default(), Vec::new()).await.unwrap_err();
-        assert!(matches!(dup, StoreError::AlreadyExists { what: "request", .. }), "{}", s.name);
+        assert!(matches!(dup, StoreError::AlreadyExists { kind: RowKind::Request, .. }), "{}", s.name);
         let v1 = requests(st).request(req.id.clone()).await.unwrap().unwrap();
         assert_eq!(v1.value, req);
         assert_eq!(requests(st).transport_handle(req.id.clone()).await.unwrap().as_deref(), Some(&b"handle"[..]));
@@ -238,7 +238,7 @@ async fn request_updates_are_conditional_on_the_version_read() {
             .update_request(v1.version, rejected.clone(), effects, vec![event("exchange.reject")])
             .await
             .unwrap_err();
-        assert!(matches!(stale, StoreError::Stale { what: "request", .. }), "{}: {stale}", s.name);
+        assert!(matches!(stale, StoreError::Stale { kind: RowKind::Request, .. }), "{}: {stale}", s.name);
         assert_eq!(audit_len(st), audit_before, "{}", s.name);
         assert_eq!(requests(st).request(req.id.clone()).await.unwrap().unwrap().value.status, RequestStatus::Approved);
         assert!(
@@ -354,7 +354,7 @@ async fn import_is_conditional_and_keeps_the_receipt() {
             .complete_import(v.version, other.clone(), overlap.clone(), ([7u8; 32], receipt.clone()), Vec::new())
             .await
             .unwrap_err();
-        assert!(matches!(refused, StoreError::Stale { what: "key", .. }), "{}", s.name);
+        assert!(matches!(refused, StoreError::Stale { kind: RowKind::Key, .. }), "{}", s.name);
         assert_eq!(CatalogStore::new(st).count_keys_of(name("s")).await.unwrap(), 2, "{}: all or nothing", s.name);
     }
 }
@@ -387,10 +387,10 @@ async fn jobs_are_claimed_under_a_lease_and_fenced() {
         assert_eq!((lease2.owner.as_str(), lease2.claim), ("r2", 2));
         // The first runner comes back: it can neither finish nor fail the job.
         let stale = jobs(st).finish_job(a.id.clone(), lease1.clone(), None).await.unwrap_err();
-        assert!(matches!(stale, StoreError::Stale { what: "job lease", .. }), "{}", s.name);
+        assert!(matches!(stale, StoreError::Stale { kind: RowKind::JobLease, .. }), "{}", s.name);
         let policy = RetryPolicy { base_millis: 100, cap_millis: 1_000 };
         let stale = jobs(st).retry_job(a.id.clone(), lease1.clone(), "x".into(), t(1_000), policy, 0).await.err();
-        assert!(matches!(stale, Some(StoreError::Stale { what: "job lease", .. })), "{}: {stale:?}", s.name);
+        assert!(matches!(stale, Some(StoreError::Stale { kind: RowKind::JobLease, .. })), "{}: {stale:?}", s.name);
         // The second fails it: retried after the backoff, then finished.
         let retried =
             jobs(st).retry_job(a.id.clone(), lease2.clone(), "target down".into(), t(1_000), policy, 0).await.unwrap();
@@ -607,7 +607,7 @@ async fn schema_1_database_is_migrated_at_open() {
     let store = Arc::new(Store::open_redb(&path).unwrap());
     assert_eq!(CatalogStore::new(&store).count_keys().await.unwrap(), 1);
     let held = kmf::store::RedbEngine::open(&path).err();
-    assert!(matches!(&held, Some(StoreError::Backend(m)) if m.contains("already open")), "held by the store: {held:?}");
+    assert!(matches!(&held, Some(StoreError::Backend(BackendError::InUse))), "held by the store: {held:?}");
     drop(store);
     let names = kmf::store::RedbEngine::open(&path).unwrap().table_names().unwrap();
     assert!(names.iter().all(|n| n.starts_with("kv/")), "old tables are gone: {names:?}");

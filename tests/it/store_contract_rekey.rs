@@ -14,8 +14,8 @@ use kmf::domain::property::REKEYED;
 use kmf::domain::record::{RecordAddress, StoredRecord};
 use kmf::domain::rekey::{KeyDebt, RekeyState};
 use kmf::store::{
-    JobStore, PropertyStore, RecordStore, RekeyEnd, RekeyStore, RequestEffects, RequestStore, Store, StoreError,
-    rekey_job_id,
+    JobStore, PropertyStore, RecordStore, RekeyEnd, RekeyStore, RequestEffects, RequestStore, RowKind, Store,
+    StoreError, rekey_job_id,
 };
 
 use crate::store_contract::{event, key, name, request, subjects, sys};
@@ -130,7 +130,7 @@ async fn a_rekey_batch_is_conditional_and_the_run_ends_only_when_nothing_is_owed
         let early = rekeys
             .end_rekey(run, lease.clone(), RekeyEnd::Completed, UnixMillis(23), |_| event("rekey.completed"))
             .await;
-        assert!(matches!(early, Err(StoreError::Stale { what: "rekey", .. })), "{}: {early:?}", s.name);
+        assert!(matches!(early, Err(StoreError::Stale { kind: RowKind::Rekey, .. })), "{}: {early:?}", s.name);
         assert_eq!(PropertyStore::new(st).property(REKEYED.into()).await.unwrap(), None, "{}: nothing written", s.name);
         assert!(records.delete_record(RecordAddress::parse("t", "f", "late").unwrap()).await.unwrap());
         let run = rekeys.rekey(req.id.clone()).await.unwrap().unwrap();

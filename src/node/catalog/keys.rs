@@ -17,7 +17,7 @@ use crate::error::{AppError, AppResult};
 use crate::node::context::reread_and_retry;
 use crate::signer::Signer;
 use crate::signer::material::generate_material;
-use crate::store::StoreError;
+use crate::store::{RowKind, StoreError};
 
 /// What a new module allows before any policy is written.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -31,7 +31,7 @@ const SEED_BATCH: usize = 1000;
 
 fn already_exists(e: StoreError) -> AppError {
     match e {
-        StoreError::AlreadyExists { what, id } => DomainError::AlreadyExists { what, id }.into(),
+        StoreError::AlreadyExists { kind, id } => DomainError::AlreadyExists { what: kind.label(), id }.into(),
         other => other.into(),
     }
 }
@@ -184,8 +184,8 @@ impl Catalog {
                     Ok(new)
                 }
                 // Another writer made one meanwhile: read it.
-                Err(AppError::Domain(DomainError::AlreadyExists { what, id })) => {
-                    Err(StoreError::Stale { what, id }.into())
+                Err(AppError::Domain(DomainError::AlreadyExists { id, .. })) => {
+                    Err(StoreError::Stale { kind: RowKind::Key, id }.into())
                 }
                 Err(e) => Err(e),
             }

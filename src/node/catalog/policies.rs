@@ -72,7 +72,9 @@ impl Catalog {
         )
         .with_details(describe(&policy));
         self.policies.insert_policies(vec![policy.clone()], vec![audit]).await.map_err(|e| match e {
-            StoreError::AlreadyExists { what, id } => AppError::Domain(DomainError::AlreadyExists { what, id }),
+            StoreError::AlreadyExists { kind, id } => {
+                AppError::Domain(DomainError::AlreadyExists { what: kind.label(), id })
+            }
             other => other.into(),
         })?;
         Ok(policy)

@@ -17,7 +17,7 @@ use crate::domain::ids::{Name, SysId};
 use crate::domain::policy::ApprovalType;
 use crate::domain::property::{AUTO_KEY_EXCHANGE, schema};
 use crate::error::{AppError, AppResult};
-use crate::store::StoreError;
+use crate::store::{RowKind, StoreError};
 
 /// A new One Time / Recurring Clone configuration, as an operator asks for it.
 #[derive(Clone, Debug)]
@@ -72,10 +72,12 @@ impl Clones {
                 StoreError::Stale { .. } => AppError::from(DomainError::FailedPrecondition(format!(
                     "{AUTO_KEY_EXCHANGE} changed meanwhile; try again"
                 ))),
-                StoreError::AlreadyExists { what: "access policy", id } => AppError::from(DomainError::AlreadyExists {
-                    what: "access policy",
-                    id: format!("{id} (delete it or rename the spec)"),
-                }),
+                StoreError::AlreadyExists { kind: RowKind::AccessPolicy, id } => {
+                    AppError::from(DomainError::AlreadyExists {
+                        what: "access policy",
+                        id: format!("{id} (delete it or rename the spec)"),
+                    })
+                }
                 other => other.into(),
             },
         )?;

@@ -16,7 +16,7 @@ use crate::domain::exchange_decide::{self as decide, ApproverStep};
 use crate::domain::ids::Name;
 use crate::domain::policy::AccessPolicy;
 use crate::error::{AppError, AppResult};
-use crate::store::{GRANT_REFUSED, StoreError, SystemApproval, UseUp};
+use crate::store::{StoreError, SystemApproval, UseUp};
 
 /// What an approval without a person checks again and uses up in its
 /// transaction: the clone grant, and a One Time configuration.
@@ -42,7 +42,7 @@ impl Exchange {
                 tracing::info!(request_id = %req.id, target = %req.target.sys_id, frequency = req.frequency.label(), by = %actor, "request approved without a person");
                 Ok(approved)
             }
-            Err(AppError::Store(StoreError::Stale { what: GRANT_REFUSED, id: why })) => {
+            Err(AppError::Store(StoreError::GrantRefused(why))) => {
                 tracing::info!(request_id = %req.id, frequency = req.frequency.label(), %why, "request left pending for a person");
                 Ok(self.request_or_not_found(&req.id).await?.value)
             }

@@ -32,7 +32,7 @@ use crate::error::{AppError, AppResult, PeerError};
 use crate::signer::async_signer::off_the_workers;
 use crate::signer::primitives::{kwp_wrap, random_key, rsa_oaep_encrypt, sha256, verify_sha256_with_cert};
 use crate::signer::{CryptoError, Signer};
-use crate::store::{BundleChange, GRANT_REFUSED, RequestEffects, StoreError, UseUp, Versioned};
+use crate::store::{BundleChange, RequestEffects, RowKind, StoreError, UseUp, Versioned};
 
 /// An operator's decision on a request.
 pub use crate::domain::exchange_decide::Decision;
@@ -102,14 +102,14 @@ impl Exchange {
         match self.requests.insert_request(req.clone(), None, RequestEffects::default(), vec![audit]).await {
             Ok(()) => {}
             // The target retried after losing our answer: the same request again.
-            Err(StoreError::AlreadyExists { what, id }) => {
+            Err(StoreError::AlreadyExists { kind, id }) => {
                 let existing = self.requests.request(req.id.clone()).await?.map(|v| v.value);
                 return match existing {
                     Some(e) if decide::is_repeat_opening(&e, &req) => {
                         let e = self.answer_repeat_opening(e).await?;
                         Ok(SourceView { status: e.status, lines: e.lines, total_key_count: e.total_key_count })
                     }
-                    _ => Err(DomainError::AlreadyExists { what, id }.into()),
+                    _ => Err(DomainError::AlreadyExists { what: kind.label(), id }.into()),
                 };
             }
             Err(other) => return Err(other.into()),
@@ -189,7 +189,8 @@ impl Exchange {
 
     /// As `decide`; `system` is what an approval without a person checks
     /// again and uses up in its transaction (a refusal there is
-    /// `Stale { what: GRANT_REFUSED }`, returned as it is, not read again).
+    /// `StoreError::GrantRefused`, returned as it is: it is not stale, so it
+    /// is not read again).
     /// A request that keeps changing under every read is ABORTED.
     pub(super) async fn decide_as(
         &self,
@@ -198,14 +199,7 @@ impl Exchange {
         actor: &str,
         system: Option<SystemCheck<'_>>,
     ) -> AppResult<ExchangeRequest> {
-        let decided = reread_and_retry(format!("request {id}"), || async {
-            match self.try_decide(id, decision, actor, system).await {
-                Err(AppError::Store(StoreError::Stale { what: GRANT_REFUSED, id: why })) => Ok(Err(why)),
-                other => other.map(Ok),
-            }
-        })
-        .await?;
-        decided.map_err(|why| StoreError::Stale { what: GRANT_REFUSED, id: why }.into())
+        reread_and_retry(format!("request {id}"), || self.try_decide(id, decision, actor, system)).await
     }
 
     async fn try_decide(
@@ -496,7 +490,7 @@ impl Exchange {
             Ok(_) => Ok(JobOutcome::Settled),
             // The request moved on meanwhile (expired, decided again): this
             // run's answer no longer applies; the job ends.
-            Err(StoreError::Stale { what: "request", .. }) => Ok(JobOutcome::Done),
+            Err(StoreError::Stale { kind: RowKind::Request, .. }) => Ok(JobOutcome::Done),
             Err(e) => Err(e.into()),
         }
     }

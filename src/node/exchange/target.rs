@@ -27,7 +27,7 @@ use crate::signer::async_signer::off_the_workers;
 use crate::signer::material::check_material;
 use crate::signer::primitives::{kwp_unwrap, random_bytes, sha256, verify_sha256_with_cert};
 use crate::signer::{CryptoError, Signer, TransportKey};
-use crate::store::{RequestEffects, StoreError, Versioned};
+use crate::store::{RequestEffects, RowKind, StoreError, Versioned};
 
 /// What an operator asks for in `CreateRequest`.
 #[derive(Debug, Clone)]
@@ -324,7 +324,7 @@ impl Exchange {
                 )
                 .into());
             }
-            Opened::HeldKeyGone(id) => return Err(StoreError::Stale { what: "key", id: id.to_string() }.into()),
+            Opened::HeldKeyGone(id) => return Err(StoreError::Stale { kind: RowKind::Key, id: id.to_string() }.into()),
             Opened::DiffersFromHeld(id) => return Err(import::differs_from_held(&id).into()),
             Opened::LocalFailure(reason) => return Err(self.fail_import_locally(req, version, reason, now).await),
         };

@@ -33,7 +33,7 @@ use crate::error::{AppError, AppResult};
 use crate::signer::async_signer::{AsyncSigner, off_the_workers};
 use crate::signer::primitives::GcmSealer;
 use crate::signer::schemes::LoadedKey;
-use crate::store::{CatalogStore, RecordStore, RekeyEnd, RekeyStore, StoreError};
+use crate::store::{CatalogStore, RecordStore, RekeyEnd, RekeyStore, RowKind, StoreError};
 
 #[cfg(test)]
 mod tests;
@@ -212,7 +212,7 @@ fn audit(now: UnixMillis, action: &str, id: &RequestId, outcome: Outcome, detail
 
 /// The job's lease was taken over (or the run moved on): nothing more to write.
 fn lost_the_run(e: &AppError) -> bool {
-    matches!(e, AppError::Store(StoreError::Stale { what: "job lease", .. }))
+    matches!(e, AppError::Store(StoreError::Stale { kind: RowKind::JobLease, .. }))
 }
 
 impl Rekey {
@@ -281,7 +281,7 @@ impl Rekey {
             if rekey_plan::completes(left) {
                 match self.complete_rekey(&run, lease).await {
                     // Records arrived under the run's keys since the count.
-                    Err(AppError::Store(StoreError::Stale { what: "rekey", .. })) => {}
+                    Err(AppError::Store(StoreError::Stale { kind: RowKind::Rekey, .. })) => {}
                     other => return other,
                 }
             }
