@@ -29,7 +29,8 @@ pub enum DefaultAccess {
 /// Rows `seed_rotations` writes in one transaction (at least).
 const SEED_BATCH: usize = 1000;
 
-fn already_exists(e: StoreError) -> AppError {
+/// A store refusal of a duplicate as the caller's error; any other as it is.
+pub(super) fn already_exists(e: StoreError) -> AppError {
     match e {
         StoreError::AlreadyExists { kind, id } => DomainError::AlreadyExists { what: kind.label(), id }.into(),
         other => other.into(),

@@ -13,7 +13,7 @@ use crate::domain::policy::{
     Subject, allows, evaluate, evaluate_exchange,
 };
 use crate::domain::spec::Spec;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::store::StoreError;
 
 /// Roles the AutoGen policies of a module created with Track default access grant
@@ -71,12 +71,7 @@ impl Catalog {
             Outcome::Success,
         )
         .with_details(describe(&policy));
-        self.policies.insert_policies(vec![policy.clone()], vec![audit]).await.map_err(|e| match e {
-            StoreError::AlreadyExists { kind, id } => {
-                AppError::Domain(DomainError::AlreadyExists { what: kind.label(), id })
-            }
-            other => other.into(),
-        })?;
+        self.policies.insert_policies(vec![policy.clone()], vec![audit]).await.map_err(super::keys::already_exists)?;
         Ok(policy)
     }
 
