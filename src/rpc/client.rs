@@ -12,14 +12,35 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::domain::ids::{Host, SysId};
-use crate::tls::{TlsFiles, client_config};
+use crate::tls::{TlsFiles, WrongInstance, client_config, wrong_instance_in};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Why a channel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// A server answered, but its certificate names another instance than
+    /// the one we asked for.
+    #[error(transparent)]
+    WrongInstance(WrongInstance),
+    /// Anything else (no config, unreachable, TLS): the reason with its sources.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl DialError {
+    fn of(e: &(dyn std::error::Error + 'static)) -> Self {
+        match wrong_instance_in(e) {
+            Some(refusal) => DialError::WrongInstance(refusal.clone()),
+            None => DialError::Failed(error_chain(e)),
+        }
+    }
+}
+
 /// Opens a channel to `host`. With `expected`, the server's certificate must
 /// name that instance. Every call on it is bounded by `CALL_TIMEOUT`.
-pub async fn connect(host: &Host, files: &TlsFiles, expected: Option<SysId>) -> Result<Channel, String> {
+pub async fn connect(host: &Host, files: &TlsFiles, expected: Option<SysId>) -> Result<Channel, DialError> {
     connect_with_timeout(host, files, expected, CALL_TIMEOUT).await
 }
 
@@ -32,13 +53,14 @@ pub async fn connect_with_timeout(
     files: &TlsFiles,
     expected: Option<SysId>,
     call_timeout: Duration,
-) -> Result<Channel, String> {
-    let config = client_config(files, expected).map_err(|e| e.to_string())?;
-    let server_name = ServerName::try_from(host.name().to_owned()).map_err(|e| e.to_string())?;
+) -> Result<Channel, DialError> {
+    let failed = |e: &dyn std::fmt::Display| DialError::Failed(e.to_string());
+    let config = client_config(files, expected).map_err(|e| failed(&e))?;
+    let server_name = ServerName::try_from(host.name().to_owned()).map_err(|e| failed(&e))?;
     let addr = host.to_string();
     let connector = TlsConnector::from(Arc::clone(&config));
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
+        .map_err(|e| failed(&e))?
         .connect_timeout(CONNECT_TIMEOUT.min(call_timeout))
         .timeout(call_timeout);
     endpoint
@@ -53,7 +75,7 @@ pub async fn connect_with_timeout(
             }
         }))
         .await
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| DialError::of(&e))
 }
 
 /// An error and all its sources, joined with ": " (tonic's transport errors

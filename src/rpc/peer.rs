@@ -23,17 +23,13 @@ use crate::domain::exchange::{RequestStatus, SignedBlob};
 use crate::domain::ids::{Host, RequestId, SysId};
 use crate::error::PeerError;
 use crate::node::ports::{OpenRequest, PeerFuture, PeerLink, PeerStream, SourceView};
-use crate::rpc::client::{CALL_TIMEOUT, connect_with_timeout, error_chain};
+use crate::rpc::client::{CALL_TIMEOUT, DialError, connect_with_timeout};
 use crate::rpc::convert_clone::snapshot_part_from;
 use crate::rpc::pb::clone_source_client::CloneSourceClient;
 use crate::rpc::pb::key_exchange_client::KeyExchangeClient;
 use crate::rpc::{MAX_MESSAGE_BYTES, convert, pb, status::peer_error};
 use crate::tls::TlsFiles;
 use tokio_stream::StreamExt;
-
-/// What the rustls verifier says when a server's certificate names another
-/// instance (see `tls::rustls_config`).
-const WRONG_INSTANCE: &str = "does not name instance";
 
 type PeerKey = (Host, SysId);
 type Client = KeyExchangeClient<Channel>;
@@ -86,7 +82,7 @@ impl PeerClient {
         let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
         let channel = connect_with_timeout(host, &files, Some(expected.clone()), self.call_timeout)
             .await
-            .map_err(|reason| dial_error(host, expected, reason))?;
+            .map_err(|e| dial_error(host, expected, e))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         Ok(self.lock().entry(key).or_insert((id, channel)).clone())
     }
@@ -139,8 +135,7 @@ impl PeerClient {
             Ok(Err(status)) => {
                 if transport_failure(&status) {
                     self.forget(host, expected, id);
-                    let chain = error_chain(&status);
-                    if chain.contains(WRONG_INSTANCE) {
+                    if crate::tls::wrong_instance_in(&status).is_some() {
                         // The channel redialled and met another instance.
                         return Err(wrong_instance(host, expected));
                     }
@@ -170,12 +165,11 @@ fn wrong_instance(host: &Host, expected: &SysId) -> PeerError {
     PeerError::Refused(DomainError::PermissionDenied(format!("the daemon at {host} is not instance {expected}")))
 }
 
-fn dial_error(host: &Host, expected: &SysId, reason: String) -> PeerError {
-    if reason.contains(WRONG_INSTANCE) {
+pub(crate) fn dial_error(host: &Host, expected: &SysId, e: DialError) -> PeerError {
+    match e {
         // A server answered, but it is not the instance we asked for.
-        wrong_instance(host, expected)
-    } else {
-        PeerError::Unreachable { host: host.to_string(), reason }
+        DialError::WrongInstance(_) => wrong_instance(host, expected),
+        DialError::Failed(reason) => PeerError::Unreachable { host: host.to_string(), reason },
     }
 }
 

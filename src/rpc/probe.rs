@@ -9,13 +9,13 @@ use std::sync::Arc;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::domain::DomainError;
 use crate::domain::health::CrlFacts;
 use crate::domain::ids::{Host, SysId, UnixMillis};
 use crate::error::PeerError;
 use crate::node::diagnostics::PeerProbe;
 use crate::node::ports::{PeerFuture, TlsNow};
 use crate::rpc::client::connect;
+use crate::rpc::peer::dial_error;
 use crate::tls::live::LiveTls;
 
 /// The service whose health a peer must report: the one peers call.
@@ -56,15 +56,8 @@ impl PeerProbe for HealthProbe {
         Box::pin(async move {
             let unreachable = |reason: String| PeerError::Unreachable { host: host.to_string(), reason };
             let files = self.tls.files();
-            let channel = connect(host, &files, Some(expected.clone())).await.map_err(|reason| {
-                if reason.contains("does not name instance") {
-                    PeerError::Refused(DomainError::PermissionDenied(format!(
-                        "the daemon at {host} is not instance {expected}"
-                    )))
-                } else {
-                    unreachable(reason)
-                }
-            })?;
+            let channel =
+                connect(host, &files, Some(expected.clone())).await.map_err(|e| dial_error(host, expected, e))?;
             let answer = HealthClient::new(channel)
                 .check(HealthCheckRequest { service: PEER_SERVICE.to_owned() })
                 .await

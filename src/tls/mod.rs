@@ -8,8 +8,10 @@ pub mod live;
 pub mod pki;
 mod rustls_config;
 pub mod validity;
+mod wrong_instance;
 
 pub use rustls_config::{TlsFiles, client_config, server_config};
+pub use wrong_instance::{WrongInstance, wrong_instance_in};
 
 use thiserror::Error;
 

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::TlsError;
 use super::identity::instance_sys_id;
+use super::wrong_instance::WrongInstance;
 use crate::domain::ids::SysId;
 
 /// The PEM material of one identity plus the CA that anchors trust.
@@ -171,7 +172,7 @@ impl ServerCertVerifier for PeerVerifier {
         if let Some(expected) = &self.expected
             && instance_sys_id(end_entity).as_ref() != Some(expected)
         {
-            return Err(rustls::Error::General(format!("peer certificate does not name instance {expected}")));
+            return Err(WrongInstance { expected: expected.clone() }.into_rustls());
         }
         Ok(verified)
     }

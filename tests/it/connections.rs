@@ -134,7 +134,7 @@ async fn silent_sockets_from_the_operators_address_cannot_lock_it_out() {
         // A new connection (and handshake) each time, as kmfctl makes.
         let outcome = match kmf::rpc::client::connect(&node.host, &admin, None).await {
             Ok(channel) => info(channel).await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         outcomes.push(outcome);
         assert!(node.running().handshakes_in_progress() <= 16, "the handshake places are bounded");

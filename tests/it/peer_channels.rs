@@ -3,7 +3,8 @@
 //! is reached again after at most one failed call, a different instance on
 //! that port is refused on the redial, a port nobody listens on is
 //! unreachable and then reached once the peer is back, and the call timeout
-//! is the client's.
+//! is the client's. A plain dial and the health probe refuse another
+//! instance by the verifier's typed refusal.
 
 use std::time::Duration;
 
@@ -11,8 +12,12 @@ use kmf::domain::DomainError;
 use kmf::domain::exchange::RequestStatus;
 use kmf::domain::ids::{RequestId, SysId};
 use kmf::error::PeerError;
+use kmf::node::diagnostics::PeerProbe;
 use kmf::node::ports::PeerLink;
+use kmf::rpc::client::{DialError, connect};
 use kmf::rpc::peer::PeerClient;
+use kmf::rpc::probe::HealthProbe;
+use kmf::tls::live::LiveTls;
 use kmf::tls::pki::issue_instance;
 
 use crate::support::{Pki, TestNode, bind_again};
@@ -136,4 +141,30 @@ async fn the_call_timeout_bounds_a_peer_that_never_answers() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "a 300 ms call timeout took {took:?}");
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_and_the_health_probe_refuse_a_server_naming_another_instance() {
+    let pki = Pki::new();
+    let mut node = TestNode::start(&pki).await;
+    let own = SysId::from_random(kmf::signer::primitives::random_bytes());
+    let files = pki.files(&issue_instance(&pki.ca, &own, &["127.0.0.1".to_owned()]).expect("client cert"));
+    let real = SysId::parse(&node.sys_id).expect("sys_id");
+    let other = SysId::from_random(kmf::signer::primitives::random_bytes());
+
+    match connect(&node.host, &files, Some(other.clone())).await {
+        Err(DialError::WrongInstance(refusal)) => assert_eq!(refusal.expected, other),
+        got => panic!("dialled {other} at {}: {got:?}", node.host),
+    }
+    connect(&node.host, &files, Some(real.clone())).await.expect("the right instance is dialled");
+
+    let probe = HealthProbe::new(LiveTls::new(files).expect("tls"));
+    probe.check(&node.host, &real).await.expect("the right instance is serving");
+    match probe.check(&node.host, &other).await {
+        Err(PeerError::Refused(DomainError::PermissionDenied(m))) => {
+            assert_eq!(m, format!("the daemon at {} is not instance {other}", node.host))
+        }
+        got => panic!("probed {other}: {got:?}"),
+    }
+    node.stop().await;
 }

@@ -34,7 +34,7 @@ async fn wait_reloads(node: &TestNode, at_least: u64) {
 }
 
 async fn info(node: &TestNode, files: &kmf::tls::TlsFiles) -> Result<String, String> {
-    let channel = kmf::rpc::client::connect(&node.host, files, None).await?;
+    let channel = kmf::rpc::client::connect(&node.host, files, None).await.map_err(|e| e.to_string())?;
     let mut client = pb::instance_client::InstanceClient::new(channel);
     client.info(pb::InfoRequest {}).await.map(|r| r.into_inner().sys_id).map_err(|s| format!("{s:?}"))
 }
